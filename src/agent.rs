@@ -1,0 +1,226 @@
+//! The agent seam: the `Agent` trait the runner drives, agent specs, and the built-in `null` and `script:` agents.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::suite::Budgets;
+use crate::tools::{RawCall, ToolError};
+
+/// What a stage hands the agent.
+#[derive(Debug, Clone)]
+pub struct StageTask {
+    pub stage: String,
+    pub index: usize,
+    pub instruction: String,
+    pub tools: Vec<Value>,
+    pub limits: Budgets,
+}
+
+/// The agent's move.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Turn {
+    Call(RawCall),
+    /// The agent has nothing more to do in this stage.
+    Finished,
+}
+
+/// An agent that could not go on (a crashed process, an API that keeps failing).
+#[derive(Debug, thiserror::Error)]
+#[error("agent {agent}: {message}")]
+pub struct AgentError {
+    pub agent: String,
+    pub message: String,
+}
+
+/// A participant. The runner calls `begin_stage`, then alternates `next` and `observe` until the stage ends.
+#[async_trait]
+pub trait Agent: Send {
+    /// The spec it was made from (`null`, `script:path`), as recorded in the run.
+    fn spec(&self) -> String;
+    async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError>;
+    async fn next(&mut self) -> Result<Turn, AgentError>;
+    async fn observe(
+        &mut self,
+        call: &RawCall,
+        result: &Result<Value, ToolError>,
+    ) -> Result<(), AgentError>;
+    /// A budget ended the stage before the agent submitted.
+    async fn stopped(&mut self, _reason: &str) {}
+    /// The run is over.
+    async fn done(&mut self, _level: &str, _bootstrap_index: f64) {}
+}
+
+/// A parsed `--agent` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSpec {
+    Null,
+    Script(PathBuf),
+}
+
+impl std::str::FromStr for AgentSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "null" {
+            return Ok(Self::Null);
+        }
+        if let Some(path) = s.strip_prefix("script:") {
+            if path.is_empty() {
+                return Err("script: needs a path, e.g. script:tasks/agents/smoke.jsonl".into());
+            }
+            return Ok(Self::Script(path.into()));
+        }
+        Err(format!(
+            "unknown agent {s:?}; available: null, script:<path to a JSON-lines file>"
+        ))
+    }
+}
+
+impl AgentSpec {
+    /// Builds the agent.
+    pub fn build(&self) -> Result<Box<dyn Agent>, AgentError> {
+        Ok(match self {
+            Self::Null => Box::new(NullAgent),
+            Self::Script(path) => Box::new(ScriptAgent::load(path)?),
+        })
+    }
+}
+
+/// Submits every stage at once: the floor.
+pub struct NullAgent;
+
+#[async_trait]
+impl Agent for NullAgent {
+    fn spec(&self) -> String {
+        "null".into()
+    }
+    async fn begin_stage(&mut self, _task: &StageTask) -> Result<(), AgentError> {
+        Ok(())
+    }
+    async fn next(&mut self) -> Result<Turn, AgentError> {
+        Ok(Turn::Call(RawCall {
+            tool: "submit".into(),
+            args: Value::Null,
+        }))
+    }
+    async fn observe(
+        &mut self,
+        _call: &RawCall,
+        _result: &Result<Value, ToolError>,
+    ) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+/// Replays a JSON-lines file of `{"tool": ..., "args": {...}}`. Each `submit` closes a block; the n-th
+/// block is played in the n-th stage of the run. A stage ended early by a budget skips the rest of its block.
+pub struct ScriptAgent {
+    spec: String,
+    blocks: VecDeque<VecDeque<RawCall>>,
+    current: VecDeque<RawCall>,
+}
+
+impl ScriptAgent {
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        let spec = format!("script:{}", path.display());
+        let fail = |message: String| AgentError {
+            agent: spec.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text, &spec, &path.display().to_string()).map_err(fail)
+    }
+
+    /// Parses script text; errors name `shown:line`.
+    pub fn parse(text: &str, spec: &str, shown: &str) -> Result<Self, String> {
+        let mut blocks = VecDeque::new();
+        let mut block = VecDeque::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let call: RawCall = serde_json::from_str(line).map_err(|e| {
+                format!(
+                    "{shown}:{}: expected {{\"tool\": ..., \"args\": {{...}}}}: {e}",
+                    i + 1
+                )
+            })?;
+            let submit = call.tool == "submit";
+            block.push_back(call);
+            if submit {
+                blocks.push_back(std::mem::take(&mut block));
+            }
+        }
+        if !block.is_empty() {
+            blocks.push_back(block);
+        }
+        Ok(Self {
+            spec: spec.into(),
+            blocks,
+            current: VecDeque::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Agent for ScriptAgent {
+    fn spec(&self) -> String {
+        self.spec.clone()
+    }
+    async fn begin_stage(&mut self, _task: &StageTask) -> Result<(), AgentError> {
+        self.current = self.blocks.pop_front().unwrap_or_default();
+        Ok(())
+    }
+    async fn next(&mut self) -> Result<Turn, AgentError> {
+        Ok(match self.current.pop_front() {
+            Some(call) => Turn::Call(call),
+            None => Turn::Finished,
+        })
+    }
+    async fn observe(
+        &mut self,
+        _call: &RawCall,
+        _result: &Result<Value, ToolError>,
+    ) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        assert_eq!("null".parse::<AgentSpec>().unwrap(), AgentSpec::Null);
+        assert_eq!(
+            "script:a.jsonl".parse::<AgentSpec>().unwrap(),
+            AgentSpec::Script("a.jsonl".into())
+        );
+        assert!("script:".parse::<AgentSpec>().is_err());
+        assert!("gpt"
+            .parse::<AgentSpec>()
+            .unwrap_err()
+            .contains("available"));
+    }
+
+    #[test]
+    fn script_blocks_split_at_submit_and_errors_name_the_line() {
+        let s = ScriptAgent::parse(
+            "{\"tool\":\"bash\",\"args\":{\"cmd\":\"ls\"}}\n\n{\"tool\":\"submit\"}\n{\"tool\":\"check\"}\n",
+            "script:x",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(s.blocks.len(), 2);
+        assert_eq!(s.blocks[0].len(), 2);
+        let e = ScriptAgent::parse("{\"tool\":\"bash\"}\nnot json\n", "script:x", "x.jsonl")
+            .err()
+            .unwrap();
+        assert!(e.starts_with("x.jsonl:2:"), "{e}");
+    }
+}

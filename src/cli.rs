@@ -1,0 +1,420 @@
+//! The command line: clap definitions, raw arguments turned into validated plans, dispatch, exit codes.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::AgentSpec;
+use crate::rundir::RunStatus;
+use crate::session::{self, RunPlan};
+use crate::suite::{BudgetOverrides, Home};
+
+/// Exit codes of `gptx`.
+pub mod exit {
+    /// Success; for `run`, the run finished (whatever level it reached).
+    pub const OK: i32 = 0;
+    /// An error, or a run that failed (the harness could not carry it out).
+    pub const FAILED: i32 = 1;
+    /// Bad command-line usage.
+    pub const USAGE: i32 = 2;
+    /// The environment is not ready: no Docker engine, an image cannot be built (not root, no debootstrap).
+    pub const ENVIRONMENT: i32 = 3;
+    /// `verify`: the trace does not verify.
+    pub const TAMPERED: i32 = 4;
+    /// The run was interrupted (Ctrl-C / SIGTERM); it was cleaned up.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 ok (a run finished) · 1 error or failed run · 2 usage · 3 environment not ready \
+(Docker, images) · 4 trace does not verify · 130 interrupted.";
+
+/// gptx: how far can an AI agent get at building a language model by itself?
+#[derive(Debug, Parser)]
+#[command(name = "gptx", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an agent through a suite of stages in Docker sandboxes and score it.
+    Run(RunArgs),
+    /// List runs.
+    Runs(RunsDirArg),
+    /// Show a run's trace step by step.
+    Show(ShowArgs),
+    /// Check a run's trace hash chain (detects any edit after the fact).
+    Verify(ShowArgs),
+    /// Build sandbox images from Debian's mirror (no registry needed).
+    #[command(subcommand)]
+    Images(ImagesCmd),
+    /// Remove containers, networks and volumes of runs whose gptx process is gone.
+    Gc {
+        /// Remove every gptx resource, even of runs still going.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Measure the harness.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct RunsDirArg {
+    /// Where runs are kept.
+    #[arg(long, default_value = "runs", env = "GPTX_RUNS_DIR")]
+    pub runs_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Suite name (tasks/suites/<name>.toml) or path to a suite file.
+    #[arg(long, default_value = "mini")]
+    pub suite: String,
+    /// The agent: `null` (submits at once) or `script:<file.jsonl>` (one {"tool","args"} per line;
+    /// each `submit` ends a stage and the script goes on with the next stage).
+    #[arg(long)]
+    pub agent: String,
+    /// Seed (default: the suite's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Only these stages, comma-separated, e.g. crawl,tokenize.
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Vec<String>,
+    /// Print one JSON object with the result as the last thing on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Override every stage's max_steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Override every stage's max_sandbox_seconds.
+    #[arg(long)]
+    pub max_sandbox_seconds: Option<f64>,
+    /// Override every stage's max_wall_seconds.
+    #[arg(long)]
+    pub max_wall_seconds: Option<f64>,
+    /// Override every stage's max_step_seconds (the cap on one bash call).
+    #[arg(long)]
+    pub max_step_seconds: Option<f64>,
+    /// No progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Run id, or a unique prefix of it.
+    pub run: String,
+    /// Print the events as JSON lines instead.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCmd {
+    /// Build images (default: base); skipped when the recipe's tag already exists.
+    Build {
+        /// Image names: recipes in sandboxes/ (base, ml).
+        names: Vec<String>,
+        /// Rebuild even if the tag exists.
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recipes, their tags, and whether they are built.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Per-step overhead: `bash true` through gptx against `docker exec <c> true`, interleaved, one container.
+    Exec {
+        /// Samples of each.
+        #[arg(long, default_value_t = 200)]
+        n: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+fn env_error(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: exit::ENVIRONMENT,
+        error: e.into(),
+    }
+}
+
+fn failed(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: exit::FAILED,
+        error: e.into(),
+    }
+}
+
+/// Parses arguments, runs, and returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info,gptx=debug",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GPTX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gptx: cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(Exit { code, error }) => {
+            eprintln!("gptx: {error:#}");
+            code
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<i32, Exit> {
+    match cmd {
+        Command::Run(args) => run(args).await,
+        Command::Runs(d) => crate::show::runs(&d.runs_dir).map_err(failed),
+        Command::Show(a) => crate::show::show(&a.dir.runs_dir, &a.run, a.json).map_err(failed),
+        Command::Verify(a) => crate::show::verify(&a.dir.runs_dir, &a.run).map_err(|e| Exit {
+            code: exit::TAMPERED,
+            error: e,
+        }),
+        Command::Images(ImagesCmd::Build { names, force, json }) => {
+            images_build(names, force, json).await
+        }
+        Command::Images(ImagesCmd::List) => images_list().await,
+        Command::Gc { all } => gc(all).await,
+        Command::Bench(BenchCmd::Exec { n, json }) => {
+            let home = Home::locate().map_err(env_error)?;
+            crate::bench::exec(&home, n, json)
+                .await
+                .map_err(env_error)?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Turns `gptx run` arguments into a validated plan.
+pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
+    let home = Home::locate()?;
+    let agent: AgentSpec = args
+        .agent
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--agent: {e}"))?;
+    let mut suite = home.suite(&args.suite).context("--suite")?;
+    suite = suite.with_overrides(&BudgetOverrides {
+        max_steps: args.max_steps,
+        max_sandbox_seconds: args.max_sandbox_seconds,
+        max_wall_seconds: args.max_wall_seconds,
+        max_step_seconds: args.max_step_seconds,
+        ..Default::default()
+    })?;
+    if !args.stages.is_empty() {
+        suite = suite.select(&args.stages)?;
+    }
+    if let Some(seed) = args.seed {
+        suite.seed = seed;
+    }
+    Ok(RunPlan {
+        home,
+        suite,
+        agent,
+        runs_dir: args.dir.runs_dir.clone(),
+    })
+}
+
+/// Ctrl-C or SIGTERM cancels the run once; a second one exits at once.
+fn install_interrupts(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut hits = 0;
+        loop {
+            let got = match term.as_mut() {
+                Some(t) => tokio::select! {
+                    r = tokio::signal::ctrl_c() => r.is_ok(),
+                    r = t.recv() => r.is_some(),
+                },
+                None => tokio::signal::ctrl_c().await.is_ok(),
+            };
+            if !got {
+                return;
+            }
+            hits += 1;
+            if hits == 1 {
+                eprintln!("\ngptx: interrupted; stopping the step and removing the run's containers (Ctrl-C again to quit at once; then run `gptx gc`)");
+                cancel.cancel();
+            } else {
+                std::process::exit(exit::INTERRUPTED);
+            }
+        }
+    });
+}
+
+async fn run(args: RunArgs) -> Result<i32, Exit> {
+    let plan = plan(&args).map_err(|e| Exit {
+        code: exit::USAGE,
+        error: e,
+    })?;
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let reporters: Vec<Box<dyn crate::trace::Reporter>> =
+        vec![Box::new(crate::progress::Progress::new(args.quiet))];
+    let out = session::run(plan, reporters, cancel)
+        .await
+        .map_err(|e| match e {
+            session::SessionError::Engine(_) | session::SessionError::Image(_) => env_error(e),
+            other => failed(other),
+        })?;
+    if args.json {
+        let stages: serde_json::Map<String, serde_json::Value> = out
+            .score
+            .stages
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).expect("json")))
+            .collect();
+        let obj = serde_json::json!({
+            "run_id": out.run_id,
+            "dir": out.dir.display().to_string(),
+            "status": out.meta.status,
+            "level": out.score.level,
+            "bootstrap_index": out.score.bootstrap_index,
+            "stages": stages,
+            "error": out.meta.error,
+        });
+        println!("{obj}");
+    } else {
+        print!("{}", crate::show::scorecard(&out.meta, &out.score));
+    }
+    Ok(match out.meta.status {
+        RunStatus::Done => exit::OK,
+        RunStatus::Interrupted => exit::INTERRUPTED,
+        RunStatus::Failed | RunStatus::Running => exit::FAILED,
+    })
+}
+
+async fn images_build(names: Vec<String>, force: bool, json: bool) -> Result<i32, Exit> {
+    let home = Home::locate().map_err(env_error)?;
+    let docker = crate::engine::connect().await.map_err(env_error)?;
+    let names = if names.is_empty() {
+        vec!["base".to_string()]
+    } else {
+        names
+    };
+    let mut results = Vec::new();
+    for name in &names {
+        let built = crate::images::build(&docker, &home, name, force, json)
+            .await
+            .map_err(|e| match e {
+                crate::images::ImageError::NoRecipe { .. }
+                | crate::images::ImageError::Recipe { .. } => Exit {
+                    code: exit::USAGE,
+                    error: e.into(),
+                },
+                other => env_error(other),
+            })?;
+        if !json {
+            println!(
+                "{:<6} {}  {}  ({:.1} s{})",
+                built.name,
+                built.tag,
+                crate::engine::short(built.id.trim_start_matches("sha256:")),
+                built.seconds,
+                if built.built {
+                    ", built"
+                } else {
+                    ", already built: skipped"
+                }
+            );
+        }
+        results.push(built);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&results).expect("json"));
+    }
+    Ok(exit::OK)
+}
+
+async fn images_list() -> Result<i32, Exit> {
+    let home = Home::locate().map_err(env_error)?;
+    let docker = crate::engine::connect().await.map_err(env_error)?;
+    let mut names: Vec<String> = std::fs::read_dir(home.sandboxes())
+        .map_err(|e| failed(anyhow::anyhow!("{}: {e}", home.sandboxes().display())))?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".toml")
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    for name in names {
+        let recipe = crate::images::Recipe::load(&home, &name).map_err(failed)?;
+        let tag = recipe.tag();
+        let have = crate::images::image_id(&docker, &tag)
+            .await
+            .map_err(failed)?;
+        println!(
+            "{name:<6} {tag:<24} {:<9} {}",
+            if have.is_some() { "built" } else { "not built" },
+            recipe.description
+        );
+    }
+    Ok(exit::OK)
+}
+
+async fn gc(all: bool) -> Result<i32, Exit> {
+    let docker = crate::engine::connect().await.map_err(env_error)?;
+    let (removed, warnings) = crate::engine::gc(&docker, all).await.map_err(failed)?;
+    println!(
+        "removed {} container(s), {} network(s), {} volume(s)",
+        removed.containers.len(),
+        removed.networks.len(),
+        removed.volumes.len()
+    );
+    for w in &warnings {
+        eprintln!("gptx gc: {w}");
+    }
+    Ok(if warnings.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}

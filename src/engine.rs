@@ -1,0 +1,211 @@
+//! The Docker Engine connection, the labels every gptx resource carries, and garbage collection of leftovers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::{
+    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
+    RemoveVolumeOptions,
+};
+use bollard::Docker;
+
+/// Label naming the run a resource belongs to.
+pub const LABEL_RUN: &str = "gptx.run";
+/// Label naming the resource's role: agent, scorer, web, build, bench.
+pub const LABEL_ROLE: &str = "gptx.role";
+/// Label with the pid of the gptx process that owns the resource.
+pub const LABEL_OWNER_PID: &str = "gptx.owner_pid";
+/// Label with that process's start time (clock ticks since boot), so a reused pid is not mistaken for it.
+pub const LABEL_OWNER_START: &str = "gptx.owner_start";
+
+/// Why the engine could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the Docker Engine ({0}); is the daemon running and is /var/run/docker.sock readable? (try: sudo systemctl start docker, or run as root)")]
+    Unreachable(String),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+}
+
+/// Connects to the local engine and agrees on an API version (the engine here may be older than bollard).
+pub async fn connect() -> Result<Docker, EngineError> {
+    let docker = Docker::connect_with_local_defaults()
+        .map_err(|e| EngineError::Unreachable(e.to_string()))?
+        .with_timeout(Duration::from_secs(600));
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|e| EngineError::Unreachable(e.to_string()))?;
+    Ok(docker)
+}
+
+/// The labels for a resource of `run` with `role`, owned by this process.
+pub fn labels(run: &str, role: &str) -> HashMap<String, String> {
+    let me = std::process::id();
+    HashMap::from([
+        (LABEL_RUN.to_string(), run.to_string()),
+        (LABEL_ROLE.to_string(), role.to_string()),
+        (LABEL_OWNER_PID.to_string(), me.to_string()),
+        (
+            LABEL_OWNER_START.to_string(),
+            process_start(me).unwrap_or_default(),
+        ),
+    ])
+}
+
+/// A process's start time from /proc, as a string; None when it is gone.
+pub fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Is the owner recorded in these labels still alive?
+pub fn owner_alive(labels: &HashMap<String, String>) -> bool {
+    let Some(pid) = labels
+        .get(LABEL_OWNER_PID)
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    match (process_start(pid), labels.get(LABEL_OWNER_START)) {
+        (Some(now), Some(then)) => &now == then,
+        _ => false,
+    }
+}
+
+fn run_filter(run: Option<&str>) -> HashMap<String, Vec<String>> {
+    let value = match run {
+        Some(r) => format!("{LABEL_RUN}={r}"),
+        None => LABEL_RUN.to_string(),
+    };
+    HashMap::from([("label".to_string(), vec![value])])
+}
+
+/// What a clean-up removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Removed {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl Removed {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.networks.is_empty() && self.volumes.is_empty()
+    }
+}
+
+/// Removes containers, then networks, then volumes labelled `gptx.run` (of one run, or all) that `keep`
+/// does not protect. Errors on single resources are collected as warnings, never abort the sweep.
+pub async fn sweep(
+    docker: &Docker,
+    run: Option<&str>,
+    keep: impl Fn(&HashMap<String, String>) -> bool,
+) -> Result<(Removed, Vec<String>), EngineError> {
+    let mut removed = Removed::default();
+    let mut warnings = Vec::new();
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(run_filter(run)),
+            ..Default::default()
+        }))
+        .await?;
+    for c in containers {
+        let labels = c.labels.unwrap_or_default();
+        if keep(&labels) {
+            continue;
+        }
+        let Some(id) = c.id else { continue };
+        match docker
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => removed.containers.push(short(&id)),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => warnings.push(format!("container {}: {e}", short(&id))),
+        }
+    }
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(run_filter(run)),
+        }))
+        .await?;
+    for n in networks {
+        if keep(&n.labels.clone().unwrap_or_default()) {
+            continue;
+        }
+        let Some(name) = n.name else { continue };
+        match docker.remove_network(&name).await {
+            Ok(()) => removed.networks.push(name),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => warnings.push(format!("network {name}: {e}")),
+        }
+    }
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(run_filter(run)),
+        }))
+        .await?;
+    for v in volumes.volumes.unwrap_or_default() {
+        if keep(&v.labels) {
+            continue;
+        }
+        match docker
+            .remove_volume(&v.name, Some(RemoveVolumeOptions { force: true }))
+            .await
+        {
+            Ok(()) => removed.volumes.push(v.name),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => warnings.push(format!("volume {}: {e}", v.name)),
+        }
+    }
+    Ok((removed, warnings))
+}
+
+/// Removes leftovers of runs whose owning gptx process is gone (or of every run, with `all`).
+pub async fn gc(docker: &Docker, all: bool) -> Result<(Removed, Vec<String>), EngineError> {
+    sweep(docker, None, |labels| !all && owner_alive(labels)).await
+}
+
+/// Is this a 404 from the engine?
+pub fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// The first 12 characters of an id.
+pub fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_labels_are_alive_and_bogus_ones_are_not() {
+        let mine = labels("r1", "agent");
+        assert_eq!(mine[LABEL_RUN], "r1");
+        assert!(owner_alive(&mine));
+        let mut dead = mine.clone();
+        dead.insert(LABEL_OWNER_START.into(), "1".into());
+        assert!(!owner_alive(&dead));
+        dead.insert(LABEL_OWNER_PID.into(), "not-a-pid".into());
+        assert!(!owner_alive(&dead));
+        assert!(!owner_alive(&HashMap::new()));
+    }
+}

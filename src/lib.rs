@@ -1,0 +1,36 @@
+//! gptx measures how far an AI agent gets at building a language model by itself.
+//!
+//! # Layout
+//!
+//! A run flows left to right through these modules:
+//!
+//! - [`cli`] parses arguments into a validated [`session::RunPlan`] (suite, agent, budgets) and maps
+//!   errors to documented exit codes; `main.rs` only calls [`cli::main`].
+//! - [`suite`] reads `tasks/suites/*.toml` into stages with resolved [`suite::Budgets`], and finds
+//!   gptx's own files ([`suite::Home`]).
+//! - [`session`] does one run on the real engine: run directory, image ([`images`]), internal network,
+//!   the agent's [`sandbox::docker::DockerSandbox`], the [`runner`], then teardown that always happens.
+//! - [`runner`] is the loop: stages in order, the [`agent::Agent`]'s tool calls ([`tools`]) executed
+//!   against a `dyn` [`sandbox::Sandbox`], budgets enforced, each stage graded by a
+//!   [`scoring::Scorer`]. Its only output is the typed [`trace::Event`] stream.
+//! - [`trace`] turns events into the record: the hash-chained `events.jsonl`, `outputs/`, and
+//!   `workspace.git` ([`trace::WorkspaceHistory`]); [`progress`] turns them into the live status line.
+//! - [`rundir`] owns `run.json` / `score.json`; [`show`] renders runs in the terminal.
+//! - [`engine`] holds the Docker connection, the labels on every resource, and `gc`.
+//! - [`bench`] measures the harness itself.
+
+pub mod agent;
+pub mod bench;
+pub mod cli;
+pub mod engine;
+pub mod images;
+pub mod progress;
+pub mod rundir;
+pub mod runner;
+pub mod sandbox;
+pub mod scoring;
+pub mod session;
+pub mod show;
+pub mod suite;
+pub mod tools;
+pub mod trace;

@@ -1,0 +1,89 @@
+//! The live progress line on stderr: a reporter that turns run events into one updating status line.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::trace::{Event, Reporter};
+
+/// Shows `[stage i/n] step k/max · tool summary` while a run goes, and a line per finished stage.
+pub struct Progress {
+    bar: ProgressBar,
+    stages: usize,
+    stage_index: usize,
+    max_steps: u64,
+    stage_steps: u64,
+}
+
+impl Progress {
+    /// A progress line; hidden when `quiet` or when stderr is not a terminal.
+    pub fn new(quiet: bool) -> Self {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:.bold} [{elapsed}] {wide_msg}")
+                    .expect("template"),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        };
+        Self {
+            bar,
+            stages: 0,
+            stage_index: 0,
+            max_steps: 0,
+            stage_steps: 0,
+        }
+    }
+}
+
+fn summary(args: &serde_json::Value) -> String {
+    let s = match args.get("cmd").or_else(|| args.get("path")) {
+        Some(serde_json::Value::String(s)) => s.lines().next().unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    s.chars().take(60).collect()
+}
+
+impl Reporter for Progress {
+    fn report(&mut self, event: &Event) {
+        match event {
+            Event::RunStarted { run_id, stages, .. } => {
+                self.stages = stages.len();
+                self.bar.set_prefix(run_id.clone());
+            }
+            Event::StageStarted {
+                stage,
+                index,
+                budgets,
+                ..
+            } => {
+                self.stage_index = index + 1;
+                self.max_steps = budgets.max_steps;
+                self.stage_steps = 0;
+                self.bar
+                    .set_prefix(format!("{stage} [{}/{}]", self.stage_index, self.stages));
+                self.bar.set_message("waiting for the agent");
+            }
+            Event::StepStarted { tool, args, .. } => {
+                self.stage_steps += 1;
+                self.bar.set_message(format!(
+                    "step {}/{} · {tool} {}",
+                    self.stage_steps,
+                    self.max_steps,
+                    summary(args)
+                ));
+            }
+            Event::StageScored { stage, score } => {
+                self.bar.println(format!(
+                    "  {stage:<9} {:<16} passed={} {}",
+                    score.status,
+                    score.passed,
+                    score.reason.as_deref().unwrap_or("")
+                ));
+            }
+            Event::RunFinished { .. } => self.bar.finish_and_clear(),
+            _ => {}
+        }
+    }
+}

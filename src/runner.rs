@@ -1,0 +1,644 @@
+//! The run loop: stages in order, the agent's tool calls executed against a sandbox, budgets, events out.
+//!
+//! The runner knows nothing of Docker or terminals: it drives a `dyn Sandbox` and a `dyn Agent`, and its
+//! only output is the typed event stream handed to reporters (the recorder among them).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, StageTask, Turn};
+use crate::rundir::{RunStatus, StageSummary};
+use crate::sandbox::{ExecRequest, OutStream, Sandbox};
+use crate::scoring::{self, ScoreContext, Scorer};
+use crate::suite::{Budgets, Home, Stage, StageNetwork, Suite};
+use crate::tools::{self, RawCall, ToolCall, ToolError};
+use crate::trace::{
+    EndReason, Event, OutputRef, OutputStore, Recorder, Reporter, StageScore, StepRecord,
+    StepUsage, WorkspaceHistory,
+};
+
+/// Bytes of each output stream the agent (and the event) sees inline: head and tail halves.
+pub const INLINE_OUTPUT: usize = 32 * 1024;
+/// Bytes of each output stream kept in `outputs/` per step; beyond this the output is counted, not kept.
+pub const FULL_OUTPUT: usize = 64 * 1024 * 1024;
+/// Most bytes `read_file` returns.
+pub const READ_LIMIT: u64 = 1024 * 1024;
+/// `write_file` contents larger than this are kept in `outputs/` and referenced from the event.
+pub const INLINE_ARG: usize = 64 * 1024;
+
+/// Captures one output stream: everything up to [`FULL_OUTPUT`], plus a running tail.
+#[derive(Default)]
+struct Capture {
+    full: Vec<u8>,
+    tail: Vec<u8>,
+    total: u64,
+}
+
+impl Capture {
+    fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        let room = FULL_OUTPUT.saturating_sub(self.full.len());
+        self.full.extend_from_slice(&data[..data.len().min(room)]);
+        let half = INLINE_OUTPUT / 2;
+        self.tail
+            .extend_from_slice(&data[data.len().saturating_sub(half)..]);
+        if self.tail.len() > half {
+            self.tail.drain(..self.tail.len() - half);
+        }
+    }
+
+    fn truncated(&self) -> bool {
+        self.total > INLINE_OUTPUT as u64
+    }
+
+    /// What the agent sees: all of it, or head + marker + tail.
+    fn inline(&self) -> String {
+        if !self.truncated() {
+            return String::from_utf8_lossy(&self.full).into_owned();
+        }
+        let half = INLINE_OUTPUT / 2;
+        format!(
+            "{}\n[... {} bytes omitted by gptx; the full output is in the trace ...]\n{}",
+            String::from_utf8_lossy(&self.full[..half]),
+            self.total - (2 * half) as u64,
+            String::from_utf8_lossy(&self.tail)
+        )
+    }
+}
+
+/// What came of one tool call, before it is recorded.
+struct StepResult {
+    result: Result<Value, ToolError>,
+    usage: Option<StepUsage>,
+    outputs: Vec<OutputRef>,
+    sandbox_seconds: f64,
+    /// Args as recorded (large write_file contents replaced by a reference).
+    recorded_args: Value,
+}
+
+/// A stage's outcome as the run result reports it.
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    pub stage: String,
+    pub ended_by: EndReason,
+    pub steps: u64,
+    pub sandbox_seconds: f64,
+    pub wall_seconds: f64,
+    pub score: Option<StageScore>,
+}
+
+/// The end of a run as the runner saw it.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub status: RunStatus,
+    pub level: String,
+    pub bootstrap_index: f64,
+    pub stages: Vec<StageOutcome>,
+    pub wall_seconds: f64,
+    pub trace_sha256: Option<String>,
+    pub events: u64,
+}
+
+impl RunResult {
+    /// Per-stage summaries for score.json and `--json`.
+    pub fn summaries(&self) -> BTreeMap<String, StageSummary> {
+        self.stages
+            .iter()
+            .map(|o| {
+                let mut s = match &o.score {
+                    Some(score) => StageSummary::from_score(score),
+                    None => StageSummary::from_score(&StageScore {
+                        status: "not_scored".into(),
+                        passed: false,
+                        metrics: Default::default(),
+                        reason: Some(format!("the stage ended by {:?}", o.ended_by)),
+                        normalized: None,
+                    }),
+                };
+                s.ended_by = Some(o.ended_by);
+                s.steps = o.steps;
+                s.sandbox_seconds = o.sandbox_seconds;
+                s.wall_seconds = o.wall_seconds;
+                (o.stage.clone(), s)
+            })
+            .collect()
+    }
+}
+
+/// Everything the loop needs besides the agent.
+pub struct Runner {
+    pub home: Home,
+    pub suite: Suite,
+    pub run_id: String,
+    pub run_dir: PathBuf,
+    pub sandbox: Arc<dyn Sandbox>,
+    /// The run's internal network, joined in stages whose network is `world`.
+    pub world_network: Option<String>,
+    pub recorder: Recorder,
+    pub reporters: Vec<Box<dyn Reporter>>,
+    pub history: Option<WorkspaceHistory>,
+    pub outputs: OutputStore,
+    pub cancel: CancellationToken,
+    step: u64,
+}
+
+impl Runner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        home: Home,
+        suite: Suite,
+        run_id: String,
+        run_dir: PathBuf,
+        sandbox: Arc<dyn Sandbox>,
+        recorder: Recorder,
+        history: Option<WorkspaceHistory>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let outputs = OutputStore::new(&run_dir.join("outputs"));
+        Self {
+            home,
+            suite,
+            run_id,
+            run_dir,
+            sandbox,
+            world_network: None,
+            recorder,
+            reporters: Vec::new(),
+            history,
+            outputs,
+            cancel,
+            step: 0,
+        }
+    }
+
+    /// Sends an event to the recorder, then to every reporter.
+    pub fn emit(&mut self, event: Event) {
+        self.recorder.report(&event);
+        for r in &mut self.reporters {
+            r.report(&event);
+        }
+    }
+
+    fn warn(&mut self, message: String) {
+        tracing::warn!("{message}");
+        self.emit(Event::Warning { message });
+    }
+
+    /// Runs every stage of the suite with `agent`; the caller then tears down and calls [`Runner::finish`].
+    pub async fn run(&mut self, agent: &mut dyn Agent, image: &str) -> RunResult {
+        let started = Instant::now();
+        self.emit(Event::RunStarted {
+            run_id: self.run_id.clone(),
+            suite: self.suite.name.clone(),
+            agent: agent.spec(),
+            seed: self.suite.seed,
+            gptx_version: env!("CARGO_PKG_VERSION").into(),
+            world_hash: None,
+            image: image.into(),
+            stages: self.suite.stage_names(),
+        });
+        let mut outcomes = Vec::new();
+        let mut status = RunStatus::Done;
+        let stages = self.suite.stages.clone();
+        for (index, stage) in stages.iter().enumerate() {
+            let outcome = self.run_stage(agent, stage, index).await;
+            let interrupted = outcome.ended_by == EndReason::Interrupted;
+            outcomes.push(outcome);
+            if interrupted {
+                status = RunStatus::Interrupted;
+                break;
+            }
+        }
+        let scores: BTreeMap<String, StageScore> = outcomes
+            .iter()
+            .filter_map(|o| o.score.clone().map(|s| (o.stage.clone(), s)))
+            .collect();
+        let level = scoring::level(&scores);
+        let bootstrap_index = scoring::bootstrap_index(&scores);
+        if status == RunStatus::Done {
+            agent.done(&level, bootstrap_index).await;
+        }
+        let wall_seconds = started.elapsed().as_secs_f64();
+        RunResult {
+            status,
+            level,
+            bootstrap_index,
+            stages: outcomes,
+            wall_seconds,
+            trace_sha256: None,
+            events: 0,
+        }
+    }
+
+    async fn run_stage(
+        &mut self,
+        agent: &mut dyn Agent,
+        stage: &Stage,
+        index: usize,
+    ) -> StageOutcome {
+        let started = Instant::now();
+        let budgets = stage.budgets.clone();
+        let network = match stage.network {
+            StageNetwork::World => self.world_network.clone(),
+            StageNetwork::None => None,
+        };
+        if let Err(e) = self.sandbox.set_network(network.as_deref()).await {
+            self.warn(format!(
+                "stage {}: could not set the sandbox network: {e}",
+                stage.name
+            ));
+        }
+        let instruction = match crate::suite::instruction(&self.home, stage) {
+            Ok(text) => text,
+            Err(e) => {
+                self.warn(e.to_string());
+                format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
+            }
+        };
+        self.emit(Event::StageStarted {
+            stage: stage.name.clone(),
+            index,
+            budgets: budgets.clone(),
+            network: network.clone(),
+            instruction_sha256: crate::trace::sha256_hex(instruction.as_bytes()),
+        });
+        let task = StageTask {
+            stage: stage.name.clone(),
+            index,
+            instruction,
+            tools: tools::schemas(),
+            limits: budgets.clone(),
+        };
+        let scorer = scoring::scorer_for(&stage.name);
+        let mut steps = 0u64;
+        let mut sandbox_seconds = 0.0f64;
+        let wall_deadline = started + Duration::from_secs_f64(budgets.max_wall_seconds);
+        let ended_by = 'stage: {
+            if let Err(e) = agent.begin_stage(&task).await {
+                self.warn(e.to_string());
+                break 'stage EndReason::AgentError;
+            }
+            loop {
+                if steps >= budgets.max_steps {
+                    break 'stage EndReason::MaxSteps;
+                }
+                if sandbox_seconds >= budgets.max_sandbox_seconds {
+                    break 'stage EndReason::MaxSandboxSeconds;
+                }
+                let now = Instant::now();
+                if now >= wall_deadline {
+                    break 'stage EndReason::MaxWallSeconds;
+                }
+                let turn = tokio::select! {
+                    _ = self.cancel.cancelled() => break 'stage EndReason::Interrupted,
+                    t = tokio::time::timeout_at(wall_deadline.into(), agent.next()) => t,
+                };
+                let call = match turn {
+                    Err(_) => break 'stage EndReason::MaxWallSeconds,
+                    Ok(Err(e)) => {
+                        self.warn(e.to_string());
+                        break 'stage EndReason::AgentError;
+                    }
+                    Ok(Ok(Turn::Finished)) => break 'stage EndReason::AgentFinished,
+                    Ok(Ok(Turn::Call(call))) => call,
+                };
+                steps += 1;
+                self.step += 1;
+                let step = self.step;
+                self.emit(Event::StepStarted {
+                    stage: stage.name.clone(),
+                    step,
+                    tool: call.tool.clone(),
+                    args: call.args.clone(),
+                });
+                let begun = chrono::Utc::now();
+                let t0 = Instant::now();
+                let parsed = ToolCall::parse(&call);
+                let remaining_sandbox = budgets.max_sandbox_seconds - sandbox_seconds;
+                let remaining_wall = wall_deadline.saturating_duration_since(Instant::now());
+                let exec = self.execute(
+                    &parsed,
+                    &call,
+                    &budgets,
+                    remaining_sandbox,
+                    remaining_wall,
+                    stage,
+                    scorer.as_ref(),
+                );
+                let res = tokio::select! {
+                    _ = self.cancel.cancelled() => None,
+                    r = exec => Some(r),
+                };
+                let Some(res) = res else {
+                    break 'stage EndReason::Interrupted;
+                };
+                sandbox_seconds += res.sandbox_seconds;
+                let commit = if matches!(parsed, Ok(ToolCall::ReadFile { .. })) {
+                    None
+                } else {
+                    self.snapshot(step, &stage.name, &call)
+                };
+                let ok = res.result.is_ok();
+                let result_value = match &res.result {
+                    Ok(v) => v.clone(),
+                    Err(e) => json!({"code": e.code, "message": e.message}),
+                };
+                self.emit(Event::Step(StepRecord {
+                    stage: stage.name.clone(),
+                    step,
+                    stage_step: steps,
+                    tool: call.tool.clone(),
+                    args: res.recorded_args.clone(),
+                    ok,
+                    result: result_value,
+                    started_at: begun,
+                    duration_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                    sandbox_seconds: res.sandbox_seconds,
+                    usage: res.usage.clone(),
+                    outputs: res.outputs.clone(),
+                    commit,
+                }));
+                if let Err(e) = agent.observe(&call, &res.result).await {
+                    self.warn(e.to_string());
+                    break 'stage EndReason::AgentError;
+                }
+                if matches!(parsed, Ok(ToolCall::Submit)) {
+                    break 'stage EndReason::Submit;
+                }
+            }
+        };
+        if let Some(budget) = ended_by.budget() {
+            agent.stopped(budget).await;
+        }
+        let wall_seconds = started.elapsed().as_secs_f64();
+        self.emit(Event::StageEnded {
+            stage: stage.name.clone(),
+            ended_by,
+            steps,
+            sandbox_seconds,
+            wall_seconds,
+        });
+        let score = if ended_by == EndReason::Interrupted {
+            None
+        } else {
+            let ctx = ScoreContext {
+                stage,
+                sandbox: self.sandbox.as_ref(),
+                run_dir: &self.run_dir,
+            };
+            let score = scorer.score(&ctx).await;
+            self.emit(Event::StageScored {
+                stage: stage.name.clone(),
+                score: score.clone(),
+            });
+            Some(score)
+        };
+        StageOutcome {
+            stage: stage.name.clone(),
+            ended_by,
+            steps,
+            sandbox_seconds,
+            wall_seconds,
+            score,
+        }
+    }
+
+    /// Emits `run_finished` (after the caller tore the sandbox down) and pins the trace's tail hash.
+    pub fn finish(&mut self, result: &mut RunResult) {
+        self.emit(Event::RunFinished {
+            status: result.status,
+            level: result.level.clone(),
+            bootstrap_index: result.bootstrap_index,
+            wall_seconds: result.wall_seconds,
+        });
+        result.trace_sha256 = self.recorder.last_hash();
+    }
+
+    fn snapshot(&mut self, step: u64, stage: &str, call: &RawCall) -> Option<String> {
+        let history = self.history.as_mut()?;
+        let mut args = serde_json::to_string(&call.args).unwrap_or_default();
+        if args.len() > 4096 {
+            let mut cut = 4096;
+            while !args.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            args.truncate(cut);
+            args.push_str("…");
+        }
+        let summary: String = match call.args.get("cmd").or_else(|| call.args.get("path")) {
+            Some(Value::String(s)) => s.lines().next().unwrap_or("").chars().take(72).collect(),
+            _ => String::new(),
+        };
+        let message = format!(
+            "step {step} ({stage}): {} {summary}\n\n{{\"tool\":{},\"args\":{args}}}\n",
+            call.tool,
+            serde_json::to_string(&call.tool).unwrap_or_default()
+        );
+        match history.commit_if_changed(&message) {
+            Ok(c) => c,
+            Err(e) => {
+                self.warn(format!(
+                    "step {step}: could not record the workspace in git: {e}"
+                ));
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        parsed: &Result<ToolCall, ToolError>,
+        call: &RawCall,
+        budgets: &Budgets,
+        remaining_sandbox: f64,
+        remaining_wall: Duration,
+        stage: &Stage,
+        scorer: &dyn Scorer,
+    ) -> StepResult {
+        let mut out = StepResult {
+            result: Err(ToolError::bad_request("unreachable")),
+            usage: None,
+            outputs: Vec::new(),
+            sandbox_seconds: 0.0,
+            recorded_args: call.args.clone(),
+        };
+        let call_parsed = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                out.result = Err(e.clone());
+                return out;
+            }
+        };
+        match call_parsed {
+            ToolCall::Bash { cmd, timeout_s } => {
+                let asked = timeout_s.unwrap_or(budgets.default_step_seconds);
+                let secs = asked
+                    .min(budgets.max_step_seconds)
+                    .min(remaining_sandbox.max(0.001))
+                    .min(remaining_wall.as_secs_f64().max(0.001));
+                let req = ExecRequest {
+                    cmd: cmd.clone(),
+                    timeout: Duration::from_secs_f64(secs),
+                    env: vec![],
+                };
+                let mut stdout = Capture::default();
+                let mut stderr = Capture::default();
+                let res = {
+                    let mut sink = |s: OutStream, d: &[u8]| match s {
+                        OutStream::Stdout => stdout.push(d),
+                        OutStream::Stderr => stderr.push(d),
+                    };
+                    self.sandbox.exec(&req, &mut sink).await
+                };
+                match res {
+                    Ok(o) => {
+                        out.sandbox_seconds = o.duration_ms / 1000.0;
+                        for (name, cap) in [("stdout", &stdout), ("stderr", &stderr)] {
+                            if cap.truncated() {
+                                match self.outputs.put(&cap.full) {
+                                    Ok(sha) => out.outputs.push(OutputRef {
+                                        stream: name.into(),
+                                        sha256: sha,
+                                        bytes_kept: cap.full.len() as u64,
+                                        bytes_total: cap.total,
+                                    }),
+                                    Err(e) => tracing::warn!("could not keep full {name}: {e}"),
+                                }
+                            }
+                        }
+                        let mut v = json!({
+                            "exit_code": o.shell_code(),
+                            "stdout": stdout.inline(),
+                            "stderr": stderr.inline(),
+                            "truncated": stdout.truncated() || stderr.truncated(),
+                            "duration_ms": (o.duration_ms * 10.0).round() / 10.0,
+                        });
+                        if o.timed_out {
+                            v["timed_out"] = json!(true);
+                            v["timeout_s"] = json!(secs);
+                        }
+                        if o.oom_killed {
+                            v["oom_killed"] = json!(true);
+                        }
+                        if let Some(sig) = o.signal {
+                            v["signal"] = json!(sig);
+                        }
+                        if let Some(err) = &o.error {
+                            v["error"] = json!(err);
+                        }
+                        out.usage = Some(StepUsage {
+                            cpu_seconds: o.cpu_seconds,
+                            max_rss_kb: o.max_rss_kb,
+                            container_cpu_seconds: o.container_cpu_seconds,
+                            container_peak_bytes: o.container_peak_bytes,
+                            timed_out: o.timed_out,
+                            oom_killed: o.oom_killed,
+                        });
+                        out.result = Ok(v);
+                    }
+                    Err(e) => out.result = Err(ToolError::new("sandbox_error", e.to_string())),
+                }
+            }
+            ToolCall::ReadFile { path } => {
+                out.result = match self.sandbox.read_file(path, READ_LIMIT) {
+                    Ok((bytes, size)) => {
+                        let truncated = size > bytes.len() as u64;
+                        Ok(file_content(&bytes, truncated, size))
+                    }
+                    Err(e) => Err(sandbox_tool_error(e)),
+                }
+            }
+            ToolCall::WriteFile { path, content } => {
+                if content.len() > INLINE_ARG {
+                    if let Ok(sha) = self.outputs.put(content) {
+                        out.recorded_args["content"] =
+                            json!(format!("[{} bytes, kept in outputs/{sha}]", content.len()));
+                        out.recorded_args["content_sha256"] = json!(sha);
+                    }
+                }
+                out.result = match self.sandbox.write_file(path, content) {
+                    Ok(n) => Ok(json!({"bytes_written": n})),
+                    Err(e) => Err(sandbox_tool_error(e)),
+                }
+            }
+            ToolCall::Check => {
+                let ctx = ScoreContext {
+                    stage,
+                    sandbox: self.sandbox.as_ref(),
+                    run_dir: &self.run_dir,
+                };
+                out.result = scorer.check(&ctx).await;
+            }
+            ToolCall::Submit => out.result = Ok(json!({"submitted": true})),
+        }
+        out
+    }
+}
+
+fn sandbox_tool_error(e: crate::sandbox::SandboxError) -> ToolError {
+    match e {
+        crate::sandbox::SandboxError::Path(p) => p.into(),
+        other => ToolError::new("sandbox_error", other.to_string()),
+    }
+}
+
+/// A read_file result: UTF-8 text as is, anything else as base64.
+fn file_content(bytes: &[u8], truncated: bool, size: u64) -> Value {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => Some(t),
+        // A cut in the middle of a character at the very end is still text.
+        Err(e) if truncated && e.error_len().is_none() => {
+            Some(std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid prefix"))
+        }
+        Err(_) => None,
+    };
+    match text {
+        Some(t) => json!({"content": t, "truncated": truncated, "size": size}),
+        None => json!({
+            "content": base64::engine::general_purpose::STANDARD.encode(bytes),
+            "encoding": "base64",
+            "truncated": truncated,
+            "size": size,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_keeps_head_and_tail() {
+        let mut c = Capture::default();
+        c.push(&vec![b'a'; INLINE_OUTPUT]);
+        c.push(b"END");
+        assert!(c.truncated());
+        let s = c.inline();
+        assert!(
+            s.starts_with("aaaa") && s.ends_with("aEND"),
+            "{}",
+            &s[s.len() - 10..]
+        );
+        assert!(s.contains("3 bytes omitted"));
+        let mut small = Capture::default();
+        small.push(b"hi");
+        assert_eq!(small.inline(), "hi");
+        assert!(!small.truncated());
+    }
+
+    #[test]
+    fn binary_files_come_back_as_base64() {
+        let v = file_content(&[0xff, 0x00], false, 2);
+        assert_eq!(v["encoding"], "base64");
+        let v = file_content("é".as_bytes()[..1].as_ref(), true, 2);
+        assert_eq!(v["content"], "");
+        assert_eq!(v["truncated"], true);
+    }
+}

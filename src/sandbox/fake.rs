@@ -1,0 +1,127 @@
+//! A recording fake sandbox for unit tests of the runner: real file operations on a temp dir, scripted commands.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{
+    ExecOutcome, ExecRequest, OutStream, OutputSink, Sandbox, SandboxError, WorkspaceRoot,
+};
+
+/// One thing the runner asked of the sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    Exec { cmd: String, timeout_ms: u128 },
+    SetNetwork(Option<String>),
+    Remove,
+}
+
+/// A scripted reply to one `exec`: output chunks, then the outcome. It may also write workspace files.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub output: Vec<(OutStream, Vec<u8>)>,
+    pub outcome: ExecOutcome,
+    pub writes: Vec<(String, Vec<u8>)>,
+}
+
+impl Reply {
+    /// Exit 0 with this stdout.
+    pub fn ok(stdout: &str) -> Self {
+        Self {
+            output: vec![(OutStream::Stdout, stdout.as_bytes().to_vec())],
+            outcome: ExecOutcome {
+                exit_code: Some(0),
+                duration_ms: 1.0,
+                ..Default::default()
+            },
+            writes: vec![],
+        }
+    }
+}
+
+/// Records every call; commands get the scripted replies in order (then `Reply::ok("")`).
+pub struct RecordingSandbox {
+    workspace: WorkspaceRoot,
+    _dir: Option<tempfile::TempDir>,
+    replies: Mutex<VecDeque<Reply>>,
+    calls: Mutex<Vec<Recorded>>,
+}
+
+impl RecordingSandbox {
+    /// A fake whose workspace is a fresh temp dir.
+    pub fn new(replies: Vec<Reply>) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let workspace = WorkspaceRoot::open(dir.path(), None)?;
+        Ok(Self {
+            workspace,
+            _dir: Some(dir),
+            replies: Mutex::new(replies.into()),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A fake over an existing workspace directory.
+    pub fn with_workspace(dir: &std::path::Path, replies: Vec<Reply>) -> std::io::Result<Self> {
+        Ok(Self {
+            workspace: WorkspaceRoot::open(dir, None)?,
+            _dir: None,
+            replies: Mutex::new(replies.into()),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Everything recorded so far.
+    pub fn calls(&self) -> Vec<Recorded> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Sandbox for RecordingSandbox {
+    fn id(&self) -> &str {
+        "fake"
+    }
+
+    fn workspace(&self) -> &WorkspaceRoot {
+        &self.workspace
+    }
+
+    async fn exec(
+        &self,
+        req: &ExecRequest,
+        sink: OutputSink<'_>,
+    ) -> Result<ExecOutcome, SandboxError> {
+        self.calls.lock().unwrap().push(Recorded::Exec {
+            cmd: req.cmd.clone(),
+            timeout_ms: req.timeout.as_millis(),
+        });
+        let reply = self
+            .replies
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| Reply::ok(""));
+        for (path, data) in &reply.writes {
+            self.workspace
+                .write(&super::WorkspacePath::parse(path)?, data)?;
+        }
+        for (stream, data) in &reply.output {
+            sink(*stream, data);
+        }
+        Ok(reply.outcome)
+    }
+
+    async fn set_network(&self, network: Option<&str>) -> Result<(), SandboxError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Recorded::SetNetwork(network.map(str::to_string)));
+        Ok(())
+    }
+
+    async fn remove(&self) -> Result<(), SandboxError> {
+        self.calls.lock().unwrap().push(Recorded::Remove);
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! The sandbox seam: one trait for "run this command / touch this file in the agent's box", two backends.
+//!
+//! [`docker::DockerSandbox`] is the real one (bollard, a long-lived supervisor inside the container);
+//! [`fake::RecordingSandbox`] records calls and answers from a script, for unit tests of the runner.
+
+pub mod docker;
+pub mod fake;
+pub mod paths;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use paths::{PathError, WorkspacePath, WorkspaceRoot, WORKSPACE};
+
+/// Which stream a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutStream {
+    Stdout,
+    Stderr,
+}
+
+/// One command to run in the sandbox.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub cmd: String,
+    pub timeout: std::time::Duration,
+    pub env: Vec<(String, String)>,
+}
+
+/// What happened to a command. Output itself goes through the sink passed to [`Sandbox::exec`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecOutcome {
+    /// Exit code, when the process exited (not killed by a signal).
+    pub exit_code: Option<i32>,
+    /// Signal that killed it, if any.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// The container's OOM killer fired during the command.
+    pub oom_killed: bool,
+    pub duration_ms: f64,
+    /// User+system CPU seconds of the command's process tree (rusage of reaped children).
+    pub cpu_seconds: f64,
+    /// Largest resident set of any process of the command, in KiB.
+    pub max_rss_kb: u64,
+    /// CPU seconds the whole container used meanwhile (cgroup), when readable.
+    pub container_cpu_seconds: Option<f64>,
+    /// Peak memory of the container so far (cgroup), when readable.
+    pub container_peak_bytes: Option<u64>,
+    /// Set when the harness could not run the command as asked (e.g. the supervisor died).
+    pub error: Option<String>,
+}
+
+impl ExecOutcome {
+    /// The exit code as a shell would report it (128+signal when killed).
+    pub fn shell_code(&self) -> i32 {
+        match (self.exit_code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => -1,
+        }
+    }
+}
+
+/// Why a sandbox operation failed as a whole (as opposed to a command failing inside it).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("sandbox {what}: {message}")]
+    Other { what: &'static str, message: String },
+}
+
+impl SandboxError {
+    pub fn other(what: &'static str, message: impl Into<String>) -> Self {
+        Self::Other {
+            what,
+            message: message.into(),
+        }
+    }
+}
+
+/// Receives output as it streams.
+pub type OutputSink<'a> = &'a mut (dyn FnMut(OutStream, &[u8]) + Send);
+
+/// The agent's box: commands, files, network, teardown.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// A short id for messages and traces.
+    fn id(&self) -> &str;
+
+    /// The workspace as the host sees it (for snapshots and file tools).
+    fn workspace(&self) -> &WorkspaceRoot;
+
+    /// Runs `bash -c cmd` in `/workspace`, streaming output into `sink`; kills the process tree at the timeout.
+    async fn exec(
+        &self,
+        req: &ExecRequest,
+        sink: OutputSink<'_>,
+    ) -> Result<ExecOutcome, SandboxError>;
+
+    /// Joins (Some) or leaves every network (None): network `none` is "no network but loopback".
+    async fn set_network(&self, network: Option<&str>) -> Result<(), SandboxError>;
+
+    /// Removes the sandbox and everything it holds but the workspace. Safe to call twice.
+    async fn remove(&self) -> Result<(), SandboxError>;
+
+    /// Reads a workspace file, confined to the workspace.
+    fn read_file(&self, path: &WorkspacePath, limit: u64) -> Result<(Vec<u8>, u64), SandboxError> {
+        Ok(self.workspace().read(path, limit)?)
+    }
+
+    /// Writes a workspace file, confined to the workspace.
+    fn write_file(&self, path: &WorkspacePath, data: &[u8]) -> Result<u64, SandboxError> {
+        Ok(self.workspace().write(path, data)?)
+    }
+
+    /// Copies a host file into the workspace (upload).
+    fn upload(&self, host: &Path, dest: &WorkspacePath) -> Result<u64, SandboxError> {
+        let data = std::fs::read(host).map_err(|e| PathError::Io {
+            path: host.display().to_string(),
+            source: e,
+        })?;
+        self.write_file(dest, &data)
+    }
+
+    /// Copies a workspace file out to a host path inside `host_root` (download); both sides are confined.
+    fn download(
+        &self,
+        src: &WorkspacePath,
+        host_root: &WorkspaceRoot,
+        dest: &WorkspacePath,
+        limit: u64,
+    ) -> Result<u64, SandboxError> {
+        let (data, size) = self.read_file(src, limit)?;
+        if size > limit {
+            return Err(SandboxError::other(
+                "download",
+                format!(
+                    "{} is {size} bytes, over the {limit}-byte limit",
+                    src.rel().display()
+                ),
+            ));
+        }
+        Ok(host_root.write(dest, &data)?)
+    }
+}

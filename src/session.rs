@@ -1,0 +1,272 @@
+//! One run end to end on the real engine: run directory, image, network, sandbox, the runner, teardown.
+//!
+//! Teardown always happens, whatever the runner did: the sandbox and network are removed, then every
+//! resource labelled with the run id is swept, and only then is `run_finished` written.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bollard::models::NetworkCreateRequest;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::AgentSpec;
+use crate::engine;
+use crate::images;
+use crate::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
+use crate::runner::{RunResult, Runner};
+use crate::sandbox::docker::{DockerSandbox, DockerSandboxSpec, SANDBOX_GID, SANDBOX_UID};
+use crate::sandbox::Sandbox;
+use crate::suite::{Home, Suite};
+use crate::trace::{EventLog, Recorder, Reporter, WorkspaceHistory};
+
+/// A validated request for one run.
+pub struct RunPlan {
+    pub home: Home,
+    pub suite: Suite,
+    pub agent: AgentSpec,
+    pub runs_dir: PathBuf,
+}
+
+/// A finished (or failed, or interrupted) run.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub run_id: String,
+    pub dir: PathBuf,
+    pub meta: RunMeta,
+    pub score: RunScore,
+}
+
+/// Why a run could not even start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error(transparent)]
+    Image(#[from] images::ImageError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    #[error("run directory {path}: {source}")]
+    RunDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("workspace history {path}: {source}")]
+    Git {
+        path: String,
+        #[source]
+        source: git2::Error,
+    },
+}
+
+/// Runs the plan. Errors before the run directory exists are returned; later failures end the run as
+/// `failed` with the reason in `run.json`, and the directory is still complete.
+pub async fn run(
+    plan: RunPlan,
+    reporters: Vec<Box<dyn Reporter>>,
+    cancel: CancellationToken,
+) -> Result<RunOutput, SessionError> {
+    let mut agent = plan.agent.build()?;
+    let docker = engine::connect().await?;
+    let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
+
+    let run_id = rundir::new_run_id();
+    let dir = RunDir::new(plan.runs_dir.join(&run_id));
+    let rd_err = |path: &PathBuf| {
+        let path = path.display().to_string();
+        move |source| SessionError::RunDir { path, source }
+    };
+    std::fs::create_dir_all(dir.workspace()).map_err(rd_err(&dir.workspace()))?;
+    prepare_workspace(&dir.workspace()).map_err(rd_err(&dir.workspace()))?;
+    std::fs::create_dir_all(dir.outputs()).map_err(rd_err(&dir.outputs()))?;
+
+    let mut meta = RunMeta {
+        run_id: run_id.clone(),
+        agent: agent.spec(),
+        suite: plan.suite.name.clone(),
+        suite_path: plan.suite.path.display().to_string(),
+        world_hash: None,
+        seed: plan.suite.seed,
+        stages: plan.suite.stage_names(),
+        budgets: plan
+            .suite
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.budgets.clone()))
+            .collect(),
+        gptx_version: env!("CARGO_PKG_VERSION").into(),
+        images: BTreeMap::from([("agent".to_string(), image.id.clone())]),
+        started_at: chrono::Utc::now(),
+        ended_at: None,
+        status: RunStatus::Running,
+        error: None,
+        trace_sha256: None,
+        events: 0,
+    };
+    rundir::write_json_atomic(&dir.run_json(), &meta).map_err(rd_err(&dir.run_json()))?;
+    let log = EventLog::create(&dir.events()).map_err(rd_err(&dir.events()))?;
+    let history = WorkspaceHistory::create(&dir.git(), &dir.workspace()).map_err(|source| {
+        SessionError::Git {
+            path: dir.git().display().to_string(),
+            source,
+        }
+    })?;
+
+    // Network and sandbox. A failure here is a failed run, recorded as such.
+    let mut network = None;
+    let mut failure: Option<String> = None;
+    if plan.suite.needs_world() {
+        let name = format!("gptx-{run_id}-world");
+        match docker
+            .create_network(NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                internal: Some(true),
+                labels: Some(engine::labels(&run_id, "web")),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => network = Some(name),
+            Err(e) => failure = Some(format!("creating the world network: {e}")),
+        }
+    }
+    let sandbox: Option<Arc<DockerSandbox>> = if failure.is_none() {
+        let spec = DockerSandboxSpec {
+            run_id: run_id.clone(),
+            role: "agent".into(),
+            image: image.tag.clone(),
+            memory_bytes: (plan.suite.sandbox.memory_mb * 1024 * 1024) as i64,
+            nano_cpus: (plan.suite.sandbox.cpus * 1e9) as i64,
+            pids: plan.suite.sandbox.pids as i64,
+            // Created on the world network when the suite has one (Docker cannot later join a
+            // container made with network `none`); stages without it leave it, keeping only loopback.
+            network: network.clone(),
+            workspace_host: dir.workspace(),
+            workspace_readonly: false,
+            env: vec![],
+        };
+        match DockerSandbox::create(&docker, &spec).await {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                failure = Some(format!("creating the agent sandbox: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let recorder = Recorder::new(log);
+    let sandbox_dyn: Arc<dyn Sandbox> = match &sandbox {
+        Some(s) => s.clone(),
+        None => Arc::new(
+            crate::sandbox::fake::RecordingSandbox::with_workspace(&dir.workspace(), vec![])
+                .map_err(rd_err(&dir.workspace()))?,
+        ),
+    };
+    let mut runner = Runner::new(
+        plan.home.clone(),
+        plan.suite.clone(),
+        run_id.clone(),
+        dir.path.clone(),
+        sandbox_dyn,
+        recorder,
+        Some(history),
+        cancel.clone(),
+    );
+    runner.reporters = reporters;
+    runner.world_network = network.clone();
+
+    let mut result = if failure.is_none() {
+        runner.run(agent.as_mut(), &image.tag).await
+    } else {
+        RunResult {
+            status: RunStatus::Failed,
+            level: "L0".into(),
+            bootstrap_index: 0.0,
+            stages: vec![],
+            wall_seconds: 0.0,
+            trace_sha256: None,
+            events: 0,
+        }
+    };
+    if let Some(f) = &failure {
+        runner.emit(crate::trace::Event::Warning { message: f.clone() });
+    }
+
+    // Teardown: never skipped, never fatal.
+    if let Some(s) = &sandbox {
+        if let Err(e) = s.remove().await {
+            runner.emit(crate::trace::Event::Warning {
+                message: format!("removing the sandbox: {e}"),
+            });
+        }
+    }
+    if let Some(n) = &network {
+        if let Err(e) = docker.remove_network(n).await {
+            if !engine::is_not_found(&e) {
+                runner.emit(crate::trace::Event::Warning {
+                    message: format!("removing network {n}: {e}"),
+                });
+            }
+        }
+    }
+    match engine::sweep(&docker, Some(&run_id), |_| false).await {
+        Ok((removed, warnings)) => {
+            if !removed.is_empty() {
+                runner.emit(crate::trace::Event::Warning {
+                    message: format!("swept leftovers of this run: {removed:?}"),
+                });
+            }
+            for w in warnings {
+                runner.emit(crate::trace::Event::Warning { message: w });
+            }
+        }
+        Err(e) => runner.emit(crate::trace::Event::Warning {
+            message: format!("sweeping this run's resources: {e}"),
+        }),
+    }
+
+    runner.finish(&mut result);
+    meta.status = result.status;
+    meta.error = failure;
+    meta.ended_at = Some(chrono::Utc::now());
+    meta.trace_sha256 = result.trace_sha256.clone();
+    meta.events = runner.recorder.count();
+    if let Err(e) = rundir::write_json_atomic(&dir.run_json(), &meta) {
+        tracing::warn!("could not write {}: {e}", dir.run_json().display());
+    }
+    let score = RunScore {
+        run_id: run_id.clone(),
+        suite: plan.suite.name.clone(),
+        agent: meta.agent.clone(),
+        seed: meta.seed,
+        world_hash: None,
+        status: result.status,
+        level: result.level.clone(),
+        bootstrap_index: result.bootstrap_index,
+        stages: result.summaries(),
+    };
+    if let Err(e) = rundir::write_json_atomic(&dir.score_json(), &score) {
+        tracing::warn!("could not write {}: {e}", dir.score_json().display());
+    }
+    Ok(RunOutput {
+        run_id,
+        dir: dir.path,
+        meta,
+        score,
+    })
+}
+
+/// Makes the workspace writable by the sandbox user: owned by it when we are root, else open to all.
+pub fn prepare_workspace(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(path, Some(SANDBOX_UID), Some(SANDBOX_GID))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+    } else {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+    }
+}

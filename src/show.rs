@@ -1,0 +1,277 @@
+//! Terminal views of runs: the run list, the step-by-step trace, trace verification, the scorecard.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::rundir::{self, RunMeta, RunScore};
+use crate::trace::{self, Event};
+
+/// `gptx runs`.
+pub fn runs(runs_dir: &Path) -> anyhow::Result<i32> {
+    let (runs, problems) = rundir::list_runs(runs_dir);
+    if runs.is_empty() && problems.is_empty() {
+        println!("no runs in {}", runs_dir.display());
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<11} {:<8} {:<5} {:>6}  {:<20} agent",
+        "run", "status", "suite", "level", "index", "started"
+    );
+    for (dir, meta) in &runs {
+        let score: Option<RunScore> = rundir::read_json(&dir.score_json()).ok();
+        println!(
+            "{:<24} {:<11} {:<8} {:<5} {:>6}  {:<20} {}",
+            meta.run_id,
+            meta.status.to_string(),
+            meta.suite,
+            score.as_ref().map(|s| s.level.as_str()).unwrap_or("-"),
+            score
+                .as_ref()
+                .map(|s| format!("{:.1}", s.bootstrap_index))
+                .unwrap_or_else(|| "-".into()),
+            meta.started_at.format("%Y-%m-%d %H:%M:%S"),
+            meta.agent
+        );
+    }
+    for p in problems {
+        eprintln!("gptx runs: skipped {p}");
+    }
+    Ok(0)
+}
+
+fn head(text: &str, lines: usize, width: usize) -> Vec<String> {
+    text.lines()
+        .take(lines)
+        .map(|l| {
+            let mut s: String = l.chars().take(width).collect();
+            if l.chars().count() > width {
+                s.push('…');
+            }
+            s
+        })
+        .collect()
+}
+
+fn args_summary(tool: &str, args: &serde_json::Value) -> String {
+    let s = match tool {
+        "bash" => args["cmd"].as_str().unwrap_or("").to_string(),
+        "read_file" | "write_file" => args["path"].as_str().unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    head(&s, 1, 90).pop().unwrap_or_default()
+}
+
+/// Renders a run's trace for the terminal.
+pub fn render(meta: &RunMeta, events: &[trace::log::Envelope], verified: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "run {}  suite {}  agent {}  seed {}  status {}",
+        meta.run_id, meta.suite, meta.agent, meta.seed, meta.status
+    );
+    let _ = writeln!(out, "trace: {verified}");
+    for env in events {
+        match &env.event {
+            Event::StageStarted {
+                stage,
+                budgets,
+                network,
+                ..
+            } => {
+                let _ = writeln!(
+                    out,
+                    "\n== stage {stage}  (max {} steps, {} s sandbox, {} s wall; network {})",
+                    budgets.max_steps,
+                    budgets.max_sandbox_seconds,
+                    budgets.max_wall_seconds,
+                    network.as_deref().unwrap_or("none")
+                );
+            }
+            Event::Step(s) => {
+                let code = match s.result.get("exit_code") {
+                    Some(c) => format!("exit {c}"),
+                    None if s.ok => "ok".into(),
+                    None => format!("error {}", s.result["code"].as_str().unwrap_or("?")),
+                };
+                let commit = s
+                    .commit
+                    .as_deref()
+                    .map(|c| format!("  commit {}", &c[..c.len().min(10)]))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "#{:<4} {:<10} {:<40} {:<12} {:>8.1} ms{}",
+                    s.step,
+                    s.tool,
+                    args_summary(&s.tool, &s.args),
+                    code,
+                    s.duration_ms,
+                    commit
+                );
+                if let Some(u) = &s.usage {
+                    let mut flags = String::new();
+                    if u.timed_out {
+                        flags.push_str("  TIMED OUT");
+                    }
+                    if u.oom_killed {
+                        flags.push_str("  OOM-KILLED");
+                    }
+                    let _ = writeln!(
+                        out,
+                        "      cpu {:.2} s  max rss {} KiB{flags}",
+                        u.cpu_seconds, u.max_rss_kb
+                    );
+                }
+                let mut shown = Vec::new();
+                for key in ["stdout", "stderr", "content", "message"] {
+                    if let Some(text) = s.result.get(key).and_then(|v| v.as_str()) {
+                        for l in head(text, 3, 100) {
+                            shown.push(format!("      {key}: {l}"));
+                        }
+                    }
+                }
+                for l in shown {
+                    let _ = writeln!(out, "{l}");
+                }
+            }
+            Event::StageEnded {
+                stage,
+                ended_by,
+                steps,
+                sandbox_seconds,
+                wall_seconds,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "-- {stage} ended by {ended_by:?} after {steps} steps ({sandbox_seconds:.1} s sandbox, {wall_seconds:.1} s wall)"
+                );
+            }
+            Event::StageScored { stage, score } => {
+                let _ = writeln!(
+                    out,
+                    "-- {stage} scored: {} passed={} {}",
+                    score.status,
+                    score.passed,
+                    score.reason.as_deref().unwrap_or("")
+                );
+            }
+            Event::Warning { message } => {
+                let _ = writeln!(out, "warning: {message}");
+            }
+            Event::RunFinished {
+                status,
+                level,
+                bootstrap_index,
+                wall_seconds,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "\nrun {status}: level {level}, Bootstrap Index {bootstrap_index:.1}, {wall_seconds:.1} s"
+                );
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn verified_line(dir: &rundir::RunDir, meta: &RunMeta) -> String {
+    match trace::verify(&dir.events(), meta.trace_sha256.as_deref()) {
+        Ok(v) if meta.trace_sha256.is_some() => {
+            format!("verified, {} events, hash chain intact", v.events)
+        }
+        Ok(v) => format!(
+            "{} events, chain intact so far (run not finished, tail not pinned)",
+            v.events
+        ),
+        Err(e) => format!("DOES NOT VERIFY: {e}"),
+    }
+}
+
+/// `gptx show`.
+pub fn show(runs_dir: &Path, id: &str, json: bool) -> anyhow::Result<i32> {
+    let dir = rundir::find_run(runs_dir, id)?;
+    if json {
+        let text = std::fs::read_to_string(dir.events())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.events().display()))?;
+        print!("{text}");
+        return Ok(0);
+    }
+    let meta: RunMeta = rundir::read_json(&dir.run_json())?;
+    let events = trace::log::read_events(&dir.events())?;
+    print!("{}", render(&meta, &events, &verified_line(&dir, &meta)));
+    if let Ok(score) = rundir::read_json::<RunScore>(&dir.score_json()) {
+        print!("\n{}", scorecard(&meta, &score));
+    }
+    Ok(0)
+}
+
+/// `gptx verify`.
+pub fn verify(runs_dir: &Path, id: &str) -> anyhow::Result<i32> {
+    let dir = rundir::find_run(runs_dir, id)?;
+    let meta: RunMeta = rundir::read_json(&dir.run_json())?;
+    let v = trace::verify(&dir.events(), meta.trace_sha256.as_deref())?;
+    println!(
+        "{}: {} events, hash chain intact{}",
+        dir.events().display(),
+        v.events,
+        if meta.trace_sha256.is_some() {
+            ", tail matches run.json"
+        } else {
+            " (run not finished: tail not pinned)"
+        }
+    );
+    Ok(0)
+}
+
+/// The scorecard printed after a run.
+pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "gptx scorecard · run {} · suite {} · agent {} · {}",
+        meta.run_id, meta.suite, meta.agent, meta.status
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:<16} {:<7} {:<20} {:>5} {:>9}  metrics",
+        "stage", "status", "passed", "ended by", "steps", "sandbox"
+    );
+    for name in &meta.stages {
+        let Some(s) = score.stages.get(name) else {
+            let _ = writeln!(out, "{name:<10} not run");
+            continue;
+        };
+        let metrics = if s.metrics.is_empty() {
+            s.reason.clone().unwrap_or_default()
+        } else {
+            serde_json::Value::Object(s.metrics.clone()).to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<16} {:<7} {:<20} {:>5} {:>8.1}s  {}",
+            name,
+            s.status,
+            s.passed,
+            s.ended_by
+                .map(|e| serde_json::to_value(e)
+                    .expect("json")
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string())
+                .unwrap_or_default(),
+            s.steps,
+            s.sandbox_seconds,
+            metrics
+        );
+    }
+    let _ = writeln!(
+        out,
+        "level {} · Bootstrap Index {:.1} · run dir {}",
+        score.level, score.bootstrap_index, meta.run_id
+    );
+    if let Some(e) = &meta.error {
+        let _ = writeln!(out, "error: {e}");
+    }
+    out
+}

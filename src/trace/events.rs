@@ -1,0 +1,165 @@
+//! The typed events of a run: the only thing the runner tells reporters, and the lines of `events.jsonl`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::suite::Budgets;
+
+/// Why a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The agent called `submit`.
+    Submit,
+    /// The agent had nothing more to do (a script ran out, an external agent exited).
+    AgentFinished,
+    MaxSteps,
+    MaxSandboxSeconds,
+    MaxWallSeconds,
+    /// The agent failed in a way the harness could not recover from within the stage.
+    AgentError,
+    Interrupted,
+}
+
+impl EndReason {
+    /// The budget that ended the stage, if one did.
+    pub fn budget(self) -> Option<&'static str> {
+        match self {
+            Self::MaxSteps => Some("max_steps"),
+            Self::MaxSandboxSeconds => Some("max_sandbox_seconds"),
+            Self::MaxWallSeconds => Some("max_wall_seconds"),
+            _ => None,
+        }
+    }
+}
+
+/// Sandbox resources one step used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepUsage {
+    pub cpu_seconds: f64,
+    pub max_rss_kb: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container_cpu_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container_peak_bytes: Option<u64>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+}
+
+/// Where a full output stream is kept, when it did not fit inline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRef {
+    pub stream: String,
+    /// File name under `outputs/`.
+    pub sha256: String,
+    /// Bytes kept in that file.
+    pub bytes_kept: u64,
+    /// Bytes the command produced on that stream.
+    pub bytes_total: u64,
+}
+
+/// One tool call and what came of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub stage: String,
+    /// 1-based over the whole run.
+    pub step: u64,
+    /// 1-based within the stage.
+    pub stage_step: u64,
+    pub tool: String,
+    pub args: serde_json::Value,
+    pub ok: bool,
+    /// What the agent was given: the tool's output, or `{code, message}` when `ok` is false.
+    pub result: serde_json::Value,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub duration_ms: f64,
+    /// Time that counts against `max_sandbox_seconds`.
+    pub sandbox_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub usage: Option<StepUsage>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub outputs: Vec<OutputRef>,
+    /// The workspace commit this step made, if it changed the workspace.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub commit: Option<String>,
+}
+
+/// How a stage was graded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageScore {
+    /// scored, rejected, not_implemented, skipped, error.
+    pub status: String,
+    pub passed: bool,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// RE-Bench style normalised score, when floor and reference are known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub normalized: Option<f64>,
+}
+
+/// Everything that happens in a run, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        suite: String,
+        agent: String,
+        seed: u64,
+        gptx_version: String,
+        #[serde(default)]
+        world_hash: Option<String>,
+        image: String,
+        stages: Vec<String>,
+    },
+    StageStarted {
+        stage: String,
+        index: usize,
+        budgets: Budgets,
+        network: Option<String>,
+        instruction_sha256: String,
+    },
+    StepStarted {
+        stage: String,
+        step: u64,
+        tool: String,
+        args: serde_json::Value,
+    },
+    Step(StepRecord),
+    StageEnded {
+        stage: String,
+        ended_by: EndReason,
+        steps: u64,
+        sandbox_seconds: f64,
+        wall_seconds: f64,
+    },
+    StageScored {
+        stage: String,
+        score: StageScore,
+    },
+    Warning {
+        message: String,
+    },
+    RunFinished {
+        status: crate::rundir::RunStatus,
+        level: String,
+        bootstrap_index: f64,
+        wall_seconds: f64,
+    },
+}
+
+impl Event {
+    /// The `type` tag as written.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RunStarted { .. } => "run_started",
+            Self::StageStarted { .. } => "stage_started",
+            Self::StepStarted { .. } => "step_started",
+            Self::Step(_) => "step",
+            Self::StageEnded { .. } => "stage_ended",
+            Self::StageScored { .. } => "stage_scored",
+            Self::Warning { .. } => "warning",
+            Self::RunFinished { .. } => "run_finished",
+        }
+    }
+}

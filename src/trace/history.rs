@@ -1,0 +1,298 @@
+//! `workspace.git`: a bare repository with one commit per step that changed the workspace (git2).
+//!
+//! Snapshots walk the host view of the workspace and reuse blob ids of files whose size, mtime and inode
+//! did not change, so a step that touches one file costs a directory walk, not a re-hash of everything.
+//! Files over [`LARGE_FILE`] are not committed; they are listed with size and SHA-256 in
+//! [`MANIFEST`] inside the commit.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use git2::{FileMode, Oid, Repository, Signature};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Files larger than this are listed in the manifest instead of committed.
+pub const LARGE_FILE: u64 = 10 * 1024 * 1024;
+/// The manifest's path inside every commit that needs one.
+pub const MANIFEST: &str = ".gptx-large-files.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: i64,
+    mtime_ns: i64,
+    ino: u64,
+    mode: u32,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Self {
+            size: m.len(),
+            mtime: m.mtime(),
+            mtime_ns: m.mtime_nsec(),
+            ino: m.ino(),
+            mode: m.mode(),
+        }
+    }
+}
+
+/// A file too large to commit, as listed in the manifest.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LargeFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A file left out of a snapshot because it could not be read.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Default, Serialize)]
+struct Manifest {
+    large_files: Vec<LargeFile>,
+    skipped: Vec<Skipped>,
+}
+
+/// The run's workspace history.
+pub struct WorkspaceHistory {
+    repo: Repository,
+    root: PathBuf,
+    blobs: HashMap<PathBuf, (Stamp, Oid)>,
+    digests: HashMap<PathBuf, (Stamp, String)>,
+    head: Option<Oid>,
+    head_tree: Option<Oid>,
+}
+
+impl WorkspaceHistory {
+    /// Creates `git_dir` as a bare repository recording snapshots of `workspace`.
+    pub fn create(git_dir: &Path, workspace: &Path) -> Result<Self, git2::Error> {
+        let repo = Repository::init_bare(git_dir)?;
+        Ok(Self {
+            repo,
+            root: workspace.to_path_buf(),
+            blobs: HashMap::new(),
+            digests: HashMap::new(),
+            head: None,
+            head_tree: None,
+        })
+    }
+
+    /// Snapshots the workspace; commits with `message` when the tree changed. Returns the new commit id.
+    pub fn commit_if_changed(&mut self, message: &str) -> Result<Option<String>, git2::Error> {
+        let mut manifest = Manifest::default();
+        let root = self.root.clone();
+        let tree = self.build_tree(&root, Path::new(""), &mut manifest)?;
+        let tree = match tree {
+            Some(t) if manifest.large_files.is_empty() && manifest.skipped.is_empty() => t,
+            t => {
+                // Add the manifest at the top level.
+                let json = serde_json::to_vec_pretty(&manifest).expect("manifest");
+                let blob = self.repo.blob(&json)?;
+                let base = t.map(|id| self.repo.find_tree(id)).transpose()?;
+                let mut b = self.repo.treebuilder(base.as_ref())?;
+                b.insert(MANIFEST, blob, FileMode::Blob.into())?;
+                b.write()?
+            }
+        };
+        let tree = match tree {
+            t if Some(t) == self.head_tree => return Ok(None),
+            t => t,
+        };
+        if self.head.is_none() && self.is_empty_tree(tree)? {
+            self.head_tree = Some(tree);
+            return Ok(None);
+        }
+        let sig = Signature::now("agent", "agent@gptx.invalid")?;
+        let tree_obj = self.repo.find_tree(tree)?;
+        let parent = self.head.map(|h| self.repo.find_commit(h)).transpose()?;
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let id = self.repo.commit(
+            Some("refs/heads/main"),
+            &sig,
+            &sig,
+            message,
+            &tree_obj,
+            &parents,
+        )?;
+        if self.head.is_none() {
+            self.repo.set_head("refs/heads/main")?;
+        }
+        self.head = Some(id);
+        self.head_tree = Some(tree);
+        Ok(Some(id.to_string()))
+    }
+
+    /// The last commit, if any.
+    pub fn head(&self) -> Option<String> {
+        self.head.map(|h| h.to_string())
+    }
+
+    fn is_empty_tree(&self, tree: Oid) -> Result<bool, git2::Error> {
+        Ok(self.repo.find_tree(tree)?.is_empty())
+    }
+
+    fn build_tree(
+        &mut self,
+        dir: &Path,
+        rel: &Path,
+        manifest: &mut Manifest,
+    ) -> Result<Option<Oid>, git2::Error> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                manifest.skipped.push(Skipped {
+                    path: rel.display().to_string(),
+                    reason: e.to_string(),
+                });
+                return Ok(None);
+            }
+        };
+        let mut items: Vec<(String, Oid, FileMode)> = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == ".git" {
+                continue; // git cannot hold a nested .git; the agent's own repo is not part of history
+            }
+            let Some(name_str) = name.to_str() else {
+                manifest.skipped.push(Skipped {
+                    path: rel.join(&name).display().to_string(),
+                    reason: "file name is not UTF-8".into(),
+                });
+                continue;
+            };
+            let path = entry.path();
+            let rel_path = rel.join(&name);
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(_) => continue, // vanished during the walk
+            };
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                if let Some(sub) = self.build_tree(&path, &rel_path, manifest)? {
+                    items.push((name_str.to_string(), sub, FileMode::Tree));
+                }
+            } else if ft.is_symlink() {
+                if let Ok(target) = std::fs::read_link(&path) {
+                    let blob = self.repo.blob(target.as_os_str().as_encoded_bytes())?;
+                    items.push((name_str.to_string(), blob, FileMode::Link));
+                }
+            } else if ft.is_file() {
+                let stamp = Stamp::of(&meta);
+                let mode = if meta.mode() & 0o111 != 0 {
+                    FileMode::BlobExecutable
+                } else {
+                    FileMode::Blob
+                };
+                if meta.len() > LARGE_FILE {
+                    match self.digest(&path, &rel_path, stamp) {
+                        Ok(sha256) => manifest.large_files.push(LargeFile {
+                            path: rel_path.display().to_string(),
+                            size: meta.len(),
+                            sha256,
+                        }),
+                        Err(e) => manifest.skipped.push(Skipped {
+                            path: rel_path.display().to_string(),
+                            reason: e.to_string(),
+                        }),
+                    }
+                    continue;
+                }
+                let blob = match self.blobs.get(&rel_path) {
+                    Some((s, oid)) if *s == stamp => *oid,
+                    _ => match std::fs::read(&path) {
+                        Ok(data) => {
+                            let oid = self.repo.blob(&data)?;
+                            self.blobs.insert(rel_path.clone(), (stamp, oid));
+                            oid
+                        }
+                        Err(e) => {
+                            manifest.skipped.push(Skipped {
+                                path: rel_path.display().to_string(),
+                                reason: e.to_string(),
+                            });
+                            continue;
+                        }
+                    },
+                };
+                items.push((name_str.to_string(), blob, mode));
+            }
+        }
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let mut builder = self.repo.treebuilder(None)?;
+        for (name, oid, mode) in items {
+            builder.insert(name, oid, mode.into())?;
+        }
+        Ok(Some(builder.write()?))
+    }
+
+    fn digest(&mut self, path: &Path, rel: &Path, stamp: Stamp) -> std::io::Result<String> {
+        if let Some((s, d)) = self.digests.get(rel) {
+            if *s == stamp {
+                return Ok(d.clone());
+            }
+        }
+        let mut f = std::fs::File::open(path)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let d = hex::encode(h.finalize());
+        self.digests.insert(rel.to_path_buf(), (stamp, d.clone()));
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_on_change_and_lists_large_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        let mut h = WorkspaceHistory::create(&tmp.path().join("w.git"), &ws).unwrap();
+        assert_eq!(h.commit_if_changed("empty").unwrap(), None);
+        std::fs::write(ws.join("a.txt"), b"hello").unwrap();
+        let c1 = h.commit_if_changed("write a").unwrap().expect("commit");
+        assert_eq!(h.commit_if_changed("nothing").unwrap(), None);
+        std::fs::create_dir_all(ws.join("d/.git")).unwrap();
+        std::fs::write(ws.join("d/.git/x"), b"ignored").unwrap();
+        assert_eq!(h.commit_if_changed("only .git").unwrap(), None);
+        let big = vec![7u8; (LARGE_FILE + 1) as usize];
+        std::fs::write(ws.join("d/big.bin"), &big).unwrap();
+        let c2 = h.commit_if_changed("big").unwrap().expect("commit");
+        assert_ne!(c1, c2);
+
+        let repo = Repository::open_bare(tmp.path().join("w.git")).unwrap();
+        let commit = repo.find_commit(Oid::from_str(&c2).unwrap()).unwrap();
+        assert_eq!(commit.message(), Some("big"));
+        assert_eq!(commit.parent_id(0).unwrap().to_string(), c1);
+        let tree = commit.tree().unwrap();
+        assert!(tree.get_path(Path::new("d/big.bin")).is_err());
+        let m = tree.get_path(Path::new(MANIFEST)).unwrap();
+        let blob = repo.find_blob(m.id()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(blob.content()).unwrap();
+        assert_eq!(v["large_files"][0]["path"], "d/big.bin");
+        assert_eq!(v["large_files"][0]["size"], LARGE_FILE + 1);
+        assert_eq!(
+            v["large_files"][0]["sha256"],
+            hex::encode(Sha256::digest(&big))
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! The run's record: typed events, the hash-chained `events.jsonl`, full outputs, and workspace history.
+
+pub mod events;
+pub mod history;
+pub mod log;
+
+pub use events::{EndReason, Event, OutputRef, StageScore, StepRecord, StepUsage};
+pub use history::WorkspaceHistory;
+pub use log::{sha256_hex, verify, EventLog, TraceError, Verified};
+
+use std::path::{Path, PathBuf};
+
+/// Reporters see every event, in order, synchronously; this is the runner's only link to them.
+pub trait Reporter: Send {
+    fn report(&mut self, event: &Event);
+}
+
+/// Writes events to `events.jsonl`. A failed write becomes a warning on stderr and the run goes on.
+pub struct Recorder {
+    log: Option<EventLog>,
+    failures: u64,
+}
+
+impl Recorder {
+    pub fn new(log: EventLog) -> Self {
+        Self {
+            log: Some(log),
+            failures: 0,
+        }
+    }
+
+    /// A recorder that records nothing (for benches and dry runs).
+    pub fn disabled() -> Self {
+        Self {
+            log: None,
+            failures: 0,
+        }
+    }
+
+    /// Hash of the last line written.
+    pub fn last_hash(&self) -> Option<String> {
+        self.log.as_ref().map(|l| l.last_hash().to_string())
+    }
+
+    /// How many events were written (or attempted).
+    pub fn count(&self) -> u64 {
+        self.log.as_ref().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// How many events failed to write.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+}
+
+impl Reporter for Recorder {
+    fn report(&mut self, event: &Event) {
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.append(event) {
+                self.failures += 1;
+                tracing::warn!(
+                    "could not record a {} event in {}: {e}",
+                    event.kind(),
+                    log.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// `outputs/`: full command outputs, one file per distinct content, named by SHA-256.
+#[derive(Debug, Clone)]
+pub struct OutputStore {
+    dir: PathBuf,
+}
+
+impl OutputStore {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Stores bytes (once per content) and returns their hash.
+    pub fn put(&self, bytes: &[u8]) -> std::io::Result<String> {
+        let sha = sha256_hex(bytes);
+        let path = self.dir.join(&sha);
+        if !path.exists() {
+            std::fs::create_dir_all(&self.dir)?;
+            let tmp = self.dir.join(format!(".{sha}.tmp"));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(sha)
+    }
+
+    pub fn path(&self, sha: &str) -> PathBuf {
+        self.dir.join(sha)
+    }
+}
