@@ -114,7 +114,9 @@ impl DockerSandbox {
         let mode = if spec.workspace_readonly { "ro" } else { "rw" };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
+            // PID 1 (docker-init + sleep) runs as root without capabilities, so the agent's
+            // `kill -9 -1` cannot take the container down; every exec runs as the sandbox user.
+            user: Some("0:0".into()),
             working_dir: Some(super::WORKSPACE.into()),
             cmd: Some(vec!["sleep".into(), "infinity".into()]),
             env: Some(spec.env.clone()),
@@ -227,6 +229,7 @@ impl DockerSandbox {
                     attach_stdin: Some(true),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
+                    user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
                     working_dir: Some(super::WORKSPACE.into()),
                     ..Default::default()
                 },
@@ -301,6 +304,7 @@ impl DockerSandbox {
                 &self.id,
                 ExecConfig {
                     cmd: Some(vec!["kill".into(), "-9".into(), "-1".into()]),
+                    user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()

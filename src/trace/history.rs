@@ -92,6 +92,9 @@ impl WorkspaceHistory {
         let tree = self.build_tree(&root, Path::new(""), &mut manifest)?;
         let tree = match tree {
             Some(t) if manifest.large_files.is_empty() && manifest.skipped.is_empty() => t,
+            None if manifest.large_files.is_empty() && manifest.skipped.is_empty() => {
+                self.repo.treebuilder(None)?.write()?
+            }
             t => {
                 // Add the manifest at the top level.
                 let json = serde_json::to_vec_pretty(&manifest).expect("manifest");
@@ -281,7 +284,7 @@ mod tests {
 
         let repo = Repository::open_bare(tmp.path().join("w.git")).unwrap();
         let commit = repo.find_commit(Oid::from_str(&c2).unwrap()).unwrap();
-        assert_eq!(commit.message(), Some("big"));
+        assert_eq!(commit.message().unwrap(), "big");
         assert_eq!(commit.parent_id(0).unwrap().to_string(), c1);
         let tree = commit.tree().unwrap();
         assert!(tree.get_path(Path::new("d/big.bin")).is_err());

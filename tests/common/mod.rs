@@ -1,0 +1,105 @@
+//! Shared helpers for tests that use the real Docker engine and the `base` image.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use bollard::Docker;
+use gptx::sandbox::docker::{DockerSandbox, DockerSandboxSpec};
+use gptx::suite::Home;
+
+pub fn home() -> Home {
+    Home::locate().expect("gptx home (tasks/suites) from the crate root")
+}
+
+/// The engine and the `base` image tag, building the image on first use (needs root and debootstrap).
+pub async fn docker_and_image() -> (Docker, String) {
+    let docker = gptx::engine::connect()
+        .await
+        .expect("a running Docker engine");
+    let built = gptx::images::build(&docker, &home(), "base", false, true)
+        .await
+        .expect("the base image (built on first use: needs root and debootstrap)");
+    (docker, built.tag)
+}
+
+pub fn test_run_id(name: &str) -> String {
+    format!("test-{name}-{:08x}", rand::random::<u32>())
+}
+
+/// Containers, networks and volumes still labelled with this run id.
+pub async fn leftovers(docker: &Docker, run_id: &str) -> usize {
+    use bollard::query_parameters::{
+        ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    };
+    use std::collections::HashMap;
+    let f = || {
+        Some(HashMap::from([(
+            "label".to_string(),
+            vec![format!("gptx.run={run_id}")],
+        )]))
+    };
+    let c = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: f(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .len();
+    let n = docker
+        .list_networks(Some(ListNetworksOptions { filters: f() }))
+        .await
+        .unwrap()
+        .len();
+    let v = docker
+        .list_volumes(Some(ListVolumesOptions { filters: f() }))
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default()
+        .len();
+    c + n + v
+}
+
+pub fn spec(run_id: &str, image: &str, ws: &Path) -> DockerSandboxSpec {
+    gptx::session::prepare_workspace(ws).unwrap();
+    DockerSandboxSpec {
+        run_id: run_id.to_string(),
+        role: "agent".into(),
+        image: image.to_string(),
+        memory_bytes: 512 << 20,
+        nano_cpus: 1_000_000_000,
+        pids: 256,
+        network: None,
+        workspace_host: ws.to_path_buf(),
+        workspace_readonly: false,
+        env: vec![],
+    }
+}
+
+/// Runs `body` with a fresh sandbox, then removes it and checks nothing of it is left, even if `body` panics.
+pub async fn with_sandbox<F, Fut>(name: &str, tweak: impl FnOnce(&mut DockerSandboxSpec), body: F)
+where
+    F: FnOnce(Arc<DockerSandbox>, std::path::PathBuf) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (docker, image) = docker_and_image().await;
+    let run_id = test_run_id(name);
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(&run_id, &image, ws.path());
+    tweak(&mut s);
+    let sandbox = Arc::new(DockerSandbox::create(&docker, &s).await.expect("sandbox"));
+    // The workspace lives until the sandbox is gone.
+    let outcome = tokio::spawn(body(sandbox.clone(), ws.path().to_path_buf())).await;
+    use gptx::sandbox::Sandbox;
+    sandbox.remove().await.expect("remove");
+    let left = leftovers(&docker, &run_id).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    drop(ws);
+    assert_eq!(left, 0, "resources of {run_id} left behind");
+}

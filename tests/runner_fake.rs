@@ -1,0 +1,210 @@
+//! The run loop against the recording fake sandbox: budgets, tool errors, commits, the trace.
+
+use std::sync::Arc;
+
+use gptx::agent::ScriptAgent;
+use gptx::rundir::RunStatus;
+use gptx::runner::Runner;
+use gptx::sandbox::fake::{Recorded, RecordingSandbox, Reply};
+use gptx::suite::Suite;
+use gptx::trace::{self, EndReason, Event, EventLog, Recorder, WorkspaceHistory};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+
+const SUITE: &str = r#"
+name = "fake"
+image = "base"
+[budgets]
+max_steps = 4
+[[stages]]
+name = "crawl"
+[[stages]]
+name = "tokenize"
+[[stages]]
+name = "train"
+budgets = { max_sandbox_seconds = 1.5 }
+"#;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    run_dir: std::path::PathBuf,
+    sandbox: Arc<RecordingSandbox>,
+    runner: Runner,
+}
+
+fn fixture(replies: Vec<Reply>) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let ws = run_dir.join("workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    let sandbox = Arc::new(RecordingSandbox::with_workspace(&ws, replies).unwrap());
+    let suite = Suite::parse(SUITE, std::path::Path::new("fake.toml")).unwrap();
+    let recorder = Recorder::new(EventLog::create(&run_dir.join("events.jsonl")).unwrap());
+    let history = WorkspaceHistory::create(&run_dir.join("workspace.git"), &ws).unwrap();
+    let runner = Runner::new(
+        common::home(),
+        suite,
+        "fake-run".into(),
+        run_dir.clone(),
+        sandbox.clone(),
+        recorder,
+        Some(history),
+        CancellationToken::new(),
+    );
+    Fixture {
+        _tmp: tmp,
+        run_dir,
+        sandbox,
+        runner,
+    }
+}
+
+fn script(lines: &[&str]) -> ScriptAgent {
+    ScriptAgent::parse(&lines.join("\n"), "script:test", "test.jsonl").unwrap()
+}
+
+fn events(run_dir: &std::path::Path) -> Vec<Event> {
+    trace::log::read_events(&run_dir.join("events.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect()
+}
+
+#[tokio::test]
+async fn stages_budgets_errors_commits_and_trace() {
+    let mut write_reply = Reply::ok("made\n");
+    write_reply.writes = vec![("made_by_bash.txt".into(), b"x".to_vec())];
+    let mut slow = Reply::ok("");
+    slow.outcome.duration_ms = 2000.0;
+    let mut f = fixture(vec![write_reply, Reply::ok("nothing changes\n"), slow]);
+    let mut agent = script(&[
+        // crawl: a write, a bash that writes, a bash that does not, a bad call, then max_steps (4) ends it.
+        r#"{"tool":"write_file","args":{"path":"a/b.txt","content":"hello"}}"#,
+        r#"{"tool":"bash","args":{"cmd":"make it"}}"#,
+        r#"{"tool":"bash","args":{"cmd":"look","timeout_s":99999}}"#,
+        r#"{"tool":"fly","args":{}}"#,
+        r#"{"tool":"bash","args":{"cmd":"never runs"}}"#,
+        r#"{"tool":"submit"}"#,
+        // tokenize: a path escape, then submit.
+        r#"{"tool":"read_file","args":{"path":"../../etc/passwd"}}"#,
+        r#"{"tool":"submit"}"#,
+        // train: one slow command uses up the sandbox budget.
+        r#"{"tool":"bash","args":{"cmd":"train"}}"#,
+        r#"{"tool":"bash","args":{"cmd":"never runs either"}}"#,
+        r#"{"tool":"submit"}"#,
+    ]);
+    let mut result = f.runner.run(&mut agent, "img").await;
+    f.runner.finish(&mut result);
+    assert_eq!(result.status, RunStatus::Done);
+    let ended: Vec<_> = result
+        .stages
+        .iter()
+        .map(|s| (s.stage.as_str(), s.ended_by, s.steps))
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            ("crawl", EndReason::MaxSteps, 4),
+            ("tokenize", EndReason::Submit, 2),
+            ("train", EndReason::MaxSandboxSeconds, 1),
+        ]
+    );
+    assert_eq!(result.level, "L0");
+
+    // The sandbox saw exactly the commands that ran, with timeouts capped by the stage.
+    let execs: Vec<_> = f
+        .sandbox
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Recorded::Exec { cmd, timeout_ms } => Some((cmd, timeout_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(execs[0], ("make it".to_string(), 120_000));
+    assert_eq!(execs[1], ("look".to_string(), 600_000));
+    assert_eq!(execs[2], ("train".to_string(), 1_500));
+    assert_eq!(execs.len(), 3);
+
+    let evs = events(&f.run_dir);
+    let steps: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps.len(), 7);
+    // One commit per step that changed the workspace: the write and the bash that wrote.
+    let commits: Vec<bool> = steps.iter().map(|s| s.commit.is_some()).collect();
+    assert_eq!(commits, [true, true, false, false, false, false, false]);
+    assert_eq!(steps[3].result["code"], "bad_request");
+    assert!(steps[3].result["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown tool"));
+    assert_eq!(steps[4].result["code"], "path_refused");
+    assert_eq!(steps[2].result["stdout"], "nothing changes\n");
+
+    let repo = git2::Repository::open_bare(f.run_dir.join("workspace.git")).unwrap();
+    let mut walk = repo.revwalk().unwrap();
+    walk.push_head().unwrap();
+    assert_eq!(walk.count(), 2);
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    assert!(head
+        .message()
+        .unwrap()
+        .starts_with("step 2 (crawl): bash make it"));
+
+    // Every stage was started, ended and scored, and the trace ends with run_finished.
+    let kinds: Vec<&str> = evs.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "stage_scored").count(), 3);
+    assert_eq!(*kinds.last().unwrap(), "run_finished");
+    let ok = trace::verify(
+        &f.run_dir.join("events.jsonl"),
+        result.trace_sha256.as_deref(),
+    )
+    .unwrap();
+    assert_eq!(ok.events as usize, evs.len());
+}
+
+#[tokio::test]
+async fn large_outputs_are_cut_for_the_agent_and_kept_whole_in_outputs() {
+    let big = "x".repeat(100_000) + "TAIL";
+    let mut f = fixture(vec![Reply::ok(&big)]);
+    let mut agent = script(&[
+        r#"{"tool":"bash","args":{"cmd":"big"}}"#,
+        r#"{"tool":"submit"}"#,
+    ]);
+    let mut result = f.runner.run(&mut agent, "img").await;
+    f.runner.finish(&mut result);
+    let step = events(&f.run_dir)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Step(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(step.result["truncated"], true);
+    let inline = step.result["stdout"].as_str().unwrap();
+    assert!(inline.len() < 40_000 && inline.ends_with("TAIL"));
+    let out = &step.outputs[0];
+    assert_eq!(out.bytes_total, big.len() as u64);
+    let kept = std::fs::read(f.run_dir.join("outputs").join(&out.sha256)).unwrap();
+    assert_eq!(kept, big.as_bytes());
+}
+
+#[tokio::test]
+async fn cancelling_ends_the_run_as_interrupted_without_scoring() {
+    let mut f = fixture(vec![]);
+    f.runner.cancel.cancel();
+    let mut agent = script(&[r#"{"tool":"bash","args":{"cmd":"x"}}"#]);
+    let mut result = f.runner.run(&mut agent, "img").await;
+    f.runner.finish(&mut result);
+    assert_eq!(result.status, RunStatus::Interrupted);
+    assert_eq!(result.stages.len(), 1);
+    assert_eq!(result.stages[0].ended_by, EndReason::Interrupted);
+    assert!(result.stages[0].score.is_none());
+}
