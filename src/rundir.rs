@@ -200,6 +200,6 @@ pub fn list_runs(runs_dir: &Path) -> (Vec<(RunDir, RunMeta)>, Vec<String>) {
             Err(err) => problems.push(err.to_string()),
         }
     }
-    runs.sort_by(|a, b| a.1.started_at.cmp(&b.1.started_at));
+    runs.sort_by_key(|r| r.1.started_at);
     (runs, problems)
 }

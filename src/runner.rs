@@ -429,7 +429,7 @@ impl Runner {
                 cut -= 1;
             }
             args.truncate(cut);
-            args.push_str("…");
+            args.push('…');
         }
         let summary: String = match call.args.get("cmd").or_else(|| call.args.get("path")) {
             Some(Value::String(s)) => s.lines().next().unwrap_or("").chars().take(72).collect(),

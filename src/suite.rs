@@ -344,7 +344,7 @@ impl Suite {
                 self.sandbox.memory_mb
             ));
         }
-        if !(self.sandbox.cpus > 0.0) {
+        if self.sandbox.cpus.is_nan() || self.sandbox.cpus <= 0.0 {
             return Err("sandbox.cpus must be above 0".into());
         }
         for s in &self.stages {
@@ -355,7 +355,7 @@ impl Suite {
                 ("max_step_seconds", b.max_step_seconds),
                 ("default_step_seconds", b.default_step_seconds),
             ] {
-                if !(v > 0.0) || !v.is_finite() {
+                if !v.is_finite() || v <= 0.0 {
                     return Err(format!(
                         "stage {}: budgets.{field} = {v} must be a positive number",
                         s.name

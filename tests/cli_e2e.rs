@@ -1,0 +1,245 @@
+//! `gptx` end to end through its binary on the real engine: the mini suite, show, verify, git history,
+//! no leftovers, and Ctrl-C clean-up.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn gptx() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gptx"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+fn smoke() -> String {
+    format!(
+        "script:{}/tasks/agents/smoke.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let out = gptx()
+        .args([
+            "run",
+            "--suite",
+            "mini",
+            "--agent",
+            &smoke(),
+            "--json",
+            "--quiet",
+            "--runs-dir",
+        ])
+        .arg(runs.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout {stdout}\nstderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["status"], "done");
+    assert_eq!(v["level"], "L0");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let dir = Path::new(v["dir"].as_str().unwrap()).to_path_buf();
+    for stage in ["crawl", "tokenize", "train", "eval", "selfhost"] {
+        assert_eq!(v["stages"][stage]["status"], "not_implemented", "{stage}");
+        assert_eq!(v["stages"][stage]["ended_by"], "submit", "{stage}");
+        assert_eq!(v["stages"][stage]["steps"], 5, "{stage}");
+    }
+    // Nothing of the run is left on the engine.
+    assert_eq!(common::leftovers(&docker, &run_id).await, 0);
+
+    // The run directory is complete.
+    for f in [
+        "run.json",
+        "events.jsonl",
+        "score.json",
+        "workspace.git",
+        "outputs",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["status"], "done");
+    assert!(run["images"]["agent"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+
+    // Two commits per stage: the write_file and the bash that wrote its output.
+    let log = Command::new("git")
+        .arg("--git-dir")
+        .arg(dir.join("workspace.git"))
+        .args(["log", "--format=%s"])
+        .output()
+        .unwrap();
+    let subjects = String::from_utf8_lossy(&log.stdout);
+    assert_eq!(subjects.lines().count(), 10, "{subjects}");
+    assert!(subjects.contains("step 2 (crawl): bash python3 notes/stage_crawl.py"));
+    let show = Command::new("git")
+        .arg("--git-dir")
+        .arg(dir.join("workspace.git"))
+        .args(["show", "HEAD:notes/stage_selfhost.out"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).starts_with("stage selfhost (3, 11)"));
+
+    // `gptx show` lists every stage and step with its commit.
+    let shown = gptx()
+        .args(["show", &run_id, "--runs-dir"])
+        .arg(runs.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success());
+    assert!(text.contains("verified, "), "{text}");
+    for stage in ["crawl", "tokenize", "train", "eval", "selfhost"] {
+        assert!(
+            text.contains(&format!("== stage {stage}")),
+            "{stage} missing from show"
+        );
+    }
+    assert_eq!(text.matches("commit ").count(), 10);
+    assert!(text.contains("#25"));
+
+    // The trace verifies, and a one-byte edit anywhere is detected.
+    let ok = gptx()
+        .args(["verify", &run_id, "--runs-dir"])
+        .arg(runs.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let events = dir.join("events.jsonl");
+    let original = std::fs::read(&events).unwrap();
+    let pos = original.windows(7).position(|w| w == b"notes/s").unwrap() + 6;
+    let mut edited = original.clone();
+    edited[pos] = b'S';
+    std::fs::write(&events, &edited).unwrap();
+    let bad = gptx()
+        .args(["verify", &run_id, "--runs-dir"])
+        .arg(runs.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("edited"));
+    std::fs::write(&events, &original).unwrap();
+
+    // The score file, with ids, times and hashes redacted.
+    let score: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("score.json")).unwrap()).unwrap();
+    insta::assert_json_snapshot!("mini_smoke_score", score, {
+        ".run_id" => "[run_id]",
+        ".agent" => "[script path]",
+        ".stages.*.sandbox_seconds" => "[seconds]",
+        ".stages.*.wall_seconds" => "[seconds]",
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_kills_the_step_removes_everything_and_keeps_the_trace() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let script = runs.path().join("sleepy.jsonl");
+    std::fs::write(
+        &script,
+        "{\"tool\":\"bash\",\"args\":{\"cmd\":\"echo going; sleep 120\"}}\n{\"tool\":\"submit\"}\n",
+    )
+    .unwrap();
+    let mut child = gptx()
+        .args([
+            "run", "--suite", "mini", "--stages", "crawl", "--quiet", "--agent",
+        ])
+        .arg(format!("script:{}", script.display()))
+        .arg("--runs-dir")
+        .arg(runs.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the step to start.
+    let t0 = Instant::now();
+    let events = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the step never started"
+        );
+        let found = std::fs::read_dir(runs.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("events.jsonl"))
+            .find(|p| {
+                std::fs::read_to_string(p)
+                    .map(|t| t.contains("\"step_started\""))
+                    .unwrap_or(false)
+            });
+        if let Some(p) = found {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = events.parent().unwrap().to_path_buf();
+    let run_id = dir.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        common::leftovers(&docker, &run_id).await > 0,
+        "the run should have a sandbox now"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let t1 = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        t1.elapsed() < Duration::from_secs(30),
+        "clean-up took {:?}",
+        t1.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["status"], "interrupted");
+    let v = gptx::trace::verify(&events, run["trace_sha256"].as_str()).expect("trace intact");
+    assert!(v.events >= 4);
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(text.contains("\"ended_by\":\"interrupted\""));
+    assert_eq!(
+        common::leftovers(&docker, &run_id).await,
+        0,
+        "resources left after Ctrl-C"
+    );
+}
+
+#[test]
+fn usage_errors_name_the_flag_and_exit_2() {
+    let out = gptx()
+        .args(["run", "--suite", "nope", "--agent", "null"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--suite") && err.contains("mini"), "{err}");
+    let out = gptx().args(["run", "--agent", "gpt"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--agent"));
+    let out = gptx()
+        .args(["run", "--agent", "null", "--stages", "crawl,fly"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fly"));
+}
