@@ -17,7 +17,7 @@ use crate::sandbox::docker::{DockerSandbox, DockerSandboxSpec};
 use crate::sandbox::{ExecRequest, Sandbox};
 use crate::suite::{Home, Suite};
 use crate::tools::{RawCall, ToolError};
-use crate::trace::{EventLog, Recorder, WorkspaceHistory};
+use crate::trace::{EventLog, EventSink, Recorder, WorkspaceHistory};
 
 #[derive(Default)]
 struct Samples {
@@ -160,7 +160,7 @@ pub async fn exec(home: &Home, n: usize, json_out: bool) -> anyhow::Result<()> {
             run_id.clone(),
             run_dir,
             sandbox.clone(),
-            recorder,
+            EventSink::new(recorder, vec![]),
             Some(history),
             CancellationToken::new(),
         );

@@ -19,8 +19,8 @@ use crate::scoring::{self, ScoreContext, Scorer};
 use crate::suite::{Budgets, Home, Stage, StageNetwork, Suite};
 use crate::tools::{self, RawCall, ToolCall, ToolError};
 use crate::trace::{
-    EndReason, Event, OutputRef, OutputStore, Recorder, Reporter, StageScore, StepRecord,
-    StepUsage, WorkspaceHistory,
+    EndReason, Event, EventSink, OutputRef, OutputStore, StageScore, StepRecord, StepUsage,
+    WorkspaceHistory,
 };
 
 /// Bytes of each output stream the agent (and the event) sees inline: head and tail halves.
@@ -140,8 +140,7 @@ pub struct Runner {
     pub sandbox: Arc<dyn Sandbox>,
     /// The run's internal network, joined in stages whose network is `world`.
     pub world_network: Option<String>,
-    pub recorder: Recorder,
-    pub reporters: Vec<Box<dyn Reporter>>,
+    pub events: EventSink,
     pub history: Option<WorkspaceHistory>,
     pub outputs: OutputStore,
     pub cancel: CancellationToken,
@@ -156,7 +155,7 @@ impl Runner {
         run_id: String,
         run_dir: PathBuf,
         sandbox: Arc<dyn Sandbox>,
-        recorder: Recorder,
+        events: EventSink,
         history: Option<WorkspaceHistory>,
         cancel: CancellationToken,
     ) -> Self {
@@ -168,8 +167,7 @@ impl Runner {
             run_dir,
             sandbox,
             world_network: None,
-            recorder,
-            reporters: Vec::new(),
+            events,
             history,
             outputs,
             cancel,
@@ -179,15 +177,11 @@ impl Runner {
 
     /// Sends an event to the recorder, then to every reporter.
     pub fn emit(&mut self, event: Event) {
-        self.recorder.report(&event);
-        for r in &mut self.reporters {
-            r.report(&event);
-        }
+        self.events.emit(event);
     }
 
     fn warn(&mut self, message: String) {
-        tracing::warn!("{message}");
-        self.emit(Event::Warning { message });
+        self.events.warn(message);
     }
 
     /// Runs every stage of the suite with `agent`; the caller then tears down and calls [`Runner::finish`].
@@ -285,6 +279,9 @@ impl Runner {
                 break 'stage EndReason::AgentError;
             }
             loop {
+                if self.cancel.is_cancelled() {
+                    break 'stage EndReason::Interrupted;
+                }
                 if steps >= budgets.max_steps {
                     break 'stage EndReason::MaxSteps;
                 }
@@ -296,6 +293,7 @@ impl Runner {
                     break 'stage EndReason::MaxWallSeconds;
                 }
                 let turn = tokio::select! {
+                    biased;
                     _ = self.cancel.cancelled() => break 'stage EndReason::Interrupted,
                     t = tokio::time::timeout_at(wall_deadline.into(), agent.next()) => t,
                 };
@@ -332,6 +330,7 @@ impl Runner {
                     scorer.as_ref(),
                 );
                 let res = tokio::select! {
+                    biased;
                     _ = self.cancel.cancelled() => None,
                     r = exec => Some(r),
                 };
@@ -411,13 +410,7 @@ impl Runner {
 
     /// Emits `run_finished` (after the caller tore the sandbox down) and pins the trace's tail hash.
     pub fn finish(&mut self, result: &mut RunResult) {
-        self.emit(Event::RunFinished {
-            status: result.status,
-            level: result.level.clone(),
-            bootstrap_index: result.bootstrap_index,
-            wall_seconds: result.wall_seconds,
-        });
-        result.trace_sha256 = self.recorder.last_hash();
+        finish(&mut self.events, result);
     }
 
     fn snapshot(&mut self, step: u64, stage: &str, call: &RawCall) -> Option<String> {
@@ -580,6 +573,18 @@ impl Runner {
         }
         out
     }
+}
+
+/// Emits `run_finished` and fills in the trace's tail hash and event count.
+pub fn finish(events: &mut EventSink, result: &mut RunResult) {
+    events.emit(Event::RunFinished {
+        status: result.status,
+        level: result.level.clone(),
+        bootstrap_index: result.bootstrap_index,
+        wall_seconds: result.wall_seconds,
+    });
+    result.trace_sha256 = events.recorder.last_hash();
+    result.events = events.recorder.count();
 }
 
 fn sandbox_tool_error(e: crate::sandbox::SandboxError) -> ToolError {

@@ -18,7 +18,7 @@ use crate::runner::{RunResult, Runner};
 use crate::sandbox::docker::{DockerSandbox, DockerSandboxSpec, SANDBOX_GID, SANDBOX_UID};
 use crate::sandbox::Sandbox;
 use crate::suite::{Home, Suite};
-use crate::trace::{EventLog, Recorder, Reporter, WorkspaceHistory};
+use crate::trace::{EventLog, EventSink, Recorder, Reporter, WorkspaceHistory};
 
 /// A validated request for one run.
 pub struct RunPlan {
@@ -158,83 +158,69 @@ pub async fn run(
         None
     };
 
-    let recorder = Recorder::new(log);
-    let sandbox_dyn: Arc<dyn Sandbox> = match &sandbox {
-        Some(s) => s.clone(),
-        None => Arc::new(
-            crate::sandbox::fake::RecordingSandbox::with_workspace(&dir.workspace(), vec![])
-                .map_err(rd_err(&dir.workspace()))?,
-        ),
-    };
-    let mut runner = Runner::new(
-        plan.home.clone(),
-        plan.suite.clone(),
-        run_id.clone(),
-        dir.path.clone(),
-        sandbox_dyn,
-        recorder,
-        Some(history),
-        cancel.clone(),
-    );
-    runner.reporters = reporters;
-    runner.world_network = network.clone();
-
-    let mut result = if failure.is_none() {
-        runner.run(agent.as_mut(), &image.tag).await
-    } else {
-        RunResult {
-            status: RunStatus::Failed,
-            level: "L0".into(),
-            bootstrap_index: 0.0,
-            stages: vec![],
-            wall_seconds: 0.0,
-            trace_sha256: None,
-            events: 0,
+    let mut events = EventSink::new(Recorder::new(log), reporters);
+    let mut result = match &sandbox {
+        Some(sb) => {
+            let mut runner = Runner::new(
+                plan.home.clone(),
+                plan.suite.clone(),
+                run_id.clone(),
+                dir.path.clone(),
+                sb.clone(),
+                events,
+                Some(history),
+                cancel.clone(),
+            );
+            runner.world_network = network.clone();
+            let result = runner.run(agent.as_mut(), &image.tag).await;
+            events = runner.events;
+            result
+        }
+        None => {
+            events.warn(failure.clone().unwrap_or_default());
+            RunResult {
+                status: RunStatus::Failed,
+                level: "L0".into(),
+                bootstrap_index: 0.0,
+                stages: vec![],
+                wall_seconds: 0.0,
+                trace_sha256: None,
+                events: 0,
+            }
         }
     };
-    if let Some(f) = &failure {
-        runner.emit(crate::trace::Event::Warning { message: f.clone() });
-    }
 
     // Teardown: never skipped, never fatal.
     if let Some(s) = &sandbox {
         if let Err(e) = s.remove().await {
-            runner.emit(crate::trace::Event::Warning {
-                message: format!("removing the sandbox: {e}"),
-            });
+            events.warn(format!("removing the sandbox: {e}"));
         }
     }
     if let Some(n) = &network {
         if let Err(e) = docker.remove_network(n).await {
             if !engine::is_not_found(&e) {
-                runner.emit(crate::trace::Event::Warning {
-                    message: format!("removing network {n}: {e}"),
-                });
+                events.warn(format!("removing network {n}: {e}"));
             }
         }
     }
     match engine::sweep(&docker, Some(&run_id), |_| false).await {
         Ok((removed, warnings)) => {
             if !removed.is_empty() {
-                runner.emit(crate::trace::Event::Warning {
-                    message: format!("swept leftovers of this run: {removed:?}"),
-                });
+                events.warn(format!("swept leftovers of this run: {removed:?}"));
             }
             for w in warnings {
-                runner.emit(crate::trace::Event::Warning { message: w });
+                events.warn(w);
             }
         }
-        Err(e) => runner.emit(crate::trace::Event::Warning {
-            message: format!("sweeping this run's resources: {e}"),
-        }),
+        Err(e) => events.warn(format!("sweeping this run's resources: {e}")),
     }
 
-    runner.finish(&mut result);
+    crate::runner::finish(&mut events, &mut result);
     meta.status = result.status;
     meta.error = failure;
     meta.ended_at = Some(chrono::Utc::now());
     meta.trace_sha256 = result.trace_sha256.clone();
-    meta.events = runner.recorder.count();
+    meta.events = result.events;
     if let Err(e) = rundir::write_json_atomic(&dir.run_json(), &meta) {
         tracing::warn!("could not write {}: {e}", dir.run_json().display());
     }

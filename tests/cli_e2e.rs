@@ -55,6 +55,12 @@ async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
         assert_eq!(v["stages"][stage]["ended_by"], "submit", "{stage}");
         assert_eq!(v["stages"][stage]["steps"], 5, "{stage}");
     }
+    // No warnings: networks switched, everything recorded, teardown clean.
+    let trace_text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    assert!(
+        !trace_text.contains("\"type\":\"warning\""),
+        "warnings in the trace"
+    );
     // Nothing of the run is left on the engine.
     assert_eq!(common::leftovers(&docker, &run_id).await, 0);
 

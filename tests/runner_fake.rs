@@ -7,7 +7,7 @@ use gptx::rundir::RunStatus;
 use gptx::runner::Runner;
 use gptx::sandbox::fake::{Recorded, RecordingSandbox, Reply};
 use gptx::suite::Suite;
-use gptx::trace::{self, EndReason, Event, EventLog, Recorder, WorkspaceHistory};
+use gptx::trace::{self, EndReason, Event, EventLog, EventSink, Recorder, WorkspaceHistory};
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -48,7 +48,7 @@ fn fixture(replies: Vec<Reply>) -> Fixture {
         "fake-run".into(),
         run_dir.clone(),
         sandbox.clone(),
-        recorder,
+        EventSink::new(recorder, vec![]),
         Some(history),
         CancellationToken::new(),
     );

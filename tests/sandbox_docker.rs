@@ -209,3 +209,44 @@ async fn path_escapes_are_refused_for_read_write_and_download() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_world_network_is_internal_and_leaving_it_leaves_only_loopback() {
+    use bollard::models::NetworkCreateRequest;
+    let (docker, _) = common::docker_and_image().await;
+    let run = common::test_run_id("worldnet");
+    let net = format!("gptx-{run}-world");
+    docker
+        .create_network(NetworkCreateRequest {
+            name: net.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            labels: Some(gptx::engine::labels(&run, "web")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let net2 = net.clone();
+    common::with_sandbox("world", move |s| s.network = Some(net2), move |sb, _ws| async move {
+        let probe = "python3 -c \"\nimport socket\nr=[]\nfor h in ['1.1.1.1','8.8.8.8']:\n  s=socket.socket(); s.settimeout(2)\n  try: s.connect((h,80)); r.append(h)\n  except OSError: pass\nprint('reached', r)\n\"; awk 'NR > 2 && $1 != \"lo:\"' /proc/net/dev | wc -l";
+        let (_, out, _) = run_cmd(sb.as_ref(), probe).await;
+        assert!(out.contains("reached []"), "{out}");
+        assert!(out.trim_end().ends_with('1'), "on the internal network there is one interface besides lo: {out}");
+        sb.set_network(None).await.unwrap();
+        let (_, out, _) = run_cmd(sb.as_ref(), "awk 'NR > 2 && $1 != \"lo:\"' /proc/net/dev | wc -l").await;
+        assert_eq!(out.trim(), "0", "left the network but still has an interface");
+        sb.set_network(Some(&net)).await.unwrap();
+        let (_, out, _) = run_cmd(sb.as_ref(), "awk 'NR > 2 && $1 != \"lo:\"' /proc/net/dev | wc -l").await;
+        assert_eq!(out.trim(), "1");
+    })
+    .await;
+    docker
+        .remove_network(&format!("gptx-{run}-world"))
+        .await
+        .unwrap();
+    assert_eq!(common::leftovers(&docker, &run).await, 0);
+}
+
+async fn run_cmd(sb: &dyn Sandbox, cmd: &str) -> (ExecOutcome, String, String) {
+    run(sb, cmd, 30.0).await
+}

@@ -68,6 +68,34 @@ impl Reporter for Recorder {
     }
 }
 
+/// The recorder plus the other reporters: every event goes to the recorder first, then to each reporter.
+pub struct EventSink {
+    pub recorder: Recorder,
+    pub reporters: Vec<Box<dyn Reporter>>,
+}
+
+impl EventSink {
+    pub fn new(recorder: Recorder, reporters: Vec<Box<dyn Reporter>>) -> Self {
+        Self {
+            recorder,
+            reporters,
+        }
+    }
+
+    pub fn emit(&mut self, event: Event) {
+        self.recorder.report(&event);
+        for r in &mut self.reporters {
+            r.report(&event);
+        }
+    }
+
+    /// Logs a warning and records it in the trace.
+    pub fn warn(&mut self, message: String) {
+        tracing::warn!("{message}");
+        self.emit(Event::Warning { message });
+    }
+}
+
 /// `outputs/`: full command outputs, one file per distinct content, named by SHA-256.
 #[derive(Debug, Clone)]
 pub struct OutputStore {
