@@ -374,18 +374,7 @@ async fn images_build(names: Vec<String>, force: bool, json: bool) -> Result<i32
 async fn images_list() -> Result<i32, Exit> {
     let home = Home::locate().map_err(env_error)?;
     let docker = crate::engine::connect().await.map_err(env_error)?;
-    let mut names: Vec<String> = std::fs::read_dir(home.sandboxes())
-        .map_err(|e| failed(anyhow::anyhow!("{}: {e}", home.sandboxes().display())))?
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".toml")
-                .map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    for name in names {
+    for name in crate::suite::toml_names(&home.sandboxes()) {
         let recipe = crate::images::Recipe::load(&home, &name).map_err(failed)?;
         let tag = recipe.tag();
         let have = crate::images::image_id(&docker, &tag)

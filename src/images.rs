@@ -181,20 +181,7 @@ impl Recipe {
 }
 
 fn available(home: &Home) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(home.sandboxes())
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_suffix(".toml")
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    crate::suite::toml_names(&home.sandboxes())
 }
 
 /// The Debian mirror: `$GPTX_DEBIAN_MIRROR`, else the host's apt sources, else deb.debian.org.
@@ -274,15 +261,16 @@ pub async fn build(
     let t0 = Instant::now();
     let recipe = Recipe::load(home, name)?;
     let tag = recipe.tag();
+    let skipped = |id: String| Built {
+        name: name.into(),
+        tag: tag.clone(),
+        id,
+        built: false,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
     if !force {
         if let Some(id) = image_id(docker, &tag).await? {
-            return Ok(Built {
-                name: name.into(),
-                tag,
-                id,
-                built: false,
-                seconds: t0.elapsed().as_secs_f64(),
-            });
+            return Ok(skipped(id));
         }
     }
     if !rustix::process::geteuid().is_root() {
@@ -307,13 +295,7 @@ pub async fn build(
     if !force {
         if let Some(id) = image_id(docker, &tag).await? {
             pb.finish_and_clear();
-            return Ok(Built {
-                name: name.into(),
-                tag,
-                id,
-                built: false,
-                seconds: t0.elapsed().as_secs_f64(),
-            });
+            return Ok(skipped(id));
         }
     }
     let rootfs = cache

@@ -86,19 +86,7 @@ impl Home {
             .join("suites")
             .join(format!("{name_or_path}.toml"));
         if !path.exists() {
-            let mut available: Vec<String> = std::fs::read_dir(self.tasks().join("suites"))
-                .map(|rd| {
-                    rd.flatten()
-                        .filter_map(|e| {
-                            e.file_name()
-                                .to_str()?
-                                .strip_suffix(".toml")
-                                .map(str::to_string)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            available.sort();
+            let available = toml_names(&self.tasks().join("suites"));
             return Err(SuiteError::NotFound {
                 name: name_or_path.into(),
                 path: path.display().to_string(),
@@ -107,6 +95,24 @@ impl Home {
         }
         Suite::load(&path)
     }
+}
+
+/// The stems of the `*.toml` files in a directory, sorted (empty when it cannot be read).
+pub fn toml_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".toml")
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Per-stage budgets, fully resolved.
