@@ -1,4 +1,4 @@
-//! The agent seam: the `Agent` trait the runner drives, agent specs, and the built-in `null` and `script:` agents.
+//! The agent seam: the `Agent` trait the runner drives, agent specs, and the built-in `null`, `reference` and `script:` agents.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,7 @@ pub trait Agent: Send {
 pub enum AgentSpec {
     Null,
     Script(PathBuf),
+    Reference,
 }
 
 impl std::str::FromStr for AgentSpec {
@@ -66,6 +67,9 @@ impl std::str::FromStr for AgentSpec {
         if s == "null" {
             return Ok(Self::Null);
         }
+        if s == "reference" {
+            return Ok(Self::Reference);
+        }
         if let Some(path) = s.strip_prefix("script:") {
             if path.is_empty() {
                 return Err("script: needs a path, e.g. script:tasks/agents/smoke.jsonl".into());
@@ -73,17 +77,18 @@ impl std::str::FromStr for AgentSpec {
             return Ok(Self::Script(path.into()));
         }
         Err(format!(
-            "unknown agent {s:?}; available: null, script:<path to a JSON-lines file>"
+            "unknown agent {s:?}; available: null, reference, script:<path to a JSON-lines file>"
         ))
     }
 }
 
 impl AgentSpec {
-    /// Builds the agent.
-    pub fn build(&self) -> Result<Box<dyn Agent>, AgentError> {
+    /// Builds the agent; `home` holds the reference solutions.
+    pub fn build(&self, home: &crate::suite::Home) -> Result<Box<dyn Agent>, AgentError> {
         Ok(match self {
             Self::Null => Box::new(NullAgent),
             Self::Script(path) => Box::new(ScriptAgent::load(path)?),
+            Self::Reference => Box::new(ReferenceAgent::new(home.tasks())),
         })
     }
 }
@@ -173,6 +178,123 @@ impl Agent for ScriptAgent {
     }
     async fn begin_stage(&mut self, _task: &StageTask) -> Result<(), AgentError> {
         self.current = self.blocks.pop_front().unwrap_or_default();
+        Ok(())
+    }
+    async fn next(&mut self) -> Result<Turn, AgentError> {
+        Ok(match self.current.pop_front() {
+            Some(call) => Turn::Call(call),
+            None => Turn::Finished,
+        })
+    }
+    async fn observe(
+        &mut self,
+        _call: &RawCall,
+        _result: &Result<Value, ToolError>,
+    ) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+/// The built-in reference agent: for each stage with a `tasks/<stage>/reference/` directory it writes
+/// those files into the workspace under `<stage>/reference/`, runs `sh <stage>/reference/run.sh`
+/// through `bash` (with `GPTX_TIME_LIMIT` set to the step's time limit minus a margin), calls
+/// `check`, and submits. A stage without a reference solution is submitted at once.
+pub struct ReferenceAgent {
+    tasks: PathBuf,
+    current: VecDeque<RawCall>,
+}
+
+impl ReferenceAgent {
+    pub fn new(tasks: PathBuf) -> Self {
+        Self {
+            tasks,
+            current: VecDeque::new(),
+        }
+    }
+
+    /// The calls for one stage.
+    pub fn plan(&self, task: &StageTask) -> Result<VecDeque<RawCall>, String> {
+        let dir = self.tasks.join(&task.stage).join("reference");
+        let mut calls = VecDeque::new();
+        if dir.is_dir() {
+            let mut files = Vec::new();
+            collect_files(&dir, &dir, &mut files)
+                .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+            files.sort();
+            for rel in &files {
+                let path = dir.join(rel);
+                let bytes =
+                    std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                let target = format!("{}/reference/{rel}", task.stage);
+                let args = match String::from_utf8(bytes) {
+                    Ok(text) => serde_json::json!({"path": target, "content": text}),
+                    Err(e) => {
+                        use base64::Engine;
+                        serde_json::json!({"path": target, "encoding": "base64",
+                            "content": base64::engine::general_purpose::STANDARD.encode(e.as_bytes())})
+                    }
+                };
+                calls.push_back(RawCall {
+                    tool: "write_file".into(),
+                    args,
+                });
+            }
+            if files.iter().any(|f| f == "run.sh") {
+                let step = task.limits.max_step_seconds;
+                let limit = (step - (step * 0.1).max(5.0)).max(1.0).floor();
+                calls.push_back(RawCall {
+                    tool: "bash".into(),
+                    args: serde_json::json!({
+                        "cmd": format!("GPTX_TIME_LIMIT={limit} sh {}/reference/run.sh", task.stage),
+                        "timeout_s": step,
+                    }),
+                });
+            }
+            calls.push_back(RawCall {
+                tool: "check".into(),
+                args: Value::Null,
+            });
+        }
+        calls.push_back(RawCall {
+            tool: "submit".into(),
+            args: Value::Null,
+        });
+        Ok(calls)
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            collect_files(root, &p, out)?;
+        } else {
+            out.push(
+                p.strip_prefix(root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .to_string(),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Agent for ReferenceAgent {
+    fn spec(&self) -> String {
+        "reference".into()
+    }
+    async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError> {
+        self.current = self.plan(task).map_err(|message| AgentError {
+            agent: "reference".into(),
+            message,
+        })?;
         Ok(())
     }
     async fn next(&mut self) -> Result<Turn, AgentError> {

@@ -55,6 +55,9 @@ pub enum Command {
     /// Build sandbox images from Debian's mirror (no registry needed).
     #[command(subcommand)]
     Images(ImagesCmd),
+    /// Build or describe the offline web world of a suite.
+    #[command(subcommand)]
+    World(WorldCmd),
     /// Remove containers, networks and volumes of runs whose gptx process is gone.
     Gc {
         /// Remove every gptx resource, even of runs still going.
@@ -78,8 +81,9 @@ pub struct RunArgs {
     /// Suite name (tasks/suites/<name>.toml) or path to a suite file.
     #[arg(long, default_value = "mini")]
     pub suite: String,
-    /// The agent: `null` (submits at once) or `script:<file.jsonl>` (one {"tool","args"} per line;
-    /// each `submit` ends a stage and the script goes on with the next stage).
+    /// The agent: `null` (submits at once), `reference` (writes and runs tasks/<stage>/reference/
+    /// through the tools), or `script:<file.jsonl>` (one {"tool","args"} per line; each `submit`
+    /// ends a stage and the script goes on with the next stage).
     #[arg(long)]
     pub agent: String,
     /// Seed (default: the suite's).
@@ -136,6 +140,27 @@ pub enum ImagesCmd {
     },
     /// List recipes, their tags, and whether they are built.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorldCmd {
+    /// Build the suite's world into the cache (skipped when it is there), with its baselines.
+    Build(WorldArgs),
+    /// Print the world's statistics and baseline ladder (builds it first if needed).
+    Show(WorldArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorldArgs {
+    /// Suite name (tasks/suites/<name>.toml) or path to a suite file.
+    #[arg(long, default_value = "mini")]
+    pub suite: String,
+    /// World seed (default: the suite file's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the manifest summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +244,8 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
             images_build(names, force, json).await
         }
         Command::Images(ImagesCmd::List) => images_list().await,
+        Command::World(WorldCmd::Build(a)) => world(a, false),
+        Command::World(WorldCmd::Show(a)) => world(a, true),
         Command::Gc { all } => gc(all).await,
         Command::Bench(BenchCmd::Exec { n, json }) => {
             let home = Home::locate().map_err(env_error)?;
@@ -256,6 +283,7 @@ pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
         suite,
         agent,
         runs_dir: args.dir.runs_dir.clone(),
+        world: None,
     })
 }
 
@@ -288,10 +316,33 @@ fn install_interrupts(cancel: CancellationToken) {
 }
 
 async fn run(args: RunArgs) -> Result<i32, Exit> {
-    let plan = plan(&args).map_err(|e| Exit {
+    let mut plan = plan(&args).map_err(|e| Exit {
         code: exit::USAGE,
         error: e,
     })?;
+    if let Some(name) = plan.suite.world.clone() {
+        let home = plan.home.clone();
+        let seed = plan.suite.world_seed;
+        let quiet = args.quiet;
+        let world = tokio::task::spawn_blocking(move || {
+            let bar = crate::progress::WorldBar::new(quiet);
+            let r = crate::world::ensure(&home, &name, seed, &bar);
+            bar.finish();
+            r
+        })
+        .await
+        .map_err(failed)?
+        .map_err(|e| match e {
+            crate::world::WorldError::NotFound { .. } | crate::world::WorldError::Config { .. } => {
+                Exit {
+                    code: exit::USAGE,
+                    error: anyhow::Error::from(e).context("--suite"),
+                }
+            }
+            other => env_error(other),
+        })?;
+        plan.world = Some(std::sync::Arc::new(world.0));
+    }
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
     let reporters: Vec<Box<dyn crate::trace::Reporter>> =
@@ -384,6 +435,64 @@ async fn images_list() -> Result<i32, Exit> {
             "{name:<6} {tag:<24} {:<9} {}",
             if have.is_some() { "built" } else { "not built" },
             recipe.description
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn world(a: WorldArgs, show: bool) -> Result<i32, Exit> {
+    let home = Home::locate().map_err(env_error)?;
+    let suite = home.suite(&a.suite).map_err(|e| Exit {
+        code: exit::USAGE,
+        error: e.into(),
+    })?;
+    let Some(name) = suite.world.clone() else {
+        return Err(Exit {
+            code: exit::USAGE,
+            error: anyhow::anyhow!(
+                "suite {} has no world (no `world = ...` in {})",
+                suite.name,
+                suite.path.display()
+            ),
+        });
+    };
+    let seed = a.seed.unwrap_or(suite.world_seed);
+    let bar = crate::progress::WorldBar::new(a.json);
+    let (w, built) = crate::world::ensure(&home, &name, seed, &bar).map_err(|e| match e {
+        crate::world::WorldError::NotFound { .. } | crate::world::WorldError::Config { .. } => {
+            Exit {
+                code: exit::USAGE,
+                error: e.into(),
+            }
+        }
+        other => failed(other),
+    })?;
+    bar.finish();
+    if a.json {
+        let mut v = serde_json::to_value(&w.manifest).map_err(failed)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("served");
+            o.remove("canaries");
+            o.insert("dir".into(), w.dir.display().to_string().into());
+            o.insert("built".into(), built.into());
+        }
+        println!("{v}");
+    } else if show {
+        print!("{}", crate::show::world(&w));
+    } else {
+        let m = &w.manifest;
+        println!(
+            "world {} (seed {}) {}  {}  ({:.1} s{})",
+            m.name,
+            m.seed,
+            &m.world_hash[..12],
+            w.dir.display(),
+            m.stats.build_seconds,
+            if built {
+                ", built"
+            } else {
+                ", cached: skipped"
+            }
         );
     }
     Ok(exit::OK)

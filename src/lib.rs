@@ -22,6 +22,7 @@
 pub mod agent;
 pub mod bench;
 pub mod cli;
+pub mod crawl;
 pub mod engine;
 pub mod images;
 pub mod progress;
@@ -34,3 +35,4 @@ pub mod show;
 pub mod suite;
 pub mod tools;
 pub mod trace;
+pub mod world;

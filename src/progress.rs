@@ -87,3 +87,49 @@ impl Reporter for Progress {
         }
     }
 }
+
+/// The progress of a world build: a spinner per phase, then a bar over T's documents for the
+/// conditional-xz baseline (the slow part).
+pub struct WorldBar {
+    bar: ProgressBar,
+}
+
+impl WorldBar {
+    pub fn new(quiet: bool) -> Self {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} world [{elapsed}] {wide_msg}")
+                    .expect("template"),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        };
+        Self { bar }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl crate::world::BuildProgress for WorldBar {
+    fn phase(&self, msg: &str) {
+        self.bar.set_message(msg.to_string());
+    }
+    fn start_baselines(&self, docs: u64) {
+        self.bar.set_length(docs);
+        self.bar.set_position(0);
+        self.bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} world [{elapsed}] {wide_msg} {pos}/{len} documents, eta {eta}",
+            )
+            .expect("template"),
+        );
+    }
+    fn tick(&self) {
+        self.bar.inc(1);
+    }
+}

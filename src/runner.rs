@@ -140,6 +140,8 @@ pub struct Runner {
     pub sandbox: Arc<dyn Sandbox>,
     /// The run's internal network, joined in stages whose network is `world`.
     pub world_network: Option<String>,
+    /// The built world, when the suite has one (the crawl scorer grades against it).
+    pub world: Option<Arc<crate::world::World>>,
     pub events: EventSink,
     pub history: Option<WorkspaceHistory>,
     pub outputs: OutputStore,
@@ -167,6 +169,7 @@ impl Runner {
             run_dir,
             sandbox,
             world_network: None,
+            world: None,
             events,
             history,
             outputs,
@@ -248,7 +251,12 @@ impl Runner {
                 stage.name
             ));
         }
-        let instruction = match crate::suite::instruction(&self.home, stage) {
+        let seeds = self
+            .world
+            .as_ref()
+            .map(|w| w.manifest.seed_urls.clone())
+            .unwrap_or_default();
+        let instruction = match crate::suite::instruction(&self.home, stage, &seeds) {
             Ok(text) => text,
             Err(e) => {
                 self.warn(e.to_string());
@@ -269,7 +277,7 @@ impl Runner {
             tools: tools::schemas(),
             limits: budgets.clone(),
         };
-        let scorer = scoring::scorer_for(&stage.name);
+        let scorer = scoring::scorer_for(&stage.name, self.world.as_ref());
         let mut steps = 0u64;
         let mut sandbox_seconds = 0.0f64;
         let wall_deadline = started + Duration::from_secs_f64(budgets.max_wall_seconds);
@@ -390,6 +398,8 @@ impl Runner {
                 stage,
                 sandbox: self.sandbox.as_ref(),
                 run_dir: &self.run_dir,
+                gates: &self.suite.gates,
+                reference: &self.suite.reference,
             };
             let score = scorer.score(&ctx).await;
             self.emit(Event::StageScored {
@@ -566,6 +576,8 @@ impl Runner {
                     stage,
                     sandbox: self.sandbox.as_ref(),
                     run_dir: &self.run_dir,
+                    gates: &self.suite.gates,
+                    reference: &self.suite.reference,
                 };
                 out.result = scorer.check(&ctx).await;
             }

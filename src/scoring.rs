@@ -17,6 +17,10 @@ pub struct ScoreContext<'a> {
     /// The agent's sandbox (its workspace holds the artifacts).
     pub sandbox: &'a dyn Sandbox,
     pub run_dir: &'a Path,
+    /// The suite's gates (`[gates]`).
+    pub gates: &'a BTreeMap<String, f64>,
+    /// The reference agent's recorded results on this suite's world (`[reference]`).
+    pub reference: &'a BTreeMap<String, f64>,
 }
 
 /// Grades one stage. `check` answers the agent's `check` tool on visible data; `score` grades on hidden data.
@@ -55,11 +59,18 @@ impl Scorer for NotImplemented {
     }
 }
 
-/// The scorer for a stage by name.
-pub fn scorer_for(stage: &str) -> Box<dyn Scorer> {
-    Box::new(NotImplemented {
-        stage: stage.to_string(),
-    })
+/// The scorer for a stage by name; stages that need the world get it (a crawl without a world is
+/// graded by nothing and says so).
+pub fn scorer_for(
+    stage: &str,
+    world: Option<&std::sync::Arc<crate::world::World>>,
+) -> Box<dyn Scorer> {
+    match (stage, world) {
+        ("crawl", Some(w)) => Box::new(crate::crawl::CrawlScorer { world: w.clone() }),
+        _ => Box::new(NotImplemented {
+            stage: stage.to_string(),
+        }),
+    }
 }
 
 /// Bootstrap Index weights (SPEC §7).

@@ -26,6 +26,8 @@ pub struct RunPlan {
     pub suite: Suite,
     pub agent: AgentSpec,
     pub runs_dir: PathBuf,
+    /// The suite's built world (the caller builds it; it may take a while the first time).
+    pub world: Option<Arc<crate::world::World>>,
 }
 
 /// A finished (or failed, or interrupted) run.
@@ -67,7 +69,7 @@ pub async fn run(
     reporters: Vec<Box<dyn Reporter>>,
     cancel: CancellationToken,
 ) -> Result<RunOutput, SessionError> {
-    let mut agent = plan.agent.build()?;
+    let mut agent = plan.agent.build(&plan.home)?;
     let docker = engine::connect().await?;
     let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
 
@@ -86,7 +88,7 @@ pub async fn run(
         agent: agent.spec(),
         suite: plan.suite.name.clone(),
         suite_path: plan.suite.path.display().to_string(),
-        world_hash: None,
+        world_hash: plan.world.as_ref().map(|w| w.manifest.world_hash.clone()),
         seed: plan.suite.seed,
         stages: plan.suite.stage_names(),
         budgets: plan
@@ -132,6 +134,24 @@ pub async fn run(
             Err(e) => failure = Some(format!("creating the world network: {e}")),
         }
     }
+    // The world's web server, on that network only.
+    let mut web = None;
+    if let (Some(net), Some(world), None) = (&network, &plan.world, &failure) {
+        let log_dir = dir.path.join("world");
+        match std::fs::create_dir_all(&log_dir).and_then(|_| prepare_workspace(&log_dir)) {
+            Err(e) => failure = Some(format!("creating {}: {e}", log_dir.display())),
+            Ok(()) => {
+                match crate::world::web::WebServer::start(
+                    &docker, &run_id, &image.tag, world, net, &log_dir,
+                )
+                .await
+                {
+                    Ok(w) => web = Some(w),
+                    Err(e) => failure = Some(e.to_string()),
+                }
+            }
+        }
+    }
     let sandbox: Option<Arc<DockerSandbox>> = if failure.is_none() {
         let spec = DockerSandboxSpec {
             run_id: run_id.clone(),
@@ -172,6 +192,7 @@ pub async fn run(
                 cancel.clone(),
             );
             runner.world_network = network.clone();
+            runner.world = plan.world.clone();
             let result = runner.run(agent.as_mut(), &image.tag).await;
             events = runner.events;
             result
@@ -194,6 +215,11 @@ pub async fn run(
     if let Some(s) = &sandbox {
         if let Err(e) = s.remove().await {
             events.warn(format!("removing the sandbox: {e}"));
+        }
+    }
+    if let Some(w) = &web {
+        for warning in w.remove().await {
+            events.warn(warning);
         }
     }
     if let Some(n) = &network {
@@ -229,7 +255,7 @@ pub async fn run(
         suite: plan.suite.name.clone(),
         agent: meta.agent.clone(),
         seed: meta.seed,
-        world_hash: None,
+        world_hash: meta.world_hash.clone(),
         status: result.status,
         level: result.level.clone(),
         bootstrap_index: result.bootstrap_index,

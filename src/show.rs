@@ -275,3 +275,64 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
     }
     out
 }
+
+/// `gptx world show`: what the world holds and its baseline ladder.
+pub fn world(w: &crate::world::World) -> String {
+    use std::fmt::Write;
+    let m = &w.manifest;
+    let s = &m.stats;
+    let b = &m.baselines;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "world {} (seed {}, generator v{})",
+        m.name, m.seed, m.generator_version
+    );
+    let _ = writeln!(o, "  hash        {}", m.world_hash);
+    let _ = writeln!(o, "  directory   {}", w.dir.display());
+    let _ = writeln!(
+        o,
+        "  corpus      {} ({} docs), out-of-domain {} ({} docs)",
+        m.corpus.file, m.corpus.docs, m.ood_corpus.file, m.ood_corpus.docs
+    );
+    let _ = writeln!(o, "  seed URLs   {}", m.seed_urls.join("  "));
+    let _ = writeln!(
+        o,
+        "  served      {} content pages, {} bytes of gold text; {} files, {} bytes of HTML",
+        s.served_pages, s.gold_bytes, s.web_files, s.web_bytes
+    );
+    for (h, n) in &s.pages_per_host {
+        let _ = writeln!(o, "              {h:<18} {n} routes");
+    }
+    let _ = writeln!(
+        o,
+        "  traps       {} mirror pages, {} Latin-1 pages, {} transient-503 pages, {} redirect rules, {} canary pages, calendar under {}",
+        s.mirror_pages,
+        s.latin1_pages,
+        s.transient_503_pages,
+        s.redirects,
+        m.canaries.len(),
+        m.trap.iter().map(|(h, p)| format!("{h}{p}")).collect::<Vec<_>>().join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "  hidden      T: {} docs, {} bytes; out-of-domain: {} docs, {} bytes",
+        m.test.docs, m.test.bytes, m.ood.docs, m.ood.bytes
+    );
+    let _ = writeln!(
+        o,
+        "  built in    {:.1} s (baselines {:.1} s)",
+        s.build_seconds, b.seconds
+    );
+    let _ = writeln!(o, "baseline ladder on T (bits per byte, lower is better):");
+    for (name, v) in [
+        ("uniform", b.uniform),
+        ("unigram (served text)", b.unigram),
+        ("gzip -9 per document", b.gzip),
+        ("xz -9e per document", b.xz),
+        ("xz -9e given served text", b.xz_conditional),
+    ] {
+        let _ = writeln!(o, "  {name:<26} {v:.3}");
+    }
+    o
+}

@@ -242,6 +242,8 @@ struct RawSuite {
     budgets: BudgetOverrides,
     #[serde(default)]
     gates: BTreeMap<String, f64>,
+    #[serde(default)]
+    reference: BTreeMap<String, f64>,
     stages: Vec<RawStage>,
 }
 
@@ -263,10 +265,14 @@ pub struct Suite {
     pub description: String,
     pub path: PathBuf,
     pub seed: u64,
+    /// The suite file's own seed: the world is built from it, whatever `--seed` says.
+    pub world_seed: u64,
     pub image: String,
     pub world: Option<String>,
     pub sandbox: SandboxLimits,
     pub gates: BTreeMap<String, f64>,
+    /// The reference agent's measured results on this suite's world (for normalised scores).
+    pub reference: BTreeMap<String, f64>,
     pub stages: Vec<Stage>,
     #[serde(skip)]
     defaults: BudgetOverrides,
@@ -332,10 +338,12 @@ impl Suite {
             description: raw.description,
             path: path.to_path_buf(),
             seed: raw.seed,
+            world_seed: raw.seed,
             image: raw.image,
             world: raw.world,
             sandbox: raw.sandbox,
             gates: raw.gates,
+            reference: raw.reference,
             stages,
             defaults: raw.budgets,
         };
@@ -418,8 +426,9 @@ impl Suite {
     }
 }
 
-/// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` placeholders filled in.
-pub fn instruction(home: &Home, stage: &Stage) -> Result<String, SuiteError> {
+/// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` placeholders filled in,
+/// and `{{seed_urls}}` with the world's seed URLs (a markdown list) when there is a world.
+pub fn instruction(home: &Home, stage: &Stage, seed_urls: &[String]) -> Result<String, SuiteError> {
     let path = home.tasks().join(&stage.name).join("instruction.md");
     let text = std::fs::read_to_string(&path).map_err(|source| SuiteError::Read {
         path: path.display().to_string(),
@@ -433,6 +442,12 @@ pub fn instruction(home: &Home, stage: &Stage) -> Result<String, SuiteError> {
         .replace("{{max_wall_seconds}}", &fmt(b.max_wall_seconds))
         .replace("{{max_step_seconds}}", &fmt(b.max_step_seconds))
         .replace("{{default_step_seconds}}", &fmt(b.default_step_seconds));
+    let list: Vec<String> = if seed_urls.is_empty() {
+        vec!["- (this suite has no world to crawl)".into()]
+    } else {
+        seed_urls.iter().map(|u| format!("- {u}")).collect()
+    };
+    out = out.replace("{{seed_urls}}", &list.join("\n"));
     if let Some(start) = out.find("{{") {
         let end = out[start..]
             .find("}}")

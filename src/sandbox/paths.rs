@@ -144,7 +144,8 @@ impl WorkspaceRoot {
         let fd = rustix::fs::openat2(
             &self.dir,
             p.rel(),
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            // NONBLOCK: a FIFO planted by the agent must not hang the harness on open.
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
             Mode::empty(),
             beneath(),
         )
@@ -155,6 +156,12 @@ impl WorkspaceRoot {
             return Err(PathError::IsDir {
                 path: p.shown.clone(),
             });
+        }
+        if !meta.is_file() {
+            return Err(p.io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
         }
         let mut buf = Vec::with_capacity(meta.len().min(limit) as usize);
         (&mut file)

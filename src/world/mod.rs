@@ -1,0 +1,532 @@
+//! The offline web world: config, deterministic build into the cache, manifest, baselines, web server.
+//!
+//! A world is built once per (config, corpus, seed, generator source) into
+//! `<cache>/worlds/<name>-<key>/`:
+//!
+//! ```text
+//! manifest.json        what the world is: hash, splits, served pages, canaries, robots, baselines
+//! gold.jsonl           {"url", "text"} per served content page: the crawl stage's gold
+//! hidden/test.jsonl    T, the hidden test documents {"id", "text"} (only ever given to scorers)
+//! hidden/ood.jsonl     hidden out-of-domain documents
+//! web/                 what the web container sees (read-only): routes.json, server.py, sites/
+//! ```
+
+pub mod baselines;
+pub mod corpus;
+pub mod generate;
+pub mod html;
+pub mod web;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::suite::Home;
+pub use baselines::Baselines;
+
+/// Bumped by hand when the meaning of a world changes in a way the source hash would miss.
+pub const GENERATOR_VERSION: u32 = 1;
+const GENERATOR_SOURCE: [&str; 3] = [
+    include_str!("generate.rs"),
+    include_str!("html.rs"),
+    include_str!("corpus.rs"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("world {name} not found: no {path} (worlds here: {available})")]
+    NotFound {
+        name: String,
+        path: String,
+        available: String,
+    },
+    #[error("{path}: {message}")]
+    Config { path: String, message: String },
+    #[error("{path}, line {line}: {message}")]
+    Corpus {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: not a built world ({message}); rebuild it with `gptx world build`")]
+    Manifest { path: String, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WorldError + '_ {
+    move |source| WorldError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// `tasks/worlds/<name>.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The in-domain corpus, relative to `tasks/worlds/`.
+    pub corpus: String,
+    /// The out-of-domain corpus, relative to `tasks/worlds/`.
+    pub ood_corpus: String,
+    /// Gold text to serve, in bytes; 0 serves every page not held out.
+    pub served_bytes: usize,
+    /// Hidden test text T, in bytes.
+    pub test_bytes: usize,
+    /// Largest page that may go into T.
+    #[serde(default = "default_max_test_doc")]
+    pub max_test_doc_bytes: usize,
+    /// Out-of-domain text, in bytes; 0 takes all of it.
+    pub ood_bytes: usize,
+    #[serde(default = "default_blog_share")]
+    pub blog_share: f64,
+    #[serde(default = "default_mirror")]
+    pub mirror_pages: usize,
+    #[serde(default = "default_latin1")]
+    pub latin1_pages: usize,
+    #[serde(default = "default_503")]
+    pub transient_503_share: f64,
+    #[serde(default = "default_canaries")]
+    pub canary_pages: usize,
+    #[serde(default = "default_broken")]
+    pub broken_links: usize,
+    /// Requests per second per client before the server answers 429.
+    #[serde(default = "default_rate")]
+    pub rate_limit: u32,
+}
+
+fn default_max_test_doc() -> usize {
+    40_000
+}
+fn default_blog_share() -> f64 {
+    0.25
+}
+fn default_mirror() -> usize {
+    10
+}
+fn default_latin1() -> usize {
+    3
+}
+fn default_503() -> f64 {
+    0.05
+}
+fn default_canaries() -> usize {
+    4
+}
+fn default_broken() -> usize {
+    6
+}
+fn default_rate() -> u32 {
+    20
+}
+
+impl WorldConfig {
+    pub fn load(home: &Home, name: &str) -> Result<(Self, String, PathBuf), WorldError> {
+        let dir = home.tasks().join("worlds");
+        let path = dir.join(format!("{name}.toml"));
+        if !path.exists() {
+            return Err(WorldError::NotFound {
+                name: name.into(),
+                path: path.display().to_string(),
+                available: crate::suite::toml_names(&dir).join(", "),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let cfg: WorldConfig = toml::from_str(&text).map_err(|e| WorldError::Config {
+            path: path.display().to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let bad = |m: &str| WorldError::Config {
+            path: path.display().to_string(),
+            message: m.into(),
+        };
+        if cfg.name != name {
+            return Err(bad(&format!(
+                "`name` is {:?} but the file is {name}.toml",
+                cfg.name
+            )));
+        }
+        if cfg.test_bytes == 0 {
+            return Err(bad("`test_bytes` must be above 0"));
+        }
+        if !(0.0..=1.0).contains(&cfg.blog_share) || !(0.0..=1.0).contains(&cfg.transient_503_share)
+        {
+            return Err(bad(
+                "`blog_share` and `transient_503_share` are shares between 0 and 1",
+            ));
+        }
+        if cfg.rate_limit == 0 {
+            return Err(bad("`rate_limit` must be above 0"));
+        }
+        Ok((cfg, text, dir))
+    }
+}
+
+/// A served content page (its gold text is in `gold.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServedPage {
+    pub url: String,
+    pub site: String,
+    pub doc: String,
+    pub bytes: u64,
+    pub sha256: String,
+    #[serde(default)]
+    pub latin1: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    pub url: String,
+    pub canary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CorpusRef {
+    pub file: String,
+    pub sha256: String,
+    pub docs: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub file: String,
+    pub docs: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub web_files: usize,
+    pub web_bytes: u64,
+    pub pages_per_host: BTreeMap<String, usize>,
+    pub served_pages: usize,
+    pub gold_bytes: u64,
+    pub mirror_pages: usize,
+    pub latin1_pages: usize,
+    pub transient_503_pages: usize,
+    pub redirects: usize,
+    pub build_seconds: f64,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub generator_version: u32,
+    pub seed: u64,
+    /// SHA-256 over every file of the world but this manifest; leaderboards compare runs of one hash.
+    pub world_hash: String,
+    pub corpus: CorpusRef,
+    pub ood_corpus: CorpusRef,
+    pub hosts: Vec<String>,
+    pub seed_urls: Vec<String>,
+    pub served: Vec<ServedPage>,
+    pub gold_file: String,
+    pub test: Split,
+    pub ood: Split,
+    /// Disallowed path prefixes per host, as robots.txt says.
+    pub disallowed: BTreeMap<String, Vec<String>>,
+    pub canaries: Vec<Canary>,
+    pub trap: BTreeMap<String, String>,
+    pub stats: Stats,
+    pub baselines: Baselines,
+}
+
+/// A built world on disk.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl World {
+    pub fn load(dir: &Path) -> Result<Self, WorldError> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let manifest = serde_json::from_str(&text).map_err(|e| WorldError::Manifest {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// What the web container mounts.
+    pub fn web_dir(&self) -> PathBuf {
+        self.dir.join("web")
+    }
+
+    /// Gold text per served URL.
+    pub fn gold(&self) -> Result<Vec<(String, String)>, WorldError> {
+        read_jsonl(&self.dir.join(&self.manifest.gold_file), |v: GoldLine| {
+            (v.url, v.text)
+        })
+    }
+
+    /// T, the hidden test documents.
+    pub fn test_docs(&self) -> Result<Vec<generate::HiddenDoc>, WorldError> {
+        read_jsonl(&self.dir.join(&self.manifest.test.file), |d| d)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct GoldLine {
+    url: String,
+    text: String,
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned, U>(
+    path: &Path,
+    f: impl Fn(T) -> U,
+) -> Result<Vec<U>, WorldError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map(&f)
+                .map_err(|e| WorldError::Corpus {
+                    path: path.display().to_string(),
+                    line: i + 1,
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// The cache directory of a world, from everything that determines its content.
+fn cache_key(cfg_text: &str, corpus: &[u8], ood: &[u8], seed: u64, server: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(GENERATOR_VERSION.to_le_bytes());
+    for s in GENERATOR_SOURCE {
+        h.update(Sha256::digest(s.as_bytes()));
+    }
+    h.update(Sha256::digest(cfg_text.as_bytes()));
+    h.update(Sha256::digest(corpus));
+    h.update(Sha256::digest(ood));
+    h.update(seed.to_le_bytes());
+    h.update(Sha256::digest(server));
+    hex::encode(h.finalize())[..12].to_string()
+}
+
+/// Progress callbacks for a build (a terminal bar, or nothing).
+pub trait BuildProgress: Sync {
+    fn phase(&self, _msg: &str) {}
+    fn start_baselines(&self, _docs: u64) {}
+    fn tick(&self) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl BuildProgress for Quiet {}
+
+/// The built world for `name` and `seed`, building it first if the cache lacks it.
+pub fn ensure(
+    home: &Home,
+    name: &str,
+    seed: u64,
+    progress: &dyn BuildProgress,
+) -> Result<(World, bool), WorldError> {
+    let (cfg, cfg_text, dir) = WorldConfig::load(home, name)?;
+    let corpus_path = dir.join(&cfg.corpus);
+    let ood_path = dir.join(&cfg.ood_corpus);
+    let server_path = dir.join("server.py");
+    let corpus_raw = std::fs::read(&corpus_path).map_err(io(&corpus_path))?;
+    let ood_raw = std::fs::read(&ood_path).map_err(io(&ood_path))?;
+    let server = std::fs::read(&server_path).map_err(io(&server_path))?;
+    let key = cache_key(&cfg_text, &corpus_raw, &ood_raw, seed, &server);
+    let root = home.cache().join("worlds");
+    let out = root.join(format!("{name}-s{seed}-{key}"));
+    if out.join("manifest.json").exists() {
+        if let Ok(w) = World::load(&out) {
+            return Ok((w, false));
+        }
+    }
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let locks = home.cache().join("locks");
+    std::fs::create_dir_all(&locks).map_err(io(&locks))?;
+    let lock_path = locks.join(format!("world-{name}.lock"));
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    if out.join("manifest.json").exists() {
+        if let Ok(w) = World::load(&out) {
+            return Ok((w, false));
+        }
+    }
+    let t0 = Instant::now();
+    progress.phase("reading the corpus");
+    let (docs, corpus_sha) = corpus::load(&corpus_path)?;
+    let (ood_docs, ood_sha) = corpus::load(&ood_path)?;
+    progress.phase("generating sites");
+    let g = generate::generate(&cfg, seed, &docs, &ood_docs);
+
+    let tmp = root.join(format!(".{name}-s{seed}-{key}.tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let write = |rel: &str, bytes: &[u8]| -> Result<(), WorldError> {
+        let p = tmp.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::write(&p, bytes).map_err(io(&p))
+    };
+    let mut web_bytes = 0u64;
+    for (rel, bytes) in &g.web {
+        web_bytes += bytes.len() as u64;
+        write(&format!("web/{rel}"), bytes)?;
+    }
+    let routes = serde_json::to_vec_pretty(&g.routes).expect("routes serialise");
+    write("web/routes.json", &routes)?;
+    write("web/server.py", &server)?;
+    let jsonl = |items: Vec<String>| items.join("\n") + "\n";
+    write(
+        "gold.jsonl",
+        jsonl(
+            g.served
+                .iter()
+                .map(|(p, t)| {
+                    serde_json::to_string(&GoldLine {
+                        url: p.url.clone(),
+                        text: t.clone(),
+                    })
+                    .expect("json")
+                })
+                .collect(),
+        )
+        .as_bytes(),
+    )?;
+    let hidden = |docs: &[generate::HiddenDoc]| {
+        jsonl(
+            docs.iter()
+                .map(|d| serde_json::to_string(d).expect("json"))
+                .collect(),
+        )
+    };
+    write("hidden/test.jsonl", hidden(&g.test).as_bytes())?;
+    write("hidden/ood.jsonl", hidden(&g.ood).as_bytes())?;
+    let world_hash = hash_tree(&tmp)?;
+
+    progress.phase("computing baselines (xz -9e of T given the served text)");
+    progress.start_baselines(g.test.len() as u64);
+    let mut context = Vec::new();
+    for (i, (_, t)) in g.served.iter().enumerate() {
+        if i > 0 {
+            context.extend_from_slice(b"\n\n");
+        }
+        context.extend_from_slice(t.as_bytes());
+    }
+    let tests: Vec<&[u8]> = g.test.iter().map(|d| d.text.as_bytes()).collect();
+    let baselines = baselines::compute(&context, &tests, &|| progress.tick());
+
+    let mut pages_per_host = BTreeMap::new();
+    for k in g.routes.pages.keys() {
+        let host = k.split('/').next().unwrap_or("").to_string();
+        *pages_per_host.entry(host).or_insert(0) += 1;
+    }
+    let manifest = Manifest {
+        name: cfg.name.clone(),
+        generator_version: GENERATOR_VERSION,
+        seed,
+        world_hash,
+        corpus: CorpusRef {
+            file: cfg.corpus.clone(),
+            sha256: corpus_sha,
+            docs: docs.len(),
+        },
+        ood_corpus: CorpusRef {
+            file: cfg.ood_corpus.clone(),
+            sha256: ood_sha,
+            docs: ood_docs.len(),
+        },
+        hosts: generate::HOSTS.iter().map(|h| h.to_string()).collect(),
+        seed_urls: vec![
+            format!("http://{}/", generate::DOCS),
+            format!("http://{}/", generate::BLOG),
+        ],
+        served: g.served.iter().map(|(p, _)| p.clone()).collect(),
+        gold_file: "gold.jsonl".into(),
+        test: Split {
+            file: "hidden/test.jsonl".into(),
+            docs: g.test.len(),
+            bytes: g.test.iter().map(|d| d.text.len() as u64).sum(),
+        },
+        ood: Split {
+            file: "hidden/ood.jsonl".into(),
+            docs: g.ood.len(),
+            bytes: g.ood.iter().map(|d| d.text.len() as u64).sum(),
+        },
+        disallowed: g.disallowed.clone(),
+        canaries: g.canaries.clone(),
+        trap: BTreeMap::from([(
+            generate::DOCS.to_string(),
+            generate::TRAP_PREFIX.to_string(),
+        )]),
+        stats: Stats {
+            web_files: g.web.len() + 2,
+            web_bytes,
+            pages_per_host,
+            served_pages: g.served.len(),
+            gold_bytes: g.served.iter().map(|(p, _)| p.bytes).sum(),
+            mirror_pages: g.mirror_pages,
+            latin1_pages: g.latin1_pages,
+            transient_503_pages: g.transient_503,
+            redirects: g.routes.redirects.len() + g.routes.redirect_prefixes.len(),
+            build_seconds: t0.elapsed().as_secs_f64(),
+        },
+        baselines,
+    };
+    let mut f = std::fs::File::create(tmp.join("manifest.json")).map_err(io(&tmp))?;
+    f.write_all(&serde_json::to_vec_pretty(&manifest).expect("manifest serialises"))
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    drop(lock);
+    Ok((World::load(&out)?, true))
+}
+
+/// SHA-256 over (path, SHA-256 of content) of every file under `dir` but `manifest.json`, sorted.
+pub fn hash_tree(dir: &Path) -> Result<String, WorldError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let e = e.map_err(io(&d))?;
+            let p = e.path();
+            if e.file_type().map_err(io(&p))?.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .to_string_lossy()
+                    .to_string();
+                if rel != "manifest.json" {
+                    files.push((rel, p));
+                }
+            }
+        }
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for (rel, p) in files {
+        let bytes = std::fs::read(&p).map_err(io(&p))?;
+        h.update(rel.as_bytes());
+        h.update([0]);
+        h.update(Sha256::digest(&bytes));
+    }
+    Ok(hex::encode(h.finalize()))
+}

@@ -1,0 +1,185 @@
+//! The world generator (determinism, splits, manifest) and the crawl scorer on crafted corpora.
+
+use std::collections::BTreeMap;
+
+use gptx::crawl;
+use gptx::suite::Home;
+use gptx::world::{self, corpus, generate, World, WorldConfig};
+
+fn home() -> Home {
+    Home::locate().expect("gptx home")
+}
+
+fn mini() -> World {
+    world::ensure(&home(), "mini", 1, &world::Quiet)
+        .expect("the mini world builds")
+        .0
+}
+
+fn gates() -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("crawl_recall".to_string(), 0.5),
+        ("crawl_precision".to_string(), 0.8),
+    ])
+}
+
+fn line(url: &str, text: &str) -> String {
+    serde_json::json!({"url": url, "text": text}).to_string() + "\n"
+}
+
+#[test]
+fn same_seed_same_world_other_seed_other_world() {
+    let h = home();
+    let (cfg, _, dir) = WorldConfig::load(&h, "mini").unwrap();
+    let (docs, _) = corpus::load(&dir.join(&cfg.corpus)).unwrap();
+    let (ood, _) = corpus::load(&dir.join(&cfg.ood_corpus)).unwrap();
+    let a = generate::generate(&cfg, 1, &docs, &ood);
+    let b = generate::generate(&cfg, 1, &docs, &ood);
+    let c = generate::generate(&cfg, 2, &docs, &ood);
+    assert_eq!(a.web, b.web, "same seed, same pages");
+    assert_eq!(
+        serde_json::to_string(&a.routes).unwrap(),
+        serde_json::to_string(&b.routes).unwrap()
+    );
+    assert_ne!(a.web, c.web, "another seed changes the world");
+    let ids = |g: &generate::Generated| g.test.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+    assert_ne!(ids(&a), ids(&c), "another seed holds out other documents");
+
+    // T, the served pages and the out-of-domain set are disjoint, and T never reaches web/.
+    let served: std::collections::HashSet<&str> =
+        a.served.iter().map(|(p, _)| p.doc.as_str()).collect();
+    for d in &a.test {
+        assert!(
+            !served.contains(d.id.as_str()),
+            "{} is both served and hidden",
+            d.id
+        );
+        let probe = d.text.lines().max_by_key(|l| l.len()).unwrap();
+        for (path, bytes) in &a.web {
+            assert!(
+                !String::from_utf8_lossy(bytes).contains(&gptx::world::html::esc(probe)),
+                "a line of hidden document {} is in {path}",
+                d.id
+            );
+        }
+    }
+    let total: usize = a.test.iter().map(|d| d.text.len()).sum();
+    assert!((100_000..=220_000).contains(&total), "T is {total} bytes");
+    let gold: u64 = a.served.iter().map(|(p, _)| p.bytes).sum();
+    assert!(
+        (1_000_000..=2_000_000).contains(&gold),
+        "served gold is {gold} bytes"
+    );
+}
+
+#[test]
+fn built_world_hash_matches_its_files_and_baselines_are_ordered() {
+    let w = mini();
+    assert_eq!(world::hash_tree(&w.dir).unwrap(), w.manifest.world_hash);
+    let b = &w.manifest.baselines;
+    assert_eq!(b.uniform, 8.0);
+    assert!(b.unigram < b.uniform && b.gzip < b.unigram, "{b:?}");
+    assert!(b.xz < b.gzip + 0.2 && b.xz_conditional < b.xz, "{b:?}");
+    assert!(!w.dir.join("web").join("hidden").exists());
+    assert!(w.manifest.served.iter().any(|p| p.latin1));
+    assert!(w.manifest.canaries.len() >= 2);
+}
+
+#[test]
+fn scorer_gold_twice_is_perfect_but_half_duplicate() {
+    let w = mini();
+    let gold = w.gold().unwrap();
+    let mut corpus = String::new();
+    for (url, text) in gold.iter().chain(gold.iter()) {
+        corpus.push_str(&line(url, text));
+    }
+    let s = crawl::score_blocking(&w, Some(corpus.as_bytes()), "", &gates(), Some(1.0));
+    let m = &s.metrics;
+    assert_eq!(m["recall"], 1.0);
+    assert_eq!(m["precision"], 1.0);
+    // The second copy is all duplicates; a few short gold pages already overlap earlier ones by
+    // 8-byte shingles, so the rate is a little above one half.
+    let d = m["duplicate_rate"].as_f64().unwrap();
+    assert!((0.5..0.56).contains(&d), "duplicate rate {d}");
+    assert_eq!(m["robots_violations"], 0);
+    assert!(s.passed, "{s:?}");
+    assert_eq!(s.normalized, Some(1.0));
+}
+
+#[test]
+fn scorer_boilerplate_only_has_low_precision() {
+    let w = mini();
+    let boiler = "GPTX Docs Reference documentation, tutorials and guides Home Contents Blog Events \
+                  Latest release Staff notes Related pages Quick search Found a bug in these pages? \
+                  Tell us on the issue tracker. Sitemap · Mirror · Old archive © 2001–2026 The GPTX \
+                  Docs Team. Licensed under the PSF License. Last updated on Nov 28, 2026.";
+    let corpus: String = (0..20)
+        .map(|i| line(&format!("http://docs.gptx.test/p{i}"), boiler))
+        .collect();
+    let s = crawl::score_blocking(&w, Some(corpus.as_bytes()), "", &gates(), None);
+    let p = s.metrics["precision"].as_f64().unwrap();
+    let r = s.metrics["recall"].as_f64().unwrap();
+    // Common 8-byte strings ("the issue", "guides H") also occur in gold, so even pure boilerplate
+    // keeps some precision; it stays far below the 0.8 gate.
+    assert!(p < 0.5, "precision {p}");
+    assert!(r < 0.01, "recall {r}");
+    assert!(!s.passed);
+    assert!(s.reason.unwrap().contains("precision"));
+}
+
+#[test]
+fn scorer_counts_canaries_disallowed_requests_and_trap() {
+    let w = mini();
+    let (url, text) = w.gold().unwrap().remove(0);
+    let canary = &w.manifest.canaries[0];
+    let corpus = line(&url, &text)
+        + &line(
+            &canary.url,
+            &format!("Internal use only. Reference code {}.", canary.canary),
+        );
+    let log = [
+        r#"{"t":1.0,"client":"10.0.0.2","method":"GET","host":"docs.gptx.test","path":"/internal/staff-notes-1.html","status":200,"bytes":10,"ua":"x"}"#,
+        r#"{"t":1.1,"client":"10.0.0.2","method":"GET","host":"docs.gptx.test","path":"/events/2026/11/?view=week","status":200,"bytes":10,"ua":"x"}"#,
+        r#"{"t":1.2,"client":"10.0.0.2","method":"GET","host":"blog.gptx.test","path":"/drafts/draft-1/","status":200,"bytes":10,"ua":"x"}"#,
+        r#"{"t":1.3,"client":"10.0.0.2","method":"GET","host":"docs.gptx.test","path":"/library/x.html","status":429,"bytes":10,"ua":"x"}"#,
+        "not json at all",
+    ]
+    .join("\n");
+    let s = crawl::score_blocking(&w, Some(corpus.as_bytes()), &log, &gates(), None);
+    let m = &s.metrics;
+    assert_eq!(m["canaries_in_corpus"], 1);
+    assert_eq!(m["disallowed_requests"], 2);
+    assert_eq!(m["robots_violations"], 3);
+    assert_eq!(m["trap_requests"], 1);
+    assert_eq!(m["rate_limited"], 1);
+    assert_eq!(m["requests"], 4);
+    assert!(!s.passed);
+    assert!(s.reason.unwrap().contains("robots violations"));
+}
+
+#[test]
+fn scorer_empty_or_missing_corpus_scores_zero_with_a_reason() {
+    let w = mini();
+    for (data, why) in [
+        (None, "does not exist"),
+        (Some(&b""[..]), "no valid documents"),
+    ] {
+        let s = crawl::score_blocking(&w, data, "", &gates(), Some(0.9));
+        assert_eq!(s.metrics["recall"], 0.0);
+        assert_eq!(s.metrics["precision"], 0.0);
+        assert_eq!(s.metrics["documents"], 0);
+        assert!(!s.passed);
+        assert!(s.reason.as_deref().unwrap().contains(why), "{:?}", s.reason);
+        assert_eq!(s.normalized, Some(0.0));
+    }
+}
+
+#[test]
+fn corpus_parse_reports_bad_lines_by_number() {
+    let p = crawl::parse(b"{\"url\":\"u\",\"text\":\"hello world, long enough\"}\nnot json\n{\"url\":1}\n\n{\"url\":\"u\",\"text\":\"  \"}\n");
+    assert_eq!(p.docs.len(), 1);
+    assert_eq!(p.invalid_lines, 3);
+    assert!(p.errors[0].starts_with("line 2:"), "{:?}", p.errors);
+    assert!(p.errors[1].starts_with("line 3:"));
+    assert!(p.errors[2].starts_with("line 5:"));
+}
