@@ -9,25 +9,7 @@ use gptx::sandbox::{
 };
 
 async fn run(sb: &dyn Sandbox, cmd: &str, timeout_s: f64) -> (ExecOutcome, String, String) {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let req = ExecRequest {
-        cmd: cmd.into(),
-        timeout: Duration::from_secs_f64(timeout_s),
-        env: vec![],
-    };
-    let o = sb
-        .exec(&req, &mut |s, d| match s {
-            OutStream::Stdout => out.extend_from_slice(d),
-            OutStream::Stderr => err.extend_from_slice(d),
-        })
-        .await
-        .expect("exec");
-    (
-        o,
-        String::from_utf8_lossy(&out).into(),
-        String::from_utf8_lossy(&err).into(),
-    )
+    common::sh(sb, cmd, timeout_s).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

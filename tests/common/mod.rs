@@ -103,3 +103,31 @@ where
     drop(ws);
     assert_eq!(left, 0, "resources of {run_id} left behind");
 }
+
+/// Runs `cmd` in the sandbox; returns the outcome, stdout and stderr.
+pub async fn sh(
+    sb: &dyn gptx::sandbox::Sandbox,
+    cmd: &str,
+    timeout_s: f64,
+) -> (gptx::sandbox::ExecOutcome, String, String) {
+    use gptx::sandbox::{ExecRequest, OutStream};
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let req = ExecRequest {
+        cmd: cmd.into(),
+        timeout: std::time::Duration::from_secs_f64(timeout_s),
+        env: vec![],
+    };
+    let o = sb
+        .exec(&req, &mut |s, d| match s {
+            OutStream::Stdout => out.extend_from_slice(d),
+            OutStream::Stderr => err.extend_from_slice(d),
+        })
+        .await
+        .expect("exec");
+    (
+        o,
+        String::from_utf8_lossy(&out).into(),
+        String::from_utf8_lossy(&err).into(),
+    )
+}
