@@ -225,6 +225,38 @@ pub fn verify(runs_dir: &Path, id: &str) -> anyhow::Result<i32> {
 }
 
 /// The scorecard printed after a run.
+/// The metrics a reader looks at first, in this order; the rest stay in score.json.
+const HEADLINE: [(&str, &str); 8] = [
+    ("recall", "recall"),
+    ("precision", "precision"),
+    ("duplicate_rate", "dup"),
+    ("robots_violations", "robots"),
+    ("trap_requests", "trap"),
+    ("requests", "requests"),
+    ("documents", "docs"),
+    ("bpb", "bpb"),
+];
+
+/// `recall 0.951 precision 0.973 ...` for the metrics of [`HEADLINE`] a stage has.
+fn headline(m: &serde_json::Map<String, serde_json::Value>) -> String {
+    let parts: Vec<String> = HEADLINE
+        .iter()
+        .filter_map(|(k, short)| {
+            let v = m.get(*k)?;
+            Some(match (v.as_u64(), v.as_f64()) {
+                (Some(n), _) => format!("{short} {n}"),
+                (None, Some(f)) => format!("{short} {f:.3}"),
+                _ => format!("{short} {v}"),
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        serde_json::Value::Object(m.clone()).to_string()
+    } else {
+        parts.join("  ")
+    }
+}
+
 pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -245,7 +277,7 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
         let metrics = if s.metrics.is_empty() {
             s.reason.clone().unwrap_or_default()
         } else {
-            serde_json::Value::Object(s.metrics.clone()).to_string()
+            headline(&s.metrics)
         };
         let _ = writeln!(
             out,
@@ -264,6 +296,11 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
             s.sandbox_seconds,
             metrics
         );
+        if !s.metrics.is_empty() {
+            if let Some(r) = &s.reason {
+                let _ = writeln!(out, "{:<10} {r}", "");
+            }
+        }
     }
     let _ = writeln!(
         out,

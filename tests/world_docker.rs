@@ -34,7 +34,12 @@ async fn docker_exec(docker: &bollard::Docker, id: &str, cmd: Vec<String>) -> (i
             out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
     }
-    let code = docker.inspect_exec(&ex.id).await.unwrap().exit_code.unwrap_or(-1);
+    let code = docker
+        .inspect_exec(&ex.id)
+        .await
+        .unwrap()
+        .exit_code
+        .unwrap_or(-1);
     (code, out)
 }
 
@@ -97,7 +102,11 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
     let web = WebServer::start(&docker, &run_id, &image, &world, &net, logs.path())
         .await
         .expect("web server starts");
-    let sandbox = Arc::new(DockerSandbox::create(&docker, &spec).await.expect("sandbox"));
+    let sandbox = Arc::new(
+        DockerSandbox::create(&docker, &spec)
+            .await
+            .expect("sandbox"),
+    );
     let body = {
         let sandbox = sandbox.clone();
         let docker = docker.clone();
@@ -106,9 +115,19 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
         let log = logs.path().join("requests.jsonl");
         tokio::spawn(async move {
             // The sites answer by name; robots, Latin-1 and 404 behave.
-            let latin1 = world.manifest.served.iter().find(|p| p.latin1).unwrap().url.clone();
+            let latin1 = world
+                .manifest
+                .served
+                .iter()
+                .find(|p| p.latin1)
+                .unwrap()
+                .url
+                .clone();
             sandbox
-                .write_file(&gptx::sandbox::WorkspacePath::parse("fetch.py").unwrap(), FETCH.as_bytes())
+                .write_file(
+                    &gptx::sandbox::WorkspacePath::parse("fetch.py").unwrap(),
+                    FETCH.as_bytes(),
+                )
                 .unwrap();
             let (o, out, err) = common::sh(
                 sandbox.as_ref(),
@@ -118,8 +137,14 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
             .await;
             assert_eq!(o.exit_code, Some(0), "{out}{err}");
             let lines: Vec<&str> = out.lines().collect();
-            assert!(lines[0].starts_with("200 text/plain") && lines[0].contains("robots.txt for"), "{out}");
-            assert!(lines[1].starts_with("200 text/html; charset=iso-8859-1"), "{out}");
+            assert!(
+                lines[0].starts_with("200 text/plain") && lines[0].contains("robots.txt for"),
+                "{out}"
+            );
+            assert!(
+                lines[1].starts_with("200 text/html; charset=iso-8859-1"),
+                "{out}"
+            );
             assert!(lines[2].starts_with("404"), "{out}");
 
             // Nothing beyond the world: no internet, no host.
@@ -134,8 +159,10 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
 
             // Every request is logged with status and user agent.
             let logged = std::fs::read_to_string(&log).unwrap();
-            let entries: Vec<serde_json::Value> =
-                logged.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let entries: Vec<serde_json::Value> = logged
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
             assert_eq!(entries.len(), 3, "{logged}");
             assert_eq!(entries[0]["path"], "/robots.txt");
             assert_eq!(entries[2]["status"], 404);
@@ -148,18 +175,40 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
                 grep.push("-e".into());
                 grep.push(p.clone());
             }
-            let dirs = ["/world", "/log", "/etc", "/home", "/tmp", "/usr/share", "/root"];
-            let (code, out) = docker_exec(&docker, &web_id, [grep.clone(), dirs.map(String::from).to_vec()].concat()).await;
+            let dirs = [
+                "/world",
+                "/log",
+                "/etc",
+                "/home",
+                "/tmp",
+                "/usr/share",
+                "/root",
+            ];
+            let (code, out) = docker_exec(
+                &docker,
+                &web_id,
+                [grep.clone(), dirs.map(String::from).to_vec()].concat(),
+            )
+            .await;
             // 1: no match; 2: no match but unreadable files (e.g. /etc/shadow) were skipped.
             assert!(code == 1 || code == 2, "grep: {code} {out}");
-            assert!(out.trim().is_empty(), "grep found hidden text in the web container: {out}");
+            assert!(
+                out.trim().is_empty(),
+                "grep found hidden text in the web container: {out}"
+            );
             let shell_grep = format!(
                 "grep -rlsF {} / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev; echo rc=$?",
                 probes.iter().map(|p| format!("-e '{}'", p.replace('\'', ""))).collect::<Vec<_>>().join(" ")
             );
             let (_, out, _) = common::sh(sandbox.as_ref(), &shell_grep, 120.0).await;
-            assert!(out.trim_end().ends_with("rc=1") || out.trim_end().ends_with("rc=2"), "{out}");
-            assert!(!out.contains('/'), "grep found hidden text in the sandbox: {out}");
+            assert!(
+                out.trim_end().ends_with("rc=1") || out.trim_end().ends_with("rc=2"),
+                "{out}"
+            );
+            assert!(
+                !out.contains('/'),
+                "grep found hidden text in the sandbox: {out}"
+            );
 
             // The search works: a served gold line is found in the web container.
             let gold = world.gold().unwrap();
@@ -173,7 +222,13 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
             let (code, out) = docker_exec(
                 &docker,
                 &web_id,
-                vec!["grep".into(), "-rlF".into(), "-e".into(), gold_line, "/world/sites".into()],
+                vec![
+                    "grep".into(),
+                    "-rlF".into(),
+                    "-e".into(),
+                    gold_line,
+                    "/world/sites".into(),
+                ],
             )
             .await;
             assert_eq!(code, 0, "positive control: {out}");
