@@ -20,7 +20,7 @@ use crate::world::World;
 pub const CORPUS: &str = "data/corpus.jsonl";
 /// The largest corpus read (bigger ones are rejected, not truncated).
 pub const MAX_CORPUS_BYTES: u64 = 256 * 1024 * 1024;
-/// A document is a duplicate when this share of its shingles appeared in earlier documents.
+/// A document is a near-duplicate when this share of its shingles first appeared in one earlier document.
 pub const DUPLICATE_SHARE: f64 = 0.8;
 
 /// Text with every run of ASCII whitespace made one space, trimmed.
@@ -138,22 +138,34 @@ pub fn parse(data: &[u8]) -> Parsed {
     p
 }
 
-/// Share of documents whose shingles mostly appeared in earlier documents.
+/// Share of documents that duplicate an earlier one: the same text (after whitespace is collapsed),
+/// or at least [`DUPLICATE_SHARE`] of its distinct shingles first seen in one single earlier document
+/// (a near-duplicate such as a mirror or a print view). Containment in one document rather than in
+/// the union of all earlier ones keeps short pages made of stock phrases from counting as copies.
 pub fn duplicate_rate(docs: &[CorpusDoc]) -> (usize, f64) {
-    let mut seen: HashSet<u64> = HashSet::new();
+    use std::collections::HashMap;
+    let mut first: HashMap<u64, u32> = HashMap::new();
+    let mut texts: HashSet<Vec<u8>> = HashSet::new();
     let mut dups = 0;
-    for d in docs {
-        let mut own: Vec<u64> = shingles(&normalize(&d.text)).collect();
+    for (i, d) in docs.iter().enumerate() {
+        let norm = normalize(&d.text);
+        let mut own: Vec<u64> = shingles(&norm).collect();
         own.sort_unstable();
         own.dedup();
-        if own.is_empty() {
-            continue;
+        let exact = !texts.insert(norm);
+        let mut per_doc: HashMap<u32, usize> = HashMap::new();
+        for s in &own {
+            if let Some(&j) = first.get(s) {
+                *per_doc.entry(j).or_insert(0) += 1;
+            }
         }
-        let old = own.iter().filter(|s| seen.contains(s)).count();
-        if old as f64 >= DUPLICATE_SHARE * own.len() as f64 {
+        let best = per_doc.values().copied().max().unwrap_or(0);
+        if exact || (!own.is_empty() && best as f64 >= DUPLICATE_SHARE * own.len() as f64) {
             dups += 1;
         }
-        seen.extend(own);
+        for s in own {
+            first.entry(s).or_insert(i as u32);
+        }
     }
     let rate = if docs.is_empty() {
         0.0

@@ -4,9 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use gptx::sandbox::{
-    ExecOutcome, ExecRequest, OutStream, Sandbox, SandboxError, WorkspacePath, WorkspaceRoot,
-};
+use gptx::sandbox::{ExecOutcome, Sandbox, SandboxError, WorkspacePath, WorkspaceRoot};
 
 async fn run(sb: &dyn Sandbox, cmd: &str, timeout_s: f64) -> (ExecOutcome, String, String) {
     common::sh(sb, cmd, timeout_s).await
