@@ -209,3 +209,19 @@ fn corpus_parse_reports_bad_lines_by_number() {
     assert!(p.errors[1].starts_with("line 3:"));
     assert!(p.errors[2].starts_with("line 5:"));
 }
+
+#[test]
+fn web_server_own_tests_pass() {
+    // tasks/worlds/test_server.py starts server.py on loopback and checks every behaviour.
+    let out = std::process::Command::new("python3")
+        .arg(home().tasks().join("worlds").join("test_server.py"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 on the host");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
