@@ -42,6 +42,17 @@ fn same_seed_same_world_other_seed_other_world() {
         serde_json::to_string(&b.routes).unwrap()
     );
     assert_ne!(a.web, c.web, "another seed changes the world");
+    // The world hash itself: equal for equal seeds, different otherwise, and the same as the built
+    // world's manifest says.
+    let server = std::fs::read(dir.join("server.py")).unwrap();
+    let hash = |g: &generate::Generated| {
+        let t = tempfile::tempdir().unwrap();
+        world::write_world(g, &server, t.path()).unwrap().0
+    };
+    let (ha, hb, hc) = (hash(&a), hash(&b), hash(&c));
+    assert_eq!(ha, hb);
+    assert_ne!(ha, hc);
+    assert_eq!(ha, mini().manifest.world_hash);
     let ids = |g: &generate::Generated| g.test.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
     assert_ne!(ids(&a), ids(&c), "another seed holds out other documents");
 

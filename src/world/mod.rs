@@ -30,7 +30,8 @@ pub use baselines::Baselines;
 
 /// Bumped by hand when the meaning of a world changes in a way the source hash would miss.
 pub const GENERATOR_VERSION: u32 = 1;
-const GENERATOR_SOURCE: [&str; 3] = [
+const GENERATOR_SOURCE: [&str; 4] = [
+    include_str!("mod.rs"),
     include_str!("generate.rs"),
     include_str!("html.rs"),
     include_str!("corpus.rs"),
@@ -376,48 +377,7 @@ pub fn ensure(
 
     let tmp = root.join(format!(".{name}-s{seed}-{key}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let write = |rel: &str, bytes: &[u8]| -> Result<(), WorldError> {
-        let p = tmp.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        std::fs::write(&p, bytes).map_err(io(&p))
-    };
-    let mut web_bytes = 0u64;
-    for (rel, bytes) in &g.web {
-        web_bytes += bytes.len() as u64;
-        write(&format!("web/{rel}"), bytes)?;
-    }
-    let routes = serde_json::to_vec_pretty(&g.routes).expect("routes serialise");
-    write("web/routes.json", &routes)?;
-    write("web/server.py", &server)?;
-    let jsonl = |items: Vec<String>| items.join("\n") + "\n";
-    write(
-        "gold.jsonl",
-        jsonl(
-            g.served
-                .iter()
-                .map(|(p, t)| {
-                    serde_json::to_string(&GoldLine {
-                        url: p.url.clone(),
-                        text: t.clone(),
-                    })
-                    .expect("json")
-                })
-                .collect(),
-        )
-        .as_bytes(),
-    )?;
-    let hidden = |docs: &[generate::HiddenDoc]| {
-        jsonl(
-            docs.iter()
-                .map(|d| serde_json::to_string(d).expect("json"))
-                .collect(),
-        )
-    };
-    write("hidden/test.jsonl", hidden(&g.test).as_bytes())?;
-    write("hidden/ood.jsonl", hidden(&g.ood).as_bytes())?;
-    let world_hash = hash_tree(&tmp)?;
+    let (world_hash, web_bytes) = write_world(&g, &server, &tmp)?;
 
     progress.phase("computing baselines (xz -9e of T given the served text)");
     progress.start_baselines(g.test.len() as u64);
@@ -496,6 +456,57 @@ pub fn ensure(
     std::fs::rename(&tmp, &out).map_err(io(&out))?;
     drop(lock);
     Ok((World::load(&out)?, true))
+}
+
+/// Writes a generated world's files (all but the manifest) under `tmp`; returns the world hash and
+/// the bytes of served HTML.
+pub fn write_world(
+    g: &generate::Generated,
+    server: &[u8],
+    tmp: &Path,
+) -> Result<(String, u64), WorldError> {
+    let write = |rel: &str, bytes: &[u8]| -> Result<(), WorldError> {
+        let p = tmp.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::write(&p, bytes).map_err(io(&p))
+    };
+    let mut web_bytes = 0u64;
+    for (rel, bytes) in &g.web {
+        web_bytes += bytes.len() as u64;
+        write(&format!("web/{rel}"), bytes)?;
+    }
+    let routes = serde_json::to_vec_pretty(&g.routes).expect("routes serialise");
+    write("web/routes.json", &routes)?;
+    write("web/server.py", server)?;
+    let jsonl = |items: Vec<String>| items.join("\n") + "\n";
+    write(
+        "gold.jsonl",
+        jsonl(
+            g.served
+                .iter()
+                .map(|(p, t)| {
+                    serde_json::to_string(&GoldLine {
+                        url: p.url.clone(),
+                        text: t.clone(),
+                    })
+                    .expect("json")
+                })
+                .collect(),
+        )
+        .as_bytes(),
+    )?;
+    let hidden = |docs: &[generate::HiddenDoc]| {
+        jsonl(
+            docs.iter()
+                .map(|d| serde_json::to_string(d).expect("json"))
+                .collect(),
+        )
+    };
+    write("hidden/test.jsonl", hidden(&g.test).as_bytes())?;
+    write("hidden/ood.jsonl", hidden(&g.ood).as_bytes())?;
+    Ok((hash_tree(tmp)?, web_bytes))
 }
 
 /// SHA-256 over (path, SHA-256 of content) of every file under `dir` but `manifest.json`, sorted.
