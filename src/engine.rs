@@ -192,6 +192,31 @@ pub fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
+/// Creates the run's world network `gptx-<run>-world`: an internal bridge (no route out) whose
+/// bridge interface gets no IPv4 address (`inhibit_ipv4`), so containers on it reach each other by
+/// name and nothing else, not even the host: without that, every port the host listens on would
+/// answer at the network's gateway address.
+pub async fn create_world_network(
+    docker: &Docker,
+    run_id: &str,
+) -> Result<String, bollard::errors::Error> {
+    let name = format!("gptx-{run_id}-world");
+    docker
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.inhibit_ipv4".to_string(),
+                "true".to_string(),
+            )])),
+            labels: Some(labels(run_id, "web")),
+            ..Default::default()
+        })
+        .await?;
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

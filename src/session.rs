@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bollard::models::NetworkCreateRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::AgentSpec;
@@ -119,18 +118,8 @@ pub async fn run(
     let mut network = None;
     let mut failure: Option<String> = None;
     if plan.suite.needs_world() {
-        let name = format!("gptx-{run_id}-world");
-        match docker
-            .create_network(NetworkCreateRequest {
-                name: name.clone(),
-                driver: Some("bridge".into()),
-                internal: Some(true),
-                labels: Some(engine::labels(&run_id, "web")),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(_) => network = Some(name),
+        match engine::create_world_network(&docker, &run_id).await {
+            Ok(name) => network = Some(name),
             Err(e) => failure = Some(format!("creating the world network: {e}")),
         }
     }

@@ -192,18 +192,9 @@ async fn path_escapes_are_refused_for_read_write_and_download() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_world_network_is_internal_and_leaving_it_leaves_only_loopback() {
-    use bollard::models::NetworkCreateRequest;
     let (docker, _) = common::docker_and_image().await;
     let run = common::test_run_id("worldnet");
-    let net = format!("gptx-{run}-world");
-    docker
-        .create_network(NetworkCreateRequest {
-            name: net.clone(),
-            driver: Some("bridge".into()),
-            internal: Some(true),
-            labels: Some(gptx::engine::labels(&run, "web")),
-            ..Default::default()
-        })
+    let net = gptx::engine::create_world_network(&docker, &run)
         .await
         .unwrap();
     let net2 = net.clone();

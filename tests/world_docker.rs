@@ -6,7 +6,6 @@ mod common;
 use std::sync::Arc;
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::NetworkCreateRequest;
 use futures_util::StreamExt;
 use gptx::sandbox::docker::DockerSandbox;
 use gptx::sandbox::Sandbox;
@@ -82,17 +81,24 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
         .unwrap()
         .0;
     let run_id = common::test_run_id("web");
-    let net = format!("gptx-{run_id}-world");
-    docker
-        .create_network(NetworkCreateRequest {
-            name: net.clone(),
-            driver: Some("bridge".into()),
-            internal: Some(true),
-            labels: Some(gptx::engine::labels(&run_id, "web")),
-            ..Default::default()
-        })
+    let net = gptx::engine::create_world_network(&docker, &run_id)
         .await
         .unwrap();
+    // A listener on every host address: the sandbox must not reach it.
+    let host_listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+    let gateway = docker
+        .inspect_network(
+            &net,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .unwrap()
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.gateway)
+        .unwrap_or_default();
     let logs = tempfile::tempdir().unwrap();
     gptx::session::prepare_workspace(logs.path()).unwrap();
     let ws = tempfile::tempdir().unwrap();
@@ -147,15 +153,28 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
             );
             assert!(lines[2].starts_with("404"), "{out}");
 
-            // Nothing beyond the world: no internet, no host.
-            let (o, out, _) = common::sh(
-                sandbox.as_ref(),
-                "python3 -c \"import socket; s=socket.create_connection(('1.1.1.1', 80), timeout=3)\" 2>&1; echo rc=$?",
-                30.0,
-            )
-            .await;
-            assert_eq!(o.exit_code, Some(0));
-            assert!(out.contains("rc=1"), "outside connection must fail: {out}");
+            // Nothing beyond the world: no internet, and not the host (its listener at the network's
+            // gateway address and at docker0's).
+            for (ip, port) in [
+                ("1.1.1.1".to_string(), 80),
+                (gateway.clone(), host_port),
+                ("172.17.0.1".to_string(), host_port),
+            ] {
+                if ip.is_empty() {
+                    continue;
+                }
+                let (o, out, _) = common::sh(
+                    sandbox.as_ref(),
+                    &format!("python3 -c \"import socket; s=socket.create_connection(('{ip}', {port}), timeout=3)\" 2>&1; echo rc=$?"),
+                    30.0,
+                )
+                .await;
+                assert_eq!(o.exit_code, Some(0));
+                assert!(
+                    out.contains("rc=1"),
+                    "a connection to {ip}:{port} must fail: {out}"
+                );
+            }
 
             // Every request is logged with status and user agent.
             let logged = std::fs::read_to_string(&log).unwrap();
@@ -235,6 +254,7 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
         })
     };
     let outcome = body.await;
+    drop(host_listener);
     sandbox.remove().await.unwrap();
     assert!(web.remove().await.is_empty());
     docker.remove_network(&net).await.unwrap();
