@@ -42,11 +42,14 @@ pub trait Agent: Send {
     fn spec(&self) -> String;
     async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError>;
     async fn next(&mut self) -> Result<Turn, AgentError>;
+    /// The result of the agent's last call (scripted agents ignore it).
     async fn observe(
         &mut self,
-        call: &RawCall,
-        result: &Result<Value, ToolError>,
-    ) -> Result<(), AgentError>;
+        _call: &RawCall,
+        _result: &Result<Value, ToolError>,
+    ) -> Result<(), AgentError> {
+        Ok(())
+    }
     /// A budget ended the stage before the agent submitted.
     async fn stopped(&mut self, _reason: &str) {}
     /// The run is over.
@@ -93,6 +96,14 @@ impl AgentSpec {
     }
 }
 
+/// The next call of a scripted stage, or the end of it.
+fn replay(calls: &mut VecDeque<RawCall>) -> Turn {
+    match calls.pop_front() {
+        Some(call) => Turn::Call(call),
+        None => Turn::Finished,
+    }
+}
+
 /// Submits every stage at once: the floor.
 pub struct NullAgent;
 
@@ -109,13 +120,6 @@ impl Agent for NullAgent {
             tool: "submit".into(),
             args: Value::Null,
         }))
-    }
-    async fn observe(
-        &mut self,
-        _call: &RawCall,
-        _result: &Result<Value, ToolError>,
-    ) -> Result<(), AgentError> {
-        Ok(())
     }
 }
 
@@ -181,17 +185,7 @@ impl Agent for ScriptAgent {
         Ok(())
     }
     async fn next(&mut self) -> Result<Turn, AgentError> {
-        Ok(match self.current.pop_front() {
-            Some(call) => Turn::Call(call),
-            None => Turn::Finished,
-        })
-    }
-    async fn observe(
-        &mut self,
-        _call: &RawCall,
-        _result: &Result<Value, ToolError>,
-    ) -> Result<(), AgentError> {
-        Ok(())
+        Ok(replay(&mut self.current))
     }
 }
 
@@ -298,17 +292,7 @@ impl Agent for ReferenceAgent {
         Ok(())
     }
     async fn next(&mut self) -> Result<Turn, AgentError> {
-        Ok(match self.current.pop_front() {
-            Some(call) => Turn::Call(call),
-            None => Turn::Finished,
-        })
-    }
-    async fn observe(
-        &mut self,
-        _call: &RawCall,
-        _result: &Result<Value, ToolError>,
-    ) -> Result<(), AgentError> {
-        Ok(())
+        Ok(replay(&mut self.current))
     }
 }
 

@@ -16,7 +16,7 @@ use crate::agent::{Agent, AgentError, StageTask, Turn};
 use crate::sandbox::docker::{DockerSandbox, DockerSandboxSpec};
 use crate::sandbox::{ExecRequest, Sandbox};
 use crate::suite::{Home, Suite};
-use crate::tools::{RawCall, ToolError};
+use crate::tools::RawCall;
 use crate::trace::{EventLog, EventSink, Recorder, WorkspaceHistory};
 
 #[derive(Default)]
@@ -80,13 +80,6 @@ impl Agent for BenchAgent {
             tool: "bash".into(),
             args: json!({"cmd": "true"}),
         }))
-    }
-    async fn observe(
-        &mut self,
-        _c: &RawCall,
-        _r: &Result<Value, ToolError>,
-    ) -> Result<(), AgentError> {
-        Ok(())
     }
 }
 

@@ -4,6 +4,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::trace::{Event, Reporter};
 
+/// A ticking spinner with `template`, or a hidden bar when `quiet`.
+fn spinner(quiet: bool, template: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new_spinner();
+    b.set_style(ProgressStyle::with_template(template).expect("template"));
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    b
+}
+
 /// Shows `[stage i/n] step k/max · tool summary` while a run goes, and a line per finished stage.
 pub struct Progress {
     bar: ProgressBar,
@@ -16,17 +27,7 @@ pub struct Progress {
 impl Progress {
     /// A progress line; hidden when `quiet` or when stderr is not a terminal.
     pub fn new(quiet: bool) -> Self {
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            let b = ProgressBar::new_spinner();
-            b.set_style(
-                ProgressStyle::with_template("{spinner} {prefix:.bold} [{elapsed}] {wide_msg}")
-                    .expect("template"),
-            );
-            b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
-        };
+        let bar = spinner(quiet, "{spinner} {prefix:.bold} [{elapsed}] {wide_msg}");
         Self {
             bar,
             stages: 0,
@@ -96,17 +97,7 @@ pub struct WorldBar {
 
 impl WorldBar {
     pub fn new(quiet: bool) -> Self {
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            let b = ProgressBar::new_spinner();
-            b.set_style(
-                ProgressStyle::with_template("{spinner} world [{elapsed}] {wide_msg}")
-                    .expect("template"),
-            );
-            b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
-        };
+        let bar = spinner(quiet, "{spinner} world [{elapsed}] {wide_msg}");
         Self { bar }
     }
 
