@@ -244,6 +244,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        // An agent could plant data/corpus.jsonl as a FIFO; reading it must not hang the harness.
+        let dir = tempfile::tempdir().unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let root = WorkspaceRoot::open(dir.path(), None).unwrap();
+        let err = root
+            .read(&WorkspacePath::parse("fifo").unwrap(), 1024)
+            .unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
     fn lexical_rules() {
         assert_eq!(
             WorkspacePath::parse("a/b.txt").unwrap().rel(),
