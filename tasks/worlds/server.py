@@ -761,4 +761,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without interpreter finalisation: daemon threads still blocked on idle keep-alive sockets
+    # can stall it, and nothing is left to flush (the log is closed, stdout is flushed per line).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -108,7 +108,7 @@ class Running:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(5)
+                self.proc.wait(20)  # generous: CI runs this beside heavy tests on 2 cores
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
