@@ -217,6 +217,30 @@ pub async fn create_world_network(
     Ok(name)
 }
 
+/// Force-removes a container and its anonymous volumes; one already gone is not an error.
+pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    let opts = bollard::query_parameters::RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match docker.remove_container(id, Some(opts)).await {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a volume; one already gone is not an error.
+pub async fn remove_volume(docker: &Docker, name: &str) -> Result<(), bollard::errors::Error> {
+    match docker
+        .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+        .await
+    {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use bollard::models::{
     ContainerCreateBody, ExecConfig, HostConfig, NetworkConnectRequest, NetworkDisconnectRequest,
     VolumeCreateRequest,
 };
-use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use bollard::query_parameters::CreateContainerOptions;
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -497,34 +497,12 @@ impl Sandbox for DockerSandbox {
         if let Ok(mut g) = self.sup.try_lock() {
             *g = None;
         }
-        match self
-            .docker
-            .remove_container(
-                &self.id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
+        engine::remove_container(&self.docker, &self.id)
             .await
-        {
-            Ok(()) => {}
-            Err(e) if engine::is_not_found(&e) => {}
-            Err(e) => return Err(SandboxError::other("remove container", e.to_string())),
-        }
-        match self
-            .docker
-            .remove_volume(
-                &self.volume,
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
+            .map_err(|e| SandboxError::other("remove container", e.to_string()))?;
+        engine::remove_volume(&self.docker, &self.volume)
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if engine::is_not_found(&e) => Ok(()),
-            Err(e) => Err(SandboxError::other("remove volume", e.to_string())),
-        }
+            .map_err(|e| SandboxError::other("remove volume", e.to_string()))
     }
 }
 

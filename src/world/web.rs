@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig};
-use bollard::query_parameters::{CreateContainerOptions, LogsOptions, RemoveContainerOptions};
+use bollard::query_parameters::{CreateContainerOptions, LogsOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 
@@ -217,32 +217,13 @@ impl WebServer {
     pub async fn remove(&self) -> Vec<String> {
         let mut warnings = vec![];
         if !self.id.is_empty() {
-            if let Err(e) = self
-                .docker
-                .remove_container(
-                    &self.id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        ..Default::default()
-                    }),
-                )
-                .await
-            {
-                if !engine::is_not_found(&e) {
-                    warnings.push(format!("removing the web container: {e}"));
-                }
+            if let Err(e) = engine::remove_container(&self.docker, &self.id).await {
+                warnings.push(format!("removing the web container: {e}"));
             }
         }
         for v in &self.volumes {
-            if let Err(e) = self
-                .docker
-                .remove_volume(v, None::<bollard::query_parameters::RemoveVolumeOptions>)
-                .await
-            {
-                if !engine::is_not_found(&e) {
-                    warnings.push(format!("removing volume {v}: {e}"));
-                }
+            if let Err(e) = engine::remove_volume(&self.docker, v).await {
+                warnings.push(format!("removing volume {v}: {e}"));
             }
         }
         warnings
