@@ -7,11 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn gptx() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptx"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
-}
+use common::gptx;
 
 fn smoke() -> String {
     format!(
@@ -24,28 +20,7 @@ fn smoke() -> String {
 async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let out = gptx()
-        .args([
-            "run",
-            "--suite",
-            "mini",
-            "--agent",
-            &smoke(),
-            "--json",
-            "--quiet",
-            "--runs-dir",
-        ])
-        .arg(runs.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout {stdout}\nstderr {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().last().unwrap();
-    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    let v = common::run_json(&["--suite", "mini", "--agent", &smoke()], runs.path());
     assert_eq!(v["status"], "done");
     assert_eq!(v["level"], "L0");
     let run_id = v["run_id"].as_str().unwrap().to_string();

@@ -3,33 +3,11 @@
 
 mod common;
 
-use std::process::Command;
-
 fn crawl_run(agent: &str, runs: &std::path::Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_gptx"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "run",
-            "--suite",
-            "mini",
-            "--stages",
-            "crawl",
-            "--agent",
-            agent,
-            "--json",
-            "--quiet",
-            "--runs-dir",
-        ])
-        .arg(runs)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout {stdout}\nstderr {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    common::run_json(
+        &["--suite", "mini", "--stages", "crawl", "--agent", agent],
+        runs,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,3 +131,28 @@ pub async fn sh(
         String::from_utf8_lossy(&err).into(),
     )
 }
+
+/// The `gptx` binary, run from the crate root.
+pub fn gptx() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_gptx"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+/// Runs `gptx run <args> --json --quiet --runs-dir <runs>`, asserts success, returns the JSON result.
+pub fn run_json(args: &[&str], runs: &Path) -> serde_json::Value {
+    let out = gptx()
+        .arg("run")
+        .args(args)
+        .args(["--json", "--quiet", "--runs-dir"])
+        .arg(runs)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout {stdout}\nstderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
