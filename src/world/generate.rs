@@ -312,19 +312,12 @@ pub fn generate(cfg: &WorldConfig, seed: u64, docs: &[Doc], ood_docs: &[Doc]) ->
             let next = format!("/drafts/draft-{}/", if k < n_canary { j + 1 } else { 1 });
             (BLOG, format!("/drafts/draft-{j}/"), next)
         };
-        let file = file_for(host, &path);
-        g.web.insert(
-            file.clone(),
+        add_page(
+            &mut g,
+            host,
+            &path,
             html::canary_page(&format!("Staff note {k}"), &canary, &next).into_bytes(),
-        );
-        g.routes.pages.insert(
-            format!("{host}{path}"),
-            PageRoute {
-                file,
-                content_type: "text/html; charset=utf-8".into(),
-                print: None,
-                transient_503: false,
-            },
+            "text/html; charset=utf-8",
         );
         g.canaries.push(Canary {
             url: format!("http://{host}{path}"),
@@ -449,19 +442,12 @@ pub fn generate(cfg: &WorldConfig, seed: u64, docs: &[Doc], ood_docs: &[Doc]) ->
         g.served.push((served(&url, DOCS, doc, &text, false), text));
         if mirror.contains(&i) {
             let mpath = format!("/docs/{}", doc.id);
-            let mfile = file_for(MIRROR, &mpath);
-            g.web.insert(
-                mfile.clone(),
+            add_page(
+                &mut g,
+                MIRROR,
+                &mpath,
                 html::mirror_page(&doc.title, &url, &html::blocks(doc, true)).into_bytes(),
-            );
-            g.routes.pages.insert(
-                format!("{MIRROR}{mpath}"),
-                PageRoute {
-                    file: mfile,
-                    content_type: "text/html; charset=utf-8".into(),
-                    print: None,
-                    transient_503: false,
-                },
+                "text/html; charset=utf-8",
             );
             g.mirror_pages += 1;
         }
