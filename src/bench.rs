@@ -114,6 +114,7 @@ pub async fn exec(home: &Home, n: usize, json_out: bool) -> anyhow::Result<()> {
         workspace_host: ws.clone(),
         workspace_readonly: false,
         env: vec![],
+        instance: None,
     };
     let sandbox = Arc::new(DockerSandbox::create(&docker, &spec).await?);
     let result = async {
@@ -125,6 +126,7 @@ pub async fn exec(home: &Home, n: usize, json_out: bool) -> anyhow::Result<()> {
                 cmd: "true".into(),
                 timeout: Duration::from_secs(30),
                 env: vec![],
+                stdin: None,
             };
             sandbox.exec(&req, &mut |_, _| {}).await?;
             raw.push(t0.elapsed().as_secs_f64() * 1000.0);

@@ -53,6 +53,8 @@ pub struct DockerSandboxSpec {
     pub workspace_host: PathBuf,
     pub workspace_readonly: bool,
     pub env: Vec<String>,
+    /// Tells apart several sandboxes of one role in a run (scoring sandboxes): `gptx-<run>-<role>-<instance>`.
+    pub instance: Option<String>,
 }
 
 struct Supervisor {
@@ -88,7 +90,10 @@ fn err(what: &'static str) -> impl Fn(bollard::errors::Error) -> SandboxError {
 impl DockerSandbox {
     /// Creates and starts the container, then checks the supervisor answers.
     pub async fn create(docker: &Docker, spec: &DockerSandboxSpec) -> Result<Self, SandboxError> {
-        let name = format!("gptx-{}-{}", spec.run_id, spec.role);
+        let name = match &spec.instance {
+            Some(i) => format!("gptx-{}-{}-{i}", spec.run_id, spec.role),
+            None => format!("gptx-{}-{}", spec.run_id, spec.role),
+        };
         let volume = format!("{name}-ws");
         let labels = engine::labels(&spec.run_id, &spec.role);
         let host = spec.workspace_host.canonicalize().map_err(|e| {
@@ -376,10 +381,15 @@ impl Sandbox for DockerSandbox {
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let msg = serde_json::json!({
+        let mut msg = serde_json::json!({
             "op": "exec", "id": id, "cmd": req.cmd,
             "timeout_ms": req.timeout.as_millis() as u64, "cwd": super::WORKSPACE, "env": env,
         });
+        if let Some(stdin) = &req.stdin {
+            msg["stdin_b64"] = base64::engine::general_purpose::STANDARD
+                .encode(stdin)
+                .into();
+        }
         // A dead supervisor shows up as a failed write; start a new one and try once more.
         let mut attempts = 0;
         loop {

@@ -28,6 +28,8 @@ pub struct ExecRequest {
     pub cmd: String,
     pub timeout: std::time::Duration,
     pub env: Vec<(String, String)>,
+    /// The command's standard input (None: `/dev/null`).
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// What happened to a command. Output itself goes through the sink passed to [`Sandbox::exec`].

@@ -4,7 +4,8 @@
 # talks JSON lines with it, which keeps the per-step cost far below a fresh `docker exec` per command.
 #
 # harness -> supervisor (stdin):
-#   {"op": "exec", "id": N, "cmd": "...", "timeout_ms": N, "cwd": "/workspace", "env": {...}}
+#   {"op": "exec", "id": N, "cmd": "...", "timeout_ms": N, "cwd": "/workspace", "env": {...},
+#    "stdin_b64": "..."}   (optional: the command's standard input; without it stdin is /dev/null)
 #   {"op": "ping", "id": N}
 # supervisor -> harness (stdout):
 #   {"id": N, "ev": "out", "s": "o"|"e", "d": "<base64>"}      (streamed, at most CHUNK bytes each)
@@ -125,17 +126,44 @@ def raise_oom_score():
         pass
 
 
+def feed(key, data, sel):
+    """Writes what the child's stdin pipe takes now; closes it when all is written or the child is gone."""
+    try:
+        n = os.write(key.fileobj.fileno(), data[:CHUNK * 2])
+    except BlockingIOError:
+        return data
+    except OSError:  # EPIPE: the command stopped reading
+        n = len(data)
+    data = data[n:]
+    if not len(data):
+        sel.unregister(key.fileobj)
+        try:
+            key.fileobj.close()
+        except OSError:
+            pass
+    return data
+
+
 def run(req):
     rid = req.get("id")
     timeout_s = max(0.001, float(req.get("timeout_ms", 60000)) / 1000.0)
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (req.get("env") or {}).items()})
+    stdin_data = None
+    try:
+        if req.get("stdin_b64") is not None:
+            stdin_data = memoryview(base64.b64decode(req["stdin_b64"]))
+    except (ValueError, TypeError) as e:
+        emit({"id": rid, "ev": "exit", "code": None, "signal": None, "timed_out": False, "oom": False,
+              "cpu_s": 0.0, "max_rss_kb": 0, "cg_cpu_s": None, "cg_peak_bytes": None,
+              "duration_ms": 0.0, "error": "bad stdin_b64: %s" % e})
+        return
     cpu0, oom0 = cgroup_cpu_s(), cgroup_oom_kills()
     start = time.monotonic()
     try:
         child = subprocess.Popen(
             ["/bin/bash", "-c", req["cmd"]],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=req.get("cwd") or "/workspace",
@@ -152,6 +180,12 @@ def run(req):
     for stream, tag in ((child.stdout, "o"), (child.stderr, "e")):
         os.set_blocking(stream.fileno(), False)
         sel.register(stream, selectors.EVENT_READ, tag)
+    if stdin_data is not None:
+        os.set_blocking(child.stdin.fileno(), False)
+        if len(stdin_data):
+            sel.register(child.stdin, selectors.EVENT_WRITE, "i")
+        else:
+            child.stdin.close()
     deadline = start + timeout_s
     drain_until = None
     timed_out = False
@@ -172,6 +206,9 @@ def run(req):
         if sel.get_map():
             wait = 0.05 if status is None else max(0.0, min(0.05, drain_until - now))
             for key, _ in sel.select(wait):
+                if key.data == "i":
+                    stdin_data = feed(key, stdin_data, sel)
+                    continue
                 try:
                     data = os.read(key.fileobj.fileno(), CHUNK)
                 except BlockingIOError:
@@ -184,6 +221,11 @@ def run(req):
             time.sleep(0.002 if time.monotonic() - start < 0.1 else 0.02)
     for key in list(sel.get_map().values()):
         sel.unregister(key.fileobj)
+    if child.stdin is not None and not child.stdin.closed:
+        try:
+            child.stdin.close()
+        except OSError:
+            pass
     child.stdout.close()
     child.stderr.close()
     duration_ms = (time.monotonic() - start) * 1000.0
@@ -206,7 +248,9 @@ def run(req):
 
 
 def main():
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Writing to a command that stopped reading its stdin must be an error, not a fatal signal; commands
+    # themselves get the default SIGPIPE back (Popen's restore_signals).
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     for line in sys.stdin:
         line = line.strip()
         if not line:

@@ -77,6 +77,7 @@ pub fn spec(run_id: &str, image: &str, ws: &Path) -> DockerSandboxSpec {
         workspace_host: ws.to_path_buf(),
         workspace_readonly: false,
         env: vec![],
+        instance: None,
     }
 }
 
@@ -117,6 +118,7 @@ pub async fn sh(
         cmd: cmd.into(),
         timeout: std::time::Duration::from_secs_f64(timeout_s),
         env: vec![],
+        stdin: None,
     };
     let o = sb
         .exec(&req, &mut |s, d| match s {
