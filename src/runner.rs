@@ -142,6 +142,8 @@ pub struct Runner {
     pub world_network: Option<String>,
     /// The built world, when the suite has one (the crawl scorer grades against it).
     pub world: Option<Arc<crate::world::World>>,
+    /// Where scorers run the agent's programs on hidden data (fresh scoring sandboxes).
+    pub programs: Option<Arc<dyn crate::programs::Programs>>,
     pub events: EventSink,
     pub history: Option<WorkspaceHistory>,
     pub outputs: OutputStore,
@@ -170,6 +172,7 @@ impl Runner {
             sandbox,
             world_network: None,
             world: None,
+            programs: None,
             events,
             history,
             outputs,
@@ -256,13 +259,14 @@ impl Runner {
             .as_ref()
             .map(|w| w.manifest.seed_urls.clone())
             .unwrap_or_default();
-        let instruction = match crate::suite::instruction(&self.home, stage, &seeds) {
-            Ok(text) => text,
-            Err(e) => {
-                self.warn(e.to_string());
-                format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
-            }
-        };
+        let instruction =
+            match crate::suite::instruction(&self.home, stage, &seeds, &self.suite.scoring) {
+                Ok(text) => text,
+                Err(e) => {
+                    self.warn(e.to_string());
+                    format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
+                }
+            };
         self.emit(Event::StageStarted {
             stage: stage.name.clone(),
             index,
@@ -400,6 +404,8 @@ impl Runner {
                 run_dir: &self.run_dir,
                 gates: &self.suite.gates,
                 reference: &self.suite.reference,
+                programs: self.programs.as_deref(),
+                scoring: &self.suite.scoring,
             };
             let score = scorer.score(&ctx).await;
             self.emit(Event::StageScored {
@@ -490,6 +496,7 @@ impl Runner {
                     cmd: cmd.clone(),
                     timeout: Duration::from_secs_f64(secs),
                     env: vec![],
+                    stdin: None,
                 };
                 let mut stdout = Capture::default();
                 let mut stderr = Capture::default();
@@ -578,6 +585,8 @@ impl Runner {
                     run_dir: &self.run_dir,
                     gates: &self.suite.gates,
                     reference: &self.suite.reference,
+                    programs: self.programs.as_deref(),
+                    scoring: &self.suite.scoring,
                 };
                 out.result = scorer.check(&ctx).await;
             }

@@ -21,6 +21,9 @@ pub struct ScoreContext<'a> {
     pub gates: &'a BTreeMap<String, f64>,
     /// The reference agent's recorded results on this suite's world (`[reference]`).
     pub reference: &'a BTreeMap<String, f64>,
+    /// Where the agent's programs run on hidden data (None: this run has no scoring sandbox).
+    pub programs: Option<&'a dyn crate::programs::Programs>,
+    pub scoring: &'a crate::programs::ScoringLimits,
 }
 
 /// Grades one stage. `check` answers the agent's `check` tool on visible data; `score` grades on hidden data.
@@ -67,6 +70,8 @@ pub fn scorer_for(
 ) -> Box<dyn Scorer> {
     match (stage, world) {
         ("crawl", Some(w)) => Box::new(crate::crawl::CrawlScorer { world: w.clone() }),
+        ("tokenize", Some(w)) => Box::new(crate::tokenize::TokenizeScorer { world: w.clone() }),
+        ("train", Some(w)) => Box::new(crate::train::TrainScorer { world: w.clone() }),
         _ => Box::new(NotImplemented {
             stage: stage.to_string(),
         }),

@@ -155,6 +155,7 @@ pub async fn run(
             workspace_host: dir.workspace(),
             workspace_readonly: false,
             env: vec![],
+            instance: None,
         };
         match DockerSandbox::create(&docker, &spec).await {
             Ok(s) => Some(Arc::new(s)),
@@ -182,6 +183,14 @@ pub async fn run(
             );
             runner.world_network = network.clone();
             runner.world = plan.world.clone();
+            runner.programs = Some(Arc::new(crate::programs::DockerPrograms::new(
+                docker.clone(),
+                run_id.clone(),
+                image.tag.clone(),
+                dir.workspace(),
+                plan.suite.scoring.clone(),
+                plan.suite.sandbox.pids,
+            )));
             let result = runner.run(agent.as_mut(), &image.tag).await;
             events = runner.events;
             result

@@ -224,22 +224,39 @@ pub fn verify(runs_dir: &Path, id: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The scorecard printed after a run.
-/// The metrics a reader looks at first, in this order; the rest stay in score.json.
-const HEADLINE: [(&str, &str); 8] = [
-    ("recall", "recall"),
-    ("precision", "precision"),
-    ("duplicate_rate", "dup"),
-    ("robots_violations", "robots"),
-    ("trap_requests", "trap"),
-    ("requests", "requests"),
-    ("documents", "docs"),
-    ("bpb", "bpb"),
-];
+/// The metrics a reader looks at first, per stage, in this order; the rest stay in score.json.
+fn headline_keys(stage: &str) -> &'static [(&'static str, &'static str)] {
+    match stage {
+        "crawl" => &[
+            ("recall", "recall"),
+            ("precision", "precision"),
+            ("duplicate_rate", "dup"),
+            ("robots_violations", "robots"),
+            ("trap_requests", "trap"),
+            ("requests", "requests"),
+            ("documents", "docs"),
+        ],
+        "tokenize" => &[
+            ("round_trip", "round trip"),
+            ("ids_in_vocab", "ids ok"),
+            ("vocab_size", "vocab"),
+            ("bytes_per_token", "bytes/token"),
+            ("encode_mb_per_s", "encode MB/s"),
+        ],
+        "train" => &[
+            ("verified", "verified"),
+            ("bpb", "bpb"),
+            ("ood_bpb", "ood bpb"),
+            ("bytes_per_token", "bytes/token"),
+            ("score_seconds", "score s"),
+        ],
+        _ => &[("bpb", "bpb"), ("documents", "docs")],
+    }
+}
 
-/// `recall 0.951 precision 0.973 ...` for the metrics of [`HEADLINE`] a stage has.
-fn headline(m: &serde_json::Map<String, serde_json::Value>) -> String {
-    let parts: Vec<String> = HEADLINE
+/// `recall 0.951 precision 0.973 ...` for the headline metrics a stage has.
+fn headline(stage: &str, m: &serde_json::Map<String, serde_json::Value>) -> String {
+    let parts: Vec<String> = headline_keys(stage)
         .iter()
         .filter_map(|(k, short)| {
             let v = m.get(*k)?;
@@ -255,6 +272,28 @@ fn headline(m: &serde_json::Map<String, serde_json::Value>) -> String {
     } else {
         parts.join("  ")
     }
+}
+
+/// `ladder: unigram 4.816 ✓  gzip 2.736 ✓  xz 2.692 ✓  xz|C 1.832 ✗` for a verified model.
+fn ladder_line(m: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let bpb = m.get("bpb")?.as_f64()?;
+    let ladder = m.get("ladder")?.as_object()?;
+    let parts: Vec<String> = [
+        ("unigram", "unigram"),
+        ("gzip", "gzip"),
+        ("xz", "xz"),
+        ("xz_conditional", "xz|C"),
+    ]
+    .iter()
+    .filter_map(|(k, short)| {
+        let x = ladder.get(*k)?.as_f64()?;
+        Some(format!(
+            "{short} {x:.3} {}",
+            if bpb < x { "✓" } else { "✗" }
+        ))
+    })
+    .collect();
+    Some(format!("beats: {}", parts.join("  ")))
 }
 
 pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
@@ -277,7 +316,7 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
         let metrics = if s.metrics.is_empty() {
             s.reason.clone().unwrap_or_default()
         } else {
-            headline(&s.metrics)
+            headline(name, &s.metrics)
         };
         let _ = writeln!(
             out,
@@ -296,6 +335,9 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
             s.sandbox_seconds,
             metrics
         );
+        if let Some(l) = ladder_line(&s.metrics) {
+            let _ = writeln!(out, "{:<73}{l}", "");
+        }
         if !s.metrics.is_empty() {
             if let Some(r) = &s.reason {
                 let _ = writeln!(out, "{:<10} {r}", "");

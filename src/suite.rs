@@ -244,6 +244,8 @@ struct RawSuite {
     gates: BTreeMap<String, f64>,
     #[serde(default)]
     reference: BTreeMap<String, f64>,
+    #[serde(default)]
+    scoring: crate::programs::ScoringLimits,
     stages: Vec<RawStage>,
 }
 
@@ -273,6 +275,8 @@ pub struct Suite {
     pub gates: BTreeMap<String, f64>,
     /// The reference agent's measured results on this suite's world (for normalised scores).
     pub reference: BTreeMap<String, f64>,
+    /// Limits of the scoring sandboxes (`[scoring]`).
+    pub scoring: crate::programs::ScoringLimits,
     pub stages: Vec<Stage>,
     #[serde(skip)]
     defaults: BudgetOverrides,
@@ -344,6 +348,7 @@ impl Suite {
             sandbox: raw.sandbox,
             gates: raw.gates,
             reference: raw.reference,
+            scoring: raw.scoring,
             stages,
             defaults: raw.budgets,
         };
@@ -360,6 +365,28 @@ impl Suite {
         }
         if self.sandbox.cpus.is_nan() || self.sandbox.cpus <= 0.0 {
             return Err("sandbox.cpus must be above 0".into());
+        }
+        let sc = &self.scoring;
+        if sc.memory_mb < 64 {
+            return Err(format!(
+                "scoring.memory_mb = {} is below the 64 MiB minimum",
+                sc.memory_mb
+            ));
+        }
+        if sc.cpus.is_nan() || sc.cpus <= 0.0 {
+            return Err("scoring.cpus must be above 0".into());
+        }
+        if !(sc.timeout_seconds.is_finite() && sc.timeout_seconds > 0.0) {
+            return Err(format!(
+                "scoring.timeout_seconds = {} must be a positive number",
+                sc.timeout_seconds
+            ));
+        }
+        if sc.max_vocab_size < 2 || sc.max_vocab_size > u32::MAX as u64 {
+            return Err(format!(
+                "scoring.max_vocab_size = {} must be between 2 and 2^32-1",
+                sc.max_vocab_size
+            ));
         }
         for s in &self.stages {
             let b = &s.budgets;
@@ -426,9 +453,14 @@ impl Suite {
     }
 }
 
-/// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` placeholders filled in,
-/// and `{{seed_urls}}` with the world's seed URLs (a markdown list) when there is a world.
-pub fn instruction(home: &Home, stage: &Stage, seed_urls: &[String]) -> Result<String, SuiteError> {
+/// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` and `{{scoring_*}}`
+/// placeholders filled in, and `{{seed_urls}}` with the world's seed URLs (a markdown list).
+pub fn instruction(
+    home: &Home,
+    stage: &Stage,
+    seed_urls: &[String],
+    scoring: &crate::programs::ScoringLimits,
+) -> Result<String, SuiteError> {
     let path = home.tasks().join(&stage.name).join("instruction.md");
     let text = std::fs::read_to_string(&path).map_err(|source| SuiteError::Read {
         path: path.display().to_string(),
@@ -441,7 +473,11 @@ pub fn instruction(home: &Home, stage: &Stage, seed_urls: &[String]) -> Result<S
         .replace("{{max_sandbox_seconds}}", &fmt(b.max_sandbox_seconds))
         .replace("{{max_wall_seconds}}", &fmt(b.max_wall_seconds))
         .replace("{{max_step_seconds}}", &fmt(b.max_step_seconds))
-        .replace("{{default_step_seconds}}", &fmt(b.default_step_seconds));
+        .replace("{{default_step_seconds}}", &fmt(b.default_step_seconds))
+        .replace("{{max_vocab_size}}", &scoring.max_vocab_size.to_string())
+        .replace("{{scoring_positions}}", &scoring.positions.to_string())
+        .replace("{{scoring_timeout_seconds}}", &fmt(scoring.timeout_seconds))
+        .replace("{{scoring_memory_mb}}", &scoring.memory_mb.to_string());
     let list: Vec<String> = if seed_urls.is_empty() {
         vec!["- (this suite has no world to crawl)".into()]
     } else {

@@ -1,0 +1,267 @@
+//! The train stage's grading: verified bits per byte of `bin/lm` on T, out-of-domain bpb, and its standing on the baseline ladder.
+//!
+//! The verification itself lives in [`crate::lm`]; this module picks the documents (T graded, the
+//! out-of-domain set scored alongside under hidden ids), draws fresh randomness, applies the L3 gate
+//! (below per-document `xz -9e` on T) and reports the model against every rung of the world's ladder.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+
+use crate::lm::{self, Doc, Verification, VerifyPlan};
+use crate::scoring::{ScoreContext, Scorer};
+use crate::tokenize::{own_sample, program_problem};
+use crate::tools::ToolError;
+use crate::trace::StageScore;
+use crate::world::{Baselines, World};
+
+pub const PROGRAM: &str = "bin/lm";
+/// Bytes of the agent's own documents the `check` tool verifies on.
+const CHECK_SAMPLE_BYTES: usize = 48 * 1024;
+/// Positions the `check` tool tests (the grade uses the suite's K).
+const CHECK_POSITIONS: usize = 16;
+/// The uniform model over bytes: the null agent's floor for normalised scores.
+pub const FLOOR_BPB: f64 = 8.0;
+
+/// Grades the train stage on the world's hidden documents.
+pub struct TrainScorer {
+    pub world: Arc<World>,
+}
+
+/// The world's hidden documents: T and the out-of-domain set.
+pub fn hidden_docs(world: &World) -> Result<(Vec<Doc>, Vec<Doc>), String> {
+    let test = world
+        .test_docs()
+        .map_err(|e| format!("reading the world's hidden documents: {e}"))?;
+    let path = world.dir.join(&world.manifest.ood.file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut ood = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let d: crate::world::generate::HiddenDoc = serde_json::from_str(line)
+            .map_err(|e| format!("{}, line {}: {e}", path.display(), i + 1))?;
+        ood.push(Doc {
+            name: d.id,
+            bytes: d.text.into_bytes(),
+        });
+    }
+    let test = test
+        .into_iter()
+        .map(|d| Doc {
+            name: d.id,
+            bytes: d.text.into_bytes(),
+        })
+        .collect();
+    Ok((test, ood))
+}
+
+/// The ladder of §4 as (name, bpb), weakest first.
+pub fn ladder(b: &Baselines) -> [(&'static str, f64); 5] {
+    [
+        ("uniform", b.uniform),
+        ("unigram", b.unigram),
+        ("gzip", b.gzip),
+        ("xz", b.xz),
+        ("xz_conditional", b.xz_conditional),
+    ]
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// The stage's score from a verification (pure: unit-tested).
+pub fn stage_score(
+    v: &Verification,
+    baselines: &Baselines,
+    gates: &BTreeMap<String, f64>,
+    reference_bpb: Option<f64>,
+) -> StageScore {
+    let mut m = Map::new();
+    let score_seconds = v.score_seconds();
+    let mut verification = json!({
+        "seed": v.seed,
+        "positions": v.positions,
+        "calls": v.calls,
+        "harness_seconds": round(v.harness_seconds, 6),
+    });
+    let ladder_map: Map<String, Value> = ladder(baselines)
+        .iter()
+        .map(|(k, x)| (k.to_string(), json!(round(*x, 4))))
+        .collect();
+    m.insert("ladder".into(), Value::Object(ladder_map));
+    let verified = match &v.result {
+        Ok(ok) => ok,
+        Err(rej) => {
+            verification["rejection"] = json!(rej);
+            m.insert("verified".into(), json!(false));
+            m.insert("verification".into(), verification);
+            let status = if v.sandbox_error.is_some() {
+                "error"
+            } else {
+                "rejected"
+            };
+            return StageScore {
+                status: status.into(),
+                passed: false,
+                metrics: m,
+                reason: Some(rej.to_string()),
+                normalized: Some(0.0),
+            };
+        }
+    };
+    let bpb = verified.bpb;
+    verification["max_next_diff"] = json!(verified.max_next_diff);
+    verification["max_sum_error"] = json!(verified.max_sum_error);
+    verification["repeated"] = json!(verified.repeated);
+    verification["per_doc"] = json!(verified.per_doc);
+    m.insert("verified".into(), json!(true));
+    m.insert("bpb".into(), json!(round(bpb, 5)));
+    if let Some(o) = verified.extra_bpb {
+        m.insert("ood_bpb".into(), json!(round(o, 5)));
+    }
+    m.insert("test_bytes".into(), json!(verified.bytes));
+    m.insert("tokens".into(), json!(verified.tokens));
+    m.insert(
+        "bytes_per_token".into(),
+        json!(round(
+            verified.bytes as f64 / verified.tokens.max(1) as f64,
+            4
+        )),
+    );
+    let beats: Map<String, Value> = ladder(baselines)
+        .iter()
+        .map(|(k, x)| (k.to_string(), json!(bpb < *x)))
+        .collect();
+    m.insert("beats".into(), Value::Object(beats));
+    m.insert("beats_xz".into(), json!(bpb < baselines.xz));
+    m.insert(
+        "beats_conditional_xz".into(),
+        json!(bpb < baselines.xz_conditional),
+    );
+    m.insert(
+        "vs_conditional_xz".into(),
+        json!(round(bpb - baselines.xz_conditional, 5)),
+    );
+    if let Some(s) = score_seconds {
+        m.insert("score_seconds".into(), json!(round(s, 3)));
+        if s > 0.0 {
+            m.insert(
+                "verify_overhead".into(),
+                json!(round(v.harness_seconds / s, 6)),
+            );
+        }
+    }
+    m.insert("verification".into(), verification);
+    let ratio = gates.get("train_xz_ratio").copied().unwrap_or(1.0);
+    let bar = ratio * baselines.xz;
+    let passed = bpb < bar;
+    let normalized = reference_bpb
+        .filter(|r| *r < FLOOR_BPB)
+        .map(|r| ((FLOOR_BPB - bpb) / (FLOOR_BPB - r)).max(0.0));
+    StageScore {
+        status: "scored".into(),
+        passed,
+        metrics: m,
+        reason: (!passed).then(|| {
+            format!(
+                "gate not met: verified bpb {bpb:.4} is not below per-document xz -9e ({:.4}{})",
+                baselines.xz,
+                if ratio != 1.0 {
+                    format!(" × {ratio}")
+                } else {
+                    String::new()
+                }
+            )
+        }),
+        normalized: normalized.or(Some(0.0)),
+    }
+}
+
+#[async_trait]
+impl Scorer for TrainScorer {
+    async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
+        let ws = ctx.sandbox.workspace();
+        if let Some(p) = program_problem(ws, PROGRAM) {
+            return Ok(json!({"ok": false, "errors": [p]}));
+        }
+        let Some(programs) = ctx.programs else {
+            return Ok(json!({"ok": false, "errors": ["this run has no scoring sandbox"]}));
+        };
+        let docs = own_sample(ws, CHECK_SAMPLE_BYTES);
+        if docs.is_empty() {
+            return Ok(
+                json!({"ok": false, "errors": ["data/corpus.jsonl has no documents to check the model on"]}),
+            );
+        }
+        let plan = VerifyPlan {
+            docs,
+            extra: vec![],
+            positions: CHECK_POSITIONS,
+            timeout: Duration::from_secs_f64(ctx.scoring.timeout_seconds),
+            seed: rand::random(),
+            program: format!("./{PROGRAM}"),
+        };
+        let v = lm::verify(programs, &plan).await;
+        Ok(match &v.result {
+            Ok(ok) => json!({
+                "ok": true,
+                "bpb": round(ok.bpb, 5),
+                "bytes": ok.bytes,
+                "tokens": ok.tokens,
+                "positions_checked": ok.checks.len(),
+                "max_next_diff": ok.max_next_diff,
+                "score_seconds": v.score_seconds().map(|s| round(s, 3)),
+                "errors": [],
+                "message": "verified on the first documents of your corpus (text the model has probably seen, so the bpb is optimistic); the grade uses hidden documents",
+            }),
+            Err(rej) => json!({"ok": false, "errors": [rej.to_string()], "rejection": rej}),
+        })
+    }
+
+    async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
+        let error = |reason: String| StageScore {
+            status: "error".into(),
+            passed: false,
+            metrics: Map::new(),
+            reason: Some(reason),
+            normalized: Some(0.0),
+        };
+        let ws = ctx.sandbox.workspace();
+        if let Some(p) = program_problem(ws, PROGRAM) {
+            return StageScore {
+                status: "failed".into(),
+                ..error(p)
+            };
+        }
+        let Some(programs) = ctx.programs else {
+            return error("this run has no scoring sandbox".into());
+        };
+        let (docs, extra) = match hidden_docs(&self.world) {
+            Ok(d) => d,
+            Err(e) => return error(e),
+        };
+        let plan = VerifyPlan {
+            docs,
+            extra,
+            positions: ctx.scoring.positions,
+            timeout: Duration::from_secs_f64(ctx.scoring.timeout_seconds),
+            seed: rand::random(),
+            program: format!("./{PROGRAM}"),
+        };
+        let v = lm::verify(programs, &plan).await;
+        stage_score(
+            &v,
+            &self.world.manifest.baselines,
+            ctx.gates,
+            ctx.reference.get("train_bpb").copied(),
+        )
+    }
+}
