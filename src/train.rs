@@ -265,3 +265,107 @@ impl Scorer for TrainScorer {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::{RejectKind, Rejection, Verified};
+
+    fn baselines() -> Baselines {
+        Baselines {
+            uniform: 8.0,
+            unigram: 4.8,
+            gzip: 2.7,
+            xz: 2.6,
+            xz_conditional: 1.8,
+            test_bytes: 1000,
+            context_bytes: 10_000,
+            seconds: 1.0,
+        }
+    }
+
+    fn verification(result: Result<Verified, Rejection>) -> Verification {
+        Verification {
+            result,
+            seed: 7,
+            positions: vec![("t1".into(), 3)],
+            calls: vec![lm::CallRecord {
+                label: "score".into(),
+                seconds: 2.5,
+                program_seconds: 2.0,
+                cpu_seconds: 1.9,
+                max_rss_kb: 1000,
+                stdin_bytes: 10,
+                stdout_bytes: 100,
+            }],
+            harness_seconds: 0.02,
+            sandbox_error: None,
+        }
+    }
+
+    fn verified(bpb: f64) -> Verified {
+        Verified {
+            bpb,
+            bits: bpb * 1000.0,
+            bytes: 1000,
+            tokens: 500,
+            extra_bpb: Some(3.0),
+            per_doc: vec![],
+            checks: vec![],
+            max_next_diff: 0.0,
+            max_sum_error: 0.0,
+            repeated: vec![],
+        }
+    }
+
+    #[test]
+    fn verified_model_is_placed_on_the_ladder_and_gated_by_xz() {
+        let gates = BTreeMap::new();
+        let s = stage_score(
+            &verification(Ok(verified(2.0))),
+            &baselines(),
+            &gates,
+            Some(1.6),
+        );
+        assert!(s.passed, "{:?}", s.reason);
+        assert_eq!(s.metrics["beats"]["xz"], true);
+        assert_eq!(s.metrics["beats_conditional_xz"], false);
+        assert_eq!(s.metrics["vs_conditional_xz"], 0.2);
+        assert_eq!(s.metrics["bytes_per_token"], 2.0);
+        assert_eq!(s.metrics["verify_overhead"], 0.01);
+        assert!((s.normalized.unwrap() - 6.0 / 6.4).abs() < 1e-12);
+        let s = stage_score(
+            &verification(Ok(verified(2.65))),
+            &baselines(),
+            &gates,
+            Some(1.6),
+        );
+        assert!(!s.passed);
+        assert!(s
+            .reason
+            .unwrap()
+            .contains("not below per-document xz -9e (2.6000)"));
+    }
+
+    #[test]
+    fn rejected_model_scores_zero_with_the_reason() {
+        let rej = Rejection {
+            kind: RejectKind::Inconsistent,
+            detail: "doc t3 position 812: score -2.1000, next -0.3100".into(),
+        };
+        let s = stage_score(
+            &verification(Err(rej)),
+            &baselines(),
+            &BTreeMap::new(),
+            Some(1.6),
+        );
+        assert_eq!(s.status, "rejected");
+        assert!(!s.passed);
+        assert_eq!(s.normalized, Some(0.0));
+        assert_eq!(
+            s.reason.unwrap(),
+            "inconsistent: doc t3 position 812: score -2.1000, next -0.3100"
+        );
+        assert_eq!(s.metrics["verification"]["seed"], 7);
+    }
+}

@@ -25,11 +25,18 @@ async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
     assert_eq!(v["level"], "L0");
     let run_id = v["run_id"].as_str().unwrap().to_string();
     let dir = Path::new(v["dir"].as_str().unwrap()).to_path_buf();
-    // The smoke script writes no corpus: crawl is graded and fails with a reason; the later stages
-    // have no scorers yet.
+    // The smoke script writes no corpus, tokenizer or model: those stages are graded and fail with
+    // the reason; the last two have no scorers yet.
     assert_eq!(v["stages"]["crawl"]["status"], "scored");
     assert_eq!(v["stages"]["crawl"]["metrics"]["recall"], 0.0);
-    for stage in ["tokenize", "train", "eval", "selfhost"] {
+    assert_eq!(v["stages"]["tokenize"]["status"], "failed");
+    assert_eq!(
+        v["stages"]["tokenize"]["reason"],
+        "tokenizer/meta.json does not exist"
+    );
+    assert_eq!(v["stages"]["train"]["status"], "failed");
+    assert_eq!(v["stages"]["train"]["reason"], "bin/lm does not exist");
+    for stage in ["eval", "selfhost"] {
         assert_eq!(v["stages"][stage]["status"], "not_implemented", "{stage}");
     }
     for stage in ["crawl", "tokenize", "train", "eval", "selfhost"] {

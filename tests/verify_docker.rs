@@ -126,6 +126,7 @@ async fn wrong_models_are_rejected_with_their_reason() {
                 "score output line 1 is not the protocol",
             )),
         ),
+        ("escape", None),
         (
             "carryover",
             Some((RejectKind::NonDeterministic, "the second")),
@@ -150,6 +151,8 @@ async fn wrong_models_are_rejected_with_their_reason() {
                 program: "./bin/lm".into(),
             };
             let v = lm::verify(&p, &plan).await;
+            // The read-only workspace kept nothing the program tried to write.
+            assert!(!ws.path().join("leak.txt").exists(), "{mode}: wrote into the workspace");
             (mode, expect, v)
         }
     });
