@@ -631,16 +631,15 @@ impl Verification {
 async fn call(
     programs: &dyn Programs,
     v: &mut Verification,
-    label: &str,
-    cmd: String,
+    plan: &VerifyPlan,
+    (label, verb): (&str, &str),
     stdin: Vec<u8>,
-    timeout: Duration,
 ) -> Result<Result<ProgramRun, Rejection>, String> {
     let c = ProgramCall {
         label: label.into(),
-        cmd,
+        cmd: format!("{} {verb}", plan.program),
         stdin,
-        timeout,
+        timeout: plan.timeout,
     };
     let run = programs
         .run(&c)
@@ -673,6 +672,16 @@ pub async fn verify(programs: &dyn Programs, plan: &VerifyPlan) -> Verification 
     v
 }
 
+/// Unwraps a check's result, or returns its rejection as the verdict.
+macro_rules! or_reject {
+    ($e:expr) => {
+        match $e {
+            Ok(x) => x,
+            Err(rej) => return Ok(Err(rej)),
+        }
+    };
+}
+
 async fn verify_inner(
     programs: &dyn Programs,
     plan: &VerifyPlan,
@@ -698,24 +707,9 @@ async fn verify_inner(
     );
     harness += clock.elapsed();
 
-    let run = match call(
-        programs,
-        v,
-        "score",
-        format!("{} score", plan.program),
-        input,
-        plan.timeout,
-    )
-    .await?
-    {
-        Ok(r) => r,
-        Err(rej) => return Ok(Err(rej)),
-    };
+    let run = or_reject!(call(programs, v, plan, ("score", "score"), input).await?);
     clock = Instant::now();
-    let scored = match parse_score("score", &run.stdout, &id_refs, &all) {
-        Ok(s) => s,
-        Err(rej) => return Ok(Err(rej)),
-    };
+    let scored = or_reject!(parse_score("score", &run.stdout, &id_refs, &all));
     drop(run);
     // Drawn only now, after `score` has answered.
     let graded: Vec<&Scored> = scored[..n].iter().collect();
@@ -740,36 +734,25 @@ async fn verify_inner(
     harness += clock.elapsed();
 
     if !repeat.is_empty() {
-        let again = match call(
-            programs,
-            v,
-            "score again",
-            format!("{} score", plan.program),
-            repeat_input,
-            plan.timeout,
-        )
-        .await?
-        {
-            Ok(r) => r,
-            Err(rej) => return Ok(Err(rej)),
-        };
+        let again =
+            or_reject!(call(programs, v, plan, ("score again", "score"), repeat_input).await?);
         clock = Instant::now();
         let rdocs: Vec<&Doc> = repeat.iter().map(|&d| docs[d]).collect();
         let rids: Vec<&str> = repeat_ids.iter().map(String::as_str).collect();
-        let second = match parse_score("score (second time)", &again.stdout, &rids, &rdocs) {
-            Ok(s) => s,
-            Err(rej) if rej.kind == RejectKind::Spelling => {
-                return Ok(Err(reject(
-                    RejectKind::NonDeterministic,
-                    format!("the second scoring: {}", rej.detail),
-                )))
-            }
-            Err(rej) => return Ok(Err(rej)),
-        };
+        // Tokens that spelled the text the first time and not now are a non-deterministic model.
+        let second = or_reject!(
+            parse_score("score (second time)", &again.stdout, &rids, &rdocs).map_err(|rej| {
+                match rej.kind {
+                    RejectKind::Spelling => reject(
+                        RejectKind::NonDeterministic,
+                        format!("the second scoring: {}", rej.detail),
+                    ),
+                    _ => rej,
+                }
+            })
+        );
         for (k, &d) in repeat.iter().enumerate() {
-            if let Err(rej) = check_repeat(docs[d], graded[d], &second[k]) {
-                return Ok(Err(rej));
-            }
+            or_reject!(check_repeat(docs[d], graded[d], &second[k]));
         }
         harness += clock.elapsed();
     }
@@ -780,24 +763,9 @@ async fn verify_inner(
     let checks = if positions.is_empty() {
         vec![]
     } else {
-        let next = match call(
-            programs,
-            v,
-            "next",
-            format!("{} next", plan.program),
-            next_in,
-            plan.timeout,
-        )
-        .await?
-        {
-            Ok(r) => r,
-            Err(rej) => return Ok(Err(rej)),
-        };
+        let next = or_reject!(call(programs, v, plan, ("next", "next"), next_in).await?);
         clock = Instant::now();
-        let c = match check_next(&next.stdout, &positions, &docs, &graded) {
-            Ok(c) => c,
-            Err(rej) => return Ok(Err(rej)),
-        };
+        let c = or_reject!(check_next(&next.stdout, &positions, &docs, &graded));
         harness += clock.elapsed();
         c
     };

@@ -283,6 +283,35 @@ fn first_difference(a: &[u8], b: &[u8]) -> String {
     )
 }
 
+/// Runs `bin/tokenize <verb>` on JSON lines in a fresh scoring sandbox; a failure comes back as the
+/// reason and the program's time.
+async fn run_verb(
+    programs: &dyn Programs,
+    verb: &str,
+    lines: impl Iterator<Item = Value>,
+    timeout: Duration,
+) -> Result<crate::programs::ProgramRun, (String, f64)> {
+    let mut stdin = Vec::new();
+    for l in lines {
+        serde_json::to_writer(&mut stdin, &l).expect("in-memory json");
+        stdin.push(b'\n');
+    }
+    let call = ProgramCall {
+        label: verb.into(),
+        cmd: format!("./{PROGRAM} {verb}"),
+        stdin,
+        timeout,
+    };
+    let run = programs
+        .run(&call)
+        .await
+        .map_err(|e| (format!("scoring sandbox for {verb}: {e}"), 0.0))?;
+    match run.failure(&call) {
+        Some(f) => Err((f, run.program_seconds)),
+        None => Ok(run),
+    }
+}
+
 /// Encodes and decodes `docs` through the agent's tokenizer (two fresh scoring sandboxes); the first
 /// `graded` documents count for bytes per token.
 pub async fn grade(
@@ -297,33 +326,19 @@ pub async fn grade(
         all_bytes: docs.iter().map(|d| d.bytes.len() as u64).sum(),
         ..Default::default()
     };
-    let mut input = Vec::new();
-    for (i, d) in docs.iter().enumerate() {
-        serde_json::to_writer(
-            &mut input,
-            &json!({"id": format!("e{i}"), "text_b64": B64.encode(&d.bytes)}),
-        )
-        .expect("in-memory json");
-        input.push(b'\n');
-    }
-    let call = ProgramCall {
-        label: "encode".into(),
-        cmd: format!("./{PROGRAM} encode"),
-        stdin: input,
-        timeout,
-    };
-    let run = match programs.run(&call).await {
+    let lines = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"id": format!("e{i}"), "text_b64": B64.encode(&d.bytes)}));
+    let run = match run_verb(programs, "encode", lines, timeout).await {
         Ok(r) => r,
-        Err(e) => {
-            report.fatal = Some(format!("scoring sandbox for encode: {e}"));
+        Err((f, seconds)) => {
+            report.encode_seconds = seconds;
+            report.fatal = Some(f);
             return report;
         }
     };
     report.encode_seconds = run.program_seconds;
-    if let Some(f) = run.failure(&call) {
-        report.fatal = Some(f);
-        return report;
-    }
     let encoded = match parse_encode(&run.stdout, docs, vocab, &mut report) {
         Ok(e) => e,
         Err(f) => {
@@ -336,30 +351,19 @@ pub async fn grade(
         report.graded_bytes += d.bytes.len() as u64;
         report.graded_tokens += ids.len() as u64;
     }
-    let mut input = Vec::new();
-    for (i, ids) in encoded.iter().enumerate() {
-        serde_json::to_writer(&mut input, &json!({"id": format!("e{i}"), "ids": ids}))
-            .expect("in-memory json");
-        input.push(b'\n');
-    }
-    let call = ProgramCall {
-        label: "decode".into(),
-        cmd: format!("./{PROGRAM} decode"),
-        stdin: input,
-        timeout,
-    };
-    let run = match programs.run(&call).await {
+    let lines = encoded
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| json!({"id": format!("e{i}"), "ids": ids}));
+    let run = match run_verb(programs, "decode", lines, timeout).await {
         Ok(r) => r,
-        Err(e) => {
-            report.fatal = Some(format!("scoring sandbox for decode: {e}"));
+        Err((f, seconds)) => {
+            report.decode_seconds = seconds;
+            report.fatal = Some(f);
             return report;
         }
     };
     report.decode_seconds = run.program_seconds;
-    if let Some(f) = run.failure(&call) {
-        report.fatal = Some(f);
-        return report;
-    }
     let mut seen: HashMap<usize, ()> = HashMap::new();
     for (n, line) in run.stdout.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
