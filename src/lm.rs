@@ -611,7 +611,8 @@ pub struct Verification {
     pub seed: u64,
     pub positions: Vec<(String, usize)>,
     pub calls: Vec<CallRecord>,
-    /// Harness-side time: building inputs, parsing, checking, arithmetic.
+    /// Harness-side time: the verification's wall time less its program calls (building inputs,
+    /// parsing, checking, arithmetic).
     pub harness_seconds: f64,
     /// Set when the scoring sandbox itself failed (a harness problem, not the model's).
     pub sandbox_error: Option<String>,
@@ -662,6 +663,7 @@ pub async fn verify(programs: &dyn Programs, plan: &VerifyPlan) -> Verification 
         harness_seconds: 0.0,
         sandbox_error: None,
     };
+    let started = Instant::now();
     match verify_inner(programs, plan, &mut v).await {
         Ok(r) => v.result = r,
         Err(e) => {
@@ -669,6 +671,9 @@ pub async fn verify(programs: &dyn Programs, plan: &VerifyPlan) -> Verification 
             v.sandbox_error = Some(e);
         }
     }
+    // Everything but the program calls (their containers included) is the harness's own work.
+    let calls: f64 = v.calls.iter().map(|c| c.seconds).sum();
+    v.harness_seconds = (started.elapsed().as_secs_f64() - calls).max(0.0);
     v
 }
 
@@ -688,8 +693,6 @@ async fn verify_inner(
     v: &mut Verification,
 ) -> Result<Result<Verified, Rejection>, String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed);
-    let mut clock = Instant::now();
-    let mut harness = Duration::ZERO;
     let all: Vec<&Doc> = plan.docs.iter().chain(&plan.extra).collect();
     let n = plan.docs.len();
     // Hidden, shuffled ids: the model cannot tell T from the extra documents or find them again.
@@ -705,10 +708,8 @@ async fn verify_inner(
         send.iter()
             .map(|&i| (ids[i].as_str(), all[i].bytes.as_slice())),
     );
-    harness += clock.elapsed();
 
     let run = or_reject!(call(programs, v, plan, ("score", "score"), input).await?);
-    clock = Instant::now();
     let scored = or_reject!(parse_score("score", &run.stdout, &id_refs, &all));
     drop(run);
     // Drawn only now, after `score` has answered.
@@ -731,12 +732,10 @@ async fn verify_inner(
             .zip(&repeat_ids)
             .map(|(&d, id)| (id.as_str(), docs[d].bytes.as_slice())),
     );
-    harness += clock.elapsed();
 
     if !repeat.is_empty() {
         let again =
             or_reject!(call(programs, v, plan, ("score again", "score"), repeat_input).await?);
-        clock = Instant::now();
         let rdocs: Vec<&Doc> = repeat.iter().map(|&d| docs[d]).collect();
         let rids: Vec<&str> = repeat_ids.iter().map(String::as_str).collect();
         // Tokens that spelled the text the first time and not now are a non-deterministic model.
@@ -754,23 +753,14 @@ async fn verify_inner(
         for (k, &d) in repeat.iter().enumerate() {
             or_reject!(check_repeat(docs[d], graded[d], &second[k]));
         }
-        harness += clock.elapsed();
     }
-
-    clock = Instant::now();
     let next_in = next_input(&positions, &docs, &graded);
-    harness += clock.elapsed();
     let checks = if positions.is_empty() {
         vec![]
     } else {
         let next = or_reject!(call(programs, v, plan, ("next", "next"), next_in).await?);
-        clock = Instant::now();
-        let c = or_reject!(check_next(&next.stdout, &positions, &docs, &graded));
-        harness += clock.elapsed();
-        c
+        or_reject!(check_next(&next.stdout, &positions, &docs, &graded))
     };
-
-    clock = Instant::now();
     let verified = summarise(
         &docs,
         &graded,
@@ -779,8 +769,6 @@ async fn verify_inner(
         checks,
         repeat.iter().map(|&d| docs[d].name.clone()).collect(),
     );
-    harness += clock.elapsed();
-    v.harness_seconds = harness.as_secs_f64();
     Ok(Ok(verified))
 }
 

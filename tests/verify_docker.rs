@@ -152,7 +152,10 @@ async fn wrong_models_are_rejected_with_their_reason() {
             };
             let v = lm::verify(&p, &plan).await;
             // The read-only workspace kept nothing the program tried to write.
-            assert!(!ws.path().join("leak.txt").exists(), "{mode}: wrote into the workspace");
+            assert!(
+                !ws.path().join("leak.txt").exists(),
+                "{mode}: wrote into the workspace"
+            );
             (mode, expect, v)
         }
     });
