@@ -13,6 +13,9 @@
 //! - [`runner`] is the loop: stages in order, the [`agent::Agent`]'s tool calls ([`tools`]) executed
 //!   against a `dyn` [`sandbox::Sandbox`], budgets enforced, each stage graded by a
 //!   [`scoring::Scorer`]. Its only output is the typed [`trace::Event`] stream.
+//! - Scorers: [`crawl`] (the corpus against the world's gold and request log), [`tokenize`] and
+//!   [`train`], which run the agent's programs on hidden data through [`programs::Programs`] (a fresh
+//!   scoring sandbox per call); [`lm`] is the verified bits-per-byte procedure.
 //! - [`trace`] turns events into the record: the hash-chained `events.jsonl`, `outputs/`, and
 //!   `workspace.git` ([`trace::WorkspaceHistory`]); [`progress`] turns them into the live status line.
 //! - [`rundir`] owns `run.json` / `score.json`; [`show`] renders runs in the terminal.
