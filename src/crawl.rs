@@ -351,15 +351,7 @@ impl Scorer for CrawlScorer {
         let world = self.world.clone();
         let data = match read_corpus(ctx) {
             Ok(d) => d,
-            Err(e) => {
-                return StageScore {
-                    status: "rejected".into(),
-                    passed: false,
-                    metrics: Map::new(),
-                    reason: Some(e),
-                    normalized: Some(0.0),
-                }
-            }
+            Err(e) => return StageScore::zero("rejected", e),
         };
         let log = std::fs::read_to_string(request_log_path(ctx.run_dir)).unwrap_or_default();
         let gates = ctx.gates.clone();
@@ -368,13 +360,7 @@ impl Scorer for CrawlScorer {
             score_blocking(&world, data.as_deref(), &log, &gates, reference)
         })
         .await;
-        result.unwrap_or_else(|e| StageScore {
-            status: "error".into(),
-            passed: false,
-            metrics: Map::new(),
-            reason: Some(format!("crawl scorer failed: {e}")),
-            normalized: Some(0.0),
-        })
+        result.unwrap_or_else(|e| StageScore::zero("error", format!("crawl scorer failed: {e}")))
     }
 }
 
@@ -388,15 +374,7 @@ pub fn score_blocking(
 ) -> StageScore {
     let gold_texts = match world.gold() {
         Ok(g) => g,
-        Err(e) => {
-            return StageScore {
-                status: "error".into(),
-                passed: false,
-                metrics: Map::new(),
-                reason: Some(format!("reading the world's gold: {e}")),
-                normalized: Some(0.0),
-            }
-        }
+        Err(e) => return StageScore::zero("error", format!("reading the world's gold: {e}")),
     };
     let gold = shingle_set(gold_texts.iter().map(|(_, t)| t.as_str()));
     let parsed = data.map(parse).unwrap_or_default();

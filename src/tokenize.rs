@@ -463,16 +463,6 @@ pub struct TokenizeScorer {
     pub world: Arc<World>,
 }
 
-fn failed(reason: String, metrics: Map<String, Value>) -> StageScore {
-    StageScore {
-        status: "failed".into(),
-        passed: false,
-        metrics,
-        reason: Some(reason),
-        normalized: Some(0.0),
-    }
-}
-
 /// The stage's score from a report (pure: unit-tested).
 pub fn stage_score(
     report: &TokReport,
@@ -517,7 +507,10 @@ pub fn stage_score(
         m.insert("ids_out_of_range".into(), json!(report.ids_out_of_range));
     }
     if let Some(f) = &report.fatal {
-        return failed(f.clone(), m);
+        return StageScore {
+            metrics: m,
+            ..StageScore::zero("failed", f.clone())
+        };
     }
     let need = gates
         .get("tokenize_bytes_per_token")
@@ -607,33 +600,18 @@ impl Scorer for TokenizeScorer {
         let ws = ctx.sandbox.workspace();
         let vocab = match read_meta(ws, ctx.scoring.max_vocab_size) {
             Ok(v) => v,
-            Err(e) => return failed(e, Map::new()),
+            Err(e) => return StageScore::zero("failed", e),
         };
         if let Some(p) = program_problem(ws, PROGRAM) {
-            return failed(p, Map::new());
+            return StageScore::zero("failed", p);
         }
         let Some(programs) = ctx.programs else {
-            return failed("this run has no scoring sandbox".into(), Map::new());
+            return StageScore::zero("failed", "this run has no scoring sandbox");
         };
-        let test = match self.world.test_docs() {
-            Ok(t) => t,
-            Err(e) => {
-                return StageScore {
-                    status: "error".into(),
-                    passed: false,
-                    metrics: Map::new(),
-                    reason: Some(format!("reading the world's hidden documents: {e}")),
-                    normalized: Some(0.0),
-                }
-            }
+        let mut docs = match crate::train::hidden_docs(&self.world) {
+            Ok((test, _)) => test,
+            Err(e) => return StageScore::zero("error", e),
         };
-        let mut docs: Vec<Doc> = test
-            .into_iter()
-            .map(|d| Doc {
-                name: d.id,
-                bytes: d.text.into_bytes(),
-            })
-            .collect();
         let graded = docs.len();
         docs.extend(edge_cases());
         let timeout = Duration::from_secs_f64(ctx.scoring.timeout_seconds);

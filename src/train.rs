@@ -227,26 +227,16 @@ impl Scorer for TrainScorer {
     }
 
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
-        let error = |reason: String| StageScore {
-            status: "error".into(),
-            passed: false,
-            metrics: Map::new(),
-            reason: Some(reason),
-            normalized: Some(0.0),
-        };
         let ws = ctx.sandbox.workspace();
         if let Some(p) = program_problem(ws, PROGRAM) {
-            return StageScore {
-                status: "failed".into(),
-                ..error(p)
-            };
+            return StageScore::zero("failed", p);
         }
         let Some(programs) = ctx.programs else {
-            return error("this run has no scoring sandbox".into());
+            return StageScore::zero("error", "this run has no scoring sandbox");
         };
         let (docs, extra) = match hidden_docs(&self.world) {
             Ok(d) => d,
-            Err(e) => return error(e),
+            Err(e) => return StageScore::zero("error", e),
         };
         let plan = VerifyPlan {
             docs,

@@ -97,6 +97,19 @@ pub struct StageScore {
     pub normalized: Option<f64>,
 }
 
+impl StageScore {
+    /// A stage that could not be graded on its merits: not passed, no metrics, score 0, the reason.
+    pub fn zero(status: &str, reason: impl Into<String>) -> Self {
+        Self {
+            status: status.into(),
+            passed: false,
+            metrics: serde_json::Map::new(),
+            reason: Some(reason.into()),
+            normalized: Some(0.0),
+        }
+    }
+}
+
 /// Everything that happens in a run, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
