@@ -192,15 +192,16 @@ pub fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
-/// Creates the run's world network `gptx-<run>-world`: an internal bridge (no route out) whose
+/// Creates a world network `gptx-<run>-<instance>` (`world` for the run's own): an internal bridge (no route out) whose
 /// bridge interface gets no IPv4 address (`inhibit_ipv4`), so containers on it reach each other by
 /// name and nothing else, not even the host: without that, every port the host listens on would
 /// answer at the network's gateway address.
 pub async fn create_world_network(
     docker: &Docker,
     run_id: &str,
+    instance: &str,
 ) -> Result<String, bollard::errors::Error> {
-    let name = format!("gptx-{run_id}-world");
+    let name = format!("gptx-{run_id}-{instance}");
     docker
         .create_network(bollard::models::NetworkCreateRequest {
             name: name.clone(),

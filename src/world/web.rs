@@ -51,6 +51,7 @@ impl WebServer {
         world: &World,
         network: &str,
         log_dir: &Path,
+        instance: Option<&str>,
     ) -> Result<Self, WebError> {
         let err = |what: &'static str| {
             move |e: bollard::errors::Error| WebError::Docker {
@@ -58,7 +59,10 @@ impl WebServer {
                 message: e.to_string(),
             }
         };
-        let name = format!("gptx-{run_id}-web");
+        let name = match instance {
+            Some(i) => format!("gptx-{run_id}-web-{i}"),
+            None => format!("gptx-{run_id}-web"),
+        };
         let labels = engine::labels(run_id, "web");
         let web = world
             .web_dir()
