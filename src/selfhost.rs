@@ -1,0 +1,833 @@
+//! The selfhost stage: which files of the workspace make up the recipe, the rebuild seam (`Rebuilder`), and the grade (rebuilt verified bpb within 3% of the original).
+//!
+//! The copy rules (SPEC §3): regular files only, at most 256 KiB each and 2 MiB in all, nothing under
+//! `data/`, `model/`, `tokenizer/` or a path the stage lists. On top of the caps, a recipe that carries
+//! more than [`SMUGGLE_LIMIT`] bytes copied verbatim from those artifacts (a model split into small
+//! files that fit the caps) has the files that carry them refused. Every file copied and refused,
+//! with the reason, goes into the stage's `stage_scored` event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::lm::{self, Verification, VerifyPlan};
+use crate::programs::Programs;
+use crate::scoring::{ScoreContext, Scorer};
+use crate::tokenize::program_problem;
+use crate::tools::ToolError;
+use crate::trace::StageScore;
+use crate::train::{hidden_docs, FLOOR_BPB, PROGRAM};
+use crate::world::World;
+
+pub const RECIPE: &str = "bootstrap.sh";
+pub const MAX_FILE_BYTES: u64 = 256 * 1024;
+pub const MAX_RECIPE_BYTES: u64 = 2 * 1024 * 1024;
+/// Directories never copied: what the recipe must rebuild.
+pub const EXCLUDED: [&str; 3] = ["data", "model", "tokenizer"];
+/// Bytes of built artifacts a recipe may carry verbatim before the files carrying them are refused
+/// (source code copied next to a model, as `model/lm.py`, stays well below this).
+pub const SMUGGLE_LIMIT: u64 = 128 * 1024;
+/// A file carrying less than this of artifact content is never refused for it.
+const SMUGGLE_FILE_MIN: u64 = 4 * 1024;
+/// Window of the verbatim-content check: a run of at least twice this many bytes is always found.
+const WINDOW: usize = 64;
+/// Most artifact bytes read by the verbatim-content check.
+const SCAN_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
+/// Entries of each list kept in the trace (the counts are always complete).
+const LIST_LIMIT: usize = 2000;
+
+/// A file of the recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Copied {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// A file left out, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    pub path: String,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// The recipe as selected from a workspace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub copied: Vec<Copied>,
+    pub refused: Vec<Refused>,
+    pub bytes: u64,
+}
+
+impl Recipe {
+    /// The trace's view: complete counts, lists cut at [`LIST_LIMIT`].
+    pub fn to_json(&self) -> Value {
+        json!({
+            "files_copied": self.copied.len(),
+            "files_refused": self.refused.len(),
+            "bytes": self.bytes,
+            "copied": self.copied.iter().take(LIST_LIMIT).collect::<Vec<_>>(),
+            "refused": self.refused.iter().take(LIST_LIMIT).collect::<Vec<_>>(),
+            "lists_cut": self.copied.len() > LIST_LIMIT || self.refused.len() > LIST_LIMIT,
+        })
+    }
+}
+
+/// Every entry under `root`, relative paths sorted, with what kind of thing it is.
+fn walk(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel))? {
+            let e = e?;
+            let r = rel.join(e.file_name());
+            let meta = std::fs::symlink_metadata(e.path())?;
+            if meta.is_dir() {
+                stack.push(r);
+            } else {
+                out.push((r.to_string_lossy().into_owned(), meta));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn excluded_by(path: &str, extra: &[String]) -> Option<String> {
+    EXCLUDED
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .find(|d| {
+            let d = d.trim_end_matches('/');
+            path == d || path.starts_with(&format!("{d}/"))
+        })
+}
+
+/// Chooses the recipe among the files of `workspace` by the copy rules; `extra` lists more excluded
+/// paths. `bootstrap.sh` is taken first, then the rest in path order.
+pub fn select(workspace: &Path, extra: &[String]) -> std::io::Result<Recipe> {
+    let mut entries = walk(workspace)?;
+    if let Some(i) = entries.iter().position(|(p, _)| p == RECIPE) {
+        let e = entries.remove(i);
+        entries.insert(0, e);
+    }
+    let mut recipe = Recipe::default();
+    let mut artifacts = Vec::new();
+    for (path, meta) in entries {
+        let bytes = meta.len();
+        let refuse = |reason: String| Refused {
+            path: path.clone(),
+            bytes,
+            reason,
+        };
+        if let Some(dir) = excluded_by(&path, extra) {
+            if meta.is_file() {
+                artifacts.push(path.clone());
+            }
+            recipe.refused.push(refuse(format!(
+                "under {dir}/, which the recipe must rebuild"
+            )));
+        } else if meta.file_type().is_symlink() {
+            recipe
+                .refused
+                .push(refuse("a symlink; only regular files are copied".into()));
+        } else if !meta.is_file() {
+            recipe.refused.push(refuse("not a regular file".into()));
+        } else if bytes > MAX_FILE_BYTES {
+            recipe.refused.push(refuse(format!(
+                "{bytes} bytes, over the {} KiB limit for one file",
+                MAX_FILE_BYTES / 1024
+            )));
+        } else if recipe.bytes + bytes > MAX_RECIPE_BYTES {
+            recipe.refused.push(refuse(format!(
+                "{bytes} bytes would take the recipe past {} MiB in all ({} bytes already taken)",
+                MAX_RECIPE_BYTES / (1024 * 1024),
+                recipe.bytes
+            )));
+        } else {
+            recipe.bytes += bytes;
+            recipe.copied.push(Copied { path, bytes });
+        }
+    }
+    refuse_smuggled(workspace, &mut recipe, &artifacts)?;
+    Ok(recipe)
+}
+
+/// Polynomial hash of a window (the rolling form below gives the same value).
+const BASE: u64 = 0x100_0000_01b3;
+
+fn window_hash(w: &[u8]) -> u64 {
+    w.iter().fold(0u64, |h, &b| {
+        h.wrapping_mul(BASE).wrapping_add(b as u64 + 1)
+    })
+}
+
+/// A window of one repeated byte (zero padding, runs of spaces) says nothing about where it came from.
+fn uniform(w: &[u8]) -> bool {
+    w.iter().all(|&b| b == w[0])
+}
+
+/// Refuses the recipe files that carry artifact content verbatim, when they carry more than
+/// [`SMUGGLE_LIMIT`] in all: every window of every recipe file is hashed; artifacts are read in
+/// aligned windows, so any shared run of 2 × [`WINDOW`] bytes or more is seen. A text artifact that
+/// is a whole copy of a recipe file (source code kept next to a model, as `model/lm.py`) is not
+/// counted.
+fn refuse_smuggled(
+    workspace: &Path,
+    recipe: &mut Recipe,
+    artifacts: &[String],
+) -> std::io::Result<()> {
+    let mut index: HashMap<u64, usize> = HashMap::new();
+    let mut sources: std::collections::HashSet<(usize, u64)> = Default::default();
+    let mut top = 1u64;
+    for _ in 0..WINDOW - 1 {
+        top = top.wrapping_mul(BASE);
+    }
+    for (i, f) in recipe.copied.iter().enumerate() {
+        let data = std::fs::read(workspace.join(&f.path))?;
+        if std::str::from_utf8(&data).is_ok() {
+            sources.insert((data.len(), window_hash(&data)));
+        }
+        if data.len() < WINDOW {
+            continue;
+        }
+        let mut h = window_hash(&data[..WINDOW]);
+        for start in 0..=data.len() - WINDOW {
+            if start > 0 {
+                let out = data[start - 1] as u64 + 1;
+                let inb = data[start + WINDOW - 1] as u64 + 1;
+                h = h
+                    .wrapping_sub(out.wrapping_mul(top))
+                    .wrapping_mul(BASE)
+                    .wrapping_add(inb);
+            }
+            if !uniform(&data[start..start + WINDOW]) {
+                index.entry(h).or_insert(i);
+            }
+        }
+    }
+    if index.is_empty() {
+        return Ok(());
+    }
+    let mut carried = vec![0u64; recipe.copied.len()];
+    let mut source: Vec<Option<String>> = vec![None; recipe.copied.len()];
+    let mut scanned = 0u64;
+    let mut buf = vec![0u8; WINDOW * 4096];
+    'files: for a in artifacts {
+        let path = workspace.join(a);
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if f.metadata().is_ok_and(|m| m.len() <= MAX_FILE_BYTES) {
+            if let Ok(data) = std::fs::read(&path) {
+                if std::str::from_utf8(&data).is_ok()
+                    && sources.contains(&(data.len(), window_hash(&data)))
+                {
+                    continue;
+                }
+            }
+        }
+        loop {
+            let mut n = 0;
+            while n < buf.len() {
+                match f.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(_) => break,
+                }
+            }
+            for w in buf[..n - n % WINDOW].chunks_exact(WINDOW) {
+                if uniform(w) {
+                    continue;
+                }
+                if let Some(&i) = index.get(&window_hash(w)) {
+                    carried[i] += WINDOW as u64;
+                    source[i].get_or_insert_with(|| a.clone());
+                }
+            }
+            scanned += n as u64;
+            if scanned > SCAN_LIMIT {
+                break 'files;
+            }
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+    let total: u64 = carried.iter().sum();
+    if total <= SMUGGLE_LIMIT {
+        return Ok(());
+    }
+    let mut kept = Vec::new();
+    let mut bytes = 0;
+    for (i, f) in std::mem::take(&mut recipe.copied).into_iter().enumerate() {
+        if carried[i] >= SMUGGLE_FILE_MIN {
+            recipe.refused.push(Refused {
+                reason: format!(
+                    "carries {} KiB copied verbatim from built artifacts (first seen in {}); the recipe in all carries {} KiB, over the {} KiB allowed",
+                    carried[i] / 1024,
+                    source[i].as_deref().unwrap_or("?"),
+                    total / 1024,
+                    SMUGGLE_LIMIT / 1024
+                ),
+                path: f.path,
+                bytes: f.bytes,
+            });
+        } else {
+            bytes += f.bytes;
+            kept.push(f);
+        }
+    }
+    recipe.copied = kept;
+    recipe.bytes = bytes;
+    Ok(())
+}
+
+/// Copies the recipe's files from `from` into the empty directory `to`, keeping the executable bits;
+/// `owner` (uid, gid) when the harness runs as root.
+pub fn copy(
+    recipe: &Recipe,
+    from: &Path,
+    to: &Path,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for f in &recipe.copied {
+        let dst = to.join(&f.path);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)?;
+            if let Some((u, g)) = owner {
+                let mut d = parent;
+                while d != to && d.starts_with(to) {
+                    std::os::unix::fs::chown(d, Some(u), Some(g))?;
+                    d = match d.parent() {
+                        Some(p) => p,
+                        None => break,
+                    };
+                }
+            }
+        }
+        std::fs::copy(from.join(&f.path), &dst)?;
+        let mode = std::fs::metadata(from.join(&f.path))?.permissions().mode() & 0o777;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode | 0o600))?;
+        if let Some((u, g)) = owner {
+            std::os::unix::fs::chown(&dst, Some(u), Some(g))?;
+        }
+    }
+    Ok(())
+}
+
+/// What came of running `bootstrap.sh` in a fresh sandbox.
+pub struct RebuildRun {
+    pub exit_code: i32,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    /// Where the whole output was kept.
+    pub log: Option<String>,
+    /// Requests the rebuild made to the world (its own, fresh request log).
+    pub requests: Option<u64>,
+    /// Runs programs on the rebuilt workspace in fresh scoring sandboxes.
+    pub programs: Arc<dyn Programs>,
+}
+
+/// Runs a recipe from nothing: a fresh sandbox on `workspace` (holding only the recipe) with the
+/// world reachable, `sh bootstrap.sh` within `timeout`, then everything torn down.
+#[async_trait]
+pub trait Rebuilder: Send + Sync {
+    async fn rebuild(&self, workspace: &Path, timeout: Duration) -> Result<RebuildRun, String>;
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+fn verification_json(v: &Verification) -> Value {
+    let mut j = json!({
+        "seed": v.seed,
+        "positions": v.positions.len(),
+        "calls": v.calls,
+        "harness_seconds": round(v.harness_seconds, 6),
+    });
+    match &v.result {
+        Ok(ok) => j["bpb"] = json!(round(ok.bpb, 5)),
+        Err(rej) => j["rejection"] = json!(rej),
+    }
+    j
+}
+
+/// The stage's score from the two verifications (pure: unit-tested).
+pub fn stage_score(
+    original: &Verification,
+    rebuilt: &Verification,
+    xz_conditional: f64,
+    gates: &BTreeMap<String, f64>,
+    reference_bpb: Option<f64>,
+    mut m: Map<String, Value>,
+) -> StageScore {
+    m.insert("original".into(), verification_json(original));
+    m.insert("rebuilt".into(), verification_json(rebuilt));
+    let orig = match &original.result {
+        Ok(ok) => ok.bpb,
+        Err(rej) => {
+            return StageScore {
+                status: "failed".into(),
+                passed: false,
+                metrics: m,
+                reason: Some(format!("the original bin/lm does not verify: {rej}")),
+                normalized: Some(0.0),
+            }
+        }
+    };
+    m.insert("original_bpb".into(), json!(round(orig, 5)));
+    let new = match &rebuilt.result {
+        Ok(ok) => ok.bpb,
+        Err(rej) => {
+            return StageScore {
+                status: "rejected".into(),
+                passed: false,
+                metrics: m,
+                reason: Some(format!("the rebuilt bin/lm does not verify: {rej}")),
+                normalized: Some(0.0),
+            }
+        }
+    };
+    let diff = (new - orig).abs() / orig;
+    let tol = gates.get("selfhost_bpb_tolerance").copied().unwrap_or(0.03);
+    m.insert("bpb".into(), json!(round(new, 5)));
+    m.insert("relative_difference".into(), json!(round(diff, 5)));
+    m.insert("beats_conditional_xz".into(), json!(new < xz_conditional));
+    m.insert(
+        "vs_conditional_xz".into(),
+        json!(round(new - xz_conditional, 5)),
+    );
+    let passed = diff <= tol;
+    let normalized = reference_bpb
+        .filter(|r| *r < FLOOR_BPB)
+        .map(|r| ((FLOOR_BPB - new) / (FLOOR_BPB - r)).max(0.0))
+        .unwrap_or(0.0);
+    StageScore {
+        status: "scored".into(),
+        passed,
+        metrics: m,
+        reason: (!passed).then(|| {
+            format!(
+                "gate not met: the rebuilt model scores {new:.4} bpb against the original's {orig:.4} ({:.1}% apart; at most {:.0}% allowed)",
+                diff * 100.0,
+                tol * 100.0
+            )
+        }),
+        normalized: Some(normalized),
+    }
+}
+
+/// Grades the selfhost stage.
+pub struct SelfhostScorer {
+    pub world: Arc<World>,
+}
+
+fn recipe_problem(ws: &Path) -> Option<String> {
+    match std::fs::symlink_metadata(ws.join(RECIPE)) {
+        Err(_) => Some(format!("{RECIPE} does not exist at the workspace root")),
+        Ok(m) if !m.is_file() => Some(format!("{RECIPE} is not a regular file")),
+        Ok(_) => None,
+    }
+}
+
+#[async_trait]
+impl Scorer for SelfhostScorer {
+    async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
+        let ws = ctx.sandbox.workspace().path();
+        let mut errors = Vec::new();
+        if let Some(p) = recipe_problem(ws) {
+            errors.push(p);
+        }
+        let recipe = select(ws, &ctx.stage.exclude)
+            .map_err(|e| ToolError::new("io_error", format!("reading the workspace: {e}")))?;
+        let outside: Vec<&Refused> = recipe
+            .refused
+            .iter()
+            .filter(|r| excluded_by(&r.path, &ctx.stage.exclude).is_none())
+            .collect();
+        for r in outside.iter().take(20) {
+            errors.push(format!("{} is not copied: {}", r.path, r.reason));
+        }
+        Ok(json!({
+            "ok": errors.is_empty(),
+            "errors": errors,
+            "files_copied": recipe.copied.len(),
+            "bytes": recipe.bytes,
+            "copied": recipe.copied.iter().take(200).map(|c| &c.path).collect::<Vec<_>>(),
+            "rebuild_budget_seconds": ctx.rebuild_seconds,
+            "message": "this is what would be copied into the fresh sandbox; the grade runs bootstrap.sh there and verifies the rebuilt bin/lm on hidden documents",
+        }))
+    }
+
+    async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
+        let root = ctx.sandbox.workspace();
+        let ws = root.path();
+        if let Some(p) = recipe_problem(ws) {
+            return StageScore::zero("failed", p);
+        }
+        if let Some(p) = program_problem(root, PROGRAM) {
+            return StageScore::zero("failed", format!("the original model: {p}"));
+        }
+        let (Some(programs), Some(rebuilder)) = (ctx.programs, ctx.rebuilder) else {
+            return StageScore::zero("error", "this run has no scoring or rebuild sandbox");
+        };
+        let (test, _) = match hidden_docs(&self.world) {
+            Ok(d) => d,
+            Err(e) => return StageScore::zero("error", e),
+        };
+        let recipe = match select(ws, &ctx.stage.exclude) {
+            Ok(r) => r,
+            Err(e) => return StageScore::zero("error", format!("reading the workspace: {e}")),
+        };
+        let mut m = Map::new();
+        m.insert("files_copied".into(), json!(recipe.copied.len()));
+        m.insert("files_refused".into(), json!(recipe.refused.len()));
+        m.insert("recipe".into(), recipe.to_json());
+        if !recipe.copied.iter().any(|c| c.path == RECIPE) {
+            let why = recipe
+                .refused
+                .iter()
+                .find(|r| r.path == RECIPE)
+                .map(|r| r.reason.clone())
+                .unwrap_or_default();
+            let mut s = StageScore::zero("failed", format!("{RECIPE} was not copied: {why}"));
+            s.metrics = m;
+            return s;
+        }
+        let plan = |seed| VerifyPlan {
+            docs: test.clone(),
+            extra: vec![],
+            positions: ctx.scoring.positions,
+            timeout: Duration::from_secs_f64(ctx.scoring.timeout_seconds),
+            seed,
+            program: format!("./{PROGRAM}"),
+        };
+        let original = lm::verify(programs, &plan(rand::random())).await;
+        if original.result.is_err() {
+            let skipped = Verification {
+                result: original.result.clone(),
+                seed: 0,
+                positions: vec![],
+                calls: vec![],
+                harness_seconds: 0.0,
+                sandbox_error: None,
+            };
+            return stage_score(
+                &original,
+                &skipped,
+                self.world.manifest.baselines.xz_conditional,
+                ctx.gates,
+                None,
+                m,
+            );
+        }
+        let fresh = ctx.run_dir.join("selfhost").join("workspace");
+        let _ = std::fs::remove_dir_all(&fresh);
+        let owner = rustix::process::geteuid().is_root().then_some((
+            crate::sandbox::docker::SANDBOX_UID,
+            crate::sandbox::docker::SANDBOX_GID,
+        ));
+        let prepared = std::fs::create_dir_all(&fresh)
+            .and_then(|_| crate::session::prepare_workspace(&fresh))
+            .and_then(|_| copy(&recipe, ws, &fresh, owner));
+        if let Err(e) = prepared {
+            let mut s = StageScore::zero(
+                "error",
+                format!("copying the recipe to {}: {e}", fresh.display()),
+            );
+            s.metrics = m;
+            return s;
+        }
+        let budget = ctx.rebuild_seconds;
+        let run = rebuilder
+            .rebuild(&fresh, Duration::from_secs_f64(budget))
+            .await;
+        let run = match run {
+            Ok(r) => r,
+            Err(e) => {
+                let mut s = StageScore::zero("error", format!("the rebuild sandbox: {e}"));
+                s.metrics = m;
+                return s;
+            }
+        };
+        m.insert("rebuild_seconds".into(), json!(round(run.seconds, 1)));
+        m.insert(
+            "bootstrap".into(),
+            json!({
+                "exit_code": run.exit_code,
+                "timed_out": run.timed_out,
+                "oom_killed": run.oom_killed,
+                "seconds": round(run.seconds, 3),
+                "cpu_seconds": round(run.cpu_seconds, 3),
+                "budget_seconds": budget,
+                "stdout_tail": run.stdout_tail,
+                "stderr_tail": run.stderr_tail,
+                "log": run.log,
+                "world_requests": run.requests,
+            }),
+        );
+        let fresh_root = match crate::sandbox::paths::WorkspaceRoot::open(&fresh, None) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut s = StageScore::zero("error", format!("{}: {e}", fresh.display()));
+                s.metrics = m;
+                return s;
+            }
+        };
+        if let Some(p) = program_problem(&fresh_root, PROGRAM) {
+            let how = if run.timed_out {
+                format!("bootstrap.sh ran out of its {budget:.0} s budget")
+            } else {
+                format!("bootstrap.sh exited with code {}", run.exit_code)
+            };
+            let mut s =
+                StageScore::zero("failed", format!("the rebuild made no model ({how}): {p}"));
+            s.metrics = m;
+            return s;
+        }
+        let rebuilt = lm::verify(run.programs.as_ref(), &plan(rand::random())).await;
+        stage_score(
+            &original,
+            &rebuilt,
+            self.world.manifest.baselines.xz_conditional,
+            ctx.gates,
+            ctx.reference.get("selfhost_bpb").copied(),
+            m,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::Verified;
+
+    fn write(root: &Path, rel: &str, data: &[u8]) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rolling_and_direct_hashes_agree() {
+        let data = noise(300, 5);
+        let mut top = 1u64;
+        for _ in 0..WINDOW - 1 {
+            top = top.wrapping_mul(BASE);
+        }
+        let mut h = window_hash(&data[..WINDOW]);
+        for start in 1..=data.len() - WINDOW {
+            h = h
+                .wrapping_sub((data[start - 1] as u64 + 1).wrapping_mul(top))
+                .wrapping_mul(BASE)
+                .wrapping_add(data[start + WINDOW - 1] as u64 + 1);
+            assert_eq!(h, window_hash(&data[start..start + WINDOW]), "{start}");
+        }
+    }
+
+    #[test]
+    fn caps_and_excluded_directories() {
+        let ws = tempfile::tempdir().unwrap();
+        let r = ws.path();
+        write(r, "bootstrap.sh", b"#!/bin/sh\n");
+        write(r, "src/train.py", b"print(1)\n");
+        write(r, "data/corpus.jsonl", b"{}\n");
+        write(r, "model/w.bin", &noise(1000, 1));
+        write(r, "tokenizer/meta.json", b"{}");
+        write(r, "big/weights.bin", &noise(300 * 1024, 2));
+        for i in 0..12 {
+            write(r, &format!("parts/p{i:02}.bin"), &noise(200 * 1024, 10 + i));
+        }
+        std::os::unix::fs::symlink("/etc/passwd", r.join("link")).unwrap();
+        write(r, "secret/notes.txt", b"x");
+        let recipe = select(r, &["secret".to_string()]).unwrap();
+        assert_eq!(recipe.copied[0].path, "bootstrap.sh");
+        let reason = |p: &str| {
+            recipe
+                .refused
+                .iter()
+                .find(|x| x.path == p)
+                .map(|x| x.reason.clone())
+                .unwrap_or_else(|| panic!("{p} not refused: {recipe:?}"))
+        };
+        assert!(reason("data/corpus.jsonl").contains("under data/"));
+        assert!(reason("model/w.bin").contains("under model/"));
+        assert!(reason("tokenizer/meta.json").contains("under tokenizer/"));
+        assert!(reason("secret/notes.txt").contains("under secret/"));
+        assert!(reason("big/weights.bin").contains("over the 256 KiB limit"));
+        assert!(reason("link").contains("symlink"));
+        // Ten 200 KiB parts fit in 2 MiB with the small files; the rest are refused.
+        let parts = recipe
+            .copied
+            .iter()
+            .filter(|c| c.path.starts_with("parts/"))
+            .count();
+        assert_eq!(parts, 10, "{recipe:?}");
+        assert!(reason("parts/p11.bin").contains("past 2 MiB in all"));
+        assert!(recipe.bytes <= MAX_RECIPE_BYTES);
+        assert!(recipe.copied.iter().any(|c| c.path == "src/train.py"));
+    }
+
+    #[test]
+    fn a_small_model_split_into_parts_is_refused_but_copied_code_is_not() {
+        let ws = tempfile::tempdir().unwrap();
+        let r = ws.path();
+        let weights = noise(600 * 1024, 9);
+        write(r, "model/weights.bin", &weights);
+        // Code copied next to the model (as the reference does with lm.py) is fine.
+        let code: Vec<u8> = (0..400)
+            .flat_map(|i| format!("x{i} = {i} * 2  # line\n").into_bytes())
+            .collect();
+        write(r, "model/lm.py", &code);
+        write(r, "src/lm.py", &code);
+        write(r, "bootstrap.sh", b"cat parts/* > model/weights.bin\n");
+        for (i, c) in weights.chunks(150 * 1024).enumerate() {
+            write(r, &format!("parts/{i}"), c);
+        }
+        let recipe = select(r, &[]).unwrap();
+        let refused: Vec<&str> = recipe
+            .refused
+            .iter()
+            .filter(|x| x.path.starts_with("parts/"))
+            .map(|x| x.reason.as_str())
+            .collect();
+        assert_eq!(refused.len(), 4, "{recipe:?}");
+        assert!(
+            refused[0]
+                .contains("copied verbatim from built artifacts (first seen in model/weights.bin)"),
+            "{}",
+            refused[0]
+        );
+        assert!(recipe.copied.iter().any(|c| c.path == "src/lm.py"));
+        // Without the parts, the code alone stays under the limit.
+        for i in 0..4 {
+            std::fs::remove_file(r.join(format!("parts/{i}"))).unwrap();
+        }
+        let recipe = select(r, &[]).unwrap();
+        assert!(
+            recipe.refused.iter().all(|x| x.path.starts_with("model/")),
+            "{recipe:?}"
+        );
+    }
+
+    #[test]
+    fn copies_keep_the_executable_bit() {
+        use std::os::unix::fs::PermissionsExt;
+        let ws = tempfile::tempdir().unwrap();
+        write(ws.path(), "bootstrap.sh", b"#!/bin/sh\n");
+        std::fs::set_permissions(
+            ws.path().join("bootstrap.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        write(ws.path(), "a/b/c.txt", b"c");
+        let recipe = select(ws.path(), &[]).unwrap();
+        let to = tempfile::tempdir().unwrap();
+        copy(&recipe, ws.path(), to.path(), None).unwrap();
+        assert_eq!(std::fs::read(to.path().join("a/b/c.txt")).unwrap(), b"c");
+        let mode = std::fs::metadata(to.path().join("bootstrap.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
+    }
+
+    fn verification(bpb: f64) -> Verification {
+        Verification {
+            result: Ok(Verified {
+                bpb,
+                bits: bpb * 100.0,
+                bytes: 100,
+                tokens: 100,
+                extra_bpb: None,
+                per_doc: vec![],
+                checks: vec![],
+                max_next_diff: 0.0,
+                max_sum_error: 0.0,
+                repeated: vec![],
+            }),
+            seed: 1,
+            positions: vec![],
+            calls: vec![],
+            harness_seconds: 0.0,
+            sandbox_error: None,
+        }
+    }
+
+    #[test]
+    fn within_three_percent_passes_and_beating_conditional_xz_is_recorded() {
+        let g = BTreeMap::new();
+        let s = stage_score(
+            &verification(1.40),
+            &verification(1.42),
+            1.8,
+            &g,
+            Some(1.4),
+            Map::new(),
+        );
+        assert!(s.passed, "{:?}", s.reason);
+        assert_eq!(s.metrics["beats_conditional_xz"], true);
+        assert!((s.normalized.unwrap() - 6.58 / 6.6).abs() < 1e-9);
+        let s = stage_score(
+            &verification(1.40),
+            &verification(1.50),
+            1.45,
+            &g,
+            Some(1.4),
+            Map::new(),
+        );
+        assert!(!s.passed);
+        assert_eq!(s.metrics["beats_conditional_xz"], false);
+        assert!(s.reason.unwrap().contains("7.1% apart; at most 3% allowed"));
+    }
+
+    #[test]
+    fn a_rebuild_that_does_not_verify_fails_with_the_reason() {
+        let rej = lm::Rejection {
+            kind: lm::RejectKind::Failed,
+            detail: "score exited with code 1".into(),
+        };
+        let mut bad = verification(1.0);
+        bad.result = Err(rej);
+        let s = stage_score(
+            &verification(1.4),
+            &bad,
+            1.8,
+            &BTreeMap::new(),
+            Some(1.4),
+            Map::new(),
+        );
+        assert_eq!(s.status, "rejected");
+        assert!(s
+            .reason
+            .unwrap()
+            .starts_with("the rebuilt bin/lm does not verify: failed: score exited"));
+    }
+}
