@@ -61,7 +61,9 @@ pub trait Agent: Send {
 pub enum AgentSpec {
     Null,
     Script(PathBuf),
-    Reference,
+    /// The reference solutions; `Some(stages)` plays only those and submits the rest at once (the
+    /// partial agents of the tests: `reference:crawl` crawls and nothing else).
+    Reference(Option<Vec<String>>),
 }
 
 impl std::str::FromStr for AgentSpec {
@@ -71,7 +73,27 @@ impl std::str::FromStr for AgentSpec {
             return Ok(Self::Null);
         }
         if s == "reference" {
-            return Ok(Self::Reference);
+            return Ok(Self::Reference(None));
+        }
+        if let Some(list) = s.strip_prefix("reference:") {
+            let stages: Vec<String> = list
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect();
+            if let Some(bad) = stages
+                .iter()
+                .find(|x| !crate::suite::STAGES.contains(&x.as_str()))
+            {
+                return Err(format!(
+                    "reference:{list}: {bad:?} is not a stage (one of: {})",
+                    crate::suite::STAGES.join(", ")
+                ));
+            }
+            if stages.is_empty() {
+                return Err("reference: needs stages, e.g. reference:crawl,tokenize".into());
+            }
+            return Ok(Self::Reference(Some(stages)));
         }
         if let Some(path) = s.strip_prefix("script:") {
             if path.is_empty() {
@@ -80,7 +102,7 @@ impl std::str::FromStr for AgentSpec {
             return Ok(Self::Script(path.into()));
         }
         Err(format!(
-            "unknown agent {s:?}; available: null, reference, script:<path to a JSON-lines file>"
+            "unknown agent {s:?}; available: null, reference, reference:<stage,...>, script:<path to a JSON-lines file>"
         ))
     }
 }
@@ -91,7 +113,11 @@ impl AgentSpec {
         Ok(match self {
             Self::Null => Box::new(NullAgent),
             Self::Script(path) => Box::new(ScriptAgent::load(path)?),
-            Self::Reference => Box::new(ReferenceAgent::new(home.tasks())),
+            Self::Reference(only) => {
+                let mut a = ReferenceAgent::new(home.tasks());
+                a.only = only.clone();
+                Box::new(a)
+            }
         })
     }
 }
@@ -196,6 +222,8 @@ impl Agent for ScriptAgent {
 pub struct ReferenceAgent {
     tasks: PathBuf,
     current: VecDeque<RawCall>,
+    /// Play only these stages' solutions (None: all).
+    pub only: Option<Vec<String>>,
 }
 
 impl ReferenceAgent {
@@ -203,6 +231,7 @@ impl ReferenceAgent {
         Self {
             tasks,
             current: VecDeque::new(),
+            only: None,
         }
     }
 
@@ -210,7 +239,11 @@ impl ReferenceAgent {
     pub fn plan(&self, task: &StageTask) -> Result<VecDeque<RawCall>, String> {
         let dir = self.tasks.join(&task.stage).join("reference");
         let mut calls = VecDeque::new();
-        if dir.is_dir() {
+        let playing = self
+            .only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == &task.stage));
+        if playing && dir.is_dir() {
             let mut files = Vec::new();
             collect_files(&dir, &dir, &mut files)
                 .map_err(|e| format!("reading {}: {e}", dir.display()))?;
@@ -282,7 +315,10 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Res
 #[async_trait]
 impl Agent for ReferenceAgent {
     fn spec(&self) -> String {
-        "reference".into()
+        match &self.only {
+            None => "reference".into(),
+            Some(o) => format!("reference:{}", o.join(",")),
+        }
     }
     async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError> {
         self.current = self.plan(task).map_err(|message| AgentError {
@@ -308,6 +344,14 @@ mod tests {
             AgentSpec::Script("a.jsonl".into())
         );
         assert!("script:".parse::<AgentSpec>().is_err());
+        assert_eq!(
+            "reference:crawl,tokenize".parse::<AgentSpec>().unwrap(),
+            AgentSpec::Reference(Some(vec!["crawl".into(), "tokenize".into()]))
+        );
+        assert!("reference:crawl,fly"
+            .parse::<AgentSpec>()
+            .unwrap_err()
+            .contains("\"fly\" is not a stage"));
         assert!("gpt"
             .parse::<AgentSpec>()
             .unwrap_err()

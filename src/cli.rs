@@ -82,7 +82,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "mini")]
     pub suite: String,
     /// The agent: `null` (submits at once), `reference` (writes and runs tasks/<stage>/reference/
-    /// through the tools), or `script:<file.jsonl>` (one {"tool","args"} per line; each `submit`
+    /// through the tools), `reference:<stage,...>` (the reference for those stages only, submitting
+    /// the others at once), or `script:<file.jsonl>` (one {"tool","args"} per line; each `submit`
     /// ends a stage and the script goes on with the next stage).
     #[arg(long)]
     pub agent: String,
@@ -110,6 +111,11 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// When crawl or tokenize fails, hand the agent that stage's reference artifact (the world's
+    /// gold corpus; the reference tokenizer) so later stages are still measured; levels reached
+    /// after it are reported as assisted (`L4*`). On by default: `--rescue false` turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub rescue: bool,
     #[command(flatten)]
     pub dir: RunsDirArg,
 }
@@ -148,6 +154,21 @@ pub enum WorldCmd {
     Build(WorldArgs),
     /// Print the world's statistics and baseline ladder (builds it first if needed).
     Show(WorldArgs),
+    /// Measure the world's reference values (m_ref): run the reference agent through every stage
+    /// of the suite and write tasks/worlds/<world>.reference.json from its scores.
+    Reference(ReferenceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReferenceArgs {
+    /// Suite name (tasks/suites/<name>.toml) or path to a suite file; all its stages are run.
+    #[arg(long, default_value = "mini")]
+    pub suite: String,
+    /// No progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +267,7 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
         Command::Images(ImagesCmd::List) => images_list().await,
         Command::World(WorldCmd::Build(a)) => world(a, false),
         Command::World(WorldCmd::Show(a)) => world(a, true),
+        Command::World(WorldCmd::Reference(a)) => measure_reference(a).await,
         Command::Gc { all } => gc(all).await,
         Command::Bench(BenchCmd::Exec { n, json }) => {
             let home = Home::locate().map_err(env_error)?;
@@ -283,6 +305,7 @@ pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
         suite,
         agent,
         runs_dir: args.dir.runs_dir.clone(),
+        rescue: args.rescue,
         world: None,
     })
 }
@@ -316,14 +339,97 @@ fn install_interrupts(cancel: CancellationToken) {
 }
 
 async fn run(args: RunArgs) -> Result<i32, Exit> {
-    let mut plan = plan(&args).map_err(|e| Exit {
+    let plan = plan(&args).map_err(|e| Exit {
         code: exit::USAGE,
         error: e,
     })?;
+    let out = execute(plan, args.quiet).await?;
+    if args.json {
+        let stages: serde_json::Map<String, serde_json::Value> = out
+            .score
+            .stages
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).expect("json")))
+            .collect();
+        let obj = serde_json::json!({
+            "run_id": out.run_id,
+            "dir": out.dir.display().to_string(),
+            "status": out.meta.status,
+            "level": out.score.level,
+            "assisted_level": out.score.assisted_level,
+            "bootstrap_index": out.score.bootstrap_index,
+            "stages": stages,
+            "error": out.meta.error,
+        });
+        println!("{obj}");
+    } else {
+        print!("{}", crate::show::scorecard(&out.meta, &out.score));
+    }
+    Ok(match out.meta.status {
+        RunStatus::Done => exit::OK,
+        RunStatus::Interrupted => exit::INTERRUPTED,
+        RunStatus::Failed | RunStatus::Running => exit::FAILED,
+    })
+}
+
+/// `gptx world reference`: a full reference run, then its scores as the world's reference values.
+async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
+    let usage = |e: anyhow::Error| Exit {
+        code: exit::USAGE,
+        error: e,
+    };
+    let home = Home::locate().map_err(env_error)?;
+    let suite = home.suite(&a.suite).map_err(|e| usage(e.into()))?;
+    let Some(world) = suite.world.clone() else {
+        return Err(usage(anyhow::anyhow!(
+            "suite {} has no world to measure reference values on",
+            suite.name
+        )));
+    };
+    let plan = RunPlan {
+        home: home.clone(),
+        suite,
+        agent: AgentSpec::Reference(None),
+        runs_dir: a.dir.runs_dir.clone(),
+        rescue: false,
+        world: None,
+    };
+    let out = execute(plan, a.quiet).await?;
+    print!("{}", crate::show::scorecard(&out.meta, &out.score));
+    let values = crate::reference::from_score(&out.score).map_err(failed)?;
+    let record = crate::reference::ReferenceValues {
+        world: world.clone(),
+        world_hash: out.meta.world_hash.clone().unwrap_or_default(),
+        suite: out.meta.suite.clone(),
+        run_id: out.run_id.clone(),
+        measured_at: out
+            .meta
+            .ended_at
+            .unwrap_or_else(chrono::Utc::now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        gptx_version: out.meta.gptx_version.clone(),
+        level: out.score.level.clone(),
+        wall_seconds: out
+            .meta
+            .ended_at
+            .map(|e| (e - out.meta.started_at).num_milliseconds() as f64 / 1000.0)
+            .unwrap_or(0.0),
+        values,
+    };
+    let path = crate::reference::path(&home, &world);
+    crate::reference::write(&path, &record).map_err(failed)?;
+    println!("wrote {}:", path.display());
+    for (k, v) in &record.values {
+        println!("  {k:<26} {v}");
+    }
+    Ok(exit::OK)
+}
+
+/// Builds the world if the suite has one, then does the run with a progress line.
+async fn execute(mut plan: RunPlan, quiet: bool) -> Result<session::RunOutput, Exit> {
     if let Some(name) = plan.suite.world.clone() {
         let home = plan.home.clone();
         let seed = plan.suite.world_seed;
-        let quiet = args.quiet;
         let world = tokio::task::spawn_blocking(move || {
             let bar = crate::progress::WorldBar::new(quiet);
             let r = crate::world::ensure(&home, &name, seed, &bar);
@@ -346,38 +452,13 @@ async fn run(args: RunArgs) -> Result<i32, Exit> {
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
     let reporters: Vec<Box<dyn crate::trace::Reporter>> =
-        vec![Box::new(crate::progress::Progress::new(args.quiet))];
-    let out = session::run(plan, reporters, cancel)
+        vec![Box::new(crate::progress::Progress::new(quiet))];
+    session::run(plan, reporters, cancel)
         .await
         .map_err(|e| match e {
             session::SessionError::Engine(_) | session::SessionError::Image(_) => env_error(e),
             other => failed(other),
-        })?;
-    if args.json {
-        let stages: serde_json::Map<String, serde_json::Value> = out
-            .score
-            .stages
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::to_value(v).expect("json")))
-            .collect();
-        let obj = serde_json::json!({
-            "run_id": out.run_id,
-            "dir": out.dir.display().to_string(),
-            "status": out.meta.status,
-            "level": out.score.level,
-            "bootstrap_index": out.score.bootstrap_index,
-            "stages": stages,
-            "error": out.meta.error,
-        });
-        println!("{obj}");
-    } else {
-        print!("{}", crate::show::scorecard(&out.meta, &out.score));
-    }
-    Ok(match out.meta.status {
-        RunStatus::Done => exit::OK,
-        RunStatus::Interrupted => exit::INTERRUPTED,
-        RunStatus::Failed | RunStatus::Running => exit::FAILED,
-    })
+        })
 }
 
 async fn images_build(names: Vec<String>, force: bool, json: bool) -> Result<i32, Exit> {

@@ -13,12 +13,17 @@
 //! - [`runner`] is the loop: stages in order, the [`agent::Agent`]'s tool calls ([`tools`]) executed
 //!   against a `dyn` [`sandbox::Sandbox`], budgets enforced, each stage graded by a
 //!   [`scoring::Scorer`]. Its only output is the typed [`trace::Event`] stream.
-//! - Scorers: [`crawl`] (the corpus against the world's gold and request log), [`tokenize`] and
-//!   [`train`], which run the agent's programs on hidden data through [`programs::Programs`] (a fresh
-//!   scoring sandbox per call); [`lm`] is the verified bits-per-byte procedure.
+//! - Scorers: [`crawl`] (the corpus against the world's gold and request log), [`tokenize`],
+//!   [`train`] and [`eval`], which run the agent's programs on hidden data through
+//!   [`programs::Programs`] (a fresh scoring sandbox per call); [`lm`] is the verified bits-per-byte
+//!   procedure. [`selfhost`] picks the recipe and rebuilds from it through
+//!   [`selfhost::Rebuilder`] ([`rebuild`] on the engine: fresh sandbox, web server and request log).
+//! - [`scoring`] turns stage scores into levels (with rescue's assisted levels) and the Bootstrap
+//!   Index; the [`runner`] hands over reference artifacts when crawl or tokenize fails (`--rescue`).
 //! - [`trace`] turns events into the record: the hash-chained `events.jsonl`, `outputs/`, and
 //!   `workspace.git` ([`trace::WorkspaceHistory`]); [`progress`] turns them into the live status line.
 //! - [`rundir`] owns `run.json` / `score.json`; [`show`] renders runs in the terminal.
+//! - [`reference`] keeps each world's reference values (`m_ref`, measured by `gptx world reference`).
 //! - [`engine`] holds the Docker connection, the labels on every resource, and `gc`.
 //! - [`bench`] measures the harness itself.
 
@@ -27,14 +32,18 @@ pub mod bench;
 pub mod cli;
 pub mod crawl;
 pub mod engine;
+pub mod eval;
 pub mod images;
 pub mod lm;
 pub mod programs;
 pub mod progress;
+pub mod rebuild;
+pub mod reference;
 pub mod rundir;
 pub mod runner;
 pub mod sandbox;
 pub mod scoring;
+pub mod selfhost;
 pub mod session;
 pub mod show;
 pub mod suite;

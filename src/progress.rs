@@ -75,6 +75,21 @@ impl Reporter for Progress {
                     summary(args)
                 ));
             }
+            Event::StageEnded { stage, .. } => {
+                self.bar.set_message(if stage == "selfhost" {
+                    "scoring: rebuilding from bootstrap.sh in a fresh sandbox, then verifying both models".to_string()
+                } else {
+                    "scoring on hidden data".to_string()
+                });
+            }
+            Event::Rescue {
+                stage, ok, detail, ..
+            } => {
+                self.bar.println(format!(
+                    "  rescue after {stage}{}: {detail}",
+                    if *ok { "" } else { " failed" }
+                ));
+            }
             Event::StageScored { stage, score } => {
                 self.bar.println(format!(
                     "  {stage:<9} {:<16} passed={} {}",

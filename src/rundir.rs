@@ -70,6 +70,9 @@ pub struct StageSummary {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalized: Option<f64>,
+    /// The stage failed and `--rescue` handed the agent its reference artifact.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rescued: bool,
 }
 
 impl StageSummary {
@@ -84,6 +87,7 @@ impl StageSummary {
             metrics: score.metrics.clone(),
             reason: score.reason.clone(),
             normalized: score.normalized,
+            rescued: false,
         }
     }
 }
@@ -98,6 +102,9 @@ pub struct RunScore {
     pub world_hash: Option<String>,
     pub status: RunStatus,
     pub level: String,
+    /// The level counting rescued stages as passed (`L4*`), when rescue let the agent get further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assisted_level: Option<String>,
     pub bootstrap_index: f64,
     pub stages: BTreeMap<String, StageSummary>,
 }

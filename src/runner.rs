@@ -23,6 +23,13 @@ use crate::trace::{
     WorkspaceHistory,
 };
 
+/// Stages whose failure `--rescue` makes up for with the reference artifact.
+pub const RESCUABLE: [&str; 2] = ["crawl", "tokenize"];
+const RESCUE_CORPUS: &str = "data/corpus.jsonl";
+/// Where the rescue writes the reference tokenizer's sources.
+const RESCUE_DIR: &str = "gptx-rescue";
+const RESCUE_SECONDS: u64 = 300;
+
 /// Bytes of each output stream the agent (and the event) sees inline: head and tail halves.
 pub const INLINE_OUTPUT: usize = 32 * 1024;
 /// Bytes of each output stream kept in `outputs/` per step; beyond this the output is counted, not kept.
@@ -91,6 +98,8 @@ pub struct StageOutcome {
     pub sandbox_seconds: f64,
     pub wall_seconds: f64,
     pub score: Option<StageScore>,
+    /// The harness handed over this stage's reference artifact after it failed.
+    pub rescued: bool,
 }
 
 /// The end of a run as the runner saw it.
@@ -98,6 +107,8 @@ pub struct StageOutcome {
 pub struct RunResult {
     pub status: RunStatus,
     pub level: String,
+    /// The level with rescued stages counted (`L4*`), when rescue let the agent get further.
+    pub assisted_level: Option<String>,
     pub bootstrap_index: f64,
     pub stages: Vec<StageOutcome>,
     pub wall_seconds: f64,
@@ -122,6 +133,7 @@ impl RunResult {
                     }),
                 };
                 s.ended_by = Some(o.ended_by);
+                s.rescued = o.rescued;
                 s.steps = o.steps;
                 s.sandbox_seconds = o.sandbox_seconds;
                 s.wall_seconds = o.wall_seconds;
@@ -144,6 +156,10 @@ pub struct Runner {
     pub world: Option<Arc<crate::world::World>>,
     /// Where scorers run the agent's programs on hidden data (fresh scoring sandboxes).
     pub programs: Option<Arc<dyn crate::programs::Programs>>,
+    /// Where the selfhost stage rebuilds from the recipe.
+    pub rebuilder: Option<Arc<dyn crate::selfhost::Rebuilder>>,
+    /// Hand over the reference artifact of a failed crawl or tokenize stage (`--rescue`).
+    pub rescue: bool,
     pub events: EventSink,
     pub history: Option<WorkspaceHistory>,
     pub outputs: OutputStore,
@@ -173,6 +189,8 @@ impl Runner {
             world_network: None,
             world: None,
             programs: None,
+            rebuilder: None,
+            rescue: false,
             events,
             history,
             outputs,
@@ -207,8 +225,18 @@ impl Runner {
         let mut status = RunStatus::Done;
         let stages = self.suite.stages.clone();
         for (index, stage) in stages.iter().enumerate() {
-            let outcome = self.run_stage(agent, stage, index).await;
+            let mut outcome = self.run_stage(agent, stage, index).await;
             let interrupted = outcome.ended_by == EndReason::Interrupted;
+            let failed = outcome.score.as_ref().is_some_and(|s| !s.passed);
+            let later = index + 1 < stages.len();
+            if !interrupted
+                && failed
+                && later
+                && self.rescue
+                && RESCUABLE.contains(&stage.name.as_str())
+            {
+                outcome.rescued = self.rescue_stage(&stage.name).await;
+            }
             outcomes.push(outcome);
             if interrupted {
                 status = RunStatus::Interrupted;
@@ -219,7 +247,13 @@ impl Runner {
             .iter()
             .filter_map(|o| o.score.clone().map(|s| (o.stage.clone(), s)))
             .collect();
-        let level = scoring::level(&scores);
+        let rescued: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.rescued)
+            .map(|o| o.stage.clone())
+            .collect();
+        let levels = scoring::levels(&scores, &rescued);
+        let level = levels.level;
         let bootstrap_index = scoring::bootstrap_index(&scores);
         if status == RunStatus::Done {
             agent.done(&level, bootstrap_index).await;
@@ -228,6 +262,7 @@ impl Runner {
         RunResult {
             status,
             level,
+            assisted_level: levels.assisted,
             bootstrap_index,
             stages: outcomes,
             wall_seconds,
@@ -406,6 +441,8 @@ impl Runner {
                 reference: &self.suite.reference,
                 programs: self.programs.as_deref(),
                 scoring: &self.suite.scoring,
+                rebuilder: self.rebuilder.as_deref(),
+                rebuild_seconds: self.suite.rebuild_seconds,
             };
             let score = scorer.score(&ctx).await;
             self.emit(Event::StageScored {
@@ -421,6 +458,135 @@ impl Runner {
             sandbox_seconds,
             wall_seconds,
             score,
+            rescued: false,
+        }
+    }
+
+    /// Hands the agent the reference artifact of a failed stage: the world's gold corpus for crawl;
+    /// the reference tokenizer, trained in the sandbox on the workspace's corpus, for tokenize. The
+    /// workspace is committed and a `rescue` event says what was written; false when it failed.
+    async fn rescue_stage(&mut self, stage: &str) -> bool {
+        let t0 = Instant::now();
+        let (ok, files, detail) = match stage {
+            "crawl" => self.rescue_crawl(),
+            "tokenize" => self.rescue_tokenize().await,
+            _ => (false, vec![], format!("stage {stage} has no rescue")),
+        };
+        let commit = match self.history.as_mut() {
+            Some(h) => h
+                .commit_if_changed(&format!(
+                    "rescue ({stage}): the harness handed over the reference artifact\n\n{detail}\n"
+                ))
+                .unwrap_or_else(|e| {
+                    tracing::warn!("could not record the rescue in git: {e}");
+                    None
+                }),
+            None => None,
+        };
+        self.emit(Event::Rescue {
+            stage: stage.into(),
+            ok,
+            files,
+            detail,
+            seconds: t0.elapsed().as_secs_f64(),
+            commit,
+        });
+        ok
+    }
+
+    fn rescue_crawl(&mut self) -> (bool, Vec<String>, String) {
+        let Some(world) = self.world.clone() else {
+            return (false, vec![], "this run has no world".into());
+        };
+        let gold = match world.gold() {
+            Ok(g) => g,
+            Err(e) => return (false, vec![], format!("reading the world's gold: {e}")),
+        };
+        let mut text = String::new();
+        for (url, t) in &gold {
+            text.push_str(&json!({"url": url, "text": t}).to_string());
+            text.push('\n');
+        }
+        let path = crate::sandbox::paths::WorkspacePath::parse(RESCUE_CORPUS).expect("constant");
+        match self.sandbox.write_file(&path, text.as_bytes()) {
+            Ok(n) => (
+                true,
+                vec![RESCUE_CORPUS.into()],
+                format!(
+                    "wrote {RESCUE_CORPUS}: the world's gold text of {} served pages ({n} bytes)",
+                    gold.len()
+                ),
+            ),
+            Err(e) => (false, vec![], format!("writing {RESCUE_CORPUS}: {e}")),
+        }
+    }
+
+    async fn rescue_tokenize(&mut self) -> (bool, Vec<String>, String) {
+        let dir = self.home.tasks().join("tokenize").join("reference");
+        let mut files = Vec::new();
+        let mut names = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if e.path().is_file() && !name.starts_with('.') {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        for name in names {
+            let target = format!("{RESCUE_DIR}/tokenize/{name}");
+            let written = std::fs::read(dir.join(&name))
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    let p = crate::sandbox::paths::WorkspacePath::parse(&target)
+                        .map_err(|e| e.to_string())?;
+                    self.sandbox.write_file(&p, &b).map_err(|e| e.to_string())
+                });
+            if let Err(e) = written {
+                return (false, files, format!("writing {target}: {e}"));
+            }
+            files.push(target);
+        }
+        let req = ExecRequest {
+            cmd: format!("GPTX_TIME_LIMIT={RESCUE_SECONDS} sh {RESCUE_DIR}/tokenize/run.sh"),
+            timeout: Duration::from_secs(RESCUE_SECONDS + 30),
+            env: vec![],
+            stdin: None,
+        };
+        let mut out = Vec::new();
+        let res = {
+            let mut sink = |_: OutStream, d: &[u8]| {
+                out.extend_from_slice(d);
+                if out.len() > 8192 {
+                    out.drain(..out.len() - 4096);
+                }
+            };
+            self.sandbox.exec(&req, &mut sink).await
+        };
+        let tail = String::from_utf8_lossy(&out).trim().to_string();
+        match res {
+            Ok(o) if o.shell_code() == 0 => {
+                files.extend(["tokenizer/".to_string(), "bin/tokenize".to_string()]);
+                (
+                    true,
+                    files,
+                    format!("trained the reference tokenizer on the workspace's corpus: {tail}"),
+                )
+            }
+            Ok(o) => (
+                false,
+                files,
+                format!(
+                    "the reference tokenizer failed (exit {}): {tail}",
+                    o.shell_code()
+                ),
+            ),
+            Err(e) => (
+                false,
+                files,
+                format!("running the reference tokenizer: {e}"),
+            ),
         }
     }
 
@@ -587,6 +753,8 @@ impl Runner {
                     reference: &self.suite.reference,
                     programs: self.programs.as_deref(),
                     scoring: &self.suite.scoring,
+                    rebuilder: self.rebuilder.as_deref(),
+                    rebuild_seconds: self.suite.rebuild_seconds,
                 };
                 out.result = scorer.check(&ctx).await;
             }
@@ -603,6 +771,7 @@ pub fn finish(events: &mut EventSink, result: &mut RunResult) {
         level: result.level.clone(),
         bootstrap_index: result.bootstrap_index,
         wall_seconds: result.wall_seconds,
+        assisted_level: result.assisted_level.clone(),
     });
     result.trace_sha256 = events.recorder.last_hash();
     result.events = events.recorder.count();

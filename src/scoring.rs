@@ -24,6 +24,10 @@ pub struct ScoreContext<'a> {
     /// Where the agent's programs run on hidden data (None: this run has no scoring sandbox).
     pub programs: Option<&'a dyn crate::programs::Programs>,
     pub scoring: &'a crate::programs::ScoringLimits,
+    /// Where the selfhost stage rebuilds from the recipe (None: this run cannot rebuild).
+    pub rebuilder: Option<&'a dyn crate::selfhost::Rebuilder>,
+    /// The selfhost rebuild's sandbox time: the sum of the earlier stages' budgets.
+    pub rebuild_seconds: f64,
 }
 
 /// Grades one stage. `check` answers the agent's `check` tool on visible data; `score` grades on hidden data.
@@ -33,28 +37,29 @@ pub trait Scorer: Send + Sync {
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore;
 }
 
-/// The scorer of a stage whose grading does not exist yet: score 0, never passes, and says so.
-pub struct NotImplemented {
+/// The scorer of a stage that cannot be graded in this suite (every stage is graded on the world's
+/// hidden data, and the suite has no world): score 0, never passes, and says so.
+pub struct Ungraded {
     pub stage: String,
 }
 
 #[async_trait]
-impl Scorer for NotImplemented {
+impl Scorer for Ungraded {
     async fn check(&self, _ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
         Ok(json!({
             "ok": false,
             "errors": [],
-            "message": format!("stage {} has no validator in this version of gptx; nothing was checked", self.stage),
+            "message": format!("stage {} is graded on a world's hidden data and this suite has no world; nothing was checked", self.stage),
         }))
     }
 
     async fn score(&self, _ctx: &ScoreContext<'_>) -> StageScore {
         StageScore {
-            status: "not_implemented".into(),
+            status: "ungraded".into(),
             passed: false,
             metrics: serde_json::Map::new(),
             reason: Some(format!(
-                "stage {} has no scorer in this version of gptx",
+                "stage {} is graded on a world's hidden data and this suite has no world",
                 self.stage
             )),
             normalized: Some(0.0),
@@ -72,7 +77,9 @@ pub fn scorer_for(
         ("crawl", Some(w)) => Box::new(crate::crawl::CrawlScorer { world: w.clone() }),
         ("tokenize", Some(w)) => Box::new(crate::tokenize::TokenizeScorer { world: w.clone() }),
         ("train", Some(w)) => Box::new(crate::train::TrainScorer { world: w.clone() }),
-        _ => Box::new(NotImplemented {
+        ("eval", Some(w)) => Box::new(crate::eval::EvalScorer { world: w.clone() }),
+        ("selfhost", Some(w)) => Box::new(crate::selfhost::SelfhostScorer { world: w.clone() }),
+        _ => Box::new(Ungraded {
             stage: stage.to_string(),
         }),
     }
@@ -87,22 +94,53 @@ pub const WEIGHTS: [(&str, f64); 5] = [
     ("selfhost", 0.20),
 ];
 
-/// The level reached: L0 plus one per ladder rung passed in order; L6 when selfhost also beats
-/// conditional xz (its metric `beats_conditional_xz`).
-pub fn level(scores: &BTreeMap<String, StageScore>) -> String {
-    let mut level = 0;
-    for (stage, _) in WEIGHTS {
-        match scores.get(stage) {
-            Some(s) if s.passed => level += 1,
-            _ => break,
+/// The levels of a run (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Levels {
+    /// How far the agent got on its own: one per rung passed in order, stopping at the first failure
+    /// (a rescued stage is a failure).
+    pub level: String,
+    /// With rescued stages counted as passed: how far the agent's own passes went on from there,
+    /// marked `*` (None when no rescue let it get further than `level`).
+    pub assisted: Option<String>,
+}
+
+fn rung(passed: usize, scores: &BTreeMap<String, StageScore>) -> usize {
+    let beats = scores
+        .get("selfhost")
+        .and_then(|s| s.metrics.get("beats_conditional_xz"))
+        == Some(&Value::Bool(true));
+    if passed == WEIGHTS.len() && beats {
+        passed + 1
+    } else {
+        passed
+    }
+}
+
+/// L0 plus one per ladder rung passed in order; L6 when selfhost also beats conditional xz (its
+/// metric `beats_conditional_xz`). `rescued` names the stages whose reference artifact was handed over.
+pub fn levels(scores: &BTreeMap<String, StageScore>, rescued: &[String]) -> Levels {
+    let passed = |stage: &str| scores.get(stage).is_some_and(|s| s.passed);
+    let own = WEIGHTS.iter().take_while(|(s, _)| passed(s)).count();
+    let mut helped = 0;
+    for (i, (stage, _)) in WEIGHTS.iter().enumerate() {
+        if passed(stage) {
+            helped = i + 1;
+        } else if !rescued.iter().any(|r| r == stage) {
+            break;
         }
     }
-    if level == 5
-        && scores["selfhost"].metrics.get("beats_conditional_xz") == Some(&Value::Bool(true))
-    {
-        level = 6;
+    let own = rung(own, scores);
+    let helped = rung(helped, scores);
+    Levels {
+        level: format!("L{own}"),
+        assisted: (helped > own).then(|| format!("L{helped}*")),
     }
-    format!("L{level}")
+}
+
+/// The unassisted level alone.
+pub fn level(scores: &BTreeMap<String, StageScore>) -> String {
+    levels(scores, &[]).level
 }
 
 /// `100 · Σ w_s · min(n_s, 1)`, with n_s clipped below at 0; stages not run count 0.
@@ -140,6 +178,51 @@ mod tests {
         assert_eq!(level(&m), "L1");
         m.insert("tokenize".into(), s(true, 1.0));
         assert_eq!(level(&m), "L3");
+    }
+
+    #[test]
+    fn l6_needs_every_rung_and_a_rebuilt_model_below_conditional_xz() {
+        let mut m: BTreeMap<String, StageScore> = WEIGHTS
+            .iter()
+            .map(|(st, _)| (st.to_string(), s(true, 1.0)))
+            .collect();
+        assert_eq!(level(&m), "L5");
+        m.get_mut("selfhost")
+            .unwrap()
+            .metrics
+            .insert("beats_conditional_xz".into(), Value::Bool(true));
+        assert_eq!(level(&m), "L6");
+        m.get_mut("eval").unwrap().passed = false;
+        assert_eq!(level(&m), "L3");
+    }
+
+    #[test]
+    fn rescue_gives_an_assisted_level_only_when_the_agent_got_further() {
+        let mut m = BTreeMap::new();
+        m.insert("crawl".into(), s(false, 0.0));
+        m.insert("tokenize".into(), s(true, 1.0));
+        m.insert("train".into(), s(true, 1.0));
+        m.insert("eval".into(), s(true, 1.0));
+        m.insert("selfhost".into(), s(false, 0.0));
+        let l = levels(&m, &["crawl".into()]);
+        assert_eq!(l.level, "L0");
+        assert_eq!(l.assisted.as_deref(), Some("L4*"));
+        // Without the rescue recorded, nothing after the failure counts.
+        assert_eq!(levels(&m, &[]).assisted, None);
+        // Rescued crawl and tokenize, then the agent's own train fails: no help shows.
+        m.insert("tokenize".into(), s(false, 0.0));
+        m.insert("train".into(), s(false, 0.0));
+        let l = levels(&m, &["crawl".into(), "tokenize".into()]);
+        assert_eq!((l.level.as_str(), l.assisted), ("L0", None));
+        // An agent that crawls, then is rescued at tokenize and trains: L1 on its own, L3* helped.
+        m.insert("crawl".into(), s(true, 1.0));
+        m.insert("train".into(), s(true, 1.0));
+        m.insert("eval".into(), s(false, 0.0));
+        let l = levels(&m, &["tokenize".into()]);
+        assert_eq!(
+            (l.level.as_str(), l.assisted.as_deref()),
+            ("L1", Some("L3*"))
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct RunPlan {
     pub suite: Suite,
     pub agent: AgentSpec,
     pub runs_dir: PathBuf,
+    /// Hand over the reference artifact of a failed crawl or tokenize stage.
+    pub rescue: bool,
     /// The suite's built world (the caller builds it; it may take a while the first time).
     pub world: Option<Arc<crate::world::World>>,
 }
@@ -118,7 +120,7 @@ pub async fn run(
     let mut network = None;
     let mut failure: Option<String> = None;
     if plan.suite.needs_world() {
-        match engine::create_world_network(&docker, &run_id).await {
+        match engine::create_world_network(&docker, &run_id, "world").await {
             Ok(name) => network = Some(name),
             Err(e) => failure = Some(format!("creating the world network: {e}")),
         }
@@ -131,7 +133,7 @@ pub async fn run(
             Err(e) => failure = Some(format!("creating {}: {e}", log_dir.display())),
             Ok(()) => {
                 match crate::world::web::WebServer::start(
-                    &docker, &run_id, &image.tag, world, net, &log_dir,
+                    &docker, &run_id, &image.tag, world, net, &log_dir, None,
                 )
                 .await
                 {
@@ -169,6 +171,19 @@ pub async fn run(
     };
 
     let mut events = EventSink::new(Recorder::new(log), reporters);
+    if let Some(w) = &plan.world {
+        match &plan.suite.reference_world_hash {
+            None => events.warn(format!(
+                "world {} has no reference values (tasks/worlds/{}.reference.json): normalised scores are 0; measure them with `gptx world reference --suite {}`",
+                w.manifest.name, w.manifest.name, plan.suite.name
+            )),
+            Some(h) if *h != w.manifest.world_hash => events.warn(format!(
+                "the reference values were measured on world {} but this world is {}: normalised scores are approximate until `gptx world reference --suite {}` measures them again",
+                crate::engine::short(h), crate::engine::short(&w.manifest.world_hash), plan.suite.name
+            )),
+            Some(_) => {}
+        }
+    }
     let mut result = match &sandbox {
         Some(sb) => {
             let mut runner = Runner::new(
@@ -191,6 +206,20 @@ pub async fn run(
                 plan.suite.scoring.clone(),
                 plan.suite.sandbox.pids,
             )));
+            runner.rescue = plan.rescue;
+            let selfhost_dir = dir.path.join("selfhost");
+            if let Err(e) = std::fs::create_dir_all(&selfhost_dir) {
+                tracing::warn!("creating {}: {e}", selfhost_dir.display());
+            }
+            runner.rebuilder = Some(Arc::new(crate::rebuild::DockerRebuilder {
+                docker: docker.clone(),
+                run_id: run_id.clone(),
+                image: image.tag.clone(),
+                world: plan.world.clone(),
+                dir: selfhost_dir,
+                sandbox: plan.suite.sandbox.clone(),
+                scoring: plan.suite.scoring.clone(),
+            }));
             let result = runner.run(agent.as_mut(), &image.tag).await;
             events = runner.events;
             result
@@ -200,6 +229,7 @@ pub async fn run(
             RunResult {
                 status: RunStatus::Failed,
                 level: "L0".into(),
+                assisted_level: None,
                 bootstrap_index: 0.0,
                 stages: vec![],
                 wall_seconds: 0.0,
@@ -256,6 +286,7 @@ pub async fn run(
         world_hash: meta.world_hash.clone(),
         status: result.status,
         level: result.level.clone(),
+        assisted_level: result.assisted_level.clone(),
         bootstrap_index: result.bootstrap_index,
         stages: result.summaries(),
     };

@@ -158,15 +158,29 @@ pub fn render(meta: &RunMeta, events: &[trace::log::Envelope], verified: &str) -
             Event::Warning { message } => {
                 let _ = writeln!(out, "warning: {message}");
             }
+            Event::Rescue {
+                stage, ok, detail, ..
+            } => {
+                let _ = writeln!(
+                    out,
+                    "-- rescue after {stage}{}: {detail}",
+                    if *ok { "" } else { " (failed)" }
+                );
+            }
             Event::RunFinished {
                 status,
                 level,
                 bootstrap_index,
                 wall_seconds,
+                assisted_level,
             } => {
+                let assisted = assisted_level
+                    .as_ref()
+                    .map(|a| format!(" (assisted {a})"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "\nrun {status}: level {level}, Bootstrap Index {bootstrap_index:.1}, {wall_seconds:.1} s"
+                    "\nrun {status}: level {level}{assisted}, Bootstrap Index {bootstrap_index:.1}, {wall_seconds:.1} s"
                 );
             }
             _ => {}
@@ -250,6 +264,22 @@ fn headline_keys(stage: &str) -> &'static [(&'static str, &'static str)] {
             ("bytes_per_token", "bytes/token"),
             ("score_seconds", "score s"),
         ],
+        "eval" => &[
+            ("claimed_val_bpb", "claimed"),
+            ("val_bpb", "val bpb"),
+            ("test_bpb", "hidden bpb"),
+            ("claim_error", "claim err"),
+            ("generalisation_gap", "gap"),
+            ("val_documents", "val docs"),
+        ],
+        "selfhost" => &[
+            ("original_bpb", "original bpb"),
+            ("bpb", "rebuilt bpb"),
+            ("relative_difference", "diff"),
+            ("files_copied", "copied"),
+            ("files_refused", "refused"),
+            ("rebuild_seconds", "rebuild s"),
+        ],
         _ => &[("bpb", "bpb"), ("documents", "docs")],
     }
 }
@@ -305,8 +335,8 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:<16} {:<7} {:<20} {:>5} {:>9}  metrics",
-        "stage", "status", "passed", "ended by", "steps", "sandbox"
+        "{:<10} {:<16} {:<7} {:<20} {:>5} {:>9} {:>6}  metrics",
+        "stage", "status", "passed", "ended by", "steps", "sandbox", "score"
     );
     for name in &meta.stages {
         let Some(s) = score.stages.get(name) else {
@@ -320,7 +350,7 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<10} {:<16} {:<7} {:<20} {:>5} {:>8.1}s  {}",
+            "{:<10} {:<16} {:<7} {:<20} {:>5} {:>8.1}s {:>6}  {}",
             name,
             s.status,
             s.passed,
@@ -333,20 +363,35 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
                 .unwrap_or_default(),
             s.steps,
             s.sandbox_seconds,
+            s.normalized
+                .map(|n| format!("{n:.2}"))
+                .unwrap_or_else(|| "-".into()),
             metrics
         );
         if let Some(l) = ladder_line(&s.metrics) {
-            let _ = writeln!(out, "{:<73}{l}", "");
+            let _ = writeln!(out, "{:<80}{l}", "");
         }
         if !s.metrics.is_empty() {
             if let Some(r) = &s.reason {
                 let _ = writeln!(out, "{:<10} {r}", "");
             }
         }
+        if s.rescued {
+            let _ = writeln!(
+                out,
+                "{:<10} rescued: the harness handed over the reference artifact; later levels are assisted",
+                ""
+            );
+        }
     }
+    let assisted = score
+        .assisted_level
+        .as_ref()
+        .map(|a| format!(" (assisted {a})"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "level {} · Bootstrap Index {:.1} · run dir {}",
+        "level {}{assisted} · Bootstrap Index {:.1} · run dir {}",
         score.level, score.bootstrap_index, meta.run_id
     );
     if let Some(e) = &meta.error {

@@ -79,7 +79,7 @@ impl Home {
     pub fn suite(&self, name_or_path: &str) -> Result<Suite, SuiteError> {
         let as_path = Path::new(name_or_path);
         if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
-            return Suite::load(as_path);
+            return self.with_reference(Suite::load(as_path)?);
         }
         let path = self
             .tasks()
@@ -93,7 +93,26 @@ impl Home {
                 available: available.join(", "),
             });
         }
-        Suite::load(&path)
+        self.with_reference(Suite::load(&path)?)
+    }
+
+    /// Fills the suite's reference values from its world's `<world>.reference.json`; a `[reference]`
+    /// table in the suite file wins key by key.
+    fn with_reference(&self, mut suite: Suite) -> Result<Suite, SuiteError> {
+        let Some(world) = suite.world.clone() else {
+            return Ok(suite);
+        };
+        let stored = crate::reference::load(self, &world).map_err(|e| SuiteError::Invalid {
+            path: crate::reference::path(self, &world).display().to_string(),
+            message: e.to_string(),
+        })?;
+        if let Some(r) = stored {
+            let mut values = r.values.clone();
+            values.extend(suite.reference.clone());
+            suite.reference = values;
+            suite.reference_world_hash = Some(r.world_hash);
+        }
+        Ok(suite)
     }
 }
 
@@ -223,6 +242,9 @@ struct RawStage {
     network: Option<StageNetwork>,
     #[serde(default)]
     budgets: BudgetOverrides,
+    /// selfhost: more workspace paths never copied into the rebuild (besides data/, model/, tokenizer/).
+    #[serde(default)]
+    exclude: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +280,9 @@ pub struct Stage {
     #[serde(skip)]
     overrides: BudgetOverrides,
     pub budgets: Budgets,
+    /// selfhost: more workspace paths the recipe copy leaves out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// A validated suite.
@@ -275,9 +300,14 @@ pub struct Suite {
     pub gates: BTreeMap<String, f64>,
     /// The reference agent's measured results on this suite's world (for normalised scores).
     pub reference: BTreeMap<String, f64>,
+    /// The world hash the stored reference values were measured on.
+    pub reference_world_hash: Option<String>,
     /// Limits of the scoring sandboxes (`[scoring]`).
     pub scoring: crate::programs::ScoringLimits,
     pub stages: Vec<Stage>,
+    /// Sandbox seconds the selfhost rebuild gets: the sum of `max_sandbox_seconds` of the stages
+    /// before selfhost in the suite file, whatever `--stages` keeps.
+    pub rebuild_seconds: f64,
     #[serde(skip)]
     defaults: BudgetOverrides,
 }
@@ -335,6 +365,7 @@ impl Suite {
                 network: s.network.unwrap_or(default_net),
                 budgets: overrides.resolve(),
                 overrides: s.budgets.clone(),
+                exclude: s.exclude.clone(),
             });
         }
         let suite = Suite {
@@ -348,10 +379,14 @@ impl Suite {
             sandbox: raw.sandbox,
             gates: raw.gates,
             reference: raw.reference,
+            reference_world_hash: None,
             scoring: raw.scoring,
+            rebuild_seconds: 0.0,
             stages,
             defaults: raw.budgets,
         };
+        let mut suite = suite;
+        suite.rebuild_seconds = suite.earlier_sandbox_seconds();
         suite.check().map_err(invalid)?;
         Ok(suite)
     }
@@ -418,6 +453,8 @@ impl Suite {
         for s in &mut self.stages {
             s.budgets = self.defaults.then(&s.overrides).then(cli).resolve();
         }
+        // Overrides come before `select`, so every stage of the file is still here.
+        self.rebuild_seconds = self.earlier_sandbox_seconds();
         self.check().map_err(|message| SuiteError::Invalid {
             path: "command line".into(),
             message,
@@ -441,6 +478,15 @@ impl Suite {
         }
         self.stages.retain(|s| names.contains(&s.name));
         Ok(self)
+    }
+
+    /// Sum of `max_sandbox_seconds` over the stages before selfhost.
+    fn earlier_sandbox_seconds(&self) -> f64 {
+        self.stages
+            .iter()
+            .take_while(|s| s.name != "selfhost")
+            .map(|s| s.budgets.max_sandbox_seconds)
+            .sum()
     }
 
     pub fn stage_names(&self) -> Vec<String> {

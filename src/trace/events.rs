@@ -86,7 +86,7 @@ pub struct StepRecord {
 /// How a stage was graded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageScore {
-    /// scored, rejected, not_implemented, skipped, error.
+    /// scored, failed, rejected, ungraded, error.
     pub status: String,
     pub passed: bool,
     pub metrics: serde_json::Map<String, serde_json::Value>,
@@ -153,11 +153,24 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// The harness handed the agent the reference artifact of a failed stage (`--rescue`).
+    Rescue {
+        stage: String,
+        ok: bool,
+        /// Workspace files written.
+        files: Vec<String>,
+        detail: String,
+        seconds: f64,
+        #[serde(default)]
+        commit: Option<String>,
+    },
     RunFinished {
         status: crate::rundir::RunStatus,
         level: String,
         bootstrap_index: f64,
         wall_seconds: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assisted_level: Option<String>,
     },
 }
 
@@ -172,6 +185,7 @@ impl Event {
             Self::StageEnded { .. } => "stage_ended",
             Self::StageScored { .. } => "stage_scored",
             Self::Warning { .. } => "warning",
+            Self::Rescue { .. } => "rescue",
             Self::RunFinished { .. } => "run_finished",
         }
     }
