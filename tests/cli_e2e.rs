@@ -20,13 +20,16 @@ fn smoke() -> String {
 async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let v = common::run_json(&["--suite", "mini", "--agent", &smoke()], runs.path());
+    let v = common::run_json(
+        &["--suite", "mini", "--agent", &smoke(), "--rescue", "false"],
+        runs.path(),
+    );
     assert_eq!(v["status"], "done");
     assert_eq!(v["level"], "L0");
     let run_id = v["run_id"].as_str().unwrap().to_string();
     let dir = Path::new(v["dir"].as_str().unwrap()).to_path_buf();
-    // The smoke script writes no corpus, tokenizer or model: those stages are graded and fail with
-    // the reason; the last two have no scorers yet.
+    // The smoke script writes no corpus, tokenizer, model, report or recipe: every stage is graded
+    // and fails with the reason (no rescue here: the run is the agent's alone).
     assert_eq!(v["stages"]["crawl"]["status"], "scored");
     assert_eq!(v["stages"]["crawl"]["metrics"]["recall"], 0.0);
     assert_eq!(v["stages"]["tokenize"]["status"], "failed");
@@ -36,9 +39,14 @@ async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
     );
     assert_eq!(v["stages"]["train"]["status"], "failed");
     assert_eq!(v["stages"]["train"]["reason"], "bin/lm does not exist");
-    for stage in ["eval", "selfhost"] {
-        assert_eq!(v["stages"][stage]["status"], "not_implemented", "{stage}");
-    }
+    assert_eq!(
+        v["stages"]["eval"]["reason"],
+        "eval/report.json does not exist"
+    );
+    assert_eq!(
+        v["stages"]["selfhost"]["reason"],
+        "bootstrap.sh does not exist at the workspace root"
+    );
     for stage in ["crawl", "tokenize", "train", "eval", "selfhost"] {
         assert_eq!(v["stages"][stage]["ended_by"], "submit", "{stage}");
         assert_eq!(v["stages"][stage]["steps"], 5, "{stage}");

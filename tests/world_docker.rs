@@ -81,7 +81,7 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
         .unwrap()
         .0;
     let run_id = common::test_run_id("web");
-    let net = gptx::engine::create_world_network(&docker, &run_id)
+    let net = gptx::engine::create_world_network(&docker, &run_id, "world")
         .await
         .unwrap();
     // A listener on every host address: the sandbox must not reach it.
@@ -105,7 +105,7 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
     let mut spec = common::spec(&run_id, &image, ws.path());
     spec.network = Some(net.clone());
 
-    let web = WebServer::start(&docker, &run_id, &image, &world, &net, logs.path())
+    let web = WebServer::start(&docker, &run_id, &image, &world, &net, logs.path(), None)
         .await
         .expect("web server starts");
     let sandbox = Arc::new(
