@@ -601,14 +601,44 @@ impl Scorer for SelfhostScorer {
             return s;
         }
         let rebuilt = lm::verify(run.programs.as_ref(), &plan(rand::random())).await;
-        stage_score(
+        let mut score = stage_score(
             &original,
             &rebuilt,
             self.world.manifest.baselines.xz_conditional,
             ctx.gates,
             ctx.reference.get("selfhost_bpb").copied(),
             m,
-        )
+        );
+        // A model can be left over from the recipe's files (bin/lm is usually copied); when the
+        // recipe itself failed, say that first.
+        if !score.passed && (run.exit_code != 0 || run.timed_out) {
+            let how = if run.timed_out {
+                format!("bootstrap.sh ran out of its {budget:.0} s budget")
+            } else {
+                let last = run
+                    .stderr_tail
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .to_string();
+                format!(
+                    "bootstrap.sh exited with code {} after {:.1} s{}",
+                    run.exit_code,
+                    run.seconds,
+                    if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (stderr ends: {last})")
+                    }
+                )
+            };
+            score.reason = Some(match score.reason {
+                Some(r) => format!("{how}; {r}"),
+                None => how,
+            });
+        }
+        score
     }
 }
 
