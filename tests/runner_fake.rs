@@ -208,3 +208,71 @@ async fn cancelling_ends_the_run_as_interrupted_without_scoring() {
     assert_eq!(result.stages[0].ended_by, EndReason::Interrupted);
     assert!(result.stages[0].score.is_none());
 }
+
+#[tokio::test]
+async fn rescue_hands_over_the_reference_tokenizer_and_records_it() {
+    let mut trained = Reply::ok("tokenize: {\"vocab_size\": 300}, round trip ok\n");
+    trained.writes = vec![(
+        "tokenizer/meta.json".into(),
+        b"{\"vocab_size\": 300}".to_vec(),
+    )];
+    let mut f = fixture(vec![trained]);
+    f.runner.rescue = true;
+    let mut agent = script(&[
+        r#"{"tool":"submit"}"#,
+        r#"{"tool":"submit"}"#,
+        r#"{"tool":"submit"}"#,
+    ]);
+    let mut result = f.runner.run(&mut agent, "img").await;
+    f.runner.finish(&mut result);
+    // No world in this suite: crawl cannot be rescued (and says why); tokenize can.
+    let rescues: Vec<(String, bool, Vec<String>, String, Option<String>)> = events(&f.run_dir)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Rescue {
+                stage,
+                ok,
+                files,
+                detail,
+                commit,
+                ..
+            } => Some((stage, ok, files, detail, commit)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rescues.len(), 2, "{rescues:?}");
+    assert_eq!((rescues[0].0.as_str(), rescues[0].1), ("crawl", false));
+    assert_eq!(rescues[0].3, "this run has no world");
+    let (stage, ok, files, detail, commit) = &rescues[1];
+    assert_eq!((stage.as_str(), *ok), ("tokenize", true));
+    assert!(
+        files.contains(&"gptx-rescue/tokenize/run.sh".to_string()),
+        "{files:?}"
+    );
+    assert!(detail.contains("round trip ok"), "{detail}");
+    assert!(commit.is_some());
+    let ws = f.run_dir.join("workspace");
+    assert!(ws.join("gptx-rescue/tokenize/train_bpe.py").is_file());
+    assert!(ws.join("tokenizer/meta.json").is_file());
+    let execs: Vec<String> = f
+        .sandbox
+        .calls()
+        .into_iter()
+        .filter_map(|r| match r {
+            Recorded::Exec { cmd, .. } => Some(cmd),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(execs.len(), 1);
+    assert!(
+        execs[0].ends_with("sh gptx-rescue/tokenize/run.sh"),
+        "{}",
+        execs[0]
+    );
+    assert!(!result.stages[0].rescued);
+    assert!(result.stages[1].rescued);
+    assert!(!result.stages[2].rescued, "the last stage is never rescued");
+    // The help did not let the agent pass anything: no assisted level.
+    assert_eq!(result.level, "L0");
+    assert_eq!(result.assisted_level, None);
+}
