@@ -226,7 +226,8 @@ async fn rescue_hands_over_the_reference_tokenizer_and_records_it() {
     let mut result = f.runner.run(&mut agent, "img").await;
     f.runner.finish(&mut result);
     // No world in this suite: crawl cannot be rescued (and says why); tokenize can.
-    let rescues: Vec<(String, bool, Vec<String>, String, Option<String>)> = events(&f.run_dir)
+    type Row = (String, bool, Vec<String>, String, Option<String>);
+    let rescues: Vec<Row> = events(&f.run_dir)
         .into_iter()
         .filter_map(|e| match e {
             Event::Rescue {
