@@ -430,6 +430,7 @@ impl Runner {
             sandbox_seconds,
             wall_seconds,
         });
+        let mut ended_by = ended_by;
         let score = if ended_by == EndReason::Interrupted {
             None
         } else {
@@ -444,12 +445,27 @@ impl Runner {
                 rebuilder: self.rebuilder.as_deref(),
                 rebuild_seconds: self.suite.rebuild_seconds,
             };
-            let score = scorer.score(&ctx).await;
-            self.emit(Event::StageScored {
-                stage: stage.name.clone(),
-                score: score.clone(),
-            });
-            Some(score)
+            // Scoring can take long (a selfhost rebuild); an interrupt drops it, and the session's
+            // sweep removes whatever containers it had made.
+            let scored = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => None,
+                s = scorer.score(&ctx) => Some(s),
+            };
+            match scored {
+                Some(score) => {
+                    self.emit(Event::StageScored {
+                        stage: stage.name.clone(),
+                        score: score.clone(),
+                    });
+                    Some(score)
+                }
+                None => {
+                    self.warn(format!("stage {}: interrupted while scoring", stage.name));
+                    ended_by = EndReason::Interrupted;
+                    None
+                }
+            }
         };
         StageOutcome {
             stage: stage.name.clone(),

@@ -246,3 +246,79 @@ fn usage_errors_name_the_flag_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fly"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_selfhost_rebuild_removes_its_containers() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let model = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/lm/model.py"
+    ))
+    .unwrap();
+    let calls = [
+        serde_json::json!({"tool": "write_file", "args": {"path": "fixtures/model.py", "content": model}}),
+        serde_json::json!({"tool": "write_file", "args": {"path": "bin/lm", "content":
+            "#!/bin/sh\nexec python3 \"$(dirname \"$0\")/../fixtures/model.py\" honest \"$@\"\n"}}),
+        serde_json::json!({"tool": "write_file", "args": {"path": "bootstrap.sh", "content":
+            "echo rebuilding; sleep 300\n"}}),
+        serde_json::json!({"tool": "bash", "args": {"cmd": "chmod +x bin/lm"}}),
+        serde_json::json!({"tool": "submit"}),
+    ];
+    let script = runs.path().join("slow-recipe.jsonl");
+    std::fs::write(
+        &script,
+        calls.iter().map(|c| format!("{c}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let mut child = gptx()
+        .args([
+            "run", "--suite", "mini", "--stages", "selfhost", "--quiet", "--agent",
+        ])
+        .arg(format!("script:{}", script.display()))
+        .arg("--runs-dir")
+        .arg(runs.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until bootstrap.sh runs in the rebuild sandbox.
+    let t0 = Instant::now();
+    let dir = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "the rebuild never started"
+        );
+        let found = std::fs::read_dir(runs.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                std::fs::read_to_string(p.join("selfhost/bootstrap.log"))
+                    .map(|t| t.contains("rebuilding"))
+                    .unwrap_or(false)
+            });
+        if let Some(p) = found {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let run_id = dir.file_name().unwrap().to_string_lossy().to_string();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let t1 = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        t1.elapsed() < Duration::from_secs(30),
+        "clean-up took {:?}",
+        t1.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["status"], "interrupted");
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    assert!(text.contains("stage selfhost: interrupted while scoring"));
+    assert_eq!(common::leftovers(&docker, &run_id).await, 0);
+}
