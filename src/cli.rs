@@ -560,6 +560,27 @@ fn world(a: WorldArgs, show: bool) -> Result<i32, Exit> {
         println!("{v}");
     } else if show {
         print!("{}", crate::show::world(&w));
+        match crate::reference::load(&home, &name) {
+            Ok(Some(r)) => {
+                let stale = if r.world_hash == w.manifest.world_hash {
+                    ""
+                } else {
+                    " — measured on another world hash: run `gptx world reference` again"
+                };
+                println!(
+                    "reference values (run {}, {}, {}){stale}:",
+                    r.run_id, r.measured_at, r.level
+                );
+                for (k, v) in &r.values {
+                    println!("  {k:<26} {v}");
+                }
+            }
+            Ok(None) => println!(
+                "no reference values yet: `gptx world reference --suite {}` measures them",
+                a.suite
+            ),
+            Err(e) => println!("reference values: {e}"),
+        }
     } else {
         let m = &w.manifest;
         println!(
