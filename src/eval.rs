@@ -17,7 +17,7 @@ use crate::sandbox::paths::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::scoring::{ScoreContext, Scorer};
 use crate::tokenize::program_problem;
 use crate::tools::ToolError;
-use crate::trace::StageScore;
+use crate::trace::{round, StageScore};
 use crate::train::{hidden_docs, PROGRAM};
 use crate::world::World;
 
@@ -162,11 +162,6 @@ pub fn parse_val(data: &[u8], shown: &str) -> Result<Vec<Doc>, String> {
         return Err(format!("{shown} holds no documents with text"));
     }
     Ok(docs)
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
 
 /// The stage's score from the report and a verification of T with the validation set as the extra

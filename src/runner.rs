@@ -434,17 +434,7 @@ impl Runner {
         let score = if ended_by == EndReason::Interrupted {
             None
         } else {
-            let ctx = ScoreContext {
-                stage,
-                sandbox: self.sandbox.as_ref(),
-                run_dir: &self.run_dir,
-                gates: &self.suite.gates,
-                reference: &self.suite.reference,
-                programs: self.programs.as_deref(),
-                scoring: &self.suite.scoring,
-                rebuilder: self.rebuilder.as_deref(),
-                rebuild_seconds: self.suite.rebuild_seconds,
-            };
+            let ctx = self.score_context(stage);
             // Scoring can take long (a selfhost rebuild); an interrupt drops it, and the session's
             // sweep removes whatever containers it had made.
             let scored = tokio::select! {
@@ -606,6 +596,21 @@ impl Runner {
         }
     }
 
+    /// What a scorer may look at for `stage`, in `check` and in the grade alike.
+    fn score_context<'a>(&'a self, stage: &'a Stage) -> ScoreContext<'a> {
+        ScoreContext {
+            stage,
+            sandbox: self.sandbox.as_ref(),
+            run_dir: &self.run_dir,
+            gates: &self.suite.gates,
+            reference: &self.suite.reference,
+            programs: self.programs.as_deref(),
+            scoring: &self.suite.scoring,
+            rebuilder: self.rebuilder.as_deref(),
+            rebuild_seconds: self.suite.rebuild_seconds,
+        }
+    }
+
     /// Emits `run_finished` (after the caller tore the sandbox down) and pins the trace's tail hash.
     pub fn finish(&mut self, result: &mut RunResult) {
         finish(&mut self.events, result);
@@ -761,18 +766,7 @@ impl Runner {
                 }
             }
             ToolCall::Check => {
-                let ctx = ScoreContext {
-                    stage,
-                    sandbox: self.sandbox.as_ref(),
-                    run_dir: &self.run_dir,
-                    gates: &self.suite.gates,
-                    reference: &self.suite.reference,
-                    programs: self.programs.as_deref(),
-                    scoring: &self.suite.scoring,
-                    rebuilder: self.rebuilder.as_deref(),
-                    rebuild_seconds: self.suite.rebuild_seconds,
-                };
-                out.result = scorer.check(&ctx).await;
+                out.result = scorer.check(&self.score_context(stage)).await;
             }
             ToolCall::Submit => out.result = Ok(json!({"submitted": true})),
         }

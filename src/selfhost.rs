@@ -21,7 +21,7 @@ use crate::programs::Programs;
 use crate::scoring::{ScoreContext, Scorer};
 use crate::tokenize::program_problem;
 use crate::tools::ToolError;
-use crate::trace::StageScore;
+use crate::trace::{round, StageScore};
 use crate::train::{hidden_docs, FLOOR_BPB, PROGRAM};
 use crate::world::World;
 
@@ -348,11 +348,6 @@ pub trait Rebuilder: Send + Sync {
     async fn rebuild(&self, workspace: &Path, timeout: Duration) -> Result<RebuildRun, String>;
 }
 
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
-}
-
 fn verification_json(v: &Verification) -> Value {
     let mut j = json!({
         "seed": v.seed,
@@ -505,9 +500,8 @@ impl Scorer for SelfhostScorer {
                 .find(|r| r.path == RECIPE)
                 .map(|r| r.reason.clone())
                 .unwrap_or_default();
-            let mut s = StageScore::zero("failed", format!("{RECIPE} was not copied: {why}"));
-            s.metrics = m;
-            return s;
+            return StageScore::zero("failed", format!("{RECIPE} was not copied: {why}"))
+                .with_metrics(m);
         }
         let plan = |seed| VerifyPlan {
             docs: test.clone(),
@@ -546,12 +540,11 @@ impl Scorer for SelfhostScorer {
             .and_then(|_| crate::session::prepare_workspace(&fresh))
             .and_then(|_| copy(&recipe, ws, &fresh, owner));
         if let Err(e) = prepared {
-            let mut s = StageScore::zero(
+            return StageScore::zero(
                 "error",
                 format!("copying the recipe to {}: {e}", fresh.display()),
-            );
-            s.metrics = m;
-            return s;
+            )
+            .with_metrics(m);
         }
         let budget = ctx.rebuild_seconds;
         let run = rebuilder
@@ -560,9 +553,8 @@ impl Scorer for SelfhostScorer {
         let run = match run {
             Ok(r) => r,
             Err(e) => {
-                let mut s = StageScore::zero("error", format!("the rebuild sandbox: {e}"));
-                s.metrics = m;
-                return s;
+                return StageScore::zero("error", format!("the rebuild sandbox: {e}"))
+                    .with_metrics(m);
             }
         };
         m.insert("rebuild_seconds".into(), json!(round(run.seconds, 1)));
@@ -584,21 +576,32 @@ impl Scorer for SelfhostScorer {
         let fresh_root = match crate::sandbox::paths::WorkspaceRoot::open(&fresh, None) {
             Ok(r) => r,
             Err(e) => {
-                let mut s = StageScore::zero("error", format!("{}: {e}", fresh.display()));
-                s.metrics = m;
-                return s;
+                return StageScore::zero("error", format!("{}: {e}", fresh.display()))
+                    .with_metrics(m);
             }
         };
+        // When the recipe itself failed, every reason says so first.
+        let recipe_failed = if run.timed_out {
+            Some(format!("bootstrap.sh ran out of its {budget:.0} s budget"))
+        } else if run.exit_code != 0 {
+            let last = run.stderr_tail.trim().lines().last().unwrap_or("");
+            Some(format!(
+                "bootstrap.sh exited with code {} after {:.1} s{}",
+                run.exit_code,
+                run.seconds,
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (stderr ends: {last})")
+                }
+            ))
+        } else {
+            None
+        };
         if let Some(p) = program_problem(&fresh_root, PROGRAM) {
-            let how = if run.timed_out {
-                format!("bootstrap.sh ran out of its {budget:.0} s budget")
-            } else {
-                format!("bootstrap.sh exited with code {}", run.exit_code)
-            };
-            let mut s =
-                StageScore::zero("failed", format!("the rebuild made no model ({how}): {p}"));
-            s.metrics = m;
-            return s;
+            let how = recipe_failed.unwrap_or_else(|| "bootstrap.sh exited with code 0".into());
+            return StageScore::zero("failed", format!("{how}; the rebuild made no model: {p}"))
+                .with_metrics(m);
         }
         let rebuilt = lm::verify(run.programs.as_ref(), &plan(rand::random())).await;
         let mut score = stage_score(
@@ -609,30 +612,8 @@ impl Scorer for SelfhostScorer {
             ctx.reference.get("selfhost_bpb").copied(),
             m,
         );
-        // A model can be left over from the recipe's files (bin/lm is usually copied); when the
-        // recipe itself failed, say that first.
-        if !score.passed && (run.exit_code != 0 || run.timed_out) {
-            let how = if run.timed_out {
-                format!("bootstrap.sh ran out of its {budget:.0} s budget")
-            } else {
-                let last = run
-                    .stderr_tail
-                    .trim()
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-                    .to_string();
-                format!(
-                    "bootstrap.sh exited with code {} after {:.1} s{}",
-                    run.exit_code,
-                    run.seconds,
-                    if last.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (stderr ends: {last})")
-                    }
-                )
-            };
+        // bin/lm is usually part of the recipe, so a failed recipe can still leave a program.
+        if let (false, Some(how)) = (score.passed, recipe_failed) {
             score.reason = Some(match score.reason {
                 Some(r) => format!("{how}; {r}"),
                 None => how,

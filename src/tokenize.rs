@@ -19,7 +19,7 @@ use crate::programs::{one_line, ProgramCall, Programs};
 use crate::sandbox::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::scoring::{ScoreContext, Scorer};
 use crate::tools::ToolError;
-use crate::trace::StageScore;
+use crate::trace::{round, StageScore};
 use crate::world::World;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -551,11 +551,6 @@ pub fn stage_score(
         reason: (!problems.is_empty()).then(|| format!("gate not met: {}", problems.join("; "))),
         normalized,
     }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
 
 #[async_trait]

@@ -15,7 +15,7 @@ use crate::lm::{self, Doc, Verification, VerifyPlan};
 use crate::scoring::{ScoreContext, Scorer};
 use crate::tokenize::{own_sample, program_problem};
 use crate::tools::ToolError;
-use crate::trace::StageScore;
+use crate::trace::{round, StageScore};
 use crate::world::{Baselines, World};
 
 pub const PROGRAM: &str = "bin/lm";
@@ -70,11 +70,6 @@ pub fn ladder(b: &Baselines) -> [(&'static str, f64); 5] {
         ("xz", b.xz),
         ("xz_conditional", b.xz_conditional),
     ]
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
 
 /// The stage's score from a verification (pure: unit-tested).

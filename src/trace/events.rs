@@ -108,6 +108,18 @@ impl StageScore {
             normalized: Some(0.0),
         }
     }
+
+    /// The same score with these metrics (what was measured before the stage failed).
+    pub fn with_metrics(mut self, metrics: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+/// `x` rounded to `digits` decimals, for metrics meant to be read.
+pub fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
 }
 
 /// Everything that happens in a run, in order.
