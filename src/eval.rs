@@ -16,7 +16,7 @@ use crate::lm::{self, Doc, Verification, VerifyPlan};
 use crate::sandbox::paths::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::scoring::{ScoreContext, Scorer};
 use crate::tokenize::program_problem;
-use crate::tools::ToolError;
+use crate::tools::{json_kind as kind, ToolError};
 use crate::trace::{round, StageScore};
 use crate::train::{hidden_docs, PROGRAM};
 use crate::world::World;
@@ -97,17 +97,6 @@ pub fn parse_report(data: &[u8]) -> Result<Report, String> {
     })
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Reads the validation documents (JSON lines with a `"text"`); errors name the file and line.
 pub fn read_val(ws: &WorkspaceRoot, val_path: &str) -> Result<Vec<Doc>, String> {
     let p = WorkspacePath::parse(val_path).map_err(|e| format!("\"val_path\": {e}"))?;
@@ -180,30 +169,16 @@ pub fn stage_score(
     m.insert("val_documents".into(), json!(val_docs));
     m.insert("val_bytes".into(), json!(val_bytes));
     m.insert("notes".into(), json!(report.notes));
-    let mut verification = json!({
-        "seed": v.seed,
-        "positions": v.positions,
-        "calls": v.calls,
-        "harness_seconds": round(v.harness_seconds, 6),
-    });
+    let mut verification = v.record();
     let ok = match &v.result {
         Ok(ok) => ok,
         Err(rej) => {
-            verification["rejection"] = json!(rej);
-            m.insert("verified".into(), json!(false));
-            m.insert("verification".into(), verification);
-            let status = if v.sandbox_error.is_some() {
-                "error"
-            } else {
-                "rejected"
-            };
-            return StageScore {
-                status: status.into(),
-                passed: false,
-                metrics: m,
-                reason: Some(format!("bin/lm could not be measured: {rej}")),
-                normalized: Some(0.0),
-            };
+            return v.rejected(
+                rej,
+                m,
+                verification,
+                format!("bin/lm could not be measured: {rej}"),
+            )
         }
     };
     let (Some(val), test) = (ok.extra_bpb, ok.bpb) else {

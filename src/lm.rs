@@ -619,6 +619,37 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// How the verdict was reached, as the trace records it: the seed, the positions, every call,
+    /// the harness's own time.
+    pub fn record(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seed": self.seed,
+            "positions": self.positions,
+            "calls": self.calls,
+            "harness_seconds": crate::trace::round(self.harness_seconds, 6),
+        })
+    }
+
+    /// The stage score of a model that did not verify: `rejected` (`error` when the scoring sandbox
+    /// itself failed), scored 0, with `record` and the rejection under `verification` in `metrics`.
+    pub fn rejected(
+        &self,
+        rej: &Rejection,
+        mut metrics: serde_json::Map<String, serde_json::Value>,
+        mut record: serde_json::Value,
+        reason: String,
+    ) -> crate::trace::StageScore {
+        record["rejection"] = serde_json::json!(rej);
+        metrics.insert("verified".into(), serde_json::json!(false));
+        metrics.insert("verification".into(), record);
+        let status = if self.sandbox_error.is_some() {
+            "error"
+        } else {
+            "rejected"
+        };
+        crate::trace::StageScore::zero(status, reason).with_metrics(metrics)
+    }
+
     /// The program time of the (first) `score` call.
     pub fn score_seconds(&self) -> Option<f64> {
         self.calls

@@ -22,7 +22,7 @@ use crate::scoring::{ScoreContext, Scorer};
 use crate::tokenize::program_problem;
 use crate::tools::ToolError;
 use crate::trace::{round, StageScore};
-use crate::train::{hidden_docs, FLOOR_BPB, PROGRAM};
+use crate::train::{hidden_docs, normalized_bpb, PROGRAM};
 use crate::world::World;
 
 pub const RECIPE: &str = "bootstrap.sh";
@@ -408,10 +408,7 @@ pub fn stage_score(
         json!(round(new - xz_conditional, 5)),
     );
     let passed = diff <= tol;
-    let normalized = reference_bpb
-        .filter(|r| *r < FLOOR_BPB)
-        .map(|r| ((FLOOR_BPB - new) / (FLOOR_BPB - r)).max(0.0))
-        .unwrap_or(0.0);
+    let normalized = normalized_bpb(new, reference_bpb).unwrap_or(0.0);
     StageScore {
         status: "scored".into(),
         passed,

@@ -73,7 +73,7 @@ fn string_arg<'a>(args: &'a Value, tool: &str, name: &str) -> Result<&'a str, To
         Some(Value::String(s)) => Ok(s),
         Some(other) => Err(ToolError::bad_request(format!(
             "{tool}: argument `{name}` must be a string, got {}",
-            kind(other)
+            json_kind(other)
         ))),
         None => Err(ToolError::bad_request(format!(
             "{tool}: missing argument `{name}`"
@@ -81,7 +81,8 @@ fn string_arg<'a>(args: &'a Value, tool: &str, name: &str) -> Result<&'a str, To
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What a JSON value is, for messages: "a string", "an array", ...
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -110,7 +111,7 @@ fn no_extra(args: &Value, tool: &str, allowed: &[&str]) -> Result<(), ToolError>
         }
         other => Err(ToolError::bad_request(format!(
             "{tool}: arguments must be an object, got {}",
-            kind(other)
+            json_kind(other)
         ))),
     }
 }
@@ -136,7 +137,7 @@ impl ToolCall {
                     Some(other) => {
                         return Err(ToolError::bad_request(format!(
                             "bash: `timeout_s` must be a number, got {}",
-                            kind(other)
+                            json_kind(other)
                         )))
                     }
                 };

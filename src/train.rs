@@ -72,6 +72,13 @@ pub fn ladder(b: &Baselines) -> [(&'static str, f64); 5] {
     ]
 }
 
+/// `(8 − bpb) / (8 − reference)`, clipped below at 0; None without a usable reference.
+pub fn normalized_bpb(bpb: f64, reference: Option<f64>) -> Option<f64> {
+    reference
+        .filter(|r| *r < FLOOR_BPB)
+        .map(|r| ((FLOOR_BPB - bpb) / (FLOOR_BPB - r)).max(0.0))
+}
+
 /// The stage's score from a verification (pure: unit-tested).
 pub fn stage_score(
     v: &Verification,
@@ -81,12 +88,7 @@ pub fn stage_score(
 ) -> StageScore {
     let mut m = Map::new();
     let score_seconds = v.score_seconds();
-    let mut verification = json!({
-        "seed": v.seed,
-        "positions": v.positions,
-        "calls": v.calls,
-        "harness_seconds": round(v.harness_seconds, 6),
-    });
+    let mut verification = v.record();
     let ladder_map: Map<String, Value> = ladder(baselines)
         .iter()
         .map(|(k, x)| (k.to_string(), json!(round(*x, 4))))
@@ -94,23 +96,7 @@ pub fn stage_score(
     m.insert("ladder".into(), Value::Object(ladder_map));
     let verified = match &v.result {
         Ok(ok) => ok,
-        Err(rej) => {
-            verification["rejection"] = json!(rej);
-            m.insert("verified".into(), json!(false));
-            m.insert("verification".into(), verification);
-            let status = if v.sandbox_error.is_some() {
-                "error"
-            } else {
-                "rejected"
-            };
-            return StageScore {
-                status: status.into(),
-                passed: false,
-                metrics: m,
-                reason: Some(rej.to_string()),
-                normalized: Some(0.0),
-            };
-        }
+        Err(rej) => return v.rejected(rej, m, verification, rej.to_string()),
     };
     let bpb = verified.bpb;
     verification["max_next_diff"] = json!(verified.max_next_diff);
@@ -158,9 +144,7 @@ pub fn stage_score(
     let ratio = gates.get("train_xz_ratio").copied().unwrap_or(1.0);
     let bar = ratio * baselines.xz;
     let passed = bpb < bar;
-    let normalized = reference_bpb
-        .filter(|r| *r < FLOOR_BPB)
-        .map(|r| ((FLOOR_BPB - bpb) / (FLOOR_BPB - r)).max(0.0));
+    let normalized = normalized_bpb(bpb, reference_bpb);
     StageScore {
         status: "scored".into(),
         passed,

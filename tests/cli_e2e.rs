@@ -153,55 +153,44 @@ async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ctrl_c_kills_the_step_removes_everything_and_keeps_the_trace() {
-    let (docker, _) = common::docker_and_image().await;
-    let runs = tempfile::tempdir().unwrap();
-    let script = runs.path().join("sleepy.jsonl");
-    std::fs::write(
-        &script,
-        "{\"tool\":\"bash\",\"args\":{\"cmd\":\"echo going; sleep 120\"}}\n{\"tool\":\"submit\"}\n",
-    )
-    .unwrap();
-    let mut child = gptx()
+/// Starts `gptx run --suite mini --stages <stage> --quiet` with a script agent, in the background.
+fn spawn_run(runs: &Path, stage: &str, script: &Path) -> std::process::Child {
+    gptx()
         .args([
-            "run", "--suite", "mini", "--stages", "crawl", "--quiet", "--agent",
+            "run", "--suite", "mini", "--stages", stage, "--quiet", "--agent",
         ])
         .arg(format!("script:{}", script.display()))
         .arg("--runs-dir")
-        .arg(runs.path())
+        .arg(runs)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    // Wait for the step to start.
+        .unwrap()
+}
+
+/// Waits (up to `limit`) for a run directory in which `file` holds `needle`.
+fn wait_for(runs: &Path, file: &str, needle: &str, limit: Duration) -> std::path::PathBuf {
     let t0 = Instant::now();
-    let events = loop {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the step never started"
-        );
-        let found = std::fs::read_dir(runs.path())
+    loop {
+        assert!(t0.elapsed() < limit, "{file} never showed {needle:?}");
+        let found = std::fs::read_dir(runs)
             .unwrap()
             .flatten()
-            .map(|e| e.path().join("events.jsonl"))
+            .map(|e| e.path())
             .find(|p| {
-                std::fs::read_to_string(p)
-                    .map(|t| t.contains("\"step_started\""))
+                std::fs::read_to_string(p.join(file))
+                    .map(|t| t.contains(needle))
                     .unwrap_or(false)
             });
         if let Some(p) = found {
-            break p;
+            return p;
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    let dir = events.parent().unwrap().to_path_buf();
-    let run_id = dir.file_name().unwrap().to_string_lossy().to_string();
-    assert!(
-        common::leftovers(&docker, &run_id).await > 0,
-        "the run should have a sandbox now"
-    );
+    }
+}
+
+/// Sends SIGINT and checks that gptx exits 130 within 30 s and marks the run interrupted.
+fn interrupt(mut child: std::process::Child, dir: &Path) -> serde_json::Value {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
@@ -216,6 +205,35 @@ async fn ctrl_c_kills_the_step_removes_everything_and_keeps_the_trace() {
     let run: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["status"], "interrupted");
+    run
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_kills_the_step_removes_everything_and_keeps_the_trace() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let script = runs.path().join("sleepy.jsonl");
+    std::fs::write(
+        &script,
+        "{\"tool\":\"bash\",\"args\":{\"cmd\":\"echo going; sleep 120\"}}\n{\"tool\":\"submit\"}\n",
+    )
+    .unwrap();
+    let child = spawn_run(runs.path(), "crawl", &script);
+    // Wait for the step to start.
+    let dir = wait_for(
+        runs.path(),
+        "events.jsonl",
+        "\"step_started\"",
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let events = dir.join("events.jsonl");
+    let run_id = dir.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        common::leftovers(&docker, &run_id).await > 0,
+        "the run should have a sandbox now"
+    );
+    let run = interrupt(child, &dir);
     let v = gptx::trace::verify(&events, run["trace_sha256"].as_str()).expect("trace intact");
     assert!(v.events >= 4);
     let text = std::fs::read_to_string(&events).unwrap();
@@ -271,53 +289,16 @@ async fn ctrl_c_during_a_selfhost_rebuild_removes_its_containers() {
         calls.iter().map(|c| format!("{c}\n")).collect::<String>(),
     )
     .unwrap();
-    let mut child = gptx()
-        .args([
-            "run", "--suite", "mini", "--stages", "selfhost", "--quiet", "--agent",
-        ])
-        .arg(format!("script:{}", script.display()))
-        .arg("--runs-dir")
-        .arg(runs.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(runs.path(), "selfhost", &script);
     // Wait until bootstrap.sh runs in the rebuild sandbox.
-    let t0 = Instant::now();
-    let dir = loop {
-        assert!(
-            t0.elapsed() < Duration::from_secs(180),
-            "the rebuild never started"
-        );
-        let found = std::fs::read_dir(runs.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                std::fs::read_to_string(p.join("selfhost/bootstrap.log"))
-                    .map(|t| t.contains("rebuilding"))
-                    .unwrap_or(false)
-            });
-        if let Some(p) = found {
-            break p;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let run_id = dir.file_name().unwrap().to_string_lossy().to_string();
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let t1 = Instant::now();
-    let status = child.wait().unwrap();
-    assert!(
-        t1.elapsed() < Duration::from_secs(30),
-        "clean-up took {:?}",
-        t1.elapsed()
+    let dir = wait_for(
+        runs.path(),
+        "selfhost/bootstrap.log",
+        "rebuilding",
+        Duration::from_secs(180),
     );
-    assert_eq!(status.code(), Some(130));
-    let run: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
-    assert_eq!(run["status"], "interrupted");
+    let run_id = dir.file_name().unwrap().to_string_lossy().to_string();
+    interrupt(child, &dir);
     let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
     assert!(text.contains("stage selfhost: interrupted while scoring"));
     assert_eq!(common::leftovers(&docker, &run_id).await, 0);
