@@ -7,12 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use crate::lm::{self, Doc, Verification, VerifyPlan};
+use crate::lm::{self, Doc, Verification};
 use crate::sandbox::paths::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::scoring::{ScoreContext, Scorer};
 use crate::tokenize::program_problem;
@@ -255,14 +254,7 @@ impl Scorer for EvalScorer {
         let Some(programs) = ctx.programs else {
             return Ok(json!({"ok": false, "errors": ["this run has no scoring sandbox"]}));
         };
-        let plan = VerifyPlan {
-            docs,
-            extra: vec![],
-            positions: CHECK_POSITIONS,
-            timeout: Duration::from_secs_f64(ctx.scoring.timeout_seconds),
-            seed: rand::random(),
-            program: format!("./{PROGRAM}"),
-        };
+        let plan = crate::train::plan(docs, vec![], CHECK_POSITIONS, ctx.scoring);
         let v = lm::verify(programs, &plan).await;
         Ok(match &v.result {
             Ok(ok) => {
@@ -303,14 +295,7 @@ impl Scorer for EvalScorer {
         };
         let val_docs = val.len();
         let val_bytes: u64 = val.iter().map(|d| d.bytes.len() as u64).sum();
-        let plan = VerifyPlan {
-            docs: test,
-            extra: val,
-            positions: ctx.scoring.positions,
-            timeout: Duration::from_secs_f64(ctx.scoring.timeout_seconds),
-            seed: rand::random(),
-            program: format!("./{PROGRAM}"),
-        };
+        let plan = crate::train::plan(test, val, ctx.scoring.positions, ctx.scoring);
         let v = lm::verify(programs, &plan).await;
         stage_score(
             &report,

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::lm::{self, Verification, VerifyPlan};
+use crate::lm::{self, Verification};
 use crate::programs::Programs;
 use crate::scoring::{ScoreContext, Scorer};
 use crate::tokenize::program_problem;
@@ -500,15 +500,8 @@ impl Scorer for SelfhostScorer {
             return StageScore::zero("failed", format!("{RECIPE} was not copied: {why}"))
                 .with_metrics(m);
         }
-        let plan = |seed| VerifyPlan {
-            docs: test.clone(),
-            extra: vec![],
-            positions: ctx.scoring.positions,
-            timeout: Duration::from_secs_f64(ctx.scoring.timeout_seconds),
-            seed,
-            program: format!("./{PROGRAM}"),
-        };
-        let original = lm::verify(programs, &plan(rand::random())).await;
+        let plan = || crate::train::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring);
+        let original = lm::verify(programs, &plan()).await;
         if original.result.is_err() {
             let skipped = Verification {
                 result: original.result.clone(),
@@ -600,7 +593,7 @@ impl Scorer for SelfhostScorer {
             return StageScore::zero("failed", format!("{how}; the rebuild made no model: {p}"))
                 .with_metrics(m);
         }
-        let rebuilt = lm::verify(run.programs.as_ref(), &plan(rand::random())).await;
+        let rebuilt = lm::verify(run.programs.as_ref(), &plan()).await;
         let mut score = stage_score(
             &original,
             &rebuilt,

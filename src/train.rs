@@ -72,6 +72,23 @@ pub fn ladder(b: &Baselines) -> [(&'static str, f64); 5] {
     ]
 }
 
+/// A verification of `bin/lm` with fresh randomness, within the suite's scoring time limit.
+pub fn plan(
+    docs: Vec<Doc>,
+    extra: Vec<Doc>,
+    positions: usize,
+    scoring: &crate::programs::ScoringLimits,
+) -> VerifyPlan {
+    VerifyPlan {
+        docs,
+        extra,
+        positions,
+        timeout: Duration::from_secs_f64(scoring.timeout_seconds),
+        seed: rand::random(),
+        program: format!("./{PROGRAM}"),
+    }
+}
+
 /// `(8 − bpb) / (8 − reference)`, clipped below at 0; None without a usable reference.
 pub fn normalized_bpb(bpb: f64, reference: Option<f64>) -> Option<f64> {
     reference
@@ -180,14 +197,7 @@ impl Scorer for TrainScorer {
                 json!({"ok": false, "errors": ["data/corpus.jsonl has no documents to check the model on"]}),
             );
         }
-        let plan = VerifyPlan {
-            docs,
-            extra: vec![],
-            positions: CHECK_POSITIONS,
-            timeout: Duration::from_secs_f64(ctx.scoring.timeout_seconds),
-            seed: rand::random(),
-            program: format!("./{PROGRAM}"),
-        };
+        let plan = plan(docs, vec![], CHECK_POSITIONS, ctx.scoring);
         let v = lm::verify(programs, &plan).await;
         Ok(match &v.result {
             Ok(ok) => json!({
@@ -217,14 +227,7 @@ impl Scorer for TrainScorer {
             Ok(d) => d,
             Err(e) => return StageScore::zero("error", e),
         };
-        let plan = VerifyPlan {
-            docs,
-            extra,
-            positions: ctx.scoring.positions,
-            timeout: Duration::from_secs_f64(ctx.scoring.timeout_seconds),
-            seed: rand::random(),
-            program: format!("./{PROGRAM}"),
-        };
+        let plan = plan(docs, extra, ctx.scoring.positions, ctx.scoring);
         let v = lm::verify(programs, &plan).await;
         stage_score(
             &v,
