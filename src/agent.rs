@@ -54,6 +54,10 @@ pub trait Agent: Send {
     async fn stopped(&mut self, _reason: &str) {}
     /// The run is over.
     async fn done(&mut self, _level: &str, _bootstrap_index: f64) {}
+    /// What the agent logged since the last call (an external agent's stderr), for the trace.
+    fn take_log(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// A parsed `--agent` value.
@@ -64,6 +68,8 @@ pub enum AgentSpec {
     /// The reference solutions; `Some(stages)` plays only those and submits the rest at once (the
     /// partial agents of the tests: `reference:crawl` crawls and nothing else).
     Reference(Option<Vec<String>>),
+    /// An external program speaking SPEC §8's JSON lines (`exec:<command>`, run with `sh -c`).
+    Exec(String),
 }
 
 impl std::str::FromStr for AgentSpec {
@@ -74,6 +80,14 @@ impl std::str::FromStr for AgentSpec {
         }
         if s == "reference" {
             return Ok(Self::Reference(None));
+        }
+        if let Some(cmd) = s.strip_prefix("exec:") {
+            if cmd.trim().is_empty() {
+                return Err(
+                    "exec: needs a command, e.g. exec:python3 tasks/agents/example_agent.py".into(),
+                );
+            }
+            return Ok(Self::Exec(cmd.to_string()));
         }
         if let Some(list) = s.strip_prefix("reference:") {
             let stages: Vec<String> = list
@@ -102,7 +116,7 @@ impl std::str::FromStr for AgentSpec {
             return Ok(Self::Script(path.into()));
         }
         Err(format!(
-            "unknown agent {s:?}; available: null, reference, reference:<stage,...>, script:<path to a JSON-lines file>"
+            "unknown agent {s:?}; available: null, reference, reference:<stage,...>, script:<path to a JSON-lines file>, exec:<command>"
         ))
     }
 }
@@ -113,6 +127,7 @@ impl AgentSpec {
         Ok(match self {
             Self::Null => Box::new(NullAgent),
             Self::Script(path) => Box::new(ScriptAgent::load(path)?),
+            Self::Exec(cmd) => Box::new(crate::exec_agent::ExecAgent::spawn(cmd)?),
             Self::Reference(only) => {
                 let mut a = ReferenceAgent::new(home.tasks());
                 a.only = only.clone();
@@ -145,6 +160,7 @@ impl Agent for NullAgent {
         Ok(Turn::Call(RawCall {
             tool: "submit".into(),
             args: Value::Null,
+            invalid: None,
         }))
     }
 }
@@ -264,6 +280,7 @@ impl ReferenceAgent {
                 calls.push_back(RawCall {
                     tool: "write_file".into(),
                     args,
+                    invalid: None,
                 });
             }
             if files.iter().any(|f| f == "run.sh") {
@@ -275,16 +292,19 @@ impl ReferenceAgent {
                         "cmd": format!("GPTX_TIME_LIMIT={limit} sh {}/reference/run.sh", task.stage),
                         "timeout_s": step,
                     }),
+                    invalid: None,
                 });
             }
             calls.push_back(RawCall {
                 tool: "check".into(),
                 args: Value::Null,
+                invalid: None,
             });
         }
         calls.push_back(RawCall {
             tool: "submit".into(),
             args: Value::Null,
+            invalid: None,
         });
         Ok(calls)
     }

@@ -52,6 +52,7 @@ impl Agent for BenchAgent {
             return Ok(Turn::Call(RawCall {
                 tool: "submit".into(),
                 args: Value::Null,
+                invalid: None,
             }));
         }
         self.left -= 1;
@@ -79,6 +80,7 @@ impl Agent for BenchAgent {
         Ok(Turn::Call(RawCall {
             tool: "bash".into(),
             args: json!({"cmd": "true"}),
+            invalid: None,
         }))
     }
 }

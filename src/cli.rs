@@ -83,8 +83,9 @@ pub struct RunArgs {
     pub suite: String,
     /// The agent: `null` (submits at once), `reference` (writes and runs tasks/<stage>/reference/
     /// through the tools), `reference:<stage,...>` (the reference for those stages only, submitting
-    /// the others at once), or `script:<file.jsonl>` (one {"tool","args"} per line; each `submit`
-    /// ends a stage and the script goes on with the next stage).
+    /// the others at once), `script:<file.jsonl>` (one {"tool","args"} per line; each `submit`
+    /// ends a stage and the script goes on with the next stage), or `exec:<command>` (an external
+    /// program speaking gptx's JSON-lines protocol, e.g. exec:python3 tasks/agents/example_agent.py).
     #[arg(long)]
     pub agent: String,
     /// Seed (default: the suite's).

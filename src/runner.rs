@@ -257,6 +257,9 @@ impl Runner {
         let bootstrap_index = scoring::bootstrap_index(&scores);
         if status == RunStatus::Done {
             agent.done(&level, bootstrap_index).await;
+            if let Some(last) = stages.last() {
+                self.agent_log(agent, &last.name);
+            }
         }
         let wall_seconds = started.elapsed().as_secs_f64();
         RunResult {
@@ -321,7 +324,9 @@ impl Runner {
         let mut sandbox_seconds = 0.0f64;
         let wall_deadline = started + Duration::from_secs_f64(budgets.max_wall_seconds);
         let ended_by = 'stage: {
-            if let Err(e) = agent.begin_stage(&task).await {
+            let begun = agent.begin_stage(&task).await;
+            self.agent_log(agent, &stage.name);
+            if let Err(e) = begun {
                 self.warn(e.to_string());
                 break 'stage EndReason::AgentError;
             }
@@ -344,6 +349,7 @@ impl Runner {
                     _ = self.cancel.cancelled() => break 'stage EndReason::Interrupted,
                     t = tokio::time::timeout_at(wall_deadline.into(), agent.next()) => t,
                 };
+                self.agent_log(agent, &stage.name);
                 let call = match turn {
                     Err(_) => break 'stage EndReason::MaxWallSeconds,
                     Ok(Err(e)) => {
@@ -422,6 +428,7 @@ impl Runner {
         if let Some(budget) = ended_by.budget() {
             agent.stopped(budget).await;
         }
+        self.agent_log(agent, &stage.name);
         let wall_seconds = started.elapsed().as_secs_f64();
         self.emit(Event::StageEnded {
             stage: stage.name.clone(),
@@ -593,6 +600,16 @@ impl Runner {
                 files,
                 format!("running the reference tokenizer: {e}"),
             ),
+        }
+    }
+
+    /// Records what the agent logged (an external agent's stderr) since the last look.
+    fn agent_log(&mut self, agent: &mut dyn Agent, stage: &str) {
+        if let Some(text) = agent.take_log() {
+            self.emit(Event::AgentLog {
+                stage: stage.into(),
+                text,
+            });
         }
     }
 

@@ -158,6 +158,11 @@ pub fn render(meta: &RunMeta, events: &[trace::log::Envelope], verified: &str) -
             Event::Warning { message } => {
                 let _ = writeln!(out, "warning: {message}");
             }
+            Event::AgentLog { text, .. } => {
+                for l in head(text, 20, 160) {
+                    let _ = writeln!(out, "   agent stderr: {l}");
+                }
+            }
             Event::Rescue {
                 stage, ok, detail, ..
             } => {

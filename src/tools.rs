@@ -12,6 +12,29 @@ pub struct RawCall {
     pub tool: String,
     #[serde(default)]
     pub args: Value,
+    /// Set when the agent's message was not a tool call at all (an external agent's malformed line):
+    /// why, so the call is refused with `bad_request` and the agent is told.
+    #[serde(skip)]
+    pub invalid: Option<String>,
+}
+
+impl RawCall {
+    pub fn new(tool: &str, args: Value) -> Self {
+        Self {
+            tool: tool.into(),
+            args,
+            invalid: None,
+        }
+    }
+
+    /// A message that was not a call: recorded as the tool `(malformed)` with `args`, refused.
+    pub fn invalid(why: String, args: Value) -> Self {
+        Self {
+            tool: "(malformed)".into(),
+            args,
+            invalid: Some(why),
+        }
+    }
 }
 
 /// A parsed, validated tool call.
@@ -119,6 +142,11 @@ fn no_extra(args: &Value, tool: &str, allowed: &[&str]) -> Result<(), ToolError>
 impl ToolCall {
     /// Validates a raw call; the error is what the agent is told (code `bad_request` or `path_refused`).
     pub fn parse(raw: &RawCall) -> Result<Self, ToolError> {
+        if let Some(why) = &raw.invalid {
+            return Err(ToolError::bad_request(format!(
+                "the message is not a tool call: {why}"
+            )));
+        }
         let args = &raw.args;
         match raw.tool.as_str() {
             "bash" => {
@@ -215,6 +243,7 @@ mod tests {
         ToolCall::parse(&RawCall {
             tool: tool.into(),
             args,
+            invalid: None,
         })
     }
 

@@ -165,6 +165,11 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// What an external agent wrote to its stderr (collected between its messages).
+    AgentLog {
+        stage: String,
+        text: String,
+    },
     /// The harness handed the agent the reference artifact of a failed stage (`--rescue`).
     Rescue {
         stage: String,
@@ -198,6 +203,7 @@ impl Event {
             Self::StageScored { .. } => "stage_scored",
             Self::Warning { .. } => "warning",
             Self::Rescue { .. } => "rescue",
+            Self::AgentLog { .. } => "agent_log",
             Self::RunFinished { .. } => "run_finished",
         }
     }

@@ -1,0 +1,196 @@
+//! External agents over SPEC §8's JSON lines (`exec:<command>`) on the real engine: the example
+//! Python agent goes through every stage of `mini`; an agent that prints garbage gets `bad_request`
+//! results until its step budget ends each stage; an agent that exits ends the run cleanly.
+
+mod common;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+fn events(v: &Value) -> Vec<Value> {
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_agent_goes_through_every_stage_of_mini() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let agent = format!(
+        "exec:python3 {}/tasks/agents/example_agent.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let v = common::run_json(&["--suite", "mini", "--agent", &agent], runs.path());
+    assert_eq!(v["status"], "done", "{v}");
+    for stage in ["crawl", "tokenize", "train", "eval", "selfhost"] {
+        assert_eq!(v["stages"][stage]["ended_by"], "submit", "{stage}: {v}");
+    }
+    // crawl: ls, write crawler.py, run it, check, submit; the crawler found documents.
+    assert_eq!(v["stages"]["crawl"]["steps"], 5);
+    assert!(
+        v["stages"]["crawl"]["metrics"]["documents"]
+            .as_u64()
+            .unwrap()
+            > 10,
+        "{v}"
+    );
+    let evs = events(&v);
+    let logs: String = evs
+        .iter()
+        .filter(|e| e["type"] == "agent_log")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(logs.contains("[example-agent] stage crawl:"), "{logs}");
+    // The agent heard the result of the run.
+    assert!(
+        logs.contains(&format!("done: level {}", v["level"].as_str().unwrap())),
+        "{logs}"
+    );
+    // Every call got through as a tool call (no bad_request).
+    assert!(evs
+        .iter()
+        .filter(|e| e["type"] == "step")
+        .all(|e| e["tool"] != "(malformed)"));
+    assert_eq!(
+        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_gets_bad_request_and_an_agent_that_exits_ends_the_run_cleanly() {
+    common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let v = common::run_json(
+        &[
+            "--suite",
+            "mini",
+            "--stages",
+            "crawl,tokenize",
+            "--max-steps",
+            "4",
+            "--agent",
+            "exec:yes 'not a call'",
+        ],
+        runs.path(),
+    );
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["level"], "L0");
+    for stage in ["crawl", "tokenize"] {
+        assert_eq!(v["stages"][stage]["ended_by"], "max_steps", "{stage}");
+        assert_eq!(v["stages"][stage]["steps"], 4);
+    }
+    let steps: Vec<Value> = events(&v)
+        .into_iter()
+        .filter(|e| e["type"] == "step")
+        .collect();
+    assert_eq!(steps.len(), 8);
+    for s in &steps {
+        assert_eq!(s["tool"], "(malformed)");
+        assert_eq!(s["ok"], false);
+        assert_eq!(s["result"]["code"], "bad_request");
+        assert!(s["result"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the message is not a tool call: not JSON"));
+        assert_eq!(s["args"]["line"], "not a call");
+    }
+
+    // An agent that exits at once: each stage ends as an agent error, the run still finishes.
+    let runs = tempfile::tempdir().unwrap();
+    let v = common::run_json(
+        &[
+            "--suite",
+            "mini",
+            "--stages",
+            "crawl,tokenize",
+            "--agent",
+            "exec:echo leaving >&2",
+        ],
+        runs.path(),
+    );
+    assert_eq!(v["status"], "done", "{v}");
+    for stage in ["crawl", "tokenize"] {
+        assert_eq!(v["stages"][stage]["ended_by"], "agent_error", "{stage}");
+        assert_eq!(v["stages"][stage]["steps"], 0);
+    }
+    let evs = events(&v);
+    assert!(evs
+        .iter()
+        .any(|e| e["type"] == "warning" && e["message"].as_str().unwrap().contains("exited")));
+    assert!(evs
+        .iter()
+        .any(|e| e["type"] == "agent_log" && e["text"] == "leaving\n"));
+}
+
+/// Sends calls as fast as it gets results; each runs `echo <the stage it thinks it is in>`.
+const EAGER: &str = r#"
+import json, sys
+stage = None
+n = 0
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg["type"] == "task":
+        stage = msg["stage"]
+    elif msg["type"] == "result" and not msg["ok"]:
+        print("refused:", msg["error"]["code"], file=sys.stderr, flush=True)
+        continue
+    elif msg["type"] == "stop":
+        print("stop:", msg["reason"], file=sys.stderr, flush=True)
+        continue
+    elif msg["type"] == "done":
+        break
+    n += 1
+    print(json.dumps({"type": "call", "id": str(n), "tool": "bash", "args": {"cmd": "echo " + stage}}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_sent_as_the_budget_ran_out_does_not_leak_into_the_next_stage() {
+    common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let script = runs.path().join("eager.py");
+    std::fs::write(&script, EAGER).unwrap();
+    let agent = format!("exec:python3 {}", script.display());
+    let v = common::run_json(
+        &[
+            "--suite",
+            "mini",
+            "--stages",
+            "crawl,tokenize",
+            "--max-steps",
+            "2",
+            "--rescue",
+            "false",
+            "--agent",
+            &agent,
+        ],
+        runs.path(),
+    );
+    let evs = events(&v);
+    let cmds: Vec<(String, String)> = evs
+        .iter()
+        .filter(|e| e["type"] == "step")
+        .map(|e| {
+            (
+                e["stage"].as_str().unwrap().to_string(),
+                e["args"]["cmd"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(cmds.len(), 4, "{cmds:?}");
+    for (stage, cmd) in &cmds {
+        assert_eq!(cmd, &format!("echo {stage}"));
+    }
+    let logs: String = evs
+        .iter()
+        .filter(|e| e["type"] == "agent_log")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(logs.contains("refused: budget_exhausted"), "{logs}");
+    assert!(logs.contains("stop: max_steps"), "{logs}");
+}
