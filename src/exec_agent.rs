@@ -22,7 +22,7 @@ pub const MAX_LINE: usize = 64 * 1024 * 1024;
 /// Stderr kept between two drains; beyond it the oldest is dropped and counted.
 const STDERR_KEEP: usize = 256 * 1024;
 /// How long a stopped stage waits for a call the agent may have sent before it heard of the stop.
-const STRAY_WAIT: Duration = Duration::from_millis(500);
+const STRAY_WAIT: Duration = Duration::from_secs(2);
 /// How long one message may wait for the agent to read its input.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a finished agent gets to exit after `done` before it is killed.
