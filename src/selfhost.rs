@@ -502,23 +502,13 @@ impl Scorer for SelfhostScorer {
         }
         let plan = || crate::train::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring);
         let original = lm::verify(programs, &plan()).await;
-        if original.result.is_err() {
-            let skipped = Verification {
-                result: original.result.clone(),
-                seed: 0,
-                positions: vec![],
-                calls: vec![],
-                harness_seconds: 0.0,
-                sandbox_error: None,
-            };
-            return stage_score(
-                &original,
-                &skipped,
-                self.world.manifest.baselines.xz_conditional,
-                ctx.gates,
-                None,
-                m,
-            );
+        if let Err(rej) = &original.result {
+            m.insert("original".into(), verification_json(&original));
+            return StageScore::zero(
+                "failed",
+                format!("the original bin/lm does not verify: {rej}"),
+            )
+            .with_metrics(m);
         }
         let fresh = ctx.run_dir.join("selfhost").join("workspace");
         let _ = std::fs::remove_dir_all(&fresh);
