@@ -58,6 +58,15 @@ pub trait Agent: Send {
     fn take_log(&mut self) -> Option<String> {
         None
     }
+    /// The model requests made since the last call (LLM agents), for `model_call` events.
+    fn take_model_calls(&mut self) -> Vec<crate::trace::ModelCall> {
+        Vec::new()
+    }
+    /// Tokens and cost (None: unknown price) used in the current stage (LLM agents), for the
+    /// `max_tokens` and `max_cost_usd` budgets.
+    fn usage(&self) -> Option<(u64, Option<f64>)> {
+        None
+    }
 }
 
 /// A parsed `--agent` value.
@@ -70,6 +79,10 @@ pub enum AgentSpec {
     Reference(Option<Vec<String>>),
     /// An external program speaking SPEC §8's JSON lines (`exec:<command>`, run with `sh -c`).
     Exec(String),
+    /// A model behind an OpenAI-compatible chat-completions API (`openai:<model>`).
+    OpenAi(String),
+    /// A model behind Anthropic's Messages API (`anthropic:<model>`).
+    Anthropic(String),
 }
 
 impl std::str::FromStr for AgentSpec {
@@ -80,6 +93,18 @@ impl std::str::FromStr for AgentSpec {
         }
         if s == "reference" {
             return Ok(Self::Reference(None));
+        }
+        if let Some(model) = s.strip_prefix("openai:") {
+            if model.trim().is_empty() {
+                return Err("openai: needs a model, e.g. openai:gpt-4o".into());
+            }
+            return Ok(Self::OpenAi(model.to_string()));
+        }
+        if let Some(model) = s.strip_prefix("anthropic:") {
+            if model.trim().is_empty() {
+                return Err("anthropic: needs a model, e.g. anthropic:claude-sonnet-4-5".into());
+            }
+            return Ok(Self::Anthropic(model.to_string()));
         }
         if let Some(cmd) = s.strip_prefix("exec:") {
             if cmd.trim().is_empty() {
@@ -116,15 +141,39 @@ impl std::str::FromStr for AgentSpec {
             return Ok(Self::Script(path.into()));
         }
         Err(format!(
-            "unknown agent {s:?}; available: null, reference, reference:<stage,...>, script:<path to a JSON-lines file>, exec:<command>"
+            "unknown agent {s:?}; available: null, reference, reference:<stage,...>, script:<path to a JSON-lines file>, exec:<command>, openai:<model>, anthropic:<model>"
         ))
     }
 }
 
 impl AgentSpec {
-    /// Builds the agent; `home` holds the reference solutions.
-    pub fn build(&self, home: &crate::suite::Home) -> Result<Box<dyn Agent>, AgentError> {
+    /// Builds the agent; `home` holds the reference solutions and the price table.
+    pub fn build(
+        &self,
+        home: &crate::suite::Home,
+        llm: &crate::llm::LlmOptions,
+    ) -> Result<Box<dyn Agent>, AgentError> {
         Ok(match self {
+            Self::OpenAi(model) | Self::Anthropic(model) => {
+                let openai = matches!(self, Self::OpenAi(_));
+                let spec = if openai { "openai" } else { "anthropic" };
+                let prices = crate::llm::load_prices(&home.tasks().join("prices.toml")).map_err(
+                    |message| AgentError {
+                        agent: format!("{spec}:{model}"),
+                        message,
+                    },
+                )?;
+                let backend: Box<dyn crate::llm::ChatBackend> = if openai {
+                    Box::new(crate::llm::OpenAi::from_env(model))
+                } else {
+                    Box::new(crate::llm::Anthropic::from_env(model))
+                };
+                Box::new(crate::llm::LlmAgent::new(
+                    backend,
+                    llm.clone(),
+                    crate::llm::price_of(&prices, model),
+                ))
+            }
             Self::Null => Box::new(NullAgent),
             Self::Script(path) => Box::new(ScriptAgent::load(path)?),
             Self::Exec(cmd) => Box::new(crate::exec_agent::ExecAgent::spawn(cmd)?),

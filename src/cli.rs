@@ -84,8 +84,11 @@ pub struct RunArgs {
     /// The agent: `null` (submits at once), `reference` (writes and runs tasks/<stage>/reference/
     /// through the tools), `reference:<stage,...>` (the reference for those stages only, submitting
     /// the others at once), `script:<file.jsonl>` (one {"tool","args"} per line; each `submit`
-    /// ends a stage and the script goes on with the next stage), or `exec:<command>` (an external
-    /// program speaking gptx's JSON-lines protocol, e.g. exec:python3 tasks/agents/example_agent.py).
+    /// ends a stage and the script goes on with the next stage), `exec:<command>` (an external
+    /// program speaking gptx's JSON-lines protocol, e.g. exec:python3 tasks/agents/example_agent.py),
+    /// `openai:<model>` (a model behind an OpenAI-compatible API at OPENAI_BASE_URL, key
+    /// OPENAI_API_KEY; e.g. openai:gpt-4o), or `anthropic:<model>` (Anthropic's Messages API,
+    /// ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL; e.g. anthropic:claude-sonnet-4-5).
     #[arg(long)]
     pub agent: String,
     /// Seed (default: the suite's).
@@ -109,6 +112,21 @@ pub struct RunArgs {
     /// Override every stage's max_step_seconds (the cap on one bash call).
     #[arg(long)]
     pub max_step_seconds: Option<f64>,
+    /// LLM agents: tokens (input + output) one stage may use; the stage ends when reached.
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// LLM agents: dollars one stage may spend (priced by tasks/prices.toml); the stage ends when reached.
+    #[arg(long)]
+    pub max_cost_usd: Option<f64>,
+    /// LLM agents: sampling temperature (default: the server's).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// LLM agents: most tokens of one reply.
+    #[arg(long, default_value_t = 4096)]
+    pub max_output_tokens: u64,
+    /// LLM agents: the conversation is kept under this many tokens by eliding the oldest tool outputs.
+    #[arg(long, default_value_t = 100_000)]
+    pub context_tokens: u64,
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -293,6 +311,8 @@ pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
         max_sandbox_seconds: args.max_sandbox_seconds,
         max_wall_seconds: args.max_wall_seconds,
         max_step_seconds: args.max_step_seconds,
+        max_tokens: args.max_tokens,
+        max_cost_usd: args.max_cost_usd,
         ..Default::default()
     })?;
     if !args.stages.is_empty() {
@@ -307,6 +327,12 @@ pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
         agent,
         runs_dir: args.dir.runs_dir.clone(),
         rescue: args.rescue,
+        llm: crate::llm::LlmOptions {
+            temperature: args.temperature,
+            max_output_tokens: args.max_output_tokens,
+            context_tokens: args.context_tokens,
+            ..Default::default()
+        },
         world: None,
     })
 }
@@ -393,6 +419,7 @@ async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
         agent: AgentSpec::Reference(None),
         runs_dir: a.dir.runs_dir.clone(),
         rescue: false,
+        llm: Default::default(),
         world: None,
     };
     let out = execute(plan, a.quiet).await?;

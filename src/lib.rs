@@ -10,8 +10,9 @@
 //!   gptx's own files ([`suite::Home`]).
 //! - [`session`] does one run on the real engine: run directory, image ([`images`]), internal network,
 //!   the agent's [`sandbox::docker::DockerSandbox`], the [`runner`], then teardown that always happens.
-//! - Agents: [`agent`] (the trait, null, script, reference) and [`exec_agent`] (`exec:<command>`,
-//!   SPEC §8's JSON lines with an external program).
+//! - Agents: [`agent`] (the trait, null, script, reference), [`exec_agent`] (`exec:<command>`,
+//!   SPEC §8's JSON lines with an external program) and [`llm`] (`openai:<model>`: the tool loop
+//!   over a chat API).
 //! - [`runner`] is the loop: stages in order, the [`agent::Agent`]'s tool calls ([`tools`]) executed
 //!   against a `dyn` [`sandbox::Sandbox`], budgets enforced, each stage graded by a
 //!   [`scoring::Scorer`]. Its only output is the typed [`trace::Event`] stream.
@@ -37,6 +38,7 @@ pub mod engine;
 pub mod eval;
 pub mod exec_agent;
 pub mod images;
+pub mod llm;
 pub mod lm;
 pub mod programs;
 pub mod progress;

@@ -340,6 +340,16 @@ impl Runner {
                 if sandbox_seconds >= budgets.max_sandbox_seconds {
                     break 'stage EndReason::MaxSandboxSeconds;
                 }
+                if let Some((tokens, cost)) = agent.usage() {
+                    if budgets.max_tokens.is_some_and(|m| tokens >= m) {
+                        break 'stage EndReason::MaxTokens;
+                    }
+                    if let (Some(m), Some(c)) = (budgets.max_cost_usd, cost) {
+                        if c >= m {
+                            break 'stage EndReason::MaxCostUsd;
+                        }
+                    }
+                }
                 let now = Instant::now();
                 if now >= wall_deadline {
                     break 'stage EndReason::MaxWallSeconds;
@@ -605,6 +615,12 @@ impl Runner {
 
     /// Records what the agent logged (an external agent's stderr) since the last look.
     fn agent_log(&mut self, agent: &mut dyn Agent, stage: &str) {
+        for call in agent.take_model_calls() {
+            self.emit(Event::ModelCall {
+                stage: stage.into(),
+                call,
+            });
+        }
         if let Some(text) = agent.take_log() {
             self.emit(Event::AgentLog {
                 stage: stage.into(),

@@ -27,6 +27,8 @@ pub struct RunPlan {
     pub runs_dir: PathBuf,
     /// Hand over the reference artifact of a failed crawl or tokenize stage.
     pub rescue: bool,
+    /// LLM agents' options (temperature, output tokens, context budget).
+    pub llm: crate::llm::LlmOptions,
     /// The suite's built world (the caller builds it; it may take a while the first time).
     pub world: Option<Arc<crate::world::World>>,
 }
@@ -70,7 +72,7 @@ pub async fn run(
     reporters: Vec<Box<dyn Reporter>>,
     cancel: CancellationToken,
 ) -> Result<RunOutput, SessionError> {
-    let mut agent = plan.agent.build(&plan.home)?;
+    let mut agent = plan.agent.build(&plan.home, &plan.llm)?;
     let docker = engine::connect().await?;
     let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
 

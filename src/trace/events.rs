@@ -15,6 +15,10 @@ pub enum EndReason {
     MaxSteps,
     MaxSandboxSeconds,
     MaxWallSeconds,
+    /// An LLM agent's tokens in this stage reached `max_tokens`.
+    MaxTokens,
+    /// An LLM agent's cost in this stage reached `max_cost_usd`.
+    MaxCostUsd,
     /// The agent failed in a way the harness could not recover from within the stage.
     AgentError,
     Interrupted,
@@ -27,6 +31,8 @@ impl EndReason {
             Self::MaxSteps => Some("max_steps"),
             Self::MaxSandboxSeconds => Some("max_sandbox_seconds"),
             Self::MaxWallSeconds => Some("max_wall_seconds"),
+            Self::MaxTokens => Some("max_tokens"),
+            Self::MaxCostUsd => Some("max_cost_usd"),
             _ => None,
         }
     }
@@ -122,6 +128,23 @@ pub fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// One request of an LLM agent to its model (SPEC §6 `model_call`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCall {
+    /// `openai:<model>`, `anthropic:<model>`.
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub latency_ms: f64,
+    /// From the price table; None for a model it does not list.
+    pub cost_usd: Option<f64>,
+    /// 1 for the first try of a request, 2 for its first retry, ...
+    pub attempt: u32,
+    /// Why the request failed (it was retried, or the agent gave up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Everything that happens in a run, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -165,6 +188,11 @@ pub enum Event {
     Warning {
         message: String,
     },
+    ModelCall {
+        stage: String,
+        #[serde(flatten)]
+        call: ModelCall,
+    },
     /// What an external agent wrote to its stderr (collected between its messages).
     AgentLog {
         stage: String,
@@ -204,6 +232,7 @@ impl Event {
             Self::Warning { .. } => "warning",
             Self::Rescue { .. } => "rescue",
             Self::AgentLog { .. } => "agent_log",
+            Self::ModelCall { .. } => "model_call",
             Self::RunFinished { .. } => "run_finished",
         }
     }

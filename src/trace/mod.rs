@@ -4,7 +4,9 @@ pub mod events;
 pub mod history;
 pub mod log;
 
-pub use events::{round, EndReason, Event, OutputRef, StageScore, StepRecord, StepUsage};
+pub use events::{
+    round, EndReason, Event, ModelCall, OutputRef, StageScore, StepRecord, StepUsage,
+};
 pub use history::WorkspaceHistory;
 pub use log::{sha256_hex, verify, EventLog, TraceError, Verified};
 

@@ -1,0 +1,312 @@
+//! The LLM tool loop against a scripted OpenAI-compatible HTTP server, on the recording fake sandbox:
+//! tool calls with string or object arguments, several calls in one reply, a missing id, invalid
+//! JSON arguments (a tool error, the run goes on), text without a tool call (one nudge), a 429 that
+//! is retried, `model_call` events with tokens and cost, and the token budget ending a stage.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gptx::llm::{scripted, LlmAgent, LlmOptions, OpenAi, Price};
+use gptx::runner::Runner;
+use gptx::sandbox::fake::{RecordingSandbox, Reply};
+use gptx::suite::Suite;
+use gptx::trace::{self, EndReason, Event, EventLog, EventSink, Recorder};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+
+const SUITE: &str = r#"
+name = "fake"
+image = "base"
+[budgets]
+max_steps = 10
+[[stages]]
+name = "crawl"
+[[stages]]
+name = "tokenize"
+"#;
+
+/// Serves the scripted (status, body) replies in order, one per request, and records the requests.
+async fn server(replies: Vec<(u16, Value)>) -> (String, Arc<Mutex<Vec<Value>>>) {
+    scripted::serve(scripted::replies(replies)).await.unwrap()
+}
+
+fn reply(content: Option<&str>, calls: Value, tokens: (u64, u64)) -> (u16, Value) {
+    (
+        200,
+        json!({"choices": [{"message": {"role": "assistant", "content": content, "tool_calls": calls}}],
+               "usage": {"prompt_tokens": tokens.0, "completion_tokens": tokens.1}}),
+    )
+}
+
+fn runner(dir: &std::path::Path, suite: &str) -> Runner {
+    let run_dir = dir.join("run");
+    let ws = run_dir.join("workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    let sandbox = Arc::new(RecordingSandbox::with_workspace(&ws, vec![Reply::ok("hi\n")]).unwrap());
+    let suite = Suite::parse(suite, std::path::Path::new("fake.toml")).unwrap();
+    let recorder = Recorder::new(EventLog::create(&run_dir.join("events.jsonl")).unwrap());
+    Runner::new(
+        common::home(),
+        suite,
+        "llm-run".into(),
+        run_dir,
+        sandbox,
+        EventSink::new(recorder, vec![]),
+        None,
+        CancellationToken::new(),
+    )
+}
+
+fn options() -> LlmOptions {
+    LlmOptions {
+        backoff: Duration::from_millis(10),
+        ..Default::default()
+    }
+}
+
+fn events(dir: &std::path::Path) -> Vec<Event> {
+    trace::log::read_events(&dir.join("run/events.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_loop_survives_what_real_servers_send() {
+    let (base, seen) = server(vec![
+        (429, json!({"error": {"message": "slow down"}})),
+        // Arguments as a JSON string; no id.
+        reply(None, json!([{"type": "function", "function": {"name": "bash", "arguments": "{\"cmd\": \"echo hi\"}"}}]), (100, 10)),
+        // Two calls in one reply: arguments as an object, and invalid JSON.
+        reply(Some("two at once"), json!([
+            {"id": "w1", "type": "function", "function": {"name": "write_file", "arguments": {"path": "a.txt", "content": "x"}}},
+            {"id": "r1", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\": "}}]), (200, 20)),
+        // Text and no tool call: nudged once.
+        reply(Some("I think I am done."), Value::Null, (300, 5)),
+        reply(None, json!([{"id": "s1", "type": "function", "function": {"name": "submit", "arguments": ""}}]), (400, 5)),
+        // Stage 2: text twice: the nudge, then the stage ends.
+        reply(Some("Nothing to do."), Value::Null, (10, 1)),
+        reply(Some("Still nothing."), Value::Null, (10, 1)),
+    ])
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = runner(tmp.path(), SUITE);
+    let price = Price {
+        input_per_mtok: 1.0,
+        output_per_mtok: 2.0,
+    };
+    let mut agent = LlmAgent::new(
+        Box::new(OpenAi::new("test-model", &base, Some("k".into()))),
+        options(),
+        Some(price),
+    );
+    let mut result = r.run(&mut agent, "img").await;
+    r.finish(&mut result);
+
+    assert_eq!(result.stages[0].ended_by, EndReason::Submit);
+    assert_eq!(result.stages[0].steps, 4);
+    assert_eq!(result.stages[1].ended_by, EndReason::AgentFinished);
+    let evs = events(tmp.path());
+    let steps: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let tools: Vec<&str> = steps.iter().map(|s| s.tool.as_str()).collect();
+    assert_eq!(tools, ["bash", "write_file", "read_file", "submit"]);
+    assert!(steps[0].ok && steps[1].ok);
+    assert!(!steps[2].ok);
+    assert_eq!(steps[2].result["code"], "bad_request");
+    assert!(steps[2].result["message"]
+        .as_str()
+        .unwrap()
+        .contains("the arguments of read_file are not valid JSON"));
+    assert_eq!(
+        std::fs::read(tmp.path().join("run/workspace/a.txt")).unwrap(),
+        b"x"
+    );
+
+    let calls: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelCall { call, stage } => Some((stage.clone(), call.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 7);
+    assert_eq!(
+        calls[0]
+            .1
+            .error
+            .as_deref()
+            .map(|e| e.starts_with("HTTP 429")),
+        Some(true)
+    );
+    assert_eq!(
+        (
+            calls[1].1.attempt,
+            calls[1].1.input_tokens,
+            calls[1].1.output_tokens
+        ),
+        (2, 100, 10)
+    );
+    assert_eq!(calls[1].1.model, "openai:test-model");
+    assert!((calls[1].1.cost_usd.unwrap() - 120e-6).abs() < 1e-12);
+    assert_eq!(calls[5].0, "tokenize");
+
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 7);
+    // The tools are offered as functions; the system prompt states the goal.
+    assert_eq!(requests[0]["tools"].as_array().unwrap().len(), 5);
+    assert_eq!(requests[0]["tools"][0]["type"], "function");
+    assert_eq!(requests[0]["model"], "test-model");
+    assert!(requests[0]["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("build a language model"));
+    // Every tool call got its answer under its id, the made-up one too.
+    let third = requests[3]["messages"].as_array().unwrap();
+    let ids: Vec<&str> = third
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["tool_call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids[0].starts_with("call_"));
+    assert_eq!(&ids[1..], ["w1", "r1"]);
+    // The nudge followed the text-only reply.
+    let fourth = requests[4]["messages"].as_array().unwrap();
+    assert!(fourth.last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("You answered without calling a tool"));
+}
+
+#[tokio::test]
+async fn the_token_budget_ends_the_stage_and_unrun_calls_are_answered() {
+    let call = |id: &str| {
+        json!([{"id": id, "type": "function", "function": {"name": "bash", "arguments": "{\"cmd\": \"true\"}"}},
+                                 {"id": format!("{id}b"), "type": "function", "function": {"name": "bash", "arguments": "{\"cmd\": \"true\"}"}}])
+    };
+    let (base, seen) = server(vec![
+        reply(None, call("a"), (900, 100)),
+        reply(None, call("b"), (900, 100)),
+        reply(None, json!([{"id": "s", "type": "function", "function": {"name": "submit", "arguments": "{}"}}]), (10, 1)),
+    ])
+    .await;
+    let suite = format!("{SUITE}\n").replace("max_steps = 10", "max_steps = 10\nmax_tokens = 1500");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = runner(tmp.path(), &suite);
+    let mut agent = LlmAgent::new(
+        Box::new(OpenAi::new("unpriced", &base, None)),
+        options(),
+        None,
+    );
+    let mut result = r.run(&mut agent, "img").await;
+    r.finish(&mut result);
+    // 1000 tokens after the first reply, 2000 after the second: the stage ends before its second call.
+    assert_eq!(result.stages[0].ended_by, EndReason::MaxTokens);
+    assert_eq!(result.stages[0].steps, 3);
+    assert_eq!(result.stages[1].ended_by, EndReason::Submit);
+    let evs = events(tmp.path());
+    let costs: Vec<Option<f64>> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelCall { call, .. } => Some(call.cost_usd),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(costs, [None, None, None], "an unlisted model has no cost");
+    // The call cut off by the budget was still answered before the next stage's instruction.
+    let last = seen.lock().unwrap()[2]["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let tool_ids: Vec<&str> = last
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["tool_call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tool_ids, ["a", "ab", "b", "bb"]);
+    assert!(last.iter().any(|m| m["role"] == "tool"
+        && m["content"]
+            .as_str()
+            .unwrap()
+            .contains("budget max_tokens ran out")));
+}
+
+#[tokio::test]
+async fn the_anthropic_backend_speaks_tool_use_and_tool_result_blocks() {
+    let msg = |blocks: Value, tokens: (u64, u64)| {
+        (
+            200,
+            json!({"type": "message", "role": "assistant", "content": blocks,
+                   "usage": {"input_tokens": tokens.0, "output_tokens": tokens.1}}),
+        )
+    };
+    let (base, seen) = server(vec![
+        (
+            529,
+            json!({"type": "error", "error": {"type": "overloaded_error"}}),
+        ),
+        msg(
+            json!([{"type": "text", "text": "Looking."},
+                   {"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"cmd": "ls"}}]),
+            (50, 5),
+        ),
+        msg(
+            json!([{"type": "text", "text": "Done, I believe."}]),
+            (60, 5),
+        ),
+        msg(
+            json!([{"type": "tool_use", "id": "toolu_2", "name": "submit", "input": {}}]),
+            (70, 5),
+        ),
+    ])
+    .await;
+    let suite = SUITE.replace("[[stages]]\nname = \"tokenize\"\n", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = runner(tmp.path(), &suite);
+    // Messages API paths are under /v1 of the base.
+    let base = base.trim_end_matches("/v1").to_string();
+    let mut agent = LlmAgent::new(
+        Box::new(gptx::llm::Anthropic::new(
+            "claude-test",
+            &base,
+            Some("k".into()),
+        )),
+        options(),
+        None,
+    );
+    let mut result = r.run(&mut agent, "img").await;
+    r.finish(&mut result);
+    assert_eq!(result.stages[0].ended_by, EndReason::Submit);
+    assert_eq!(result.stages[0].steps, 2);
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 4);
+    assert!(requests[0]["system"]
+        .as_str()
+        .unwrap()
+        .contains("build a language model"));
+    assert_eq!(requests[0]["tools"][0]["name"], "bash");
+    assert!(requests[0]["tools"][0]["input_schema"].is_object());
+    let m = requests[2]["messages"].as_array().unwrap();
+    let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "user"]);
+    assert_eq!(m[2]["content"][0]["type"], "tool_result");
+    assert_eq!(m[2]["content"][0]["tool_use_id"], "toolu_1");
+    let models: Vec<String> = events(tmp.path())
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ModelCall { call, .. } => Some(call.model),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(models.len(), 4);
+    assert!(models.iter().all(|m| m == "anthropic:claude-test"));
+}
