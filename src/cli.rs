@@ -46,6 +46,9 @@ pub struct Cli {
 pub enum Command {
     /// Run an agent through a suite of stages in Docker sandboxes and score it.
     Run(RunArgs),
+    /// Serve the benchmark's tools over MCP on stdin/stdout for one run whose agent is the MCP
+    /// client (Claude Code, Codex CLI, ...): `gptx mcp --suite mini`. The scorecard goes to stderr.
+    Mcp(McpArgs),
     /// List runs.
     Runs(RunsDirArg),
     /// Show a run's trace step by step.
@@ -133,6 +136,24 @@ pub struct RunArgs {
     /// When crawl or tokenize fails, hand the agent that stage's reference artifact (the world's
     /// gold corpus; the reference tokenizer) so later stages are still measured; levels reached
     /// after it are reported as assisted (`L4*`). On by default: `--rescue false` turns it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub rescue: bool,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Suite name (tasks/suites/<name>.toml) or path to a suite file.
+    #[arg(long, default_value = "mini")]
+    pub suite: String,
+    /// Seed (default: the suite's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Only these stages, comma-separated, e.g. crawl,tokenize.
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Vec<String>,
+    /// Hand over the reference artifact of a failed crawl or tokenize stage (see `gptx run --help`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub rescue: bool,
     #[command(flatten)]
@@ -274,6 +295,7 @@ pub fn main() -> i32 {
 async fn dispatch(cmd: Command) -> Result<i32, Exit> {
     match cmd {
         Command::Run(args) => run(args).await,
+        Command::Mcp(args) => mcp(args).await,
         Command::Runs(d) => crate::show::runs(&d.runs_dir).map_err(failed),
         Command::Show(a) => crate::show::show(&a.dir.runs_dir, &a.run, a.json).map_err(failed),
         Command::Verify(a) => crate::show::verify(&a.dir.runs_dir, &a.run).map_err(|e| Exit {
@@ -327,6 +349,7 @@ pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
         agent,
         runs_dir: args.dir.runs_dir.clone(),
         rescue: args.rescue,
+        prebuilt: None,
         llm: crate::llm::LlmOptions {
             temperature: args.temperature,
             max_output_tokens: args.max_output_tokens,
@@ -399,6 +422,45 @@ async fn run(args: RunArgs) -> Result<i32, Exit> {
     })
 }
 
+/// `gptx mcp`: a run whose agent is the MCP client on stdin/stdout.
+async fn mcp(a: McpArgs) -> Result<i32, Exit> {
+    let args = RunArgs {
+        suite: a.suite,
+        agent: "null".into(),
+        seed: a.seed,
+        stages: a.stages,
+        json: false,
+        max_steps: None,
+        max_sandbox_seconds: None,
+        max_wall_seconds: None,
+        max_step_seconds: None,
+        max_tokens: None,
+        max_cost_usd: None,
+        temperature: None,
+        max_output_tokens: 4096,
+        context_tokens: 100_000,
+        quiet: true,
+        rescue: a.rescue,
+        dir: a.dir,
+    };
+    let mut plan = plan(&args).map_err(|e| Exit {
+        code: exit::USAGE,
+        error: e,
+    })?;
+    let (agent, server) = crate::mcp::pair();
+    plan.prebuilt = Some(Box::new(agent));
+    let serving = tokio::spawn(server.serve(tokio::io::stdin(), tokio::io::stdout()));
+    let out = execute(plan, true).await?;
+    eprint!("{}", crate::show::scorecard(&out.meta, &out.score));
+    // The client hears the end in its last tool result; wait a little for it to hang up.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), serving).await;
+    Ok(match out.meta.status {
+        RunStatus::Done => exit::OK,
+        RunStatus::Interrupted => exit::INTERRUPTED,
+        RunStatus::Failed | RunStatus::Running => exit::FAILED,
+    })
+}
+
 /// `gptx world reference`: a full reference run, then its scores as the world's reference values.
 async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
     let usage = |e: anyhow::Error| Exit {
@@ -419,6 +481,7 @@ async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
         agent: AgentSpec::Reference(None),
         runs_dir: a.dir.runs_dir.clone(),
         rescue: false,
+        prebuilt: None,
         llm: Default::default(),
         world: None,
     };

@@ -12,7 +12,7 @@
 //!   the agent's [`sandbox::docker::DockerSandbox`], the [`runner`], then teardown that always happens.
 //! - Agents: [`agent`] (the trait, null, script, reference), [`exec_agent`] (`exec:<command>`,
 //!   SPEC §8's JSON lines with an external program) and [`llm`] (`openai:<model>`: the tool loop
-//!   over a chat API).
+//!   over a chat API); [`mcp`] serves the tools to an MCP client that is the run's agent.
 //! - [`runner`] is the loop: stages in order, the [`agent::Agent`]'s tool calls ([`tools`]) executed
 //!   against a `dyn` [`sandbox::Sandbox`], budgets enforced, each stage graded by a
 //!   [`scoring::Scorer`]. Its only output is the typed [`trace::Event`] stream.
@@ -40,6 +40,7 @@ pub mod exec_agent;
 pub mod images;
 pub mod llm;
 pub mod lm;
+pub mod mcp;
 pub mod programs;
 pub mod progress;
 pub mod rebuild;

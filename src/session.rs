@@ -29,6 +29,8 @@ pub struct RunPlan {
     pub rescue: bool,
     /// LLM agents' options (temperature, output tokens, context budget).
     pub llm: crate::llm::LlmOptions,
+    /// An agent made by the caller (the MCP server's), used instead of building `agent`.
+    pub prebuilt: Option<Box<dyn crate::agent::Agent>>,
     /// The suite's built world (the caller builds it; it may take a while the first time).
     pub world: Option<Arc<crate::world::World>>,
 }
@@ -68,11 +70,14 @@ pub enum SessionError {
 /// Runs the plan. Errors before the run directory exists are returned; later failures end the run as
 /// `failed` with the reason in `run.json`, and the directory is still complete.
 pub async fn run(
-    plan: RunPlan,
+    mut plan: RunPlan,
     reporters: Vec<Box<dyn Reporter>>,
     cancel: CancellationToken,
 ) -> Result<RunOutput, SessionError> {
-    let mut agent = plan.agent.build(&plan.home, &plan.llm)?;
+    let mut agent = match plan.prebuilt.take() {
+        Some(a) => a,
+        None => plan.agent.build(&plan.home, &plan.llm)?,
+    };
     let docker = engine::connect().await?;
     let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
 

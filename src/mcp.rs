@@ -1,0 +1,352 @@
+//! `gptx mcp`: an MCP server on stdio (JSON-RPC 2.0, written by hand) exposing the benchmark's tools for one run whose agent is the MCP client.
+//!
+//! The server and the run meet in [`McpAgent`]: `tools/call` sends the call through a channel to the
+//! agent the runner drives and waits for its result. Stage instructions reach the client in the
+//! server's `instructions` (the goal and the first stage) and in tool results: after `submit`, and
+//! whenever a budget moved the run to the next stage, the result carries the next stage's instruction
+//! or the run's final level.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+
+use crate::agent::{Agent, AgentError, StageTask, Turn};
+use crate::tools::{RawCall, ToolError};
+
+/// The MCP revision this server speaks when the client asks for one it does not know.
+pub const PROTOCOL_VERSION: &str = "2025-03-26";
+const KNOWN_VERSIONS: [&str; 3] = ["2024-11-05", "2025-03-26", "2025-06-18"];
+/// How long `initialize` waits for the run to reach its first stage (image, world, sandbox).
+const FIRST_STAGE_WAIT: Duration = Duration::from_secs(600);
+/// How long a `submit` waits for the stage to be scored and the next to begin.
+const NEXT_STAGE_WAIT: Duration = Duration::from_secs(7200);
+
+/// Where the run stands, as the server tells the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Starting,
+    Stage {
+        index: usize,
+        name: String,
+        instruction: String,
+    },
+    /// A budget ended the stage; the next one has not begun.
+    Stopped {
+        index: usize,
+        reason: String,
+    },
+    Done {
+        level: String,
+        bootstrap_index: f64,
+    },
+}
+
+type Pending = (RawCall, oneshot::Sender<Result<Value, ToolError>>);
+
+/// The run's side: the agent the runner drives.
+pub struct McpAgent {
+    calls: mpsc::Receiver<Pending>,
+    reply: Option<oneshot::Sender<Result<Value, ToolError>>>,
+    phase: watch::Sender<Phase>,
+}
+
+/// The server's side.
+#[derive(Clone)]
+pub struct McpServer {
+    calls: mpsc::Sender<Pending>,
+    phase: watch::Receiver<Phase>,
+    /// The stage index the client last heard of.
+    seen: Arc<Mutex<Option<usize>>>,
+}
+
+/// A connected pair.
+pub fn pair() -> (McpAgent, McpServer) {
+    let (tx, rx) = mpsc::channel(1);
+    let (ptx, prx) = watch::channel(Phase::Starting);
+    (
+        McpAgent {
+            calls: rx,
+            reply: None,
+            phase: ptx,
+        },
+        McpServer {
+            calls: tx,
+            phase: prx,
+            seen: Arc::new(Mutex::new(None)),
+        },
+    )
+}
+
+#[async_trait]
+impl Agent for McpAgent {
+    fn spec(&self) -> String {
+        "mcp".into()
+    }
+
+    async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError> {
+        self.phase.send_replace(Phase::Stage {
+            index: task.index,
+            name: task.stage.clone(),
+            instruction: task.instruction.clone(),
+        });
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Turn, AgentError> {
+        match self.calls.recv().await {
+            Some((call, reply)) => {
+                self.reply = Some(reply);
+                Ok(Turn::Call(call))
+            }
+            None => Err(AgentError {
+                agent: "mcp".into(),
+                message: "the MCP client disconnected".into(),
+            }),
+        }
+    }
+
+    async fn observe(
+        &mut self,
+        _call: &RawCall,
+        result: &Result<Value, ToolError>,
+    ) -> Result<(), AgentError> {
+        if let Some(r) = self.reply.take() {
+            let _ = r.send(result.clone());
+        }
+        Ok(())
+    }
+
+    async fn stopped(&mut self, reason: &str) {
+        let index = match &*self.phase.borrow() {
+            Phase::Stage { index, .. } => *index,
+            _ => 0,
+        };
+        self.phase.send_replace(Phase::Stopped {
+            index,
+            reason: reason.into(),
+        });
+    }
+
+    async fn done(&mut self, level: &str, bootstrap_index: f64) {
+        self.phase.send_replace(Phase::Done {
+            level: level.into(),
+            bootstrap_index,
+        });
+    }
+}
+
+fn tools() -> Vec<Value> {
+    crate::tools::schemas()
+        .into_iter()
+        .map(|t| json!({"name": t["name"], "description": t["description"], "inputSchema": t["parameters"]}))
+        .collect()
+}
+
+/// What the client is told when the run moved on.
+fn news(phase: &Phase) -> String {
+    match phase {
+        Phase::Stage {
+            name, instruction, ..
+        } => format!("Now stage {name}. Its instruction:\n\n{instruction}"),
+        Phase::Done {
+            level,
+            bootstrap_index,
+        } => format!(
+            "The run is over: level {level}, Bootstrap Index {bootstrap_index:.1}. Further tool calls do nothing."
+        ),
+        Phase::Stopped { reason, .. } => format!("The stage ended: budget {reason} ran out."),
+        Phase::Starting => "The run is starting.".into(),
+    }
+}
+
+fn rpc_error(id: Value, code: i64, message: String) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+impl McpServer {
+    /// Waits until `ready` holds for the phase, or `limit` passes; returns the phase then.
+    async fn wait_for(&mut self, limit: Duration, ready: impl Fn(&Phase) -> bool) -> Phase {
+        let _ = tokio::time::timeout(limit, self.phase.wait_for(|p| ready(p))).await;
+        self.phase.borrow().clone()
+    }
+
+    /// The answer to one request (None for a notification).
+    pub async fn handle(&mut self, msg: &Value) -> Option<Value> {
+        let id = msg.get("id").cloned();
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+        let Some(id) = id else {
+            return None; // notifications/initialized, cancelled, ...: nothing to answer
+        };
+        let params = msg.get("params").cloned().unwrap_or(Value::Null);
+        let result = match method {
+            "initialize" => {
+                let asked = params["protocolVersion"]
+                    .as_str()
+                    .unwrap_or(PROTOCOL_VERSION);
+                let version = if KNOWN_VERSIONS.contains(&asked) {
+                    asked
+                } else {
+                    PROTOCOL_VERSION
+                };
+                let phase = self
+                    .wait_for(FIRST_STAGE_WAIT, |p| !matches!(p, Phase::Starting))
+                    .await;
+                if let Phase::Stage { index, .. } = &phase {
+                    *self.seen.lock().await = Some(*index);
+                }
+                json!({
+                    "protocolVersion": version,
+                    "capabilities": {"tools": {"listChanged": false}},
+                    "serverInfo": {"name": "gptx", "version": env!("CARGO_PKG_VERSION")},
+                    "instructions": format!("{}\n\n{}", crate::llm::system_prompt(), news(&phase)),
+                })
+            }
+            "ping" => json!({}),
+            "tools/list" => json!({"tools": tools()}),
+            "tools/call" => self.call(&params).await,
+            other => {
+                return Some(rpc_error(
+                    id,
+                    -32601,
+                    format!("method {other:?} is not supported (gptx serves tools only)"),
+                ))
+            }
+        };
+        Some(json!({"jsonrpc": "2.0", "id": id, "result": result}))
+    }
+
+    async fn call(&mut self, params: &Value) -> Value {
+        let text_result = |text: String, error: bool| json!({"content": [{"type": "text", "text": text}], "isError": error});
+        let Some(name) = params.get("name").and_then(Value::as_str) else {
+            return text_result("tools/call needs a tool \"name\"".into(), true);
+        };
+        let args = params.get("arguments").cloned().unwrap_or(json!({}));
+        let phase = self.phase.borrow().clone();
+        if matches!(phase, Phase::Done { .. }) {
+            return text_result(news(&phase), true);
+        }
+        // A budget may have moved the run on since the client last heard: say so first.
+        let mut preface = String::new();
+        if matches!(phase, Phase::Stopped { .. }) {
+            preface = format!("{}\n", news(&phase));
+        }
+        let phase = self
+            .wait_for(NEXT_STAGE_WAIT, |p| {
+                matches!(p, Phase::Stage { .. } | Phase::Done { .. })
+            })
+            .await;
+        if let Phase::Stage { index, .. } = &phase {
+            let mut seen = self.seen.lock().await;
+            if *seen != Some(*index) {
+                preface.push_str(&format!("{}\n\n", news(&phase)));
+                *seen = Some(*index);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if self
+            .calls
+            .send((RawCall::new(name, args), tx))
+            .await
+            .is_err()
+        {
+            return text_result("the run is over".into(), true);
+        }
+        let Ok(result) = rx.await else {
+            // The stage ended before the call ran (a budget).
+            let now = self.phase.borrow().clone();
+            return text_result(
+                format!("{preface}The call did not run. {}", news(&now)),
+                true,
+            );
+        };
+        let (mut text, error) = match &result {
+            Ok(v) => (v.to_string(), false),
+            Err(e) => (
+                json!({"code": e.code, "message": e.message}).to_string(),
+                true,
+            ),
+        };
+        text = format!("{preface}{text}");
+        if name == "submit" && !error {
+            let before = *self.seen.lock().await;
+            let next = self
+                .wait_for(NEXT_STAGE_WAIT, |p| match p {
+                    Phase::Stage { index, .. } => Some(*index) != before,
+                    Phase::Done { .. } => true,
+                    _ => false,
+                })
+                .await;
+            if let Phase::Stage { index, .. } = &next {
+                *self.seen.lock().await = Some(*index);
+            }
+            text.push_str(&format!("\n\n{}", news(&next)));
+        }
+        text_result(text, error)
+    }
+
+    /// Serves JSON-RPC lines from `input` to `output` until the input ends.
+    pub async fn serve<R, W>(mut self, input: R, output: W)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut lines = tokio::io::BufReader::new(input).lines();
+        let mut out = output;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let reply = match serde_json::from_str::<Value>(&line) {
+                Ok(msg) => self.handle(&msg).await,
+                Err(e) => Some(rpc_error(Value::Null, -32700, format!("parse error: {e}"))),
+            };
+            if let Some(r) = reply {
+                let mut text = r.to_string();
+                text.push('\n');
+                if out.write_all(text.as_bytes()).await.is_err() || out.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_get_answers_and_notifications_none() {
+        let (_agent, mut server) = pair();
+        assert_eq!(
+            server
+                .handle(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+                .await,
+            None
+        );
+        let list = server
+            .handle(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .await
+            .unwrap();
+        let names: Vec<&str> = list["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["bash", "read_file", "write_file", "check", "submit"]
+        );
+        assert!(list["result"]["tools"][0]["inputSchema"]["properties"]["cmd"].is_object());
+        let bad = server
+            .handle(&json!({"jsonrpc": "2.0", "id": 2, "method": "resources/list"}))
+            .await
+            .unwrap();
+        assert_eq!(bad["error"]["code"], -32601);
+    }
+}
