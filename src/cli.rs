@@ -156,6 +156,10 @@ pub struct McpArgs {
     /// Hand over the reference artifact of a failed crawl or tokenize stage (see `gptx run --help`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub rescue: bool,
+    /// Serve MCP's streamable HTTP transport at this loopback address (e.g. 127.0.0.1:8765, port 0
+    /// for any) at the path /mcp, instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub dir: RunsDirArg,
 }
@@ -449,11 +453,31 @@ async fn mcp(a: McpArgs) -> Result<i32, Exit> {
     })?;
     let (agent, server) = crate::mcp::pair();
     plan.prebuilt = Some(Box::new(agent));
-    let serving = tokio::spawn(server.serve(tokio::io::stdin(), tokio::io::stdout()));
+    let serving = match a.http {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                return Err(Exit {
+                    code: exit::USAGE,
+                    error: anyhow::anyhow!(
+                        "--http {addr}: the MCP server binds to loopback only (127.0.0.1 or ::1)"
+                    ),
+                });
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| failed(anyhow::anyhow!("--http {addr}: {e}")))?;
+            let bound = listener.local_addr().map_err(failed)?;
+            eprintln!("gptx mcp: listening on http://{bound}/mcp");
+            tokio::spawn(server.serve_http(listener))
+        }
+        None => tokio::spawn(server.serve(tokio::io::stdin(), tokio::io::stdout())),
+    };
+    let http = a.http.is_some();
     let out = execute(plan, true).await?;
     eprint!("{}", crate::show::scorecard(&out.meta, &out.score));
-    // The client hears the end in its last tool result; wait a little for it to hang up.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), serving).await;
+    // The client hears the end in its last tool result; give it a moment (stdio: to hang up).
+    let grace = std::time::Duration::from_secs(if http { 2 } else { 10 });
+    let _ = tokio::time::timeout(grace, serving).await;
     Ok(match out.meta.status {
         RunStatus::Done => exit::OK,
         RunStatus::Interrupted => exit::INTERRUPTED,

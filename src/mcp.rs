@@ -288,6 +288,101 @@ impl McpServer {
         text_result(text, error)
     }
 
+    /// Serves MCP's streamable HTTP transport on `listener` (loopback): `POST /mcp` with one
+    /// JSON-RPC message, answered as `application/json` (202 for a notification); `GET` is 405 (no
+    /// server-initiated stream). A request whose `Origin` is not a loopback address is refused (DNS
+    /// rebinding). Runs until the task is dropped.
+    pub async fn serve_http(self, listener: tokio::net::TcpListener) {
+        while let Ok((sock, _)) = listener.accept().await {
+            let mut server = self.clone();
+            tokio::spawn(async move {
+                let _ = server.http_connection(sock).await;
+            });
+        }
+    }
+
+    async fn http_connection(&mut self, mut sock: tokio::net::TcpStream) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            // One request per turn of the loop (keep-alive).
+            let start = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 1 << 20 {
+                    return Ok(());
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..start]).to_string();
+            let mut lines = head.lines();
+            let request = lines.next().unwrap_or("").to_string();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let len: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if len > 64 << 20 {
+                return Ok(());
+            }
+            while buf.len() < start + len {
+                let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[start..start + len].to_vec();
+            buf.drain(..start + len);
+            let mut parts = request.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let origin_ok = header("origin").is_none_or(|o| {
+                let host = o
+                    .split("://")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(':')
+                    .next()
+                    .unwrap_or("");
+                matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+            });
+            let (status, reply) = if !origin_ok {
+                ("403 Forbidden", None)
+            } else if path.split('?').next() != Some("/mcp") {
+                ("404 Not Found", None)
+            } else if method != "POST" {
+                // GET (a server-initiated stream) and DELETE (ending a session) are not offered.
+                ("405 Method Not Allowed", None)
+            } else {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(msg) => match self.handle(&msg).await {
+                        Some(r) => ("200 OK", Some(r)),
+                        None => ("202 Accepted", None),
+                    },
+                    Err(e) => (
+                        "400 Bad Request",
+                        Some(rpc_error(Value::Null, -32700, format!("parse error: {e}"))),
+                    ),
+                }
+            };
+            let body = reply.map(|r| r.to_string()).unwrap_or_default();
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nallow: POST\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await?;
+        }
+    }
+
     /// Serves JSON-RPC lines from `input` to `output` until the input ends.
     pub async fn serve<R, W>(mut self, input: R, output: W)
     where

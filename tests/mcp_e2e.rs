@@ -1,6 +1,7 @@
-//! `gptx mcp` with the official Python MCP SDK (`pip install mcp`) as the client, over stdio: it
-//! initializes, lists the tools, runs commands in the sandbox, gets a bad request refused, checks,
-//! submits, and hears the run's level; the run directory records the MCP client as the agent.
+//! `gptx mcp` with the official Python MCP SDK (`pip install mcp`) as the client, over stdio and over
+//! streamable HTTP on loopback: it initializes, lists the tools, runs commands in the sandbox, gets a
+//! bad request refused, checks, submits, and hears the run's level; the run directory records the
+//! MCP client as the agent.
 
 mod common;
 
@@ -8,6 +9,15 @@ use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_sdk_takes_a_stage_over_stdio() {
+    take_a_stage("stdio").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_takes_a_stage_over_streamable_http() {
+    take_a_stage("http").await;
+}
+
+async fn take_a_stage(transport: &str) {
     let (docker, _) = common::docker_and_image().await;
     let sdk = Command::new("python3")
         .args(["-c", "import mcp"])
@@ -25,6 +35,7 @@ async fn the_python_sdk_takes_a_stage_over_stdio() {
         ))
         .arg(env!("CARGO_BIN_EXE_gptx"))
         .arg(runs.path())
+        .arg(transport)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
