@@ -310,3 +310,49 @@ async fn the_anthropic_backend_speaks_tool_use_and_tool_result_blocks() {
     assert_eq!(models.len(), 4);
     assert!(models.iter().all(|m| m == "anthropic:claude-test"));
 }
+
+#[tokio::test]
+async fn the_cost_budget_ends_the_stage() {
+    let bash = |id: &str| {
+        reply(
+            None,
+            json!([{"id": id, "type": "function", "function": {"name": "bash", "arguments": "{\"cmd\": \"true\"}"}}]),
+            (1000, 0),
+        )
+    };
+    let submit = reply(
+        None,
+        json!([{"id": "s", "type": "function", "function": {"name": "submit", "arguments": "{}"}}]),
+        (10, 0),
+    );
+    let (base, seen) = server(vec![bash("a"), bash("b"), bash("c"), submit]).await;
+    let suite = SUITE.replace("max_steps = 10", "max_steps = 10\nmax_cost_usd = 1.5");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = runner(tmp.path(), &suite);
+    // $1000 per million input tokens: each reply costs $1.
+    let price = Price {
+        input_per_mtok: 1000.0,
+        output_per_mtok: 0.0,
+    };
+    let mut agent = LlmAgent::new(
+        Box::new(OpenAi::new("pricey", &base, None)),
+        options(),
+        Some(price),
+    );
+    let mut result = r.run(&mut agent, "img").await;
+    r.finish(&mut result);
+    assert_eq!(result.stages[0].ended_by, EndReason::MaxCostUsd);
+    assert_eq!(result.stages[0].steps, 2);
+    // The second stage starts with a fresh budget: its bash and submit run.
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    assert_eq!(result.stages[1].ended_by, EndReason::Submit);
+    assert_eq!(result.stages[1].steps, 2);
+    let ended: Vec<String> = events(tmp.path())
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StageEnded { ended_by, .. } => Some(format!("{ended_by:?}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended[0], "MaxCostUsd");
+}
