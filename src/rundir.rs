@@ -73,6 +73,11 @@ pub struct StageSummary {
     /// The stage failed and `--rescue` handed the agent its reference artifact.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rescued: bool,
+    /// LLM agents: model tokens (input + output) and their cost in this stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 impl StageSummary {
@@ -88,6 +93,8 @@ impl StageSummary {
             reason: score.reason.clone(),
             normalized: score.normalized,
             rescued: false,
+            tokens: None,
+            cost_usd: None,
         }
     }
 }

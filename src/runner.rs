@@ -100,6 +100,8 @@ pub struct StageOutcome {
     pub score: Option<StageScore>,
     /// The harness handed over this stage's reference artifact after it failed.
     pub rescued: bool,
+    /// An LLM agent's model tokens and cost (None: unpriced) in this stage.
+    pub usage: Option<(u64, Option<f64>)>,
 }
 
 /// The end of a run as the runner saw it.
@@ -134,6 +136,10 @@ impl RunResult {
                 };
                 s.ended_by = Some(o.ended_by);
                 s.rescued = o.rescued;
+                if let Some((tokens, cost)) = o.usage {
+                    s.tokens = Some(tokens);
+                    s.cost_usd = cost;
+                }
                 s.steps = o.steps;
                 s.sandbox_seconds = o.sandbox_seconds;
                 s.wall_seconds = o.wall_seconds;
@@ -439,6 +445,7 @@ impl Runner {
             agent.stopped(budget).await;
         }
         self.agent_log(agent, &stage.name);
+        let usage = agent.usage();
         let wall_seconds = started.elapsed().as_secs_f64();
         self.emit(Event::StageEnded {
             stage: stage.name.clone(),
@@ -482,6 +489,7 @@ impl Runner {
             wall_seconds,
             score,
             rescued: false,
+            usage,
         }
     }
 

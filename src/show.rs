@@ -158,6 +158,26 @@ pub fn render(meta: &RunMeta, events: &[trace::log::Envelope], verified: &str) -
             Event::Warning { message } => {
                 let _ = writeln!(out, "warning: {message}");
             }
+            Event::ModelCall { call, .. } => {
+                let cost = call
+                    .cost_usd
+                    .map(|c| format!(", ${c:.4}"))
+                    .unwrap_or_default();
+                let error = call
+                    .error
+                    .as_ref()
+                    .map(|e| format!(", failed: {}", head(e, 1, 100).join("")))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "   model {} (try {}): {} in / {} out tokens, {:.0} ms{cost}{error}",
+                    call.model,
+                    call.attempt,
+                    call.input_tokens,
+                    call.output_tokens,
+                    call.latency_ms
+                );
+            }
             Event::AgentLog { text, .. } => {
                 for l in head(text, 20, 160) {
                     let _ = writeln!(out, "   agent stderr: {l}");
@@ -380,6 +400,13 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
             if let Some(r) = &s.reason {
                 let _ = writeln!(out, "{:<10} {r}", "");
             }
+        }
+        if let Some(t) = s.tokens {
+            let cost = s
+                .cost_usd
+                .map(|c| format!(", ${c:.4}"))
+                .unwrap_or_else(|| ", cost unknown".into());
+            let _ = writeln!(out, "{:<10} model: {t} tokens{cost}", "");
         }
         if s.rescued {
             let _ = writeln!(

@@ -347,6 +347,10 @@ async fn the_cost_budget_ends_the_stage() {
     assert_eq!(seen.lock().unwrap().len(), 4);
     assert_eq!(result.stages[1].ended_by, EndReason::Submit);
     assert_eq!(result.stages[1].steps, 2);
+    // score.json's per-stage tokens and cost.
+    let summary = &result.summaries()["crawl"];
+    assert_eq!(summary.tokens, Some(2000));
+    assert_eq!(summary.cost_usd, Some(2.0));
     let ended: Vec<String> = events(tmp.path())
         .into_iter()
         .filter_map(|e| match e {
