@@ -152,8 +152,6 @@ pub enum ChatError {
 pub trait ChatBackend: Send + Sync {
     /// `openai:<model>`.
     fn spec(&self) -> String;
-    /// The model's name as priced.
-    fn model(&self) -> &str;
     async fn chat(
         &self,
         msgs: &[Msg],
@@ -423,32 +421,58 @@ impl Agent for LlmAgent {
     }
 }
 
-/// Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp's server, Ollama, ...).
-pub struct OpenAi {
+/// Where a chat API is and how to reach it.
+struct Endpoint {
     client: reqwest::Client,
     base: String,
     key: Option<String>,
     model: String,
 }
 
-impl OpenAi {
-    /// `OPENAI_BASE_URL` (default `https://api.openai.com/v1`) and `OPENAI_API_KEY`.
-    pub fn from_env(model: &str) -> Self {
-        Self::new(
-            model,
-            &std::env::var("OPENAI_BASE_URL")
-                .unwrap_or_else(|_| "https://api.openai.com/v1".into()),
-            std::env::var("OPENAI_API_KEY").ok(),
-        )
-    }
-
-    pub fn new(model: &str, base: &str, key: Option<String>) -> Self {
+impl Endpoint {
+    fn new(model: &str, base: &str, key: Option<String>) -> Self {
         Self {
             client: reqwest::Client::new(),
             base: base.trim_end_matches('/').to_string(),
             key,
             model: model.into(),
         }
+    }
+
+    /// The base URL and key from the environment (`<base_var>`, else `default`; `<key_var>`).
+    fn from_env(model: &str, base_var: &str, default: &str, key_var: &str) -> Self {
+        Self::new(
+            model,
+            &std::env::var(base_var).unwrap_or_else(|_| default.into()),
+            std::env::var(key_var).ok(),
+        )
+    }
+}
+
+/// A count from a reply's `usage` object (0 when the server sent none).
+fn usage(v: &Value, key: &str) -> u64 {
+    v.get("usage")
+        .and_then(|u| u.get(key))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp's server, Ollama, ...).
+pub struct OpenAi(Endpoint);
+
+impl OpenAi {
+    /// `OPENAI_BASE_URL` (default `https://api.openai.com/v1`) and `OPENAI_API_KEY`.
+    pub fn from_env(model: &str) -> Self {
+        Self(Endpoint::from_env(
+            model,
+            "OPENAI_BASE_URL",
+            "https://api.openai.com/v1",
+            "OPENAI_API_KEY",
+        ))
+    }
+
+    pub fn new(model: &str, base: &str, key: Option<String>) -> Self {
+        Self(Endpoint::new(model, base, key))
     }
 }
 
@@ -512,27 +536,18 @@ pub fn parse_openai(v: &Value) -> Result<ChatReply, String> {
             });
         }
     }
-    let tokens = |k: &str| {
-        v.pointer(&format!("/usage/{k}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
     Ok(ChatReply {
         text,
         calls,
-        input_tokens: tokens("prompt_tokens"),
-        output_tokens: tokens("completion_tokens"),
+        input_tokens: usage(v, "prompt_tokens"),
+        output_tokens: usage(v, "completion_tokens"),
     })
 }
 
 #[async_trait]
 impl ChatBackend for OpenAi {
     fn spec(&self) -> String {
-        format!("openai:{}", self.model)
-    }
-
-    fn model(&self) -> &str {
-        &self.model
+        format!("openai:{}", self.0.model)
     }
 
     async fn chat(
@@ -546,7 +561,7 @@ impl ChatBackend for OpenAi {
             .map(|t| json!({"type": "function", "function": t}))
             .collect();
         let mut body = json!({
-            "model": self.model,
+            "model": self.0.model,
             "messages": openai_messages(msgs),
             "tools": tools,
             "max_tokens": opts.max_output_tokens,
@@ -555,44 +570,35 @@ impl ChatBackend for OpenAi {
             body["temperature"] = json!(t);
         }
         let mut req = self
+            .0
             .client
-            .post(format!("{}/chat/completions", self.base))
+            .post(format!("{}/chat/completions", self.0.base))
             .timeout(opts.request_timeout)
             .json(&body);
-        if let Some(k) = &self.key {
+        if let Some(k) = &self.0.key {
             req = req.bearer_auth(k);
         }
-        let v = send(req, &self.base).await?;
+        let v = send(req, &self.0.base).await?;
         parse_openai(&v).map_err(ChatError::Retry)
     }
 }
 
 /// Anthropic's Messages API with `tool_use` / `tool_result` blocks.
-pub struct Anthropic {
-    client: reqwest::Client,
-    base: String,
-    key: Option<String>,
-    model: String,
-}
+pub struct Anthropic(Endpoint);
 
 impl Anthropic {
     /// `ANTHROPIC_BASE_URL` (default `https://api.anthropic.com`) and `ANTHROPIC_API_KEY`.
     pub fn from_env(model: &str) -> Self {
-        Self::new(
+        Self(Endpoint::from_env(
             model,
-            &std::env::var("ANTHROPIC_BASE_URL")
-                .unwrap_or_else(|_| "https://api.anthropic.com".into()),
-            std::env::var("ANTHROPIC_API_KEY").ok(),
-        )
+            "ANTHROPIC_BASE_URL",
+            "https://api.anthropic.com",
+            "ANTHROPIC_API_KEY",
+        ))
     }
 
     pub fn new(model: &str, base: &str, key: Option<String>) -> Self {
-        Self {
-            client: reqwest::Client::new(),
-            base: base.trim_end_matches('/').to_string(),
-            key,
-            model: model.into(),
-        }
+        Self(Endpoint::new(model, base, key))
     }
 }
 
@@ -667,27 +673,18 @@ pub fn parse_anthropic(v: &Value) -> Result<ChatReply, String> {
         }
     }
     let text = text.join("\n");
-    let tokens = |k: &str| {
-        v.pointer(&format!("/usage/{k}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
     Ok(ChatReply {
         text: (!text.trim().is_empty()).then_some(text),
         calls,
-        input_tokens: tokens("input_tokens"),
-        output_tokens: tokens("output_tokens"),
+        input_tokens: usage(v, "input_tokens"),
+        output_tokens: usage(v, "output_tokens"),
     })
 }
 
 #[async_trait]
 impl ChatBackend for Anthropic {
     fn spec(&self) -> String {
-        format!("anthropic:{}", self.model)
-    }
-
-    fn model(&self) -> &str {
-        &self.model
+        format!("anthropic:{}", self.0.model)
     }
 
     async fn chat(
@@ -705,7 +702,7 @@ impl ChatBackend for Anthropic {
             })
             .collect();
         let mut body = json!({
-            "model": self.model,
+            "model": self.0.model,
             "system": system,
             "messages": messages,
             "tools": tools,
@@ -715,15 +712,16 @@ impl ChatBackend for Anthropic {
             body["temperature"] = json!(t);
         }
         let mut req = self
+            .0
             .client
-            .post(format!("{}/v1/messages", self.base))
+            .post(format!("{}/v1/messages", self.0.base))
             .timeout(opts.request_timeout)
             .header("anthropic-version", "2023-06-01")
             .json(&body);
-        if let Some(k) = &self.key {
+        if let Some(k) = &self.0.key {
             req = req.header("x-api-key", k);
         }
-        let v = send(req, &self.base).await?;
+        let v = send(req, &self.0.base).await?;
         parse_anthropic(&v).map_err(ChatError::Retry)
     }
 }
