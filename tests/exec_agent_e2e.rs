@@ -4,18 +4,8 @@
 
 mod common;
 
-use std::path::Path;
 
 use serde_json::Value;
-
-fn events(v: &Value) -> Vec<Value> {
-    let dir = Path::new(v["dir"].as_str().unwrap());
-    std::fs::read_to_string(dir.join("events.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_agent_goes_through_every_stage_of_mini() {
@@ -39,7 +29,7 @@ async fn the_example_agent_goes_through_every_stage_of_mini() {
             > 10,
         "{v}"
     );
-    let evs = events(&v);
+    let evs = common::events(&v);
     let logs: String = evs
         .iter()
         .filter(|e| e["type"] == "agent_log")
@@ -85,7 +75,7 @@ async fn garbage_gets_bad_request_and_an_agent_that_exits_ends_the_run_cleanly()
         assert_eq!(v["stages"][stage]["ended_by"], "max_steps", "{stage}");
         assert_eq!(v["stages"][stage]["steps"], 4);
     }
-    let steps: Vec<Value> = events(&v)
+    let steps: Vec<Value> = common::events(&v)
         .into_iter()
         .filter(|e| e["type"] == "step")
         .collect();
@@ -119,7 +109,7 @@ async fn garbage_gets_bad_request_and_an_agent_that_exits_ends_the_run_cleanly()
         assert_eq!(v["stages"][stage]["ended_by"], "agent_error", "{stage}");
         assert_eq!(v["stages"][stage]["steps"], 0);
     }
-    let evs = events(&v);
+    let evs = common::events(&v);
     assert!(evs
         .iter()
         .any(|e| e["type"] == "warning" && e["message"].as_str().unwrap().contains("exited")));
@@ -171,7 +161,7 @@ async fn a_call_sent_as_the_budget_ran_out_does_not_leak_into_the_next_stage() {
         ],
         runs.path(),
     );
-    let evs = events(&v);
+    let evs = common::events(&v);
     let cmds: Vec<(String, String)> = evs
         .iter()
         .filter(|e| e["type"] == "step")

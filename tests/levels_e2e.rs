@@ -8,17 +8,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-fn events(v: &Value) -> Vec<Value> {
-    let dir = Path::new(v["dir"].as_str().unwrap());
-    std::fs::read_to_string(dir.join("events.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn rescues(v: &Value) -> Vec<Value> {
-    events(v)
+    common::events(v)
         .into_iter()
         .filter(|e| e["type"] == "rescue")
         .collect()
@@ -186,7 +177,7 @@ async fn a_lying_eval_report_fails_l4_with_the_reason() {
     assert!(m["val_bpb"].as_f64().unwrap() > 1.0);
     assert!(m["test_bpb"].as_f64().unwrap() > 1.0);
     // `check` had shown the agent the measured value before it submitted.
-    let check = events(&v)
+    let check = common::events(&v)
         .into_iter()
         .find(|e| e["type"] == "step" && e["tool"] == "check")
         .unwrap();
@@ -251,7 +242,7 @@ async fn a_recipe_that_smuggles_its_model_fails_l5() {
         .collect();
     assert_eq!(copied, ["bootstrap.sh", "bin/lm", "fixtures/model.py"]);
     // The agent's check had said so before it submitted.
-    let check = events(&v)
+    let check = common::events(&v)
         .into_iter()
         .find(|e| e["type"] == "step" && e["tool"] == "check")
         .unwrap();

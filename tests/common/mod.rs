@@ -158,3 +158,13 @@ pub fn run_json(args: &[&str], runs: &Path) -> serde_json::Value {
     );
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
+
+/// The events of a run, from the `dir` of `gptx run --json`'s result.
+pub fn events(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
