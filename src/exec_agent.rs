@@ -71,6 +71,8 @@ impl ExecAgent {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group, so that everything it started goes when it goes.
+            .process_group(0)
             .spawn()
             .map_err(|e| fail(format!("cannot start `sh -c {command}`: {e}")))?;
         let stdin = child.stdin.take();
@@ -178,6 +180,25 @@ impl ExecAgent {
                 return Ok(Some(std::mem::take(&mut self.partial)));
             }
         }
+    }
+}
+
+impl ExecAgent {
+    /// SIGKILL to the agent's process group (the agent and whatever it started).
+    fn kill_group(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: a signal to a process group we created; no memory is involved.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Drop for ExecAgent {
+    fn drop(&mut self) {
+        self.kill_group();
     }
 }
 
@@ -317,7 +338,7 @@ impl Agent for ExecAgent {
             .await
             .is_err()
         {
-            let _ = self.child.start_kill();
+            self.kill_group();
         }
         // Its last words: the stderr reader ends when the pipe closes.
         if let Some(reader) = self.stderr_reader.take() {

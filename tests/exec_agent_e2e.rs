@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,4 +182,37 @@ async fn a_call_sent_as_the_budget_ran_out_does_not_leak_into_the_next_stage() {
         .collect();
     assert!(logs.contains("refused: budget_exhausted"), "{logs}");
     assert!(logs.contains("stop: max_steps"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_agent_is_ended_by_the_wall_budget() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let v = common::run_json(
+        &[
+            "--suite",
+            "mini",
+            "--stages",
+            "tokenize",
+            "--max-wall-seconds",
+            "3",
+            "--agent",
+            "exec:sleep 6037; echo never",
+        ],
+        runs.path(),
+    );
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["stages"]["tokenize"]["ended_by"], "max_wall_seconds");
+    assert_eq!(v["stages"]["tokenize"]["steps"], 0);
+    // The wall budget, the stray-call wait and the exit grace before the kill; not the sleep.
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
+        0
+    );
 }
