@@ -415,15 +415,23 @@ async fn run(args: RunArgs) -> Result<i32, Exit> {
             "stages": stages,
             "error": out.meta.error,
         });
-        println!("{obj}");
+        out_text(&format!("{obj}\n"));
     } else {
-        print!("{}", crate::show::scorecard(&out.meta, &out.score));
+        out_text(&crate::show::scorecard(&out.meta, &out.score));
     }
     Ok(match out.meta.status {
         RunStatus::Done => exit::OK,
         RunStatus::Interrupted => exit::INTERRUPTED,
         RunStatus::Failed | RunStatus::Running => exit::FAILED,
     })
+}
+
+/// Prints a run's result. A reader that went away (`| head`) is not an error: the run is over and
+/// recorded, and SIGPIPE may be ignored (an external agent was run), so `print!` would panic.
+fn out_text(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 /// `gptx mcp`: a run whose agent is the MCP client on stdin/stdout.
