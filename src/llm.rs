@@ -449,6 +449,33 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// POSTs `body` (plus the model, `max_tokens` and the temperature) to `<base><path>` and reads
+    /// the JSON reply.
+    async fn post(
+        &self,
+        path: &str,
+        mut body: Value,
+        opts: &LlmOptions,
+        headers: &[(&str, String)],
+    ) -> Result<Value, ChatError> {
+        body["model"] = json!(self.model);
+        body["max_tokens"] = json!(opts.max_output_tokens);
+        if let Some(t) = opts.temperature {
+            body["temperature"] = json!(t);
+        }
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .timeout(opts.request_timeout)
+            .json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        send(req, &self.base).await
+    }
+}
+
 /// A count from a reply's `usage` object (0 when the server sent none).
 fn usage(v: &Value, key: &str) -> u64 {
     v.get("usage")
@@ -560,25 +587,16 @@ impl ChatBackend for OpenAi {
             .iter()
             .map(|t| json!({"type": "function", "function": t}))
             .collect();
-        let mut body = json!({
-            "model": self.0.model,
-            "messages": openai_messages(msgs),
-            "tools": tools,
-            "max_tokens": opts.max_output_tokens,
-        });
-        if let Some(t) = opts.temperature {
-            body["temperature"] = json!(t);
-        }
-        let mut req = self
+        let body = json!({"messages": openai_messages(msgs), "tools": tools});
+        let auth = self
             .0
-            .client
-            .post(format!("{}/chat/completions", self.0.base))
-            .timeout(opts.request_timeout)
-            .json(&body);
-        if let Some(k) = &self.0.key {
-            req = req.bearer_auth(k);
-        }
-        let v = send(req, &self.0.base).await?;
+            .key
+            .as_ref()
+            .map(|k| ("authorization", format!("Bearer {k}")));
+        let v = self
+            .0
+            .post("/chat/completions", body, opts, auth.as_slice())
+            .await?;
         parse_openai(&v).map_err(ChatError::Retry)
     }
 }
@@ -701,27 +719,12 @@ impl ChatBackend for Anthropic {
                        "input_schema": t["parameters"]})
             })
             .collect();
-        let mut body = json!({
-            "model": self.0.model,
-            "system": system,
-            "messages": messages,
-            "tools": tools,
-            "max_tokens": opts.max_output_tokens,
-        });
-        if let Some(t) = opts.temperature {
-            body["temperature"] = json!(t);
-        }
-        let mut req = self
-            .0
-            .client
-            .post(format!("{}/v1/messages", self.0.base))
-            .timeout(opts.request_timeout)
-            .header("anthropic-version", "2023-06-01")
-            .json(&body);
+        let body = json!({"system": system, "messages": messages, "tools": tools});
+        let mut headers = vec![("anthropic-version", "2023-06-01".to_string())];
         if let Some(k) = &self.0.key {
-            req = req.header("x-api-key", k);
+            headers.push(("x-api-key", k.clone()));
         }
-        let v = send(req, &self.0.base).await?;
+        let v = self.0.post("/v1/messages", body, opts, &headers).await?;
         parse_anthropic(&v).map_err(ChatError::Retry)
     }
 }
