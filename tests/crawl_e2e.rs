@@ -34,10 +34,7 @@ async fn reference_crawler_passes_l1_and_null_scores_zero() {
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["world_hash"].as_str().unwrap().len(), 64);
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 
     let v = crawl_run("null", runs.path());
     let c = &v["stages"]["crawl"];
@@ -46,8 +43,5 @@ async fn reference_crawler_passes_l1_and_null_scores_zero() {
     assert_eq!(c["metrics"]["requests"], 0);
     assert_eq!(c["normalized"], 0.0);
     assert!(c["reason"].as_str().unwrap().contains("does not exist"));
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 }

@@ -45,10 +45,7 @@ async fn the_example_agent_goes_through_every_stage_of_mini() {
         .iter()
         .filter(|e| e["type"] == "step")
         .all(|e| e["tool"] != "(malformed)"));
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -211,8 +208,5 @@ async fn a_silent_agent_is_ended_by_the_wall_budget() {
         "{:?}",
         t0.elapsed()
     );
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 }

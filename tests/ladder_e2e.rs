@@ -86,8 +86,5 @@ async fn reference_closes_the_loop() {
         !events.contains("\"type\":\"warning\""),
         "warnings in the trace"
     );
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 }

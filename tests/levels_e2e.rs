@@ -55,10 +55,7 @@ async fn null_is_l0_even_with_rescue() {
         v["stages"]["selfhost"]["reason"],
         "bootstrap.sh does not exist at the workspace root"
     );
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,10 +74,7 @@ async fn an_agent_that_only_crawls_is_l1() {
     // The crawl's share of the index: weight 0.15 at the reference's F1.
     let bi = v["bootstrap_index"].as_f64().unwrap();
     assert!(bi > 14.0 && bi <= 15.0 + 1e-9, "{bi}");
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,8 +244,5 @@ async fn a_recipe_that_smuggles_its_model_fails_l5() {
     assert!(check["result"]["errors"]
         .to_string()
         .contains("smuggle/weights.bin is not copied"));
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 }

@@ -118,8 +118,5 @@ async fn openai_agent_against_llama_cpp_server() {
         assert_eq!(c["model"], "openai:gpt-4o-mini");
     }
     assert!(calls[1]["input_tokens"].as_u64() > calls[0]["input_tokens"].as_u64());
-    assert_eq!(
-        common::leftovers(&docker, v["run_id"].as_str().unwrap()).await,
-        0
-    );
+    common::assert_nothing_left(&docker, &v).await;
 }

@@ -168,3 +168,13 @@ pub fn events(v: &serde_json::Value) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Asserts that the run of `gptx run --json`'s result `v` left no container, network or volume.
+pub async fn assert_nothing_left(docker: &Docker, v: &serde_json::Value) {
+    let run_id = v["run_id"].as_str().expect("run_id");
+    assert_eq!(
+        leftovers(docker, run_id).await,
+        0,
+        "run {run_id} left resources behind"
+    );
+}
