@@ -51,10 +51,16 @@ pub enum Command {
     Mcp(McpArgs),
     /// List runs.
     Runs(RunsDirArg),
-    /// Show a run's trace step by step.
+    /// Show a run's trace step by step, or one step with its workspace diff (`--step N`).
     Show(ShowArgs),
+    /// Rank agents from their runs: reports/leaderboard.{md,json,html} and SVG charts.
+    Leaderboard(LeaderboardArgs),
+    /// Serve the web viewer: runs, run pages, steps with diffs, the leaderboard, live runs.
+    Serve(ServeArgs),
+    /// Write a run in another format: an Inspect AI eval log, or JUnit XML for CI systems.
+    Export(ExportArgs),
     /// Check a run's trace hash chain (detects any edit after the fact).
-    Verify(ShowArgs),
+    Verify(VerifyArgs),
     /// Build sandbox images from Debian's mirror (no registry needed).
     #[command(subcommand)]
     Images(ImagesCmd),
@@ -171,6 +177,81 @@ pub struct ShowArgs {
     /// Print the events as JSON lines instead.
     #[arg(long)]
     pub json: bool,
+    /// Show only step N (numbered over the whole run) with its output and workspace diff.
+    #[arg(long, value_name = "N")]
+    pub step: Option<u64>,
+    /// Colours: auto (when stdout is a terminal and NO_COLOR is unset), always, never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Run id, or a unique prefix of it.
+    pub run: String,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
+}
+
+/// When to colour terminal output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour stdout.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LeaderboardArgs {
+    /// Only this suite (default: every suite with runs; each suite and world hash is ranked apart).
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// Where to write leaderboard.{md,json,html} and the charts.
+    #[arg(long, default_value = "reports")]
+    pub out: PathBuf,
+    /// Resamples for the bootstrap confidence intervals.
+    #[arg(long, default_value_t = 10_000)]
+    pub resamples: usize,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; loopback only unless --public.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Allow a non-loopback --addr (the viewer has no authentication).
+    #[arg(long)]
+    pub public: bool,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Run id, or a unique prefix of it.
+    pub run: String,
+    /// inspect: an Inspect AI eval log (JSON); junit: one testcase per stage.
+    #[arg(long, value_enum)]
+    pub format: crate::export::Format,
+    /// Write here instead of stdout.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub dir: RunsDirArg,
 }
@@ -301,7 +382,19 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
         Command::Run(args) => run(args).await,
         Command::Mcp(args) => mcp(args).await,
         Command::Runs(d) => crate::show::runs(&d.runs_dir).map_err(failed),
-        Command::Show(a) => crate::show::show(&a.dir.runs_dir, &a.run, a.json).map_err(failed),
+        Command::Show(a) => crate::show::show(
+            &a.dir.runs_dir,
+            &a.run,
+            &crate::show::ShowOptions {
+                json: a.json,
+                step: a.step,
+                color: a.color.enabled(),
+            },
+        )
+        .map_err(failed),
+        Command::Leaderboard(a) => leaderboard(a),
+        Command::Serve(a) => serve(a).await,
+        Command::Export(a) => export(a),
         Command::Verify(a) => crate::show::verify(&a.dir.runs_dir, &a.run).map_err(|e| Exit {
             code: exit::TAMPERED,
             error: e,
@@ -322,6 +415,70 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
             Ok(exit::OK)
         }
     }
+}
+
+fn leaderboard(a: LeaderboardArgs) -> Result<i32, Exit> {
+    let home = Home::locate().ok();
+    let opts = crate::leaderboard::Options {
+        suite: a.suite,
+        resamples: a.resamples,
+    };
+    let boards = crate::leaderboard::collect(&a.dir.runs_dir, home.as_ref(), &opts).map_err(|e| {
+        Exit {
+            code: exit::USAGE,
+            error: e,
+        }
+    })?;
+    let written = crate::leaderboard::write(&boards, &a.out).map_err(failed)?;
+    out_text(&crate::leaderboard::markdown(&boards));
+    for p in written {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(exit::OK)
+}
+
+async fn serve(a: ServeArgs) -> Result<i32, Exit> {
+    if !a.addr.ip().is_loopback() && !a.public {
+        return Err(Exit {
+            code: exit::USAGE,
+            error: anyhow::anyhow!(
+                "--addr {}: the viewer listens on loopback only (127.0.0.1 or ::1) unless --public is given",
+                a.addr
+            ),
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(a.addr)
+        .await
+        .map_err(|e| Exit {
+            code: exit::USAGE,
+            error: anyhow::anyhow!("--addr {}: {e}", a.addr),
+        })?;
+    let bound = listener.local_addr().map_err(failed)?;
+    eprintln!("gptx serve: http://{bound}/ (runs from {})", a.dir.runs_dir.display());
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let state = crate::serve::AppState::new(a.dir.runs_dir.clone(), Home::locate().ok());
+    crate::serve::serve(listener, state, cancel)
+        .await
+        .map_err(failed)?;
+    Ok(exit::OK)
+}
+
+fn export(a: ExportArgs) -> Result<i32, Exit> {
+    let dir = crate::rundir::find_run(&a.dir.runs_dir, &a.run).map_err(|e| Exit {
+        code: exit::USAGE,
+        error: e,
+    })?;
+    let text = crate::export::export(&dir, a.format).map_err(failed)?;
+    match &a.out {
+        Some(path) => {
+            std::fs::write(path, text.as_bytes())
+                .map_err(|e| failed(anyhow::anyhow!("--out {}: {e}", path.display())))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => out_text(&text),
+    }
+    Ok(exit::OK)
 }
 
 /// Turns `gptx run` arguments into a validated plan.

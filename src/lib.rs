@@ -32,12 +32,15 @@
 
 pub mod agent;
 pub mod bench;
+pub mod charts;
 pub mod cli;
 pub mod crawl;
 pub mod engine;
 pub mod eval;
 pub mod exec_agent;
+pub mod export;
 pub mod images;
+pub mod leaderboard;
 pub mod llm;
 pub mod lm;
 pub mod mcp;
@@ -50,6 +53,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod scoring;
 pub mod selfhost;
+pub mod serve;
 pub mod session;
 pub mod show;
 pub mod suite;

@@ -228,9 +228,21 @@ fn verified_line(dir: &rundir::RunDir, meta: &RunMeta) -> String {
 }
 
 /// `gptx show`.
-pub fn show(runs_dir: &Path, id: &str, json: bool) -> anyhow::Result<i32> {
+/// How `gptx show` prints.
+#[derive(Debug, Clone, Default)]
+pub struct ShowOptions {
+    /// The raw events as JSON lines.
+    pub json: bool,
+    /// Only this step (1-based over the run), with its workspace diff.
+    pub step: Option<u64>,
+    /// ANSI colours.
+    pub color: bool,
+}
+
+/// `gptx show`.
+pub fn show(runs_dir: &Path, id: &str, opts: &ShowOptions) -> anyhow::Result<i32> {
     let dir = rundir::find_run(runs_dir, id)?;
-    if json {
+    if opts.json {
         let text = std::fs::read_to_string(dir.events())
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.events().display()))?;
         print!("{text}");

@@ -260,6 +260,111 @@ impl WorkspaceHistory {
     }
 }
 
+/// One file changed by a commit.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FileChange {
+    pub path: String,
+    /// added, deleted, modified, renamed, typechange.
+    pub status: String,
+    pub binary: bool,
+    pub additions: usize,
+    pub deletions: usize,
+    /// The unified diff of this file (empty for binary files).
+    pub patch: String,
+}
+
+/// What one workspace commit changed against its parent (the first commit: against nothing).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CommitDiff {
+    pub commit: String,
+    pub message: String,
+    pub files: Vec<FileChange>,
+    /// True when the patch text was cut at `max_patch_bytes`.
+    pub truncated: bool,
+}
+
+/// The changes of `commit` in the bare repository `git_dir`, patches cut after `max_patch_bytes` in all.
+pub fn commit_diff(
+    git_dir: &Path,
+    commit: &str,
+    max_patch_bytes: usize,
+) -> Result<CommitDiff, git2::Error> {
+    let repo = Repository::open_bare(git_dir)?;
+    let c = repo.find_commit(Oid::from_str(commit)?)?;
+    let tree = c.tree()?;
+    let parent_tree = match c.parents().next() {
+        Some(p) => Some(p.tree()?),
+        None => None,
+    };
+    let mut opts = git2::DiffOptions::new();
+    opts.context_lines(3);
+    let mut diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), Some(&mut opts))?;
+    diff.find_similar(None)?;
+    let mut files: Vec<FileChange> = diff
+        .deltas()
+        .map(|d| FileChange {
+            path: d
+                .new_file()
+                .path()
+                .or_else(|| d.old_file().path())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            status: match d.status() {
+                git2::Delta::Added => "added",
+                git2::Delta::Deleted => "deleted",
+                git2::Delta::Renamed => "renamed",
+                git2::Delta::Typechange => "typechange",
+                _ => "modified",
+            }
+            .into(),
+            binary: d.flags().is_binary(),
+            additions: 0,
+            deletions: 0,
+            patch: String::new(),
+        })
+        .collect();
+    let mut total = 0usize;
+    let mut truncated = false;
+    diff.print(git2::DiffFormat::Patch, |delta, _hunk, line| {
+        let path = delta
+            .new_file()
+            .path()
+            .or_else(|| delta.old_file().path())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(f) = files.iter_mut().find(|f| f.path == path) else {
+            return true;
+        };
+        match line.origin() {
+            '+' => f.additions += 1,
+            '-' => f.deletions += 1,
+            'B' => f.binary = true,
+            _ => {}
+        }
+        if line.origin() == 'F' {
+            return true; // the file header: the path is shown on its own
+        }
+        let content = String::from_utf8_lossy(line.content());
+        let text = match line.origin() {
+            '+' | '-' | ' ' => format!("{}{content}", line.origin()),
+            _ => content.into_owned(),
+        };
+        if total + text.len() > max_patch_bytes {
+            truncated = true;
+        } else {
+            total += text.len();
+            f.patch.push_str(&text);
+        }
+        true
+    })?;
+    Ok(CommitDiff {
+        commit: c.id().to_string(),
+        message: c.message().unwrap_or("").trim_end().to_string(),
+        files,
+        truncated,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +402,38 @@ mod tests {
             v["large_files"][0]["sha256"],
             hex::encode(Sha256::digest(&big))
         );
+    }
+
+    #[test]
+    fn commit_diff_shows_each_file_and_cuts_long_patches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        let git = tmp.path().join("w.git");
+        let mut h = WorkspaceHistory::create(&git, &ws).unwrap();
+        std::fs::write(ws.join("a.txt"), "one\ntwo\n").unwrap();
+        std::fs::write(ws.join("gone.txt"), "bye\n").unwrap();
+        let c1 = h.commit_if_changed("first").unwrap().unwrap();
+        let d1 = commit_diff(&git, &c1, 1 << 20).unwrap();
+        assert_eq!(d1.files.len(), 2);
+        assert!(d1.files.iter().all(|f| f.status == "added"));
+        std::fs::write(ws.join("a.txt"), "one\nTWO\n").unwrap();
+        std::fs::remove_file(ws.join("gone.txt")).unwrap();
+        std::fs::write(ws.join("bin.dat"), [0u8, 1, 2, 0, 255]).unwrap();
+        let c2 = h.commit_if_changed("second").unwrap().unwrap();
+        let d2 = commit_diff(&git, &c2, 1 << 20).unwrap();
+        assert_eq!(d2.message, "second");
+        let a = d2.files.iter().find(|f| f.path == "a.txt").unwrap();
+        assert_eq!((a.status.as_str(), a.additions, a.deletions), ("modified", 1, 1));
+        assert!(a.patch.contains("-two\n") && a.patch.contains("+TWO\n"), "{}", a.patch);
+        let g = d2.files.iter().find(|f| f.path == "gone.txt").unwrap();
+        assert_eq!(g.status, "deleted");
+        let b = d2.files.iter().find(|f| f.path == "bin.dat").unwrap();
+        assert!(b.binary);
+        assert!(!d2.truncated);
+        let cut = commit_diff(&git, &c2, 10).unwrap();
+        assert!(cut.truncated);
+        assert!(cut.files.iter().map(|f| f.patch.len()).sum::<usize>() <= 10);
+        assert!(commit_diff(&git, "0123", 10).is_err());
     }
 }

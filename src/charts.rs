@@ -1,0 +1,1 @@
+//! SVG charts drawn with plotters: stage scores, bpb against the baseline ladder, index against cost.
