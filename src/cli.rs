@@ -98,11 +98,19 @@ pub struct RunArgs {
     /// `openai:<model>` (a model behind an OpenAI-compatible API at OPENAI_BASE_URL, key
     /// OPENAI_API_KEY; e.g. openai:gpt-4o), or `anthropic:<model>` (Anthropic's Messages API,
     /// ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL; e.g. anthropic:claude-sonnet-4-5).
-    #[arg(long)]
-    pub agent: String,
+    /// Repeat `--agent` to run several agents, one after another (or `--parallel N` at once).
+    #[arg(long, required = true, value_name = "SPEC")]
+    pub agent: Vec<String>,
     /// Seed (default: the suite's).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seeds")]
     pub seed: Option<u64>,
+    /// Run each agent once per seed: a range `1-5` or a list `1,2,7`.
+    #[arg(long, value_name = "SEEDS", value_parser = parse_seeds)]
+    pub seeds: Option<Seeds>,
+    /// With several runs (agents × seeds): how many run at once. Each run has its own sandbox,
+    /// network and web server; the suite's CPU and memory limits apply to each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
     /// Only these stages, comma-separated, e.g. crawl,tokenize.
     #[arg(long, value_delimiter = ',')]
     pub stages: Vec<String>,
@@ -146,6 +154,41 @@ pub struct RunArgs {
     pub rescue: bool,
     #[command(flatten)]
     pub dir: RunsDirArg,
+}
+
+/// The seeds of `--seeds`, in order, without repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seeds(pub Vec<u64>);
+
+/// Parses `--seeds`: `1-5`, `1,2,7`, or a mix (`1-3,9`).
+pub fn parse_seeds(text: &str) -> Result<Seeds, String> {
+    let mut out: Vec<u64> = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(format!("{text:?}: an empty item (write e.g. 1-5 or 1,2,7)"));
+        }
+        let num = |s: &str| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{text:?}: {s:?} is not a seed (a whole number)"))
+        };
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(part)?, num(part)?),
+        };
+        if lo > hi {
+            return Err(format!("{text:?}: the range {part} runs backwards"));
+        }
+        if hi - lo >= 1000 {
+            return Err(format!("{text:?}: {part} is more than 1000 seeds"));
+        }
+        for s in lo..=hi {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    Ok(Seeds(out))
 }
 
 #[derive(Debug, Args)]
@@ -423,12 +466,11 @@ fn leaderboard(a: LeaderboardArgs) -> Result<i32, Exit> {
         suite: a.suite,
         resamples: a.resamples,
     };
-    let boards = crate::leaderboard::collect(&a.dir.runs_dir, home.as_ref(), &opts).map_err(|e| {
-        Exit {
+    let boards =
+        crate::leaderboard::collect(&a.dir.runs_dir, home.as_ref(), &opts).map_err(|e| Exit {
             code: exit::USAGE,
             error: e,
-        }
-    })?;
+        })?;
     let written = crate::leaderboard::write(&boards, &a.out).map_err(failed)?;
     out_text(&crate::leaderboard::markdown(&boards));
     for p in written {
@@ -454,7 +496,10 @@ async fn serve(a: ServeArgs) -> Result<i32, Exit> {
             error: anyhow::anyhow!("--addr {}: {e}", a.addr),
         })?;
     let bound = listener.local_addr().map_err(failed)?;
-    eprintln!("gptx serve: http://{bound}/ (runs from {})", a.dir.runs_dir.display());
+    eprintln!(
+        "gptx serve: http://{bound}/ (runs from {})",
+        a.dir.runs_dir.display()
+    );
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
     let state = crate::serve::AppState::new(a.dir.runs_dir.clone(), Home::locate().ok());
@@ -483,11 +528,35 @@ fn export(a: ExportArgs) -> Result<i32, Exit> {
 
 /// Turns `gptx run` arguments into a validated plan.
 pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
+    let agent = match args.agent.as_slice() {
+        [one] => one,
+        [] => anyhow::bail!("--agent: give the agent to run"),
+        _ => anyhow::bail!("--agent: plan() takes one agent; use plans() for several"),
+    };
+    plan_for(args, agent, args.seed)
+}
+
+/// The runs `gptx run` asks for: every `--agent` × every seed of `--seeds` (or `--seed`).
+/// Each plan comes with the `--agent` text it was made from.
+pub fn plans(args: &RunArgs) -> anyhow::Result<Vec<(String, RunPlan)>> {
+    let seeds: Vec<Option<u64>> = match &args.seeds {
+        Some(Seeds(list)) if !list.is_empty() => list.iter().map(|s| Some(*s)).collect(),
+        _ => vec![args.seed],
+    };
+    let mut out = Vec::new();
+    for agent in &args.agent {
+        for seed in &seeds {
+            out.push((agent.clone(), plan_for(args, agent, *seed)?));
+        }
+    }
+    Ok(out)
+}
+
+fn plan_for(args: &RunArgs, agent: &str, seed: Option<u64>) -> anyhow::Result<RunPlan> {
     let home = Home::locate()?;
-    let agent: AgentSpec = args
-        .agent
+    let agent: AgentSpec = agent
         .parse()
-        .map_err(|e: String| anyhow::anyhow!("--agent: {e}"))?;
+        .map_err(|e: String| anyhow::anyhow!("--agent {agent}: {e}"))?;
     let mut suite = home.suite(&args.suite).context("--suite")?;
     suite = suite.with_overrides(&BudgetOverrides {
         max_steps: args.max_steps,
@@ -501,7 +570,7 @@ pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
     if !args.stages.is_empty() {
         suite = suite.select(&args.stages)?;
     }
-    if let Some(seed) = args.seed {
+    if let Some(seed) = seed {
         suite.seed = seed;
     }
     Ok(RunPlan {
@@ -550,11 +619,17 @@ fn install_interrupts(cancel: CancellationToken) {
 }
 
 async fn run(args: RunArgs) -> Result<i32, Exit> {
-    let plan = plan(&args).map_err(|e| Exit {
+    let mut plans = plans(&args).map_err(|e| Exit {
         code: exit::USAGE,
         error: e,
     })?;
-    let out = execute(plan, args.quiet).await?;
+    if plans.len() > 1 {
+        return run_many(plans, &args).await;
+    }
+    let (_, plan) = plans.remove(0);
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let out = execute(plan, args.quiet, cancel).await?;
     if args.json {
         let stages: serde_json::Map<String, serde_json::Value> = out
             .score
@@ -583,6 +658,124 @@ async fn run(args: RunArgs) -> Result<i32, Exit> {
     })
 }
 
+/// Several runs (agents × seeds), at most `--parallel` at once. Each finished run prints one line;
+/// at the end a table of all of them. An interrupt stops the runs going and starts no more.
+async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, Exit> {
+    let total = plans.len();
+    let parallel = usize::from(args.parallel).min(total);
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    eprintln!(
+        "gptx run: {total} runs ({} agent(s) × {} seed(s)), {parallel} at a time",
+        args.agent.len(),
+        total / args.agent.len().max(1)
+    );
+    // The runs share this task (a run's future is not Send): `buffer_unordered` polls at most
+    // `parallel` of them at once, and each spends its time waiting on the engine.
+    use futures_util::StreamExt;
+    let mut stream = futures_util::stream::iter(plans.into_iter().enumerate())
+        .map(|(i, (agent, plan))| {
+            let cancel = cancel.clone();
+            let label = format!("{agent} seed {}", plan.suite.seed);
+            async move {
+                if cancel.is_cancelled() {
+                    return (i, label, None);
+                }
+                // One progress line cannot show several runs: parallel runs are quiet.
+                let r = execute(plan, parallel > 1 || args.quiet, cancel).await;
+                (i, label, Some(r))
+            }
+        })
+        .buffer_unordered(parallel);
+    let mut results: Vec<Option<(String, Result<session::RunOutput, Exit>)>> =
+        (0..total).map(|_| None).collect();
+    let mut finished = 0;
+    while let Some((i, label, r)) = stream.next().await {
+        let Some(r) = r else {
+            continue;
+        };
+        finished += 1;
+        match &r {
+            Ok(out) => eprintln!(
+                "[{finished}/{total}] {label}: {} {}{} · Bootstrap Index {:.1} · {}",
+                out.meta.status,
+                out.score.level,
+                out.score
+                    .assisted_level
+                    .as_deref()
+                    .map(|a| format!(" (assisted {a})"))
+                    .unwrap_or_default(),
+                out.score.bootstrap_index,
+                out.run_id
+            ),
+            Err(e) => eprintln!("[{finished}/{total}] {label}: error: {:#}", e.error),
+        }
+        results[i] = Some((label, r));
+    }
+    drop(stream);
+    let mut code = exit::OK;
+    let mut lines = Vec::new();
+    let mut table = format!(
+        "{:<44} {:<11} {:<10} {:>6}  run\n",
+        "agent / seed", "status", "level", "index"
+    );
+    for slot in results.iter() {
+        let Some((label, r)) = slot else {
+            code = exit::INTERRUPTED;
+            continue;
+        };
+        match r {
+            Ok(out) => {
+                let level = match &out.score.assisted_level {
+                    Some(a) => format!("{} ({a})", out.score.level),
+                    None => out.score.level.clone(),
+                };
+                table.push_str(&format!(
+                    "{label:<44} {:<11} {level:<10} {:>6.1}  {}\n",
+                    out.meta.status.to_string(),
+                    out.score.bootstrap_index,
+                    out.run_id
+                ));
+                match out.meta.status {
+                    RunStatus::Done => {}
+                    RunStatus::Interrupted => code = exit::INTERRUPTED,
+                    _ if code == exit::OK => code = exit::FAILED,
+                    _ => {}
+                }
+                lines.push(serde_json::json!({
+                    "run_id": out.run_id,
+                    "agent": out.meta.agent,
+                    "seed": out.meta.seed,
+                    "status": out.meta.status,
+                    "level": out.score.level,
+                    "assisted_level": out.score.assisted_level,
+                    "bootstrap_index": out.score.bootstrap_index,
+                    "error": out.meta.error,
+                }));
+            }
+            Err(e) => {
+                table.push_str(&format!("{label:<44} error: {:#}\n", e.error));
+                if code == exit::OK {
+                    code = e.code;
+                }
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        code = exit::INTERRUPTED;
+    }
+    if args.json {
+        let mut text = String::new();
+        for l in lines {
+            text.push_str(&format!("{l}\n"));
+        }
+        out_text(&text);
+    } else {
+        out_text(&table);
+    }
+    Ok(code)
+}
+
 /// Prints a run's result. A reader that went away (`| head`) is not an error: the run is over and
 /// recorded, and SIGPIPE may be ignored (an external agent was run), so `print!` would panic.
 fn out_text(text: &str) {
@@ -595,8 +788,10 @@ fn out_text(text: &str) {
 async fn mcp(a: McpArgs) -> Result<i32, Exit> {
     let args = RunArgs {
         suite: a.suite,
-        agent: "null".into(),
+        agent: vec!["null".into()],
         seed: a.seed,
+        seeds: None,
+        parallel: 1,
         stages: a.stages,
         json: false,
         max_steps: None,
@@ -638,7 +833,9 @@ async fn mcp(a: McpArgs) -> Result<i32, Exit> {
         None => tokio::spawn(server.serve(tokio::io::stdin(), tokio::io::stdout())),
     };
     let http = a.http.is_some();
-    let out = execute(plan, true).await?;
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let out = execute(plan, true, cancel).await?;
     eprint!("{}", crate::show::scorecard(&out.meta, &out.score));
     // The client hears the end in its last tool result; give it a moment (stdio: to hang up).
     let grace = std::time::Duration::from_secs(if http { 2 } else { 10 });
@@ -674,7 +871,9 @@ async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
         llm: Default::default(),
         world: None,
     };
-    let out = execute(plan, a.quiet).await?;
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let out = execute(plan, a.quiet, cancel).await?;
     print!("{}", crate::show::scorecard(&out.meta, &out.score));
     let values = crate::reference::from_score(&out.score).map_err(failed)?;
     let record = crate::reference::ReferenceValues {
@@ -706,7 +905,11 @@ async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
 }
 
 /// Builds the world if the suite has one, then does the run with a progress line.
-async fn execute(mut plan: RunPlan, quiet: bool) -> Result<session::RunOutput, Exit> {
+async fn execute(
+    mut plan: RunPlan,
+    quiet: bool,
+    cancel: CancellationToken,
+) -> Result<session::RunOutput, Exit> {
     if let Some(name) = plan.suite.world.clone() {
         let home = plan.home.clone();
         let seed = plan.suite.world_seed;
@@ -729,8 +932,6 @@ async fn execute(mut plan: RunPlan, quiet: bool) -> Result<session::RunOutput, E
         })?;
         plan.world = Some(std::sync::Arc::new(world.0));
     }
-    let cancel = CancellationToken::new();
-    install_interrupts(cancel.clone());
     let reporters: Vec<Box<dyn crate::trace::Reporter>> =
         vec![Box::new(crate::progress::Progress::new(quiet))];
     session::run(plan, reporters, cancel)
@@ -897,4 +1098,66 @@ async fn gc(all: bool) -> Result<i32, Exit> {
     } else {
         exit::FAILED
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_ranges_and_lists() {
+        assert_eq!(parse_seeds("1-5").unwrap(), Seeds(vec![1, 2, 3, 4, 5]));
+        assert_eq!(parse_seeds("1,2,7").unwrap(), Seeds(vec![1, 2, 7]));
+        assert_eq!(parse_seeds("1-3,2,9").unwrap(), Seeds(vec![1, 2, 3, 9]));
+        assert!(parse_seeds("5-1").unwrap_err().contains("backwards"));
+        assert!(parse_seeds("x").unwrap_err().contains("not a seed"));
+        assert!(parse_seeds("1,,2").unwrap_err().contains("empty"));
+        assert!(parse_seeds("0-5000").unwrap_err().contains("1000"));
+    }
+
+    #[test]
+    fn several_agents_and_seeds_make_every_pair() {
+        let cli = Cli::try_parse_from([
+            "gptx",
+            "run",
+            "--agent",
+            "null",
+            "--agent",
+            "reference:crawl,tokenize",
+            "--seeds",
+            "1-3",
+            "--parallel",
+            "2",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(args.agent, vec!["null", "reference:crawl,tokenize"]);
+        assert_eq!(args.parallel, 2);
+        let plans = plans(&args).unwrap();
+        let pairs: Vec<(String, u64)> = plans
+            .iter()
+            .map(|(a, p)| (a.clone(), p.suite.seed))
+            .collect();
+        assert_eq!(pairs.len(), 6);
+        assert_eq!(pairs[0], ("null".to_string(), 1));
+        assert_eq!(pairs[5], ("reference:crawl,tokenize".to_string(), 3));
+        assert!(Cli::try_parse_from([
+            "gptx", "run", "--agent", "null", "--seed", "1", "--seeds", "1-2"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["gptx", "run", "--agent", "null", "--parallel", "0"]).is_err()
+        );
+        let err = plans_err(&["gptx", "run", "--agent", "null", "--agent", "bogus"]);
+        assert!(err.contains("--agent bogus"), "{err}");
+    }
+
+    fn plans_err(argv: &[&str]) -> String {
+        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not run");
+        };
+        format!("{:#}", plans(&args).err().expect("an error"))
+    }
 }

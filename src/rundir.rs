@@ -65,6 +65,9 @@ pub struct StageSummary {
     pub steps: u64,
     pub sandbox_seconds: f64,
     pub wall_seconds: f64,
+    /// CPU seconds of the agent's commands in the sandbox (older runs: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
     pub metrics: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -89,6 +92,7 @@ impl StageSummary {
             steps: 0,
             sandbox_seconds: 0.0,
             wall_seconds: 0.0,
+            cpu_seconds: None,
             metrics: score.metrics.clone(),
             reason: score.reason.clone(),
             normalized: score.normalized,

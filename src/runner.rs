@@ -102,6 +102,8 @@ pub struct StageOutcome {
     pub rescued: bool,
     /// An LLM agent's model tokens and cost (None: unpriced) in this stage.
     pub usage: Option<(u64, Option<f64>)>,
+    /// CPU seconds the stage's commands used in the sandbox (the container's cgroup where known).
+    pub cpu_seconds: f64,
 }
 
 /// The end of a run as the runner saw it.
@@ -143,6 +145,7 @@ impl RunResult {
                 s.steps = o.steps;
                 s.sandbox_seconds = o.sandbox_seconds;
                 s.wall_seconds = o.wall_seconds;
+                s.cpu_seconds = Some(crate::trace::round(o.cpu_seconds, 3));
                 (o.stage.clone(), s)
             })
             .collect()
@@ -328,6 +331,7 @@ impl Runner {
         let scorer = scoring::scorer_for(&stage.name, self.world.as_ref());
         let mut steps = 0u64;
         let mut sandbox_seconds = 0.0f64;
+        let mut cpu_seconds = 0.0f64;
         let wall_deadline = started + Duration::from_secs_f64(budgets.max_wall_seconds);
         let ended_by = 'stage: {
             let begun = agent.begin_stage(&task).await;
@@ -407,6 +411,9 @@ impl Runner {
                     break 'stage EndReason::Interrupted;
                 };
                 sandbox_seconds += res.sandbox_seconds;
+                if let Some(u) = &res.usage {
+                    cpu_seconds += u.container_cpu_seconds.unwrap_or(u.cpu_seconds);
+                }
                 let commit = if matches!(parsed, Ok(ToolCall::ReadFile { .. })) {
                     None
                 } else {
@@ -490,6 +497,7 @@ impl Runner {
             score,
             rescued: false,
             usage,
+            cpu_seconds,
         }
     }
 

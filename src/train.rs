@@ -61,6 +61,9 @@ pub fn hidden_docs(world: &World) -> Result<(Vec<Doc>, Vec<Doc>), String> {
     Ok((test, ood))
 }
 
+/// The names of the ladder's rungs, weakest first (the keys of the train stage's `ladder` metric).
+pub const LADDER: [&str; 5] = ["uniform", "unigram", "gzip", "xz", "xz_conditional"];
+
 /// The ladder of §4 as (name, bpb), weakest first.
 pub fn ladder(b: &Baselines) -> [(&'static str, f64); 5] {
     [
@@ -229,13 +232,83 @@ impl Scorer for TrainScorer {
         };
         let plan = plan(docs, extra, ctx.scoring.positions, ctx.scoring);
         let v = lm::verify(programs, &plan).await;
-        stage_score(
+        let mut score = stage_score(
             &v,
             &self.world.manifest.baselines,
             ctx.gates,
             ctx.reference.get("train_bpb").copied(),
-        )
+        );
+        if score.metrics.get("verified") == Some(&json!(true)) {
+            let (key, value) = samples(programs, ctx.scoring).await;
+            score.metrics.insert(key.into(), value);
+        }
+        score
     }
+}
+
+/// Fixed prompts for the samples shown in reports (not from the hidden set, so nothing leaks).
+pub const SAMPLE_PROMPTS: [&str; 3] = ["The ", "In this article we", "How to "];
+/// Bytes asked of each sample.
+pub const SAMPLE_BYTES: u64 = 160;
+
+/// `bin/lm sample` on [`SAMPLE_PROMPTS`]: `("samples", [{prompt, text}])`, or
+/// `("samples_error", reason)`. Informational only: it never changes the grade.
+pub async fn samples(
+    programs: &dyn crate::programs::Programs,
+    scoring: &crate::programs::ScoringLimits,
+) -> (&'static str, Value) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut stdin = Vec::new();
+    for (i, p) in SAMPLE_PROMPTS.iter().enumerate() {
+        let line = json!({"id": format!("s{i}"), "prompt_b64": b64.encode(p), "max_bytes": SAMPLE_BYTES, "seed": i});
+        stdin.extend_from_slice(line.to_string().as_bytes());
+        stdin.push(b'\n');
+    }
+    let call = crate::programs::ProgramCall {
+        label: "sample".into(),
+        cmd: format!("./{PROGRAM} sample"),
+        stdin,
+        timeout: Duration::from_secs_f64(scoring.timeout_seconds.min(120.0)),
+    };
+    let run = match programs.run(&call).await {
+        Ok(r) => r,
+        Err(e) => return ("samples_error", json!(e.to_string())),
+    };
+    if let Some(f) = run.failure(&call) {
+        return ("samples_error", json!(f));
+    }
+    let mut out = Vec::new();
+    for (i, line) in run
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let parsed: Option<(String, String)> =
+            serde_json::from_slice::<Value>(line).ok().and_then(|v| {
+                let id = v.get("id")?.as_str()?.to_string();
+                let text = b64.decode(v.get("text_b64")?.as_str()?).ok()?;
+                Some((id, String::from_utf8_lossy(&text).into_owned()))
+            });
+        let Some((id, text)) = parsed else {
+            return (
+                "samples_error",
+                json!(format!(
+                    "bin/lm sample: line {} is not {{\"id\", \"text_b64\"}}",
+                    i + 1
+                )),
+            );
+        };
+        let prompt = id
+            .strip_prefix('s')
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| SAMPLE_PROMPTS.get(n))
+            .copied()
+            .unwrap_or("");
+        out.push(json!({"prompt": prompt, "text": text}));
+    }
+    ("samples", Value::Array(out))
 }
 
 #[cfg(test)]

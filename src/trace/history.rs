@@ -424,8 +424,15 @@ mod tests {
         let d2 = commit_diff(&git, &c2, 1 << 20).unwrap();
         assert_eq!(d2.message, "second");
         let a = d2.files.iter().find(|f| f.path == "a.txt").unwrap();
-        assert_eq!((a.status.as_str(), a.additions, a.deletions), ("modified", 1, 1));
-        assert!(a.patch.contains("-two\n") && a.patch.contains("+TWO\n"), "{}", a.patch);
+        assert_eq!(
+            (a.status.as_str(), a.additions, a.deletions),
+            ("modified", 1, 1)
+        );
+        assert!(
+            a.patch.contains("-two\n") && a.patch.contains("+TWO\n"),
+            "{}",
+            a.patch
+        );
         let g = d2.files.iter().find(|f| f.path == "gone.txt").unwrap();
         assert_eq!(g.status, "deleted");
         let b = d2.files.iter().find(|f| f.path == "bin.dat").unwrap();
