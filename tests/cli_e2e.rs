@@ -150,6 +150,7 @@ async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
         ".agent" => "[script path]",
         ".stages.*.sandbox_seconds" => "[seconds]",
         ".stages.*.wall_seconds" => "[seconds]",
+        ".stages.*.cpu_seconds" => "[seconds]",
     });
 }
 

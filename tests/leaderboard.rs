@@ -1,0 +1,349 @@
+//! The leaderboard on synthetic score files: grouping by suite and world hash, unfinished runs apart,
+//! statistics (means, intervals, best-of-k, medians), the markdown (snapshot) and the files written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use gptx::leaderboard::{self, Options};
+use gptx::rundir::{write_json_atomic, RunMeta, RunScore, RunStatus, StageSummary};
+
+const STAGES: [&str; 5] = ["crawl", "tokenize", "train", "eval", "selfhost"];
+
+struct Fake<'a> {
+    id: &'a str,
+    agent: &'a str,
+    seed: u64,
+    world: &'a str,
+    status: RunStatus,
+    /// Normalised score per stage; a stage passes when its score is at least 0.5.
+    scores: [f64; 5],
+    bpb: Option<f64>,
+    cpu: f64,
+}
+
+fn stage(score: f64, bpb: Option<f64>, cpu: f64, name: &str) -> StageSummary {
+    let mut metrics = serde_json::Map::new();
+    if name == "train" {
+        if let Some(b) = bpb {
+            metrics.insert("bpb".into(), serde_json::json!(b));
+            metrics.insert("verified".into(), serde_json::json!(true));
+        }
+        metrics.insert(
+            "ladder".into(),
+            serde_json::json!({"uniform": 8.0, "unigram": 4.8, "gzip": 2.7, "xz": 2.6, "xz_conditional": 1.83}),
+        );
+    }
+    StageSummary {
+        status: "scored".into(),
+        passed: score >= 0.5,
+        ended_by: None,
+        steps: 3,
+        sandbox_seconds: cpu,
+        wall_seconds: cpu + 1.0,
+        cpu_seconds: Some(cpu),
+        metrics,
+        reason: None,
+        normalized: Some(score),
+        rescued: false,
+        tokens: None,
+        cost_usd: None,
+    }
+}
+
+fn write(dir: &Path, f: &Fake) {
+    let run = dir.join(f.id);
+    std::fs::create_dir_all(&run).unwrap();
+    let started: chrono::DateTime<chrono::Utc> = "2026-11-29T10:00:00Z".parse().unwrap();
+    let meta = RunMeta {
+        run_id: f.id.into(),
+        agent: f.agent.into(),
+        suite: "mini".into(),
+        suite_path: "tasks/suites/mini.toml".into(),
+        world_hash: Some(f.world.into()),
+        seed: f.seed,
+        stages: STAGES.iter().map(|s| s.to_string()).collect(),
+        budgets: BTreeMap::new(),
+        gptx_version: "0.1.0".into(),
+        images: BTreeMap::new(),
+        started_at: started,
+        ended_at: (f.status != RunStatus::Running).then(|| started + chrono::Duration::seconds(60)),
+        status: f.status,
+        error: (f.status == RunStatus::Failed).then(|| "the engine went away".to_string()),
+        trace_sha256: None,
+        events: 0,
+    };
+    write_json_atomic(&run.join("run.json"), &meta).unwrap();
+    if f.status == RunStatus::Running {
+        return;
+    }
+    let passed = f.scores.iter().take_while(|s| **s >= 0.5).count();
+    let weights = [15.0, 10.0, 40.0, 15.0, 20.0];
+    let index: f64 = f.scores.iter().zip(weights).map(|(s, w)| s * w).sum();
+    let score = RunScore {
+        run_id: f.id.into(),
+        suite: "mini".into(),
+        agent: f.agent.into(),
+        seed: f.seed,
+        world_hash: Some(f.world.into()),
+        status: f.status,
+        level: format!("L{}", passed + usize::from(passed == 5)),
+        assisted_level: None,
+        bootstrap_index: index,
+        stages: STAGES
+            .iter()
+            .zip(f.scores)
+            .map(|(s, x)| (s.to_string(), stage(x, f.bpb, f.cpu, s)))
+            .collect(),
+    };
+    write_json_atomic(&run.join("score.json"), &score).unwrap();
+}
+
+fn fixture() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = [1.0, 1.0, 1.0, 1.0, 1.0];
+    let crawl_only = [1.0, 0.0, 0.0, 0.0, 0.0];
+    let runs = [
+        Fake {
+            id: "r01",
+            agent: "reference",
+            seed: 1,
+            world: "w1",
+            status: RunStatus::Done,
+            scores: full,
+            bpb: Some(1.42),
+            cpu: 100.0,
+        },
+        Fake {
+            id: "r02",
+            agent: "reference",
+            seed: 2,
+            world: "w1",
+            status: RunStatus::Done,
+            scores: full,
+            bpb: Some(1.44),
+            cpu: 110.0,
+        },
+        Fake {
+            id: "r03",
+            agent: "reference",
+            seed: 3,
+            world: "w1",
+            status: RunStatus::Done,
+            scores: [1.0, 1.0, 0.9, 1.0, 0.9],
+            bpb: Some(1.50),
+            cpu: 120.0,
+        },
+        Fake {
+            id: "r04",
+            agent: "crawler",
+            seed: 1,
+            world: "w1",
+            status: RunStatus::Done,
+            scores: crawl_only,
+            bpb: None,
+            cpu: 10.0,
+        },
+        Fake {
+            id: "r05",
+            agent: "crawler",
+            seed: 2,
+            world: "w1",
+            status: RunStatus::Done,
+            scores: [0.8, 0.0, 0.0, 0.0, 0.0],
+            bpb: None,
+            cpu: 12.0,
+        },
+        Fake {
+            id: "r06",
+            agent: "crawler",
+            seed: 3,
+            world: "w1",
+            status: RunStatus::Done,
+            scores: [0.2, 0.0, 0.0, 0.0, 0.0],
+            bpb: None,
+            cpu: 8.0,
+        },
+        Fake {
+            id: "r07",
+            agent: "null",
+            seed: 1,
+            world: "w1",
+            status: RunStatus::Done,
+            scores: [0.0; 5],
+            bpb: None,
+            cpu: 0.0,
+        },
+        // Unfinished runs are listed apart and never ranked.
+        Fake {
+            id: "r08",
+            agent: "reference",
+            seed: 4,
+            world: "w1",
+            status: RunStatus::Interrupted,
+            scores: [0.0; 5],
+            bpb: None,
+            cpu: 0.0,
+        },
+        Fake {
+            id: "r09",
+            agent: "reference",
+            seed: 5,
+            world: "w1",
+            status: RunStatus::Running,
+            scores: [0.0; 5],
+            bpb: None,
+            cpu: 0.0,
+        },
+        Fake {
+            id: "r10",
+            agent: "null",
+            seed: 2,
+            world: "w1",
+            status: RunStatus::Failed,
+            scores: [0.0; 5],
+            bpb: None,
+            cpu: 0.0,
+        },
+        // Another world hash: its own board, never mixed with w1.
+        Fake {
+            id: "r11",
+            agent: "reference",
+            seed: 1,
+            world: "w2",
+            status: RunStatus::Done,
+            scores: crawl_only,
+            bpb: None,
+            cpu: 5.0,
+        },
+    ];
+    for r in &runs {
+        write(tmp.path(), r);
+    }
+    tmp
+}
+
+#[test]
+fn runs_are_grouped_by_world_hash_and_unfinished_runs_kept_apart() {
+    let tmp = fixture();
+    let boards = leaderboard::collect(tmp.path(), None, &Options::default()).unwrap();
+    assert_eq!(boards.len(), 2);
+    let w1 = boards
+        .iter()
+        .find(|b| b.world_hash.as_deref() == Some("w1"))
+        .unwrap();
+    let w2 = boards
+        .iter()
+        .find(|b| b.world_hash.as_deref() == Some("w2"))
+        .unwrap();
+    assert_eq!(w2.agents.len(), 1);
+    assert_eq!(w2.agents[0].runs, 1);
+    assert_eq!(
+        w2.agents[0].index_mean, 15.0,
+        "w2's run never mixes with w1's"
+    );
+
+    let names: Vec<&str> = w1.agents.iter().map(|a| a.agent.as_str()).collect();
+    assert_eq!(names, ["reference", "crawler", "null"], "ranked by index");
+    let r = &w1.agents[0];
+    assert_eq!(
+        r.runs, 3,
+        "the interrupted and running reference runs are not counted"
+    );
+    assert_eq!(r.levels[6], 3);
+    assert_eq!(r.best_of_k, 100.0);
+    assert_eq!(r.median_bpb, Some(1.44));
+    assert_eq!(r.cpu_seconds, 550.0, "110 CPU-s in each of five stages");
+    let (lo, hi) = r.index_ci95.unwrap();
+    assert!(
+        lo <= r.index_mean && r.index_mean <= hi && hi <= 100.0,
+        "{lo} {hi}"
+    );
+    assert!(lo >= 94.0, "three runs near 100: {lo}");
+    let c = &w1.agents[1];
+    assert_eq!(c.index_mean, 10.0, "(15 + 12 + 3) / 3");
+    assert_eq!(c.stage_pass_rate["crawl"], 2.0 / 3.0);
+    assert!((c.stage_scores["crawl"] - 0.6667).abs() < 1e-3);
+    let (clo, chi) = c.index_ci95.unwrap();
+    assert!(
+        clo < 10.0 && 10.0 < chi && clo >= 3.0 && chi <= 15.0,
+        "{clo} {chi}"
+    );
+    let n = &w1.agents[2];
+    assert_eq!(n.runs, 1);
+    assert_eq!(n.index_ci95, None, "no interval from one run");
+
+    let mut unfinished: Vec<(&str, &str)> = w1
+        .unfinished
+        .iter()
+        .map(|u| (u.run_id.as_str(), u.status.as_str()))
+        .collect();
+    unfinished.sort();
+    assert_eq!(
+        unfinished,
+        [
+            ("r08", "interrupted"),
+            ("r09", "running"),
+            ("r10", "failed")
+        ]
+    );
+    assert_eq!(w1.baselines.len(), 5);
+}
+
+#[test]
+fn markdown_snapshot_and_files() {
+    let tmp = fixture();
+    let opts = Options {
+        suite: Some("mini".into()),
+        resamples: 2000,
+    };
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    insta::assert_snapshot!("leaderboard_md", leaderboard::markdown(&boards));
+
+    let out = tmp.path().join("reports");
+    let written = leaderboard::write(&boards, &out).unwrap();
+    for name in ["leaderboard.md", "leaderboard.json", "leaderboard.html"] {
+        assert!(out.join(name).is_file(), "{name}");
+    }
+    let svgs: Vec<_> = written
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "svg"))
+        .collect();
+    assert_eq!(svgs.len(), 6, "three charts per board");
+    for p in svgs {
+        let text = std::fs::read_to_string(p).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("</svg>"),
+            "{}",
+            p.display()
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("leaderboard.json")).unwrap()).unwrap();
+    assert_eq!(json["boards"].as_array().unwrap().len(), 2);
+    assert_eq!(json["boards"][0]["agents"][0]["agent"], "reference");
+    let html = std::fs::read_to_string(out.join("leaderboard.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("reference") && html.contains("Unfinished"));
+}
+
+#[test]
+fn an_unknown_suite_names_the_suites_that_have_runs() {
+    let tmp = fixture();
+    let err = leaderboard::collect(
+        tmp.path(),
+        None,
+        &Options {
+            suite: Some("standard".into()),
+            resamples: 10,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--suite standard") && err.contains("mini"),
+        "{err}"
+    );
+    let err = leaderboard::collect(&tmp.path().join("nope"), None, &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--runs-dir"), "{err}");
+}
