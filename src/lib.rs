@@ -57,6 +57,7 @@ pub mod serve;
 pub mod session;
 pub mod show;
 pub mod suite;
+pub mod synth;
 pub mod tokenize;
 pub mod tools;
 pub mod trace;
