@@ -760,8 +760,22 @@ th{background:#f4f6fa;font-weight:600}td.l,th.l{text-align:left}code{font-size:1
 .charts{display:flex;flex-wrap:wrap;gap:12px}.charts figure{margin:0;border:1px solid #e6e8ee;border-radius:6px;padding:6px;background:#fff}\
 .bar{display:inline-block;height:10px;background:#2c7be5;border-radius:2px;vertical-align:middle;margin-left:6px}";
 
-/// The leaderboard body (tables and inline charts) without `<html>`: for the viewer's page.
-pub fn html_body(boards: &[Board]) -> String {
+/// Links to a run: to the viewer's run page when served, plain text in a static report.
+fn run_ref(id: &str, links: bool) -> String {
+    if links {
+        format!(
+            "<a href=\"/runs/{}\"><code>{}</code></a>",
+            html_escape(id),
+            html_escape(id)
+        )
+    } else {
+        format!("<code>{}</code>", html_escape(id))
+    }
+}
+
+/// The leaderboard body (tables and inline charts) without `<html>`, for the viewer's own layout;
+/// `links`: run ids link to the viewer's run pages.
+pub fn html_body(boards: &[Board], links: bool) -> String {
     let mut o = String::new();
     if boards.is_empty() {
         o.push_str("<p class=\"muted\">No runs yet: <code>gptx run --suite mini --agent reference --seeds 1-3</code>, then reload.</p>");
@@ -835,7 +849,7 @@ pub fn html_body(boards: &[Board]) -> String {
         for e in entries {
             let _ = write!(
                 o,
-                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\"><a href=\"/runs/{}\"><code>{}</code></a></td></tr>",
+                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}</td></tr>",
                 html_escape(&e.agent),
                 e.seed,
                 html_escape(&e.level),
@@ -845,8 +859,7 @@ pub fn html_body(boards: &[Board]) -> String {
                     .unwrap_or_default(),
                 e.bootstrap_index,
                 fmt_opt(e.bpb, 3),
-                html_escape(&e.run_id),
-                html_escape(&e.run_id)
+                run_ref(&e.run_id, links)
             );
         }
         o.push_str("</table>");
@@ -855,9 +868,8 @@ pub fn html_body(boards: &[Board]) -> String {
             for u in &b.unfinished {
                 let _ = write!(
                     o,
-                    "<tr><td class=\"l\"><a href=\"/runs/{}\"><code>{}</code></a></td><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
-                    html_escape(&u.run_id),
-                    html_escape(&u.run_id),
+                    "<tr><td class=\"l\">{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+                    run_ref(&u.run_id, links),
                     html_escape(&u.agent),
                     u.seed,
                     html_escape(&u.status),
@@ -871,12 +883,17 @@ pub fn html_body(boards: &[Board]) -> String {
     o
 }
 
-/// The leaderboard as one self-contained HTML document (styles and charts inline).
+/// The leaderboard as one self-contained HTML document (styles and charts inline; run ids as text).
 pub fn html_page(boards: &[Board]) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>gptx leaderboard</title><style>{STYLE}</style></head><body><h1>gptx leaderboard</h1>{}</body></html>\n",
-        html_body(boards)
+        html_body(boards, false)
     )
+}
+
+/// The leaderboard's own stylesheet (for a page that embeds [`html_body`]).
+pub fn stylesheet() -> &'static str {
+    STYLE
 }
 
 #[cfg(test)]
