@@ -538,6 +538,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             n
         };
         let mut sandbox_seconds = 0.0;
+        let mut cpu_seconds = 0.0;
         let mut wall = 0.0;
         let mut tokens = 0u64;
         let mut cost = 0.0f64;
@@ -594,6 +595,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             let mut usage = None;
             let mut refs = Vec::new();
             let mut step_sandbox = 0.0;
+            let mut step_cpu = 0.0;
             let (ok, result) = match tool {
                 "write_file" => {
                     let content = args["content"].as_str().unwrap_or_default();
@@ -636,10 +638,12 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
                     }
                     step_sandbox = round(rng.range(0.2, 6.0), 3);
                     let cpu = round(step_sandbox * rng.range(0.6, 0.98), 3);
+                    // The runner counts the container's cgroup CPU where it is known.
+                    step_cpu = round(cpu + 0.01, 3);
                     usage = Some(StepUsage {
                         cpu_seconds: cpu,
                         max_rss_kb: 20_000 + rng.next() % 400_000,
-                        container_cpu_seconds: Some(round(cpu + 0.01, 3)),
+                        container_cpu_seconds: Some(step_cpu),
                         container_peak_bytes: Some(
                             64 * 1024 * 1024 + rng.next() % (512 * 1024 * 1024),
                         ),
@@ -683,6 +687,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             let spent = duration_ms / 1000.0 + 0.2;
             now += Duration::microseconds((spent * 1e6) as i64);
             sandbox_seconds += step_sandbox;
+            cpu_seconds += step_cpu;
             wall += spent;
         }
         if stops_here && spec.status == RunStatus::Running {
@@ -749,6 +754,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         summary.steps = steps_here as u64;
         summary.sandbox_seconds = sandbox_seconds;
         summary.wall_seconds = wall;
+        summary.cpu_seconds = Some(round(cpu_seconds, 3));
         if model.is_some() {
             summary.tokens = Some(tokens);
             summary.cost_usd = Some(round(cost, 6));
