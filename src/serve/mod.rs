@@ -1,30 +1,414 @@
 //! `gptx serve`: the web viewer (axum, server-rendered HTML, assets embedded in the binary).
+//!
+//! Routes: `/` (runs), `/runs/{id}` (a run, `?page=N` of its steps), `/runs/{id}/steps/{n}` (one step
+//! with its output and workspace diff), `/runs/{id}/outputs/{sha256}` (a full output as text),
+//! `/runs/{id}/live` (server-sent events of a running run), `/runs/{id}/summary` (the run's header as a
+//! fragment, for the live page), `/leaderboard`, and JSON under `/api/`. Traces are read through a
+//! per-run [`index::TraceIndex`] kept in [`AppState`], so a page reads only its own lines.
 
+pub mod html;
+pub mod index;
+mod live;
+mod pages;
+mod view;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use crate::rundir::RunDir;
 use crate::suite::Home;
+use index::TraceIndex;
+
+/// How long connections may take to close after shutdown was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub runs_dir: PathBuf,
     pub home: Option<Home>,
+    indexes: Arc<Mutex<HashMap<PathBuf, Arc<Mutex<TraceIndex>>>>>,
+    live: Arc<AtomicUsize>,
 }
 
 impl AppState {
     pub fn new(runs_dir: PathBuf, home: Option<Home>) -> Self {
-        Self { runs_dir, home }
+        Self {
+            runs_dir,
+            home,
+            indexes: Arc::default(),
+            live: Arc::default(),
+        }
+    }
+
+    /// Live event streams open right now (each ends when its client goes or the server stops).
+    pub fn live_streams(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// The index of a run's trace (created empty on first use; call `refresh` under its lock).
+    fn index(&self, dir: &RunDir) -> Arc<Mutex<TraceIndex>> {
+        let mut map = lock(&self.indexes);
+        map.entry(dir.path.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(TraceIndex::new(&dir.events()))))
+            .clone()
+    }
+
+    /// The run directory of `id` (its exact name under the runs directory).
+    fn run_dir(&self, id: &str) -> Result<RunDir, PageError> {
+        let plain = !id.is_empty()
+            && id != "."
+            && id != ".."
+            && !id.contains(['/', '\\', '\0'])
+            && id.len() <= 200;
+        let dir = RunDir::new(self.runs_dir.join(id));
+        if plain && dir.run_json().is_file() {
+            Ok(dir)
+        } else {
+            Err(PageError::not_found(
+                "No such run",
+                format!("There is no run {id:?} in {}.", self.runs_dir.display()),
+            ))
+        }
     }
 }
 
-/// Serves until `cancel` fires.
+/// A poisoned lock still holds usable data here (indexes are rebuilt from the file when in doubt).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The router's state: the app and the server's stop signal (live streams end on it).
+#[derive(Clone)]
+struct Ctx {
+    app: AppState,
+    cancel: CancellationToken,
+}
+
+/// An error as a page (or JSON under `/api/`) with its HTTP status.
+#[derive(Debug)]
+pub struct PageError {
+    pub status: StatusCode,
+    pub title: String,
+    pub detail: String,
+    json: bool,
+}
+
+impl PageError {
+    pub fn new(status: StatusCode, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            title: title.into(),
+            detail: detail.into(),
+            json: false,
+        }
+    }
+    pub fn not_found(title: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, title, detail)
+    }
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Bad request", detail)
+    }
+    pub fn internal(title: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, title, detail)
+    }
+    fn json(mut self) -> Self {
+        self.json = true;
+        self
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        if self.json {
+            let body = serde_json::json!({"error": self.title, "detail": self.detail});
+            return (self.status, Json(body)).into_response();
+        }
+        (self.status, Html(pages::error_page(&self))).into_response()
+    }
+}
+
+/// Runs blocking work (file reads, git) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PageError> + Send + 'static,
+) -> Result<T, PageError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(PageError::internal(
+            "The viewer failed",
+            format!("a page's worker stopped: {e}"),
+        ))
+    })
+}
+
+/// Builds the viewer's routes.
+fn router(app: AppState, cancel: CancellationToken) -> Router {
+    Router::new()
+        .route("/", get(runs_page))
+        .route("/leaderboard", get(leaderboard_page))
+        .route("/runs/{id}", get(run_page))
+        .route("/runs/{id}/summary", get(summary_fragment))
+        .route("/runs/{id}/live", get(live::stream))
+        .route("/runs/{id}/steps/{n}", get(step_page))
+        .route("/runs/{id}/outputs/{sha}", get(output_file))
+        .route("/api/runs", get(api_runs))
+        .route("/api/runs/{id}/steps", get(api_steps))
+        .route("/api/runs/{id}/events", get(live::poll))
+        .route("/assets/style.css", get(style))
+        .route("/assets/live.js", get(script))
+        .fallback(not_found)
+        .with_state(Ctx { app, cancel })
+}
+
+/// Serves until `cancel` fires; live streams end then, and connections get a few seconds to close.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let _ = (listener, state, cancel);
-    anyhow::bail!("the viewer is not available yet")
+    let app = router(state, cancel.clone());
+    let stop = cancel.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop.cancelled().await;
+    });
+    let server = async move { server.await };
+    tokio::select! {
+        r = server => r.map_err(|e| anyhow::anyhow!("the viewer's server failed: {e}")),
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    }
+}
+
+async fn not_found() -> PageError {
+    PageError::not_found("Not found", "There is no page at this address.")
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("assets/style.css"),
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("assets/live.js"),
+    )
+}
+
+/// A `?page=` value: a number from 1.
+fn page_param(q: &HashMap<String, String>) -> Result<usize, PageError> {
+    match q.get("page").map(|s| s.trim()) {
+        None | Some("") => Ok(1),
+        Some(p) => match p.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(PageError::bad_request(format!(
+                "?page={p}: a page is a number from 1"
+            ))),
+        },
+    }
+}
+
+/// The runs filter from `?suite=&agent=&status=`.
+fn filter_param(q: &HashMap<String, String>) -> Result<view::Filter, PageError> {
+    let pick = |k: &str| {
+        q.get(k)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let status = pick("status");
+    if let Some(s) = &status {
+        if !["running", "done", "failed", "interrupted"].contains(&s.as_str()) {
+            return Err(PageError::bad_request(format!(
+                "?status={s}: one of running, done, failed, interrupted"
+            )));
+        }
+    }
+    Ok(view::Filter {
+        suite: pick("suite"),
+        agent: pick("agent"),
+        status,
+    })
+}
+
+async fn runs_page(
+    State(ctx): State<Ctx>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Html<String>, PageError> {
+    let filter = filter_param(&q)?;
+    let runs_dir = ctx.app.runs_dir.clone();
+    let list = blocking(move || Ok(view::runs(&runs_dir, &filter))).await?;
+    Ok(Html(pages::runs_page(&list)))
+}
+
+async fn api_runs(
+    State(ctx): State<Ctx>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, PageError> {
+    let filter = filter_param(&q).map_err(PageError::json)?;
+    let runs_dir = ctx.app.runs_dir.clone();
+    let list = blocking(move || Ok(view::runs(&runs_dir, &filter))).await?;
+    Ok(Json(serde_json::json!({
+        "runs": list.rows,
+        "problems": list.problems,
+    })))
+}
+
+async fn run_page(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PageError> {
+    let page = page_param(&q)?;
+    let app = ctx.app.clone();
+    let v = blocking(move || {
+        let dir = app.run_dir(&id)?;
+        view::run(&app, &dir, &id, Some(page))
+    })
+    .await?;
+    let status = if v.damaged() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Html(pages::run_page(&v))).into_response())
+}
+
+async fn summary_fragment(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, PageError> {
+    let app = ctx.app.clone();
+    let v = blocking(move || {
+        let dir = app.run_dir(&id)?;
+        view::run(&app, &dir, &id, None)
+    })
+    .await?;
+    Ok(Html(pages::summary(&v)))
+}
+
+async fn api_steps(
+    State(ctx): State<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, PageError> {
+    let page = page_param(&q).map_err(PageError::json)?;
+    let app = ctx.app.clone();
+    blocking(move || {
+        let dir = app.run_dir(&id)?;
+        let v = view::run(&app, &dir, &id, Some(page))?;
+        let steps: Vec<serde_json::Value> = v
+            .steps
+            .iter()
+            .map(|s| match s {
+                Ok(s) => serde_json::to_value(&**s).unwrap_or_default(),
+                Err(p) => serde_json::json!({"line": p.line_no, "error": p.message}),
+            })
+            .collect();
+        Ok(Json(serde_json::json!({
+            "run_id": v.id,
+            "page": v.page,
+            "pages": v.pages,
+            "total_steps": v.total_steps,
+            "last_seq": v.last_seq,
+            "steps": steps,
+        })))
+    })
+    .await
+    .map_err(PageError::json)
+}
+
+async fn step_page(
+    State(ctx): State<Ctx>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Html<String>, PageError> {
+    let n: u64 = n.trim().parse().map_err(|_| {
+        PageError::bad_request(format!("/runs/{id}/steps/{n}: a step is a number from 1"))
+    })?;
+    let app = ctx.app.clone();
+    let v = blocking(move || {
+        let dir = app.run_dir(&id)?;
+        view::step(&app, &dir, &id, n)
+    })
+    .await?;
+    Ok(Html(pages::step_page(&v)))
+}
+
+/// A full output from `outputs/`, as plain text the browser will not interpret.
+async fn output_file(
+    State(ctx): State<Ctx>,
+    Path((id, sha)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    let dir = ctx.app.run_dir(&id)?;
+    if !view::is_sha256(&sha) {
+        return Err(PageError::bad_request(format!(
+            "/runs/{id}/outputs/{sha}: an output is named by its 64-digit SHA-256"
+        )));
+    }
+    let path = dir.outputs().join(&sha);
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| PageError::not_found("No such output", format!("{}: {e}", path.display())))?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    Ok(resp)
+}
+
+async fn leaderboard_page(
+    State(ctx): State<Ctx>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Html<String>, PageError> {
+    let suite = q
+        .get("suite")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let app = ctx.app.clone();
+    blocking(move || {
+        let opts = crate::leaderboard::Options {
+            suite,
+            resamples: 2000,
+        };
+        let boards =
+            crate::leaderboard::collect(&app.runs_dir, app.home.as_ref(), &opts).map_err(|e| {
+                PageError::internal("The leaderboard could not be built", e.to_string())
+            })?;
+        let suites = view::runs(&app.runs_dir, &view::Filter::default()).suites;
+        Ok(Html(pages::leaderboard(
+            &boards,
+            &suites,
+            opts.suite.as_deref(),
+        )))
+    })
+    .await
 }
