@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
+use crate::runner::INLINE_OUTPUT;
 use crate::trace::history::CommitDiff;
 use crate::trace::{self, EndReason, Event, StepRecord, StepUsage};
 
@@ -766,17 +767,22 @@ fn render_result(out: &mut String, dir: &RunDir, s: &StepRecord, st: Style) {
         let text = match full {
             Some(r) => match std::fs::read(dir.outputs().join(&r.sha256)) {
                 Ok(b) => {
+                    let inline_kept = (INLINE_OUTPUT as u64).min(r.bytes_total);
+                    let cut = format!(
+                        "the trace's inline copy kept {inline_kept} bytes (head and tail) and cut {}",
+                        r.bytes_total - inline_kept
+                    );
                     let note = if r.bytes_kept < r.bytes_total {
                         format!(
-                            "{} bytes; the inline copy was cut, the first {} bytes are kept in outputs/{} and {} bytes were dropped",
+                            "{} bytes; {cut}; outputs/{} kept the first {} bytes, shown here, and {} bytes were not kept at all",
                             r.bytes_total,
-                            r.bytes_kept,
                             r.sha256,
+                            r.bytes_kept,
                             r.bytes_total - r.bytes_kept
                         )
                     } else {
                         format!(
-                            "{} bytes; the inline copy was cut, shown in full from outputs/{}",
+                            "{} bytes; {cut}; shown in full from outputs/{}",
                             r.bytes_total, r.sha256
                         )
                     };

@@ -71,7 +71,9 @@ fn a_cut_output_is_shown_in_full_from_outputs() {
     );
     let text = render_step(&dir, 2, false).unwrap();
     assert!(
-        text.contains("100000 bytes; the inline copy was cut, shown in full from outputs/"),
+        text.contains(
+            "100000 bytes; the trace's inline copy kept 32768 bytes (head and tail) and cut 67232; shown in full from outputs/"
+        ),
         "{}",
         &text[..2000.min(text.len())]
     );
