@@ -105,7 +105,10 @@ pub fn bpb_ladder(title: &str, baselines: &[(String, f64)], points: &[(String, f
             .axis_desc_style((FONT, 13))
             .draw()
             .map_err(err)?;
-        for (i, b) in shown.iter().enumerate() {
+        // Labels of close rungs (gzip 2.74, xz 2.69) would overlap: lay them out top to bottom at
+        // least one line apart, each beside its own line as far as possible.
+        let mut labels: Vec<(i32, i32, String)> = Vec::new();
+        for b in &shown {
             let style = ShapeStyle::from(&RGBColor(0x99, 0x99, 0x99)).stroke_width(1);
             chart
                 .draw_series(DashedLineSeries::new(
@@ -116,10 +119,16 @@ pub fn bpb_ladder(title: &str, baselines: &[(String, f64)], points: &[(String, f
                 ))
                 .map_err(err)?;
             let (px, py) = chart.backend_coord(&(n as f64 - 0.5, b.1));
-            let _ = i;
+            labels.push((px, py, format!("{} {:.3}", b.0, b.1)));
+        }
+        labels.sort_by_key(|l| l.1);
+        let mut last = i32::MIN / 2;
+        for (px, py, text) in labels {
+            let y = py.max(last + 14);
+            last = y;
             root.draw(&Text::new(
-                format!("{} {:.3}", b.0, b.1),
-                (px + 6, py),
+                text,
+                (px + 6, y),
                 TextStyle::from((FONT, 12).into_font())
                     .color(&RGBColor(0x55, 0x55, 0x55))
                     .pos(Pos::new(HPos::Left, VPos::Center)),

@@ -329,10 +329,12 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
     }
 }
 
+/// A run as read from its directory: `run.json`, and `score.json` when there is one.
+pub type ReadRun = (RunMeta, Option<RunScore>);
+
 /// Ranks runs already read (pure: the unit of the tests).
-pub fn build(runs: &[(RunMeta, Option<RunScore>)], opts: &Options) -> Vec<Board> {
-    let mut groups: BTreeMap<(String, Option<String>), Vec<&(RunMeta, Option<RunScore>)>> =
-        BTreeMap::new();
+pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
+    let mut groups: BTreeMap<(String, Option<String>), Vec<&ReadRun>> = BTreeMap::new();
     for r in runs {
         if opts.suite.as_deref().is_some_and(|s| s != r.0.suite) {
             continue;
@@ -438,7 +440,7 @@ pub fn collect(runs_dir: &Path, home: Option<&Home>, opts: &Options) -> anyhow::
     for p in problems {
         tracing::warn!("leaderboard: skipped {p}");
     }
-    let runs: Vec<(RunMeta, Option<RunScore>)> = listed
+    let runs: Vec<ReadRun> = listed
         .into_iter()
         .map(|(dir, meta)| {
             let score = if dir.score_json().exists() {
