@@ -305,9 +305,19 @@ fn target(stage: &str) -> String {
 /// as a visible `\u{…}` so the document stays well-formed; tab and line breaks are kept as
 /// character references so attribute values keep them too.
 pub fn xml_escape(text: &str) -> String {
+    escape(text, true)
+}
+
+/// Escapes text for XML element content: like [`xml_escape`], but tabs and newlines stay as they are.
+pub fn xml_text(text: &str) -> String {
+    escape(text, false)
+}
+
+fn escape(text: &str, attribute: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
+            '\t' | '\n' if !attribute => out.push(c),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -360,7 +370,7 @@ fn junit(r: &Run) -> String {
                     "      <failure message=\"{}\" type=\"{}\">{}</failure>",
                     xml_escape(&reason),
                     xml_escape(&score.status),
-                    xml_escape(&detail)
+                    xml_text(&detail)
                 );
             }
             (None, Some((ended_by, ..)), _) => {
@@ -405,7 +415,7 @@ fn junit(r: &Run) -> String {
         let _ = writeln!(
             body,
             "      <system-out>{}</system-out>",
-            xml_escape(&out_text)
+            xml_text(&out_text)
         );
         let _ = writeln!(cases, ">\n{body}    </testcase>");
     }
@@ -963,6 +973,7 @@ mod tests {
         assert_eq!(xml_escape("x\u{1}y\u{1b}[0m"), "x\\u{1}y\\u{1b}[0m");
         assert_eq!(xml_escape("tab\tline\nret\r"), "tab&#9;line&#10;ret&#13;");
         assert_eq!(xml_escape("é ✓ \u{fffe}"), "é ✓ \\u{fffe}");
+        assert_eq!(xml_text("a\n\tb\r<"), "a\n\tb&#13;&lt;");
     }
 
     #[test]
