@@ -93,7 +93,7 @@ pub fn bpb_ladder(title: &str, baselines: &[(String, f64)], points: &[(String, f
             .margin(12)
             .x_label_area_size(46)
             .y_label_area_size(52)
-            .right_y_label_area_size(110)
+            .margin_right(130)
             .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax.max(0.5))
             .map_err(err)?;
         chart
@@ -322,11 +322,33 @@ pub fn index_vs_cost(title: &str, x_desc: &str, points: &[CostPoint]) -> String 
                     c.filled(),
                 )))
                 .map_err(err)?;
-            let (px, py) = chart.backend_coord(&(p.cost, p.index));
+        }
+        // Agents close together (the cheap ones near the origin) would print over each other:
+        // labels go bottom to top at least one line apart, with a leader line when moved.
+        let mut labels: Vec<(i32, i32, String, RGBColor)> = points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (px, py) = chart.backend_coord(&(p.cost, p.index));
+                (px, py, short(&p.label, 32), colour(i))
+            })
+            .collect();
+        labels.sort_by_key(|l| std::cmp::Reverse(l.1));
+        let mut last = i32::MAX / 2;
+        for (px, py, text, c) in labels {
+            let y = (py - 4).min(last - 14);
+            last = y;
+            if py - 4 - y > 6 {
+                root.draw(&PathElement::new(
+                    vec![(px + 4, py - 4), (px + 10, y)],
+                    c.stroke_width(1),
+                ))
+                .map_err(err)?;
+            }
             root.draw(&Text::new(
-                short(&p.label, 32),
-                (px + 8, py - 2),
-                TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, VPos::Bottom)),
+                text,
+                (px + 10, y),
+                TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
             ))
             .map_err(err)?;
         }

@@ -715,8 +715,15 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
     drop(stream);
     let mut code = exit::OK;
     let mut lines = Vec::new();
+    let width = results
+        .iter()
+        .flatten()
+        .map(|(label, _)| label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let mut table = format!(
-        "{:<44} {:<11} {:<10} {:>6}  run\n",
+        "{:<width$} {:<11} {:<10} {:>6}  run\n",
         "agent / seed", "status", "level", "index"
     );
     for slot in results.iter() {
@@ -731,7 +738,7 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
                     None => out.score.level.clone(),
                 };
                 table.push_str(&format!(
-                    "{label:<44} {:<11} {level:<10} {:>6.1}  {}\n",
+                    "{label:<width$} {:<11} {level:<10} {:>6.1}  {}\n",
                     out.meta.status.to_string(),
                     out.score.bootstrap_index,
                     out.run_id
@@ -754,7 +761,7 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
                 }));
             }
             Err(e) => {
-                table.push_str(&format!("{label:<44} error: {:#}\n", e.error));
+                table.push_str(&format!("{label:<width$} error: {:#}\n", e.error));
                 if code == exit::OK {
                     code = e.code;
                 }
