@@ -26,6 +26,9 @@
 //! - [`trace`] turns events into the record: the hash-chained `events.jsonl`, `outputs/`, and
 //!   `workspace.git` ([`trace::WorkspaceHistory`]); [`progress`] turns them into the live status line.
 //! - [`rundir`] owns `run.json` / `score.json`; [`show`] renders runs in the terminal.
+//! - After runs: [`leaderboard`] ranks agents per suite and world hash (with [`charts`]), [`serve`]
+//!   is the web viewer (a trace index per run, live runs), [`export`] writes Inspect AI logs and
+//!   JUnit XML; [`synth`] writes whole synthetic runs for their tests and benches.
 //! - [`reference`] keeps each world's reference values (`m_ref`, measured by `gptx world reference`).
 //! - [`engine`] holds the Docker connection, the labels on every resource, and `gc`.
 //! - [`bench`] measures the harness itself.

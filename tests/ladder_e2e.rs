@@ -38,6 +38,17 @@ async fn reference_closes_the_loop() {
     assert!(bpb < ladder["xz"].as_f64().unwrap(), "{m}");
     assert_eq!(m["beats"]["xz"], true);
     assert!(m["ood_bpb"].as_f64().unwrap() > 0.0);
+    // Samples for the reports: three continuations of the fixed prompts, never empty.
+    let samples = m["samples"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no samples: {m}"));
+    assert_eq!(samples.len(), 3, "{m}");
+    assert_eq!(samples[0]["prompt"], "The ");
+    assert!(samples
+        .iter()
+        .all(|x| !x["text"].as_str().unwrap().is_empty()));
+    // The agent's CPU time is summed per stage.
+    assert!(s["cpu_seconds"].as_f64().unwrap() > 1.0, "{s}");
     // The verification is in the trace: K positions from a recorded seed, three program calls.
     let ver = &m["verification"];
     assert_eq!(ver["positions"].as_array().unwrap().len(), 64);
