@@ -6,8 +6,8 @@ use std::time::Duration;
 use gptx::rundir::{RunDir, RunStatus};
 use gptx::serve::{serve, AppState};
 use gptx::synth::{write_run, Synth};
-use gptx::trace::log::Envelope;
-use gptx::trace::{sha256_hex, Event, StepRecord, StepUsage};
+use gptx::trace::EventLog;
+use gptx::trace::{Event, StepRecord, StepUsage};
 use tokio_util::sync::CancellationToken;
 
 struct Server {
@@ -59,33 +59,10 @@ fn synth(runs: &Path, id: &str, f: impl FnOnce(&mut Synth)) -> RunDir {
 
 /// Appends events to a trace, chained to its last line as the recorder would.
 fn append(dir: &RunDir, events: &[Event]) {
-    let text = std::fs::read(dir.events()).unwrap();
-    let last = text
-        .split(|b| *b == b'\n')
-        .rfind(|l| !l.is_empty())
-        .unwrap()
-        .to_vec();
-    let env: Envelope = serde_json::from_slice(&last).unwrap();
-    let mut prev = sha256_hex(&last);
-    let mut out = Vec::new();
-    for (seq, e) in (env.seq + 1..).zip(events) {
-        let line = serde_json::to_vec(&Envelope {
-            seq,
-            ts: chrono::Utc::now(),
-            prev_sha256: prev.clone(),
-            event: e.clone(),
-        })
-        .unwrap();
-        prev = sha256_hex(&line);
-        out.extend_from_slice(&line);
-        out.push(b'\n');
+    let mut log = EventLog::open_existing(&dir.events()).unwrap();
+    for e in events {
+        log.append(e).unwrap();
     }
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.events())
-        .unwrap();
-    f.write_all(&out).unwrap();
 }
 
 fn bash_step(stage: &str, step: u64, cmd: &str, stdout: &str) -> Event {

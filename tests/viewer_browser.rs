@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use gptx::rundir::{RunDir, RunStatus};
 use gptx::serve::{serve, AppState};
 use gptx::synth::{write_run, Synth};
-use gptx::trace::log::Envelope;
-use gptx::trace::{sha256_hex, Event, StepRecord};
+use gptx::trace::EventLog;
+use gptx::trace::{Event, StepRecord};
 use tokio_util::sync::CancellationToken;
 
 /// Longest one chromium call may take before it is killed.
@@ -130,34 +130,10 @@ fn synth(runs: &Path, id: &str, f: impl FnOnce(&mut Synth)) -> RunDir {
 
 /// Appends events chained to the trace's last line.
 fn append(dir: &RunDir, events: &[Event]) {
-    let text = std::fs::read(dir.events()).unwrap();
-    let last = text
-        .split(|b| *b == b'\n')
-        .rfind(|l| !l.is_empty())
-        .unwrap()
-        .to_vec();
-    let env: Envelope = serde_json::from_slice(&last).unwrap();
-    let mut prev = sha256_hex(&last);
-    let mut out = Vec::new();
-    for (seq, e) in (env.seq + 1..).zip(events) {
-        let line = serde_json::to_vec(&Envelope {
-            seq,
-            ts: chrono::Utc::now(),
-            prev_sha256: prev,
-            event: e.clone(),
-        })
-        .unwrap();
-        prev = sha256_hex(&line);
-        out.extend_from_slice(&line);
-        out.push(b'\n');
+    let mut log = EventLog::open_existing(&dir.events()).unwrap();
+    for e in events {
+        log.append(e).unwrap();
     }
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.events())
-        .unwrap()
-        .write_all(&out)
-        .unwrap();
 }
 
 fn steps(dir: &RunDir) -> u64 {

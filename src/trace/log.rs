@@ -49,6 +49,38 @@ impl EventLog {
         })
     }
 
+    /// Opens an existing trace to go on writing it: the chain continues from its last line (a live
+    /// run's trace in tests; resuming a run).
+    pub fn open_existing(path: &Path) -> Result<Self, TraceError> {
+        let shown = path.display().to_string();
+        let io = |source| TraceError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let text = std::fs::read(path).map_err(io)?;
+        let lines = text.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let (n, last) = lines.enumerate().last().map(|(i, l)| (i + 1, l)).unzip();
+        let (prev, seq) = match last {
+            Some(line) => {
+                let env: Envelope =
+                    serde_json::from_slice(line).map_err(|e| TraceError::Parse {
+                        path: shown.clone(),
+                        line: n.unwrap_or(0) as u64,
+                        message: e.to_string(),
+                    })?;
+                (sha256_hex(line), env.seq + 1)
+            }
+            None => (String::new(), 0),
+        };
+        let file = OpenOptions::new().append(true).open(path).map_err(io)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            prev,
+            seq,
+        })
+    }
+
     /// Writes one event; returns the line's hash.
     pub fn append(&mut self, event: &Event) -> std::io::Result<String> {
         let env = Envelope {
@@ -249,6 +281,25 @@ mod tests {
             Err(TraceError::Tail { .. })
         ));
         assert!(verify(&path, None).is_ok());
+    }
+
+    #[test]
+    fn open_existing_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut log = EventLog::create(&path).unwrap();
+        log.append(&warn(0)).unwrap();
+        log.append(&warn(1)).unwrap();
+        drop(log);
+        let mut more = EventLog::open_existing(&path).unwrap();
+        assert_eq!(more.len(), 2);
+        let tail = more.append(&warn(2)).unwrap();
+        assert_eq!(verify(&path, Some(&tail)).unwrap().events, 3);
+        std::fs::write(&path, b"not json\n").unwrap();
+        assert!(matches!(
+            EventLog::open_existing(&path),
+            Err(TraceError::Parse { line: 1, .. })
+        ));
     }
 
     #[test]
