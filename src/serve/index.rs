@@ -253,7 +253,9 @@ impl TraceIndex {
     }
 
     fn scan(&mut self, len: u64) -> Result<(), String> {
-        let file = self.file.take().expect("opened by refresh");
+        let Some(file) = self.file.take() else {
+            return Err(format!("{}: not open", self.path.display()));
+        };
         let res = self.scan_file(&file, len);
         self.file = Some(file);
         res
