@@ -105,13 +105,21 @@ async fn mini_suite_with_a_script_leaves_a_complete_verifiable_run() {
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.status.success());
     assert!(text.contains("verified, "), "{text}");
-    for stage in ["crawl", "tokenize", "train", "eval", "selfhost"] {
+    for (i, stage) in ["crawl", "tokenize", "train", "eval", "selfhost"]
+        .iter()
+        .enumerate()
+    {
         assert!(
-            text.contains(&format!("== stage {stage}")),
-            "{stage} missing from show"
+            text.contains(&format!("== stage {}/5 {stage} ==", i + 1)),
+            "{stage} missing from show:\n{text}"
         );
     }
-    assert_eq!(text.matches("commit ").count(), 10);
+    // Each step that changed the workspace ends with its commit (`@<id>`).
+    let with_commit = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#') && l.contains("  @"))
+        .count();
+    assert_eq!(with_commit, 10, "{text}");
     assert!(text.contains("#25"));
 
     // The trace verifies, and a one-byte edit anywhere is detected.
