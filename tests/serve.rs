@@ -1,12 +1,13 @@
 //! `gptx serve` over HTTP: the runs, run, step and error pages, filters, escaping, damaged traces, live runs.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use gptx::rundir::{RunDir, RunStatus};
 use gptx::serve::{serve, AppState};
-use gptx::synth::{write_run, Synth};
-use gptx::trace::EventLog;
+use gptx::synth::Synth;
 use gptx::trace::{Event, StepRecord, StepUsage};
 use tokio_util::sync::CancellationToken;
 
@@ -49,20 +50,11 @@ impl Server {
 }
 
 fn synth(runs: &Path, id: &str, f: impl FnOnce(&mut Synth)) -> RunDir {
-    let mut s = Synth {
-        run_id: id.into(),
-        ..Synth::default()
-    };
-    f(&mut s);
-    write_run(runs, &s).unwrap()
+    common::synth_run(runs, id, f)
 }
 
-/// Appends events to a trace, chained to its last line as the recorder would.
 fn append(dir: &RunDir, events: &[Event]) {
-    let mut log = EventLog::open_existing(&dir.events()).unwrap();
-    for e in events {
-        log.append(e).unwrap();
-    }
+    common::append_events(dir, events)
 }
 
 fn bash_step(stage: &str, step: u64, cmd: &str, stdout: &str) -> Event {

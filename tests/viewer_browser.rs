@@ -2,6 +2,7 @@
 //!
 //! Needs `/usr/bin/chromium` (`apt-get install -y chromium`); without it this test fails on purpose.
 //! The screenshots are kept under `target/viewer-screenshots/` and their paths printed.
+mod common;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -11,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use gptx::rundir::{RunDir, RunStatus};
 use gptx::serve::{serve, AppState};
-use gptx::synth::{write_run, Synth};
-use gptx::trace::EventLog;
+use gptx::synth::Synth;
 use gptx::trace::{Event, StepRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -120,20 +120,11 @@ fn dump_dom(url: &str, extra: &[&str]) -> String {
 }
 
 fn synth(runs: &Path, id: &str, f: impl FnOnce(&mut Synth)) -> RunDir {
-    let mut s = Synth {
-        run_id: id.into(),
-        ..Synth::default()
-    };
-    f(&mut s);
-    write_run(runs, &s).unwrap()
+    common::synth_run(runs, id, f)
 }
 
-/// Appends events chained to the trace's last line.
 fn append(dir: &RunDir, events: &[Event]) {
-    let mut log = EventLog::open_existing(&dir.events()).unwrap();
-    for e in events {
-        log.append(e).unwrap();
-    }
+    common::append_events(dir, events)
 }
 
 fn steps(dir: &RunDir) -> u64 {

@@ -1,4 +1,4 @@
-//! Shared helpers for tests that use the real Docker engine and the `base` image.
+//! Shared helpers for tests: the real Docker engine and the `base` image, the CLI, synthetic runs.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -177,4 +177,26 @@ pub async fn assert_nothing_left(docker: &Docker, v: &serde_json::Value) {
         0,
         "run {run_id} left resources behind"
     );
+}
+
+/// A synthetic run `id` under `runs` (see `gptx::synth`), shaped by `f`.
+pub fn synth_run(
+    runs: &Path,
+    id: &str,
+    f: impl FnOnce(&mut gptx::synth::Synth),
+) -> gptx::rundir::RunDir {
+    let mut s = gptx::synth::Synth {
+        run_id: id.into(),
+        ..Default::default()
+    };
+    f(&mut s);
+    gptx::synth::write_run(runs, &s).unwrap()
+}
+
+/// Appends events to a run's trace, chained to its last line as the recorder would.
+pub fn append_events(dir: &gptx::rundir::RunDir, events: &[gptx::trace::Event]) {
+    let mut log = gptx::trace::EventLog::open_existing(&dir.events()).unwrap();
+    for e in events {
+        log.append(e).unwrap();
+    }
 }
