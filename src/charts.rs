@@ -62,6 +62,25 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// The root area every chart draws on.
+type Root<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// Draws on a white `size` canvas and returns the SVG, or an SVG saying why it could not be drawn.
+fn render(title: &str, size: (u32, u32), draw: impl FnOnce(&Root<'_>) -> DrawResult) -> String {
+    let mut svg = String::new();
+    let result = {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(err)
+            .and_then(|_| draw(&root))
+            .and_then(|_| root.present().map_err(err))
+    };
+    match result {
+        Ok(()) => svg,
+        Err(e) => message_svg(title, &format!("the chart could not be drawn: {e}")),
+    }
+}
+
 /// Bits per byte of models (`points`: label, bpb) against the world's baseline ladder
 /// (`baselines`: uniform, unigram, gzip, xz, conditional xz as horizontal lines). Lower is better.
 pub fn bpb_ladder(title: &str, baselines: &[(String, f64)], points: &[(String, f64)]) -> String {
@@ -70,10 +89,7 @@ pub fn bpb_ladder(title: &str, baselines: &[(String, f64)], points: &[(String, f
     if points.is_empty() && baselines.is_empty() {
         return message_svg(title, "no verified bits per byte to show");
     }
-    let mut svg = String::new();
-    let r: DrawResult = (|| {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    render(title, (WIDTH, HEIGHT), |root| {
         // The uniform baseline (8 bpb) would squash everything else; start the axis at the
         // weakest baseline that is still in view of the models.
         let top_model = points.iter().map(|p| p.1).fold(0.0f64, f64::max);
@@ -88,7 +104,7 @@ pub fn bpb_ladder(title: &str, baselines: &[(String, f64)], points: &[(String, f
             .fold(0.0f64, f64::max)
             * 1.12;
         let n = points.len().max(1);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 17))
             .margin(12)
             .x_label_area_size(46)
@@ -159,13 +175,8 @@ pub fn bpb_ladder(title: &str, baselines: &[(String, f64)], points: &[(String, f
             ))
             .map_err(err)?;
         }
-        root.present().map_err(err)?;
         Ok(())
-    })();
-    match r {
-        Ok(()) => svg,
-        Err(e) => message_svg(title, &format!("the chart could not be drawn: {e}")),
-    }
+    })
 }
 
 /// Normalised score per stage (0–1) per agent: grouped bars, one group per stage, one colour per
@@ -178,12 +189,9 @@ pub fn stage_scores(
     if stages.is_empty() || series.is_empty() {
         return message_svg(title, "no scored stages to show");
     }
-    let mut svg = String::new();
     let legend_rows = series.len().div_ceil(3) as u32;
     let height = HEIGHT + 20 * legend_rows;
-    let r: DrawResult = (|| {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    render(title, (WIDTH, height), |root| {
         let (plot, legend) = root.split_vertically(HEIGHT);
         let n = stages.len();
         let ymax = series
@@ -254,13 +262,8 @@ pub fn stage_scores(
                 ))
                 .map_err(err)?;
         }
-        root.present().map_err(err)?;
         Ok(())
-    })();
-    match r {
-        Ok(()) => svg,
-        Err(e) => message_svg(title, &format!("the chart could not be drawn: {e}")),
-    }
+    })
 }
 
 /// One agent on the index-against-cost chart.
@@ -284,13 +287,10 @@ pub fn index_vs_cost(title: &str, x_desc: &str, points: &[CostPoint]) -> String 
     if points.is_empty() {
         return message_svg(title, "no finished runs to show");
     }
-    let mut svg = String::new();
-    let r: DrawResult = (|| {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    render(title, (WIDTH, HEIGHT), |root| {
         let xmax = points.iter().map(|p| p.cost).fold(0.0f64, f64::max);
         let xmax = if xmax > 0.0 { xmax * 1.25 } else { 1.0 };
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 17))
             .margin(14)
             .x_label_area_size(44)
@@ -352,13 +352,8 @@ pub fn index_vs_cost(title: &str, x_desc: &str, points: &[CostPoint]) -> String 
             ))
             .map_err(err)?;
         }
-        root.present().map_err(err)?;
         Ok(())
-    })();
-    match r {
-        Ok(()) => svg,
-        Err(e) => message_svg(title, &format!("the chart could not be drawn: {e}")),
-    }
+    })
 }
 
 #[cfg(test)]
