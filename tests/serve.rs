@@ -308,6 +308,14 @@ async fn unknown_runs_steps_and_pages_are_404_and_bad_input_400() {
         assert!(body.contains(text), "{path}: {body}");
         assert!(body.contains("<!DOCTYPE html>"), "{path}: an error page");
     }
+    // A unique prefix of an id names the run, as on the command line; an ambiguous one does not.
+    let (got, body) = srv.get("/runs/20260104-100000-ab").await;
+    assert_eq!(got, 200, "{body}");
+    assert!(body.contains(id), "{body}");
+    synth(tmp.path(), "20260104-100000-abffff", |_| {});
+    let (got, body) = srv.get("/runs/20260104-100000-ab").await;
+    assert_eq!(got, 404, "{body}");
+    assert!(body.contains("give more of the id"), "{body}");
     let (got, body) = srv.get("/api/runs/nope/steps").await;
     assert_eq!(got, 404);
     assert!(body.starts_with('{'), "JSON errors under /api: {body}");

@@ -17,7 +17,7 @@ use futures_util::Stream;
 use serde::Serialize;
 
 use super::index::Kind;
-use super::{blocking, lock, pages, AppState, Ctx, PageError};
+use super::{blocking, canonical_id, lock, pages, AppState, Ctx, PageError};
 use crate::rundir::{self, RunDir, RunMeta, RunStatus};
 
 /// How often a stream looks at the trace.
@@ -160,6 +160,7 @@ pub(super) async fn poll(
     let app = ctx.app.clone();
     blocking(move || {
         let dir = app.run_dir(&id)?;
+        let id = canonical_id(&dir);
         collect(&app, &dir, &id, after, scale).map(Json)
     })
     .await
@@ -298,6 +299,7 @@ pub(super) async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, PageError> {
     let dir = ctx.app.run_dir(&id)?;
+    let id = canonical_id(&dir);
     let after = seq_param(&q, &headers)?;
     let scale = scale_param(&q)?;
     let tail = Tail {

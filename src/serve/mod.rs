@@ -73,14 +73,28 @@ impl AppState {
             && id.len() <= 200;
         let dir = RunDir::new(self.runs_dir.join(id));
         if plain && dir.run_json().is_file() {
-            Ok(dir)
-        } else {
-            Err(PageError::not_found(
+            return Ok(dir);
+        }
+        // A unique prefix of a run id names the run, as on the command line.
+        match plain.then(|| crate::rundir::find_run(&self.runs_dir, id)) {
+            Some(Ok(dir)) => Ok(dir),
+            Some(Err(e)) if e.to_string().contains("give more of the id") => {
+                Err(PageError::not_found("No such run", e.to_string()))
+            }
+            _ => Err(PageError::not_found(
                 "No such run",
                 format!("There is no run {id:?} in {}.", self.runs_dir.display()),
-            ))
+            )),
         }
     }
+}
+
+/// The run's id as its directory is named (what a unique prefix in a URL resolved to).
+fn canonical_id(dir: &RunDir) -> String {
+    dir.path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A poisoned lock still holds usable data here (indexes are rebuilt from the file when in doubt).
@@ -281,6 +295,7 @@ async fn run_page(
     let app = ctx.app.clone();
     let v = blocking(move || {
         let dir = app.run_dir(&id)?;
+        let id = canonical_id(&dir);
         view::run(&app, &dir, &id, Some(page))
     })
     .await?;
@@ -299,6 +314,7 @@ async fn summary_fragment(
     let app = ctx.app.clone();
     let v = blocking(move || {
         let dir = app.run_dir(&id)?;
+        let id = canonical_id(&dir);
         view::run(&app, &dir, &id, None)
     })
     .await?;
@@ -314,6 +330,7 @@ async fn api_steps(
     let app = ctx.app.clone();
     blocking(move || {
         let dir = app.run_dir(&id)?;
+        let id = canonical_id(&dir);
         let v = view::run(&app, &dir, &id, Some(page))?;
         let steps: Vec<serde_json::Value> = v
             .steps
@@ -346,6 +363,7 @@ async fn step_page(
     let app = ctx.app.clone();
     let v = blocking(move || {
         let dir = app.run_dir(&id)?;
+        let id = canonical_id(&dir);
         view::step(&app, &dir, &id, n)
     })
     .await?;
@@ -358,6 +376,7 @@ async fn output_file(
     Path((id, sha)): Path<(String, String)>,
 ) -> Result<Response, PageError> {
     let dir = ctx.app.run_dir(&id)?;
+    let id = canonical_id(&dir);
     if !view::is_sha256(&sha) {
         return Err(PageError::bad_request(format!(
             "/runs/{id}/outputs/{sha}: an output is named by its 64-digit SHA-256"
