@@ -438,6 +438,16 @@ async fn a_running_run_streams_new_steps_and_its_end() {
         .unwrap()
         .to_string();
     let n = step_count(&dir) + 1;
+    // The step the run is in the middle of is on the page, marked running.
+    assert!(
+        page.contains(&format!("id=\"inflight\" data-step=\"{n}\"")),
+        "the step in flight is shown: {page}"
+    );
+    let (_, api) = srv
+        .get(&format!("/api/runs/{id}/events?after={after}"))
+        .await;
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["in_flight"]["step"], n, "{api}");
 
     let mut resp = reqwest::get(format!("{}/runs/{id}/live?after={after}", srv.base))
         .await
@@ -460,6 +470,7 @@ async fn a_running_run_streams_new_steps_and_its_end() {
     );
     let got = read_events(&mut resp, "python3 train.py --live", 10).await;
     assert!(got.contains("event: step"), "{got}");
+    assert!(got.contains("event: inflight"), "{got}");
     assert!(got.contains(&format!("/runs/{id}/steps/{n}")));
 
     append(
@@ -484,6 +495,14 @@ async fn a_running_run_streams_new_steps_and_its_end() {
     );
     let got = read_events(&mut resp, "event: finished", 10).await;
     assert!(got.contains("python3 eval.py"));
+    let (_, api) = srv
+        .get(&format!("/api/runs/{id}/events?after={after}"))
+        .await;
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert!(
+        api["in_flight"].is_null(),
+        "nothing runs after the end: {api}"
+    );
     assert!(got.contains("event: event"), "the stage's end: {got}");
     // The server ends the stream after `finished`.
     let rest = tokio::time::timeout(Duration::from_secs(5), resp.chunk())

@@ -100,6 +100,18 @@ pub struct LineRef {
     pub kind: Kind,
 }
 
+/// A step that has started and not ended yet: a live run's command still running.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InFlight {
+    pub seq: u64,
+    pub step: u64,
+    pub stage: String,
+    pub tool: String,
+    /// The command, path or first argument, one line, shortened.
+    pub summary: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A line that is not a trace event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -579,6 +591,50 @@ impl TraceIndex {
             .steps
             .partition_point(|s| self.lines[s.line].seq <= seq);
         from..self.steps.len()
+    }
+
+    /// The step started last, when nothing has ended it yet (no `step`, `stage_ended` or
+    /// `run_finished` after its `step_started`).
+    pub fn in_flight(&self) -> Option<InFlight> {
+        let pos = self
+            .lines
+            .iter()
+            .rposition(|l| l.kind == Kind::StepStarted)?;
+        let ended = self.lines[pos + 1..]
+            .iter()
+            .any(|l| matches!(l.kind, Kind::Step | Kind::StageEnded | Kind::RunFinished));
+        if ended || self.finished {
+            return None;
+        }
+        let bytes = self.read_line(&self.lines[pos]).ok()?;
+        let env: Envelope = serde_json::from_slice(&bytes).ok()?;
+        match env.event {
+            Event::StepStarted {
+                stage,
+                step,
+                tool,
+                args,
+            } => {
+                let summary = ["cmd", "path", "line"]
+                    .iter()
+                    .find_map(|k| args.get(k).and_then(|v| v.as_str()))
+                    .or_else(|| {
+                        args.as_object()
+                            .and_then(|o| o.values().find_map(|v| v.as_str()))
+                    })
+                    .map(first_line)
+                    .unwrap_or_default();
+                Some(InFlight {
+                    seq: env.seq,
+                    step,
+                    stage,
+                    tool,
+                    summary,
+                    started_at: env.ts,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// The lines written after `seq`.

@@ -53,8 +53,17 @@ pub struct Batch {
     pub last_seq: Option<u64>,
     /// The run has ended (a `run_finished` line, or run.json no longer says running).
     pub finished: bool,
+    /// The step still running, with its timeline row (none when no step is running).
+    pub in_flight: Option<InFlightRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The step still running, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InFlightRow {
+    pub step: u64,
+    pub html: String,
 }
 
 /// Lines after `after`, with timeline rows for steps (bars drawn against `scale_ms`).
@@ -113,10 +122,19 @@ fn collect(
         items.push(item);
     }
     let finished = !cut && (g.finished() || meta.status != RunStatus::Running);
+    let in_flight = if finished || cut {
+        None
+    } else {
+        g.in_flight().map(|f| InFlightRow {
+            step: f.step,
+            html: pages::inflight_row(&f),
+        })
+    };
     Ok(Batch {
         items,
         last_seq,
         finished,
+        in_flight,
         error,
     })
 }
@@ -194,6 +212,8 @@ struct Tail {
     first: bool,
     ends: Instant,
     last_error: Option<String>,
+    /// The in-flight step last sent (its number), so a change is sent once.
+    in_flight: Option<u64>,
     _guard: Guard,
 }
 
@@ -260,6 +280,15 @@ impl Tail {
             self.queue.push_back(message(name, Some(item.seq), &item));
         }
         self.after = batch.last_seq.or(self.after);
+        let now = batch.in_flight.as_ref().map(|f| f.step);
+        if now != self.in_flight {
+            self.in_flight = now;
+            let data = match &batch.in_flight {
+                Some(f) => serde_json::json!({"step": f.step, "html": f.html}),
+                None => serde_json::json!({"step": null}),
+            };
+            self.queue.push_back(message("inflight", None, &data));
+        }
         if batch.finished {
             self.queue.push_back(message(
                 "finished",
@@ -314,6 +343,7 @@ pub(super) async fn stream(
         first: true,
         ends: Instant::now() + STREAM_LIFETIME,
         last_error: None,
+        in_flight: None,
     };
     let s = futures_util::stream::unfold(tail, |t| t.next());
     Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))

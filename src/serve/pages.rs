@@ -492,6 +492,22 @@ fn problems_section(v: &RunView) -> String {
 }
 
 /// One row of the step timeline; `scale_ms` is the duration drawn as a full bar.
+/// The timeline row of the step still running in a live run (replaced by its row when it ends).
+pub fn inflight_row(f: &crate::serve::index::InFlight) -> String {
+    format!(
+        "<tr class=\"step inflight\" id=\"inflight\" data-step=\"{n}\"><td class=\"num\">{n}</td>\
+<td><span class=\"stage-tag\">{stage}</span></td><td class=\"tool\">{tool}</td>\
+<td class=\"cmd\"><code>{summary}</code></td>\
+<td class=\"dur\"><span class=\"muted\">running since {since}</span></td>\
+<td class=\"num\">–</td><td class=\"num\">–</td><td><span class=\"pill live\"><span class=\"dot\"></span> running</span></td></tr>",
+        n = f.step,
+        stage = esc(&f.stage),
+        tool = esc(&f.tool),
+        summary = esc(&f.summary),
+        since = f.started_at.format("%H:%M:%S UTC"),
+    )
+}
+
 pub fn step_row(id: &str, s: &StepSummary, scale_ms: f64) -> String {
     let href = format!("/runs/{}/steps/{}", url(id), s.step);
     let result = if s.timed_out {
@@ -635,6 +651,9 @@ fn timeline(v: &RunView) -> String {
                 );
             }
         }
+    }
+    if let Some(f) = v.in_flight.as_ref().filter(|_| v.page == v.pages) {
+        b.push_str(&inflight_row(f));
     }
     b.push_str("</tbody></table></div>");
     if v.live {

@@ -198,6 +198,8 @@ pub struct RunView {
     pub pending_bytes: u64,
     pub ladder: Option<Ladder>,
     pub samples: Vec<(String, String)>,
+    /// A live run's step that has started and not ended.
+    pub in_flight: Option<crate::serve::index::InFlight>,
 }
 
 impl RunView {
@@ -291,6 +293,7 @@ pub fn run(
     let ladder = ladder(&stages);
     let samples = samples(&stages);
     let live = meta.status == RunStatus::Running && !g.finished();
+    let in_flight = if live { g.in_flight() } else { None };
     Ok(RunView {
         id: id.to_string(),
         notes,
@@ -315,6 +318,7 @@ pub fn run(
         pending_bytes: g.pending_bytes(),
         ladder,
         samples,
+        in_flight,
         meta,
     })
 }

@@ -44,9 +44,24 @@
     if (total) total.textContent = String((parseInt(total.textContent, 10) || 0) + 1);
   }
 
+  // The step still running: one row at the end of the last page, replaced when it ends.
+  function dropInflight() {
+    var r = document.getElementById("inflight");
+    if (r) r.remove();
+  }
+  source.addEventListener("inflight", function (e) {
+    var d = JSON.parse(e.data);
+    dropInflight();
+    if (!d.html || !body || !lastPage || rows >= pageSize) return;
+    var empty = body.querySelector("tr.empty");
+    if (empty) empty.remove();
+    body.insertAdjacentHTML("beforeend", d.html);
+  });
+
   source.addEventListener("step", function (e) {
     var d = JSON.parse(e.data);
     if (!d.html) return;
+    dropInflight();
     countStep();
     if (body && lastPage && rows < pageSize) {
       var empty = body.querySelector("tr.empty");
@@ -72,6 +87,7 @@
   });
   source.addEventListener("finished", function () {
     source.close();
+    dropInflight();
     live.setAttribute("data-state", "finished");
     reloadSummary();
   });
