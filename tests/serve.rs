@@ -458,6 +458,9 @@ async fn a_running_run_streams_new_steps_and_its_end() {
         .unwrap()
         .starts_with("text/event-stream"));
     assert_eq!(srv.state.live_streams(), 1);
+    // The stream's first look at the trace sends the step in flight.
+    let got = read_events(&mut resp, "event: inflight", 10).await;
+    assert!(got.contains(&format!("data-step=\\\"{n}\\\"")), "{got}");
 
     append(
         &dir,
@@ -470,7 +473,6 @@ async fn a_running_run_streams_new_steps_and_its_end() {
     );
     let got = read_events(&mut resp, "python3 train.py --live", 10).await;
     assert!(got.contains("event: step"), "{got}");
-    assert!(got.contains("event: inflight"), "{got}");
     assert!(got.contains(&format!("/runs/{id}/steps/{n}")));
 
     append(
