@@ -568,6 +568,22 @@ pub fn write(boards: &[Board], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// An agent's stage in the per-stage tables: mean normalised score · pass rate.
+fn stage_cell(a: &AgentRow, stage: &str) -> String {
+    format!(
+        "{:.2} · {:.0}%",
+        a.stage_scores.get(stage).copied().unwrap_or(0.0),
+        100.0 * a.stage_pass_rate.get(stage).copied().unwrap_or(0.0)
+    )
+}
+
+/// A board's runs by agent, then seed (the runs tables).
+fn runs_in_order(b: &Board) -> Vec<&RunEntry> {
+    let mut entries: Vec<&RunEntry> = b.entries.iter().collect();
+    entries.sort_by(|x, y| x.agent.cmp(&y.agent).then(x.seed.cmp(&y.seed)));
+    entries
+}
+
 fn fmt_opt(x: Option<f64>, digits: usize) -> String {
     x.map(|v| format!("{v:.digits$}"))
         .unwrap_or_else(|| "–".into())
@@ -668,12 +684,7 @@ pub fn markdown(boards: &[Board]) -> String {
         for a in &b.agents {
             let _ = write!(o, "| `{}` |", a.agent);
             for s in &b.stages {
-                let _ = write!(
-                    o,
-                    " {:.2} · {:.0}% |",
-                    a.stage_scores.get(s).copied().unwrap_or(0.0),
-                    100.0 * a.stage_pass_rate.get(s).copied().unwrap_or(0.0)
-                );
+                let _ = write!(o, " {} |", stage_cell(a, s));
             }
             o.push('\n');
         }
@@ -699,9 +710,7 @@ pub fn markdown(boards: &[Board]) -> String {
         let _ = writeln!(o, "\n### Runs\n");
         let _ = writeln!(o, "| agent | seed | level | index | bpb | run |");
         let _ = writeln!(o, "|---|--:|---|--:|--:|---|");
-        let mut entries: Vec<&RunEntry> = b.entries.iter().collect();
-        entries.sort_by(|x, y| x.agent.cmp(&y.agent).then(x.seed.cmp(&y.seed)));
-        for e in entries {
+        for e in runs_in_order(b) {
             let _ = writeln!(
                 o,
                 "| `{}` | {} | {}{} | {:.1} | {} | `{}` |",
@@ -827,12 +836,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                 html_escape(&a.agent)
             );
             for s in &b.stages {
-                let _ = write!(
-                    o,
-                    "<td>{:.2} · {:.0}%</td>",
-                    a.stage_scores.get(s).copied().unwrap_or(0.0),
-                    100.0 * a.stage_pass_rate.get(s).copied().unwrap_or(0.0)
-                );
+                let _ = write!(o, "<td>{}</td>", stage_cell(a, s));
             }
             o.push_str("</tr>");
         }
@@ -846,9 +850,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
             );
         }
         o.push_str("</div><h3>Runs</h3><table><tr><th class=\"l\">agent</th><th>seed</th><th class=\"l\">level</th><th>index</th><th>bpb</th><th class=\"l\">run</th></tr>");
-        let mut entries: Vec<&RunEntry> = b.entries.iter().collect();
-        entries.sort_by(|x, y| x.agent.cmp(&y.agent).then(x.seed.cmp(&y.seed)));
-        for e in entries {
+        for e in runs_in_order(b) {
             let _ = write!(
                 o,
                 "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}</td></tr>",
