@@ -19,6 +19,57 @@ pub struct StageTask {
     pub limits: Budgets,
 }
 
+/// What the agent is told when the run is over: its level and index, and per stage whether it
+/// passed and, if not, why in words that give nothing hidden away ([`crate::trace::StageScore::told`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Verdict {
+    pub level: String,
+    pub bootstrap_index: f64,
+    pub stages: Vec<StageVerdict>,
+}
+
+/// One stage of a [`Verdict`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageVerdict {
+    pub stage: String,
+    pub passed: bool,
+    /// The grade's status (`scored`, `failed`, `rejected`...), or `not scored`.
+    pub status: String,
+    /// What ended the stage (`submit`, `max_steps`...).
+    pub ended_by: crate::trace::EndReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Verdict {
+    /// `passed: crawl, tokenize; failed: train (why)`, for agents that read text.
+    pub fn summary(&self) -> String {
+        let passed: Vec<&str> = self
+            .stages
+            .iter()
+            .filter(|s| s.passed)
+            .map(|s| s.stage.as_str())
+            .collect();
+        let failed: Vec<String> = self
+            .stages
+            .iter()
+            .filter(|s| !s.passed)
+            .map(|s| match &s.reason {
+                Some(r) => format!("{} ({r})", s.stage),
+                None => s.stage.clone(),
+            })
+            .collect();
+        let mut parts = Vec::new();
+        if !passed.is_empty() {
+            parts.push(format!("passed: {}", passed.join(", ")));
+        }
+        if !failed.is_empty() {
+            parts.push(format!("not passed: {}", failed.join("; ")));
+        }
+        parts.join(". ")
+    }
+}
+
 /// The agent's move.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Turn {
@@ -53,7 +104,7 @@ pub trait Agent: Send {
     /// A budget ended the stage before the agent submitted.
     async fn stopped(&mut self, _reason: &str) {}
     /// The run is over.
-    async fn done(&mut self, _level: &str, _bootstrap_index: f64) {}
+    async fn done(&mut self, _verdict: &Verdict) {}
     /// What the agent logged since the last call (an external agent's stderr), for the trace.
     fn take_log(&mut self) -> Option<String> {
         None

@@ -351,7 +351,7 @@ impl Scorer for CrawlScorer {
         let world = self.world.clone();
         let data = match read_corpus(ctx) {
             Ok(d) => d,
-            Err(e) => return StageScore::zero("rejected", e),
+            Err(e) => return StageScore::precondition("rejected", e),
         };
         let log = std::fs::read_to_string(request_log_path(ctx.run_dir)).unwrap_or_default();
         let gates = ctx.gates.clone();
@@ -383,17 +383,21 @@ pub fn score_blocking(
     let get = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let (recall, precision, violations) =
         (get("recall"), get("precision"), get("robots_violations"));
-    let need_r = gates.get("crawl_recall").copied().unwrap_or(0.5);
-    let need_p = gates.get("crawl_precision").copied().unwrap_or(0.8);
+    let need_r = crate::contract::CRAWL_RECALL.value(gates);
+    let need_p = crate::contract::CRAWL_PRECISION.value(gates);
     let mut failed = Vec::new();
+    let mut public = Vec::new();
     if recall < need_r {
         failed.push(format!("recall {recall:.3} < {need_r}"));
+        public.push(format!("recall below {need_r}"));
     }
     if precision < need_p {
         failed.push(format!("precision {precision:.3} < {need_p}"));
+        public.push(format!("precision below {need_p}"));
     }
     if violations > 0.0 {
         failed.push(format!("{violations} robots violations"));
+        public.push(format!("{violations} robots violations"));
     }
     let reason = if data.is_none() {
         Some(format!("{CORPUS} does not exist"))
@@ -403,6 +407,11 @@ pub fn score_blocking(
         None
     } else {
         Some(format!("gate not met: {}", failed.join(", ")))
+    };
+    let public_reason = if failed.is_empty() {
+        reason.clone()
+    } else {
+        Some(format!("gate not met: {}", public.join(", ")))
     };
     // RE-Bench style on m = 1 − F1: the null agent's floor is 1, the reference's is 1 − F1_ref.
     let normalized = reference_f1
@@ -414,5 +423,6 @@ pub fn score_blocking(
         metrics: m,
         reason,
         normalized,
+        public_reason,
     }
 }

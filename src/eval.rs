@@ -194,13 +194,17 @@ pub fn stage_score(
     m.insert("eval_error".into(), json!(round(error, 5)));
     verification["per_doc"] = json!(ok.per_doc);
     m.insert("verification".into(), verification);
-    let claim_tol = gates.get("eval_claim_tolerance").copied().unwrap_or(0.05);
-    let gap_tol = gates
-        .get("eval_generalisation_tolerance")
-        .copied()
-        .unwrap_or(0.10);
+    let claim_tol = crate::contract::EVAL_CLAIM_TOLERANCE.value(gates);
+    let gap_tol = crate::contract::EVAL_GENERALISATION_TOLERANCE.value(gates);
     let mut reasons = Vec::new();
+    let mut public = Vec::new();
     if claim_error > claim_tol {
+        public.push(format!(
+            "the claimed val bpb is {:.1}% off what bin/lm measures on {} (at most {:.0}% allowed)",
+            claim_error * 100.0,
+            report.val_path,
+            claim_tol * 100.0
+        ));
         reasons.push(format!(
             "the report claims {:.4} bpb on {} but bin/lm measures {val:.4} there ({:.1}% off; at most {:.0}% allowed)",
             report.val_bpb,
@@ -210,6 +214,10 @@ pub fn stage_score(
         ));
     }
     if gap > gap_tol {
+        public.push(format!(
+            "the validation bpb is more than {:.0}% from the hidden bpb",
+            gap_tol * 100.0
+        ));
         reasons.push(format!(
             "validation does not predict the hidden result: {val:.4} bpb on {} against {test:.4} on hidden documents ({:.1}% apart; at most {:.0}% allowed)",
             report.val_path,
@@ -227,6 +235,7 @@ pub fn stage_score(
         passed,
         metrics: m,
         reason: (!passed).then(|| format!("gate not met: {}", reasons.join("; "))),
+        public_reason: (!passed).then(|| format!("gate not met: {}", public.join("; "))),
         normalized: Some(normalized),
     }
 }
@@ -277,14 +286,14 @@ impl Scorer for EvalScorer {
         let ws = ctx.sandbox.workspace();
         let report = match read_report(ws) {
             Ok(r) => r,
-            Err(e) => return StageScore::zero("failed", e),
+            Err(e) => return StageScore::precondition("failed", e),
         };
         let val = match read_val(ws, &report.val_path) {
             Ok(d) => d,
-            Err(e) => return StageScore::zero("failed", e),
+            Err(e) => return StageScore::precondition("failed", e),
         };
         if let Some(p) = program_problem(ws, PROGRAM) {
-            return StageScore::zero("failed", p);
+            return StageScore::precondition("failed", p);
         }
         let Some(programs) = ctx.programs else {
             return StageScore::zero("error", "this run has no scoring sandbox");

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::agent::{Agent, AgentError, StageTask, Turn};
+use crate::agent::{Agent, AgentError, StageTask, Turn, Verdict};
 use crate::tools::{RawCall, ToolError};
 
 /// Longest line accepted from the agent (a `write_file` of a big file fits).
@@ -329,9 +329,10 @@ impl Agent for ExecAgent {
         let _ = self.send(&json!({"type": "stop", "reason": reason})).await;
     }
 
-    async fn done(&mut self, level: &str, bootstrap_index: f64) {
+    async fn done(&mut self, verdict: &Verdict) {
         let _ = self
-            .send(&json!({"type": "done", "level": level, "bootstrap_index": bootstrap_index}))
+            .send(&json!({"type": "done", "level": verdict.level,
+                "bootstrap_index": verdict.bootstrap_index, "stages": verdict.stages}))
             .await;
         self.stdin = None;
         if tokio::time::timeout(EXIT_GRACE, self.child.wait())

@@ -37,6 +37,7 @@ pub mod agent;
 pub mod bench;
 pub mod charts;
 pub mod cli;
+pub mod contract;
 pub mod crawl;
 pub mod engine;
 pub mod eval;

@@ -82,6 +82,22 @@ pub struct Rejection {
     pub detail: String,
 }
 
+impl Rejection {
+    /// The kind alone, with no detail taken from hidden documents or the program's output on them.
+    pub fn public(&self) -> String {
+        let what = match self.kind {
+            RejectKind::Failed => "a call crashed, hung, ran out of memory or could not run",
+            RejectKind::Malformed => "its output did not follow the protocol",
+            RejectKind::Spelling => "its tokens did not spell a text exactly",
+            RejectKind::InvalidLogprob => "a logprob was NaN, infinite or above 0",
+            RejectKind::NonDeterministic => "scoring the same document twice gave other numbers",
+            RejectKind::Unnormalised => "a `next` distribution did not sum to 1",
+            RejectKind::Inconsistent => "`next` disagreed with `score`",
+        };
+        format!("{} ({what})", self.kind.as_str())
+    }
+}
+
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.kind.as_str(), self.detail)
@@ -647,7 +663,12 @@ impl Verification {
         } else {
             "rejected"
         };
-        crate::trace::StageScore::zero(status, reason).with_metrics(metrics)
+        crate::trace::StageScore::zero(status, reason)
+            .with_metrics(metrics)
+            .with_public(format!(
+                "bin/lm was rejected on the hidden documents: {}",
+                rej.public()
+            ))
     }
 
     /// The program time of the (first) `score` call.

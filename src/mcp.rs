@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
-use crate::agent::{Agent, AgentError, StageTask, Turn};
+use crate::agent::{Agent, AgentError, StageTask, Turn, Verdict};
 use crate::tools::{RawCall, ToolError};
 
 /// The MCP revision this server speaks when the client asks for one it does not know.
@@ -42,6 +42,8 @@ pub enum Phase {
     Done {
         level: String,
         bootstrap_index: f64,
+        /// Which stages passed, and why the others did not.
+        summary: String,
     },
 }
 
@@ -131,10 +133,11 @@ impl Agent for McpAgent {
         });
     }
 
-    async fn done(&mut self, level: &str, bootstrap_index: f64) {
+    async fn done(&mut self, verdict: &Verdict) {
         self.phase.send_replace(Phase::Done {
-            level: level.into(),
-            bootstrap_index,
+            level: verdict.level.clone(),
+            bootstrap_index: verdict.bootstrap_index,
+            summary: verdict.summary(),
         });
     }
 }
@@ -155,8 +158,9 @@ fn news(phase: &Phase) -> String {
         Phase::Done {
             level,
             bootstrap_index,
+            summary,
         } => format!(
-            "The run is over: level {level}, Bootstrap Index {bootstrap_index:.1}. Further tool calls do nothing."
+            "The run is over: level {level}, Bootstrap Index {bootstrap_index:.1}. {summary}. Further tool calls do nothing."
         ),
         Phase::Stopped { reason, .. } => format!("The stage ended: budget {reason} ran out."),
         Phase::Starting => "The run is starting.".into(),

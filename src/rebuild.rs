@@ -1,8 +1,6 @@
 //! The selfhost rebuild on the real engine: a fresh network, web server (its own request log) and sandbox for `bootstrap.sh`, always torn down.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -11,7 +9,7 @@ use crate::engine;
 use crate::programs::{DockerPrograms, ScoringLimits};
 use crate::sandbox::docker::{DockerSandbox, DockerSandboxSpec};
 use crate::sandbox::{ExecRequest, OutStream, Sandbox};
-use crate::selfhost::{RebuildRun, Rebuilder};
+use crate::selfhost::{RebuildJob, RebuildRun, Rebuilder};
 use crate::suite::SandboxLimits;
 use crate::world::web::WebServer;
 use crate::world::World;
@@ -25,8 +23,6 @@ pub struct DockerRebuilder {
     pub run_id: String,
     pub image: String,
     pub world: Option<Arc<World>>,
-    /// `<run>/selfhost/`: the fresh request log and the bootstrap log go here.
-    pub dir: PathBuf,
     pub sandbox: SandboxLimits,
     pub scoring: ScoringLimits,
 }
@@ -39,10 +35,10 @@ fn tail(data: &[u8]) -> String {
 impl DockerRebuilder {
     async fn run_in(
         &self,
-        workspace: &Path,
-        timeout: Duration,
+        job: &RebuildJob,
         network: Option<String>,
     ) -> Result<RebuildRun, String> {
+        let workspace = &job.workspace;
         let spec = DockerSandboxSpec {
             run_id: self.run_id.clone(),
             role: "agent".into(),
@@ -54,18 +50,18 @@ impl DockerRebuilder {
             workspace_host: workspace.to_path_buf(),
             workspace_readonly: false,
             env: vec![],
-            instance: Some("selfhost".into()),
+            instance: Some(job.instance.clone()),
         };
         let sandbox = DockerSandbox::create(&self.docker, &spec)
             .await
             .map_err(|e| format!("creating the rebuild sandbox: {e}"))?;
         let req = ExecRequest {
-            cmd: "sh ./bootstrap.sh".into(),
-            timeout,
+            cmd: job.command.clone(),
+            timeout: job.timeout,
             env: vec![],
             stdin: None,
         };
-        let log_path = self.dir.join("bootstrap.log");
+        let log_path = job.dir.join("bootstrap.log");
         let mut log = std::fs::File::create(&log_path).ok();
         let mut out = Vec::new();
         let mut err = Vec::new();
@@ -115,15 +111,16 @@ impl DockerRebuilder {
 
 #[async_trait]
 impl Rebuilder for DockerRebuilder {
-    async fn rebuild(&self, workspace: &Path, timeout: Duration) -> Result<RebuildRun, String> {
-        let world_dir = self.dir.join("world");
+    async fn rebuild(&self, job: &RebuildJob) -> Result<RebuildRun, String> {
+        let world_dir = job.dir.join("world");
         std::fs::create_dir_all(&world_dir)
             .and_then(|_| crate::session::prepare_workspace(&world_dir))
             .map_err(|e| format!("{}: {e}", world_dir.display()))?;
         let Some(world) = &self.world else {
-            return self.run_in(workspace, timeout, None).await;
+            return self.run_in(job, None).await;
         };
-        let net = engine::create_world_network(&self.docker, &self.run_id, "selfhost-world")
+        let net_name = format!("{}-world", job.instance);
+        let net = engine::create_world_network(&self.docker, &self.run_id, &net_name)
             .await
             .map_err(|e| format!("creating the rebuild's world network: {e}"))?;
         let web = WebServer::start(
@@ -133,11 +130,11 @@ impl Rebuilder for DockerRebuilder {
             world,
             &net,
             &world_dir,
-            Some("selfhost"),
+            Some(&job.instance),
         )
         .await;
         let result = match &web {
-            Ok(_) => self.run_in(workspace, timeout, Some(net.clone())).await,
+            Ok(_) => self.run_in(job, Some(net.clone())).await,
             Err(e) => Err(format!("starting the rebuild's web server: {e}")),
         };
         if let Ok(w) = &web {

@@ -123,6 +123,7 @@ mod tests {
             metrics: metrics.as_object().unwrap().clone(),
             reason: (!passed).then(|| "gate not met".into()),
             normalized: Some(1.0),
+            public_reason: None,
         });
         s.steps = 1;
         s

@@ -12,10 +12,10 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, StageTask, Turn};
+use crate::agent::{Agent, StageTask, StageVerdict, Turn, Verdict};
 use crate::rundir::{RunStatus, StageSummary};
 use crate::sandbox::{ExecRequest, OutStream, Sandbox};
-use crate::scoring::{self, ScoreContext, Scorer};
+use crate::scoring::{self, CheckRequest, ScoreContext, Scorer};
 use crate::suite::{Budgets, Home, Stage, StageNetwork, Suite};
 use crate::tools::{self, RawCall, ToolCall, ToolError};
 use crate::trace::{
@@ -134,6 +134,7 @@ impl RunResult {
                         metrics: Default::default(),
                         reason: Some(format!("the stage ended by {:?}", o.ended_by)),
                         normalized: None,
+                        public_reason: None,
                     }),
                 };
                 s.ended_by = Some(o.ended_by);
@@ -265,7 +266,25 @@ impl Runner {
         let level = levels.level;
         let bootstrap_index = scoring::bootstrap_index(&scores);
         if status == RunStatus::Done {
-            agent.done(&level, bootstrap_index).await;
+            let verdict = Verdict {
+                level: level.clone(),
+                bootstrap_index,
+                stages: outcomes
+                    .iter()
+                    .map(|o| StageVerdict {
+                        stage: o.stage.clone(),
+                        passed: o.score.as_ref().is_some_and(|s| s.passed),
+                        status: o
+                            .score
+                            .as_ref()
+                            .map(|s| s.status.clone())
+                            .unwrap_or_else(|| "not scored".into()),
+                        ended_by: o.ended_by,
+                        reason: o.score.as_ref().and_then(|s| s.told()),
+                    })
+                    .collect(),
+            };
+            agent.done(&verdict).await;
             if let Some(last) = stages.last() {
                 self.agent_log(agent, &last.name);
             }
@@ -306,14 +325,14 @@ impl Runner {
             .as_ref()
             .map(|w| w.manifest.seed_urls.clone())
             .unwrap_or_default();
-        let instruction =
-            match crate::suite::instruction(&self.home, stage, &seeds, &self.suite.scoring) {
-                Ok(text) => text,
-                Err(e) => {
-                    self.warn(e.to_string());
-                    format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
-                }
-            };
+        let instruction = match crate::contract::instruction(&self.home, &self.suite, stage, &seeds)
+        {
+            Ok(text) => text,
+            Err(e) => {
+                self.warn(e.to_string());
+                format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
+            }
+        };
         self.emit(Event::StageStarted {
             stage: stage.name.clone(),
             index,
@@ -814,8 +833,18 @@ impl Runner {
                     Err(e) => Err(sandbox_tool_error(e)),
                 }
             }
-            ToolCall::Check => {
-                out.result = scorer.check(&self.score_context(stage)).await;
+            ToolCall::Check { rebuild } => {
+                let req = CheckRequest {
+                    rebuild: *rebuild,
+                    remaining_sandbox_seconds: remaining_sandbox.max(0.0),
+                };
+                match scorer.check_with(&self.score_context(stage), &req).await {
+                    Ok(c) => {
+                        out.sandbox_seconds = c.sandbox_seconds;
+                        out.result = Ok(c.output);
+                    }
+                    Err(e) => out.result = Err(e),
+                }
             }
             ToolCall::Submit => out.result = Ok(json!({"submitted": true})),
         }

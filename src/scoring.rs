@@ -30,11 +30,51 @@ pub struct ScoreContext<'a> {
     pub rebuild_seconds: f64,
 }
 
+/// What the agent asked of its `check` call.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CheckRequest {
+    /// selfhost: run the recipe as the grade will (`{"rebuild": true}`).
+    pub rebuild: bool,
+    /// The stage's command time left, which a long check may use and counts against.
+    pub remaining_sandbox_seconds: f64,
+}
+
+/// A `check` answer, and the sandbox time it took that counts against the stage's budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    pub output: Value,
+    pub sandbox_seconds: f64,
+}
+
+impl From<Value> for Checked {
+    fn from(output: Value) -> Self {
+        Self {
+            output,
+            sandbox_seconds: 0.0,
+        }
+    }
+}
+
 /// Grades one stage. `check` answers the agent's `check` tool on visible data; `score` grades on hidden data.
 #[async_trait]
 pub trait Scorer: Send + Sync {
     async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError>;
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore;
+    /// `check` with the agent's arguments: the plain check, unless the stage offers more (selfhost's
+    /// trial rebuild).
+    async fn check_with(
+        &self,
+        ctx: &ScoreContext<'_>,
+        req: &CheckRequest,
+    ) -> Result<Checked, ToolError> {
+        if req.rebuild {
+            return Err(ToolError::bad_request(format!(
+                "check: `rebuild` is for the selfhost stage only (this is {})",
+                ctx.stage.name
+            )));
+        }
+        self.check(ctx).await.map(Checked::from)
+    }
 }
 
 /// The scorer of a stage that cannot be graded in this suite (every stage is graded on the world's
@@ -54,16 +94,13 @@ impl Scorer for Ungraded {
     }
 
     async fn score(&self, _ctx: &ScoreContext<'_>) -> StageScore {
-        StageScore {
-            status: "ungraded".into(),
-            passed: false,
-            metrics: serde_json::Map::new(),
-            reason: Some(format!(
+        StageScore::precondition(
+            "ungraded",
+            format!(
                 "stage {} is graded on a world's hidden data and this suite has no world",
                 self.stage
-            )),
-            normalized: Some(0.0),
-        }
+            ),
+        )
     }
 }
 
@@ -78,7 +115,7 @@ pub fn scorer_for(
         ("tokenize", Some(w)) => Box::new(crate::tokenize::TokenizeScorer { world: w.clone() }),
         ("train", Some(w)) => Box::new(crate::train::TrainScorer { world: w.clone() }),
         ("eval", Some(w)) => Box::new(crate::eval::EvalScorer { world: w.clone() }),
-        ("selfhost", Some(w)) => Box::new(crate::selfhost::SelfhostScorer { world: w.clone() }),
+        ("selfhost", Some(w)) => Box::new(crate::selfhost::SelfhostScorer::new(w.clone())),
         _ => Box::new(Ungraded {
             stage: stage.to_string(),
         }),
@@ -166,6 +203,7 @@ mod tests {
             metrics: Default::default(),
             reason: None,
             normalized: Some(n),
+            public_reason: None,
         }
     }
 

@@ -18,21 +18,15 @@ use serde_json::{json, Map, Value};
 
 use crate::lm::{self, Verification};
 use crate::programs::Programs;
-use crate::scoring::{ScoreContext, Scorer};
+use crate::sandbox::{ExecRequest, OutStream};
+use crate::scoring::{CheckRequest, Checked, ScoreContext, Scorer};
 use crate::tokenize::program_problem;
 use crate::tools::ToolError;
 use crate::trace::{round, StageScore};
 use crate::train::{hidden_docs, normalized_bpb, PROGRAM};
 use crate::world::World;
 
-pub const RECIPE: &str = "bootstrap.sh";
-pub const MAX_FILE_BYTES: u64 = 256 * 1024;
-pub const MAX_RECIPE_BYTES: u64 = 2 * 1024 * 1024;
-/// Directories never copied: what the recipe must rebuild.
-pub const EXCLUDED: [&str; 3] = ["data", "model", "tokenizer"];
-/// Bytes of built artifacts a recipe may carry verbatim before the files carrying them are refused
-/// (source code copied next to a model, as `model/lm.py`, stays well below this).
-pub const SMUGGLE_LIMIT: u64 = 128 * 1024;
+pub use crate::contract::{EXCLUDED, MAX_FILE_BYTES, MAX_RECIPE_BYTES, RECIPE, SMUGGLE_LIMIT};
 /// A file carrying less than this of artifact content is never refused for it.
 const SMUGGLE_FILE_MIN: u64 = 4 * 1024;
 /// Window of the verbatim-content check: a run of at least twice this many bytes is always found.
@@ -341,11 +335,26 @@ pub struct RebuildRun {
     pub programs: Arc<dyn Programs>,
 }
 
-/// Runs a recipe from nothing: a fresh sandbox on `workspace` (holding only the recipe) with the
-/// world reachable, `sh bootstrap.sh` within `timeout`, then everything torn down.
+/// One rebuild: where the recipe is, where its logs go, and how it is run.
+#[derive(Debug, Clone)]
+pub struct RebuildJob {
+    /// The fresh workspace holding only the recipe.
+    pub workspace: PathBuf,
+    /// Where `bootstrap.log` and the rebuild's own `world/requests.jsonl` go.
+    pub dir: PathBuf,
+    /// Tells this rebuild's containers apart from the others of the run (`selfhost`,
+    /// `selfhost-check-2`).
+    pub instance: String,
+    /// The command line ([`crate::contract::bootstrap_command`]), run by `bash -c` in /workspace.
+    pub command: String,
+    pub timeout: Duration,
+}
+
+/// Runs a recipe from nothing: a fresh sandbox on `job.workspace` (holding only the recipe) with the
+/// world reachable, `job.command` within `job.timeout`, then everything torn down.
 #[async_trait]
 pub trait Rebuilder: Send + Sync {
-    async fn rebuild(&self, workspace: &Path, timeout: Duration) -> Result<RebuildRun, String>;
+    async fn rebuild(&self, job: &RebuildJob) -> Result<RebuildRun, String>;
 }
 
 fn verification_json(v: &Verification) -> Value {
@@ -362,44 +371,73 @@ fn verification_json(v: &Verification) -> Value {
     j
 }
 
-/// The stage's score from the two verifications (pure: unit-tested).
+/// The stage's score from the two verifications (pure: unit-tested). `recipe_failed` says how
+/// `bootstrap.sh` failed (a non-zero exit, its budget): then the stage fails whatever the rebuilt
+/// model scores, since a program copied with the recipe is not a rebuild.
 pub fn stage_score(
     original: &Verification,
     rebuilt: &Verification,
     xz_conditional: f64,
     gates: &BTreeMap<String, f64>,
     reference_bpb: Option<f64>,
+    recipe_failed: Option<&str>,
     mut m: Map<String, Value>,
 ) -> StageScore {
     m.insert("original".into(), verification_json(original));
     m.insert("rebuilt".into(), verification_json(rebuilt));
+    let with_recipe = |s: StageScore| match recipe_failed {
+        None => s,
+        Some(how) => {
+            let reason = match &s.reason {
+                Some(r) => format!("{how}; {r}"),
+                None => how.to_string(),
+            };
+            let public = match &s.public_reason {
+                Some(r) => format!("{how}; {r}"),
+                None => how.to_string(),
+            };
+            StageScore {
+                passed: false,
+                reason: Some(reason),
+                public_reason: Some(public),
+                normalized: Some(0.0),
+                ..s
+            }
+        }
+    };
     let orig = match &original.result {
         Ok(ok) => ok.bpb,
         Err(rej) => {
-            return StageScore {
-                status: "failed".into(),
-                passed: false,
-                metrics: m,
-                reason: Some(format!("the original bin/lm does not verify: {rej}")),
-                normalized: Some(0.0),
-            }
+            return StageScore::zero(
+                "failed",
+                format!("the original bin/lm does not verify: {rej}"),
+            )
+            .with_metrics(m)
+            .with_public(format!(
+                "the original bin/lm was rejected on the hidden documents: {}",
+                rej.public()
+            ))
         }
     };
     m.insert("original_bpb".into(), json!(round(orig, 5)));
     let new = match &rebuilt.result {
         Ok(ok) => ok.bpb,
         Err(rej) => {
-            return StageScore {
-                status: "rejected".into(),
-                passed: false,
-                metrics: m,
-                reason: Some(format!("the rebuilt bin/lm does not verify: {rej}")),
-                normalized: Some(0.0),
-            }
+            return with_recipe(
+                StageScore::zero(
+                    "rejected",
+                    format!("the rebuilt bin/lm does not verify: {rej}"),
+                )
+                .with_metrics(m)
+                .with_public(format!(
+                    "the rebuilt bin/lm was rejected on the hidden documents: {}",
+                    rej.public()
+                )),
+            )
         }
     };
     let diff = (new - orig).abs() / orig;
-    let tol = gates.get("selfhost_bpb_tolerance").copied().unwrap_or(0.03);
+    let tol = crate::contract::SELFHOST_BPB_TOLERANCE.value(gates);
     m.insert("bpb".into(), json!(round(new, 5)));
     m.insert("relative_difference".into(), json!(round(diff, 5)));
     m.insert("beats_conditional_xz".into(), json!(new < xz_conditional));
@@ -409,7 +447,7 @@ pub fn stage_score(
     );
     let passed = diff <= tol;
     let normalized = normalized_bpb(new, reference_bpb).unwrap_or(0.0);
-    StageScore {
+    with_recipe(StageScore {
         status: "scored".into(),
         passed,
         metrics: m,
@@ -421,12 +459,29 @@ pub fn stage_score(
             )
         }),
         normalized: Some(normalized),
-    }
+        public_reason: (!passed).then(|| {
+            format!(
+                "gate not met: the rebuilt model's verified bpb is more than {:.0}% from the original's",
+                tol * 100.0
+            )
+        }),
+    })
 }
 
 /// Grades the selfhost stage.
 pub struct SelfhostScorer {
     pub world: Arc<World>,
+    /// Trial rebuilds asked for with `check`, for their directories and container names.
+    pub trials: std::sync::atomic::AtomicU64,
+}
+
+impl SelfhostScorer {
+    pub fn new(world: Arc<World>) -> Self {
+        Self {
+            world,
+            trials: 0.into(),
+        }
+    }
 }
 
 fn recipe_problem(ws: &Path) -> Option<String> {
@@ -437,11 +492,129 @@ fn recipe_problem(ws: &Path) -> Option<String> {
     }
 }
 
-#[async_trait]
-impl Scorer for SelfhostScorer {
-    async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
+/// The interpreter a `#!` line names (`bash` for `#!/usr/bin/env bash`), None without one.
+pub fn shebang_interpreter(head: &[u8]) -> Option<String> {
+    let line = head.strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next().unwrap_or(b"");
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    let name = first.rsplit('/').next().unwrap_or(first);
+    if name == "env" {
+        return words
+            .find(|w| !w.starts_with('-'))
+            .map(|w| w.rsplit('/').next().unwrap_or(w).to_string());
+    }
+    Some(name.to_string())
+}
+
+/// A rebuild as the grade and `check` run it: the recipe copied into `dir/workspace`, then run.
+struct Trial {
+    run: RebuildRun,
+    command: String,
+    /// The rebuilt workspace.
+    root: crate::sandbox::paths::WorkspaceRoot,
+    /// How `bootstrap.sh` failed (exit code, budget), None when it exited 0 in time.
+    failed: Option<String>,
+}
+
+impl Trial {
+    fn bootstrap_json(&self, budget: f64) -> Value {
+        let run = &self.run;
+        json!({
+            "command": self.command,
+            "exit_code": run.exit_code,
+            "timed_out": run.timed_out,
+            "oom_killed": run.oom_killed,
+            "seconds": round(run.seconds, 3),
+            "cpu_seconds": round(run.cpu_seconds, 3),
+            "budget_seconds": budget,
+            "stdout_tail": run.stdout_tail,
+            "stderr_tail": run.stderr_tail,
+            "log": run.log,
+            "world_requests": run.requests,
+        })
+    }
+}
+
+/// Copies `recipe` from the workspace `ws` into a fresh `dir/workspace` and runs it there within
+/// `budget` seconds; Err says what went wrong on the harness's side.
+async fn trial(
+    rebuilder: &dyn Rebuilder,
+    recipe: &Recipe,
+    ws: &Path,
+    dir: &Path,
+    instance: &str,
+    budget: f64,
+) -> Result<Trial, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let fresh = dir.join("workspace");
+    let _ = std::fs::remove_dir_all(&fresh);
+    let owner = rustix::process::geteuid().is_root().then_some((
+        crate::sandbox::docker::SANDBOX_UID,
+        crate::sandbox::docker::SANDBOX_GID,
+    ));
+    std::fs::create_dir_all(&fresh)
+        .and_then(|_| crate::session::prepare_workspace(&fresh))
+        .and_then(|_| copy(recipe, ws, &fresh, owner))
+        .map_err(|e| format!("copying the recipe to {}: {e}", fresh.display()))?;
+    // The copy is the harness's own: its mode decides the command, not the live workspace.
+    let executable = std::fs::symlink_metadata(fresh.join(RECIPE))
+        .map(|m| m.permissions().mode() & 0o100 != 0)
+        .unwrap_or(false);
+    let command = crate::contract::bootstrap_command(executable);
+    let job = RebuildJob {
+        workspace: fresh.clone(),
+        dir: dir.to_path_buf(),
+        instance: instance.into(),
+        command: command.clone(),
+        timeout: Duration::from_secs_f64(budget),
+    };
+    let run = rebuilder
+        .rebuild(&job)
+        .await
+        .map_err(|e| format!("the rebuild sandbox: {e}"))?;
+    let failed = if run.timed_out {
+        Some(format!("`{command}` ran out of its {budget:.0} s budget"))
+    } else if run.exit_code != 0 {
+        let last = run.stderr_tail.trim().lines().last().unwrap_or("");
+        Some(format!(
+            "`{command}` exited with code {} after {:.1} s{}",
+            run.exit_code,
+            run.seconds,
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!(" (stderr ends: {last})")
+            }
+        ))
+    } else {
+        None
+    };
+    let root = crate::sandbox::paths::WorkspaceRoot::open(&fresh, None)
+        .map_err(|e| format!("{}: {e}", fresh.display()))?;
+    Ok(Trial {
+        run,
+        command,
+        root,
+        failed,
+    })
+}
+
+/// The last `n` characters of the rebuild's output, stdout then stderr.
+fn log_tail(run: &RebuildRun, n: usize) -> String {
+    let text = format!("{}{}", run.stdout_tail, run.stderr_tail);
+    let chars: Vec<char> = text.chars().collect();
+    chars[chars.len().saturating_sub(n)..].iter().collect()
+}
+
+impl SelfhostScorer {
+    /// `check` without a rebuild: the copy, the command and a `bash -n` syntax check.
+    async fn quick_check(&self, ctx: &ScoreContext<'_>) -> Result<Checked, ToolError> {
+        use std::os::unix::fs::PermissionsExt;
         let ws = ctx.sandbox.workspace().path();
         let mut errors = Vec::new();
+        let mut notes = Vec::new();
         if let Some(p) = recipe_problem(ws) {
             errors.push(p);
         }
@@ -455,25 +628,220 @@ impl Scorer for SelfhostScorer {
         for r in outside.iter().take(20) {
             errors.push(format!("{} is not copied: {}", r.path, r.reason));
         }
-        Ok(json!({
-            "ok": errors.is_empty(),
-            "errors": errors,
+        let mut sandbox_seconds = 0.0;
+        let mut command = Value::Null;
+        let mut syntax = Value::Null;
+        if errors.is_empty() {
+            let executable = std::fs::symlink_metadata(ws.join(RECIPE))
+                .map(|m| m.permissions().mode() & 0o100 != 0)
+                .unwrap_or(false);
+            command = json!(crate::contract::bootstrap_command(executable));
+            let mut head = vec![0u8; 256];
+            let n = std::fs::File::open(ws.join(RECIPE))
+                .and_then(|mut f| f.read(&mut head))
+                .unwrap_or(0);
+            let interpreter = shebang_interpreter(&head[..n]);
+            if !executable && interpreter.as_deref().is_some_and(|i| i != "bash") {
+                notes.push(format!(
+                    "{RECIPE} is not executable, so it runs as `bash ./{RECIPE}` and its #! line ({}) is not used; chmod +x {RECIPE} to run it with its own interpreter",
+                    interpreter.as_deref().unwrap_or("")
+                ));
+            }
+            let shell = match (&interpreter, executable) {
+                (None, _) | (_, false) => Some("bash"),
+                (Some(i), true) if i == "bash" => Some("bash"),
+                (Some(i), true) if i == "sh" || i == "dash" => Some("sh"),
+                _ => None,
+            };
+            syntax = match shell {
+                Some(sh) => {
+                    let req = ExecRequest {
+                        cmd: format!("{sh} -n ./{RECIPE}"),
+                        timeout: Duration::from_secs(10),
+                        env: vec![],
+                        stdin: None,
+                    };
+                    let mut err = Vec::new();
+                    let res = ctx
+                        .sandbox
+                        .exec(&req, &mut |s, d| {
+                            if s == OutStream::Stderr && err.len() < 4096 {
+                                err.extend_from_slice(d);
+                            }
+                        })
+                        .await;
+                    match res {
+                        Ok(o) => {
+                            sandbox_seconds = o.duration_ms / 1000.0;
+                            if o.shell_code() != 0 {
+                                errors.push(format!(
+                                    "`{sh} -n ./{RECIPE}` found a syntax error: {}",
+                                    String::from_utf8_lossy(&err).trim()
+                                ));
+                            }
+                            json!({"command": format!("{sh} -n ./{RECIPE}"), "exit_code": o.shell_code()})
+                        }
+                        Err(e) => {
+                            json!({"command": format!("{sh} -n ./{RECIPE}"), "error": e.to_string()})
+                        }
+                    }
+                }
+                None => {
+                    json!({"skipped": format!("the #! line names {}, not a shell", interpreter.unwrap_or_default())})
+                }
+            };
+        }
+        Ok(Checked {
+            output: json!({
+                "ok": errors.is_empty(),
+                "errors": errors,
+                "notes": notes,
+                "command": command,
+                "syntax": syntax,
+                "files_copied": recipe.copied.len(),
+                "bytes": recipe.bytes,
+                "copied": recipe.copied.iter().take(200).map(|c| &c.path).collect::<Vec<_>>(),
+                "rebuild_budget_seconds": ctx.rebuild_seconds,
+                "message": "this is what would be copied into the fresh sandbox and the command that runs it; call check with {\"rebuild\": true} to run it as the grade does (slow: it counts against this stage's command time)",
+            }),
+            sandbox_seconds,
+        })
+    }
+
+    /// `check` with `{"rebuild": true}`: the grade's rebuild, verified on the agent's own documents.
+    async fn trial_check(
+        &self,
+        ctx: &ScoreContext<'_>,
+        req: &CheckRequest,
+    ) -> Result<Checked, ToolError> {
+        let root = ctx.sandbox.workspace();
+        let ws = root.path();
+        let fail = |errors: Vec<String>| -> Result<Checked, ToolError> {
+            Ok(Checked::from(json!({"ok": false, "errors": errors})))
+        };
+        if let Some(p) = recipe_problem(ws) {
+            return fail(vec![p]);
+        }
+        let (Some(programs), Some(rebuilder)) = (ctx.programs, ctx.rebuilder) else {
+            return fail(vec!["this run has no scoring or rebuild sandbox".into()]);
+        };
+        let budget = ctx.rebuild_seconds.min(req.remaining_sandbox_seconds);
+        if budget < 1.0 {
+            return fail(vec![format!(
+                "this stage has {:.1} s of command time left, too little for a rebuild",
+                req.remaining_sandbox_seconds
+            )]);
+        }
+        let recipe = select(ws, &ctx.stage.exclude)
+            .map_err(|e| ToolError::new("io_error", format!("reading the workspace: {e}")))?;
+        if !recipe.copied.iter().any(|c| c.path == RECIPE) {
+            return fail(vec![format!("{RECIPE} would not be copied")]);
+        }
+        let n = self
+            .trials
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let dir = ctx.run_dir.join("selfhost").join(format!("check-{n}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ToolError::new("io_error", format!("{}: {e}", dir.display())))?;
+        let t = trial(
+            rebuilder,
+            &recipe,
+            ws,
+            &dir,
+            &format!("selfhost-check-{n}"),
+            budget,
+        )
+        .await
+        .map_err(|e| ToolError::new("sandbox_error", e))?;
+        let mut errors: Vec<String> = t.failed.iter().cloned().collect();
+        let mut out = json!({
+            "command": t.command,
+            "exit_code": t.run.exit_code,
+            "timed_out": t.run.timed_out,
+            "oom_killed": t.run.oom_killed,
+            "seconds": round(t.run.seconds, 1),
+            "budget_seconds": round(budget, 1),
+            "grade_budget_seconds": ctx.rebuild_seconds,
+            "world_requests": t.run.requests,
+            "log_tail": log_tail(&t.run, 3000),
             "files_copied": recipe.copied.len(),
-            "bytes": recipe.bytes,
-            "copied": recipe.copied.iter().take(200).map(|c| &c.path).collect::<Vec<_>>(),
-            "rebuild_budget_seconds": ctx.rebuild_seconds,
-            "message": "this is what would be copied into the fresh sandbox; the grade runs bootstrap.sh there and verifies the rebuilt bin/lm on hidden documents",
-        }))
+        });
+        let docs = crate::tokenize::own_sample(root, crate::train::CHECK_SAMPLE_BYTES);
+        if let Some(p) = program_problem(&t.root, PROGRAM) {
+            errors.push(format!("the rebuild made no model: {p}"));
+        } else if docs.is_empty() {
+            errors.push("data/corpus.jsonl has no documents to verify the rebuilt model on".into());
+        } else {
+            let plan = || {
+                crate::train::plan(
+                    docs.clone(),
+                    vec![],
+                    crate::train::CHECK_POSITIONS,
+                    ctx.scoring,
+                )
+            };
+            let rebuilt = lm::verify(t.run.programs.as_ref(), &plan()).await;
+            let original = lm::verify(programs, &plan()).await;
+            out["documents"] = json!(docs.len());
+            match (&rebuilt.result, &original.result) {
+                (Ok(r), o) => {
+                    out["rebuilt_bpb"] = json!(round(r.bpb, 5));
+                    if let Ok(o) = o {
+                        let diff = (r.bpb - o.bpb).abs() / o.bpb;
+                        out["original_bpb"] = json!(round(o.bpb, 5));
+                        out["relative_difference"] = json!(round(diff, 5));
+                        let tol = crate::contract::SELFHOST_BPB_TOLERANCE.value(ctx.gates);
+                        if diff > tol {
+                            errors.push(format!(
+                                "on your own documents the rebuilt model is {:.1}% from the original (the grade allows {:.0}% on hidden ones)",
+                                diff * 100.0,
+                                tol * 100.0
+                            ));
+                        }
+                    }
+                }
+                (Err(rej), _) => errors.push(format!("the rebuilt bin/lm does not verify: {rej}")),
+            }
+        }
+        // The rebuilt workspace can be large; its log stays.
+        let _ = std::fs::remove_dir_all(dir.join("workspace"));
+        out["ok"] = json!(errors.is_empty());
+        out["errors"] = json!(errors);
+        out["message"] = json!("the recipe was copied and run as the grade runs it, and the rebuilt bin/lm verified on the first documents of your data/corpus.jsonl (the grade uses hidden documents)");
+        Ok(Checked {
+            output: out,
+            sandbox_seconds: t.run.seconds,
+        })
+    }
+}
+
+#[async_trait]
+impl Scorer for SelfhostScorer {
+    async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
+        self.quick_check(ctx).await.map(|c| c.output)
+    }
+
+    async fn check_with(
+        &self,
+        ctx: &ScoreContext<'_>,
+        req: &CheckRequest,
+    ) -> Result<Checked, ToolError> {
+        if req.rebuild {
+            self.trial_check(ctx, req).await
+        } else {
+            self.quick_check(ctx).await
+        }
     }
 
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
         let root = ctx.sandbox.workspace();
         let ws = root.path();
         if let Some(p) = recipe_problem(ws) {
-            return StageScore::zero("failed", p);
+            return StageScore::precondition("failed", p);
         }
         if let Some(p) = program_problem(root, PROGRAM) {
-            return StageScore::zero("failed", format!("the original model: {p}"));
+            return StageScore::precondition("failed", format!("the original model: {p}"));
         }
         let (Some(programs), Some(rebuilder)) = (ctx.programs, ctx.rebuilder) else {
             return StageScore::zero("error", "this run has no scoring or rebuild sandbox");
@@ -497,7 +865,7 @@ impl Scorer for SelfhostScorer {
                 .find(|r| r.path == RECIPE)
                 .map(|r| r.reason.clone())
                 .unwrap_or_default();
-            return StageScore::zero("failed", format!("{RECIPE} was not copied: {why}"))
+            return StageScore::precondition("failed", format!("{RECIPE} was not copied: {why}"))
                 .with_metrics(m);
         }
         let plan = || crate::train::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring);
@@ -508,98 +876,41 @@ impl Scorer for SelfhostScorer {
                 "failed",
                 format!("the original bin/lm does not verify: {rej}"),
             )
-            .with_metrics(m);
+            .with_metrics(m)
+            .with_public(format!(
+                "the original bin/lm was rejected on the hidden documents: {}",
+                rej.public()
+            ));
         }
-        let fresh = ctx.run_dir.join("selfhost").join("workspace");
-        let _ = std::fs::remove_dir_all(&fresh);
-        let owner = rustix::process::geteuid().is_root().then_some((
-            crate::sandbox::docker::SANDBOX_UID,
-            crate::sandbox::docker::SANDBOX_GID,
-        ));
-        let prepared = std::fs::create_dir_all(&fresh)
-            .and_then(|_| crate::session::prepare_workspace(&fresh))
-            .and_then(|_| copy(&recipe, ws, &fresh, owner));
-        if let Err(e) = prepared {
-            return StageScore::zero(
-                "error",
-                format!("copying the recipe to {}: {e}", fresh.display()),
+        let budget = ctx.rebuild_seconds;
+        let dir = ctx.run_dir.join("selfhost");
+        let t = match trial(rebuilder, &recipe, ws, &dir, "selfhost", budget).await {
+            Ok(t) => t,
+            Err(e) => return StageScore::zero("error", e).with_metrics(m),
+        };
+        m.insert("rebuild_seconds".into(), json!(round(t.run.seconds, 1)));
+        m.insert("bootstrap".into(), t.bootstrap_json(budget));
+        if let Some(p) = program_problem(&t.root, PROGRAM) {
+            let how = t
+                .failed
+                .clone()
+                .unwrap_or_else(|| format!("`{}` exited with code 0", t.command));
+            return StageScore::precondition(
+                "failed",
+                format!("{how}; the rebuild made no model: {p}"),
             )
             .with_metrics(m);
         }
-        let budget = ctx.rebuild_seconds;
-        let run = rebuilder
-            .rebuild(&fresh, Duration::from_secs_f64(budget))
-            .await;
-        let run = match run {
-            Ok(r) => r,
-            Err(e) => {
-                return StageScore::zero("error", format!("the rebuild sandbox: {e}"))
-                    .with_metrics(m);
-            }
-        };
-        m.insert("rebuild_seconds".into(), json!(round(run.seconds, 1)));
-        m.insert(
-            "bootstrap".into(),
-            json!({
-                "exit_code": run.exit_code,
-                "timed_out": run.timed_out,
-                "oom_killed": run.oom_killed,
-                "seconds": round(run.seconds, 3),
-                "cpu_seconds": round(run.cpu_seconds, 3),
-                "budget_seconds": budget,
-                "stdout_tail": run.stdout_tail,
-                "stderr_tail": run.stderr_tail,
-                "log": run.log,
-                "world_requests": run.requests,
-            }),
-        );
-        let fresh_root = match crate::sandbox::paths::WorkspaceRoot::open(&fresh, None) {
-            Ok(r) => r,
-            Err(e) => {
-                return StageScore::zero("error", format!("{}: {e}", fresh.display()))
-                    .with_metrics(m);
-            }
-        };
-        // When the recipe itself failed, every reason says so first.
-        let recipe_failed = if run.timed_out {
-            Some(format!("bootstrap.sh ran out of its {budget:.0} s budget"))
-        } else if run.exit_code != 0 {
-            let last = run.stderr_tail.trim().lines().last().unwrap_or("");
-            Some(format!(
-                "bootstrap.sh exited with code {} after {:.1} s{}",
-                run.exit_code,
-                run.seconds,
-                if last.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (stderr ends: {last})")
-                }
-            ))
-        } else {
-            None
-        };
-        if let Some(p) = program_problem(&fresh_root, PROGRAM) {
-            let how = recipe_failed.unwrap_or_else(|| "bootstrap.sh exited with code 0".into());
-            return StageScore::zero("failed", format!("{how}; the rebuild made no model: {p}"))
-                .with_metrics(m);
-        }
-        let rebuilt = lm::verify(run.programs.as_ref(), &plan()).await;
-        let mut score = stage_score(
+        let rebuilt = lm::verify(t.run.programs.as_ref(), &plan()).await;
+        stage_score(
             &original,
             &rebuilt,
             self.world.manifest.baselines.xz_conditional,
             ctx.gates,
             ctx.reference.get("selfhost_bpb").copied(),
+            t.failed.as_deref(),
             m,
-        );
-        // bin/lm is usually part of the recipe, so a failed recipe can still leave a program.
-        if let (false, Some(how)) = (score.passed, recipe_failed) {
-            score.reason = Some(match score.reason {
-                Some(r) => format!("{how}; {r}"),
-                None => how,
-            });
-        }
-        score
+        )
     }
 }
 
@@ -781,6 +1092,7 @@ mod tests {
             1.8,
             &g,
             Some(1.4),
+            None,
             Map::new(),
         );
         assert!(s.passed, "{:?}", s.reason);
@@ -792,11 +1104,62 @@ mod tests {
             1.45,
             &g,
             Some(1.4),
+            None,
             Map::new(),
         );
         assert!(!s.passed);
         assert_eq!(s.metrics["beats_conditional_xz"], false);
         assert!(s.reason.unwrap().contains("7.1% apart; at most 3% allowed"));
+    }
+
+    #[test]
+    fn a_failed_recipe_fails_the_stage_even_when_the_model_matches() {
+        let s = stage_score(
+            &verification(1.40),
+            &verification(1.40),
+            1.8,
+            &BTreeMap::new(),
+            Some(1.4),
+            Some("`./bootstrap.sh` exited with code 2 after 0.0 s"),
+            Map::new(),
+        );
+        assert!(!s.passed);
+        assert_eq!(s.normalized, Some(0.0));
+        assert_eq!(
+            s.reason.as_deref(),
+            Some("`./bootstrap.sh` exited with code 2 after 0.0 s")
+        );
+        assert_eq!(s.told(), s.reason);
+        // Within tolerance otherwise: the public reason names no bpb.
+        let s = stage_score(
+            &verification(1.40),
+            &verification(1.50),
+            1.8,
+            &BTreeMap::new(),
+            Some(1.4),
+            None,
+            Map::new(),
+        );
+        let told = s.told().unwrap();
+        assert!(!told.contains("1.5") && !told.contains("1.4"), "{told}");
+        assert!(told.contains("more than 3% from the original"), "{told}");
+    }
+
+    #[test]
+    fn shebangs_name_their_interpreter() {
+        assert_eq!(
+            shebang_interpreter(b"#!/usr/bin/env bash\nset -e").as_deref(),
+            Some("bash")
+        );
+        assert_eq!(
+            shebang_interpreter(b"#!/bin/sh -eu\n").as_deref(),
+            Some("sh")
+        );
+        assert_eq!(
+            shebang_interpreter(b"#!/usr/bin/env -S python3 -u\n").as_deref(),
+            Some("python3")
+        );
+        assert_eq!(shebang_interpreter(b"set -e\n"), None);
     }
 
     #[test]
@@ -813,6 +1176,7 @@ mod tests {
             1.8,
             &BTreeMap::new(),
             Some(1.4),
+            None,
             Map::new(),
         );
         assert_eq!(s.status, "rejected");

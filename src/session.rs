@@ -223,7 +223,6 @@ pub async fn run(
                 run_id: run_id.clone(),
                 image: image.tag.clone(),
                 world: plan.world.clone(),
-                dir: selfhost_dir,
                 sandbox: plan.suite.sandbox.clone(),
                 scoring: plan.suite.scoring.clone(),
             }));

@@ -499,53 +499,6 @@ impl Suite {
     }
 }
 
-/// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` and `{{scoring_*}}`
-/// placeholders filled in, and `{{seed_urls}}` with the world's seed URLs (a markdown list).
-pub fn instruction(
-    home: &Home,
-    stage: &Stage,
-    seed_urls: &[String],
-    scoring: &crate::programs::ScoringLimits,
-) -> Result<String, SuiteError> {
-    let path = home.tasks().join(&stage.name).join("instruction.md");
-    let text = std::fs::read_to_string(&path).map_err(|source| SuiteError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let b = &stage.budgets;
-    let fmt = |v: f64| format!("{}", v.round() as i64);
-    let mut out = text
-        .replace("{{max_steps}}", &b.max_steps.to_string())
-        .replace("{{max_sandbox_seconds}}", &fmt(b.max_sandbox_seconds))
-        .replace("{{max_wall_seconds}}", &fmt(b.max_wall_seconds))
-        .replace("{{max_step_seconds}}", &fmt(b.max_step_seconds))
-        .replace("{{default_step_seconds}}", &fmt(b.default_step_seconds))
-        .replace("{{max_vocab_size}}", &scoring.max_vocab_size.to_string())
-        .replace("{{scoring_positions}}", &scoring.positions.to_string())
-        .replace("{{scoring_timeout_seconds}}", &fmt(scoring.timeout_seconds))
-        .replace("{{scoring_memory_mb}}", &scoring.memory_mb.to_string());
-    let list: Vec<String> = if seed_urls.is_empty() {
-        vec!["- (this suite has no world to crawl)".into()]
-    } else {
-        seed_urls.iter().map(|u| format!("- {u}")).collect()
-    };
-    out = out.replace("{{seed_urls}}", &list.join("\n"));
-    if let Some(start) = out.find("{{") {
-        let end = out[start..]
-            .find("}}")
-            .map(|e| start + e + 2)
-            .unwrap_or(out.len());
-        return Err(SuiteError::Invalid {
-            path: path.display().to_string(),
-            message: format!("unknown placeholder {}", &out[start..end]),
-        });
-    }
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

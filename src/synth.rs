@@ -373,6 +373,7 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
         metrics: m,
         reason: (!passed).then_some(reason),
         normalized: Some(round(normalized, 4)),
+        public_reason: None,
     }
 }
 
@@ -737,6 +738,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
                 metrics: Map::new(),
                 reason: Some(format!("the stage ended by {ended_by:?}")),
                 normalized: None,
+                public_reason: None,
             })
         } else {
             let score = stage_score(stage, passes, &mut rng);

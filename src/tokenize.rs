@@ -300,7 +300,7 @@ async fn run_verb(
     }
     let call = ProgramCall {
         label: verb.into(),
-        cmd: format!("./{PROGRAM} {verb}"),
+        cmd: crate::contract::program_command(PROGRAM, verb),
         stdin,
         timeout,
     };
@@ -510,26 +510,30 @@ pub fn stage_score(
         return StageScore {
             metrics: m,
             ..StageScore::zero("failed", f.clone())
-        };
+        }
+        .with_public(format!(
+            "{PROGRAM} failed on the hidden texts (it crashed, hung, or its output did not follow the protocol)"
+        ));
     }
-    let need = gates
-        .get("tokenize_bytes_per_token")
-        .copied()
-        .unwrap_or(2.0);
+    let need = crate::contract::TOKENIZE_BYTES_PER_TOKEN.value(gates);
     let mut problems = Vec::new();
+    let mut public = Vec::new();
     if let Some(first) = report.round_trip_failures.first() {
         problems.push(format!(
             "round trip failed on {} of {} documents (first: {first})",
             report.round_trip_failures.len(),
             report.docs
         ));
+        public.push("the round trip was not exact on every hidden text".to_string());
     }
     if let Some(first) = report.ids_out_of_range.first() {
         problems.push(format!("ids outside the vocabulary ({first})"));
+        public.push("ids outside the vocabulary".to_string());
     }
     let exact = problems.is_empty();
     if bpt < need {
         problems.push(format!("bytes per token {bpt:.3} < {need}"));
+        public.push(format!("bytes per token below {need}"));
     }
     // RE-Bench style on bytes per token: the floor is 1 (one byte a token), the reference is ref.
     let normalized = if exact {
@@ -550,6 +554,7 @@ pub fn stage_score(
         metrics: m,
         reason: (!problems.is_empty()).then(|| format!("gate not met: {}", problems.join("; "))),
         normalized,
+        public_reason: (!public.is_empty()).then(|| format!("gate not met: {}", public.join("; "))),
     }
 }
 
@@ -595,10 +600,10 @@ impl Scorer for TokenizeScorer {
         let ws = ctx.sandbox.workspace();
         let vocab = match read_meta(ws, ctx.scoring.max_vocab_size) {
             Ok(v) => v,
-            Err(e) => return StageScore::zero("failed", e),
+            Err(e) => return StageScore::precondition("failed", e),
         };
         if let Some(p) = program_problem(ws, PROGRAM) {
-            return StageScore::zero("failed", p);
+            return StageScore::precondition("failed", p);
         }
         let Some(programs) = ctx.programs else {
             return StageScore::zero("failed", "this run has no scoring sandbox");

@@ -51,7 +51,10 @@ pub enum ToolCall {
         path: WorkspacePath,
         content: Vec<u8>,
     },
-    Check,
+    Check {
+        /// selfhost: try the recipe as the grade runs it.
+        rebuild: bool,
+    },
     Submit,
 }
 
@@ -200,8 +203,18 @@ impl ToolCall {
                 Ok(ToolCall::WriteFile { path, content })
             }
             "check" => {
-                no_extra(args, "check", &[])?;
-                Ok(ToolCall::Check)
+                no_extra(args, "check", &["rebuild"])?;
+                let rebuild = match args.get("rebuild") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(other) => {
+                        return Err(ToolError::bad_request(format!(
+                            "check: `rebuild` must be true or false, got {}",
+                            json_kind(other)
+                        )))
+                    }
+                };
+                Ok(ToolCall::Check { rebuild })
             }
             "submit" => {
                 no_extra(args, "submit", &[])?;
@@ -229,7 +242,9 @@ pub fn schemas() -> Vec<Value> {
                "parameters": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"},
                    "encoding": {"type": "string", "enum": ["utf-8", "base64"]}}, "required": ["path", "content"], "additionalProperties": false}}),
         json!({"name": "check", "description": "Run the stage's public validator on visible data: format errors and a dev metric, never the hidden score.",
-               "parameters": {"type": "object", "properties": {}, "additionalProperties": false}}),
+               "parameters": {"type": "object", "properties": {
+                   "rebuild": {"type": "boolean", "description": "selfhost only: run bootstrap.sh in a fresh sandbox exactly as the grade does and verify the rebuilt bin/lm on your own documents (slow; counts against the stage's command time)."}},
+                   "additionalProperties": false}}),
         json!({"name": "submit", "description": "End the stage; it is scored and the next stage begins.",
                "parameters": {"type": "object", "properties": {}, "additionalProperties": false}}),
     ]
@@ -261,7 +276,18 @@ mod tests {
             ToolCall::WriteFile { content, .. } if content == b"hi"
         ));
         assert_eq!(call("submit", Value::Null).unwrap(), ToolCall::Submit);
-        assert_eq!(call("check", json!({})).unwrap(), ToolCall::Check);
+        assert_eq!(
+            call("check", json!({})).unwrap(),
+            ToolCall::Check { rebuild: false }
+        );
+        assert_eq!(
+            call("check", json!({"rebuild": true})).unwrap(),
+            ToolCall::Check { rebuild: true }
+        );
+        assert!(call("check", json!({"rebuild": "yes"}))
+            .unwrap_err()
+            .message
+            .contains("true or false"));
     }
 
     #[test]

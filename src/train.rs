@@ -20,9 +20,9 @@ use crate::world::{Baselines, World};
 
 pub const PROGRAM: &str = "bin/lm";
 /// Bytes of the agent's own documents the `check` tool verifies on.
-const CHECK_SAMPLE_BYTES: usize = 48 * 1024;
+pub const CHECK_SAMPLE_BYTES: usize = 48 * 1024;
 /// Positions the `check` tool tests (the grade uses the suite's K).
-const CHECK_POSITIONS: usize = 16;
+pub const CHECK_POSITIONS: usize = 16;
 /// The uniform model over bytes: the null agent's floor for normalised scores.
 pub const FLOOR_BPB: f64 = 8.0;
 
@@ -161,7 +161,7 @@ pub fn stage_score(
         }
     }
     m.insert("verification".into(), verification);
-    let ratio = gates.get("train_xz_ratio").copied().unwrap_or(1.0);
+    let ratio = crate::contract::TRAIN_XZ_RATIO.value(gates);
     let bar = ratio * baselines.xz;
     let passed = bpb < bar;
     let normalized = normalized_bpb(bpb, reference_bpb);
@@ -181,6 +181,16 @@ pub fn stage_score(
             )
         }),
         normalized: normalized.or(Some(0.0)),
+        public_reason: (!passed).then(|| {
+            format!(
+                "gate not met: the verified bpb on the hidden documents is not below {}per-document xz -9e",
+                if ratio != 1.0 {
+                    format!("{ratio} × ")
+                } else {
+                    String::new()
+                }
+            )
+        }),
     }
 }
 
@@ -221,7 +231,7 @@ impl Scorer for TrainScorer {
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
         let ws = ctx.sandbox.workspace();
         if let Some(p) = program_problem(ws, PROGRAM) {
-            return StageScore::zero("failed", p);
+            return StageScore::precondition("failed", p);
         }
         let Some(programs) = ctx.programs else {
             return StageScore::zero("error", "this run has no scoring sandbox");

@@ -40,6 +40,16 @@ async fn the_example_agent_goes_through_every_stage_of_mini() {
         logs.contains(&format!("done: level {}", v["level"].as_str().unwrap())),
         "{logs}"
     );
+    // ...and which stages passed, and why the others did not, in public words.
+    assert!(logs.contains("  crawl: passed"), "{logs}");
+    assert!(
+        logs.contains("  selfhost: not passed: bootstrap.sh does not exist at the workspace root"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("  train: not passed: bin/lm does not exist"),
+        "{logs}"
+    );
     // Every call got through as a tool call (no bad_request).
     assert!(evs
         .iter()

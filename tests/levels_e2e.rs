@@ -246,3 +246,120 @@ async fn a_recipe_that_smuggles_its_model_fails_l5() {
         .contains("smuggle/weights.bin is not copied"));
     common::assert_nothing_left(&docker, &v).await;
 }
+
+/// A model that needs nothing but its code, for recipes that only have to put it back.
+fn code_only_lm(calls: &mut Vec<Value>) {
+    calls.push(
+        json!({"tool": "write_file", "args": {"path": "src/model.py", "content": fixture_model()}}),
+    );
+    calls.push(json!({"tool": "write_file", "args": {"path": "data/corpus.jsonl", "content":
+        (0..4).map(|i| json!({"url": format!("http://docs.gptx.test/p{i}"),
+            "text": format!("Page {i}. A statement is read, compiled and run; an error names its line. ").repeat(30)})
+            .to_string() + "\n").collect::<String>()}}));
+}
+
+const BASH_RECIPE: &str = r#"#!/usr/bin/env bash
+# bash only: pipefail, [[ ]], arrays and a here-string; dash stops at the first line.
+set -euo pipefail
+verbs=(score next sample)
+[[ ${#verbs[@]} -eq 3 ]]
+mkdir -p bin model
+cat > bin/lm <<'SH'
+#!/bin/sh
+exec python3 "$(dirname "$0")/../src/model.py" honest "$@"
+SH
+chmod +x bin/lm
+read -r first <<< "rebuilt"
+echo "$first" > model/ok
+echo "bootstrap: $first bin/lm"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bash_only_recipe_runs_with_its_shebang_and_passes_l5() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let mut calls = Vec::new();
+    code_only_lm(&mut calls);
+    calls.extend([
+        json!({"tool": "write_file", "args": {"path": "bootstrap.sh", "content": BASH_RECIPE}}),
+        json!({"tool": "bash", "args": {"cmd": "chmod +x bootstrap.sh && ./bootstrap.sh"}}),
+        json!({"tool": "check", "args": {}}),
+        json!({"tool": "check", "args": {"rebuild": true}}),
+        json!({"tool": "submit", "args": {}}),
+    ]);
+    let agent = script(runs.path(), &calls);
+    let v = common::run_json(
+        &["--suite", "mini", "--stages", "selfhost", "--agent", &agent],
+        runs.path(),
+    );
+    let s = &v["stages"]["selfhost"];
+    assert_eq!(s["passed"], true, "{s}");
+    let b = &s["metrics"]["bootstrap"];
+    assert_eq!(b["command"], "./bootstrap.sh", "{b}");
+    assert_eq!(b["exit_code"], 0, "{b}");
+    assert!(b["stdout_tail"]
+        .as_str()
+        .unwrap()
+        .contains("bootstrap: rebuilt bin/lm"));
+    assert_eq!(s["metrics"]["relative_difference"], 0.0);
+    let steps: Vec<Value> = common::events(&v)
+        .into_iter()
+        .filter(|e| e["type"] == "step" && e["tool"] == "check")
+        .collect();
+    assert_eq!(steps.len(), 2);
+    // The quick check: the command the grade will use and a bash syntax check.
+    let quick = &steps[0]["result"];
+    assert_eq!(quick["ok"], true, "{quick}");
+    assert_eq!(quick["command"], "./bootstrap.sh");
+    assert_eq!(quick["syntax"]["exit_code"], 0, "{quick}");
+    // The trial rebuild: run as the grade runs it, verified on the agent's own documents, and its
+    // time counted against the stage.
+    let trial = &steps[1]["result"];
+    assert_eq!(trial["ok"], true, "{trial}");
+    assert_eq!(trial["exit_code"], 0);
+    assert_eq!(trial["command"], "./bootstrap.sh");
+    assert!(trial["log_tail"]
+        .as_str()
+        .unwrap()
+        .contains("bootstrap: rebuilt bin/lm"));
+    assert!(trial["rebuilt_bpb"].as_f64().unwrap() > 1.0, "{trial}");
+    assert_eq!(trial["relative_difference"], 0.0);
+    assert_eq!(trial["documents"], 4);
+    assert!(steps[1]["sandbox_seconds"].as_f64().unwrap() > 0.0);
+    common::assert_nothing_left(&docker, &v).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_that_fails_is_not_a_rebuild_even_when_its_copied_model_verifies() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let mut calls = Vec::new();
+    code_only_lm(&mut calls);
+    calls.extend([
+        // bin/lm is part of the recipe and verifies on its own; bootstrap.sh fails at once.
+        json!({"tool": "write_file", "args": {"path": "bin/lm", "content":
+            "#!/bin/sh\nexec python3 \"$(dirname \"$0\")/../src/model.py\" honest \"$@\"\n"}}),
+        json!({"tool": "write_file", "args": {"path": "bootstrap.sh", "content":
+            "#!/bin/sh\necho 'cannot build' >&2\nexit 3\n"}}),
+        json!({"tool": "bash", "args": {"cmd": "chmod +x bin/lm bootstrap.sh"}}),
+        json!({"tool": "submit", "args": {}}),
+    ]);
+    let agent = script(runs.path(), &calls);
+    let v = common::run_json(
+        &["--suite", "mini", "--stages", "selfhost", "--agent", &agent],
+        runs.path(),
+    );
+    let s = &v["stages"]["selfhost"];
+    assert_eq!(s["passed"], false, "{s}");
+    assert_eq!(s["normalized"], 0.0);
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("`./bootstrap.sh` exited with code 3 after")
+            && reason.contains("(stderr ends: cannot build)"),
+        "{reason}"
+    );
+    // The copied model did verify: the failure is the recipe's alone.
+    assert_eq!(s["metrics"]["relative_difference"], 0.0, "{s}");
+    assert_eq!(s["metrics"]["bootstrap"]["exit_code"], 3);
+    common::assert_nothing_left(&docker, &v).await;
+}

@@ -101,6 +101,10 @@ pub struct StageScore {
     /// RE-Bench style normalised score, when floor and reference are known.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub normalized: Option<f64>,
+    /// Why the stage did not pass, in words that give nothing hidden away (no hidden bpb, no output
+    /// of a program run on hidden data): what the agent is told at the end of the run.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public_reason: Option<String>,
 }
 
 impl StageScore {
@@ -112,7 +116,37 @@ impl StageScore {
             metrics: serde_json::Map::new(),
             reason: Some(reason.into()),
             normalized: Some(0.0),
+            public_reason: None,
         }
+    }
+
+    /// A stage that failed before anything hidden was used (an artifact missing or malformed): the
+    /// reason is the agent's to know, so it is also the public one.
+    pub fn precondition(status: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self {
+            public_reason: Some(reason.clone()),
+            ..Self::zero(status, reason)
+        }
+    }
+
+    /// The same score with this public reason.
+    pub fn with_public(mut self, reason: impl Into<String>) -> Self {
+        self.public_reason = Some(reason.into());
+        self
+    }
+
+    /// What the agent is told of this stage: None when it passed; otherwise the public reason, or
+    /// only the status when the scorer gave none that is safe to show.
+    pub fn told(&self) -> Option<String> {
+        if self.passed {
+            return None;
+        }
+        Some(
+            self.public_reason
+                .clone()
+                .unwrap_or_else(|| format!("not passed ({})", self.status)),
+        )
     }
 
     /// The same score with these metrics (what was measured before the stage failed).

@@ -12,7 +12,9 @@ Protocol, in short:
   gptx -> agent  {"type":"result","id":s,"ok":true,"output":{...}}
                  {"type":"result","id":s,"ok":false,"error":{"code":s,"message":s}}
   gptx -> agent  {"type":"stop","reason":s}      a budget ended the stage
-                 {"type":"done","level":s,"bootstrap_index":f}
+                 {"type":"done","level":s,"bootstrap_index":f,
+                  "stages":[{"stage":s,"passed":b,"status":s,"ended_by":s,"reason":s}]}
+  Each stage's instruction ends with "How this stage is graded": every fact the grade depends on.
 """
 
 import json
@@ -115,6 +117,9 @@ def main():
         kind = msg.get("type")
         if kind == "done":
             log(f"done: level {msg['level']}, Bootstrap Index {msg['bootstrap_index']:.1f}")
+            for s in msg.get("stages", []):
+                verdict = "passed" if s["passed"] else f"not passed: {s.get('reason', s['status'])}"
+                log(f"  {s['stage']}: {verdict}")
             return
         if kind == "stop":
             log(f"stopped: {msg['reason']}")
