@@ -36,11 +36,16 @@ const SCAN_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
 /// Entries of each list kept in the trace (the counts are always complete).
 const LIST_LIMIT: usize = 2000;
 
-/// A file of the recipe.
+/// A file of the recipe, with the bytes the selection read: what is checked is what is copied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Copied {
     pub path: String,
     pub bytes: u64,
+    #[serde(skip)]
+    pub data: Vec<u8>,
+    /// Permission bits of the file as opened.
+    #[serde(skip)]
+    pub mode: u32,
 }
 
 /// A file left out, and why.
@@ -73,26 +78,6 @@ impl Recipe {
     }
 }
 
-/// Every entry under `root`, relative paths sorted, with what kind of thing it is.
-fn walk(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(root.join(&rel))? {
-            let e = e?;
-            let r = rel.join(e.file_name());
-            let meta = std::fs::symlink_metadata(e.path())?;
-            if meta.is_dir() {
-                stack.push(r);
-            } else {
-                out.push((r.to_string_lossy().into_owned(), meta));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
 fn excluded_by(path: &str, extra: &[String]) -> Option<String> {
     EXCLUDED
         .iter()
@@ -104,35 +89,70 @@ fn excluded_by(path: &str, extra: &[String]) -> Option<String> {
         })
 }
 
+/// Reads a file the recipe would copy through the confined reader (no symlink on its path, no FIFO
+/// or device, the size of the opened file), at most `limit` bytes; Err is the reason to refuse it.
+fn read_candidate(
+    root: &crate::sandbox::paths::WorkspaceRoot,
+    path: &str,
+    limit: u64,
+) -> Result<(Vec<u8>, u32), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = crate::sandbox::WorkspacePath::parse(path).map_err(|e| e.to_string())?;
+    let (file, meta) = root
+        .open_regular(&p)
+        .map_err(|e| format!("could not be read as a regular file without following links: {e}"))?;
+    if meta.len() > limit {
+        return Err(format!(
+            "{} bytes when opened, over the {limit} bytes left for it (it grew after it was listed)",
+            meta.len()
+        ));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("reading it: {e}"))?;
+    if data.len() as u64 != meta.len() {
+        return Err(format!(
+            "changed while it was read ({} bytes when opened, {} read)",
+            meta.len(),
+            data.len()
+        ));
+    }
+    Ok((data, meta.permissions().mode() & 0o777))
+}
+
 /// Chooses the recipe among the files of `workspace` by the copy rules; `extra` lists more excluded
-/// paths. `bootstrap.sh` is taken first, then the rest in path order.
+/// paths. `bootstrap.sh` is taken first, then the rest in path order. Each chosen file is read once,
+/// through the confined reader, and those bytes are what [`copy`] writes.
 pub fn select(workspace: &Path, extra: &[String]) -> std::io::Result<Recipe> {
-    let mut entries = walk(workspace)?;
-    if let Some(i) = entries.iter().position(|(p, _)| p == RECIPE) {
+    use crate::sandbox::paths::EntryKind;
+    let root = crate::sandbox::paths::WorkspaceRoot::open(workspace, None)?;
+    let mut entries = root.walk()?;
+    if let Some(i) = entries.iter().position(|e| e.path == RECIPE) {
         let e = entries.remove(i);
         entries.insert(0, e);
     }
     let mut recipe = Recipe::default();
     let mut artifacts = Vec::new();
-    for (path, meta) in entries {
-        let bytes = meta.len();
+    for entry in entries {
+        let (path, bytes) = (entry.path, entry.size);
         let refuse = |reason: String| Refused {
             path: path.clone(),
             bytes,
             reason,
         };
         if let Some(dir) = excluded_by(&path, extra) {
-            if meta.is_file() {
+            if entry.kind == EntryKind::File {
                 artifacts.push(path.clone());
             }
             recipe.refused.push(refuse(format!(
                 "under {dir}/, which the recipe must rebuild"
             )));
-        } else if meta.file_type().is_symlink() {
+        } else if entry.kind == EntryKind::Symlink {
             recipe
                 .refused
                 .push(refuse("a symlink; only regular files are copied".into()));
-        } else if !meta.is_file() {
+        } else if entry.kind != EntryKind::File {
             recipe.refused.push(refuse("not a regular file".into()));
         } else if bytes > MAX_FILE_BYTES {
             recipe.refused.push(refuse(format!(
@@ -146,11 +166,23 @@ pub fn select(workspace: &Path, extra: &[String]) -> std::io::Result<Recipe> {
                 recipe.bytes
             )));
         } else {
-            recipe.bytes += bytes;
-            recipe.copied.push(Copied { path, bytes });
+            let room = MAX_FILE_BYTES.min(MAX_RECIPE_BYTES - recipe.bytes);
+            match read_candidate(&root, &path, room) {
+                Ok((data, mode)) => {
+                    let bytes = data.len() as u64;
+                    recipe.bytes += bytes;
+                    recipe.copied.push(Copied {
+                        path,
+                        bytes,
+                        data,
+                        mode,
+                    });
+                }
+                Err(reason) => recipe.refused.push(refuse(reason)),
+            }
         }
     }
-    refuse_smuggled(workspace, &mut recipe, &artifacts)?;
+    refuse_smuggled(&root, &mut recipe, &artifacts)?;
     Ok(recipe)
 }
 
@@ -174,7 +206,7 @@ fn uniform(w: &[u8]) -> bool {
 /// is a whole copy of a recipe file (source code kept next to a model, as `model/lm.py`) is not
 /// counted.
 fn refuse_smuggled(
-    workspace: &Path,
+    root: &crate::sandbox::paths::WorkspaceRoot,
     recipe: &mut Recipe,
     artifacts: &[String],
 ) -> std::io::Result<()> {
@@ -185,9 +217,9 @@ fn refuse_smuggled(
         top = top.wrapping_mul(BASE);
     }
     for (i, f) in recipe.copied.iter().enumerate() {
-        let data = std::fs::read(workspace.join(&f.path))?;
-        if std::str::from_utf8(&data).is_ok() {
-            sources.insert((data.len(), window_hash(&data)));
+        let data = &f.data;
+        if std::str::from_utf8(data).is_ok() {
+            sources.insert((data.len(), window_hash(data)));
         }
         if data.len() < WINDOW {
             continue;
@@ -215,17 +247,24 @@ fn refuse_smuggled(
     let mut scanned = 0u64;
     let mut buf = vec![0u8; WINDOW * 4096];
     'files: for a in artifacts {
-        let path = workspace.join(a);
-        let Ok(mut f) = std::fs::File::open(&path) else {
+        // Artifacts too are opened without following links or blocking on a FIFO.
+        let Ok(p) = crate::sandbox::WorkspacePath::parse(a) else {
             continue;
         };
-        if f.metadata().is_ok_and(|m| m.len() <= MAX_FILE_BYTES) {
-            if let Ok(data) = std::fs::read(&path) {
-                if std::str::from_utf8(&data).is_ok()
-                    && sources.contains(&(data.len(), window_hash(&data)))
-                {
-                    continue;
-                }
+        let Ok((mut f, meta)) = root.open_regular(&p) else {
+            continue;
+        };
+        if meta.len() <= MAX_FILE_BYTES {
+            let mut data = Vec::new();
+            if (&mut f).take(MAX_FILE_BYTES).read_to_end(&mut data).is_ok()
+                && std::str::from_utf8(&data).is_ok()
+                && sources.contains(&(data.len(), window_hash(&data)))
+            {
+                continue;
+            }
+            use std::io::Seek;
+            if f.seek(std::io::SeekFrom::Start(0)).is_err() {
+                continue;
             }
         }
         loop {
@@ -284,14 +323,9 @@ fn refuse_smuggled(
     Ok(())
 }
 
-/// Copies the recipe's files from `from` into the empty directory `to`, keeping the executable bits;
-/// `owner` (uid, gid) when the harness runs as root.
-pub fn copy(
-    recipe: &Recipe,
-    from: &Path,
-    to: &Path,
-    owner: Option<(u32, u32)>,
-) -> std::io::Result<()> {
+/// Writes the recipe's files, the bytes [`select`] read, into the empty directory `to`, keeping the
+/// permission bits; `owner` (uid, gid) when the harness runs as root.
+pub fn copy(recipe: &Recipe, to: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for f in &recipe.copied {
         let dst = to.join(&f.path);
@@ -308,9 +342,8 @@ pub fn copy(
                 }
             }
         }
-        std::fs::copy(from.join(&f.path), &dst)?;
-        let mode = std::fs::metadata(from.join(&f.path))?.permissions().mode() & 0o777;
-        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode | 0o600))?;
+        std::fs::write(&dst, &f.data)?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(f.mode | 0o600))?;
         if let Some((u, g)) = owner {
             std::os::unix::fs::chown(&dst, Some(u), Some(g))?;
         }
@@ -542,7 +575,6 @@ impl Trial {
 async fn trial(
     rebuilder: &dyn Rebuilder,
     recipe: &Recipe,
-    ws: &Path,
     dir: &Path,
     instance: &str,
     budget: f64,
@@ -556,7 +588,7 @@ async fn trial(
     ));
     std::fs::create_dir_all(&fresh)
         .and_then(|_| crate::session::prepare_workspace(&fresh))
-        .and_then(|_| copy(recipe, ws, &fresh, owner))
+        .and_then(|_| copy(recipe, &fresh, owner))
         .map_err(|e| format!("copying the recipe to {}: {e}", fresh.display()))?;
     // The copy is the harness's own: its mode decides the command, not the live workspace.
     let executable = std::fs::symlink_metadata(fresh.join(RECIPE))
@@ -636,11 +668,12 @@ impl SelfhostScorer {
                 .map(|m| m.permissions().mode() & 0o100 != 0)
                 .unwrap_or(false);
             command = json!(crate::contract::bootstrap_command(executable));
-            let mut head = vec![0u8; 256];
-            let n = std::fs::File::open(ws.join(RECIPE))
-                .and_then(|mut f| f.read(&mut head))
-                .unwrap_or(0);
-            let interpreter = shebang_interpreter(&head[..n]);
+            let head = crate::sandbox::WorkspacePath::parse(RECIPE)
+                .ok()
+                .and_then(|p| ctx.sandbox.workspace().read(&p, 256).ok())
+                .map(|(data, _)| data)
+                .unwrap_or_default();
+            let interpreter = shebang_interpreter(&head);
             if !executable && interpreter.as_deref().is_some_and(|i| i != "bash") {
                 notes.push(format!(
                     "{RECIPE} is not executable, so it runs as `bash ./{RECIPE}` and its #! line ({}) is not used; chmod +x {RECIPE} to run it with its own interpreter",
@@ -747,7 +780,6 @@ impl SelfhostScorer {
         let t = trial(
             rebuilder,
             &recipe,
-            ws,
             &dir,
             &format!("selfhost-check-{n}"),
             budget,
@@ -884,7 +916,7 @@ impl Scorer for SelfhostScorer {
         }
         let budget = ctx.rebuild_seconds;
         let dir = ctx.run_dir.join("selfhost");
-        let t = match trial(rebuilder, &recipe, ws, &dir, "selfhost", budget).await {
+        let t = match trial(rebuilder, &recipe, &dir, "selfhost", budget).await {
             Ok(t) => t,
             Err(e) => return StageScore::zero("error", e).with_metrics(m),
         };
@@ -1040,6 +1072,44 @@ mod tests {
     }
 
     #[test]
+    fn the_copy_carries_the_bytes_selection_read_and_never_follows_links_or_fifos() {
+        let ws = tempfile::tempdir().unwrap();
+        let r = ws.path();
+        write(r, "bootstrap.sh", b"#!/bin/sh\n");
+        write(r, "recipe/blob", b"checked bytes");
+        // A directory link and a FIFO, where a swap could put them: neither is followed or opened.
+        let host = tempfile::tempdir().unwrap();
+        write(host.path(), "secret", b"host only");
+        std::os::unix::fs::symlink(host.path(), r.join("linkdir")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &r.join("recipe/pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let recipe = select(r, &[]).unwrap();
+        let copied: Vec<&str> = recipe.copied.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(copied, ["bootstrap.sh", "recipe/blob"], "{recipe:?}");
+        assert!(recipe.refused.iter().any(|x| x.path == "recipe/pipe"));
+        assert!(recipe.refused.iter().any(|x| x.path == "linkdir"));
+        // Swapped for a link to a host file after selection: the copy still holds what was read.
+        std::fs::remove_file(r.join("recipe/blob")).unwrap();
+        std::os::unix::fs::symlink(host.path().join("secret"), r.join("recipe/blob")).unwrap();
+        let to = tempfile::tempdir().unwrap();
+        copy(&recipe, to.path(), None).unwrap();
+        assert_eq!(
+            std::fs::read(to.path().join("recipe/blob")).unwrap(),
+            b"checked bytes"
+        );
+        // A path through a linked directory is refused by the confined reader itself.
+        let root = crate::sandbox::paths::WorkspaceRoot::open(r, None).unwrap();
+        let e = read_candidate(&root, "linkdir/secret", MAX_FILE_BYTES).unwrap_err();
+        assert!(e.contains("without following links"), "{e}");
+    }
+
+    #[test]
     fn copies_keep_the_executable_bit() {
         use std::os::unix::fs::PermissionsExt;
         let ws = tempfile::tempdir().unwrap();
@@ -1052,7 +1122,7 @@ mod tests {
         write(ws.path(), "a/b/c.txt", b"c");
         let recipe = select(ws.path(), &[]).unwrap();
         let to = tempfile::tempdir().unwrap();
-        copy(&recipe, ws.path(), to.path(), None).unwrap();
+        copy(&recipe, to.path(), None).unwrap();
         assert_eq!(std::fs::read(to.path().join("a/b/c.txt")).unwrap(), b"c");
         let mode = std::fs::metadata(to.path().join("bootstrap.sh"))
             .unwrap()

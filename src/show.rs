@@ -320,6 +320,8 @@ pub fn render_events(
         let _ = writeln!(out, "{} {e}", st.red("error:"));
     }
     let mut totals = Totals::default();
+    // Stage by stage, whether it passed: the line under the run's result.
+    let mut verdicts: Vec<(String, bool)> = Vec::new();
     let mut in_flight: Option<(String, u64, String, String)> = None;
     for env in events {
         match &env.event {
@@ -420,6 +422,19 @@ pub fn render_events(
                     let r = if score.passed { st.dim(r) } else { st.red(r) };
                     let _ = writeln!(out, "         {r}");
                 }
+                if let Some(p) = score
+                    .public_reason
+                    .as_ref()
+                    .filter(|p| Some(*p) != score.reason.as_ref())
+                {
+                    let _ = writeln!(
+                        out,
+                        "         {}",
+                        st.dim(&format!("the agent was told: {p}"))
+                    );
+                }
+                verdicts.retain(|(s, _)| s != stage);
+                verdicts.push((stage.clone(), score.passed));
             }
             Event::Warning { message } => {
                 let _ = writeln!(out, "  {} {message}", st.yellow("warning:"));
@@ -498,6 +513,26 @@ pub fn render_events(
                     st.bold("run"),
                     st.bold(level)
                 );
+                let list = |want: bool| {
+                    let names: Vec<&str> = verdicts
+                        .iter()
+                        .filter(|(_, p)| *p == want)
+                        .map(|(s, _)| s.as_str())
+                        .collect();
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                };
+                if !verdicts.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "passed: {} · not passed: {} (the reasons are under each stage)",
+                        list(true),
+                        list(false)
+                    );
+                }
             }
             Event::RunStarted { .. } => {}
         }

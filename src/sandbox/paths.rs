@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -106,6 +107,23 @@ impl WorkspacePath {
     }
 }
 
+/// What a workspace entry is, as [`WorkspaceRoot::walk`] saw it (links are never followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+/// One entry below a workspace root: its relative path, kind and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+}
+
 /// A workspace directory on the host, opened once; all file access goes beneath its descriptor.
 #[derive(Debug)]
 pub struct WorkspaceRoot {
@@ -169,6 +187,83 @@ impl WorkspaceRoot {
             .read_to_end(&mut buf)
             .map_err(|e| p.io(e))?;
         Ok((buf, meta.len()))
+    }
+
+    /// Every entry below the root but directories, sorted by path. Each directory is opened beneath
+    /// the root with no symlink on its path, so a directory swapped for a link is never entered.
+    pub fn walk(&self) -> std::io::Result<Vec<Entry>> {
+        use rustix::fs::{AtFlags, FileType};
+        let mut out = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let at = if rel.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                rel.clone()
+            };
+            let fd = rustix::fs::openat2(
+                &self.dir,
+                &at,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+                beneath() | ResolveFlags::NO_SYMLINKS,
+            )
+            .map_err(std::io::Error::from)?;
+            let dir = rustix::fs::Dir::read_from(&fd).map_err(std::io::Error::from)?;
+            for e in dir {
+                let e = e.map_err(std::io::Error::from)?;
+                let name = e.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let name = std::ffi::OsStr::from_bytes(name);
+                let st = match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    // Gone since it was listed.
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let r = rel.join(name);
+                let kind = match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => {
+                        stack.push(r);
+                        continue;
+                    }
+                    FileType::RegularFile => EntryKind::File,
+                    FileType::Symlink => EntryKind::Symlink,
+                    _ => EntryKind::Other,
+                };
+                out.push(Entry {
+                    path: r.to_string_lossy().into_owned(),
+                    kind,
+                    size: st.st_size.max(0) as u64,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Opens a regular file for reading with no symlink anywhere on its path, never blocking (a FIFO
+    /// or device is refused after a non-blocking open); the metadata is the opened file's own.
+    pub fn open_regular(&self, p: &WorkspacePath) -> Result<(File, std::fs::Metadata), PathError> {
+        let fd = rustix::fs::openat2(
+            &self.dir,
+            p.rel(),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::NOFOLLOW,
+            Mode::empty(),
+            beneath() | ResolveFlags::NO_SYMLINKS,
+        )
+        .map_err(|e| p.io(e.into()))?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|e| p.io(e))?;
+        if !meta.is_file() {
+            return Err(p.io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        Ok((file, meta))
     }
 
     /// Writes a whole file, creating parent directories; the final component may not be a symlink.
