@@ -1083,7 +1083,7 @@ mod tests {
         std::os::unix::fs::symlink(host.path(), r.join("linkdir")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &r.join("recipe/pipe"),
+            r.join("recipe/pipe"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o644),
             0,
