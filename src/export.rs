@@ -179,6 +179,19 @@ impl Run {
                         });
                     }
                 }
+                Event::Integrity(note) => {
+                    let i = match &note.stage {
+                        Some(s) => Some(find(&mut stages, s)),
+                        None => current,
+                    };
+                    if let Some(i) = i {
+                        stages[i].notes.push(Note {
+                            ts: env.ts,
+                            source: "gptx.integrity",
+                            data: json!(note),
+                        });
+                    }
+                }
                 Event::RunFinished {
                     level,
                     assisted_level,

@@ -151,6 +151,7 @@ mod tests {
                 ("eval".into(), stage(true, json!({"eval_error": 0.03}))),
                 ("selfhost".into(), stage(true, json!({"bpb": 1.41}))),
             ]),
+            integrity: vec![],
         };
         let v = from_score(&score).unwrap();
         assert_eq!(v["crawl_f1"], 0.99);

@@ -118,6 +118,11 @@ pub struct RunScore {
     pub assisted_level: Option<String>,
     pub bootstrap_index: f64,
     pub stages: BTreeMap<String, StageSummary>,
+    /// The integrity ledger: what the harness refused or cleaned up on the agent's side (processes
+    /// killed at a stage's end, files refused or changed between selection and copy, forged
+    /// supervisor lines). Empty for a run that tried nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub integrity: Vec<crate::trace::IntegrityNote>,
 }
 
 /// A fresh run id: UTC time plus random hex, sortable by start.

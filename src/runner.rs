@@ -19,8 +19,8 @@ use crate::scoring::{self, CheckRequest, ScoreContext, Scorer};
 use crate::suite::{Budgets, Home, Stage, StageNetwork, Suite};
 use crate::tools::{self, RawCall, ToolCall, ToolError};
 use crate::trace::{
-    EndReason, Event, EventSink, OutputRef, OutputStore, StageScore, StepRecord, StepUsage,
-    WorkspaceHistory,
+    EndReason, Event, EventSink, IntegrityNote, OutputRef, OutputStore, StageScore, StepRecord,
+    StepUsage, WorkspaceHistory,
 };
 
 /// Stages whose failure `--rescue` makes up for with the reference artifact.
@@ -118,6 +118,8 @@ pub struct RunResult {
     pub wall_seconds: f64,
     pub trace_sha256: Option<String>,
     pub events: u64,
+    /// The integrity ledger: what was refused or cleaned up on the agent's side.
+    pub integrity: Vec<IntegrityNote>,
 }
 
 impl RunResult {
@@ -175,6 +177,8 @@ pub struct Runner {
     pub outputs: OutputStore,
     pub cancel: CancellationToken,
     step: u64,
+    /// The run's integrity ledger so far (also emitted as `integrity` events).
+    ledger: Vec<IntegrityNote>,
 }
 
 impl Runner {
@@ -206,6 +210,7 @@ impl Runner {
             outputs,
             cancel,
             step: 0,
+            ledger: Vec::new(),
         }
     }
 
@@ -216,6 +221,12 @@ impl Runner {
 
     fn warn(&mut self, message: String) {
         self.events.warn(message);
+    }
+
+    /// Records an entry of the integrity ledger.
+    fn note(&mut self, note: IntegrityNote) {
+        self.ledger.push(note.clone());
+        self.emit(Event::Integrity(note));
     }
 
     /// Runs every stage of the suite with `agent`; the caller then tears down and calls [`Runner::finish`].
@@ -299,6 +310,7 @@ impl Runner {
             wall_seconds,
             trace_sha256: None,
             events: 0,
+            integrity: self.ledger.clone(),
         }
     }
 
@@ -470,6 +482,30 @@ impl Runner {
         if let Some(budget) = ended_by.budget() {
             agent.stopped(budget).await;
         }
+        // Nothing the agent started outlives its stage, and nothing of it runs while it is graded.
+        let swept = match self.sandbox.end_stage().await {
+            Ok(s) => {
+                if s.killed > 0 {
+                    self.note(IntegrityNote {
+                        stage: Some(stage.name.clone()),
+                        kind: "processes_killed".into(),
+                        count: s.killed,
+                        detail: format!(
+                            "still running when the stage ended: {}",
+                            s.commands.join(" | ")
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.warn(format!(
+                    "stage {}: the agent's processes could not be stopped: {e}",
+                    stage.name
+                ));
+                Err(e.to_string())
+            }
+        };
         self.agent_log(agent, &stage.name);
         let usage = agent.usage();
         let wall_seconds = started.elapsed().as_secs_f64();
@@ -483,6 +519,16 @@ impl Runner {
         let mut ended_by = ended_by;
         let score = if ended_by == EndReason::Interrupted {
             None
+        } else if let Err(e) = swept {
+            let score = StageScore::zero(
+                "error",
+                format!("not graded: the agent's processes could not be stopped ({e})"),
+            );
+            self.emit(Event::StageScored {
+                stage: stage.name.clone(),
+                score: score.clone(),
+            });
+            Some(score)
         } else {
             let ctx = self.score_context(stage);
             // Scoring can take long (a selfhost rebuild); an interrupt drops it, and the session's

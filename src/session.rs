@@ -241,6 +241,7 @@ pub async fn run(
                 wall_seconds: 0.0,
                 trace_sha256: None,
                 events: 0,
+                integrity: vec![],
             }
         }
     };
@@ -295,6 +296,7 @@ pub async fn run(
         assisted_level: result.assisted_level.clone(),
         bootstrap_index: result.bootstrap_index,
         stages: result.summaries(),
+        integrity: result.integrity.clone(),
     };
     if let Err(e) = rundir::write_json_atomic(&dir.score_json(), &score) {
         tracing::warn!("could not write {}: {e}", dir.score_json().display());

@@ -439,6 +439,16 @@ pub fn render_events(
             Event::Warning { message } => {
                 let _ = writeln!(out, "  {} {message}", st.yellow("warning:"));
             }
+            Event::Integrity(note) => {
+                let _ = writeln!(
+                    out,
+                    "  {} {} × {}: {}",
+                    st.yellow("integrity:"),
+                    note.kind,
+                    note.count,
+                    note.detail
+                );
+            }
             Event::ModelCall { call, .. } => {
                 totals.model_calls += 1;
                 totals.tokens += call.input_tokens + call.output_tokens;

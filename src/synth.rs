@@ -824,6 +824,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         assisted_level: levels.assisted,
         bootstrap_index,
         stages: summaries,
+        integrity: vec![],
     };
     rundir::write_json_atomic(&dir.score_json(), &score)
         .with_context(|| dir.score_json().display().to_string())?;

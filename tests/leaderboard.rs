@@ -94,6 +94,7 @@ fn write(dir: &Path, f: &Fake) {
             .zip(f.scores)
             .map(|(s, x)| (s.to_string(), stage(x, f.bpb, f.cpu, s)))
             .collect(),
+        integrity: vec![],
     };
     write_json_atomic(&run.join("score.json"), &score).unwrap();
 }

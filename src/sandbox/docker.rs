@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -30,6 +30,49 @@ use super::{
 use crate::engine;
 
 const SUPERVISOR: &str = include_str!("supervisor.py");
+/// Kills every process of its own uid but itself, again and again until none is left (a process that
+/// forks while it is killed is caught by the next round); prints the count it found (the pid in argv[1],
+/// the supervisor, not counted), how many are left, and up to 20 of their command lines.
+const SWEEPER: &str = r#"
+import json, os, signal, sys, time
+uid, me, skip = os.getuid(), os.getpid(), int(sys.argv[1])
+def alive():
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open("/proc/%s/status" % d) as f:
+                st = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+            if st.get("State", "").strip().startswith("Z") or int(st["Uid"].split()[0]) != uid:
+                continue
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    cmd = f.read(300).replace(b"\0", b" ").decode("utf-8", "replace").strip()
+            except OSError:
+                cmd = ""
+            out[int(d)] = cmd or st.get("Name", "").strip()
+        except (OSError, KeyError, ValueError):
+            continue
+    return out
+seen = {}
+for _ in range(500):
+    now = alive()
+    if not now:
+        break
+    seen.update(now)
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:
+        pass
+    time.sleep(0.005)
+seen.pop(skip, None)
+print(json.dumps({"killed": len(seen), "left": len(alive()), "commands": list(seen.values())[:20]}))
+"#;
+
+/// The longest line the supervisor sends (an output chunk is 32 KiB before base64); longer is dropped.
+const MAX_LINE: usize = 1 << 20;
+
 /// How long past a command's own timeout the harness waits for the supervisor before killing everything.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -79,7 +122,6 @@ pub struct DockerSandbox {
     network: StdMutex<Option<String>>,
     sup: Mutex<Option<Supervisor>>,
     sup_stderr: Arc<StdMutex<String>>,
-    next_id: AtomicU64,
     removed: std::sync::atomic::AtomicBool,
 }
 
@@ -179,7 +221,6 @@ impl DockerSandbox {
             network: StdMutex::new(spec.network.clone()),
             sup: Mutex::new(None),
             sup_stderr: Arc::new(StdMutex::new(String::new())),
-            next_id: AtomicU64::new(1),
             removed: false.into(),
         };
         if let Err(e) = sandbox.start_and_ping().await {
@@ -196,9 +237,18 @@ impl DockerSandbox {
             .map_err(err("start container"))?;
         let mut guard = self.sup.lock().await;
         let mut sup = self.start_supervisor().await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = rand::random::<u64>() >> 11;
         send(&mut sup, &serde_json::json!({"op": "ping", "id": id})).await?;
         match tokio::time::timeout(Duration::from_secs(30), sup.rx.recv()).await {
+            Ok(Some(v)) if v["ev"] == "pong" && v["undumpable"] != true => {
+                return Err(SandboxError::other(
+                    "supervisor",
+                    format!(
+                        "could not make itself non-dumpable, so commands could forge its output; stderr: {}",
+                        self.sup_stderr.lock().unwrap()
+                    ),
+                ))
+            }
             Ok(Some(v)) if v["ev"] == "pong" => {}
             _ => {
                 return Err(SandboxError::other(
@@ -264,6 +314,13 @@ impl DockerSandbox {
                 match item {
                     Ok(bollard::container::LogOutput::StdOut { message }) => {
                         buf.extend_from_slice(&message);
+                        if buf.len() > MAX_LINE && !buf.contains(&b'\n') {
+                            tracing::warn!(
+                                "sandbox supervisor sent {} bytes without a newline; dropped",
+                                buf.len()
+                            );
+                            buf.clear();
+                        }
                         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
                             let line: Vec<u8> = buf.drain(..=pos).collect();
                             match serde_json::from_slice::<serde_json::Value>(&line) {
@@ -299,6 +356,40 @@ impl DockerSandbox {
             }
         });
         Ok(Supervisor { input, rx, reader })
+    }
+
+    /// Runs `cmd` as the sandbox user in a fresh exec and gives back its stdout.
+    async fn exec_once(&self, cmd: Vec<String>) -> Result<Vec<u8>, SandboxError> {
+        let exec = self
+            .docker
+            .create_exec(
+                &self.id,
+                ExecConfig {
+                    cmd: Some(cmd),
+                    user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(err("exec"))?;
+        let mut out = Vec::new();
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(err("exec"))?
+        {
+            while let Some(item) = output.next().await {
+                if let Ok(bollard::container::LogOutput::StdOut { message }) = item {
+                    if out.len() < 1 << 20 {
+                        out.extend_from_slice(&message);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Kills every process of the sandbox user (the supervisor included), from a fresh exec.
@@ -380,7 +471,8 @@ impl Sandbox for DockerSandbox {
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Ids are drawn at random, so a line cannot be forged for a request not yet made.
+        let id = rand::random::<u64>() >> 11;
         let mut msg = serde_json::json!({
             "op": "exec", "id": id, "cmd": req.cmd,
             "timeout_ms": req.timeout.as_millis() as u64, "cwd": super::WORKSPACE, "env": env,
@@ -429,7 +521,12 @@ impl Sandbox for DockerSandbox {
                                 Err(e) => tracing::warn!("supervisor sent bad base64: {e}"),
                             }
                         }
-                        Some("exit") => return Ok(outcome_from(&v)),
+                        Some("exit") => {
+                            let mut o = outcome_from(&v);
+                            // The budget counts the time the harness measured, not what the sandbox says.
+                            o.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                            return Ok(o);
+                        }
                         _ => {}
                     }
                 }
@@ -464,6 +561,66 @@ impl Sandbox for DockerSandbox {
                 }
             }
         }
+    }
+
+    async fn end_stage(&self) -> Result<super::Swept, SandboxError> {
+        // The supervisor goes too; the next command starts a new one. Its pid is left out of the count.
+        let mut guard = self.sup.lock().await;
+        let mut skip = 0u64;
+        if let Some(sup) = guard.as_mut() {
+            let id = rand::random::<u64>() >> 11;
+            if send(sup, &serde_json::json!({"op": "ping", "id": id}))
+                .await
+                .is_ok()
+            {
+                let pong = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Some(v) = sup.rx.recv().await {
+                        if v["id"].as_u64() == Some(id) {
+                            return v["pid"].as_u64();
+                        }
+                    }
+                    None
+                })
+                .await;
+                skip = pong.ok().flatten().unwrap_or(0);
+            }
+        }
+        *guard = None;
+        let out = self
+            .exec_once(vec![
+                "python3".into(),
+                "-c".into(),
+                SWEEPER.into(),
+                skip.to_string(),
+            ])
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+            SandboxError::other(
+                "end of stage",
+                format!(
+                    "the process sweep printed {:?}: {e}",
+                    String::from_utf8_lossy(&out[..out.len().min(200)])
+                ),
+            )
+        })?;
+        let left = v["left"].as_u64().unwrap_or(u64::MAX);
+        if left != 0 {
+            return Err(SandboxError::other(
+                "end of stage",
+                format!("{left} processes of the agent survived the sweep"),
+            ));
+        }
+        Ok(super::Swept {
+            killed: v["killed"].as_u64().unwrap_or(0),
+            commands: v["commands"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
     }
 
     async fn set_network(&self, network: Option<&str>) -> Result<(), SandboxError> {

@@ -87,6 +87,15 @@ impl SandboxError {
 }
 
 /// Receives output as it streams.
+/// What [`Sandbox::end_stage`] found and killed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Processes of the agent still running when the stage ended.
+    pub killed: u64,
+    /// Some of their command lines, for the integrity ledger.
+    pub commands: Vec<String>,
+}
+
 pub type OutputSink<'a> = &'a mut (dyn FnMut(OutStream, &[u8]) + Send);
 
 /// The agent's box: commands, files, network, teardown.
@@ -110,6 +119,12 @@ pub trait Sandbox: Send + Sync {
 
     /// Removes the sandbox and everything it holds but the workspace. Safe to call twice.
     async fn remove(&self) -> Result<(), SandboxError>;
+
+    /// Ends a stage: every process of the agent in the sandbox is killed, and none is left when this
+    /// returns Ok. The count is of the agent's own processes (the command supervisor not counted).
+    async fn end_stage(&self) -> Result<Swept, SandboxError> {
+        Ok(Swept::default())
+    }
 
     /// Reads a workspace file, confined to the workspace.
     fn read_file(&self, path: &WorkspacePath, limit: u64) -> Result<(Vec<u8>, u64), SandboxError> {

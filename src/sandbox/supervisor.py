@@ -12,7 +12,9 @@
 #   {"id": N, "ev": "exit", "code": int|null, "signal": int|null, "timed_out": bool, "oom": bool,
 #    "cpu_s": float, "max_rss_kb": int, "cg_cpu_s": float|null, "cg_peak_bytes": int|null,
 #    "duration_ms": float, "error": str|null}
-#   {"id": N, "ev": "pong", "pid": int}
+#   {"id": N, "ev": "pong", "pid": int, "undumpable": bool}
+# N is a random number the harness draws per request. The supervisor makes itself non-dumpable at
+# start (prctl), so no command can open its /proc/<pid>/fd/* and forge these lines.
 # Only the standard library is used, so any image with python3 can host it.
 import base64
 import json
@@ -247,10 +249,29 @@ def run(req):
     })
 
 
+def make_undumpable():
+    """Closes this process's /proc entries (fd/, mem, environ) and ptrace to the sandbox user, so a
+    command of the same uid cannot write forged lines into our stdout through /proc/<pid>/fd/1. The
+    commands are exec'd binaries, which the kernel makes dumpable again: only the supervisor is closed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_DUMPABLE = 4
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
+        return True
+    except Exception as e:  # the harness sees dumpable=false in the pong and refuses to go on
+        sys.stderr.write("supervisor: could not make itself undumpable: %s\n" % e)
+        sys.stderr.flush()
+        return False
+
+
 def main():
     # Writing to a command that stopped reading its stdin must be an error, not a fatal signal; commands
     # themselves get the default SIGPIPE back (Popen's restore_signals).
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    closed = make_undumpable()
     for line in sys.stdin:
         line = line.strip()
         if not line:
@@ -263,7 +284,7 @@ def main():
             continue
         op = req.get("op")
         if op == "ping":
-            emit({"id": req.get("id"), "ev": "pong", "pid": os.getpid()})
+            emit({"id": req.get("id"), "ev": "pong", "pid": os.getpid(), "undumpable": closed})
         elif op == "exec":
             run(req)
         else:

@@ -89,6 +89,18 @@ pub struct StepRecord {
     pub commit: Option<String>,
 }
 
+/// One entry of a run's integrity ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegrityNote {
+    /// The stage it happened in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// `processes_killed`, `file_refused`, `supervisor_line`, ...
+    pub kind: String,
+    pub count: u64,
+    pub detail: String,
+}
+
 /// How a stage was graded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageScore {
@@ -243,6 +255,10 @@ pub enum Event {
         #[serde(default)]
         commit: Option<String>,
     },
+    /// Something the harness refused, cleaned up or caught on the agent's side: an entry of the run's
+    /// integrity ledger (processes killed at a stage's end, files refused or changed between
+    /// selection and copy, forged or malformed supervisor lines).
+    Integrity(IntegrityNote),
     RunFinished {
         status: crate::rundir::RunStatus,
         level: String,
@@ -267,6 +283,7 @@ impl Event {
             Self::Rescue { .. } => "rescue",
             Self::AgentLog { .. } => "agent_log",
             Self::ModelCall { .. } => "model_call",
+            Self::Integrity(_) => "integrity",
             Self::RunFinished { .. } => "run_finished",
         }
     }

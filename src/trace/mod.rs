@@ -5,7 +5,7 @@ pub mod history;
 pub mod log;
 
 pub use events::{
-    round, EndReason, Event, ModelCall, OutputRef, StageScore, StepRecord, StepUsage,
+    round, EndReason, Event, IntegrityNote, ModelCall, OutputRef, StageScore, StepRecord, StepUsage,
 };
 pub use history::WorkspaceHistory;
 pub use log::{sha256_hex, verify, EventLog, TraceError, Verified};
