@@ -203,6 +203,7 @@ impl AgentSpec {
         &self,
         home: &crate::suite::Home,
         llm: &crate::llm::LlmOptions,
+        agent_env: &[String],
     ) -> Result<Box<dyn Agent>, AgentError> {
         Ok(match self {
             Self::OpenAi(model) | Self::Anthropic(model) => {
@@ -227,7 +228,7 @@ impl AgentSpec {
             }
             Self::Null => Box::new(NullAgent),
             Self::Script(path) => Box::new(ScriptAgent::load(path)?),
-            Self::Exec(cmd) => Box::new(crate::exec_agent::ExecAgent::spawn(cmd)?),
+            Self::Exec(cmd) => Box::new(crate::exec_agent::ExecAgent::spawn(cmd, agent_env)?),
             Self::Reference(only) => {
                 let mut a = ReferenceAgent::new(home.tasks());
                 a.only = only.clone();

@@ -144,6 +144,11 @@ pub struct RunArgs {
     /// LLM agents: the conversation is kept under this many tokens by eliding the oldest tool outputs.
     #[arg(long, default_value_t = 100_000)]
     pub context_tokens: u64,
+    /// `exec:` agents: pass this environment variable of gptx's through to the agent (repeat for
+    /// more, e.g. `--agent-env OPENAI_API_KEY`). Nothing else of gptx's environment reaches it:
+    /// it gets PATH, LANG, a scratch HOME and GPTX_PROTOCOL=1.
+    #[arg(long, value_name = "NAME")]
+    pub agent_env: Vec<String>,
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -587,6 +592,7 @@ fn plan_for(args: &RunArgs, agent: &str, seed: Option<u64>) -> anyhow::Result<Ru
             ..Default::default()
         },
         world: None,
+        agent_env: args.agent_env.clone(),
     })
 }
 
@@ -810,6 +816,7 @@ async fn mcp(a: McpArgs) -> Result<i32, Exit> {
         temperature: None,
         max_output_tokens: 4096,
         context_tokens: 100_000,
+        agent_env: vec![],
         quiet: true,
         rescue: a.rescue,
         dir: a.dir,
@@ -820,6 +827,13 @@ async fn mcp(a: McpArgs) -> Result<i32, Exit> {
     })?;
     let (agent, server) = crate::mcp::pair();
     plan.prebuilt = Some(Box::new(agent));
+    // Over stdio the client is our parent process; over HTTP it is whoever connects.
+    if a.http.is_none() {
+        if let Some(w) = crate::mcp::client_warning(rustix::process::getppid(), &plan.home) {
+            eprintln!("gptx mcp: warning: {w}");
+            tracing::warn!("{w}");
+        }
+    }
     let serving = match a.http {
         Some(addr) => {
             if !addr.ip().is_loopback() {
@@ -877,6 +891,7 @@ async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
         prebuilt: None,
         llm: Default::default(),
         world: None,
+        agent_env: vec![],
     };
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());

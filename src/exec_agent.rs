@@ -37,6 +37,8 @@ struct Stderr {
 /// A running external agent.
 pub struct ExecAgent {
     command: String,
+    /// The agent's HOME, removed with it.
+    _home: tempfile::TempDir,
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
@@ -50,9 +52,25 @@ pub struct ExecAgent {
     partial: Vec<u8>,
 }
 
+/// The uid and gid an `exec:` agent runs as when gptx runs as root: `nobody`.
+pub const AGENT_UID: u32 = 65534;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A fresh HOME for the agent, its own when it runs as [`AGENT_UID`].
+fn scratch_home() -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("gptx-agent-").tempdir()?;
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(dir.path(), Some(AGENT_UID), Some(AGENT_UID))?;
+    }
+    Ok(dir)
+}
+
 impl ExecAgent {
-    /// Starts `sh -c <command>` in the current directory with `GPTX_PROTOCOL=1` in its environment.
-    pub fn spawn(command: &str) -> Result<Self, AgentError> {
+    /// Starts `sh -c <command>` in the current directory, without the harness's privileges or
+    /// environment: a cleared environment (PATH, LANG, a scratch HOME, `GPTX_PROTOCOL=1`, and the
+    /// variables named in `pass_env`), and when gptx runs as root, the uid and gid of [`AGENT_UID`]
+    /// (`nobody`), which cannot read the world cache's hidden data or other runs.
+    pub fn spawn(command: &str, pass_env: &[String]) -> Result<Self, AgentError> {
         let fail = |message: String| AgentError {
             agent: format!("exec:{command}"),
             message,
@@ -63,10 +81,36 @@ impl ExecAgent {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         }
-        let mut child = tokio::process::Command::new("sh")
-            .arg("-c")
+        let home =
+            scratch_home().map_err(|e| fail(format!("a scratch home for the agent: {e}")))?;
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
             .arg(command)
-            .env("GPTX_PROTOCOL", "1")
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+            )
+            .env("HOME", home.path())
+            .env("GPTX_PROTOCOL", "1");
+        for name in ["LANG", "LC_ALL", "TZ"] {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        for name in pass_env {
+            match std::env::var_os(name) {
+                Some(v) => {
+                    cmd.env(name, v);
+                }
+                None => tracing::warn!("--agent-env {name}: gptx has no such variable"),
+            }
+        }
+        if rustix::process::geteuid().is_root() {
+            // The standard library also drops root's supplementary groups (setgroups) before setuid.
+            cmd.uid(AGENT_UID).gid(AGENT_UID);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -100,6 +144,7 @@ impl ExecAgent {
         }
         Ok(Self {
             command: command.into(),
+            _home: home,
             child,
             stdin,
             stdout,

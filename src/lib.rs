@@ -62,6 +62,7 @@ pub mod session;
 pub mod show;
 pub mod suite;
 pub mod synth;
+pub mod term;
 pub mod tokenize;
 pub mod tools;
 pub mod trace;

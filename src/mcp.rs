@@ -142,6 +142,37 @@ impl Agent for McpAgent {
     }
 }
 
+/// Why the MCP client (process `client`) could read the world cache's hidden documents, if it
+/// could: it runs as root, or as the cache's owner, or the cache is open to others. An MCP client
+/// is the agent, and must run as an unprivileged user that cannot read `<cache>/worlds`.
+pub fn client_warning(
+    client: Option<rustix::process::Pid>,
+    home: &crate::suite::Home,
+) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let pid = client?.as_raw_nonzero().get();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let worlds = home.cache().join("worlds");
+    let meta = std::fs::metadata(&worlds).ok();
+    let readable = uid == 0
+        || meta
+            .as_ref()
+            .is_some_and(|m| m.uid() == uid || m.mode() & 0o005 == 0o005);
+    readable.then(|| {
+        format!(
+            "the MCP client (pid {pid}, uid {uid}) can read the world cache at {}, which holds the hidden test documents; run the client as an unprivileged user that cannot (gptx makes the cache root-only when it runs as root)",
+            worlds.display()
+        )
+    })
+}
+
 fn tools() -> Vec<Value> {
     crate::tools::schemas()
         .into_iter()

@@ -43,7 +43,7 @@ fn summary(args: &serde_json::Value) -> String {
         Some(serde_json::Value::String(s)) => s.lines().next().unwrap_or("").to_string(),
         _ => String::new(),
     };
-    s.chars().take(60).collect()
+    crate::term::terminal_safe(&s.chars().take(60).collect::<String>(), false)
 }
 
 impl Reporter for Progress {
@@ -86,8 +86,9 @@ impl Reporter for Progress {
                 stage, ok, detail, ..
             } => {
                 self.bar.println(format!(
-                    "  rescue after {stage}{}: {detail}",
-                    if *ok { "" } else { " failed" }
+                    "  rescue after {stage}{}: {}",
+                    if *ok { "" } else { " failed" },
+                    crate::term::terminal_safe(detail, false)
                 ));
             }
             Event::StageScored { stage, score } => {
@@ -95,7 +96,7 @@ impl Reporter for Progress {
                     "  {stage:<9} {:<16} passed={} {}",
                     score.status,
                     score.passed,
-                    score.reason.as_deref().unwrap_or("")
+                    crate::term::terminal_safe(score.reason.as_deref().unwrap_or(""), false)
                 ));
             }
             Event::RunFinished { .. } => self.bar.finish_and_clear(),

@@ -125,6 +125,19 @@ pub struct RunScore {
     pub integrity: Vec<crate::trace::IntegrityNote>,
 }
 
+/// When gptx runs as root, makes `dir` (created if missing) reachable by root alone (0700), so that
+/// an external agent, which runs as another user, can read nothing below it: the world cache with
+/// its hidden documents, other runs' traces and scores. Containers are unaffected: the engine mounts
+/// what they need, and parents of a mount are not traversed from inside.
+pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// A fresh run id: UTC time plus random hex, sortable by start.
 pub fn new_run_id() -> String {
     let now = chrono::Utc::now().format("%Y%m%d-%H%M%S");

@@ -448,7 +448,7 @@ impl Runner {
                 let commit = if matches!(parsed, Ok(ToolCall::ReadFile { .. })) {
                     None
                 } else {
-                    self.snapshot(step, &stage.name, &call)
+                    self.snapshot(step, &stage.name, &call).await
                 };
                 let ok = res.result.is_ok();
                 let result_value = match &res.result {
@@ -730,8 +730,10 @@ impl Runner {
         finish(&mut self.events, result);
     }
 
-    fn snapshot(&mut self, step: u64, stage: &str, call: &RawCall) -> Option<String> {
-        let history = self.history.as_mut()?;
+    /// Commits the workspace after a step, on a blocking thread (a snapshot reads files; one run's
+    /// large workspace never stalls the others of a batch).
+    async fn snapshot(&mut self, step: u64, stage: &str, call: &RawCall) -> Option<String> {
+        let mut history = self.history.take()?;
         let mut args = serde_json::to_string(&call.args).unwrap_or_default();
         if args.len() > 4096 {
             let mut cut = 4096;
@@ -750,7 +752,19 @@ impl Runner {
             call.tool,
             serde_json::to_string(&call.tool).unwrap_or_default()
         );
-        match history.commit_if_changed(&message) {
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = history.commit_if_changed(&message);
+            (history, r)
+        })
+        .await;
+        let result = match joined {
+            Ok((history, r)) => {
+                self.history = Some(history);
+                r.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("the snapshot task failed: {e}")),
+        };
+        match result {
             Ok(c) => c,
             Err(e) => {
                 self.warn(format!(

@@ -33,6 +33,9 @@ pub struct RunPlan {
     pub prebuilt: Option<Box<dyn crate::agent::Agent>>,
     /// The suite's built world (the caller builds it; it may take a while the first time).
     pub world: Option<Arc<crate::world::World>>,
+    /// `exec:` agents: the names of the harness's environment variables passed through to them
+    /// (`--agent-env`); nothing else of the harness's environment reaches them.
+    pub agent_env: Vec<String>,
 }
 
 /// A finished (or failed, or interrupted) run.
@@ -76,7 +79,7 @@ pub async fn run(
 ) -> Result<RunOutput, SessionError> {
     let mut agent = match plan.prebuilt.take() {
         Some(a) => a,
-        None => plan.agent.build(&plan.home, &plan.llm)?,
+        None => plan.agent.build(&plan.home, &plan.llm, &plan.agent_env)?,
     };
     let docker = engine::connect().await?;
     let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
@@ -87,6 +90,7 @@ pub async fn run(
         let path = path.display().to_string();
         move |source| SessionError::RunDir { path, source }
     };
+    rundir::make_private(&plan.runs_dir).map_err(rd_err(&plan.runs_dir))?;
     std::fs::create_dir_all(dir.workspace()).map_err(rd_err(&dir.workspace()))?;
     prepare_workspace(&dir.workspace()).map_err(rd_err(&dir.workspace()))?;
     std::fs::create_dir_all(dir.outputs()).map_err(rd_err(&dir.outputs()))?;

@@ -1008,8 +1008,11 @@ pub fn show(runs_dir: &Path, id: &str, opts: &ShowOptions) -> anyhow::Result<i32
             t.push('\n');
             t
         }
-        (false, Some(n)) => render_step(&dir, n, opts.color)?,
-        (false, None) => render_run(&dir, opts.color)?,
+        // Agent text is in these views: no escape sequence of its own reaches the terminal.
+        (false, Some(n)) => {
+            crate::term::terminal_safe(&render_step(&dir, n, opts.color)?, opts.color)
+        }
+        (false, None) => crate::term::terminal_safe(&render_run(&dir, opts.color)?, opts.color),
     };
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
@@ -1208,7 +1211,7 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
     if let Some(e) = &meta.error {
         let _ = writeln!(out, "error: {e}");
     }
-    out
+    crate::term::terminal_safe(&out, false)
 }
 
 /// `gptx world show`: what the world holds and its baseline ladder.

@@ -149,8 +149,13 @@ for line in sys.stdin:
 async fn a_call_sent_as_the_budget_ran_out_does_not_leak_into_the_next_stage() {
     common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let script = runs.path().join("eager.py");
+    // The agent runs as `nobody` when the tests run as root: its program must be readable by it.
+    let code = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(code.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = code.path().join("eager.py");
     std::fs::write(&script, EAGER).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
     let agent = format!("exec:python3 {}", script.display());
     let v = common::run_json(
         &[

@@ -194,3 +194,161 @@ async fn the_recipe_copy_follows_no_link_and_no_swap() {
     assert!(!trace.contains("HOST-ONLY-CANARY"));
     common::assert_nothing_left(&docker, &v).await;
 }
+
+/// An external agent that goes looking: the hidden documents in the world cache, another run's
+/// score, the harness's environment. It runs as `nobody` with a cleared environment and finds none.
+const SNOOP: &str = r#"
+import json, os, sys
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+hidden, other, = sys.argv[1], sys.argv[2]
+for path in (hidden, other):
+    try:
+        open(path, "rb").read(10)
+        log("READ", path)
+    except OSError as e:
+        log("DENIED", path, e.strerror)
+log("UID", os.getuid())
+log("SECRET", os.environ.get("GPTX_TEST_SECRET", "absent"))
+log("PASSED", os.environ.get("GPTX_TEST_PASSED", "absent"))
+log("ENVKEYS", ",".join(sorted(os.environ)))
+n = 0
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg["type"] == "task":
+        n += 1
+        print(json.dumps({"type": "call", "id": str(n), "tool": "submit", "args": {}}), flush=True)
+    elif msg["type"] == "done":
+        break
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_agents_run_unprivileged_with_a_cleared_environment() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    // Another run's score, and the world's hidden documents, both on this machine.
+    let other = runs.path().join("20200101-000000-aaaaaa");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("score.json"), "{}").unwrap();
+    let worlds = common::home().cache().join("worlds");
+    let hidden = std::fs::read_dir(&worlds)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("hidden"))
+        .find(|p| p.is_dir())
+        .and_then(|d| std::fs::read_dir(d).unwrap().flatten().next())
+        .map(|e| e.path())
+        .expect("a built world with hidden documents");
+    // The agent's own program sits where anyone may read it.
+    let code = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(code.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = code.path().join("snoop.py");
+    std::fs::write(&script, SNOOP).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let agent = format!(
+        "exec:python3 {} {} {}",
+        script.display(),
+        hidden.display(),
+        other.join("score.json").display()
+    );
+    let out = common::gptx()
+        .args([
+            "run", "--suite", "mini", "--stages", "tokenize", "--json", "--quiet",
+        ])
+        .args([
+            "--agent",
+            &agent,
+            "--agent-env",
+            "GPTX_TEST_PASSED",
+            "--runs-dir",
+        ])
+        .arg(runs.path())
+        .env("GPTX_TEST_SECRET", "s3cret")
+        .env("GPTX_TEST_PASSED", "given")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let logs: String = common::events(&v)
+        .iter()
+        .filter(|e| e["type"] == "agent_log")
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect();
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        assert!(logs.contains("UID 65534"), "{logs}");
+        assert!(!logs.contains("READ "), "{logs}");
+        assert!(
+            logs.contains(&format!("DENIED {}", hidden.display())),
+            "{logs}"
+        );
+    }
+    assert!(logs.contains("SECRET absent"), "{logs}");
+    assert!(logs.contains("PASSED given"), "{logs}");
+    assert!(
+        logs.contains("ENVKEYS GPTX_PROTOCOL,GPTX_TEST_PASSED,HOME,")
+            || logs.contains("ENVKEYS GPTX_PROTOCOL,GPTX_TEST_PASSED,HOME\n"),
+        "{logs}"
+    );
+    common::assert_nothing_left(&docker, &v).await;
+}
+
+/// A 40 GB sparse file and a FIFO in the workspace: the next snapshot lists the file without
+/// reading it and never opens the FIFO. And what the agent prints reaches `gptx show` escaped.
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_sparse_files_fifos_and_escape_sequences_are_harmless() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let agent = script(
+        runs.path(),
+        &[
+            json!({"tool": "bash", "args": {"cmd": "truncate -s 40G huge.bin && mkfifo pipe && echo done"}}),
+            json!({"tool": "bash", "args": {"cmd": "printf 'a\\033]0;pwned\\007\\033[2J\\rb\\n' >&2; exit 3"}}),
+            json!({"tool": "submit", "args": {}}),
+        ],
+    );
+    let v = common::run_json(
+        &["--suite", "mini", "--stages", "tokenize", "--agent", &agent],
+        runs.path(),
+    );
+    let s = steps(&v);
+    assert_eq!(s[0]["result"]["exit_code"], 0, "{}", s[0]);
+    let commit = s[0]["commit"].as_str().expect("the step was committed");
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    let git = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(dir.join("workspace.git"))
+        .args(["show", &format!("{commit}:.gptx-large-files.json")])
+        .output()
+        .unwrap();
+    let manifest: Value = serde_json::from_slice(&git.stdout).unwrap();
+    let big = &manifest["large_files"][0];
+    assert_eq!(big["path"], "huge.bin");
+    assert_eq!(big["size"], 40u64 << 30);
+    assert!(
+        big["note"].as_str().unwrap().contains("not hashed"),
+        "{big}"
+    );
+    // `gptx show` prints the agent's escape sequences as text.
+    let out = common::gptx()
+        .args([
+            "show",
+            v["run_id"].as_str().unwrap(),
+            "--color",
+            "never",
+            "--runs-dir",
+        ])
+        .arg(runs.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\\x1b]0;pwned\\x07\\x1b[2J\\rb"), "{text}");
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
+    common::assert_nothing_left(&docker, &v).await;
+}

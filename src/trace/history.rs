@@ -2,13 +2,20 @@
 //!
 //! Snapshots walk the host view of the workspace and reuse blob ids of files whose size, mtime and inode
 //! did not change, so a step that touches one file costs a directory walk, not a re-hash of everything.
-//! Files over [`LARGE_FILE`] are not committed; they are listed with size and SHA-256 in
-//! [`MANIFEST`] inside the commit.
+//! Files over [`LARGE_FILE`] are not committed; they are listed with size, allocated bytes and (up to
+//! [`HASH_LIMIT`], when not sparse) SHA-256 in [`MANIFEST`] inside the commit. The walk goes through
+//! directory descriptors and never follows a link or opens a FIFO; it stops reading after
+//! [`SNAPSHOT_BUDGET`] and lists what it left out.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use git2::{FileMode, Oid, Repository, Signature};
 use serde::Serialize;
@@ -16,6 +23,11 @@ use sha2::{Digest, Sha256};
 
 /// Files larger than this are listed in the manifest instead of committed.
 pub const LARGE_FILE: u64 = 10 * 1024 * 1024;
+/// Large files up to this size (and not sparse) get a SHA-256 in the manifest; larger ones only
+/// their size, so a snapshot never reads more than this of one file.
+pub const HASH_LIMIT: u64 = 256 * 1024 * 1024;
+/// How long one snapshot may walk and read; what is left when it runs out is listed as skipped.
+pub const SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 /// The manifest's path inside every commit that needs one.
 pub const MANIFEST: &str = ".gptx-large-files.json";
 
@@ -45,7 +57,13 @@ impl Stamp {
 pub struct LargeFile {
     pub path: String,
     pub size: u64,
-    pub sha256: String,
+    /// Bytes the file takes on disk (far below `size` for a sparse file).
+    pub allocated: u64,
+    /// Its SHA-256, when it was hashed (see `note` when not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A file left out of a snapshot because it could not be read.
@@ -88,8 +106,14 @@ impl WorkspaceHistory {
     /// Snapshots the workspace; commits with `message` when the tree changed. Returns the new commit id.
     pub fn commit_if_changed(&mut self, message: &str) -> Result<Option<String>, git2::Error> {
         let mut manifest = Manifest::default();
-        let root = self.root.clone();
-        let tree = self.build_tree(&root, Path::new(""), &mut manifest)?;
+        let root = rustix::fs::open(
+            &self.root,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| git2::Error::from_str(&format!("{}: {e}", self.root.display())))?;
+        let deadline = Instant::now() + SNAPSHOT_BUDGET;
+        let tree = self.build_tree(&root, Path::new(""), &mut manifest, deadline)?;
         let tree = match tree {
             Some(t) if manifest.large_files.is_empty() && manifest.skipped.is_empty() => t,
             None if manifest.large_files.is_empty() && manifest.skipped.is_empty() => {
@@ -144,88 +168,83 @@ impl WorkspaceHistory {
 
     fn build_tree(
         &mut self,
-        dir: &Path,
+        dir: &OwnedFd,
         rel: &Path,
         manifest: &mut Manifest,
+        deadline: Instant,
     ) -> Result<Option<Oid>, git2::Error> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
+        let skip = |manifest: &mut Manifest, path: &Path, reason: String| {
+            manifest.skipped.push(Skipped {
+                path: path.display().to_string(),
+                reason,
+            })
+        };
+        let names: Vec<std::ffi::OsString> = match rustix::fs::Dir::read_from(dir) {
+            Ok(d) => d
+                .filter_map(|e| e.ok())
+                .map(|e| std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+                .filter(|n| n != "." && n != "..")
+                .collect(),
             Err(e) => {
-                manifest.skipped.push(Skipped {
-                    path: rel.display().to_string(),
-                    reason: e.to_string(),
-                });
+                skip(manifest, rel, e.to_string());
                 return Ok(None);
             }
         };
         let mut items: Vec<(String, Oid, FileMode)> = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
+        for name in names {
             if name == ".git" {
                 continue; // git cannot hold a nested .git; the agent's own repo is not part of history
             }
+            let rel_path = rel.join(&name);
             let Some(name_str) = name.to_str() else {
-                manifest.skipped.push(Skipped {
-                    path: rel.join(&name).display().to_string(),
-                    reason: "file name is not UTF-8".into(),
-                });
+                skip(manifest, &rel_path, "file name is not UTF-8".into());
                 continue;
             };
-            let path = entry.path();
-            let rel_path = rel.join(&name);
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
+            if Instant::now() > deadline {
+                skip(
+                    manifest,
+                    &rel_path,
+                    format!(
+                        "the snapshot's time budget ({} s) ran out",
+                        SNAPSHOT_BUDGET.as_secs()
+                    ),
+                );
+                continue;
+            }
+            // Nothing is followed: the entry is looked at, and opened, relative to its directory.
+            let st = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
                 Err(_) => continue, // vanished during the walk
             };
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                if let Some(sub) = self.build_tree(&path, &rel_path, manifest)? {
-                    items.push((name_str.to_string(), sub, FileMode::Tree));
-                }
-            } else if ft.is_symlink() {
-                if let Ok(target) = std::fs::read_link(&path) {
-                    let blob = self.repo.blob(target.as_os_str().as_encoded_bytes())?;
-                    items.push((name_str.to_string(), blob, FileMode::Link));
-                }
-            } else if ft.is_file() {
-                let stamp = Stamp::of(&meta);
-                let mode = if meta.mode() & 0o111 != 0 {
-                    FileMode::BlobExecutable
-                } else {
-                    FileMode::Blob
-                };
-                if meta.len() > LARGE_FILE {
-                    match self.digest(&path, &rel_path, stamp) {
-                        Ok(sha256) => manifest.large_files.push(LargeFile {
-                            path: rel_path.display().to_string(),
-                            size: meta.len(),
-                            sha256,
-                        }),
-                        Err(e) => manifest.skipped.push(Skipped {
-                            path: rel_path.display().to_string(),
-                            reason: e.to_string(),
-                        }),
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    let sub = rustix::fs::openat(
+                        dir,
+                        name.as_os_str(),
+                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                        Mode::empty(),
+                    );
+                    match sub {
+                        Ok(fd) => {
+                            if let Some(t) = self.build_tree(&fd, &rel_path, manifest, deadline)? {
+                                items.push((name_str.to_string(), t, FileMode::Tree));
+                            }
+                        }
+                        Err(e) => skip(manifest, &rel_path, std::io::Error::from(e).to_string()),
                     }
-                    continue;
                 }
-                let blob = match self.blobs.get(&rel_path) {
-                    Some((s, oid)) if *s == stamp => *oid,
-                    _ => match std::fs::read(&path) {
-                        Ok(data) => {
-                            let oid = self.repo.blob(&data)?;
-                            self.blobs.insert(rel_path.clone(), (stamp, oid));
-                            oid
-                        }
-                        Err(e) => {
-                            manifest.skipped.push(Skipped {
-                                path: rel_path.display().to_string(),
-                                reason: e.to_string(),
-                            });
-                            continue;
-                        }
-                    },
-                };
-                items.push((name_str.to_string(), blob, mode));
+                FileType::Symlink => {
+                    if let Ok(target) = rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new()) {
+                        let blob = self.repo.blob(target.as_bytes())?;
+                        items.push((name_str.to_string(), blob, FileMode::Link));
+                    }
+                }
+                FileType::RegularFile => {
+                    if let Some((oid, mode)) = self.file_blob(dir, &name, &rel_path, manifest)? {
+                        items.push((name_str.to_string(), oid, mode));
+                    }
+                }
+                _ => {} // FIFOs, sockets and devices are never opened
             }
         }
         if items.is_empty() {
@@ -238,25 +257,121 @@ impl WorkspaceHistory {
         Ok(Some(builder.write()?))
     }
 
-    fn digest(&mut self, path: &Path, rel: &Path, stamp: Stamp) -> std::io::Result<String> {
-        if let Some((s, d)) = self.digests.get(rel) {
+    /// The blob of a regular file, opened without following a link and without blocking, its stamp
+    /// taken from the open file; a large file goes into the manifest instead.
+    fn file_blob(
+        &mut self,
+        dir: &OwnedFd,
+        name: &std::ffi::OsStr,
+        rel_path: &Path,
+        manifest: &mut Manifest,
+    ) -> Result<Option<(Oid, FileMode)>, git2::Error> {
+        let skip = |manifest: &mut Manifest, reason: String| {
+            manifest.skipped.push(Skipped {
+                path: rel_path.display().to_string(),
+                reason,
+            });
+            Ok(None)
+        };
+        let fd = match rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => return skip(manifest, std::io::Error::from(e).to_string()),
+        };
+        let file = std::fs::File::from(fd);
+        let meta = match file.metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return skip(manifest, "not a regular file when opened".into()),
+            Err(e) => return skip(manifest, e.to_string()),
+        };
+        let stamp = Stamp::of(&meta);
+        let mode = if meta.mode() & 0o111 != 0 {
+            FileMode::BlobExecutable
+        } else {
+            FileMode::Blob
+        };
+        if meta.len() > LARGE_FILE {
+            manifest
+                .large_files
+                .push(self.large(file, &meta, rel_path, stamp));
+            return Ok(None);
+        }
+        if let Some((s, oid)) = self.blobs.get(rel_path) {
             if *s == stamp {
-                return Ok(d.clone());
+                return Ok(Some((*oid, mode)));
             }
         }
-        let mut f = std::fs::File::open(path)?;
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        if let Err(e) = (&file).take(LARGE_FILE + 1).read_to_end(&mut data) {
+            return skip(manifest, e.to_string());
+        }
+        let oid = self.repo.blob(&data)?;
+        self.blobs.insert(rel_path.to_path_buf(), (stamp, oid));
+        Ok(Some((oid, mode)))
+    }
+
+    /// The manifest entry of a file over [`LARGE_FILE`]: hashed when it is at most [`HASH_LIMIT`] and
+    /// not sparse; otherwise only its size and allocated bytes, so a 40 GB hole costs nothing.
+    fn large(
+        &mut self,
+        mut file: std::fs::File,
+        meta: &std::fs::Metadata,
+        rel: &Path,
+        stamp: Stamp,
+    ) -> LargeFile {
+        let allocated = meta.blocks() * 512;
+        let mut entry = LargeFile {
+            path: rel.display().to_string(),
+            size: meta.len(),
+            allocated,
+            sha256: None,
+            note: None,
+        };
+        if meta.len() > HASH_LIMIT {
+            entry.note = Some(format!(
+                "not hashed: over the {} MiB hashing limit",
+                HASH_LIMIT >> 20
+            ));
+            return entry;
+        }
+        if allocated < meta.len() / 2 {
+            entry.note = Some("not hashed: sparse (mostly holes)".into());
+            return entry;
+        }
+        if let Some((s, d)) = self.digests.get(rel) {
+            if *s == stamp {
+                entry.sha256 = Some(d.clone());
+                return entry;
+            }
+        }
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
+        let mut left = HASH_LIMIT;
         loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                    left = left.saturating_sub(n as u64);
+                    if left == 0 {
+                        entry.note = Some("not hashed: it grew while it was read".into());
+                        return entry;
+                    }
+                }
+                Err(e) => {
+                    entry.note = Some(format!("not hashed: {e}"));
+                    return entry;
+                }
             }
-            h.update(&buf[..n]);
         }
         let d = hex::encode(h.finalize());
         self.digests.insert(rel.to_path_buf(), (stamp, d.clone()));
-        Ok(d)
+        entry.sha256 = Some(d);
+        entry
     }
 }
 
@@ -402,6 +517,51 @@ mod tests {
             v["large_files"][0]["sha256"],
             hex::encode(Sha256::digest(&big))
         );
+        assert!(v["large_files"][0]["allocated"].as_u64().unwrap() >= LARGE_FILE);
+    }
+
+    #[test]
+    fn sparse_files_fifos_and_linked_directories_cost_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        let mut h = WorkspaceHistory::create(&tmp.path().join("w.git"), &ws).unwrap();
+        // A 40 GB hole, a FIFO nobody writes to, and a link to a directory outside.
+        let f = std::fs::File::create(ws.join("huge.bin")).unwrap();
+        f.set_len(40 << 30).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            ws.join("pipe"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"host").unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("link")).unwrap();
+        std::fs::write(ws.join("a.txt"), b"a").unwrap();
+        let c = h.commit_if_changed("all").unwrap().expect("commit");
+        let repo = Repository::open_bare(tmp.path().join("w.git")).unwrap();
+        let tree = repo
+            .find_commit(Oid::from_str(&c).unwrap())
+            .unwrap()
+            .tree()
+            .unwrap();
+        let m = tree.get_path(Path::new(MANIFEST)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(repo.find_blob(m.id()).unwrap().content()).unwrap();
+        let big = &v["large_files"][0];
+        assert_eq!(big["path"], "huge.bin");
+        assert_eq!(big["size"], 40u64 << 30);
+        assert!(big.get("sha256").is_none(), "{big}");
+        assert!(big["note"].as_str().unwrap().contains("not hashed"));
+        assert!(tree.get_path(Path::new("pipe")).is_err());
+        // The link is recorded as a link, never entered.
+        let link = tree.get_path(Path::new("link")).unwrap();
+        assert_eq!(link.filemode(), i32::from(FileMode::Link));
+        assert!(tree.get_path(Path::new("link/secret")).is_err());
     }
 
     #[test]
