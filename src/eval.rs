@@ -304,7 +304,8 @@ impl Scorer for EvalScorer {
         };
         let val_docs = val.len();
         let val_bytes: u64 = val.iter().map(|d| d.bytes.len() as u64).sum();
-        let plan = crate::train::plan(test, val, ctx.scoring.positions, ctx.scoring);
+        let mut plan = crate::train::plan(test, val, ctx.scoring.positions, ctx.scoring);
+        plan.hidden = true;
         let v = lm::verify(programs, &plan).await;
         stage_score(
             &report,

@@ -601,6 +601,8 @@ pub struct VerifyPlan {
     pub seed: u64,
     /// The command prefix (`./bin/lm`).
     pub program: String,
+    /// The documents include hidden ones: no stderr of the program goes into a message.
+    pub hidden: bool,
 }
 
 /// A model that passed: its numbers.
@@ -693,6 +695,7 @@ async fn call(
         cmd: format!("{} {verb}", plan.program),
         stdin,
         timeout: plan.timeout,
+        hidden: plan.hidden,
     };
     let run = programs
         .run(&c)

@@ -78,6 +78,9 @@ pub struct ProgramCall {
     pub cmd: String,
     pub stdin: Vec<u8>,
     pub timeout: Duration,
+    /// The call reads hidden data: its stderr is never put into a message (it could carry hidden
+    /// text into the trace, the reasons and what the agent is told).
+    pub hidden: bool,
 }
 
 /// What one call gave back.
@@ -99,7 +102,13 @@ impl ProgramRun {
     /// Why the call failed as a process (timeout, signal, non-zero exit, output cut), if it did.
     pub fn failure(&self, call: &ProgramCall) -> Option<String> {
         let o = &self.outcome;
-        let stderr = if self.stderr_tail.trim().is_empty() {
+        let stderr = if call.hidden {
+            if self.stderr_tail.trim().is_empty() {
+                String::new()
+            } else {
+                "; its stderr is not shown (the call ran on hidden data)".to_string()
+            }
+        } else if self.stderr_tail.trim().is_empty() {
             String::new()
         } else {
             format!("; stderr ends: {}", one_line(&self.stderr_tail, 300))
@@ -273,6 +282,7 @@ mod tests {
             cmd: "./bin/lm score".into(),
             stdin: vec![],
             timeout: Duration::from_secs(5),
+            hidden: false,
         }
     }
 

@@ -259,6 +259,11 @@ impl Runner {
                 outcome.rescued = self.rescue_stage(&stage.name).await;
             }
             outcomes.push(outcome);
+            if let Some(why) = self.events.recorder.broken() {
+                tracing::error!("the trace could not be written ({why}); the run stops as failed");
+                status = RunStatus::Failed;
+                break;
+            }
             if interrupted {
                 status = RunStatus::Interrupted;
                 break;
@@ -372,7 +377,7 @@ impl Runner {
                 break 'stage EndReason::AgentError;
             }
             loop {
-                if self.cancel.is_cancelled() {
+                if self.cancel.is_cancelled() || self.events.recorder.broken().is_some() {
                     break 'stage EndReason::Interrupted;
                 }
                 if steps >= budgets.max_steps {

@@ -900,7 +900,10 @@ impl Scorer for SelfhostScorer {
             return StageScore::precondition("failed", format!("{RECIPE} was not copied: {why}"))
                 .with_metrics(m);
         }
-        let plan = || crate::train::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring);
+        let plan = || crate::lm::VerifyPlan {
+            hidden: true,
+            ..crate::train::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring)
+        };
         let original = lm::verify(programs, &plan()).await;
         if let Err(rej) = &original.result {
             m.insert("original".into(), verification_json(&original));

@@ -282,7 +282,12 @@ pub async fn run(
 
     crate::runner::finish(&mut events, &mut result);
     meta.status = result.status;
-    meta.error = failure;
+    meta.error = failure.or_else(|| {
+        events
+            .recorder
+            .broken()
+            .map(|why| format!("the trace could not be written ({why}); the run stopped"))
+    });
     meta.ended_at = Some(chrono::Utc::now());
     meta.trace_sha256 = result.trace_sha256.clone();
     meta.events = result.events;

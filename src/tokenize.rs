@@ -292,6 +292,7 @@ async fn run_verb(
     verb: &str,
     lines: impl Iterator<Item = Value>,
     timeout: Duration,
+    hidden: bool,
 ) -> Result<crate::programs::ProgramRun, (String, f64)> {
     let mut stdin = Vec::new();
     for l in lines {
@@ -303,6 +304,7 @@ async fn run_verb(
         cmd: crate::contract::program_command(PROGRAM, verb),
         stdin,
         timeout,
+        hidden,
     };
     let run = programs
         .run(&call)
@@ -322,6 +324,7 @@ pub async fn grade(
     graded: usize,
     vocab: u64,
     timeout: Duration,
+    hidden: bool,
 ) -> TokReport {
     let mut report = TokReport {
         docs: docs.len(),
@@ -332,7 +335,7 @@ pub async fn grade(
         .iter()
         .enumerate()
         .map(|(i, d)| json!({"id": format!("e{i}"), "text_b64": B64.encode(&d.bytes)}));
-    let run = match run_verb(programs, "encode", lines, timeout).await {
+    let run = match run_verb(programs, "encode", lines, timeout, hidden).await {
         Ok(r) => r,
         Err((f, seconds)) => {
             report.encode_seconds = seconds;
@@ -357,7 +360,7 @@ pub async fn grade(
         .iter()
         .enumerate()
         .map(|(i, ids)| json!({"id": format!("e{i}"), "ids": ids}));
-    let run = match run_verb(programs, "decode", lines, timeout).await {
+    let run = match run_verb(programs, "decode", lines, timeout, hidden).await {
         Ok(r) => r,
         Err((f, seconds)) => {
             report.decode_seconds = seconds;
@@ -580,7 +583,7 @@ impl Scorer for TokenizeScorer {
         let graded = docs.len();
         docs.extend(edge_cases().into_iter().filter(|d| d.bytes.len() < 8192));
         let timeout = Duration::from_secs_f64(ctx.scoring.timeout_seconds);
-        let report = grade(programs, &docs, graded, vocab, timeout).await;
+        let report = grade(programs, &docs, graded, vocab, timeout, false).await;
         let mut errors: Vec<String> = report.fatal.iter().cloned().collect();
         errors.extend(report.round_trip_failures.iter().cloned());
         errors.extend(report.ids_out_of_range.iter().cloned());
@@ -615,7 +618,7 @@ impl Scorer for TokenizeScorer {
         let graded = docs.len();
         docs.extend(edge_cases());
         let timeout = Duration::from_secs_f64(ctx.scoring.timeout_seconds);
-        let report = grade(programs, &docs, graded, vocab, timeout).await;
+        let report = grade(programs, &docs, graded, vocab, timeout, true).await;
         stage_score(
             &report,
             vocab,

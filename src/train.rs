@@ -89,6 +89,7 @@ pub fn plan(
         timeout: Duration::from_secs_f64(scoring.timeout_seconds),
         seed: rand::random(),
         program: format!("./{PROGRAM}"),
+        hidden: false,
     }
 }
 
@@ -240,7 +241,8 @@ impl Scorer for TrainScorer {
             Ok(d) => d,
             Err(e) => return StageScore::zero("error", e),
         };
-        let plan = plan(docs, extra, ctx.scoring.positions, ctx.scoring);
+        let mut plan = plan(docs, extra, ctx.scoring.positions, ctx.scoring);
+        plan.hidden = true;
         let v = lm::verify(programs, &plan).await;
         let mut score = stage_score(
             &v,
@@ -280,6 +282,7 @@ pub async fn samples(
         cmd: format!("./{PROGRAM} sample"),
         stdin,
         timeout: Duration::from_secs_f64(scoring.timeout_seconds.min(120.0)),
+        hidden: false,
     };
     let run = match programs.run(&call).await {
         Ok(r) => r,

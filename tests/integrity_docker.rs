@@ -352,3 +352,103 @@ async fn huge_sparse_files_fifos_and_escape_sequences_are_harmless() {
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
     common::assert_nothing_left(&docker, &v).await;
 }
+
+/// A trace whose disk fills: the file is cut back to its last whole line, takes no more, and what
+/// was written still verifies. (Needs root for the small tmpfs; skipped otherwise.)
+#[test]
+fn a_full_disk_never_leaves_a_partial_trace_line() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let path = dir.path().join("events.jsonl");
+    let result = std::panic::catch_unwind(|| {
+        let mut log = gptx::trace::EventLog::create(&path).unwrap();
+        let mut wrote = 0;
+        let mut failed = None;
+        for i in 0..10_000 {
+            let ev = gptx::trace::Event::Warning {
+                message: format!("{i} {}", "x".repeat(700)),
+            };
+            match log.append(&ev) {
+                Ok(_) => wrote += 1,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        assert!(failed.is_some() && wrote > 10, "{wrote} {failed:?}");
+        assert!(log.broken().is_some());
+        // No more lines once broken, even if room came back.
+        assert!(log
+            .append(&gptx::trace::Event::Warning {
+                message: "x".into()
+            })
+            .is_err());
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(text.last(), Some(&b'\n'));
+        assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), wrote);
+        let v = gptx::trace::verify(&path, None).unwrap();
+        assert_eq!(v.events as usize, wrote);
+    });
+    let _ = std::process::Command::new("umount")
+        .arg(dir.path())
+        .status();
+    result.unwrap();
+}
+
+/// A program that prints the hidden documents it is given to its stderr, then fails: nothing of them
+/// reaches the trace, the score or what the agent is told.
+#[tokio::test(flavor = "multi_thread")]
+async fn stderr_on_hidden_data_is_never_recorded() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let agent = script(
+        runs.path(),
+        &[
+            json!({"tool": "write_file", "args": {"path": "bin/lm", "content":
+                "#!/bin/sh\n# echo every input line back on stderr, base64 decoded\npython3 -c 'import sys, json, base64\nfor l in sys.stdin:\n    d = json.loads(l)\n    sys.stderr.write(base64.b64decode(d.get(\"text_b64\", \"\")).decode(\"utf-8\", \"replace\"))\n'\nexit 1\n"}}),
+            json!({"tool": "bash", "args": {"cmd": "chmod +x bin/lm"}}),
+            json!({"tool": "submit", "args": {}}),
+        ],
+    );
+    let v = common::run_json(
+        &["--suite", "mini", "--stages", "train", "--agent", &agent],
+        runs.path(),
+    );
+    assert_eq!(v["stages"]["train"]["passed"], false);
+    let reason = v["stages"]["train"]["reason"].as_str().unwrap();
+    assert!(reason.contains("its stderr is not shown"), "{reason}");
+    // Every hidden document's opening words, looked for in everything the run wrote.
+    let worlds = common::home().cache().join("worlds");
+    let test = std::fs::read_dir(&worlds)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("hidden/test.jsonl"))
+        .find(|p| p.exists())
+        .unwrap();
+    let snippets: Vec<String> = std::fs::read_to_string(test)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|d| d["text"].as_str().map(|t| t.chars().skip(20).take(40).collect()))
+        .filter(|s: &String| s.len() >= 30)
+        .collect();
+    assert!(!snippets.is_empty());
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    for f in ["events.jsonl", "score.json"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        for s in &snippets {
+            assert!(!text.contains(s.as_str()), "{f} holds hidden text {s:?}");
+        }
+    }
+    common::assert_nothing_left(&docker, &v).await;
+}

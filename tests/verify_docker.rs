@@ -149,6 +149,7 @@ async fn wrong_models_are_rejected_with_their_reason() {
                 timeout: Duration::from_secs(8),
                 seed: 42,
                 program: "./bin/lm".into(),
+                hidden: false,
             };
             let v = lm::verify(&p, &plan).await;
             // The read-only workspace kept nothing the program tried to write.
@@ -240,7 +241,8 @@ async fn broken_tokenizers_fail_with_their_reason() {
         async move {
             let ws = workspace("tokenize/tok.py", "tokenize", mode);
             let p = programs(&docker, &run_id, &image, ws.path());
-            let r = gptx::tokenize::grade(&p, &docs, graded, *vocab, Duration::from_secs(8)).await;
+            let r = gptx::tokenize::grade(&p, &docs, graded, *vocab, Duration::from_secs(8), false)
+                .await;
             (mode, expect, r)
         }
     });

@@ -32,6 +32,10 @@ pub struct EventLog {
     path: PathBuf,
     prev: String,
     seq: u64,
+    /// Bytes of whole lines in the file.
+    written: u64,
+    /// Set by the first failed write: the file ends at its last whole line and takes no more.
+    broken: Option<String>,
 }
 
 impl EventLog {
@@ -46,6 +50,8 @@ impl EventLog {
             path: path.to_path_buf(),
             prev: String::new(),
             seq: 0,
+            written: 0,
+            broken: None,
         })
     }
 
@@ -78,6 +84,8 @@ impl EventLog {
             path: path.to_path_buf(),
             prev,
             seq,
+            written: text.len() as u64,
+            broken: None,
         })
     }
 
@@ -89,15 +97,36 @@ impl EventLog {
             prev_sha256: std::mem::take(&mut self.prev),
             event: event.clone(),
         };
+        if let Some(why) = &self.broken {
+            self.prev = env.prev_sha256;
+            return Err(std::io::Error::other(format!(
+                "the trace stopped at its last whole line after an earlier write failed ({why})"
+            )));
+        }
         let mut line = serde_json::to_vec(&env).map_err(std::io::Error::other)?;
         let hash = sha256_hex(&line);
         line.push(b'\n');
-        let res = self.file.write_all(&line).and_then(|_| self.file.flush());
-        // Even after a failed write the chain continues from this event, so later lines stay verifiable
-        // against what we meant to write; the failure itself surfaces as a warning to the caller.
-        self.prev = hash.clone();
-        self.seq += 1;
-        res.map(|_| hash)
+        match self.file.write_all(&line).and_then(|_| self.file.flush()) {
+            Ok(()) => {
+                self.prev = hash.clone();
+                self.seq += 1;
+                self.written += line.len() as u64;
+                Ok(hash)
+            }
+            Err(e) => {
+                // Never a partial line: cut the file back to its last whole line, and write no more
+                // (the caller stops the run as failed).
+                let _ = self.file.set_len(self.written);
+                self.prev = env.prev_sha256;
+                self.broken = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Why the trace can take no more lines, once a write failed.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
     }
 
     /// Hash of the last line written ("" before the first).

@@ -53,6 +53,14 @@ impl Recorder {
     pub fn failures(&self) -> u64 {
         self.failures
     }
+
+    /// Why the trace can take no more events (a write failed: a full disk), if so. The run must
+    /// stop: a run whose trace is incomplete cannot be trusted.
+    pub fn broken(&self) -> Option<String> {
+        self.log
+            .as_ref()
+            .and_then(|l| l.broken().map(str::to_string))
+    }
 }
 
 impl Reporter for Recorder {
