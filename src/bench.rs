@@ -117,6 +117,7 @@ pub async fn exec(home: &Home, n: usize, json_out: bool) -> anyhow::Result<()> {
         workspace_readonly: false,
         env: vec![],
         instance: None,
+        tmp_mb: 64,
     };
     let sandbox = Arc::new(DockerSandbox::create(&docker, &spec).await?);
     let result = async {

@@ -1105,13 +1105,28 @@ fn world(a: WorldArgs, show: bool) -> Result<i32, Exit> {
 
 async fn gc(all: bool) -> Result<i32, Exit> {
     let docker = crate::engine::connect().await.map_err(env_error)?;
-    let (removed, warnings) = crate::engine::gc(&docker, all).await.map_err(failed)?;
+    let (removed, mut warnings) = crate::engine::gc(&docker, all).await.map_err(failed)?;
     println!(
         "removed {} container(s), {} network(s), {} volume(s)",
         removed.containers.len(),
         removed.networks.len(),
         removed.volumes.len()
     );
+    // Workspace disks of runs that have no container left: their gptx is gone.
+    let mut released = 0;
+    for (mount, run) in crate::quota::orphans() {
+        let alive = crate::engine::leftovers(&docker, &run).await.unwrap_or(1) > 0;
+        if alive && !all {
+            continue;
+        }
+        match crate::quota::release_orphan(&mount) {
+            Ok(()) => released += 1,
+            Err(e) => warnings.push(e.to_string()),
+        }
+    }
+    if released > 0 {
+        println!("released {released} workspace disk(s) of dead runs (their contents kept)");
+    }
     for w in &warnings {
         eprintln!("gptx gc: {w}");
     }

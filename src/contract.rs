@@ -212,6 +212,13 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
             ),
         ));
     }
+    out.push(fact(
+        "disk",
+        format!(
+            "`{WORKSPACE}` holds at most {} MiB; `/tmp` and your home directory {} MiB each (in memory); everything else is read-only. A write past a limit fails with \"No space left on device\". Processes you start end with the stage: none runs on into the next stage or while the stage is graded.",
+            sb.disk_mb, sb.tmp_mb
+        ),
+    ));
     out.push(fact("network", network(stage)));
     if stage.name != "selfhost" {
         out.push(fact(

@@ -172,6 +172,18 @@ pub async fn sweep(
 }
 
 /// Removes leftovers of runs whose owning gptx process is gone (or of every run, with `all`).
+/// How many containers of `run` exist (a run whose gptx is gone has none after a sweep).
+pub async fn leftovers(docker: &Docker, run: &str) -> Result<usize, EngineError> {
+    Ok(docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(run_filter(Some(run))),
+            ..Default::default()
+        }))
+        .await?
+        .len())
+}
+
 pub async fn gc(docker: &Docker, all: bool) -> Result<(Removed, Vec<String>), EngineError> {
     sweep(docker, None, |labels| !all && owner_alive(labels)).await
 }

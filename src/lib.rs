@@ -50,6 +50,7 @@ pub mod lm;
 pub mod mcp;
 pub mod programs;
 pub mod progress;
+pub mod quota;
 pub mod rebuild;
 pub mod reference;
 pub mod rundir;

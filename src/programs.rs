@@ -181,6 +181,7 @@ pub struct DockerPrograms {
     pub limits: ScoringLimits,
     pub pids: u64,
     counter: AtomicU64,
+    tmp_mb: u64,
 }
 
 impl DockerPrograms {
@@ -200,9 +201,19 @@ impl DockerPrograms {
             limits,
             pids,
             counter: AtomicU64::new(0),
+            tmp_mb: DEFAULT_TMP_MB,
         }
     }
+
+    /// The size of each scoring sandbox's `/tmp` (its root filesystem is read-only).
+    pub fn with_tmp_mb(mut self, mb: u64) -> Self {
+        self.tmp_mb = mb;
+        self
+    }
 }
+
+/// `/tmp` of a scoring sandbox unless the suite says otherwise.
+pub const DEFAULT_TMP_MB: u64 = 256;
 
 #[async_trait]
 impl Programs for DockerPrograms {
@@ -222,6 +233,7 @@ impl Programs for DockerPrograms {
             env: vec![],
             // Unique across every DockerPrograms of the run (a check and a grade may overlap).
             instance: Some(format!("{n}-{:06x}", rand::random::<u32>() & 0xff_ffff)),
+            tmp_mb: self.tmp_mb,
         };
         let sandbox = DockerSandbox::create(&self.docker, &spec).await?;
         let result = run_in(&sandbox, call).await;

@@ -51,6 +51,7 @@ impl DockerRebuilder {
             workspace_readonly: false,
             env: vec![],
             instance: Some(job.instance.clone()),
+            tmp_mb: self.sandbox.tmp_mb,
         };
         let sandbox = DockerSandbox::create(&self.docker, &spec)
             .await
@@ -97,14 +98,17 @@ impl DockerRebuilder {
             stderr_tail: tail(&err),
             log: log.map(|_| log_path.display().to_string()),
             requests: None,
-            programs: Arc::new(DockerPrograms::new(
-                self.docker.clone(),
-                self.run_id.clone(),
-                self.image.clone(),
-                workspace.to_path_buf(),
-                self.scoring.clone(),
-                self.sandbox.pids,
-            )),
+            programs: Arc::new(
+                DockerPrograms::new(
+                    self.docker.clone(),
+                    self.run_id.clone(),
+                    self.image.clone(),
+                    workspace.to_path_buf(),
+                    self.scoring.clone(),
+                    self.sandbox.pids,
+                )
+                .with_tmp_mb(self.sandbox.tmp_mb),
+            ),
         })
     }
 }

@@ -727,6 +727,7 @@ impl Runner {
             scoring: &self.suite.scoring,
             rebuilder: self.rebuilder.as_deref(),
             rebuild_seconds: self.suite.rebuild_seconds,
+            disk_mb: self.suite.sandbox.disk_mb,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct ScoreContext<'a> {
     pub rebuilder: Option<&'a dyn crate::selfhost::Rebuilder>,
     /// The selfhost rebuild's sandbox time: the sum of the earlier stages' budgets.
     pub rebuild_seconds: f64,
+    /// The size of the rebuild's workspace filesystem (the suite's `[sandbox] disk_mb`).
+    pub disk_mb: u64,
 }
 
 /// What the agent asked of its `check` call.

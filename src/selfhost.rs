@@ -544,6 +544,8 @@ pub fn shebang_interpreter(head: &[u8]) -> Option<String> {
 /// A rebuild as the grade and `check` run it: the recipe copied into `dir/workspace`, then run.
 struct Trial {
     run: RebuildRun,
+    /// The rebuilt workspace's own filesystem (when gptx runs as root), released when graded.
+    quota: Option<crate::quota::Quota>,
     command: String,
     /// The rebuilt workspace.
     root: crate::sandbox::paths::WorkspaceRoot,
@@ -578,6 +580,7 @@ async fn trial(
     dir: &Path,
     instance: &str,
     budget: f64,
+    disk_mb: u64,
 ) -> Result<Trial, String> {
     use std::os::unix::fs::PermissionsExt;
     let fresh = dir.join("workspace");
@@ -586,6 +589,14 @@ async fn trial(
         crate::sandbox::docker::SANDBOX_UID,
         crate::sandbox::docker::SANDBOX_GID,
     ));
+    // The rebuild writes into a filesystem of the suite's size too, never the host's free space.
+    let quota = match owner {
+        Some(o) if crate::quota::available() => Some(
+            crate::quota::Quota::mount(&fresh, &dir.join("workspace.img"), disk_mb, o)
+                .map_err(|e| format!("the rebuild's disk: {e}"))?,
+        ),
+        _ => None,
+    };
     std::fs::create_dir_all(&fresh)
         .and_then(|_| crate::session::prepare_workspace(&fresh))
         .and_then(|_| copy(recipe, &fresh, owner))
@@ -627,6 +638,7 @@ async fn trial(
         .map_err(|e| format!("{}: {e}", fresh.display()))?;
     Ok(Trial {
         run,
+        quota,
         command,
         root,
         failed,
@@ -783,6 +795,7 @@ impl SelfhostScorer {
             &dir,
             &format!("selfhost-check-{n}"),
             budget,
+            ctx.disk_mb,
         )
         .await
         .map_err(|e| ToolError::new("sandbox_error", e))?;
@@ -837,6 +850,9 @@ impl SelfhostScorer {
             }
         }
         // The rebuilt workspace can be large; its log stays.
+        if let Some(q) = t.quota {
+            let _ = q.release(false);
+        }
         let _ = std::fs::remove_dir_all(dir.join("workspace"));
         out["ok"] = json!(errors.is_empty());
         out["errors"] = json!(errors);
@@ -919,7 +935,7 @@ impl Scorer for SelfhostScorer {
         }
         let budget = ctx.rebuild_seconds;
         let dir = ctx.run_dir.join("selfhost");
-        let t = match trial(rebuilder, &recipe, &dir, "selfhost", budget).await {
+        let t = match trial(rebuilder, &recipe, &dir, "selfhost", budget, ctx.disk_mb).await {
             Ok(t) => t,
             Err(e) => return StageScore::zero("error", e).with_metrics(m),
         };
@@ -937,7 +953,7 @@ impl Scorer for SelfhostScorer {
             .with_metrics(m);
         }
         let rebuilt = lm::verify(t.run.programs.as_ref(), &plan()).await;
-        stage_score(
+        let mut score = stage_score(
             &original,
             &rebuilt,
             self.world.manifest.baselines.xz_conditional,
@@ -945,7 +961,15 @@ impl Scorer for SelfhostScorer {
             ctx.reference.get("selfhost_bpb").copied(),
             t.failed.as_deref(),
             m,
-        )
+        );
+        if let Some(q) = t.quota {
+            if let Err(e) = q.release(true) {
+                score
+                    .metrics
+                    .insert("disk_warning".into(), json!(e.to_string()));
+            }
+        }
+        score
     }
 }
 

@@ -92,6 +92,23 @@ pub async fn run(
     };
     rundir::make_private(&plan.runs_dir).map_err(rd_err(&plan.runs_dir))?;
     std::fs::create_dir_all(dir.workspace()).map_err(rd_err(&dir.workspace()))?;
+    // The workspace's own filesystem, of the suite's size: a write past it fails in the sandbox.
+    let (quota, quota_problem) = if crate::quota::available() {
+        match crate::quota::Quota::mount(
+            &dir.workspace(),
+            &dir.path.join("workspace.img"),
+            plan.suite.sandbox.disk_mb,
+            (SANDBOX_UID, SANDBOX_GID),
+        ) {
+            Ok(q) => (Some(q), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (
+            None,
+            Some("gptx is not running as root, so it cannot mount one".to_string()),
+        )
+    };
     prepare_workspace(&dir.workspace()).map_err(rd_err(&dir.workspace()))?;
     std::fs::create_dir_all(dir.outputs()).map_err(rd_err(&dir.outputs()))?;
 
@@ -169,6 +186,7 @@ pub async fn run(
             workspace_readonly: false,
             env: vec![],
             instance: None,
+            tmp_mb: plan.suite.sandbox.tmp_mb,
         };
         match DockerSandbox::create(&docker, &spec).await {
             Ok(s) => Some(Arc::new(s)),
@@ -182,6 +200,12 @@ pub async fn run(
     };
 
     let mut events = EventSink::new(Recorder::new(log), reporters);
+    if let Some(why) = &quota_problem {
+        events.warn(format!(
+            "the workspace has no disk limit ({} MiB asked): {why}",
+            plan.suite.sandbox.disk_mb
+        ));
+    }
     if let Some(w) = &plan.world {
         match &plan.suite.reference_world_hash {
             None => events.warn(format!(
@@ -209,14 +233,17 @@ pub async fn run(
             );
             runner.world_network = network.clone();
             runner.world = plan.world.clone();
-            runner.programs = Some(Arc::new(crate::programs::DockerPrograms::new(
-                docker.clone(),
-                run_id.clone(),
-                image.tag.clone(),
-                dir.workspace(),
-                plan.suite.scoring.clone(),
-                plan.suite.sandbox.pids,
-            )));
+            runner.programs = Some(Arc::new(
+                crate::programs::DockerPrograms::new(
+                    docker.clone(),
+                    run_id.clone(),
+                    image.tag.clone(),
+                    dir.workspace(),
+                    plan.suite.scoring.clone(),
+                    plan.suite.sandbox.pids,
+                )
+                .with_tmp_mb(plan.suite.sandbox.tmp_mb),
+            ));
             runner.rescue = plan.rescue;
             let selfhost_dir = dir.path.join("selfhost");
             if let Err(e) = std::fs::create_dir_all(&selfhost_dir) {
@@ -254,6 +281,11 @@ pub async fn run(
     if let Some(s) = &sandbox {
         if let Err(e) = s.remove().await {
             events.warn(format!("removing the sandbox: {e}"));
+        }
+    }
+    if let Some(q) = quota {
+        if let Err(e) = q.release(true) {
+            events.warn(format!("releasing the workspace's disk: {e}"));
         }
     }
     if let Some(w) = &web {

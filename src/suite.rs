@@ -201,6 +201,13 @@ pub struct SandboxLimits {
     pub cpus: f64,
     #[serde(default = "default_pids")]
     pub pids: u64,
+    /// Size of the workspace's own filesystem (a loop-mounted image when gptx runs as root): a write
+    /// past it fails inside the sandbox with ENOSPC. The selfhost rebuild gets the same.
+    #[serde(default = "default_disk")]
+    pub disk_mb: u64,
+    /// Size of `/tmp` and of the home directory (tmpfs; the root filesystem is read-only).
+    #[serde(default = "default_tmp")]
+    pub tmp_mb: u64,
 }
 
 fn default_memory() -> u64 {
@@ -212,6 +219,12 @@ fn default_cpus() -> f64 {
 fn default_pids() -> u64 {
     512
 }
+fn default_disk() -> u64 {
+    4096
+}
+fn default_tmp() -> u64 {
+    512
+}
 
 impl Default for SandboxLimits {
     fn default() -> Self {
@@ -219,6 +232,8 @@ impl Default for SandboxLimits {
             memory_mb: default_memory(),
             cpus: default_cpus(),
             pids: default_pids(),
+            disk_mb: default_disk(),
+            tmp_mb: default_tmp(),
         }
     }
 }
@@ -400,6 +415,15 @@ impl Suite {
         }
         if self.sandbox.cpus.is_nan() || self.sandbox.cpus <= 0.0 {
             return Err("sandbox.cpus must be above 0".into());
+        }
+        if self.sandbox.disk_mb < 16 {
+            return Err(format!(
+                "sandbox.disk_mb = {} is below the 16 MiB minimum",
+                self.sandbox.disk_mb
+            ));
+        }
+        if self.sandbox.tmp_mb < 1 {
+            return Err("sandbox.tmp_mb must be at least 1".into());
         }
         let sc = &self.scoring;
         if sc.memory_mb < 64 {

@@ -439,7 +439,11 @@ async fn stderr_on_hidden_data_is_never_recorded() {
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|d| d["text"].as_str().map(|t| t.chars().skip(20).take(40).collect()))
+        .filter_map(|d| {
+            d["text"]
+                .as_str()
+                .map(|t| t.chars().skip(20).take(40).collect())
+        })
         .filter(|s: &String| s.len() >= 30)
         .collect();
     assert!(!snippets.is_empty());
@@ -450,5 +454,68 @@ async fn stderr_on_hidden_data_is_never_recorded() {
             assert!(!text.contains(s.as_str()), "{f} holds hidden text {s:?}");
         }
     }
+    common::assert_nothing_left(&docker, &v).await;
+}
+
+/// Filling the disk: the workspace and /tmp each stop at their limit inside the sandbox (ENOSPC),
+/// the root filesystem is read-only, and the host loses no more than the workspace's image.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: disk limits need root (a loop-mounted image)");
+        return;
+    }
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let suite = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tasks/suites/mini.toml"
+    ))
+    .unwrap()
+    .replace("disk_mb = 2048", "disk_mb = 64")
+    .replace("tmp_mb = 512", "tmp_mb = 32");
+    let suite_path = runs.path().join("small-disk.toml");
+    std::fs::write(&suite_path, suite).unwrap();
+    let agent = script(
+        runs.path(),
+        &[
+            json!({"tool": "bash", "args": {"cmd": "head -c 300M /dev/zero > /workspace/fill; echo ws=$?; head -c 300M /dev/zero > /tmp/fill; echo tmp=$?; touch /etc/x 2>&1; echo etc=$?; df -m /workspace | tail -1"}}),
+            json!({"tool": "submit", "args": {}}),
+        ],
+    );
+    let free = |p: &Path| {
+        let st = rustix::fs::statvfs(p).unwrap();
+        st.f_bavail * st.f_frsize
+    };
+    let before = free(runs.path());
+    let v = common::run_json(
+        &[
+            "--suite",
+            suite_path.to_str().unwrap(),
+            "--stages",
+            "tokenize",
+            "--agent",
+            &agent,
+        ],
+        runs.path(),
+    );
+    let after = free(runs.path());
+    let r = &steps(&v)[0]["result"];
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.contains("ws=1") && out.contains("tmp=1"), "{r}");
+    assert!(!out.contains("etc=0"), "{r}");
+    let err = r["stderr"].as_str().unwrap();
+    assert!(err.contains("No space left on device"), "{r}");
+    assert!(out.contains("Read-only file system"), "{r}");
+    // What the run left: the workspace's 64 MiB at most (it is kept), and the trace.
+    assert!(
+        before.saturating_sub(after) < 80 << 20,
+        "the host lost {} MiB",
+        (before - after) >> 20
+    );
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    assert!(!dir.join("workspace.img").exists());
+    assert!(dir.join("workspace/fill").exists());
+    assert!(gptx::quota::mounts_below(runs.path()).is_empty());
     common::assert_nothing_left(&docker, &v).await;
 }

@@ -98,6 +98,9 @@ pub struct DockerSandboxSpec {
     pub env: Vec<String>,
     /// Tells apart several sandboxes of one role in a run (scoring sandboxes): `gptx-<run>-<role>-<instance>`.
     pub instance: Option<String>,
+    /// MiB of `/tmp` and of the sandbox user's home (tmpfs); the root filesystem is then read-only.
+    /// 0 leaves the root filesystem writable (image builds and tools).
+    pub tmp_mb: u64,
 }
 
 struct Supervisor {
@@ -178,6 +181,18 @@ impl DockerSandbox {
                 memory_swap: Some(spec.memory_bytes),
                 nano_cpus: Some(spec.nano_cpus),
                 pids_limit: Some(spec.pids),
+                readonly_rootfs: Some(spec.tmp_mb > 0),
+                tmpfs: (spec.tmp_mb > 0).then(|| {
+                    let opts =
+                        |extra: &str| format!("rw,nosuid,nodev,size={}m{extra}", spec.tmp_mb);
+                    HashMap::from([
+                        ("/tmp".to_string(), opts(",mode=1777")),
+                        (
+                            "/home/agent".to_string(),
+                            opts(&format!(",mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}")),
+                        ),
+                    ])
+                }),
                 network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
                 privileged: Some(false),
                 ..Default::default()

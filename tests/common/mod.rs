@@ -78,6 +78,7 @@ pub fn spec(run_id: &str, image: &str, ws: &Path) -> DockerSandboxSpec {
         workspace_readonly: false,
         env: vec![],
         instance: None,
+        tmp_mb: 64,
     }
 }
 
