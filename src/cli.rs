@@ -286,6 +286,10 @@ pub struct ServeArgs {
     /// Allow a non-loopback --addr (the viewer has no authentication).
     #[arg(long)]
     pub public: bool,
+    /// A host name the viewer answers to besides localhost and its own address (repeat for more):
+    /// requests naming any other Host are refused, which stops DNS-rebinding pages.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
     #[command(flatten)]
     pub dir: RunsDirArg,
 }
@@ -507,7 +511,8 @@ async fn serve(a: ServeArgs) -> Result<i32, Exit> {
     );
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
-    let state = crate::serve::AppState::new(a.dir.runs_dir.clone(), Home::locate().ok());
+    let mut state = crate::serve::AppState::new(a.dir.runs_dir.clone(), Home::locate().ok());
+    state.allowed_hosts = a.allow_host.clone();
     crate::serve::serve(listener, state, cancel)
         .await
         .map_err(failed)?;
@@ -848,8 +853,11 @@ async fn mcp(a: McpArgs) -> Result<i32, Exit> {
                 .await
                 .map_err(|e| failed(anyhow::anyhow!("--http {addr}: {e}")))?;
             let bound = listener.local_addr().map_err(failed)?;
-            eprintln!("gptx mcp: listening on http://{bound}/mcp");
-            tokio::spawn(server.serve_http(listener))
+            let token = crate::mcp::new_token();
+            // The token is in the URL (or send `Authorization: Bearer <token>`): only who reads this
+            // line can talk to the run.
+            eprintln!("gptx mcp: listening on http://{bound}/mcp?token={token}");
+            tokio::spawn(server.serve_http(listener, token))
         }
         None => tokio::spawn(server.serve(tokio::io::stdin(), tokio::io::stdout())),
     };

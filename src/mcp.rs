@@ -173,6 +173,21 @@ pub fn client_warning(
     })
 }
 
+/// Connections MCP over HTTP serves at once; more are answered 503 and closed.
+pub const HTTP_CONNECTIONS: usize = 16;
+/// How long an MCP HTTP connection may stay silent (between requests, or within one).
+pub const HTTP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A fresh token for MCP over HTTP: 128 random bits in hex.
+pub fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Compares two tokens in time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
 fn tools() -> Vec<Value> {
     crate::tools::schemas()
         .into_iter()
@@ -327,26 +342,46 @@ impl McpServer {
     /// JSON-RPC message, answered as `application/json` (202 for a notification); `GET` is 405 (no
     /// server-initiated stream). A request whose `Origin` is not a loopback address is refused (DNS
     /// rebinding). Runs until the task is dropped.
-    pub async fn serve_http(self, listener: tokio::net::TcpListener) {
-        while let Ok((sock, _)) = listener.accept().await {
+    /// Serves MCP's streamable HTTP at `/mcp`: every request must carry `token` (as `?token=` or
+    /// `Authorization: Bearer`), at most [`HTTP_CONNECTIONS`] connections are served at once, and a
+    /// connection that sends nothing for [`HTTP_READ_TIMEOUT`] is closed.
+    pub async fn serve_http(self, listener: tokio::net::TcpListener, token: String) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS));
+        let token: Arc<str> = token.into();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                let _ = sock
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                continue;
+            };
             let mut server = self.clone();
+            let token = token.clone();
             tokio::spawn(async move {
-                let _ = server.http_connection(sock).await;
+                let _ = server.http_connection(sock, &token).await;
+                drop(permit);
             });
         }
     }
 
-    async fn http_connection(&mut self, mut sock: tokio::net::TcpStream) -> std::io::Result<()> {
+    async fn http_connection(
+        &mut self,
+        mut sock: tokio::net::TcpStream,
+        token: &str,
+    ) -> std::io::Result<()> {
         use tokio::io::AsyncReadExt;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 65536];
+        let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "client silent");
         loop {
             // One request per turn of the loop (keep-alive).
             let start = loop {
                 if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     break i + 4;
                 }
-                let n = sock.read(&mut chunk).await?;
+                let n = tokio::time::timeout(HTTP_READ_TIMEOUT, sock.read(&mut chunk))
+                    .await
+                    .map_err(|_| timed_out())??;
                 if n == 0 {
                     return Ok(());
                 }
@@ -370,7 +405,9 @@ impl McpServer {
                 return Ok(());
             }
             while buf.len() < start + len {
-                let n = sock.read(&mut chunk).await?;
+                let n = tokio::time::timeout(HTTP_READ_TIMEOUT, sock.read(&mut chunk))
+                    .await
+                    .map_err(|_| timed_out())??;
                 if n == 0 {
                     return Ok(());
                 }
@@ -390,8 +427,20 @@ impl McpServer {
                     .unwrap_or("");
                 matches!(host, "127.0.0.1" | "localhost" | "[::1]")
             });
+            let query_token = path
+                .split_once('?')
+                .map(|(_, q)| q)
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("token="));
+            let bearer =
+                header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
+            let token_ok = query_token.is_some_and(|t| crate::mcp::same(t, token))
+                || bearer.is_some_and(|t| crate::mcp::same(&t, token));
             let (status, reply) = if !origin_ok {
                 ("403 Forbidden", None)
+            } else if !token_ok {
+                ("401 Unauthorized", None)
             } else if path.split('?').next() != Some("/mcp") {
                 ("404 Not Found", None)
             } else if method != "POST" {

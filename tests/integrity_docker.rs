@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -518,4 +519,93 @@ async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
     assert!(dir.join("workspace/fill").exists());
     assert!(gptx::quota::mounts_below(runs.path()).is_empty());
     common::assert_nothing_left(&docker, &v).await;
+}
+
+/// MCP over HTTP: no token, no answer; a silent connection is closed; past the cap, 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_over_http_needs_its_token_and_caps_connections() {
+    use std::io::{BufRead, Read, Write};
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let mut server = common::gptx()
+        .args([
+            "mcp",
+            "--suite",
+            "mini",
+            "--stages",
+            "tokenize",
+            "--http",
+            "127.0.0.1:0",
+            "--runs-dir",
+        ])
+        .arg(runs.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut url = String::new();
+    while !url.contains("listening on ") {
+        url.clear();
+        assert!(err.read_line(&mut url).unwrap() > 0, "no listening line");
+    }
+    let url = url
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    let (addr, token) = {
+        let rest = url.strip_prefix("http://").unwrap();
+        let (addr, q) = rest.split_once("/mcp?token=").unwrap();
+        (addr.to_string(), q.to_string())
+    };
+    let post = |path: &str, auth: Option<&str>| {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let auth = auth
+            .map(|t| format!("authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(s, "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head[9..12]).to_string()
+    };
+    assert_eq!(post("/mcp", None), "401");
+    assert_eq!(post("/mcp?token=0000", None), "401");
+    assert_eq!(post("/mcp", Some("wrong")), "401");
+    assert_eq!(post("/mcp", Some(&token)), "200");
+    // Silent connections take every place; the ones past the cap are turned away at once.
+    let idle: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = idle
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut got = [0u8; 12];
+            let mut r: &std::net::TcpStream = c;
+            r.read_exact(&mut got).is_ok() && got.starts_with(b"HTTP/1.1 503")
+        })
+        .count();
+    let cap = gptx::mcp::HTTP_CONNECTIONS;
+    assert!(
+        refused <= 40 - cap && refused + 4 >= 40 - cap,
+        "{refused} refused"
+    );
+    drop(idle);
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    );
+    let status = server.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let run = std::fs::read_dir(runs.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("run.json").exists())
+        .unwrap()
+        .file_name();
+    assert_eq!(common::leftovers(&docker, &run.to_string_lossy()).await, 0);
 }

@@ -576,3 +576,40 @@ async fn live_streams_end_when_the_client_goes_or_the_server_stops() {
     .await;
     assert!(end.is_ok(), "the stream ended with the server");
 }
+
+/// A page from another site that rebinds its name to 127.0.0.1 is refused: the Host names it. Every
+/// response carries the CSP, and no page has an inline script.
+#[tokio::test]
+async fn foreign_hosts_are_refused_and_every_page_has_a_csp() {
+    let runs = tempfile::tempdir().unwrap();
+    synth(runs.path(), "20261201-000000-aaaaaa", |_| {});
+    let s = start(runs.path()).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{}/", s.base))
+        .header("Host", "attacker.example:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 421);
+    assert!(r.headers().contains_key("content-security-policy"));
+    for path in ["/", "/runs/20261201-000000-aaaaaa", "/leaderboard", "/nope"] {
+        let r = client
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("<script>"), "{path}: an inline script");
+    }
+    s.stop().await;
+}

@@ -37,6 +37,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct AppState {
     pub runs_dir: PathBuf,
     pub home: Option<Home>,
+    /// Host names (without port) requests may name besides the loopback ones (`--allow-host`).
+    pub allowed_hosts: Vec<String>,
     indexes: Arc<Mutex<HashMap<PathBuf, Arc<Mutex<TraceIndex>>>>>,
     live: Arc<AtomicUsize>,
 }
@@ -46,6 +48,7 @@ impl AppState {
         Self {
             runs_dir,
             home,
+            allowed_hosts: Vec::new(),
             indexes: Arc::default(),
             live: Arc::default(),
         }
@@ -107,6 +110,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Ctx {
     app: AppState,
     cancel: CancellationToken,
+    /// The address the server is bound to (None: not known; no Host check).
+    bound: Option<std::net::SocketAddr>,
 }
 
 /// An error as a page (or JSON under `/api/`) with its HTTP status.
@@ -164,8 +169,81 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// The policy every response carries: scripts and styles from the viewer itself (no inline script; inline
+/// `style` attributes draw the bars), nothing from elsewhere, no framing, no form posts off the site.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Whether a request's `Host` may be served: the loopback names, the address the server is bound to,
+/// and the `--allow-host` names, each with the server's port. Anything else is a DNS-rebinding page
+/// in someone's browser pretending to be a site of its own.
+pub fn host_allowed(host: &str, bound: std::net::SocketAddr, extra: &[String]) -> bool {
+    let port = bound.port();
+    let (name, p) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.ends_with(']') || n.starts_with('[') => (n, p.parse::<u16>().ok()),
+        _ => (host, None),
+    };
+    if p.is_some_and(|p| p != port) || (p.is_none() && port != 80) {
+        return false;
+    }
+    let name = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let bound_ip = bound.ip().to_string();
+    name == "localhost"
+        || name == "127.0.0.1"
+        || name == "::1"
+        || (!bound.ip().is_unspecified() && name == bound_ip)
+        || extra.iter().any(|h| h.eq_ignore_ascii_case(&name))
+}
+
+async fn guard(
+    State(ctx): State<Ctx>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let ok = ctx
+        .bound
+        .is_none_or(|b| host_allowed(&host, b, &ctx.app.allowed_hosts));
+    let mut resp = if ok {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "gptx serve: Host {host:?} is not one this viewer answers to (use --allow-host NAME)\n"
+            ),
+        )
+            .into_response()
+    };
+    let h = resp.headers_mut();
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
 /// Builds the viewer's routes.
-fn router(app: AppState, cancel: CancellationToken) -> Router {
+fn router(app: AppState, cancel: CancellationToken, bound: Option<std::net::SocketAddr>) -> Router {
+    let ctx = Ctx { app, cancel, bound };
     Router::new()
         .route("/", get(runs_page))
         .route("/leaderboard", get(leaderboard_page))
@@ -180,7 +258,8 @@ fn router(app: AppState, cancel: CancellationToken) -> Router {
         .route("/assets/style.css", get(style))
         .route("/assets/live.js", get(script))
         .fallback(not_found)
-        .with_state(Ctx { app, cancel })
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), guard))
+        .with_state(ctx)
 }
 
 /// Serves until `cancel` fires; live streams end then, and connections get a few seconds to close.
@@ -189,7 +268,7 @@ pub async fn serve(
     state: AppState,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(state, cancel.clone());
+    let app = router(state, cancel.clone(), listener.local_addr().ok());
     let stop = cancel.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stop.cancelled().await;
@@ -430,4 +509,24 @@ async fn leaderboard_page(
         )))
     })
     .await
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_the_servers_own_names_are_answered() {
+        let lo: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(host_allowed("127.0.0.1:8080", lo, &[]));
+        assert!(host_allowed("localhost:8080", lo, &[]));
+        assert!(host_allowed("[::1]:8080", lo, &[]));
+        assert!(!host_allowed("evil.example:8080", lo, &[]));
+        assert!(!host_allowed("127.0.0.1:9999", lo, &[]));
+        assert!(!host_allowed("", lo, &[]));
+        assert!(host_allowed("viewer.lab:8080", lo, &["viewer.lab".into()]));
+        let any: std::net::SocketAddr = "0.0.0.0:80".parse().unwrap();
+        assert!(host_allowed("localhost", any, &[]));
+        assert!(!host_allowed("0.0.0.0", any, &[]));
+    }
 }
