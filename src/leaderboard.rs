@@ -54,6 +54,10 @@ pub struct RunEntry {
     /// Normalised score per stage (None: not graded).
     pub stages: BTreeMap<String, Option<f64>>,
     pub passed: BTreeMap<String, bool>,
+    /// The run's integrity ledger in short (`processes_killed ×2`): what the harness cleaned up or
+    /// refused on the agent's side. Empty for a run that tried nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub integrity: Vec<String>,
 }
 
 /// A run left out of the statistics, and why.
@@ -256,6 +260,11 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
         cost_usd: cost,
         stages,
         passed,
+        integrity: score
+            .integrity
+            .iter()
+            .map(|n| format!("{} ×{}", n.kind, n.count))
+            .collect(),
     }
 }
 
@@ -382,7 +391,14 @@ pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
                     run_id: meta.run_id.clone(),
                     agent: meta.agent.clone(),
                     seed: meta.seed,
-                    status: if meta.status == RunStatus::Done {
+                    status: if meta.status == RunStatus::Done
+                        && meta
+                            .error
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("does not verify"))
+                    {
+                        "done, does not verify".into()
+                    } else if meta.status == RunStatus::Done {
                         "done (no score.json)".into()
                     } else {
                         meta.status.to_string()
@@ -442,8 +458,8 @@ pub fn collect(runs_dir: &Path, home: Option<&Home>, opts: &Options) -> anyhow::
     }
     let runs: Vec<ReadRun> = listed
         .into_iter()
-        .map(|(dir, meta)| {
-            let score = if dir.score_json().exists() {
+        .map(|(dir, mut meta)| {
+            let mut score = if dir.score_json().exists() {
                 match rundir::read_json::<RunScore>(&dir.score_json()) {
                     Ok(s) => Some(s),
                     Err(e) => {
@@ -454,6 +470,18 @@ pub fn collect(runs_dir: &Path, home: Option<&Home>, opts: &Options) -> anyhow::
             } else {
                 None
             };
+            // Only a run whose directory agrees with its own trace is ranked.
+            if score.is_some() && meta.status == RunStatus::Done {
+                let why = match crate::audit::check(&dir) {
+                    Ok(a) if a.ok() => None,
+                    Ok(a) => Some(a.problems.join("; ")),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = why {
+                    meta.error = Some(format!("does not verify: {why}"));
+                    score = None;
+                }
+            }
             (meta, score)
         })
         .collect();
@@ -726,6 +754,23 @@ pub fn markdown(boards: &[Board]) -> String {
                 e.run_id
             );
         }
+        let flagged: Vec<&RunEntry> = b
+            .entries
+            .iter()
+            .filter(|e| !e.integrity.is_empty())
+            .collect();
+        if !flagged.is_empty() {
+            let _ = writeln!(o, "\n### Runs with integrity events (ranked; what the harness cleaned up or refused)\n");
+            for e in flagged {
+                let _ = writeln!(
+                    o,
+                    "- `{}` (`{}`): {}",
+                    e.run_id,
+                    e.agent,
+                    e.integrity.join(", ")
+                );
+            }
+        }
         if !b.unfinished.is_empty() {
             let _ = writeln!(o, "\n### Unfinished runs (not ranked)\n");
             let _ = writeln!(o, "| run | agent | seed | status | started | error |");
@@ -867,6 +912,24 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
             );
         }
         o.push_str("</table>");
+        let flagged: Vec<&RunEntry> = b
+            .entries
+            .iter()
+            .filter(|e| !e.integrity.is_empty())
+            .collect();
+        if !flagged.is_empty() {
+            o.push_str("<h3>Runs with integrity events</h3><ul>");
+            for e in flagged {
+                let _ = write!(
+                    o,
+                    "<li>{} (<code>{}</code>): {}</li>",
+                    run_ref(&e.run_id, links),
+                    html_escape(&e.agent),
+                    html_escape(&e.integrity.join(", "))
+                );
+            }
+            o.push_str("</ul>");
+        }
         if !b.unfinished.is_empty() {
             o.push_str("<h3>Unfinished runs (not ranked)</h3><table><tr><th class=\"l\">run</th><th class=\"l\">agent</th><th>seed</th><th class=\"l\">status</th><th class=\"l\">started</th><th class=\"l\">error</th></tr>");
             for u in &b.unfinished {

@@ -34,6 +34,7 @@
 //! - [`bench`] measures the harness itself.
 
 pub mod agent;
+pub mod audit;
 pub mod bench;
 pub mod charts;
 pub mod cli;

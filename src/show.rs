@@ -1042,7 +1042,23 @@ pub fn verify(runs_dir: &Path, id: &str) -> anyhow::Result<i32> {
             " (run not finished: tail not pinned)"
         }
     );
-    Ok(0)
+    let a = crate::audit::check(&dir)?;
+    if a.ok() {
+        println!(
+            "outputs/: {} checked by hash · workspace.git: {} step commits present · score.json agrees with the trace",
+            a.outputs_checked, a.commits_checked
+        );
+        Ok(0)
+    } else {
+        for p in &a.problems {
+            println!("problem: {}", crate::term::terminal_safe(p, false));
+        }
+        anyhow::bail!(
+            "{} does not verify: {} problem(s)",
+            dir.path.display(),
+            a.problems.len()
+        )
+    }
 }
 
 /// The metrics a reader looks at first, per stage, in this order; the rest stay in score.json.

@@ -609,3 +609,62 @@ async fn mcp_over_http_needs_its_token_and_caps_connections() {
         .file_name();
     assert_eq!(common::leftovers(&docker, &run.to_string_lossy()).await, 0);
 }
+
+/// `gptx verify` checks more than the chain: `outputs/` by hash, the step commits, and `score.json`
+/// against the trace; the leaderboard ranks only runs that pass it.
+#[test]
+fn verify_catches_edited_scores_and_outputs_and_the_leaderboard_ranks_only_verified_runs() {
+    let runs = tempfile::tempdir().unwrap();
+    let good = common::synth_run(runs.path(), "20261201-000000-aaaaaa", |_| {});
+    let bad = common::synth_run(runs.path(), "20261201-000000-bbbbbb", |s| s.seed = 2);
+    let verify = |id: &str| {
+        common::gptx()
+            .args(["verify", id, "--runs-dir"])
+            .arg(runs.path())
+            .output()
+            .unwrap()
+    };
+    let ok = verify("20261201-000000-aaaaaa");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("score.json agrees with the trace"));
+    // A score raised by hand after the run.
+    let mut score: Value =
+        serde_json::from_str(&std::fs::read_to_string(bad.score_json()).unwrap()).unwrap();
+    let stage = score["stages"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    score["stages"][&stage]["normalized"] = json!(9.0);
+    std::fs::write(bad.score_json(), serde_json::to_vec(&score).unwrap()).unwrap();
+    let out = verify("20261201-000000-bbbbbb");
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("score.json: stage {stage}")),
+        "{text}"
+    );
+    // An output file changed after the run.
+    if let Some(f) = std::fs::read_dir(good.outputs()).unwrap().flatten().next() {
+        let kept = std::fs::read(f.path()).unwrap();
+        std::fs::write(f.path(), b"edited").unwrap();
+        let out = verify("20261201-000000-aaaaaa");
+        assert_eq!(out.status.code(), Some(4));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("hashes to"));
+        std::fs::write(f.path(), kept).unwrap();
+    }
+    let boards = gptx::leaderboard::collect(runs.path(), None, &Default::default()).unwrap();
+    let b = &boards[0];
+    assert_eq!(b.entries.len(), 1, "only the verified run is ranked");
+    assert_eq!(b.entries[0].run_id, "20261201-000000-aaaaaa");
+    let u = &b.unfinished[0];
+    assert_eq!(u.run_id, "20261201-000000-bbbbbb");
+    assert_eq!(u.status, "done, does not verify");
+    assert!(u.error.as_deref().unwrap().contains("score.json"));
+}

@@ -706,7 +706,7 @@ pub fn run_page(v: &RunView) -> String {
         }
     }
     b.push_str("</div></section><section><h2>Warnings and rescues</h2><div class=\"card\">");
-    if v.warnings.is_empty() && v.rescues.is_empty() {
+    if v.warnings.is_empty() && v.rescues.is_empty() && v.integrity.is_empty() {
         b.push_str("<p class=\"muted\">None.</p>");
     } else {
         b.push_str("<ul class=\"notes\">");
@@ -725,6 +725,19 @@ pub fn run_page(v: &RunView) -> String {
                         esc(&r.files.join(", "))
                     )
                 }
+            );
+        }
+        for n in &v.integrity {
+            let _ = write!(
+                b,
+                "<li class=\"warning\"><b>Integrity: {} ×{}</b>{}: {}</li>",
+                esc(&n.kind),
+                n.count,
+                n.stage
+                    .as_ref()
+                    .map(|s| format!(" in {}", esc(s)))
+                    .unwrap_or_default(),
+                esc(&n.detail)
             );
         }
         for w in &v.warnings {

@@ -188,6 +188,8 @@ pub struct RunView {
     pub steps: Vec<Result<Arc<StepSummary>, Problem>>,
     pub warnings: Vec<String>,
     pub rescues: Vec<RescueNote>,
+    /// The integrity ledger: what the harness cleaned up or refused on the agent's side.
+    pub integrity: Vec<crate::trace::IntegrityNote>,
     pub problems: Vec<Problem>,
     pub trace_error: Option<String>,
     pub trace_missing: bool,
@@ -267,9 +269,11 @@ pub fn run(
     };
     let mut warnings = Vec::new();
     let mut rescues = Vec::new();
+    let mut integrity = Vec::new();
     for (_, e) in events {
         match e {
             Event::Warning { message } => warnings.push(message.clone()),
+            Event::Integrity(n) => integrity.push(n.clone()),
             Event::Rescue {
                 stage,
                 ok,
@@ -307,6 +311,7 @@ pub fn run(
         total_steps: g.step_count(),
         steps,
         warnings,
+        integrity,
         rescues,
         problems: g.problems().to_vec(),
         trace_missing: !g.exists(),
