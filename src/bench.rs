@@ -118,6 +118,7 @@ pub async fn exec(home: &Home, n: usize, json_out: bool) -> anyhow::Result<()> {
         env: vec![],
         instance: None,
         tmp_mb: 64,
+        extra_hosts: vec![],
     };
     let sandbox = Arc::new(DockerSandbox::create(&docker, &spec).await?);
     let result = async {

@@ -39,6 +39,41 @@ pub async fn connect() -> Result<Docker, EngineError> {
     Ok(docker)
 }
 
+/// The upstream resolver every sandbox on a world network is given: TEST-NET-1 (RFC 5737), routed
+/// nowhere. World host names come from host entries, so no sandbox needs DNS; and Docker's embedded
+/// resolver, which forwards what it cannot answer to the container's upstream, forwards into a void.
+pub const BLACKHOLE_DNS: &str = "192.0.2.53";
+
+/// Whether an engine version predates the fix for CVE-2024-29018 (the embedded DNS of internal
+/// networks forwarding queries out): before 23.0.11, 24.0.9, 25.0.4 and 26.0.0.
+pub fn lacks_dns_fix(version: &str) -> bool {
+    let parts: Vec<u64> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .take(3)
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let v = |i: usize| parts.get(i).copied().unwrap_or(0);
+    let (major, minor, patch) = (v(0), v(1), v(2));
+    match major {
+        0..=22 => true,
+        23 => (minor, patch) < (0, 11),
+        24 => (minor, patch) < (0, 9),
+        25 => (minor, patch) < (0, 4),
+        _ => false,
+    }
+}
+
+/// A warning when the engine lacks the CVE-2024-29018 fix, naming the mitigation in force.
+pub async fn dns_warning(docker: &Docker) -> Option<String> {
+    let version = docker.version().await.ok()?.version?;
+    lacks_dns_fix(&version).then(|| {
+        format!(
+            "Docker Engine {version} predates the fix for CVE-2024-29018 (its embedded DNS can forward queries out of internal networks); mitigation in force: the world's host names come from host entries, and every sandbox's upstream DNS is {BLACKHOLE_DNS} (TEST-NET-1, routed nowhere)"
+        )
+    })
+}
+
 /// The labels for a resource of `run` with `role`, owned by this process.
 pub fn labels(run: &str, role: &str) -> HashMap<String, String> {
     let me = std::process::id();
@@ -257,6 +292,17 @@ pub async fn remove_volume(docker: &Docker, name: &str) -> Result<(), bollard::e
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engines_before_the_dns_fix_are_known() {
+        assert!(lacks_dns_fix("20.10.24"));
+        assert!(lacks_dns_fix("23.0.10"));
+        assert!(!lacks_dns_fix("23.0.11"));
+        assert!(lacks_dns_fix("24.0.8"));
+        assert!(!lacks_dns_fix("25.0.4"));
+        assert!(!lacks_dns_fix("26.1.3"));
+        assert!(!lacks_dns_fix("28.2.2"));
+    }
 
     #[test]
     fn own_labels_are_alive_and_bogus_ones_are_not() {

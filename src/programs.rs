@@ -234,6 +234,7 @@ impl Programs for DockerPrograms {
             // Unique across every DockerPrograms of the run (a check and a grade may overlap).
             instance: Some(format!("{n}-{:06x}", rand::random::<u32>() & 0xff_ffff)),
             tmp_mb: self.tmp_mb,
+            extra_hosts: vec![],
         };
         let sandbox = DockerSandbox::create(&self.docker, &spec).await?;
         let result = run_in(&sandbox, call).await;

@@ -37,6 +37,7 @@ impl DockerRebuilder {
         &self,
         job: &RebuildJob,
         network: Option<String>,
+        hosts: Vec<String>,
     ) -> Result<RebuildRun, String> {
         let workspace = &job.workspace;
         let spec = DockerSandboxSpec {
@@ -52,6 +53,7 @@ impl DockerRebuilder {
             env: vec![],
             instance: Some(job.instance.clone()),
             tmp_mb: self.sandbox.tmp_mb,
+            extra_hosts: hosts,
         };
         let sandbox = DockerSandbox::create(&self.docker, &spec)
             .await
@@ -121,7 +123,7 @@ impl Rebuilder for DockerRebuilder {
             .and_then(|_| crate::session::prepare_workspace(&world_dir))
             .map_err(|e| format!("{}: {e}", world_dir.display()))?;
         let Some(world) = &self.world else {
-            return self.run_in(job, None).await;
+            return self.run_in(job, None, vec![]).await;
         };
         let net_name = format!("{}-world", job.instance);
         let net = engine::create_world_network(&self.docker, &self.run_id, &net_name)
@@ -138,7 +140,7 @@ impl Rebuilder for DockerRebuilder {
         )
         .await;
         let result = match &web {
-            Ok(_) => self.run_in(job, Some(net.clone())).await,
+            Ok(w) => self.run_in(job, Some(net.clone()), w.host_entries()).await,
             Err(e) => Err(format!("starting the rebuild's web server: {e}")),
         };
         if let Ok(w) = &web {

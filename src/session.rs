@@ -187,6 +187,7 @@ pub async fn run(
             env: vec![],
             instance: None,
             tmp_mb: plan.suite.sandbox.tmp_mb,
+            extra_hosts: web.as_ref().map(|w| w.host_entries()).unwrap_or_default(),
         };
         match DockerSandbox::create(&docker, &spec).await {
             Ok(s) => Some(Arc::new(s)),
@@ -200,6 +201,9 @@ pub async fn run(
     };
 
     let mut events = EventSink::new(Recorder::new(log), reporters);
+    if let Some(w) = crate::engine::dns_warning(&docker).await {
+        events.warn(w);
+    }
     if let Some(why) = &quota_problem {
         events.warn(format!(
             "the workspace has no disk limit ({} MiB asked): {why}",

@@ -668,3 +668,41 @@ fn verify_catches_edited_scores_and_outputs_and_the_leaderboard_ranks_only_verif
     assert_eq!(u.status, "done, does not verify");
     assert!(u.error.as_deref().unwrap().contains("score.json"));
 }
+
+/// World names resolve from host entries, not DNS; anything else goes to an upstream routed nowhere;
+/// on this engine (before the CVE-2024-29018 fix) the trace says which mitigation is in force.
+#[tokio::test(flavor = "multi_thread")]
+async fn world_names_resolve_without_dns_and_nothing_else_resolves() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let agent = script(
+        runs.path(),
+        &[
+            json!({"tool": "bash", "args": {"cmd": "grep gptx.test /etc/hosts | wc -l; python3 -c 'import socket; print(socket.gethostbyname(\"docs.gptx.test\"))'; python3 -c 'import socket\ntry:\n    print(socket.gethostbyname(\"example.com\"))\nexcept OSError as e:\n    print(\"unresolved\")'"}}),
+            json!({"tool": "submit", "args": {}}),
+        ],
+    );
+    let v = common::run_json(
+        &[
+            "--suite", "mini", "--stages", "crawl", "--rescue", "false", "--agent", &agent,
+        ],
+        runs.path(),
+    );
+    let out = steps(&v)[0]["result"]["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut lines = out.lines();
+    assert!(
+        lines.next().unwrap().trim().parse::<u32>().unwrap() >= 3,
+        "{out}"
+    );
+    assert!(lines.next().unwrap().contains('.'), "{out}");
+    assert_eq!(lines.next(), Some("unresolved"), "{out}");
+    let version = docker.version().await.unwrap().version.unwrap();
+    let warned = common::events(&v).iter().any(|e| {
+        e["type"] == "warning" && e["message"].as_str().unwrap().contains("CVE-2024-29018")
+    });
+    assert_eq!(warned, gptx::engine::lacks_dns_fix(&version), "{version}");
+    common::assert_nothing_left(&docker, &v).await;
+}

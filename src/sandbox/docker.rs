@@ -101,6 +101,8 @@ pub struct DockerSandboxSpec {
     /// MiB of `/tmp` and of the sandbox user's home (tmpfs); the root filesystem is then read-only.
     /// 0 leaves the root filesystem writable (image builds and tools).
     pub tmp_mb: u64,
+    /// `name:ip` host entries (the world's sites): names resolve without any DNS.
+    pub extra_hosts: Vec<String>,
 }
 
 struct Supervisor {
@@ -182,6 +184,12 @@ impl DockerSandbox {
                 nano_cpus: Some(spec.nano_cpus),
                 pids_limit: Some(spec.pids),
                 readonly_rootfs: Some(spec.tmp_mb > 0),
+                extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+                // What Docker's embedded resolver cannot answer it forwards here: nowhere.
+                dns: spec
+                    .network
+                    .is_some()
+                    .then(|| vec![crate::engine::BLACKHOLE_DNS.to_string()]),
                 tmpfs: (spec.tmp_mb > 0).then(|| {
                     let opts =
                         |extra: &str| format!("rw,nosuid,nodev,size={}m{extra}", spec.tmp_mb);

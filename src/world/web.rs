@@ -26,6 +26,9 @@ pub struct WebServer {
     pub id: String,
     pub name: String,
     volumes: Vec<String>,
+    /// The world's host names and the server's address on its network, once it is up.
+    hosts: Vec<String>,
+    ip: Option<String>,
 }
 
 fn bind_volume(name: &str, host: &Path) -> bollard::models::VolumeCreateRequest {
@@ -80,6 +83,8 @@ impl WebServer {
             id: String::new(),
             name: name.clone(),
             volumes: vec![],
+            hosts: vec![],
+            ip: None,
         };
         for (vol, host) in [
             (format!("{name}-world"), &web),
@@ -94,6 +99,7 @@ impl WebServer {
             server.volumes.push(vol);
         }
         let aliases: Vec<String> = world.manifest.hosts.clone();
+        server.hosts = aliases.clone();
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             user: Some(format!(
@@ -173,6 +179,15 @@ impl WebServer {
         loop {
             let out = server.output().await;
             if out.contains("gptx-web listening") {
+                server.ip = docker
+                    .inspect_container(&server.id, None)
+                    .await
+                    .ok()
+                    .and_then(|c| c.network_settings)
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(network))
+                    .and_then(|e| e.ip_address)
+                    .filter(|ip| !ip.is_empty());
                 return Ok(server);
             }
             let running = docker
@@ -194,6 +209,15 @@ impl WebServer {
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `name:ip` host entries for the world's sites, so sandboxes resolve them without DNS (empty
+    /// when the address is not known: names then resolve through Docker's DNS as before).
+    pub fn host_entries(&self) -> Vec<String> {
+        match &self.ip {
+            Some(ip) => self.hosts.iter().map(|h| format!("{h}:{ip}")).collect(),
+            None => vec![],
         }
     }
 

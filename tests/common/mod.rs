@@ -79,6 +79,7 @@ pub fn spec(run_id: &str, image: &str, ws: &Path) -> DockerSandboxSpec {
         env: vec![],
         instance: None,
         tmp_mb: 64,
+        extra_hosts: vec![],
     }
 }
 
