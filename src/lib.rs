@@ -31,6 +31,11 @@
 //!   JUnit XML; [`synth`] writes whole synthetic runs for their tests and benches.
 //! - [`reference`] keeps each world's reference values (`m_ref`, measured by `gptx world reference`).
 //! - [`engine`] holds the Docker connection, the labels on every resource, and `gc`.
+//! - [`contract`] is what each stage's instruction promises about its grade (gates, command lines,
+//!   copy caps, networks), rendered into the instruction from the values the scorers use.
+//! - [`quota`] gives each workspace a filesystem of the suite's size (a loop-mounted image).
+//! - [`audit`] checks a run directory against its own trace (`gptx verify`, the leaderboard);
+//!   [`term`] escapes agent text for terminals.
 //! - [`bench`] measures the harness itself.
 
 pub mod agent;

@@ -201,8 +201,10 @@ pub async fn run(
     };
 
     let mut events = EventSink::new(Recorder::new(log), reporters);
+    // A fact of the machine, not of the run: said once per process, on stderr.
+    static DNS_WARNED: std::sync::Once = std::sync::Once::new();
     if let Some(w) = crate::engine::dns_warning(&docker).await {
-        events.warn(w);
+        DNS_WARNED.call_once(|| tracing::warn!("{w}"));
     }
     if let Some(why) = &quota_problem {
         events.warn(format!(
