@@ -55,6 +55,22 @@ pub const SELFHOST_BPB_TOLERANCE: Gate = Gate {
     default: 0.03,
 };
 
+/// crawl: the corpus the stage grades.
+pub const CORPUS: &str = "data/corpus.jsonl";
+/// crawl: the largest corpus read (bigger ones are rejected, not truncated).
+pub const MAX_CORPUS_BYTES: u64 = 256 * 1024 * 1024;
+/// crawl: a document is a near-duplicate when this share of its shingles first appeared in one
+/// earlier document.
+pub const DUPLICATE_SHARE: f64 = 0.8;
+/// tokenize: the vocabulary file and the program.
+pub const TOKENIZER_META: &str = "tokenizer/meta.json";
+pub const TOKENIZER_PROGRAM: &str = "bin/tokenize";
+/// train, eval, selfhost: the model program.
+pub const LM_PROGRAM: &str = "bin/lm";
+/// eval: the report, and the most validation text it may name.
+pub const EVAL_REPORT: &str = "eval/report.json";
+pub const MAX_VAL_BYTES: usize = 4 * 1024 * 1024;
+
 /// The selfhost recipe's entry point, at the workspace root.
 pub const RECIPE: &str = "bootstrap.sh";
 /// The largest file the recipe copy takes.
@@ -236,8 +252,8 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                 "artifact",
                 format!(
                     "Graded: `{}` as it is when the stage ends (at most {} MiB), and the web server's log of this stage's requests.",
-                    crate::crawl::CORPUS,
-                    crate::crawl::MAX_CORPUS_BYTES >> 20
+                    CORPUS,
+                    MAX_CORPUS_BYTES >> 20
                 ),
             ));
             out.push(fact(
@@ -252,7 +268,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                 "reported",
                 format!(
                     "Reported but not gated: the duplicate rate (a document that repeats an earlier one, or has {} of its shingles in one earlier document, is a duplicate), requests into traps, and the request count.",
-                    pct(crate::crawl::DUPLICATE_SHARE)
+                    pct(DUPLICATE_SHARE)
                 ),
             ));
         }
@@ -261,17 +277,17 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                 "artifact",
                 format!(
                     "Graded: `{}` (`vocab_size` at most {}) and `{}` as they are when the stage ends.",
-                    crate::tokenize::META,
+                    TOKENIZER_META,
                     sc.max_vocab_size,
-                    crate::tokenize::PROGRAM
+                    TOKENIZER_PROGRAM
                 ),
             ));
             out.push(fact(
                 "invocation",
                 format!(
                     "The grade runs `{}` and `{}` with `bash -c` from `{WORKSPACE}` as {}, {}; the hidden documents and arbitrary-byte cases go on stdin.",
-                    program_command(crate::tokenize::PROGRAM, "encode"),
-                    program_command(crate::tokenize::PROGRAM, "decode"),
+                    program_command(TOKENIZER_PROGRAM, "encode"),
+                    program_command(TOKENIZER_PROGRAM, "decode"),
                     user(ctx),
                     scoring_sandbox(sc)
                 ),
@@ -289,18 +305,18 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                 "artifact",
                 format!(
                     "Graded: `{}` as it is when the stage ends (eval and selfhost grade the `{}` present at their own end).",
-                    crate::train::PROGRAM,
-                    crate::train::PROGRAM
+                    LM_PROGRAM,
+                    LM_PROGRAM
                 ),
             ));
             out.push(fact(
                 "invocation",
                 format!(
                     "The grade runs `{}` once on all hidden documents, `{}` once on {} random positions, and `{}` again on {} documents, with `bash -c` from `{WORKSPACE}` as {}, {}.",
-                    program_command(crate::train::PROGRAM, "score"),
-                    program_command(crate::train::PROGRAM, "next"),
+                    program_command(LM_PROGRAM, "score"),
+                    program_command(LM_PROGRAM, "next"),
                     sc.positions,
-                    program_command(crate::train::PROGRAM, "score"),
+                    program_command(LM_PROGRAM, "score"),
                     crate::lm::REPEATED_DOCS,
                     user(ctx),
                     scoring_sandbox(sc)
@@ -329,16 +345,16 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                 "artifact",
                 format!(
                     "Graded: `{}` and the file its `val_path` names (at most {} MiB, in the workspace), with the `{}` present when this stage ends.",
-                    crate::eval::REPORT,
-                    crate::eval::MAX_VAL_BYTES >> 20,
-                    crate::train::PROGRAM
+                    EVAL_REPORT,
+                    MAX_VAL_BYTES >> 20,
+                    LM_PROGRAM
                 ),
             ));
             out.push(fact(
                 "invocation",
                 format!(
                     "The grade verifies `{}` as in the train stage (the same calls and sandboxes) on the validation documents and on the hidden documents.",
-                    crate::train::PROGRAM
+                    LM_PROGRAM
                 ),
             ));
             out.push(fact(
@@ -386,17 +402,17 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                 "gate",
                 format!(
                     "To pass: `{RECIPE}` exits with code 0 within its budget, the rebuilt `{}` verifies exactly as in the train stage on the hidden documents, and its verified bits per byte is within {} of the original's. The original is the `{}` in your `{WORKSPACE}` when this stage ends, verified on the same hidden documents.",
-                    crate::train::PROGRAM,
+                    LM_PROGRAM,
                     pct(SELFHOST_BPB_TOLERANCE.value(g)),
-                    crate::train::PROGRAM
+                    LM_PROGRAM
                 ),
             ));
             out.push(fact(
                 "not graded",
                 format!(
                     "Only the rebuilt `{}` is graded: the rebuild's corpus, tokenizer and `{}` are not graded again.",
-                    crate::train::PROGRAM,
-                    crate::eval::REPORT
+                    LM_PROGRAM,
+                    EVAL_REPORT
                 ),
             ));
             out.push(fact(
@@ -407,7 +423,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                 "check",
                 format!(
                     "`check` checks the layout, the caps and `bash -n {RECIPE}` in a moment. `check` with `{{\"rebuild\": true}}` runs the rebuild exactly as the grade does (fresh sandbox, same copy, same command, the web reachable) and verifies the rebuilt `{}` on your own documents; its time counts against this stage's command-time budget and it gives back the exit code, the log's tail and the rebuilt model's bits per byte.",
-                    crate::train::PROGRAM
+                    LM_PROGRAM
                 ),
             ));
         }
@@ -555,7 +571,7 @@ mod tests {
                 match stage.name.as_str() {
                     "tokenize" => {
                         for verb in ["encode", "decode"] {
-                            let cmd = program_command(crate::tokenize::PROGRAM, verb);
+                            let cmd = program_command(TOKENIZER_PROGRAM, verb);
                             assert!(text.contains(&format!("`{cmd}`")), "{at}: {cmd}");
                         }
                         assert!(text.contains(&format!("{} MiB of memory", sc.memory_mb)));
@@ -563,14 +579,14 @@ mod tests {
                     }
                     "train" => {
                         for verb in ["score", "next"] {
-                            let cmd = program_command(crate::train::PROGRAM, verb);
+                            let cmd = program_command(LM_PROGRAM, verb);
                             assert!(text.contains(&format!("`{cmd}`")), "{at}: {cmd}");
                         }
                         assert!(text.contains(&format!("{} random positions", sc.positions)));
                         assert!(text.contains(&format!("{} MiB of memory", sc.memory_mb)));
                         assert!(text.contains("within 1e-6") && text.contains("within 1e-3"));
                     }
-                    "eval" => assert!(text.contains(crate::eval::REPORT)),
+                    "eval" => assert!(text.contains(EVAL_REPORT)),
                     "selfhost" => {
                         for cmd in [bootstrap_command(true), bootstrap_command(false)] {
                             assert!(text.contains(&format!("`{cmd}`")), "{at}: {cmd}");
@@ -579,8 +595,7 @@ mod tests {
                         assert!(text.contains(&secs(suite.rebuild_seconds)), "{at}: budget");
                         assert!(text.contains("exits with code 0 within its budget"));
                         assert!(text.contains("when this stage ends"), "{at}: original");
-                        assert!(text
-                            .contains(&format!("`{}` are not graded again", crate::eval::REPORT)));
+                        assert!(text.contains(&format!("`{}` are not graded again", EVAL_REPORT)));
                         assert!(text.contains("offline web is reachable again"));
                         assert!(text.contains("{\"rebuild\": true}"));
                         assert!(text.contains(&format!(

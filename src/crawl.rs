@@ -16,12 +16,9 @@ use crate::tools::ToolError;
 use crate::trace::StageScore;
 use crate::world::World;
 
-/// Where the agent must put its corpus.
-pub const CORPUS: &str = "data/corpus.jsonl";
-/// The largest corpus read (bigger ones are rejected, not truncated).
-pub const MAX_CORPUS_BYTES: u64 = 256 * 1024 * 1024;
-/// A document is a near-duplicate when this share of its shingles first appeared in one earlier document.
-pub const DUPLICATE_SHARE: f64 = 0.8;
+pub use crate::contract::CORPUS;
+pub use crate::contract::DUPLICATE_SHARE;
+pub use crate::contract::MAX_CORPUS_BYTES;
 
 /// Text with every run of ASCII whitespace made one space, trimmed.
 pub fn normalize(text: &str) -> Vec<u8> {

@@ -20,9 +20,8 @@ use crate::trace::{round, StageScore};
 use crate::train::{hidden_docs, PROGRAM};
 use crate::world::World;
 
-pub const REPORT: &str = "eval/report.json";
-/// Most bytes of validation text the harness scores (a bigger file is refused, not cut).
-pub const MAX_VAL_BYTES: usize = 4 * 1024 * 1024;
+pub use crate::contract::EVAL_REPORT as REPORT;
+pub use crate::contract::MAX_VAL_BYTES;
 /// The floor of the stage's main metric (claim error plus generalisation gap): a report that is
 /// off by 100% in all.
 pub const FLOOR_ERROR: f64 = 1.0;

@@ -23,8 +23,7 @@ use crate::trace::{round, StageScore};
 use crate::world::World;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-pub const META: &str = "tokenizer/meta.json";
-pub const PROGRAM: &str = "bin/tokenize";
+pub use crate::contract::{TOKENIZER_META as META, TOKENIZER_PROGRAM as PROGRAM};
 /// Most bytes of the agent's own corpus the `check` tool samples.
 const CHECK_SAMPLE_BYTES: usize = 64 * 1024;
 

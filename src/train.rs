@@ -18,7 +18,7 @@ use crate::tools::ToolError;
 use crate::trace::{round, StageScore};
 use crate::world::{Baselines, World};
 
-pub const PROGRAM: &str = "bin/lm";
+pub use crate::contract::LM_PROGRAM as PROGRAM;
 /// Bytes of the agent's own documents the `check` tool verifies on.
 pub const CHECK_SAMPLE_BYTES: usize = 48 * 1024;
 /// Positions the `check` tool tests (the grade uses the suite's K).
