@@ -179,7 +179,12 @@ pub struct Runner {
     step: u64,
     /// The run's integrity ledger so far (also emitted as `integrity` events).
     ledger: Vec<IntegrityNote>,
+    /// Bytes of agent logs recorded so far (capped at [`AGENT_LOG_CAP`] per run).
+    agent_log_bytes: u64,
 }
+
+/// Bytes of an external agent's stderr one run records; the rest is counted, not kept.
+pub const AGENT_LOG_CAP: u64 = 16 << 20;
 
 impl Runner {
     #[allow(clippy::too_many_arguments)]
@@ -211,6 +216,7 @@ impl Runner {
             cancel,
             step: 0,
             ledger: Vec::new(),
+            agent_log_bytes: 0,
         }
     }
 
@@ -708,10 +714,20 @@ impl Runner {
             });
         }
         if let Some(text) = agent.take_log() {
-            self.emit(Event::AgentLog {
-                stage: stage.into(),
-                text,
-            });
+            let n = text.len() as u64;
+            let before = self.agent_log_bytes;
+            self.agent_log_bytes += n;
+            if before + n <= AGENT_LOG_CAP {
+                self.emit(Event::AgentLog {
+                    stage: stage.into(),
+                    text,
+                });
+            } else if before <= AGENT_LOG_CAP {
+                self.warn(format!(
+                    "the agent's log passed the run's cap of {} MiB; the rest is not recorded",
+                    AGENT_LOG_CAP >> 20
+                ));
+            }
         }
     }
 

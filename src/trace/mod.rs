@@ -106,24 +106,45 @@ impl EventSink {
     }
 }
 
-/// `outputs/`: full command outputs, one file per distinct content, named by SHA-256.
+/// `outputs/`: full command outputs, one file per distinct content, named by SHA-256, at most
+/// [`OUTPUTS_CAP`] bytes per run (past it, a step keeps only its inline head and tail).
 #[derive(Debug, Clone)]
 pub struct OutputStore {
     dir: PathBuf,
+    used: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cap: u64,
 }
+
+/// Bytes of `outputs/` one run may write.
+pub const OUTPUTS_CAP: u64 = 1 << 30;
 
 impl OutputStore {
     pub fn new(dir: &Path) -> Self {
+        Self::with_cap(dir, OUTPUTS_CAP)
+    }
+
+    pub fn with_cap(dir: &Path, cap: u64) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            used: Default::default(),
+            cap,
         }
     }
 
-    /// Stores bytes (once per content) and returns their hash.
+    /// Stores bytes (once per content) and returns their hash; Err once the run's cap is reached.
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<String> {
+        use std::sync::atomic::Ordering;
         let sha = sha256_hex(bytes);
         let path = self.dir.join(&sha);
         if !path.exists() {
+            let n = bytes.len() as u64;
+            if self.used.fetch_add(n, Ordering::SeqCst) + n > self.cap {
+                self.used.fetch_sub(n, Ordering::SeqCst);
+                return Err(std::io::Error::other(format!(
+                    "the run's outputs/ cap of {} MiB is reached; only the inline head and tail are kept",
+                    self.cap >> 20
+                )));
+            }
             std::fs::create_dir_all(&self.dir)?;
             let tmp = self.dir.join(format!(".{sha}.tmp"));
             std::fs::write(&tmp, bytes)?;
@@ -134,5 +155,25 @@ impl OutputStore {
 
     pub fn path(&self, sha: &str) -> PathBuf {
         self.dir.join(sha)
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    #[test]
+    fn outputs_stop_at_the_runs_cap_and_repeats_cost_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutputStore::with_cap(dir.path(), 100);
+        let a = store.put(&[1u8; 60]).unwrap();
+        assert_eq!(
+            store.put(&[1u8; 60]).unwrap(),
+            a,
+            "the same content is stored once"
+        );
+        let e = store.put(&[2u8; 60]).unwrap_err().to_string();
+        assert!(e.contains("cap"), "{e}");
+        store.put(&[3u8; 40]).unwrap();
     }
 }
