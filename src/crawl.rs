@@ -281,7 +281,7 @@ pub struct CrawlScorer {
 
 fn read_corpus(ctx: &ScoreContext<'_>) -> Result<Option<Vec<u8>>, String> {
     let p = WorkspacePath::parse(CORPUS).expect("valid constant path");
-    match ctx.sandbox.workspace().read(&p, MAX_CORPUS_BYTES + 1) {
+    match ctx.workspace().read(&p, MAX_CORPUS_BYTES + 1) {
         Ok((data, size)) => {
             if size > MAX_CORPUS_BYTES {
                 Err(format!(

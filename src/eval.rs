@@ -247,7 +247,7 @@ pub struct EvalScorer {
 #[async_trait]
 impl Scorer for EvalScorer {
     async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
-        let ws = ctx.sandbox.workspace();
+        let ws = ctx.workspace();
         let report = match read_report(ws) {
             Ok(r) => r,
             Err(e) => return Ok(json!({"ok": false, "errors": [e]})),
@@ -282,7 +282,7 @@ impl Scorer for EvalScorer {
     }
 
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
-        let ws = ctx.sandbox.workspace();
+        let ws = ctx.workspace();
         let report = match read_report(ws) {
             Ok(r) => r,
             Err(e) => return StageScore::precondition("failed", e),

@@ -170,6 +170,10 @@ pub struct Runner {
     pub programs: Option<Arc<dyn crate::programs::Programs>>,
     /// Where the selfhost stage rebuilds from the recipe.
     pub rebuilder: Option<Arc<dyn crate::selfhost::Rebuilder>>,
+    /// Makes the scoring sandboxes for a private copy of the workspace: with it, every stage is
+    /// graded from a read-only copy made after its processes were killed (without it, from the live
+    /// workspace: the fake sandbox of the tests).
+    pub graded_programs: Option<GradedPrograms>,
     /// Hand over the reference artifact of a failed crawl or tokenize stage (`--rescue`).
     pub rescue: bool,
     pub events: EventSink,
@@ -182,6 +186,84 @@ pub struct Runner {
     /// Bytes of agent logs recorded so far (capped at [`AGENT_LOG_CAP`] per run).
     agent_log_bytes: u64,
 }
+
+/// The recipe files the selfhost copy refused for what they were, not for their size or place: a
+/// link, a FIFO or device, a file that changed while it was read. An integrity note when any.
+fn refused_note(stage: &str, score: &StageScore) -> Option<IntegrityNote> {
+    let refused = score.metrics.get("recipe")?.get("refused")?.as_array()?;
+    let odd: Vec<String> = refused
+        .iter()
+        .filter(|r| {
+            let why = r["reason"].as_str().unwrap_or("");
+            [
+                "symlink",
+                "not a regular file",
+                "following links",
+                "grew",
+                "changed while",
+            ]
+            .iter()
+            .any(|k| why.contains(k))
+        })
+        .map(|r| r["path"].as_str().unwrap_or("?").to_string())
+        .collect();
+    (!odd.is_empty()).then(|| IntegrityNote {
+        stage: Some(stage.to_string()),
+        kind: "files_refused".into(),
+        count: odd.len() as u64,
+        detail: format!(
+            "not copied into the rebuild (links, FIFOs, files that changed): {}",
+            odd.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// Whether the workspace's own filesystem (of `disk_mb`) is full at a stage's end: the agent hit its
+/// disk limit. None for a workspace without one (its filesystem is larger than the limit).
+fn disk_full(workspace: &std::path::Path, disk_mb: u64) -> Option<String> {
+    let st = rustix::fs::statvfs(workspace).ok()?;
+    let total = st.f_blocks * st.f_frsize;
+    let free = st.f_bavail * st.f_frsize;
+    (total <= (disk_mb << 20) && free < (total / 100).max(1 << 20)).then(|| {
+        format!(
+            "the workspace's {disk_mb} MiB disk was full ({} KiB free) when the stage ended",
+            free >> 10
+        )
+    })
+}
+
+/// Copies the workspace into `<run>/graded/` (`cp -a --sparse=always`: links stay links, FIFOs stay
+/// FIFOs, holes stay holes; the agent's disk limit bounds it) and opens it: what the stage is graded
+/// on, fixed after the stage's processes were killed.
+fn graded_copy(
+    workspace: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> Result<(std::path::PathBuf, crate::sandbox::WorkspaceRoot), String> {
+    let to = run_dir.join("graded");
+    let _ = std::fs::remove_dir_all(&to);
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--sparse=always"])
+        .arg(workspace)
+        .arg(&to)
+        .output()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&to);
+        return Err(format!(
+            "cp -a {} {}: {}",
+            workspace.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let root = crate::sandbox::WorkspaceRoot::open(&to, None)
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    Ok((to, root))
+}
+
+/// Makes [`crate::programs::Programs`] for a copy of the workspace at a path.
+pub type GradedPrograms =
+    Arc<dyn Fn(&std::path::Path) -> Arc<dyn crate::programs::Programs> + Send + Sync>;
 
 /// Bytes of an external agent's stderr one run records; the rest is counted, not kept.
 pub const AGENT_LOG_CAP: u64 = 16 << 20;
@@ -209,6 +291,7 @@ impl Runner {
             world: None,
             programs: None,
             rebuilder: None,
+            graded_programs: None,
             rescue: false,
             events,
             history,
@@ -496,6 +579,24 @@ impl Runner {
         // Nothing the agent started outlives its stage, and nothing of it runs while it is graded.
         let swept = match self.sandbox.end_stage().await {
             Ok(s) => {
+                if s.bad_lines > 0 {
+                    self.note(IntegrityNote {
+                        stage: Some(stage.name.clone()),
+                        kind: "supervisor_lines".into(),
+                        count: s.bad_lines,
+                        detail: "lines from the sandbox's supervisor that were not its protocol were dropped".into(),
+                    });
+                }
+                if let Some(full) =
+                    disk_full(self.sandbox.workspace().path(), self.suite.sandbox.disk_mb)
+                {
+                    self.note(IntegrityNote {
+                        stage: Some(stage.name.clone()),
+                        kind: "disk_full".into(),
+                        count: 1,
+                        detail: full,
+                    });
+                }
                 if s.killed > 0 {
                     self.note(IntegrityNote {
                         stage: Some(stage.name.clone()),
@@ -541,26 +642,57 @@ impl Runner {
             });
             Some(score)
         } else {
-            let ctx = self.score_context(stage);
-            // Scoring can take long (a selfhost rebuild); an interrupt drops it, and the session's
-            // sweep removes whatever containers it had made.
-            let scored = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => None,
-                s = scorer.score(&ctx) => Some(s),
+            // The grade reads a private copy, made now that nothing of the agent runs.
+            let graded = match &self.graded_programs {
+                Some(make) => graded_copy(self.sandbox.workspace().path(), &self.run_dir)
+                    .map(|(path, root)| Some((make(&path), root, path))),
+                None => Ok(None),
             };
-            match scored {
-                Some(score) => {
+            match graded {
+                Err(e) => {
+                    let score = StageScore::zero(
+                        "error",
+                        format!("not graded: the workspace could not be copied for grading ({e})"),
+                    );
                     self.emit(Event::StageScored {
                         stage: stage.name.clone(),
                         score: score.clone(),
                     });
                     Some(score)
                 }
-                None => {
-                    self.warn(format!("stage {}: interrupted while scoring", stage.name));
-                    ended_by = EndReason::Interrupted;
-                    None
+                Ok(graded) => {
+                    let mut ctx = self.score_context(stage);
+                    if let Some((programs, root, _)) = &graded {
+                        ctx.programs = Some(programs.as_ref());
+                        ctx.graded = Some(root);
+                    }
+                    // Scoring can take long (a selfhost rebuild); an interrupt drops it, and the
+                    // session's sweep removes whatever containers it had made.
+                    let scored = tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => None,
+                        s = scorer.score(&ctx) => Some(s),
+                    };
+                    if let Some((_, _, path)) = graded {
+                        let _ = std::fs::remove_dir_all(&path);
+                    }
+                    match scored {
+                        Some(score) => {
+                            self.emit(Event::StageScored {
+                                stage: stage.name.clone(),
+                                score: score.clone(),
+                            });
+                            if let Some(note) = refused_note(&stage.name, &score) {
+                                self.note(note);
+                            }
+                            Some(score)
+                        }
+                        None => {
+                            self.warn(format!("stage {}: interrupted while scoring", stage.name));
+                            ended_by = EndReason::Interrupted;
+                            None
+                        }
+                    }
                 }
             }
         };
@@ -744,6 +876,7 @@ impl Runner {
             rebuilder: self.rebuilder.as_deref(),
             rebuild_seconds: self.suite.rebuild_seconds,
             disk_mb: self.suite.sandbox.disk_mb,
+            graded: None,
         }
     }
 

@@ -30,6 +30,16 @@ pub struct ScoreContext<'a> {
     pub rebuild_seconds: f64,
     /// The size of the rebuild's workspace filesystem (the suite's `[sandbox] disk_mb`).
     pub disk_mb: u64,
+    /// When grading: the private copy of the workspace made after the stage's processes were
+    /// killed, which the scorer reads instead of the live one (None in `check`).
+    pub graded: Option<&'a crate::sandbox::WorkspaceRoot>,
+}
+
+impl ScoreContext<'_> {
+    /// The workspace a scorer reads: the graded copy when grading, else the agent's own.
+    pub fn workspace(&self) -> &crate::sandbox::WorkspaceRoot {
+        self.graded.unwrap_or_else(|| self.sandbox.workspace())
+    }
 }
 
 /// What the agent asked of its `check` call.

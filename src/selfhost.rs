@@ -656,7 +656,7 @@ impl SelfhostScorer {
     /// `check` without a rebuild: the copy, the command and a `bash -n` syntax check.
     async fn quick_check(&self, ctx: &ScoreContext<'_>) -> Result<Checked, ToolError> {
         use std::os::unix::fs::PermissionsExt;
-        let ws = ctx.sandbox.workspace().path();
+        let ws = ctx.workspace().path();
         let mut errors = Vec::new();
         let mut notes = Vec::new();
         if let Some(p) = recipe_problem(ws) {
@@ -682,7 +682,7 @@ impl SelfhostScorer {
             command = json!(crate::contract::bootstrap_command(executable));
             let head = crate::sandbox::WorkspacePath::parse(RECIPE)
                 .ok()
-                .and_then(|p| ctx.sandbox.workspace().read(&p, 256).ok())
+                .and_then(|p| ctx.workspace().read(&p, 256).ok())
                 .map(|(data, _)| data)
                 .unwrap_or_default();
             let interpreter = shebang_interpreter(&head);
@@ -759,7 +759,7 @@ impl SelfhostScorer {
         ctx: &ScoreContext<'_>,
         req: &CheckRequest,
     ) -> Result<Checked, ToolError> {
-        let root = ctx.sandbox.workspace();
+        let root = ctx.workspace();
         let ws = root.path();
         let fail = |errors: Vec<String>| -> Result<Checked, ToolError> {
             Ok(Checked::from(json!({"ok": false, "errors": errors})))
@@ -883,7 +883,7 @@ impl Scorer for SelfhostScorer {
     }
 
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
-        let root = ctx.sandbox.workspace();
+        let root = ctx.workspace();
         let ws = root.path();
         if let Some(p) = recipe_problem(ws) {
             return StageScore::precondition("failed", p);

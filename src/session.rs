@@ -251,6 +251,27 @@ pub async fn run(
                 .with_tmp_mb(plan.suite.sandbox.tmp_mb),
             ));
             runner.rescue = plan.rescue;
+            {
+                let (docker, run_id, tag) = (docker.clone(), run_id.clone(), image.tag.clone());
+                let (scoring, pids, tmp) = (
+                    plan.suite.scoring.clone(),
+                    plan.suite.sandbox.pids,
+                    plan.suite.sandbox.tmp_mb,
+                );
+                runner.graded_programs = Some(Arc::new(move |path: &std::path::Path| {
+                    Arc::new(
+                        crate::programs::DockerPrograms::new(
+                            docker.clone(),
+                            run_id.clone(),
+                            tag.clone(),
+                            path.to_path_buf(),
+                            scoring.clone(),
+                            pids,
+                        )
+                        .with_tmp_mb(tmp),
+                    ) as Arc<dyn crate::programs::Programs>
+                }));
+            }
             let selfhost_dir = dir.path.join("selfhost");
             if let Err(e) = std::fs::create_dir_all(&selfhost_dir) {
                 tracing::warn!("creating {}: {e}", selfhost_dir.display());

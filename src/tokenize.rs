@@ -563,7 +563,7 @@ pub fn stage_score(
 #[async_trait]
 impl Scorer for TokenizeScorer {
     async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
-        let ws = ctx.sandbox.workspace();
+        let ws = ctx.workspace();
         let mut errors = Vec::new();
         let vocab = read_meta(ws, ctx.scoring.max_vocab_size)
             .map_err(|e| errors.push(e))
@@ -599,7 +599,7 @@ impl Scorer for TokenizeScorer {
     }
 
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
-        let ws = ctx.sandbox.workspace();
+        let ws = ctx.workspace();
         let vocab = match read_meta(ws, ctx.scoring.max_vocab_size) {
             Ok(v) => v,
             Err(e) => return StageScore::precondition("failed", e),

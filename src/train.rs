@@ -198,7 +198,7 @@ pub fn stage_score(
 #[async_trait]
 impl Scorer for TrainScorer {
     async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
-        let ws = ctx.sandbox.workspace();
+        let ws = ctx.workspace();
         if let Some(p) = program_problem(ws, PROGRAM) {
             return Ok(json!({"ok": false, "errors": [p]}));
         }
@@ -230,7 +230,7 @@ impl Scorer for TrainScorer {
     }
 
     async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
-        let ws = ctx.sandbox.workspace();
+        let ws = ctx.workspace();
         if let Some(p) = program_problem(ws, PROGRAM) {
             return StageScore::precondition("failed", p);
         }

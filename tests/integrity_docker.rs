@@ -188,6 +188,15 @@ async fn the_recipe_copy_follows_no_link_and_no_swap() {
         "{refused:?}"
     );
     assert!(!ledger(&v, "processes_killed").is_empty());
+    let refused = ledger(&v, "files_refused");
+    assert!(
+        refused.len() == 1
+            && refused[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("recipe/link"),
+        "{refused:?}"
+    );
     // The grade went on as for an honest recipe of this kind.
     assert_eq!(m["bootstrap"]["exit_code"], 0, "{m}");
     // Nothing of the host got into the rebuild or its trace.
@@ -484,11 +493,6 @@ async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
             json!({"tool": "submit", "args": {}}),
         ],
     );
-    let free = |p: &Path| {
-        let st = rustix::fs::statvfs(p).unwrap();
-        st.f_bavail * st.f_frsize
-    };
-    let before = free(runs.path());
     let v = common::run_json(
         &[
             "--suite",
@@ -500,7 +504,6 @@ async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
         ],
         runs.path(),
     );
-    let after = free(runs.path());
     let r = &steps(&v)[0]["result"];
     let out = r["stdout"].as_str().unwrap();
     assert!(out.contains("ws=1") && out.contains("tmp=1"), "{r}");
@@ -508,16 +511,30 @@ async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
     let err = r["stderr"].as_str().unwrap();
     assert!(err.contains("No space left on device"), "{r}");
     assert!(out.contains("Read-only file system"), "{r}");
-    // What the run left: the workspace's 64 MiB at most (it is kept), and the trace.
-    assert!(
-        before.saturating_sub(after) < 80 << 20,
-        "the host lost {} MiB",
-        (before - after) >> 20
-    );
+    // What the run left on the host: the workspace's 64 MiB at most (it is kept), and the trace;
+    // the 300 MB written to /tmp never reached the host's disk.
+    fn allocated(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).unwrap();
+        let own = m.blocks() * 512;
+        if m.is_dir() {
+            own + std::fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .map(|e| allocated(&e.path()))
+                .sum::<u64>()
+        } else {
+            own
+        }
+    }
+    let used = allocated(Path::new(v["dir"].as_str().unwrap()));
+    assert!(used < 80 << 20, "the run holds {} MiB", used >> 20);
     let dir = Path::new(v["dir"].as_str().unwrap());
     assert!(!dir.join("workspace.img").exists());
     assert!(dir.join("workspace/fill").exists());
     assert!(gptx::quota::mounts_below(runs.path()).is_empty());
+    // The full disk is in the ledger.
+    assert_eq!(ledger(&v, "disk_full").len(), 1, "the disk limit was hit");
     common::assert_nothing_left(&docker, &v).await;
 }
 
@@ -708,5 +725,50 @@ async fn world_names_resolve_without_dns_and_nothing_else_resolves() {
     let version = docker.version().await.unwrap().version.unwrap();
     let warned = stderr.contains("CVE-2024-29018") && stderr.contains("192.0.2.53");
     assert_eq!(warned, gptx::engine::lacks_dns_fix(&version), "{version}");
+    common::assert_nothing_left(&docker, &v).await;
+}
+
+/// The grade runs the agent's programs on a private copy of the workspace, not the live one: here
+/// the live workspace is its own loop-mounted disk, and `bin/lm` refuses to run from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn grading_reads_a_private_copy_of_the_workspace() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: the live workspace is a loop mount only as root");
+        return;
+    }
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let model = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/lm/model.py"
+    ))
+    .unwrap();
+    let lm = "#!/bin/sh\n# Which filesystem is /workspace? The live one is a loop device.\nif grep -q ' /workspace .* /dev/loop' /proc/self/mountinfo; then echo 'live workspace' >&2; exit 9; fi\nexec python3 \"$(dirname \"$0\")/../src/model.py\" honest \"$@\"\n";
+    let agent = script(
+        runs.path(),
+        &[
+            json!({"tool": "write_file", "args": {"path": "src/model.py", "content": model}}),
+            json!({"tool": "write_file", "args": {"path": "bin/lm", "content": lm}}),
+            json!({"tool": "bash", "args": {"cmd": "chmod +x bin/lm; grep ' /workspace ' /proc/self/mountinfo | grep -c /dev/loop"}}),
+            json!({"tool": "submit", "args": {}}),
+        ],
+    );
+    let v = common::run_json(
+        &["--suite", "mini", "--stages", "train", "--agent", &agent],
+        runs.path(),
+    );
+    // The agent's own sandbox does see the loop device...
+    assert_eq!(
+        steps(&v)[2]["result"]["stdout"].as_str().unwrap().trim(),
+        "1"
+    );
+    // ...and the grade ran the model anyway: it was not on the live workspace.
+    let t = &v["stages"]["train"];
+    assert_eq!(t["metrics"]["verified"], true, "{t}");
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    assert!(
+        !dir.join("graded").exists(),
+        "the graded copy is removed after scoring"
+    );
     common::assert_nothing_left(&docker, &v).await;
 }

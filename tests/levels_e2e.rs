@@ -208,7 +208,7 @@ async fn a_recipe_that_smuggles_its_model_fails_l5() {
     let reason = s["reason"].as_str().unwrap();
     // The recipe failed; the rebuilt model's stderr on hidden documents is not shown.
     assert!(
-        reason.starts_with("`./bootstrap.sh` exited with code 1"),
+        reason.starts_with("`bash ./bootstrap.sh` exited with code 1"),
         "{reason}"
     );
     assert!(!reason.contains("model/weights.bin is missing"), "{reason}");

@@ -127,6 +127,8 @@ pub struct DockerSandbox {
     network: StdMutex<Option<String>>,
     sup: Mutex<Option<Supervisor>>,
     sup_stderr: Arc<StdMutex<String>>,
+    /// Supervisor lines that were not the protocol (not JSON, or too long), since the last stage end.
+    bad_lines: Arc<std::sync::atomic::AtomicU64>,
     removed: std::sync::atomic::AtomicBool,
 }
 
@@ -244,6 +246,7 @@ impl DockerSandbox {
             network: StdMutex::new(spec.network.clone()),
             sup: Mutex::new(None),
             sup_stderr: Arc::new(StdMutex::new(String::new())),
+            bad_lines: Arc::default(),
             removed: false.into(),
         };
         if let Err(e) = sandbox.start_and_ping().await {
@@ -331,6 +334,7 @@ impl DockerSandbox {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let stderr = self.sup_stderr.clone();
+        let bad_lines = self.bad_lines.clone();
         let reader = tokio::spawn(async move {
             let mut buf: Vec<u8> = Vec::new();
             while let Some(item) = output.next().await {
@@ -338,6 +342,7 @@ impl DockerSandbox {
                     Ok(bollard::container::LogOutput::StdOut { message }) => {
                         buf.extend_from_slice(&message);
                         if buf.len() > MAX_LINE && !buf.contains(&b'\n') {
+                            bad_lines.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(
                                 "sandbox supervisor sent {} bytes without a newline; dropped",
                                 buf.len()
@@ -352,10 +357,13 @@ impl DockerSandbox {
                                         return;
                                     }
                                 }
-                                Err(e) => tracing::warn!(
-                                    "sandbox supervisor sent a line that is not JSON ({e}): {:?}",
-                                    String::from_utf8_lossy(&line[..line.len().min(200)])
-                                ),
+                                Err(e) => {
+                                    bad_lines.fetch_add(1, Ordering::Relaxed);
+                                    tracing::warn!(
+                                        "sandbox supervisor sent a line that is not JSON ({e}): {:?}",
+                                        String::from_utf8_lossy(&line[..line.len().min(200)])
+                                    )
+                                }
                             }
                         }
                     }
@@ -634,6 +642,7 @@ impl Sandbox for DockerSandbox {
             ));
         }
         Ok(super::Swept {
+            bad_lines: self.bad_lines.swap(0, Ordering::Relaxed),
             killed: v["killed"].as_u64().unwrap_or(0),
             commands: v["commands"]
                 .as_array()

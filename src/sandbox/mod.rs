@@ -94,6 +94,8 @@ pub struct Swept {
     pub killed: u64,
     /// Some of their command lines, for the integrity ledger.
     pub commands: Vec<String>,
+    /// Lines from the in-sandbox supervisor that were not its protocol, during the stage.
+    pub bad_lines: u64,
 }
 
 pub type OutputSink<'a> = &'a mut (dyn FnMut(OutStream, &[u8]) + Send);
