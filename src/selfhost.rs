@@ -404,6 +404,19 @@ fn verification_json(v: &Verification) -> Value {
     j
 }
 
+/// The stage's score when the original `bin/lm` does not verify on the hidden documents.
+fn original_rejected(rej: &lm::Rejection, m: Map<String, Value>) -> StageScore {
+    StageScore::zero(
+        "failed",
+        format!("the original bin/lm does not verify: {rej}"),
+    )
+    .with_metrics(m)
+    .with_public(format!(
+        "the original bin/lm was rejected on the hidden documents: {}",
+        rej.public()
+    ))
+}
+
 /// The stage's score from the two verifications (pure: unit-tested). `recipe_failed` says how
 /// `bootstrap.sh` failed (a non-zero exit, its budget): then the stage fails whatever the rebuilt
 /// model scores, since a program copied with the recipe is not a rebuild.
@@ -440,17 +453,7 @@ pub fn stage_score(
     };
     let orig = match &original.result {
         Ok(ok) => ok.bpb,
-        Err(rej) => {
-            return StageScore::zero(
-                "failed",
-                format!("the original bin/lm does not verify: {rej}"),
-            )
-            .with_metrics(m)
-            .with_public(format!(
-                "the original bin/lm was rejected on the hidden documents: {}",
-                rej.public()
-            ))
-        }
+        Err(rej) => return original_rejected(rej, m),
     };
     m.insert("original_bpb".into(), json!(round(orig, 5)));
     let new = match &rebuilt.result {
@@ -923,15 +926,7 @@ impl Scorer for SelfhostScorer {
         let original = lm::verify(programs, &plan()).await;
         if let Err(rej) = &original.result {
             m.insert("original".into(), verification_json(&original));
-            return StageScore::zero(
-                "failed",
-                format!("the original bin/lm does not verify: {rej}"),
-            )
-            .with_metrics(m)
-            .with_public(format!(
-                "the original bin/lm was rejected on the hidden documents: {}",
-                rej.public()
-            ));
+            return original_rejected(rej, m);
         }
         let budget = ctx.rebuild_seconds;
         let dir = ctx.run_dir.join("selfhost");

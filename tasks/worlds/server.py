@@ -240,20 +240,32 @@ class RateLimiter:
 
 
 class RequestLog:
-    """The JSON-lines request log; one line per request, written whole under a lock and flushed."""
+    """The JSON-lines request log; one line per request, written whole under a lock and flushed.
 
-    def __init__(self, path):
+    Every request served is logged: once the log reaches `max_bytes` (or cannot be written), the
+    server answers every further request 503 without serving it, so no request goes unlogged."""
+
+    def __init__(self, path, max_bytes=64 * 1024 * 1024):
         self.lock = threading.Lock()
         self.file = open(path, "a", encoding="utf-8")
         self.failed = False
+        self.max_bytes = max_bytes
+        self.written = self.file.tell()
+
+    def full(self):
+        with self.lock:
+            return self.failed or self.written >= self.max_bytes
 
     def write(self, record):
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
         with self.lock:
+            if self.written >= self.max_bytes:
+                return
             try:
                 self.file.write(line)
                 self.file.flush()
-            except (OSError, ValueError) as e:  # disk full, closed at shutdown: say it once, keep serving
+                self.written += len(line)
+            except (OSError, ValueError) as e:  # disk full, closed at shutdown: say it once, refuse from now on
                 if not self.failed:
                     self.failed = True
                     print(f"gptx-web: cannot write the request log: {e}", file=sys.stderr, flush=True)
@@ -545,7 +557,11 @@ class Handler(BaseHTTPRequestHandler):
             self.log_host, self.log_path = host, target
             path, _, query = target.partition("#")[0].partition("?")
 
-            if not world.limiter.allow(client, time.monotonic()):
+            if self.server.log.full():
+                # Nothing is served that the log cannot hold.
+                self.close_connection = True
+                reply = text_reply(503, "503 Service Unavailable: this world's request log is full")
+            elif not world.limiter.allow(client, time.monotonic()):
                 limit = f"{world.routes.rate_requests} requests per {world.routes.rate_seconds:g} s"
                 reply = text_reply(429, f"429 Too Many Requests: the limit is {limit}",
                                    [("Retry-After", "1")])
@@ -722,6 +738,8 @@ def main(argv=None):
     ap.add_argument("--log", required=True, help="request log (JSON lines, appended)")
     ap.add_argument("--port", type=int, default=80, help="port to listen on (0: any free port)")
     ap.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    ap.add_argument("--log-max-bytes", type=int, default=64 * 1024 * 1024,
+                    help="past this the log takes no more lines and every request is answered 503")
     args = ap.parse_args(argv)
 
     try:
@@ -730,7 +748,7 @@ def main(argv=None):
         print(f"gptx-web: {e}", file=sys.stderr, flush=True)
         return 2
     try:
-        log = RequestLog(args.log)
+        log = RequestLog(args.log, args.log_max_bytes)
     except OSError as e:
         print(f"gptx-web: cannot open the request log {args.log}: {e.strerror or e}",
               file=sys.stderr, flush=True)

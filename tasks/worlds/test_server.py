@@ -80,13 +80,13 @@ def make_root(rate_requests):
 class Running:
     """server.py in a subprocess on 127.0.0.1 and a free port, with its own root and log."""
 
-    def __init__(self, rate_requests):
+    def __init__(self, rate_requests, extra=()):
         self.root = make_root(rate_requests)
         self.log = os.path.join(self.root, "requests.jsonl")
         self.stderr = open(os.path.join(self.root, "stderr.txt"), "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-u", SERVER, "--root", self.root, "--log", self.log, "--port", "0",
-             "--bind", "127.0.0.1"],
+             "--bind", "127.0.0.1", *extra],
             stdout=subprocess.PIPE, stderr=self.stderr)
         ready, _, _ = select.select([self.proc.stdout], [], [], 10)
         line = self.proc.stdout.readline().decode() if ready else ""
@@ -175,6 +175,29 @@ class ServerCase(unittest.TestCase):
         self.expect_logged(before, method=method, host=log_host or host, path=path, status=resp.status,
                            bytes=len(body), ua="gptx-test/1")
         return resp, body
+
+
+class TestLogCap(unittest.TestCase):
+    """A full request log serves nothing more: no request goes unlogged."""
+
+    def test_past_the_cap_every_request_is_refused(self):
+        server = Running(1000, ["--log-max-bytes", "1500"])
+        try:
+            statuses = []
+            for i in range(30):
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+                conn.request("GET", f"/nope-{i}", headers={"Host": DOCS})
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                statuses.append(resp.status)
+            logged = server.log_lines()
+            self.assertIn(503, statuses)
+            self.assertEqual(statuses.index(503), len(logged), f"{statuses} {len(logged)}")
+            self.assertTrue(all(s == 503 for s in statuses[len(logged):]), statuses)
+            self.assertLessEqual(os.path.getsize(server.log), 1500 + 400)
+        finally:
+            server.stop()
 
 
 class TestPages(ServerCase):
