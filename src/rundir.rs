@@ -126,8 +126,8 @@ pub struct RunScore {
 }
 
 /// When gptx runs as root, makes `dir` (created if missing) reachable by root alone (0700), so that
-/// an external agent, which runs as another user, can read nothing below it: the world cache with
-/// its hidden documents, other runs' traces and scores. Containers are unaffected: the engine mounts
+/// an external agent, which runs as another user, can read nothing below it: the world cache's
+/// `worlds/` with its hidden documents, and each run's own directory (traces, scores). Containers are unaffected: the engine mounts
 /// what they need, and parents of a mount are not traversed from inside.
 pub fn make_private(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

@@ -90,7 +90,8 @@ pub async fn run(
         let path = path.display().to_string();
         move |source| SessionError::RunDir { path, source }
     };
-    rundir::make_private(&plan.runs_dir).map_err(rd_err(&plan.runs_dir))?;
+    // Each run's directory is root's alone (never the runs directory itself, which may be shared).
+    rundir::make_private(&dir.path).map_err(rd_err(&dir.path))?;
     std::fs::create_dir_all(dir.workspace()).map_err(rd_err(&dir.workspace()))?;
     // The workspace's own filesystem, of the suite's size: a write past it fails in the sandbox.
     let (quota, quota_problem) = if crate::quota::available() {

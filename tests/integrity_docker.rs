@@ -236,10 +236,16 @@ for line in sys.stdin:
 async fn external_agents_run_unprivileged_with_a_cleared_environment() {
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    // Another run's score, and the world's hidden documents, both on this machine.
-    let other = runs.path().join("20200101-000000-aaaaaa");
-    std::fs::create_dir_all(&other).unwrap();
-    std::fs::write(other.join("score.json"), "{}").unwrap();
+    // Another run's score (a real one, in a runs directory anyone may list), and the world's hidden
+    // documents, both on this machine.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(runs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let first = common::run_json(
+        &["--suite", "mini", "--stages", "tokenize", "--agent", "null"],
+        runs.path(),
+    );
+    let other = Path::new(first["dir"].as_str().unwrap()).to_path_buf();
+    assert!(other.join("score.json").exists());
     let worlds = common::home().cache().join("worlds");
     let hidden = std::fs::read_dir(&worlds)
         .unwrap()
@@ -251,7 +257,6 @@ async fn external_agents_run_unprivileged_with_a_cleared_environment() {
         .expect("a built world with hidden documents");
     // The agent's own program sits where anyone may read it.
     let code = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(code.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let script = code.path().join("snoop.py");
     std::fs::write(&script, SNOOP).unwrap();
