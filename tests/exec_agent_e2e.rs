@@ -4,16 +4,32 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+
 use serde_json::Value;
+
+/// A directory under the system's temp dir that any user may enter (for agents' programs).
+fn readable_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_agent_goes_through_every_stage_of_mini() {
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let agent = format!(
-        "exec:python3 {}/tasks/agents/example_agent.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    // The agent runs as `nobody` when the tests run as root, and the checkout may sit below a
+    // directory it cannot enter: its program goes where anyone may read it.
+    let code = readable_dir();
+    let script = code.path().join("example_agent.py");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tasks/agents/example_agent.py"),
+        &script,
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let agent = format!("exec:python3 {}", script.display());
     let v = common::run_json(&["--suite", "mini", "--agent", &agent], runs.path());
     assert_eq!(v["status"], "done", "{v}");
     for stage in ["crawl", "tokenize", "train", "eval", "selfhost"] {
@@ -150,9 +166,7 @@ async fn a_call_sent_as_the_budget_ran_out_does_not_leak_into_the_next_stage() {
     common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
     // The agent runs as `nobody` when the tests run as root: its program must be readable by it.
-    let code = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(code.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let code = readable_dir();
     let script = code.path().join("eager.py");
     std::fs::write(&script, EAGER).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
