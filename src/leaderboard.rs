@@ -641,6 +641,14 @@ fn short_hash(h: &Option<String>) -> String {
 }
 
 /// The markdown report (deterministic for the same runs: no clock in it).
+/// The ranked runs that carry integrity notes.
+fn flagged(b: &Board) -> Vec<&RunEntry> {
+    b.entries
+        .iter()
+        .filter(|e| !e.integrity.is_empty())
+        .collect()
+}
+
 pub fn markdown(boards: &[Board]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# gptx leaderboard\n");
@@ -754,11 +762,7 @@ pub fn markdown(boards: &[Board]) -> String {
                 e.run_id
             );
         }
-        let flagged: Vec<&RunEntry> = b
-            .entries
-            .iter()
-            .filter(|e| !e.integrity.is_empty())
-            .collect();
+        let flagged = flagged(b);
         if !flagged.is_empty() {
             let _ = writeln!(o, "\n### Runs with integrity events (ranked; what the harness cleaned up or refused)\n");
             for e in flagged {
@@ -912,11 +916,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
             );
         }
         o.push_str("</table>");
-        let flagged: Vec<&RunEntry> = b
-            .entries
-            .iter()
-            .filter(|e| !e.integrity.is_empty())
-            .collect();
+        let flagged = flagged(b);
         if !flagged.is_empty() {
             o.push_str("<h3>Runs with integrity events</h3><ul>");
             for e in flagged {

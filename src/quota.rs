@@ -117,18 +117,21 @@ impl Quota {
             ".{}.kept",
             self.mount.file_name().unwrap_or_default().to_string_lossy()
         ));
-        if keep {
-            let _ = std::fs::remove_dir_all(&kept);
-            run(
+        let copied = if keep {
+            copy_tree(&self.mount, &kept)
+        } else {
+            Ok(())
+        };
+        // Unmounted whatever happened to the copy; when the copy failed the image stays, so
+        // nothing of the workspace is lost.
+        unmount(&self.mount)?;
+        if let Err(e) = copied {
+            return Err(failed(
                 "keeping",
                 &self.mount,
-                Command::new("cp")
-                    .args(["-a", "--sparse=always"])
-                    .arg(&self.mount)
-                    .arg(&kept),
-            )?;
+                format!("{e}; the workspace is kept in {}", self.image.display()),
+            ));
         }
-        unmount(&self.mount)?;
         let _ = std::fs::remove_file(&self.image);
         if keep {
             std::fs::remove_dir(&self.mount)
@@ -146,6 +149,25 @@ impl Drop for Quota {
             let _ = std::fs::remove_file(&self.image);
         }
     }
+}
+
+/// Copies the tree `from` to the new directory `to` without following anything: links stay links,
+/// FIFOs and sockets are made anew (never opened), holes stay holes, owners and modes are kept
+/// (`cp -a --sparse=always`). A failed copy leaves no partial `to`.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), QuotaError> {
+    let _ = std::fs::remove_dir_all(to);
+    let r = run(
+        "copying",
+        from,
+        Command::new("cp")
+            .args(["-a", "--sparse=always"])
+            .arg(from)
+            .arg(to),
+    );
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(to);
+    }
+    r
 }
 
 /// Unmounts `path` (lazily when busy, so a leftover open file cannot keep it).

@@ -240,22 +240,7 @@ fn graded_copy(
     run_dir: &std::path::Path,
 ) -> Result<(std::path::PathBuf, crate::sandbox::WorkspaceRoot), String> {
     let to = run_dir.join("graded");
-    let _ = std::fs::remove_dir_all(&to);
-    let out = std::process::Command::new("cp")
-        .args(["-a", "--sparse=always"])
-        .arg(workspace)
-        .arg(&to)
-        .output()
-        .map_err(|e| format!("cp: {e}"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&to);
-        return Err(format!(
-            "cp -a {} {}: {}",
-            workspace.display(),
-            to.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    crate::quota::copy_tree(workspace, &to).map_err(|e| e.to_string())?;
     let root = crate::sandbox::WorkspaceRoot::open(&to, None)
         .map_err(|e| format!("{}: {e}", to.display()))?;
     Ok((to, root))

@@ -267,29 +267,23 @@ async fn external_agents_run_unprivileged_with_a_cleared_environment() {
         hidden.display(),
         other.join("score.json").display()
     );
-    let out = common::gptx()
-        .args([
-            "run", "--suite", "mini", "--stages", "tokenize", "--json", "--quiet",
-        ])
-        .args([
+    let (v, _) = common::run_json_with(
+        &[
+            "--suite",
+            "mini",
+            "--stages",
+            "tokenize",
             "--agent",
             &agent,
             "--agent-env",
             "GPTX_TEST_PASSED",
-            "--runs-dir",
-        ])
-        .arg(runs.path())
-        .env("GPTX_TEST_SECRET", "s3cret")
-        .env("GPTX_TEST_PASSED", "given")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        runs.path(),
+        &[
+            ("GPTX_TEST_SECRET", "s3cret"),
+            ("GPTX_TEST_PASSED", "given"),
+        ],
     );
-    let v: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     let logs: String = common::events(&v)
         .iter()
         .filter(|e| e["type"] == "agent_log")
@@ -704,18 +698,13 @@ async fn world_names_resolve_without_dns_and_nothing_else_resolves() {
             json!({"tool": "submit", "args": {}}),
         ],
     );
-    let run = common::gptx()
-        .args([
-            "run", "--suite", "mini", "--stages", "crawl", "--rescue", "false", "--json", "--quiet",
-        ])
-        .args(["--agent", &agent, "--runs-dir"])
-        .arg(runs.path())
-        .output()
-        .unwrap();
-    assert!(run.status.success());
-    let v: Value =
-        serde_json::from_str(String::from_utf8_lossy(&run.stdout).lines().last().unwrap()).unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    let (v, stderr) = common::run_json_with(
+        &[
+            "--suite", "mini", "--stages", "crawl", "--rescue", "false", "--agent", &agent,
+        ],
+        runs.path(),
+        &[],
+    );
     let out = steps(&v)[0]["result"]["stdout"]
         .as_str()
         .unwrap()
@@ -775,5 +764,39 @@ async fn grading_reads_a_private_copy_of_the_workspace() {
         !dir.join("graded").exists(),
         "the graded copy is removed after scoring"
     );
+    common::assert_nothing_left(&docker, &v).await;
+}
+
+/// An agent that knows where the host keeps the world's gold text links its corpus to it: the
+/// grade reads the corpus through the confined reader, from the graded copy, and refuses the link.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corpus_linked_to_the_hosts_gold_text_is_refused() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let gold = std::fs::read_dir(common::home().cache().join("worlds"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("gold.jsonl"))
+        .find(|p| p.exists())
+        .expect("a built world");
+    let agent = script(
+        runs.path(),
+        &[
+            json!({"tool": "bash", "args": {"cmd": format!(
+                "mkdir -p data && ln -s {} data/corpus.jsonl && ln -s ../../../../../../../..{} data/rel.jsonl; ls -l data",
+                gold.display(), gold.display())}}),
+            json!({"tool": "submit", "args": {}}),
+        ],
+    );
+    let v = common::run_json(
+        &[
+            "--suite", "mini", "--stages", "crawl", "--rescue", "false", "--agent", &agent,
+        ],
+        runs.path(),
+    );
+    let c = &v["stages"]["crawl"];
+    assert_eq!(c["passed"], false, "{c}");
+    assert_eq!(c["status"], "rejected", "{c}");
+    assert_ne!(c["metrics"]["recall"], 1.0, "{c}");
     common::assert_nothing_left(&docker, &v).await;
 }

@@ -145,20 +145,31 @@ pub fn gptx() -> std::process::Command {
 
 /// Runs `gptx run <args> --json --quiet --runs-dir <runs>`, asserts success, returns the JSON result.
 pub fn run_json(args: &[&str], runs: &Path) -> serde_json::Value {
-    let out = gptx()
-        .arg("run")
+    run_json_with(args, runs, &[]).0
+}
+
+/// [`run_json`] with these environment variables set; also returns what gptx wrote to stderr.
+pub fn run_json_with(
+    args: &[&str],
+    runs: &Path,
+    env: &[(&str, &str)],
+) -> (serde_json::Value, String) {
+    let mut cmd = gptx();
+    cmd.arg("run")
         .args(args)
         .args(["--json", "--quiet", "--runs-dir"])
-        .arg(runs)
-        .output()
-        .unwrap();
+        .arg(runs);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout {stdout}\nstderr {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "stdout {stdout}\nstderr {stderr}");
+    (
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap(),
+        stderr,
+    )
 }
 
 /// The events of a run, from the `dir` of `gptx run --json`'s result.
