@@ -605,10 +605,13 @@ async fn mcp_over_http_needs_its_token_and_caps_connections() {
             r.read_exact(&mut got).is_ok() && got.starts_with(b"HTTP/1.1 503")
         })
         .count();
+    // A connection of the requests above may still hold its place for a moment, so fewer than
+    // `cap` may be served; never more.
     let cap = gptx::mcp::HTTP_CONNECTIONS;
+    let served = 40 - refused;
     assert!(
-        refused <= 40 - cap && refused + 4 >= 40 - cap,
-        "{refused} refused"
+        served <= cap && served + 4 >= cap,
+        "{served} of 40 served, the cap is {cap}"
     );
     drop(idle);
     let _ = rustix::process::kill_process(
