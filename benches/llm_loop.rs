@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gptx::llm::{scripted, LlmAgent, LlmOptions, OpenAi};
+use gptx::agent::llm::{scripted, LlmAgent, LlmOptions, OpenAi};
+use gptx::config::suite::{Home, Suite};
 use gptx::runner::Runner;
 use gptx::sandbox::fake::{RecordingSandbox, Reply};
-use gptx::suite::{Home, Suite};
 use gptx::trace::{EventLog, EventSink, Recorder, WorkspaceHistory};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

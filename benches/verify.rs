@@ -6,7 +6,7 @@ use std::io::Read;
 
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, Criterion};
-use gptx::lm::{self, Doc, Scored};
+use gptx::stages::bpb::{self, Doc, Scored};
 use rand::SeedableRng;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -78,7 +78,7 @@ fn record_score(docs: &[Doc], ids: &[String]) -> (Vec<u8>, Vec<Scored>) {
 fn record_next(
     docs: &[&Doc],
     scored: &[&Scored],
-    positions: &[lm::Position],
+    positions: &[bpb::Position],
     vocab: usize,
 ) -> Vec<u8> {
     let mut out = Vec::new();
@@ -120,7 +120,7 @@ fn bench(c: &mut Criterion) {
     let doc_refs: Vec<&Doc> = docs.iter().collect();
     let scored_refs: Vec<&Scored> = scored.iter().collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let positions = lm::draw_positions(&mut rng, &scored_refs, 64);
+    let positions = bpb::draw_positions(&mut rng, &scored_refs, 64);
     for vocab in [256usize, 8192] {
         let next_out = record_next(&doc_refs, &scored_refs, &positions, vocab);
         println!("vocab {vocab}: next output {} bytes", next_out.len());
@@ -129,19 +129,20 @@ fn bench(c: &mut Criterion) {
             &format!("verify harness side, 200 KB / {tokens} tokens, K=64, vocab {vocab}"),
             |b| {
                 b.iter(|| {
-                    let input = lm::score_input(
+                    let input = bpb::score_input(
                         id_refs
                             .iter()
                             .copied()
                             .zip(docs.iter().map(|d| d.bytes.as_slice())),
                     );
-                    let parsed = lm::parse_score("score", &score_out, &id_refs, &doc_refs).unwrap();
+                    let parsed =
+                        bpb::parse_score("score", &score_out, &id_refs, &doc_refs).unwrap();
                     let refs: Vec<&Scored> = parsed.iter().collect();
                     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-                    let pos = lm::draw_positions(&mut rng, &refs, 64);
-                    let next_in = lm::next_input(&pos, &doc_refs, &refs);
-                    let checks = lm::check_next(&next_out, &pos, &doc_refs, &refs).unwrap();
-                    let v = lm::summarise(&doc_refs, &refs, &[], &[], checks, vec![]);
+                    let pos = bpb::draw_positions(&mut rng, &refs, 64);
+                    let next_in = bpb::next_input(&pos, &doc_refs, &refs);
+                    let checks = bpb::check_next(&next_out, &pos, &doc_refs, &refs).unwrap();
+                    let v = bpb::summarise(&doc_refs, &refs, &[], &[], checks, vec![]);
                     (input.len(), next_in.len(), v.bpb)
                 })
             },

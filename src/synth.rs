@@ -3,7 +3,7 @@
 //! [`write_run`] records events through the real [`EventLog`] (so the hash chain verifies), commits a
 //! small workspace through [`WorkspaceHistory`] after every step that changes it, keeps long outputs in
 //! `outputs/` through [`OutputStore`] exactly as the runner cuts them (head + tail inline), and writes
-//! `run.json` and `score.json` with levels and the Bootstrap Index from [`crate::scoring`]. Everything
+//! `run.json` and `score.json` with levels and the Bootstrap Index from [`crate::stages::levels`]. Everything
 //! but the event envelopes' `ts` and the commit ids is a pure function of the [`Synth`] spec.
 
 use std::collections::BTreeMap;
@@ -13,9 +13,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::rundir::{self, RunDir, RunMeta, RunScore, RunStatus, StageSummary};
+use crate::config::suite::Budgets;
 use crate::runner::{FULL_OUTPUT, INLINE_OUTPUT};
-use crate::suite::Budgets;
+use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus, StageSummary};
 use crate::trace::{
     round, sha256_hex, EndReason, Event, EventLog, ModelCall, OutputRef, OutputStore, StageScore,
     StepRecord, StepUsage, WorkspaceHistory,
@@ -793,8 +793,8 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
     }
 
     let status = stop_status.unwrap_or(RunStatus::Done);
-    let levels = crate::scoring::levels(&scores, &rescued);
-    let bootstrap_index = round(crate::scoring::bootstrap_index(&scores), 4);
+    let levels = crate::stages::levels::levels(&scores, &rescued);
+    let bootstrap_index = round(crate::stages::levels::bootstrap_index(&scores), 4);
     let run_wall = round(run_wall + 0.4, 3);
     emit(
         &mut log,

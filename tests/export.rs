@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use gptx::export::{export, Format};
-use gptx::rundir::{RunDir, RunStatus};
+use gptx::report::export::{export, Format};
 use gptx::synth::{write_run, Synth};
+use gptx::trace::rundir::{RunDir, RunStatus};
 
 /// Runs a Python snippet with `paths` as `sys.argv[1:]`; its stdout must be JSON.
 fn python(script: &str, paths: &[&Path]) -> serde_json::Value {

@@ -10,9 +10,12 @@ async fn gc_removes_what_dead_runs_left_and_keeps_live_ones() {
     let (docker, image) = common::docker_and_image().await;
     let dead_run = common::test_run_id("gc-dead");
     let live_run = common::test_run_id("gc-live");
-    let mut dead = gptx::engine::labels(&dead_run, "agent");
-    dead.insert(gptx::engine::LABEL_OWNER_PID.into(), "4000000".into()); // above pid_max: never alive
-    let live = gptx::engine::labels(&live_run, "agent");
+    let mut dead = gptx::docker::engine::labels(&dead_run, "agent");
+    dead.insert(
+        gptx::docker::engine::LABEL_OWNER_PID.into(),
+        "4000000".into(),
+    ); // above pid_max: never alive
+    let live = gptx::docker::engine::labels(&live_run, "agent");
     for (run, labels) in [(&dead_run, &dead), (&live_run, &live)] {
         docker
             .create_container(
@@ -45,7 +48,7 @@ async fn gc_removes_what_dead_runs_left_and_keeps_live_ones() {
         .unwrap();
     assert_eq!(common::leftovers(&docker, &dead_run).await, 2);
 
-    let (removed, warnings) = gptx::engine::gc(&docker, false).await.unwrap();
+    let (removed, warnings) = gptx::docker::engine::gc(&docker, false).await.unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     assert!(removed.networks.contains(&format!("gptx-{dead_run}-world")));
     assert_eq!(common::leftovers(&docker, &dead_run).await, 0);

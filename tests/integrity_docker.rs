@@ -531,7 +531,7 @@ async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
     let dir = Path::new(v["dir"].as_str().unwrap());
     assert!(!dir.join("workspace.img").exists());
     assert!(dir.join("workspace/fill").exists());
-    assert!(gptx::quota::mounts_below(runs.path()).is_empty());
+    assert!(gptx::sandbox::quota::mounts_below(runs.path()).is_empty());
     // The full disk is in the ledger.
     assert_eq!(ledger(&v, "disk_full").len(), 1, "the disk limit was hit");
     common::assert_nothing_left(&docker, &v).await;
@@ -607,7 +607,7 @@ async fn mcp_over_http_needs_its_token_and_caps_connections() {
         .count();
     // A connection of the requests above may still hold its place for a moment, so fewer than
     // `cap` may be served; never more.
-    let cap = gptx::mcp::HTTP_CONNECTIONS;
+    let cap = gptx::agent::mcp::HTTP_CONNECTIONS;
     let served = 40 - refused;
     assert!(
         served <= cap && served + 4 >= cap,
@@ -678,7 +678,8 @@ fn verify_catches_edited_scores_and_outputs_and_the_leaderboard_ranks_only_verif
         assert!(String::from_utf8_lossy(&out.stdout).contains("hashes to"));
         std::fs::write(f.path(), kept).unwrap();
     }
-    let boards = gptx::leaderboard::collect(runs.path(), None, &Default::default()).unwrap();
+    let boards =
+        gptx::report::leaderboard::collect(runs.path(), None, &Default::default()).unwrap();
     let b = &boards[0];
     assert_eq!(b.entries.len(), 1, "only the verified run is ranked");
     assert_eq!(b.entries[0].run_id, "20261201-000000-aaaaaa");
@@ -721,7 +722,11 @@ async fn world_names_resolve_without_dns_and_nothing_else_resolves() {
     assert_eq!(lines.next(), Some("unresolved"), "{out}");
     let version = docker.version().await.unwrap().version.unwrap();
     let warned = stderr.contains("CVE-2024-29018") && stderr.contains("192.0.2.53");
-    assert_eq!(warned, gptx::engine::lacks_dns_fix(&version), "{version}");
+    assert_eq!(
+        warned,
+        gptx::docker::engine::lacks_dns_fix(&version),
+        "{version}"
+    );
     common::assert_nothing_left(&docker, &v).await;
 }
 

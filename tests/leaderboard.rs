@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use gptx::leaderboard::{self, Options};
-use gptx::rundir::{write_json_atomic, RunMeta, RunScore, RunStatus, StageSummary};
+use gptx::report::leaderboard::{self, Options};
+use gptx::trace::rundir::{write_json_atomic, RunMeta, RunScore, RunStatus, StageSummary};
 
 const STAGES: [&str; 5] = ["crawl", "tokenize", "train", "eval", "selfhost"];
 

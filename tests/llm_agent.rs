@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gptx::llm::{scripted, LlmAgent, LlmOptions, OpenAi, Price};
+use gptx::agent::llm::{scripted, LlmAgent, LlmOptions, OpenAi, Price};
+use gptx::config::suite::Suite;
 use gptx::runner::Runner;
 use gptx::sandbox::fake::{RecordingSandbox, Reply};
-use gptx::suite::Suite;
 use gptx::trace::{self, EndReason, Event, EventLog, EventSink, Recorder};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -275,7 +275,7 @@ async fn the_anthropic_backend_speaks_tool_use_and_tool_result_blocks() {
     // Messages API paths are under /v1 of the base.
     let base = base.trim_end_matches("/v1").to_string();
     let mut agent = LlmAgent::new(
-        Box::new(gptx::llm::Anthropic::new(
+        Box::new(gptx::agent::llm::Anthropic::new(
             "claude-test",
             &base,
             Some("k".into()),

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use gptx::agent::ScriptAgent;
-use gptx::rundir::RunStatus;
+use gptx::config::suite::Suite;
 use gptx::runner::Runner;
 use gptx::sandbox::fake::{Recorded, RecordingSandbox, Reply};
-use gptx::suite::Suite;
+use gptx::trace::rundir::RunStatus;
 use gptx::trace::{self, EndReason, Event, EventLog, EventSink, Recorder, WorkspaceHistory};
 use tokio_util::sync::CancellationToken;
 

@@ -194,7 +194,7 @@ async fn path_escapes_are_refused_for_read_write_and_download() {
 async fn the_world_network_is_internal_and_leaving_it_leaves_only_loopback() {
     let (docker, _) = common::docker_and_image().await;
     let run = common::test_run_id("worldnet");
-    let net = gptx::engine::create_world_network(&docker, &run, "world")
+    let net = gptx::docker::engine::create_world_network(&docker, &run, "world")
         .await
         .unwrap();
     let net2 = net.clone();

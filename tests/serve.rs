@@ -5,9 +5,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use gptx::rundir::{RunDir, RunStatus};
 use gptx::serve::{serve, AppState};
 use gptx::synth::Synth;
+use gptx::trace::rundir::{RunDir, RunStatus};
 use gptx::trace::{Event, StepRecord, StepUsage};
 use tokio_util::sync::CancellationToken;
 

@@ -1,8 +1,8 @@
 //! `gptx show` on synthetic runs: the run view, one step with its output and diff, colours, errors.
 
-use gptx::rundir::{RunDir, RunStatus};
-use gptx::show::{render_run, render_step};
+use gptx::report::show::{render_run, render_step};
 use gptx::synth::{write_run, Synth};
+use gptx::trace::rundir::{RunDir, RunStatus};
 use gptx::trace::{log::read_events, Event};
 
 /// Commit ids depend on the time of the commit; everything else in a synthetic run is fixed.

@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use gptx::lm::{self, Doc, RejectKind, VerifyPlan};
-use gptx::programs::{DockerPrograms, ScoringLimits};
+use gptx::sandbox::programs::{DockerPrograms, ScoringLimits};
+use gptx::stages::bpb::{self, Doc, RejectKind, VerifyPlan};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -151,7 +151,7 @@ async fn wrong_models_are_rejected_with_their_reason() {
                 program: "./bin/lm".into(),
                 hidden: false,
             };
-            let v = lm::verify(&p, &plan).await;
+            let v = bpb::verify(&p, &plan).await;
             // The read-only workspace kept nothing the program tried to write.
             assert!(
                 !ws.path().join("leak.txt").exists(),
@@ -203,7 +203,7 @@ async fn broken_tokenizers_fail_with_their_reason() {
     let run_id = common::test_run_id("tokverify");
     let mut docs = docs();
     let graded = docs.len();
-    docs.extend(gptx::tokenize::edge_cases());
+    docs.extend(gptx::stages::tokenize::edge_cases());
     let cases: Vec<(&str, u64, &str)> = vec![
         ("honest", 256, ""),
         ("pairs", 65792, ""),
@@ -241,8 +241,15 @@ async fn broken_tokenizers_fail_with_their_reason() {
         async move {
             let ws = workspace("tokenize/tok.py", "tokenize", mode);
             let p = programs(&docker, &run_id, &image, ws.path());
-            let r = gptx::tokenize::grade(&p, &docs, graded, *vocab, Duration::from_secs(8), false)
-                .await;
+            let r = gptx::stages::tokenize::grade(
+                &p,
+                &docs,
+                graded,
+                *vocab,
+                Duration::from_secs(8),
+                false,
+            )
+            .await;
             (mode, expect, r)
         }
     });

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gptx::rundir::{RunDir, RunStatus};
 use gptx::serve::{serve, AppState};
 use gptx::synth::Synth;
+use gptx::trace::rundir::{RunDir, RunStatus};
 use gptx::trace::{Event, StepRecord};
 use tokio_util::sync::CancellationToken;
 

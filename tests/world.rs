@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use gptx::crawl;
-use gptx::suite::Home;
+use gptx::config::suite::Home;
+use gptx::stages::crawl;
 use gptx::world::{self, corpus, generate, World, WorldConfig};
 
 fn home() -> Home {

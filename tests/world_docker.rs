@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use futures_util::StreamExt;
-use gptx::sandbox::docker::DockerSandbox;
+use gptx::docker::sandbox::DockerSandbox;
+use gptx::docker::web::WebServer;
 use gptx::sandbox::Sandbox;
-use gptx::world::web::WebServer;
 
 /// Runs a command in any container; returns (exit code, output).
 async fn docker_exec(docker: &bollard::Docker, id: &str, cmd: Vec<String>) -> (i64, String) {
@@ -81,7 +81,7 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
         .unwrap()
         .0;
     let run_id = common::test_run_id("web");
-    let net = gptx::engine::create_world_network(&docker, &run_id, "world")
+    let net = gptx::docker::engine::create_world_network(&docker, &run_id, "world")
         .await
         .unwrap();
     // A listener on every host address: the sandbox must not reach it.
@@ -100,7 +100,7 @@ async fn web_server_serves_the_world_and_hidden_text_is_nowhere_the_agent_can_re
         .and_then(|c| c.gateway)
         .unwrap_or_default();
     let logs = tempfile::tempdir().unwrap();
-    gptx::session::prepare_workspace(logs.path()).unwrap();
+    gptx::docker::session::prepare_workspace(logs.path()).unwrap();
     let ws = tempfile::tempdir().unwrap();
     let mut spec = common::spec(&run_id, &image, ws.path());
     spec.network = Some(net.clone());

@@ -3,9 +3,10 @@
 //! [`docker::DockerSandbox`] is the real one (bollard, a long-lived supervisor inside the container);
 //! [`fake::RecordingSandbox`] records calls and answers from a script, for unit tests of the runner.
 
-pub mod docker;
 pub mod fake;
 pub mod paths;
+pub mod programs;
+pub mod quota;
 
 use std::path::Path;
 

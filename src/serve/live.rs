@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::index::Kind;
 use super::{blocking, canonical_id, lock, pages, AppState, Ctx, PageError};
-use crate::rundir::{self, RunDir, RunMeta, RunStatus};
+use crate::trace::rundir::{self, RunDir, RunMeta, RunStatus};
 
 /// How often a stream looks at the trace.
 const POLL: Duration = Duration::from_millis(400);

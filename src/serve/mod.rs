@@ -25,8 +25,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
-use crate::rundir::RunDir;
-use crate::suite::Home;
+use crate::config::suite::Home;
+use crate::trace::rundir::RunDir;
 use index::TraceIndex;
 
 /// How long connections may take to close after shutdown was asked for.
@@ -79,7 +79,7 @@ impl AppState {
             return Ok(dir);
         }
         // A unique prefix of a run id names the run, as on the command line.
-        match plain.then(|| crate::rundir::find_run(&self.runs_dir, id)) {
+        match plain.then(|| crate::trace::rundir::find_run(&self.runs_dir, id)) {
             Some(Ok(dir)) => Ok(dir),
             Some(Err(e)) if e.to_string().contains("give more of the id") => {
                 Err(PageError::not_found("No such run", e.to_string()))
@@ -493,14 +493,14 @@ async fn leaderboard_page(
         .filter(|s| !s.is_empty());
     let app = ctx.app.clone();
     blocking(move || {
-        let opts = crate::leaderboard::Options {
+        let opts = crate::report::leaderboard::Options {
             suite,
             resamples: 2000,
         };
-        let boards =
-            crate::leaderboard::collect(&app.runs_dir, app.home.as_ref(), &opts).map_err(|e| {
-                PageError::internal("The leaderboard could not be built", e.to_string())
-            })?;
+        let boards = crate::report::leaderboard::collect(&app.runs_dir, app.home.as_ref(), &opts)
+            .map_err(|e| {
+            PageError::internal("The leaderboard could not be built", e.to_string())
+        })?;
         let suites = view::runs(&app.runs_dir, &view::Filter::default()).suites;
         Ok(Html(pages::leaderboard(
             &boards,

@@ -9,7 +9,7 @@ use super::html::{self, bytes, esc, facts, ms, page, secs, status_pill, url, Nav
 use super::index::{StepSummary, PAGE_SIZE};
 use super::view::{OutputView, RunList, RunView, StageRow, StepView};
 use super::PageError;
-use crate::suite::Budgets;
+use crate::config::suite::Budgets;
 
 pub fn error_page(e: &PageError) -> String {
     let body = format!(
@@ -446,7 +446,7 @@ pub fn summary(v: &RunView) -> String {
 
 /// The bpb ladder chart, inline.
 fn ladder_svg(title: &str, baselines: &[(String, f64)], points: &[(String, f64)]) -> String {
-    let svg = crate::charts::bpb_ladder(title, baselines, points);
+    let svg = crate::report::charts::bpb_ladder(title, baselines, points);
     // Inline SVG in HTML takes no XML declaration or doctype.
     let start = svg.find("<svg").unwrap_or(0);
     svg[start..].to_string()
@@ -1056,9 +1056,9 @@ pub fn step_page(v: &StepView) -> String {
     page(&format!("Step {} of {}", r.step, v.id), Nav::Runs, &b)
 }
 
-/// The leaderboard page: `crate::leaderboard`'s tables and charts inside the viewer's frame.
+/// The leaderboard page: `crate::report::leaderboard`'s tables and charts inside the viewer's frame.
 pub fn leaderboard(
-    boards: &[crate::leaderboard::Board],
+    boards: &[crate::report::leaderboard::Board],
     suites: &[String],
     suite: Option<&str>,
 ) -> String {
@@ -1070,7 +1070,7 @@ pub fn leaderboard(
         ));
     }
     b.push_str("<div class=\"leaderboard\">");
-    b.push_str(&crate::leaderboard::html_body(boards, true));
+    b.push_str(&crate::report::leaderboard::html_body(boards, true));
     b.push_str("</div>");
     page("Leaderboard", Nav::Leaderboard, &b)
 }

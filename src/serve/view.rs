@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::index::{Counts, LineRef, Problem, StepSummary, PAGE_SIZE};
 use super::{lock, AppState, PageError};
-use crate::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
-use crate::suite::Budgets;
+use crate::config::suite::Budgets;
 use crate::trace::history::{commit_diff, CommitDiff};
+use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
 use crate::trace::{EndReason, Event, StepRecord};
 
 /// Bytes of one output stream shown on a step page (the rest is a link away).

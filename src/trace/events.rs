@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::suite::Budgets;
+use crate::config::suite::Budgets;
 
 /// Why a stage ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,7 +260,7 @@ pub enum Event {
     /// selection and copy, forged or malformed supervisor lines).
     Integrity(IntegrityNote),
     RunFinished {
-        status: crate::rundir::RunStatus,
+        status: crate::trace::rundir::RunStatus,
         level: String,
         bootstrap_index: f64,
         wall_seconds: f64,

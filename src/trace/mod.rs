@@ -1,8 +1,10 @@
 //! The run's record: typed events, the hash-chained `events.jsonl`, full outputs, and workspace history.
 
+pub mod audit;
 pub mod events;
 pub mod history;
 pub mod log;
+pub mod rundir;
 
 pub use events::{
     round, EndReason, Event, IntegrityNote, ModelCall, OutputRef, StageScore, StepRecord, StepUsage,

@@ -15,7 +15,6 @@ pub mod baselines;
 pub mod corpus;
 pub mod generate;
 pub mod html;
-pub mod web;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,7 +24,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::suite::Home;
+use crate::config::suite::Home;
 pub use baselines::Baselines;
 
 /// Bumped by hand when the meaning of a world changes in a way the source hash would miss.
@@ -140,7 +139,7 @@ impl WorldConfig {
             return Err(WorldError::NotFound {
                 name: name.into(),
                 path: path.display().to_string(),
-                available: crate::suite::toml_names(&dir).join(", "),
+                available: crate::config::suite::toml_names(&dir).join(", "),
             });
         }
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
@@ -352,7 +351,7 @@ pub fn ensure(
     let key = cache_key(&cfg_text, &corpus_raw, &ood_raw, seed, &server);
     let root = home.cache().join("worlds");
     // The hidden documents are here: root alone may look (external agents run as another user).
-    crate::rundir::make_private(&root).map_err(io(&root))?;
+    crate::trace::rundir::make_private(&root).map_err(io(&root))?;
     let out = root.join(format!("{name}-s{seed}-{key}"));
     if out.join("manifest.json").exists() {
         if let Ok(w) = World::load(&out) {

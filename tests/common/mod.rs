@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bollard::Docker;
-use gptx::sandbox::docker::{DockerSandbox, DockerSandboxSpec};
-use gptx::suite::Home;
+use gptx::config::suite::Home;
+use gptx::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
 
 pub fn home() -> Home {
     Home::locate().expect("gptx home (tasks/suites) from the crate root")
@@ -15,10 +15,10 @@ pub fn home() -> Home {
 
 /// The engine and the `base` image tag, building the image on first use (needs root and debootstrap).
 pub async fn docker_and_image() -> (Docker, String) {
-    let docker = gptx::engine::connect()
+    let docker = gptx::docker::engine::connect()
         .await
         .expect("a running Docker engine");
-    let built = gptx::images::build(&docker, &home(), "base", false, true)
+    let built = gptx::docker::images::build(&docker, &home(), "base", false, true)
         .await
         .expect("the base image (built on first use: needs root and debootstrap)");
     (docker, built.tag)
@@ -65,7 +65,7 @@ pub async fn leftovers(docker: &Docker, run_id: &str) -> usize {
 }
 
 pub fn spec(run_id: &str, image: &str, ws: &Path) -> DockerSandboxSpec {
-    gptx::session::prepare_workspace(ws).unwrap();
+    gptx::docker::session::prepare_workspace(ws).unwrap();
     DockerSandboxSpec {
         run_id: run_id.to_string(),
         role: "agent".into(),
@@ -197,7 +197,7 @@ pub fn synth_run(
     runs: &Path,
     id: &str,
     f: impl FnOnce(&mut gptx::synth::Synth),
-) -> gptx::rundir::RunDir {
+) -> gptx::trace::rundir::RunDir {
     let mut s = gptx::synth::Synth {
         run_id: id.into(),
         ..Default::default()
@@ -207,7 +207,7 @@ pub fn synth_run(
 }
 
 /// Appends events to a run's trace, chained to its last line as the recorder would.
-pub fn append_events(dir: &gptx::rundir::RunDir, events: &[gptx::trace::Event]) {
+pub fn append_events(dir: &gptx::trace::rundir::RunDir, events: &[gptx::trace::Event]) {
     let mut log = gptx::trace::EventLog::open_existing(&dir.events()).unwrap();
     for e in events {
         log.append(e).unwrap();

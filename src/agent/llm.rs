@@ -1,0 +1,983 @@
+//! LLM agents: the shared tool loop (conversation, shortened tool outputs, context budget, retries with backoff, tokens and cost) and the OpenAI-compatible chat-completions backend.
+//!
+//! The loop is backend-neutral: it keeps the conversation as [`Msg`]s and asks a [`ChatBackend`] for
+//! the next reply. Each request becomes a [`ModelCall`] (tokens, latency, cost from
+//! `tasks/prices.toml`); the runner turns them into `model_call` events and enforces `max_tokens` and
+//! `max_cost_usd` from [`Agent::usage`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::agent::tools::{RawCall, ToolError};
+use crate::agent::{Agent, AgentError, StageTask, Turn};
+use crate::trace::ModelCall;
+
+/// Knobs of the loop, from the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmOptions {
+    pub temperature: Option<f64>,
+    pub max_output_tokens: u64,
+    /// The conversation is kept under this many tokens (estimated at 4 characters a token) by
+    /// eliding the oldest tool outputs.
+    pub context_tokens: u64,
+    /// Characters of one tool result the model sees (head and tail); the trace keeps it whole.
+    pub tool_output_chars: usize,
+    /// Tries of one request on 429, 5xx, timeouts and unreadable replies.
+    pub attempts: u32,
+    /// Wait before the first retry; doubled each time.
+    pub backoff: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for LlmOptions {
+    fn default() -> Self {
+        Self {
+            temperature: None,
+            max_output_tokens: 4096,
+            context_tokens: 100_000,
+            tool_output_chars: 8000,
+            attempts: 4,
+            backoff: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, input: u64, output: u64) -> f64 {
+        (input as f64 * self.input_per_mtok + output as f64 * self.output_per_mtok) / 1e6
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFile {
+    #[serde(default)]
+    models: BTreeMap<String, Price>,
+}
+
+/// Reads a price table (`[models."<name>"] input_per_mtok, output_per_mtok`); errors name the file.
+pub fn load_prices(path: &Path) -> Result<BTreeMap<String, Price>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f: PriceFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(f.models)
+}
+
+/// The price of a model: its exact name, else the longest listed name it starts with (dated
+/// snapshots such as `gpt-4o-2024-08-06` take `gpt-4o`'s price).
+pub fn price_of(prices: &BTreeMap<String, Price>, model: &str) -> Option<Price> {
+    prices.get(model).copied().or_else(|| {
+        prices
+            .iter()
+            .filter(|(k, _)| model.starts_with(k.as_str()))
+            .max_by_key(|(k, _)| k.len())
+            .map(|(_, p)| *p)
+    })
+}
+
+/// One tool call the model asked for. `arguments` is what the server sent: a JSON string (as the
+/// OpenAI API does) or an object (as some servers do).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolUse {
+    pub id: String,
+    pub name: String,
+    pub arguments: Value,
+}
+
+/// The conversation, backend-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg {
+    System(String),
+    User(String),
+    Assistant {
+        text: Option<String>,
+        calls: Vec<ToolUse>,
+    },
+    Tool {
+        id: String,
+        content: String,
+    },
+}
+
+impl Msg {
+    fn chars(&self) -> usize {
+        match self {
+            Msg::System(s) | Msg::User(s) => s.len(),
+            Msg::Assistant { text, calls } => {
+                text.as_ref().map_or(0, String::len)
+                    + calls
+                        .iter()
+                        .map(|c| c.arguments.to_string().len() + c.name.len())
+                        .sum::<usize>()
+            }
+            Msg::Tool { content, .. } => content.len(),
+        }
+    }
+}
+
+/// A model's reply.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatReply {
+    pub text: Option<String>,
+    pub calls: Vec<ToolUse>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    /// Worth another try: 429, 5xx, a timeout, a reply that could not be read.
+    #[error("{0}")]
+    Retry(String),
+    /// Another try would fail the same way: a 4xx other than 429.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A chat API with tool calling.
+#[async_trait]
+pub trait ChatBackend: Send + Sync {
+    /// `openai:<model>`.
+    fn spec(&self) -> String;
+    async fn chat(
+        &self,
+        msgs: &[Msg],
+        tools: &[Value],
+        opts: &LlmOptions,
+    ) -> Result<ChatReply, ChatError>;
+}
+
+/// What the model is told to do when it answers with text and no tool call (once per stage).
+pub const NUDGE: &str = "You answered without calling a tool. Act only through the tools: call one now, or `submit` if the stage is done.";
+
+const ELIDED: &str = "[elided by gptx to keep the conversation within its context budget; the full output is in the trace]";
+
+/// The system prompt: the goal, the tools, how budgets work.
+pub fn system_prompt() -> String {
+    "You are an agent taking gptx, a benchmark of building a language model by yourself. Your goal is to build a language model. \
+The work goes in stages (crawl, tokenize, train, eval, selfhost); each stage's instruction says what to produce. \
+You act only through the tools: bash, read_file, write_file (paths relative to /workspace), check (validates your work on visible data) and submit (ends the stage; it is then graded on hidden data). \
+Commands run in a sandbox with limited CPU, memory and time; each stage has budgets of tool calls, command time, wall time and tokens, stated in its instruction. \
+Long tool outputs are shortened for you (head and tail). Work step by step, check before you submit.".into()
+}
+
+/// `text` cut to `max` characters: head and tail with a marker.
+pub fn shorten(text: &str, max: usize) -> String {
+    let n = text.chars().count();
+    if n <= max {
+        return text.to_string();
+    }
+    let half = max / 2;
+    let head: String = text.chars().take(half).collect();
+    let tail: String = text.chars().skip(n - half).collect();
+    format!(
+        "{head}\n[... {} characters omitted by gptx ...]\n{tail}",
+        n - 2 * half
+    )
+}
+
+/// Elides the oldest tool outputs until the conversation is estimated under `budget` tokens.
+pub fn fit_context(msgs: &mut [Msg], budget: u64) {
+    let mut chars: usize = msgs.iter().map(Msg::chars).sum();
+    let limit = (budget as usize).saturating_mul(4);
+    for m in msgs.iter_mut() {
+        if chars <= limit {
+            break;
+        }
+        if let Msg::Tool { content, .. } = m {
+            if content != ELIDED && content.len() > ELIDED.len() {
+                chars -= content.len() - ELIDED.len();
+                *content = ELIDED.to_string();
+            }
+        }
+    }
+}
+
+/// The tool call the runner gets for a [`ToolUse`]: arguments as an object, or refused with the reason.
+pub fn raw_call(u: &ToolUse) -> RawCall {
+    let parsed = match &u.arguments {
+        Value::String(s) if s.trim().is_empty() => Ok(json!({})),
+        Value::String(s) => serde_json::from_str::<Value>(s).map_err(|e| e.to_string()),
+        Value::Null => Ok(json!({})),
+        other => Ok(other.clone()),
+    };
+    match parsed {
+        Ok(v @ Value::Object(_)) => RawCall::new(&u.name, v),
+        Ok(v) => RawCall {
+            tool: u.name.clone(),
+            args: json!({"arguments": v}),
+            invalid: Some(format!("the arguments of {} must be a JSON object", u.name)),
+        },
+        Err(e) => RawCall {
+            tool: u.name.clone(),
+            args: json!({"arguments": u.arguments}),
+            invalid: Some(format!(
+                "the arguments of {} are not valid JSON ({e})",
+                u.name
+            )),
+        },
+    }
+}
+
+/// An agent driven by a chat model through [`ChatBackend`].
+pub struct LlmAgent {
+    backend: Box<dyn ChatBackend>,
+    opts: LlmOptions,
+    price: Option<Price>,
+    msgs: Vec<Msg>,
+    tools: Vec<Value>,
+    queue: VecDeque<ToolUse>,
+    /// The call whose result is owed.
+    current: Option<String>,
+    nudged: bool,
+    stage_tokens: u64,
+    stage_cost: f64,
+    calls: Vec<ModelCall>,
+}
+
+impl LlmAgent {
+    pub fn new(backend: Box<dyn ChatBackend>, opts: LlmOptions, price: Option<Price>) -> Self {
+        Self {
+            backend,
+            opts,
+            price,
+            msgs: Vec::new(),
+            tools: Vec::new(),
+            queue: VecDeque::new(),
+            current: None,
+            nudged: false,
+            stage_tokens: 0,
+            stage_cost: 0.0,
+            calls: Vec::new(),
+        }
+    }
+
+    /// Every tool call of the last reply gets an answer, even those that did not run.
+    fn answer_unrun(&mut self, why: &str) {
+        let ids: Vec<String> = self
+            .current
+            .take()
+            .into_iter()
+            .chain(self.queue.drain(..).map(|u| u.id))
+            .collect();
+        for id in ids {
+            self.msgs.push(Msg::Tool {
+                id,
+                content: json!({"ok": false, "error": {"code": "not_run", "message": why}})
+                    .to_string(),
+            });
+        }
+    }
+
+    async fn ask(&mut self) -> Result<ChatReply, AgentError> {
+        fit_context(&mut self.msgs, self.opts.context_tokens);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let t0 = Instant::now();
+            let res = self.backend.chat(&self.msgs, &self.tools, &self.opts).await;
+            let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            match res {
+                Ok(r) => {
+                    let cost = self.price.map(|p| p.cost(r.input_tokens, r.output_tokens));
+                    self.stage_tokens += r.input_tokens + r.output_tokens;
+                    self.stage_cost += cost.unwrap_or(0.0);
+                    self.calls.push(ModelCall {
+                        model: self.backend.spec(),
+                        input_tokens: r.input_tokens,
+                        output_tokens: r.output_tokens,
+                        latency_ms,
+                        cost_usd: cost,
+                        attempt,
+                        error: None,
+                    });
+                    return Ok(r);
+                }
+                Err(e) => {
+                    self.calls.push(ModelCall {
+                        model: self.backend.spec(),
+                        input_tokens: 0,
+                        output_tokens: 0,
+                        latency_ms,
+                        cost_usd: self.price.map(|_| 0.0),
+                        attempt,
+                        error: Some(e.to_string()),
+                    });
+                    let retry = matches!(e, ChatError::Retry(_)) && attempt < self.opts.attempts;
+                    if !retry {
+                        return Err(AgentError {
+                            agent: self.backend.spec(),
+                            message: format!(
+                                "the model request failed after {attempt} attempt(s): {e}"
+                            ),
+                        });
+                    }
+                    tokio::time::sleep(self.opts.backoff * 2u32.pow(attempt - 1)).await;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Agent for LlmAgent {
+    fn spec(&self) -> String {
+        self.backend.spec()
+    }
+
+    async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError> {
+        self.answer_unrun("the stage ended before this call ran");
+        if self.msgs.is_empty() {
+            self.msgs.push(Msg::System(system_prompt()));
+        }
+        self.tools = task.tools.clone();
+        self.nudged = false;
+        self.stage_tokens = 0;
+        self.stage_cost = 0.0;
+        let l = &task.limits;
+        let mut limits = format!(
+            "Budgets of this stage: {} tool calls, {:.0} s of command time, {:.0} s in all, {:.0} s per bash call",
+            l.max_steps, l.max_sandbox_seconds, l.max_wall_seconds, l.max_step_seconds
+        );
+        if let Some(t) = l.max_tokens {
+            limits.push_str(&format!(", {t} model tokens"));
+        }
+        if let Some(c) = l.max_cost_usd {
+            limits.push_str(&format!(", ${c:.2} of model use"));
+        }
+        self.msgs.push(Msg::User(format!(
+            "{}\n\n{limits}.",
+            task.instruction.trim_end()
+        )));
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Turn, AgentError> {
+        loop {
+            if let Some(u) = self.queue.pop_front() {
+                let call = raw_call(&u);
+                self.current = Some(u.id);
+                return Ok(Turn::Call(call));
+            }
+            let reply = self.ask().await?;
+            self.msgs.push(Msg::Assistant {
+                text: reply.text.clone(),
+                calls: reply.calls.clone(),
+            });
+            if reply.calls.is_empty() {
+                if self.nudged {
+                    return Ok(Turn::Finished);
+                }
+                self.nudged = true;
+                self.msgs.push(Msg::User(NUDGE.into()));
+                continue;
+            }
+            self.queue.extend(reply.calls);
+        }
+    }
+
+    async fn observe(
+        &mut self,
+        _call: &RawCall,
+        result: &Result<Value, ToolError>,
+    ) -> Result<(), AgentError> {
+        let Some(id) = self.current.take() else {
+            return Ok(());
+        };
+        let content = match result {
+            Ok(v) => json!({"ok": true, "output": v}),
+            Err(e) => json!({"ok": false, "error": {"code": e.code, "message": e.message}}),
+        };
+        self.msgs.push(Msg::Tool {
+            id,
+            content: shorten(&content.to_string(), self.opts.tool_output_chars),
+        });
+        Ok(())
+    }
+
+    async fn stopped(&mut self, reason: &str) {
+        self.answer_unrun(&format!("the stage ended: budget {reason} ran out"));
+    }
+
+    fn take_model_calls(&mut self) -> Vec<ModelCall> {
+        std::mem::take(&mut self.calls)
+    }
+
+    fn usage(&self) -> Option<(u64, Option<f64>)> {
+        Some((self.stage_tokens, self.price.map(|_| self.stage_cost)))
+    }
+}
+
+/// Where a chat API is and how to reach it.
+struct Endpoint {
+    client: reqwest::Client,
+    base: String,
+    key: Option<String>,
+    model: String,
+}
+
+impl Endpoint {
+    fn new(model: &str, base: &str, key: Option<String>) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            key,
+            model: model.into(),
+        }
+    }
+
+    /// The base URL and key from the environment (`<base_var>`, else `default`; `<key_var>`).
+    fn from_env(model: &str, base_var: &str, default: &str, key_var: &str) -> Self {
+        Self::new(
+            model,
+            &std::env::var(base_var).unwrap_or_else(|_| default.into()),
+            std::env::var(key_var).ok(),
+        )
+    }
+}
+
+impl Endpoint {
+    /// POSTs `body` (plus the model, `max_tokens` and the temperature) to `<base><path>` and reads
+    /// the JSON reply.
+    async fn post(
+        &self,
+        path: &str,
+        mut body: Value,
+        opts: &LlmOptions,
+        headers: &[(&str, String)],
+    ) -> Result<Value, ChatError> {
+        body["model"] = json!(self.model);
+        body["max_tokens"] = json!(opts.max_output_tokens);
+        if let Some(t) = opts.temperature {
+            body["temperature"] = json!(t);
+        }
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .timeout(opts.request_timeout)
+            .json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        send(req, &self.base).await
+    }
+}
+
+/// A count from a reply's `usage` object (0 when the server sent none).
+fn usage(v: &Value, key: &str) -> u64 {
+    v.get("usage")
+        .and_then(|u| u.get(key))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp's server, Ollama, ...).
+pub struct OpenAi(Endpoint);
+
+impl OpenAi {
+    /// `OPENAI_BASE_URL` (default `https://api.openai.com/v1`) and `OPENAI_API_KEY`.
+    pub fn from_env(model: &str) -> Self {
+        Self(Endpoint::from_env(
+            model,
+            "OPENAI_BASE_URL",
+            "https://api.openai.com/v1",
+            "OPENAI_API_KEY",
+        ))
+    }
+
+    pub fn new(model: &str, base: &str, key: Option<String>) -> Self {
+        Self(Endpoint::new(model, base, key))
+    }
+}
+
+/// The conversation as chat-completions messages.
+pub fn openai_messages(msgs: &[Msg]) -> Vec<Value> {
+    msgs.iter()
+        .map(|m| match m {
+            Msg::System(s) => json!({"role": "system", "content": s}),
+            Msg::User(s) => json!({"role": "user", "content": s}),
+            Msg::Assistant { text, calls } => {
+                let mut v = json!({"role": "assistant", "content": text});
+                if !calls.is_empty() {
+                    v["tool_calls"] = calls
+                        .iter()
+                        .map(|c| {
+                            let args = match &c.arguments {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            json!({"id": c.id, "type": "function",
+                                   "function": {"name": c.name, "arguments": args}})
+                        })
+                        .collect();
+                }
+                v
+            }
+            Msg::Tool { id, content } => {
+                json!({"role": "tool", "tool_call_id": id, "content": content})
+            }
+        })
+        .collect()
+}
+
+/// Reads a chat-completions reply (pure: unit-tested); ids the server left out are made up.
+pub fn parse_openai(v: &Value) -> Result<ChatReply, String> {
+    let msg = v
+        .pointer("/choices/0/message")
+        .ok_or("the reply has no choices[0].message")?;
+    let text = msg
+        .get("content")
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .map(String::from);
+    let mut calls = Vec::new();
+    if let Some(list) = msg.get("tool_calls").and_then(Value::as_array) {
+        for (i, c) in list.iter().enumerate() {
+            let f = c.get("function").unwrap_or(c);
+            let Some(name) = f.get("name").and_then(Value::as_str) else {
+                return Err(format!("tool_calls[{i}] has no function name"));
+            };
+            let id = c
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .unwrap_or_else(|| format!("call_{:08x}", rand::random::<u32>()));
+            calls.push(ToolUse {
+                id,
+                name: name.into(),
+                arguments: f.get("arguments").cloned().unwrap_or(Value::Null),
+            });
+        }
+    }
+    Ok(ChatReply {
+        text,
+        calls,
+        input_tokens: usage(v, "prompt_tokens"),
+        output_tokens: usage(v, "completion_tokens"),
+    })
+}
+
+#[async_trait]
+impl ChatBackend for OpenAi {
+    fn spec(&self) -> String {
+        format!("openai:{}", self.0.model)
+    }
+
+    async fn chat(
+        &self,
+        msgs: &[Msg],
+        tools: &[Value],
+        opts: &LlmOptions,
+    ) -> Result<ChatReply, ChatError> {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| json!({"type": "function", "function": t}))
+            .collect();
+        let body = json!({"messages": openai_messages(msgs), "tools": tools});
+        let auth = self
+            .0
+            .key
+            .as_ref()
+            .map(|k| ("authorization", format!("Bearer {k}")));
+        let v = self
+            .0
+            .post("/chat/completions", body, opts, auth.as_slice())
+            .await?;
+        parse_openai(&v).map_err(ChatError::Retry)
+    }
+}
+
+/// Anthropic's Messages API with `tool_use` / `tool_result` blocks.
+pub struct Anthropic(Endpoint);
+
+impl Anthropic {
+    /// `ANTHROPIC_BASE_URL` (default `https://api.anthropic.com`) and `ANTHROPIC_API_KEY`.
+    pub fn from_env(model: &str) -> Self {
+        Self(Endpoint::from_env(
+            model,
+            "ANTHROPIC_BASE_URL",
+            "https://api.anthropic.com",
+            "ANTHROPIC_API_KEY",
+        ))
+    }
+
+    pub fn new(model: &str, base: &str, key: Option<String>) -> Self {
+        Self(Endpoint::new(model, base, key))
+    }
+}
+
+/// The conversation as Messages API input: the system prompt apart, tool results as `user` turns
+/// of `tool_result` blocks, consecutive turns of one role merged (the API wants them alternating).
+pub fn anthropic_messages(msgs: &[Msg]) -> (String, Vec<Value>) {
+    let mut system = Vec::new();
+    let mut out: Vec<Value> = Vec::new();
+    let mut push = |role: &str, block: Value| match out.last_mut() {
+        Some(last) if last["role"] == role => {
+            last["content"].as_array_mut().expect("blocks").push(block)
+        }
+        _ => out.push(json!({"role": role, "content": [block]})),
+    };
+    for m in msgs {
+        match m {
+            Msg::System(s) => system.push(s.clone()),
+            Msg::User(s) => push("user", json!({"type": "text", "text": s})),
+            Msg::Assistant { text, calls } => {
+                if let Some(t) = text {
+                    push("assistant", json!({"type": "text", "text": t}));
+                }
+                for c in calls {
+                    let call = raw_call(c);
+                    let input = if call.invalid.is_none() {
+                        call.args
+                    } else {
+                        json!({})
+                    };
+                    push(
+                        "assistant",
+                        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}),
+                    );
+                }
+            }
+            Msg::Tool { id, content } => push(
+                "user",
+                json!({"type": "tool_result", "tool_use_id": id, "content": content}),
+            ),
+        }
+    }
+    (system.join("\n\n"), out)
+}
+
+/// Reads a Messages API reply (pure: unit-tested).
+pub fn parse_anthropic(v: &Value) -> Result<ChatReply, String> {
+    let blocks = v
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or("the reply has no content blocks")?;
+    let mut text = Vec::new();
+    let mut calls = Vec::new();
+    for (i, b) in blocks.iter().enumerate() {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => text.push(b["text"].as_str().unwrap_or("").to_string()),
+            Some("tool_use") => {
+                let name = b
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or(format!("content[{i}] (tool_use) has no name"))?;
+                calls.push(ToolUse {
+                    id: b
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                        .unwrap_or_else(|| format!("toolu_{:08x}", rand::random::<u32>())),
+                    name: name.into(),
+                    arguments: b.get("input").cloned().unwrap_or(Value::Null),
+                });
+            }
+            _ => {}
+        }
+    }
+    let text = text.join("\n");
+    Ok(ChatReply {
+        text: (!text.trim().is_empty()).then_some(text),
+        calls,
+        input_tokens: usage(v, "input_tokens"),
+        output_tokens: usage(v, "output_tokens"),
+    })
+}
+
+#[async_trait]
+impl ChatBackend for Anthropic {
+    fn spec(&self) -> String {
+        format!("anthropic:{}", self.0.model)
+    }
+
+    async fn chat(
+        &self,
+        msgs: &[Msg],
+        tools: &[Value],
+        opts: &LlmOptions,
+    ) -> Result<ChatReply, ChatError> {
+        let (system, messages) = anthropic_messages(msgs);
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                json!({"name": t["name"], "description": t["description"],
+                       "input_schema": t["parameters"]})
+            })
+            .collect();
+        let body = json!({"system": system, "messages": messages, "tools": tools});
+        let mut headers = vec![("anthropic-version", "2023-06-01".to_string())];
+        if let Some(k) = &self.0.key {
+            headers.push(("x-api-key", k.clone()));
+        }
+        let v = self.0.post("/v1/messages", body, opts, &headers).await?;
+        parse_anthropic(&v).map_err(ChatError::Retry)
+    }
+}
+
+/// Sends a request and reads a JSON reply; 429, 5xx, transport errors and unreadable replies are
+/// worth a retry, other 4xx are not.
+async fn send(req: reqwest::RequestBuilder, base: &str) -> Result<Value, ChatError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ChatError::Retry(format!("{base}: {e}")))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| ChatError::Retry(format!("reading the reply: {e}")))?;
+    if !status.is_success() {
+        let msg = format!("HTTP {status}: {}", shorten(text.trim(), 300));
+        return Err(if status.as_u16() == 429 || status.is_server_error() {
+            ChatError::Retry(msg)
+        } else {
+            ChatError::Fatal(msg)
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| {
+        ChatError::Retry(format!(
+            "the reply is not JSON ({e}): {}",
+            shorten(&text, 200)
+        ))
+    })
+}
+
+/// A scripted OpenAI- or Anthropic-compatible HTTP server on loopback, for tests and benchmarks:
+/// each request gets the next reply from the script, and every request body is kept.
+pub mod scripted {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The reply to the n-th request (from 0): HTTP status and JSON body.
+    pub type Script = Box<dyn FnMut(usize) -> (u16, Value) + Send>;
+
+    /// Starts the server; returns its base URL (`http://127.0.0.1:<port>/v1`) and the request bodies.
+    pub async fn serve(mut script: Script) -> std::io::Result<(String, Arc<Mutex<Vec<Value>>>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let Some(body) = read_request(&mut sock).await else {
+                    continue;
+                };
+                log.lock()
+                    .expect("request log")
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                let (status, reply) = script(n);
+                n += 1;
+                let reply = reply.to_string();
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            }
+        });
+        Ok((format!("http://{addr}/v1"), seen))
+    }
+
+    /// The body of one HTTP/1.1 request (None when the connection broke first).
+    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        let start = loop {
+            let n = sock.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..start]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < start + len {
+            let n = sock.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(buf[start..start + len].to_vec())
+    }
+
+    /// A script that plays `replies` in order, then answers 500.
+    pub fn replies(replies: Vec<(u16, Value)>) -> Script {
+        let mut it = replies.into_iter();
+        Box::new(move |_| {
+            it.next()
+                .unwrap_or((500, json!({"error": "the script is exhausted"})))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_with_string_or_object_arguments_and_missing_ids() {
+        let v = json!({"choices": [{"message": {"content": null, "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "bash", "arguments": "{\"cmd\": \"ls\"}"}},
+            {"type": "function", "function": {"name": "read_file", "arguments": {"path": "x"}}},
+            {"id": "c", "function": {"name": "write_file", "arguments": "{not json"}}]}}],
+            "usage": {"prompt_tokens": 120, "completion_tokens": 30}});
+        let r = parse_openai(&v).unwrap();
+        assert_eq!((r.input_tokens, r.output_tokens), (120, 30));
+        assert_eq!(r.calls.len(), 3);
+        assert!(r.calls[1].id.starts_with("call_"));
+        assert_eq!(raw_call(&r.calls[0]).args, json!({"cmd": "ls"}));
+        assert_eq!(raw_call(&r.calls[1]).args, json!({"path": "x"}));
+        let bad = raw_call(&r.calls[2]);
+        assert_eq!(bad.tool, "write_file");
+        assert!(bad
+            .invalid
+            .unwrap()
+            .starts_with("the arguments of write_file are not valid JSON"));
+        assert!(parse_openai(&json!({"error": "x"})).is_err());
+    }
+
+    #[test]
+    fn anthropic_turns_alternate_and_tool_results_answer_tool_uses() {
+        let msgs = vec![
+            Msg::System("goal".into()),
+            Msg::User("stage".into()),
+            Msg::Assistant {
+                text: Some("let me look".into()),
+                calls: vec![
+                    ToolUse {
+                        id: "t1".into(),
+                        name: "bash".into(),
+                        arguments: json!("{\"cmd\":\"ls\"}"),
+                    },
+                    ToolUse {
+                        id: "t2".into(),
+                        name: "read_file".into(),
+                        arguments: json!({"path": "a"}),
+                    },
+                ],
+            },
+            Msg::Tool {
+                id: "t1".into(),
+                content: "{}".into(),
+            },
+            Msg::Tool {
+                id: "t2".into(),
+                content: "{}".into(),
+            },
+            Msg::User("nudge".into()),
+        ];
+        let (system, m) = anthropic_messages(&msgs);
+        assert_eq!(system, "goal");
+        let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["user", "assistant", "user"]);
+        assert_eq!(m[1]["content"][1]["input"], json!({"cmd": "ls"}));
+        assert_eq!(m[2]["content"][1]["tool_use_id"], "t2");
+        assert_eq!(m[2]["content"][2]["text"], "nudge");
+        let r = parse_anthropic(&json!({"content": [
+            {"type": "text", "text": "ok"},
+            {"type": "tool_use", "id": "x", "name": "submit", "input": {}}],
+            "usage": {"input_tokens": 7, "output_tokens": 3}}))
+        .unwrap();
+        assert_eq!(
+            (r.text.as_deref(), r.calls.len(), r.input_tokens),
+            (Some("ok"), 1, 7)
+        );
+    }
+
+    #[test]
+    fn messages_round_trip_into_the_chat_format() {
+        let msgs = vec![
+            Msg::System("s".into()),
+            Msg::Assistant {
+                text: None,
+                calls: vec![ToolUse {
+                    id: "1".into(),
+                    name: "bash".into(),
+                    arguments: json!({"cmd": "ls"}),
+                }],
+            },
+            Msg::Tool {
+                id: "1".into(),
+                content: "{}".into(),
+            },
+        ];
+        let v = openai_messages(&msgs);
+        assert_eq!(
+            v[1]["tool_calls"][0]["function"]["arguments"],
+            "{\"cmd\":\"ls\"}"
+        );
+        assert_eq!(v[2]["tool_call_id"], "1");
+    }
+
+    #[test]
+    fn shortening_and_the_context_budget() {
+        let s = shorten(&"a".repeat(50).to_string(), 10);
+        assert!(s.starts_with("aaaaa\n[... 40 characters omitted"));
+        let mut msgs = vec![
+            Msg::System("x".repeat(40)),
+            Msg::Tool {
+                id: "1".into(),
+                content: "y".repeat(4000),
+            },
+            Msg::Tool {
+                id: "2".into(),
+                content: "z".repeat(4000),
+            },
+        ];
+        fit_context(&mut msgs, 1500); // 6000 characters
+        assert!(matches!(&msgs[1], Msg::Tool { content, .. } if content == ELIDED));
+        assert!(matches!(&msgs[2], Msg::Tool { content, .. } if content.len() == 4000));
+    }
+
+    #[test]
+    fn prices_match_exact_names_then_the_longest_prefix() {
+        let p = BTreeMap::from([
+            (
+                "gpt-4o".to_string(),
+                Price {
+                    input_per_mtok: 2.5,
+                    output_per_mtok: 10.0,
+                },
+            ),
+            (
+                "gpt-4o-mini".to_string(),
+                Price {
+                    input_per_mtok: 0.15,
+                    output_per_mtok: 0.6,
+                },
+            ),
+        ]);
+        assert_eq!(
+            price_of(&p, "gpt-4o-mini-2024-07-18")
+                .unwrap()
+                .input_per_mtok,
+            0.15
+        );
+        assert_eq!(
+            price_of(&p, "gpt-4o-2024-08-06").unwrap().input_per_mtok,
+            2.5
+        );
+        assert_eq!(price_of(&p, "llama3"), None);
+        assert!((p["gpt-4o"].cost(1_000_000, 100_000) - 3.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,501 @@
+//! The agent seam: the `Agent` trait the runner drives, agent specs, and the built-in `null`, `reference` and `script:` agents.
+
+pub mod exec;
+pub mod llm;
+pub mod mcp;
+pub mod tools;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::agent::tools::{RawCall, ToolError};
+use crate::config::suite::Budgets;
+
+/// What a stage hands the agent.
+#[derive(Debug, Clone)]
+pub struct StageTask {
+    pub stage: String,
+    pub index: usize,
+    pub instruction: String,
+    pub tools: Vec<Value>,
+    pub limits: Budgets,
+}
+
+/// What the agent is told when the run is over: its level and index, and per stage whether it
+/// passed and, if not, why in words that give nothing hidden away ([`crate::trace::StageScore::told`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Verdict {
+    pub level: String,
+    pub bootstrap_index: f64,
+    pub stages: Vec<StageVerdict>,
+}
+
+/// One stage of a [`Verdict`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageVerdict {
+    pub stage: String,
+    pub passed: bool,
+    /// The grade's status (`scored`, `failed`, `rejected`...), or `not scored`.
+    pub status: String,
+    /// What ended the stage (`submit`, `max_steps`...).
+    pub ended_by: crate::trace::EndReason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Verdict {
+    /// `passed: crawl, tokenize; failed: train (why)`, for agents that read text.
+    pub fn summary(&self) -> String {
+        let passed: Vec<&str> = self
+            .stages
+            .iter()
+            .filter(|s| s.passed)
+            .map(|s| s.stage.as_str())
+            .collect();
+        let failed: Vec<String> = self
+            .stages
+            .iter()
+            .filter(|s| !s.passed)
+            .map(|s| match &s.reason {
+                Some(r) => format!("{} ({r})", s.stage),
+                None => s.stage.clone(),
+            })
+            .collect();
+        let mut parts = Vec::new();
+        if !passed.is_empty() {
+            parts.push(format!("passed: {}", passed.join(", ")));
+        }
+        if !failed.is_empty() {
+            parts.push(format!("not passed: {}", failed.join("; ")));
+        }
+        parts.join(". ")
+    }
+}
+
+/// The agent's move.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Turn {
+    Call(RawCall),
+    /// The agent has nothing more to do in this stage.
+    Finished,
+}
+
+/// An agent that could not go on (a crashed process, an API that keeps failing).
+#[derive(Debug, thiserror::Error)]
+#[error("agent {agent}: {message}")]
+pub struct AgentError {
+    pub agent: String,
+    pub message: String,
+}
+
+/// A participant. The runner calls `begin_stage`, then alternates `next` and `observe` until the stage ends.
+#[async_trait]
+pub trait Agent: Send {
+    /// The spec it was made from (`null`, `script:path`), as recorded in the run.
+    fn spec(&self) -> String;
+    async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError>;
+    async fn next(&mut self) -> Result<Turn, AgentError>;
+    /// The result of the agent's last call (scripted agents ignore it).
+    async fn observe(
+        &mut self,
+        _call: &RawCall,
+        _result: &Result<Value, ToolError>,
+    ) -> Result<(), AgentError> {
+        Ok(())
+    }
+    /// A budget ended the stage before the agent submitted.
+    async fn stopped(&mut self, _reason: &str) {}
+    /// The run is over.
+    async fn done(&mut self, _verdict: &Verdict) {}
+    /// What the agent logged since the last call (an external agent's stderr), for the trace.
+    fn take_log(&mut self) -> Option<String> {
+        None
+    }
+    /// The model requests made since the last call (LLM agents), for `model_call` events.
+    fn take_model_calls(&mut self) -> Vec<crate::trace::ModelCall> {
+        Vec::new()
+    }
+    /// Tokens and cost (None: unknown price) used in the current stage (LLM agents), for the
+    /// `max_tokens` and `max_cost_usd` budgets.
+    fn usage(&self) -> Option<(u64, Option<f64>)> {
+        None
+    }
+}
+
+/// A parsed `--agent` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSpec {
+    Null,
+    Script(PathBuf),
+    /// The reference solutions; `Some(stages)` plays only those and submits the rest at once (the
+    /// partial agents of the tests: `reference:crawl` crawls and nothing else).
+    Reference(Option<Vec<String>>),
+    /// An external program speaking SPEC §8's JSON lines (`exec:<command>`, run with `sh -c`).
+    Exec(String),
+    /// A model behind an OpenAI-compatible chat-completions API (`openai:<model>`).
+    OpenAi(String),
+    /// A model behind Anthropic's Messages API (`anthropic:<model>`).
+    Anthropic(String),
+}
+
+impl std::str::FromStr for AgentSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "null" {
+            return Ok(Self::Null);
+        }
+        if s == "reference" {
+            return Ok(Self::Reference(None));
+        }
+        if let Some(model) = s.strip_prefix("openai:") {
+            if model.trim().is_empty() {
+                return Err("openai: needs a model, e.g. openai:gpt-4o".into());
+            }
+            return Ok(Self::OpenAi(model.to_string()));
+        }
+        if let Some(model) = s.strip_prefix("anthropic:") {
+            if model.trim().is_empty() {
+                return Err("anthropic: needs a model, e.g. anthropic:claude-sonnet-4-5".into());
+            }
+            return Ok(Self::Anthropic(model.to_string()));
+        }
+        if let Some(cmd) = s.strip_prefix("exec:") {
+            if cmd.trim().is_empty() {
+                return Err(
+                    "exec: needs a command, e.g. exec:python3 tasks/agents/example_agent.py".into(),
+                );
+            }
+            return Ok(Self::Exec(cmd.to_string()));
+        }
+        if let Some(list) = s.strip_prefix("reference:") {
+            let stages: Vec<String> = list
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect();
+            if let Some(bad) = stages
+                .iter()
+                .find(|x| !crate::config::suite::STAGES.contains(&x.as_str()))
+            {
+                return Err(format!(
+                    "reference:{list}: {bad:?} is not a stage (one of: {})",
+                    crate::config::suite::STAGES.join(", ")
+                ));
+            }
+            if stages.is_empty() {
+                return Err("reference: needs stages, e.g. reference:crawl,tokenize".into());
+            }
+            return Ok(Self::Reference(Some(stages)));
+        }
+        if let Some(path) = s.strip_prefix("script:") {
+            if path.is_empty() {
+                return Err("script: needs a path, e.g. script:tasks/agents/smoke.jsonl".into());
+            }
+            return Ok(Self::Script(path.into()));
+        }
+        Err(format!(
+            "unknown agent {s:?}; available: null, reference, reference:<stage,...>, script:<path to a JSON-lines file>, exec:<command>, openai:<model>, anthropic:<model>"
+        ))
+    }
+}
+
+impl AgentSpec {
+    /// Builds the agent; `home` holds the reference solutions and the price table.
+    pub fn build(
+        &self,
+        home: &crate::config::suite::Home,
+        llm: &crate::agent::llm::LlmOptions,
+        agent_env: &[String],
+    ) -> Result<Box<dyn Agent>, AgentError> {
+        Ok(match self {
+            Self::OpenAi(model) | Self::Anthropic(model) => {
+                let openai = matches!(self, Self::OpenAi(_));
+                let spec = if openai { "openai" } else { "anthropic" };
+                let prices = crate::agent::llm::load_prices(&home.tasks().join("prices.toml"))
+                    .map_err(|message| AgentError {
+                        agent: format!("{spec}:{model}"),
+                        message,
+                    })?;
+                let backend: Box<dyn crate::agent::llm::ChatBackend> = if openai {
+                    Box::new(crate::agent::llm::OpenAi::from_env(model))
+                } else {
+                    Box::new(crate::agent::llm::Anthropic::from_env(model))
+                };
+                Box::new(crate::agent::llm::LlmAgent::new(
+                    backend,
+                    llm.clone(),
+                    crate::agent::llm::price_of(&prices, model),
+                ))
+            }
+            Self::Null => Box::new(NullAgent),
+            Self::Script(path) => Box::new(ScriptAgent::load(path)?),
+            Self::Exec(cmd) => Box::new(crate::agent::exec::ExecAgent::spawn(cmd, agent_env)?),
+            Self::Reference(only) => {
+                let mut a = ReferenceAgent::new(home.tasks());
+                a.only = only.clone();
+                Box::new(a)
+            }
+        })
+    }
+}
+
+/// The next call of a scripted stage, or the end of it.
+fn replay(calls: &mut VecDeque<RawCall>) -> Turn {
+    match calls.pop_front() {
+        Some(call) => Turn::Call(call),
+        None => Turn::Finished,
+    }
+}
+
+/// Submits every stage at once: the floor.
+pub struct NullAgent;
+
+#[async_trait]
+impl Agent for NullAgent {
+    fn spec(&self) -> String {
+        "null".into()
+    }
+    async fn begin_stage(&mut self, _task: &StageTask) -> Result<(), AgentError> {
+        Ok(())
+    }
+    async fn next(&mut self) -> Result<Turn, AgentError> {
+        Ok(Turn::Call(RawCall {
+            tool: "submit".into(),
+            args: Value::Null,
+            invalid: None,
+        }))
+    }
+}
+
+/// Replays a JSON-lines file of `{"tool": ..., "args": {...}}`. Each `submit` closes a block; the n-th
+/// block is played in the n-th stage of the run. A stage ended early by a budget skips the rest of its block.
+pub struct ScriptAgent {
+    spec: String,
+    blocks: VecDeque<VecDeque<RawCall>>,
+    current: VecDeque<RawCall>,
+}
+
+impl ScriptAgent {
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        let spec = format!("script:{}", path.display());
+        let fail = |message: String| AgentError {
+            agent: spec.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text, &spec, &path.display().to_string()).map_err(fail)
+    }
+
+    /// Parses script text; errors name `shown:line`.
+    pub fn parse(text: &str, spec: &str, shown: &str) -> Result<Self, String> {
+        let mut blocks = VecDeque::new();
+        let mut block = VecDeque::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let call: RawCall = serde_json::from_str(line).map_err(|e| {
+                format!(
+                    "{shown}:{}: expected {{\"tool\": ..., \"args\": {{...}}}}: {e}",
+                    i + 1
+                )
+            })?;
+            let submit = call.tool == "submit";
+            block.push_back(call);
+            if submit {
+                blocks.push_back(std::mem::take(&mut block));
+            }
+        }
+        if !block.is_empty() {
+            blocks.push_back(block);
+        }
+        Ok(Self {
+            spec: spec.into(),
+            blocks,
+            current: VecDeque::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Agent for ScriptAgent {
+    fn spec(&self) -> String {
+        self.spec.clone()
+    }
+    async fn begin_stage(&mut self, _task: &StageTask) -> Result<(), AgentError> {
+        self.current = self.blocks.pop_front().unwrap_or_default();
+        Ok(())
+    }
+    async fn next(&mut self) -> Result<Turn, AgentError> {
+        Ok(replay(&mut self.current))
+    }
+}
+
+/// The built-in reference agent: for each stage with a `tasks/<stage>/reference/` directory it writes
+/// those files into the workspace under `<stage>/reference/`, runs `sh <stage>/reference/run.sh`
+/// through `bash` (with `GPTX_TIME_LIMIT` set to the step's time limit minus a margin), calls
+/// `check`, and submits. A stage without a reference solution is submitted at once.
+pub struct ReferenceAgent {
+    tasks: PathBuf,
+    current: VecDeque<RawCall>,
+    /// Play only these stages' solutions (None: all).
+    pub only: Option<Vec<String>>,
+}
+
+impl ReferenceAgent {
+    pub fn new(tasks: PathBuf) -> Self {
+        Self {
+            tasks,
+            current: VecDeque::new(),
+            only: None,
+        }
+    }
+
+    /// The calls for one stage.
+    pub fn plan(&self, task: &StageTask) -> Result<VecDeque<RawCall>, String> {
+        let dir = self.tasks.join(&task.stage).join("reference");
+        let mut calls = VecDeque::new();
+        let playing = self
+            .only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == &task.stage));
+        if playing && dir.is_dir() {
+            let mut files = Vec::new();
+            collect_files(&dir, &dir, &mut files)
+                .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+            files.sort();
+            for rel in &files {
+                let path = dir.join(rel);
+                let bytes =
+                    std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                let target = format!("{}/reference/{rel}", task.stage);
+                let args = match String::from_utf8(bytes) {
+                    Ok(text) => serde_json::json!({"path": target, "content": text}),
+                    Err(e) => {
+                        use base64::Engine;
+                        serde_json::json!({"path": target, "encoding": "base64",
+                            "content": base64::engine::general_purpose::STANDARD.encode(e.as_bytes())})
+                    }
+                };
+                calls.push_back(RawCall {
+                    tool: "write_file".into(),
+                    args,
+                    invalid: None,
+                });
+            }
+            if files.iter().any(|f| f == "run.sh") {
+                let step = task.limits.max_step_seconds;
+                let limit = (step - (step * 0.1).max(5.0)).max(1.0).floor();
+                calls.push_back(RawCall {
+                    tool: "bash".into(),
+                    args: serde_json::json!({
+                        "cmd": format!("GPTX_TIME_LIMIT={limit} sh {}/reference/run.sh", task.stage),
+                        "timeout_s": step,
+                    }),
+                    invalid: None,
+                });
+            }
+            calls.push_back(RawCall {
+                tool: "check".into(),
+                args: Value::Null,
+                invalid: None,
+            });
+        }
+        calls.push_back(RawCall {
+            tool: "submit".into(),
+            args: Value::Null,
+            invalid: None,
+        });
+        Ok(calls)
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            collect_files(root, &p, out)?;
+        } else {
+            out.push(
+                p.strip_prefix(root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .to_string(),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Agent for ReferenceAgent {
+    fn spec(&self) -> String {
+        match &self.only {
+            None => "reference".into(),
+            Some(o) => format!("reference:{}", o.join(",")),
+        }
+    }
+    async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError> {
+        self.current = self.plan(task).map_err(|message| AgentError {
+            agent: "reference".into(),
+            message,
+        })?;
+        Ok(())
+    }
+    async fn next(&mut self) -> Result<Turn, AgentError> {
+        Ok(replay(&mut self.current))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        assert_eq!("null".parse::<AgentSpec>().unwrap(), AgentSpec::Null);
+        assert_eq!(
+            "script:a.jsonl".parse::<AgentSpec>().unwrap(),
+            AgentSpec::Script("a.jsonl".into())
+        );
+        assert!("script:".parse::<AgentSpec>().is_err());
+        assert_eq!(
+            "reference:crawl,tokenize".parse::<AgentSpec>().unwrap(),
+            AgentSpec::Reference(Some(vec!["crawl".into(), "tokenize".into()]))
+        );
+        assert!("reference:crawl,fly"
+            .parse::<AgentSpec>()
+            .unwrap_err()
+            .contains("\"fly\" is not a stage"));
+        assert!("gpt"
+            .parse::<AgentSpec>()
+            .unwrap_err()
+            .contains("available"));
+    }
+
+    #[test]
+    fn script_blocks_split_at_submit_and_errors_name_the_line() {
+        let s = ScriptAgent::parse(
+            "{\"tool\":\"bash\",\"args\":{\"cmd\":\"ls\"}}\n\n{\"tool\":\"submit\"}\n{\"tool\":\"check\"}\n",
+            "script:x",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(s.blocks.len(), 2);
+        assert_eq!(s.blocks[0].len(), 2);
+        let e = ScriptAgent::parse("{\"tool\":\"bash\"}\nnot json\n", "script:x", "x.jsonl")
+            .err()
+            .unwrap();
+        assert!(e.starts_with("x.jsonl:2:"), "{e}");
+    }
+}

@@ -1,0 +1,588 @@
+//! Suites and stages: parsing `tasks/suites/*.toml` into a validated plan, budgets, and where gptx's files live.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A problem with a suite or task file; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("no suite named {name:?}: looked for {path} (available: {available})")]
+    NotFound {
+        name: String,
+        path: String,
+        available: String,
+    },
+    #[error("cannot find gptx's task files (a directory with tasks/suites/); run from the repository or set GPTX_HOME")]
+    NoHome,
+}
+
+/// The five rungs, in ladder order.
+pub const STAGES: [&str; 5] = ["crawl", "tokenize", "train", "eval", "selfhost"];
+
+/// Where gptx's own files are: tasks/, sandboxes/, and the cache.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+impl Home {
+    /// `$GPTX_HOME`, else the nearest ancestor of the current directory with `tasks/suites`, else the
+    /// source tree this binary was built from.
+    pub fn locate() -> Result<Self, SuiteError> {
+        if let Some(h) = std::env::var_os("GPTX_HOME") {
+            return Ok(Self { root: h.into() });
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            for dir in cwd.ancestors() {
+                if dir.join("tasks/suites").is_dir() {
+                    return Ok(Self {
+                        root: dir.to_path_buf(),
+                    });
+                }
+            }
+        }
+        let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        if built.join("tasks/suites").is_dir() {
+            return Ok(Self { root: built });
+        }
+        Err(SuiteError::NoHome)
+    }
+
+    pub fn tasks(&self) -> PathBuf {
+        self.root.join("tasks")
+    }
+
+    pub fn sandboxes(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    /// Large generated data (rootfs trees, package caches): `$GPTX_CACHE_DIR` or `<home>/.gptx-cache`.
+    pub fn cache(&self) -> PathBuf {
+        std::env::var_os("GPTX_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join(".gptx-cache"))
+    }
+
+    /// A suite by name (`mini`) or by path (`x/y.toml`).
+    pub fn suite(&self, name_or_path: &str) -> Result<Suite, SuiteError> {
+        let as_path = Path::new(name_or_path);
+        if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
+            return self.with_reference(Suite::load(as_path)?);
+        }
+        let path = self
+            .tasks()
+            .join("suites")
+            .join(format!("{name_or_path}.toml"));
+        if !path.exists() {
+            let available = toml_names(&self.tasks().join("suites"));
+            return Err(SuiteError::NotFound {
+                name: name_or_path.into(),
+                path: path.display().to_string(),
+                available: available.join(", "),
+            });
+        }
+        self.with_reference(Suite::load(&path)?)
+    }
+
+    /// Fills the suite's reference values from its world's `<world>.reference.json`; a `[reference]`
+    /// table in the suite file wins key by key.
+    fn with_reference(&self, mut suite: Suite) -> Result<Suite, SuiteError> {
+        let Some(world) = suite.world.clone() else {
+            return Ok(suite);
+        };
+        let stored =
+            crate::config::reference::load(self, &world).map_err(|e| SuiteError::Invalid {
+                path: crate::config::reference::path(self, &world)
+                    .display()
+                    .to_string(),
+                message: e.to_string(),
+            })?;
+        if let Some(r) = stored {
+            let mut values = r.values.clone();
+            values.extend(suite.reference.clone());
+            suite.reference = values;
+            suite.reference_world_hash = Some(r.world_hash);
+        }
+        Ok(suite)
+    }
+}
+
+/// The stems of the `*.toml` files in a directory, sorted (empty when it cannot be read).
+pub fn toml_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".toml")
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Per-stage budgets, fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budgets {
+    pub max_steps: u64,
+    pub max_sandbox_seconds: f64,
+    pub max_wall_seconds: f64,
+    /// Longest a single `bash` call may run (an agent's `timeout_s` is capped by it).
+    pub max_step_seconds: f64,
+    /// Timeout of a `bash` call that names none.
+    pub default_step_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_cost_usd: Option<f64>,
+}
+
+/// Budget fields that a suite, a stage or the command line may set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetOverrides {
+    pub max_steps: Option<u64>,
+    pub max_sandbox_seconds: Option<f64>,
+    pub max_wall_seconds: Option<f64>,
+    pub max_step_seconds: Option<f64>,
+    pub default_step_seconds: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub max_cost_usd: Option<f64>,
+}
+
+impl BudgetOverrides {
+    /// Later values win.
+    pub fn then(&self, over: &BudgetOverrides) -> BudgetOverrides {
+        BudgetOverrides {
+            max_steps: over.max_steps.or(self.max_steps),
+            max_sandbox_seconds: over.max_sandbox_seconds.or(self.max_sandbox_seconds),
+            max_wall_seconds: over.max_wall_seconds.or(self.max_wall_seconds),
+            max_step_seconds: over.max_step_seconds.or(self.max_step_seconds),
+            default_step_seconds: over.default_step_seconds.or(self.default_step_seconds),
+            max_tokens: over.max_tokens.or(self.max_tokens),
+            max_cost_usd: over.max_cost_usd.or(self.max_cost_usd),
+        }
+    }
+
+    fn resolve(&self) -> Budgets {
+        let max_step = self.max_step_seconds.unwrap_or(600.0);
+        Budgets {
+            max_steps: self.max_steps.unwrap_or(100),
+            max_sandbox_seconds: self.max_sandbox_seconds.unwrap_or(1800.0),
+            max_wall_seconds: self.max_wall_seconds.unwrap_or(3600.0),
+            max_step_seconds: max_step,
+            default_step_seconds: self.default_step_seconds.unwrap_or(120.0).min(max_step),
+            max_tokens: self.max_tokens,
+            max_cost_usd: self.max_cost_usd,
+        }
+    }
+}
+
+/// Resource limits of the agent's sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxLimits {
+    #[serde(default = "default_memory")]
+    pub memory_mb: u64,
+    #[serde(default = "default_cpus")]
+    pub cpus: f64,
+    #[serde(default = "default_pids")]
+    pub pids: u64,
+    /// Size of the workspace's own filesystem (a loop-mounted image when gptx runs as root): a write
+    /// past it fails inside the sandbox with ENOSPC. The selfhost rebuild gets the same.
+    #[serde(default = "default_disk")]
+    pub disk_mb: u64,
+    /// Size of `/tmp` and of the home directory (tmpfs; the root filesystem is read-only).
+    #[serde(default = "default_tmp")]
+    pub tmp_mb: u64,
+}
+
+fn default_memory() -> u64 {
+    2048
+}
+fn default_cpus() -> f64 {
+    1.0
+}
+fn default_pids() -> u64 {
+    512
+}
+fn default_disk() -> u64 {
+    4096
+}
+fn default_tmp() -> u64 {
+    512
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            memory_mb: default_memory(),
+            cpus: default_cpus(),
+            pids: default_pids(),
+            disk_mb: default_disk(),
+            tmp_mb: default_tmp(),
+        }
+    }
+}
+
+/// Which network a stage's sandbox is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StageNetwork {
+    /// Loopback only.
+    #[default]
+    None,
+    /// The run's internal network, whose only other member is the world's web server.
+    World,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    name: String,
+    #[serde(default)]
+    network: Option<StageNetwork>,
+    #[serde(default)]
+    budgets: BudgetOverrides,
+    /// selfhost: more workspace paths never copied into the rebuild (besides data/, model/, tokenizer/).
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSuite {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    seed: u64,
+    image: String,
+    #[serde(default)]
+    world: Option<String>,
+    #[serde(default)]
+    sandbox: SandboxLimits,
+    #[serde(default)]
+    budgets: BudgetOverrides,
+    #[serde(default)]
+    gates: BTreeMap<String, f64>,
+    #[serde(default)]
+    reference: BTreeMap<String, f64>,
+    #[serde(default)]
+    scoring: crate::sandbox::programs::ScoringLimits,
+    stages: Vec<RawStage>,
+}
+
+/// One stage of a suite, budgets resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stage {
+    pub name: String,
+    pub network: StageNetwork,
+    /// The stage file's own overrides, before the command line's.
+    #[serde(skip)]
+    overrides: BudgetOverrides,
+    pub budgets: Budgets,
+    /// selfhost: more workspace paths the recipe copy leaves out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+/// A validated suite.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Suite {
+    pub name: String,
+    pub description: String,
+    pub path: PathBuf,
+    pub seed: u64,
+    /// The suite file's own seed: the world is built from it, whatever `--seed` says.
+    pub world_seed: u64,
+    pub image: String,
+    pub world: Option<String>,
+    pub sandbox: SandboxLimits,
+    pub gates: BTreeMap<String, f64>,
+    /// The reference agent's measured results on this suite's world (for normalised scores).
+    pub reference: BTreeMap<String, f64>,
+    /// The world hash the stored reference values were measured on.
+    pub reference_world_hash: Option<String>,
+    /// Limits of the scoring sandboxes (`[scoring]`).
+    pub scoring: crate::sandbox::programs::ScoringLimits,
+    pub stages: Vec<Stage>,
+    /// Sandbox seconds the selfhost rebuild gets: the sum of `max_sandbox_seconds` of the stages
+    /// before selfhost in the suite file, whatever `--stages` keeps.
+    pub rebuild_seconds: f64,
+    #[serde(skip)]
+    defaults: BudgetOverrides,
+}
+
+impl Suite {
+    /// Reads and validates a suite file.
+    pub fn load(path: &Path) -> Result<Self, SuiteError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses suite text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SuiteError> {
+        let shown = path.display().to_string();
+        let raw: RawSuite = toml::from_str(text).map_err(|e| SuiteError::Parse {
+            path: shown.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |message: String| SuiteError::Invalid {
+            path: shown.clone(),
+            message,
+        };
+        if raw.stages.is_empty() {
+            return Err(invalid(
+                "`stages` is empty; a suite needs at least one stage".into(),
+            ));
+        }
+        let mut stages: Vec<Stage> = Vec::new();
+        for (i, s) in raw.stages.iter().enumerate() {
+            if !STAGES.contains(&s.name.as_str()) {
+                return Err(invalid(format!(
+                    "stages[{i}].name = {:?} is not a stage (one of: {})",
+                    s.name,
+                    STAGES.join(", ")
+                )));
+            }
+            if stages.iter().any(|t| t.name == s.name) {
+                return Err(invalid(format!(
+                    "stages[{i}].name = {:?} appears twice",
+                    s.name
+                )));
+            }
+            let default_net = if matches!(s.name.as_str(), "crawl" | "selfhost") {
+                StageNetwork::World
+            } else {
+                StageNetwork::None
+            };
+            let overrides = raw.budgets.then(&s.budgets);
+            stages.push(Stage {
+                name: s.name.clone(),
+                network: s.network.unwrap_or(default_net),
+                budgets: overrides.resolve(),
+                overrides: s.budgets.clone(),
+                exclude: s.exclude.clone(),
+            });
+        }
+        let suite = Suite {
+            name: raw.name,
+            description: raw.description,
+            path: path.to_path_buf(),
+            seed: raw.seed,
+            world_seed: raw.seed,
+            image: raw.image,
+            world: raw.world,
+            sandbox: raw.sandbox,
+            gates: raw.gates,
+            reference: raw.reference,
+            reference_world_hash: None,
+            scoring: raw.scoring,
+            rebuild_seconds: 0.0,
+            stages,
+            defaults: raw.budgets,
+        };
+        let mut suite = suite;
+        suite.rebuild_seconds = suite.earlier_sandbox_seconds();
+        suite.check().map_err(invalid)?;
+        Ok(suite)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.sandbox.memory_mb < 64 {
+            return Err(format!(
+                "sandbox.memory_mb = {} is below the 64 MiB minimum",
+                self.sandbox.memory_mb
+            ));
+        }
+        if self.sandbox.cpus.is_nan() || self.sandbox.cpus <= 0.0 {
+            return Err("sandbox.cpus must be above 0".into());
+        }
+        if self.sandbox.disk_mb < 16 {
+            return Err(format!(
+                "sandbox.disk_mb = {} is below the 16 MiB minimum",
+                self.sandbox.disk_mb
+            ));
+        }
+        if self.sandbox.tmp_mb < 1 {
+            return Err("sandbox.tmp_mb must be at least 1".into());
+        }
+        let sc = &self.scoring;
+        if sc.memory_mb < 64 {
+            return Err(format!(
+                "scoring.memory_mb = {} is below the 64 MiB minimum",
+                sc.memory_mb
+            ));
+        }
+        if sc.cpus.is_nan() || sc.cpus <= 0.0 {
+            return Err("scoring.cpus must be above 0".into());
+        }
+        if !(sc.timeout_seconds.is_finite() && sc.timeout_seconds > 0.0) {
+            return Err(format!(
+                "scoring.timeout_seconds = {} must be a positive number",
+                sc.timeout_seconds
+            ));
+        }
+        if sc.max_vocab_size < 2 || sc.max_vocab_size > u32::MAX as u64 {
+            return Err(format!(
+                "scoring.max_vocab_size = {} must be between 2 and 2^32-1",
+                sc.max_vocab_size
+            ));
+        }
+        for s in &self.stages {
+            let b = &s.budgets;
+            for (field, v) in [
+                ("max_sandbox_seconds", b.max_sandbox_seconds),
+                ("max_wall_seconds", b.max_wall_seconds),
+                ("max_step_seconds", b.max_step_seconds),
+                ("default_step_seconds", b.default_step_seconds),
+            ] {
+                if !v.is_finite() || v <= 0.0 {
+                    return Err(format!(
+                        "stage {}: budgets.{field} = {v} must be a positive number",
+                        s.name
+                    ));
+                }
+            }
+            if b.max_steps == 0 {
+                return Err(format!(
+                    "stage {}: budgets.max_steps must be at least 1",
+                    s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies command-line overrides to every stage (they win over the suite file).
+    pub fn with_overrides(mut self, cli: &BudgetOverrides) -> Result<Self, SuiteError> {
+        for s in &mut self.stages {
+            s.budgets = self.defaults.then(&s.overrides).then(cli).resolve();
+        }
+        // Overrides come before `select`, so every stage of the file is still here.
+        self.rebuild_seconds = self.earlier_sandbox_seconds();
+        self.check().map_err(|message| SuiteError::Invalid {
+            path: "command line".into(),
+            message,
+        })?;
+        Ok(self)
+    }
+
+    /// Keeps only the named stages (in suite order); names must exist in the suite.
+    pub fn select(mut self, names: &[String]) -> Result<Self, SuiteError> {
+        for n in names {
+            if !self.stages.iter().any(|s| &s.name == n) {
+                return Err(SuiteError::Invalid {
+                    path: "--stages".into(),
+                    message: format!(
+                        "{n:?} is not a stage of suite {} (it has: {})",
+                        self.name,
+                        self.stage_names().join(", ")
+                    ),
+                });
+            }
+        }
+        self.stages.retain(|s| names.contains(&s.name));
+        Ok(self)
+    }
+
+    /// Sum of `max_sandbox_seconds` over the stages before selfhost.
+    fn earlier_sandbox_seconds(&self) -> f64 {
+        self.stages
+            .iter()
+            .take_while(|s| s.name != "selfhost")
+            .map(|s| s.budgets.max_sandbox_seconds)
+            .sum()
+    }
+
+    pub fn stage_names(&self) -> Vec<String> {
+        self.stages.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Does any stage need the world network?
+    pub fn needs_world(&self) -> bool {
+        self.stages.iter().any(|s| s.network == StageNetwork::World)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+name = "t"
+image = "base"
+[budgets]
+max_steps = 10
+[[stages]]
+name = "crawl"
+[[stages]]
+name = "train"
+budgets = { max_steps = 3, max_step_seconds = 5 }
+"#;
+
+    #[test]
+    fn parses_and_layers_budgets() {
+        let s = Suite::parse(OK, Path::new("t.toml")).unwrap();
+        assert_eq!(s.stage_names(), ["crawl", "train"]);
+        assert_eq!(s.stages[0].budgets.max_steps, 10);
+        assert_eq!(s.stages[0].network, StageNetwork::World);
+        assert_eq!(s.stages[1].budgets.max_steps, 3);
+        assert_eq!(s.stages[1].budgets.default_step_seconds, 5.0);
+        assert_eq!(s.stages[1].network, StageNetwork::None);
+        let s = s
+            .with_overrides(&BudgetOverrides {
+                max_steps: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(s.stages[1].budgets.max_steps, 1);
+        assert_eq!(s.stages[1].budgets.max_step_seconds, 5.0);
+        let s = s.select(&["train".into()]).unwrap();
+        assert_eq!(s.stage_names(), ["train"]);
+        assert!(s.select(&["eval".into()]).is_err());
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = Suite::parse(
+            &OK.replace("max_steps = 10", "max_step = 10"),
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("x.toml") && e.contains("max_step"), "{e}");
+        let e = Suite::parse(&OK.replace("\"train\"", "\"fly\""), Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stages[1].name") && e.contains("fly"), "{e}");
+        let e = Suite::parse(
+            &OK.replace("max_steps = 10", "max_steps = 0"),
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("max_steps"), "{e}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Everything that talks to the Docker Engine: the connection, images, the agent's sandbox, scoring and rebuild sandboxes, the world's web server, and a whole run's session.
+
+pub mod engine;
+pub mod images;
+pub mod rebuild;
+pub mod sandbox;
+pub mod session;
+pub mod web;

@@ -1,0 +1,162 @@
+//! The selfhost rebuild on the real engine: a fresh network, web server (its own request log) and sandbox for `bootstrap.sh`, always torn down.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bollard::Docker;
+
+use crate::config::suite::SandboxLimits;
+use crate::docker::engine;
+use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
+use crate::docker::web::WebServer;
+use crate::sandbox::programs::{DockerPrograms, ScoringLimits};
+use crate::sandbox::{ExecRequest, OutStream, Sandbox};
+use crate::stages::selfhost::{RebuildJob, RebuildRun, Rebuilder};
+use crate::world::World;
+
+/// Bytes of each stream's tail kept in the score (the whole output goes to the log file).
+const TAIL: usize = 4096;
+
+/// Rebuilds in containers labelled with the run id (role `agent`, instance `selfhost`).
+pub struct DockerRebuilder {
+    pub docker: Docker,
+    pub run_id: String,
+    pub image: String,
+    pub world: Option<Arc<World>>,
+    pub sandbox: SandboxLimits,
+    pub scoring: ScoringLimits,
+}
+
+fn tail(data: &[u8]) -> String {
+    let cut = data.len().saturating_sub(TAIL);
+    String::from_utf8_lossy(&data[cut..]).into_owned()
+}
+
+impl DockerRebuilder {
+    async fn run_in(
+        &self,
+        job: &RebuildJob,
+        network: Option<String>,
+        hosts: Vec<String>,
+    ) -> Result<RebuildRun, String> {
+        let workspace = &job.workspace;
+        let spec = DockerSandboxSpec {
+            run_id: self.run_id.clone(),
+            role: "agent".into(),
+            image: self.image.clone(),
+            memory_bytes: (self.sandbox.memory_mb * 1024 * 1024) as i64,
+            nano_cpus: (self.sandbox.cpus * 1e9) as i64,
+            pids: self.sandbox.pids as i64,
+            network,
+            workspace_host: workspace.to_path_buf(),
+            workspace_readonly: false,
+            env: vec![],
+            instance: Some(job.instance.clone()),
+            tmp_mb: self.sandbox.tmp_mb,
+            extra_hosts: hosts,
+        };
+        let sandbox = DockerSandbox::create(&self.docker, &spec)
+            .await
+            .map_err(|e| format!("creating the rebuild sandbox: {e}"))?;
+        let req = ExecRequest {
+            cmd: job.command.clone(),
+            timeout: job.timeout,
+            env: vec![],
+            stdin: None,
+        };
+        let log_path = job.dir.join("bootstrap.log");
+        let mut log = std::fs::File::create(&log_path).ok();
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let res = {
+            let mut sink = |s: OutStream, d: &[u8]| {
+                use std::io::Write;
+                if let Some(f) = log.as_mut() {
+                    let _ = f.write_all(d);
+                }
+                let buf = match s {
+                    OutStream::Stdout => &mut out,
+                    OutStream::Stderr => &mut err,
+                };
+                buf.extend_from_slice(d);
+                if buf.len() > 4 * TAIL {
+                    buf.drain(..buf.len() - TAIL);
+                }
+            };
+            sandbox.exec(&req, &mut sink).await
+        };
+        let removed = sandbox.remove().await;
+        let o = res.map_err(|e| format!("running bootstrap.sh: {e}"))?;
+        if let Err(e) = removed {
+            tracing::warn!("removing the rebuild sandbox: {e}");
+        }
+        Ok(RebuildRun {
+            exit_code: o.shell_code(),
+            timed_out: o.timed_out,
+            oom_killed: o.oom_killed,
+            seconds: o.duration_ms / 1000.0,
+            cpu_seconds: o.container_cpu_seconds.unwrap_or(o.cpu_seconds),
+            stdout_tail: tail(&out),
+            stderr_tail: tail(&err),
+            log: log.map(|_| log_path.display().to_string()),
+            requests: None,
+            programs: Arc::new(
+                DockerPrograms::new(
+                    self.docker.clone(),
+                    self.run_id.clone(),
+                    self.image.clone(),
+                    workspace.to_path_buf(),
+                    self.scoring.clone(),
+                    self.sandbox.pids,
+                )
+                .with_tmp_mb(self.sandbox.tmp_mb),
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl Rebuilder for DockerRebuilder {
+    async fn rebuild(&self, job: &RebuildJob) -> Result<RebuildRun, String> {
+        let world_dir = job.dir.join("world");
+        std::fs::create_dir_all(&world_dir)
+            .and_then(|_| crate::docker::session::prepare_workspace(&world_dir))
+            .map_err(|e| format!("{}: {e}", world_dir.display()))?;
+        let Some(world) = &self.world else {
+            return self.run_in(job, None, vec![]).await;
+        };
+        let net_name = format!("{}-world", job.instance);
+        let net = engine::create_world_network(&self.docker, &self.run_id, &net_name)
+            .await
+            .map_err(|e| format!("creating the rebuild's world network: {e}"))?;
+        let web = WebServer::start(
+            &self.docker,
+            &self.run_id,
+            &self.image,
+            world,
+            &net,
+            &world_dir,
+            Some(&job.instance),
+        )
+        .await;
+        let result = match &web {
+            Ok(w) => self.run_in(job, Some(net.clone()), w.host_entries()).await,
+            Err(e) => Err(format!("starting the rebuild's web server: {e}")),
+        };
+        if let Ok(w) = &web {
+            for warning in w.remove().await {
+                tracing::warn!("{warning}");
+            }
+        }
+        if let Err(e) = self.docker.remove_network(&net).await {
+            if !engine::is_not_found(&e) {
+                tracing::warn!("removing network {net}: {e}");
+            }
+        }
+        let mut run = result?;
+        run.requests = std::fs::read_to_string(world_dir.join("requests.jsonl"))
+            .ok()
+            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64);
+        Ok(run)
+    }
+}

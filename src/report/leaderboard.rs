@@ -1,0 +1,992 @@
+//! `gptx leaderboard`: runs grouped by suite, world hash and agent; statistics; md/json/html reports.
+//!
+//! SPEC §9. Every run directory's `run.json` and `score.json` are read (never the traces, so a
+//! leaderboard over large runs stays quick). Runs are ranked only against runs of the same suite
+//! and world hash; runs that did not finish (`running`, `failed`, `interrupted`) are listed apart
+//! and never enter the statistics. The 95% interval of the Bootstrap Index is a percentile
+//! bootstrap over the agent's runs (one per seed), with a fixed resampling seed so a report is
+//! reproducible from the same runs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::config::suite::Home;
+use crate::trace::rundir::{self, RunMeta, RunScore, RunStatus};
+
+/// What to rank.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only this suite (its name as in run.json).
+    pub suite: Option<String>,
+    /// Bootstrap resamples for the confidence intervals.
+    pub resamples: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            suite: None,
+            resamples: 10_000,
+        }
+    }
+}
+
+/// One finished run as the leaderboard uses it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunEntry {
+    pub run_id: String,
+    pub agent: String,
+    pub seed: u64,
+    pub level: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assisted_level: Option<String>,
+    pub bootstrap_index: f64,
+    /// The train stage's verified bits per byte on the hidden test set.
+    pub bpb: Option<f64>,
+    pub cpu_seconds: f64,
+    pub wall_seconds: f64,
+    pub tokens: Option<u64>,
+    pub cost_usd: Option<f64>,
+    /// Normalised score per stage (None: not graded).
+    pub stages: BTreeMap<String, Option<f64>>,
+    pub passed: BTreeMap<String, bool>,
+    /// The run's integrity ledger in short (`processes_killed ×2`): what the harness cleaned up or
+    /// refused on the agent's side. Empty for a run that tried nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub integrity: Vec<String>,
+}
+
+/// A run left out of the statistics, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unfinished {
+    pub run_id: String,
+    pub agent: String,
+    pub seed: u64,
+    pub status: String,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An agent's line on a board.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRow {
+    pub rank: usize,
+    pub agent: String,
+    pub runs: usize,
+    pub seeds: Vec<u64>,
+    /// Mean level (L0 = 0 … L6 = 6).
+    pub mean_level: f64,
+    /// How many runs reached each level, L0 … L6.
+    pub levels: [usize; 7],
+    /// Runs whose rescued stages let them show an assisted level.
+    pub assisted: usize,
+    pub index_mean: f64,
+    /// 95% percentile-bootstrap interval of the mean over runs; None with a single run.
+    pub index_ci95: Option<(f64, f64)>,
+    /// The best Bootstrap Index of the runs (best-of-k, k = runs).
+    pub best_of_k: f64,
+    pub best_level: String,
+    /// Mean normalised score per stage over the runs (a stage not graded counts 0).
+    pub stage_scores: BTreeMap<String, f64>,
+    /// Fraction of runs that passed each stage on their own.
+    pub stage_pass_rate: BTreeMap<String, f64>,
+    /// Median verified bpb (train) over the runs that have one.
+    pub median_bpb: Option<f64>,
+    /// Mean sandbox CPU-seconds per run (agent commands plus the selfhost rebuild).
+    pub cpu_seconds: f64,
+    /// Mean wall time per run, seconds.
+    pub wall_seconds: f64,
+    /// Mean model tokens per run (LLM agents).
+    pub tokens: Option<f64>,
+    /// Mean model cost per run, dollars (LLM agents with a known price).
+    pub cost_usd: Option<f64>,
+    pub run_ids: Vec<String>,
+}
+
+/// One leaderboard: the runs of one suite on one world hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct Board {
+    pub suite: String,
+    pub world_hash: Option<String>,
+    /// Stages in ladder order.
+    pub stages: Vec<String>,
+    /// The world's baseline ladder (bpb), from the train stage's metrics.
+    pub baselines: Vec<(String, f64)>,
+    pub agents: Vec<AgentRow>,
+    pub unfinished: Vec<Unfinished>,
+    pub resamples: usize,
+    #[serde(skip)]
+    pub entries: Vec<RunEntry>,
+}
+
+impl Board {
+    /// A short name for files: `mini-1a2b3c4d`.
+    pub fn slug(&self) -> String {
+        let hash: String = self
+            .world_hash
+            .as_deref()
+            .unwrap_or("noworld")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(8)
+            .collect();
+        let suite: String = self
+            .suite
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        format!("{suite}-{hash}")
+    }
+}
+
+/// `L4` → 4; anything else → 0.
+pub fn level_number(level: &str) -> usize {
+    level
+        .trim_start_matches('L')
+        .trim_end_matches('*')
+        .parse::<usize>()
+        .map(|l| l.min(6))
+        .unwrap_or(0)
+}
+
+/// Mean of `xs` (0 for none).
+pub fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
+}
+
+/// Median of `xs` (None for none).
+pub fn median(xs: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// 95% percentile-bootstrap interval of the mean of `xs`: `resamples` resamples with replacement,
+/// the 2.5th and 97.5th percentiles of their means. None for fewer than two values.
+pub fn bootstrap_ci95(xs: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64)> {
+    if xs.len() < 2 || resamples == 0 {
+        return None;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = xs.len();
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..n).map(|_| xs[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        let i = ((resamples as f64 - 1.0) * q).round() as usize;
+        means[i.min(resamples - 1)]
+    };
+    Some((at(0.025), at(0.975)))
+}
+
+/// A stable seed from a name (the resampling seed of an agent's interval).
+fn name_seed(name: &str) -> u64 {
+    let h = crate::trace::sha256_hex(name.as_bytes());
+    u64::from_str_radix(&h[..16], 16).unwrap_or(0)
+}
+
+fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
+    let stages: BTreeMap<String, Option<f64>> = score
+        .stages
+        .iter()
+        .map(|(k, s)| (k.clone(), s.normalized))
+        .collect();
+    let passed = score
+        .stages
+        .iter()
+        .map(|(k, s)| (k.clone(), s.passed && !s.rescued))
+        .collect();
+    let bpb = score
+        .stages
+        .get("train")
+        .filter(|s| s.passed || s.metrics.get("verified") == Some(&serde_json::json!(true)))
+        .and_then(|s| s.metrics.get("bpb"))
+        .and_then(|v| v.as_f64());
+    let mut cpu = 0.0;
+    for s in score.stages.values() {
+        cpu += s.cpu_seconds.unwrap_or(0.0);
+        if let Some(c) = s
+            .metrics
+            .get("bootstrap")
+            .and_then(|b| b.get("cpu_seconds"))
+            .and_then(|v| v.as_f64())
+        {
+            cpu += c;
+        }
+    }
+    let tokens: Option<u64> = score
+        .stages
+        .values()
+        .filter_map(|s| s.tokens)
+        .reduce(|a, b| a + b);
+    let cost: Option<f64> = score
+        .stages
+        .values()
+        .filter_map(|s| s.cost_usd)
+        .reduce(|a, b| a + b);
+    let wall = meta
+        .ended_at
+        .map(|e| (e - meta.started_at).num_milliseconds() as f64 / 1000.0)
+        .unwrap_or_else(|| score.stages.values().map(|s| s.wall_seconds).sum());
+    RunEntry {
+        run_id: meta.run_id.clone(),
+        agent: meta.agent.clone(),
+        seed: meta.seed,
+        level: score.level.clone(),
+        assisted_level: score.assisted_level.clone(),
+        bootstrap_index: score.bootstrap_index,
+        bpb,
+        cpu_seconds: cpu,
+        wall_seconds: wall,
+        tokens,
+        cost_usd: cost,
+        stages,
+        passed,
+        integrity: score
+            .integrity
+            .iter()
+            .map(|n| format!("{} ×{}", n.kind, n.count))
+            .collect(),
+    }
+}
+
+fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usize) -> AgentRow {
+    let index: Vec<f64> = runs.iter().map(|r| r.bootstrap_index).collect();
+    let mut levels = [0usize; 7];
+    for r in runs {
+        levels[level_number(&r.level)] += 1;
+    }
+    let level_nums: Vec<f64> = runs.iter().map(|r| level_number(&r.level) as f64).collect();
+    let best = runs
+        .iter()
+        .max_by(|a, b| a.bootstrap_index.total_cmp(&b.bootstrap_index))
+        .copied();
+    let stage_scores = stages
+        .iter()
+        .map(|s| {
+            let xs: Vec<f64> = runs
+                .iter()
+                .map(|r| r.stages.get(s).copied().flatten().unwrap_or(0.0))
+                .collect();
+            (s.clone(), crate::trace::round(mean(&xs), 4))
+        })
+        .collect();
+    let stage_pass_rate = stages
+        .iter()
+        .map(|s| {
+            let n = runs
+                .iter()
+                .filter(|r| r.passed.get(s).copied().unwrap_or(false))
+                .count();
+            (s.clone(), n as f64 / runs.len().max(1) as f64)
+        })
+        .collect();
+    let bpbs: Vec<f64> = runs.iter().filter_map(|r| r.bpb).collect();
+    let tokens: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.tokens)
+        .map(|t| t as f64)
+        .collect();
+    let costs: Vec<f64> = runs.iter().filter_map(|r| r.cost_usd).collect();
+    let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    AgentRow {
+        rank: 0,
+        agent: agent.to_string(),
+        runs: runs.len(),
+        seeds,
+        mean_level: crate::trace::round(mean(&level_nums), 3),
+        levels,
+        assisted: runs.iter().filter(|r| r.assisted_level.is_some()).count(),
+        index_mean: crate::trace::round(mean(&index), 3),
+        index_ci95: bootstrap_ci95(&index, resamples, name_seed(agent))
+            .map(|(a, b)| (crate::trace::round(a, 3), crate::trace::round(b, 3))),
+        best_of_k: best.map(|b| b.bootstrap_index).unwrap_or(0.0),
+        best_level: best.map(|b| b.level.clone()).unwrap_or_default(),
+        stage_scores,
+        stage_pass_rate,
+        median_bpb: median(&bpbs).map(|b| crate::trace::round(b, 5)),
+        cpu_seconds: crate::trace::round(
+            mean(&runs.iter().map(|r| r.cpu_seconds).collect::<Vec<_>>()),
+            2,
+        ),
+        wall_seconds: crate::trace::round(
+            mean(&runs.iter().map(|r| r.wall_seconds).collect::<Vec<_>>()),
+            1,
+        ),
+        tokens: (!tokens.is_empty()).then(|| mean(&tokens).round()),
+        cost_usd: (!costs.is_empty()).then(|| crate::trace::round(mean(&costs), 4)),
+        run_ids: runs.iter().map(|r| r.run_id.clone()).collect(),
+    }
+}
+
+/// A run as read from its directory: `run.json`, and `score.json` when there is one.
+pub type ReadRun = (RunMeta, Option<RunScore>);
+
+/// Ranks runs already read (pure: the unit of the tests).
+pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
+    let mut groups: BTreeMap<(String, Option<String>), Vec<&ReadRun>> = BTreeMap::new();
+    for r in runs {
+        if opts.suite.as_deref().is_some_and(|s| s != r.0.suite) {
+            continue;
+        }
+        groups
+            .entry((r.0.suite.clone(), r.0.world_hash.clone()))
+            .or_default()
+            .push(r);
+    }
+    let mut boards = Vec::new();
+    for ((suite, world_hash), members) in groups {
+        let mut entries = Vec::new();
+        let mut unfinished = Vec::new();
+        let mut stages: Vec<String> = Vec::new();
+        let mut baselines: Vec<(String, f64)> = Vec::new();
+        for (meta, score) in &members {
+            for s in &meta.stages {
+                if !stages.contains(s) {
+                    stages.push(s.clone());
+                }
+            }
+            match (meta.status, score) {
+                (RunStatus::Done, Some(score)) => {
+                    if baselines.is_empty() {
+                        if let Some(ladder) = score
+                            .stages
+                            .get("train")
+                            .and_then(|t| t.metrics.get("ladder"))
+                            .and_then(|l| l.as_object())
+                        {
+                            baselines = crate::stages::train::LADDER
+                                .iter()
+                                .filter_map(|k| {
+                                    ladder
+                                        .get(*k)
+                                        .and_then(|v| v.as_f64())
+                                        .map(|v| (k.to_string(), v))
+                                })
+                                .collect();
+                        }
+                    }
+                    entries.push(entry(meta, score));
+                }
+                _ => unfinished.push(Unfinished {
+                    run_id: meta.run_id.clone(),
+                    agent: meta.agent.clone(),
+                    seed: meta.seed,
+                    status: if meta.status == RunStatus::Done
+                        && meta
+                            .error
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("does not verify"))
+                    {
+                        "done, does not verify".into()
+                    } else if meta.status == RunStatus::Done {
+                        "done (no score.json)".into()
+                    } else {
+                        meta.status.to_string()
+                    },
+                    started_at: meta.started_at.format("%Y-%m-%d %H:%M").to_string(),
+                    error: meta.error.clone(),
+                }),
+            }
+        }
+        stages.sort_by_key(|s| {
+            crate::config::suite::STAGES
+                .iter()
+                .position(|x| x == s)
+                .unwrap_or(usize::MAX)
+        });
+        let mut by_agent: BTreeMap<&str, Vec<&RunEntry>> = BTreeMap::new();
+        for e in &entries {
+            by_agent.entry(e.agent.as_str()).or_default().push(e);
+        }
+        let mut agents: Vec<AgentRow> = by_agent
+            .iter()
+            .map(|(a, runs)| agent_row(a, runs, &stages, opts.resamples))
+            .collect();
+        agents.sort_by(|a, b| {
+            b.index_mean
+                .total_cmp(&a.index_mean)
+                .then(b.mean_level.total_cmp(&a.mean_level))
+                .then(a.agent.cmp(&b.agent))
+        });
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.rank = i + 1;
+        }
+        boards.push(Board {
+            suite,
+            world_hash,
+            stages,
+            baselines,
+            agents,
+            unfinished,
+            resamples: opts.resamples,
+            entries,
+        });
+    }
+    boards
+}
+
+/// Reads every run under `runs_dir` and ranks them. Unreadable run directories are skipped with a
+/// warning on stderr; a `--suite` with no runs is an error that says which suites have runs.
+pub fn collect(runs_dir: &Path, home: Option<&Home>, opts: &Options) -> anyhow::Result<Vec<Board>> {
+    let _ = home;
+    if !runs_dir.is_dir() {
+        anyhow::bail!("--runs-dir {}: no such directory", runs_dir.display());
+    }
+    let (listed, problems) = rundir::list_runs(runs_dir);
+    for p in problems {
+        tracing::warn!("leaderboard: skipped {p}");
+    }
+    let runs: Vec<ReadRun> = listed
+        .into_iter()
+        .map(|(dir, mut meta)| {
+            let mut score = if dir.score_json().exists() {
+                match rundir::read_json::<RunScore>(&dir.score_json()) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!("leaderboard: {e}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            // Only a run whose directory agrees with its own trace is ranked.
+            if score.is_some() && meta.status == RunStatus::Done {
+                let why = match crate::trace::audit::check(&dir) {
+                    Ok(a) if a.ok() => None,
+                    Ok(a) => Some(a.problems.join("; ")),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = why {
+                    meta.error = Some(format!("does not verify: {why}"));
+                    score = None;
+                }
+            }
+            (meta, score)
+        })
+        .collect();
+    if let Some(s) = &opts.suite {
+        if !runs.iter().any(|r| &r.0.suite == s) {
+            let mut have: Vec<&str> = runs.iter().map(|r| r.0.suite.as_str()).collect();
+            have.sort_unstable();
+            have.dedup();
+            anyhow::bail!(
+                "--suite {s}: no runs of that suite in {} (suites with runs: {})",
+                runs_dir.display(),
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            );
+        }
+    }
+    Ok(build(&runs, opts))
+}
+
+/// The three charts of a board, as (file stem, title, SVG).
+pub fn charts(board: &Board) -> Vec<(String, String, String)> {
+    let slug = board.slug();
+    let series: Vec<(String, Vec<Option<f64>>)> = board
+        .agents
+        .iter()
+        .map(|a| {
+            (
+                a.agent.clone(),
+                board
+                    .stages
+                    .iter()
+                    .map(|s| a.stage_scores.get(s).copied())
+                    .collect(),
+            )
+        })
+        .collect();
+    let stages_title = format!("Score per stage — {}", board.suite);
+    let stages_svg = crate::report::charts::stage_scores(&stages_title, &board.stages, &series);
+    let points: Vec<(String, f64)> = board
+        .agents
+        .iter()
+        .filter_map(|a| a.median_bpb.map(|b| (a.agent.clone(), b)))
+        .collect();
+    let ladder_title = format!("Verified bpb against the baseline ladder — {}", board.suite);
+    let ladder_svg = crate::report::charts::bpb_ladder(&ladder_title, &board.baselines, &points);
+    let priced = board.agents.iter().any(|a| a.cost_usd.is_some());
+    let cost_points: Vec<crate::report::charts::CostPoint> = board
+        .agents
+        .iter()
+        .map(|a| crate::report::charts::CostPoint {
+            label: a.agent.clone(),
+            cost: if priced {
+                a.cost_usd.unwrap_or(0.0)
+            } else {
+                a.cpu_seconds
+            },
+            index: a.index_mean,
+            ci: a.index_ci95,
+        })
+        .collect();
+    let (cost_title, x_desc) = if priced {
+        ("Bootstrap Index against cost", "model cost per run (USD)")
+    } else {
+        (
+            "Bootstrap Index against compute",
+            "sandbox CPU-seconds per run",
+        )
+    };
+    let cost_svg = crate::report::charts::index_vs_cost(
+        &format!("{cost_title} — {}", board.suite),
+        x_desc,
+        &cost_points,
+    );
+    vec![
+        (format!("{slug}-stages"), stages_title, stages_svg),
+        (format!("{slug}-bpb"), ladder_title, ladder_svg),
+        (
+            format!("{slug}-index-cost"),
+            format!("{cost_title} — {}", board.suite),
+            cost_svg,
+        ),
+    ]
+}
+
+/// Writes `leaderboard.{md,json,html}` and `charts/*.svg` under `out`; returns the files written.
+pub fn write(boards: &[Board], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let charts_dir = out.join("charts");
+    std::fs::create_dir_all(&charts_dir)
+        .map_err(|e| anyhow::anyhow!("--out {}: {e}", charts_dir.display()))?;
+    let mut written = Vec::new();
+    let mut put = |path: PathBuf, bytes: &[u8]| -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        written.push(path);
+        Ok(())
+    };
+    for b in boards {
+        for (stem, _, svg) in charts(b) {
+            put(charts_dir.join(format!("{stem}.svg")), svg.as_bytes())?;
+        }
+    }
+    put(out.join("leaderboard.md"), markdown(boards).as_bytes())?;
+    let mut json = serde_json::to_vec_pretty(&serde_json::json!({ "boards": boards }))?;
+    json.push(b'\n');
+    put(out.join("leaderboard.json"), &json)?;
+    put(out.join("leaderboard.html"), html_page(boards).as_bytes())?;
+    Ok(written)
+}
+
+/// An agent's stage in the per-stage tables: mean normalised score · pass rate.
+fn stage_cell(a: &AgentRow, stage: &str) -> String {
+    format!(
+        "{:.2} · {:.0}%",
+        a.stage_scores.get(stage).copied().unwrap_or(0.0),
+        100.0 * a.stage_pass_rate.get(stage).copied().unwrap_or(0.0)
+    )
+}
+
+/// A board's runs by agent, then seed (the runs tables).
+fn runs_in_order(b: &Board) -> Vec<&RunEntry> {
+    let mut entries: Vec<&RunEntry> = b.entries.iter().collect();
+    entries.sort_by(|x, y| x.agent.cmp(&y.agent).then(x.seed.cmp(&y.seed)));
+    entries
+}
+
+fn fmt_opt(x: Option<f64>, digits: usize) -> String {
+    x.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn ci_text(a: &AgentRow) -> String {
+    match a.index_ci95 {
+        Some((lo, hi)) => format!("[{lo:.1}, {hi:.1}]"),
+        None => "–".into(),
+    }
+}
+
+fn levels_text(a: &AgentRow) -> String {
+    a.levels
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(l, n)| format!("L{l}×{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn short_hash(h: &Option<String>) -> String {
+    h.as_deref()
+        .map(|h| h.chars().take(12).collect())
+        .unwrap_or_else(|| "(no world)".into())
+}
+
+/// The markdown report (deterministic for the same runs: no clock in it).
+/// The ranked runs that carry integrity notes.
+fn flagged(b: &Board) -> Vec<&RunEntry> {
+    b.entries
+        .iter()
+        .filter(|e| !e.integrity.is_empty())
+        .collect()
+}
+
+pub fn markdown(boards: &[Board]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# gptx leaderboard\n");
+    if boards.is_empty() {
+        let _ = writeln!(o, "No runs.");
+        return o;
+    }
+    for b in boards {
+        let _ = writeln!(
+            o,
+            "## Suite `{}` · world `{}`\n",
+            b.suite,
+            short_hash(&b.world_hash)
+        );
+        let _ = writeln!(
+            o,
+            "{} finished runs of {} agents. Bootstrap Index: mean over runs with a 95% percentile-bootstrap interval ({} resamples); best-of-k is the best run. Stage scores are normalised against the world's reference values (reference = 1.00); a stage not graded counts 0.\n",
+            b.entries.len(),
+            b.agents.len(),
+            b.resamples
+        );
+        let _ = writeln!(
+            o,
+            "| # | agent | runs | mean level | levels | Bootstrap Index | 95% CI | best-of-k | median bpb | CPU-s/run | wall s/run | tokens/run | cost/run |"
+        );
+        let _ = writeln!(o, "|--:|---|--:|--:|---|--:|---|--:|--:|--:|--:|--:|--:|");
+        for a in &b.agents {
+            let _ = writeln!(
+                o,
+                "| {} | `{}` | {} | {:.2} | {}{} | {:.1} | {} | {:.1} ({}) | {} | {:.1} | {:.1} | {} | {} |",
+                a.rank,
+                a.agent,
+                a.runs,
+                a.mean_level,
+                levels_text(a),
+                if a.assisted > 0 {
+                    format!(" ({} assisted)", a.assisted)
+                } else {
+                    String::new()
+                },
+                a.index_mean,
+                ci_text(a),
+                a.best_of_k,
+                a.best_level,
+                fmt_opt(a.median_bpb, 3),
+                a.cpu_seconds,
+                a.wall_seconds,
+                a.tokens
+                    .map(|t| format!("{t:.0}"))
+                    .unwrap_or_else(|| "–".into()),
+                a.cost_usd
+                    .map(|c| format!("${c:.2}"))
+                    .unwrap_or_else(|| "–".into()),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\n### Score per stage (mean normalised score · pass rate)\n"
+        );
+        let _ = write!(o, "| agent |");
+        for s in &b.stages {
+            let _ = write!(o, " {s} |");
+        }
+        let _ = write!(o, "\n|---|");
+        for _ in &b.stages {
+            let _ = write!(o, "--:|");
+        }
+        o.push('\n');
+        for a in &b.agents {
+            let _ = write!(o, "| `{}` |", a.agent);
+            for s in &b.stages {
+                let _ = write!(o, " {} |", stage_cell(a, s));
+            }
+            o.push('\n');
+        }
+        if !b.baselines.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n### Baseline ladder (bits per byte on the hidden test set)\n"
+            );
+            let _ = writeln!(
+                o,
+                "{}",
+                b.baselines
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" · ")
+            );
+        }
+        let _ = writeln!(o, "\n### Charts\n");
+        for (stem, title, _) in charts(b) {
+            let _ = writeln!(o, "![{title}](charts/{stem}.svg)");
+        }
+        let _ = writeln!(o, "\n### Runs\n");
+        let _ = writeln!(o, "| agent | seed | level | index | bpb | run |");
+        let _ = writeln!(o, "|---|--:|---|--:|--:|---|");
+        for e in runs_in_order(b) {
+            let _ = writeln!(
+                o,
+                "| `{}` | {} | {}{} | {:.1} | {} | `{}` |",
+                e.agent,
+                e.seed,
+                e.level,
+                e.assisted_level
+                    .as_deref()
+                    .map(|a| format!(" ({a})"))
+                    .unwrap_or_default(),
+                e.bootstrap_index,
+                fmt_opt(e.bpb, 3),
+                e.run_id
+            );
+        }
+        let flagged = flagged(b);
+        if !flagged.is_empty() {
+            let _ = writeln!(o, "\n### Runs with integrity events (ranked; what the harness cleaned up or refused)\n");
+            for e in flagged {
+                let _ = writeln!(
+                    o,
+                    "- `{}` (`{}`): {}",
+                    e.run_id,
+                    e.agent,
+                    e.integrity.join(", ")
+                );
+            }
+        }
+        if !b.unfinished.is_empty() {
+            let _ = writeln!(o, "\n### Unfinished runs (not ranked)\n");
+            let _ = writeln!(o, "| run | agent | seed | status | started | error |");
+            let _ = writeln!(o, "|---|---|--:|---|---|---|");
+            for u in &b.unfinished {
+                let _ = writeln!(
+                    o,
+                    "| `{}` | `{}` | {} | {} | {} | {} |",
+                    u.run_id,
+                    u.agent,
+                    u.seed,
+                    u.status,
+                    u.started_at,
+                    u.error.as_deref().unwrap_or("").replace('|', "\\|")
+                );
+            }
+        }
+        o.push('\n');
+    }
+    o
+}
+
+/// Escapes text for HTML.
+pub fn html_escape(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => s.push_str("&amp;"),
+            '<' => s.push_str("&lt;"),
+            '>' => s.push_str("&gt;"),
+            '"' => s.push_str("&quot;"),
+            '\'' => s.push_str("&#39;"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1200px;padding:0 16px;color:#1d2330}\
+h1{font-size:26px}h2{font-size:20px;margin-top:36px;border-bottom:1px solid #dde;padding-bottom:4px}h3{font-size:16px;margin-top:22px}\
+table{border-collapse:collapse;margin:8px 0;font-size:14px}th,td{padding:5px 9px;border-bottom:1px solid #e6e8ee;text-align:right}\
+th{background:#f4f6fa;font-weight:600}td.l,th.l{text-align:left}code{font-size:13px}.muted{color:#667}\
+.charts{display:flex;flex-wrap:wrap;gap:12px}.charts figure{margin:0;border:1px solid #e6e8ee;border-radius:6px;padding:6px;background:#fff}\
+.bar{display:inline-block;height:10px;background:#2c7be5;border-radius:2px;vertical-align:middle;margin-left:6px}";
+
+/// Links to a run: to the viewer's run page when served, plain text in a static report.
+fn run_ref(id: &str, links: bool) -> String {
+    if links {
+        format!(
+            "<a href=\"/runs/{}\"><code>{}</code></a>",
+            html_escape(id),
+            html_escape(id)
+        )
+    } else {
+        format!("<code>{}</code>", html_escape(id))
+    }
+}
+
+/// The leaderboard body (tables and inline charts) without `<html>`, for the viewer's own layout;
+/// `links`: run ids link to the viewer's run pages.
+pub fn html_body(boards: &[Board], links: bool) -> String {
+    let mut o = String::new();
+    if boards.is_empty() {
+        o.push_str("<p class=\"muted\">No runs yet: <code>gptx run --suite mini --agent reference --seeds 1-3</code>, then reload.</p>");
+        return o;
+    }
+    for b in boards {
+        let _ = write!(
+            o,
+            "<h2>Suite <code>{}</code> · world <code>{}</code></h2><p class=\"muted\">{} finished runs of {} agents · Bootstrap Index mean with a 95% percentile-bootstrap interval over runs ({} resamples) · stage scores normalised against the world's reference values.</p>",
+            html_escape(&b.suite),
+            html_escape(&short_hash(&b.world_hash)),
+            b.entries.len(),
+            b.agents.len(),
+            b.resamples
+        );
+        o.push_str("<table><tr><th>#</th><th class=\"l\">agent</th><th>runs</th><th>mean level</th><th class=\"l\">levels</th><th>Bootstrap Index</th><th class=\"l\">95% CI</th><th>best-of-k</th><th>median bpb</th><th>CPU-s/run</th><th>wall s/run</th><th>tokens/run</th><th>cost/run</th></tr>");
+        for a in &b.agents {
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{:.2}</td><td class=\"l\">{}</td><td>{:.1}<span class=\"bar\" style=\"width:{:.0}px\"></span></td><td class=\"l\">{}</td><td>{:.1} ({})</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+                a.rank,
+                html_escape(&a.agent),
+                a.runs,
+                a.mean_level,
+                html_escape(&levels_text(a)),
+                a.index_mean,
+                a.index_mean.clamp(0.0, 100.0),
+                ci_text(a),
+                a.best_of_k,
+                html_escape(&a.best_level),
+                fmt_opt(a.median_bpb, 3),
+                a.cpu_seconds,
+                a.wall_seconds,
+                a.tokens.map(|t| format!("{t:.0}")).unwrap_or_else(|| "–".into()),
+                a.cost_usd.map(|c| format!("${c:.2}")).unwrap_or_else(|| "–".into()),
+            );
+        }
+        o.push_str("</table><h3>Score per stage (mean normalised score · pass rate)</h3><table><tr><th class=\"l\">agent</th>");
+        for s in &b.stages {
+            let _ = write!(o, "<th>{}</th>", html_escape(s));
+        }
+        o.push_str("</tr>");
+        for a in &b.agents {
+            let _ = write!(
+                o,
+                "<tr><td class=\"l\"><code>{}</code></td>",
+                html_escape(&a.agent)
+            );
+            for s in &b.stages {
+                let _ = write!(o, "<td>{}</td>", stage_cell(a, s));
+            }
+            o.push_str("</tr>");
+        }
+        o.push_str("</table><div class=\"charts\">");
+        for (_, title, svg) in charts(b) {
+            let _ = write!(
+                o,
+                "<figure aria-label=\"{}\">{}</figure>",
+                html_escape(&title),
+                svg
+            );
+        }
+        o.push_str("</div><h3>Runs</h3><table><tr><th class=\"l\">agent</th><th>seed</th><th class=\"l\">level</th><th>index</th><th>bpb</th><th class=\"l\">run</th></tr>");
+        for e in runs_in_order(b) {
+            let _ = write!(
+                o,
+                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+                html_escape(&e.agent),
+                e.seed,
+                html_escape(&e.level),
+                e.assisted_level
+                    .as_deref()
+                    .map(|a| format!(" ({})", html_escape(a)))
+                    .unwrap_or_default(),
+                e.bootstrap_index,
+                fmt_opt(e.bpb, 3),
+                run_ref(&e.run_id, links)
+            );
+        }
+        o.push_str("</table>");
+        let flagged = flagged(b);
+        if !flagged.is_empty() {
+            o.push_str("<h3>Runs with integrity events</h3><ul>");
+            for e in flagged {
+                let _ = write!(
+                    o,
+                    "<li>{} (<code>{}</code>): {}</li>",
+                    run_ref(&e.run_id, links),
+                    html_escape(&e.agent),
+                    html_escape(&e.integrity.join(", "))
+                );
+            }
+            o.push_str("</ul>");
+        }
+        if !b.unfinished.is_empty() {
+            o.push_str("<h3>Unfinished runs (not ranked)</h3><table><tr><th class=\"l\">run</th><th class=\"l\">agent</th><th>seed</th><th class=\"l\">status</th><th class=\"l\">started</th><th class=\"l\">error</th></tr>");
+            for u in &b.unfinished {
+                let _ = write!(
+                    o,
+                    "<tr><td class=\"l\">{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+                    run_ref(&u.run_id, links),
+                    html_escape(&u.agent),
+                    u.seed,
+                    html_escape(&u.status),
+                    html_escape(&u.started_at),
+                    html_escape(u.error.as_deref().unwrap_or(""))
+                );
+            }
+            o.push_str("</table>");
+        }
+    }
+    o
+}
+
+/// The leaderboard as one self-contained HTML document (styles and charts inline; run ids as text).
+pub fn html_page(boards: &[Board]) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>gptx leaderboard</title><style>{STYLE}</style></head><body><h1>gptx leaderboard</h1>{}</body></html>\n",
+        html_body(boards, false)
+    )
+}
+
+/// The leaderboard's own stylesheet (for a page that embeds [`html_body`]).
+pub fn stylesheet() -> &'static str {
+    STYLE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_interval_brackets_the_mean_and_is_reproducible() {
+        let xs = [10.0, 20.0, 30.0, 40.0, 50.0];
+        let (lo, hi) = bootstrap_ci95(&xs, 10_000, 7).unwrap();
+        assert!(lo < 30.0 && 30.0 < hi, "{lo} {hi}");
+        assert!(lo >= 10.0 && hi <= 50.0);
+        // The normal approximation: sd 14.14/√5 = 6.32 → ±12.4; the percentile interval is close.
+        assert!((hi - lo - 24.8).abs() < 4.0, "{lo} {hi}");
+        assert_eq!(bootstrap_ci95(&xs, 10_000, 7), Some((lo, hi)));
+        assert_eq!(bootstrap_ci95(&[5.0, 5.0, 5.0], 1000, 1), Some((5.0, 5.0)));
+        assert_eq!(bootstrap_ci95(&[5.0], 1000, 1), None);
+    }
+
+    #[test]
+    fn median_and_levels() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(level_number("L6"), 6);
+        assert_eq!(level_number("L4*"), 4);
+        assert_eq!(level_number("?"), 0);
+    }
+}

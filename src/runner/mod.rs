@@ -1,0 +1,1127 @@
+//! The run loop: stages in order, the agent's tool calls executed against a sandbox, budgets, events out.
+//!
+//! The runner knows nothing of Docker or terminals: it drives a `dyn Sandbox` and a `dyn Agent`, and its
+//! only output is the typed event stream handed to reporters (the recorder among them).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::tools::{self, RawCall, ToolCall, ToolError};
+use crate::agent::{Agent, StageTask, StageVerdict, Turn, Verdict};
+use crate::config::suite::{Budgets, Home, Stage, StageNetwork, Suite};
+use crate::sandbox::{ExecRequest, OutStream, Sandbox};
+use crate::stages::levels::{self, CheckRequest, ScoreContext, Scorer};
+use crate::trace::rundir::{RunStatus, StageSummary};
+use crate::trace::{
+    EndReason, Event, EventSink, IntegrityNote, OutputRef, OutputStore, StageScore, StepRecord,
+    StepUsage, WorkspaceHistory,
+};
+
+/// Stages whose failure `--rescue` makes up for with the reference artifact.
+pub const RESCUABLE: [&str; 2] = ["crawl", "tokenize"];
+const RESCUE_CORPUS: &str = "data/corpus.jsonl";
+/// Where the rescue writes the reference tokenizer's sources.
+const RESCUE_DIR: &str = "gptx-rescue";
+const RESCUE_SECONDS: u64 = 300;
+
+/// Bytes of each output stream the agent (and the event) sees inline: head and tail halves.
+pub const INLINE_OUTPUT: usize = 32 * 1024;
+/// Bytes of each output stream kept in `outputs/` per step; beyond this the output is counted, not kept.
+pub const FULL_OUTPUT: usize = 64 * 1024 * 1024;
+/// Most bytes `read_file` returns.
+pub const READ_LIMIT: u64 = 1024 * 1024;
+/// `write_file` contents larger than this are kept in `outputs/` and referenced from the event.
+pub const INLINE_ARG: usize = 64 * 1024;
+
+/// Captures one output stream: everything up to [`FULL_OUTPUT`], plus a running tail.
+#[derive(Default)]
+struct Capture {
+    full: Vec<u8>,
+    tail: Vec<u8>,
+    total: u64,
+}
+
+impl Capture {
+    fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        let room = FULL_OUTPUT.saturating_sub(self.full.len());
+        self.full.extend_from_slice(&data[..data.len().min(room)]);
+        let half = INLINE_OUTPUT / 2;
+        self.tail
+            .extend_from_slice(&data[data.len().saturating_sub(half)..]);
+        if self.tail.len() > half {
+            self.tail.drain(..self.tail.len() - half);
+        }
+    }
+
+    fn truncated(&self) -> bool {
+        self.total > INLINE_OUTPUT as u64
+    }
+
+    /// What the agent sees: all of it, or head + marker + tail.
+    fn inline(&self) -> String {
+        if !self.truncated() {
+            return String::from_utf8_lossy(&self.full).into_owned();
+        }
+        let half = INLINE_OUTPUT / 2;
+        format!(
+            "{}\n[... {} bytes omitted by gptx; the full output is in the trace ...]\n{}",
+            String::from_utf8_lossy(&self.full[..half]),
+            self.total - (2 * half) as u64,
+            String::from_utf8_lossy(&self.tail)
+        )
+    }
+}
+
+/// What came of one tool call, before it is recorded.
+struct StepResult {
+    result: Result<Value, ToolError>,
+    usage: Option<StepUsage>,
+    outputs: Vec<OutputRef>,
+    sandbox_seconds: f64,
+    /// Args as recorded (large write_file contents replaced by a reference).
+    recorded_args: Value,
+}
+
+/// A stage's outcome as the run result reports it.
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    pub stage: String,
+    pub ended_by: EndReason,
+    pub steps: u64,
+    pub sandbox_seconds: f64,
+    pub wall_seconds: f64,
+    pub score: Option<StageScore>,
+    /// The harness handed over this stage's reference artifact after it failed.
+    pub rescued: bool,
+    /// An LLM agent's model tokens and cost (None: unpriced) in this stage.
+    pub usage: Option<(u64, Option<f64>)>,
+    /// CPU seconds the stage's commands used in the sandbox (the container's cgroup where known).
+    pub cpu_seconds: f64,
+}
+
+/// The end of a run as the runner saw it.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub status: RunStatus,
+    pub level: String,
+    /// The level with rescued stages counted (`L4*`), when rescue let the agent get further.
+    pub assisted_level: Option<String>,
+    pub bootstrap_index: f64,
+    pub stages: Vec<StageOutcome>,
+    pub wall_seconds: f64,
+    pub trace_sha256: Option<String>,
+    pub events: u64,
+    /// The integrity ledger: what was refused or cleaned up on the agent's side.
+    pub integrity: Vec<IntegrityNote>,
+}
+
+impl RunResult {
+    /// Per-stage summaries for score.json and `--json`.
+    pub fn summaries(&self) -> BTreeMap<String, StageSummary> {
+        self.stages
+            .iter()
+            .map(|o| {
+                let mut s = match &o.score {
+                    Some(score) => StageSummary::from_score(score),
+                    None => StageSummary::from_score(&StageScore {
+                        status: "not_scored".into(),
+                        passed: false,
+                        metrics: Default::default(),
+                        reason: Some(format!("the stage ended by {:?}", o.ended_by)),
+                        normalized: None,
+                        public_reason: None,
+                    }),
+                };
+                s.ended_by = Some(o.ended_by);
+                s.rescued = o.rescued;
+                if let Some((tokens, cost)) = o.usage {
+                    s.tokens = Some(tokens);
+                    s.cost_usd = cost;
+                }
+                s.steps = o.steps;
+                s.sandbox_seconds = o.sandbox_seconds;
+                s.wall_seconds = o.wall_seconds;
+                s.cpu_seconds = Some(crate::trace::round(o.cpu_seconds, 3));
+                (o.stage.clone(), s)
+            })
+            .collect()
+    }
+}
+
+/// Everything the loop needs besides the agent.
+pub struct Runner {
+    pub home: Home,
+    pub suite: Suite,
+    pub run_id: String,
+    pub run_dir: PathBuf,
+    pub sandbox: Arc<dyn Sandbox>,
+    /// The run's internal network, joined in stages whose network is `world`.
+    pub world_network: Option<String>,
+    /// The built world, when the suite has one (the crawl scorer grades against it).
+    pub world: Option<Arc<crate::world::World>>,
+    /// Where scorers run the agent's programs on hidden data (fresh scoring sandboxes).
+    pub programs: Option<Arc<dyn crate::sandbox::programs::Programs>>,
+    /// Where the selfhost stage rebuilds from the recipe.
+    pub rebuilder: Option<Arc<dyn crate::stages::selfhost::Rebuilder>>,
+    /// Makes the scoring sandboxes for a private copy of the workspace: with it, every stage is
+    /// graded from a read-only copy made after its processes were killed (without it, from the live
+    /// workspace: the fake sandbox of the tests).
+    pub graded_programs: Option<GradedPrograms>,
+    /// Hand over the reference artifact of a failed crawl or tokenize stage (`--rescue`).
+    pub rescue: bool,
+    pub events: EventSink,
+    pub history: Option<WorkspaceHistory>,
+    pub outputs: OutputStore,
+    pub cancel: CancellationToken,
+    step: u64,
+    /// The run's integrity ledger so far (also emitted as `integrity` events).
+    ledger: Vec<IntegrityNote>,
+    /// Bytes of agent logs recorded so far (capped at [`AGENT_LOG_CAP`] per run).
+    agent_log_bytes: u64,
+}
+
+/// The recipe files the selfhost copy refused for what they were, not for their size or place: a
+/// link, a FIFO or device, a file that changed while it was read. An integrity note when any.
+fn refused_note(stage: &str, score: &StageScore) -> Option<IntegrityNote> {
+    let refused = score.metrics.get("recipe")?.get("refused")?.as_array()?;
+    let odd: Vec<String> = refused
+        .iter()
+        .filter(|r| {
+            let why = r["reason"].as_str().unwrap_or("");
+            [
+                "symlink",
+                "not a regular file",
+                "following links",
+                "grew",
+                "changed while",
+            ]
+            .iter()
+            .any(|k| why.contains(k))
+        })
+        .map(|r| r["path"].as_str().unwrap_or("?").to_string())
+        .collect();
+    (!odd.is_empty()).then(|| IntegrityNote {
+        stage: Some(stage.to_string()),
+        kind: "files_refused".into(),
+        count: odd.len() as u64,
+        detail: format!(
+            "not copied into the rebuild (links, FIFOs, files that changed): {}",
+            odd.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// Whether the workspace's own filesystem (of `disk_mb`) is full at a stage's end: the agent hit its
+/// disk limit. None for a workspace without one (its filesystem is larger than the limit).
+fn disk_full(workspace: &std::path::Path, disk_mb: u64) -> Option<String> {
+    let st = rustix::fs::statvfs(workspace).ok()?;
+    let total = st.f_blocks * st.f_frsize;
+    let free = st.f_bavail * st.f_frsize;
+    (total <= (disk_mb << 20) && free < (total / 100).max(1 << 20)).then(|| {
+        format!(
+            "the workspace's {disk_mb} MiB disk was full ({} KiB free) when the stage ended",
+            free >> 10
+        )
+    })
+}
+
+/// Copies the workspace into `<run>/graded/` (`cp -a --sparse=always`: links stay links, FIFOs stay
+/// FIFOs, holes stay holes; the agent's disk limit bounds it) and opens it: what the stage is graded
+/// on, fixed after the stage's processes were killed.
+fn graded_copy(
+    workspace: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> Result<(std::path::PathBuf, crate::sandbox::WorkspaceRoot), String> {
+    let to = run_dir.join("graded");
+    crate::sandbox::quota::copy_tree(workspace, &to).map_err(|e| e.to_string())?;
+    let root = crate::sandbox::WorkspaceRoot::open(&to, None)
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    Ok((to, root))
+}
+
+/// Makes [`crate::sandbox::programs::Programs`] for a copy of the workspace at a path.
+pub type GradedPrograms =
+    Arc<dyn Fn(&std::path::Path) -> Arc<dyn crate::sandbox::programs::Programs> + Send + Sync>;
+
+/// Bytes of an external agent's stderr one run records; the rest is counted, not kept.
+pub const AGENT_LOG_CAP: u64 = 16 << 20;
+
+impl Runner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        home: Home,
+        suite: Suite,
+        run_id: String,
+        run_dir: PathBuf,
+        sandbox: Arc<dyn Sandbox>,
+        events: EventSink,
+        history: Option<WorkspaceHistory>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let outputs = OutputStore::new(&run_dir.join("outputs"));
+        Self {
+            home,
+            suite,
+            run_id,
+            run_dir,
+            sandbox,
+            world_network: None,
+            world: None,
+            programs: None,
+            rebuilder: None,
+            graded_programs: None,
+            rescue: false,
+            events,
+            history,
+            outputs,
+            cancel,
+            step: 0,
+            ledger: Vec::new(),
+            agent_log_bytes: 0,
+        }
+    }
+
+    /// Sends an event to the recorder, then to every reporter.
+    pub fn emit(&mut self, event: Event) {
+        self.events.emit(event);
+    }
+
+    fn warn(&mut self, message: String) {
+        self.events.warn(message);
+    }
+
+    /// Records an entry of the integrity ledger.
+    fn note(&mut self, note: IntegrityNote) {
+        self.ledger.push(note.clone());
+        self.emit(Event::Integrity(note));
+    }
+
+    /// Runs every stage of the suite with `agent`; the caller then tears down and calls [`Runner::finish`].
+    pub async fn run(&mut self, agent: &mut dyn Agent, image: &str) -> RunResult {
+        let started = Instant::now();
+        self.emit(Event::RunStarted {
+            run_id: self.run_id.clone(),
+            suite: self.suite.name.clone(),
+            agent: agent.spec(),
+            seed: self.suite.seed,
+            gptx_version: env!("CARGO_PKG_VERSION").into(),
+            world_hash: None,
+            image: image.into(),
+            stages: self.suite.stage_names(),
+        });
+        let mut outcomes = Vec::new();
+        let mut status = RunStatus::Done;
+        let stages = self.suite.stages.clone();
+        for (index, stage) in stages.iter().enumerate() {
+            let mut outcome = self.run_stage(agent, stage, index).await;
+            let interrupted = outcome.ended_by == EndReason::Interrupted;
+            let failed = outcome.score.as_ref().is_some_and(|s| !s.passed);
+            let later = index + 1 < stages.len();
+            if !interrupted
+                && failed
+                && later
+                && self.rescue
+                && RESCUABLE.contains(&stage.name.as_str())
+            {
+                outcome.rescued = self.rescue_stage(&stage.name).await;
+            }
+            outcomes.push(outcome);
+            if let Some(why) = self.events.recorder.broken() {
+                tracing::error!("the trace could not be written ({why}); the run stops as failed");
+                status = RunStatus::Failed;
+                break;
+            }
+            if interrupted {
+                status = RunStatus::Interrupted;
+                break;
+            }
+        }
+        let scores: BTreeMap<String, StageScore> = outcomes
+            .iter()
+            .filter_map(|o| o.score.clone().map(|s| (o.stage.clone(), s)))
+            .collect();
+        let rescued: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.rescued)
+            .map(|o| o.stage.clone())
+            .collect();
+        let levels = levels::levels(&scores, &rescued);
+        let level = levels.level;
+        let bootstrap_index = levels::bootstrap_index(&scores);
+        if status == RunStatus::Done {
+            let verdict = Verdict {
+                level: level.clone(),
+                bootstrap_index,
+                stages: outcomes
+                    .iter()
+                    .map(|o| StageVerdict {
+                        stage: o.stage.clone(),
+                        passed: o.score.as_ref().is_some_and(|s| s.passed),
+                        status: o
+                            .score
+                            .as_ref()
+                            .map(|s| s.status.clone())
+                            .unwrap_or_else(|| "not scored".into()),
+                        ended_by: o.ended_by,
+                        reason: o.score.as_ref().and_then(|s| s.told()),
+                    })
+                    .collect(),
+            };
+            agent.done(&verdict).await;
+            if let Some(last) = stages.last() {
+                self.agent_log(agent, &last.name);
+            }
+        }
+        let wall_seconds = started.elapsed().as_secs_f64();
+        RunResult {
+            status,
+            level,
+            assisted_level: levels.assisted,
+            bootstrap_index,
+            stages: outcomes,
+            wall_seconds,
+            trace_sha256: None,
+            events: 0,
+            integrity: self.ledger.clone(),
+        }
+    }
+
+    async fn run_stage(
+        &mut self,
+        agent: &mut dyn Agent,
+        stage: &Stage,
+        index: usize,
+    ) -> StageOutcome {
+        let started = Instant::now();
+        let budgets = stage.budgets.clone();
+        let network = match stage.network {
+            StageNetwork::World => self.world_network.clone(),
+            StageNetwork::None => None,
+        };
+        if let Err(e) = self.sandbox.set_network(network.as_deref()).await {
+            self.warn(format!(
+                "stage {}: could not set the sandbox network: {e}",
+                stage.name
+            ));
+        }
+        let seeds = self
+            .world
+            .as_ref()
+            .map(|w| w.manifest.seed_urls.clone())
+            .unwrap_or_default();
+        let instruction =
+            match crate::stages::contract::instruction(&self.home, &self.suite, stage, &seeds) {
+                Ok(text) => text,
+                Err(e) => {
+                    self.warn(e.to_string());
+                    format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
+                }
+            };
+        self.emit(Event::StageStarted {
+            stage: stage.name.clone(),
+            index,
+            budgets: budgets.clone(),
+            network: network.clone(),
+            instruction_sha256: crate::trace::sha256_hex(instruction.as_bytes()),
+        });
+        let task = StageTask {
+            stage: stage.name.clone(),
+            index,
+            instruction,
+            tools: tools::schemas(),
+            limits: budgets.clone(),
+        };
+        let scorer = levels::scorer_for(&stage.name, self.world.as_ref());
+        let mut steps = 0u64;
+        let mut sandbox_seconds = 0.0f64;
+        let mut cpu_seconds = 0.0f64;
+        let wall_deadline = started + Duration::from_secs_f64(budgets.max_wall_seconds);
+        let ended_by = 'stage: {
+            let begun = agent.begin_stage(&task).await;
+            self.agent_log(agent, &stage.name);
+            if let Err(e) = begun {
+                self.warn(e.to_string());
+                break 'stage EndReason::AgentError;
+            }
+            loop {
+                if self.cancel.is_cancelled() || self.events.recorder.broken().is_some() {
+                    break 'stage EndReason::Interrupted;
+                }
+                if steps >= budgets.max_steps {
+                    break 'stage EndReason::MaxSteps;
+                }
+                if sandbox_seconds >= budgets.max_sandbox_seconds {
+                    break 'stage EndReason::MaxSandboxSeconds;
+                }
+                if let Some((tokens, cost)) = agent.usage() {
+                    if budgets.max_tokens.is_some_and(|m| tokens >= m) {
+                        break 'stage EndReason::MaxTokens;
+                    }
+                    if let (Some(m), Some(c)) = (budgets.max_cost_usd, cost) {
+                        if c >= m {
+                            break 'stage EndReason::MaxCostUsd;
+                        }
+                    }
+                }
+                let now = Instant::now();
+                if now >= wall_deadline {
+                    break 'stage EndReason::MaxWallSeconds;
+                }
+                let turn = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break 'stage EndReason::Interrupted,
+                    t = tokio::time::timeout_at(wall_deadline.into(), agent.next()) => t,
+                };
+                self.agent_log(agent, &stage.name);
+                let call = match turn {
+                    Err(_) => break 'stage EndReason::MaxWallSeconds,
+                    Ok(Err(e)) => {
+                        self.warn(e.to_string());
+                        break 'stage EndReason::AgentError;
+                    }
+                    Ok(Ok(Turn::Finished)) => break 'stage EndReason::AgentFinished,
+                    Ok(Ok(Turn::Call(call))) => call,
+                };
+                steps += 1;
+                self.step += 1;
+                let step = self.step;
+                self.emit(Event::StepStarted {
+                    stage: stage.name.clone(),
+                    step,
+                    tool: call.tool.clone(),
+                    args: call.args.clone(),
+                });
+                let begun = chrono::Utc::now();
+                let t0 = Instant::now();
+                let parsed = ToolCall::parse(&call);
+                let remaining_sandbox = budgets.max_sandbox_seconds - sandbox_seconds;
+                let remaining_wall = wall_deadline.saturating_duration_since(Instant::now());
+                let exec = self.execute(
+                    &parsed,
+                    &call,
+                    &budgets,
+                    remaining_sandbox,
+                    remaining_wall,
+                    stage,
+                    scorer.as_ref(),
+                );
+                let res = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => None,
+                    r = exec => Some(r),
+                };
+                let Some(res) = res else {
+                    break 'stage EndReason::Interrupted;
+                };
+                sandbox_seconds += res.sandbox_seconds;
+                if let Some(u) = &res.usage {
+                    cpu_seconds += u.container_cpu_seconds.unwrap_or(u.cpu_seconds);
+                }
+                let commit = if matches!(parsed, Ok(ToolCall::ReadFile { .. })) {
+                    None
+                } else {
+                    self.snapshot(step, &stage.name, &call).await
+                };
+                let ok = res.result.is_ok();
+                let result_value = match &res.result {
+                    Ok(v) => v.clone(),
+                    Err(e) => json!({"code": e.code, "message": e.message}),
+                };
+                self.emit(Event::Step(StepRecord {
+                    stage: stage.name.clone(),
+                    step,
+                    stage_step: steps,
+                    tool: call.tool.clone(),
+                    args: res.recorded_args.clone(),
+                    ok,
+                    result: result_value,
+                    started_at: begun,
+                    duration_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                    sandbox_seconds: res.sandbox_seconds,
+                    usage: res.usage.clone(),
+                    outputs: res.outputs.clone(),
+                    commit,
+                }));
+                if let Err(e) = agent.observe(&call, &res.result).await {
+                    self.warn(e.to_string());
+                    break 'stage EndReason::AgentError;
+                }
+                if matches!(parsed, Ok(ToolCall::Submit)) {
+                    break 'stage EndReason::Submit;
+                }
+            }
+        };
+        if let Some(budget) = ended_by.budget() {
+            agent.stopped(budget).await;
+        }
+        // Nothing the agent started outlives its stage, and nothing of it runs while it is graded.
+        let swept = match self.sandbox.end_stage().await {
+            Ok(s) => {
+                if s.bad_lines > 0 {
+                    self.note(IntegrityNote {
+                        stage: Some(stage.name.clone()),
+                        kind: "supervisor_lines".into(),
+                        count: s.bad_lines,
+                        detail: "lines from the sandbox's supervisor that were not its protocol were dropped".into(),
+                    });
+                }
+                if let Some(full) =
+                    disk_full(self.sandbox.workspace().path(), self.suite.sandbox.disk_mb)
+                {
+                    self.note(IntegrityNote {
+                        stage: Some(stage.name.clone()),
+                        kind: "disk_full".into(),
+                        count: 1,
+                        detail: full,
+                    });
+                }
+                if s.killed > 0 {
+                    self.note(IntegrityNote {
+                        stage: Some(stage.name.clone()),
+                        kind: "processes_killed".into(),
+                        count: s.killed,
+                        detail: format!(
+                            "still running when the stage ended: {}",
+                            s.commands.join(" | ")
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.warn(format!(
+                    "stage {}: the agent's processes could not be stopped: {e}",
+                    stage.name
+                ));
+                Err(e.to_string())
+            }
+        };
+        self.agent_log(agent, &stage.name);
+        let usage = agent.usage();
+        let wall_seconds = started.elapsed().as_secs_f64();
+        self.emit(Event::StageEnded {
+            stage: stage.name.clone(),
+            ended_by,
+            steps,
+            sandbox_seconds,
+            wall_seconds,
+        });
+        let mut ended_by = ended_by;
+        let score = if ended_by == EndReason::Interrupted {
+            None
+        } else if let Err(e) = swept {
+            let score = StageScore::zero(
+                "error",
+                format!("not graded: the agent's processes could not be stopped ({e})"),
+            );
+            self.emit(Event::StageScored {
+                stage: stage.name.clone(),
+                score: score.clone(),
+            });
+            Some(score)
+        } else {
+            // The grade reads a private copy, made now that nothing of the agent runs.
+            let graded = match &self.graded_programs {
+                Some(make) => graded_copy(self.sandbox.workspace().path(), &self.run_dir)
+                    .map(|(path, root)| Some((make(&path), root, path))),
+                None => Ok(None),
+            };
+            match graded {
+                Err(e) => {
+                    let score = StageScore::zero(
+                        "error",
+                        format!("not graded: the workspace could not be copied for grading ({e})"),
+                    );
+                    self.emit(Event::StageScored {
+                        stage: stage.name.clone(),
+                        score: score.clone(),
+                    });
+                    Some(score)
+                }
+                Ok(graded) => {
+                    let mut ctx = self.score_context(stage);
+                    if let Some((programs, root, _)) = &graded {
+                        ctx.programs = Some(programs.as_ref());
+                        ctx.graded = Some(root);
+                    }
+                    // Scoring can take long (a selfhost rebuild); an interrupt drops it, and the
+                    // session's sweep removes whatever containers it had made.
+                    let scored = tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => None,
+                        s = scorer.score(&ctx) => Some(s),
+                    };
+                    if let Some((_, _, path)) = graded {
+                        let _ = std::fs::remove_dir_all(&path);
+                    }
+                    match scored {
+                        Some(score) => {
+                            self.emit(Event::StageScored {
+                                stage: stage.name.clone(),
+                                score: score.clone(),
+                            });
+                            if let Some(note) = refused_note(&stage.name, &score) {
+                                self.note(note);
+                            }
+                            Some(score)
+                        }
+                        None => {
+                            self.warn(format!("stage {}: interrupted while scoring", stage.name));
+                            ended_by = EndReason::Interrupted;
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        StageOutcome {
+            stage: stage.name.clone(),
+            ended_by,
+            steps,
+            sandbox_seconds,
+            wall_seconds,
+            score,
+            rescued: false,
+            usage,
+            cpu_seconds,
+        }
+    }
+
+    /// Hands the agent the reference artifact of a failed stage: the world's gold corpus for crawl;
+    /// the reference tokenizer, trained in the sandbox on the workspace's corpus, for tokenize. The
+    /// workspace is committed and a `rescue` event says what was written; false when it failed.
+    async fn rescue_stage(&mut self, stage: &str) -> bool {
+        let t0 = Instant::now();
+        let (ok, files, detail) = match stage {
+            "crawl" => self.rescue_crawl(),
+            "tokenize" => self.rescue_tokenize().await,
+            _ => (false, vec![], format!("stage {stage} has no rescue")),
+        };
+        let commit = match self.history.as_mut() {
+            Some(h) => h
+                .commit_if_changed(&format!(
+                    "rescue ({stage}): the harness handed over the reference artifact\n\n{detail}\n"
+                ))
+                .unwrap_or_else(|e| {
+                    tracing::warn!("could not record the rescue in git: {e}");
+                    None
+                }),
+            None => None,
+        };
+        self.emit(Event::Rescue {
+            stage: stage.into(),
+            ok,
+            files,
+            detail,
+            seconds: t0.elapsed().as_secs_f64(),
+            commit,
+        });
+        ok
+    }
+
+    fn rescue_crawl(&mut self) -> (bool, Vec<String>, String) {
+        let Some(world) = self.world.clone() else {
+            return (false, vec![], "this run has no world".into());
+        };
+        let gold = match world.gold() {
+            Ok(g) => g,
+            Err(e) => return (false, vec![], format!("reading the world's gold: {e}")),
+        };
+        let mut text = String::new();
+        for (url, t) in &gold {
+            text.push_str(&json!({"url": url, "text": t}).to_string());
+            text.push('\n');
+        }
+        let path = crate::sandbox::paths::WorkspacePath::parse(RESCUE_CORPUS).expect("constant");
+        match self.sandbox.write_file(&path, text.as_bytes()) {
+            Ok(n) => (
+                true,
+                vec![RESCUE_CORPUS.into()],
+                format!(
+                    "wrote {RESCUE_CORPUS}: the world's gold text of {} served pages ({n} bytes)",
+                    gold.len()
+                ),
+            ),
+            Err(e) => (false, vec![], format!("writing {RESCUE_CORPUS}: {e}")),
+        }
+    }
+
+    async fn rescue_tokenize(&mut self) -> (bool, Vec<String>, String) {
+        let dir = self.home.tasks().join("tokenize").join("reference");
+        let mut files = Vec::new();
+        let mut names = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if e.path().is_file() && !name.starts_with('.') {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        for name in names {
+            let target = format!("{RESCUE_DIR}/tokenize/{name}");
+            let written = std::fs::read(dir.join(&name))
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    let p = crate::sandbox::paths::WorkspacePath::parse(&target)
+                        .map_err(|e| e.to_string())?;
+                    self.sandbox.write_file(&p, &b).map_err(|e| e.to_string())
+                });
+            if let Err(e) = written {
+                return (false, files, format!("writing {target}: {e}"));
+            }
+            files.push(target);
+        }
+        let req = ExecRequest {
+            cmd: format!("GPTX_TIME_LIMIT={RESCUE_SECONDS} sh {RESCUE_DIR}/tokenize/run.sh"),
+            timeout: Duration::from_secs(RESCUE_SECONDS + 30),
+            env: vec![],
+            stdin: None,
+        };
+        let mut out = Vec::new();
+        let res = {
+            let mut sink = |_: OutStream, d: &[u8]| {
+                out.extend_from_slice(d);
+                if out.len() > 8192 {
+                    out.drain(..out.len() - 4096);
+                }
+            };
+            self.sandbox.exec(&req, &mut sink).await
+        };
+        let tail = String::from_utf8_lossy(&out).trim().to_string();
+        match res {
+            Ok(o) if o.shell_code() == 0 => {
+                files.extend(["tokenizer/".to_string(), "bin/tokenize".to_string()]);
+                (
+                    true,
+                    files,
+                    format!("trained the reference tokenizer on the workspace's corpus: {tail}"),
+                )
+            }
+            Ok(o) => (
+                false,
+                files,
+                format!(
+                    "the reference tokenizer failed (exit {}): {tail}",
+                    o.shell_code()
+                ),
+            ),
+            Err(e) => (
+                false,
+                files,
+                format!("running the reference tokenizer: {e}"),
+            ),
+        }
+    }
+
+    /// Records what the agent logged (an external agent's stderr) since the last look.
+    fn agent_log(&mut self, agent: &mut dyn Agent, stage: &str) {
+        for call in agent.take_model_calls() {
+            self.emit(Event::ModelCall {
+                stage: stage.into(),
+                call,
+            });
+        }
+        if let Some(text) = agent.take_log() {
+            let n = text.len() as u64;
+            let before = self.agent_log_bytes;
+            self.agent_log_bytes += n;
+            if before + n <= AGENT_LOG_CAP {
+                self.emit(Event::AgentLog {
+                    stage: stage.into(),
+                    text,
+                });
+            } else if before <= AGENT_LOG_CAP {
+                self.warn(format!(
+                    "the agent's log passed the run's cap of {} MiB; the rest is not recorded",
+                    AGENT_LOG_CAP >> 20
+                ));
+            }
+        }
+    }
+
+    /// What a scorer may look at for `stage`, in `check` and in the grade alike.
+    fn score_context<'a>(&'a self, stage: &'a Stage) -> ScoreContext<'a> {
+        ScoreContext {
+            stage,
+            sandbox: self.sandbox.as_ref(),
+            run_dir: &self.run_dir,
+            gates: &self.suite.gates,
+            reference: &self.suite.reference,
+            programs: self.programs.as_deref(),
+            scoring: &self.suite.scoring,
+            rebuilder: self.rebuilder.as_deref(),
+            rebuild_seconds: self.suite.rebuild_seconds,
+            disk_mb: self.suite.sandbox.disk_mb,
+            graded: None,
+        }
+    }
+
+    /// Emits `run_finished` (after the caller tore the sandbox down) and pins the trace's tail hash.
+    pub fn finish(&mut self, result: &mut RunResult) {
+        finish(&mut self.events, result);
+    }
+
+    /// Commits the workspace after a step, on a blocking thread (a snapshot reads files; one run's
+    /// large workspace never stalls the others of a batch).
+    async fn snapshot(&mut self, step: u64, stage: &str, call: &RawCall) -> Option<String> {
+        let mut history = self.history.take()?;
+        let mut args = serde_json::to_string(&call.args).unwrap_or_default();
+        if args.len() > 4096 {
+            let mut cut = 4096;
+            while !args.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            args.truncate(cut);
+            args.push('…');
+        }
+        let summary: String = match call.args.get("cmd").or_else(|| call.args.get("path")) {
+            Some(Value::String(s)) => s.lines().next().unwrap_or("").chars().take(72).collect(),
+            _ => String::new(),
+        };
+        let message = format!(
+            "step {step} ({stage}): {} {summary}\n\n{{\"tool\":{},\"args\":{args}}}\n",
+            call.tool,
+            serde_json::to_string(&call.tool).unwrap_or_default()
+        );
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = history.commit_if_changed(&message);
+            (history, r)
+        })
+        .await;
+        let result = match joined {
+            Ok((history, r)) => {
+                self.history = Some(history);
+                r.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("the snapshot task failed: {e}")),
+        };
+        match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.warn(format!(
+                    "step {step}: could not record the workspace in git: {e}"
+                ));
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        parsed: &Result<ToolCall, ToolError>,
+        call: &RawCall,
+        budgets: &Budgets,
+        remaining_sandbox: f64,
+        remaining_wall: Duration,
+        stage: &Stage,
+        scorer: &dyn Scorer,
+    ) -> StepResult {
+        let mut out = StepResult {
+            result: Err(ToolError::bad_request("unreachable")),
+            usage: None,
+            outputs: Vec::new(),
+            sandbox_seconds: 0.0,
+            recorded_args: call.args.clone(),
+        };
+        let call_parsed = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                out.result = Err(e.clone());
+                return out;
+            }
+        };
+        match call_parsed {
+            ToolCall::Bash { cmd, timeout_s } => {
+                let asked = timeout_s.unwrap_or(budgets.default_step_seconds);
+                let secs = asked
+                    .min(budgets.max_step_seconds)
+                    .min(remaining_sandbox.max(0.001))
+                    .min(remaining_wall.as_secs_f64().max(0.001));
+                let req = ExecRequest {
+                    cmd: cmd.clone(),
+                    timeout: Duration::from_secs_f64(secs),
+                    env: vec![],
+                    stdin: None,
+                };
+                let mut stdout = Capture::default();
+                let mut stderr = Capture::default();
+                let res = {
+                    let mut sink = |s: OutStream, d: &[u8]| match s {
+                        OutStream::Stdout => stdout.push(d),
+                        OutStream::Stderr => stderr.push(d),
+                    };
+                    self.sandbox.exec(&req, &mut sink).await
+                };
+                match res {
+                    Ok(o) => {
+                        out.sandbox_seconds = o.duration_ms / 1000.0;
+                        for (name, cap) in [("stdout", &stdout), ("stderr", &stderr)] {
+                            if cap.truncated() {
+                                match self.outputs.put(&cap.full) {
+                                    Ok(sha) => out.outputs.push(OutputRef {
+                                        stream: name.into(),
+                                        sha256: sha,
+                                        bytes_kept: cap.full.len() as u64,
+                                        bytes_total: cap.total,
+                                    }),
+                                    Err(e) => tracing::warn!("could not keep full {name}: {e}"),
+                                }
+                            }
+                        }
+                        let mut v = json!({
+                            "exit_code": o.shell_code(),
+                            "stdout": stdout.inline(),
+                            "stderr": stderr.inline(),
+                            "truncated": stdout.truncated() || stderr.truncated(),
+                            "duration_ms": (o.duration_ms * 10.0).round() / 10.0,
+                        });
+                        if o.timed_out {
+                            v["timed_out"] = json!(true);
+                            v["timeout_s"] = json!(secs);
+                        }
+                        if o.oom_killed {
+                            v["oom_killed"] = json!(true);
+                        }
+                        if let Some(sig) = o.signal {
+                            v["signal"] = json!(sig);
+                        }
+                        if let Some(err) = &o.error {
+                            v["error"] = json!(err);
+                        }
+                        out.usage = Some(StepUsage {
+                            cpu_seconds: o.cpu_seconds,
+                            max_rss_kb: o.max_rss_kb,
+                            container_cpu_seconds: o.container_cpu_seconds,
+                            container_peak_bytes: o.container_peak_bytes,
+                            timed_out: o.timed_out,
+                            oom_killed: o.oom_killed,
+                        });
+                        out.result = Ok(v);
+                    }
+                    Err(e) => out.result = Err(ToolError::new("sandbox_error", e.to_string())),
+                }
+            }
+            ToolCall::ReadFile { path } => {
+                out.result = match self.sandbox.read_file(path, READ_LIMIT) {
+                    Ok((bytes, size)) => {
+                        let truncated = size > bytes.len() as u64;
+                        Ok(file_content(&bytes, truncated, size))
+                    }
+                    Err(e) => Err(sandbox_tool_error(e)),
+                }
+            }
+            ToolCall::WriteFile { path, content } => {
+                if content.len() > INLINE_ARG {
+                    if let Ok(sha) = self.outputs.put(content) {
+                        out.recorded_args["content"] =
+                            json!(format!("[{} bytes, kept in outputs/{sha}]", content.len()));
+                        out.recorded_args["content_sha256"] = json!(sha);
+                    }
+                }
+                out.result = match self.sandbox.write_file(path, content) {
+                    Ok(n) => Ok(json!({"bytes_written": n})),
+                    Err(e) => Err(sandbox_tool_error(e)),
+                }
+            }
+            ToolCall::Check { rebuild } => {
+                let req = CheckRequest {
+                    rebuild: *rebuild,
+                    remaining_sandbox_seconds: remaining_sandbox.max(0.0),
+                };
+                match scorer.check_with(&self.score_context(stage), &req).await {
+                    Ok(c) => {
+                        out.sandbox_seconds = c.sandbox_seconds;
+                        out.result = Ok(c.output);
+                    }
+                    Err(e) => out.result = Err(e),
+                }
+            }
+            ToolCall::Submit => out.result = Ok(json!({"submitted": true})),
+        }
+        out
+    }
+}
+
+/// Emits `run_finished` and fills in the trace's tail hash and event count.
+pub fn finish(events: &mut EventSink, result: &mut RunResult) {
+    events.emit(Event::RunFinished {
+        status: result.status,
+        level: result.level.clone(),
+        bootstrap_index: result.bootstrap_index,
+        wall_seconds: result.wall_seconds,
+        assisted_level: result.assisted_level.clone(),
+    });
+    result.trace_sha256 = events.recorder.last_hash();
+    result.events = events.recorder.count();
+}
+
+fn sandbox_tool_error(e: crate::sandbox::SandboxError) -> ToolError {
+    match e {
+        crate::sandbox::SandboxError::Path(p) => p.into(),
+        other => ToolError::new("sandbox_error", other.to_string()),
+    }
+}
+
+/// A read_file result: UTF-8 text as is, anything else as base64.
+fn file_content(bytes: &[u8], truncated: bool, size: u64) -> Value {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => Some(t),
+        // A cut in the middle of a character at the very end is still text.
+        Err(e) if truncated && e.error_len().is_none() => {
+            Some(std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid prefix"))
+        }
+        Err(_) => None,
+    };
+    match text {
+        Some(t) => json!({"content": t, "truncated": truncated, "size": size}),
+        None => json!({
+            "content": base64::engine::general_purpose::STANDARD.encode(bytes),
+            "encoding": "base64",
+            "truncated": truncated,
+            "size": size,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_keeps_head_and_tail() {
+        let mut c = Capture::default();
+        c.push(&vec![b'a'; INLINE_OUTPUT]);
+        c.push(b"END");
+        assert!(c.truncated());
+        let s = c.inline();
+        assert!(
+            s.starts_with("aaaa") && s.ends_with("aEND"),
+            "{}",
+            &s[s.len() - 10..]
+        );
+        assert!(s.contains("3 bytes omitted"));
+        let mut small = Capture::default();
+        small.push(b"hi");
+        assert_eq!(small.inline(), "hi");
+        assert!(!small.truncated());
+    }
+
+    #[test]
+    fn binary_files_come_back_as_base64() {
+        let v = file_content(&[0xff, 0x00], false, 2);
+        assert_eq!(v["encoding"], "base64");
+        let v = file_content("é".as_bytes()[..1].as_ref(), true, 2);
+        assert_eq!(v["content"], "");
+        assert_eq!(v["truncated"], true);
+    }
+}

@@ -1,0 +1,654 @@
+//! What each stage's instruction promises about its grade: gates, invocations, copy rules and networks, from the constants the scorers use.
+//!
+//! The scorers read their gates through [`Gate`], run programs with the command lines built here, and
+//! copy the selfhost recipe by the rules here; [`facts`] turns the same values into the sentences of
+//! each instruction's "How this stage is graded" section, and [`instruction`] renders it into the
+//! stage's `instruction.md`. A test renders every stage of every suite and checks that each fact is
+//! in the text, so an instruction cannot drift from its grader.
+
+use std::collections::BTreeMap;
+
+use crate::config::suite::{Home, Stage, StageNetwork, Suite, SuiteError};
+use crate::sandbox::programs::ScoringLimits;
+
+/// A pass threshold from the suite's `[gates]` table, with the value used when the suite sets none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gate {
+    pub key: &'static str,
+    pub default: f64,
+}
+
+impl Gate {
+    /// The suite's value, else the default.
+    pub fn value(&self, gates: &BTreeMap<String, f64>) -> f64 {
+        gates.get(self.key).copied().unwrap_or(self.default)
+    }
+}
+
+pub const CRAWL_RECALL: Gate = Gate {
+    key: "crawl_recall",
+    default: 0.5,
+};
+pub const CRAWL_PRECISION: Gate = Gate {
+    key: "crawl_precision",
+    default: 0.8,
+};
+pub const TOKENIZE_BYTES_PER_TOKEN: Gate = Gate {
+    key: "tokenize_bytes_per_token",
+    default: 2.0,
+};
+/// L3: verified bpb below this multiple of per-document `xz -9e` on T.
+pub const TRAIN_XZ_RATIO: Gate = Gate {
+    key: "train_xz_ratio",
+    default: 1.0,
+};
+pub const EVAL_CLAIM_TOLERANCE: Gate = Gate {
+    key: "eval_claim_tolerance",
+    default: 0.05,
+};
+pub const EVAL_GENERALISATION_TOLERANCE: Gate = Gate {
+    key: "eval_generalisation_tolerance",
+    default: 0.10,
+};
+pub const SELFHOST_BPB_TOLERANCE: Gate = Gate {
+    key: "selfhost_bpb_tolerance",
+    default: 0.03,
+};
+
+/// crawl: the corpus the stage grades.
+pub const CORPUS: &str = "data/corpus.jsonl";
+/// crawl: the largest corpus read (bigger ones are rejected, not truncated).
+pub const MAX_CORPUS_BYTES: u64 = 256 * 1024 * 1024;
+/// crawl: a document is a near-duplicate when this share of its shingles first appeared in one
+/// earlier document.
+pub const DUPLICATE_SHARE: f64 = 0.8;
+/// tokenize: the vocabulary file and the program.
+pub const TOKENIZER_META: &str = "tokenizer/meta.json";
+pub const TOKENIZER_PROGRAM: &str = "bin/tokenize";
+/// train, eval, selfhost: the model program.
+pub const LM_PROGRAM: &str = "bin/lm";
+/// eval: the report, and the most validation text it may name.
+pub const EVAL_REPORT: &str = "eval/report.json";
+pub const MAX_VAL_BYTES: usize = 4 * 1024 * 1024;
+
+/// The selfhost recipe's entry point, at the workspace root.
+pub const RECIPE: &str = "bootstrap.sh";
+/// The largest file the recipe copy takes.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024;
+/// The most the recipe copy takes in all.
+pub const MAX_RECIPE_BYTES: u64 = 2 * 1024 * 1024;
+/// Directories never copied into the rebuild: what the recipe must rebuild.
+pub const EXCLUDED: [&str; 3] = ["data", "model", "tokenizer"];
+/// Bytes of built artifacts a recipe may carry verbatim before the files carrying them are refused.
+pub const SMUGGLE_LIMIT: u64 = 128 * 1024;
+
+/// Where every command of the agent and every graded program runs.
+pub const WORKSPACE: &str = "/workspace";
+
+/// The command line that runs the recipe, as the grade and `check` run it: the file itself when it
+/// is executable (its `#!` line decides the interpreter; a file without one is run by bash), else
+/// `bash` on it.
+pub fn bootstrap_command(executable: bool) -> String {
+    if executable {
+        format!("./{RECIPE}")
+    } else {
+        format!("bash ./{RECIPE}")
+    }
+}
+
+/// The command line of one graded call of an agent's program (`./bin/lm score`), run by `bash -c`
+/// in [`WORKSPACE`].
+pub fn program_command(program: &str, verb: &str) -> String {
+    format!("./{program} {verb}")
+}
+
+/// One graded fact, stated in the instruction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fact {
+    /// What it is about, for tests and messages (`invocation`, `gate`, `network`...).
+    pub topic: &'static str,
+    pub text: String,
+}
+
+fn fact(topic: &'static str, text: String) -> Fact {
+    Fact { topic, text }
+}
+
+/// What [`facts`] needs besides the stage.
+pub struct FactContext<'a> {
+    pub suite: &'a Suite,
+    /// The image's user, uid, environment and packages (None when its recipe cannot be read).
+    pub image: Option<&'a crate::docker::images::Recipe>,
+}
+
+fn pct(x: f64) -> String {
+    format!("{}%", crate::trace::round(x * 100.0, 4))
+}
+
+fn secs(v: f64) -> String {
+    format!("{} s", v.round() as i64)
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    joined(items, "and")
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(items: &[String]) -> String {
+    joined(items, "or")
+}
+
+fn joined(items: &[String], word: &str) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} {word} {last}", rest.join(", ")),
+    }
+}
+
+/// The directories the recipe copy leaves out for this suite, as `data/`.
+pub fn excluded_dirs(suite: &Suite) -> Vec<String> {
+    let extra = suite
+        .stages
+        .iter()
+        .find(|s| s.name == "selfhost")
+        .map(|s| s.exclude.clone())
+        .unwrap_or_default();
+    EXCLUDED
+        .iter()
+        .map(|d| d.to_string())
+        .chain(extra)
+        .map(|d| format!("`{}/`", d.trim_end_matches('/')))
+        .collect()
+}
+
+fn scoring_sandbox(sc: &ScoringLimits) -> String {
+    format!(
+        "each call in a fresh sandbox of the same image: no network, `{WORKSPACE}` read-only, {} MiB of memory, {} CPU, {} per call",
+        sc.memory_mb,
+        sc.cpus,
+        secs(sc.timeout_seconds)
+    )
+}
+
+fn user(ctx: &FactContext) -> String {
+    match ctx.image {
+        Some(r) => format!("user `{}` (uid {})", r.user, r.uid),
+        None => "the sandbox's non-root user".into(),
+    }
+}
+
+fn network(stage: &Stage) -> String {
+    match stage.network {
+        StageNetwork::World => {
+            "During this stage's own tool calls the sandbox reaches the offline web (the seed sites, plain HTTP) and nothing else: there is no internet."
+                .into()
+        }
+        StageNetwork::None => {
+            "During this stage's own tool calls the sandbox has no network at all (the offline web is not reachable)."
+                .into()
+        }
+    }
+}
+
+/// Every fact the stage's grade depends on, in words, from the values its scorer uses.
+pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
+    let suite = ctx.suite;
+    let g = &suite.gates;
+    let sc = &suite.scoring;
+    let sb = &suite.sandbox;
+    let excluded = or_list(&excluded_dirs(suite));
+    let mut out = Vec::new();
+    let env = ctx
+        .image
+        .map(|r| {
+            let vars: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vars.join(" ")
+        })
+        .unwrap_or_default();
+    out.push(fact(
+        "commands",
+        format!(
+            "Your `bash` calls run as `bash -c <cmd>` in `{WORKSPACE}` as {}, with {} MiB of memory, {} CPU and at most {} processes{}.",
+            user(ctx),
+            sb.memory_mb,
+            sb.cpus,
+            sb.pids,
+            if env.is_empty() { String::new() } else { format!("; the environment is `{env}`") }
+        ),
+    ));
+    if let Some(r) = ctx.image {
+        out.push(fact(
+            "libraries",
+            format!(
+                "The image is Debian {} with these packages and their dependencies: {}. Nothing else is installed (no pip, no compilers unless listed) and nothing can be installed: no package index is reachable.",
+                r.suite,
+                and_list(&r.packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>())
+            ),
+        ));
+    }
+    out.push(fact(
+        "disk",
+        format!(
+            "`{WORKSPACE}` holds at most {} MiB; `/tmp` and your home directory {} MiB each (in memory); everything else is read-only. A write past a limit fails with \"No space left on device\". Processes you start end with the stage: none runs on into the next stage or while the stage is graded.",
+            sb.disk_mb, sb.tmp_mb
+        ),
+    ));
+    out.push(fact("network", network(stage)));
+    if stage.name != "selfhost" {
+        out.push(fact(
+            "copy",
+            format!(
+                "The last stage rebuilds everything from your recipe in a fresh sandbox and copies only the recipe: regular files of at most {} KiB each and {} MiB in all, nothing under {excluded} (what the recipe must rebuild), no symlinks. Keep code you will need again outside those folders from the start (for example under `src/`).",
+                MAX_FILE_BYTES / 1024,
+                MAX_RECIPE_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    match stage.name.as_str() {
+        "crawl" => {
+            out.push(fact(
+                "artifact",
+                format!(
+                    "Graded: `{}` as it is when the stage ends (at most {} MiB), and the web server's log of this stage's requests.",
+                    CORPUS,
+                    MAX_CORPUS_BYTES >> 20
+                ),
+            ));
+            out.push(fact(
+                "gate",
+                format!(
+                    "To pass: recall at least {} and precision at least {} against the hidden gold text (measured on 8-byte shingles of whitespace-collapsed text), and no robots violation (no request to a disallowed URL, no text of such a page in the corpus).",
+                    CRAWL_RECALL.value(g),
+                    CRAWL_PRECISION.value(g)
+                ),
+            ));
+            out.push(fact(
+                "reported",
+                format!(
+                    "Reported but not gated: the duplicate rate (a document that repeats an earlier one, or has {} of its shingles in one earlier document, is a duplicate), requests into traps, and the request count.",
+                    pct(DUPLICATE_SHARE)
+                ),
+            ));
+        }
+        "tokenize" => {
+            out.push(fact(
+                "artifact",
+                format!(
+                    "Graded: `{}` (`vocab_size` at most {}) and `{}` as they are when the stage ends.",
+                    TOKENIZER_META,
+                    sc.max_vocab_size,
+                    TOKENIZER_PROGRAM
+                ),
+            ));
+            out.push(fact(
+                "invocation",
+                format!(
+                    "The grade runs `{}` and `{}` with `bash -c` from `{WORKSPACE}` as {}, {}; the hidden documents and arbitrary-byte cases go on stdin.",
+                    program_command(TOKENIZER_PROGRAM, "encode"),
+                    program_command(TOKENIZER_PROGRAM, "decode"),
+                    user(ctx),
+                    scoring_sandbox(sc)
+                ),
+            ));
+            out.push(fact(
+                "gate",
+                format!(
+                    "To pass: the exact round trip of every hidden text, every id below `vocab_size`, and at least {} bytes per token on the hidden documents. Encoding speed is reported, not gated.",
+                    TOKENIZE_BYTES_PER_TOKEN.value(g)
+                ),
+            ));
+        }
+        "train" => {
+            out.push(fact(
+                "artifact",
+                format!(
+                    "Graded: `{}` as it is when the stage ends (eval and selfhost grade the `{}` present at their own end).",
+                    LM_PROGRAM,
+                    LM_PROGRAM
+                ),
+            ));
+            out.push(fact(
+                "invocation",
+                format!(
+                    "The grade runs `{}` once on all hidden documents, `{}` once on {} random positions, and `{}` again on {} documents, with `bash -c` from `{WORKSPACE}` as {}, {}.",
+                    program_command(LM_PROGRAM, "score"),
+                    program_command(LM_PROGRAM, "next"),
+                    sc.positions,
+                    program_command(LM_PROGRAM, "score"),
+                    crate::stages::bpb::REPEATED_DOCS,
+                    user(ctx),
+                    scoring_sandbox(sc)
+                ),
+            ));
+            out.push(fact(
+                "tolerances",
+                format!(
+                    "Accepted only if the tokens spell every text exactly, the repeated scores agree within {:e}, and each `next` distribution sums to 1 within {:e} and agrees with `score` within {:e}.",
+                    crate::stages::bpb::REPEAT_TOLERANCE,
+                    crate::stages::bpb::NEXT_TOLERANCE,
+                    crate::stages::bpb::NEXT_TOLERANCE
+                ),
+            ));
+            let ratio = TRAIN_XZ_RATIO.value(g);
+            out.push(fact(
+                "gate",
+                format!(
+                    "To pass: verified bits per byte below {}per-document `xz -9e` on the hidden documents.",
+                    if ratio == 1.0 { String::new() } else { format!("{ratio} × ") }
+                ),
+            ));
+        }
+        "eval" => {
+            out.push(fact(
+                "artifact",
+                format!(
+                    "Graded: `{}` and the file its `val_path` names (at most {} MiB, in the workspace), with the `{}` present when this stage ends.",
+                    EVAL_REPORT,
+                    MAX_VAL_BYTES >> 20,
+                    LM_PROGRAM
+                ),
+            ));
+            out.push(fact(
+                "invocation",
+                format!(
+                    "The grade verifies `{}` as in the train stage (the same calls and sandboxes) on the validation documents and on the hidden documents.",
+                    LM_PROGRAM
+                ),
+            ));
+            out.push(fact(
+                "gate",
+                format!(
+                    "To pass: |claimed − measured| / measured at most {} on the validation file, and |validation bpb − hidden bpb| / hidden bpb at most {}.",
+                    pct(EVAL_CLAIM_TOLERANCE.value(g)),
+                    pct(EVAL_GENERALISATION_TOLERANCE.value(g))
+                ),
+            ));
+        }
+        "selfhost" => {
+            out.push(fact(
+                "copy",
+                format!(
+                    "Copied into a fresh, empty `{WORKSPACE}`: the regular files of your workspace of at most {} KiB each and {} MiB in all (`{RECIPE}` first, then in path order), nothing under {excluded}, no symlinks, executable bits kept. Files that carry more than {} KiB copied verbatim from files under those folders (a model split into parts) are refused.",
+                    MAX_FILE_BYTES / 1024,
+                    MAX_RECIPE_BYTES / (1024 * 1024),
+                    SMUGGLE_LIMIT / 1024
+                ),
+            ));
+            out.push(fact(
+                "invocation",
+                format!(
+                    "The harness runs `{}` when `{RECIPE}` is executable (its `#!` line is honoured; without one, bash runs it), otherwise `{}`, with `bash -c` from `{WORKSPACE}` as {}, in a new sandbox of the same image and limits as yours ({} MiB, {} CPU) with an empty home directory: nothing outside the copied recipe survives.",
+                    bootstrap_command(true),
+                    bootstrap_command(false),
+                    user(ctx),
+                    sb.memory_mb,
+                    sb.cpus
+                ),
+            ));
+            out.push(fact(
+                "budget",
+                format!(
+                    "`{RECIPE}` gets {} of wall time, the sum of the earlier stages' command-time budgets; past it, it is killed and the stage fails.",
+                    secs(suite.rebuild_seconds)
+                ),
+            ));
+            out.push(fact(
+                "rebuild network",
+                "While the recipe runs, the offline web is reachable again at the same seed URLs (a fresh server with its own request log); the rebuild's crawl is not graded.".into(),
+            ));
+            out.push(fact(
+                "gate",
+                format!(
+                    "To pass: `{RECIPE}` exits with code 0 within its budget, the rebuilt `{}` verifies exactly as in the train stage on the hidden documents, and its verified bits per byte is within {} of the original's. The original is the `{}` in your `{WORKSPACE}` when this stage ends, verified on the same hidden documents.",
+                    LM_PROGRAM,
+                    pct(SELFHOST_BPB_TOLERANCE.value(g)),
+                    LM_PROGRAM
+                ),
+            ));
+            out.push(fact(
+                "not graded",
+                format!(
+                    "Only the rebuilt `{}` is graded: the rebuild's corpus, tokenizer and `{}` are not graded again.",
+                    LM_PROGRAM,
+                    EVAL_REPORT
+                ),
+            ));
+            out.push(fact(
+                "top level",
+                "The top level (L6) also asks the rebuilt model's verified bits per byte to beat per-document `xz -9e` given all the content text the offline web serves.".into(),
+            ));
+            out.push(fact(
+                "check",
+                format!(
+                    "`check` checks the layout, the caps and `bash -n {RECIPE}` in a moment. `check` with `{{\"rebuild\": true}}` runs the rebuild exactly as the grade does (fresh sandbox, same copy, same command, the web reachable) and verifies the rebuilt `{}` on your own documents; its time counts against this stage's command-time budget and it gives back the exit code, the log's tail and the rebuilt model's bits per byte.",
+                    LM_PROGRAM
+                ),
+            ));
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The facts as the markdown list of the instruction's `{{graded}}` placeholder.
+pub fn render_facts(facts: &[Fact]) -> String {
+    facts
+        .iter()
+        .map(|f| format!("- {}", f.text))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` and `{{scoring_*}}`
+/// placeholders filled in, `{{seed_urls}}` with the world's seed URLs (a markdown list) and
+/// `{{graded}}` with the stage's [`facts`].
+pub fn instruction(
+    home: &Home,
+    suite: &Suite,
+    stage: &Stage,
+    seed_urls: &[String],
+) -> Result<String, SuiteError> {
+    let path = home.tasks().join(&stage.name).join("instruction.md");
+    let text = std::fs::read_to_string(&path).map_err(|source| SuiteError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let image = crate::docker::images::Recipe::load(home, &suite.image).ok();
+    let ctx = FactContext {
+        suite,
+        image: image.as_ref(),
+    };
+    let scoring = &suite.scoring;
+    let b = &stage.budgets;
+    let fmt = |v: f64| format!("{}", v.round() as i64);
+    let mut out = text
+        .replace("{{max_steps}}", &b.max_steps.to_string())
+        .replace("{{max_sandbox_seconds}}", &fmt(b.max_sandbox_seconds))
+        .replace("{{max_wall_seconds}}", &fmt(b.max_wall_seconds))
+        .replace("{{max_step_seconds}}", &fmt(b.max_step_seconds))
+        .replace("{{default_step_seconds}}", &fmt(b.default_step_seconds))
+        .replace("{{max_vocab_size}}", &scoring.max_vocab_size.to_string())
+        .replace("{{scoring_positions}}", &scoring.positions.to_string())
+        .replace("{{scoring_timeout_seconds}}", &fmt(scoring.timeout_seconds))
+        .replace("{{scoring_memory_mb}}", &scoring.memory_mb.to_string())
+        .replace("{{graded}}", &render_facts(&facts(stage, &ctx)));
+    let list: Vec<String> = if seed_urls.is_empty() {
+        vec!["- (this suite has no world to crawl)".into()]
+    } else {
+        seed_urls.iter().map(|u| format!("- {u}")).collect()
+    };
+    out = out.replace("{{seed_urls}}", &list.join("\n"));
+    if let Some(start) = out.find("{{") {
+        let end = out[start..]
+            .find("}}")
+            .map(|e| start + e + 2)
+            .unwrap_or(out.len());
+        return Err(SuiteError::Invalid {
+            path: path.display().to_string(),
+            message: format!("unknown placeholder {}", &out[start..end]),
+        });
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::images::Recipe;
+
+    fn home() -> Home {
+        Home {
+            root: env!("CARGO_MANIFEST_DIR").into(),
+        }
+    }
+
+    fn rendered(suite: &Suite, stage: &Stage) -> String {
+        instruction(&home(), suite, stage, &["http://docs.gptx.test/".into()]).unwrap()
+    }
+
+    /// Every fact a scorer depends on is in the instruction its agent reads, for every stage of every
+    /// shipped suite, with the values the scorer uses.
+    #[test]
+    fn every_graded_fact_is_in_the_instruction() {
+        let home = home();
+        let names = crate::config::suite::toml_names(&home.tasks().join("suites"));
+        assert!(names.len() >= 2, "{names:?}");
+        for name in names {
+            let suite = home.suite(&name).unwrap();
+            let image = Recipe::load(&home, &suite.image).unwrap();
+            let ctx = FactContext {
+                suite: &suite,
+                image: Some(&image),
+            };
+            for stage in &suite.stages {
+                let text = rendered(&suite, stage);
+                let facts = facts(stage, &ctx);
+                let at = format!("suite {name}, stage {}", stage.name);
+                for f in &facts {
+                    assert!(text.contains(&f.text), "{at}: fact {:?} missing", f.topic);
+                }
+                let topics: Vec<&str> = facts.iter().map(|f| f.topic).collect();
+                for t in ["commands", "libraries", "network", "copy", "gate"] {
+                    assert!(topics.contains(&t), "{at}: no {t} fact in {topics:?}");
+                }
+                // How commands run, which libraries exist, and the network during the stage.
+                assert!(text.contains(&format!("as user `{}` (uid {})", image.user, image.uid)));
+                for p in &image.packages {
+                    assert!(text.contains(&format!("`{p}`")), "{at}: package {p}");
+                }
+                let net = match stage.network {
+                    StageNetwork::World => "reaches the offline web",
+                    StageNetwork::None => "has no network at all",
+                };
+                assert!(text.contains(net), "{at}: network");
+                // What the recipe copy leaves out, said from the first stage on.
+                for d in EXCLUDED {
+                    assert!(text.contains(&format!("`{d}/`")), "{at}: {d}/");
+                }
+                // The gates of this stage, with the suite's values.
+                let gates: &[Gate] = match stage.name.as_str() {
+                    "crawl" => &[CRAWL_RECALL, CRAWL_PRECISION],
+                    "tokenize" => &[TOKENIZE_BYTES_PER_TOKEN],
+                    "train" => &[],
+                    "eval" => &[EVAL_CLAIM_TOLERANCE, EVAL_GENERALISATION_TOLERANCE],
+                    "selfhost" => &[SELFHOST_BPB_TOLERANCE],
+                    other => panic!("{other}"),
+                };
+                for g in gates {
+                    let v = g.value(&suite.gates);
+                    assert!(
+                        text.contains(&format!("{v} ")) || text.contains(&pct(v)),
+                        "{at}: gate {} = {v}",
+                        g.key
+                    );
+                }
+                let sc = &suite.scoring;
+                match stage.name.as_str() {
+                    "tokenize" => {
+                        for verb in ["encode", "decode"] {
+                            let cmd = program_command(TOKENIZER_PROGRAM, verb);
+                            assert!(text.contains(&format!("`{cmd}`")), "{at}: {cmd}");
+                        }
+                        assert!(text.contains(&format!("{} MiB of memory", sc.memory_mb)));
+                        assert!(text.contains(&format!("{} per call", secs(sc.timeout_seconds))));
+                    }
+                    "train" => {
+                        for verb in ["score", "next"] {
+                            let cmd = program_command(LM_PROGRAM, verb);
+                            assert!(text.contains(&format!("`{cmd}`")), "{at}: {cmd}");
+                        }
+                        assert!(text.contains(&format!("{} random positions", sc.positions)));
+                        assert!(text.contains(&format!("{} MiB of memory", sc.memory_mb)));
+                        assert!(text.contains("within 1e-6") && text.contains("within 1e-3"));
+                    }
+                    "eval" => assert!(text.contains(EVAL_REPORT)),
+                    "selfhost" => {
+                        for cmd in [bootstrap_command(true), bootstrap_command(false)] {
+                            assert!(text.contains(&format!("`{cmd}`")), "{at}: {cmd}");
+                        }
+                        assert!(text.contains("`#!` line is honoured"));
+                        assert!(text.contains(&secs(suite.rebuild_seconds)), "{at}: budget");
+                        assert!(text.contains("exits with code 0 within its budget"));
+                        assert!(text.contains("when this stage ends"), "{at}: original");
+                        assert!(text.contains(&format!("`{}` are not graded again", EVAL_REPORT)));
+                        assert!(text.contains("offline web is reachable again"));
+                        assert!(text.contains("{\"rebuild\": true}"));
+                        assert!(text.contains(&format!(
+                            "at most {} KiB each and {} MiB in all",
+                            MAX_FILE_BYTES / 1024,
+                            MAX_RECIPE_BYTES >> 20
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The instruction follows the suite: another gate value, another sentence.
+    #[test]
+    fn gates_and_exclusions_come_from_the_suite() {
+        let text = std::fs::read_to_string(home().tasks().join("suites/mini.toml"))
+            .unwrap()
+            .replace("crawl_recall = 0.5", "crawl_recall = 0.75")
+            .replace(
+                "selfhost_bpb_tolerance = 0.03",
+                "selfhost_bpb_tolerance = 0.025",
+            )
+            .replace(
+                "name = \"selfhost\"",
+                "name = \"selfhost\"\nexclude = [\"cache\"]",
+            );
+        let suite = Suite::parse(&text, std::path::Path::new("tasks/suites/mini.toml")).unwrap();
+        let crawl = rendered(&suite, &suite.stages[0]);
+        assert!(crawl.contains("recall at least 0.75"), "{crawl}");
+        assert!(crawl.contains("`cache/`"));
+        let selfhost = rendered(&suite, suite.stages.last().unwrap());
+        assert!(
+            selfhost.contains("within 2.5% of the original's"),
+            "{selfhost}"
+        );
+    }
+
+    #[test]
+    fn the_recipe_runs_as_written() {
+        assert_eq!(bootstrap_command(true), "./bootstrap.sh");
+        assert_eq!(bootstrap_command(false), "bash ./bootstrap.sh");
+    }
+
+    #[test]
+    fn lists_and_percentages_read_as_prose() {
+        assert_eq!(pct(0.03), "3%");
+        assert_eq!(pct(0.025), "2.5%");
+        assert_eq!(
+            and_list(&["a".into(), "b".into(), "c".into()]),
+            "a, b and c"
+        );
+        assert_eq!(and_list(&["a".into()]), "a");
+    }
+}

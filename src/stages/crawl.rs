@@ -1,0 +1,425 @@
+//! The crawl stage: its `check` tool on `data/corpus.jsonl` and its scorer against the world's gold.
+//!
+//! Text is compared by 8-byte shingles after collapsing whitespace: every window of 8 bytes of a
+//! text is one `u64`. Recall is the share of the gold shingles (served content pages) found in the
+//! corpus; precision is the share of the corpus's distinct shingles that are gold.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+
+use crate::agent::tools::ToolError;
+use crate::sandbox::paths::WorkspacePath;
+use crate::stages::levels::{ScoreContext, Scorer};
+use crate::trace::StageScore;
+use crate::world::World;
+
+pub use crate::stages::contract::CORPUS;
+pub use crate::stages::contract::DUPLICATE_SHARE;
+pub use crate::stages::contract::MAX_CORPUS_BYTES;
+
+/// Text with every run of ASCII whitespace made one space, trimmed.
+pub fn normalize(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut space = false;
+    for &b in text.as_bytes() {
+        if b.is_ascii_whitespace() {
+            space = !out.is_empty();
+        } else {
+            if space {
+                out.push(b' ');
+                space = false;
+            }
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The 8-byte shingles of normalised text.
+pub fn shingles(norm: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    norm.windows(8)
+        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+}
+
+/// Sorted, distinct shingles of many texts.
+pub fn shingle_set<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<u64> {
+    let mut v: Vec<u64> = Vec::new();
+    for t in texts {
+        v.extend(shingles(&normalize(t)));
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn intersection(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
+}
+
+/// One document of the agent's corpus.
+#[derive(Debug, Clone)]
+pub struct CorpusDoc {
+    pub url: String,
+    pub text: String,
+}
+
+/// The parsed corpus with its format problems.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub docs: Vec<CorpusDoc>,
+    pub bytes: u64,
+    pub invalid_lines: usize,
+    /// The first few problems, `line N: what`.
+    pub errors: Vec<String>,
+}
+
+/// Parses `data/corpus.jsonl`: one `{"url": s, "text": s}` per line; other fields are ignored.
+pub fn parse(data: &[u8]) -> Parsed {
+    let mut p = Parsed {
+        bytes: data.len() as u64,
+        ..Default::default()
+    };
+    let bad = |p: &mut Parsed, line: usize, msg: String| {
+        p.invalid_lines += 1;
+        if p.errors.len() < 10 {
+            p.errors.push(format!("line {line}: {msg}"));
+        }
+    };
+    for (i, raw) in data.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let v: Value = match serde_json::from_slice(raw) {
+            Ok(v) => v,
+            Err(e) => {
+                bad(&mut p, line, format!("not JSON ({e})"));
+                continue;
+            }
+        };
+        let (Some(url), Some(text)) = (
+            v.get("url").and_then(Value::as_str),
+            v.get("text").and_then(Value::as_str),
+        ) else {
+            bad(
+                &mut p,
+                line,
+                "needs string fields \"url\" and \"text\"".into(),
+            );
+            continue;
+        };
+        if text.trim().is_empty() {
+            bad(&mut p, line, "\"text\" is empty".into());
+            continue;
+        }
+        p.docs.push(CorpusDoc {
+            url: url.to_string(),
+            text: text.to_string(),
+        });
+    }
+    p
+}
+
+/// Share of documents that duplicate an earlier one: the same text (after whitespace is collapsed),
+/// or at least [`DUPLICATE_SHARE`] of its distinct shingles first seen in one single earlier document
+/// (a near-duplicate such as a mirror or a print view). Containment in one document rather than in
+/// the union of all earlier ones keeps short pages made of stock phrases from counting as copies.
+pub fn duplicate_rate(docs: &[CorpusDoc]) -> (usize, f64) {
+    use std::collections::HashMap;
+    let mut first: HashMap<u64, u32> = HashMap::new();
+    let mut texts: HashSet<Vec<u8>> = HashSet::new();
+    let mut dups = 0;
+    for (i, d) in docs.iter().enumerate() {
+        let norm = normalize(&d.text);
+        let mut own: Vec<u64> = shingles(&norm).collect();
+        own.sort_unstable();
+        own.dedup();
+        let exact = !texts.insert(norm);
+        let mut per_doc: HashMap<u32, usize> = HashMap::new();
+        for s in &own {
+            if let Some(&j) = first.get(s) {
+                *per_doc.entry(j).or_insert(0) += 1;
+            }
+        }
+        let best = per_doc.values().copied().max().unwrap_or(0);
+        if exact || (!own.is_empty() && best as f64 >= DUPLICATE_SHARE * own.len() as f64) {
+            dups += 1;
+        }
+        for s in own {
+            first.entry(s).or_insert(i as u32);
+        }
+    }
+    let rate = if docs.is_empty() {
+        0.0
+    } else {
+        dups as f64 / docs.len() as f64
+    };
+    (dups, rate)
+}
+
+/// What the web server's request log says about the crawl.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RequestStats {
+    pub requests: u64,
+    pub disallowed: u64,
+    pub trap: u64,
+    pub rate_limited: u64,
+    pub not_found: u64,
+    pub disallowed_examples: Vec<String>,
+}
+
+/// Reads `requests.jsonl` as written by the web server; unreadable lines are skipped.
+pub fn request_stats(log: &str, world: &World) -> RequestStats {
+    let mut s = RequestStats::default();
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        s.requests += 1;
+        let host = v["host"].as_str().unwrap_or("");
+        let full = v["path"].as_str().unwrap_or("");
+        let path = full.split('?').next().unwrap_or("");
+        if let Some(prefixes) = world.manifest.disallowed.get(host) {
+            if prefixes.iter().any(|p| path.starts_with(p.as_str())) {
+                s.disallowed += 1;
+                if s.disallowed_examples.len() < 5 {
+                    s.disallowed_examples.push(format!("http://{host}{full}"));
+                }
+            }
+        }
+        if world
+            .manifest
+            .trap
+            .get(host)
+            .is_some_and(|p| path.starts_with(p.as_str()))
+        {
+            s.trap += 1;
+        }
+        match v["status"].as_u64() {
+            Some(429) => s.rate_limited += 1,
+            Some(404) => s.not_found += 1,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The crawl metrics of a parsed corpus against a world (no I/O).
+pub fn metrics(
+    parsed: &Parsed,
+    gold: &[u64],
+    world: &World,
+    requests: &RequestStats,
+) -> Map<String, Value> {
+    let corpus = shingle_set(parsed.docs.iter().map(|d| d.text.as_str()));
+    let common = intersection(gold, &corpus);
+    let recall = if gold.is_empty() {
+        0.0
+    } else {
+        common as f64 / gold.len() as f64
+    };
+    let precision = if corpus.is_empty() {
+        0.0
+    } else {
+        common as f64 / corpus.len() as f64
+    };
+    let f1 = if recall + precision > 0.0 {
+        2.0 * recall * precision / (recall + precision)
+    } else {
+        0.0
+    };
+    let (dups, dup_rate) = duplicate_rate(&parsed.docs);
+    let canaries: Vec<&str> = world
+        .manifest
+        .canaries
+        .iter()
+        .filter(|c| parsed.docs.iter().any(|d| d.text.contains(&c.canary)))
+        .map(|c| c.url.as_str())
+        .collect();
+    let mut m = Map::new();
+    let r = |x: f64| (x * 1e6).round() / 1e6;
+    m.insert("recall".into(), json!(r(recall)));
+    m.insert("precision".into(), json!(r(precision)));
+    m.insert("f1".into(), json!(r(f1)));
+    m.insert("documents".into(), json!(parsed.docs.len()));
+    m.insert("bytes".into(), json!(parsed.bytes));
+    m.insert("invalid_lines".into(), json!(parsed.invalid_lines));
+    m.insert("duplicate_documents".into(), json!(dups));
+    m.insert("duplicate_rate".into(), json!(r(dup_rate)));
+    m.insert("canaries_in_corpus".into(), json!(canaries.len()));
+    m.insert("disallowed_requests".into(), json!(requests.disallowed));
+    m.insert(
+        "robots_violations".into(),
+        json!(requests.disallowed + canaries.len() as u64),
+    );
+    m.insert("trap_requests".into(), json!(requests.trap));
+    m.insert("requests".into(), json!(requests.requests));
+    m.insert("rate_limited".into(), json!(requests.rate_limited));
+    m.insert("not_found".into(), json!(requests.not_found));
+    m
+}
+
+/// Grades the crawl stage on the world's gold and the server's log.
+pub struct CrawlScorer {
+    pub world: std::sync::Arc<World>,
+}
+
+fn read_corpus(ctx: &ScoreContext<'_>) -> Result<Option<Vec<u8>>, String> {
+    let p = WorkspacePath::parse(CORPUS).expect("valid constant path");
+    match ctx.workspace().read(&p, MAX_CORPUS_BYTES + 1) {
+        Ok((data, size)) => {
+            if size > MAX_CORPUS_BYTES {
+                Err(format!(
+                    "{CORPUS} is {size} bytes; the limit is {MAX_CORPUS_BYTES}"
+                ))
+            } else {
+                Ok(Some(data))
+            }
+        }
+        Err(crate::sandbox::paths::PathError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The request log of this run's web server.
+pub fn request_log_path(run_dir: &Path) -> std::path::PathBuf {
+    run_dir.join("world").join("requests.jsonl")
+}
+
+#[async_trait]
+impl Scorer for CrawlScorer {
+    async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
+        let data = match read_corpus(ctx) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Ok(
+                    json!({"ok": false, "documents": 0, "errors": [format!("{CORPUS} does not exist yet")],
+                    "message": format!("write {CORPUS}: one JSON object {{\"url\": ..., \"text\": ...}} per line")}),
+                )
+            }
+            Err(e) => return Ok(json!({"ok": false, "documents": 0, "errors": [e]})),
+        };
+        let parsed = tokio::task::spawn_blocking(move || {
+            let p = parse(&data);
+            let (dups, rate) = duplicate_rate(&p.docs);
+            (p, dups, rate)
+        })
+        .await
+        .map_err(|e| ToolError::new("io_error", e.to_string()))?;
+        let (p, dups, rate) = parsed;
+        let urls: HashSet<&str> = p.docs.iter().map(|d| d.url.as_str()).collect();
+        let text_bytes: usize = p.docs.iter().map(|d| d.text.len()).sum();
+        let ok = p.invalid_lines == 0 && !p.docs.is_empty();
+        Ok(json!({
+            "ok": ok,
+            "documents": p.docs.len(),
+            "distinct_urls": urls.len(),
+            "text_bytes": text_bytes,
+            "invalid_lines": p.invalid_lines,
+            "errors": p.errors,
+            "duplicate_documents": dups,
+            "duplicate_rate": (rate * 1e4).round() / 1e4,
+            "message": if ok {
+                "the corpus is well formed; recall and precision are measured on hidden gold at submit".to_string()
+            } else if p.docs.is_empty() {
+                "no valid documents".to_string()
+            } else {
+                format!("{} invalid lines", p.invalid_lines)
+            },
+        }))
+    }
+
+    async fn score(&self, ctx: &ScoreContext<'_>) -> StageScore {
+        let world = self.world.clone();
+        let data = match read_corpus(ctx) {
+            Ok(d) => d,
+            Err(e) => return StageScore::precondition("rejected", e),
+        };
+        let log = std::fs::read_to_string(request_log_path(ctx.run_dir)).unwrap_or_default();
+        let gates = ctx.gates.clone();
+        let reference = ctx.reference.get("crawl_f1").copied();
+        let result = tokio::task::spawn_blocking(move || {
+            score_blocking(&world, data.as_deref(), &log, &gates, reference)
+        })
+        .await;
+        result.unwrap_or_else(|e| StageScore::zero("error", format!("crawl scorer failed: {e}")))
+    }
+}
+
+/// The whole crawl grade, synchronous (for tests and the scorer's blocking task).
+pub fn score_blocking(
+    world: &World,
+    data: Option<&[u8]>,
+    log: &str,
+    gates: &BTreeMap<String, f64>,
+    reference_f1: Option<f64>,
+) -> StageScore {
+    let gold_texts = match world.gold() {
+        Ok(g) => g,
+        Err(e) => return StageScore::zero("error", format!("reading the world's gold: {e}")),
+    };
+    let gold = shingle_set(gold_texts.iter().map(|(_, t)| t.as_str()));
+    let parsed = data.map(parse).unwrap_or_default();
+    let requests = request_stats(log, world);
+    let m = metrics(&parsed, &gold, world, &requests);
+    let get = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let (recall, precision, violations) =
+        (get("recall"), get("precision"), get("robots_violations"));
+    let need_r = crate::stages::contract::CRAWL_RECALL.value(gates);
+    let need_p = crate::stages::contract::CRAWL_PRECISION.value(gates);
+    let mut failed = Vec::new();
+    let mut public = Vec::new();
+    if recall < need_r {
+        failed.push(format!("recall {recall:.3} < {need_r}"));
+        public.push(format!("recall below {need_r}"));
+    }
+    if precision < need_p {
+        failed.push(format!("precision {precision:.3} < {need_p}"));
+        public.push(format!("precision below {need_p}"));
+    }
+    if violations > 0.0 {
+        failed.push(format!("{violations} robots violations"));
+        public.push(format!("{violations} robots violations"));
+    }
+    let reason = if data.is_none() {
+        Some(format!("{CORPUS} does not exist"))
+    } else if parsed.docs.is_empty() {
+        Some(format!("{CORPUS} holds no valid documents"))
+    } else if failed.is_empty() {
+        None
+    } else {
+        Some(format!("gate not met: {}", failed.join(", ")))
+    };
+    let public_reason = if failed.is_empty() {
+        reason.clone()
+    } else {
+        Some(format!("gate not met: {}", public.join(", ")))
+    };
+    // RE-Bench style on m = 1 − F1: the null agent's floor is 1, the reference's is 1 − F1_ref.
+    let normalized = reference_f1
+        .filter(|r| *r > 0.0)
+        .map(|r| (get("f1") / r).max(0.0));
+    StageScore {
+        status: "scored".into(),
+        passed: failed.is_empty() && !parsed.docs.is_empty(),
+        metrics: m,
+        reason,
+        normalized,
+        public_reason,
+    }
+}

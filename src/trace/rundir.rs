@@ -1,0 +1,241 @@
+//! The run directory (SPEC §6): ids, `run.json`, `score.json`, atomic writes, listing runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::suite::Budgets;
+use crate::trace::StageScore;
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Done,
+    Failed,
+    Interrupted,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+        })
+    }
+}
+
+/// `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub run_id: String,
+    pub agent: String,
+    pub suite: String,
+    pub suite_path: String,
+    pub world_hash: Option<String>,
+    pub seed: u64,
+    pub stages: Vec<String>,
+    pub budgets: BTreeMap<String, Budgets>,
+    pub gptx_version: String,
+    /// Image ids by role.
+    pub images: BTreeMap<String, String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub status: RunStatus,
+    /// Why a failed run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Hash of the last line of events.jsonl when the run ended (pins the tail of the chain).
+    #[serde(default)]
+    pub trace_sha256: Option<String>,
+    #[serde(default)]
+    pub events: u64,
+}
+
+/// Per-stage summary in `score.json` and the `--json` output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageSummary {
+    pub status: String,
+    pub passed: bool,
+    pub ended_by: Option<crate::trace::EndReason>,
+    pub steps: u64,
+    pub sandbox_seconds: f64,
+    pub wall_seconds: f64,
+    /// CPU seconds of the agent's commands in the sandbox (older runs: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalized: Option<f64>,
+    /// The stage failed and `--rescue` handed the agent its reference artifact.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rescued: bool,
+    /// LLM agents: model tokens (input + output) and their cost in this stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+impl StageSummary {
+    pub fn from_score(score: &StageScore) -> Self {
+        Self {
+            status: score.status.clone(),
+            passed: score.passed,
+            ended_by: None,
+            steps: 0,
+            sandbox_seconds: 0.0,
+            wall_seconds: 0.0,
+            cpu_seconds: None,
+            metrics: score.metrics.clone(),
+            reason: score.reason.clone(),
+            normalized: score.normalized,
+            rescued: false,
+            tokens: None,
+            cost_usd: None,
+        }
+    }
+}
+
+/// `score.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunScore {
+    pub run_id: String,
+    pub suite: String,
+    pub agent: String,
+    pub seed: u64,
+    pub world_hash: Option<String>,
+    pub status: RunStatus,
+    pub level: String,
+    /// The level counting rescued stages as passed (`L4*`), when rescue let the agent get further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assisted_level: Option<String>,
+    pub bootstrap_index: f64,
+    pub stages: BTreeMap<String, StageSummary>,
+    /// The integrity ledger: what the harness refused or cleaned up on the agent's side (processes
+    /// killed at a stage's end, files refused or changed between selection and copy, forged
+    /// supervisor lines). Empty for a run that tried nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub integrity: Vec<crate::trace::IntegrityNote>,
+}
+
+/// When gptx runs as root, makes `dir` (created if missing) reachable by root alone (0700), so that
+/// an external agent, which runs as another user, can read nothing below it: the world cache's
+/// `worlds/` with its hidden documents, and each run's own directory (traces, scores). Containers are unaffected: the engine mounts
+/// what they need, and parents of a mount are not traversed from inside.
+pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// A fresh run id: UTC time plus random hex, sortable by start.
+pub fn new_run_id() -> String {
+    let now = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+    let r: u32 = rand::random();
+    format!("{now}-{:06x}", r & 0xff_ffff)
+}
+
+/// Writes JSON to `path` through a temp file and a rename, so readers never see half a file.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a JSON file, naming it in errors.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Paths inside one run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+    pub fn run_json(&self) -> PathBuf {
+        self.path.join("run.json")
+    }
+    pub fn events(&self) -> PathBuf {
+        self.path.join("events.jsonl")
+    }
+    pub fn outputs(&self) -> PathBuf {
+        self.path.join("outputs")
+    }
+    pub fn git(&self) -> PathBuf {
+        self.path.join("workspace.git")
+    }
+    pub fn score_json(&self) -> PathBuf {
+        self.path.join("score.json")
+    }
+    /// The live workspace, bind-mounted into the sandbox at /workspace.
+    pub fn workspace(&self) -> PathBuf {
+        self.path.join("workspace")
+    }
+}
+
+/// Finds a run by id, or by a unique prefix of its id, under `runs_dir`.
+pub fn find_run(runs_dir: &Path, id: &str) -> anyhow::Result<RunDir> {
+    let exact = runs_dir.join(id);
+    if exact.join("run.json").exists() {
+        return Ok(RunDir::new(exact));
+    }
+    let mut matches: Vec<PathBuf> = std::fs::read_dir(runs_dir)
+        .map_err(|e| anyhow::anyhow!("--runs-dir {}: {e}", runs_dir.display()))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(id))
+        .map(|e| e.path())
+        .filter(|p| p.join("run.json").exists())
+        .collect();
+    match matches.len() {
+        1 => Ok(RunDir::new(matches.remove(0))),
+        0 => anyhow::bail!(
+            "no run {id:?} in {} (see `gptx runs --runs-dir {}`)",
+            runs_dir.display(),
+            runs_dir.display()
+        ),
+        n => anyhow::bail!(
+            "{n} runs in {} start with {id:?}; give more of the id",
+            runs_dir.display()
+        ),
+    }
+}
+
+/// Every run under `runs_dir` with its metadata, oldest first; unreadable ones are reported, not fatal.
+pub fn list_runs(runs_dir: &Path) -> (Vec<(RunDir, RunMeta)>, Vec<String>) {
+    let mut runs = Vec::new();
+    let mut problems = Vec::new();
+    let Ok(rd) = std::fs::read_dir(runs_dir) else {
+        return (runs, problems);
+    };
+    for e in rd.flatten() {
+        let dir = RunDir::new(e.path());
+        if !dir.run_json().exists() {
+            continue;
+        }
+        match read_json::<RunMeta>(&dir.run_json()) {
+            Ok(meta) => runs.push((dir, meta)),
+            Err(err) => problems.push(err.to_string()),
+        }
+    }
+    runs.sort_by_key(|r| r.1.started_at);
+    (runs, problems)
+}
