@@ -42,6 +42,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod docker;
+pub mod files;
 pub mod report;
 pub mod runner;
 pub mod sandbox;

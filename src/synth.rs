@@ -465,6 +465,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             .iter()
             .map(|s| (s.clone(), budgets(s)))
             .collect(),
+        gates: BTreeMap::new(),
         gptx_version: env!("CARGO_PKG_VERSION").into(),
         images: BTreeMap::from([(
             "agent".to_string(),
@@ -762,7 +763,11 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             summary.cost_usd = Some(round(cost, 6));
         }
         let later = index + 1 < spec.stages.len();
-        if !stops_here && !passes && later && crate::runner::RESCUABLE.contains(&stage.as_str()) {
+        if !stops_here
+            && !passes
+            && later
+            && crate::config::stages::find(stage).is_some_and(|d| d.rescuable)
+        {
             let (path, text) = artifact(stage);
             put_file(&ws, path, &format!("{text}# handed over by the harness\n"))?;
             let detail = format!("wrote {path}: the reference artifact of stage {stage}");

@@ -63,6 +63,7 @@ fn write(dir: &Path, f: &Fake) {
         seed: f.seed,
         stages: STAGES.iter().map(|s| s.to_string()).collect(),
         budgets: BTreeMap::new(),
+        gates: BTreeMap::new(),
         gptx_version: "0.1.0".into(),
         images: BTreeMap::new(),
         started_at: started,

@@ -178,11 +178,13 @@ impl std::str::FromStr for AgentSpec {
                 .collect();
             if let Some(bad) = stages
                 .iter()
-                .find(|x| !crate::config::suite::STAGES.contains(&x.as_str()))
+                .find(|x| crate::config::stages::find(x).is_none())
             {
                 return Err(format!(
                     "reference:{list}: {bad:?} is not a stage (one of: {})",
-                    crate::config::suite::STAGES.join(", ")
+                    crate::config::stages::names()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             if stages.is_empty() {

@@ -909,7 +909,7 @@ async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
     install_interrupts(cancel.clone());
     let out = execute(plan, a.quiet, cancel).await?;
     print!("{}", crate::report::show::scorecard(&out.meta, &out.score));
-    let values = crate::config::reference::from_score(&out.score).map_err(failed)?;
+    let values = out.score.reference_values().map_err(failed)?;
     let record = crate::config::reference::ReferenceValues {
         world: world.clone(),
         world_hash: out.meta.world_hash.clone().unwrap_or_default(),

@@ -6,16 +6,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::suite::Home;
-use crate::trace::rundir::RunScore;
-
-/// (stage, metric in the stage's score, key in the reference values).
-pub const KEYS: [(&str, &str, &str); 5] = [
-    ("crawl", "f1", "crawl_f1"),
-    ("tokenize", "bytes_per_token", "tokenize_bytes_per_token"),
-    ("train", "bpb", "train_bpb"),
-    ("eval", "eval_error", "eval_error"),
-    ("selfhost", "bpb", "selfhost_bpb"),
-];
 
 /// `tasks/worlds/<world>.reference.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,20 +63,32 @@ pub fn read(p: &Path) -> Result<Option<ReferenceValues>, ReferenceError> {
         })
 }
 
-/// The values of a finished reference run; every stage must have passed.
-pub fn from_score(score: &RunScore) -> Result<BTreeMap<String, f64>, ReferenceError> {
+/// What [`values`] needs of one stage's result in a finished run.
+pub struct StageResult<'a> {
+    pub passed: bool,
+    /// Why it failed (its reason, else its status).
+    pub reason: &'a str,
+    pub metrics: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// The values of a finished reference run, one per stage of the table
+/// ([`crate::config::stages::StageDef::reference`]); every stage must have passed.
+pub fn values<'a>(
+    stage: impl Fn(&str) -> Option<StageResult<'a>>,
+) -> Result<BTreeMap<String, f64>, ReferenceError> {
     let mut out = BTreeMap::new();
-    for (stage, metric, key) in KEYS {
-        let Some(s) = score.stages.get(stage) else {
+    for def in &crate::config::stages::STAGES {
+        let (metric, key) = def.reference;
+        let Some(s) = stage(def.name) else {
             return Err(ReferenceError::NotPassed {
-                stage: stage.into(),
+                stage: def.name.into(),
                 reason: "it was not run".into(),
             });
         };
         if !s.passed {
             return Err(ReferenceError::NotPassed {
-                stage: stage.into(),
-                reason: s.reason.clone().unwrap_or_else(|| s.status.clone()),
+                stage: def.name.into(),
+                reason: s.reason.to_string(),
             });
         }
         let v = s
@@ -94,7 +96,7 @@ pub fn from_score(score: &RunScore) -> Result<BTreeMap<String, f64>, ReferenceEr
             .get(metric)
             .and_then(|v| v.as_f64())
             .ok_or_else(|| ReferenceError::Missing {
-                stage: stage.into(),
+                stage: def.name.into(),
                 metric: metric.into(),
             })?;
         out.insert(key.to_string(), v);
@@ -104,7 +106,7 @@ pub fn from_score(score: &RunScore) -> Result<BTreeMap<String, f64>, ReferenceEr
 
 /// Writes the file (pretty JSON, a newline at the end).
 pub fn write(p: &Path, values: &ReferenceValues) -> Result<(), ReferenceError> {
-    crate::trace::rundir::write_json_atomic(p, values).map_err(|e| ReferenceError::File {
+    crate::files::write_json_atomic(p, values).map_err(|e| ReferenceError::File {
         path: p.display().to_string(),
         message: e.to_string(),
     })
@@ -113,7 +115,7 @@ pub fn write(p: &Path, values: &ReferenceValues) -> Result<(), ReferenceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::rundir::{RunStatus, StageSummary};
+    use crate::trace::rundir::{RunScore, RunStatus, StageSummary};
     use serde_json::json;
 
     fn stage(passed: bool, metrics: serde_json::Value) -> StageSummary {
@@ -153,20 +155,21 @@ mod tests {
             ]),
             integrity: vec![],
         };
-        let v = from_score(&score).unwrap();
+        let v = score.reference_values().unwrap();
         assert_eq!(v["crawl_f1"], 0.99);
         assert_eq!(v["selfhost_bpb"], 1.41);
         assert_eq!(v.len(), 5);
         score
             .stages
             .insert("eval".into(), stage(false, json!({"eval_error": 0.5})));
-        let e = from_score(&score).unwrap_err().to_string();
+        let e = score.reference_values().unwrap_err().to_string();
         assert_eq!(
             e,
             "the reference run did not pass stage eval: gate not met; no values written"
         );
         score.stages.insert("eval".into(), stage(true, json!({})));
-        assert!(from_score(&score)
+        assert!(score
+            .reference_values()
             .unwrap_err()
             .to_string()
             .contains("has no eval_error"));

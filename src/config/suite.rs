@@ -28,9 +28,6 @@ pub enum SuiteError {
     NoHome,
 }
 
-/// The five rungs, in ladder order.
-pub const STAGES: [&str; 5] = ["crawl", "tokenize", "train", "eval", "selfhost"];
-
 /// Where gptx's own files are: tasks/, sandboxes/, and the cache.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -359,28 +356,23 @@ impl Suite {
         }
         let mut stages: Vec<Stage> = Vec::new();
         for (i, s) in raw.stages.iter().enumerate() {
-            if !STAGES.contains(&s.name.as_str()) {
+            let Some(def) = super::stages::find(&s.name) else {
                 return Err(invalid(format!(
                     "stages[{i}].name = {:?} is not a stage (one of: {})",
                     s.name,
-                    STAGES.join(", ")
+                    super::stages::names().collect::<Vec<_>>().join(", ")
                 )));
-            }
+            };
             if stages.iter().any(|t| t.name == s.name) {
                 return Err(invalid(format!(
                     "stages[{i}].name = {:?} appears twice",
                     s.name
                 )));
             }
-            let default_net = if matches!(s.name.as_str(), "crawl" | "selfhost") {
-                StageNetwork::World
-            } else {
-                StageNetwork::None
-            };
             let overrides = raw.budgets.then(&s.budgets);
             stages.push(Stage {
                 name: s.name.clone(),
-                network: s.network.unwrap_or(default_net),
+                network: s.network.unwrap_or(def.network),
                 budgets: overrides.resolve(),
                 overrides: s.budgets.clone(),
                 exclude: s.exclude.clone(),

@@ -127,6 +127,7 @@ pub async fn run(
             .iter()
             .map(|s| (s.name.clone(), s.budgets.clone()))
             .collect(),
+        gates: plan.suite.gates.clone(),
         gptx_version: env!("CARGO_PKG_VERSION").into(),
         images: BTreeMap::from([("agent".to_string(), image.id.clone())]),
         started_at: chrono::Utc::now(),

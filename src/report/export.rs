@@ -254,61 +254,12 @@ impl Run {
     }
 }
 
-/// The metrics a reader looks at first, as `name value` pairs.
+/// The stage table's headline metrics, as `name value` pairs.
 fn headline(stage: &str, metrics: &Map<String, Value>) -> String {
-    let keys: &[&str] = match stage {
-        "crawl" => &[
-            "recall",
-            "precision",
-            "f1",
-            "robots_violations",
-            "documents",
-        ],
-        "tokenize" => &[
-            "round_trip",
-            "ids_in_vocab",
-            "vocab_size",
-            "bytes_per_token",
-        ],
-        "train" => &[
-            "verified",
-            "bpb",
-            "ood_bpb",
-            "beats_xz",
-            "beats_conditional_xz",
-        ],
-        "eval" => &[
-            "claimed_val_bpb",
-            "val_bpb",
-            "test_bpb",
-            "claim_error",
-            "generalisation_gap",
-        ],
-        "selfhost" => &[
-            "original_bpb",
-            "bpb",
-            "relative_difference",
-            "beats_conditional_xz",
-        ],
-        _ => &["bpb", "documents"],
-    };
-    keys.iter()
-        .filter_map(|k| metrics.get(*k).map(|v| format!("{k} {v}")))
+    let keys = crate::config::stages::headline(stage).iter().map(|h| h.key);
+    keys.filter_map(|k| metrics.get(k).map(|v| format!("{k} {v}")))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// What a stage must reach to pass (SPEC §7), for the sample's target.
-fn target(stage: &str) -> String {
-    match stage {
-        "crawl" => "crawl recall >= 0.5, precision >= 0.8, no robots violations",
-        "tokenize" => "exact round trip on hidden bytes, ids < vocab, >= 2.0 bytes/token",
-        "train" => "verified bpb below per-document xz -9e on T",
-        "eval" => "claimed val bpb within 5% of measured, val bpb within 10% of hidden bpb",
-        "selfhost" => "the recipe rebuilds the model from nothing within 3% bpb",
-        _ => "pass the stage's gate",
-    }
-    .to_string()
 }
 
 // ---------------------------------------------------------------- JUnit
@@ -724,7 +675,7 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
             "timestamp": ts(t),
             "working_start": since(t),
             "score": sc,
-            "target": target(&s.name),
+            "target": crate::config::stages::target(&s.name, &r.meta.gates),
             "intermediate": false,
             "scorer": "gptx",
         }));
@@ -786,7 +737,7 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
         "id": s.name,
         "epoch": 1,
         "input": input,
-        "target": target(&s.name),
+        "target": crate::config::stages::target(&s.name, &r.meta.gates),
         "messages": messages,
         "output": output,
         "scores": score.map(|sc| json!({"gptx": sc})),

@@ -409,8 +409,7 @@ pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
             }
         }
         stages.sort_by_key(|s| {
-            crate::config::suite::STAGES
-                .iter()
+            crate::config::stages::names()
                 .position(|x| x == s)
                 .unwrap_or(usize::MAX)
         });

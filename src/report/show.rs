@@ -1063,58 +1063,14 @@ pub fn verify(runs_dir: &Path, id: &str) -> anyhow::Result<i32> {
     }
 }
 
-/// The metrics a reader looks at first, per stage, in this order; the rest stay in score.json.
-fn headline_keys(stage: &str) -> &'static [(&'static str, &'static str)] {
-    match stage {
-        "crawl" => &[
-            ("recall", "recall"),
-            ("precision", "precision"),
-            ("duplicate_rate", "dup"),
-            ("robots_violations", "robots"),
-            ("trap_requests", "trap"),
-            ("requests", "requests"),
-            ("documents", "docs"),
-        ],
-        "tokenize" => &[
-            ("round_trip", "round trip"),
-            ("ids_in_vocab", "ids ok"),
-            ("vocab_size", "vocab"),
-            ("bytes_per_token", "bytes/token"),
-            ("encode_mb_per_s", "encode MB/s"),
-        ],
-        "train" => &[
-            ("verified", "verified"),
-            ("bpb", "bpb"),
-            ("ood_bpb", "ood bpb"),
-            ("bytes_per_token", "bytes/token"),
-            ("score_seconds", "score s"),
-        ],
-        "eval" => &[
-            ("claimed_val_bpb", "claimed"),
-            ("val_bpb", "val bpb"),
-            ("test_bpb", "hidden bpb"),
-            ("claim_error", "claim err"),
-            ("generalisation_gap", "gap"),
-            ("val_documents", "val docs"),
-        ],
-        "selfhost" => &[
-            ("original_bpb", "original bpb"),
-            ("bpb", "rebuilt bpb"),
-            ("relative_difference", "diff"),
-            ("files_copied", "copied"),
-            ("files_refused", "refused"),
-            ("rebuild_seconds", "rebuild s"),
-        ],
-        _ => &[("bpb", "bpb"), ("documents", "docs")],
-    }
-}
-
-/// `recall 0.951 precision 0.973 ...` for the headline metrics a stage has.
+/// `recall 0.951 precision 0.973 ...` for the stage table's headline metrics a stage has; the
+/// rest stay in score.json.
 fn headline(stage: &str, m: &serde_json::Map<String, serde_json::Value>) -> String {
-    let parts: Vec<String> = headline_keys(stage)
+    let parts: Vec<String> = crate::config::stages::headline(stage)
         .iter()
-        .filter_map(|(k, short)| {
-            let v = m.get(*k)?;
+        .filter_map(|h| {
+            let (k, short) = (h.key, h.label);
+            let v = m.get(k)?;
             Some(match (v.as_u64(), v.as_f64()) {
                 (Some(n), _) => format!("{short} {n}"),
                 (None, Some(f)) => format!("{short} {f:.3}"),

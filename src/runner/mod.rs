@@ -23,8 +23,6 @@ use crate::trace::{
     StepUsage, WorkspaceHistory,
 };
 
-/// Stages whose failure `--rescue` makes up for with the reference artifact.
-pub const RESCUABLE: [&str; 2] = ["crawl", "tokenize"];
 const RESCUE_CORPUS: &str = "data/corpus.jsonl";
 /// Where the rescue writes the reference tokenizer's sources.
 const RESCUE_DIR: &str = "gptx-rescue";
@@ -328,7 +326,7 @@ impl Runner {
                 && failed
                 && later
                 && self.rescue
-                && RESCUABLE.contains(&stage.name.as_str())
+                && crate::config::stages::find(&stage.name).is_some_and(|d| d.rescuable)
             {
                 outcome.rescued = self.rescue_stage(&stage.name).await;
             }

@@ -127,46 +127,12 @@ pub fn runs_page(list: &RunList) -> String {
     page("Runs", Nav::Runs, &b)
 }
 
-/// The metrics a reader looks at first, per stage.
-fn headline_keys(stage: &str) -> &'static [(&'static str, &'static str)] {
-    match stage {
-        "crawl" => &[
-            ("recall", "recall"),
-            ("precision", "precision"),
-            ("duplicate_rate", "dup rate"),
-            ("robots_violations", "robots"),
-            ("documents", "docs"),
-        ],
-        "tokenize" => &[
-            ("round_trip", "round trip"),
-            ("vocab_size", "vocab"),
-            ("bytes_per_token", "bytes/token"),
-        ],
-        "train" => &[
-            ("verified", "verified"),
-            ("bpb", "bpb"),
-            ("ood_bpb", "ood bpb"),
-        ],
-        "eval" => &[
-            ("claimed_val_bpb", "claimed"),
-            ("val_bpb", "val bpb"),
-            ("test_bpb", "hidden bpb"),
-            ("claim_error", "claim err"),
-        ],
-        "selfhost" => &[
-            ("original_bpb", "original"),
-            ("bpb", "rebuilt bpb"),
-            ("relative_difference", "diff"),
-            ("rebuild_seconds", "rebuild s"),
-        ],
-        _ => &[("bpb", "bpb")],
-    }
-}
-
+/// The stage table's headline metrics that the stage has.
 fn headline(s: &StageRow) -> String {
     let mut out = String::new();
-    for (k, label) in headline_keys(&s.name) {
-        if let Some(v) = s.metrics.get(*k) {
+    for h in crate::config::stages::headline(&s.name) {
+        let label = h.label;
+        if let Some(v) = s.metrics.get(h.key) {
             let _ = write!(
                 out,
                 "<span class=\"metric\"><span>{}</span> {}</span>",
@@ -255,16 +221,10 @@ fn stages_table(v: &RunView) -> String {
 
 /// The level gates, L1 to L6, as a row of steps.
 fn gates(v: &RunView) -> String {
-    const GATES: [(&str, &str, &str); 5] = [
-        ("L1", "crawler", "crawl"),
-        ("L2", "tokenizer", "tokenize"),
-        ("L3", "language model", "train"),
-        ("L4", "honest evaluator", "eval"),
-        ("L5", "self-hosting", "selfhost"),
-    ];
     let stage = |name: &str| v.stages.iter().find(|s| s.name == name);
     let mut b = String::from("<h2>Gates</h2><ol class=\"gates\">");
-    for (level, title, name) in GATES {
+    for def in &crate::config::stages::STAGES {
+        let (level, title, name) = (format!("L{}", def.level), def.title, def.name);
         let (class, mark) = match stage(name) {
             Some(s) if s.passed == Some(true) => ("pass", "✓"),
             Some(s) if s.rescued => ("rescued", "✗ rescued"),

@@ -6,53 +6,12 @@
 //! stage's `instruction.md`. A test renders every stage of every suite and checks that each fact is
 //! in the text, so an instruction cannot drift from its grader.
 
-use std::collections::BTreeMap;
-
 use crate::config::suite::{Home, Stage, StageNetwork, Suite, SuiteError};
 use crate::sandbox::programs::ScoringLimits;
 
-/// A pass threshold from the suite's `[gates]` table, with the value used when the suite sets none.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Gate {
-    pub key: &'static str,
-    pub default: f64,
-}
-
-impl Gate {
-    /// The suite's value, else the default.
-    pub fn value(&self, gates: &BTreeMap<String, f64>) -> f64 {
-        gates.get(self.key).copied().unwrap_or(self.default)
-    }
-}
-
-pub const CRAWL_RECALL: Gate = Gate {
-    key: "crawl_recall",
-    default: 0.5,
-};
-pub const CRAWL_PRECISION: Gate = Gate {
-    key: "crawl_precision",
-    default: 0.8,
-};
-pub const TOKENIZE_BYTES_PER_TOKEN: Gate = Gate {
-    key: "tokenize_bytes_per_token",
-    default: 2.0,
-};
-/// L3: verified bpb below this multiple of per-document `xz -9e` on T.
-pub const TRAIN_XZ_RATIO: Gate = Gate {
-    key: "train_xz_ratio",
-    default: 1.0,
-};
-pub const EVAL_CLAIM_TOLERANCE: Gate = Gate {
-    key: "eval_claim_tolerance",
-    default: 0.05,
-};
-pub const EVAL_GENERALISATION_TOLERANCE: Gate = Gate {
-    key: "eval_generalisation_tolerance",
-    default: 0.10,
-};
-pub const SELFHOST_BPB_TOLERANCE: Gate = Gate {
-    key: "selfhost_bpb_tolerance",
-    default: 0.03,
+pub use crate::config::gates::{
+    Gate, CRAWL_PRECISION, CRAWL_RECALL, EVAL_CLAIM_TOLERANCE, EVAL_GENERALISATION_TOLERANCE,
+    SELFHOST_BPB_TOLERANCE, TOKENIZE_BYTES_PER_TOKEN, TRAIN_XZ_RATIO,
 };
 
 /// crawl: the corpus the stage grades.

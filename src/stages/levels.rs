@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use crate::agent::tools::ToolError;
+use crate::config::stages::STAGES;
 use crate::config::suite::Stage;
 use crate::sandbox::Sandbox;
 use crate::trace::StageScore;
@@ -136,15 +137,6 @@ pub fn scorer_for(
     }
 }
 
-/// Bootstrap Index weights (SPEC §7).
-pub const WEIGHTS: [(&str, f64); 5] = [
-    ("crawl", 0.15),
-    ("tokenize", 0.15),
-    ("train", 0.40),
-    ("eval", 0.10),
-    ("selfhost", 0.20),
-];
-
 /// The levels of a run (SPEC §7).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Levels {
@@ -161,7 +153,7 @@ fn rung(passed: usize, scores: &BTreeMap<String, StageScore>) -> usize {
         .get("selfhost")
         .and_then(|s| s.metrics.get("beats_conditional_xz"))
         == Some(&Value::Bool(true));
-    if passed == WEIGHTS.len() && beats {
+    if passed == STAGES.len() && beats {
         passed + 1
     } else {
         passed
@@ -172,9 +164,9 @@ fn rung(passed: usize, scores: &BTreeMap<String, StageScore>) -> usize {
 /// metric `beats_conditional_xz`). `rescued` names the stages whose reference artifact was handed over.
 pub fn levels(scores: &BTreeMap<String, StageScore>, rescued: &[String]) -> Levels {
     let passed = |stage: &str| scores.get(stage).is_some_and(|s| s.passed);
-    let own = WEIGHTS.iter().take_while(|(s, _)| passed(s)).count();
+    let own = STAGES.iter().take_while(|d| passed(d.name)).count();
     let mut helped = 0;
-    for (i, (stage, _)) in WEIGHTS.iter().enumerate() {
+    for (i, stage) in STAGES.iter().map(|d| d.name).enumerate() {
         if passed(stage) {
             helped = i + 1;
         } else if !rescued.iter().any(|r| r == stage) {
@@ -196,11 +188,11 @@ pub fn level(scores: &BTreeMap<String, StageScore>) -> String {
 
 /// `100 · Σ w_s · min(n_s, 1)`, with n_s clipped below at 0; stages not run count 0.
 pub fn bootstrap_index(scores: &BTreeMap<String, StageScore>) -> f64 {
-    let sum: f64 = WEIGHTS
+    let sum: f64 = STAGES
         .iter()
-        .map(|(stage, w)| {
-            let n = scores.get(*stage).and_then(|s| s.normalized).unwrap_or(0.0);
-            w * n.clamp(0.0, 1.0)
+        .map(|d| {
+            let n = scores.get(d.name).and_then(|s| s.normalized).unwrap_or(0.0);
+            d.weight * n.clamp(0.0, 1.0)
         })
         .sum();
     100.0 * sum
@@ -234,9 +226,9 @@ mod tests {
 
     #[test]
     fn l6_needs_every_rung_and_a_rebuilt_model_below_conditional_xz() {
-        let mut m: BTreeMap<String, StageScore> = WEIGHTS
+        let mut m: BTreeMap<String, StageScore> = STAGES
             .iter()
-            .map(|(st, _)| (st.to_string(), s(true, 1.0)))
+            .map(|d| (d.name.to_string(), s(true, 1.0)))
             .collect();
         assert_eq!(level(&m), "L5");
         m.get_mut("selfhost")

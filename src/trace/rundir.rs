@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::files::{make_private, read_json, write_json_atomic};
+
 use crate::config::suite::Budgets;
 use crate::trace::StageScore;
 
@@ -40,6 +42,9 @@ pub struct RunMeta {
     pub seed: u64,
     pub stages: Vec<String>,
     pub budgets: BTreeMap<String, Budgets>,
+    /// The suite's `[gates]` table as the run applied it (gates it does not set take their defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gates: BTreeMap<String, f64>,
     pub gptx_version: String,
     /// Image ids by role.
     pub images: BTreeMap<String, String>,
@@ -125,17 +130,21 @@ pub struct RunScore {
     pub integrity: Vec<crate::trace::IntegrityNote>,
 }
 
-/// When gptx runs as root, makes `dir` (created if missing) reachable by root alone (0700), so that
-/// an external agent, which runs as another user, can read nothing below it: the world cache's
-/// `worlds/` with its hidden documents, and each run's own directory (traces, scores). Containers are unaffected: the engine mounts
-/// what they need, and parents of a mount are not traversed from inside.
-pub fn make_private(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if !rustix::process::geteuid().is_root() {
-        return Ok(());
+impl RunScore {
+    /// The reference values this run measured (`gptx world reference`): every stage must have passed.
+    pub fn reference_values(
+        &self,
+    ) -> Result<BTreeMap<String, f64>, crate::config::reference::ReferenceError> {
+        crate::config::reference::values(|name| {
+            self.stages
+                .get(name)
+                .map(|s| crate::config::reference::StageResult {
+                    passed: s.passed,
+                    reason: s.reason.as_deref().unwrap_or(&s.status),
+                    metrics: &s.metrics,
+                })
+        })
     }
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// A fresh run id: UTC time plus random hex, sortable by start.
@@ -143,22 +152,6 @@ pub fn new_run_id() -> String {
     let now = chrono::Utc::now().format("%Y%m%d-%H%M%S");
     let r: u32 = rand::random();
     format!("{now}-{:06x}", r & 0xff_ffff)
-}
-
-/// Writes JSON to `path` through a temp file and a rename, so readers never see half a file.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Reads a JSON file, naming it in errors.
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Paths inside one run directory.

@@ -351,7 +351,7 @@ pub fn ensure(
     let key = cache_key(&cfg_text, &corpus_raw, &ood_raw, seed, &server);
     let root = home.cache().join("worlds");
     // The hidden documents are here: root alone may look (external agents run as another user).
-    crate::trace::rundir::make_private(&root).map_err(io(&root))?;
+    crate::files::make_private(&root).map_err(io(&root))?;
     let out = root.join(format!("{name}-s{seed}-{key}"));
     if out.join("manifest.json").exists() {
         if let Ok(w) = World::load(&out) {
