@@ -48,6 +48,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod serve;
 pub mod stages;
+#[cfg(feature = "synth")]
 pub mod synth;
 pub mod trace;
 pub mod world;

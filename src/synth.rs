@@ -14,12 +14,12 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::config::suite::Budgets;
-use crate::runner::{FULL_OUTPUT, INLINE_OUTPUT};
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus, StageSummary};
 use crate::trace::{
     round, sha256_hex, EndReason, Event, EventLog, ModelCall, OutputRef, OutputStore, StageScore,
     StepRecord, StepUsage, WorkspaceHistory,
 };
+use crate::trace::{FULL_OUTPUT, INLINE_OUTPUT};
 
 /// What run to write.
 #[derive(Debug, Clone)]

@@ -8,7 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use gptx::sandbox::programs::{DockerPrograms, ScoringLimits};
+use gptx::config::suite::ScoringLimits;
+use gptx::docker::programs::DockerPrograms;
 use gptx::stages::bpb::{self, Doc, RejectKind, VerifyPlan};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");

@@ -989,8 +989,7 @@ async fn images_build(names: Vec<String>, force: bool, json: bool) -> Result<i32
         let built = crate::docker::images::build(&docker, &home, name, force, json)
             .await
             .map_err(|e| match e {
-                crate::docker::images::ImageError::NoRecipe { .. }
-                | crate::docker::images::ImageError::Recipe { .. } => Exit {
+                crate::docker::images::ImageError::Recipe(_) => Exit {
                     code: exit::USAGE,
                     error: e.into(),
                 },

@@ -282,7 +282,7 @@ struct RawSuite {
     #[serde(default)]
     reference: BTreeMap<String, f64>,
     #[serde(default)]
-    scoring: crate::sandbox::programs::ScoringLimits,
+    scoring: ScoringLimits,
     stages: Vec<RawStage>,
 }
 
@@ -318,7 +318,7 @@ pub struct Suite {
     /// The world hash the stored reference values were measured on.
     pub reference_world_hash: Option<String>,
     /// Limits of the scoring sandboxes (`[scoring]`).
-    pub scoring: crate::sandbox::programs::ScoringLimits,
+    pub scoring: ScoringLimits,
     pub stages: Vec<Stage>,
     /// Sandbox seconds the selfhost rebuild gets: the sum of `max_sandbox_seconds` of the stages
     /// before selfhost in the suite file, whatever `--stages` keeps.
@@ -515,6 +515,54 @@ impl Suite {
     /// Does any stage need the world network?
     pub fn needs_world(&self) -> bool {
         self.stages.iter().any(|s| s.network == StageNetwork::World)
+    }
+}
+
+/// Limits of one scoring call (SPEC §5), from the suite's `[scoring]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringLimits {
+    /// Memory of a scoring sandbox.
+    #[serde(default = "scoring_memory")]
+    pub memory_mb: u64,
+    #[serde(default = "scoring_cpus")]
+    pub cpus: f64,
+    /// Wall time of one call (one `score`, one `next` batch, one `encode`...).
+    #[serde(default = "scoring_timeout")]
+    pub timeout_seconds: f64,
+    /// Random positions at which `next` is checked against `score` (SPEC §3, K).
+    #[serde(default = "scoring_k")]
+    pub positions: usize,
+    /// The largest `vocab_size` a tokenizer may declare.
+    #[serde(default = "scoring_vocab")]
+    pub max_vocab_size: u64,
+}
+
+fn scoring_memory() -> u64 {
+    2048
+}
+fn scoring_cpus() -> f64 {
+    1.0
+}
+fn scoring_timeout() -> f64 {
+    300.0
+}
+fn scoring_k() -> usize {
+    64
+}
+fn scoring_vocab() -> u64 {
+    32768
+}
+
+impl Default for ScoringLimits {
+    fn default() -> Self {
+        Self {
+            memory_mb: scoring_memory(),
+            cpus: scoring_cpus(),
+            timeout_seconds: scoring_timeout(),
+            positions: scoring_k(),
+            max_vocab_size: scoring_vocab(),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod images;
+pub mod programs;
 pub mod rebuild;
 pub mod sandbox;
 pub mod session;

@@ -6,10 +6,11 @@ use async_trait::async_trait;
 use bollard::Docker;
 
 use crate::config::suite::SandboxLimits;
+use crate::config::suite::ScoringLimits;
 use crate::docker::engine;
+use crate::docker::programs::DockerPrograms;
 use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
 use crate::docker::web::WebServer;
-use crate::sandbox::programs::{DockerPrograms, ScoringLimits};
 use crate::sandbox::{ExecRequest, OutStream, Sandbox};
 use crate::stages::selfhost::{RebuildJob, RebuildRun, Rebuilder};
 use crate::world::World;

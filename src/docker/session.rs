@@ -242,7 +242,7 @@ pub async fn run(
             runner.world_network = network.clone();
             runner.world = plan.world.clone();
             runner.programs = Some(Arc::new(
-                crate::sandbox::programs::DockerPrograms::new(
+                crate::docker::programs::DockerPrograms::new(
                     docker.clone(),
                     run_id.clone(),
                     image.tag.clone(),
@@ -262,7 +262,7 @@ pub async fn run(
                 );
                 runner.graded_programs = Some(Arc::new(move |path: &std::path::Path| {
                     Arc::new(
-                        crate::sandbox::programs::DockerPrograms::new(
+                        crate::docker::programs::DockerPrograms::new(
                             docker.clone(),
                             run_id.clone(),
                             tag.clone(),

@@ -3,9 +3,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::runner::INLINE_OUTPUT;
 use crate::trace::history::CommitDiff;
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
+use crate::trace::INLINE_OUTPUT;
 use crate::trace::{self, EndReason, Event, StepRecord, StepUsage};
 
 /// `gptx runs`.

@@ -28,10 +28,7 @@ const RESCUE_CORPUS: &str = "data/corpus.jsonl";
 const RESCUE_DIR: &str = "gptx-rescue";
 const RESCUE_SECONDS: u64 = 300;
 
-/// Bytes of each output stream the agent (and the event) sees inline: head and tail halves.
-pub const INLINE_OUTPUT: usize = 32 * 1024;
-/// Bytes of each output stream kept in `outputs/` per step; beyond this the output is counted, not kept.
-pub const FULL_OUTPUT: usize = 64 * 1024 * 1024;
+use crate::trace::{FULL_OUTPUT, INLINE_OUTPUT};
 /// Most bytes `read_file` returns.
 pub const READ_LIMIT: u64 = 1024 * 1024;
 /// `write_file` contents larger than this are kept in `outputs/` and referenced from the event.

@@ -4,70 +4,19 @@
 //! (`gptx.role=scorer`) with no network, the workspace mounted read-only and the suite's scoring limits,
 //! the hidden input on stdin only, and is removed when the call returns. What comes back is bytes
 //! (stdout, the tail of stderr) and an [`ExecOutcome`]; the scorers parse them and nothing else reaches
-//! the run. [`DockerPrograms`] is the real backend; tests may implement [`Programs`] with a closure.
+//! the run. `docker::programs::DockerPrograms` is the real backend; tests may implement [`Programs`] with a closure.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
-use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
+pub use crate::config::suite::ScoringLimits;
 use crate::sandbox::{ExecOutcome, ExecRequest, OutStream, Sandbox, SandboxError};
 
 /// Most stdout a scored program may print; beyond it the output is cut and the call reported as such.
 pub const MAX_STDOUT: usize = 512 * 1024 * 1024;
 /// Bytes of stderr kept (the tail) for error messages.
 pub const STDERR_TAIL: usize = 4096;
-
-/// Limits of one scoring call (SPEC §5), from the suite's `[scoring]` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScoringLimits {
-    /// Memory of a scoring sandbox.
-    #[serde(default = "default_memory")]
-    pub memory_mb: u64,
-    #[serde(default = "default_cpus")]
-    pub cpus: f64,
-    /// Wall time of one call (one `score`, one `next` batch, one `encode`...).
-    #[serde(default = "default_timeout")]
-    pub timeout_seconds: f64,
-    /// Random positions at which `next` is checked against `score` (SPEC §3, K).
-    #[serde(default = "default_k")]
-    pub positions: usize,
-    /// The largest `vocab_size` a tokenizer may declare.
-    #[serde(default = "default_vocab")]
-    pub max_vocab_size: u64,
-}
-
-fn default_memory() -> u64 {
-    2048
-}
-fn default_cpus() -> f64 {
-    1.0
-}
-fn default_timeout() -> f64 {
-    300.0
-}
-fn default_k() -> usize {
-    64
-}
-fn default_vocab() -> u64 {
-    32768
-}
-
-impl Default for ScoringLimits {
-    fn default() -> Self {
-        Self {
-            memory_mb: default_memory(),
-            cpus: default_cpus(),
-            timeout_seconds: default_timeout(),
-            positions: default_k(),
-            max_vocab_size: default_vocab(),
-        }
-    }
-}
 
 /// One call of an agent's program.
 #[derive(Debug, Clone)]
@@ -168,82 +117,6 @@ pub trait Programs: Send + Sync {
     /// Runs one call in a fresh scoring sandbox. `Err` only when the sandbox itself could not be
     /// made or driven (a harness problem); a program that misbehaves is an `Ok` with its outcome.
     async fn run(&self, call: &ProgramCall) -> Result<ProgramRun, SandboxError>;
-}
-
-/// Fresh hardened containers on the real engine, one per call.
-pub struct DockerPrograms {
-    pub docker: bollard::Docker,
-    pub run_id: String,
-    /// The image tag (the suite's image: the agent's programs run where they were built).
-    pub image: String,
-    /// The agent's workspace on the host, mounted read-only.
-    pub workspace_host: PathBuf,
-    pub limits: ScoringLimits,
-    pub pids: u64,
-    counter: AtomicU64,
-    tmp_mb: u64,
-}
-
-impl DockerPrograms {
-    pub fn new(
-        docker: bollard::Docker,
-        run_id: String,
-        image: String,
-        workspace_host: PathBuf,
-        limits: ScoringLimits,
-        pids: u64,
-    ) -> Self {
-        Self {
-            docker,
-            run_id,
-            image,
-            workspace_host,
-            limits,
-            pids,
-            counter: AtomicU64::new(0),
-            tmp_mb: DEFAULT_TMP_MB,
-        }
-    }
-
-    /// The size of each scoring sandbox's `/tmp` (its root filesystem is read-only).
-    pub fn with_tmp_mb(mut self, mb: u64) -> Self {
-        self.tmp_mb = mb;
-        self
-    }
-}
-
-/// `/tmp` of a scoring sandbox unless the suite says otherwise.
-pub const DEFAULT_TMP_MB: u64 = 256;
-
-#[async_trait]
-impl Programs for DockerPrograms {
-    async fn run(&self, call: &ProgramCall) -> Result<ProgramRun, SandboxError> {
-        let started = Instant::now();
-        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let spec = DockerSandboxSpec {
-            run_id: self.run_id.clone(),
-            role: "scorer".into(),
-            image: self.image.clone(),
-            memory_bytes: (self.limits.memory_mb * 1024 * 1024) as i64,
-            nano_cpus: (self.limits.cpus * 1e9) as i64,
-            pids: self.pids as i64,
-            network: None,
-            workspace_host: self.workspace_host.clone(),
-            workspace_readonly: true,
-            env: vec![],
-            // Unique across every DockerPrograms of the run (a check and a grade may overlap).
-            instance: Some(format!("{n}-{:06x}", rand::random::<u32>() & 0xff_ffff)),
-            tmp_mb: self.tmp_mb,
-            extra_hosts: vec![],
-        };
-        let sandbox = DockerSandbox::create(&self.docker, &spec).await?;
-        let result = run_in(&sandbox, call).await;
-        let removed = sandbox.remove().await;
-        let mut run = result?;
-        removed?;
-        run.seconds = started.elapsed().as_secs_f64();
-        Ok(run)
-    }
 }
 
 /// Runs `call` in an existing sandbox, collecting stdout (capped) and the tail of stderr.

@@ -77,7 +77,7 @@ fn fact(topic: &'static str, text: String) -> Fact {
 pub struct FactContext<'a> {
     pub suite: &'a Suite,
     /// The image's user, uid, environment and packages (None when its recipe cannot be read).
-    pub image: Option<&'a crate::docker::images::Recipe>,
+    pub image: Option<&'a crate::config::image::Recipe>,
 }
 
 fn pct(x: f64) -> String {
@@ -414,7 +414,7 @@ pub fn instruction(
         path: path.display().to_string(),
         source,
     })?;
-    let image = crate::docker::images::Recipe::load(home, &suite.image).ok();
+    let image = crate::config::image::Recipe::load(home, &suite.image).ok();
     let ctx = FactContext {
         suite,
         image: image.as_ref(),
@@ -458,7 +458,7 @@ pub fn instruction(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::images::Recipe;
+    use crate::config::image::Recipe;
 
     fn home() -> Home {
         Home {

@@ -117,6 +117,11 @@ pub struct OutputStore {
     cap: u64,
 }
 
+/// Bytes of each output stream the agent (and the event) sees inline: head and tail halves.
+pub const INLINE_OUTPUT: usize = 32 * 1024;
+/// Bytes of each output stream kept in `outputs/` per step; beyond this the output is counted, not kept.
+pub const FULL_OUTPUT: usize = 64 * 1024 * 1024;
+
 /// Bytes of `outputs/` one run may write.
 pub const OUTPUTS_CAP: u64 = 1 << 30;
 
