@@ -14,9 +14,9 @@ use serde_json::{json, Map, Value};
 use crate::agent::tools::{json_kind as kind, ToolError};
 use crate::sandbox::paths::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::stages::bpb::{self, Doc, Verification};
+use crate::stages::common::{hidden_docs, plan, program_problem};
+use crate::stages::contract::LM_PROGRAM as PROGRAM;
 use crate::stages::levels::{ScoreContext, Scorer};
-use crate::stages::tokenize::program_problem;
-use crate::stages::train::{hidden_docs, PROGRAM};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
@@ -262,7 +262,7 @@ impl Scorer for EvalScorer {
         let Some(programs) = ctx.programs else {
             return Ok(json!({"ok": false, "errors": ["this run has no scoring sandbox"]}));
         };
-        let plan = crate::stages::train::plan(docs, vec![], CHECK_POSITIONS, ctx.scoring);
+        let plan = plan(docs, vec![], CHECK_POSITIONS, ctx.scoring);
         let v = bpb::verify(programs, &plan).await;
         Ok(match &v.result {
             Ok(ok) => {
@@ -303,7 +303,7 @@ impl Scorer for EvalScorer {
         };
         let val_docs = val.len();
         let val_bytes: u64 = val.iter().map(|d| d.bytes.len() as u64).sum();
-        let mut plan = crate::stages::train::plan(test, val, ctx.scoring.positions, ctx.scoring);
+        let mut plan = plan(test, val, ctx.scoring.positions, ctx.scoring);
         plan.hidden = true;
         let v = bpb::verify(programs, &plan).await;
         stage_score(

@@ -20,9 +20,12 @@ use crate::agent::tools::ToolError;
 use crate::sandbox::programs::Programs;
 use crate::sandbox::{ExecRequest, OutStream};
 use crate::stages::bpb::{self, Verification};
+use crate::stages::common::{
+    self, hidden_docs, normalized_bpb, own_sample, program_problem, CHECK_POSITIONS,
+    CHECK_SAMPLE_BYTES,
+};
+use crate::stages::contract::LM_PROGRAM as PROGRAM;
 use crate::stages::levels::{CheckRequest, Checked, ScoreContext, Scorer};
-use crate::stages::tokenize::program_problem;
-use crate::stages::train::{hidden_docs, normalized_bpb, PROGRAM};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
@@ -817,21 +820,13 @@ impl SelfhostScorer {
             "log_tail": log_tail(&t.run, 3000),
             "files_copied": recipe.copied.len(),
         });
-        let docs =
-            crate::stages::tokenize::own_sample(root, crate::stages::train::CHECK_SAMPLE_BYTES);
+        let docs = own_sample(root, CHECK_SAMPLE_BYTES);
         if let Some(p) = program_problem(&t.root, PROGRAM) {
             errors.push(format!("the rebuild made no model: {p}"));
         } else if docs.is_empty() {
             errors.push("data/corpus.jsonl has no documents to verify the rebuilt model on".into());
         } else {
-            let plan = || {
-                crate::stages::train::plan(
-                    docs.clone(),
-                    vec![],
-                    crate::stages::train::CHECK_POSITIONS,
-                    ctx.scoring,
-                )
-            };
+            let plan = || common::plan(docs.clone(), vec![], CHECK_POSITIONS, ctx.scoring);
             let rebuilt = bpb::verify(t.run.programs.as_ref(), &plan()).await;
             let original = bpb::verify(programs, &plan()).await;
             out["documents"] = json!(docs.len());
@@ -924,7 +919,7 @@ impl Scorer for SelfhostScorer {
         }
         let plan = || crate::stages::bpb::VerifyPlan {
             hidden: true,
-            ..crate::stages::train::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring)
+            ..common::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring)
         };
         let original = bpb::verify(programs, &plan()).await;
         if let Err(rej) = &original.result {
