@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::agent::tools::ToolError;
 use crate::sandbox::paths::WorkspacePath;
-use crate::stages::levels::{ScoreContext, Scorer};
+use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::StageScore;
 use crate::world::World;
 

@@ -16,7 +16,7 @@ use crate::sandbox::paths::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::stages::bpb::{self, Doc, Verification};
 use crate::stages::common::{hidden_docs, plan, program_problem};
 use crate::stages::contract::LM_PROGRAM as PROGRAM;
-use crate::stages::levels::{ScoreContext, Scorer};
+use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 

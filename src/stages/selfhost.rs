@@ -25,7 +25,7 @@ use crate::stages::common::{
     CHECK_SAMPLE_BYTES,
 };
 use crate::stages::contract::LM_PROGRAM as PROGRAM;
-use crate::stages::levels::{CheckRequest, Checked, ScoreContext, Scorer};
+use crate::stages::scorer::{CheckRequest, Checked, ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 

@@ -19,7 +19,7 @@ use crate::sandbox::programs::{one_line, ProgramCall, Programs};
 use crate::sandbox::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::stages::bpb::Doc;
 use crate::stages::common::{hidden_docs, own_sample, program_problem};
-use crate::stages::levels::{ScoreContext, Scorer};
+use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 

@@ -17,7 +17,7 @@ use crate::stages::common::{
     hidden_docs, normalized_bpb, own_sample, plan, program_problem, CHECK_POSITIONS,
     CHECK_SAMPLE_BYTES,
 };
-use crate::stages::levels::{ScoreContext, Scorer};
+use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::{Baselines, World};
 
