@@ -329,7 +329,7 @@ fn refuse_smuggled(
 }
 
 /// Writes the recipe's files, the bytes [`select`] read, into the empty directory `to`, keeping the
-/// permission bits; `owner` (uid, gid) when the harness runs as root.
+/// permission bits; the files and directories made belong to `owner` (uid, gid) when there is one.
 pub fn copy(recipe: &Recipe, to: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for f in &recipe.copied {
@@ -388,10 +388,43 @@ pub struct RebuildJob {
     pub timeout: Duration,
 }
 
+/// A rebuild workspace's own disk, held until the rebuild is graded.
+pub trait RebuildDisk: Send + Sync {
+    /// Gives the disk back, its contents kept in the workspace directory when `keep`; Err says what
+    /// went wrong. Dropped without a release, the disk goes and its contents with it.
+    fn release(self: Box<Self>, keep: bool) -> Result<(), String>;
+}
+
+/// A fresh, empty workspace for a rebuild, ready for the recipe.
+pub struct FreshWorkspace {
+    /// The workspace directory (`dir/workspace`).
+    pub path: PathBuf,
+    /// Who the recipe's copied files must belong to (uid, gid); None leaves them the harness's.
+    pub owner: Option<(u32, u32)>,
+    /// The workspace's own disk of the suite's size, when one could be made.
+    pub disk: Option<Box<dyn RebuildDisk>>,
+}
+
 /// Runs a recipe from nothing: a fresh sandbox on `job.workspace` (holding only the recipe) with the
 /// world reachable, `job.command` within `job.timeout`, then everything torn down.
 #[async_trait]
 pub trait Rebuilder: Send + Sync {
+    /// Makes `dir/workspace` afresh and empty, writable by whoever runs the rebuild, for the recipe
+    /// to be copied into; on a disk of `disk_mb` where the rebuilder can make one. The default is a
+    /// plain directory with no owner and no disk of its own; Err is the reason, for the grade.
+    fn fresh_workspace(&self, dir: &Path, disk_mb: u64) -> Result<FreshWorkspace, String> {
+        let _ = disk_mb;
+        let path = dir.join("workspace");
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("copying the recipe to {}: {e}", path.display()))?;
+        Ok(FreshWorkspace {
+            path,
+            owner: None,
+            disk: None,
+        })
+    }
+
     async fn rebuild(&self, job: &RebuildJob) -> Result<RebuildRun, String>;
 }
 
@@ -552,8 +585,8 @@ pub fn shebang_interpreter(head: &[u8]) -> Option<String> {
 /// A rebuild as the grade and `check` run it: the recipe copied into `dir/workspace`, then run.
 struct Trial {
     run: RebuildRun,
-    /// The rebuilt workspace's own filesystem (when gptx runs as root), released when graded.
-    quota: Option<crate::sandbox::quota::Quota>,
+    /// The rebuilt workspace's own disk (when the rebuilder made one), released when graded.
+    disk: Option<Box<dyn RebuildDisk>>,
     command: String,
     /// The rebuilt workspace.
     root: crate::sandbox::paths::WorkspaceRoot,
@@ -591,23 +624,12 @@ async fn trial(
     disk_mb: u64,
 ) -> Result<Trial, String> {
     use std::os::unix::fs::PermissionsExt;
-    let fresh = dir.join("workspace");
-    let _ = std::fs::remove_dir_all(&fresh);
-    let owner = rustix::process::geteuid().is_root().then_some((
-        crate::docker::sandbox::SANDBOX_UID,
-        crate::docker::sandbox::SANDBOX_GID,
-    ));
-    // The rebuild writes into a filesystem of the suite's size too, never the host's free space.
-    let quota = match owner {
-        Some(o) if crate::sandbox::quota::available() => Some(
-            crate::sandbox::quota::Quota::mount(&fresh, &dir.join("workspace.img"), disk_mb, o)
-                .map_err(|e| format!("the rebuild's disk: {e}"))?,
-        ),
-        _ => None,
-    };
-    std::fs::create_dir_all(&fresh)
-        .and_then(|_| crate::docker::session::prepare_workspace(&fresh))
-        .and_then(|_| copy(recipe, &fresh, owner))
+    let FreshWorkspace {
+        path: fresh,
+        owner,
+        disk,
+    } = rebuilder.fresh_workspace(dir, disk_mb)?;
+    copy(recipe, &fresh, owner)
         .map_err(|e| format!("copying the recipe to {}: {e}", fresh.display()))?;
     // The copy is the harness's own: its mode decides the command, not the live workspace.
     let executable = std::fs::symlink_metadata(fresh.join(RECIPE))
@@ -646,7 +668,7 @@ async fn trial(
         .map_err(|e| format!("{}: {e}", fresh.display()))?;
     Ok(Trial {
         run,
-        quota,
+        disk,
         command,
         root,
         failed,
@@ -851,8 +873,8 @@ impl SelfhostScorer {
             }
         }
         // The rebuilt workspace can be large; its log stays.
-        if let Some(q) = t.quota {
-            let _ = q.release(false);
+        if let Some(d) = t.disk {
+            let _ = d.release(false);
         }
         let _ = std::fs::remove_dir_all(dir.join("workspace"));
         out["ok"] = json!(errors.is_empty());
@@ -955,11 +977,9 @@ impl Scorer for SelfhostScorer {
             t.failed.as_deref(),
             m,
         );
-        if let Some(q) = t.quota {
-            if let Err(e) = q.release(true) {
-                score
-                    .metrics
-                    .insert("disk_warning".into(), json!(e.to_string()));
+        if let Some(d) = t.disk {
+            if let Err(e) = d.release(true) {
+                score.metrics.insert("disk_warning".into(), json!(e));
             }
         }
         score
@@ -1233,6 +1253,29 @@ mod tests {
         let told = s.told().unwrap();
         assert!(!told.contains("1.5") && !told.contains("1.4"), "{told}");
         assert!(told.contains("more than 3% from the original"), "{told}");
+    }
+
+    struct NoRebuild;
+
+    #[async_trait]
+    impl Rebuilder for NoRebuild {
+        async fn rebuild(&self, _job: &RebuildJob) -> Result<RebuildRun, String> {
+            Err("no rebuild in this test".into())
+        }
+    }
+
+    #[test]
+    fn the_default_fresh_workspace_is_an_empty_plain_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "workspace/left/over.txt",
+            b"from an earlier trial",
+        );
+        let fresh = NoRebuild.fresh_workspace(dir.path(), 64).unwrap();
+        assert_eq!(fresh.path, dir.path().join("workspace"));
+        assert_eq!(std::fs::read_dir(&fresh.path).unwrap().count(), 0);
+        assert!(fresh.owner.is_none() && fresh.disk.is_none());
     }
 
     #[test]
