@@ -1,5 +1,6 @@
 //! The selfhost rebuild on the real engine: a fresh network, web server (its own request log) and sandbox for `bootstrap.sh`, always torn down.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -9,10 +10,11 @@ use crate::config::suite::SandboxLimits;
 use crate::config::suite::ScoringLimits;
 use crate::docker::engine;
 use crate::docker::programs::DockerPrograms;
-use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
+use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec, SANDBOX_GID, SANDBOX_UID};
 use crate::docker::web::WebServer;
+use crate::sandbox::quota::{self, Quota};
 use crate::sandbox::{ExecRequest, OutStream, Sandbox};
-use crate::stages::selfhost::{RebuildJob, RebuildRun, Rebuilder};
+use crate::stages::selfhost::{FreshWorkspace, RebuildDisk, RebuildJob, RebuildRun, Rebuilder};
 use crate::world::World;
 
 /// Bytes of each stream's tail kept in the score (the whole output goes to the log file).
@@ -26,6 +28,15 @@ pub struct DockerRebuilder {
     pub world: Option<Arc<World>>,
     pub sandbox: SandboxLimits,
     pub scoring: ScoringLimits,
+}
+
+/// The rebuild workspace's loop-mounted disk.
+struct WorkspaceDisk(Quota);
+
+impl RebuildDisk for WorkspaceDisk {
+    fn release(self: Box<Self>, keep: bool) -> Result<(), String> {
+        self.0.release(keep).map_err(|e| e.to_string())
+    }
 }
 
 fn tail(data: &[u8]) -> String {
@@ -118,6 +129,32 @@ impl DockerRebuilder {
 
 #[async_trait]
 impl Rebuilder for DockerRebuilder {
+    /// Owned by the sandbox user and on its own disk of `disk_mb` when gptx runs as root; else open
+    /// to all, on the host's disk.
+    fn fresh_workspace(&self, dir: &Path, disk_mb: u64) -> Result<FreshWorkspace, String> {
+        let fresh = dir.join("workspace");
+        let _ = std::fs::remove_dir_all(&fresh);
+        let owner = rustix::process::geteuid()
+            .is_root()
+            .then_some((SANDBOX_UID, SANDBOX_GID));
+        // The rebuild writes into a filesystem of the suite's size too, never the host's free space.
+        let disk = match owner {
+            Some(o) if quota::available() => Some(
+                Quota::mount(&fresh, &dir.join("workspace.img"), disk_mb, o)
+                    .map_err(|e| format!("the rebuild's disk: {e}"))?,
+            ),
+            _ => None,
+        };
+        std::fs::create_dir_all(&fresh)
+            .and_then(|_| crate::docker::session::prepare_workspace(&fresh))
+            .map_err(|e| format!("copying the recipe to {}: {e}", fresh.display()))?;
+        Ok(FreshWorkspace {
+            path: fresh,
+            owner,
+            disk: disk.map(|q| Box::new(WorkspaceDisk(q)) as Box<dyn RebuildDisk>),
+        })
+    }
+
     async fn rebuild(&self, job: &RebuildJob) -> Result<RebuildRun, String> {
         let world_dir = job.dir.join("world");
         std::fs::create_dir_all(&world_dir)

@@ -16,7 +16,8 @@ use crate::agent::tools::{self, RawCall, ToolCall, ToolError};
 use crate::agent::{Agent, StageTask, StageVerdict, Turn, Verdict};
 use crate::config::suite::{Budgets, Home, Stage, StageNetwork, Suite};
 use crate::sandbox::{ExecRequest, OutStream, Sandbox};
-use crate::stages::levels::{self, CheckRequest, ScoreContext, Scorer};
+use crate::stages::levels;
+use crate::stages::scorer::{CheckRequest, ScoreContext, Scorer};
 use crate::trace::rundir::{RunStatus, StageSummary};
 use crate::trace::{
     EndReason, Event, EventSink, IntegrityNote, OutputRef, OutputStore, StageScore, StepRecord,
@@ -433,7 +434,7 @@ impl Runner {
             tools: tools::schemas(),
             limits: budgets.clone(),
         };
-        let scorer = levels::scorer_for(&stage.name, self.world.as_ref());
+        let scorer = crate::stages::scorer_for(&stage.name, self.world.as_ref());
         let mut steps = 0u64;
         let mut sandbox_seconds = 0.0f64;
         let mut cpu_seconds = 0.0f64;

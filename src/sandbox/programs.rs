@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-pub use crate::config::suite::ScoringLimits;
 use crate::sandbox::{ExecOutcome, ExecRequest, OutStream, Sandbox, SandboxError};
 
 /// Most stdout a scored program may print; beyond it the output is cut and the call reported as such.

@@ -1,16 +1,16 @@
 //! What each stage's instruction promises about its grade: gates, invocations, copy rules and networks, from the constants the scorers use.
 //!
-//! The scorers read their gates through [`Gate`], run programs with the command lines built here, and
+//! The scorers read their gates through [`crate::config::gates::Gate`], run programs with the command lines built here, and
 //! copy the selfhost recipe by the rules here; [`facts`] turns the same values into the sentences of
 //! each instruction's "How this stage is graded" section, and [`instruction`] renders it into the
 //! stage's `instruction.md`. A test renders every stage of every suite and checks that each fact is
 //! in the text, so an instruction cannot drift from its grader.
 
+use crate::config::suite::ScoringLimits;
 use crate::config::suite::{Home, Stage, StageNetwork, Suite, SuiteError};
-use crate::sandbox::programs::ScoringLimits;
 
-pub use crate::config::gates::{
-    Gate, CRAWL_PRECISION, CRAWL_RECALL, EVAL_CLAIM_TOLERANCE, EVAL_GENERALISATION_TOLERANCE,
+use crate::config::gates::{
+    CRAWL_PRECISION, CRAWL_RECALL, EVAL_CLAIM_TOLERANCE, EVAL_GENERALISATION_TOLERANCE,
     SELFHOST_BPB_TOLERANCE, TOKENIZE_BYTES_PER_TOKEN, TRAIN_XZ_RATIO,
 };
 
@@ -510,14 +510,7 @@ mod tests {
                     assert!(text.contains(&format!("`{d}/`")), "{at}: {d}/");
                 }
                 // The gates of this stage, with the suite's values.
-                let gates: &[Gate] = match stage.name.as_str() {
-                    "crawl" => &[CRAWL_RECALL, CRAWL_PRECISION],
-                    "tokenize" => &[TOKENIZE_BYTES_PER_TOKEN],
-                    "train" => &[],
-                    "eval" => &[EVAL_CLAIM_TOLERANCE, EVAL_GENERALISATION_TOLERANCE],
-                    "selfhost" => &[SELFHOST_BPB_TOLERANCE],
-                    other => panic!("{other}"),
-                };
+                let gates = crate::config::stages::find(&stage.name).unwrap().gates;
                 for g in gates {
                     let v = g.value(&suite.gates);
                     assert!(

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::agent::tools::ToolError;
 use crate::sandbox::paths::WorkspacePath;
-use crate::stages::levels::{ScoreContext, Scorer};
+use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::StageScore;
 use crate::world::World;
 
@@ -380,8 +380,8 @@ pub fn score_blocking(
     let get = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let (recall, precision, violations) =
         (get("recall"), get("precision"), get("robots_violations"));
-    let need_r = crate::stages::contract::CRAWL_RECALL.value(gates);
-    let need_p = crate::stages::contract::CRAWL_PRECISION.value(gates);
+    let need_r = crate::config::gates::CRAWL_RECALL.value(gates);
+    let need_p = crate::config::gates::CRAWL_PRECISION.value(gates);
     let mut failed = Vec::new();
     let mut public = Vec::new();
     if recall < need_r {

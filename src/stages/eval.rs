@@ -14,9 +14,9 @@ use serde_json::{json, Map, Value};
 use crate::agent::tools::{json_kind as kind, ToolError};
 use crate::sandbox::paths::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::stages::bpb::{self, Doc, Verification};
-use crate::stages::levels::{ScoreContext, Scorer};
-use crate::stages::tokenize::program_problem;
-use crate::stages::train::{hidden_docs, PROGRAM};
+use crate::stages::common::{hidden_docs, plan, program_problem};
+use crate::stages::contract::LM_PROGRAM as PROGRAM;
+use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
@@ -193,8 +193,8 @@ pub fn stage_score(
     m.insert("eval_error".into(), json!(round(error, 5)));
     verification["per_doc"] = json!(ok.per_doc);
     m.insert("verification".into(), verification);
-    let claim_tol = crate::stages::contract::EVAL_CLAIM_TOLERANCE.value(gates);
-    let gap_tol = crate::stages::contract::EVAL_GENERALISATION_TOLERANCE.value(gates);
+    let claim_tol = crate::config::gates::EVAL_CLAIM_TOLERANCE.value(gates);
+    let gap_tol = crate::config::gates::EVAL_GENERALISATION_TOLERANCE.value(gates);
     let mut reasons = Vec::new();
     let mut public = Vec::new();
     if claim_error > claim_tol {
@@ -262,7 +262,7 @@ impl Scorer for EvalScorer {
         let Some(programs) = ctx.programs else {
             return Ok(json!({"ok": false, "errors": ["this run has no scoring sandbox"]}));
         };
-        let plan = crate::stages::train::plan(docs, vec![], CHECK_POSITIONS, ctx.scoring);
+        let plan = plan(docs, vec![], CHECK_POSITIONS, ctx.scoring);
         let v = bpb::verify(programs, &plan).await;
         Ok(match &v.result {
             Ok(ok) => {
@@ -303,7 +303,7 @@ impl Scorer for EvalScorer {
         };
         let val_docs = val.len();
         let val_bytes: u64 = val.iter().map(|d| d.bytes.len() as u64).sum();
-        let mut plan = crate::stages::train::plan(test, val, ctx.scoring.positions, ctx.scoring);
+        let mut plan = plan(test, val, ctx.scoring.positions, ctx.scoring);
         plan.hidden = true;
         let v = bpb::verify(programs, &plan).await;
         stage_score(

@@ -20,9 +20,12 @@ use crate::agent::tools::ToolError;
 use crate::sandbox::programs::Programs;
 use crate::sandbox::{ExecRequest, OutStream};
 use crate::stages::bpb::{self, Verification};
-use crate::stages::levels::{CheckRequest, Checked, ScoreContext, Scorer};
-use crate::stages::tokenize::program_problem;
-use crate::stages::train::{hidden_docs, normalized_bpb, PROGRAM};
+use crate::stages::common::{
+    self, hidden_docs, normalized_bpb, own_sample, program_problem, CHECK_POSITIONS,
+    CHECK_SAMPLE_BYTES,
+};
+use crate::stages::contract::LM_PROGRAM as PROGRAM;
+use crate::stages::scorer::{CheckRequest, Checked, ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
@@ -326,7 +329,7 @@ fn refuse_smuggled(
 }
 
 /// Writes the recipe's files, the bytes [`select`] read, into the empty directory `to`, keeping the
-/// permission bits; `owner` (uid, gid) when the harness runs as root.
+/// permission bits; the files and directories made belong to `owner` (uid, gid) when there is one.
 pub fn copy(recipe: &Recipe, to: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for f in &recipe.copied {
@@ -385,10 +388,43 @@ pub struct RebuildJob {
     pub timeout: Duration,
 }
 
+/// A rebuild workspace's own disk, held until the rebuild is graded.
+pub trait RebuildDisk: Send + Sync {
+    /// Gives the disk back, its contents kept in the workspace directory when `keep`; Err says what
+    /// went wrong. Dropped without a release, the disk goes and its contents with it.
+    fn release(self: Box<Self>, keep: bool) -> Result<(), String>;
+}
+
+/// A fresh, empty workspace for a rebuild, ready for the recipe.
+pub struct FreshWorkspace {
+    /// The workspace directory (`dir/workspace`).
+    pub path: PathBuf,
+    /// Who the recipe's copied files must belong to (uid, gid); None leaves them the harness's.
+    pub owner: Option<(u32, u32)>,
+    /// The workspace's own disk of the suite's size, when one could be made.
+    pub disk: Option<Box<dyn RebuildDisk>>,
+}
+
 /// Runs a recipe from nothing: a fresh sandbox on `job.workspace` (holding only the recipe) with the
 /// world reachable, `job.command` within `job.timeout`, then everything torn down.
 #[async_trait]
 pub trait Rebuilder: Send + Sync {
+    /// Makes `dir/workspace` afresh and empty, writable by whoever runs the rebuild, for the recipe
+    /// to be copied into; on a disk of `disk_mb` where the rebuilder can make one. The default is a
+    /// plain directory with no owner and no disk of its own; Err is the reason, for the grade.
+    fn fresh_workspace(&self, dir: &Path, disk_mb: u64) -> Result<FreshWorkspace, String> {
+        let _ = disk_mb;
+        let path = dir.join("workspace");
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("copying the recipe to {}: {e}", path.display()))?;
+        Ok(FreshWorkspace {
+            path,
+            owner: None,
+            disk: None,
+        })
+    }
+
     async fn rebuild(&self, job: &RebuildJob) -> Result<RebuildRun, String>;
 }
 
@@ -475,7 +511,7 @@ pub fn stage_score(
         }
     };
     let diff = (new - orig).abs() / orig;
-    let tol = crate::stages::contract::SELFHOST_BPB_TOLERANCE.value(gates);
+    let tol = crate::config::gates::SELFHOST_BPB_TOLERANCE.value(gates);
     m.insert("bpb".into(), json!(round(new, 5)));
     m.insert("relative_difference".into(), json!(round(diff, 5)));
     m.insert("beats_conditional_xz".into(), json!(new < xz_conditional));
@@ -549,8 +585,8 @@ pub fn shebang_interpreter(head: &[u8]) -> Option<String> {
 /// A rebuild as the grade and `check` run it: the recipe copied into `dir/workspace`, then run.
 struct Trial {
     run: RebuildRun,
-    /// The rebuilt workspace's own filesystem (when gptx runs as root), released when graded.
-    quota: Option<crate::sandbox::quota::Quota>,
+    /// The rebuilt workspace's own disk (when the rebuilder made one), released when graded.
+    disk: Option<Box<dyn RebuildDisk>>,
     command: String,
     /// The rebuilt workspace.
     root: crate::sandbox::paths::WorkspaceRoot,
@@ -588,23 +624,12 @@ async fn trial(
     disk_mb: u64,
 ) -> Result<Trial, String> {
     use std::os::unix::fs::PermissionsExt;
-    let fresh = dir.join("workspace");
-    let _ = std::fs::remove_dir_all(&fresh);
-    let owner = rustix::process::geteuid().is_root().then_some((
-        crate::docker::sandbox::SANDBOX_UID,
-        crate::docker::sandbox::SANDBOX_GID,
-    ));
-    // The rebuild writes into a filesystem of the suite's size too, never the host's free space.
-    let quota = match owner {
-        Some(o) if crate::sandbox::quota::available() => Some(
-            crate::sandbox::quota::Quota::mount(&fresh, &dir.join("workspace.img"), disk_mb, o)
-                .map_err(|e| format!("the rebuild's disk: {e}"))?,
-        ),
-        _ => None,
-    };
-    std::fs::create_dir_all(&fresh)
-        .and_then(|_| crate::docker::session::prepare_workspace(&fresh))
-        .and_then(|_| copy(recipe, &fresh, owner))
+    let FreshWorkspace {
+        path: fresh,
+        owner,
+        disk,
+    } = rebuilder.fresh_workspace(dir, disk_mb)?;
+    copy(recipe, &fresh, owner)
         .map_err(|e| format!("copying the recipe to {}: {e}", fresh.display()))?;
     // The copy is the harness's own: its mode decides the command, not the live workspace.
     let executable = std::fs::symlink_metadata(fresh.join(RECIPE))
@@ -643,7 +668,7 @@ async fn trial(
         .map_err(|e| format!("{}: {e}", fresh.display()))?;
     Ok(Trial {
         run,
-        quota,
+        disk,
         command,
         root,
         failed,
@@ -817,21 +842,13 @@ impl SelfhostScorer {
             "log_tail": log_tail(&t.run, 3000),
             "files_copied": recipe.copied.len(),
         });
-        let docs =
-            crate::stages::tokenize::own_sample(root, crate::stages::train::CHECK_SAMPLE_BYTES);
+        let docs = own_sample(root, CHECK_SAMPLE_BYTES);
         if let Some(p) = program_problem(&t.root, PROGRAM) {
             errors.push(format!("the rebuild made no model: {p}"));
         } else if docs.is_empty() {
             errors.push("data/corpus.jsonl has no documents to verify the rebuilt model on".into());
         } else {
-            let plan = || {
-                crate::stages::train::plan(
-                    docs.clone(),
-                    vec![],
-                    crate::stages::train::CHECK_POSITIONS,
-                    ctx.scoring,
-                )
-            };
+            let plan = || common::plan(docs.clone(), vec![], CHECK_POSITIONS, ctx.scoring);
             let rebuilt = bpb::verify(t.run.programs.as_ref(), &plan()).await;
             let original = bpb::verify(programs, &plan()).await;
             out["documents"] = json!(docs.len());
@@ -842,7 +859,7 @@ impl SelfhostScorer {
                         let diff = (r.bpb - o.bpb).abs() / o.bpb;
                         out["original_bpb"] = json!(round(o.bpb, 5));
                         out["relative_difference"] = json!(round(diff, 5));
-                        let tol = crate::stages::contract::SELFHOST_BPB_TOLERANCE.value(ctx.gates);
+                        let tol = crate::config::gates::SELFHOST_BPB_TOLERANCE.value(ctx.gates);
                         if diff > tol {
                             errors.push(format!(
                                 "on your own documents the rebuilt model is {:.1}% from the original (the grade allows {:.0}% on hidden ones)",
@@ -856,8 +873,8 @@ impl SelfhostScorer {
             }
         }
         // The rebuilt workspace can be large; its log stays.
-        if let Some(q) = t.quota {
-            let _ = q.release(false);
+        if let Some(d) = t.disk {
+            let _ = d.release(false);
         }
         let _ = std::fs::remove_dir_all(dir.join("workspace"));
         out["ok"] = json!(errors.is_empty());
@@ -924,7 +941,7 @@ impl Scorer for SelfhostScorer {
         }
         let plan = || crate::stages::bpb::VerifyPlan {
             hidden: true,
-            ..crate::stages::train::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring)
+            ..common::plan(test.clone(), vec![], ctx.scoring.positions, ctx.scoring)
         };
         let original = bpb::verify(programs, &plan()).await;
         if let Err(rej) = &original.result {
@@ -960,11 +977,9 @@ impl Scorer for SelfhostScorer {
             t.failed.as_deref(),
             m,
         );
-        if let Some(q) = t.quota {
-            if let Err(e) = q.release(true) {
-                score
-                    .metrics
-                    .insert("disk_warning".into(), json!(e.to_string()));
+        if let Some(d) = t.disk {
+            if let Err(e) = d.release(true) {
+                score.metrics.insert("disk_warning".into(), json!(e));
             }
         }
         score
@@ -1238,6 +1253,29 @@ mod tests {
         let told = s.told().unwrap();
         assert!(!told.contains("1.5") && !told.contains("1.4"), "{told}");
         assert!(told.contains("more than 3% from the original"), "{told}");
+    }
+
+    struct NoRebuild;
+
+    #[async_trait]
+    impl Rebuilder for NoRebuild {
+        async fn rebuild(&self, _job: &RebuildJob) -> Result<RebuildRun, String> {
+            Err("no rebuild in this test".into())
+        }
+    }
+
+    #[test]
+    fn the_default_fresh_workspace_is_an_empty_plain_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "workspace/left/over.txt",
+            b"from an earlier trial",
+        );
+        let fresh = NoRebuild.fresh_workspace(dir.path(), 64).unwrap();
+        assert_eq!(fresh.path, dir.path().join("workspace"));
+        assert_eq!(std::fs::read_dir(&fresh.path).unwrap().count(), 0);
+        assert!(fresh.owner.is_none() && fresh.disk.is_none());
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::agent::tools::ToolError;
 use crate::sandbox::programs::{one_line, ProgramCall, Programs};
 use crate::sandbox::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::stages::bpb::Doc;
-use crate::stages::levels::{ScoreContext, Scorer};
+use crate::stages::common::{hidden_docs, own_sample, program_problem};
+use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
@@ -119,21 +120,6 @@ pub fn read_meta(ws: &WorkspaceRoot, max_vocab: u64) -> Result<u64, String> {
         ));
     }
     Ok(n)
-}
-
-/// Says why `bin/...` cannot run, when that can be seen from outside (a symlink is left to the
-/// scoring sandbox to resolve: its target may exist only in the image).
-pub fn program_problem(ws: &WorkspaceRoot, program: &str) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::symlink_metadata(ws.path().join(program)) {
-        Err(_) => Some(format!("{program} does not exist")),
-        Ok(m) if m.file_type().is_symlink() => None,
-        Ok(m) if !m.is_file() => Some(format!("{program} is not a file")),
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
-            Some(format!("{program} is not executable (chmod +x {program})"))
-        }
-        Ok(_) => None,
-    }
 }
 
 #[derive(Deserialize)]
@@ -425,41 +411,6 @@ pub async fn grade(
     report
 }
 
-/// The agent's own documents for `check`: the first ones of `data/corpus.jsonl`, up to a sample size.
-pub fn own_sample(ws: &WorkspaceRoot, max_bytes: usize) -> Vec<Doc> {
-    let p = WorkspacePath::parse("data/corpus.jsonl").expect("valid constant path");
-    let Ok((data, _)) = ws.read(&p, 32 * 1024 * 1024) else {
-        return vec![];
-    };
-    let mut out = Vec::new();
-    let mut total = 0;
-    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
-        let Ok(v) = serde_json::from_slice::<Value>(line) else {
-            continue;
-        };
-        let Some(text) = v.get("text").and_then(Value::as_str) else {
-            continue;
-        };
-        let take = text.len().min(max_bytes - total);
-        let mut cut = take;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        if cut == 0 {
-            break;
-        }
-        out.push(Doc {
-            name: format!("data/corpus.jsonl line {}", i + 1),
-            bytes: text.as_bytes()[..cut].to_vec(),
-        });
-        total += cut;
-        if total >= max_bytes {
-            break;
-        }
-    }
-    out
-}
-
 /// Grades the tokenize stage on T and the edge cases.
 pub struct TokenizeScorer {
     pub world: Arc<World>,
@@ -517,7 +468,7 @@ pub fn stage_score(
             "{PROGRAM} failed on the hidden texts (it crashed, hung, or its output did not follow the protocol)"
         ));
     }
-    let need = crate::stages::contract::TOKENIZE_BYTES_PER_TOKEN.value(gates);
+    let need = crate::config::gates::TOKENIZE_BYTES_PER_TOKEN.value(gates);
     let mut problems = Vec::new();
     let mut public = Vec::new();
     if let Some(first) = report.round_trip_failures.first() {
@@ -610,7 +561,7 @@ impl Scorer for TokenizeScorer {
         let Some(programs) = ctx.programs else {
             return StageScore::zero("failed", "this run has no scoring sandbox");
         };
-        let mut docs = match crate::stages::train::hidden_docs(&self.world) {
+        let mut docs = match hidden_docs(&self.world) {
             Ok((test, _)) => test,
             Err(e) => return StageScore::zero("error", e),
         };

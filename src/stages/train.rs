@@ -12,53 +12,20 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use crate::agent::tools::ToolError;
-use crate::stages::bpb::{self, Doc, Verification, VerifyPlan};
-use crate::stages::levels::{ScoreContext, Scorer};
-use crate::stages::tokenize::{own_sample, program_problem};
+use crate::stages::bpb::{self, Verification};
+use crate::stages::common::{
+    hidden_docs, normalized_bpb, own_sample, plan, program_problem, CHECK_POSITIONS,
+    CHECK_SAMPLE_BYTES,
+};
+use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::{Baselines, World};
 
 pub use crate::stages::contract::LM_PROGRAM as PROGRAM;
-/// Bytes of the agent's own documents the `check` tool verifies on.
-pub const CHECK_SAMPLE_BYTES: usize = 48 * 1024;
-/// Positions the `check` tool tests (the grade uses the suite's K).
-pub const CHECK_POSITIONS: usize = 16;
-/// The uniform model over bytes: the null agent's floor for normalised scores.
-pub const FLOOR_BPB: f64 = 8.0;
 
 /// Grades the train stage on the world's hidden documents.
 pub struct TrainScorer {
     pub world: Arc<World>,
-}
-
-/// The world's hidden documents: T and the out-of-domain set.
-pub fn hidden_docs(world: &World) -> Result<(Vec<Doc>, Vec<Doc>), String> {
-    let test = world
-        .test_docs()
-        .map_err(|e| format!("reading the world's hidden documents: {e}"))?;
-    let path = world.dir.join(&world.manifest.ood.file);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut ood = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let d: crate::world::generate::HiddenDoc = serde_json::from_str(line)
-            .map_err(|e| format!("{}, line {}: {e}", path.display(), i + 1))?;
-        ood.push(Doc {
-            name: d.id,
-            bytes: d.text.into_bytes(),
-        });
-    }
-    let test = test
-        .into_iter()
-        .map(|d| Doc {
-            name: d.id,
-            bytes: d.text.into_bytes(),
-        })
-        .collect();
-    Ok((test, ood))
 }
 
 /// The names of the ladder's rungs, weakest first (the keys of the train stage's `ladder` metric).
@@ -73,31 +40,6 @@ pub fn ladder(b: &Baselines) -> [(&'static str, f64); 5] {
         ("xz", b.xz),
         ("xz_conditional", b.xz_conditional),
     ]
-}
-
-/// A verification of `bin/lm` with fresh randomness, within the suite's scoring time limit.
-pub fn plan(
-    docs: Vec<Doc>,
-    extra: Vec<Doc>,
-    positions: usize,
-    scoring: &crate::sandbox::programs::ScoringLimits,
-) -> VerifyPlan {
-    VerifyPlan {
-        docs,
-        extra,
-        positions,
-        timeout: Duration::from_secs_f64(scoring.timeout_seconds),
-        seed: rand::random(),
-        program: format!("./{PROGRAM}"),
-        hidden: false,
-    }
-}
-
-/// `(8 − bpb) / (8 − reference)`, clipped below at 0; None without a usable reference.
-pub fn normalized_bpb(bpb: f64, reference: Option<f64>) -> Option<f64> {
-    reference
-        .filter(|r| *r < FLOOR_BPB)
-        .map(|r| ((FLOOR_BPB - bpb) / (FLOOR_BPB - r)).max(0.0))
 }
 
 /// The stage's score from a verification (pure: unit-tested).
@@ -162,7 +104,7 @@ pub fn stage_score(
         }
     }
     m.insert("verification".into(), verification);
-    let ratio = crate::stages::contract::TRAIN_XZ_RATIO.value(gates);
+    let ratio = crate::config::gates::TRAIN_XZ_RATIO.value(gates);
     let bar = ratio * baselines.xz;
     let passed = bpb < bar;
     let normalized = normalized_bpb(bpb, reference_bpb);
@@ -267,7 +209,7 @@ pub const SAMPLE_BYTES: u64 = 160;
 /// `("samples_error", reason)`. Informational only: it never changes the grade.
 pub async fn samples(
     programs: &dyn crate::sandbox::programs::Programs,
-    scoring: &crate::sandbox::programs::ScoringLimits,
+    scoring: &crate::config::suite::ScoringLimits,
 ) -> (&'static str, Value) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
