@@ -151,8 +151,9 @@ pub async fn exec(home: &Home, n: usize, json_out: bool) -> anyhow::Result<()> {
         };
         let run_dir = tmp.path().join("run");
         std::fs::create_dir_all(&run_dir)?;
-        let recorder = Recorder::new(EventLog::create(&run_dir.join("events.jsonl"))?);
-        let history = WorkspaceHistory::create(&run_dir.join("workspace.git"), &ws)?;
+        let dir = crate::trace::rundir::RunDir::new(run_dir.clone());
+        let recorder = Recorder::new(EventLog::create(&dir.events())?);
+        let history = WorkspaceHistory::create(&dir.git(), &ws)?;
         let mut runner = crate::runner::Runner::new(
             home.clone(),
             suite,

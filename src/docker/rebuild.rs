@@ -15,6 +15,7 @@ use crate::docker::web::WebServer;
 use crate::sandbox::quota::{self, Quota};
 use crate::sandbox::{ExecRequest, OutStream, Sandbox};
 use crate::stages::selfhost::{FreshWorkspace, RebuildDisk, RebuildJob, RebuildRun, Rebuilder};
+use crate::trace::rundir::RunDir;
 use crate::world::World;
 
 /// Bytes of each stream's tail kept in the score (the whole output goes to the log file).
@@ -76,7 +77,7 @@ impl DockerRebuilder {
             env: vec![],
             stdin: None,
         };
-        let log_path = job.dir.join("bootstrap.log");
+        let log_path = RunDir::new(job.dir.clone()).bootstrap_log();
         let mut log = std::fs::File::create(&log_path).ok();
         let mut out = Vec::new();
         let mut err = Vec::new();
@@ -132,7 +133,8 @@ impl Rebuilder for DockerRebuilder {
     /// Owned by the sandbox user and on its own disk of `disk_mb` when gptx runs as root; else open
     /// to all, on the host's disk.
     fn fresh_workspace(&self, dir: &Path, disk_mb: u64) -> Result<FreshWorkspace, String> {
-        let fresh = dir.join("workspace");
+        let rebuild = RunDir::new(dir.to_path_buf());
+        let fresh = rebuild.workspace();
         let _ = std::fs::remove_dir_all(&fresh);
         let owner = rustix::process::geteuid()
             .is_root()
@@ -140,7 +142,7 @@ impl Rebuilder for DockerRebuilder {
         // The rebuild writes into a filesystem of the suite's size too, never the host's free space.
         let disk = match owner {
             Some(o) if quota::available() => Some(
-                Quota::mount(&fresh, &dir.join("workspace.img"), disk_mb, o)
+                Quota::mount(&fresh, &rebuild.workspace_image(), disk_mb, o)
                     .map_err(|e| format!("the rebuild's disk: {e}"))?,
             ),
             _ => None,
@@ -156,7 +158,7 @@ impl Rebuilder for DockerRebuilder {
     }
 
     async fn rebuild(&self, job: &RebuildJob) -> Result<RebuildRun, String> {
-        let world_dir = job.dir.join("world");
+        let world_dir = RunDir::new(job.dir.clone()).world();
         std::fs::create_dir_all(&world_dir)
             .and_then(|_| crate::docker::session::prepare_workspace(&world_dir))
             .map_err(|e| format!("{}: {e}", world_dir.display()))?;
@@ -192,7 +194,7 @@ impl Rebuilder for DockerRebuilder {
             }
         }
         let mut run = result?;
-        run.requests = std::fs::read_to_string(world_dir.join("requests.jsonl"))
+        run.requests = std::fs::read_to_string(RunDir::new(job.dir.clone()).requests_log())
             .ok()
             .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64);
         Ok(run)

@@ -97,7 +97,7 @@ pub async fn run(
     let (quota, quota_problem) = if crate::sandbox::quota::available() {
         match crate::sandbox::quota::Quota::mount(
             &dir.workspace(),
-            &dir.path.join("workspace.img"),
+            &dir.workspace_image(),
             plan.suite.sandbox.disk_mb,
             (SANDBOX_UID, SANDBOX_GID),
         ) {
@@ -158,7 +158,7 @@ pub async fn run(
     // The world's web server, on that network only.
     let mut web = None;
     if let (Some(net), Some(world), None) = (&network, &plan.world, &failure) {
-        let log_dir = dir.path.join("world");
+        let log_dir = dir.world();
         match std::fs::create_dir_all(&log_dir).and_then(|_| prepare_workspace(&log_dir)) {
             Err(e) => failure = Some(format!("creating {}: {e}", log_dir.display())),
             Ok(()) => {
@@ -274,7 +274,7 @@ pub async fn run(
                     ) as Arc<dyn crate::sandbox::programs::Programs>
                 }));
             }
-            let selfhost_dir = dir.path.join("selfhost");
+            let selfhost_dir = dir.selfhost().path;
             if let Err(e) = std::fs::create_dir_all(&selfhost_dir) {
                 tracing::warn!("creating {}: {e}", selfhost_dir.display());
             }

@@ -115,7 +115,7 @@ impl WebServer {
                     "--root",
                     "/world",
                     "--log",
-                    "/log/requests.jsonl",
+                    &format!("/log/{}", crate::trace::rundir::REQUESTS_LOG),
                     "--port",
                     "80",
                 ]

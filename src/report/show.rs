@@ -742,7 +742,7 @@ fn render_args(out: &mut String, dir: &RunDir, args: &serde_json::Value) {
     let kept = m
         .get("content_sha256")
         .and_then(|v| v.as_str())
-        .map(|sha| (sha, std::fs::read(dir.outputs().join(sha))));
+        .map(|sha| (sha, std::fs::read(dir.output(sha))));
     for (k, v) in m {
         if k == "content_sha256" {
             continue;
@@ -810,7 +810,7 @@ fn render_result(out: &mut String, dir: &RunDir, s: &StepRecord, st: Style) {
         };
         let full = s.outputs.iter().find(|r| r.stream == key);
         let text = match full {
-            Some(r) => match std::fs::read(dir.outputs().join(&r.sha256)) {
+            Some(r) => match std::fs::read(dir.output(&r.sha256)) {
                 Ok(b) => {
                     let inline_kept = (INLINE_OUTPUT as u64).min(r.bytes_total);
                     let cut = format!(

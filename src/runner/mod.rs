@@ -18,6 +18,7 @@ use crate::config::suite::{Budgets, Home, Stage, StageNetwork, Suite};
 use crate::sandbox::{ExecRequest, OutStream, Sandbox};
 use crate::stages::levels;
 use crate::stages::scorer::{CheckRequest, ScoreContext, Scorer};
+use crate::trace::rundir::RunDir;
 use crate::trace::rundir::{RunStatus, StageSummary};
 use crate::trace::{
     EndReason, Event, EventSink, IntegrityNote, OutputRef, OutputStore, StageScore, StepRecord,
@@ -156,7 +157,7 @@ pub struct Runner {
     pub home: Home,
     pub suite: Suite,
     pub run_id: String,
-    pub run_dir: PathBuf,
+    pub run_dir: RunDir,
     pub sandbox: Arc<dyn Sandbox>,
     /// The run's internal network, joined in stages whose network is `world`.
     pub world_network: Option<String>,
@@ -233,9 +234,9 @@ fn disk_full(workspace: &std::path::Path, disk_mb: u64) -> Option<String> {
 /// on, fixed after the stage's processes were killed.
 fn graded_copy(
     workspace: &std::path::Path,
-    run_dir: &std::path::Path,
+    run_dir: &RunDir,
 ) -> Result<(std::path::PathBuf, crate::sandbox::WorkspaceRoot), String> {
-    let to = run_dir.join("graded");
+    let to = run_dir.graded();
     crate::sandbox::quota::copy_tree(workspace, &to).map_err(|e| e.to_string())?;
     let root = crate::sandbox::WorkspaceRoot::open(&to, None)
         .map_err(|e| format!("{}: {e}", to.display()))?;
@@ -261,7 +262,8 @@ impl Runner {
         history: Option<WorkspaceHistory>,
         cancel: CancellationToken,
     ) -> Self {
-        let outputs = OutputStore::new(&run_dir.join("outputs"));
+        let run_dir = RunDir::new(run_dir);
+        let outputs = OutputStore::new(&run_dir.outputs());
         Self {
             home,
             suite,

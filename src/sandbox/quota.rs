@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::trace::rundir::RunDir;
+
 /// Why a disk limit could not be made or undone.
 #[derive(Debug, thiserror::Error)]
 pub enum QuotaError {
@@ -195,12 +197,15 @@ pub fn orphans() -> Vec<(PathBuf, String)> {
                 .then(|| PathBuf::from(at.replace("\\040", " ")))
         })
         .filter(|m| m.file_name().is_some_and(|n| n == "workspace"))
-        .filter(|m| m.with_file_name("workspace.img").exists())
+        .filter(|m| {
+            m.parent()
+                .is_some_and(|p| RunDir::new(p.to_path_buf()).workspace_image().exists())
+        })
         .filter_map(|m| {
             let run = m
                 .ancestors()
                 .skip(1)
-                .find(|a| a.join("run.json").exists())?
+                .find(|a| RunDir::new(a.to_path_buf()).run_json().exists())?
                 .file_name()?
                 .to_string_lossy()
                 .into_owned();

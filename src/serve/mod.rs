@@ -461,7 +461,7 @@ async fn output_file(
             "/runs/{id}/outputs/{sha}: an output is named by its 64-digit SHA-256"
         )));
     }
-    let path = dir.outputs().join(&sha);
+    let path = dir.output(&sha);
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| PageError::not_found("No such output", format!("{}: {e}", path.display())))?;

@@ -551,7 +551,7 @@ fn outputs(id: &str, dir: &RunDir, rec: &StepRecord) -> Vec<OutputView> {
                 });
                 continue;
             }
-            let path = dir.outputs().join(&r.sha256);
+            let path = dir.output(&r.sha256);
             match read_head(&path, SHOW_BYTES) {
                 Ok(bytes) => {
                     let mut note = None;

@@ -5,7 +5,6 @@
 //! corpus; precision is the share of the corpus's distinct shingles that are gold.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -296,11 +295,6 @@ fn read_corpus(ctx: &ScoreContext<'_>) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
-/// The request log of this run's web server.
-pub fn request_log_path(run_dir: &Path) -> std::path::PathBuf {
-    run_dir.join("world").join("requests.jsonl")
-}
-
 #[async_trait]
 impl Scorer for CrawlScorer {
     async fn check(&self, ctx: &ScoreContext<'_>) -> Result<Value, ToolError> {
@@ -350,7 +344,7 @@ impl Scorer for CrawlScorer {
             Ok(d) => d,
             Err(e) => return StageScore::precondition("rejected", e),
         };
-        let log = std::fs::read_to_string(request_log_path(ctx.run_dir)).unwrap_or_default();
+        let log = std::fs::read_to_string(ctx.run_dir.requests_log()).unwrap_or_default();
         let gates = ctx.gates.clone();
         let reference = ctx.reference.get("crawl_f1").copied();
         let result = tokio::task::spawn_blocking(move || {

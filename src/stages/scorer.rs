@@ -1,7 +1,6 @@
 //! The scorer seam: `Scorer` (a stage's `check` tool and its hidden grading), what it may look at, and `Ungraded`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -16,7 +15,7 @@ pub struct ScoreContext<'a> {
     pub stage: &'a Stage,
     /// The agent's sandbox (its workspace holds the artifacts).
     pub sandbox: &'a dyn Sandbox,
-    pub run_dir: &'a Path,
+    pub run_dir: &'a crate::trace::rundir::RunDir,
     /// The suite's gates (`[gates]`).
     pub gates: &'a BTreeMap<String, f64>,
     /// The reference agent's recorded results on this suite's world (`[reference]`).

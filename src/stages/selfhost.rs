@@ -26,6 +26,7 @@ use crate::stages::common::{
 };
 use crate::stages::contract::LM_PROGRAM as PROGRAM;
 use crate::stages::scorer::{CheckRequest, Checked, ScoreContext, Scorer};
+use crate::trace::rundir::RunDir;
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
@@ -414,7 +415,7 @@ pub trait Rebuilder: Send + Sync {
     /// plain directory with no owner and no disk of its own; Err is the reason, for the grade.
     fn fresh_workspace(&self, dir: &Path, disk_mb: u64) -> Result<FreshWorkspace, String> {
         let _ = disk_mb;
-        let path = dir.join("workspace");
+        let path = RunDir::new(dir.to_path_buf()).workspace();
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)
             .map_err(|e| format!("copying the recipe to {}: {e}", path.display()))?;
@@ -816,7 +817,7 @@ impl SelfhostScorer {
             .trials
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let dir = ctx.run_dir.join("selfhost").join(format!("check-{n}"));
+        let dir = ctx.run_dir.selfhost_check(n).path;
         std::fs::create_dir_all(&dir)
             .map_err(|e| ToolError::new("io_error", format!("{}: {e}", dir.display())))?;
         let t = trial(
@@ -949,7 +950,7 @@ impl Scorer for SelfhostScorer {
             return original_rejected(rej, m);
         }
         let budget = ctx.rebuild_seconds;
-        let dir = ctx.run_dir.join("selfhost");
+        let dir = ctx.run_dir.selfhost().path;
         let t = match trial(rebuilder, &recipe, &dir, "selfhost", budget, ctx.disk_mb).await {
             Ok(t) => t,
             Err(e) => return StageScore::zero("error", e).with_metrics(m),

@@ -63,7 +63,7 @@ pub fn check(dir: &RunDir) -> anyhow::Result<Audit> {
             Event::Step(s) => {
                 for o in &s.outputs {
                     a.outputs_checked += 1;
-                    let path = dir.outputs().join(&o.sha256);
+                    let path = dir.output(&o.sha256);
                     match sha256_file(&path) {
                         Ok(h) if h == o.sha256 => {}
                         Ok(h) => a.problems.push(format!(

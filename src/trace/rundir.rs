@@ -154,6 +154,9 @@ pub fn new_run_id() -> String {
     format!("{now}-{:06x}", r & 0xff_ffff)
 }
 
+/// The request log's file name in [`RunDir::world`] (the web server writes it there).
+pub const REQUESTS_LOG: &str = "requests.jsonl";
+
 /// Paths inside one run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -182,6 +185,38 @@ impl RunDir {
     /// The live workspace, bind-mounted into the sandbox at /workspace.
     pub fn workspace(&self) -> PathBuf {
         self.path.join("workspace")
+    }
+    /// One kept output, by the SHA-256 of its content.
+    pub fn output(&self, sha256: &str) -> PathBuf {
+        self.outputs().join(sha256)
+    }
+    /// The workspace's own filesystem image while the run is live (see `sandbox::quota`).
+    pub fn workspace_image(&self) -> PathBuf {
+        self.path.join("workspace.img")
+    }
+    /// The private copy of the workspace a stage is graded on, made after its processes are killed.
+    pub fn graded(&self) -> PathBuf {
+        self.path.join("graded")
+    }
+    /// The world web server's directory: its request log.
+    pub fn world(&self) -> PathBuf {
+        self.path.join("world")
+    }
+    /// Every request the world's web server answered, one JSON line each (graded by crawl).
+    pub fn requests_log(&self) -> PathBuf {
+        self.world().join(REQUESTS_LOG)
+    }
+    /// selfhost's rebuild: a directory shaped like a run's (`workspace/`, `world/`, the log).
+    pub fn selfhost(&self) -> RunDir {
+        RunDir::new(self.path.join("selfhost"))
+    }
+    /// The `n`th trial rebuild of selfhost's `check {"rebuild": true}`, shaped the same way.
+    pub fn selfhost_check(&self, n: u64) -> RunDir {
+        RunDir::new(self.selfhost().path.join(format!("check-{n}")))
+    }
+    /// A rebuild's whole output (in a rebuild's directory).
+    pub fn bootstrap_log(&self) -> PathBuf {
+        self.path.join("bootstrap.log")
     }
 }
 
