@@ -132,9 +132,13 @@ pub const STAGES: [StageDef; 5] = [
             h("score_seconds", "score s"),
         ],
         gates: &[gates::TRAIN_XZ_RATIO],
-        target: |g| match gates::TRAIN_XZ_RATIO.value(g) {
-            r if r == 1.0 => "verified bpb below per-document xz -9e on T".to_string(),
-            r => format!("verified bpb below {} × per-document xz -9e on T", num(r)),
+        target: |g| {
+            let r = gates::TRAIN_XZ_RATIO.value(g);
+            if r == 1.0 {
+                "verified bpb below per-document xz -9e on T".to_string()
+            } else {
+                format!("verified bpb below {} × per-document xz -9e on T", num(r))
+            }
         },
         reference: ("bpb", "train_bpb"),
     },
