@@ -1,16 +1,23 @@
-//! LLM agents: the shared tool loop (conversation, shortened tool outputs, context budget, retries with backoff, tokens and cost) and the OpenAI-compatible chat-completions backend.
+//! LLM agents: the shared tool loop (conversation, shortened tool outputs, context budget, retries with backoff, tokens and cost) and its chat backends (`openai`, `anthropic`), prices and a scripted server for tests.
 //!
 //! The loop is backend-neutral: it keeps the conversation as [`Msg`]s and asks a [`ChatBackend`] for
 //! the next reply. Each request becomes a [`ModelCall`] (tokens, latency, cost from
 //! `tasks/prices.toml`); the runner turns them into `model_call` events and enforces `max_tokens` and
 //! `max_cost_usd` from [`Agent::usage`].
 
-use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+mod anthropic;
+mod openai;
+mod prices;
+pub mod scripted;
+
+pub use anthropic::{anthropic_messages, parse_anthropic, Anthropic};
+pub use openai::{openai_messages, parse_openai, OpenAi};
+pub use prices::{load_prices, price_of, Price};
+
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::agent::tools::{RawCall, ToolError};
@@ -46,46 +53,6 @@ impl Default for LlmOptions {
             request_timeout: Duration::from_secs(300),
         }
     }
-}
-
-/// Dollars per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
-}
-
-impl Price {
-    pub fn cost(&self, input: u64, output: u64) -> f64 {
-        (input as f64 * self.input_per_mtok + output as f64 * self.output_per_mtok) / 1e6
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PriceFile {
-    #[serde(default)]
-    models: BTreeMap<String, Price>,
-}
-
-/// Reads a price table (`[models."<name>"] input_per_mtok, output_per_mtok`); errors name the file.
-pub fn load_prices(path: &Path) -> Result<BTreeMap<String, Price>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let f: PriceFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(f.models)
-}
-
-/// The price of a model: its exact name, else the longest listed name it starts with (dated
-/// snapshots such as `gpt-4o-2024-08-06` take `gpt-4o`'s price).
-pub fn price_of(prices: &BTreeMap<String, Price>, model: &str) -> Option<Price> {
-    prices.get(model).copied().or_else(|| {
-        prices
-            .iter()
-            .filter(|(k, _)| model.starts_with(k.as_str()))
-            .max_by_key(|(k, _)| k.len())
-            .map(|(_, p)| *p)
-    })
 }
 
 /// One tool call the model asked for. `arguments` is what the server sent: a JSON string (as the
@@ -484,251 +451,6 @@ fn usage(v: &Value, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp's server, Ollama, ...).
-pub struct OpenAi(Endpoint);
-
-impl OpenAi {
-    /// `OPENAI_BASE_URL` (default `https://api.openai.com/v1`) and `OPENAI_API_KEY`.
-    pub fn from_env(model: &str) -> Self {
-        Self(Endpoint::from_env(
-            model,
-            "OPENAI_BASE_URL",
-            "https://api.openai.com/v1",
-            "OPENAI_API_KEY",
-        ))
-    }
-
-    pub fn new(model: &str, base: &str, key: Option<String>) -> Self {
-        Self(Endpoint::new(model, base, key))
-    }
-}
-
-/// The conversation as chat-completions messages.
-pub fn openai_messages(msgs: &[Msg]) -> Vec<Value> {
-    msgs.iter()
-        .map(|m| match m {
-            Msg::System(s) => json!({"role": "system", "content": s}),
-            Msg::User(s) => json!({"role": "user", "content": s}),
-            Msg::Assistant { text, calls } => {
-                let mut v = json!({"role": "assistant", "content": text});
-                if !calls.is_empty() {
-                    v["tool_calls"] = calls
-                        .iter()
-                        .map(|c| {
-                            let args = match &c.arguments {
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            };
-                            json!({"id": c.id, "type": "function",
-                                   "function": {"name": c.name, "arguments": args}})
-                        })
-                        .collect();
-                }
-                v
-            }
-            Msg::Tool { id, content } => {
-                json!({"role": "tool", "tool_call_id": id, "content": content})
-            }
-        })
-        .collect()
-}
-
-/// Reads a chat-completions reply (pure: unit-tested); ids the server left out are made up.
-pub fn parse_openai(v: &Value) -> Result<ChatReply, String> {
-    let msg = v
-        .pointer("/choices/0/message")
-        .ok_or("the reply has no choices[0].message")?;
-    let text = msg
-        .get("content")
-        .and_then(Value::as_str)
-        .filter(|s| !s.trim().is_empty())
-        .map(String::from);
-    let mut calls = Vec::new();
-    if let Some(list) = msg.get("tool_calls").and_then(Value::as_array) {
-        for (i, c) in list.iter().enumerate() {
-            let f = c.get("function").unwrap_or(c);
-            let Some(name) = f.get("name").and_then(Value::as_str) else {
-                return Err(format!("tool_calls[{i}] has no function name"));
-            };
-            let id = c
-                .get("id")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .unwrap_or_else(|| format!("call_{:08x}", rand::random::<u32>()));
-            calls.push(ToolUse {
-                id,
-                name: name.into(),
-                arguments: f.get("arguments").cloned().unwrap_or(Value::Null),
-            });
-        }
-    }
-    Ok(ChatReply {
-        text,
-        calls,
-        input_tokens: usage(v, "prompt_tokens"),
-        output_tokens: usage(v, "completion_tokens"),
-    })
-}
-
-#[async_trait]
-impl ChatBackend for OpenAi {
-    fn spec(&self) -> String {
-        format!("openai:{}", self.0.model)
-    }
-
-    async fn chat(
-        &self,
-        msgs: &[Msg],
-        tools: &[Value],
-        opts: &LlmOptions,
-    ) -> Result<ChatReply, ChatError> {
-        let tools: Vec<Value> = tools
-            .iter()
-            .map(|t| json!({"type": "function", "function": t}))
-            .collect();
-        let body = json!({"messages": openai_messages(msgs), "tools": tools});
-        let auth = self
-            .0
-            .key
-            .as_ref()
-            .map(|k| ("authorization", format!("Bearer {k}")));
-        let v = self
-            .0
-            .post("/chat/completions", body, opts, auth.as_slice())
-            .await?;
-        parse_openai(&v).map_err(ChatError::Retry)
-    }
-}
-
-/// Anthropic's Messages API with `tool_use` / `tool_result` blocks.
-pub struct Anthropic(Endpoint);
-
-impl Anthropic {
-    /// `ANTHROPIC_BASE_URL` (default `https://api.anthropic.com`) and `ANTHROPIC_API_KEY`.
-    pub fn from_env(model: &str) -> Self {
-        Self(Endpoint::from_env(
-            model,
-            "ANTHROPIC_BASE_URL",
-            "https://api.anthropic.com",
-            "ANTHROPIC_API_KEY",
-        ))
-    }
-
-    pub fn new(model: &str, base: &str, key: Option<String>) -> Self {
-        Self(Endpoint::new(model, base, key))
-    }
-}
-
-/// The conversation as Messages API input: the system prompt apart, tool results as `user` turns
-/// of `tool_result` blocks, consecutive turns of one role merged (the API wants them alternating).
-pub fn anthropic_messages(msgs: &[Msg]) -> (String, Vec<Value>) {
-    let mut system = Vec::new();
-    let mut out: Vec<Value> = Vec::new();
-    let mut push = |role: &str, block: Value| match out.last_mut() {
-        Some(last) if last["role"] == role => {
-            last["content"].as_array_mut().expect("blocks").push(block)
-        }
-        _ => out.push(json!({"role": role, "content": [block]})),
-    };
-    for m in msgs {
-        match m {
-            Msg::System(s) => system.push(s.clone()),
-            Msg::User(s) => push("user", json!({"type": "text", "text": s})),
-            Msg::Assistant { text, calls } => {
-                if let Some(t) = text {
-                    push("assistant", json!({"type": "text", "text": t}));
-                }
-                for c in calls {
-                    let call = raw_call(c);
-                    let input = if call.invalid.is_none() {
-                        call.args
-                    } else {
-                        json!({})
-                    };
-                    push(
-                        "assistant",
-                        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}),
-                    );
-                }
-            }
-            Msg::Tool { id, content } => push(
-                "user",
-                json!({"type": "tool_result", "tool_use_id": id, "content": content}),
-            ),
-        }
-    }
-    (system.join("\n\n"), out)
-}
-
-/// Reads a Messages API reply (pure: unit-tested).
-pub fn parse_anthropic(v: &Value) -> Result<ChatReply, String> {
-    let blocks = v
-        .get("content")
-        .and_then(Value::as_array)
-        .ok_or("the reply has no content blocks")?;
-    let mut text = Vec::new();
-    let mut calls = Vec::new();
-    for (i, b) in blocks.iter().enumerate() {
-        match b.get("type").and_then(Value::as_str) {
-            Some("text") => text.push(b["text"].as_str().unwrap_or("").to_string()),
-            Some("tool_use") => {
-                let name = b
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or(format!("content[{i}] (tool_use) has no name"))?;
-                calls.push(ToolUse {
-                    id: b
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .map(String::from)
-                        .unwrap_or_else(|| format!("toolu_{:08x}", rand::random::<u32>())),
-                    name: name.into(),
-                    arguments: b.get("input").cloned().unwrap_or(Value::Null),
-                });
-            }
-            _ => {}
-        }
-    }
-    let text = text.join("\n");
-    Ok(ChatReply {
-        text: (!text.trim().is_empty()).then_some(text),
-        calls,
-        input_tokens: usage(v, "input_tokens"),
-        output_tokens: usage(v, "output_tokens"),
-    })
-}
-
-#[async_trait]
-impl ChatBackend for Anthropic {
-    fn spec(&self) -> String {
-        format!("anthropic:{}", self.0.model)
-    }
-
-    async fn chat(
-        &self,
-        msgs: &[Msg],
-        tools: &[Value],
-        opts: &LlmOptions,
-    ) -> Result<ChatReply, ChatError> {
-        let (system, messages) = anthropic_messages(msgs);
-        let tools: Vec<Value> = tools
-            .iter()
-            .map(|t| {
-                json!({"name": t["name"], "description": t["description"],
-                       "input_schema": t["parameters"]})
-            })
-            .collect();
-        let body = json!({"system": system, "messages": messages, "tools": tools});
-        let mut headers = vec![("anthropic-version", "2023-06-01".to_string())];
-        if let Some(k) = &self.0.key {
-            headers.push(("x-api-key", k.clone()));
-        }
-        let v = self.0.post("/v1/messages", body, opts, &headers).await?;
-        parse_anthropic(&v).map_err(ChatError::Retry)
-    }
-}
-
 /// Sends a request and reads a JSON reply; 429, 5xx, transport errors and unreadable replies are
 /// worth a retry, other 4xx are not.
 async fn send(req: reqwest::RequestBuilder, base: &str) -> Result<Value, ChatError> {
@@ -757,82 +479,10 @@ async fn send(req: reqwest::RequestBuilder, base: &str) -> Result<Value, ChatErr
     })
 }
 
-/// A scripted OpenAI- or Anthropic-compatible HTTP server on loopback, for tests and benchmarks:
-/// each request gets the next reply from the script, and every request body is kept.
-pub mod scripted {
-    use std::sync::{Arc, Mutex};
-
-    use serde_json::{json, Value};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// The reply to the n-th request (from 0): HTTP status and JSON body.
-    pub type Script = Box<dyn FnMut(usize) -> (u16, Value) + Send>;
-
-    /// Starts the server; returns its base URL (`http://127.0.0.1:<port>/v1`) and the request bodies.
-    pub async fn serve(mut script: Script) -> std::io::Result<(String, Arc<Mutex<Vec<Value>>>)> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        tokio::spawn(async move {
-            let mut n = 0;
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let Some(body) = read_request(&mut sock).await else {
-                    continue;
-                };
-                log.lock()
-                    .expect("request log")
-                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                let (status, reply) = script(n);
-                n += 1;
-                let reply = reply.to_string();
-                let resp = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-            }
-        });
-        Ok((format!("http://{addr}/v1"), seen))
-    }
-
-    /// The body of one HTTP/1.1 request (None when the connection broke first).
-    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 65536];
-        let start = loop {
-            let n = sock.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..start]).to_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < start + len {
-            let n = sock.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        Some(buf[start..start + len].to_vec())
-    }
-
-    /// A script that plays `replies` in order, then answers 500.
-    pub fn replies(replies: Vec<(u16, Value)>) -> Script {
-        let mut it = replies.into_iter();
-        Box::new(move |_| {
-            it.next()
-                .unwrap_or((500, json!({"error": "the script is exhausted"})))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn replies_with_string_or_object_arguments_and_missing_ids() {
