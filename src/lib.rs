@@ -2,41 +2,40 @@
 //!
 //! # Layout
 //!
-//! A run flows left to right through these modules:
+//! The folders are the pipeline, and each imports only the ones above it in this list (a test,
+//! `tests/layout.rs`, holds the tree to it):
 //!
-//! - [`cli`] parses arguments into a validated [`session::RunPlan`] (suite, agent, budgets) and maps
-//!   errors to documented exit codes; `main.rs` only calls [`cli::main`].
-//! - [`suite`] reads `tasks/suites/*.toml` into stages with resolved [`suite::Budgets`], and finds
-//!   gptx's own files ([`suite::Home`]).
-//! - [`session`] does one run on the real engine: run directory, image ([`images`]), internal network,
-//!   the agent's [`sandbox::docker::DockerSandbox`], the [`runner`], then teardown that always happens.
-//! - Agents: [`agent`] (the trait, null, script, reference), [`exec_agent`] (`exec:<command>`,
-//!   SPEC §8's JSON lines with an external program) and [`llm`] (`openai:<model>`: the tool loop
-//!   over a chat API); [`mcp`] serves the tools to an MCP client that is the run's agent.
-//! - [`runner`] is the loop: stages in order, the [`agent::Agent`]'s tool calls ([`tools`]) executed
-//!   against a `dyn` [`sandbox::Sandbox`], budgets enforced, each stage graded by a
-//!   [`scoring::Scorer`]. Its only output is the typed [`trace::Event`] stream.
-//! - Scorers: [`crawl`] (the corpus against the world's gold and request log), [`tokenize`],
-//!   [`train`] and [`eval`], which run the agent's programs on hidden data through
-//!   [`programs::Programs`] (a fresh scoring sandbox per call); [`lm`] is the verified bits-per-byte
-//!   procedure. [`selfhost`] picks the recipe and rebuilds from it through
-//!   [`selfhost::Rebuilder`] ([`rebuild`] on the engine: fresh sandbox, web server and request log).
-//! - [`scoring`] turns stage scores into levels (with rescue's assisted levels) and the Bootstrap
-//!   Index; the [`runner`] hands over reference artifacts when crawl or tokenize fails (`--rescue`).
-//! - [`trace`] turns events into the record: the hash-chained `events.jsonl`, `outputs/`, and
-//!   `workspace.git` ([`trace::WorkspaceHistory`]); [`progress`] turns them into the live status line.
-//! - [`rundir`] owns `run.json` / `score.json`; [`show`] renders runs in the terminal.
-//! - After runs: [`leaderboard`] ranks agents per suite and world hash (with [`charts`]), [`serve`]
-//!   is the web viewer (a trace index per run, live runs), [`export`] writes Inspect AI logs and
-//!   JUnit XML; [`synth`] writes whole synthetic runs for their tests and benches.
-//! - [`reference`] keeps each world's reference values (`m_ref`, measured by `gptx world reference`).
-//! - [`engine`] holds the Docker connection, the labels on every resource, and `gc`.
-//! - [`contract`] is what each stage's instruction promises about its grade (gates, command lines,
-//!   copy caps, networks), rendered into the instruction from the values the scorers use.
-//! - [`quota`] gives each workspace a filesystem of the suite's size (a loop-mounted image).
-//! - [`audit`] checks a run directory against its own trace (`gptx verify`, the leaderboard);
-//!   [`term`] escapes agent text for terminals.
-//! - [`bench`] measures the harness itself.
+//! - [`files`]: atomic JSON writes, JSON reads that name the file, root-only directories.
+//! - [`config`]: the validated plan's inputs. Suites (`tasks/suites/*.toml`: stages, budgets,
+//!   sandbox and scoring limits), the gates, image recipes, reference values, and the stage table
+//!   ([`config::stages`]: one row per stage with its level, weight, rescue, network, headline
+//!   metrics, gate text and reference key, read by everything that needs a per-stage fact).
+//! - [`trace`]: the record of a run. Typed [`trace::Event`]s (the only thing the runner tells
+//!   reporters), the hash-chained `events.jsonl`, `outputs/`, `workspace.git`, the run directory
+//!   ([`trace::rundir::RunDir`] owns every path in it), `gptx verify`'s audit, and the replay that
+//!   folds an event stream into per-run and per-stage state.
+//! - [`sandbox`]: the [`sandbox::Sandbox`] seam, path confinement, the recording fake, the
+//!   [`sandbox::programs::Programs`] seam (an agent program on hidden input), disk limits.
+//! - [`world`]: the offline web: generated deterministically into the cache, with gold text,
+//!   hidden splits and baselines.
+//! - [`agent`]: the [`agent::Agent`] seam and its factory ([`agent::AgentSpec::build`]); the
+//!   built-in agents, `exec:` programs over JSON lines, MCP, LLM agents over chat APIs, and the
+//!   tools they call.
+//! - [`stages`]: how each stage is graded ([`stages::scorer::Scorer`]: `check` on visible data,
+//!   `score` on hidden data): crawl, tokenize, train, eval and selfhost, none importing another,
+//!   their shared helpers, what each instruction promises ([`stages::contract`]), verified bpb
+//!   ([`stages::bpb`]), levels and the Bootstrap Index ([`stages::levels`]).
+//! - [`runner`]: the loop. Stages in order, tool calls executed against a `dyn Sandbox`, budgets,
+//!   grading, rescue; its only output is the event stream.
+//! - [`docker`]: everything that talks to the engine, and nothing else does. The connection and
+//!   labels, images, the agent's sandbox, scoring and rebuild sandboxes, the world's web server,
+//!   and [`docker::session`], one whole run on the real engine with teardown that always happens.
+//! - [`report`]: what people read. `gptx show`, the leaderboard and its charts, the Inspect AI and
+//!   JUnit exports, the live status line.
+//! - [`serve`]: the web viewer.
+//! - `synth` (feature `synth`, on for tests and benches): whole synthetic run directories.
+//! - [`cli`]: arguments into validated plans, dispatch, documented exit codes, `gptx bench`;
+//!   `main.rs` only calls [`cli::main`].
 
 pub mod agent;
 pub mod cli;

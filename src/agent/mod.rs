@@ -1,4 +1,7 @@
 //! The agent seam: the `Agent` trait the runner drives, agent specs, and the built-in `null`, `reference` and `script:` agents.
+//!
+//! Imported by `stages` (the tool errors a `check` returns), `runner`, `docker` and `cli`; imports
+//! `config`, `sandbox` and `trace`.
 
 pub mod exec;
 pub mod llm;

@@ -1,4 +1,6 @@
 //! The command line: clap definitions, raw arguments turned into validated plans, dispatch, exit codes.
+//!
+//! Imported by `main.rs` alone.
 
 pub mod bench;
 

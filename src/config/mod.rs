@@ -1,4 +1,7 @@
 //! The validated plan's inputs: suites, stages, budgets, gates, scoring limits, image recipes and reference values.
+//!
+//! Imported by every other folder; imports nothing of gptx but `files`. Nothing here runs anything:
+//! it reads and validates files into values.
 
 pub mod gates;
 pub mod image;

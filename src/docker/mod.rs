@@ -1,4 +1,6 @@
 //! Everything that talks to the Docker Engine: the connection, images, the agent's sandbox, scoring and rebuild sandboxes, the world's web server, and a whole run's session.
+//!
+//! Imported by `cli` alone: nothing else talks to the engine.
 
 pub mod engine;
 pub mod images;

@@ -1,5 +1,8 @@
 //! The run loop: stages in order, the agent's tool calls executed against a sandbox, budgets, events out.
 //!
+//! Imported by `docker` (the session runs it) and `cli` (`gptx bench`); imports the folders below
+//! it, never `docker`.
+//!
 //! The runner knows nothing of Docker or terminals: it drives a `dyn Sandbox` and a `dyn Agent`, and its
 //! only output is the typed event stream handed to reporters (the recorder among them).
 

@@ -1,6 +1,10 @@
 //! The sandbox seam: one trait for "run this command / touch this file in the agent's box", two backends.
 //!
-//! [`docker::DockerSandbox`] is the real one (bollard, a long-lived supervisor inside the container);
+//! Imported by `agent`, `stages`, `runner`, `docker` and `cli`; imports `config` and `trace`. The
+//! Docker backends live in `docker/`.
+//!
+//! `DockerSandbox` (in `docker/sandbox.rs`) is the real one (bollard, a long-lived supervisor inside the
+//! container);
 //! [`fake::RecordingSandbox`] records calls and answers from a script, for unit tests of the runner.
 
 pub mod fake;

@@ -1,5 +1,8 @@
 //! `gptx serve`: the web viewer (axum, server-rendered HTML, assets embedded in the binary).
 //!
+//! Imported by `cli` alone; reads run directories through `trace`, the leaderboard through
+//! `report`.
+//!
 //! Routes: `/` (runs), `/runs/{id}` (a run, `?page=N` of its steps), `/runs/{id}/steps/{n}` (one step
 //! with its output and workspace diff), `/runs/{id}/outputs/{sha256}` (a full output as text),
 //! `/runs/{id}/live` (server-sent events of a running run), `/runs/{id}/summary` (the run's header as a

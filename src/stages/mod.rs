@@ -1,4 +1,8 @@
 //! The five stages: what each is, how it is graded (the scorer seam), levels and the Bootstrap Index, and bpb verification.
+//!
+//! Imported by `runner`, `docker`, `report` and `synth`; imports `config`, `trace`, `sandbox`,
+//! `world` and `agent` (tool errors). Scorers reach programs and rebuilds only through
+//! `sandbox::programs::Programs` and `selfhost::Rebuilder`, never Docker, uids or the session.
 
 use std::sync::Arc;
 

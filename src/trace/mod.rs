@@ -1,4 +1,7 @@
 //! The run's record: typed events, the hash-chained `events.jsonl`, full outputs, and workspace history.
+//!
+//! Imported by `sandbox`, `agent`, `stages`, `runner`, `docker`, `report`, `serve`, `synth` and
+//! `cli`; imports only `config` and `files`.
 
 pub mod audit;
 pub mod events;

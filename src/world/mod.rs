@@ -1,5 +1,8 @@
 //! The offline web world: config, deterministic build into the cache, manifest, baselines, web server.
 //!
+//! Imported by `stages`, `runner`, `docker`, `report` and `cli`; imports only `config` and `files`.
+//! Its web server runs as a container from `docker::web`.
+//!
 //! A world is built once per (config, corpus, seed, generator source) into
 //! `<cache>/worlds/<name>-<key>/`:
 //!

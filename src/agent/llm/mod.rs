@@ -1,5 +1,8 @@
 //! LLM agents: the shared tool loop (conversation, shortened tool outputs, context budget, retries with backoff, tokens and cost) and its chat backends (`openai`, `anthropic`), prices and a scripted server for tests.
 //!
+//! Imported by the agent factory (`agent::AgentSpec::build`), `agent::mcp` (the system prompt),
+//! `docker::session` (its options) and `cli`.
+//!
 //! The loop is backend-neutral: it keeps the conversation as [`Msg`]s and asks a [`ChatBackend`] for
 //! the next reply. Each request becomes a [`ModelCall`] (tokens, latency, cost from
 //! `tasks/prices.toml`); the runner turns them into `model_call` events and enforces `max_tokens` and
