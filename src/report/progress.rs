@@ -45,7 +45,7 @@ fn summary(args: &serde_json::Value) -> String {
 impl Reporter for Progress {
     fn report(&mut self, event: &Event) {
         self.replay.apply(event);
-        let stages = self.replay.run().map_or(0, |r| r.stages.len());
+        let stages = self.replay.planned().len();
         // The stage under way: its steps started so far and its step budget.
         let (steps, max_steps) = self.replay.current().map_or((0, 0), |s| {
             (

@@ -464,7 +464,7 @@ impl TraceIndex {
 
     /// The run's state from the small events and the steps' prefixes (steps are counted per stage,
     /// not measured: they are parsed only when a page shows them).
-    pub fn replay(&self) -> &Replay {
+    pub(crate) fn replay(&self) -> &Replay {
         &self.replay
     }
 

@@ -11,7 +11,7 @@ use super::index::{Counts, LineRef, Problem, StepSummary, PAGE_SIZE};
 use super::{lock, AppState, PageError};
 use crate::config::suite::Budgets;
 use crate::trace::history::{commit_diff, CommitDiff};
-use crate::trace::replay::{Phase, Replay};
+use crate::trace::replay::{Phase, Replay, Rescue};
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
 use crate::trace::{EndReason, StepRecord};
 
@@ -162,15 +162,6 @@ pub struct Ladder {
     pub points: Vec<(String, f64)>,
 }
 
-/// A rescue as the run page lists it.
-#[derive(Debug, Clone)]
-pub struct RescueNote {
-    pub stage: String,
-    pub ok: bool,
-    pub files: Vec<String>,
-    pub detail: String,
-}
-
 /// Everything the run page shows.
 pub struct RunView {
     pub id: String,
@@ -188,7 +179,7 @@ pub struct RunView {
     pub total_steps: usize,
     pub steps: Vec<Result<Arc<StepSummary>, Problem>>,
     pub warnings: Vec<String>,
-    pub rescues: Vec<RescueNote>,
+    pub rescues: Vec<Rescue>,
     /// The integrity ledger: what the harness cleaned up or refused on the agent's side.
     pub integrity: Vec<crate::trace::IntegrityNote>,
     pub problems: Vec<Problem>,
@@ -265,16 +256,7 @@ pub fn run(
     };
     let warnings = replay.warnings().to_vec();
     let integrity = replay.integrity().to_vec();
-    let rescues = replay
-        .rescues()
-        .iter()
-        .map(|r| RescueNote {
-            stage: r.stage.clone(),
-            ok: r.ok,
-            files: r.files.clone(),
-            detail: r.detail.clone(),
-        })
-        .collect();
+    let rescues = replay.rescues().to_vec();
     let ladder = ladder(&stages);
     let samples = samples(&stages);
     let live = meta.status == RunStatus::Running && !g.finished();

@@ -24,7 +24,7 @@ use crate::trace::rundir::RunStatus;
 use crate::trace::{EndReason, Event, IntegrityNote, ModelCall, StageScore, StepRecord, StepUsage};
 
 /// A step that did not do what was asked: a tool error, a non-zero exit, a timeout or an OOM kill.
-pub fn step_failed(s: &StepRecord) -> bool {
+pub(crate) fn step_failed(s: &StepRecord) -> bool {
     !s.ok
         || s.result
             .get("exit_code")
@@ -34,18 +34,18 @@ pub fn step_failed(s: &StepRecord) -> bool {
 }
 
 /// CPU seconds of a step: the container's cgroup when known, else the command tree's.
-pub fn step_cpu(u: &StepUsage) -> f64 {
+pub(crate) fn step_cpu(u: &StepUsage) -> f64 {
     u.container_cpu_seconds.unwrap_or(u.cpu_seconds)
 }
 
 /// Peak memory of a step: the container's peak when known, else the command tree's max RSS.
-pub fn step_peak_memory(u: &StepUsage) -> u64 {
+pub(crate) fn step_peak_memory(u: &StepUsage) -> u64 {
     u.container_peak_bytes.unwrap_or(u.max_rss_kb * 1024)
 }
 
 /// Bytes a step's command wrote to stdout and stderr, as far as the trace tells: a stream kept in
 /// `outputs/` counts its full size, any other its copy in the event.
-pub fn step_output_bytes(s: &StepRecord) -> u64 {
+pub(crate) fn step_output_bytes(s: &StepRecord) -> u64 {
     ["stdout", "stderr"]
         .iter()
         .map(
@@ -135,7 +135,7 @@ impl ModelTotals {
     }
 
     /// Input and output tokens.
-    pub fn tokens(&self) -> u64 {
+    pub(crate) fn tokens(&self) -> u64 {
         self.input_tokens + self.output_tokens
     }
 }
@@ -209,18 +209,6 @@ impl StageState {
     }
 }
 
-/// What `run_started` said.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunStarted {
-    pub run_id: String,
-    pub suite: String,
-    pub agent: String,
-    pub seed: u64,
-    /// The stages the run was to go through, in order.
-    pub stages: Vec<String>,
-    pub at: Option<DateTime<Utc>>,
-}
-
 /// What `run_finished` said.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
@@ -234,13 +222,12 @@ pub struct Finished {
 
 /// A rescue, as the `rescue` event tells it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rescue {
+pub(crate) struct Rescue {
     pub stage: String,
     pub ok: bool,
+    /// Workspace files written.
     pub files: Vec<String>,
     pub detail: String,
-    pub seconds: f64,
-    pub commit: Option<String>,
 }
 
 /// The last `step_started` that no `step` has followed yet.
@@ -257,7 +244,8 @@ pub struct PendingStep {
 #[derive(Debug, Clone, Default)]
 pub struct Replay {
     stages: Vec<StageState>,
-    run: Option<RunStarted>,
+    /// The stages `run_started` announced.
+    planned: Vec<String>,
     current: Option<usize>,
     steps: StepTotals,
     model: ModelTotals,
@@ -272,7 +260,7 @@ pub struct Replay {
 
 impl Replay {
     /// A replay that knows these stages, in this order, before any event (run.json's list).
-    pub fn with_stages<S: AsRef<str>>(names: &[S]) -> Self {
+    pub(crate) fn with_stages<S: AsRef<str>>(names: &[S]) -> Self {
         let mut r = Self::default();
         for n in names {
             r.stage_mut(n.as_ref());
@@ -291,18 +279,18 @@ impl Replay {
 
     /// Applies the next event, its time unknown. Returns the position of the stage it belongs to
     /// (see the module's rules), None for a run-level event.
-    pub fn apply(&mut self, ev: &Event) -> Option<usize> {
+    pub(crate) fn apply(&mut self, ev: &Event) -> Option<usize> {
         self.fold(None, ev)
     }
 
     /// Applies the next event, written at `at` (its envelope's `ts`); see [`Replay::apply`].
-    pub fn apply_at(&mut self, at: DateTime<Utc>, ev: &Event) -> Option<usize> {
+    pub(crate) fn apply_at(&mut self, at: DateTime<Utc>, ev: &Event) -> Option<usize> {
         self.fold(Some(at), ev)
     }
 
     /// A step known only by its stage, as an index that parses steps lazily sees it: counted, with
     /// nothing measured.
-    pub fn step_seen(&mut self, stage: &str) -> usize {
+    pub(crate) fn step_seen(&mut self, stage: &str) -> usize {
         let i = self.stage_mut(stage);
         self.stages[i].steps.count += 1;
         self.steps.count += 1;
@@ -311,22 +299,8 @@ impl Replay {
 
     fn fold(&mut self, at: Option<DateTime<Utc>>, ev: &Event) -> Option<usize> {
         match ev {
-            Event::RunStarted {
-                run_id,
-                suite,
-                agent,
-                seed,
-                stages,
-                ..
-            } => {
-                self.run = Some(RunStarted {
-                    run_id: run_id.clone(),
-                    suite: suite.clone(),
-                    agent: agent.clone(),
-                    seed: *seed,
-                    stages: stages.clone(),
-                    at,
-                });
+            Event::RunStarted { stages, .. } => {
+                self.planned = stages.clone();
                 None
             }
             Event::StageStarted {
@@ -417,8 +391,7 @@ impl Replay {
                 ok,
                 files,
                 detail,
-                seconds,
-                commit,
+                ..
             } => {
                 let i = self.stage_mut(stage);
                 self.stages[i].rescued |= ok;
@@ -427,8 +400,6 @@ impl Replay {
                     ok: *ok,
                     files: files.clone(),
                     detail: detail.clone(),
-                    seconds: *seconds,
-                    commit: commit.clone(),
                 });
                 Some(i)
             }
@@ -484,12 +455,13 @@ impl Replay {
     }
 
     /// The stage started last.
-    pub fn current(&self) -> Option<&StageState> {
+    pub(crate) fn current(&self) -> Option<&StageState> {
         self.current.map(|i| &self.stages[i])
     }
 
-    pub fn run(&self) -> Option<&RunStarted> {
-        self.run.as_ref()
+    /// The stages the run was to go through, as `run_started` listed them.
+    pub(crate) fn planned(&self) -> &[String] {
+        &self.planned
     }
 
     /// The (last) `run_finished`, once the run has finished.
@@ -503,7 +475,7 @@ impl Replay {
     }
 
     /// The model calls of the whole run, added up in trace order.
-    pub fn model(&self) -> &ModelTotals {
+    pub(crate) fn model(&self) -> &ModelTotals {
         &self.model
     }
 
@@ -513,22 +485,22 @@ impl Replay {
     }
 
     /// The warnings, in order.
-    pub fn warnings(&self) -> &[String] {
+    pub(crate) fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
     /// The integrity ledger, in order.
-    pub fn integrity(&self) -> &[IntegrityNote] {
+    pub(crate) fn integrity(&self) -> &[IntegrityNote] {
         &self.integrity
     }
 
     /// The rescues, in order.
-    pub fn rescues(&self) -> &[Rescue] {
+    pub(crate) fn rescues(&self) -> &[Rescue] {
         &self.rescues
     }
 
     /// Each scored stage and whether it passed, in the order of their scores.
-    pub fn verdicts(&self) -> impl Iterator<Item = (&str, bool)> + '_ {
+    pub(crate) fn verdicts(&self) -> impl Iterator<Item = (&str, bool)> + '_ {
         self.scored.iter().map(|&i| {
             let s = &self.stages[i];
             (s.name.as_str(), s.score.as_ref().is_some_and(|x| x.passed))
@@ -793,9 +765,7 @@ mod tests {
                 message: "slow".into(),
             },
         ]);
-        let run = r.run().unwrap();
-        assert_eq!((run.run_id.as_str(), run.seed), ("r1", 7));
-        assert_eq!(run.stages, ["crawl", "tokenize"]);
+        assert_eq!(r.planned(), ["crawl", "tokenize"]);
         assert!(r.stage("crawl").unwrap().rescued);
         assert!(!r.stage("tokenize").unwrap().rescued, "a failed rescue");
         assert_eq!(r.rescues().len(), 2);
