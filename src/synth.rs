@@ -3,8 +3,10 @@
 //! [`write_run`] records events through the real [`EventLog`] (so the hash chain verifies), commits a
 //! small workspace through [`WorkspaceHistory`] after every step that changes it, keeps long outputs in
 //! `outputs/` through [`OutputStore`] exactly as the runner cuts them (head + tail inline), and writes
-//! `run.json` and `score.json` with levels and the Bootstrap Index from [`crate::stages::levels`]. Everything
-//! but the event envelopes' `ts` and the commit ids is a pure function of the [`Synth`] spec.
+//! `run.json` and `score.json` with levels and the Bootstrap Index from [`crate::stages::levels`]; the
+//! stages' summaries, scores and rescues in `score.json` are read from the [`Replay`] of the events
+//! written. Everything but the event envelopes' `ts` and the commit ids is a pure function of the
+//! [`Synth`] spec.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::config::suite::Budgets;
+use crate::trace::replay::{Replay, StageState};
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus, StageSummary};
 use crate::trace::{
     round, sha256_hex, EndReason, Event, EventLog, ModelCall, OutputRef, OutputStore, StageScore,
@@ -428,6 +431,34 @@ fn start_time(run_id: &str) -> DateTime<Utc> {
 }
 
 /// The model an LLM agent spec names (`openai:<model>`, `anthropic:<model>`), if it is one.
+/// score.json's summary of a stage that ended, from the replay of the trace written; `priced`: an
+/// LLM agent's stage, which counts its tokens and cost.
+fn summary(s: &StageState, priced: bool) -> Option<StageSummary> {
+    let e = s.ended?;
+    let mut summary = match &s.score {
+        Some(score) => StageSummary::from_score(score),
+        None => StageSummary::from_score(&StageScore {
+            status: "not_scored".into(),
+            passed: false,
+            metrics: Map::new(),
+            reason: Some(format!("the stage ended by {:?}", e.by)),
+            normalized: None,
+            public_reason: None,
+        }),
+    };
+    summary.ended_by = Some(e.by);
+    summary.steps = e.steps;
+    summary.sandbox_seconds = e.sandbox_seconds;
+    summary.wall_seconds = e.wall_seconds;
+    summary.cpu_seconds = Some(round(s.steps.cpu_seconds, 3));
+    if priced {
+        summary.tokens = Some(s.model.tokens());
+        summary.cost_usd = Some(round(s.model.cost_usd.unwrap_or(0.0), 6));
+    }
+    summary.rescued = s.rescued;
+    Some(summary)
+}
+
 fn llm_model(agent: &str) -> Option<&str> {
     (agent.starts_with("openai:") || agent.starts_with("anthropic:")).then_some(agent)
 }
@@ -486,16 +517,21 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         .with_context(|| dir.git().display().to_string())?;
     let outputs = OutputStore::new(&dir.outputs());
     let events_path = dir.events().display().to_string();
-    let emit = |log: &mut EventLog, e: Event| -> anyhow::Result<()> {
+    // What the trace holds so far: score.json is read from it at the end.
+    let mut replay = Replay::with_stages(&spec.stages);
+    let emit = |log: &mut EventLog, replay: &mut Replay, e: Event| -> anyhow::Result<()> {
         log.append(&e)
             .map(|_| ())
-            .with_context(|| events_path.clone())
+            .with_context(|| events_path.clone())?;
+        replay.apply(&e);
+        Ok(())
     };
 
     let mut rng = Rng(spec.seed ^ 0x5eed_0000_6774_7078);
     let model = llm_model(&spec.agent);
     emit(
         &mut log,
+        &mut replay,
         Event::RunStarted {
             run_id: spec.run_id.clone(),
             suite: spec.suite.clone(),
@@ -511,9 +547,6 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
     let n = spec.steps_per_stage;
     let mut now = t0 + Duration::milliseconds(850);
     let mut step_no = 0u64;
-    let mut scores: BTreeMap<String, StageScore> = BTreeMap::new();
-    let mut summaries: BTreeMap<String, StageSummary> = BTreeMap::new();
-    let mut rescued: Vec<String> = Vec::new();
     let mut stop_status: Option<RunStatus> = None;
     let mut run_wall = 0.85f64;
 
@@ -525,6 +558,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         let b = budgets(stage);
         emit(
             &mut log,
+            &mut replay,
             Event::StageStarted {
                 stage: stage.clone(),
                 index,
@@ -540,10 +574,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             n
         };
         let mut sandbox_seconds = 0.0;
-        let mut cpu_seconds = 0.0;
         let mut wall = 0.0;
-        let mut tokens = 0u64;
-        let mut cost = 0.0f64;
         for j in 1..=steps_here {
             step_no += 1;
             let (tool, args) = if n >= 3 && j == 1 {
@@ -567,10 +598,9 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
                 let input = 1200 + 350 * j as u64;
                 let output = 80 + (rng.next() % 120);
                 let c = (input as f64 * 3.0 + output as f64 * 15.0) / 1e6;
-                tokens += input + output;
-                cost += c;
                 emit(
                     &mut log,
+                    &mut replay,
                     Event::ModelCall {
                         stage: stage.clone(),
                         call: ModelCall {
@@ -587,6 +617,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             }
             emit(
                 &mut log,
+                &mut replay,
                 Event::StepStarted {
                     stage: stage.clone(),
                     step: step_no,
@@ -597,7 +628,6 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             let mut usage = None;
             let mut refs = Vec::new();
             let mut step_sandbox = 0.0;
-            let mut step_cpu = 0.0;
             let (ok, result) = match tool {
                 "write_file" => {
                     let content = args["content"].as_str().unwrap_or_default();
@@ -641,7 +671,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
                     step_sandbox = round(rng.range(0.2, 6.0), 3);
                     let cpu = round(step_sandbox * rng.range(0.6, 0.98), 3);
                     // The runner counts the container's cgroup CPU where it is known.
-                    step_cpu = round(cpu + 0.01, 3);
+                    let step_cpu = round(cpu + 0.01, 3);
                     usage = Some(StepUsage {
                         cpu_seconds: cpu,
                         max_rss_kb: 20_000 + rng.next() % 400_000,
@@ -670,6 +700,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             let duration_ms = round(step_sandbox * 1000.0 + rng.range(3.0, 25.0), 3);
             emit(
                 &mut log,
+                &mut replay,
                 Event::Step(StepRecord {
                     stage: stage.clone(),
                     step: step_no,
@@ -689,13 +720,13 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             let spent = duration_ms / 1000.0 + 0.2;
             now += Duration::microseconds((spent * 1e6) as i64);
             sandbox_seconds += step_sandbox;
-            cpu_seconds += step_cpu;
             wall += spent;
         }
         if stops_here && spec.status == RunStatus::Running {
             // A step in flight: started, not yet recorded.
             emit(
                 &mut log,
+                &mut replay,
                 Event::StepStarted {
                     stage: stage.clone(),
                     step: step_no + 1,
@@ -716,6 +747,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         run_wall += wall;
         emit(
             &mut log,
+            &mut replay,
             Event::StageEnded {
                 stage: stage.clone(),
                 ended_by,
@@ -724,43 +756,26 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
                 wall_seconds: wall,
             },
         )?;
-        let mut summary = if stops_here {
+        if stops_here {
             if spec.status == RunStatus::Failed {
                 emit(
                     &mut log,
+                    &mut replay,
                     Event::Warning {
                         message: format!("stage {stage}: the sandbox stopped answering"),
                     },
                 )?;
             }
-            StageSummary::from_score(&StageScore {
-                status: "not_scored".into(),
-                passed: false,
-                metrics: Map::new(),
-                reason: Some(format!("the stage ended by {ended_by:?}")),
-                normalized: None,
-                public_reason: None,
-            })
         } else {
             let score = stage_score(stage, passes, &mut rng);
             emit(
                 &mut log,
+                &mut replay,
                 Event::StageScored {
                     stage: stage.clone(),
-                    score: score.clone(),
+                    score,
                 },
             )?;
-            scores.insert(stage.clone(), score.clone());
-            StageSummary::from_score(&score)
-        };
-        summary.ended_by = Some(ended_by);
-        summary.steps = steps_here as u64;
-        summary.sandbox_seconds = sandbox_seconds;
-        summary.wall_seconds = wall;
-        summary.cpu_seconds = Some(round(cpu_seconds, 3));
-        if model.is_some() {
-            summary.tokens = Some(tokens);
-            summary.cost_usd = Some(round(cost, 6));
         }
         let later = index + 1 < spec.stages.len();
         if !stops_here
@@ -778,6 +793,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
                 .with_context(|| dir.git().display().to_string())?;
             emit(
                 &mut log,
+                &mut replay,
                 Event::Rescue {
                     stage: stage.clone(),
                     ok: true,
@@ -787,10 +803,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
                     commit,
                 },
             )?;
-            summary.rescued = true;
-            rescued.push(stage.clone());
         }
-        summaries.insert(stage.clone(), summary);
         if stops_here {
             stop_status = Some(spec.status);
             break;
@@ -798,11 +811,28 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
     }
 
     let status = stop_status.unwrap_or(RunStatus::Done);
+    let scores: BTreeMap<String, StageScore> = replay
+        .stages()
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.score.clone()?)))
+        .collect();
+    let rescued: Vec<String> = replay
+        .stages()
+        .iter()
+        .filter(|s| s.rescued)
+        .map(|s| s.name.clone())
+        .collect();
+    let summaries: BTreeMap<String, StageSummary> = replay
+        .stages()
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), summary(s, model.is_some())?)))
+        .collect();
     let levels = crate::stages::levels::levels(&scores, &rescued);
     let bootstrap_index = round(crate::stages::levels::bootstrap_index(&scores), 4);
     let run_wall = round(run_wall + 0.4, 3);
     emit(
         &mut log,
+        &mut replay,
         Event::RunFinished {
             status,
             level: levels.level.clone(),

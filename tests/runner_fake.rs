@@ -6,6 +6,7 @@ use gptx::agent::ScriptAgent;
 use gptx::config::suite::Suite;
 use gptx::runner::Runner;
 use gptx::sandbox::fake::{Recorded, RecordingSandbox, Reply};
+use gptx::trace::replay::{Phase, Replay};
 use gptx::trace::rundir::RunStatus;
 use gptx::trace::{self, EndReason, Event, EventLog, EventSink, Recorder, WorkspaceHistory};
 use tokio_util::sync::CancellationToken;
@@ -276,4 +277,64 @@ async fn rescue_hands_over_the_reference_tokenizer_and_records_it() {
     // The help did not let the agent pass anything: no assisted level.
     assert_eq!(result.level, "L0");
     assert_eq!(result.assisted_level, None);
+}
+
+#[tokio::test]
+async fn the_replay_of_the_trace_agrees_with_what_the_runner_measured() {
+    let mut f = fixture(vec![Reply::ok("made\n"), Reply::ok("x\n")]);
+    f.runner.rescue = true;
+    let mut agent = script(&[
+        r#"{"tool":"write_file","args":{"path":"a.txt","content":"hello"}}"#,
+        r#"{"tool":"bash","args":{"cmd":"make it"}}"#,
+        r#"{"tool":"fly","args":{}}"#,
+        r#"{"tool":"submit"}"#,
+        r#"{"tool":"bash","args":{"cmd":"tokenize"}}"#,
+        r#"{"tool":"submit"}"#,
+        r#"{"tool":"submit"}"#,
+    ]);
+    let mut result = f.runner.run(&mut agent, "img").await;
+    f.runner.finish(&mut result);
+    let events = trace::log::read_events(&f.run_dir.join("events.jsonl")).unwrap();
+    let replay = Replay::of(&events);
+    let names: Vec<&str> = replay.stages().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["crawl", "tokenize", "train"]);
+    for (name, want) in result.summaries() {
+        let got = replay.stage(&name).unwrap();
+        assert_eq!(got.phase, Phase::Scored, "{name}");
+        let ended = got.ended.unwrap();
+        assert_eq!(Some(ended.by), want.ended_by, "{name}");
+        assert_eq!(ended.steps, want.steps, "{name}");
+        assert_eq!(
+            got.steps.count, want.steps,
+            "{name}: one step event per step"
+        );
+        assert_eq!(ended.sandbox_seconds, want.sandbox_seconds, "{name}");
+        assert_eq!(ended.wall_seconds, want.wall_seconds, "{name}");
+        assert_eq!(
+            Some(trace::round(got.steps.cpu_seconds, 3)),
+            want.cpu_seconds,
+            "{name}"
+        );
+        let score = got.score.as_ref().unwrap();
+        assert_eq!(
+            (score.status.as_str(), score.passed, score.normalized),
+            (want.status.as_str(), want.passed, want.normalized),
+            "{name}"
+        );
+        assert_eq!(got.rescued, want.rescued, "{name}");
+    }
+    assert_eq!(replay.steps().count, 7);
+    assert_eq!(replay.steps().failed, 1, "the unknown tool");
+    assert_eq!(
+        replay.steps().commits,
+        1,
+        "the write (the fake's bash writes nothing)"
+    );
+    assert!(replay.pending().is_none());
+    let finished = replay.finished().unwrap();
+    assert_eq!(finished.status, result.status);
+    assert_eq!(finished.level, result.level);
+    assert_eq!(finished.bootstrap_index, result.bootstrap_index);
+    assert_eq!(finished.wall_seconds, result.wall_seconds);
+    assert_eq!(replay.wall_seconds(), result.wall_seconds);
 }

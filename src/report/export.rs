@@ -11,8 +11,9 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use serde_json::{json, Map, Value};
 
+use crate::trace::replay::{Ended, Finished, ModelTotals, Replay, StageState};
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
-use crate::trace::{self, EndReason, Event, ModelCall, StageScore, StepRecord};
+use crate::trace::{self, EndReason, Event, ModelCall, StepRecord};
 
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,21 +46,36 @@ struct Note {
     data: Value,
 }
 
-/// One stage as the trace tells it.
-#[derive(Debug, Clone, Default)]
+/// One stage: the replay's state of it, and the events the exports show one by one.
+#[derive(Debug, Clone)]
 struct StageRecord {
-    name: String,
-    index: usize,
-    started_at: Option<chrono::DateTime<chrono::Utc>>,
-    ended_at: Option<chrono::DateTime<chrono::Utc>>,
-    budgets: Option<crate::config::suite::Budgets>,
-    instruction_sha256: Option<String>,
-    steps: Vec<StepRecord>,
+    state: StageState,
+    /// Its steps, in order.
+    records: Vec<StepRecord>,
     calls: Vec<(chrono::DateTime<chrono::Utc>, ModelCall)>,
     notes: Vec<Note>,
-    ended: Option<(EndReason, u64, f64, f64)>,
-    score: Option<StageScore>,
-    rescued: bool,
+}
+
+/// A stage record reads as its state: `s.name`, `s.score`, `s.ended`, ...
+impl std::ops::Deref for StageRecord {
+    type Target = StageState;
+    fn deref(&self) -> &StageState {
+        &self.state
+    }
+}
+
+impl StageRecord {
+    fn started_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.started.as_ref().and_then(|s| s.at)
+    }
+
+    fn ended_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.ended.and_then(|e| e.at)
+    }
+
+    fn budgets(&self) -> Option<&crate::config::suite::Budgets> {
+        self.started.as_ref().map(|s| &s.budgets)
+    }
 }
 
 /// What the exports need of a run.
@@ -67,9 +83,11 @@ struct Run {
     meta: RunMeta,
     score: Option<RunScore>,
     stages: Vec<StageRecord>,
-    /// `run_finished`: level, assisted level, Bootstrap Index, wall seconds.
-    finished: Option<(String, Option<String>, f64, f64)>,
-    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    finished: Option<Finished>,
+    /// `run_finished`'s wall time, else the stages' added up.
+    wall_seconds: f64,
+    /// The model calls of the whole run.
+    model: ModelTotals,
 }
 
 impl Run {
@@ -81,144 +99,73 @@ impl Run {
             None
         };
         let events = trace::log::read_events(&dir.events())?;
-        let mut stages: Vec<StageRecord> = meta
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(index, name)| StageRecord {
-                name: name.clone(),
-                index,
-                ..StageRecord::default()
-            })
-            .collect();
-        let mut current: Option<usize> = None;
-        let mut finished = None;
-        let mut finished_at = None;
-        let find = |stages: &mut Vec<StageRecord>, name: &str| -> usize {
-            match stages.iter().position(|s| s.name == name) {
-                Some(i) => i,
-                None => {
-                    // A stage the trace has and run.json does not list: keep it, at the end.
-                    let index = stages.len();
-                    stages.push(StageRecord {
-                        name: name.to_string(),
-                        index,
-                        ..StageRecord::default()
-                    });
-                    index
-                }
-            }
-        };
+        // Stages the trace has and run.json does not list are kept, at the end.
+        let mut replay = Replay::with_stages(&meta.stages);
+        // Per stage (by its place in the replay): its steps, model calls and notes.
+        let mut shown: Vec<(Vec<StepRecord>, Vec<_>, Vec<Note>)> = Vec::new();
         for env in events {
+            let Some(i) = replay.apply_at(env.ts, &env.event) else {
+                continue;
+            };
+            shown.resize_with(replay.stages().len(), Default::default);
+            let (steps, calls, notes) = &mut shown[i];
+            let note = |source, data| Note {
+                ts: env.ts,
+                source,
+                data,
+            };
             match env.event {
-                Event::StageStarted {
-                    stage,
-                    budgets,
-                    instruction_sha256,
-                    ..
-                } => {
-                    let i = find(&mut stages, &stage);
-                    stages[i].started_at = Some(env.ts);
-                    stages[i].budgets = Some(budgets);
-                    stages[i].instruction_sha256 = Some(instruction_sha256);
-                    current = Some(i);
-                }
-                Event::Step(s) => {
-                    let i = find(&mut stages, &s.stage);
-                    stages[i].steps.push(s);
-                }
-                Event::ModelCall { stage, call } => {
-                    let i = find(&mut stages, &stage);
-                    stages[i].calls.push((env.ts, call));
-                }
-                Event::StageEnded {
-                    stage,
-                    ended_by,
-                    steps,
-                    sandbox_seconds,
-                    wall_seconds,
-                } => {
-                    let i = find(&mut stages, &stage);
-                    stages[i].ended = Some((ended_by, steps, sandbox_seconds, wall_seconds));
-                    stages[i].ended_at = Some(env.ts);
-                }
-                Event::StageScored { stage, score } => {
-                    let i = find(&mut stages, &stage);
-                    stages[i].score = Some(score);
-                }
+                Event::Step(s) => steps.push(s),
+                Event::ModelCall { call, .. } => calls.push((env.ts, call)),
                 Event::Rescue {
-                    stage,
                     ok,
                     files,
                     detail,
                     seconds,
                     commit,
-                } => {
-                    let i = find(&mut stages, &stage);
-                    stages[i].rescued |= ok;
-                    stages[i].notes.push(Note {
-                        ts: env.ts,
-                        source: "gptx.rescue",
-                        data: json!({"ok": ok, "files": files, "detail": detail, "seconds": seconds, "commit": commit}),
-                    });
-                }
-                Event::AgentLog { stage, text } => {
-                    let i = find(&mut stages, &stage);
-                    stages[i].notes.push(Note {
-                        ts: env.ts,
-                        source: "gptx.agent_log",
-                        data: json!({"text": text}),
-                    });
+                    ..
+                } => notes.push(note(
+                    "gptx.rescue",
+                    json!({"ok": ok, "files": files, "detail": detail, "seconds": seconds, "commit": commit}),
+                )),
+                Event::AgentLog { text, .. } => {
+                    notes.push(note("gptx.agent_log", json!({"text": text})))
                 }
                 Event::Warning { message } => {
-                    if let Some(i) = current {
-                        stages[i].notes.push(Note {
-                            ts: env.ts,
-                            source: "gptx.warning",
-                            data: json!({"message": message}),
-                        });
-                    }
+                    notes.push(note("gptx.warning", json!({"message": message})))
                 }
-                Event::Integrity(note) => {
-                    let i = match &note.stage {
-                        Some(s) => Some(find(&mut stages, s)),
-                        None => current,
-                    };
-                    if let Some(i) = i {
-                        stages[i].notes.push(Note {
-                            ts: env.ts,
-                            source: "gptx.integrity",
-                            data: json!(note),
-                        });
-                    }
-                }
-                Event::RunFinished {
-                    level,
-                    assisted_level,
-                    bootstrap_index,
-                    wall_seconds,
-                    ..
-                } => {
-                    finished = Some((level, assisted_level, bootstrap_index, wall_seconds));
-                    finished_at = Some(env.ts);
-                }
-                Event::RunStarted { .. } | Event::StepStarted { .. } => {}
+                Event::Integrity(n) => notes.push(note("gptx.integrity", json!(n))),
+                _ => {}
             }
         }
-        // score.json knows about rescues that an older trace may not spell out.
-        if let Some(score) = &score {
-            for s in &mut stages {
-                if score.stages.get(&s.name).is_some_and(|x| x.rescued) {
-                    s.rescued = true;
+        shown.resize_with(replay.stages().len(), Default::default);
+        let stages = replay
+            .stages()
+            .iter()
+            .zip(shown)
+            .map(|(state, (records, calls, notes))| {
+                let mut state = state.clone();
+                // score.json knows about rescues that an older trace may not spell out.
+                if let Some(score) = &score {
+                    if score.stages.get(&state.name).is_some_and(|x| x.rescued) {
+                        state.rescued = true;
+                    }
                 }
-            }
-        }
+                StageRecord {
+                    state,
+                    records,
+                    calls,
+                    notes,
+                }
+            })
+            .collect();
         Ok(Self {
             meta,
             score,
             stages,
-            finished,
-            finished_at,
+            finished: replay.finished().cloned(),
+            wall_seconds: replay.wall_seconds(),
+            model: replay.model().clone(),
         })
     }
 
@@ -226,31 +173,24 @@ impl Run {
         self.score
             .as_ref()
             .map(|s| s.level.as_str())
-            .or(self.finished.as_ref().map(|f| f.0.as_str()))
+            .or(self.finished.as_ref().map(|f| f.level.as_str()))
     }
 
     fn assisted_level(&self) -> Option<&str> {
         self.score
             .as_ref()
             .and_then(|s| s.assisted_level.as_deref())
-            .or(self.finished.as_ref().and_then(|f| f.1.as_deref()))
+            .or(self
+                .finished
+                .as_ref()
+                .and_then(|f| f.assisted_level.as_deref()))
     }
 
     fn bootstrap_index(&self) -> Option<f64> {
         self.score
             .as_ref()
             .map(|s| s.bootstrap_index)
-            .or(self.finished.as_ref().map(|f| f.2))
-    }
-
-    fn wall_seconds(&self) -> f64 {
-        self.finished.as_ref().map(|f| f.3).unwrap_or_else(|| {
-            self.stages
-                .iter()
-                .filter_map(|s| s.ended)
-                .map(|e| e.3)
-                .sum()
-        })
+            .or(self.finished.as_ref().map(|f| f.bootstrap_index))
     }
 }
 
@@ -305,7 +245,7 @@ fn junit(r: &Run) -> String {
     let mut cases = String::new();
     let (mut failures, mut errors, mut skipped) = (0, 0, 0);
     for s in &r.stages {
-        let time = s.ended.map(|e| e.3).unwrap_or(0.0);
+        let time = s.ended.map(|e| e.wall_seconds).unwrap_or(0.0);
         let _ = write!(
             cases,
             "    <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\"",
@@ -313,7 +253,7 @@ fn junit(r: &Run) -> String {
             xml_escape(&s.name)
         );
         let mut body = String::new();
-        match (&s.score, s.ended, s.started_at) {
+        match (&s.score, s.ended, &s.started) {
             (Some(score), _, _) if score.passed => {}
             (Some(score), _, _) => {
                 failures += 1;
@@ -337,7 +277,7 @@ fn junit(r: &Run) -> String {
                     xml_text(&detail)
                 );
             }
-            (None, Some((ended_by, ..)), _) => {
+            (None, Some(Ended { by: ended_by, .. }), _) => {
                 errors += 1;
                 let why = format!("the stage ended by {ended_by:?} and was not scored");
                 let _ = writeln!(
@@ -363,11 +303,12 @@ fn junit(r: &Run) -> String {
                 );
             }
         }
-        let mut out_text = format!("steps {}", s.steps.len());
-        if let Some((by, _, sandbox, wall)) = s.ended {
+        let mut out_text = format!("steps {}", s.records.len());
+        if let Some(e) = s.ended {
             let _ = write!(
                 out_text,
-                ", ended by {by:?}, {sandbox:.1} s sandbox, {wall:.1} s wall"
+                ", ended by {:?}, {:.1} s sandbox, {:.1} s wall",
+                e.by, e.sandbox_seconds, e.wall_seconds
             );
         }
         if let Some(score) = &s.score {
@@ -409,7 +350,7 @@ fn junit(r: &Run) -> String {
     }
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let tests = r.stages.len();
-    let time = r.wall_seconds();
+    let time = r.wall_seconds;
     let _ = writeln!(
         x,
         "<testsuites name=\"gptx\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{time:.3}\">"
@@ -517,22 +458,16 @@ fn usage_json(input: u64, output: u64, cost: Option<f64>) -> Value {
     u
 }
 
-fn model_usage(calls: &[(chrono::DateTime<chrono::Utc>, ModelCall)], model: &str) -> Value {
-    if calls.is_empty() {
+fn model_usage(m: &ModelTotals, model: &str) -> Value {
+    if m.calls == 0 {
         return json!({});
     }
-    let input: u64 = calls.iter().map(|c| c.1.input_tokens).sum();
-    let output: u64 = calls.iter().map(|c| c.1.output_tokens).sum();
-    let cost = calls
-        .iter()
-        .any(|c| c.1.cost_usd.is_some())
-        .then(|| calls.iter().filter_map(|c| c.1.cost_usd).sum::<f64>());
-    json!({ model: usage_json(input, output, cost) })
+    json!({ model: usage_json(m.input_tokens, m.output_tokens, m.cost_usd) })
 }
 
 /// The sample's `limit` when a budget ended the stage.
 fn limit(s: &StageRecord) -> Value {
-    let (Some((by, ..)), Some(b)) = (s.ended, &s.budgets) else {
+    let (Some(Ended { by, .. }), Some(b)) = (s.ended, s.budgets()) else {
         return Value::Null;
     };
     let (kind, value) = match by {
@@ -549,25 +484,25 @@ fn limit(s: &StageRecord) -> Value {
 fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
     let input = format!(
         "Stage {} of {} in suite {}: {}.{}",
-        s.index + 1,
+        s.position + 1,
         r.stages.len(),
         r.meta.suite,
         s.name,
-        s.instruction_sha256
+        s.started
             .as_ref()
-            .map(|h| format!(" (instruction sha256 {h})"))
+            .map(|st| format!(" (instruction sha256 {})", st.instruction_sha256))
             .unwrap_or_default()
     );
     let mut messages = vec![json!({"role": "user", "content": input, "source": "input"})];
     let mut events: Vec<(chrono::DateTime<chrono::Utc>, Value)> = Vec::new();
-    let started = s.started_at.or(s.steps.first().map(|x| x.started_at));
+    let started = s.started_at().or(s.records.first().map(|x| x.started_at));
     let since = |t: chrono::DateTime<chrono::Utc>| {
         started
             .map(|s0| (t - s0).num_microseconds().unwrap_or(0) as f64 / 1e6)
             .unwrap_or(0.0)
             .max(0.0)
     };
-    for step in &s.steps {
+    for step in &s.records {
         let id = format!("step-{}", step.step);
         let args = match &step.args {
             Value::Object(m) => Value::Object(m.clone()),
@@ -666,7 +601,7 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
             },
         })
     });
-    let end = s.ended_at.or(r.finished_at);
+    let end = s.ended_at().or(r.finished.as_ref().and_then(|f| f.at));
     let mut ev: Vec<Value> = events.into_iter().map(|e| e.1).collect();
     if let Some(sc) = &score {
         let t = end.or(started).unwrap_or(r.meta.started_at);
@@ -680,30 +615,20 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
             "scorer": "gptx",
         }));
     }
-    let last = match (s.ended, &s.score) {
-        (Some((by, ..)), Some(sc)) => format!(
+    let last = match (s.ended.map(|e| e.by), &s.score) {
+        (Some(by), Some(sc)) => format!(
             "The stage ended by {by:?} after {} steps; {}.",
-            s.steps.len(),
+            s.records.len(),
             if sc.passed { "it passed" } else { "it failed" }
         ),
-        (Some((by, ..)), None) => format!(
+        (Some(by), None) => format!(
             "The stage ended by {by:?} after {} steps and was not scored.",
-            s.steps.len()
+            s.records.len()
         ),
         (None, _) if started.is_some() => "The stage has not finished.".to_string(),
         (None, _) => "The stage was never reached.".to_string(),
     };
-    let calls_usage = model_usage(&s.calls, model);
-    let (input_tokens, output_tokens, cost) = s.calls.iter().fold((0, 0, None), |acc, c| {
-        (
-            acc.0 + c.1.input_tokens,
-            acc.1 + c.1.output_tokens,
-            match (acc.2, c.1.cost_usd) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            },
-        )
-    });
+    let calls_usage = model_usage(&s.model, model);
     let mut output = json!({
         "model": model,
         "choices": [{
@@ -712,21 +637,19 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
         }],
         "completion": last,
     });
-    if !s.calls.is_empty() {
-        output["usage"] = usage_json(input_tokens, output_tokens, cost);
+    if s.model.calls > 0 {
+        output["usage"] = usage_json(
+            s.model.input_tokens,
+            s.model.output_tokens,
+            s.model.cost_usd,
+        );
     }
     let (ended_by, sandbox, wall) = match s.ended {
-        Some((by, _, sandbox, wall)) => (json!(by), json!(sandbox), json!(wall)),
+        Some(e) => (json!(e.by), json!(e.sandbox_seconds), json!(e.wall_seconds)),
         None => (Value::Null, Value::Null, Value::Null),
     };
-    let cpu: f64 = s
-        .steps
-        .iter()
-        .filter_map(|x| x.usage.as_ref())
-        .map(|u| u.container_cpu_seconds.unwrap_or(u.cpu_seconds))
-        .sum();
     let error = match (&s.score, s.ended) {
-        (None, Some((by, ..))) => json!({
+        (None, Some(Ended { by, .. })) => json!({
             "message": format!("stage {} ended by {by:?} and was not scored", s.name),
             "traceback": "",
             "traceback_ansi": "",
@@ -743,15 +666,15 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
         "scores": score.map(|sc| json!({"gptx": sc})),
         "metadata": {
             "stage": s.name,
-            "index": s.index,
+            "index": s.position,
             "reached": started.is_some(),
             "ended_by": ended_by,
-            "steps": s.steps.len(),
+            "steps": s.records.len(),
             "sandbox_seconds": sandbox,
             "wall_seconds": wall,
-            "cpu_seconds": trace::round(cpu, 3),
+            "cpu_seconds": trace::round(s.steps.cpu_seconds, 3),
             "rescued": s.rescued,
-            "budgets": s.budgets,
+            "budgets": s.budgets(),
         },
         "store": {},
         "events": ev,
@@ -764,13 +687,13 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
     if let Some(t) = started {
         v["started_at"] = json!(ts(t));
     }
-    if let Some(t) = s.ended_at {
+    if let Some(t) = s.ended_at() {
         v["completed_at"] = json!(ts(t));
     }
-    if let Some(w) = s.ended.map(|e| e.3) {
+    if let Some(w) = s.ended.map(|e| e.wall_seconds) {
         v["total_time"] = json!(w);
     }
-    if let Some(w) = s.ended.map(|e| e.2) {
+    if let Some(w) = s.ended.map(|e| e.sandbox_seconds) {
         v["working_time"] = json!(w);
     }
     v
@@ -792,8 +715,6 @@ fn inspect(r: &Run) -> EvalLog {
         .iter()
         .filter(|s| s.score.as_ref().is_some_and(|x| x.passed))
         .count();
-    let all_calls: Vec<(chrono::DateTime<chrono::Utc>, ModelCall)> =
-        r.stages.iter().flat_map(|s| s.calls.clone()).collect();
     let level_number = |l: &str| {
         l.trim_start_matches('L')
             .trim_end_matches('*')
@@ -895,7 +816,7 @@ fn inspect(r: &Run) -> EvalLog {
         stats: json!({
             "started_at": ts(m.started_at),
             "completed_at": m.ended_at.map(ts).unwrap_or_default(),
-            "model_usage": model_usage(&all_calls, &model),
+            "model_usage": model_usage(&r.model, &model),
         }),
         error: (m.status == RunStatus::Failed).then(|| {
             json!({

@@ -2,6 +2,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::trace::replay::Replay;
 use crate::trace::{Event, Reporter};
 
 /// A ticking spinner with `template`, or a hidden bar when `quiet`.
@@ -18,10 +19,8 @@ fn spinner(quiet: bool, template: &str) -> ProgressBar {
 /// Shows `[stage i/n] step k/max · tool summary` while a run goes, and a line per finished stage.
 pub struct Progress {
     bar: ProgressBar,
-    stages: usize,
-    stage_index: usize,
-    max_steps: u64,
-    stage_steps: u64,
+    /// The run so far.
+    replay: Replay,
 }
 
 impl Progress {
@@ -30,10 +29,7 @@ impl Progress {
         let bar = spinner(quiet, "{spinner} {prefix:.bold} [{elapsed}] {wide_msg}");
         Self {
             bar,
-            stages: 0,
-            stage_index: 0,
-            max_steps: 0,
-            stage_steps: 0,
+            replay: Replay::default(),
         }
     }
 }
@@ -48,30 +44,27 @@ fn summary(args: &serde_json::Value) -> String {
 
 impl Reporter for Progress {
     fn report(&mut self, event: &Event) {
+        self.replay.apply(event);
+        let stages = self.replay.planned().len();
+        // The stage under way: its steps started so far and its step budget.
+        let (steps, max_steps) = self.replay.current().map_or((0, 0), |s| {
+            (
+                s.steps_started,
+                s.started.as_ref().map_or(0, |b| b.budgets.max_steps),
+            )
+        });
         match event {
-            Event::RunStarted { run_id, stages, .. } => {
-                self.stages = stages.len();
+            Event::RunStarted { run_id, .. } => {
                 self.bar.set_prefix(run_id.clone());
             }
-            Event::StageStarted {
-                stage,
-                index,
-                budgets,
-                ..
-            } => {
-                self.stage_index = index + 1;
-                self.max_steps = budgets.max_steps;
-                self.stage_steps = 0;
+            Event::StageStarted { stage, index, .. } => {
                 self.bar
-                    .set_prefix(format!("{stage} [{}/{}]", self.stage_index, self.stages));
+                    .set_prefix(format!("{stage} [{}/{stages}]", index + 1));
                 self.bar.set_message("waiting for the agent");
             }
             Event::StepStarted { tool, args, .. } => {
-                self.stage_steps += 1;
                 self.bar.set_message(format!(
-                    "step {}/{} · {tool} {}",
-                    self.stage_steps,
-                    self.max_steps,
+                    "step {steps}/{max_steps} · {tool} {}",
                     summary(args)
                 ));
             }
@@ -141,5 +134,52 @@ impl crate::world::BuildProgress for WorldBar {
     }
     fn tick(&self) {
         self.bar.inc(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::suite::Budgets;
+
+    #[test]
+    fn the_line_names_the_stage_and_its_steps_against_the_budget() {
+        let mut p = Progress::new(true);
+        p.report(&Event::RunStarted {
+            run_id: "r1".into(),
+            suite: "mini".into(),
+            agent: "null".into(),
+            seed: 1,
+            gptx_version: "0".into(),
+            world_hash: None,
+            image: "img".into(),
+            stages: vec!["crawl".into(), "tokenize".into()],
+        });
+        assert_eq!(p.bar.prefix(), "r1");
+        p.report(&Event::StageStarted {
+            stage: "tokenize".into(),
+            index: 1,
+            budgets: Budgets {
+                max_steps: 12,
+                max_sandbox_seconds: 1.0,
+                max_wall_seconds: 1.0,
+                max_step_seconds: 1.0,
+                default_step_seconds: 1.0,
+                max_tokens: None,
+                max_cost_usd: None,
+            },
+            network: None,
+            instruction_sha256: String::new(),
+        });
+        assert_eq!(p.bar.prefix(), "tokenize [2/2]");
+        for n in 1..=2 {
+            p.report(&Event::StepStarted {
+                stage: "tokenize".into(),
+                step: n,
+                tool: "bash".into(),
+                args: serde_json::json!({"cmd": format!("make {n}\nmore")}),
+            });
+        }
+        assert_eq!(p.bar.message(), "step 2/12 · bash make 2");
     }
 }

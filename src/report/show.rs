@@ -4,9 +4,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::trace::history::CommitDiff;
+use crate::trace::replay::{step_cpu, step_failed, step_peak_memory, Replay};
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
 use crate::trace::INLINE_OUTPUT;
-use crate::trace::{self, EndReason, Event, StepRecord, StepUsage};
+use crate::trace::{self, EndReason, Event, StepRecord};
 
 /// `gptx runs`.
 pub fn runs(runs_dir: &Path) -> anyhow::Result<i32> {
@@ -171,31 +172,11 @@ fn outcome(s: &StepRecord, st: Style) -> String {
     }
 }
 
-/// A step that did not do what was asked: a tool error, a non-zero exit, a timeout or an OOM kill.
-fn step_failed(s: &StepRecord) -> bool {
-    !s.ok
-        || s.result
-            .get("exit_code")
-            .is_some_and(|c| c.as_i64() != Some(0))
-        || s.result.get("timed_out") == Some(&serde_json::Value::Bool(true))
-        || s.result.get("oom_killed") == Some(&serde_json::Value::Bool(true))
-}
-
-/// Peak memory of a step: the container's peak when known, else the command tree's max RSS.
-fn peak_memory(u: &StepUsage) -> u64 {
-    u.container_peak_bytes.unwrap_or(u.max_rss_kb * 1024)
-}
-
-/// CPU seconds of a step: the container's cgroup when known, else the command tree's.
-fn cpu_of(u: &StepUsage) -> f64 {
-    u.container_cpu_seconds.unwrap_or(u.cpu_seconds)
-}
-
 fn step_line(out: &mut String, s: &StepRecord, st: Style) {
     let (cpu, mem) = match &s.usage {
         Some(u) => (
-            format!("cpu {:.1}s", cpu_of(u)),
-            format!("mem {}", bytes(peak_memory(u))),
+            format!("cpu {:.1}s", step_cpu(u)),
+            format!("mem {}", bytes(step_peak_memory(u))),
         ),
         None => (String::new(), String::new()),
     };
@@ -249,20 +230,6 @@ fn step_line(out: &mut String, s: &StepRecord, st: Style) {
             let _ = writeln!(out, "        {}", st.red(what));
         }
     }
-}
-
-/// Running totals over the trace for the summary.
-#[derive(Default)]
-struct Totals {
-    steps: u64,
-    sandbox_seconds: f64,
-    cpu_seconds: f64,
-    tokens: u64,
-    cost_usd: f64,
-    priced: bool,
-    model_calls: u64,
-    wall_seconds: Option<f64>,
-    stage_wall: f64,
 }
 
 /// Renders a run's trace for the terminal without colours (see [`render_events`]).
@@ -319,11 +286,10 @@ pub fn render_events(
     if let Some(e) = &meta.error {
         let _ = writeln!(out, "{} {e}", st.red("error:"));
     }
-    let mut totals = Totals::default();
-    // Stage by stage, whether it passed: the line under the run's result.
-    let mut verdicts: Vec<(String, bool)> = Vec::new();
-    let mut in_flight: Option<(String, u64, String, String)> = None;
+    // What the trace adds up to so far: totals, verdicts, the step in flight.
+    let mut replay = Replay::default();
     for env in events {
+        replay.apply_at(env.ts, &env.event);
         match &env.event {
             Event::StageStarted {
                 stage,
@@ -357,23 +323,8 @@ pub fn render_events(
                     st.dim(&format!("budgets: {b}"))
                 );
             }
-            Event::StepStarted {
-                stage,
-                step,
-                tool,
-                args,
-            } => {
-                in_flight = Some((stage.clone(), *step, tool.clone(), args_summary(tool, args)));
-            }
-            Event::Step(s) => {
-                in_flight = None;
-                totals.steps += 1;
-                totals.sandbox_seconds += s.sandbox_seconds;
-                if let Some(u) = &s.usage {
-                    totals.cpu_seconds += cpu_of(u);
-                }
-                step_line(&mut out, s, st);
-            }
+            Event::StepStarted { .. } => {}
+            Event::Step(s) => step_line(&mut out, s, st),
             Event::StageEnded {
                 ended_by,
                 steps,
@@ -381,7 +332,6 @@ pub fn render_events(
                 wall_seconds,
                 ..
             } => {
-                totals.stage_wall += wall_seconds;
                 let by = match ended_by.budget() {
                     Some(b) => st.yellow(&format!("the {b} budget")),
                     None => end_reason(*ended_by).to_string(),
@@ -433,8 +383,6 @@ pub fn render_events(
                         st.dim(&format!("the agent was told: {p}"))
                     );
                 }
-                verdicts.retain(|(s, _)| s != stage);
-                verdicts.push((stage.clone(), score.passed));
             }
             Event::Warning { message } => {
                 let _ = writeln!(out, "  {} {message}", st.yellow("warning:"));
@@ -450,12 +398,6 @@ pub fn render_events(
                 );
             }
             Event::ModelCall { call, .. } => {
-                totals.model_calls += 1;
-                totals.tokens += call.input_tokens + call.output_tokens;
-                if let Some(c) = call.cost_usd {
-                    totals.cost_usd += c;
-                    totals.priced = true;
-                }
                 let cost = call
                     .cost_usd
                     .map(|c| format!(", ${c:.4}"))
@@ -512,7 +454,6 @@ pub fn render_events(
                 wall_seconds,
                 assisted_level,
             } => {
-                totals.wall_seconds = Some(*wall_seconds);
                 let assisted = assisted_level
                     .as_ref()
                     .map(|a| format!(" (assisted {a})"))
@@ -524,10 +465,10 @@ pub fn render_events(
                     st.bold(level)
                 );
                 let list = |want: bool| {
-                    let names: Vec<&str> = verdicts
-                        .iter()
+                    let names: Vec<&str> = replay
+                        .verdicts()
                         .filter(|(_, p)| *p == want)
-                        .map(|(s, _)| s.as_str())
+                        .map(|(s, _)| s)
                         .collect();
                     if names.is_empty() {
                         "none".to_string()
@@ -535,7 +476,7 @@ pub fn render_events(
                         names.join(", ")
                     }
                 };
-                if !verdicts.is_empty() {
+                if replay.verdicts().next().is_some() {
                     let _ = writeln!(
                         out,
                         "passed: {} · not passed: {} (the reasons are under each stage)",
@@ -547,29 +488,36 @@ pub fn render_events(
             Event::RunStarted { .. } => {}
         }
     }
-    if let Some((stage, step, tool, summary)) = in_flight {
+    if let Some(p) = replay.pending() {
         let _ = writeln!(
             out,
             "  {} {}",
-            st.bold(&format!("#{step:<4}")),
-            st.yellow(&format!("running… ({stage}) {tool} {summary}"))
+            st.bold(&format!("#{:<4}", p.step)),
+            st.yellow(&format!(
+                "running… ({}) {} {}",
+                p.stage,
+                p.tool,
+                args_summary(&p.tool, &p.args)
+            ))
         );
     }
+    let (steps, model) = (replay.steps(), replay.model());
     let mut t = format!(
         "totals: {} steps · sandbox {:.1} s · CPU {:.1} s · wall {:.1} s",
-        totals.steps,
-        totals.sandbox_seconds,
-        totals.cpu_seconds,
-        totals.wall_seconds.unwrap_or(totals.stage_wall)
+        steps.count,
+        steps.sandbox_seconds,
+        steps.cpu_seconds,
+        replay.wall_seconds()
     );
-    if totals.model_calls > 0 {
+    if model.calls > 0 {
         let _ = write!(
             t,
             " · {} model calls, {} tokens",
-            totals.model_calls, totals.tokens
+            model.calls,
+            model.tokens()
         );
-        if totals.priced {
-            let _ = write!(t, ", ${:.4}", totals.cost_usd);
+        if let Some(cost) = model.cost_usd {
+            let _ = write!(t, ", ${cost:.4}");
         }
     }
     let _ = writeln!(out, "\n{t}");

@@ -3,8 +3,9 @@
 //! Building it reads the file once, in chunks, finding line ends and reading each line's type from its
 //! first bytes (the writer always puts `seq`, `ts`, `prev_sha256` and `type` first; other layouts fall
 //! back to a parse that skips the large fields). Small events (stages, scores, warnings, rescues, the
-//! end of the run) are parsed whole; steps are parsed only when a page shows them, with a struct that
-//! keeps a few short fields and skips outputs. Later refreshes resume at the last complete line, so the
+//! end of the run) are parsed whole and applied to the run's [`Replay`], which also counts each step
+//! from its line's prefix; steps are parsed only when a page shows them, with a struct that keeps a
+//! few short fields and skips outputs. Later refreshes resume at the last complete line, so the
 //! same index serves the live tail; a shorter file or a changed first line starts it again.
 
 use std::borrow::Cow;
@@ -19,6 +20,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::trace::log::Envelope;
+use crate::trace::replay::Replay;
 use crate::trace::{Event, OutputRef, StepRecord, StepUsage};
 
 /// Steps per page of the run page's timeline.
@@ -127,13 +129,6 @@ struct StepRef {
     step: u64,
 }
 
-/// Steps seen per stage (from the lines' prefixes, before any step is parsed).
-#[derive(Debug, Clone, Default)]
-struct StageSteps {
-    names: Vec<String>,
-    counts: Vec<u64>,
-}
-
 /// What the timeline shows of one step.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepSummary {
@@ -184,12 +179,12 @@ pub struct TraceIndex {
     lines: Vec<LineRef>,
     steps: Vec<StepRef>,
     by_number: HashMap<u64, usize>,
-    per_stage: StageSteps,
     summaries: HashMap<usize, Arc<StepSummary>>,
     events: Vec<(u64, Event)>,
+    /// The small events applied in order, and the steps counted from their lines' prefixes.
+    replay: Replay,
     problems: Vec<Problem>,
     counts: Counts,
-    finished: bool,
 }
 
 impl TraceIndex {
@@ -206,12 +201,11 @@ impl TraceIndex {
             lines: Vec::new(),
             steps: Vec::new(),
             by_number: HashMap::new(),
-            per_stage: StageSteps::default(),
             summaries: HashMap::new(),
             events: Vec::new(),
+            replay: Replay::default(),
             problems: Vec::new(),
             counts: Counts::default(),
-            finished: false,
         }
     }
 
@@ -366,7 +360,7 @@ impl TraceIndex {
             Ok(h) => {
                 let kind = Kind::from_tag(&h.kind);
                 if let (Kind::Step, Some(stage), Some(_)) = (kind, &h.stage, h.step) {
-                    self.count_stage(stage);
+                    self.replay.step_seen(stage);
                 }
                 (h.seq, kind, h.step)
             }
@@ -379,9 +373,7 @@ impl TraceIndex {
         if kind.kept() {
             match serde_json::from_slice::<Envelope>(line) {
                 Ok(env) => {
-                    if matches!(env.event, Event::RunFinished { .. }) {
-                        self.finished = true;
-                    }
+                    self.replay.apply_at(env.ts, &env.event);
                     self.events.push((env.seq, env.event));
                 }
                 Err(e) => {
@@ -422,26 +414,6 @@ impl TraceIndex {
             seq,
             kind,
         });
-    }
-
-    fn count_stage(&mut self, stage: &str) {
-        match self.per_stage.names.iter().position(|n| n == stage) {
-            Some(i) => self.per_stage.counts[i] += 1,
-            None => {
-                self.per_stage.names.push(stage.to_string());
-                self.per_stage.counts.push(1);
-            }
-        }
-    }
-
-    /// Steps indexed per stage, in the order the stages first appear.
-    pub fn steps_per_stage(&self) -> Vec<(String, u64)> {
-        self.per_stage
-            .names
-            .iter()
-            .cloned()
-            .zip(self.per_stage.counts.iter().copied())
-            .collect()
     }
 
     /// Whether the file existed at the last refresh.
@@ -490,9 +462,15 @@ impl TraceIndex {
         self.counts
     }
 
+    /// The run's state from the small events and the steps' prefixes (steps are counted per stage,
+    /// not measured: they are parsed only when a page shows them).
+    pub(crate) fn replay(&self) -> &Replay {
+        &self.replay
+    }
+
     /// A `run_finished` event was indexed.
     pub fn finished(&self) -> bool {
-        self.finished
+        self.replay.finished().is_some()
     }
 
     fn read_line(&self, l: &LineRef) -> Result<Vec<u8>, Problem> {
@@ -603,7 +581,7 @@ impl TraceIndex {
         let ended = self.lines[pos + 1..]
             .iter()
             .any(|l| matches!(l.kind, Kind::Step | Kind::StageEnded | Kind::RunFinished));
-        if ended || self.finished {
+        if ended || self.finished() {
             return None;
         }
         let bytes = self.read_line(&self.lines[pos]).ok()?;

@@ -11,8 +11,9 @@ use super::index::{Counts, LineRef, Problem, StepSummary, PAGE_SIZE};
 use super::{lock, AppState, PageError};
 use crate::config::suite::Budgets;
 use crate::trace::history::{commit_diff, CommitDiff};
+use crate::trace::replay::{Phase, Replay, Rescue};
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
-use crate::trace::{EndReason, Event, StepRecord};
+use crate::trace::{EndReason, StepRecord};
 
 /// Bytes of one output stream shown on a step page (the rest is a link away).
 pub const SHOW_BYTES: u64 = 1 << 20;
@@ -161,15 +162,6 @@ pub struct Ladder {
     pub points: Vec<(String, f64)>,
 }
 
-/// A rescue as the run page lists it.
-#[derive(Debug, Clone)]
-pub struct RescueNote {
-    pub stage: String,
-    pub ok: bool,
-    pub files: Vec<String>,
-    pub detail: String,
-}
-
 /// Everything the run page shows.
 pub struct RunView {
     pub id: String,
@@ -187,7 +179,7 @@ pub struct RunView {
     pub total_steps: usize,
     pub steps: Vec<Result<Arc<StepSummary>, Problem>>,
     pub warnings: Vec<String>,
-    pub rescues: Vec<RescueNote>,
+    pub rescues: Vec<Rescue>,
     /// The integrity ledger: what the harness cleaned up or refused on the agent's side.
     pub integrity: Vec<crate::trace::IntegrityNote>,
     pub problems: Vec<Problem>,
@@ -247,53 +239,24 @@ pub fn run(
         Some(p) => g.page(p),
         None => Vec::new(),
     };
-    let events = g.events();
-    let mut stages = stage_rows(&meta, score.as_ref(), events, &g.steps_per_stage());
-    let finished = events.iter().rev().find_map(|(_, e)| match e {
-        Event::RunFinished {
-            level,
-            bootstrap_index,
-            assisted_level,
-            ..
-        } => Some((level.clone(), *bootstrap_index, assisted_level.clone())),
-        _ => None,
-    });
-    let (level, bootstrap_index, assisted_level) = match (&score, &finished) {
+    let replay = g.replay();
+    let stages = stage_rows(&meta, score.as_ref(), replay);
+    let (level, bootstrap_index, assisted_level) = match (&score, replay.finished()) {
         (Some(s), _) => (
             Some(s.level.clone()),
             Some(s.bootstrap_index),
             s.assisted_level.clone(),
         ),
-        (None, Some((l, b, a))) => (Some(l.clone()), Some(*b), a.clone()),
+        (None, Some(f)) => (
+            Some(f.level.clone()),
+            Some(f.bootstrap_index),
+            f.assisted_level.clone(),
+        ),
         (None, None) => (None, None, None),
     };
-    let mut warnings = Vec::new();
-    let mut rescues = Vec::new();
-    let mut integrity = Vec::new();
-    for (_, e) in events {
-        match e {
-            Event::Warning { message } => warnings.push(message.clone()),
-            Event::Integrity(n) => integrity.push(n.clone()),
-            Event::Rescue {
-                stage,
-                ok,
-                files,
-                detail,
-                ..
-            } => rescues.push(RescueNote {
-                stage: stage.clone(),
-                ok: *ok,
-                files: files.clone(),
-                detail: detail.clone(),
-            }),
-            _ => {}
-        }
-    }
-    for r in &rescues {
-        if let Some(s) = stages.iter_mut().find(|s| s.name == r.stage) {
-            s.rescued |= r.ok;
-        }
-    }
+    let warnings = replay.warnings().to_vec();
+    let integrity = replay.integrity().to_vec();
+    let rescues = replay.rescues().to_vec();
     let ladder = ladder(&stages);
     let samples = samples(&stages);
     let live = meta.status == RunStatus::Running && !g.finished();
@@ -328,13 +291,9 @@ pub fn run(
     })
 }
 
-/// The stages in the suite's order: score.json's summary when there is one, else the trace so far.
-fn stage_rows(
-    meta: &RunMeta,
-    score: Option<&RunScore>,
-    events: &[(u64, Event)],
-    steps_seen: &[(String, u64)],
-) -> Vec<StageRow> {
+/// The stages in the suite's order (then those only the trace names): score.json's summary when
+/// there is one, else the trace so far; a stage is rescued when either says so.
+fn stage_rows(meta: &RunMeta, score: Option<&RunScore>, replay: &Replay) -> Vec<StageRow> {
     let mut rows: Vec<StageRow> = meta
         .stages
         .iter()
@@ -356,42 +315,36 @@ fn stage_rows(
         });
         rows.last_mut().expect("just pushed")
     }
-    for (_, e) in events {
-        match e {
-            Event::StageStarted { stage, budgets, .. } => {
-                let r = row(&mut rows, stage);
-                r.status = "running".into();
-                r.budgets = Some(budgets.clone());
-            }
-            Event::StageEnded {
-                stage,
-                ended_by,
-                steps,
-                sandbox_seconds,
-                wall_seconds,
-            } => {
-                let r = row(&mut rows, stage);
-                r.status = "scoring".into();
-                r.ended_by = Some(*ended_by);
-                r.steps = Some(*steps);
-                r.sandbox_seconds = Some(*sandbox_seconds);
-                r.wall_seconds = Some(*wall_seconds);
-            }
-            Event::StageScored { stage, score } => {
-                let r = row(&mut rows, stage);
-                r.status = score.status.clone();
-                r.passed = Some(score.passed);
-                r.metrics = score.metrics.clone();
-                r.reason = score.reason.clone();
-                r.normalized = score.normalized;
-            }
+    for st in replay.stages() {
+        // A stage the trace names only in a rescue gets no row of its own.
+        if st.phase == Phase::NotStarted && st.steps.count == 0 && !meta.stages.contains(&st.name) {
+            continue;
+        }
+        let r = row(&mut rows, &st.name);
+        if let Some(s) = &st.started {
+            r.budgets = Some(s.budgets.clone());
+        }
+        match (st.phase, &st.score) {
+            (Phase::Running, _) => r.status = "running".into(),
+            (Phase::Ended, _) => r.status = "scoring".into(),
+            (Phase::Scored, Some(s)) => r.status = s.status.clone(),
             _ => {}
         }
-    }
-    for (stage, n) in steps_seen {
-        let r = row(&mut rows, stage);
-        if r.steps.is_none() && r.status == "running" {
-            r.steps = Some(*n);
+        if let Some(e) = st.ended {
+            r.ended_by = Some(e.by);
+            r.steps = Some(e.steps);
+            r.sandbox_seconds = Some(e.sandbox_seconds);
+            r.wall_seconds = Some(e.wall_seconds);
+        }
+        if let Some(s) = &st.score {
+            r.passed = Some(s.passed);
+            r.metrics = s.metrics.clone();
+            r.reason = s.reason.clone();
+            r.normalized = s.normalized;
+        }
+        // A stage under way: the steps indexed so far.
+        if r.steps.is_none() && r.status == "running" && st.steps.count > 0 {
+            r.steps = Some(st.steps.count);
         }
     }
     if let Some(score) = score {
@@ -410,6 +363,9 @@ fn stage_rows(
             r.tokens = s.tokens;
             r.cost_usd = s.cost_usd;
         }
+    }
+    for r in &mut rows {
+        r.rescued |= replay.stage(&r.name).is_some_and(|s| s.rescued);
     }
     rows
 }

@@ -6,6 +6,7 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
+use crate::trace::replay::Replay;
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore};
 use crate::trace::{self, Event};
 
@@ -56,55 +57,46 @@ pub fn check(dir: &RunDir) -> anyhow::Result<Audit> {
     }
     let events = trace::log::read_events(&dir.events())?;
     let repo = git2::Repository::open_bare(dir.git()).ok();
-    let mut scored = std::collections::BTreeMap::new();
-    let mut finished = None;
+    let mut replay = Replay::default();
     for env in &events {
-        match &env.event {
-            Event::Step(s) => {
-                for o in &s.outputs {
-                    a.outputs_checked += 1;
-                    let path = dir.output(&o.sha256);
-                    match sha256_file(&path) {
-                        Ok(h) if h == o.sha256 => {}
-                        Ok(h) => a.problems.push(format!(
-                            "step {}: outputs/{} hashes to {h}",
-                            s.step, o.sha256
-                        )),
-                        Err(e) => a
-                            .problems
-                            .push(format!("step {}: outputs/{}: {e}", s.step, o.sha256)),
-                    }
-                }
-                if let Some(c) = &s.commit {
-                    a.commits_checked += 1;
-                    let found = repo.as_ref().is_some_and(|r| {
-                        git2::Oid::from_str(c)
-                            .ok()
-                            .is_some_and(|id| r.find_commit(id).is_ok())
-                    });
-                    if !found {
-                        a.problems.push(format!(
-                            "step {}: commit {c} is not in workspace.git",
-                            s.step
-                        ));
-                    }
-                }
+        replay.apply(&env.event);
+        let Event::Step(s) = &env.event else {
+            continue;
+        };
+        for o in &s.outputs {
+            a.outputs_checked += 1;
+            let path = dir.output(&o.sha256);
+            match sha256_file(&path) {
+                Ok(h) if h == o.sha256 => {}
+                Ok(h) => a.problems.push(format!(
+                    "step {}: outputs/{} hashes to {h}",
+                    s.step, o.sha256
+                )),
+                Err(e) => a
+                    .problems
+                    .push(format!("step {}: outputs/{}: {e}", s.step, o.sha256)),
             }
-            Event::StageScored { stage, score } => {
-                scored.insert(stage.clone(), score.clone());
+        }
+        if let Some(c) = &s.commit {
+            a.commits_checked += 1;
+            let found = repo.as_ref().is_some_and(|r| {
+                git2::Oid::from_str(c)
+                    .ok()
+                    .is_some_and(|id| r.find_commit(id).is_ok())
+            });
+            if !found {
+                a.problems.push(format!(
+                    "step {}: commit {c} is not in workspace.git",
+                    s.step
+                ));
             }
-            Event::RunFinished {
-                level,
-                bootstrap_index,
-                ..
-            } => finished = Some((level.clone(), *bootstrap_index)),
-            _ => {}
         }
     }
     if dir.score_json().exists() {
         let score: RunScore = rundir::read_json(&dir.score_json())?;
+        let scored = |stage: &str| replay.stage(stage).and_then(|s| s.score.as_ref());
         for (stage, s) in &score.stages {
-            let Some(t) = scored.get(stage) else {
+            let Some(t) = scored(stage) else {
                 if s.status != "not scored" && s.status != "interrupted" && s.passed {
                     a.problems.push(format!(
                         "score.json: stage {stage} passed, but the trace has no stage_scored for it"
@@ -119,14 +111,22 @@ pub fn check(dir: &RunDir) -> anyhow::Result<Audit> {
                 ));
             }
         }
-        for stage in scored.keys() {
+        let mut traced: Vec<&str> = replay
+            .stages()
+            .iter()
+            .filter(|s| s.score.is_some())
+            .map(|s| s.name.as_str())
+            .collect();
+        traced.sort_unstable();
+        for stage in traced {
             if !score.stages.contains_key(stage) {
                 a.problems
                     .push(format!("score.json: stage {stage} of the trace is missing"));
             }
         }
-        if let Some((level, index)) = finished {
-            if level != score.level || (index - score.bootstrap_index).abs() > 1e-9 {
+        if let Some(f) = replay.finished() {
+            let (level, index) = (&f.level, f.bootstrap_index);
+            if *level != score.level || (index - score.bootstrap_index).abs() > 1e-9 {
                 a.problems.push(format!(
                     "score.json: level {} index {:.3}, the trace's run_finished level {level} index {index:.3}",
                     score.level, score.bootstrap_index

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod events;
 pub mod history;
 pub mod log;
+pub mod replay;
 pub mod rundir;
 
 pub use events::{
