@@ -50,6 +50,7 @@ pub enum Kind {
     ModelCall,
     AgentLog,
     Rescue,
+    Integrity,
     RunFinished,
     /// A type this viewer does not know.
     Other,
@@ -70,6 +71,7 @@ impl Kind {
             "model_call" => Self::ModelCall,
             "agent_log" => Self::AgentLog,
             "rescue" => Self::Rescue,
+            "integrity" => Self::Integrity,
             "run_finished" => Self::RunFinished,
             _ => Self::Other,
         }
@@ -85,6 +87,7 @@ impl Kind {
                 | Self::StageScored
                 | Self::Warning
                 | Self::Rescue
+                | Self::Integrity
                 | Self::RunFinished
         )
     }
@@ -1002,6 +1005,27 @@ mod tests {
         idx.refresh().unwrap();
         assert_eq!(idx.step_count(), 1);
         assert_eq!(idx.number_at(0), Some(9));
+    }
+
+    #[test]
+    fn integrity_notes_reach_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut log = EventLog::create(&path).unwrap();
+        log.append(&step(1, "x")).unwrap();
+        log.append(&Event::Integrity(crate::trace::IntegrityNote {
+            stage: Some("crawl".into()),
+            kind: "processes_killed".into(),
+            count: 2,
+            detail: "2 processes outlived the stage".into(),
+        }))
+        .unwrap();
+        let mut idx = TraceIndex::new(&path);
+        idx.refresh().unwrap();
+        let notes = idx.replay().integrity();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].kind, "processes_killed");
+        assert_eq!(notes[0].count, 2);
     }
 
     #[test]

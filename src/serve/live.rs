@@ -268,6 +268,7 @@ impl Tail {
                 | Kind::StageEnded
                 | Kind::StageScored
                 | Kind::Rescue
+                | Kind::Integrity
                 | Kind::Warning
                 | Kind::RunFinished => "event",
                 // Counted, not shown live.
