@@ -35,7 +35,7 @@ struct Stderr {
 }
 
 /// A running external agent.
-pub struct ExecAgent {
+pub(crate) struct ExecAgent {
     command: String,
     /// The agent's HOME, removed with it.
     _home: tempfile::TempDir,
@@ -53,7 +53,7 @@ pub struct ExecAgent {
 }
 
 /// The uid and gid an `exec:` agent runs as when gptx runs as root: `nobody`.
-pub const AGENT_UID: u32 = 65534;
+pub(crate) const AGENT_UID: u32 = 65534;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A fresh HOME for the agent, its own when it runs as [`AGENT_UID`].
@@ -248,7 +248,7 @@ impl Drop for ExecAgent {
 }
 
 /// What one line from the agent says (pure: unit-tested).
-pub fn parse_line(line: &[u8]) -> (Option<Value>, Result<RawCall, String>) {
+pub(crate) fn parse_line(line: &[u8]) -> (Option<Value>, Result<RawCall, String>) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim();
     if line.len() > MAX_LINE {

@@ -18,7 +18,7 @@ use crate::agent::tools::{RawCall, ToolError};
 use crate::agent::{Agent, AgentError, StageTask, Turn, Verdict};
 
 /// The MCP revision this server speaks when the client asks for one it does not know.
-pub const PROTOCOL_VERSION: &str = "2025-03-26";
+pub(crate) const PROTOCOL_VERSION: &str = "2025-03-26";
 const KNOWN_VERSIONS: [&str; 3] = ["2024-11-05", "2025-03-26", "2025-06-18"];
 /// How long `initialize` waits for the run to reach its first stage (image, world, sandbox).
 const FIRST_STAGE_WAIT: Duration = Duration::from_secs(600);
@@ -176,7 +176,7 @@ pub fn client_warning(
 /// Connections MCP over HTTP serves at once; more are answered 503 and closed.
 pub const HTTP_CONNECTIONS: usize = 16;
 /// How long an MCP HTTP connection may stay silent (between requests, or within one).
-pub const HTTP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const HTTP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A fresh token for MCP over HTTP: 128 random bits in hex.
 pub fn new_token() -> String {
@@ -225,7 +225,7 @@ impl McpServer {
     }
 
     /// The answer to one request (None for a notification).
-    pub async fn handle(&mut self, msg: &Value) -> Option<Value> {
+    pub(crate) async fn handle(&mut self, msg: &Value) -> Option<Value> {
         let id = msg.get("id").cloned();
         let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
         let Some(id) = id else {

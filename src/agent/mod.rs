@@ -256,7 +256,7 @@ fn replay(calls: &mut VecDeque<RawCall>) -> Turn {
 }
 
 /// Submits every stage at once: the floor.
-pub struct NullAgent;
+pub(crate) struct NullAgent;
 
 #[async_trait]
 impl Agent for NullAgent {
@@ -345,7 +345,7 @@ impl Agent for ScriptAgent {
 /// those files into the workspace under `<stage>/reference/`, runs `sh <stage>/reference/run.sh`
 /// through `bash` (with `GPTX_TIME_LIMIT` set to the step's time limit minus a margin), calls
 /// `check`, and submits. A stage without a reference solution is submitted at once.
-pub struct ReferenceAgent {
+pub(crate) struct ReferenceAgent {
     tasks: PathBuf,
     current: VecDeque<RawCall>,
     /// Play only these stages' solutions (None: all).

@@ -59,7 +59,7 @@ pub enum ToolCall {
 }
 
 /// Names of the tools, in the order agents see them.
-pub const TOOL_NAMES: [&str; 5] = ["bash", "read_file", "write_file", "check", "submit"];
+pub(crate) const TOOL_NAMES: [&str; 5] = ["bash", "read_file", "write_file", "check", "submit"];
 
 /// A tool error as the agent receives it: `{code, message}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]

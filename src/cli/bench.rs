@@ -86,7 +86,7 @@ impl Agent for BenchAgent {
 }
 
 /// Median and 90th percentile.
-pub fn median_p90(v: &[f64]) -> (f64, f64) {
+pub(crate) fn median_p90(v: &[f64]) -> (f64, f64) {
     if v.is_empty() {
         return (f64::NAN, f64::NAN);
     }

@@ -22,13 +22,13 @@ pub mod exit {
     /// An error, or a run that failed (the harness could not carry it out).
     pub const FAILED: i32 = 1;
     /// Bad command-line usage.
-    pub const USAGE: i32 = 2;
+    pub(crate) const USAGE: i32 = 2;
     /// The environment is not ready: no Docker engine, an image cannot be built (not root, no debootstrap).
-    pub const ENVIRONMENT: i32 = 3;
+    pub(crate) const ENVIRONMENT: i32 = 3;
     /// `verify`: the trace does not verify.
-    pub const TAMPERED: i32 = 4;
+    pub(crate) const TAMPERED: i32 = 4;
     /// The run was interrupted (Ctrl-C / SIGTERM); it was cleaned up.
-    pub const INTERRUPTED: i32 = 130;
+    pub(crate) const INTERRUPTED: i32 = 130;
 }
 
 const AFTER_HELP: &str = "\
@@ -38,7 +38,7 @@ Exit codes: 0 ok (a run finished) · 1 error or failed run · 2 usage · 3 envir
 /// gptx: how far can an AI agent get at building a language model by itself?
 #[derive(Debug, Parser)]
 #[command(name = "gptx", version, about, after_help = AFTER_HELP)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// More log output (repeat for more).
@@ -170,7 +170,7 @@ pub struct RunArgs {
 pub struct Seeds(pub Vec<u64>);
 
 /// Parses `--seeds`: `1-5`, `1,2,7`, or a mix (`1-3,9`).
-pub fn parse_seeds(text: &str) -> Result<Seeds, String> {
+pub(crate) fn parse_seeds(text: &str) -> Result<Seeds, String> {
     let mut out: Vec<u64> = Vec::new();
     for part in text.split(',').map(str::trim) {
         if part.is_empty() {
@@ -257,7 +257,7 @@ pub enum ColorChoice {
 
 impl ColorChoice {
     /// Whether to colour stdout.
-    pub fn enabled(self) -> bool {
+    pub(crate) fn enabled(self) -> bool {
         use std::io::IsTerminal;
         match self {
             Self::Always => true,

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::config::suite::Home;
 
 /// Bumped when the way images are assembled changes, so old tags are not reused.
-pub const BUILDER_VERSION: u32 = 1;
+pub(crate) const BUILDER_VERSION: u32 = 1;
 
 /// Why a recipe could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -10,13 +10,13 @@ use bollard::query_parameters::{
 use bollard::Docker;
 
 /// Label naming the run a resource belongs to.
-pub const LABEL_RUN: &str = "gptx.run";
+pub(crate) const LABEL_RUN: &str = "gptx.run";
 /// Label naming the resource's role: agent, scorer, web, build, bench.
-pub const LABEL_ROLE: &str = "gptx.role";
+pub(crate) const LABEL_ROLE: &str = "gptx.role";
 /// Label with the pid of the gptx process that owns the resource.
 pub const LABEL_OWNER_PID: &str = "gptx.owner_pid";
 /// Label with that process's start time (clock ticks since boot), so a reused pid is not mistaken for it.
-pub const LABEL_OWNER_START: &str = "gptx.owner_start";
+pub(crate) const LABEL_OWNER_START: &str = "gptx.owner_start";
 
 /// Why the engine could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub async fn connect() -> Result<Docker, EngineError> {
 /// The upstream resolver every sandbox on a world network is given: TEST-NET-1 (RFC 5737), routed
 /// nowhere. World host names come from host entries, so no sandbox needs DNS; and Docker's embedded
 /// resolver, which forwards what it cannot answer to the container's upstream, forwards into a void.
-pub const BLACKHOLE_DNS: &str = "192.0.2.53";
+pub(crate) const BLACKHOLE_DNS: &str = "192.0.2.53";
 
 /// Whether an engine version predates the fix for CVE-2024-29018 (the embedded DNS of internal
 /// networks forwarding queries out): before 23.0.11, 24.0.9, 25.0.4 and 26.0.0.
@@ -65,7 +65,7 @@ pub fn lacks_dns_fix(version: &str) -> bool {
 }
 
 /// A warning when the engine lacks the CVE-2024-29018 fix, naming the mitigation in force.
-pub async fn dns_warning(docker: &Docker) -> Option<String> {
+pub(crate) async fn dns_warning(docker: &Docker) -> Option<String> {
     let version = docker.version().await.ok()?.version?;
     lacks_dns_fix(&version).then(|| {
         format!(
@@ -89,14 +89,14 @@ pub fn labels(run: &str, role: &str) -> HashMap<String, String> {
 }
 
 /// A process's start time from /proc, as a string; None when it is gone.
-pub fn process_start(pid: u32) -> Option<String> {
+pub(crate) fn process_start(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split_whitespace().nth(19).map(str::to_string)
 }
 
 /// Is the owner recorded in these labels still alive?
-pub fn owner_alive(labels: &HashMap<String, String>) -> bool {
+pub(crate) fn owner_alive(labels: &HashMap<String, String>) -> bool {
     let Some(pid) = labels
         .get(LABEL_OWNER_PID)
         .and_then(|p| p.parse::<u32>().ok())
@@ -224,7 +224,7 @@ pub async fn gc(docker: &Docker, all: bool) -> Result<(Removed, Vec<String>), En
 }
 
 /// Is this a 404 from the engine?
-pub fn is_not_found(e: &bollard::errors::Error) -> bool {
+pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
         bollard::errors::Error::DockerResponseServerError {
@@ -279,7 +279,10 @@ pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), bollard::
 }
 
 /// Removes a volume; one already gone is not an error.
-pub async fn remove_volume(docker: &Docker, name: &str) -> Result<(), bollard::errors::Error> {
+pub(crate) async fn remove_volume(
+    docker: &Docker,
+    name: &str,
+) -> Result<(), bollard::errors::Error> {
     match docker
         .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
         .await

@@ -47,14 +47,14 @@ impl DockerPrograms {
     }
 
     /// The size of each scoring sandbox's `/tmp` (its root filesystem is read-only).
-    pub fn with_tmp_mb(mut self, mb: u64) -> Self {
+    pub(crate) fn with_tmp_mb(mut self, mb: u64) -> Self {
         self.tmp_mb = mb;
         self
     }
 }
 
 /// `/tmp` of a scoring sandbox unless the suite says otherwise.
-pub const DEFAULT_TMP_MB: u64 = 256;
+pub(crate) const DEFAULT_TMP_MB: u64 = 256;
 
 #[async_trait]
 impl Programs for DockerPrograms {

@@ -22,7 +22,7 @@ use crate::world::World;
 const TAIL: usize = 4096;
 
 /// Rebuilds in containers labelled with the run id (role `agent`, instance `selfhost`).
-pub struct DockerRebuilder {
+pub(crate) struct DockerRebuilder {
     pub docker: Docker,
     pub run_id: String,
     pub image: String,

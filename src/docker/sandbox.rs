@@ -77,8 +77,8 @@ const MAX_LINE: usize = 1 << 20;
 const GRACE: Duration = Duration::from_secs(10);
 
 /// The sandbox user inside every gptx image.
-pub const SANDBOX_UID: u32 = 1000;
-pub const SANDBOX_GID: u32 = 1000;
+pub(crate) const SANDBOX_UID: u32 = 1000;
+pub(crate) const SANDBOX_GID: u32 = 1000;
 
 /// How to make a sandbox (SPEC §5 profile).
 #[derive(Debug, Clone)]

@@ -214,7 +214,7 @@ impl WebServer {
 
     /// `name:ip` host entries for the world's sites, so sandboxes resolve them without DNS (empty
     /// when the address is not known: names then resolve through Docker's DNS as before).
-    pub fn host_entries(&self) -> Vec<String> {
+    pub(crate) fn host_entries(&self) -> Vec<String> {
         match &self.ip {
             Some(ip) => self.hosts.iter().map(|h| format!("{h}:{ip}")).collect(),
             None => vec![],

@@ -268,7 +268,7 @@ pub fn stage_scores(
 
 /// One agent on the index-against-cost chart.
 #[derive(Debug, Clone)]
-pub struct CostPoint {
+pub(crate) struct CostPoint {
     pub label: String,
     /// Cost on the x axis (dollars, or CPU-seconds).
     pub cost: f64,
@@ -279,7 +279,7 @@ pub struct CostPoint {
 }
 
 /// Bootstrap Index (mean, with its confidence interval) against cost (`x_desc` names the unit).
-pub fn index_vs_cost(title: &str, x_desc: &str, points: &[CostPoint]) -> String {
+pub(crate) fn index_vs_cost(title: &str, x_desc: &str, points: &[CostPoint]) -> String {
     let points: Vec<&CostPoint> = points
         .iter()
         .filter(|p| finite(p.cost) && finite(p.index))

@@ -208,12 +208,12 @@ fn headline(stage: &str, metrics: &Map<String, Value>) -> String {
 /// (control characters other than tab, newline and carriage return; U+FFFE, U+FFFF) are written
 /// as a visible `\u{…}` so the document stays well-formed; tab and line breaks are kept as
 /// character references so attribute values keep them too.
-pub fn xml_escape(text: &str) -> String {
+pub(crate) fn xml_escape(text: &str) -> String {
     escape(text, true)
 }
 
 /// Escapes text for XML element content: like [`xml_escape`], but tabs and newlines stay as they are.
-pub fn xml_text(text: &str) -> String {
+pub(crate) fn xml_text(text: &str) -> String {
     escape(text, false)
 }
 

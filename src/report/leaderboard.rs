@@ -145,7 +145,7 @@ impl Board {
 }
 
 /// `L4` → 4; anything else → 0.
-pub fn level_number(level: &str) -> usize {
+pub(crate) fn level_number(level: &str) -> usize {
     level
         .trim_start_matches('L')
         .trim_end_matches('*')
@@ -155,7 +155,7 @@ pub fn level_number(level: &str) -> usize {
 }
 
 /// Mean of `xs` (0 for none).
-pub fn mean(xs: &[f64]) -> f64 {
+pub(crate) fn mean(xs: &[f64]) -> f64 {
     if xs.is_empty() {
         0.0
     } else {
@@ -164,7 +164,7 @@ pub fn mean(xs: &[f64]) -> f64 {
 }
 
 /// Median of `xs` (None for none).
-pub fn median(xs: &[f64]) -> Option<f64> {
+pub(crate) fn median(xs: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return None;
@@ -180,7 +180,7 @@ pub fn median(xs: &[f64]) -> Option<f64> {
 
 /// 95% percentile-bootstrap interval of the mean of `xs`: `resamples` resamples with replacement,
 /// the 2.5th and 97.5th percentiles of their means. None for fewer than two values.
-pub fn bootstrap_ci95(xs: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64)> {
+pub(crate) fn bootstrap_ci95(xs: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64)> {
     if xs.len() < 2 || resamples == 0 {
         return None;
     }
@@ -339,7 +339,7 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
 }
 
 /// A run as read from its directory: `run.json`, and `score.json` when there is one.
-pub type ReadRun = (RunMeta, Option<RunScore>);
+pub(crate) type ReadRun = (RunMeta, Option<RunScore>);
 
 /// Ranks runs already read (pure: the unit of the tests).
 pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
@@ -797,7 +797,7 @@ pub fn markdown(boards: &[Board]) -> String {
 }
 
 /// Escapes text for HTML.
-pub fn html_escape(text: &str) -> String {
+pub(crate) fn html_escape(text: &str) -> String {
     let mut s = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -950,7 +950,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
 }
 
 /// The leaderboard as one self-contained HTML document (styles and charts inline; run ids as text).
-pub fn html_page(boards: &[Board]) -> String {
+pub(crate) fn html_page(boards: &[Board]) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>gptx leaderboard</title><style>{STYLE}</style></head><body><h1>gptx leaderboard</h1>{}</body></html>\n",
         html_body(boards, false)

@@ -232,14 +232,9 @@ fn step_line(out: &mut String, s: &StepRecord, st: Style) {
     }
 }
 
-/// Renders a run's trace for the terminal without colours (see [`render_events`]).
-pub fn render(meta: &RunMeta, events: &[trace::log::Envelope], verified: &str) -> String {
-    render_events(meta, events, verified, false)
-}
-
 /// Renders a run's trace step by step: a header, per stage its budgets, one line per step, what
 /// failed, and each stage's grade; then totals.
-pub fn render_events(
+pub(crate) fn render_events(
     meta: &RunMeta,
     events: &[trace::log::Envelope],
     verified: &str,
@@ -565,7 +560,7 @@ pub fn render_run(dir: &RunDir, color: bool) -> anyhow::Result<String> {
 }
 
 /// The record of step `step` (1-based over the run), with an error naming the run's step count.
-pub fn find_step(dir: &RunDir, step: u64) -> anyhow::Result<StepRecord> {
+pub(crate) fn find_step(dir: &RunDir, step: u64) -> anyhow::Result<StepRecord> {
     let meta: RunMeta = rundir::read_json(&dir.run_json())?;
     let events = trace::log::read_events(&dir.events())?;
     let mut count = 0u64;

@@ -7,7 +7,7 @@
 //! plain colour sequences (`ESC [ digits ; m`) that gptx's own styling writes.
 
 /// `text` with control characters escaped; `keep_sgr` keeps colour sequences (SGR) as they are.
-pub fn terminal_safe(text: &str, keep_sgr: bool) -> String {
+pub(crate) fn terminal_safe(text: &str, keep_sgr: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {

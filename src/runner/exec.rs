@@ -4,9 +4,9 @@ use super::*;
 
 use crate::trace::{FULL_OUTPUT, INLINE_OUTPUT};
 /// Most bytes `read_file` returns.
-pub const READ_LIMIT: u64 = 1024 * 1024;
+pub(crate) const READ_LIMIT: u64 = 1024 * 1024;
 /// `write_file` contents larger than this are kept in `outputs/` and referenced from the event.
-pub const INLINE_ARG: usize = 64 * 1024;
+pub(crate) const INLINE_ARG: usize = 64 * 1024;
 
 /// Captures one output stream: everything up to [`FULL_OUTPUT`], plus a running tail.
 #[derive(Default)]

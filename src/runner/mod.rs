@@ -9,8 +9,6 @@
 mod exec;
 mod rescue;
 
-pub use exec::{INLINE_ARG, READ_LIMIT};
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -191,11 +189,11 @@ fn graded_copy(
 }
 
 /// Makes [`crate::sandbox::programs::Programs`] for a copy of the workspace at a path.
-pub type GradedPrograms =
+pub(crate) type GradedPrograms =
     Arc<dyn Fn(&std::path::Path) -> Arc<dyn crate::sandbox::programs::Programs> + Send + Sync>;
 
 /// Bytes of an external agent's stderr one run records; the rest is counted, not kept.
-pub const AGENT_LOG_CAP: u64 = 16 << 20;
+pub(crate) const AGENT_LOG_CAP: u64 = 16 << 20;
 
 impl Runner {
     #[allow(clippy::too_many_arguments)]

@@ -305,19 +305,6 @@ impl WorkspaceRoot {
         Ok(data.len() as u64)
     }
 
-    /// Sets the executable bits of a file in the workspace.
-    pub fn make_executable(&self, p: &WorkspacePath) -> Result<(), PathError> {
-        let fd = rustix::fs::openat2(
-            &self.dir,
-            p.rel(),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            beneath(),
-        )
-        .map_err(|e| p.io(e.into()))?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755)).map_err(|e| p.io(e.into()))
-    }
-
     fn chown_beneath(&self, rel: &Path, p: &WorkspacePath) -> Result<(), PathError> {
         if let Some((uid, gid)) = self.owner {
             let fd = rustix::fs::openat2(

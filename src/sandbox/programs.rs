@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use crate::sandbox::{ExecOutcome, ExecRequest, OutStream, Sandbox, SandboxError};
 
 /// Most stdout a scored program may print; beyond it the output is cut and the call reported as such.
-pub const MAX_STDOUT: usize = 512 * 1024 * 1024;
+pub(crate) const MAX_STDOUT: usize = 512 * 1024 * 1024;
 /// Bytes of stderr kept (the tail) for error messages.
-pub const STDERR_TAIL: usize = 4096;
+pub(crate) const STDERR_TAIL: usize = 4096;
 
 /// One call of an agent's program.
 #[derive(Debug, Clone)]

@@ -173,7 +173,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), QuotaError> {
 }
 
 /// Unmounts `path` (lazily when busy, so a leftover open file cannot keep it).
-pub fn unmount(path: &Path) -> Result<(), QuotaError> {
+pub(crate) fn unmount(path: &Path) -> Result<(), QuotaError> {
     match run("unmounting", path, Command::new("umount").arg(path)) {
         Ok(()) => Ok(()),
         Err(_) => run(

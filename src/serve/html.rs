@@ -61,7 +61,7 @@ pub fn page(title: &str, nav: Nav, body: &str) -> String {
 }
 
 /// `status` as a coloured pill.
-pub fn status_pill(status: &str) -> String {
+pub(crate) fn status_pill(status: &str) -> String {
     let class = match status {
         "done" | "scored" | "passed" | "ok" => "good",
         "failed" | "rejected" | "error" | "interrupted" => "bad",

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::trace::log::Envelope;
 use crate::trace::replay::Replay;
-use crate::trace::{Event, OutputRef, StepRecord, StepUsage};
+use crate::trace::{Event, StepRecord, StepUsage};
 
 /// Steps per page of the run page's timeline.
-pub const PAGE_SIZE: usize = 100;
+pub(crate) const PAGE_SIZE: usize = 100;
 /// Bytes read per `pread` while scanning.
 const CHUNK: usize = 1 << 20;
 /// A line longer than this is reported as damaged instead of being held in memory.
@@ -39,7 +39,7 @@ const SHORT: usize = 240;
 /// The `type` of a trace line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     RunStarted,
     StageStarted,
     StepStarted,
@@ -95,7 +95,7 @@ impl Kind {
 
 /// One line of the trace.
 #[derive(Debug, Clone, Copy)]
-pub struct LineRef {
+pub(crate) struct LineRef {
     pub offset: u64,
     pub len: u32,
     /// 1-based line number in the file (blank lines count).
@@ -107,7 +107,7 @@ pub struct LineRef {
 
 /// A step that has started and not ended yet: a live run's command still running.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     pub seq: u64,
     pub step: u64,
     pub stage: String,
@@ -119,7 +119,7 @@ pub struct InFlight {
 
 /// A line that is not a trace event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub line_no: u64,
     pub message: String,
 }
@@ -134,7 +134,7 @@ struct StepRef {
 
 /// What the timeline shows of one step.
 #[derive(Debug, Clone, Serialize)]
-pub struct StepSummary {
+pub(crate) struct StepSummary {
     pub seq: u64,
     pub line_no: u64,
     pub step: u64,
@@ -160,14 +160,14 @@ pub struct StepSummary {
 
 /// Counts of the events that are indexed but not kept.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Counts {
+pub(crate) struct Counts {
     pub model_calls: u64,
     pub agent_logs: u64,
     pub step_started: u64,
 }
 
 /// The index of one `events.jsonl`.
-pub struct TraceIndex {
+pub(crate) struct TraceIndex {
     path: PathBuf,
     file: Option<File>,
     /// Device and inode of the open file, to notice a replaced file.
@@ -221,7 +221,7 @@ impl TraceIndex {
     }
 
     /// Brings the index up to the file's current end; errors name the file.
-    pub fn refresh(&mut self) -> Result<(), String> {
+    pub(crate) fn refresh(&mut self) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
@@ -430,16 +430,17 @@ impl TraceIndex {
     }
 
     /// Bytes of a last line still being written.
-    pub fn pending_bytes(&self) -> u64 {
+    pub(crate) fn pending_bytes(&self) -> u64 {
         self.pending
     }
 
+    #[cfg(test)]
     pub fn lines(&self) -> &[LineRef] {
         &self.lines
     }
 
     /// The `seq` of the last complete line.
-    pub fn last_seq(&self) -> Option<u64> {
+    pub(crate) fn last_seq(&self) -> Option<u64> {
         self.lines.last().map(|l| l.seq)
     }
 
@@ -451,6 +452,7 @@ impl TraceIndex {
         self.steps.len().div_ceil(PAGE_SIZE).max(1)
     }
 
+    #[cfg(test)]
     /// The small events in order, with their `seq`.
     pub fn events(&self) -> &[(u64, Event)] {
         &self.events
@@ -498,7 +500,7 @@ impl TraceIndex {
     }
 
     /// The summary of the step at position `i` (file order), parsed on first use.
-    pub fn summary_at(&mut self, i: usize) -> Result<Arc<StepSummary>, Problem> {
+    pub(crate) fn summary_at(&mut self, i: usize) -> Result<Arc<StepSummary>, Problem> {
         if let Some(s) = self.summaries.get(&i) {
             return Ok(s.clone());
         }
@@ -534,12 +536,12 @@ impl TraceIndex {
     }
 
     /// The step number at a position.
-    pub fn number_at(&self, i: usize) -> Option<u64> {
+    pub(crate) fn number_at(&self, i: usize) -> Option<u64> {
         self.steps.get(i).map(|s| s.step)
     }
 
     /// The whole step record at position `i`, with its line's `seq` and line number.
-    pub fn record_at(&mut self, i: usize) -> Result<(LineRef, StepRecord), Problem> {
+    pub(crate) fn record_at(&mut self, i: usize) -> Result<(LineRef, StepRecord), Problem> {
         let r = self.steps[i];
         let l = self.lines[r.line];
         let bytes = self.read_line(&l)?;
@@ -564,7 +566,7 @@ impl TraceIndex {
     }
 
     /// Positions of the steps written after `seq` (all of them for None).
-    pub fn steps_after(&self, seq: Option<u64>) -> std::ops::Range<usize> {
+    pub(crate) fn steps_after(&self, seq: Option<u64>) -> std::ops::Range<usize> {
         let Some(seq) = seq else {
             return 0..self.steps.len();
         };
@@ -619,7 +621,7 @@ impl TraceIndex {
     }
 
     /// The lines written after `seq`.
-    pub fn lines_after(&self, seq: Option<u64>) -> &[LineRef] {
+    pub(crate) fn lines_after(&self, seq: Option<u64>) -> &[LineRef] {
         match seq {
             None => &self.lines,
             Some(seq) => &self.lines[self.lines.partition_point(|l| l.seq <= seq)..],
@@ -873,7 +875,7 @@ struct StepLite<'a> {
 }
 
 /// One line of a command or argument for the timeline.
-pub fn first_line(s: &str) -> String {
+pub(crate) fn first_line(s: &str) -> String {
     let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let more = s.lines().filter(|l| !l.trim().is_empty()).count() > 1;
     let mut out = shorten(line.trim());
@@ -925,11 +927,6 @@ fn parse_summary(bytes: &[u8], l: &LineRef) -> Result<StepSummary, Problem> {
         oom_killed: usage.is_some_and(|u| u.oom_killed) || s.result.flag("oom_killed"),
         commit: s.commit,
     })
-}
-
-/// Where a stream's full output is, if it was cut from the event.
-pub fn output_ref<'a>(outputs: &'a [OutputRef], stream: &str) -> Option<&'a OutputRef> {
-    outputs.iter().find(|o| o.stream == stream)
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub struct Item {
 
 /// What arrived after a `seq`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub items: Vec<Item>,
     /// The `seq` to ask from next time.
     pub last_seq: Option<u64>,
@@ -61,7 +61,7 @@ pub struct Batch {
 
 /// The step still running, as the client sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct InFlightRow {
+pub(crate) struct InFlightRow {
     pub step: u64,
     pub html: String,
 }

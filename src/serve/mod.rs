@@ -119,7 +119,7 @@ struct Ctx {
 
 /// An error as a page (or JSON under `/api/`) with its HTTP status.
 #[derive(Debug)]
-pub struct PageError {
+pub(crate) struct PageError {
     pub status: StatusCode,
     pub title: String,
     pub detail: String,
@@ -179,7 +179,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' '
 /// Whether a request's `Host` may be served: the loopback names, the address the server is bound to,
 /// and the `--allow-host` names, each with the server's port. Anything else is a DNS-rebinding page
 /// in someone's browser pretending to be a site of its own.
-pub fn host_allowed(host: &str, bound: std::net::SocketAddr, extra: &[String]) -> bool {
+pub(crate) fn host_allowed(host: &str, bound: std::net::SocketAddr, extra: &[String]) -> bool {
     let port = bound.port();
     let (name, p) = match host.rsplit_once(':') {
         Some((n, p)) if !n.ends_with(']') || n.starts_with('[') => (n, p.parse::<u16>().ok()),

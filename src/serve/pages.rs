@@ -11,7 +11,7 @@ use super::view::{OutputView, RunList, RunView, StageRow, StepView};
 use super::PageError;
 use crate::config::suite::Budgets;
 
-pub fn error_page(e: &PageError) -> String {
+pub(crate) fn error_page(e: &PageError) -> String {
     let body = format!(
         "<section class=\"card error-card\"><p class=\"code\">{} {}</p><h1>{}</h1><p class=\"detail\">{}</p>\
 <p><a href=\"/\">All runs</a></p></section>",
@@ -61,7 +61,7 @@ fn index_cell(bi: Option<f64>) -> String {
     }
 }
 
-pub fn runs_page(list: &RunList) -> String {
+pub(crate) fn runs_page(list: &RunList) -> String {
     let mut b = String::new();
     let live = list.rows.iter().any(|r| r.status == "running");
     let _ = write!(
@@ -453,7 +453,7 @@ fn problems_section(v: &RunView) -> String {
 
 /// One row of the step timeline; `scale_ms` is the duration drawn as a full bar.
 /// The timeline row of the step still running in a live run (replaced by its row when it ends).
-pub fn inflight_row(f: &crate::serve::index::InFlight) -> String {
+pub(crate) fn inflight_row(f: &crate::serve::index::InFlight) -> String {
     format!(
         "<tr class=\"step inflight\" id=\"inflight\" data-step=\"{n}\"><td class=\"num\">{n}</td>\
 <td><span class=\"stage-tag\">{stage}</span></td><td class=\"tool\">{tool}</td>\
@@ -468,7 +468,7 @@ pub fn inflight_row(f: &crate::serve::index::InFlight) -> String {
     )
 }
 
-pub fn step_row(id: &str, s: &StepSummary, scale_ms: f64) -> String {
+pub(crate) fn step_row(id: &str, s: &StepSummary, scale_ms: f64) -> String {
     let href = format!("/runs/{}/steps/{}", url(id), s.step);
     let result = if s.timed_out {
         "<span class=\"pill bad\">timed out</span>".to_string()

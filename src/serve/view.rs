@@ -16,13 +16,13 @@ use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
 use crate::trace::{EndReason, StepRecord};
 
 /// Bytes of one output stream shown on a step page (the rest is a link away).
-pub const SHOW_BYTES: u64 = 1 << 20;
+pub(crate) const SHOW_BYTES: u64 = 1 << 20;
 /// Bytes of patch text shown on a step page.
 pub const DIFF_BYTES: usize = 1 << 20;
 
 /// `?suite=&agent=&status=` on the runs page.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub suite: Option<String>,
     pub agent: Option<String>,
     pub status: Option<String>,
@@ -41,7 +41,7 @@ impl Filter {
 
 /// One line of the runs page.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunRow {
+pub(crate) struct RunRow {
     pub run_id: String,
     pub status: String,
     pub suite: String,
@@ -56,7 +56,7 @@ pub struct RunRow {
 }
 
 /// The runs page: the rows that pass the filter, newest first, and the values to filter on.
-pub struct RunList {
+pub(crate) struct RunList {
     pub rows: Vec<RunRow>,
     pub total: usize,
     pub problems: Vec<String>,
@@ -137,7 +137,7 @@ fn read_score(dir: &RunDir) -> Result<Option<RunScore>, String> {
 
 /// One stage as the run page shows it.
 #[derive(Debug, Clone, Default)]
-pub struct StageRow {
+pub(crate) struct StageRow {
     pub name: String,
     /// scored, failed, ..., or `running` / `ended` / `not run` before a score exists.
     pub status: String,
@@ -157,13 +157,13 @@ pub struct StageRow {
 
 /// The bpb ladder: the world's baselines and the run's verified numbers.
 #[derive(Debug, Clone)]
-pub struct Ladder {
+pub(crate) struct Ladder {
     pub baselines: Vec<(String, f64)>,
     pub points: Vec<(String, f64)>,
 }
 
 /// Everything the run page shows.
-pub struct RunView {
+pub(crate) struct RunView {
     pub id: String,
     pub meta: RunMeta,
     /// Files that could not be read (score.json), named.
@@ -433,13 +433,13 @@ fn samples(stages: &[StageRow]) -> Vec<(String, String)> {
 }
 
 /// 64 lowercase or uppercase hex digits.
-pub fn is_sha256(s: &str) -> bool {
+pub(crate) fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// One output stream on the step page.
 #[derive(Debug, Clone)]
-pub struct OutputView {
+pub(crate) struct OutputView {
     pub stream: String,
     pub text: String,
     /// Bytes shown of `total`.
@@ -451,7 +451,7 @@ pub struct OutputView {
 }
 
 /// Everything the step page shows.
-pub struct StepView {
+pub(crate) struct StepView {
     pub id: String,
     pub meta: RunMeta,
     pub line: LineRef,

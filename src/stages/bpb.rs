@@ -25,13 +25,13 @@ use serde::{Deserialize, Serialize};
 use crate::sandbox::programs::{ProgramCall, ProgramRun, Programs};
 
 /// Tolerance of the `next` checks (sum and agreement with `score`).
-pub const NEXT_TOLERANCE: f64 = 1e-3;
+pub(crate) const NEXT_TOLERANCE: f64 = 1e-3;
 /// Tolerance of the determinism check.
-pub const REPEAT_TOLERANCE: f64 = 1e-6;
+pub(crate) const REPEAT_TOLERANCE: f64 = 1e-6;
 /// A logprob above this is a probability above 1.
 const MAX_LOGPROB: f64 = 1e-6;
 /// Documents scored a second time for the determinism check.
-pub const REPEATED_DOCS: usize = 2;
+pub(crate) const REPEATED_DOCS: usize = 2;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -331,7 +331,7 @@ pub fn parse_score(
 }
 
 /// Compares a second scoring of a document with the first.
-pub fn check_repeat(doc: &Doc, first: &Scored, again: &Scored) -> Result<(), Rejection> {
+pub(crate) fn check_repeat(doc: &Doc, first: &Scored, again: &Scored) -> Result<(), Rejection> {
     if let Some(t) = first.ends.iter().zip(&again.ends).position(|(a, b)| a != b) {
         return Err(reject(
             RejectKind::NonDeterministic,

@@ -15,31 +15,31 @@ use crate::config::gates::{
 };
 
 /// crawl: the corpus the stage grades.
-pub const CORPUS: &str = "data/corpus.jsonl";
+pub(crate) const CORPUS: &str = "data/corpus.jsonl";
 /// crawl: the largest corpus read (bigger ones are rejected, not truncated).
-pub const MAX_CORPUS_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_CORPUS_BYTES: u64 = 256 * 1024 * 1024;
 /// crawl: a document is a near-duplicate when this share of its shingles first appeared in one
 /// earlier document.
-pub const DUPLICATE_SHARE: f64 = 0.8;
+pub(crate) const DUPLICATE_SHARE: f64 = 0.8;
 /// tokenize: the vocabulary file and the program.
-pub const TOKENIZER_META: &str = "tokenizer/meta.json";
-pub const TOKENIZER_PROGRAM: &str = "bin/tokenize";
+pub(crate) const TOKENIZER_META: &str = "tokenizer/meta.json";
+pub(crate) const TOKENIZER_PROGRAM: &str = "bin/tokenize";
 /// train, eval, selfhost: the model program.
-pub const LM_PROGRAM: &str = "bin/lm";
+pub(crate) const LM_PROGRAM: &str = "bin/lm";
 /// eval: the report, and the most validation text it may name.
-pub const EVAL_REPORT: &str = "eval/report.json";
-pub const MAX_VAL_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const EVAL_REPORT: &str = "eval/report.json";
+pub(crate) const MAX_VAL_BYTES: usize = 4 * 1024 * 1024;
 
 /// The selfhost recipe's entry point, at the workspace root.
-pub const RECIPE: &str = "bootstrap.sh";
+pub(crate) const RECIPE: &str = "bootstrap.sh";
 /// The largest file the recipe copy takes.
-pub const MAX_FILE_BYTES: u64 = 256 * 1024;
+pub(crate) const MAX_FILE_BYTES: u64 = 256 * 1024;
 /// The most the recipe copy takes in all.
-pub const MAX_RECIPE_BYTES: u64 = 2 * 1024 * 1024;
+pub(crate) const MAX_RECIPE_BYTES: u64 = 2 * 1024 * 1024;
 /// Directories never copied into the rebuild: what the recipe must rebuild.
-pub const EXCLUDED: [&str; 3] = ["data", "model", "tokenizer"];
+pub(crate) const EXCLUDED: [&str; 3] = ["data", "model", "tokenizer"];
 /// Bytes of built artifacts a recipe may carry verbatim before the files carrying them are refused.
-pub const SMUGGLE_LIMIT: u64 = 128 * 1024;
+pub(crate) const SMUGGLE_LIMIT: u64 = 128 * 1024;
 
 /// Where every command of the agent and every graded program runs.
 pub const WORKSPACE: &str = "/workspace";
@@ -47,7 +47,7 @@ pub const WORKSPACE: &str = "/workspace";
 /// The command line that runs the recipe, as the grade and `check` run it: the file itself when it
 /// is executable (its `#!` line decides the interpreter; a file without one is run by bash), else
 /// `bash` on it.
-pub fn bootstrap_command(executable: bool) -> String {
+pub(crate) fn bootstrap_command(executable: bool) -> String {
     if executable {
         format!("./{RECIPE}")
     } else {
@@ -57,7 +57,7 @@ pub fn bootstrap_command(executable: bool) -> String {
 
 /// The command line of one graded call of an agent's program (`./bin/lm score`), run by `bash -c`
 /// in [`WORKSPACE`].
-pub fn program_command(program: &str, verb: &str) -> String {
+pub(crate) fn program_command(program: &str, verb: &str) -> String {
     format!("./{program} {verb}")
 }
 
@@ -107,7 +107,7 @@ fn joined(items: &[String], word: &str) -> String {
 }
 
 /// The directories the recipe copy leaves out for this suite, as `data/`.
-pub fn excluded_dirs(suite: &Suite) -> Vec<String> {
+pub(crate) fn excluded_dirs(suite: &Suite) -> Vec<String> {
     let extra = suite
         .stages
         .iter()
@@ -392,7 +392,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
 }
 
 /// The facts as the markdown list of the instruction's `{{graded}}` placeholder.
-pub fn render_facts(facts: &[Fact]) -> String {
+pub(crate) fn render_facts(facts: &[Fact]) -> String {
     facts
         .iter()
         .map(|f| format!("- {}", f.text))

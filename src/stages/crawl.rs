@@ -15,12 +15,12 @@ use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::StageScore;
 use crate::world::World;
 
-pub use crate::stages::contract::CORPUS;
-pub use crate::stages::contract::DUPLICATE_SHARE;
-pub use crate::stages::contract::MAX_CORPUS_BYTES;
+pub(crate) use crate::stages::contract::CORPUS;
+pub(crate) use crate::stages::contract::DUPLICATE_SHARE;
+pub(crate) use crate::stages::contract::MAX_CORPUS_BYTES;
 
 /// Text with every run of ASCII whitespace made one space, trimmed.
-pub fn normalize(text: &str) -> Vec<u8> {
+pub(crate) fn normalize(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     let mut space = false;
     for &b in text.as_bytes() {
@@ -38,13 +38,13 @@ pub fn normalize(text: &str) -> Vec<u8> {
 }
 
 /// The 8-byte shingles of normalised text.
-pub fn shingles(norm: &[u8]) -> impl Iterator<Item = u64> + '_ {
+pub(crate) fn shingles(norm: &[u8]) -> impl Iterator<Item = u64> + '_ {
     norm.windows(8)
         .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
 }
 
 /// Sorted, distinct shingles of many texts.
-pub fn shingle_set<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<u64> {
+pub(crate) fn shingle_set<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<u64> {
     let mut v: Vec<u64> = Vec::new();
     for t in texts {
         v.extend(shingles(&normalize(t)));
@@ -183,7 +183,7 @@ pub struct RequestStats {
 }
 
 /// Reads `requests.jsonl` as written by the web server; unreadable lines are skipped.
-pub fn request_stats(log: &str, world: &World) -> RequestStats {
+pub(crate) fn request_stats(log: &str, world: &World) -> RequestStats {
     let mut s = RequestStats::default();
     for line in log.lines() {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
@@ -274,7 +274,7 @@ pub fn metrics(
 }
 
 /// Grades the crawl stage on the world's gold and the server's log.
-pub struct CrawlScorer {
+pub(crate) struct CrawlScorer {
     pub world: std::sync::Arc<World>,
 }
 

@@ -20,11 +20,11 @@ use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
-pub use crate::stages::contract::EVAL_REPORT as REPORT;
-pub use crate::stages::contract::MAX_VAL_BYTES;
+pub(crate) use crate::stages::contract::EVAL_REPORT as REPORT;
+pub(crate) use crate::stages::contract::MAX_VAL_BYTES;
 /// The floor of the stage's main metric (claim error plus generalisation gap): a report that is
 /// off by 100% in all.
-pub const FLOOR_ERROR: f64 = 1.0;
+pub(crate) const FLOOR_ERROR: f64 = 1.0;
 /// Positions the `check` tool tests on the validation set.
 const CHECK_POSITIONS: usize = 16;
 
@@ -37,7 +37,7 @@ pub struct Report {
 }
 
 /// Reads and validates `eval/report.json`; errors name the field at fault.
-pub fn read_report(ws: &WorkspaceRoot) -> Result<Report, String> {
+pub(crate) fn read_report(ws: &WorkspaceRoot) -> Result<Report, String> {
     let p = WorkspacePath::parse(REPORT).expect("valid constant path");
     let data = match ws.read(&p, 256 * 1024) {
         Ok((d, size)) if size <= 256 * 1024 => d,
@@ -53,7 +53,7 @@ pub fn read_report(ws: &WorkspaceRoot) -> Result<Report, String> {
 }
 
 /// Parses the report's bytes (pure: unit-tested).
-pub fn parse_report(data: &[u8]) -> Result<Report, String> {
+pub(crate) fn parse_report(data: &[u8]) -> Result<Report, String> {
     let v: Value =
         serde_json::from_slice(data).map_err(|e| format!("{REPORT} is not JSON: {e}"))?;
     let obj = v
@@ -96,7 +96,7 @@ pub fn parse_report(data: &[u8]) -> Result<Report, String> {
 }
 
 /// Reads the validation documents (JSON lines with a `"text"`); errors name the file and line.
-pub fn read_val(ws: &WorkspaceRoot, val_path: &str) -> Result<Vec<Doc>, String> {
+pub(crate) fn read_val(ws: &WorkspaceRoot, val_path: &str) -> Result<Vec<Doc>, String> {
     let p = WorkspacePath::parse(val_path).map_err(|e| format!("\"val_path\": {e}"))?;
     let data = match ws.read(&p, MAX_VAL_BYTES as u64 * 2) {
         Ok((d, size)) if size <= MAX_VAL_BYTES as u64 * 2 => d,
@@ -115,7 +115,7 @@ pub fn read_val(ws: &WorkspaceRoot, val_path: &str) -> Result<Vec<Doc>, String> 
 }
 
 /// Parses validation JSON lines (pure: unit-tested).
-pub fn parse_val(data: &[u8], shown: &str) -> Result<Vec<Doc>, String> {
+pub(crate) fn parse_val(data: &[u8], shown: &str) -> Result<Vec<Doc>, String> {
     let mut docs = Vec::new();
     let mut total = 0usize;
     for (i, line) in data.split(|&b| b == b'\n').enumerate() {
@@ -240,7 +240,7 @@ pub fn stage_score(
 }
 
 /// Grades the eval stage.
-pub struct EvalScorer {
+pub(crate) struct EvalScorer {
     pub world: Arc<World>,
 }
 

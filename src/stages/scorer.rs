@@ -90,7 +90,7 @@ pub trait Scorer: Send + Sync {
 
 /// The scorer of a stage that cannot be graded in this suite (every stage is graded on the world's
 /// hidden data, and the suite has no world): score 0, never passes, and says so.
-pub struct Ungraded {
+pub(crate) struct Ungraded {
     pub stage: String,
 }
 

@@ -30,7 +30,7 @@ use crate::trace::rundir::RunDir;
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
-pub use crate::stages::contract::{
+pub(crate) use crate::stages::contract::{
     EXCLUDED, MAX_FILE_BYTES, MAX_RECIPE_BYTES, RECIPE, SMUGGLE_LIMIT,
 };
 /// A file carrying less than this of artifact content is never refused for it.
@@ -72,7 +72,7 @@ pub struct Recipe {
 
 impl Recipe {
     /// The trace's view: complete counts, lists cut at [`LIST_LIMIT`].
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "files_copied": self.copied.len(),
             "files_refused": self.refused.len(),
@@ -544,7 +544,7 @@ pub fn stage_score(
 }
 
 /// Grades the selfhost stage.
-pub struct SelfhostScorer {
+pub(crate) struct SelfhostScorer {
     pub world: Arc<World>,
     /// Trial rebuilds asked for with `check`, for their directories and container names.
     pub trials: std::sync::atomic::AtomicU64,
@@ -568,7 +568,7 @@ fn recipe_problem(ws: &Path) -> Option<String> {
 }
 
 /// The interpreter a `#!` line names (`bash` for `#!/usr/bin/env bash`), None without one.
-pub fn shebang_interpreter(head: &[u8]) -> Option<String> {
+pub(crate) fn shebang_interpreter(head: &[u8]) -> Option<String> {
     let line = head.strip_prefix(b"#!")?;
     let line = line.split(|&b| b == b'\n').next().unwrap_or(b"");
     let line = String::from_utf8_lossy(line);

@@ -24,7 +24,7 @@ use crate::trace::{round, StageScore};
 use crate::world::World;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-pub use crate::stages::contract::{TOKENIZER_META as META, TOKENIZER_PROGRAM as PROGRAM};
+pub(crate) use crate::stages::contract::{TOKENIZER_META as META, TOKENIZER_PROGRAM as PROGRAM};
 /// Most bytes of the agent's own corpus the `check` tool samples.
 const CHECK_SAMPLE_BYTES: usize = 64 * 1024;
 
@@ -412,7 +412,7 @@ pub async fn grade(
 }
 
 /// Grades the tokenize stage on T and the edge cases.
-pub struct TokenizeScorer {
+pub(crate) struct TokenizeScorer {
     pub world: Arc<World>,
 }
 

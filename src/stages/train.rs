@@ -21,10 +21,10 @@ use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::{Baselines, World};
 
-pub use crate::stages::contract::LM_PROGRAM as PROGRAM;
+pub(crate) use crate::stages::contract::LM_PROGRAM as PROGRAM;
 
 /// Grades the train stage on the world's hidden documents.
-pub struct TrainScorer {
+pub(crate) struct TrainScorer {
     pub world: Arc<World>,
 }
 
@@ -201,9 +201,9 @@ impl Scorer for TrainScorer {
 }
 
 /// Fixed prompts for the samples shown in reports (not from the hidden set, so nothing leaks).
-pub const SAMPLE_PROMPTS: [&str; 3] = ["The ", "In this article we", "How to "];
+pub(crate) const SAMPLE_PROMPTS: [&str; 3] = ["The ", "In this article we", "How to "];
 /// Bytes asked of each sample.
-pub const SAMPLE_BYTES: u64 = 160;
+pub(crate) const SAMPLE_BYTES: u64 = 160;
 
 /// `bin/lm sample` on [`SAMPLE_PROMPTS`]: `("samples", [{prompt, text}])`, or
 /// `("samples_error", reason)`. Informational only: it never changes the grade.

@@ -22,14 +22,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// Files larger than this are listed in the manifest instead of committed.
-pub const LARGE_FILE: u64 = 10 * 1024 * 1024;
+pub(crate) const LARGE_FILE: u64 = 10 * 1024 * 1024;
 /// Large files up to this size (and not sparse) get a SHA-256 in the manifest; larger ones only
 /// their size, so a snapshot never reads more than this of one file.
-pub const HASH_LIMIT: u64 = 256 * 1024 * 1024;
+pub(crate) const HASH_LIMIT: u64 = 256 * 1024 * 1024;
 /// How long one snapshot may walk and read; what is left when it runs out is listed as skipped.
-pub const SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+pub(crate) const SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 /// The manifest's path inside every commit that needs one.
-pub const MANIFEST: &str = ".gptx-large-files.json";
+pub(crate) const MANIFEST: &str = ".gptx-large-files.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -54,7 +54,7 @@ impl Stamp {
 
 /// A file too large to commit, as listed in the manifest.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct LargeFile {
+pub(crate) struct LargeFile {
     pub path: String,
     pub size: u64,
     /// Bytes the file takes on disk (far below `size` for a sparse file).

@@ -127,14 +127,14 @@ pub const INLINE_OUTPUT: usize = 32 * 1024;
 pub const FULL_OUTPUT: usize = 64 * 1024 * 1024;
 
 /// Bytes of `outputs/` one run may write.
-pub const OUTPUTS_CAP: u64 = 1 << 30;
+pub(crate) const OUTPUTS_CAP: u64 = 1 << 30;
 
 impl OutputStore {
     pub fn new(dir: &Path) -> Self {
         Self::with_cap(dir, OUTPUTS_CAP)
     }
 
-    pub fn with_cap(dir: &Path, cap: u64) -> Self {
+    pub(crate) fn with_cap(dir: &Path, cap: u64) -> Self {
         Self {
             dir: dir.to_path_buf(),
             used: Default::default(),

@@ -25,14 +25,14 @@ pub struct Baselines {
 }
 
 /// Size of `gzip -9` output (zlib's deflate at level 9 with a gzip header, as the gzip program).
-pub fn gzip_size(data: &[u8]) -> u64 {
+pub(crate) fn gzip_size(data: &[u8]) -> u64 {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
     e.write_all(data).expect("in-memory write");
     e.finish().expect("in-memory gzip").len() as u64
 }
 
 /// Size of `xz -9e` output (liblzma preset 9 | EXTREME, CRC64 check, as the xz program).
-pub fn xz_size(data: &[u8]) -> u64 {
+pub(crate) fn xz_size(data: &[u8]) -> u64 {
     let stream =
         xz2::stream::Stream::new_easy_encoder(9 | LZMA_PRESET_EXTREME, xz2::stream::Check::Crc64)
             .expect("xz preset 9e");

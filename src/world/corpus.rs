@@ -51,7 +51,7 @@ impl Doc {
     }
 
     /// Does the text hold characters beyond ASCII (so Latin-1 vs UTF-8 matters)?
-    pub fn non_ascii(&self) -> bool {
+    pub(crate) fn non_ascii(&self) -> bool {
         self.blocks.iter().any(|b| !b.t.is_ascii())
     }
 }

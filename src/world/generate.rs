@@ -9,11 +9,11 @@ use super::corpus::Doc;
 use super::html::{self, BlogChrome, DocsChrome, Link};
 use super::{Canary, ServedPage, WorldConfig};
 
-pub const DOCS: &str = "docs.gptx.test";
-pub const BLOG: &str = "blog.gptx.test";
-pub const MIRROR: &str = "mirror.gptx.test";
-pub const HOSTS: [&str; 3] = [DOCS, BLOG, MIRROR];
-pub const TRAP_PREFIX: &str = "/events/";
+pub(crate) const DOCS: &str = "docs.gptx.test";
+pub(crate) const BLOG: &str = "blog.gptx.test";
+pub(crate) const MIRROR: &str = "mirror.gptx.test";
+pub(crate) const HOSTS: [&str; 3] = [DOCS, BLOG, MIRROR];
+pub(crate) const TRAP_PREFIX: &str = "/events/";
 
 /// A small deterministic generator (SplitMix64): the world must not change when a dependency does.
 pub struct Rng(u64);
@@ -23,7 +23,7 @@ impl Rng {
         let h = Sha256::digest(format!("{seed}:{stream}").as_bytes());
         Rng(u64::from_le_bytes(h[..8].try_into().expect("8 bytes")))
     }
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -33,7 +33,7 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
     }
-    pub fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
     pub fn shuffle<T>(&mut self, v: &mut [T]) {

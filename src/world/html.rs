@@ -63,7 +63,7 @@ fn link_list(links: &[Link]) -> String {
 }
 
 /// What a docs-site page needs besides its content.
-pub struct DocsChrome<'a> {
+pub(crate) struct DocsChrome<'a> {
     pub title: &'a str,
     pub home: &'a str,
     pub related: &'a [Link],
@@ -73,7 +73,7 @@ pub struct DocsChrome<'a> {
 }
 
 /// A page of `docs.gptx.test`: semantic HTML5 (header, nav, aside, main, footer).
-pub fn docs_page(c: &DocsChrome, content: &str) -> String {
+pub(crate) fn docs_page(c: &DocsChrome, content: &str) -> String {
     let pager = [
         c.prev.as_ref().map(|l| {
             format!(
@@ -150,7 +150,7 @@ pub fn docs_page(c: &DocsChrome, content: &str) -> String {
 }
 
 /// The print view of a docs page: little chrome, the same content.
-pub fn print_page(title: &str, url: &str, content: &str) -> String {
+pub(crate) fn print_page(title: &str, url: &str, content: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t} (print)</title>\
          <meta name=\"robots\" content=\"noindex\"></head>\n<body class=\"print\">\n\
@@ -162,7 +162,7 @@ pub fn print_page(title: &str, url: &str, content: &str) -> String {
 }
 
 /// A simple docs-site listing page (home, contents).
-pub fn docs_listing(title: &str, intro: &str, links: &[Link]) -> String {
+pub(crate) fn docs_listing(title: &str, intro: &str, links: &[Link]) -> String {
     let c = DocsChrome {
         title,
         home: "/",
@@ -183,7 +183,7 @@ pub fn docs_listing(title: &str, intro: &str, links: &[Link]) -> String {
 }
 
 /// What a blog page needs besides its content. Only Latin-1 characters appear in the template.
-pub struct BlogChrome<'a> {
+pub(crate) struct BlogChrome<'a> {
     pub title: &'a str,
     pub charset: &'a str,
     pub recent: &'a [Link],
@@ -193,7 +193,7 @@ pub struct BlogChrome<'a> {
 }
 
 /// A page of `blog.gptx.test`: nested divs only, no semantic elements.
-pub fn blog_page(c: &BlogChrome, content: &str) -> String {
+pub(crate) fn blog_page(c: &BlogChrome, content: &str) -> String {
     let nav = [
         c.newer
             .as_ref()
@@ -245,7 +245,7 @@ pub fn blog_page(c: &BlogChrome, content: &str) -> String {
 }
 
 /// A page of `mirror.gptx.test`: table layout, a banner, the content minus its last block.
-pub fn mirror_page(title: &str, original: &str, content: &str) -> String {
+pub(crate) fn mirror_page(title: &str, original: &str, content: &str) -> String {
     format!(
         r##"<HTML><HEAD><TITLE>{t} (mirror)</TITLE></HEAD>
 <BODY BGCOLOR="#FFFFFF">
@@ -264,7 +264,7 @@ pub fn mirror_page(title: &str, original: &str, content: &str) -> String {
 }
 
 /// A page with a list of links for the mirror or the blog (index pages).
-pub fn simple_list(title: &str, links: &[Link]) -> String {
+pub(crate) fn simple_list(title: &str, links: &[Link]) -> String {
     format!(
         "<HTML><HEAD><TITLE>{t}</TITLE></HEAD><BODY>\n<H1>{t}</H1>\n<UL>\n{l}\n</UL>\n</BODY></HTML>\n",
         t = esc(title),
@@ -283,7 +283,7 @@ pub fn not_found(site: &str) -> String {
 }
 
 /// A page behind `robots.txt`, holding a canary string.
-pub fn canary_page(title: &str, canary: &str, next: &str) -> String {
+pub(crate) fn canary_page(title: &str, canary: &str, next: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body>\n\
          <h1>{t}</h1>\n<p>Internal use only. Reference code {c}. Do not distribute this note outside the team.</p>\n\

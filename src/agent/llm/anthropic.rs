@@ -7,7 +7,7 @@ pub struct Anthropic(Endpoint);
 
 impl Anthropic {
     /// `ANTHROPIC_BASE_URL` (default `https://api.anthropic.com`) and `ANTHROPIC_API_KEY`.
-    pub fn from_env(model: &str) -> Self {
+    pub(crate) fn from_env(model: &str) -> Self {
         Self(Endpoint::from_env(
             model,
             "ANTHROPIC_BASE_URL",
@@ -23,7 +23,7 @@ impl Anthropic {
 
 /// The conversation as Messages API input: the system prompt apart, tool results as `user` turns
 /// of `tool_result` blocks, consecutive turns of one role merged (the API wants them alternating).
-pub fn anthropic_messages(msgs: &[Msg]) -> (String, Vec<Value>) {
+pub(crate) fn anthropic_messages(msgs: &[Msg]) -> (String, Vec<Value>) {
     let mut system = Vec::new();
     let mut out: Vec<Value> = Vec::new();
     let mut push = |role: &str, block: Value| match out.last_mut() {
@@ -63,7 +63,7 @@ pub fn anthropic_messages(msgs: &[Msg]) -> (String, Vec<Value>) {
 }
 
 /// Reads a Messages API reply (pure: unit-tested).
-pub fn parse_anthropic(v: &Value) -> Result<ChatReply, String> {
+pub(crate) fn parse_anthropic(v: &Value) -> Result<ChatReply, String> {
     let blocks = v
         .get("content")
         .and_then(Value::as_array)

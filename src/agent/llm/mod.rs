@@ -13,9 +13,14 @@ mod openai;
 mod prices;
 pub mod scripted;
 
-pub use anthropic::{anthropic_messages, parse_anthropic, Anthropic};
-pub use openai::{openai_messages, parse_openai, OpenAi};
-pub use prices::{load_prices, price_of, Price};
+pub use anthropic::Anthropic;
+#[cfg(test)]
+use anthropic::{anthropic_messages, parse_anthropic};
+pub use openai::OpenAi;
+#[cfg(test)]
+use openai::{openai_messages, parse_openai};
+pub use prices::Price;
+pub(crate) use prices::{load_prices, price_of};
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -131,12 +136,12 @@ pub trait ChatBackend: Send + Sync {
 }
 
 /// What the model is told to do when it answers with text and no tool call (once per stage).
-pub const NUDGE: &str = "You answered without calling a tool. Act only through the tools: call one now, or `submit` if the stage is done.";
+pub(crate) const NUDGE: &str = "You answered without calling a tool. Act only through the tools: call one now, or `submit` if the stage is done.";
 
 const ELIDED: &str = "[elided by gptx to keep the conversation within its context budget; the full output is in the trace]";
 
 /// The system prompt: the goal, the tools, how budgets work.
-pub fn system_prompt() -> String {
+pub(crate) fn system_prompt() -> String {
     "You are an agent taking gptx, a benchmark of building a language model by yourself. Your goal is to build a language model. \
 The work goes in stages (crawl, tokenize, train, eval, selfhost); each stage's instruction says what to produce. \
 You act only through the tools: bash, read_file, write_file (paths relative to /workspace), check (validates your work on visible data) and submit (ends the stage; it is then graded on hidden data). \
@@ -160,7 +165,7 @@ pub fn shorten(text: &str, max: usize) -> String {
 }
 
 /// Elides the oldest tool outputs until the conversation is estimated under `budget` tokens.
-pub fn fit_context(msgs: &mut [Msg], budget: u64) {
+pub(crate) fn fit_context(msgs: &mut [Msg], budget: u64) {
     let mut chars: usize = msgs.iter().map(Msg::chars).sum();
     let limit = (budget as usize).saturating_mul(4);
     for m in msgs.iter_mut() {
@@ -177,7 +182,7 @@ pub fn fit_context(msgs: &mut [Msg], budget: u64) {
 }
 
 /// The tool call the runner gets for a [`ToolUse`]: arguments as an object, or refused with the reason.
-pub fn raw_call(u: &ToolUse) -> RawCall {
+pub(crate) fn raw_call(u: &ToolUse) -> RawCall {
     let parsed = match &u.arguments {
         Value::String(s) if s.trim().is_empty() => Ok(json!({})),
         Value::String(s) => serde_json::from_str::<Value>(s).map_err(|e| e.to_string()),

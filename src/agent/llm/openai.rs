@@ -7,7 +7,7 @@ pub struct OpenAi(Endpoint);
 
 impl OpenAi {
     /// `OPENAI_BASE_URL` (default `https://api.openai.com/v1`) and `OPENAI_API_KEY`.
-    pub fn from_env(model: &str) -> Self {
+    pub(crate) fn from_env(model: &str) -> Self {
         Self(Endpoint::from_env(
             model,
             "OPENAI_BASE_URL",
@@ -22,7 +22,7 @@ impl OpenAi {
 }
 
 /// The conversation as chat-completions messages.
-pub fn openai_messages(msgs: &[Msg]) -> Vec<Value> {
+pub(crate) fn openai_messages(msgs: &[Msg]) -> Vec<Value> {
     msgs.iter()
         .map(|m| match m {
             Msg::System(s) => json!({"role": "system", "content": s}),
@@ -52,7 +52,7 @@ pub fn openai_messages(msgs: &[Msg]) -> Vec<Value> {
 }
 
 /// Reads a chat-completions reply (pure: unit-tested); ids the server left out are made up.
-pub fn parse_openai(v: &Value) -> Result<ChatReply, String> {
+pub(crate) fn parse_openai(v: &Value) -> Result<ChatReply, String> {
     let msg = v
         .pointer("/choices/0/message")
         .ok_or("the reply has no choices[0].message")?;

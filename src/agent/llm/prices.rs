@@ -27,7 +27,7 @@ struct PriceFile {
 }
 
 /// Reads a price table (`[models."<name>"] input_per_mtok, output_per_mtok`); errors name the file.
-pub fn load_prices(path: &Path) -> Result<BTreeMap<String, Price>, String> {
+pub(crate) fn load_prices(path: &Path) -> Result<BTreeMap<String, Price>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let f: PriceFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(f.models)
@@ -35,7 +35,7 @@ pub fn load_prices(path: &Path) -> Result<BTreeMap<String, Price>, String> {
 
 /// The price of a model: its exact name, else the longest listed name it starts with (dated
 /// snapshots such as `gpt-4o-2024-08-06` take `gpt-4o`'s price).
-pub fn price_of(prices: &BTreeMap<String, Price>, model: &str) -> Option<Price> {
+pub(crate) fn price_of(prices: &BTreeMap<String, Price>, model: &str) -> Option<Price> {
     prices.get(model).copied().or_else(|| {
         prices
             .iter()
