@@ -508,6 +508,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         error: None,
         trace_sha256: None,
         events: 0,
+        owner: None,
     };
     rundir::write_json_atomic(&dir.run_json(), &meta)
         .with_context(|| dir.run_json().display().to_string())?;

@@ -72,6 +72,7 @@ fn write(dir: &Path, f: &Fake) {
         error: (f.status == RunStatus::Failed).then(|| "the engine went away".to_string()),
         trace_sha256: None,
         events: 0,
+        owner: None,
     };
     write_json_atomic(&run.join("run.json"), &meta).unwrap();
     if f.status == RunStatus::Running {

@@ -76,6 +76,8 @@ pub enum Command {
         /// Remove every gptx resource, even of runs still going.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        runs: RunsDirArg,
     },
     /// Measure the harness.
     #[command(subcommand)]
@@ -464,7 +466,7 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
         Command::World(WorldCmd::Build(a)) => world(a, false),
         Command::World(WorldCmd::Show(a)) => world(a, true),
         Command::World(WorldCmd::Reference(a)) => measure_reference(a).await,
-        Command::Gc { all } => gc(all).await,
+        Command::Gc { all, runs } => gc(all, &runs.runs_dir).await,
         Command::Bench(BenchCmd::Exec { n, json }) => {
             let home = Home::locate().map_err(env_error)?;
             crate::cli::bench::exec(&home, n, json)
@@ -640,6 +642,9 @@ async fn run(args: RunArgs) -> Result<i32, Exit> {
         code: exit::USAGE,
         error: e,
     })?;
+    for p in mark_dead_runs(&args.dir.runs_dir) {
+        eprintln!("gptx: {p}");
+    }
     if plans.len() > 1 {
         return run_many(plans, &args).await;
     }
@@ -1116,7 +1121,37 @@ fn world(a: WorldArgs, show: bool) -> Result<i32, Exit> {
     Ok(exit::OK)
 }
 
-async fn gc(all: bool) -> Result<i32, Exit> {
+/// Marks the runs below `runs_dir` whose gptx is gone `interrupted`, saying so; the problems come back.
+fn mark_dead_runs(runs_dir: &std::path::Path) -> Vec<String> {
+    let (marked, mut problems) = crate::trace::rundir::mark_dead(runs_dir);
+    // Their workspace disks: nothing of theirs runs any more.
+    for (mount, run) in crate::sandbox::quota::orphans() {
+        if marked.iter().any(|m| m.run_id == run) {
+            if let Err(e) = crate::sandbox::quota::release_orphan(&mount) {
+                problems.push(e.to_string());
+            }
+        }
+    }
+    for m in &marked {
+        eprintln!(
+            "gptx: run {} marked interrupted: {}{}",
+            m.run_id,
+            crate::trace::rundir::OWNER_GONE,
+            if m.cut_bytes > 0 {
+                format!(
+                    " (a half-written trace line of {} bytes cut off)",
+                    m.cut_bytes
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    problems
+}
+
+async fn gc(all: bool, runs_dir: &std::path::Path) -> Result<i32, Exit> {
+    let mut marking = mark_dead_runs(runs_dir);
     let docker = crate::docker::engine::connect().await.map_err(env_error)?;
     let (removed, mut warnings) = crate::docker::engine::gc(&docker, all)
         .await
@@ -1145,6 +1180,7 @@ async fn gc(all: bool) -> Result<i32, Exit> {
     if released > 0 {
         println!("released {released} workspace disk(s) of dead runs (their contents kept)");
     }
+    warnings.append(&mut marking);
     for w in &warnings {
         eprintln!("gptx gc: {w}");
     }

@@ -88,12 +88,7 @@ pub fn labels(run: &str, role: &str) -> HashMap<String, String> {
     ])
 }
 
-/// A process's start time from /proc, as a string; None when it is gone.
-pub(crate) fn process_start(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19).map(str::to_string)
-}
+use crate::trace::rundir::process_start;
 
 /// Is the owner recorded in these labels still alive?
 pub(crate) fn owner_alive(labels: &HashMap<String, String>) -> bool {
@@ -140,6 +135,7 @@ pub async fn sweep(
 ) -> Result<(Removed, Vec<String>), EngineError> {
     let mut removed = Removed::default();
     let mut warnings = Vec::new();
+    let mut elsewhere = Vec::new();
     let containers = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
@@ -166,7 +162,31 @@ pub async fn sweep(
         {
             Ok(()) => removed.containers.push(short(&id)),
             Err(e) if is_not_found(&e) => {}
+            // Another gptx (a concurrent `gc` or a run's start) is removing it: wait for that.
+            Err(e) if is_being_removed(&e) => elsewhere.push(id),
             Err(e) => warnings.push(format!("container {}: {e}", short(&id))),
+        }
+    }
+    for id in elsewhere {
+        let t0 = std::time::Instant::now();
+        loop {
+            match docker
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            {
+                Err(e) if is_not_found(&e) => break,
+                _ if t0.elapsed() > Duration::from_secs(30) => {
+                    warnings.push(format!(
+                        "container {}: still being removed after 30 s",
+                        short(&id)
+                    ));
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
     }
     let networks = docker
@@ -223,6 +243,17 @@ pub async fn gc(docker: &Docker, all: bool) -> Result<(Removed, Vec<String>), En
     sweep(docker, None, |labels| !all && owner_alive(labels)).await
 }
 
+/// Is this the engine's 409 for a container whose removal is already under way?
+fn is_being_removed(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } if message.contains("already in progress")
+    )
+}
+
 /// Is this a 404 from the engine?
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
@@ -273,7 +304,7 @@ pub async fn remove_container(docker: &Docker, id: &str) -> Result<(), bollard::
         ..Default::default()
     };
     match docker.remove_container(id, Some(opts)).await {
-        Err(e) if !is_not_found(&e) => Err(e),
+        Err(e) if !is_not_found(&e) && !is_being_removed(&e) => Err(e),
         _ => Ok(()),
     }
 }

@@ -82,6 +82,8 @@ pub async fn run(
         None => plan.agent.build(&plan.home, &plan.llm, &plan.agent_env)?,
     };
     let docker = engine::connect().await?;
+    // Leftovers of runs whose gptx is gone (their run.json was marked before this run started).
+    let _ = engine::sweep(&docker, None, engine::owner_alive).await;
     let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
 
     let run_id = rundir::new_run_id();
@@ -136,6 +138,7 @@ pub async fn run(
         error: None,
         trace_sha256: None,
         events: 0,
+        owner: crate::trace::rundir::Owner::me(),
     };
     rundir::write_json_atomic(&dir.run_json(), &meta).map_err(rd_err(&dir.run_json()))?;
     let log = EventLog::create(&dir.events()).map_err(rd_err(&dir.events()))?;

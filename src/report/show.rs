@@ -33,7 +33,14 @@ pub fn runs(runs_dir: &Path) -> anyhow::Result<i32> {
                 .map(|s| format!("{:.1}", s.bootstrap_index))
                 .unwrap_or_else(|| "-".into()),
             meta.started_at.format("%Y-%m-%d %H:%M:%S"),
-            meta.agent
+            match (&meta.status, &meta.error) {
+                (RunStatus::Interrupted | RunStatus::Failed, Some(why)) => format!(
+                    "{} ({})",
+                    meta.agent,
+                    crate::report::term::terminal_safe(why, false)
+                ),
+                _ => meta.agent.clone(),
+            }
         );
     }
     for p in problems {

@@ -59,6 +59,150 @@ pub struct RunMeta {
     pub trace_sha256: Option<String>,
     #[serde(default)]
     pub events: u64,
+    /// The gptx process that runs it (None in runs written before owners were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// The gptx process that owns a running run: its pid, that process's start time (a reused pid has
+/// another), and the host it runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub start: String,
+    pub host: String,
+}
+
+impl Owner {
+    /// This process.
+    pub fn me() -> Option<Self> {
+        let pid = std::process::id();
+        Some(Self {
+            pid,
+            start: process_start(pid)?,
+            host: hostname(),
+        })
+    }
+
+    /// Whether the process is still there. A run of another host counts as alive: this host
+    /// cannot tell, and must not mark it.
+    pub fn alive(&self) -> bool {
+        self.host != hostname() || process_start(self.pid).as_deref() == Some(self.start.as_str())
+    }
+}
+
+/// A process's start time from /proc, as a string; None when it is gone.
+pub fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// This host's name.
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A run `mark_dead` marked `interrupted`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marked {
+    pub run_id: String,
+    /// Bytes of a half-written last trace line cut off.
+    pub cut_bytes: u64,
+    /// The events of the trace, the mark included.
+    pub events: u64,
+}
+
+/// Why `mark_dead` gives a run.
+pub const OWNER_GONE: &str = "owner process gone";
+
+/// Marks every `running` run below `runs_dir` whose owner process is gone as `interrupted`, with
+/// the reason [`OWNER_GONE`]: a half-written last line of its trace is cut off, a warning saying
+/// what happened closes the trace, and run.json pins that tail, so `gptx verify` checks what was
+/// written. A run whose trace is locked by another marker is left to it; a run without an owner, or
+/// of another host, is left as it is. Errors name the run and are returned beside what was marked.
+pub fn mark_dead(runs_dir: &Path) -> (Vec<Marked>, Vec<String>) {
+    let mut marked = Vec::new();
+    let mut problems = Vec::new();
+    let (runs, _) = list_runs(runs_dir);
+    for (dir, meta) in runs {
+        if meta.status != RunStatus::Running || meta.owner.as_ref().is_none_or(|o| o.alive()) {
+            continue;
+        }
+        match mark_one(&dir, meta) {
+            Ok(Some(m)) => marked.push(m),
+            Ok(None) => {}
+            Err(e) => problems.push(format!("{}: {e}", dir.path.display())),
+        }
+    }
+    (marked, problems)
+}
+
+fn mark_one(dir: &RunDir, mut meta: RunMeta) -> anyhow::Result<Option<Marked>> {
+    use std::io::{Seek, SeekFrom};
+    let events = dir.events();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&events)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", events.display()))?;
+    // One marker at a time; the lock goes with the descriptor.
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Ok(None);
+    }
+    // Read again under the lock: another marker may have finished first.
+    let meta_now: RunMeta = read_json(&dir.run_json())?;
+    if meta_now.status != RunStatus::Running {
+        return Ok(None);
+    }
+    let len = file.seek(SeekFrom::End(0))?;
+    let whole = last_whole_line_end(&mut file, len)?;
+    if whole < len {
+        file.set_len(whole)?;
+    }
+    // A chain that does not hold is reported, never closed and pinned.
+    crate::trace::verify(&events, None)?;
+    let mut log = crate::trace::EventLog::open_existing(&events)?;
+    let owner = meta.owner.clone();
+    let tail = log.append(&crate::trace::Event::Warning {
+        message: format!(
+            "{OWNER_GONE}: gptx (pid {}) stopped without ending the run; marked interrupted",
+            owner.map(|o| o.pid).unwrap_or(0)
+        ),
+    })?;
+    let verified = crate::trace::verify(&events, Some(&tail))?;
+    meta.status = RunStatus::Interrupted;
+    meta.error = Some(OWNER_GONE.to_string());
+    meta.ended_at = Some(chrono::Utc::now());
+    meta.trace_sha256 = Some(tail);
+    meta.events = verified.events;
+    write_json_atomic(&dir.run_json(), &meta)?;
+    Ok(Some(Marked {
+        run_id: meta.run_id,
+        cut_bytes: len - whole,
+        events: verified.events,
+    }))
+}
+
+/// Where the last line that ends in a newline ends (0 when there is none).
+fn last_whole_line_end(file: &mut std::fs::File, len: u64) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// Per-stage summary in `score.json` and the `--json` output.
@@ -266,4 +410,113 @@ pub fn list_runs(runs_dir: &Path) -> (Vec<(RunDir, RunMeta)>, Vec<String>) {
     }
     runs.sort_by_key(|r| r.1.started_at);
     (runs, problems)
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::*;
+    use crate::trace::{Event, EventLog};
+
+    /// A `running` run with this owner and a trace of two warnings, the second cut halfway.
+    fn running(runs: &Path, id: &str, owner: Option<Owner>) -> RunDir {
+        let dir = RunDir::new(runs.join(id));
+        std::fs::create_dir_all(&dir.path).unwrap();
+        let mut log = EventLog::create(&dir.events()).unwrap();
+        log.append(&Event::Warning {
+            message: "one".into(),
+        })
+        .unwrap();
+        drop(log);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.events())
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"seq\":1,\"ts\":\"20").unwrap();
+        let meta = RunMeta {
+            run_id: id.into(),
+            agent: "null".into(),
+            suite: "mini".into(),
+            suite_path: "tasks/suites/mini.toml".into(),
+            world_hash: None,
+            seed: 0,
+            stages: vec![],
+            budgets: BTreeMap::new(),
+            gates: BTreeMap::new(),
+            gptx_version: "0".into(),
+            images: BTreeMap::new(),
+            started_at: chrono::Utc::now(),
+            ended_at: None,
+            status: RunStatus::Running,
+            error: None,
+            trace_sha256: None,
+            events: 0,
+            owner,
+        };
+        write_json_atomic(&dir.run_json(), &meta).unwrap();
+        dir
+    }
+
+    #[test]
+    fn only_runs_whose_owner_is_gone_on_this_host_are_marked() {
+        let runs = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = process_start(pid).unwrap_or_else(|| "1".into());
+        child.wait().unwrap();
+        let gone = Owner {
+            pid,
+            start,
+            host: hostname(),
+        };
+        let dead = running(runs.path(), "a-dead", Some(gone.clone()));
+        let live = running(runs.path(), "b-live", Owner::me());
+        let far = running(
+            runs.path(),
+            "c-far",
+            Some(Owner {
+                host: "another-host".into(),
+                ..gone
+            }),
+        );
+        let old = running(runs.path(), "d-old", None);
+        let (marked, problems) = mark_dead(runs.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(marked.len(), 1);
+        assert_eq!(marked[0].run_id, "a-dead");
+        assert_eq!(marked[0].cut_bytes, 17);
+        assert_eq!(marked[0].events, 2);
+        let meta: RunMeta = read_json(&dead.run_json()).unwrap();
+        assert_eq!(meta.status, RunStatus::Interrupted);
+        assert_eq!(meta.error.as_deref(), Some(OWNER_GONE));
+        let v = crate::trace::verify(&dead.events(), meta.trace_sha256.as_deref()).unwrap();
+        assert_eq!(v.events, 2);
+        for d in [&live, &far, &old] {
+            let m: RunMeta = read_json(&d.run_json()).unwrap();
+            assert_eq!(m.status, RunStatus::Running, "{}", d.path.display());
+        }
+        // Marking again changes nothing.
+        assert!(mark_dead(runs.path()).0.is_empty());
+    }
+
+    #[test]
+    fn a_trace_that_does_not_verify_is_reported_not_pinned() {
+        let runs = tempfile::tempdir().unwrap();
+        let dir = running(
+            runs.path(),
+            "a-bad",
+            Some(Owner {
+                pid: u32::MAX,
+                start: "0".into(),
+                host: hostname(),
+            }),
+        );
+        std::fs::write(dir.events(), b"{\"seq\":0}\n").unwrap();
+        let (marked, problems) = mark_dead(runs.path());
+        assert!(marked.is_empty());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("a-bad"), "{}", problems[0]);
+        let m: RunMeta = read_json(&dir.run_json()).unwrap();
+        assert_eq!(m.status, RunStatus::Running);
+        assert!(m.trace_sha256.is_none());
+    }
 }

@@ -1,0 +1,155 @@
+//! Faults the harness must survive: a gptx killed mid-run leaves a run that `gptx gc` (or the next `gptx run`) marks interrupted, with its resources gone and its trace verifiable.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gptx::trace::rundir::{self, RunDir, RunMeta, RunStatus};
+
+/// The run directory `gptx run` made below `runs` once its trace has a recorded step.
+fn wait_for_a_step(runs: &Path, child: &mut std::process::Child) -> RunDir {
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "gptx ended before it was killed"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "no step in 300 s");
+        if let Some(dir) = std::fs::read_dir(runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| RunDir::new(e.path()))
+            .find(|d| d.run_json().exists())
+        {
+            let text = std::fs::read_to_string(dir.events()).unwrap_or_default();
+            if text.lines().any(|l| l.contains("\"type\":\"step\"")) {
+                return dir;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn gptx_out(args: &[&str], runs: &Path) -> (i32, String, String) {
+    let out = common::gptx()
+        .args(args)
+        .arg("--runs-dir")
+        .arg(runs)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// SIGKILL mid-step: before, run.json said `running` forever and the run's containers and network
+/// stayed until `gptx gc`; now `gptx gc` marks the run interrupted (owner process gone), removes
+/// what it left, and the trace verifies up to the mark.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_gptx_leaves_a_run_gc_marks_interrupted_and_cleans_up() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let mut child = common::gptx()
+        .args([
+            "run",
+            "--suite",
+            "mini",
+            "--agent",
+            "reference",
+            "--quiet",
+            "--runs-dir",
+        ])
+        .arg(runs.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = wait_for_a_step(runs.path(), &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
+    assert_eq!(meta.status, RunStatus::Running);
+    assert!(meta.owner.is_some(), "run.json names its owner");
+    let run_id = meta.run_id.clone();
+    assert!(
+        common::leftovers(&docker, &run_id).await > 0,
+        "the kill left its sandbox"
+    );
+
+    let (code, stdout, stderr) = gptx_out(&["gc"], runs.path());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "run {run_id} marked interrupted: owner process gone"
+        )),
+        "{stderr}"
+    );
+    let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
+    assert_eq!(meta.status, RunStatus::Interrupted);
+    assert_eq!(meta.error.as_deref(), Some("owner process gone"));
+    assert!(meta.trace_sha256.is_some() && meta.ended_at.is_some());
+    assert_eq!(common::leftovers(&docker, &run_id).await, 0);
+    assert!(gptx::sandbox::quota::mounts_below(runs.path()).is_empty());
+
+    let (code, stdout, stderr) = gptx_out(&["verify", &run_id], runs.path());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let (_, stdout, _) = gptx_out(&["runs"], runs.path());
+    let line = stdout.lines().find(|l| l.starts_with(&run_id)).unwrap();
+    assert!(
+        line.contains("interrupted") && line.contains("owner process gone"),
+        "{line}"
+    );
+
+    // A second gc has nothing more to mark, and the trace is unchanged.
+    let before = std::fs::read(dir.events()).unwrap();
+    let (code, _, stderr) = gptx_out(&["gc"], runs.path());
+    assert_eq!(code, 0);
+    assert!(!stderr.contains("marked interrupted"), "{stderr}");
+    assert_eq!(std::fs::read(dir.events()).unwrap(), before);
+}
+
+/// The next `gptx run` in the same runs directory marks a killed run too, and removes its sandbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_run_marks_a_killed_one_and_removes_what_it_left() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let mut child = common::gptx()
+        .args([
+            "run",
+            "--suite",
+            "mini",
+            "--agent",
+            "reference",
+            "--quiet",
+            "--runs-dir",
+        ])
+        .arg(runs.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = wait_for_a_step(runs.path(), &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run_id = rundir::read_json::<RunMeta>(&dir.run_json())
+        .unwrap()
+        .run_id;
+    let (v, stderr) =
+        common::run_json_with(&["--suite", "mini", "--agent", "null"], runs.path(), &[]);
+    assert_eq!(v["status"], "done");
+    assert!(
+        stderr.contains(&format!(
+            "run {run_id} marked interrupted: owner process gone"
+        )),
+        "{stderr}"
+    );
+    let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
+    assert_eq!(meta.status, RunStatus::Interrupted);
+    assert_eq!(common::leftovers(&docker, &run_id).await, 0);
+    assert!(gptx::sandbox::quota::mounts_below(runs.path()).is_empty());
+    common::assert_nothing_left(&docker, &v).await;
+}
