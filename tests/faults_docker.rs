@@ -153,3 +153,84 @@ async fn the_next_run_marks_a_killed_one_and_removes_what_it_left() {
     assert!(gptx::sandbox::quota::mounts_below(runs.path()).is_empty());
     common::assert_nothing_left(&docker, &v).await;
 }
+
+/// Runs `gptx run <args> --json --quiet --runs-dir runs`; the JSON lines, stderr and exit code.
+fn batch(args: &[&str], runs: &Path) -> (Vec<serde_json::Value>, String, i32) {
+    let out = common::gptx()
+        .arg("run")
+        .args(args)
+        .args(["--json", "--quiet", "--runs-dir"])
+        .arg(runs)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// The same batch again runs only what is missing: done pairs are kept (and say so), a run whose
+/// gptx was killed is run again, `--force` runs everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_run_again_keeps_done_pairs_and_runs_the_rest() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let args = ["--suite", "mini", "--agent", "null", "--seeds", "1-2"];
+    let (first, _, code) = batch(&args, runs.path());
+    assert_eq!(code, 0);
+    assert_eq!(first.len(), 2);
+    assert!(first
+        .iter()
+        .all(|l| l["status"] == "done" && l["kept"] == false));
+    let count = || std::fs::read_dir(runs.path()).unwrap().count();
+    assert_eq!(count(), 2);
+
+    let (again, stderr, code) = batch(&args, runs.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("2 runs (1 agent(s) × 2 seed(s)): 2 done already"),
+        "{stderr}"
+    );
+    assert_eq!(count(), 2, "nothing was run again");
+    for (a, b) in first.iter().zip(&again) {
+        assert_eq!(a["run_id"], b["run_id"]);
+        assert_eq!(b["kept"], true);
+    }
+
+    // Seed 1's run stopped before its end (as a killed and marked one does); seed 3 is new.
+    let dir = runs.path().join(first[0]["run_id"].as_str().unwrap());
+    let mut meta: RunMeta = rundir::read_json(&dir.join("run.json")).unwrap();
+    meta.status = RunStatus::Interrupted;
+    rundir::write_json_atomic(&dir.join("run.json"), &meta).unwrap();
+    let (mixed, stderr, code) = batch(
+        &["--suite", "mini", "--agent", "null", "--seeds", "1-3"],
+        runs.path(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("1 done already") && stderr.contains("1 interrupted or failed before"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 new"), "{stderr}");
+    assert_eq!(mixed.len(), 3);
+    assert_eq!(mixed[0]["kept"], false, "seed 1 ran again");
+    assert_eq!(mixed[1]["kept"], true);
+    assert_eq!(mixed[1]["run_id"], first[1]["run_id"]);
+    assert_eq!(count(), 4);
+
+    let (forced, stderr, code) = batch(&[&args[..], &["--force"]].concat(), runs.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(forced.iter().all(|l| l["kept"] == false));
+    assert_eq!(count(), 6);
+    for l in first.iter().chain(&mixed).chain(&forced) {
+        assert_eq!(
+            common::leftovers(&docker, l["run_id"].as_str().unwrap()).await,
+            0
+        );
+    }
+}

@@ -117,6 +117,10 @@ pub struct RunArgs {
     /// network and web server; the suite's CPU and memory limits apply to each.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
+    /// With several runs (agents × seeds): run every pair again, even those the runs directory
+    /// already holds a done, verified run of (same agent, seed, suite, world and budgets).
+    #[arg(long)]
+    pub force: bool,
     /// Only these stages, comma-separated, e.g. crawl,tokenize.
     #[arg(long, value_delimiter = ',')]
     pub stages: Vec<String>,
@@ -682,20 +686,108 @@ async fn run(args: RunArgs) -> Result<i32, Exit> {
 
 /// Several runs (agents × seeds), at most `--parallel` at once. Each finished run prints one line;
 /// at the end a table of all of them. An interrupt stops the runs going and starts no more.
+/// The world hash a plan's run will have (the world built or read from the cache), None without one.
+fn world_hash_of(plan: &RunPlan) -> Option<String> {
+    let name = plan.suite.world.as_ref()?;
+    crate::world::ensure(
+        &plan.home,
+        name,
+        plan.suite.world_seed,
+        &crate::world::Quiet,
+    )
+    .ok()
+    .map(|w| w.0.manifest.world_hash)
+}
+
+/// A done run below `runs_dir` of the same pair as `plan` (agent, seed, suite, world hash, budgets)
+/// that verifies, as the batch reports it.
+fn already_done(
+    runs: &[(crate::trace::rundir::RunDir, crate::trace::rundir::RunMeta)],
+    agent: &str,
+    plan: &RunPlan,
+    world_hash: &Option<String>,
+) -> Option<session::RunOutput> {
+    let budgets: std::collections::BTreeMap<String, crate::config::suite::Budgets> = plan
+        .suite
+        .stages
+        .iter()
+        .map(|s| (s.name.clone(), s.budgets.clone()))
+        .collect();
+    runs.iter().rev().find_map(|(dir, meta)| {
+        let same = meta.status == RunStatus::Done
+            && meta.agent == agent
+            && meta.seed == plan.suite.seed
+            && meta.suite == plan.suite.name
+            && &meta.world_hash == world_hash
+            && meta.budgets == budgets;
+        if !same {
+            return None;
+        }
+        let score = crate::trace::rundir::read_json(&dir.score_json()).ok()?;
+        let audit = crate::trace::audit::check(dir).ok()?;
+        audit.problems.is_empty().then(|| session::RunOutput {
+            run_id: meta.run_id.clone(),
+            dir: dir.path.clone(),
+            meta: meta.clone(),
+            score,
+        })
+    })
+}
+
 async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, Exit> {
     let total = plans.len();
-    let parallel = usize::from(args.parallel).min(total);
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
+    // Pairs the runs directory already has done are kept, not run again (unless --force).
+    let mut kept: Vec<Option<session::RunOutput>> = (0..total).map(|_| None).collect();
+    let mut again = 0;
+    if !args.force {
+        let (runs, _) = crate::trace::rundir::list_runs(&args.dir.runs_dir);
+        let hash = plans.first().and_then(|(_, p)| world_hash_of(p));
+        for (i, (agent, plan)) in plans.iter().enumerate() {
+            kept[i] = already_done(&runs, agent, plan, &hash);
+            if kept[i].is_none()
+                && runs.iter().any(|(_, m)| {
+                    m.agent == *agent
+                        && m.seed == plan.suite.seed
+                        && m.suite == plan.suite.name
+                        && m.status != RunStatus::Done
+                })
+            {
+                again += 1;
+            }
+        }
+    }
+    let done = kept.iter().flatten().count();
+    let was_kept: Vec<bool> = kept.iter().map(Option::is_some).collect();
+    let to_run = total - done;
+    let parallel = usize::from(args.parallel).min(to_run.max(1));
     eprintln!(
-        "gptx run: {total} runs ({} agent(s) × {} seed(s)), {parallel} at a time",
+        "gptx run: {total} runs ({} agent(s) × {} seed(s)): {done} done already{}, {again} interrupted or failed before (run again: resuming is not built yet), {} new; {parallel} at a time",
         args.agent.len(),
-        total / args.agent.len().max(1)
+        total / args.agent.len().max(1),
+        if done > 0 { " (kept; --force runs them again)" } else { "" },
+        to_run - again,
     );
     // The runs share this task (a run's future is not Send): `buffer_unordered` polls at most
     // `parallel` of them at once, and each spends its time waiting on the engine.
     use futures_util::StreamExt;
-    let mut stream = futures_util::stream::iter(plans.into_iter().enumerate())
+    let mut results: Vec<Option<(String, Result<session::RunOutput, Exit>)>> =
+        (0..total).map(|_| None).collect();
+    let mut todo = Vec::new();
+    for (i, (agent, plan)) in plans.into_iter().enumerate() {
+        match kept[i].take() {
+            Some(out) => {
+                results[i] = Some((format!("{agent} seed {}", plan.suite.seed), Ok(out)));
+            }
+            None => todo.push((i, (agent, plan))),
+        }
+    }
+    let mut labels: Vec<String> = vec![String::new(); total];
+    for (i, (agent, plan)) in &todo {
+        labels[*i] = format!("{agent} seed {}", plan.suite.seed);
+    }
+    let mut stream = futures_util::stream::iter(todo)
         .map(|(i, (agent, plan))| {
             let cancel = cancel.clone();
             let label = format!("{agent} seed {}", plan.suite.seed);
@@ -709,9 +801,7 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
             }
         })
         .buffer_unordered(parallel);
-    let mut results: Vec<Option<(String, Result<session::RunOutput, Exit>)>> =
-        (0..total).map(|_| None).collect();
-    let mut finished = 0;
+    let mut finished = done;
     while let Some((i, label, r)) = stream.next().await {
         let Some(r) = r else {
             continue;
@@ -748,9 +838,13 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
         "{:<width$} {:<11} {:<10} {:>6}  run\n",
         "agent / seed", "status", "level", "index"
     );
-    for slot in results.iter() {
+    for (i, slot) in results.iter().enumerate() {
         let Some((label, r)) = slot else {
             code = exit::INTERRUPTED;
+            table.push_str(&format!(
+                "{:<width$} not finished: the batch was interrupted\n",
+                labels[i]
+            ));
             continue;
         };
         match r {
@@ -760,10 +854,11 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
                     None => out.score.level.clone(),
                 };
                 table.push_str(&format!(
-                    "{label:<width$} {:<11} {level:<10} {:>6.1}  {}\n",
+                    "{label:<width$} {:<11} {level:<10} {:>6.1}  {}{}\n",
                     out.meta.status.to_string(),
                     out.score.bootstrap_index,
-                    out.run_id
+                    out.run_id,
+                    if was_kept[i] { " (kept)" } else { "" }
                 ));
                 match out.meta.status {
                     RunStatus::Done => {}
@@ -780,6 +875,7 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
                     "assisted_level": out.score.assisted_level,
                     "bootstrap_index": out.score.bootstrap_index,
                     "error": out.meta.error,
+                    "kept": was_kept[i],
                 }));
             }
             Err(e) => {
@@ -821,6 +917,7 @@ async fn mcp(a: McpArgs) -> Result<i32, Exit> {
         seed: a.seed,
         seeds: None,
         parallel: 1,
+        force: false,
         stages: a.stages,
         json: false,
         max_steps: None,
