@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use gptx::trace::rundir::{self, RunDir, RunMeta, RunStatus};
 
+/// These tests kill processes and sweep the engine: one at a time, so one's `gc` or run start never
+/// removes what another is looking at.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The run directory `gptx run` made below `runs` once its trace has a recorded step.
 fn wait_for_a_step(runs: &Path, child: &mut std::process::Child) -> RunDir {
     let t0 = Instant::now();
@@ -51,6 +55,7 @@ fn gptx_out(args: &[&str], runs: &Path) -> (i32, String, String) {
 /// what it left, and the trace verifies up to the mark.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_gptx_leaves_a_run_gc_marks_interrupted_and_cleans_up() {
+    let _one = SERIAL.lock().await;
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
     let mut child = common::gptx()
@@ -115,6 +120,7 @@ async fn a_killed_gptx_leaves_a_run_gc_marks_interrupted_and_cleans_up() {
 /// The next `gptx run` in the same runs directory marks a killed run too, and removes its sandbox.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_next_run_marks_a_killed_one_and_removes_what_it_left() {
+    let _one = SERIAL.lock().await;
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
     let mut child = common::gptx()
@@ -178,6 +184,7 @@ fn batch(args: &[&str], runs: &Path) -> (Vec<serde_json::Value>, String, i32) {
 /// gptx was killed is run again, `--force` runs everything.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_run_again_keeps_done_pairs_and_runs_the_rest() {
+    let _one = SERIAL.lock().await;
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
     let args = ["--suite", "mini", "--agent", "null", "--seeds", "1-2"];
@@ -233,4 +240,153 @@ async fn a_batch_run_again_keeps_done_pairs_and_runs_the_rest() {
             0
         );
     }
+}
+
+/// Kills a helper process however the test ends.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// A socket proxy in front of the engine: forwards `argv[1]` to the engine's socket; SIGUSR1 cuts
+/// every connection and stops listening (the engine is gone, as far as gptx can tell).
+const PROXY: &str = r#"
+import os, signal, socket, sys, threading
+path, target = sys.argv[1], sys.argv[2]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(64)
+conns = []
+lock = threading.Lock()
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def cut(*_):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    srv.close()
+    with lock:
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+    print("cut", flush=True)
+signal.signal(signal.SIGUSR1, cut)
+print("ready", flush=True)
+while True:
+    try:
+        c, _ = srv.accept()
+    except OSError:
+        signal.pause()
+        continue
+    e = socket.socket(socket.AF_UNIX)
+    e.connect(target)
+    with lock:
+        conns.extend([c, e])
+    threading.Thread(target=pipe, args=(c, e), daemon=True).start()
+    threading.Thread(target=pipe, args=(e, c), daemon=True).start()
+"#;
+
+/// The engine goes away mid-step (a proxy between gptx and the engine cuts every connection): the
+/// run stops within seconds as interrupted, says why, its trace verifies, and `gptx gc` (on the real
+/// socket) removes what the lost engine kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_engine_stops_the_run_within_seconds_as_interrupted() {
+    let _one = SERIAL.lock().await;
+    use std::io::BufRead;
+    let (docker, _) = common::docker_and_image().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let sock = tmp.path().join("engine.sock");
+    let mut proxy = std::process::Command::new("python3")
+        .args(["-c", PROXY])
+        .arg(&sock)
+        .arg("/var/run/docker.sock")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(proxy.id());
+    let mut said = std::io::BufReader::new(proxy.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let mut child = common::gptx()
+        .args([
+            "run",
+            "--suite",
+            "mini",
+            "--agent",
+            "reference",
+            "--quiet",
+            "--runs-dir",
+        ])
+        .arg(&runs)
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = wait_for_a_step(&runs, &mut child);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(proxy.id() as i32).unwrap(),
+        rustix::process::Signal::USR1,
+    )
+    .unwrap();
+    line.clear();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "cut");
+    let cut = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(90),
+            "gptx still runs 90 s after the engine went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = cut.elapsed();
+    eprintln!(
+        "gptx ended {:.1} s after the engine went away",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(45), "{took:?}");
+    assert_eq!(status.code(), Some(130));
+    let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
+    assert_eq!(meta.status, RunStatus::Interrupted);
+    let why = meta.error.clone().unwrap_or_default();
+    assert!(why.contains("the Docker engine stopped answering"), "{why}");
+    let (code, stdout, stderr) = gptx_out(&["verify", &meta.run_id], &runs);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let mounts = gptx::sandbox::quota::mounts_below(&runs);
+    eprintln!("mounts after the run: {mounts:?}");
+    // The engine kept the run's containers; gc on the real socket removes them.
+    let (code, _, stderr) = gptx_out(&["gc"], &runs);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(common::leftovers(&docker, &meta.run_id).await, 0);
+    assert!(gptx::sandbox::quota::mounts_below(&runs).is_empty());
 }

@@ -27,11 +27,15 @@ pub enum EngineError {
     Docker(#[from] bollard::errors::Error),
 }
 
-/// Connects to the local engine and agrees on an API version (the engine here may be older than bollard).
+/// Connects to the engine `DOCKER_HOST` names (`unix:///path`, `tcp://host:port`), else the local
+/// socket, and agrees on an API version (the engine here may be older than bollard).
 pub async fn connect() -> Result<Docker, EngineError> {
-    let docker = Docker::connect_with_local_defaults()
-        .map_err(|e| EngineError::Unreachable(e.to_string()))?
-        .with_timeout(Duration::from_secs(600));
+    let docker = match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => Docker::connect_with_host(&host),
+        _ => Docker::connect_with_local_defaults(),
+    }
+    .map_err(|e| EngineError::Unreachable(e.to_string()))?
+    .with_timeout(Duration::from_secs(600));
     let docker = docker
         .negotiate_version()
         .await

@@ -597,6 +597,14 @@ impl Sandbox for DockerSandbox {
         }
     }
 
+    async fn engine_lost(&self) -> Option<String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.docker.ping()).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer in 5 s".into()),
+        }
+    }
+
     async fn end_stage(&self) -> Result<crate::sandbox::Swept, SandboxError> {
         // The supervisor goes too; the next command starts a new one. Its pid is left out of the count.
         let mut guard = self.sup.lock().await;

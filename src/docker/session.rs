@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -149,6 +150,16 @@ pub async fn run(
         }
     })?;
 
+    // The engine is watched while the run goes: when it stops answering (a restart, a crash, a cut
+    // socket), the run stops within seconds as interrupted, with the reason, instead of at a
+    // budget's end.
+    let run_cancel = cancel.child_token();
+    let engine_lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let _watch = WatchGuard(tokio::spawn(watch_engine(
+        docker.clone(),
+        run_cancel.clone(),
+        engine_lost.clone(),
+    )));
     // Network and sandbox. A failure here is a failed run, recorded as such.
     let mut network = None;
     let mut failure: Option<String> = None;
@@ -240,7 +251,7 @@ pub async fn run(
                 sb.clone(),
                 events,
                 Some(history),
-                cancel.clone(),
+                run_cancel.clone(),
             );
             runner.world_network = network.clone();
             runner.world = plan.world.clone();
@@ -291,6 +302,18 @@ pub async fn run(
             }));
             let result = runner.run(agent.as_mut(), &image.tag).await;
             events = runner.events;
+            let watched = engine_lost.lock().expect("engine watch").clone();
+            match (runner.lost, watched) {
+                (Some(why), _) => {
+                    *engine_lost.lock().expect("engine watch") = Some(why.clone());
+                    failure = Some(why);
+                }
+                (None, Some(why)) => {
+                    events.warn(why.clone());
+                    failure = Some(why);
+                }
+                (None, None) => {}
+            }
             result
         }
         None => {
@@ -309,39 +332,54 @@ pub async fn run(
         }
     };
 
-    // Teardown: never skipped, never fatal.
-    if let Some(s) = &sandbox {
-        if let Err(e) = s.remove().await {
-            events.warn(format!("removing the sandbox: {e}"));
+    // Teardown: never skipped, never fatal; bounded once the engine is known to be gone.
+    drop(_watch);
+    let gone = engine_lost.lock().expect("engine watch").is_some();
+    let limit = if gone {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(3600)
+    };
+    let docker_teardown = async {
+        if let Some(s) = &sandbox {
+            if let Err(e) = s.remove().await {
+                events.warn(format!("removing the sandbox: {e}"));
+            }
         }
+        if let Some(w) = &web {
+            for warning in w.remove().await {
+                events.warn(warning);
+            }
+        }
+        if let Some(n) = &network {
+            if let Err(e) = docker.remove_network(n).await {
+                if !engine::is_not_found(&e) {
+                    events.warn(format!("removing network {n}: {e}"));
+                }
+            }
+        }
+        match engine::sweep(&docker, Some(&run_id), |_| false).await {
+            Ok((removed, warnings)) => {
+                if !removed.is_empty() {
+                    events.warn(format!("swept leftovers of this run: {removed:?}"));
+                }
+                for w in warnings {
+                    events.warn(w);
+                }
+            }
+            Err(e) => events.warn(format!("sweeping this run's resources: {e}")),
+        }
+    };
+    if tokio::time::timeout(limit, docker_teardown).await.is_err() {
+        events.warn(format!(
+            "the engine did not answer the teardown in {} s; `gptx gc` removes what is left",
+            limit.as_secs()
+        ));
     }
     if let Some(q) = quota {
         if let Err(e) = q.release(true) {
             events.warn(format!("releasing the workspace's disk: {e}"));
         }
-    }
-    if let Some(w) = &web {
-        for warning in w.remove().await {
-            events.warn(warning);
-        }
-    }
-    if let Some(n) = &network {
-        if let Err(e) = docker.remove_network(n).await {
-            if !engine::is_not_found(&e) {
-                events.warn(format!("removing network {n}: {e}"));
-            }
-        }
-    }
-    match engine::sweep(&docker, Some(&run_id), |_| false).await {
-        Ok((removed, warnings)) => {
-            if !removed.is_empty() {
-                events.warn(format!("swept leftovers of this run: {removed:?}"));
-            }
-            for w in warnings {
-                events.warn(w);
-            }
-        }
-        Err(e) => events.warn(format!("sweeping this run's resources: {e}")),
     }
 
     crate::runner::finish(&mut events, &mut result);
@@ -380,6 +418,53 @@ pub async fn run(
         meta,
         score,
     })
+}
+
+/// How often the engine is asked whether it is there while a run goes, how long an answer may take,
+/// and how many missed answers in a row mean it is gone.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
+const WATCH_MISSES: u32 = 2;
+
+/// Pings the engine every [`WATCH_EVERY`]; after [`WATCH_MISSES`] failed pings in a row, records why
+/// in `lost` and cancels the run.
+async fn watch_engine(
+    docker: bollard::Docker,
+    cancel: CancellationToken,
+    lost: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    let mut misses = 0;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        let why = match tokio::time::timeout(WATCH_TIMEOUT, docker.ping()).await {
+            Ok(Ok(_)) => {
+                misses = 0;
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer in {} s", WATCH_TIMEOUT.as_secs()),
+        };
+        misses += 1;
+        if misses >= WATCH_MISSES {
+            *lost.lock().expect("engine watch") = Some(format!(
+                "the Docker engine stopped answering ({why}); the run stopped"
+            ));
+            cancel.cancel();
+            return;
+        }
+    }
+}
+
+/// Stops the engine watch when the run is over, however it ends.
+struct WatchGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Makes the workspace writable by the sandbox user: owned by it when we are root, else open to all.

@@ -127,6 +127,8 @@ pub struct Runner {
     ledger: Vec<IntegrityNote>,
     /// Bytes of agent logs recorded so far (capped at [`AGENT_LOG_CAP`] per run).
     agent_log_bytes: u64,
+    /// Why the run stopped when the engine behind the sandbox went away.
+    pub lost: Option<String>,
 }
 
 /// The recipe files the selfhost copy refused for what they were, not for their size or place: a
@@ -228,6 +230,25 @@ impl Runner {
             step: 0,
             ledger: Vec::new(),
             agent_log_bytes: 0,
+            lost: None,
+        }
+    }
+
+    /// After a failed sandbox operation: is the engine gone? Then the run stops as interrupted
+    /// (a lost engine is nobody's grade), and the reason is kept.
+    async fn engine_gone(&mut self) -> bool {
+        if self.lost.is_some() {
+            return true;
+        }
+        match self.sandbox.engine_lost().await {
+            Some(why) => {
+                let why = format!("the Docker engine stopped answering ({why}); the run stopped");
+                self.warn(why.clone());
+                self.lost = Some(why);
+                self.cancel.cancel();
+                true
+            }
+            None => false,
         }
     }
 
@@ -492,6 +513,11 @@ impl Runner {
                     outputs: res.outputs.clone(),
                     commit,
                 }));
+                if matches!(&res.result, Err(e) if e.code == "sandbox_error")
+                    && self.engine_gone().await
+                {
+                    break 'stage EndReason::Interrupted;
+                }
                 if let Err(e) = agent.observe(&call, &res.result).await {
                     self.warn(e.to_string());
                     break 'stage EndReason::AgentError;
@@ -557,6 +583,9 @@ impl Runner {
             wall_seconds,
         });
         let mut ended_by = ended_by;
+        if swept.is_err() && ended_by != EndReason::Interrupted && self.engine_gone().await {
+            ended_by = EndReason::Interrupted;
+        }
         let score = if ended_by == EndReason::Interrupted {
             None
         } else if let Err(e) = swept {
@@ -604,6 +633,12 @@ impl Runner {
                     if let Some((_, _, path)) = graded {
                         let _ = std::fs::remove_dir_all(&path);
                     }
+                    // A grade that failed on the harness's side because the engine went away is
+                    // no grade: the stage stays ungraded and the run stops.
+                    let scored = match scored {
+                        Some(s) if s.status == "error" && self.engine_gone().await => None,
+                        other => other,
+                    };
                     match scored {
                         Some(score) => {
                             self.emit(Event::StageScored {

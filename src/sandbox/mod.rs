@@ -133,6 +133,12 @@ pub trait Sandbox: Send + Sync {
         Ok(Swept::default())
     }
 
+    /// Why the machinery behind the sandbox (the engine) is gone, when it is: asked after a
+    /// sandbox operation failed, to tell a lost engine from a failed command.
+    async fn engine_lost(&self) -> Option<String> {
+        None
+    }
+
     /// Reads a workspace file, confined to the workspace.
     fn read_file(&self, path: &WorkspacePath, limit: u64) -> Result<(Vec<u8>, u64), SandboxError> {
         Ok(self.workspace().read(path, limit)?)
