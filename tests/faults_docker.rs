@@ -390,3 +390,71 @@ async fn a_lost_engine_stops_the_run_within_seconds_as_interrupted() {
     assert_eq!(common::leftovers(&docker, &meta.run_id).await, 0);
     assert!(gptx::sandbox::quota::mounts_below(&runs).is_empty());
 }
+
+/// The runs directory's filesystem fills up mid-run: the run stops as failed and says why, the trace
+/// has no partial line, and `gptx verify` passes on what was written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_runs_directory_fails_the_run_cleanly() {
+    let _one = SERIAL.lock().await;
+    use std::io::Write;
+    let (docker, _) = common::docker_and_image().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&runs)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting a tmpfs needs root");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(runs.clone());
+    let mut child = common::gptx()
+        .args([
+            "run",
+            "--suite",
+            "mini",
+            "--agent",
+            "reference",
+            "--quiet",
+            "--runs-dir",
+        ])
+        .arg(&runs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = wait_for_a_step(&runs, &mut child);
+    // Fill what is left.
+    let mut filler = std::fs::File::create(runs.join("filler")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    while filler.write_all(&chunk).is_ok() {}
+    let _ = filler.write_all(&chunk[..4096]);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(600), "gptx still runs");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_ne!(status.code(), Some(0));
+    let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
+    assert_eq!(meta.status, RunStatus::Failed, "{:?}", meta.error);
+    let why = meta.error.clone().unwrap_or_default();
+    eprintln!("run.json says: {why}");
+    assert!(why.contains("trace could not be written"), "{why}");
+    let trace = std::fs::read(dir.events()).unwrap();
+    assert!(trace.ends_with(b"\n"), "a partial last line");
+    let (code, stdout, stderr) = gptx_out(&["verify", &meta.run_id], &runs);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(common::leftovers(&docker, &meta.run_id).await, 0);
+}

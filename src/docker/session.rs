@@ -142,6 +142,9 @@ pub async fn run(
         owner: crate::trace::rundir::Owner::me(),
     };
     rundir::write_json_atomic(&dir.run_json(), &meta).map_err(rd_err(&dir.run_json()))?;
+    if let Err(e) = reserve(&dir.reserve(), RESERVE_BYTES) {
+        tracing::warn!("could not keep space for the run's end ({e})");
+    }
     let log = EventLog::create(&dir.events()).map_err(rd_err(&dir.events()))?;
     let history = WorkspaceHistory::create(&dir.git(), &dir.workspace()).map_err(|source| {
         SessionError::Git {
@@ -383,6 +386,7 @@ pub async fn run(
     }
 
     crate::runner::finish(&mut events, &mut result);
+    let _ = std::fs::remove_file(dir.reserve());
     meta.status = result.status;
     meta.error = failure.or_else(|| {
         events
@@ -418,6 +422,24 @@ pub async fn run(
         meta,
         score,
     })
+}
+
+/// Bytes kept for the final `run.json` and `score.json` (each a few KiB).
+const RESERVE_BYTES: u64 = 1 << 20;
+
+/// Allocates `bytes` at `path` for real (not a sparse file), so freeing it frees that much.
+fn reserve(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
+    let f = std::fs::File::create(path)?;
+    if rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, bytes).is_err() {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(&f);
+        let block = [0u8; 4096];
+        for _ in 0..bytes / 4096 {
+            w.write_all(&block)?;
+        }
+        w.flush()?;
+    }
+    f.sync_all()
 }
 
 /// How often the engine is asked whether it is there while a run goes, how long an answer may take,

@@ -179,6 +179,7 @@ fn mark_one(dir: &RunDir, mut meta: RunMeta) -> anyhow::Result<Option<Marked>> {
     meta.ended_at = Some(chrono::Utc::now());
     meta.trace_sha256 = Some(tail);
     meta.events = verified.events;
+    let _ = std::fs::remove_file(dir.reserve());
     write_json_atomic(&dir.run_json(), &meta)?;
     Ok(Some(Marked {
         run_id: meta.run_id,
@@ -357,6 +358,11 @@ impl RunDir {
     /// The `n`th trial rebuild of selfhost's `check {"rebuild": true}`, shaped the same way.
     pub fn selfhost_check(&self, n: u64) -> RunDir {
         RunDir::new(self.selfhost().path.join(format!("check-{n}")))
+    }
+    /// Space kept for the run's last words: freed just before the final `run.json` and
+    /// `score.json`, so a full disk cannot keep a run from saying how it ended.
+    pub fn reserve(&self) -> PathBuf {
+        self.path.join(".reserve")
     }
     /// A rebuild's whole output (in a rebuild's directory).
     pub fn bootstrap_log(&self) -> PathBuf {
