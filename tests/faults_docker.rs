@@ -458,3 +458,73 @@ async fn a_full_runs_directory_fails_the_run_cleanly() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert_eq!(common::leftovers(&docker, &meta.run_id).await, 0);
 }
+
+/// SIGKILL mid-rebuild (selfhost's grade: its own network, web server, sandbox and disk): `gptx gc`
+/// marks the run and leaves nothing behind, the rebuild's disk included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gptx_killed_mid_rebuild_leaves_nothing_after_gc() {
+    let _one = SERIAL.lock().await;
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let mut child = common::gptx()
+        .args([
+            "run",
+            "--suite",
+            "mini",
+            "--agent",
+            "reference",
+            "--quiet",
+            "--runs-dir",
+        ])
+        .arg(runs.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = wait_for_a_step(runs.path(), &mut child);
+    let t0 = Instant::now();
+    // The rebuild runs once selfhost's steps are over and its grade begins.
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "gptx ended first");
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "no rebuild in 600 s"
+        );
+        let text = std::fs::read_to_string(dir.events()).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("\"type\":\"stage_ended\"") && l.contains("\"selfhost\""))
+            && RunDir::new(dir.path.clone())
+                .selfhost()
+                .workspace()
+                .join("bootstrap.sh")
+                .exists()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run_id = rundir::read_json::<RunMeta>(&dir.run_json())
+        .unwrap()
+        .run_id;
+    let (code, _, stderr) = gptx_out(&["gc"], runs.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("marked interrupted"), "{stderr}");
+    assert_eq!(common::leftovers(&docker, &run_id).await, 0);
+    let networks = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await
+        .unwrap();
+    assert!(
+        !networks
+            .iter()
+            .any(|n| n.name.as_deref().unwrap_or("").contains(&run_id)),
+        "a network of the run is left"
+    );
+    assert!(gptx::sandbox::quota::mounts_below(runs.path()).is_empty());
+    let (code, stdout, stderr) = gptx_out(&["verify", &run_id], runs.path());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+}
