@@ -36,6 +36,19 @@ fn wait_for_a_step(runs: &Path, child: &mut std::process::Child) -> RunDir {
     }
 }
 
+/// `gptx run --suite mini --agent reference` in the background, with these environment variables.
+fn reference_run(runs: &Path, env: &[(&str, String)]) -> std::process::Child {
+    let mut cmd = common::gptx();
+    cmd.args(["run", "--suite", "mini", "--agent", "reference", "--quiet", "--runs-dir"])
+        .arg(runs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
 fn gptx_out(args: &[&str], runs: &Path) -> (i32, String, String) {
     let out = common::gptx()
         .args(args)
@@ -58,21 +71,7 @@ async fn a_killed_gptx_leaves_a_run_gc_marks_interrupted_and_cleans_up() {
     let _one = SERIAL.lock().await;
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let mut child = common::gptx()
-        .args([
-            "run",
-            "--suite",
-            "mini",
-            "--agent",
-            "reference",
-            "--quiet",
-            "--runs-dir",
-        ])
-        .arg(runs.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = reference_run(runs.path(), &[]);
     let dir = wait_for_a_step(runs.path(), &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -123,21 +122,7 @@ async fn the_next_run_marks_a_killed_one_and_removes_what_it_left() {
     let _one = SERIAL.lock().await;
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let mut child = common::gptx()
-        .args([
-            "run",
-            "--suite",
-            "mini",
-            "--agent",
-            "reference",
-            "--quiet",
-            "--runs-dir",
-        ])
-        .arg(runs.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = reference_run(runs.path(), &[]);
     let dir = wait_for_a_step(runs.path(), &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -331,22 +316,10 @@ async fn a_lost_engine_stops_the_run_within_seconds_as_interrupted() {
     let mut line = String::new();
     said.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    let mut child = common::gptx()
-        .args([
-            "run",
-            "--suite",
-            "mini",
-            "--agent",
-            "reference",
-            "--quiet",
-            "--runs-dir",
-        ])
-        .arg(&runs)
-        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = reference_run(
+        &runs,
+        &[("DOCKER_HOST", format!("unix://{}", sock.display()))],
+    );
     let dir = wait_for_a_step(&runs, &mut child);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(proxy.id() as i32).unwrap(),
@@ -417,21 +390,7 @@ async fn a_full_runs_directory_fails_the_run_cleanly() {
         }
     }
     let _unmount = Unmount(runs.clone());
-    let mut child = common::gptx()
-        .args([
-            "run",
-            "--suite",
-            "mini",
-            "--agent",
-            "reference",
-            "--quiet",
-            "--runs-dir",
-        ])
-        .arg(&runs)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = reference_run(&runs, &[]);
     let dir = wait_for_a_step(&runs, &mut child);
     // Fill what is left.
     let mut filler = std::fs::File::create(runs.join("filler")).unwrap();
@@ -466,21 +425,7 @@ async fn a_gptx_killed_mid_rebuild_leaves_nothing_after_gc() {
     let _one = SERIAL.lock().await;
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let mut child = common::gptx()
-        .args([
-            "run",
-            "--suite",
-            "mini",
-            "--agent",
-            "reference",
-            "--quiet",
-            "--runs-dir",
-        ])
-        .arg(runs.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = reference_run(runs.path(), &[]);
     let dir = wait_for_a_step(runs.path(), &mut child);
     let t0 = Instant::now();
     // The rebuild runs once selfhost's steps are over and its grade begins.
