@@ -1,0 +1,182 @@
+//! Housekeeping commands: `gptx images`, `gptx world build|show` and `gptx gc`.
+
+use super::*;
+
+pub(super) async fn images_build(names: Vec<String>, force: bool, json: bool) -> Result<i32, Exit> {
+    let home = Home::locate().map_err(env_error)?;
+    let docker = crate::docker::engine::connect().await.map_err(env_error)?;
+    let names = if names.is_empty() {
+        vec!["base".to_string()]
+    } else {
+        names
+    };
+    let mut results = Vec::new();
+    for name in &names {
+        let built = crate::docker::images::build(&docker, &home, name, force, json)
+            .await
+            .map_err(|e| match e {
+                crate::docker::images::ImageError::Recipe(_) => Exit {
+                    code: exit::USAGE,
+                    error: e.into(),
+                },
+                other => env_error(other),
+            })?;
+        if !json {
+            println!(
+                "{:<6} {}  {}  ({:.1} s{})",
+                built.name,
+                built.tag,
+                crate::docker::engine::short(built.id.trim_start_matches("sha256:")),
+                built.seconds,
+                if built.built {
+                    ", built"
+                } else {
+                    ", already built: skipped"
+                }
+            );
+        }
+        results.push(built);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&results).expect("json"));
+    }
+    Ok(exit::OK)
+}
+
+pub(super) async fn images_list() -> Result<i32, Exit> {
+    let home = Home::locate().map_err(env_error)?;
+    let docker = crate::docker::engine::connect().await.map_err(env_error)?;
+    for name in crate::config::suite::toml_names(&home.sandboxes()) {
+        let recipe = crate::docker::images::Recipe::load(&home, &name).map_err(failed)?;
+        let tag = recipe.tag();
+        let have = crate::docker::images::image_id(&docker, &tag)
+            .await
+            .map_err(failed)?;
+        println!(
+            "{name:<6} {tag:<24} {:<9} {}",
+            if have.is_some() { "built" } else { "not built" },
+            recipe.description
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub(super) fn world(a: WorldArgs, show: bool) -> Result<i32, Exit> {
+    let home = Home::locate().map_err(env_error)?;
+    let suite = home.suite(&a.suite).map_err(|e| Exit {
+        code: exit::USAGE,
+        error: e.into(),
+    })?;
+    let Some(name) = suite.world.clone() else {
+        return Err(Exit {
+            code: exit::USAGE,
+            error: anyhow::anyhow!(
+                "suite {} has no world (no `world = ...` in {})",
+                suite.name,
+                suite.path.display()
+            ),
+        });
+    };
+    let seed = a.seed.unwrap_or(suite.world_seed);
+    let bar = crate::report::progress::WorldBar::new(a.json);
+    let (w, built) = crate::world::ensure(&home, &name, seed, &bar).map_err(|e| match e {
+        crate::world::WorldError::NotFound { .. } | crate::world::WorldError::Config { .. } => {
+            Exit {
+                code: exit::USAGE,
+                error: e.into(),
+            }
+        }
+        other => failed(other),
+    })?;
+    bar.finish();
+    if a.json {
+        let mut v = serde_json::to_value(&w.manifest).map_err(failed)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("served");
+            o.remove("canaries");
+            o.insert("dir".into(), w.dir.display().to_string().into());
+            o.insert("built".into(), built.into());
+        }
+        println!("{v}");
+    } else if show {
+        print!("{}", crate::report::show::world(&w));
+        match crate::config::reference::load(&home, &name) {
+            Ok(Some(r)) => {
+                let stale = if r.world_hash == w.manifest.world_hash {
+                    ""
+                } else {
+                    " — measured on another world hash: run `gptx world reference` again"
+                };
+                println!(
+                    "reference values (run {}, {}, {}){stale}:",
+                    r.run_id, r.measured_at, r.level
+                );
+                for (k, v) in &r.values {
+                    println!("  {k:<26} {v}");
+                }
+            }
+            Ok(None) => println!(
+                "no reference values yet: `gptx world reference --suite {}` measures them",
+                a.suite
+            ),
+            Err(e) => println!("reference values: {e}"),
+        }
+    } else {
+        let m = &w.manifest;
+        println!(
+            "world {} (seed {}) {}  {}  ({:.1} s{})",
+            m.name,
+            m.seed,
+            &m.world_hash[..12],
+            w.dir.display(),
+            m.stats.build_seconds,
+            if built {
+                ", built"
+            } else {
+                ", cached: skipped"
+            }
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub(super) async fn gc(all: bool, runs_dir: &std::path::Path) -> Result<i32, Exit> {
+    let mut marking = mark_dead_runs(runs_dir);
+    let docker = crate::docker::engine::connect().await.map_err(env_error)?;
+    let (removed, mut warnings) = crate::docker::engine::gc(&docker, all)
+        .await
+        .map_err(failed)?;
+    println!(
+        "removed {} container(s), {} network(s), {} volume(s)",
+        removed.containers.len(),
+        removed.networks.len(),
+        removed.volumes.len()
+    );
+    // Workspace disks of runs that have no container left: their gptx is gone.
+    let mut released = 0;
+    for (mount, run) in crate::sandbox::quota::orphans() {
+        let alive = crate::docker::engine::leftovers(&docker, &run)
+            .await
+            .unwrap_or(1)
+            > 0;
+        if alive && !all {
+            continue;
+        }
+        match crate::sandbox::quota::release_orphan(&mount) {
+            Ok(()) => released += 1,
+            Err(e) => warnings.push(e.to_string()),
+        }
+    }
+    if released > 0 {
+        println!("released {released} workspace disk(s) of dead runs (their contents kept)");
+    }
+    warnings.append(&mut marking);
+    for w in &warnings {
+        eprintln!("gptx gc: {w}");
+    }
+    Ok(if warnings.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}

@@ -1,0 +1,499 @@
+//! `gptx run` (one run, or a batch of agents × seeds), `gptx mcp` and `gptx world reference`: plans from arguments, runs on the engine, results printed.
+
+use super::*;
+
+/// Turns `gptx run` arguments into a validated plan.
+pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
+    let agent = match args.agent.as_slice() {
+        [one] => one,
+        [] => anyhow::bail!("--agent: give the agent to run"),
+        _ => anyhow::bail!("--agent: plan() takes one agent; use plans() for several"),
+    };
+    plan_for(args, agent, args.seed)
+}
+
+/// The runs `gptx run` asks for: every `--agent` × every seed of `--seeds` (or `--seed`).
+/// Each plan comes with the `--agent` text it was made from.
+pub fn plans(args: &RunArgs) -> anyhow::Result<Vec<(String, RunPlan)>> {
+    let seeds: Vec<Option<u64>> = match &args.seeds {
+        Some(Seeds(list)) if !list.is_empty() => list.iter().map(|s| Some(*s)).collect(),
+        _ => vec![args.seed],
+    };
+    let mut out = Vec::new();
+    for agent in &args.agent {
+        for seed in &seeds {
+            out.push((agent.clone(), plan_for(args, agent, *seed)?));
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn plan_for(args: &RunArgs, agent: &str, seed: Option<u64>) -> anyhow::Result<RunPlan> {
+    let home = Home::locate()?;
+    let agent: AgentSpec = agent
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--agent {agent}: {e}"))?;
+    let mut suite = home.suite(&args.suite).context("--suite")?;
+    suite = suite.with_overrides(&BudgetOverrides {
+        max_steps: args.max_steps,
+        max_sandbox_seconds: args.max_sandbox_seconds,
+        max_wall_seconds: args.max_wall_seconds,
+        max_step_seconds: args.max_step_seconds,
+        max_tokens: args.max_tokens,
+        max_cost_usd: args.max_cost_usd,
+        ..Default::default()
+    })?;
+    if !args.stages.is_empty() {
+        suite = suite.select(&args.stages)?;
+    }
+    if let Some(seed) = seed {
+        suite.seed = seed;
+    }
+    Ok(RunPlan {
+        home,
+        suite,
+        agent,
+        runs_dir: args.dir.runs_dir.clone(),
+        rescue: args.rescue,
+        prebuilt: None,
+        llm: crate::agent::llm::LlmOptions {
+            temperature: args.temperature,
+            max_output_tokens: args.max_output_tokens,
+            context_tokens: args.context_tokens,
+            ..Default::default()
+        },
+        world: None,
+        agent_env: args.agent_env.clone(),
+    })
+}
+
+pub(super) async fn run(args: RunArgs) -> Result<i32, Exit> {
+    let mut plans = plans(&args).map_err(|e| Exit {
+        code: exit::USAGE,
+        error: e,
+    })?;
+    for p in mark_dead_runs(&args.dir.runs_dir) {
+        eprintln!("gptx: {p}");
+    }
+    if plans.len() > 1 {
+        return run_many(plans, &args).await;
+    }
+    let (_, plan) = plans.remove(0);
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let out = execute(plan, args.quiet, cancel).await?;
+    if args.json {
+        let stages: serde_json::Map<String, serde_json::Value> = out
+            .score
+            .stages
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).expect("json")))
+            .collect();
+        let obj = serde_json::json!({
+            "run_id": out.run_id,
+            "dir": out.dir.display().to_string(),
+            "status": out.meta.status,
+            "level": out.score.level,
+            "assisted_level": out.score.assisted_level,
+            "bootstrap_index": out.score.bootstrap_index,
+            "stages": stages,
+            "error": out.meta.error,
+        });
+        out_text(&format!("{obj}\n"));
+    } else {
+        out_text(&crate::report::show::scorecard(&out.meta, &out.score));
+    }
+    Ok(match out.meta.status {
+        RunStatus::Done => exit::OK,
+        RunStatus::Interrupted => exit::INTERRUPTED,
+        RunStatus::Failed | RunStatus::Running => exit::FAILED,
+    })
+}
+
+/// The world hash a plan's run will have (the world built or read from the cache), None without one.
+fn world_hash_of(plan: &RunPlan) -> Option<String> {
+    let name = plan.suite.world.as_ref()?;
+    crate::world::ensure(
+        &plan.home,
+        name,
+        plan.suite.world_seed,
+        &crate::world::Quiet,
+    )
+    .ok()
+    .map(|w| w.0.manifest.world_hash)
+}
+
+/// A done run below `runs_dir` of the same pair as `plan` (agent, seed, suite, world hash, budgets)
+/// that verifies, as the batch reports it.
+fn already_done(
+    runs: &[(crate::trace::rundir::RunDir, crate::trace::rundir::RunMeta)],
+    agent: &str,
+    plan: &RunPlan,
+    world_hash: &Option<String>,
+) -> Option<session::RunOutput> {
+    let budgets: std::collections::BTreeMap<String, crate::config::suite::Budgets> = plan
+        .suite
+        .stages
+        .iter()
+        .map(|s| (s.name.clone(), s.budgets.clone()))
+        .collect();
+    runs.iter().rev().find_map(|(dir, meta)| {
+        let same = meta.status == RunStatus::Done
+            && meta.agent == agent
+            && meta.seed == plan.suite.seed
+            && meta.suite == plan.suite.name
+            && &meta.world_hash == world_hash
+            && meta.budgets == budgets;
+        if !same {
+            return None;
+        }
+        let score = crate::trace::rundir::read_json(&dir.score_json()).ok()?;
+        let audit = crate::trace::audit::check(dir).ok()?;
+        audit.problems.is_empty().then(|| session::RunOutput {
+            run_id: meta.run_id.clone(),
+            dir: dir.path.clone(),
+            meta: meta.clone(),
+            score,
+        })
+    })
+}
+
+/// Several runs (agents × seeds), at most `--parallel` at once. Each finished run prints one line;
+/// at the end a table of all of them. An interrupt stops the runs going and starts no more.
+async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, Exit> {
+    let total = plans.len();
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    // Pairs the runs directory already has done are kept, not run again (unless --force).
+    let mut kept: Vec<Option<session::RunOutput>> = (0..total).map(|_| None).collect();
+    let mut again = 0;
+    if !args.force {
+        let (runs, _) = crate::trace::rundir::list_runs(&args.dir.runs_dir);
+        let hash = plans.first().and_then(|(_, p)| world_hash_of(p));
+        for (i, (agent, plan)) in plans.iter().enumerate() {
+            kept[i] = already_done(&runs, agent, plan, &hash);
+            if kept[i].is_none()
+                && runs.iter().any(|(_, m)| {
+                    m.agent == *agent
+                        && m.seed == plan.suite.seed
+                        && m.suite == plan.suite.name
+                        && m.status != RunStatus::Done
+                })
+            {
+                again += 1;
+            }
+        }
+    }
+    let done = kept.iter().flatten().count();
+    let was_kept: Vec<bool> = kept.iter().map(Option::is_some).collect();
+    let to_run = total - done;
+    let parallel = usize::from(args.parallel).min(to_run.max(1));
+    eprintln!(
+        "gptx run: {total} runs ({} agent(s) × {} seed(s)): {done} done already{}, {again} interrupted or failed before (run again: resuming is not built yet), {} new; {parallel} at a time",
+        args.agent.len(),
+        total / args.agent.len().max(1),
+        if done > 0 { " (kept; --force runs them again)" } else { "" },
+        to_run - again,
+    );
+    // The runs share this task (a run's future is not Send): `buffer_unordered` polls at most
+    // `parallel` of them at once, and each spends its time waiting on the engine.
+    use futures_util::StreamExt;
+    let mut results: Vec<Option<(String, Result<session::RunOutput, Exit>)>> =
+        (0..total).map(|_| None).collect();
+    let mut todo = Vec::new();
+    for (i, (agent, plan)) in plans.into_iter().enumerate() {
+        match kept[i].take() {
+            Some(out) => {
+                results[i] = Some((format!("{agent} seed {}", plan.suite.seed), Ok(out)));
+            }
+            None => todo.push((i, (agent, plan))),
+        }
+    }
+    let mut labels: Vec<String> = vec![String::new(); total];
+    for (i, (agent, plan)) in &todo {
+        labels[*i] = format!("{agent} seed {}", plan.suite.seed);
+    }
+    let mut stream = futures_util::stream::iter(todo)
+        .map(|(i, (agent, plan))| {
+            let cancel = cancel.clone();
+            let label = format!("{agent} seed {}", plan.suite.seed);
+            async move {
+                if cancel.is_cancelled() {
+                    return (i, label, None);
+                }
+                // One progress line cannot show several runs: parallel runs are quiet.
+                let r = execute(plan, parallel > 1 || args.quiet, cancel).await;
+                (i, label, Some(r))
+            }
+        })
+        .buffer_unordered(parallel);
+    let mut finished = done;
+    while let Some((i, label, r)) = stream.next().await {
+        let Some(r) = r else {
+            continue;
+        };
+        finished += 1;
+        match &r {
+            Ok(out) => eprintln!(
+                "[{finished}/{total}] {label}: {} {}{} · Bootstrap Index {:.1} · {}",
+                out.meta.status,
+                out.score.level,
+                out.score
+                    .assisted_level
+                    .as_deref()
+                    .map(|a| format!(" (assisted {a})"))
+                    .unwrap_or_default(),
+                out.score.bootstrap_index,
+                out.run_id
+            ),
+            Err(e) => eprintln!("[{finished}/{total}] {label}: error: {:#}", e.error),
+        }
+        results[i] = Some((label, r));
+    }
+    drop(stream);
+    let mut code = exit::OK;
+    let mut lines = Vec::new();
+    let width = results
+        .iter()
+        .flatten()
+        .map(|(label, _)| label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(12);
+    let mut table = format!(
+        "{:<width$} {:<11} {:<10} {:>6}  run\n",
+        "agent / seed", "status", "level", "index"
+    );
+    for (i, slot) in results.iter().enumerate() {
+        let Some((label, r)) = slot else {
+            code = exit::INTERRUPTED;
+            table.push_str(&format!(
+                "{:<width$} not finished: the batch was interrupted\n",
+                labels[i]
+            ));
+            continue;
+        };
+        match r {
+            Ok(out) => {
+                let level = match &out.score.assisted_level {
+                    Some(a) => format!("{} ({a})", out.score.level),
+                    None => out.score.level.clone(),
+                };
+                table.push_str(&format!(
+                    "{label:<width$} {:<11} {level:<10} {:>6.1}  {}{}\n",
+                    out.meta.status.to_string(),
+                    out.score.bootstrap_index,
+                    out.run_id,
+                    if was_kept[i] { " (kept)" } else { "" }
+                ));
+                match out.meta.status {
+                    RunStatus::Done => {}
+                    RunStatus::Interrupted => code = exit::INTERRUPTED,
+                    _ if code == exit::OK => code = exit::FAILED,
+                    _ => {}
+                }
+                lines.push(serde_json::json!({
+                    "run_id": out.run_id,
+                    "agent": out.meta.agent,
+                    "seed": out.meta.seed,
+                    "status": out.meta.status,
+                    "level": out.score.level,
+                    "assisted_level": out.score.assisted_level,
+                    "bootstrap_index": out.score.bootstrap_index,
+                    "error": out.meta.error,
+                    "kept": was_kept[i],
+                }));
+            }
+            Err(e) => {
+                table.push_str(&format!("{label:<width$} error: {:#}\n", e.error));
+                if code == exit::OK {
+                    code = e.code;
+                }
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        code = exit::INTERRUPTED;
+    }
+    if args.json {
+        let mut text = String::new();
+        for l in lines {
+            text.push_str(&format!("{l}\n"));
+        }
+        out_text(&text);
+    } else {
+        out_text(&table);
+    }
+    Ok(code)
+}
+
+/// `gptx mcp`: a run whose agent is the MCP client on stdin/stdout.
+pub(super) async fn mcp(a: McpArgs) -> Result<i32, Exit> {
+    let args = RunArgs {
+        suite: a.suite,
+        agent: vec!["null".into()],
+        seed: a.seed,
+        seeds: None,
+        parallel: 1,
+        force: false,
+        stages: a.stages,
+        json: false,
+        max_steps: None,
+        max_sandbox_seconds: None,
+        max_wall_seconds: None,
+        max_step_seconds: None,
+        max_tokens: None,
+        max_cost_usd: None,
+        temperature: None,
+        max_output_tokens: 4096,
+        context_tokens: 100_000,
+        agent_env: vec![],
+        quiet: true,
+        rescue: a.rescue,
+        dir: a.dir,
+    };
+    let mut plan = plan(&args).map_err(|e| Exit {
+        code: exit::USAGE,
+        error: e,
+    })?;
+    let (agent, server) = crate::agent::mcp::pair();
+    plan.prebuilt = Some(Box::new(agent));
+    // Over stdio the client is our parent process; over HTTP it is whoever connects.
+    if a.http.is_none() {
+        if let Some(w) = crate::agent::mcp::client_warning(rustix::process::getppid(), &plan.home) {
+            eprintln!("gptx mcp: warning: {w}");
+            tracing::warn!("{w}");
+        }
+    }
+    let serving = match a.http {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                return Err(Exit {
+                    code: exit::USAGE,
+                    error: anyhow::anyhow!(
+                        "--http {addr}: the MCP server binds to loopback only (127.0.0.1 or ::1)"
+                    ),
+                });
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| failed(anyhow::anyhow!("--http {addr}: {e}")))?;
+            let bound = listener.local_addr().map_err(failed)?;
+            let token = crate::agent::mcp::new_token();
+            // The token is in the URL (or send `Authorization: Bearer <token>`): only who reads this
+            // line can talk to the run.
+            eprintln!("gptx mcp: listening on http://{bound}/mcp?token={token}");
+            tokio::spawn(server.serve_http(listener, token))
+        }
+        None => tokio::spawn(server.serve(tokio::io::stdin(), tokio::io::stdout())),
+    };
+    let http = a.http.is_some();
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let out = execute(plan, true, cancel).await?;
+    eprint!("{}", crate::report::show::scorecard(&out.meta, &out.score));
+    // The client hears the end in its last tool result; give it a moment (stdio: to hang up).
+    let grace = std::time::Duration::from_secs(if http { 2 } else { 10 });
+    let _ = tokio::time::timeout(grace, serving).await;
+    Ok(match out.meta.status {
+        RunStatus::Done => exit::OK,
+        RunStatus::Interrupted => exit::INTERRUPTED,
+        RunStatus::Failed | RunStatus::Running => exit::FAILED,
+    })
+}
+
+/// `gptx world reference`: a full reference run, then its scores as the world's reference values.
+pub(super) async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
+    let usage = |e: anyhow::Error| Exit {
+        code: exit::USAGE,
+        error: e,
+    };
+    let home = Home::locate().map_err(env_error)?;
+    let suite = home.suite(&a.suite).map_err(|e| usage(e.into()))?;
+    let Some(world) = suite.world.clone() else {
+        return Err(usage(anyhow::anyhow!(
+            "suite {} has no world to measure reference values on",
+            suite.name
+        )));
+    };
+    let plan = RunPlan {
+        home: home.clone(),
+        suite,
+        agent: AgentSpec::Reference(None),
+        runs_dir: a.dir.runs_dir.clone(),
+        rescue: false,
+        prebuilt: None,
+        llm: Default::default(),
+        world: None,
+        agent_env: vec![],
+    };
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let out = execute(plan, a.quiet, cancel).await?;
+    print!("{}", crate::report::show::scorecard(&out.meta, &out.score));
+    let values = out.score.reference_values().map_err(failed)?;
+    let record = crate::config::reference::ReferenceValues {
+        world: world.clone(),
+        world_hash: out.meta.world_hash.clone().unwrap_or_default(),
+        suite: out.meta.suite.clone(),
+        run_id: out.run_id.clone(),
+        measured_at: out
+            .meta
+            .ended_at
+            .unwrap_or_else(chrono::Utc::now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        gptx_version: out.meta.gptx_version.clone(),
+        level: out.score.level.clone(),
+        wall_seconds: out
+            .meta
+            .ended_at
+            .map(|e| (e - out.meta.started_at).num_milliseconds() as f64 / 1000.0)
+            .unwrap_or(0.0),
+        values,
+    };
+    let path = crate::config::reference::path(&home, &world);
+    crate::config::reference::write(&path, &record).map_err(failed)?;
+    println!("wrote {}:", path.display());
+    for (k, v) in &record.values {
+        println!("  {k:<26} {v}");
+    }
+    Ok(exit::OK)
+}
+
+/// Builds the world if the suite has one, then does the run with a progress line.
+pub(super) async fn execute(
+    mut plan: RunPlan,
+    quiet: bool,
+    cancel: CancellationToken,
+) -> Result<session::RunOutput, Exit> {
+    if let Some(name) = plan.suite.world.clone() {
+        let home = plan.home.clone();
+        let seed = plan.suite.world_seed;
+        let world = tokio::task::spawn_blocking(move || {
+            let bar = crate::report::progress::WorldBar::new(quiet);
+            let r = crate::world::ensure(&home, &name, seed, &bar);
+            bar.finish();
+            r
+        })
+        .await
+        .map_err(failed)?
+        .map_err(|e| match e {
+            crate::world::WorldError::NotFound { .. } | crate::world::WorldError::Config { .. } => {
+                Exit {
+                    code: exit::USAGE,
+                    error: anyhow::Error::from(e).context("--suite"),
+                }
+            }
+            other => env_error(other),
+        })?;
+        plan.world = Some(std::sync::Arc::new(world.0));
+    }
+    let reporters: Vec<Box<dyn crate::trace::Reporter>> =
+        vec![Box::new(crate::report::progress::Progress::new(quiet))];
+    session::run(plan, reporters, cancel)
+        .await
+        .map_err(|e| match e {
+            session::SessionError::Engine(_) | session::SessionError::Image(_) => env_error(e),
+            other => failed(other),
+        })
+}
