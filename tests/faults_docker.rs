@@ -39,10 +39,18 @@ fn wait_for_a_step(runs: &Path, child: &mut std::process::Child) -> RunDir {
 /// `gptx run --suite mini --agent reference` in the background, with these environment variables.
 fn reference_run(runs: &Path, env: &[(&str, String)]) -> std::process::Child {
     let mut cmd = common::gptx();
-    cmd.args(["run", "--suite", "mini", "--agent", "reference", "--quiet", "--runs-dir"])
-        .arg(runs)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "run",
+        "--suite",
+        "mini",
+        "--agent",
+        "reference",
+        "--quiet",
+        "--runs-dir",
+    ])
+    .arg(runs)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
