@@ -481,3 +481,60 @@ async fn a_gptx_killed_mid_rebuild_leaves_nothing_after_gc() {
     let (code, stdout, stderr) = gptx_out(&["verify", &run_id], runs.path());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 }
+
+/// SIGKILL during a world build: the half-built world is left, the next build removes it and
+/// builds the same world (same hash) as an uninterrupted build.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_world_build_killed_midway_is_built_again_whole() {
+    let _one = SERIAL.lock().await;
+    let cache = tempfile::tempdir().unwrap();
+    let half_built = |cache: &Path| -> Vec<String> {
+        std::fs::read_dir(cache.join("worlds"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect()
+    };
+    let mut child = common::gptx()
+        .args(["world", "build", "--suite", "mini"])
+        .env("GPTX_CACHE_DIR", cache.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while half_built(cache.path()).is_empty() {
+        assert!(child.try_wait().unwrap().is_none(), "the build ended first");
+        assert!(t0.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(half_built(cache.path()).len(), 1);
+    let show = |cache: &Path| -> serde_json::Value {
+        let out = common::gptx()
+            .args(["world", "show", "--suite", "mini", "--json"])
+            .env("GPTX_CACHE_DIR", cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let rebuilt = show(cache.path());
+    assert!(
+        half_built(cache.path()).is_empty(),
+        "the half-built world is gone"
+    );
+    let whole = tempfile::tempdir().unwrap();
+    let fresh = show(whole.path());
+    assert_eq!(rebuilt["world_hash"], fresh["world_hash"]);
+    assert!(rebuilt["world_hash"]
+        .as_str()
+        .is_some_and(|h| h.len() >= 12));
+}

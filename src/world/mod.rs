@@ -379,6 +379,17 @@ pub fn ensure(
     progress.phase("generating sites");
     let g = generate::generate(&cfg, seed, &docs, &ood_docs);
 
+    // Under the lock nobody else builds this world: any half-built one of it is a killed
+    // builder's, and goes.
+    let stale = format!(".{name}-s");
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&stale) && n.contains(".tmp") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let tmp = root.join(format!(".{name}-s{seed}-{key}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let (world_hash, web_bytes) = write_world(&g, &server, &tmp)?;
