@@ -57,6 +57,15 @@ fn reference_run(runs: &Path, env: &[(&str, String)]) -> std::process::Child {
     cmd.spawn().unwrap()
 }
 
+/// A reference run below `runs`, SIGKILLed once its trace has a step; its directory.
+fn killed_after_a_step(runs: &Path) -> RunDir {
+    let mut child = reference_run(runs, &[]);
+    let dir = wait_for_a_step(runs, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    dir
+}
+
 fn gptx_out(args: &[&str], runs: &Path) -> (i32, String, String) {
     let out = common::gptx()
         .args(args)
@@ -79,10 +88,7 @@ async fn a_killed_gptx_leaves_a_run_gc_marks_interrupted_and_cleans_up() {
     let _one = SERIAL.lock().await;
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let mut child = reference_run(runs.path(), &[]);
-    let dir = wait_for_a_step(runs.path(), &mut child);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let dir = killed_after_a_step(runs.path());
     let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
     assert_eq!(meta.status, RunStatus::Running);
     assert!(meta.owner.is_some(), "run.json names its owner");
@@ -130,10 +136,7 @@ async fn the_next_run_marks_a_killed_one_and_removes_what_it_left() {
     let _one = SERIAL.lock().await;
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
-    let mut child = reference_run(runs.path(), &[]);
-    let dir = wait_for_a_step(runs.path(), &mut child);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let dir = killed_after_a_step(runs.path());
     let run_id = rundir::read_json::<RunMeta>(&dir.run_json())
         .unwrap()
         .run_id;
