@@ -238,6 +238,14 @@ async fn a_batch_run_again_keeps_done_pairs_and_runs_the_rest() {
     }
 }
 
+/// The engine's own socket: `DOCKER_HOST` when it names one, else the default.
+fn engine_socket() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into())
+}
+
 /// Kills a helper process however the test ends.
 struct KillOnDrop(u32);
 
@@ -317,7 +325,7 @@ async fn a_lost_engine_stops_the_run_within_seconds_as_interrupted() {
     let mut proxy = std::process::Command::new("python3")
         .args(["-c", PROXY])
         .arg(&sock)
-        .arg("/var/run/docker.sock")
+        .arg(engine_socket())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
