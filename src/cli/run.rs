@@ -131,12 +131,7 @@ fn already_done(
     plan: &RunPlan,
     world_hash: &Option<String>,
 ) -> Option<session::RunOutput> {
-    let budgets: std::collections::BTreeMap<String, crate::config::suite::Budgets> = plan
-        .suite
-        .stages
-        .iter()
-        .map(|s| (s.name.clone(), s.budgets.clone()))
-        .collect();
+    let budgets = plan.suite.budgets_by_stage();
     runs.iter().rev().find_map(|(dir, meta)| {
         let same = meta.status == RunStatus::Done
             && meta.agent == agent

@@ -512,6 +512,15 @@ impl Suite {
         self.stages.iter().map(|s| s.name.clone()).collect()
     }
 
+    /// Each stage's resolved budgets, by name: what `run.json` records, and what a repeated batch
+    /// compares.
+    pub fn budgets_by_stage(&self) -> BTreeMap<String, Budgets> {
+        self.stages
+            .iter()
+            .map(|s| (s.name.clone(), s.budgets.clone()))
+            .collect()
+    }
+
     /// Does any stage need the world network?
     pub fn needs_world(&self) -> bool {
         self.stages.iter().any(|s| s.network == StageNetwork::World)

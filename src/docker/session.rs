@@ -124,12 +124,7 @@ pub async fn run(
         world_hash: plan.world.as_ref().map(|w| w.manifest.world_hash.clone()),
         seed: plan.suite.seed,
         stages: plan.suite.stage_names(),
-        budgets: plan
-            .suite
-            .stages
-            .iter()
-            .map(|s| (s.name.clone(), s.budgets.clone()))
-            .collect(),
+        budgets: plan.suite.budgets_by_stage(),
         gates: plan.suite.gates.clone(),
         gptx_version: env!("CARGO_PKG_VERSION").into(),
         images: BTreeMap::from([("agent".to_string(), image.id.clone())]),
