@@ -66,6 +66,16 @@ fn killed_after_a_step(runs: &Path) -> RunDir {
     dir
 }
 
+/// gptx said it marked `run_id` interrupted because its owner is gone.
+fn assert_marked(stderr: &str, run_id: &str) {
+    assert!(
+        stderr.contains(&format!(
+            "run {run_id} marked interrupted: owner process gone"
+        )),
+        "{stderr}"
+    );
+}
+
 fn gptx_out(args: &[&str], runs: &Path) -> (i32, String, String) {
     let out = common::gptx()
         .args(args)
@@ -100,12 +110,7 @@ async fn a_killed_gptx_leaves_a_run_gc_marks_interrupted_and_cleans_up() {
 
     let (code, stdout, stderr) = gptx_out(&["gc"], runs.path());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "run {run_id} marked interrupted: owner process gone"
-        )),
-        "{stderr}"
-    );
+    assert_marked(&stderr, &run_id);
     let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
     assert_eq!(meta.status, RunStatus::Interrupted);
     assert_eq!(meta.error.as_deref(), Some("owner process gone"));
@@ -143,12 +148,7 @@ async fn the_next_run_marks_a_killed_one_and_removes_what_it_left() {
     let (v, stderr) =
         common::run_json_with(&["--suite", "mini", "--agent", "null"], runs.path(), &[]);
     assert_eq!(v["status"], "done");
-    assert!(
-        stderr.contains(&format!(
-            "run {run_id} marked interrupted: owner process gone"
-        )),
-        "{stderr}"
-    );
+    assert_marked(&stderr, &run_id);
     let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
     assert_eq!(meta.status, RunStatus::Interrupted);
     assert_eq!(common::leftovers(&docker, &run_id).await, 0);

@@ -338,3 +338,44 @@ async fn the_replay_of_the_trace_agrees_with_what_the_runner_measured() {
     assert_eq!(finished.wall_seconds, result.wall_seconds);
     assert_eq!(replay.wall_seconds(), result.wall_seconds);
 }
+
+/// An agent that breaks its own sandbox (a command the sandbox fails, as when the agent's container
+/// dies) gains nothing: the engine still answers, so the run goes on and every stage is graded. Only
+/// a lost engine stops the run, leaving the stage ungraded.
+#[tokio::test]
+async fn a_failed_sandbox_is_the_agents_unless_the_engine_is_gone() {
+    let calls = [
+        r#"{"tool":"bash","args":{"cmd":"break the box"}}"#,
+        r#"{"tool":"submit"}"#,
+        r#"{"tool":"submit"}"#,
+        r#"{"tool":"submit"}"#,
+    ];
+    let mut f = fixture(vec![Reply::sandbox_failure(
+        "the sandbox stopped answering",
+    )]);
+    let mut result = f.runner.run(&mut script(&calls), "img").await;
+    f.runner.finish(&mut result);
+    assert_eq!(result.status, RunStatus::Done);
+    assert_eq!(result.stages.len(), 3);
+    assert!(result.stages.iter().all(|s| s.score.is_some()));
+    assert!(f.runner.lost.is_none());
+
+    let mut f = fixture(vec![Reply::sandbox_failure(
+        "the sandbox stopped answering",
+    )]);
+    f.sandbox.lose_engine("connection refused");
+    let mut result = f.runner.run(&mut script(&calls), "img").await;
+    f.runner.finish(&mut result);
+    assert_eq!(result.status, RunStatus::Interrupted);
+    assert_eq!(result.stages.len(), 1);
+    assert_eq!(result.stages[0].ended_by, EndReason::Interrupted);
+    assert!(
+        result.stages[0].score.is_none(),
+        "no grade for a lost engine"
+    );
+    assert!(f
+        .runner
+        .lost
+        .as_deref()
+        .is_some_and(|w| w.contains("connection refused")));
+}

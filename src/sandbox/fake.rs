@@ -23,6 +23,8 @@ pub struct Reply {
     pub output: Vec<(OutStream, Vec<u8>)>,
     pub outcome: ExecOutcome,
     pub writes: Vec<(String, Vec<u8>)>,
+    /// The sandbox fails the command with this message instead (a harness-side failure).
+    pub fail: Option<String>,
 }
 
 impl Reply {
@@ -36,6 +38,15 @@ impl Reply {
                 ..Default::default()
             },
             writes: vec![],
+            fail: None,
+        }
+    }
+
+    /// The sandbox itself fails the command (its container is gone, say).
+    pub fn sandbox_failure(message: &str) -> Self {
+        Self {
+            fail: Some(message.into()),
+            ..Self::default()
         }
     }
 }
@@ -46,6 +57,7 @@ pub struct RecordingSandbox {
     _dir: Option<tempfile::TempDir>,
     replies: Mutex<VecDeque<Reply>>,
     calls: Mutex<Vec<Recorded>>,
+    engine_lost: Mutex<Option<String>>,
 }
 
 impl RecordingSandbox {
@@ -58,6 +70,7 @@ impl RecordingSandbox {
             _dir: Some(dir),
             replies: Mutex::new(replies.into()),
             calls: Mutex::new(Vec::new()),
+            engine_lost: Mutex::new(None),
         })
     }
 
@@ -68,7 +81,13 @@ impl RecordingSandbox {
             _dir: None,
             replies: Mutex::new(replies.into()),
             calls: Mutex::new(Vec::new()),
+            engine_lost: Mutex::new(None),
         })
+    }
+
+    /// From now on the engine behind the fake is gone, for this reason.
+    pub fn lose_engine(&self, why: &str) {
+        *self.engine_lost.lock().unwrap() = Some(why.into());
     }
 
     /// Everything recorded so far.
@@ -102,6 +121,9 @@ impl Sandbox for RecordingSandbox {
             .unwrap()
             .pop_front()
             .unwrap_or_else(|| Reply::ok(""));
+        if let Some(message) = reply.fail {
+            return Err(SandboxError::other("exec", message));
+        }
         for (path, data) in &reply.writes {
             self.workspace
                 .write(&super::WorkspacePath::parse(path)?, data)?;
@@ -123,5 +145,9 @@ impl Sandbox for RecordingSandbox {
     async fn remove(&self) -> Result<(), SandboxError> {
         self.calls.lock().unwrap().push(Recorded::Remove);
         Ok(())
+    }
+
+    async fn engine_lost(&self) -> Option<String> {
+        self.engine_lost.lock().unwrap().clone()
     }
 }
