@@ -509,6 +509,8 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         trace_sha256: None,
         events: 0,
         owner: None,
+        options: None,
+        resumes: Vec::new(),
     };
     rundir::write_json_atomic(&dir.run_json(), &meta)
         .with_context(|| dir.run_json().display().to_string())?;
@@ -612,6 +614,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
                             cost_usd: Some(round(c, 6)),
                             attempt: 1,
                             error: None,
+                            reply: None,
                         },
                     },
                 )?;
@@ -861,6 +864,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         bootstrap_index,
         stages: summaries,
         integrity: vec![],
+        resumed: 0,
     };
     rundir::write_json_atomic(&dir.score_json(), &score)
         .with_context(|| dir.score_json().display().to_string())?;

@@ -73,6 +73,8 @@ fn write(dir: &Path, f: &Fake) {
         trace_sha256: None,
         events: 0,
         owner: None,
+        options: None,
+        resumes: Vec::new(),
     };
     write_json_atomic(&run.join("run.json"), &meta).unwrap();
     if f.status == RunStatus::Running {
@@ -97,6 +99,7 @@ fn write(dir: &Path, f: &Fake) {
             .map(|(s, x)| (s.to_string(), stage(x, f.bpb, f.cpu, s)))
             .collect(),
         integrity: vec![],
+        resumed: 0,
     };
     write_json_atomic(&run.join("score.json"), &score).unwrap();
     // The trace the leaderboard checks score.json against (it ranks only runs that verify).

@@ -360,3 +360,117 @@ async fn the_cost_budget_ends_the_stage() {
         .collect();
     assert_eq!(ended[0], "MaxCostUsd");
 }
+
+/// Replies every call of which has an id (made-up ids are random, so two runs would differ in them):
+/// one call, two at once (one with invalid JSON), text alone (the nudge), submit; then a second
+/// stage that ends without a tool call.
+fn resumable_replies() -> Vec<(u16, Value)> {
+    vec![
+        (429, json!({"error": {"message": "slow down"}})),
+        reply(
+            None,
+            json!([{"id": "b1", "type": "function", "function": {"name": "bash", "arguments": "{\"cmd\": \"echo hi\"}"}}]),
+            (100, 10),
+        ),
+        reply(
+            Some("two at once"),
+            json!([
+            {"id": "w1", "type": "function", "function": {"name": "write_file", "arguments": {"path": "a.txt", "content": "x"}}},
+            {"id": "r1", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\": "}}]),
+            (200, 20),
+        ),
+        reply(Some("I think I am done."), Value::Null, (300, 5)),
+        reply(
+            None,
+            json!([{"id": "s1", "type": "function", "function": {"name": "submit", "arguments": ""}}]),
+            (400, 5),
+        ),
+        reply(Some("Nothing to do."), Value::Null, (10, 1)),
+        reply(Some("Still nothing."), Value::Null, (10, 1)),
+    ]
+}
+
+fn llm(base: &str) -> LlmAgent {
+    LlmAgent::new(
+        Box::new(OpenAi::new("test-model", base, Some("k".into()))),
+        options(),
+        Some(Price {
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_resumed_llm_run_sends_the_model_what_the_uninterrupted_run_sent() {
+    // The run without an interrupt, and every request it sent.
+    let (base, seen) = server(resumable_replies()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = runner(tmp.path(), SUITE);
+    let mut expected = r.run(&mut llm(&base), "img").await;
+    r.finish(&mut expected);
+    let whole = seen.lock().unwrap().clone();
+    assert_eq!(whole.len(), 7);
+
+    // The same run interrupted after each of its steps in turn: after the 2nd, the write_file of
+    // the reply with two calls whose read_file has not run; after the 4th, the submit that ended
+    // the first stage (its nudge is then part of what is rebuilt).
+    for (cut, want_sent) in [(1, 2), (2, 3), (3, 3), (4, 5)] {
+        let (base, seen) = server(resumable_replies()).await;
+        let tmp2 = tempfile::tempdir().unwrap();
+        let mut r = runner(tmp2.path(), SUITE);
+        r.events.reporters.push(Box::new(common::CancelAfter {
+            after: cut,
+            seen: 0,
+            cancel: r.cancel.clone(),
+        }));
+        let mut first = r.run(&mut llm(&base), "img").await;
+        r.finish(&mut first);
+        assert_eq!(first.status, trace::rundir::RunStatus::Interrupted);
+        let sent = seen.lock().unwrap().len();
+        assert_eq!(sent, want_sent, "requests before a cut after step {cut}");
+        assert_eq!(seen.lock().unwrap()[..], whole[..sent]);
+
+        // Resumed: a new agent, a new server holding the replies not yet given.
+        let run_dir = tmp2.path().join("run");
+        let (base, seen) = server(resumable_replies()[sent..].to_vec()).await;
+        let sandbox = Arc::new(
+            RecordingSandbox::with_workspace(&run_dir.join("workspace"), vec![Reply::ok("hi\n")])
+                .unwrap(),
+        );
+        let log = EventLog::open_existing(&run_dir.join("events.jsonl")).unwrap();
+        let mut r = Runner::new(
+            common::home(),
+            Suite::parse(SUITE, std::path::Path::new("fake.toml")).unwrap(),
+            "llm-run".into(),
+            run_dir.clone(),
+            sandbox,
+            EventSink::new(Recorder::new(log), vec![]),
+            None,
+            CancellationToken::new(),
+        );
+        let mut result = r
+            .resume(&mut llm(&base), common::resume_from(&run_dir))
+            .await;
+        r.finish(&mut result);
+        let after = seen.lock().unwrap().clone();
+        // The first request after resuming carries the conversation the uninterrupted run had sent
+        // at that point, and so does every one after it.
+        assert_eq!(after.len(), whole.len() - sent);
+        assert_eq!(
+            after[0], whole[sent],
+            "the first request after a cut after step {cut}"
+        );
+        assert_eq!(after[..], whole[sent..]);
+        assert_eq!(result.level, expected.level);
+        assert_eq!(result.bootstrap_index, expected.bootstrap_index);
+        let ends = |r: &gptx::runner::RunResult| {
+            r.stages
+                .iter()
+                .map(|o| (o.steps, o.ended_by, o.usage))
+                .collect::<Vec<_>>()
+        };
+        // Steps, how each stage ended, and tokens and cost used count what came before the stop.
+        assert_eq!(ends(&result), ends(&expected), "a cut after step {cut}");
+    }
+}

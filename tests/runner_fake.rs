@@ -379,3 +379,203 @@ async fn a_failed_sandbox_is_the_agents_unless_the_engine_is_gone() {
         .as_deref()
         .is_some_and(|w| w.contains("connection refused")));
 }
+
+/// A runner on `run_dir` whose trace goes on (a resumed run), with a fresh fake sandbox on its
+/// workspace and its history reopened at `head`.
+fn reopened(run_dir: &std::path::Path, head: Option<&str>) -> (Runner, Arc<RecordingSandbox>) {
+    let ws = run_dir.join("workspace");
+    let sandbox = Arc::new(RecordingSandbox::with_workspace(&ws, vec![]).unwrap());
+    let suite = Suite::parse(SUITE, std::path::Path::new("fake.toml")).unwrap();
+    let log = EventLog::open_existing(&run_dir.join("events.jsonl")).unwrap();
+    let history = WorkspaceHistory::open(&run_dir.join("workspace.git"), &ws, head).unwrap();
+    let runner = Runner::new(
+        common::home(),
+        suite,
+        "fake-run".into(),
+        run_dir.to_path_buf(),
+        sandbox.clone(),
+        EventSink::new(Recorder::new(log), vec![]),
+        Some(history),
+        CancellationToken::new(),
+    );
+    (runner, sandbox)
+}
+
+const RESUMED_SCRIPT: &[&str] = &[
+    r#"{"tool":"bash","args":{"cmd":"echo a > a"}}"#,
+    r#"{"tool":"bash","args":{"cmd":"echo b > b"}}"#,
+    r#"{"tool":"submit"}"#,
+    r#"{"tool":"write_file","args":{"path":"t.txt","content":"t"}}"#,
+    r#"{"tool":"bash","args":{"cmd":"echo d"}}"#,
+    r#"{"tool":"bash","args":{"cmd":"echo e"}}"#,
+    r#"{"tool":"submit"}"#,
+    r#"{"tool":"bash","args":{"cmd":"echo f"}}"#,
+    r#"{"tool":"submit"}"#,
+];
+
+fn commands(s: &RecordingSandbox) -> Vec<String> {
+    s.calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Recorded::Exec { cmd, .. } => Some(cmd),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_script_run_interrupted_and_resumed_ends_as_the_uninterrupted_one() {
+    // The run without an interrupt.
+    let mut whole = fixture(vec![]);
+    let mut agent = script(RESUMED_SCRIPT);
+    let mut expected = whole.runner.run(&mut agent, "img").await;
+    whole.runner.finish(&mut expected);
+    let expected_cmds = commands(&whole.sandbox);
+
+    // The same run, interrupted after its 5th step (in tokenize), then resumed.
+    let mut f = fixture(vec![]);
+    f.runner
+        .events
+        .reporters
+        .push(Box::new(common::CancelAfter {
+            after: 5,
+            seen: 0,
+            cancel: f.runner.cancel.clone(),
+        }));
+    let mut agent = script(RESUMED_SCRIPT);
+    let mut first = f.runner.run(&mut agent, "img").await;
+    f.runner.finish(&mut first);
+    assert_eq!(first.status, RunStatus::Interrupted);
+    let before = commands(&f.sandbox);
+    let from = common::resume_from(&f.run_dir);
+    assert_eq!(from.state.step, 5);
+    assert_eq!(from.state.done.len(), 1);
+    assert_eq!(from.state.current.as_ref().map(|c| c.steps), Some(2));
+    let head = from.state.last_commit.clone();
+    let (mut runner, sandbox) = reopened(&f.run_dir, head.as_deref());
+    let mut agent = script(RESUMED_SCRIPT);
+    let mut result = runner.resume(&mut agent, from).await;
+    runner.finish(&mut result);
+
+    assert_eq!(result.status, RunStatus::Done);
+    assert_eq!(result.level, expected.level);
+    assert_eq!(result.bootstrap_index, expected.bootstrap_index);
+    let steps = |r: &gptx::runner::RunResult| {
+        r.stages
+            .iter()
+            .map(|o| (o.stage.clone(), o.steps, o.ended_by))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(steps(&result), steps(&expected));
+    // No command ran twice, none was skipped.
+    let mut all = before;
+    all.extend(commands(&sandbox));
+    assert_eq!(all, expected_cmds);
+    // One trace, its chain whole, steps numbered on, the resume in it.
+    let tail = result.trace_sha256.clone().unwrap();
+    trace::verify(&f.run_dir.join("events.jsonl"), Some(&tail)).unwrap();
+    let evs = events(&f.run_dir);
+    let numbers: Vec<(u64, u64)> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some((s.step, s.stage_step)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        [
+            (1, 1),
+            (2, 2),
+            (3, 3),
+            (4, 1),
+            (5, 2),
+            (6, 3),
+            (7, 4),
+            (8, 1),
+            (9, 2)
+        ]
+    );
+    let resumed: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunResumed(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].after_step, 5);
+    assert_eq!(resumed[0].stage.as_deref(), Some("tokenize"));
+    assert_eq!(resumed[0].agent, "rebuilt");
+    let replay = Replay::of(&trace::log::read_events(&f.run_dir.join("events.jsonl")).unwrap());
+    assert_eq!(replay.resumes().len(), 1);
+    assert_eq!(replay.stage("tokenize").unwrap().steps.count, 4);
+    assert_eq!(replay.stage("tokenize").unwrap().phase, Phase::Scored);
+    assert_eq!(replay.finished().map(|f| f.status), Some(RunStatus::Done));
+}
+
+/// An agent that cannot rebuild its state, as an external program: it records the tasks given.
+struct Fresh {
+    tasks: Arc<std::sync::Mutex<Vec<gptx::agent::StageTask>>>,
+}
+
+#[async_trait::async_trait]
+impl gptx::agent::Agent for Fresh {
+    fn spec(&self) -> String {
+        "exec:fresh".into()
+    }
+    async fn begin_stage(
+        &mut self,
+        task: &gptx::agent::StageTask,
+    ) -> Result<(), gptx::agent::AgentError> {
+        self.tasks.lock().unwrap().push(task.clone());
+        Ok(())
+    }
+    async fn next(&mut self) -> Result<gptx::agent::Turn, gptx::agent::AgentError> {
+        Ok(gptx::agent::Turn::Call(gptx::agent::tools::RawCall::new(
+            "submit",
+            serde_json::json!({}),
+        )))
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_cannot_be_rebuilt_gets_the_stage_again_with_what_is_left() {
+    let mut f = fixture(vec![]);
+    f.runner
+        .events
+        .reporters
+        .push(Box::new(common::CancelAfter {
+            after: 2,
+            seen: 0,
+            cancel: f.runner.cancel.clone(),
+        }));
+    let mut agent = script(RESUMED_SCRIPT);
+    let mut first = f.runner.run(&mut agent, "img").await;
+    f.runner.finish(&mut first);
+    let from = common::resume_from(&f.run_dir);
+    let (mut runner, _) = reopened(&f.run_dir, from.state.last_commit.as_deref());
+    let tasks = Arc::default();
+    let mut agent = Fresh {
+        tasks: Arc::clone(&tasks),
+    };
+    let mut result = runner.resume(&mut agent, from).await;
+    runner.finish(&mut result);
+    assert_eq!(result.status, RunStatus::Done);
+    let tasks = tasks.lock().unwrap().clone();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(tasks[0].stage, "crawl");
+    assert!(tasks[0].instruction.contains("This stage was interrupted"));
+    assert!(tasks[0]
+        .instruction
+        .contains("Left of this stage's budgets: 2 tool calls"));
+    assert_eq!(tasks[0].limits.max_steps, 2);
+    assert!(!tasks[1].instruction.contains("interrupted"));
+    assert_eq!(tasks[1].limits.max_steps, 4);
+    // The stage went on counting: its two steps before and the submit after.
+    assert_eq!(result.stages[0].steps, 3);
+    let evs = events(&f.run_dir);
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, Event::RunResumed(r) if r.agent == "fresh")));
+}

@@ -78,6 +78,61 @@ impl Verdict {
     }
 }
 
+/// A stage of an interrupted run as its trace tells it, for [`Agent::resume`]: the task the agent
+/// was given, what happened in it, in trace order, and how it ended if it did.
+#[derive(Debug, Clone)]
+pub struct PastStage {
+    pub task: StageTask,
+    pub events: Vec<Past>,
+    /// What ended the stage (None: the run goes on with it).
+    pub ended: Option<crate::trace::EndReason>,
+}
+
+/// One thing that happened to the agent in a [`PastStage`].
+#[derive(Debug, Clone)]
+pub enum Past {
+    /// A request to the model (LLM agents), with its reply when it succeeded.
+    Model(crate::trace::ModelCall),
+    /// A tool call that completed, and the result the agent was given.
+    Step {
+        tool: String,
+        result: Result<Value, ToolError>,
+    },
+}
+
+impl Past {
+    /// The completed step of a step record, as the agent observed it.
+    pub fn of_step(r: &crate::trace::StepRecord) -> Self {
+        let result = if r.ok {
+            Ok(r.result.clone())
+        } else {
+            let text = |k: &str| {
+                r.result
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            Err(ToolError {
+                code: text("code"),
+                message: text("message"),
+            })
+        };
+        Self::Step {
+            tool: r.tool.clone(),
+            result,
+        }
+    }
+}
+
+/// Steps completed in a past stage.
+fn steps_done(p: &PastStage) -> usize {
+    p.events
+        .iter()
+        .filter(|e| matches!(e, Past::Step { .. }))
+        .count()
+}
+
 /// The agent's move.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Turn {
@@ -125,6 +180,14 @@ pub trait Agent: Send {
     /// `max_tokens` and `max_cost_usd` budgets.
     fn usage(&self) -> Option<(u64, Option<f64>)> {
         None
+    }
+    /// An interrupted run goes on (`gptx resume`): rebuild the state this agent had after the last
+    /// event of `past` (every stage the run reached, in order; the last is the one it goes on
+    /// with, its `begin_stage` included), so that its next move is the one it would have made.
+    /// Returns false when it cannot (an external program, whose state is its own): it is then
+    /// started on that stage afresh with `begin_stage`.
+    async fn resume(&mut self, _past: &[PastStage]) -> Result<bool, AgentError> {
+        Ok(false)
     }
 }
 
@@ -273,6 +336,9 @@ impl Agent for NullAgent {
             invalid: None,
         }))
     }
+    async fn resume(&mut self, _past: &[PastStage]) -> Result<bool, AgentError> {
+        Ok(true)
+    }
 }
 
 /// Replays a JSON-lines file of `{"tool": ..., "args": {...}}`. Each `submit` closes a block; the n-th
@@ -338,6 +404,15 @@ impl Agent for ScriptAgent {
     }
     async fn next(&mut self) -> Result<Turn, AgentError> {
         Ok(replay(&mut self.current))
+    }
+    /// One block per stage reached, and the calls of the last one already made.
+    async fn resume(&mut self, past: &[PastStage]) -> Result<bool, AgentError> {
+        for p in past {
+            self.begin_stage(&p.task).await?;
+        }
+        let done = past.last().map_or(0, steps_done);
+        self.current.drain(..done.min(self.current.len()));
+        Ok(true)
     }
 }
 
@@ -459,6 +534,16 @@ impl Agent for ReferenceAgent {
     }
     async fn next(&mut self) -> Result<Turn, AgentError> {
         Ok(replay(&mut self.current))
+    }
+    /// The last stage's plan, less the calls already made (a stage's plan depends on it alone).
+    async fn resume(&mut self, past: &[PastStage]) -> Result<bool, AgentError> {
+        let Some(last) = past.last() else {
+            return Ok(true);
+        };
+        self.begin_stage(&last.task).await?;
+        let done = steps_done(last);
+        self.current.drain(..done.min(self.current.len()));
+        Ok(true)
     }
 }
 

@@ -7,7 +7,7 @@ pub mod bench;
 mod run;
 
 use admin::{gc, images_build, images_list, world};
-use run::{mcp, measure_reference, run};
+use run::{mcp, measure_reference, resume, run};
 pub use run::{plan, plans};
 
 use std::path::PathBuf;
@@ -59,6 +59,11 @@ pub enum Command {
     /// Serve the benchmark's tools over MCP on stdin/stdout for one run whose agent is the MCP
     /// client (Claude Code, Codex CLI, ...): `gptx mcp --suite mini`. The scorecard goes to stderr.
     Mcp(McpArgs),
+    /// Go on with an interrupted run from its last completed step: the workspace is brought back to
+    /// that step, graded stages keep their grades, and the stage it stopped in goes on with what is
+    /// left of its budgets. Built-in and LLM agents are rebuilt from the trace; `exec:` agents are
+    /// started again with the stage's task and a note.
+    Resume(ResumeArgs),
     /// List runs.
     Runs(RunsDirArg),
     /// Show a run's trace step by step, or one step with its workspace diff (`--step N`).
@@ -210,6 +215,20 @@ pub(crate) fn parse_seeds(text: &str) -> Result<Seeds, String> {
         }
     }
     Ok(Seeds(out))
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Run id, or a unique prefix of it: an interrupted run (or one whose gptx is gone).
+    pub run: String,
+    /// Print one JSON object with the result as the last thing on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
 }
 
 #[derive(Debug, Args)]
@@ -448,6 +467,7 @@ pub fn main() -> i32 {
 async fn dispatch(cmd: Command) -> Result<i32, Exit> {
     match cmd {
         Command::Run(args) => run(args).await,
+        Command::Resume(args) => resume(args).await,
         Command::Mcp(args) => mcp(args).await,
         Command::Runs(d) => crate::report::show::runs(&d.runs_dir).map_err(failed),
         Command::Show(a) => crate::report::show::show(

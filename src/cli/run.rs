@@ -1,4 +1,4 @@
-//! `gptx run` (one run, or a batch of agents × seeds), `gptx mcp` and `gptx world reference`: plans from arguments, runs on the engine, results printed.
+//! `gptx run` (one run, or a batch of agents × seeds), `gptx resume`, `gptx mcp` and `gptx world reference`: plans from arguments or run.json, runs on the engine, results printed.
 
 use super::*;
 
@@ -83,31 +83,11 @@ pub(super) async fn run(args: RunArgs) -> Result<i32, Exit> {
     install_interrupts(cancel.clone());
     let out = execute(plan, args.quiet, cancel).await?;
     if args.json {
-        let stages: serde_json::Map<String, serde_json::Value> = out
-            .score
-            .stages
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::to_value(v).expect("json")))
-            .collect();
-        let obj = serde_json::json!({
-            "run_id": out.run_id,
-            "dir": out.dir.display().to_string(),
-            "status": out.meta.status,
-            "level": out.score.level,
-            "assisted_level": out.score.assisted_level,
-            "bootstrap_index": out.score.bootstrap_index,
-            "stages": stages,
-            "error": out.meta.error,
-        });
-        out_text(&format!("{obj}\n"));
+        out_text(&format!("{}\n", result_json(&out)));
     } else {
         out_text(&crate::report::show::scorecard(&out.meta, &out.score));
     }
-    Ok(match out.meta.status {
-        RunStatus::Done => exit::OK,
-        RunStatus::Interrupted => exit::INTERRUPTED,
-        RunStatus::Failed | RunStatus::Running => exit::FAILED,
-    })
+    Ok(status_code(out.meta.status))
 }
 
 /// The world hash a plan's run will have (the world built or read from the cache), None without one.
@@ -455,12 +435,174 @@ pub(super) async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
     Ok(exit::OK)
 }
 
-/// Builds the world if the suite has one, then does the run with a progress line.
-pub(super) async fn execute(
+/// The plan that goes on with the run in `dir`: its agent, its suite as it applied it (stages,
+/// seed, budgets by stage, gates) and its options, all from its run.json. Errors say why the run
+/// cannot be resumed.
+pub(super) fn resume_plan(
+    dir: &crate::trace::rundir::RunDir,
+    runs_dir: &std::path::Path,
+) -> anyhow::Result<RunPlan> {
+    let meta: crate::trace::rundir::RunMeta = crate::trace::rundir::read_json(&dir.run_json())?;
+    let shown = dir.run_json().display().to_string();
+    if meta.agent == "mcp" {
+        anyhow::bail!(
+            "run {}: its agent was an MCP client, which gptx cannot start again; resuming it is not supported",
+            meta.run_id
+        );
+    }
+    let agent: AgentSpec = meta
+        .agent
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{shown}: agent {:?}: {e}", meta.agent))?;
+    let home = Home::locate()?;
+    let mut suite = if std::path::Path::new(&meta.suite_path).exists() {
+        home.suite(&meta.suite_path)
+    } else {
+        home.suite(&meta.suite)
+    }
+    .with_context(|| format!("{shown}: suite {}", meta.suite))?;
+    if suite.stage_names() != meta.stages {
+        suite = suite
+            .select(&meta.stages)
+            .with_context(|| format!("{shown}: stages"))?;
+    }
+    suite.seed = meta.seed;
+    for stage in &mut suite.stages {
+        match meta.budgets.get(&stage.name) {
+            Some(b) => stage.budgets = b.clone(),
+            None => anyhow::bail!("{shown}: budgets: no entry for stage {}", stage.name),
+        }
+    }
+    if !meta.gates.is_empty() && suite.gates != meta.gates {
+        anyhow::bail!(
+            "{shown}: the suite file {} changed its gates since the run began; a resumed run must be graded as it began",
+            suite.path.display()
+        );
+    }
+    let options = meta
+        .options
+        .clone()
+        .unwrap_or(crate::trace::rundir::RunOptions {
+            rescue: true,
+            temperature: None,
+            max_output_tokens: 4096,
+            context_tokens: 100_000,
+            agent_env: vec![],
+        });
+    Ok(RunPlan {
+        home,
+        suite,
+        agent,
+        runs_dir: runs_dir.to_path_buf(),
+        rescue: options.rescue,
+        prebuilt: None,
+        llm: crate::agent::llm::LlmOptions {
+            temperature: options.temperature,
+            max_output_tokens: options.max_output_tokens,
+            context_tokens: options.context_tokens,
+            ..Default::default()
+        },
+        world: None,
+        agent_env: options.agent_env,
+    })
+}
+
+/// `gptx resume`: goes on with an interrupted run from its last completed step.
+pub(super) async fn resume(a: ResumeArgs) -> Result<i32, Exit> {
+    for p in mark_dead_runs(&a.dir.runs_dir) {
+        eprintln!("gptx: {p}");
+    }
+    let usage = |e: anyhow::Error| Exit {
+        code: exit::USAGE,
+        error: e,
+    };
+    let dir = crate::trace::rundir::find_run(&a.dir.runs_dir, &a.run).map_err(usage)?;
+    let plan = resume_plan(&dir, &a.dir.runs_dir).map_err(usage)?;
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let out = execute_resume(plan, dir, a.quiet, cancel).await?;
+    if a.json {
+        out_text(&format!("{}\n", result_json(&out)));
+    } else {
+        out_text(&crate::report::show::scorecard(&out.meta, &out.score));
+    }
+    Ok(status_code(out.meta.status))
+}
+
+/// The exit code of a run's status.
+fn status_code(status: RunStatus) -> i32 {
+    match status {
+        RunStatus::Done => exit::OK,
+        RunStatus::Interrupted => exit::INTERRUPTED,
+        RunStatus::Failed | RunStatus::Running => exit::FAILED,
+    }
+}
+
+/// `--json`'s object for one run.
+fn result_json(out: &session::RunOutput) -> serde_json::Value {
+    let stages: serde_json::Map<String, serde_json::Value> = out
+        .score
+        .stages
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).expect("json")))
+        .collect();
+    serde_json::json!({
+        "run_id": out.run_id,
+        "dir": out.dir.display().to_string(),
+        "status": out.meta.status,
+        "level": out.score.level,
+        "assisted_level": out.score.assisted_level,
+        "bootstrap_index": out.score.bootstrap_index,
+        "stages": stages,
+        "error": out.meta.error,
+        "resumed": out.score.resumed,
+    })
+}
+
+/// Builds the world of a resumed run's suite (it must be the world the run began on), then goes on
+/// with the run.
+async fn execute_resume(
     mut plan: RunPlan,
+    dir: crate::trace::rundir::RunDir,
     quiet: bool,
     cancel: CancellationToken,
 ) -> Result<session::RunOutput, Exit> {
+    with_world(&mut plan, quiet).await?;
+    let meta: crate::trace::rundir::RunMeta =
+        crate::trace::rundir::read_json(&dir.run_json()).map_err(failed)?;
+    let hash = plan.world.as_ref().map(|w| w.manifest.world_hash.clone());
+    if hash != meta.world_hash {
+        return Err(Exit {
+            code: exit::USAGE,
+            error: anyhow::anyhow!(
+                "run {}: its world was {} and the suite's world is now {}; a resumed run must go on in the world it began in",
+                meta.run_id,
+                meta.world_hash.as_deref().unwrap_or("none"),
+                hash.as_deref().unwrap_or("none")
+            ),
+        });
+    }
+    let reporters: Vec<Box<dyn crate::trace::Reporter>> =
+        vec![Box::new(crate::report::progress::Progress::new(quiet))];
+    session::resume(plan, dir, reporters, cancel)
+        .await
+        .map_err(session_exit)
+}
+
+/// The exit code of a run that could not start.
+fn session_exit(e: session::SessionError) -> Exit {
+    match e {
+        session::SessionError::Engine(_) | session::SessionError::Image(_) => env_error(e),
+        session::SessionError::NotResumable(_) => Exit {
+            code: exit::USAGE,
+            error: e.into(),
+        },
+        other => failed(other),
+    }
+}
+
+/// Builds (or reads from the cache) the plan's world, when its suite has one.
+async fn with_world(plan: &mut RunPlan, quiet: bool) -> Result<(), Exit> {
     if let Some(name) = plan.suite.world.clone() {
         let home = plan.home.clone();
         let seed = plan.suite.world_seed;
@@ -483,12 +625,19 @@ pub(super) async fn execute(
         })?;
         plan.world = Some(std::sync::Arc::new(world.0));
     }
+    Ok(())
+}
+
+/// Builds the world if the suite has one, then does the run with a progress line.
+pub(super) async fn execute(
+    mut plan: RunPlan,
+    quiet: bool,
+    cancel: CancellationToken,
+) -> Result<session::RunOutput, Exit> {
+    with_world(&mut plan, quiet).await?;
     let reporters: Vec<Box<dyn crate::trace::Reporter>> =
         vec![Box::new(crate::report::progress::Progress::new(quiet))];
     session::run(plan, reporters, cancel)
         .await
-        .map_err(|e| match e {
-            session::SessionError::Engine(_) | session::SessionError::Image(_) => env_error(e),
-            other => failed(other),
-        })
+        .map_err(session_exit)
 }

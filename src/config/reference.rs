@@ -154,6 +154,7 @@ mod tests {
                 ("selfhost".into(), stage(true, json!({"bpb": 1.41}))),
             ]),
             integrity: vec![],
+            resumed: 0,
         };
         let v = score.reference_values().unwrap();
         assert_eq!(v["crawl_f1"], 0.99);

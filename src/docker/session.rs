@@ -39,6 +39,19 @@ pub struct RunPlan {
     pub agent_env: Vec<String>,
 }
 
+impl RunPlan {
+    /// The options run.json records for `gptx resume`.
+    pub fn options(&self) -> crate::trace::rundir::RunOptions {
+        crate::trace::rundir::RunOptions {
+            rescue: self.rescue,
+            temperature: self.llm.temperature,
+            max_output_tokens: self.llm.max_output_tokens,
+            context_tokens: self.llm.context_tokens,
+            agent_env: self.agent_env.clone(),
+        }
+    }
+}
+
 /// A finished (or failed, or interrupted) run.
 #[derive(Debug)]
 pub struct RunOutput {
@@ -63,6 +76,9 @@ pub enum SessionError {
         #[source]
         source: std::io::Error,
     },
+    /// `gptx resume` refused the run: it is not interrupted, is locked, or its trace does not hold.
+    #[error("{0}")]
+    NotResumable(String),
     #[error("workspace history {path}: {source}")]
     Git {
         path: String,
@@ -78,7 +94,7 @@ pub async fn run(
     reporters: Vec<Box<dyn Reporter>>,
     cancel: CancellationToken,
 ) -> Result<RunOutput, SessionError> {
-    let mut agent = match plan.prebuilt.take() {
+    let agent = match plan.prebuilt.take() {
         Some(a) => a,
         None => plan.agent.build(&plan.home, &plan.llm, &plan.agent_env)?,
     };
@@ -89,34 +105,15 @@ pub async fn run(
 
     let run_id = rundir::new_run_id();
     let dir = RunDir::new(plan.runs_dir.join(&run_id));
-    let rd_err = |path: &PathBuf| {
-        let path = path.display().to_string();
-        move |source| SessionError::RunDir { path, source }
-    };
     // Each run's directory is root's alone (never the runs directory itself, which may be shared).
     rundir::make_private(&dir.path).map_err(rd_err(&dir.path))?;
     std::fs::create_dir_all(dir.workspace()).map_err(rd_err(&dir.workspace()))?;
     // The workspace's own filesystem, of the suite's size: a write past it fails in the sandbox.
-    let (quota, quota_problem) = if crate::sandbox::quota::available() {
-        match crate::sandbox::quota::Quota::mount(
-            &dir.workspace(),
-            &dir.workspace_image(),
-            plan.suite.sandbox.disk_mb,
-            (SANDBOX_UID, SANDBOX_GID),
-        ) {
-            Ok(q) => (Some(q), None),
-            Err(e) => (None, Some(e.to_string())),
-        }
-    } else {
-        (
-            None,
-            Some("gptx is not running as root, so it cannot mount one".to_string()),
-        )
-    };
+    let (quota, quota_problem) = mount_workspace(&dir, plan.suite.sandbox.disk_mb);
     prepare_workspace(&dir.workspace()).map_err(rd_err(&dir.workspace()))?;
     std::fs::create_dir_all(dir.outputs()).map_err(rd_err(&dir.outputs()))?;
 
-    let mut meta = RunMeta {
+    let meta = RunMeta {
         run_id: run_id.clone(),
         agent: agent.spec(),
         suite: plan.suite.name.clone(),
@@ -135,6 +132,8 @@ pub async fn run(
         trace_sha256: None,
         events: 0,
         owner: crate::trace::rundir::Owner::me(),
+        options: Some(plan.options()),
+        resumes: Vec::new(),
     };
     rundir::write_json_atomic(&dir.run_json(), &meta).map_err(rd_err(&dir.run_json()))?;
     if let Err(e) = reserve(&dir.reserve(), RESERVE_BYTES) {
@@ -147,7 +146,395 @@ pub async fn run(
             source,
         }
     })?;
+    let started = Started {
+        docker,
+        image,
+        dir,
+        meta,
+        quota,
+        quota_problem,
+        log,
+        history,
+        agent,
+        resume: None,
+        _lock: None,
+    };
+    Ok(drive(plan, started, reporters, cancel).await)
+}
 
+/// Goes on with the interrupted run in `dir` (`gptx resume`), whose suite and agent `plan` was
+/// made from its run.json: under a lock on its trace, which must verify, the workspace is brought
+/// back to its last completed step, a new sandbox, network and web server are made, and the
+/// trace goes on from its last line with `run_resumed`.
+pub async fn resume(
+    mut plan: RunPlan,
+    dir: RunDir,
+    reporters: Vec<Box<dyn Reporter>>,
+    cancel: CancellationToken,
+) -> Result<RunOutput, SessionError> {
+    let events_path = dir.events();
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .open(&events_path)
+        .map_err(rd_err(&events_path))?;
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(SessionError::NotResumable(format!(
+            "run {} is being resumed (or marked) by another gptx",
+            dir.id()
+        )));
+    }
+    let mut meta: RunMeta = rundir::read_json(&dir.run_json())
+        .map_err(|e| SessionError::NotResumable(format!("{e:#}")))?;
+    let dead = meta.owner.as_ref().is_none_or(|o| !o.alive());
+    match meta.status {
+        RunStatus::Interrupted => {}
+        RunStatus::Running if dead => {
+            return Err(SessionError::NotResumable(format!(
+                "run {}: its gptx is gone but the run is not marked yet; `gptx gc` marks it interrupted",
+                meta.run_id
+            )))
+        }
+        RunStatus::Running => {
+            return Err(SessionError::NotResumable(format!(
+                "run {} is still running (gptx pid {})",
+                meta.run_id,
+                meta.owner.as_ref().map_or(0, |o| o.pid)
+            )))
+        }
+        RunStatus::Done => {
+            return Err(SessionError::NotResumable(format!(
+                "run {} is done; there is nothing to resume",
+                meta.run_id
+            )))
+        }
+        RunStatus::Failed => {
+            return Err(SessionError::NotResumable(format!(
+                "run {} failed ({}); only an interrupted run can be resumed",
+                meta.run_id,
+                meta.error.as_deref().unwrap_or("no reason recorded")
+            )))
+        }
+    }
+    crate::trace::verify(&events_path, meta.trace_sha256.as_deref())
+        .map_err(|e| SessionError::NotResumable(format!("its trace does not verify: {e}")))?;
+    let trace = crate::trace::log::read_events(&events_path)
+        .map_err(|e| SessionError::NotResumable(e.to_string()))?;
+    let state = crate::runner::ResumeState::of(&trace)
+        .map_err(|e| SessionError::NotResumable(format!("{}: {e}", events_path.display())))?;
+    let agent = match plan.prebuilt.take() {
+        Some(a) => a,
+        None => plan.agent.build(&plan.home, &plan.llm, &plan.agent_env)?,
+    };
+    let docker = engine::connect().await?;
+    let _ = engine::sweep(&docker, None, engine::owner_alive).await;
+    let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
+    if meta.images.get("agent").is_some_and(|id| *id != image.id) {
+        tracing::warn!(
+            "the agent image was rebuilt since the run began ({} now); the run goes on with it",
+            engine::short(&image.id)
+        );
+    }
+    let reason = meta
+        .error
+        .clone()
+        .unwrap_or_else(|| meta.status.to_string());
+    let mut history =
+        WorkspaceHistory::open(&dir.git(), &dir.workspace(), state.last_commit.as_deref())
+            .map_err(|source| SessionError::Git {
+                path: dir.git().display().to_string(),
+                source,
+            })?;
+    let (quota, quota_problem, back) = restore_workspace(
+        &dir,
+        &mut history,
+        state.last_commit.as_deref(),
+        plan.suite.sandbox.disk_mb,
+    )?;
+    std::fs::create_dir_all(dir.outputs()).map_err(rd_err(&dir.outputs()))?;
+    meta.status = RunStatus::Running;
+    meta.owner = crate::trace::rundir::Owner::me();
+    meta.error = None;
+    meta.ended_at = None;
+    meta.resumes.push(crate::trace::rundir::ResumeRecord {
+        at: chrono::Utc::now(),
+        after_step: state.step,
+        reason: reason.clone(),
+    });
+    rundir::write_json_atomic(&dir.run_json(), &meta).map_err(rd_err(&dir.run_json()))?;
+    if let Err(e) = reserve(&dir.reserve(), RESERVE_BYTES) {
+        tracing::warn!("could not keep space for the run's end ({e})");
+    }
+    let log = EventLog::open_existing(&events_path)
+        .map_err(|e| SessionError::NotResumable(e.to_string()))?;
+    let started = Started {
+        docker,
+        image,
+        dir,
+        meta,
+        quota,
+        quota_problem,
+        log,
+        history,
+        agent,
+        resume: Some(crate::runner::ResumeFrom {
+            state,
+            reason,
+            workspace: back.kind.into(),
+            aside: back.aside,
+            missing: back.missing,
+        }),
+        _lock: Some(lock),
+    };
+    Ok(drive(plan, started, reporters, cancel).await)
+}
+
+fn rd_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SessionError {
+    let path = path.display().to_string();
+    move |source| SessionError::RunDir { path, source }
+}
+
+/// Mounts the workspace's own filesystem of `disk_mb`, when this process can; else why not.
+fn mount_workspace(
+    dir: &RunDir,
+    disk_mb: u64,
+) -> (Option<crate::sandbox::quota::Quota>, Option<String>) {
+    if crate::sandbox::quota::available() {
+        match crate::sandbox::quota::Quota::mount(
+            &dir.workspace(),
+            &dir.workspace_image(),
+            disk_mb,
+            (SANDBOX_UID, SANDBOX_GID),
+        ) {
+            Ok(q) => (Some(q), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (
+            None,
+            Some("gptx is not running as root, so it cannot mount one".to_string()),
+        )
+    }
+}
+
+/// How a resumed run's workspace was brought back.
+struct Back {
+    kind: &'static str,
+    aside: Option<String>,
+    missing: Vec<String>,
+}
+
+/// Brings an interrupted run's workspace back to `commit` (its last completed step) on a fresh
+/// disk. The workspace on disk is moved to `.workspace.live` first (a resume killed midway finds
+/// it there again, and whatever half-restored workspace it left is dropped). When its tree is the
+/// commit's, it is kept (large files and all); otherwise the commit is written out, large files
+/// the commit lists are taken from it when their hash matches, and it is kept aside as
+/// `workspace.aside-N`.
+fn restore_workspace(
+    dir: &RunDir,
+    history: &mut WorkspaceHistory,
+    commit: Option<&str>,
+    disk_mb: u64,
+) -> Result<(Option<crate::sandbox::quota::Quota>, Option<String>, Back), SessionError> {
+    use crate::sandbox::quota;
+    let ws = dir.workspace();
+    let live = dir.live_workspace();
+    let io = |p: &std::path::Path| rd_err(p);
+    // A disk left mounted by a gptx that died: its contents become a plain directory.
+    if let Ok(canon) = ws.canonicalize() {
+        if quota::mounts_below(&dir.path).contains(&canon) {
+            quota::release_orphan(&ws).map_err(|e| SessionError::NotResumable(e.to_string()))?;
+        }
+    }
+    if live.exists() {
+        if ws.exists() {
+            std::fs::remove_dir_all(&ws).map_err(io(&ws))?;
+        }
+    } else if ws.exists() {
+        std::fs::rename(&ws, &live).map_err(io(&ws))?;
+    }
+    let _ = std::fs::remove_file(dir.workspace_image());
+    std::fs::create_dir_all(&ws).map_err(io(&ws))?;
+    let (q, problem) = mount_workspace(dir, disk_mb);
+    let owner = rustix::process::geteuid()
+        .is_root()
+        .then_some((SANDBOX_UID, SANDBOX_GID));
+    let git = |source| SessionError::Git {
+        path: dir.git().display().to_string(),
+        source,
+    };
+    let keep = live.exists() && history.matches(&live).map_err(git)?;
+    let back = if keep {
+        quota::copy_into(&live, &ws).map_err(|e| SessionError::NotResumable(e.to_string()))?;
+        Back {
+            kind: "kept",
+            aside: None,
+            missing: vec![],
+        }
+    } else {
+        let mut missing = Vec::new();
+        if let Some(c) = commit {
+            for f in history.restore(c, &ws, owner).map_err(git)? {
+                if !(live.exists() && take_large(&live, &ws, &f, owner)) {
+                    missing.push(f.path);
+                }
+            }
+        }
+        Back {
+            kind: "restored",
+            aside: None,
+            missing,
+        }
+    };
+    prepare_workspace(&ws).map_err(io(&ws))?;
+    let mut back = back;
+    if live.exists() {
+        if keep {
+            std::fs::remove_dir_all(&live).map_err(io(&live))?;
+        } else {
+            let n = (1..).find(|n| !dir.aside(*n).exists()).unwrap_or(1);
+            std::fs::rename(&live, dir.aside(n)).map_err(io(&live))?;
+            back.aside = Some(
+                dir.aside(n)
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    Ok((q, problem, back))
+}
+
+/// Copies a large file the commit lists from the workspace kept aside into the restored one, when
+/// it is a regular file there whose size and SHA-256 are the commit's (an unhashed one is never
+/// taken). Nothing is followed at the end of the path; the hash is of the bytes copied.
+fn take_large(
+    live: &std::path::Path,
+    ws: &std::path::Path,
+    f: &crate::trace::history::RestoreLarge,
+    owner: Option<(u32, u32)>,
+) -> bool {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(want) = &f.sha256 else {
+        return false;
+    };
+    let rel = std::path::Path::new(&f.path);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return false;
+    }
+    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() | rustix::fs::OFlags::NONBLOCK.bits();
+    let Ok(mut src) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow as i32)
+        .open(live.join(rel))
+    else {
+        return false;
+    };
+    if !src
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() == f.size)
+    {
+        return false;
+    }
+    // The parents, made where the restored tree has none; never through a link.
+    let dst = ws.join(rel);
+    let mut at = ws.to_path_buf();
+    for c in rel.parent().into_iter().flat_map(|p| p.components()) {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return false,
+            Err(_) => {
+                if std::fs::create_dir(&at).is_err() {
+                    return false;
+                }
+                if let Some((u, g)) = owner {
+                    let _ = std::os::unix::fs::chown(&at, Some(u), Some(g));
+                }
+            }
+        }
+    }
+    let Ok(mut out) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&dst)
+    else {
+        return false;
+    };
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    let copied = loop {
+        match src.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => {
+                total += n as u64;
+                if total > f.size || out.write_all(&buf[..n]).is_err() {
+                    break false;
+                }
+                hash.update(&buf[..n]);
+            }
+            Err(_) => break false,
+        }
+    };
+    if !copied || total != f.size || hex::encode(hash.finalize()) != *want {
+        drop(out);
+        let _ = std::fs::remove_file(&dst);
+        return false;
+    }
+    if let Some((u, g)) = owner {
+        let _ = std::os::unix::fs::fchown(&out, Some(u), Some(g));
+    }
+    true
+}
+
+/// What `run` or `resume` made ready before the run goes.
+struct Started {
+    docker: bollard::Docker,
+    image: images::Built,
+    dir: RunDir,
+    meta: RunMeta,
+    quota: Option<crate::sandbox::quota::Quota>,
+    quota_problem: Option<String>,
+    log: EventLog,
+    history: WorkspaceHistory,
+    agent: Box<dyn crate::agent::Agent>,
+    resume: Option<crate::runner::ResumeFrom>,
+    /// The lock on the trace a resumed run holds while it goes.
+    _lock: Option<std::fs::File>,
+}
+
+/// The run itself: network, web server and sandbox made, the runner driven (from the start or
+/// resumed), everything torn down, and run.json and score.json written. Never fails: what goes
+/// wrong ends the run as failed, with the reason.
+async fn drive(
+    plan: RunPlan,
+    started: Started,
+    reporters: Vec<Box<dyn Reporter>>,
+    cancel: CancellationToken,
+) -> RunOutput {
+    let Started {
+        docker,
+        image,
+        dir,
+        mut meta,
+        quota,
+        quota_problem,
+        log,
+        history,
+        mut agent,
+        resume,
+        _lock,
+    } = started;
+    let run_id = meta.run_id.clone();
     // The engine is watched while the run goes: when it stops answering (a restart, a crash, a cut
     // socket), the run stops within seconds as interrupted, with the reason, instead of at a
     // budget's end.
@@ -298,7 +685,10 @@ pub async fn run(
                 sandbox: plan.suite.sandbox.clone(),
                 scoring: plan.suite.scoring.clone(),
             }));
-            let result = runner.run(agent.as_mut(), &image.tag).await;
+            let result = match resume {
+                Some(from) => runner.resume(agent.as_mut(), from).await,
+                None => runner.run(agent.as_mut(), &image.tag).await,
+            };
             events = runner.events;
             let watched = engine_lost.lock().expect("engine watch").clone();
             match (runner.lost, watched) {
@@ -407,16 +797,18 @@ pub async fn run(
         bootstrap_index: result.bootstrap_index,
         stages: result.summaries(),
         integrity: result.integrity.clone(),
+        resumed: meta.resumes.len() as u32,
     };
     if let Err(e) = rundir::write_json_atomic(&dir.score_json(), &score) {
         tracing::warn!("could not write {}: {e}", dir.score_json().display());
     }
-    Ok(RunOutput {
+    drop(_lock);
+    RunOutput {
         run_id,
         dir: dir.path,
         meta,
         score,
-    })
+    }
 }
 
 /// Bytes kept for the final `run.json` and `score.json` (each a few KiB).

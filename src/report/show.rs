@@ -449,6 +449,29 @@ pub(crate) fn render_events(
                 };
                 let _ = writeln!(out, "  {what} {detail} ({seconds:.1} s)");
             }
+            Event::RunResumed(r) => {
+                let _ = writeln!(
+                    out,
+                    "\n{} after step {} ({}): {} {}, agent {}{}",
+                    st.bold("resumed"),
+                    r.after_step,
+                    r.reason,
+                    match &r.stage {
+                        Some(s) => format!("stage {s} goes on;"),
+                        None => "the next stage;".to_string(),
+                    },
+                    match (&r.workspace[..], &r.commit) {
+                        ("kept", _) => "workspace kept".to_string(),
+                        (_, Some(c)) => format!("workspace restored at {}", &c[..c.len().min(12)]),
+                        (_, None) => "workspace restored (empty)".to_string(),
+                    },
+                    r.agent,
+                    r.aside
+                        .as_ref()
+                        .map(|a| format!("; the workspace that differed is kept in {a}"))
+                        .unwrap_or_default(),
+                );
+            }
             Event::RunFinished {
                 status,
                 level,

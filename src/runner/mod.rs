@@ -8,6 +8,9 @@
 
 mod exec;
 mod rescue;
+mod resume;
+
+pub use resume::{Current, ResumeState};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -95,6 +98,40 @@ impl RunResult {
             })
             .collect()
     }
+}
+
+/// What a resumed run starts from: its trace folded, why it had stopped, and how the session
+/// brought the workspace back.
+pub struct ResumeFrom {
+    pub state: ResumeState,
+    pub reason: String,
+    /// `kept` or `restored`.
+    pub workspace: String,
+    pub aside: Option<String>,
+    pub missing: Vec<String>,
+}
+
+/// How [`Runner::run_stage`] takes up a stage begun before the run stopped.
+struct Continue {
+    steps: u64,
+    sandbox_seconds: f64,
+    wall_seconds: f64,
+    cpu_seconds: f64,
+    /// The agent's part had ended: the stage is only graded.
+    ended: Option<EndReason>,
+    /// The agent's state was rebuilt: it goes on without `begin_stage`.
+    ready: bool,
+}
+
+/// What a fresh agent is told when the stage it is given was begun before the run stopped.
+fn resumed_note(c: &Current, budgets: &Budgets, reason: &str) -> String {
+    format!(
+        "\n\nThis stage was interrupted ({reason}) and is now resumed. The workspace holds the work done so far in it, as it was after its last completed step ({} steps). Left of this stage's budgets: {} tool calls, {:.0} s of command time, {:.0} s in all.",
+        c.steps,
+        budgets.max_steps.saturating_sub(c.steps),
+        (budgets.max_sandbox_seconds - c.sandbox_seconds).max(0.0),
+        (budgets.max_wall_seconds - c.wall_seconds).max(0.0),
+    )
 }
 
 /// Everything the loop needs besides the agent.
@@ -269,7 +306,6 @@ impl Runner {
 
     /// Runs every stage of the suite with `agent`; the caller then tears down and calls [`Runner::finish`].
     pub async fn run(&mut self, agent: &mut dyn Agent, image: &str) -> RunResult {
-        let started = Instant::now();
         self.emit(Event::RunStarted {
             run_id: self.run_id.clone(),
             suite: self.suite.name.clone(),
@@ -280,11 +316,115 @@ impl Runner {
             image: image.into(),
             stages: self.suite.stage_names(),
         });
-        let mut outcomes = Vec::new();
+        self.run_from(agent, Vec::new(), 0, None, 0.0).await
+    }
+
+    /// Goes on with an interrupted run whose trace this runner's recorder continues: graded stages
+    /// keep their grades, the stage begun goes on with what is left of its budgets, and the agent
+    /// is rebuilt from the trace or, when it cannot be, given the stage afresh with a note. Emits
+    /// `run_resumed` first.
+    pub async fn resume(&mut self, agent: &mut dyn Agent, from: ResumeFrom) -> RunResult {
+        let st = from.state;
+        self.step = st.step;
+        self.ledger = st.ledger.clone();
+        self.agent_log_bytes = st.agent_log_bytes;
+        let stages = self.suite.stages.clone();
+        let mut past = Vec::new();
+        for p in &st.past {
+            let Some(stage) = stages.get(p.index) else {
+                continue;
+            };
+            past.push(crate::agent::PastStage {
+                task: self.task_for(stage, p.index).1,
+                events: p.events.clone(),
+                ended: p.ended,
+            });
+        }
+        // Only a stage the agent is still in needs its state; a stage begun anew gets begin_stage.
+        let rebuilt = match agent.resume(&past).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.warn(format!(
+                    "the agent's state could not be rebuilt from the trace ({e}); it is given the stage afresh"
+                ));
+                false
+            }
+        };
+        let current = st.current.clone();
+        self.emit(Event::RunResumed(crate::trace::Resumed {
+            reason: from.reason.clone(),
+            after_step: st.step,
+            stage: current.as_ref().map(|c| c.name.clone()),
+            workspace: from.workspace,
+            commit: st.last_commit.clone(),
+            aside: from.aside,
+            missing: from.missing,
+            agent: if rebuilt { "rebuilt" } else { "fresh" }.into(),
+            used: current.as_ref().map(|c| crate::trace::BudgetsUsed {
+                steps: c.steps,
+                sandbox_seconds: crate::trace::round(c.sandbox_seconds, 3),
+                wall_seconds: crate::trace::round(c.wall_seconds, 3),
+                tokens: c.tokens,
+                cost_usd: c.cost_usd,
+            }),
+        }));
+        let mut outcomes = st.done.clone();
+        // A failed stage whose rescue the stop cut short is rescued now, before the next stage.
+        if current.is_none() && self.rescue {
+            let later = outcomes.len() < stages.len();
+            if let Some(last) = outcomes.last_mut() {
+                let failed = last.score.as_ref().is_some_and(|s| !s.passed);
+                if failed
+                    && later
+                    && !last.rescued
+                    && crate::config::stages::find(&last.stage).is_some_and(|d| d.rescuable)
+                {
+                    let name = last.stage.clone();
+                    let ok = self.rescue_stage(&name).await;
+                    if let Some(last) = outcomes.last_mut() {
+                        last.rescued = ok;
+                    }
+                }
+            }
+        }
+        let cont = current.map(|c| {
+            let note = stages
+                .get(c.index)
+                .filter(|_| !rebuilt && c.ended.is_none())
+                .map(|s| resumed_note(&c, &s.budgets, &from.reason));
+            (
+                Continue {
+                    steps: c.steps,
+                    sandbox_seconds: c.sandbox_seconds,
+                    wall_seconds: c.wall_seconds,
+                    cpu_seconds: c.cpu_seconds,
+                    ended: c.ended,
+                    ready: rebuilt,
+                },
+                note,
+            )
+        });
+        let first = st.next_index();
+        outcomes.truncate(first);
+        self.run_from(agent, outcomes, first, cont, st.wall_seconds)
+            .await
+    }
+
+    /// The stages from `first` on (the outcomes of those before given), the first of them taken up
+    /// as `cont` says when given.
+    async fn run_from(
+        &mut self,
+        agent: &mut dyn Agent,
+        mut outcomes: Vec<StageOutcome>,
+        first: usize,
+        mut cont: Option<(Continue, Option<String>)>,
+        wall_before: f64,
+    ) -> RunResult {
+        let started = Instant::now();
         let mut status = RunStatus::Done;
         let stages = self.suite.stages.clone();
-        for (index, stage) in stages.iter().enumerate() {
-            let mut outcome = self.run_stage(agent, stage, index).await;
+        for (index, stage) in stages.iter().enumerate().skip(first) {
+            let mut outcome = self.run_stage(agent, stage, index, cont.take()).await;
             let interrupted = outcome.ended_by == EndReason::Interrupted;
             let failed = outcome.score.as_ref().is_some_and(|s| !s.passed);
             let later = index + 1 < stages.len();
@@ -343,7 +483,7 @@ impl Runner {
                 self.agent_log(agent, &last.name);
             }
         }
-        let wall_seconds = started.elapsed().as_secs_f64();
+        let wall_seconds = wall_before + started.elapsed().as_secs_f64();
         RunResult {
             status,
             level,
@@ -357,24 +497,12 @@ impl Runner {
         }
     }
 
-    async fn run_stage(
-        &mut self,
-        agent: &mut dyn Agent,
-        stage: &Stage,
-        index: usize,
-    ) -> StageOutcome {
-        let started = Instant::now();
-        let budgets = stage.budgets.clone();
+    /// The network a stage's sandbox is on, and the task its agent is given.
+    fn task_for(&mut self, stage: &Stage, index: usize) -> (Option<String>, StageTask) {
         let network = match stage.network {
             StageNetwork::World => self.world_network.clone(),
             StageNetwork::None => None,
         };
-        if let Err(e) = self.sandbox.set_network(network.as_deref()).await {
-            self.warn(format!(
-                "stage {}: could not set the sandbox network: {e}",
-                stage.name
-            ));
-        }
         let seeds = self
             .world
             .as_ref()
@@ -388,31 +516,70 @@ impl Runner {
                     format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
                 }
             };
-        self.emit(Event::StageStarted {
-            stage: stage.name.clone(),
-            index,
-            budgets: budgets.clone(),
-            network: network.clone(),
-            instruction_sha256: crate::trace::sha256_hex(instruction.as_bytes()),
-        });
         let task = StageTask {
             stage: stage.name.clone(),
             index,
             instruction,
             tools: tools::schemas(),
-            limits: budgets.clone(),
+            limits: stage.budgets.clone(),
         };
+        (network, task)
+    }
+
+    async fn run_stage(
+        &mut self,
+        agent: &mut dyn Agent,
+        stage: &Stage,
+        index: usize,
+        cont: Option<(Continue, Option<String>)>,
+    ) -> StageOutcome {
+        let started = Instant::now();
+        let budgets = stage.budgets.clone();
+        let (network, mut task) = self.task_for(stage, index);
+        if let Err(e) = self.sandbox.set_network(network.as_deref()).await {
+            self.warn(format!(
+                "stage {}: could not set the sandbox network: {e}",
+                stage.name
+            ));
+        }
+        let (cont, note) = match cont {
+            Some((c, note)) => (Some(c), note),
+            None => (None, None),
+        };
+        if cont.is_none() {
+            self.emit(Event::StageStarted {
+                stage: stage.name.clone(),
+                index,
+                budgets: budgets.clone(),
+                network: network.clone(),
+                instruction_sha256: crate::trace::sha256_hex(task.instruction.as_bytes()),
+            });
+        }
         let scorer = crate::stages::scorer_for(&stage.name, self.world.as_ref());
-        let mut steps = 0u64;
-        let mut sandbox_seconds = 0.0f64;
-        let mut cpu_seconds = 0.0f64;
-        let wall_deadline = started + Duration::from_secs_f64(budgets.max_wall_seconds);
+        let mut steps = cont.as_ref().map_or(0, |c| c.steps);
+        let mut sandbox_seconds = cont.as_ref().map_or(0.0, |c| c.sandbox_seconds);
+        let mut cpu_seconds = cont.as_ref().map_or(0.0, |c| c.cpu_seconds);
+        let wall_before = cont.as_ref().map_or(0.0, |c| c.wall_seconds);
+        let wall_deadline =
+            started + Duration::from_secs_f64((budgets.max_wall_seconds - wall_before).max(0.0));
+        if let Some(note) = &note {
+            task.instruction.push_str(note);
+            task.limits.max_steps = budgets.max_steps.saturating_sub(steps);
+            task.limits.max_sandbox_seconds =
+                (budgets.max_sandbox_seconds - sandbox_seconds).max(0.0);
+            task.limits.max_wall_seconds = (budgets.max_wall_seconds - wall_before).max(0.0);
+        }
         let ended_by = 'stage: {
-            let begun = agent.begin_stage(&task).await;
-            self.agent_log(agent, &stage.name);
-            if let Err(e) = begun {
-                self.warn(e.to_string());
-                break 'stage EndReason::AgentError;
+            if let Some(ended) = cont.as_ref().and_then(|c| c.ended) {
+                break 'stage ended;
+            }
+            if !cont.as_ref().is_some_and(|c| c.ready) {
+                let begun = agent.begin_stage(&task).await;
+                self.agent_log(agent, &stage.name);
+                if let Err(e) = begun {
+                    self.warn(e.to_string());
+                    break 'stage EndReason::AgentError;
+                }
             }
             loop {
                 if self.cancel.is_cancelled() || self.events.recorder.broken().is_some() {
@@ -528,7 +695,9 @@ impl Runner {
             }
         };
         if let Some(budget) = ended_by.budget() {
-            agent.stopped(budget).await;
+            if cont.as_ref().is_none_or(|c| c.ended.is_none()) {
+                agent.stopped(budget).await;
+            }
         }
         // Nothing the agent started outlives its stage, and nothing of it runs while it is graded.
         let swept = match self.sandbox.end_stage().await {
@@ -574,7 +743,7 @@ impl Runner {
         };
         self.agent_log(agent, &stage.name);
         let usage = agent.usage();
-        let wall_seconds = started.elapsed().as_secs_f64();
+        let wall_seconds = wall_before + started.elapsed().as_secs_f64();
         self.emit(Event::StageEnded {
             stage: stage.name.clone(),
             ended_by,

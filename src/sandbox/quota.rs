@@ -172,6 +172,19 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), QuotaError> {
     r
 }
 
+/// Copies the contents of the directory `from` into the existing directory `to`, as
+/// [`copy_tree`] copies (`cp -a --sparse=always from/. to`).
+pub fn copy_into(from: &Path, to: &Path) -> Result<(), QuotaError> {
+    run(
+        "copying",
+        from,
+        Command::new("cp")
+            .args(["-a", "--sparse=always"])
+            .arg(from.join("."))
+            .arg(to),
+    )
+}
+
 /// Unmounts `path` (lazily when busy, so a leftover open file cannot keep it).
 pub(crate) fn unmount(path: &Path) -> Result<(), QuotaError> {
     match run("unmounting", path, Command::new("umount").arg(path)) {

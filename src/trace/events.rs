@@ -189,6 +189,71 @@ pub struct ModelCall {
     /// Why the request failed (it was retried, or the agent gave up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the model answered (its text and tool calls), from which a resumed run rebuilds the
+    /// conversation. None for a failed request, and in traces written before replies were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ModelReply>,
+}
+
+/// A model's answer as the trace keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub calls: Vec<ModelToolUse>,
+}
+
+/// One tool call of a [`ModelReply`]: the id the model gave it, the tool, and the arguments as the
+/// server sent them (a JSON string or an object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelToolUse {
+    pub id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+/// What a resumed run took up again (the `run_resumed` event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// Why the run had stopped (run.json's reason, or its status).
+    pub reason: String,
+    /// The last step that completed before it stopped (0: none); steps go on from the next.
+    pub after_step: u64,
+    /// The stage the run goes on with; None when every stage it reached was graded and it goes on
+    /// with the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// The workspace as the run goes on: `kept` (the one on disk matched the last commit) or
+    /// `restored` (written from `workspace.git` at `commit`).
+    pub workspace: String,
+    /// The last commit of a completed step (or rescue), the workspace's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Where a workspace on disk that differed from the commit was kept (relative to the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aside: Option<String>,
+    /// Files the commit lists too large to keep that could not be found again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// `rebuilt` (the agent's state was rebuilt from the trace) or `fresh` (an external agent,
+    /// started again with the stage's task and a note).
+    pub agent: String,
+    /// What the stage gone on with had used of its budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<BudgetsUsed>,
+}
+
+/// A stage's budgets used so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BudgetsUsed {
+    pub steps: u64,
+    pub sandbox_seconds: f64,
+    pub wall_seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// Everything that happens in a run, in order.
@@ -259,6 +324,8 @@ pub enum Event {
     /// integrity ledger (processes killed at a stage's end, files refused or changed between
     /// selection and copy, forged or malformed supervisor lines).
     Integrity(IntegrityNote),
+    /// An interrupted run goes on (`gptx resume`): what it took up again.
+    RunResumed(Resumed),
     RunFinished {
         status: crate::trace::rundir::RunStatus,
         level: String,
@@ -284,6 +351,7 @@ impl Event {
             Self::AgentLog { .. } => "agent_log",
             Self::ModelCall { .. } => "model_call",
             Self::Integrity(_) => "integrity",
+            Self::RunResumed(_) => "run_resumed",
             Self::RunFinished { .. } => "run_finished",
         }
     }

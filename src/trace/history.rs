@@ -66,6 +66,15 @@ pub(crate) struct LargeFile {
     pub note: Option<String>,
 }
 
+/// A file a commit lists as too large to hold, as [`WorkspaceHistory::restore`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreLarge {
+    pub path: String,
+    pub size: u64,
+    /// Its SHA-256 when the snapshot hashed it: only a file with this hash is taken back.
+    pub sha256: Option<String>,
+}
+
 /// A file left out of a snapshot because it could not be read.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Skipped {
@@ -103,8 +112,150 @@ impl WorkspaceHistory {
         })
     }
 
+    /// Opens the history of an interrupted run to go on recording it: the next commit's parent is
+    /// `head` (the last commit the trace records; a later one the trace never mentions is left
+    /// out of the branch), or none.
+    pub fn open(git_dir: &Path, workspace: &Path, head: Option<&str>) -> Result<Self, git2::Error> {
+        let repo = Repository::open_bare(git_dir)?;
+        let (head, head_tree) = match head {
+            Some(h) => {
+                let commit = repo.find_commit(Oid::from_str(h)?)?;
+                repo.reference("refs/heads/main", commit.id(), true, "resume")?;
+                repo.set_head("refs/heads/main")?;
+                (Some(commit.id()), Some(commit.tree_id()))
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            repo,
+            root: workspace.to_path_buf(),
+            blobs: HashMap::new(),
+            digests: HashMap::new(),
+            head,
+            head_tree,
+        })
+    }
+
+    /// Whether the tree at `other` (another copy of the workspace) is the one of the head commit
+    /// (an empty tree when there is none), as a snapshot would record it: large files by size and
+    /// hash. Nothing is committed.
+    pub fn matches(&mut self, other: &Path) -> Result<bool, git2::Error> {
+        let root = std::mem::replace(&mut self.root, other.to_path_buf());
+        self.blobs.clear();
+        self.digests.clear();
+        let tree = self.snapshot_tree();
+        self.root = root;
+        self.blobs.clear();
+        self.digests.clear();
+        let tree = tree?;
+        Ok(match self.head_tree {
+            Some(h) => h == tree,
+            None => self.is_empty_tree(tree)?,
+        })
+    }
+
+    /// Writes the tree of `commit` into the empty directory `into`: directories, files with their
+    /// modes and links as links, each new (nothing there is followed or overwritten), owned by
+    /// `owner` when given. The manifest of large files is not written: its entries come back, for
+    /// the caller to find again.
+    pub fn restore(
+        &self,
+        commit: &str,
+        into: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<RestoreLarge>, git2::Error> {
+        let tree = self.repo.find_commit(Oid::from_str(commit)?)?.tree()?;
+        let mut large = Vec::new();
+        if let Some(m) = tree.get_name(MANIFEST) {
+            let blob = self.repo.find_blob(m.id())?;
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(blob.content()) {
+                for f in v["large_files"].as_array().into_iter().flatten() {
+                    large.push(RestoreLarge {
+                        path: f["path"].as_str().unwrap_or("").to_string(),
+                        size: f["size"].as_u64().unwrap_or(0),
+                        sha256: f["sha256"].as_str().map(str::to_string),
+                    });
+                }
+            }
+        }
+        self.write_tree(&tree, into, true, owner)?;
+        Ok(large)
+    }
+
+    fn write_tree(
+        &self,
+        tree: &git2::Tree,
+        dir: &Path,
+        top: bool,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), git2::Error> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let err =
+            |p: &Path, e: std::io::Error| git2::Error::from_str(&format!("{}: {e}", p.display()));
+        for entry in tree.iter() {
+            let Ok(name) = entry.name() else { continue };
+            if top && name == MANIFEST {
+                continue;
+            }
+            if name.contains('/') || name == "." || name == ".." || name.is_empty() {
+                continue;
+            }
+            let path = dir.join(name);
+            let mode = entry.filemode();
+            match entry.kind() {
+                Some(git2::ObjectType::Tree) => {
+                    std::fs::create_dir(&path).map_err(|e| err(&path, e))?;
+                    if let Some((u, g)) = owner {
+                        std::os::unix::fs::chown(&path, Some(u), Some(g))
+                            .map_err(|e| err(&path, e))?;
+                    }
+                    let sub = self.repo.find_tree(entry.id())?;
+                    self.write_tree(&sub, &path, false, owner)?;
+                }
+                Some(git2::ObjectType::Blob) => {
+                    let blob = self.repo.find_blob(entry.id())?;
+                    if mode == i32::from(FileMode::Link) {
+                        let target = std::ffi::OsStr::from_bytes(blob.content());
+                        std::os::unix::fs::symlink(target, &path).map_err(|e| err(&path, e))?;
+                        if let Some((u, g)) = owner {
+                            std::os::unix::fs::lchown(&path, Some(u), Some(g))
+                                .map_err(|e| err(&path, e))?;
+                        }
+                        continue;
+                    }
+                    let perm = if mode == i32::from(FileMode::BlobExecutable) {
+                        0o755
+                    } else {
+                        0o644
+                    };
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(perm)
+                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                        .open(&path)
+                        .map_err(|e| err(&path, e))?;
+                    f.write_all(blob.content()).map_err(|e| err(&path, e))?;
+                    if let Some((u, g)) = owner {
+                        std::os::unix::fs::fchown(&f, Some(u), Some(g))
+                            .map_err(|e| err(&path, e))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Snapshots the workspace; commits with `message` when the tree changed. Returns the new commit id.
     pub fn commit_if_changed(&mut self, message: &str) -> Result<Option<String>, git2::Error> {
+        let tree = self.snapshot_tree()?;
+        self.commit_tree(tree, message)
+    }
+
+    /// The tree a snapshot of the workspace makes (written to the repository, not committed).
+    fn snapshot_tree(&mut self) -> Result<Oid, git2::Error> {
         let mut manifest = Manifest::default();
         let root = rustix::fs::open(
             &self.root,
@@ -129,6 +280,10 @@ impl WorkspaceHistory {
                 b.write()?
             }
         };
+        Ok(tree)
+    }
+
+    fn commit_tree(&mut self, tree: Oid, message: &str) -> Result<Option<String>, git2::Error> {
         let tree = match tree {
             t if Some(t) == self.head_tree => return Ok(None),
             t => t,

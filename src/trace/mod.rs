@@ -11,7 +11,8 @@ pub mod replay;
 pub mod rundir;
 
 pub use events::{
-    round, EndReason, Event, IntegrityNote, ModelCall, OutputRef, StageScore, StepRecord, StepUsage,
+    round, BudgetsUsed, EndReason, Event, IntegrityNote, ModelCall, ModelReply, ModelToolUse,
+    OutputRef, Resumed, StageScore, StepRecord, StepUsage,
 };
 pub use history::WorkspaceHistory;
 pub use log::{sha256_hex, verify, EventLog, TraceError, Verified};

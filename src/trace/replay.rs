@@ -15,6 +15,9 @@
 //! - Later events of a kind replace earlier ones (the last `stage_started`, `stage_ended`,
 //!   `stage_scored` and `run_finished` count); steps, model calls and rescues add up.
 //! - A warning, and an integrity note that names no stage, belong to the stage started last.
+//! - A `run_resumed` event (`gptx resume`) makes the run unfinished again and the stage it names
+//!   running again (its earlier `stage_ended`, of an interrupted stage, no longer counts); the
+//!   stage's steps go on adding up.
 
 use chrono::{DateTime, Utc};
 
@@ -256,6 +259,8 @@ pub struct Replay {
     /// Positions of the scored stages, in the order of their (last) scores.
     scored: Vec<usize>,
     finished: Option<Finished>,
+    /// The `run_resumed` events, in order.
+    resumes: Vec<crate::trace::events::Resumed>,
 }
 
 impl Replay {
@@ -410,6 +415,21 @@ impl Replay {
                     None => self.current,
                 }
             }
+            Event::RunResumed(r) => {
+                // The run goes again: it is not finished, no step is in flight, and the stage it
+                // goes on with is running again.
+                self.finished = None;
+                self.pending = None;
+                self.resumes.push(r.clone());
+                let i = r.stage.as_deref().map(|s| self.stage_mut(s))?;
+                let s = &mut self.stages[i];
+                if s.phase != Phase::Scored {
+                    s.phase = Phase::Running;
+                    s.ended = None;
+                }
+                self.current = Some(i);
+                Some(i)
+            }
             Event::RunFinished {
                 status,
                 level,
@@ -443,6 +463,11 @@ impl Replay {
                 i
             }
         }
+    }
+
+    /// How the run was resumed, each time (empty for a run that never stopped).
+    pub fn resumes(&self) -> &[crate::trace::events::Resumed] {
+        &self.resumes
     }
 
     /// The stages known so far, in order.
@@ -688,6 +713,7 @@ mod tests {
                     cost_usd: Some(0.25),
                     attempt: 1,
                     error: None,
+                    reply: None,
                 },
             },
             Event::ModelCall {
@@ -700,6 +726,7 @@ mod tests {
                     cost_usd: None,
                     attempt: 2,
                     error: Some("rate limited".into()),
+                    reply: None,
                 },
             },
             started("tokenize", 1),

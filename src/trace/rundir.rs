@@ -62,6 +62,36 @@ pub struct RunMeta {
     /// The gptx process that runs it (None in runs written before owners were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// What the run was asked besides its suite and agent, so that `gptx resume` goes on alike
+    /// (None in runs written before it was recorded: resuming takes the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<RunOptions>,
+    /// Each time the run was resumed, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumes: Vec<ResumeRecord>,
+}
+
+/// The options of `gptx run` a resumed run takes again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOptions {
+    pub rescue: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    pub max_output_tokens: u64,
+    pub context_tokens: u64,
+    /// `--agent-env` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_env: Vec<String>,
+}
+
+/// One `gptx resume` of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The last step completed before the run stopped.
+    pub after_step: u64,
+    /// Why it had stopped.
+    pub reason: String,
 }
 
 /// The gptx process that owns a running run: its pid, that process's start time (a reused pid has
@@ -273,6 +303,14 @@ pub struct RunScore {
     /// supervisor lines). Empty for a run that tried nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub integrity: Vec<crate::trace::IntegrityNote>,
+    /// How many times the run was stopped by a fault and resumed (`gptx resume`); 0 for a run
+    /// that went through in one go.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl RunScore {
@@ -311,6 +349,21 @@ pub struct RunDir {
 impl RunDir {
     pub fn new(path: PathBuf) -> Self {
         Self { path }
+    }
+    /// The run id: the directory's name.
+    pub fn id(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+    /// Where `gptx resume` moves the workspace on disk while it brings the run's back.
+    pub fn live_workspace(&self) -> PathBuf {
+        self.path.join(".workspace.live")
+    }
+    /// Where a workspace that differed from its last commit was kept when the run was resumed.
+    pub fn aside(&self, n: u32) -> PathBuf {
+        self.path.join(format!("workspace.aside-{n}"))
     }
     pub fn run_json(&self) -> PathBuf {
         self.path.join("run.json")
@@ -457,6 +510,8 @@ mod mark_tests {
             trace_sha256: None,
             events: 0,
             owner,
+            options: None,
+            resumes: Vec::new(),
         };
         write_json_atomic(&dir.run_json(), &meta).unwrap();
         dir

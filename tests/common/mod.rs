@@ -213,3 +213,34 @@ pub fn append_events(dir: &gptx::trace::rundir::RunDir, events: &[gptx::trace::E
         log.append(e).unwrap();
     }
 }
+
+/// A reporter that cancels the run once it has seen `after` completed steps: an interrupt at a
+/// known point, for resume tests.
+pub struct CancelAfter {
+    pub after: u64,
+    pub seen: u64,
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl gptx::trace::Reporter for CancelAfter {
+    fn report(&mut self, event: &gptx::trace::Event) {
+        if matches!(event, gptx::trace::Event::Step(_)) {
+            self.seen += 1;
+            if self.seen == self.after {
+                self.cancel.cancel();
+            }
+        }
+    }
+}
+
+/// What `gptx resume` hands the runner, for a run directory whose workspace is as it was.
+pub fn resume_from(run_dir: &Path) -> gptx::runner::ResumeFrom {
+    let events = gptx::trace::log::read_events(&run_dir.join("events.jsonl")).unwrap();
+    gptx::runner::ResumeFrom {
+        state: gptx::runner::ResumeState::of(&events).unwrap(),
+        reason: "interrupted".into(),
+        workspace: "kept".into(),
+        aside: None,
+        missing: vec![],
+    }
+}

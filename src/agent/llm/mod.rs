@@ -278,6 +278,18 @@ impl LlmAgent {
                         cost_usd: cost,
                         attempt,
                         error: None,
+                        reply: Some(crate::trace::ModelReply {
+                            text: r.text.clone(),
+                            calls: r
+                                .calls
+                                .iter()
+                                .map(|c| crate::trace::ModelToolUse {
+                                    id: c.id.clone(),
+                                    name: c.name.clone(),
+                                    arguments: c.arguments.clone(),
+                                })
+                                .collect(),
+                        }),
                     });
                     return Ok(r);
                 }
@@ -290,6 +302,7 @@ impl LlmAgent {
                         cost_usd: self.price.map(|_| 0.0),
                         attempt,
                         error: Some(e.to_string()),
+                        reply: None,
                     });
                     let retry = matches!(e, ChatError::Retry(_)) && attempt < self.opts.attempts;
                     if !retry {
@@ -393,6 +406,72 @@ impl Agent for LlmAgent {
 
     fn usage(&self) -> Option<(u64, Option<f64>)> {
         Some((self.stage_tokens, self.price.map(|_| self.stage_cost)))
+    }
+
+    /// The conversation rebuilt by playing the trace through this loop's own rules: each stage's
+    /// task, each recorded reply (its tool calls queued, a nudge after a first reply without
+    /// one), each completed step's result, and the answers owed when a budget ended a stage.
+    /// Calls of the last reply that did not complete stay queued: they run next. The stage's
+    /// tokens and cost are the recorded calls'. The next request is then the one the run would
+    /// have sent.
+    async fn resume(&mut self, past: &[crate::agent::PastStage]) -> Result<bool, AgentError> {
+        use crate::agent::Past;
+        self.msgs.clear();
+        self.queue.clear();
+        self.current = None;
+        for p in past {
+            self.begin_stage(&p.task).await?;
+            for e in &p.events {
+                match e {
+                    Past::Model(call) => {
+                        self.stage_tokens += call.input_tokens + call.output_tokens;
+                        self.stage_cost += call.cost_usd.unwrap_or(0.0);
+                        let Some(reply) = &call.reply else { continue };
+                        let calls: Vec<ToolUse> = reply
+                            .calls
+                            .iter()
+                            .map(|c| ToolUse {
+                                id: c.id.clone(),
+                                name: c.name.clone(),
+                                arguments: c.arguments.clone(),
+                            })
+                            .collect();
+                        self.msgs.push(Msg::Assistant {
+                            text: reply.text.clone(),
+                            calls: calls.clone(),
+                        });
+                        if calls.is_empty() {
+                            if !self.nudged {
+                                self.nudged = true;
+                                self.msgs.push(Msg::User(NUDGE.into()));
+                            }
+                        } else {
+                            self.queue.extend(calls);
+                        }
+                    }
+                    Past::Step { tool, result } => {
+                        let Some(u) = self.queue.pop_front() else {
+                            return Err(AgentError {
+                                agent: self.backend.spec(),
+                                message: format!(
+                                    "the trace does not fit this agent: a {tool} step in stage {} with no model reply asking for it",
+                                    p.task.stage
+                                ),
+                            });
+                        };
+                        let call = raw_call(&u);
+                        self.current = Some(u.id);
+                        self.observe(&call, result).await?;
+                    }
+                }
+            }
+            if let Some(budget) = p.ended.and_then(|e| e.budget()) {
+                self.stopped(budget).await;
+            }
+        }
+        // Those requests are in the trace already.
+        self.calls.clear();
+        Ok(true)
     }
 }
 
