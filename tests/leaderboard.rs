@@ -380,3 +380,60 @@ fn an_unknown_suite_names_the_suites_that_have_runs() {
         .to_string();
     assert!(err.contains("--runs-dir"), "{err}");
 }
+
+/// A run stopped by a fault and resumed is ranked like any other, and marked: `resumed` in the JSON,
+/// after its agent's levels and after the run in the tables (markdown and HTML).
+#[test]
+fn a_resumed_run_is_ranked_and_marked() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (id, seed) in [("r1", 1), ("r2", 2)] {
+        write(
+            tmp.path(),
+            &Fake {
+                id,
+                agent: "reference",
+                seed,
+                world: "aaaa",
+                status: RunStatus::Done,
+                scores: [1.0; 5],
+                bpb: Some(1.4),
+                cpu: 10.0,
+            },
+        );
+    }
+    let mark = |name: &str| {
+        let path = tmp.path().join(name);
+        let mut meta: RunMeta = gptx::trace::rundir::read_json(&path.join("run.json")).unwrap();
+        meta.resumes.push(gptx::trace::rundir::ResumeRecord {
+            at: meta.started_at + chrono::Duration::seconds(30),
+            after_step: 4,
+            reason: "owner process gone".into(),
+        });
+        // Stopped for an hour: the leaderboard counts the stages' own time, not the hour.
+        meta.ended_at = Some(meta.started_at + chrono::Duration::hours(1));
+        write_json_atomic(&path.join("run.json"), &meta).unwrap();
+        let mut score: RunScore = gptx::trace::rundir::read_json(&path.join("score.json")).unwrap();
+        score.resumed = 1;
+        write_json_atomic(&path.join("score.json"), &score).unwrap();
+    };
+    mark("r2");
+    let opts = Options {
+        suite: None,
+        resamples: 100,
+    };
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    let b = &boards[0];
+    assert_eq!(b.entries.len(), 2, "the resumed run is ranked");
+    let r2 = b.entries.iter().find(|e| e.run_id == "r2").unwrap();
+    assert_eq!(r2.resumed, 1);
+    assert!(r2.wall_seconds < 100.0, "{}", r2.wall_seconds);
+    assert_eq!(b.agents[0].resumed, 1);
+    let md = leaderboard::markdown(&boards);
+    assert!(md.contains("(1 resumed)"), "{md}");
+    assert!(md.contains("`r2` · resumed 1×"), "{md}");
+    assert!(!md.contains("`r1` · resumed"), "{md}");
+    let html = leaderboard::html_body(&boards, false);
+    assert!(html.contains("resumed 1×"), "{html}");
+    let json = serde_json::to_value(b).unwrap();
+    assert!(json.to_string().contains("\"resumed\":1"));
+}

@@ -613,3 +613,34 @@ async fn foreign_hosts_are_refused_and_every_page_has_a_csp() {
     }
     s.stop().await;
 }
+
+/// An interrupted run says how to resume it; a resumed run says when and after which step, on its
+/// page and in the runs list.
+#[tokio::test]
+async fn interrupted_and_resumed_runs_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    synth(tmp.path(), "r-stopped", |s| {
+        s.status = RunStatus::Interrupted
+    });
+    let resumed = synth(tmp.path(), "r-resumed", |_| {});
+    let mut meta: gptx::trace::rundir::RunMeta =
+        gptx::trace::rundir::read_json(&resumed.run_json()).unwrap();
+    meta.resumes.push(gptx::trace::rundir::ResumeRecord {
+        at: meta.started_at,
+        after_step: 3,
+        reason: "owner process gone".into(),
+    });
+    gptx::trace::rundir::write_json_atomic(&resumed.run_json(), &meta).unwrap();
+    let s = start(tmp.path()).await;
+    let (code, list) = s.get("/").await;
+    assert_eq!(code, 200);
+    assert!(list.contains("resumed 1×"), "{list}");
+    assert!(list.contains("resumable"), "{list}");
+    let (_, page) = s.get("/runs/r-stopped").await;
+    assert!(page.contains("gptx resume r-stopped"), "{page}");
+    let (_, page) = s.get("/runs/r-resumed").await;
+    assert!(page.contains("<b>Resumed</b>"), "{page}");
+    assert!(page.contains("after step 3"), "{page}");
+    assert!(page.contains("owner process gone"), "{page}");
+    s.stop().await;
+}

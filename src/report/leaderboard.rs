@@ -58,6 +58,17 @@ pub struct RunEntry {
     /// refused on the agent's side. Empty for a run that tried nothing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub integrity: Vec<String>,
+    /// How many times a fault stopped the run and `gptx resume` took it up again (0: never).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resumed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_count(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A run left out of the statistics, and why.
@@ -85,6 +96,9 @@ pub struct AgentRow {
     pub levels: [usize; 7],
     /// Runs whose rescued stages let them show an assisted level.
     pub assisted: usize,
+    /// Runs that were stopped by a fault and resumed.
+    #[serde(skip_serializing_if = "is_zero_count")]
+    pub resumed: usize,
     pub index_mean: f64,
     /// 95% percentile-bootstrap interval of the mean over runs; None with a single run.
     pub index_ci95: Option<(f64, f64)>,
@@ -242,10 +256,13 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
         .values()
         .filter_map(|s| s.cost_usd)
         .reduce(|a, b| a + b);
-    let wall = meta
-        .ended_at
-        .map(|e| (e - meta.started_at).num_milliseconds() as f64 / 1000.0)
-        .unwrap_or_else(|| score.stages.values().map(|s| s.wall_seconds).sum());
+    // A resumed run's clock time includes the time it lay stopped: its stages' own time counts.
+    let wall = match meta.ended_at {
+        Some(e) if meta.resumes.is_empty() => {
+            (e - meta.started_at).num_milliseconds() as f64 / 1000.0
+        }
+        _ => score.stages.values().map(|s| s.wall_seconds).sum(),
+    };
     RunEntry {
         run_id: meta.run_id.clone(),
         agent: meta.agent.clone(),
@@ -265,6 +282,7 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
             .iter()
             .map(|n| format!("{} ×{}", n.kind, n.count))
             .collect(),
+        resumed: meta.resumes.len() as u32,
     }
 }
 
@@ -316,6 +334,7 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
         mean_level: crate::trace::round(mean(&level_nums), 3),
         levels,
         assisted: runs.iter().filter(|r| r.assisted_level.is_some()).count(),
+        resumed: runs.iter().filter(|r| r.resumed > 0).count(),
         index_mean: crate::trace::round(mean(&index), 3),
         index_ci95: bootstrap_ci95(&index, resamples, name_seed(agent))
             .map(|(a, b)| (crate::trace::round(a, 3), crate::trace::round(b, 3))),
@@ -648,6 +667,24 @@ fn flagged(b: &Board) -> Vec<&RunEntry> {
         .collect()
 }
 
+/// ` (2 resumed)` after an agent's levels, when some of its runs were resumed.
+fn resumed_text(n: usize) -> String {
+    if n > 0 {
+        format!(" ({n} resumed)")
+    } else {
+        String::new()
+    }
+}
+
+/// ` · resumed 1×` after a run, when it was.
+fn run_resumed_text(n: u32) -> String {
+    if n > 0 {
+        format!(" · resumed {n}×")
+    } else {
+        String::new()
+    }
+}
+
 pub fn markdown(boards: &[Board]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# gptx leaderboard\n");
@@ -677,7 +714,7 @@ pub fn markdown(boards: &[Board]) -> String {
         for a in &b.agents {
             let _ = writeln!(
                 o,
-                "| {} | `{}` | {} | {:.2} | {}{} | {:.1} | {} | {:.1} ({}) | {} | {:.1} | {:.1} | {} | {} |",
+                "| {} | `{}` | {} | {:.2} | {}{}{} | {:.1} | {} | {:.1} ({}) | {} | {:.1} | {:.1} | {} | {} |",
                 a.rank,
                 a.agent,
                 a.runs,
@@ -688,6 +725,7 @@ pub fn markdown(boards: &[Board]) -> String {
                 } else {
                     String::new()
                 },
+                resumed_text(a.resumed),
                 a.index_mean,
                 ci_text(a),
                 a.best_of_k,
@@ -748,7 +786,7 @@ pub fn markdown(boards: &[Board]) -> String {
         for e in runs_in_order(b) {
             let _ = writeln!(
                 o,
-                "| `{}` | {} | {}{} | {:.1} | {} | `{}` |",
+                "| `{}` | {} | {}{} | {:.1} | {} | `{}`{} |",
                 e.agent,
                 e.seed,
                 e.level,
@@ -758,7 +796,8 @@ pub fn markdown(boards: &[Board]) -> String {
                     .unwrap_or_default(),
                 e.bootstrap_index,
                 fmt_opt(e.bpb, 3),
-                e.run_id
+                e.run_id,
+                run_resumed_text(e.resumed)
             );
         }
         let flagged = flagged(b);
@@ -859,7 +898,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                 html_escape(&a.agent),
                 a.runs,
                 a.mean_level,
-                html_escape(&levels_text(a)),
+                html_escape(&format!("{}{}", levels_text(a), resumed_text(a.resumed))),
                 a.index_mean,
                 a.index_mean.clamp(0.0, 100.0),
                 ci_text(a),
@@ -901,7 +940,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
         for e in runs_in_order(b) {
             let _ = write!(
                 o,
-                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}{}</td></tr>",
                 html_escape(&e.agent),
                 e.seed,
                 html_escape(&e.level),
@@ -911,7 +950,8 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                     .unwrap_or_default(),
                 e.bootstrap_index,
                 fmt_opt(e.bpb, 3),
-                run_ref(&e.run_id, links)
+                run_ref(&e.run_id, links),
+                run_resumed_text(e.resumed)
             );
         }
         o.push_str("</table>");

@@ -33,13 +33,23 @@ pub fn runs(runs_dir: &Path) -> anyhow::Result<i32> {
                 .map(|s| format!("{:.1}", s.bootstrap_index))
                 .unwrap_or_else(|| "-".into()),
             meta.started_at.format("%Y-%m-%d %H:%M:%S"),
-            match (&meta.status, &meta.error) {
-                (RunStatus::Interrupted | RunStatus::Failed, Some(why)) => format!(
-                    "{} ({})",
-                    meta.agent,
-                    crate::report::term::terminal_safe(why, false)
-                ),
-                _ => meta.agent.clone(),
+            {
+                let mut text = match (&meta.status, &meta.error) {
+                    (RunStatus::Interrupted | RunStatus::Failed, Some(why)) => format!(
+                        "{} ({})",
+                        meta.agent,
+                        crate::report::term::terminal_safe(why, false)
+                    ),
+                    _ => meta.agent.clone(),
+                };
+                if meta.resumable() {
+                    text.push_str(" · resumable: gptx resume ");
+                    text.push_str(&meta.run_id);
+                }
+                if !meta.resumes.is_empty() {
+                    text.push_str(&format!(" · resumed {}×", meta.resumes.len()));
+                }
+                text
             }
         );
     }
@@ -1155,8 +1165,24 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
         "level {}{assisted} · Bootstrap Index {:.1} · run dir {}",
         score.level, score.bootstrap_index, meta.run_id
     );
+    for r in &meta.resumes {
+        let _ = writeln!(
+            out,
+            "resumed {} after step {} ({})",
+            r.at.format("%Y-%m-%d %H:%M:%S"),
+            r.after_step,
+            r.reason
+        );
+    }
     if let Some(e) = &meta.error {
         let _ = writeln!(out, "error: {e}");
+    }
+    if meta.resumable() {
+        let _ = writeln!(
+            out,
+            "resumable: `gptx resume {}` goes on from its last completed step",
+            meta.run_id
+        );
     }
     crate::report::term::terminal_safe(&out, false)
 }

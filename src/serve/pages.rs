@@ -100,11 +100,23 @@ pub(crate) fn runs_page(list: &RunList) -> String {
 <th class=\"num\">Wall time</th></tr></thead><tbody>",
     );
     for r in &list.rows {
-        let status = if r.status == "running" {
+        let mut status = if r.status == "running" {
             "<span class=\"pill live\"><span class=\"dot\"></span>live</span>".to_string()
         } else {
             status_pill(&r.status)
         };
+        if r.resumed > 0 {
+            let _ = write!(
+                status,
+                " <span class=\"muted\" title=\"stopped by a fault and resumed\">resumed {}×</span>",
+                r.resumed
+            );
+        }
+        if r.resumable {
+            status.push_str(
+                " <span class=\"muted\" title=\"gptx resume goes on from its last completed step\">resumable</span>",
+            );
+        }
         let _ = write!(
             b,
             "<tr><td><a class=\"runid\" href=\"/runs/{}\">{}</a></td><td>{status}</td><td>{}</td><td>{}</td>\
@@ -392,6 +404,22 @@ pub fn summary(v: &RunView) -> String {
             b,
             "<div class=\"banner bad\"><b>Run failed:</b> {}</div>",
             esc(e)
+        );
+    }
+    for r in &m.resumes {
+        let _ = write!(
+            b,
+            "<div class=\"banner warn\"><b>Resumed</b> {} after step {}: it had stopped ({}). Stages graded before kept their grades; the stage it stopped in went on with what was left of its budgets.</div>",
+            html::time(&r.at),
+            r.after_step,
+            esc(&r.reason)
+        );
+    }
+    if m.resumable() {
+        let _ = write!(
+            b,
+            "<div class=\"banner warn\">Interrupted: <code>gptx resume {}</code> goes on from its last completed step.</div>",
+            esc(&m.run_id)
         );
     }
     for n in &v.notes {

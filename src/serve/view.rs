@@ -53,6 +53,10 @@ pub(crate) struct RunRow {
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
     pub wall_seconds: Option<f64>,
+    /// Times the run was resumed after a fault.
+    pub resumed: usize,
+    /// It was interrupted and `gptx resume` can take it up.
+    pub resumable: bool,
 }
 
 /// The runs page: the rows that pass the filter, newest first, and the values to filter on.
@@ -98,6 +102,8 @@ pub fn runs(runs_dir: &Path, filter: &Filter) -> RunList {
             started_at: meta.started_at,
             ended_at: meta.ended_at,
             wall_seconds: wall(&meta),
+            resumed: meta.resumes.len(),
+            resumable: meta.resumable(),
             run_id: meta.run_id,
         });
     }
