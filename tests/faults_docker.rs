@@ -1,4 +1,4 @@
-//! Faults the harness must survive: a gptx killed mid-run leaves a run that `gptx gc` (or the next `gptx run`) marks interrupted, with its resources gone and its trace verifiable.
+//! Faults the harness must survive: a gptx killed mid-run leaves a run that `gptx gc` (or the next `gptx run`) marks interrupted, with its resources gone and its trace verifiable, and that `gptx resume` finishes as an uninterrupted run would have.
 
 mod common;
 
@@ -36,15 +36,24 @@ fn wait_for_a_step(runs: &Path, child: &mut std::process::Child) -> RunDir {
     }
 }
 
+/// The reference agent on crawl and tokenize only (the rest submitted at once): a run of a minute
+/// whose grades are not zero, for resume tests that compare with an uninterrupted run.
+const PARTIAL: &str = "reference:crawl,tokenize";
+
 /// `gptx run --suite mini --agent reference` in the background, with these environment variables.
 fn reference_run(runs: &Path, env: &[(&str, String)]) -> std::process::Child {
+    agent_run(runs, "reference", env)
+}
+
+/// `gptx run --suite mini --agent <agent>` in the background, with these environment variables.
+fn agent_run(runs: &Path, agent: &str, env: &[(&str, String)]) -> std::process::Child {
     let mut cmd = common::gptx();
     cmd.args([
         "run",
         "--suite",
         "mini",
         "--agent",
-        "reference",
+        agent,
         "--quiet",
         "--runs-dir",
     ])
@@ -59,7 +68,12 @@ fn reference_run(runs: &Path, env: &[(&str, String)]) -> std::process::Child {
 
 /// A reference run below `runs`, SIGKILLed once its trace has a step; its directory.
 fn killed_after_a_step(runs: &Path) -> RunDir {
-    let mut child = reference_run(runs, &[]);
+    killed_after_a_step_of(runs, "reference")
+}
+
+/// A run of `agent` below `runs`, SIGKILLed once its trace has a step; its directory.
+fn killed_after_a_step_of(runs: &Path, agent: &str) -> RunDir {
+    let mut child = agent_run(runs, agent, &[]);
     let dir = wait_for_a_step(runs, &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -74,6 +88,61 @@ fn assert_marked(stderr: &str, run_id: &str) {
         )),
         "{stderr}"
     );
+}
+
+/// `gptx resume <run> --json --quiet`: the exit code, the result, stderr.
+fn resume(run_id: &str, runs: &Path) -> (i32, serde_json::Value, String) {
+    let (code, stdout, stderr) = gptx_out(&["resume", run_id, "--json", "--quiet"], runs);
+    let v = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (code, v, stderr)
+}
+
+/// What a resumed run's result must share with an uninterrupted one.
+fn outcome(v: &serde_json::Value) -> serde_json::Value {
+    let stages: serde_json::Map<String, serde_json::Value> = v["stages"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, s)| {
+                    (
+                        k.clone(),
+                        serde_json::json!([s["passed"], s["status"], s["ended_by"], s["steps"]]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "status": v["status"],
+        "level": v["level"],
+        "bootstrap_index": v["bootstrap_index"],
+        "stages": stages,
+    })
+}
+
+/// A resumed run's directory after it finished: `run_resumed` in a trace that verifies, run.json
+/// and score.json saying so, nothing of it left on the engine or mounted.
+async fn assert_resumed_cleanly(docker: &bollard::Docker, dir: &RunDir, runs: &Path, times: u32) {
+    let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
+    assert_eq!(meta.resumes.len() as u32, times, "{:?}", meta.resumes);
+    let score: rundir::RunScore = rundir::read_json(&dir.score_json()).unwrap();
+    assert_eq!(score.resumed, times);
+    let trace = std::fs::read_to_string(dir.events()).unwrap();
+    assert_eq!(
+        trace
+            .lines()
+            .filter(|l| l.contains("\"type\":\"run_resumed\""))
+            .count() as u32,
+        times
+    );
+    let (code, stdout, stderr) = gptx_out(&["verify", &meta.run_id], runs);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(common::leftovers(docker, &meta.run_id).await, 0);
+    assert!(gptx::sandbox::quota::mounts_below(runs).is_empty());
 }
 
 fn gptx_out(args: &[&str], runs: &Path) -> (i32, String, String) {
@@ -127,12 +196,82 @@ async fn a_killed_gptx_leaves_a_run_gc_marks_interrupted_and_cleans_up() {
         "{line}"
     );
 
+    assert!(line.contains("resumable: gptx resume"), "{line}");
+
     // A second gc has nothing more to mark, and the trace is unchanged.
     let before = std::fs::read(dir.events()).unwrap();
     let (code, _, stderr) = gptx_out(&["gc"], runs.path());
     assert_eq!(code, 0);
     assert!(!stderr.contains("marked interrupted"), "{stderr}");
     assert_eq!(std::fs::read(dir.events()).unwrap(), before);
+}
+
+/// SIGKILL mid-step, then `gptx resume`: the run goes on from its last completed step and ends as
+/// the same agent's uninterrupted run does (level, Bootstrap Index, every stage's grade, how it
+/// ended and its steps); a second resume while the first goes is refused; nothing is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_run_resumed_ends_as_an_uninterrupted_one() {
+    let _one = SERIAL.lock().await;
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let whole = common::run_json(&["--suite", "mini", "--agent", PARTIAL], elsewhere.path());
+    assert_eq!(whole["status"], "done", "{whole}");
+    let dir = killed_after_a_step_of(runs.path(), PARTIAL);
+    let run_id = dir.id();
+    // Not marked yet: resume marks it first (as every run start does).
+    let mut first = common::gptx()
+        .args(["resume", &run_id, "--json", "--quiet", "--runs-dir"])
+        .arg(runs.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it holds the run, a second resume is refused.
+    let t0 = Instant::now();
+    loop {
+        let meta: RunMeta = rundir::read_json(&dir.run_json()).unwrap();
+        if meta.status == RunStatus::Running && !meta.resumes.is_empty() {
+            break;
+        }
+        if first.try_wait().unwrap().is_some() {
+            let out = first.wait_with_output().unwrap();
+            panic!(
+                "the resume ended before it was seen going: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the resume never began"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _, stderr) = resume(&run_id, runs.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("being resumed") || stderr.contains("still running"),
+        "{stderr}"
+    );
+    let out = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_marked(&stderr, &run_id);
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(v["run_id"], run_id.as_str());
+    assert_eq!(v["resumed"], 1);
+    assert_eq!(
+        outcome(&v),
+        outcome(&whole),
+        "resumed {v}\nuninterrupted {whole}"
+    );
+    assert_resumed_cleanly(&docker, &dir, runs.path(), 1).await;
+    // A done run is not resumed again.
+    let (code, _, stderr) = resume(&run_id, runs.path());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("is done"), "{stderr}");
 }
 
 /// The next `gptx run` in the same runs directory marks a killed run too, and removes its sandbox.
@@ -176,8 +315,8 @@ fn batch(args: &[&str], runs: &Path) -> (Vec<serde_json::Value>, String, i32) {
     )
 }
 
-/// The same batch again runs only what is missing: done pairs are kept (and say so), a run whose
-/// gptx was killed is run again, `--force` runs everything.
+/// The same batch again runs only what is missing: done pairs are kept (and say so), an interrupted
+/// one is resumed, the missing ones are run, `--force` runs everything anew.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_run_again_keeps_done_pairs_and_runs_the_rest() {
     let _one = SERIAL.lock().await;
@@ -196,7 +335,7 @@ async fn a_batch_run_again_keeps_done_pairs_and_runs_the_rest() {
     let (again, stderr, code) = batch(&args, runs.path());
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stderr.contains("2 runs (1 agent(s) × 2 seed(s)): 2 done already"),
+        stderr.contains("2 runs (1 agent(s) × 2 seed(s)): 2 done, 0 to resume, 0 to run"),
         "{stderr}"
     );
     assert_eq!(count(), 2, "nothing was run again");
@@ -205,26 +344,73 @@ async fn a_batch_run_again_keeps_done_pairs_and_runs_the_rest() {
         assert_eq!(b["kept"], true);
     }
 
-    // Seed 1's run stopped before its end (as a killed and marked one does); seed 3 is new.
-    let dir = runs.path().join(first[0]["run_id"].as_str().unwrap());
-    let mut meta: RunMeta = rundir::read_json(&dir.join("run.json")).unwrap();
-    meta.status = RunStatus::Interrupted;
-    rundir::write_json_atomic(&dir.join("run.json"), &meta).unwrap();
+    // Seed 3's run is interrupted (Ctrl-C as soon as it has begun); seed 4 is new. The batch of
+    // seeds 1-4 keeps 1 and 2, resumes 3 and runs 4.
+    let mut child = common::gptx()
+        .args([
+            "run",
+            "--suite",
+            "mini",
+            "--agent",
+            "null",
+            "--seed",
+            "3",
+            "--quiet",
+            "--runs-dir",
+        ])
+        .arg(runs.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let third = loop {
+        let found = std::fs::read_dir(runs.path())
+            .unwrap()
+            .flatten()
+            .map(|e| RunDir::new(e.path()))
+            .find(|d| rundir::read_json::<RunMeta>(&d.run_json()).is_ok_and(|m| m.seed == 3));
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "seed 3 never began"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let meta: RunMeta = rundir::read_json(&third.run_json()).unwrap();
+    assert_eq!(meta.status, RunStatus::Interrupted);
     let (mixed, stderr, code) = batch(
-        &["--suite", "mini", "--agent", "null", "--seeds", "1-3"],
+        &["--suite", "mini", "--agent", "null", "--seeds", "1-4"],
         runs.path(),
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stderr.contains("1 done already") && stderr.contains("1 interrupted or failed before"),
+        stderr.contains("4 runs (1 agent(s) × 4 seed(s)): 2 done, 1 to resume, 1 to run"),
         "{stderr}"
     );
-    assert!(stderr.contains("1 new"), "{stderr}");
-    assert_eq!(mixed.len(), 3);
-    assert_eq!(mixed[0]["kept"], false, "seed 1 ran again");
+    assert_eq!(mixed.len(), 4);
+    assert_eq!(mixed[0]["kept"], true);
     assert_eq!(mixed[1]["kept"], true);
     assert_eq!(mixed[1]["run_id"], first[1]["run_id"]);
+    assert_eq!(
+        mixed[2]["run_id"],
+        meta.run_id.as_str(),
+        "seed 3 was resumed"
+    );
+    assert_eq!(mixed[2]["resumed"], 1);
+    assert_eq!(mixed[2]["status"], "done");
+    assert_eq!(mixed[3]["resumed"], 0);
     assert_eq!(count(), 4);
+    assert_resumed_cleanly(&docker, &third, runs.path(), 1).await;
 
     let (forced, stderr, code) = batch(&[&args[..], &["--force"]].concat(), runs.path());
     assert_eq!(code, 0, "{stderr}");
@@ -311,8 +497,8 @@ while True:
 "#;
 
 /// The engine goes away mid-step (a proxy between gptx and the engine cuts every connection): the
-/// run stops within seconds as interrupted, says why, its trace verifies, and `gptx gc` (on the real
-/// socket) removes what the lost engine kept.
+/// run stops within seconds as interrupted, says why, its trace verifies, `gptx gc` (on the real
+/// socket) removes what the lost engine kept, and `gptx resume` finishes it once the engine is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_engine_stops_the_run_within_seconds_as_interrupted() {
     let _one = SERIAL.lock().await;
@@ -335,8 +521,9 @@ async fn a_lost_engine_stops_the_run_within_seconds_as_interrupted() {
     let mut line = String::new();
     said.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    let mut child = reference_run(
+    let mut child = agent_run(
         &runs,
+        PARTIAL,
         &[("DOCKER_HOST", format!("unix://{}", sock.display()))],
     );
     let dir = wait_for_a_step(&runs, &mut child);
@@ -381,6 +568,22 @@ async fn a_lost_engine_stops_the_run_within_seconds_as_interrupted() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(common::leftovers(&docker, &meta.run_id).await, 0);
     assert!(gptx::sandbox::quota::mounts_below(&runs).is_empty());
+
+    // The engine is back (the real socket): the run is resumed and finishes.
+    let (code, v, stderr) = resume(&meta.run_id, &runs);
+    if std::env::var_os("GPTX_TEST_KEEP").is_some() {
+        let _ = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&dir.path)
+            .arg("/tmp/kept-run")
+            .status();
+    }
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(v["status"], "done", "{v}");
+    for stage in ["crawl", "tokenize"] {
+        assert_eq!(v["stages"][stage]["passed"], true, "{stage}: {v}");
+    }
+    assert_resumed_cleanly(&docker, &dir, &runs, 1).await;
 }
 
 /// The runs directory's filesystem fills up mid-run: the run stops as failed and says why, the trace
@@ -491,6 +694,24 @@ async fn a_gptx_killed_mid_rebuild_leaves_nothing_after_gc() {
     assert!(gptx::sandbox::quota::mounts_below(runs.path()).is_empty());
     let (code, stdout, stderr) = gptx_out(&["verify", &run_id], runs.path());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+
+    // Resumed: the four graded stages keep their grades, selfhost (whose steps were over) is
+    // graded again, and the run ends as the reference's uninterrupted run does (ladder_e2e).
+    let (code, v, stderr) = resume(&run_id, runs.path());
+    assert_eq!(code, 0, "{stderr}");
+    for stage in ["crawl", "tokenize", "train", "eval", "selfhost"] {
+        assert_eq!(v["stages"][stage]["passed"], true, "{stage}: {v}");
+    }
+    assert_eq!(v["level"], "L6", "{v}");
+    assert!(v["bootstrap_index"].as_f64().unwrap() > 99.9, "{v}");
+    let resumed: Vec<serde_json::Value> = std::fs::read_to_string(dir.events())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"type\":\"run_resumed\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(resumed[0]["stage"], "selfhost", "{resumed:?}");
+    assert_resumed_cleanly(&docker, &dir, runs.path(), 1).await;
 }
 
 /// SIGKILL during a world build: the half-built world is left, the next build removes it and
@@ -548,4 +769,55 @@ async fn a_world_build_killed_midway_is_built_again_whole() {
     assert!(rebuilt["world_hash"]
         .as_str()
         .is_some_and(|h| h.len() >= 12));
+}
+
+/// `gptx resume` refuses, with exit 2 and before anything is built, a run that is done, one whose
+/// trace was edited, one whose trace was cut, and an MCP client's run.
+#[test]
+fn resume_refuses_runs_it_cannot_go_on_with() {
+    use gptx::synth::{write_run, Synth};
+    let runs = tempfile::tempdir().unwrap();
+    let make = |id: &str, agent: &str, status: RunStatus| {
+        write_run(
+            runs.path(),
+            &Synth {
+                run_id: id.into(),
+                agent: agent.into(),
+                status,
+                ..Synth::default()
+            },
+        )
+        .unwrap()
+    };
+    let done = make("r-done", "reference", RunStatus::Done);
+    let (code, _, stderr) = resume(&done.id(), runs.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("is done"), "{stderr}");
+
+    let edited = make("r-edited", "reference", RunStatus::Interrupted);
+    let text = std::fs::read_to_string(edited.events()).unwrap();
+    std::fs::write(
+        edited.events(),
+        text.replacen("\"step\":1", "\"step\":7", 1),
+    )
+    .unwrap();
+    let (code, _, stderr) = resume(&edited.id(), runs.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not verify"), "{stderr}");
+
+    let cut = make("r-cut", "reference", RunStatus::Interrupted);
+    let text = std::fs::read_to_string(cut.events()).unwrap();
+    let keep: Vec<&str> = text.lines().collect();
+    std::fs::write(cut.events(), keep[..keep.len() - 2].join("\n") + "\n").unwrap();
+    let (code, _, stderr) = resume(&cut.id(), runs.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not verify"), "{stderr}");
+
+    let mcp = make("r-mcp", "mcp", RunStatus::Interrupted);
+    let (code, _, stderr) = resume(&mcp.id(), runs.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("MCP client"), "{stderr}");
+
+    let (code, _, stderr) = resume("r-none", runs.path());
+    assert_eq!(code, 2, "{stderr}");
 }

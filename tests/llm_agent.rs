@@ -450,7 +450,7 @@ async fn a_resumed_llm_run_sends_the_model_what_the_uninterrupted_run_sent() {
             CancellationToken::new(),
         );
         let mut result = r
-            .resume(&mut llm(&base), common::resume_from(&run_dir))
+            .resume(&mut llm(&base), "img", common::resume_from(&run_dir))
             .await;
         r.finish(&mut result);
         let after = seen.lock().unwrap().clone();

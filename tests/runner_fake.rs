@@ -454,7 +454,7 @@ async fn a_script_run_interrupted_and_resumed_ends_as_the_uninterrupted_one() {
     let head = from.state.last_commit.clone();
     let (mut runner, sandbox) = reopened(&f.run_dir, head.as_deref());
     let mut agent = script(RESUMED_SCRIPT);
-    let mut result = runner.resume(&mut agent, from).await;
+    let mut result = runner.resume(&mut agent, "img", from).await;
     runner.finish(&mut result);
 
     assert_eq!(result.status, RunStatus::Done);
@@ -559,7 +559,7 @@ async fn an_agent_that_cannot_be_rebuilt_gets_the_stage_again_with_what_is_left(
     let mut agent = Fresh {
         tasks: Arc::clone(&tasks),
     };
-    let mut result = runner.resume(&mut agent, from).await;
+    let mut result = runner.resume(&mut agent, "img", from).await;
     runner.finish(&mut result);
     assert_eq!(result.status, RunStatus::Done);
     let tasks = tasks.lock().unwrap().clone();

@@ -162,6 +162,16 @@ pub(super) async fn gc(all: bool, runs_dir: &std::path::Path) -> Result<i32, Exi
         if alive && !all {
             continue;
         }
+        // A run whose gptx is there (a fresh run before its first container, a resume restoring
+        // its workspace) keeps its disk, unless --all.
+        let run_dir = mount
+            .ancestors()
+            .skip(1)
+            .map(|a| crate::trace::rundir::RunDir::new(a.to_path_buf()))
+            .find(|d| d.run_json().exists());
+        if !all && run_dir.is_some_and(|d| crate::trace::rundir::is_driven(&d)) {
+            continue;
+        }
         match crate::sandbox::quota::release_orphan(&mount) {
             Ok(()) => released += 1,
             Err(e) => warnings.push(e.to_string()),

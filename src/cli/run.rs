@@ -133,42 +133,63 @@ fn already_done(
     })
 }
 
+/// The latest interrupted run below `runs_dir` of the same pair as `plan` (agent, seed, suite,
+/// world hash, budgets) that `gptx resume` can take up, as the batch resumes it.
+fn to_resume(
+    runs: &[(crate::trace::rundir::RunDir, crate::trace::rundir::RunMeta)],
+    agent: &str,
+    plan: &RunPlan,
+    world_hash: &Option<String>,
+) -> Option<crate::trace::rundir::RunDir> {
+    let budgets = plan.suite.budgets_by_stage();
+    runs.iter()
+        .rev()
+        .find(|(_, meta)| {
+            meta.resumable()
+                && meta.agent == agent
+                && meta.seed == plan.suite.seed
+                && meta.suite == plan.suite.name
+                && &meta.world_hash == world_hash
+                && meta.budgets == budgets
+        })
+        .map(|(dir, _)| crate::trace::rundir::RunDir::new(dir.path.clone()))
+}
+
 /// Several runs (agents × seeds), at most `--parallel` at once. Each finished run prints one line;
 /// at the end a table of all of them. An interrupt stops the runs going and starts no more.
 async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, Exit> {
     let total = plans.len();
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
-    // Pairs the runs directory already has done are kept, not run again (unless --force).
+    // Pairs the runs directory already has done are kept, interrupted ones are resumed, the rest
+    // are run (unless --force: then every pair is run anew).
     let mut kept: Vec<Option<session::RunOutput>> = (0..total).map(|_| None).collect();
-    let mut again = 0;
+    let mut resume: Vec<Option<crate::trace::rundir::RunDir>> = (0..total).map(|_| None).collect();
     if !args.force {
         let (runs, _) = crate::trace::rundir::list_runs(&args.dir.runs_dir);
         let hash = plans.first().and_then(|(_, p)| world_hash_of(p));
         for (i, (agent, plan)) in plans.iter().enumerate() {
             kept[i] = already_done(&runs, agent, plan, &hash);
-            if kept[i].is_none()
-                && runs.iter().any(|(_, m)| {
-                    m.agent == *agent
-                        && m.seed == plan.suite.seed
-                        && m.suite == plan.suite.name
-                        && m.status != RunStatus::Done
-                })
-            {
-                again += 1;
+            if kept[i].is_none() {
+                resume[i] = to_resume(&runs, agent, plan, &hash);
             }
         }
     }
     let done = kept.iter().flatten().count();
+    let resuming = resume.iter().flatten().count();
     let was_kept: Vec<bool> = kept.iter().map(Option::is_some).collect();
     let to_run = total - done;
     let parallel = usize::from(args.parallel).min(to_run.max(1));
     eprintln!(
-        "gptx run: {total} runs ({} agent(s) × {} seed(s)): {done} done already{}, {again} interrupted or failed before (run again: resuming is not built yet), {} new; {parallel} at a time",
+        "gptx run: {total} runs ({} agent(s) × {} seed(s)): {done} done, {resuming} to resume, {} to run; {parallel} at a time{}",
         args.agent.len(),
         total / args.agent.len().max(1),
-        if done > 0 { " (kept; --force runs them again)" } else { "" },
-        to_run - again,
+        to_run - resuming,
+        if done > 0 {
+            " (done runs are kept; --force runs every pair again)"
+        } else {
+            ""
+        },
     );
     // The runs share this task (a run's future is not Send): `buffer_unordered` polls at most
     // `parallel` of them at once, and each spends its time waiting on the engine.
@@ -181,23 +202,50 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
             Some(out) => {
                 results[i] = Some((format!("{agent} seed {}", plan.suite.seed), Ok(out)));
             }
-            None => todo.push((i, (agent, plan))),
+            None => todo.push((i, (agent, plan), resume[i].take())),
         }
     }
     let mut labels: Vec<String> = vec![String::new(); total];
-    for (i, (agent, plan)) in &todo {
+    for (i, (agent, plan), _) in &todo {
         labels[*i] = format!("{agent} seed {}", plan.suite.seed);
     }
+    let runs_dir = args.dir.runs_dir.clone();
     let mut stream = futures_util::stream::iter(todo)
-        .map(|(i, (agent, plan))| {
+        .map(|(i, (agent, plan), resume)| {
             let cancel = cancel.clone();
             let label = format!("{agent} seed {}", plan.suite.seed);
+            let runs_dir = runs_dir.clone();
             async move {
                 if cancel.is_cancelled() {
                     return (i, label, None);
                 }
                 // One progress line cannot show several runs: parallel runs are quiet.
-                let r = execute(plan, parallel > 1 || args.quiet, cancel).await;
+                let quiet = parallel > 1 || args.quiet;
+                if let Some(dir) = resume {
+                    let id = dir.id();
+                    let r = match resume_plan(&dir, &runs_dir) {
+                        Ok(p) => execute_resume(p, dir, quiet, cancel.clone()).await,
+                        Err(e) => Err(Exit {
+                            code: exit::USAGE,
+                            error: e,
+                        }),
+                    };
+                    // Refused (its trace does not hold...): the pair is run anew. Driven by another
+                    // gptx: left to it, never run twice at once.
+                    let busy = |e: &Exit| {
+                        matches!(
+                            e.error.downcast_ref::<session::SessionError>(),
+                            Some(session::SessionError::Busy(_))
+                        )
+                    };
+                    match r {
+                        Err(e) if e.code == exit::USAGE && !busy(&e) => {
+                            eprintln!("gptx run: {label}: run {id} cannot be resumed ({:#}); running the pair anew", e.error);
+                        }
+                        r => return (i, label, Some(r)),
+                    }
+                }
+                let r = execute(plan, quiet, cancel).await;
                 (i, label, Some(r))
             }
         })
@@ -210,7 +258,7 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
         finished += 1;
         match &r {
             Ok(out) => eprintln!(
-                "[{finished}/{total}] {label}: {} {}{} · Bootstrap Index {:.1} · {}",
+                "[{finished}/{total}] {label}: {} {}{} · Bootstrap Index {:.1} · {}{}",
                 out.meta.status,
                 out.score.level,
                 out.score
@@ -219,7 +267,12 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
                     .map(|a| format!(" (assisted {a})"))
                     .unwrap_or_default(),
                 out.score.bootstrap_index,
-                out.run_id
+                out.run_id,
+                if out.score.resumed > 0 {
+                    " (resumed)"
+                } else {
+                    ""
+                }
             ),
             Err(e) => eprintln!("[{finished}/{total}] {label}: error: {:#}", e.error),
         }
@@ -277,6 +330,7 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
                     "bootstrap_index": out.score.bootstrap_index,
                     "error": out.meta.error,
                     "kept": was_kept[i],
+                    "resumed": out.score.resumed,
                 }));
             }
             Err(e) => {
@@ -444,12 +498,8 @@ pub(super) fn resume_plan(
 ) -> anyhow::Result<RunPlan> {
     let meta: crate::trace::rundir::RunMeta = crate::trace::rundir::read_json(&dir.run_json())?;
     let shown = dir.run_json().display().to_string();
-    if meta.agent == "mcp" {
-        anyhow::bail!(
-            "run {}: its agent was an MCP client, which gptx cannot start again; resuming it is not supported",
-            meta.run_id
-        );
-    }
+    // Said before the world is built; said again under the run's lock.
+    session::check_resumable(dir, &meta)?;
     let agent: AgentSpec = meta
         .agent
         .parse()
@@ -593,7 +643,7 @@ async fn execute_resume(
 fn session_exit(e: session::SessionError) -> Exit {
     match e {
         session::SessionError::Engine(_) | session::SessionError::Image(_) => env_error(e),
-        session::SessionError::NotResumable(_) => Exit {
+        session::SessionError::NotResumable(_) | session::SessionError::Busy(_) => Exit {
             code: exit::USAGE,
             error: e.into(),
         },

@@ -76,9 +76,12 @@ pub enum SessionError {
         #[source]
         source: std::io::Error,
     },
-    /// `gptx resume` refused the run: it is not interrupted, is locked, or its trace does not hold.
+    /// `gptx resume` refused the run: it is not interrupted, or its trace does not hold.
     #[error("{0}")]
     NotResumable(String),
+    /// Another gptx drives the run (it runs, or is being resumed).
+    #[error("{0}")]
+    Busy(String),
     #[error("workspace history {path}: {source}")]
     Git {
         path: String,
@@ -178,45 +181,14 @@ pub async fn resume(
         .open(&events_path)
         .map_err(rd_err(&events_path))?;
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Err(SessionError::NotResumable(format!(
+        return Err(SessionError::Busy(format!(
             "run {} is being resumed (or marked) by another gptx",
             dir.id()
         )));
     }
     let mut meta: RunMeta = rundir::read_json(&dir.run_json())
         .map_err(|e| SessionError::NotResumable(format!("{e:#}")))?;
-    let dead = meta.owner.as_ref().is_none_or(|o| !o.alive());
-    match meta.status {
-        RunStatus::Interrupted => {}
-        RunStatus::Running if dead => {
-            return Err(SessionError::NotResumable(format!(
-                "run {}: its gptx is gone but the run is not marked yet; `gptx gc` marks it interrupted",
-                meta.run_id
-            )))
-        }
-        RunStatus::Running => {
-            return Err(SessionError::NotResumable(format!(
-                "run {} is still running (gptx pid {})",
-                meta.run_id,
-                meta.owner.as_ref().map_or(0, |o| o.pid)
-            )))
-        }
-        RunStatus::Done => {
-            return Err(SessionError::NotResumable(format!(
-                "run {} is done; there is nothing to resume",
-                meta.run_id
-            )))
-        }
-        RunStatus::Failed => {
-            return Err(SessionError::NotResumable(format!(
-                "run {} failed ({}); only an interrupted run can be resumed",
-                meta.run_id,
-                meta.error.as_deref().unwrap_or("no reason recorded")
-            )))
-        }
-    }
-    crate::trace::verify(&events_path, meta.trace_sha256.as_deref())
-        .map_err(|e| SessionError::NotResumable(format!("its trace does not verify: {e}")))?;
+    check_resumable(&dir, &meta)?;
     let trace = crate::trace::log::read_events(&events_path)
         .map_err(|e| SessionError::NotResumable(e.to_string()))?;
     let state = crate::runner::ResumeState::of(&trace)
@@ -227,6 +199,19 @@ pub async fn resume(
     };
     let docker = engine::connect().await?;
     let _ = engine::sweep(&docker, None, engine::owner_alive).await;
+    // Nothing of the run may outlive its stop into the restored workspace: every container of it is
+    // gone before the workspace is touched (the lock says no gptx drives it).
+    let left = match engine::sweep(&docker, Some(&meta.run_id), |_| false).await {
+        Ok((_, warnings)) => warnings,
+        Err(e) => vec![e.to_string()],
+    };
+    if !left.is_empty() {
+        return Err(SessionError::NotResumable(format!(
+            "run {}: what is left of it on the engine could not be removed ({}); `gptx gc` may, then resume again",
+            meta.run_id,
+            left.join("; ")
+        )));
+    }
     let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
     if meta.images.get("agent").is_some_and(|id| *id != image.id) {
         tracing::warn!(
@@ -288,6 +273,55 @@ pub async fn resume(
     Ok(drive(plan, started, reporters, cancel).await)
 }
 
+/// Why the run in `dir` cannot be resumed, if it cannot: only an interrupted run whose trace
+/// verifies against its pinned tail, and whose agent gptx can start again, can.
+pub fn check_resumable(dir: &RunDir, meta: &RunMeta) -> Result<(), SessionError> {
+    let no = |why: String| Err(SessionError::NotResumable(why));
+    let dead = meta.owner.as_ref().is_none_or(|o| !o.alive());
+    match meta.status {
+        RunStatus::Interrupted => {}
+        RunStatus::Running if dead => {
+            return no(format!(
+                "run {}: its gptx is gone but the run is not marked yet; `gptx gc` marks it interrupted",
+                meta.run_id
+            ))
+        }
+        RunStatus::Running => {
+            return Err(SessionError::Busy(format!(
+                "run {} is still running (gptx pid {}), or is being resumed",
+                meta.run_id,
+                meta.owner.as_ref().map_or(0, |o| o.pid)
+            )))
+        }
+        RunStatus::Done => {
+            return no(format!(
+                "run {} is done; there is nothing to resume",
+                meta.run_id
+            ))
+        }
+        RunStatus::Failed => {
+            return no(format!(
+                "run {} failed ({}); only an interrupted run can be resumed",
+                meta.run_id,
+                meta.error.as_deref().unwrap_or("no reason recorded")
+            ))
+        }
+    }
+    if !meta.resumable() {
+        return no(format!(
+            "run {}: its agent was an MCP client, which gptx cannot start again; resuming it is not supported",
+            meta.run_id
+        ));
+    }
+    crate::trace::verify(&dir.events(), meta.trace_sha256.as_deref()).map_err(|e| {
+        SessionError::NotResumable(format!(
+            "run {}: its trace does not verify, so it cannot be gone on with: {e}",
+            meta.run_id
+        ))
+    })?;
+    Ok(())
+}
+
 fn rd_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SessionError {
     let path = path.display().to_string();
     move |source| SessionError::RunDir { path, source }
@@ -345,6 +379,10 @@ fn restore_workspace(
             quota::release_orphan(&ws).map_err(|e| SessionError::NotResumable(e.to_string()))?;
         }
     }
+    let dropped = dir.dropped_workspace();
+    if dropped.exists() {
+        std::fs::remove_dir_all(&dropped).map_err(io(&dropped))?;
+    }
     if live.exists() {
         if ws.exists() {
             std::fs::remove_dir_all(&ws).map_err(io(&ws))?;
@@ -362,7 +400,10 @@ fn restore_workspace(
         path: dir.git().display().to_string(),
         source,
     };
-    let keep = live.exists() && history.matches(&live).map_err(git)?;
+    // Kept only when the comparison can stand for equality (see `WorkspaceHistory::head_is_whole`).
+    let keep = live.exists()
+        && history.head_is_whole().map_err(git)?
+        && history.matches(&live).map_err(git)?;
     let back = if keep {
         quota::copy_into(&live, &ws).map_err(|e| SessionError::NotResumable(e.to_string()))?;
         Back {
@@ -389,7 +430,8 @@ fn restore_workspace(
     let mut back = back;
     if live.exists() {
         if keep {
-            std::fs::remove_dir_all(&live).map_err(io(&live))?;
+            std::fs::rename(&live, &dropped).map_err(io(&live))?;
+            std::fs::remove_dir_all(&dropped).map_err(io(&dropped))?;
         } else {
             let n = (1..).find(|n| !dir.aside(*n).exists()).unwrap_or(1);
             std::fs::rename(&live, dir.aside(n)).map_err(io(&live))?;
@@ -428,12 +470,7 @@ fn take_large(
     {
         return false;
     }
-    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() | rustix::fs::OFlags::NONBLOCK.bits();
-    let Ok(mut src) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow as i32)
-        .open(live.join(rel))
-    else {
+    let Some(mut src) = open_beneath(live, rel) else {
         return false;
     };
     if !src
@@ -494,6 +531,42 @@ fn take_large(
         let _ = std::os::unix::fs::fchown(&out, Some(u), Some(g));
     }
     true
+}
+
+/// Opens the regular file `rel` below `root` for reading without following a link anywhere on the
+/// way (each directory is opened relative to the last with `O_NOFOLLOW`), and without opening what
+/// is not a regular file (its type is looked at first; `O_NONBLOCK | O_NOCTTY` as well).
+fn open_beneath(root: &std::path::Path, rel: &std::path::Path) -> Option<std::fs::File> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let mut dir = rustix::fs::open(
+        root,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .ok()?;
+    let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
+    let (last, parents) = parts.split_last()?;
+    for p in parents {
+        dir = rustix::fs::openat(
+            &dir,
+            *p,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .ok()?;
+    }
+    let st = rustix::fs::statat(&dir, *last, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return None;
+    }
+    let fd = rustix::fs::openat(
+        &dir,
+        *last,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .ok()?;
+    Some(std::fs::File::from(fd))
 }
 
 /// What `run` or `resume` made ready before the run goes.
@@ -686,7 +759,7 @@ async fn drive(
                 scoring: plan.suite.scoring.clone(),
             }));
             let result = match resume {
-                Some(from) => runner.resume(agent.as_mut(), from).await,
+                Some(from) => runner.resume(agent.as_mut(), &image.tag, from).await,
                 None => runner.run(agent.as_mut(), &image.tag).await,
             };
             events = runner.events;
@@ -884,5 +957,77 @@ pub fn prepare_workspace(path: &std::path::Path) -> std::io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
     } else {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::history::RestoreLarge;
+
+    fn large(path: &str, bytes: &[u8]) -> RestoreLarge {
+        RestoreLarge {
+            path: path.into(),
+            size: bytes.len() as u64,
+            sha256: Some(crate::trace::sha256_hex(bytes)),
+        }
+    }
+
+    #[test]
+    fn a_large_file_is_taken_back_only_when_it_is_the_committed_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (live, ws) = (tmp.path().join("live"), tmp.path().join("ws"));
+        std::fs::create_dir_all(live.join("d")).unwrap();
+        std::fs::create_dir(&ws).unwrap();
+        std::fs::write(live.join("d/model.bin"), b"weights").unwrap();
+        assert!(take_large(
+            &live,
+            &ws,
+            &large("d/model.bin", b"weights"),
+            None
+        ));
+        assert_eq!(std::fs::read(ws.join("d/model.bin")).unwrap(), b"weights");
+
+        // Changed since the commit: not taken, and nothing half-written is left.
+        std::fs::write(live.join("other.bin"), b"weightz").unwrap();
+        assert!(!take_large(
+            &live,
+            &ws,
+            &large("other.bin", b"weights"),
+            None
+        ));
+        assert!(!ws.join("other.bin").exists());
+        // A link to a file of the harness's: never followed, even with the right hash.
+        let secret = tmp.path().join("secret");
+        std::fs::write(&secret, b"hidden").unwrap();
+        std::os::unix::fs::symlink(&secret, live.join("link.bin")).unwrap();
+        assert!(!take_large(&live, &ws, &large("link.bin", b"hidden"), None));
+        assert!(!ws.join("link.bin").exists());
+        // A directory on the way that is a link to the harness's: not followed either.
+        std::fs::create_dir(tmp.path().join("host")).unwrap();
+        std::fs::write(tmp.path().join("host/secret"), b"hidden").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("host"), live.join("x")).unwrap();
+        assert!(!take_large(&live, &ws, &large("x/secret", b"hidden"), None));
+        assert!(!ws.join("x").exists());
+        // A FIFO: refused at once, no hang.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            live.join("pipe.bin"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert!(!take_large(&live, &ws, &large("pipe.bin", b"x"), None));
+        // A path out of the workspace, and a file the snapshot did not hash.
+        assert!(!take_large(
+            &live,
+            &ws,
+            &large("../secret", b"hidden"),
+            None
+        ));
+        let mut unhashed = large("d/model.bin", b"weights");
+        unhashed.sha256 = None;
+        assert!(!take_large(&live, &ws, &unhashed, None));
     }
 }

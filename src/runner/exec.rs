@@ -56,6 +56,9 @@ pub(super) struct StepResult {
     pub(super) sandbox_seconds: f64,
     /// Args as recorded (large write_file contents replaced by a reference).
     pub(super) recorded_args: Value,
+    /// The harness could not run the command as asked (its supervisor died or stopped answering):
+    /// the agent's doing, or a sign that the engine went away.
+    pub(super) harness_fault: Option<String>,
 }
 
 impl Runner {
@@ -126,6 +129,7 @@ impl Runner {
             outputs: Vec::new(),
             sandbox_seconds: 0.0,
             recorded_args: call.args.clone(),
+            harness_fault: None,
         };
         let call_parsed = match parsed {
             Ok(c) => c,
@@ -191,6 +195,7 @@ impl Runner {
                         }
                         if let Some(err) = &o.error {
                             v["error"] = json!(err);
+                            out.harness_fault = Some(err.clone());
                         }
                         out.usage = Some(StepUsage {
                             cpu_seconds: o.cpu_seconds,

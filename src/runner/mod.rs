@@ -121,6 +121,27 @@ struct Continue {
     ended: Option<EndReason>,
     /// The agent's state was rebuilt: it goes on without `begin_stage`.
     ready: bool,
+    /// Tokens and cost the stage had used that the agent does not count (it was started afresh):
+    /// they still count against `max_tokens` and `max_cost_usd`.
+    usage_before: Option<(u64, Option<f64>)>,
+}
+
+/// The agent's tokens and cost with what the stage had used before it was started afresh.
+fn usage_with(
+    now: Option<(u64, Option<f64>)>,
+    before: Option<(u64, Option<f64>)>,
+) -> Option<(u64, Option<f64>)> {
+    match (now, before) {
+        (Some((t, c)), Some((t0, c0))) => Some((
+            t + t0,
+            match (c, c0) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            },
+        )),
+        (now, None) => now,
+        (None, before) => before,
+    }
 }
 
 /// What a fresh agent is told when the stage it is given was begun before the run stopped.
@@ -323,8 +344,26 @@ impl Runner {
     /// keep their grades, the stage begun goes on with what is left of its budgets, and the agent
     /// is rebuilt from the trace or, when it cannot be, given the stage afresh with a note. Emits
     /// `run_resumed` first.
-    pub async fn resume(&mut self, agent: &mut dyn Agent, from: ResumeFrom) -> RunResult {
+    pub async fn resume(
+        &mut self,
+        agent: &mut dyn Agent,
+        image: &str,
+        from: ResumeFrom,
+    ) -> RunResult {
         let st = from.state;
+        // A run stopped before it had begun has no `run_started`: it gets one now.
+        if !st.started {
+            self.emit(Event::RunStarted {
+                run_id: self.run_id.clone(),
+                suite: self.suite.name.clone(),
+                agent: agent.spec(),
+                seed: self.suite.seed,
+                gptx_version: env!("CARGO_PKG_VERSION").into(),
+                world_hash: None,
+                image: image.into(),
+                stages: self.suite.stage_names(),
+            });
+        }
         self.step = st.step;
         self.ledger = st.ledger.clone();
         self.agent_log_bytes = st.agent_log_bytes;
@@ -360,6 +399,7 @@ impl Runner {
             aside: from.aside,
             missing: from.missing,
             agent: if rebuilt { "rebuilt" } else { "fresh" }.into(),
+            redo: st.redo,
             used: current.as_ref().map(|c| crate::trace::BudgetsUsed {
                 steps: c.steps,
                 sandbox_seconds: crate::trace::round(c.sandbox_seconds, 3),
@@ -376,7 +416,7 @@ impl Runner {
                 let failed = last.score.as_ref().is_some_and(|s| !s.passed);
                 if failed
                     && later
-                    && !last.rescued
+                    && !st.rescue_tried.contains(&last.stage)
                     && crate::config::stages::find(&last.stage).is_some_and(|d| d.rescuable)
                 {
                     let name = last.stage.clone();
@@ -400,6 +440,10 @@ impl Runner {
                     cpu_seconds: c.cpu_seconds,
                     ended: c.ended,
                     ready: rebuilt,
+                    // A rebuilt agent counts its own; one started afresh does not know them.
+                    usage_before: (!rebuilt)
+                        .then(|| c.tokens.map(|t| (t, c.cost_usd)))
+                        .flatten(),
                 },
                 note,
             )
@@ -560,6 +604,7 @@ impl Runner {
         let mut sandbox_seconds = cont.as_ref().map_or(0.0, |c| c.sandbox_seconds);
         let mut cpu_seconds = cont.as_ref().map_or(0.0, |c| c.cpu_seconds);
         let wall_before = cont.as_ref().map_or(0.0, |c| c.wall_seconds);
+        let usage_before = cont.as_ref().and_then(|c| c.usage_before);
         let wall_deadline =
             started + Duration::from_secs_f64((budgets.max_wall_seconds - wall_before).max(0.0));
         if let Some(note) = &note {
@@ -591,7 +636,7 @@ impl Runner {
                 if sandbox_seconds >= budgets.max_sandbox_seconds {
                     break 'stage EndReason::MaxSandboxSeconds;
                 }
-                if let Some((tokens, cost)) = agent.usage() {
+                if let Some((tokens, cost)) = usage_with(agent.usage(), usage_before) {
                     if budgets.max_tokens.is_some_and(|m| tokens >= m) {
                         break 'stage EndReason::MaxTokens;
                     }
@@ -648,9 +693,21 @@ impl Runner {
                     _ = self.cancel.cancelled() => None,
                     r = exec => Some(r),
                 };
-                let Some(res) = res else {
+                let Some(mut res) = res else {
                     break 'stage EndReason::Interrupted;
                 };
+                // A command the harness failed (the sandbox operation failed, or its supervisor
+                // went away) is the agent's doing unless the engine is gone: then it is no step of
+                // the agent's, recorded as the harness's failure, and the run stops.
+                let harness_failed = matches!(&res.result, Err(e) if e.code == "sandbox_error")
+                    || res.harness_fault.is_some();
+                let lost = harness_failed && self.engine_gone().await;
+                if let (true, Some(why)) = (lost, &res.harness_fault) {
+                    res.result = Err(ToolError::new(
+                        "sandbox_error",
+                        format!("the Docker engine went away during this command ({why})"),
+                    ));
+                }
                 sandbox_seconds += res.sandbox_seconds;
                 if let Some(u) = &res.usage {
                     cpu_seconds += u.container_cpu_seconds.unwrap_or(u.cpu_seconds);
@@ -680,9 +737,7 @@ impl Runner {
                     outputs: res.outputs.clone(),
                     commit,
                 }));
-                if matches!(&res.result, Err(e) if e.code == "sandbox_error")
-                    && self.engine_gone().await
-                {
+                if lost {
                     break 'stage EndReason::Interrupted;
                 }
                 if let Err(e) = agent.observe(&call, &res.result).await {
@@ -742,7 +797,7 @@ impl Runner {
             }
         };
         self.agent_log(agent, &stage.name);
-        let usage = agent.usage();
+        let usage = usage_with(agent.usage(), usage_before);
         let wall_seconds = wall_before + started.elapsed().as_secs_f64();
         self.emit(Event::StageEnded {
             stage: stage.name.clone(),

@@ -50,6 +50,14 @@ pub struct ResumeState {
     pub wall_seconds: f64,
     /// Bytes of agent logs recorded.
     pub agent_log_bytes: u64,
+    /// The last step of the stage begun failed on the harness's side (`sandbox_error`: the engine
+    /// went away under it) before the run stopped: it does not count as completed, and the agent's
+    /// call is made again.
+    pub redo: Option<u64>,
+    /// The trace has `run_started` (a run stopped before it has none).
+    pub started: bool,
+    /// Stages whose rescue was tried (done or not): never tried again.
+    pub rescue_tried: Vec<String>,
 }
 
 /// A stage begun in the fold.
@@ -73,18 +81,40 @@ impl ResumeState {
             last_commit: None,
             wall_seconds: 0.0,
             agent_log_bytes: 0,
+            redo: None,
+            started: false,
+            rescue_tried: Vec::new(),
         };
         let mut open: Option<Open> = None;
+        // The last commit before the latest step, for a step that turns out not to count.
+        let mut commit_before_step: Option<String> = None;
         // The run's wall time: what finished stretches recorded, and when the open one began.
         let mut run_since: Option<chrono::DateTime<chrono::Utc>> = None;
-        let mut last_ts = None;
+        // The time of the last event the run itself wrote: a warning may be the mark `gptx gc`
+        // wrote long after the run died, which is no time the run used.
+        let mut last_ts: Option<chrono::DateTime<chrono::Utc>> = None;
+        let span = |a: Option<chrono::DateTime<chrono::Utc>>,
+                    b: Option<chrono::DateTime<chrono::Utc>>| match (a, b) {
+            (Some(a), Some(b)) => ((b - a).num_milliseconds() as f64 / 1000.0).max(0.0),
+            _ => 0.0,
+        };
         for env in events {
-            last_ts = Some(env.ts);
             match &env.event {
-                Event::RunStarted { .. } => run_since = Some(env.ts),
-                Event::RunResumed(_) => {
+                Event::RunStarted { .. } => {
+                    st.started = true;
+                    run_since = Some(env.ts);
+                }
+                Event::RunResumed(r) => {
+                    // A stretch that ended without `run_finished` (its gptx was killed) counts up to
+                    // its last event.
+                    st.wall_seconds += span(run_since, last_ts);
                     run_since = Some(env.ts);
                     if let Some(o) = &mut open {
+                        if let Some(u) = &r.used {
+                            o.wall_base = u.wall_seconds;
+                        } else {
+                            o.wall_base += span(o.since, last_ts);
+                        }
                         o.since = Some(env.ts);
                     }
                 }
@@ -118,6 +148,7 @@ impl ResumeState {
                 }
                 Event::Step(r) => {
                     st.step = r.step;
+                    commit_before_step = st.last_commit.clone();
                     if r.commit.is_some() {
                         st.last_commit = r.commit.clone();
                     }
@@ -130,6 +161,14 @@ impl ResumeState {
                         o.cur.cpu_seconds += crate::trace::replay::step_cpu(u);
                     }
                     o.events.push(Past::of_step(r));
+                    // A completed submit ends the agent's part, even when the stop came before
+                    // `stage_ended` was written.
+                    if r.ok && r.tool == "submit" {
+                        o.cur.ended = Some(EndReason::Submit);
+                        o.wall_base += span(o.since, Some(env.ts));
+                        o.cur.wall_seconds = o.wall_base;
+                        o.since = None;
+                    }
                 }
                 Event::ModelCall { stage, call } => {
                     if let Some(o) = open.as_mut().filter(|o| &o.cur.name == stage) {
@@ -190,6 +229,7 @@ impl ResumeState {
                     if let Some(d) = st.done.iter_mut().rev().find(|d| &d.stage == stage) {
                         d.rescued |= ok;
                     }
+                    st.rescue_tried.push(stage.clone());
                     if commit.is_some() {
                         st.last_commit = commit.clone();
                     }
@@ -197,16 +237,26 @@ impl ResumeState {
                 Event::Integrity(n) => st.ledger.push(n.clone()),
                 Event::StepStarted { .. } | Event::Warning { .. } => {}
             }
+            if !matches!(env.event, Event::Warning { .. }) {
+                last_ts = Some(env.ts);
+            }
         }
-        let secs = |a: Option<chrono::DateTime<chrono::Utc>>| match (a, last_ts) {
-            (Some(a), Some(b)) => ((b - a).num_milliseconds() as f64 / 1000.0).max(0.0),
-            _ => 0.0,
-        };
+        let secs = |a: Option<chrono::DateTime<chrono::Utc>>| span(a, last_ts);
         st.wall_seconds += secs(run_since);
-        if let Some(o) = open {
+        if let Some(mut o) = open {
             let mut c = o.cur;
             if c.ended.is_none() {
                 c.wall_seconds = o.wall_base + secs(o.since);
+                // A step the harness failed as the run stopped is no step of the agent's.
+                if let Some(Past::Step { result: Err(e), .. }) = o.events.last() {
+                    if e.code == "sandbox_error" {
+                        o.events.pop();
+                        c.steps = c.steps.saturating_sub(1);
+                        st.redo = Some(st.step);
+                        // Its partial effects are not the workspace's state either.
+                        st.last_commit = commit_before_step;
+                    }
+                }
             }
             st.past.push(PastOf {
                 index: c.index,
@@ -376,6 +426,7 @@ mod tests {
                     aside: None,
                     missing: vec![],
                     agent: "rebuilt".into(),
+                    redo: None,
                     used: None,
                 }),
             ),
@@ -386,6 +437,105 @@ mod tests {
         assert_eq!((c.steps, c.ended), (2, None));
         assert_eq!(c.wall_seconds, 9.0);
         assert_eq!(st.wall_seconds, 10.0);
+    }
+
+    #[test]
+    fn a_step_the_harness_failed_as_the_run_stopped_is_made_again() {
+        let mut failed = step("crawl", 2, 2, Some("c2"));
+        if let Event::Step(r) = &mut failed {
+            r.ok = false;
+            r.result = serde_json::json!({"code": "sandbox_error", "message": "engine gone"});
+        }
+        let events = vec![
+            env(0, 0, started("crawl", 0)),
+            env(1, 1, step("crawl", 1, 1, Some("c1"))),
+            env(2, 2, failed),
+        ];
+        let st = ResumeState::of(&events).unwrap();
+        assert_eq!(st.redo, Some(2));
+        assert_eq!(st.last_commit.as_deref(), Some("c1"));
+        assert_eq!(st.step, 2, "step numbers go on");
+        assert_eq!(st.current.unwrap().steps, 1);
+        assert_eq!(st.past[0].events.len(), 1);
+    }
+
+    fn resumed(used_wall: Option<f64>) -> Event {
+        Event::RunResumed(crate::trace::Resumed {
+            reason: "owner process gone".into(),
+            after_step: 1,
+            stage: Some("crawl".into()),
+            workspace: "kept".into(),
+            commit: None,
+            aside: None,
+            missing: vec![],
+            agent: "rebuilt".into(),
+            redo: None,
+            used: used_wall.map(|w| crate::trace::BudgetsUsed {
+                steps: 1,
+                sandbox_seconds: 1.5,
+                wall_seconds: w,
+                tokens: None,
+                cost_usd: None,
+            }),
+        })
+    }
+
+    #[test]
+    fn killed_twice_the_time_it_lay_dead_is_not_charged_and_no_stretch_is_lost() {
+        let mark = |at| Event::Warning {
+            message: format!("owner process gone: marked at {at}"),
+        };
+        let events = vec![
+            env(
+                0,
+                0,
+                Event::RunStarted {
+                    run_id: "r".into(),
+                    suite: "mini".into(),
+                    agent: "reference".into(),
+                    seed: 1,
+                    gptx_version: "0".into(),
+                    world_hash: None,
+                    image: "i".into(),
+                    stages: vec!["crawl".into()],
+                },
+            ),
+            env(1, 0, started("crawl", 0)),
+            env(2, 40, step("crawl", 1, 1, None)),
+            // Killed; marked by gc 1000 s later.
+            env(3, 1040, mark(1040)),
+            env(4, 2000, resumed(Some(40.0))),
+            env(5, 2030, step("crawl", 2, 2, None)),
+            // Killed again; marked much later.
+            env(6, 5000, mark(5000)),
+        ];
+        let st = ResumeState::of(&events).unwrap();
+        let c = st.current.unwrap();
+        assert_eq!(
+            c.wall_seconds, 70.0,
+            "40 s, then 30 s; never the hours it lay dead"
+        );
+        assert_eq!(st.wall_seconds, 70.0);
+        assert!(st.started);
+    }
+
+    #[test]
+    fn a_completed_submit_ends_the_agents_part_without_stage_ended() {
+        let mut submit = step("crawl", 2, 2, None);
+        if let Event::Step(r) = &mut submit {
+            r.tool = "submit".into();
+            r.result = serde_json::json!({"submitted": true});
+        }
+        let events = vec![
+            env(0, 0, started("crawl", 0)),
+            env(1, 1, step("crawl", 1, 1, None)),
+            env(2, 3, submit),
+        ];
+        let st = ResumeState::of(&events).unwrap();
+        let c = st.current.unwrap();
+        assert_eq!(c.ended, Some(EndReason::Submit), "it is only graded");
+        assert_eq!(c.wall_seconds, 3.0);
+        assert!(!st.started, "no run_started: the resume writes one");
     }
 
     #[test]

@@ -239,6 +239,10 @@ pub struct Resumed {
     /// `rebuilt` (the agent's state was rebuilt from the trace) or `fresh` (an external agent,
     /// started again with the stage's task and a note).
     pub agent: String,
+    /// A step the harness failed as the run stopped (the engine went away under it): not counted
+    /// as the agent's, its call is made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redo: Option<u64>,
     /// What the stage gone on with had used of its budgets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used: Option<BudgetsUsed>,

@@ -154,6 +154,26 @@ impl WorkspaceHistory {
         })
     }
 
+    /// Whether the head commit records the workspace whole enough for [`Self::matches`] to stand
+    /// for equality: every large file hashed, nothing left out (a skipped file, or a large file
+    /// listed by size only, could have changed unseen). True without a head.
+    pub fn head_is_whole(&self) -> Result<bool, git2::Error> {
+        let Some(head) = self.head else {
+            return Ok(true);
+        };
+        let tree = self.repo.find_commit(head)?.tree()?;
+        let Some(m) = tree.get_name(MANIFEST) else {
+            return Ok(true);
+        };
+        let blob = self.repo.find_blob(m.id())?;
+        let v: serde_json::Value = serde_json::from_slice(blob.content()).unwrap_or_default();
+        let hashed = v["large_files"]
+            .as_array()
+            .is_none_or(|l| l.iter().all(|f| f["sha256"].is_string()));
+        let skipped = v["skipped"].as_array().is_some_and(|l| !l.is_empty());
+        Ok(hashed && !skipped)
+    }
+
     /// Writes the tree of `commit` into the empty directory `into`: directories, files with their
     /// modes and links as links, each new (nothing there is followed or overwritten), owned by
     /// `owner` when given. The manifest of large files is not written: its entries come back, for
@@ -351,6 +371,16 @@ impl WorkspaceHistory {
                 continue; // git cannot hold a nested .git; the agent's own repo is not part of history
             }
             let rel_path = rel.join(&name);
+            // The manifest's name at the top is the harness's: an agent's file of that name is
+            // never taken for it (a resume trusts the manifest's hashes).
+            if rel.as_os_str().is_empty() && name == MANIFEST {
+                skip(
+                    manifest,
+                    &rel_path,
+                    "the name is the harness's list of large files".into(),
+                );
+                continue;
+            }
             let Some(name_str) = name.to_str() else {
                 skip(manifest, &rel_path, "file name is not UTF-8".into());
                 continue;
@@ -638,6 +668,79 @@ pub fn commit_diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_is_restored_whole_and_a_copy_that_differs_does_not_match() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        std::fs::create_dir_all(ws.join("src/deep")).unwrap();
+        std::fs::write(ws.join("src/deep/a.py"), b"print(1)\n").unwrap();
+        std::fs::write(ws.join("run.sh"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(ws.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::os::unix::fs::symlink("src/deep/a.py", ws.join("link")).unwrap();
+        let big = vec![3u8; (LARGE_FILE + 1) as usize];
+        std::fs::write(ws.join("big.bin"), &big).unwrap();
+        // The agent's own "manifest", naming a host file with a guessed hash: never taken for it.
+        std::fs::write(
+            ws.join(MANIFEST),
+            br#"{"large_files":[{"path":"x/secret","size":6,"sha256":"00"}]}"#,
+        )
+        .unwrap();
+        let git = tmp.path().join("ws.git");
+        let mut h = WorkspaceHistory::create(&git, &ws).unwrap();
+        let c = h.commit_if_changed("step 1").unwrap().unwrap();
+        // The workspace as committed matches; a copy with one byte changed does not.
+        let mut again = WorkspaceHistory::open(&git, &ws, Some(&c)).unwrap();
+        assert!(again.matches(&ws).unwrap());
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let large = again.restore(&c, &out, None).unwrap();
+        assert_eq!(large.len(), 1);
+        assert_eq!(large[0].path, "big.bin");
+        assert_eq!(
+            large[0].sha256.as_deref(),
+            Some(crate::trace::sha256_hex(&big).as_str())
+        );
+        assert_eq!(
+            std::fs::read(out.join("src/deep/a.py")).unwrap(),
+            b"print(1)\n"
+        );
+        assert_eq!(
+            std::fs::metadata(out.join("run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::read_link(out.join("link")).unwrap(),
+            std::path::Path::new("src/deep/a.py")
+        );
+        assert!(
+            !out.join(MANIFEST).exists(),
+            "the manifest is not the agent's"
+        );
+        assert!(
+            !out.join("big.bin").exists(),
+            "large files are found again, not made up"
+        );
+        // Restored, plus the large file and the agent's file of the manifest's name (which the
+        // history lists as skipped, not as the agent's content): it matches again.
+        std::fs::write(out.join("big.bin"), &big).unwrap();
+        std::fs::copy(ws.join(MANIFEST), out.join(MANIFEST)).unwrap();
+        assert!(again.matches(&out).unwrap());
+        std::fs::write(out.join("src/deep/a.py"), b"print(2)\n").unwrap();
+        assert!(!again.matches(&out).unwrap());
+        // Later commits descend from the reopened head.
+        std::fs::write(ws.join("new.txt"), b"n").unwrap();
+        let next = again.commit_if_changed("step 2").unwrap().unwrap();
+        let repo = Repository::open_bare(&git).unwrap();
+        let commit = repo.find_commit(Oid::from_str(&next).unwrap()).unwrap();
+        assert_eq!(commit.parent_id(0).unwrap().to_string(), c);
+    }
 
     #[test]
     fn commits_only_on_change_and_lists_large_files() {

@@ -71,6 +71,14 @@ pub struct RunMeta {
     pub resumes: Vec<ResumeRecord>,
 }
 
+impl RunMeta {
+    /// Whether `gptx resume` can take the run up: it was interrupted, and its agent is not an MCP
+    /// client (which gptx cannot start again).
+    pub fn resumable(&self) -> bool {
+        self.status == RunStatus::Interrupted && self.agent != "mcp"
+    }
+}
+
 /// The options of `gptx run` a resumed run takes again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunOptions {
@@ -121,11 +129,16 @@ impl Owner {
     }
 }
 
-/// A process's start time from /proc, as a string; None when it is gone.
+/// A process's start time from /proc, as a string; None when it is gone, or dead and not yet
+/// reaped (a zombie: a gptx SIGKILLed under a parent that does not wait for it).
 pub fn process_start(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19).map(str::to_string)
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18).map(str::to_string)
 }
 
 /// This host's name.
@@ -216,6 +229,26 @@ fn mark_one(dir: &RunDir, mut meta: RunMeta) -> anyhow::Result<Option<Marked>> {
         cut_bytes: len - whole,
         events: verified.events,
     }))
+}
+
+/// Whether a gptx drives the run in `dir` now: its run.json says `running` with an owner that is
+/// alive, or its trace is locked (a `gptx resume` holds the lock from before it touches anything,
+/// while run.json still says `interrupted`). `gptx gc` leaves such a run's disk alone.
+pub fn is_driven(dir: &RunDir) -> bool {
+    if let Ok(meta) = read_json::<RunMeta>(&dir.run_json()) {
+        if meta.status == RunStatus::Running && meta.owner.as_ref().is_none_or(|o| o.alive()) {
+            return true;
+        }
+    }
+    match std::fs::File::open(dir.events()) {
+        Ok(f) => {
+            let free =
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+            // Dropping the descriptor lets the lock go.
+            !free
+        }
+        Err(_) => false,
+    }
 }
 
 /// Where the last line that ends in a newline ends (0 when there is none).
@@ -360,6 +393,11 @@ impl RunDir {
     /// Where `gptx resume` moves the workspace on disk while it brings the run's back.
     pub fn live_workspace(&self) -> PathBuf {
         self.path.join(".workspace.live")
+    }
+    /// Where `gptx resume` puts the copy it no longer needs before deleting it (a resume killed
+    /// while deleting it leaves it here, never where a live copy is looked for).
+    pub fn dropped_workspace(&self) -> PathBuf {
+        self.path.join(".workspace.dropped")
     }
     /// Where a workspace that differed from its last commit was kept when the run was resumed.
     pub fn aside(&self, n: u32) -> PathBuf {
