@@ -437,3 +437,42 @@ fn a_resumed_run_is_ranked_and_marked() {
     let json = serde_json::to_value(b).unwrap();
     assert!(json.to_string().contains("\"resumed\":1"));
 }
+
+/// Scores are open above the reference: a run that beats it on train has an index above 100 and
+/// ranks above one that ties; the board's record is its bpb, and the tie is that far from it.
+#[test]
+fn beating_the_reference_ranks_above_a_tie_and_holds_the_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |id, agent, train: f64, bpb: f64| Fake {
+        id,
+        agent,
+        seed: 1,
+        world: "bbbb",
+        status: RunStatus::Done,
+        scores: [1.0, 1.0, train, 1.0, 1.0],
+        bpb: Some(bpb),
+        cpu: 10.0,
+    };
+    write(tmp.path(), &run("t1", "tie", 1.0, 1.42));
+    write(tmp.path(), &run("b1", "better", 1.05, 1.29));
+    let opts = Options {
+        suite: None,
+        resamples: 100,
+    };
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    let b = &boards[0];
+    assert_eq!(b.agents[0].agent, "better");
+    assert!(b.agents[0].index_mean > 100.0, "{}", b.agents[0].index_mean);
+    assert!((b.agents[1].index_mean - 100.0).abs() < 1e-9);
+    let record = b.record.as_ref().unwrap();
+    assert_eq!((record.run_id.as_str(), record.bpb), ("b1", 1.29));
+    assert_eq!(b.agents[0].to_record, Some(0.0));
+    assert!((b.agents[1].to_record.unwrap() - 0.13).abs() < 1e-9);
+    let md = leaderboard::markdown(&boards);
+    assert!(md.contains("above 100 beats the reference"), "{md}");
+    assert!(
+        md.contains("Record on this world: 1.290 verified bpb, held by run `b1`"),
+        "{md}"
+    );
+    assert!(md.contains("| +0.130 |"), "{md}");
+}

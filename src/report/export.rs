@@ -344,6 +344,10 @@ fn junit(r: &Run) -> String {
     }
     if let Some(b) = r.bootstrap_index() {
         props.push(("bootstrap_index", format!("{b:.4}")));
+        props.push((
+            "bootstrap_index_scale",
+            crate::report::leaderboard::ABOVE_100.to_string(),
+        ));
     }
     if let Some(e) = &r.meta.error {
         props.push(("error", e.clone()));
@@ -798,6 +802,7 @@ fn inspect(r: &Run) -> EvalLog {
             "level": r.level(),
             "assisted_level": r.assisted_level(),
             "bootstrap_index": r.bootstrap_index(),
+            "bootstrap_index_scale": crate::report::leaderboard::ABOVE_100,
             "normalized": per_stage,
             "trace_sha256": m.trace_sha256,
             "events": m.events,

@@ -47,6 +47,9 @@ pub struct RunEntry {
     pub bootstrap_index: f64,
     /// The train stage's verified bits per byte on the hidden test set.
     pub bpb: Option<f64>,
+    /// The selfhost stage's rebuilt model's verified bits per byte on the same set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuilt_bpb: Option<f64>,
     pub cpu_seconds: f64,
     pub wall_seconds: f64,
     pub tokens: Option<u64>,
@@ -111,6 +114,15 @@ pub struct AgentRow {
     pub stage_pass_rate: BTreeMap<String, f64>,
     /// Median verified bpb (train) over the runs that have one.
     pub median_bpb: Option<f64>,
+    /// Median verified bpb of the rebuilt model (selfhost) over the runs that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median_rebuilt_bpb: Option<f64>,
+    /// The best verified bpb of any of its runs (original or rebuilt model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_bpb: Option<f64>,
+    /// How far its best is above the board's record (0: it holds the record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_record: Option<f64>,
     /// Mean sandbox CPU-seconds per run (agent commands plus the selfhost rebuild).
     pub cpu_seconds: f64,
     /// Mean wall time per run, seconds.
@@ -134,8 +146,31 @@ pub struct Board {
     pub agents: Vec<AgentRow>,
     pub unfinished: Vec<Unfinished>,
     pub resamples: usize,
+    /// The best verified bpb any ranked run reached on this world, and which run holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<Record>,
     #[serde(skip)]
     pub entries: Vec<RunEntry>,
+}
+
+/// The best verified bpb seen on a world: how much headroom there is above the reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub bpb: f64,
+    pub run_id: String,
+    pub agent: String,
+    /// `train` (the agent's model) or `selfhost` (the model its recipe rebuilt).
+    pub stage: String,
+}
+
+/// A run's best verified bpb: its model's or its rebuilt model's, whichever is lower.
+fn best_of(e: &RunEntry) -> Option<(f64, &'static str)> {
+    match (e.bpb, e.rebuilt_bpb) {
+        (Some(a), Some(b)) if b < a => Some((b, "selfhost")),
+        (Some(a), _) => Some((a, "train")),
+        (None, Some(b)) => Some((b, "selfhost")),
+        (None, None) => None,
+    }
 }
 
 impl Board {
@@ -234,6 +269,12 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
         .filter(|s| s.passed || s.metrics.get("verified") == Some(&serde_json::json!(true)))
         .and_then(|s| s.metrics.get("bpb"))
         .and_then(|v| v.as_f64());
+    let rebuilt_bpb = score
+        .stages
+        .get("selfhost")
+        .filter(|s| s.status == "scored")
+        .and_then(|s| s.metrics.get("bpb"))
+        .and_then(|v| v.as_f64());
     let mut cpu = 0.0;
     for s in score.stages.values() {
         cpu += s.cpu_seconds.unwrap_or(0.0);
@@ -271,6 +312,7 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
         assisted_level: score.assisted_level.clone(),
         bootstrap_index: score.bootstrap_index,
         bpb,
+        rebuilt_bpb,
         cpu_seconds: cpu,
         wall_seconds: wall,
         tokens,
@@ -343,6 +385,18 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
         stage_scores,
         stage_pass_rate,
         median_bpb: median(&bpbs).map(|b| crate::trace::round(b, 5)),
+        median_rebuilt_bpb: median(
+            &runs
+                .iter()
+                .filter_map(|r| r.rebuilt_bpb)
+                .collect::<Vec<_>>(),
+        )
+        .map(|b| crate::trace::round(b, 5)),
+        best_bpb: runs
+            .iter()
+            .filter_map(|r| best_of(r).map(|b| b.0))
+            .min_by(f64::total_cmp),
+        to_record: None,
         cpu_seconds: crate::trace::round(
             mean(&runs.iter().map(|r| r.cpu_seconds).collect::<Vec<_>>()),
             2,
@@ -446,8 +500,22 @@ pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
                 .then(b.mean_level.total_cmp(&a.mean_level))
                 .then(a.agent.cmp(&b.agent))
         });
+        let record = entries
+            .iter()
+            .filter_map(|e| best_of(e).map(|(bpb, stage)| (bpb, stage, e)))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.2.run_id.cmp(&b.2.run_id)))
+            .map(|(bpb, stage, e)| Record {
+                bpb,
+                run_id: e.run_id.clone(),
+                agent: e.agent.clone(),
+                stage: stage.into(),
+            });
         for (i, a) in agents.iter_mut().enumerate() {
             a.rank = i + 1;
+            a.to_record = match (&record, a.best_bpb) {
+                (Some(r), Some(b)) => Some(crate::trace::round(b - r.bpb, 5)),
+                _ => None,
+            };
         }
         boards.push(Board {
             suite,
@@ -457,6 +525,7 @@ pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
             agents,
             unfinished,
             resamples: opts.resamples,
+            record,
             entries,
         });
     }
@@ -667,6 +736,33 @@ fn flagged(b: &Board) -> Vec<&RunEntry> {
         .collect()
 }
 
+/// What an index above 100 means, said wherever the index is shown.
+pub const ABOVE_100: &str = "0 is the null agent and 100 the reference agent; above 100 beats the reference (some stage scored above 1.00).";
+
+/// `Record on this world: 1.402 bpb (train of run r7, agent x)`.
+fn record_text(r: &Record) -> String {
+    format!(
+        "Record on this world: {:.3} verified bpb, held by run `{}` (agent `{}`, its {} model).",
+        r.bpb,
+        r.run_id,
+        r.agent,
+        if r.stage == "selfhost" {
+            "rebuilt"
+        } else {
+            "trained"
+        }
+    )
+}
+
+/// An agent's distance to the record: `record` when it holds it, `+0.030` above it, `–` without one.
+fn to_record_text(d: Option<f64>) -> String {
+    match d {
+        Some(d) if d <= 0.0 => "record".into(),
+        Some(d) => format!("+{d:.3}"),
+        None => "–".into(),
+    }
+}
+
 /// ` (2 resumed)` after an agent's levels, when some of its runs were resumed.
 fn resumed_text(n: usize) -> String {
     if n > 0 {
@@ -701,20 +797,26 @@ pub fn markdown(boards: &[Board]) -> String {
         );
         let _ = writeln!(
             o,
-            "{} finished runs of {} agents. Bootstrap Index: mean over runs with a 95% percentile-bootstrap interval ({} resamples); best-of-k is the best run. Stage scores are normalised against the world's reference values (reference = 1.00); a stage not graded counts 0.\n",
+            "{} finished runs of {} agents, ranked by the Bootstrap Index: mean over runs with a 95% percentile-bootstrap interval ({} resamples); best-of-k is the best run. {ABOVE_100} Stage scores are normalised against the world's reference values (reference = 1.00, open above); a stage not graded counts 0.\n",
             b.entries.len(),
             b.agents.len(),
             b.resamples
         );
+        if let Some(r) = &b.record {
+            let _ = writeln!(o, "{}\n", record_text(r));
+        }
         let _ = writeln!(
             o,
-            "| # | agent | runs | mean level | levels | Bootstrap Index | 95% CI | best-of-k | median bpb | CPU-s/run | wall s/run | tokens/run | cost/run |"
+            "| # | agent | runs | mean level | levels | Bootstrap Index | 95% CI | best-of-k | median bpb | rebuilt bpb | to record | CPU-s/run | wall s/run | tokens/run | cost/run |"
         );
-        let _ = writeln!(o, "|--:|---|--:|--:|---|--:|---|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(
+            o,
+            "|--:|---|--:|--:|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+        );
         for a in &b.agents {
             let _ = writeln!(
                 o,
-                "| {} | `{}` | {} | {:.2} | {}{}{} | {:.1} | {} | {:.1} ({}) | {} | {:.1} | {:.1} | {} | {} |",
+                "| {} | `{}` | {} | {:.2} | {}{}{} | {:.1} | {} | {:.1} ({}) | {} | {} | {} | {:.1} | {:.1} | {} | {} |",
                 a.rank,
                 a.agent,
                 a.runs,
@@ -731,6 +833,8 @@ pub fn markdown(boards: &[Board]) -> String {
                 a.best_of_k,
                 a.best_level,
                 fmt_opt(a.median_bpb, 3),
+                fmt_opt(a.median_rebuilt_bpb, 3),
+                to_record_text(a.to_record),
                 a.cpu_seconds,
                 a.wall_seconds,
                 a.tokens
@@ -882,18 +986,26 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
     for b in boards {
         let _ = write!(
             o,
-            "<h2>Suite <code>{}</code> · world <code>{}</code></h2><p class=\"muted\">{} finished runs of {} agents · Bootstrap Index mean with a 95% percentile-bootstrap interval over runs ({} resamples) · stage scores normalised against the world's reference values.</p>",
+            "<h2>Suite <code>{}</code> · world <code>{}</code></h2><p class=\"muted\">{} finished runs of {} agents, ranked by the Bootstrap Index (mean with a 95% percentile-bootstrap interval over runs, {} resamples) · {} · stage scores normalised against the world's reference values (reference = 1.00, open above).</p>",
             html_escape(&b.suite),
             html_escape(&short_hash(&b.world_hash)),
             b.entries.len(),
             b.agents.len(),
-            b.resamples
+            b.resamples,
+            html_escape(ABOVE_100)
         );
-        o.push_str("<table><tr><th>#</th><th class=\"l\">agent</th><th>runs</th><th>mean level</th><th class=\"l\">levels</th><th>Bootstrap Index</th><th class=\"l\">95% CI</th><th>best-of-k</th><th>median bpb</th><th>CPU-s/run</th><th>wall s/run</th><th>tokens/run</th><th>cost/run</th></tr>");
+        if let Some(r) = &b.record {
+            let _ = write!(
+                o,
+                "<p class=\"record\">{}</p>",
+                html_escape(&record_text(r).replace('`', ""))
+            );
+        }
+        o.push_str("<table><tr><th>#</th><th class=\"l\">agent</th><th>runs</th><th>mean level</th><th class=\"l\">levels</th><th>Bootstrap Index</th><th class=\"l\">95% CI</th><th>best-of-k</th><th>median bpb</th><th>rebuilt bpb</th><th>to record</th><th>CPU-s/run</th><th>wall s/run</th><th>tokens/run</th><th>cost/run</th></tr>");
         for a in &b.agents {
             let _ = write!(
                 o,
-                "<tr><td>{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{:.2}</td><td class=\"l\">{}</td><td>{:.1}<span class=\"bar\" style=\"width:{:.0}px\"></span></td><td class=\"l\">{}</td><td>{:.1} ({})</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{:.2}</td><td class=\"l\">{}</td><td>{:.1}<span class=\"bar\" style=\"width:{:.0}px\"></span></td><td class=\"l\">{}</td><td>{:.1} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
                 a.rank,
                 html_escape(&a.agent),
                 a.runs,
@@ -905,6 +1017,8 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                 a.best_of_k,
                 html_escape(&a.best_level),
                 fmt_opt(a.median_bpb, 3),
+                fmt_opt(a.median_rebuilt_bpb, 3),
+                to_record_text(a.to_record),
                 a.cpu_seconds,
                 a.wall_seconds,
                 a.tokens.map(|t| format!("{t:.0}")).unwrap_or_else(|| "–".into()),

@@ -1162,8 +1162,15 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "level {}{assisted} · Bootstrap Index {:.1} · run dir {}",
-        score.level, score.bootstrap_index, meta.run_id
+        "level {}{assisted} · Bootstrap Index {:.1}{} · run dir {}",
+        score.level,
+        score.bootstrap_index,
+        if score.bootstrap_index >= 100.05 {
+            " (above 100: it beats the reference agent)"
+        } else {
+            ""
+        },
+        meta.run_id
     );
     for r in &meta.resumes {
         let _ = writeln!(

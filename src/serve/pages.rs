@@ -54,7 +54,9 @@ fn level_cell(level: &Option<String>, assisted: &Option<String>) -> String {
 fn index_cell(bi: Option<f64>) -> String {
     match bi {
         Some(b) => format!(
-            "<span class=\"bi\"><span class=\"bi-bar\"><span style=\"width:{:.1}%\"></span></span>{b:.1}</span>",
+            "<span class=\"bi{}\" title=\"{}\"><span class=\"bi-bar\"><span style=\"width:{:.1}%\"></span></span>{b:.1}</span>",
+            if b >= 100.05 { " above" } else { "" },
+            esc(crate::report::leaderboard::ABOVE_100),
             b.clamp(0.0, 100.0)
         ),
         None => "<span class=\"muted\">–</span>".into(),

@@ -56,13 +56,15 @@ pub fn level(scores: &BTreeMap<String, StageScore>) -> String {
     levels(scores, &[]).level
 }
 
-/// `100 · Σ w_s · min(n_s, 1)`, with n_s clipped below at 0; stages not run count 0.
+/// `100 · Σ w_s · n_s` (SPEC §7), with n_s clipped below at 0 and open above; stages not run
+/// count 0. 0 is the null agent, 100 the reference agent, above 100 an agent that beats the
+/// reference (a stage's n above 1), so agents at the top stay apart.
 pub fn bootstrap_index(scores: &BTreeMap<String, StageScore>) -> f64 {
     let sum: f64 = STAGES
         .iter()
         .map(|d| {
             let n = scores.get(d.name).and_then(|s| s.normalized).unwrap_or(0.0);
-            d.weight * n.clamp(0.0, 1.0)
+            d.weight * if n.is_finite() { n.max(0.0) } else { 0.0 }
         })
         .sum();
     100.0 * sum
@@ -140,11 +142,24 @@ mod tests {
     }
 
     #[test]
-    fn index_weights_and_clips() {
+    fn index_weights_clips_below_and_is_open_above() {
         let mut m = BTreeMap::new();
         m.insert("train".into(), s(true, 2.0));
         m.insert("crawl".into(), s(true, -1.0));
         m.insert("eval".into(), s(true, 0.5));
-        assert!((bootstrap_index(&m) - 45.0).abs() < 1e-9);
+        m.insert("tokenize".into(), s(true, f64::NAN));
+        assert!((bootstrap_index(&m) - 85.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn beating_the_reference_on_train_scores_above_100_and_above_a_tie() {
+        let tie: BTreeMap<String, StageScore> = crate::config::stages::names()
+            .map(|n| (n.to_string(), s(true, 1.0)))
+            .collect();
+        let mut better = tie.clone();
+        better.insert("train".into(), s(true, 1.05));
+        assert!((bootstrap_index(&tie) - 100.0).abs() < 1e-9);
+        assert!((bootstrap_index(&better) - 102.0).abs() < 1e-9);
+        assert_eq!(level(&better), level(&tie));
     }
 }
