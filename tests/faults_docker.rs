@@ -821,3 +821,111 @@ fn resume_refuses_runs_it_cannot_go_on_with() {
     let (code, _, stderr) = resume("r-none", runs.path());
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// The processes of the group run.json names.
+fn group_members(pgid: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 2..].to_string();
+                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(pgid)
+        })
+        .count()
+}
+
+/// An external agent that ignores the end of its input outlives a gptx SIGKILLed under it: before,
+/// it ran on the host until someone found it; now marking the run (here `gptx gc`) kills its group.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_agent_does_not_outlive_a_killed_gptx() {
+    let _one = SERIAL.lock().await;
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let mut child = agent_run(runs.path(), "exec:sleep 600 & sleep 600", &[]);
+    let t0 = Instant::now();
+    let (dir, pgid) = loop {
+        assert!(child.try_wait().unwrap().is_none(), "gptx ended first");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no agent in 120 s");
+        let found = std::fs::read_dir(runs.path())
+            .unwrap()
+            .flatten()
+            .map(|e| RunDir::new(e.path()))
+            .find_map(|d| {
+                let m: RunMeta = rundir::read_json(&d.run_json()).ok()?;
+                m.agent_process.map(|p| (d, p.pgid))
+            });
+        if let Some(f) = found {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        group_members(pgid) >= 2,
+        "the agent's shell and its sleeps run on"
+    );
+    let (code, _, stderr) = gptx_out(&["gc"], runs.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert_marked(&stderr, &dir.id());
+    let t1 = Instant::now();
+    while group_members(pgid) > 0 {
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "the agent's group still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(common::leftovers(&docker, &dir.id()).await, 0);
+}
+
+/// An external agent is started afresh on resume: the stage's task again with a note of what is
+/// left, its work so far in the workspace; the run finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_agent_is_given_the_stage_again_on_resume() {
+    let _one = SERIAL.lock().await;
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let agent = format!(
+        "exec:python3 {}/tasks/agents/example_agent.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let dir = killed_after_a_step_of(runs.path(), &agent);
+    let (code, v, stderr) = resume(&dir.id(), runs.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(v["status"], "done", "{v}");
+    let trace = std::fs::read_to_string(dir.events()).unwrap();
+    let resumed: serde_json::Value = trace
+        .lines()
+        .find(|l| l.contains("\"type\":\"run_resumed\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    assert_eq!(resumed["agent"], "fresh", "{resumed}");
+    // The agent logs each task it is given: the first stage twice, the second time longer (the note).
+    let logs: Vec<usize> = trace
+        .lines()
+        .filter(|l| l.contains("\"type\":\"agent_log\""))
+        .flat_map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let text = e["text"].as_str().unwrap_or("").to_string();
+            text.lines()
+                .filter_map(|x| {
+                    x.strip_prefix(&format!(
+                        "[example-agent] stage {}: ",
+                        resumed["stage"].as_str().unwrap()
+                    ))
+                    .and_then(|r| r.split(' ').next()?.parse::<usize>().ok())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert!(logs[1] > logs[0], "{logs:?}");
+    assert_resumed_cleanly(&docker, &dir, runs.path(), 1).await;
+}

@@ -75,6 +75,7 @@ fn write(dir: &Path, f: &Fake) {
         owner: None,
         options: None,
         resumes: Vec::new(),
+        agent_process: None,
     };
     write_json_atomic(&run.join("run.json"), &meta).unwrap();
     if f.status == RunStatus::Running {

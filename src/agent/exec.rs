@@ -307,6 +307,11 @@ impl Agent for ExecAgent {
         format!("exec:{}", self.command)
     }
 
+    /// Its own group (`process_group(0)`): the group's id is the shell's pid.
+    fn process_group(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError> {
         self.pending = None;
         self.send(&json!({

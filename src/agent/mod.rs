@@ -181,6 +181,11 @@ pub trait Agent: Send {
     fn usage(&self) -> Option<(u64, Option<f64>)> {
         None
     }
+    /// The process group of an agent that runs as host processes (`exec:`), recorded in run.json
+    /// so that a gptx killed outright does not leave it running: marking the run kills the group.
+    fn process_group(&self) -> Option<u32> {
+        None
+    }
     /// An interrupted run goes on (`gptx resume`): rebuild the state this agent had after the last
     /// event of `past` (every stage the run reached, in order; the last is the one it goes on
     /// with, its `begin_stage` included), so that its next move is the one it would have made.

@@ -137,6 +137,7 @@ pub async fn run(
         owner: crate::trace::rundir::Owner::me(),
         options: Some(plan.options()),
         resumes: Vec::new(),
+        agent_process: agent_process(agent.as_ref()),
     };
     rundir::write_json_atomic(&dir.run_json(), &meta).map_err(rd_err(&dir.run_json()))?;
     if let Err(e) = reserve(&dir.reserve(), RESERVE_BYTES) {
@@ -238,6 +239,7 @@ pub async fn resume(
     std::fs::create_dir_all(dir.outputs()).map_err(rd_err(&dir.outputs()))?;
     meta.status = RunStatus::Running;
     meta.owner = crate::trace::rundir::Owner::me();
+    meta.agent_process = agent_process(agent.as_ref());
     meta.error = None;
     meta.ended_at = None;
     meta.resumes.push(crate::trace::rundir::ResumeRecord {
@@ -320,6 +322,18 @@ pub fn check_resumable(dir: &RunDir, meta: &RunMeta) -> Result<(), SessionError>
         ))
     })?;
     Ok(())
+}
+
+/// Where an `exec:` agent's processes are, for run.json.
+fn agent_process(agent: &dyn crate::agent::Agent) -> Option<crate::trace::rundir::AgentProcess> {
+    let uid = if rustix::process::geteuid().is_root() {
+        crate::agent::exec::AGENT_UID
+    } else {
+        rustix::process::geteuid().as_raw()
+    };
+    agent
+        .process_group()
+        .map(|g| crate::trace::rundir::AgentProcess::here(g, uid))
 }
 
 fn rd_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> SessionError {

@@ -69,6 +69,76 @@ pub struct RunMeta {
     /// Each time the run was resumed, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumes: Vec<ResumeRecord>,
+    /// The host processes of an `exec:` agent: killed when the run is marked, so an agent never
+    /// outlives a gptx that was killed outright.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_process: Option<AgentProcess>,
+}
+
+/// An agent's process group on a host, and the uid its processes run as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentProcess {
+    pub pgid: u32,
+    pub uid: u32,
+    pub host: String,
+}
+
+impl AgentProcess {
+    /// The group of `pgid` on this host, its processes running as this process's agents do.
+    pub fn here(pgid: u32, uid: u32) -> Self {
+        Self {
+            pgid,
+            uid,
+            host: hostname(),
+        }
+    }
+
+    /// SIGKILLs every process of this host in the group that runs as its uid (a reused group id
+    /// of another user's is left alone); returns how many were killed.
+    pub fn kill(&self) -> usize {
+        if self.host != hostname() || self.pgid <= 1 {
+            return 0;
+        }
+        let mut killed = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                continue;
+            };
+            let pgrp = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|g| g.parse::<u32>().ok());
+            if pgrp != Some(self.pgid) {
+                continue;
+            }
+            let uid = std::fs::read_to_string(entry.path().join("status"))
+                .ok()
+                .and_then(|st| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok())
+                });
+            if uid != Some(self.uid) {
+                continue;
+            }
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                if rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok() {
+                    killed += 1;
+                }
+            }
+        }
+        killed
+    }
 }
 
 impl RunMeta {
@@ -224,6 +294,10 @@ fn mark_one(dir: &RunDir, mut meta: RunMeta) -> anyhow::Result<Option<Marked>> {
     meta.events = verified.events;
     let _ = std::fs::remove_file(dir.reserve());
     write_json_atomic(&dir.run_json(), &meta)?;
+    // An external agent the dead gptx started is not left running on the host.
+    if let Some(p) = &meta.agent_process {
+        p.kill();
+    }
     Ok(Some(Marked {
         run_id: meta.run_id,
         cut_bytes: len - whole,
@@ -514,6 +588,25 @@ mod mark_tests {
     use super::*;
     use crate::trace::{Event, EventLog};
 
+    #[test]
+    fn an_agent_group_is_killed_and_only_its_users_processes() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 & sleep 60; wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let me = rustix::process::geteuid().as_raw();
+        // Another uid: nothing of the group is touched.
+        assert_eq!(AgentProcess::here(pgid, me + 1).kill(), 0);
+        assert!(child.try_wait().unwrap().is_none());
+        assert!(AgentProcess::here(pgid, me).kill() >= 3);
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+    }
+
     /// A `running` run with this owner and a trace of two warnings, the second cut halfway.
     fn running(runs: &Path, id: &str, owner: Option<Owner>) -> RunDir {
         let dir = RunDir::new(runs.join(id));
@@ -550,6 +643,7 @@ mod mark_tests {
             owner,
             options: None,
             resumes: Vec::new(),
+            agent_process: None,
         };
         write_json_atomic(&dir.run_json(), &meta).unwrap();
         dir
