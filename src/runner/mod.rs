@@ -327,6 +327,12 @@ impl Runner {
 
     /// Runs every stage of the suite with `agent`; the caller then tears down and calls [`Runner::finish`].
     pub async fn run(&mut self, agent: &mut dyn Agent, image: &str) -> RunResult {
+        self.run_started(agent, image);
+        self.run_from(agent, Vec::new(), 0, None, 0.0).await
+    }
+
+    /// Emits `run_started`.
+    fn run_started(&mut self, agent: &dyn Agent, image: &str) {
         self.emit(Event::RunStarted {
             run_id: self.run_id.clone(),
             suite: self.suite.name.clone(),
@@ -337,7 +343,6 @@ impl Runner {
             image: image.into(),
             stages: self.suite.stage_names(),
         });
-        self.run_from(agent, Vec::new(), 0, None, 0.0).await
     }
 
     /// Goes on with an interrupted run whose trace this runner's recorder continues: graded stages
@@ -353,16 +358,7 @@ impl Runner {
         let st = from.state;
         // A run stopped before it had begun has no `run_started`: it gets one now.
         if !st.started {
-            self.emit(Event::RunStarted {
-                run_id: self.run_id.clone(),
-                suite: self.suite.name.clone(),
-                agent: agent.spec(),
-                seed: self.suite.seed,
-                gptx_version: env!("CARGO_PKG_VERSION").into(),
-                world_hash: None,
-                image: image.into(),
-                stages: self.suite.stage_names(),
-            });
+            self.run_started(agent, image);
         }
         self.step = st.step;
         self.ledger = st.ledger.clone();

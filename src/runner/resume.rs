@@ -414,22 +414,7 @@ mod tests {
                     assisted_level: None,
                 },
             ),
-            env(
-                4,
-                100,
-                Event::RunResumed(crate::trace::Resumed {
-                    reason: "interrupted".into(),
-                    after_step: 1,
-                    stage: Some("crawl".into()),
-                    workspace: "kept".into(),
-                    commit: None,
-                    aside: None,
-                    missing: vec![],
-                    agent: "rebuilt".into(),
-                    redo: None,
-                    used: None,
-                }),
-            ),
+            env(4, 100, resumed(None)),
             env(5, 103, step("crawl", 2, 2, None)),
         ];
         let st = ResumeState::of(&events).unwrap();
