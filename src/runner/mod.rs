@@ -548,14 +548,19 @@ impl Runner {
             .as_ref()
             .map(|w| w.manifest.seed_urls.clone())
             .unwrap_or_default();
-        let instruction =
-            match crate::stages::contract::instruction(&self.home, &self.suite, stage, &seeds) {
-                Ok(text) => text,
-                Err(e) => {
-                    self.warn(e.to_string());
-                    format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
-                }
-            };
+        let instruction = match crate::stages::contract::instruction(
+            &self.home,
+            &self.suite,
+            stage,
+            &seeds,
+            self.world.as_ref().and_then(|w| w.manifest.request_budget),
+        ) {
+            Ok(text) => text,
+            Err(e) => {
+                self.warn(e.to_string());
+                format!("Stage {}: see SPEC §3 for what to produce.\n", stage.name)
+            }
+        };
         let task = StageTask {
             stage: stage.name.clone(),
             index,

@@ -401,13 +401,15 @@ pub(crate) fn render_facts(facts: &[Fact]) -> String {
 }
 
 /// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` and `{{scoring_*}}`
-/// placeholders filled in, `{{seed_urls}}` with the world's seed URLs (a markdown list) and
+/// placeholders filled in, `{{seed_urls}}` with the world's seed URLs (a markdown list),
+/// `{{request_budget}}` with what the world's request budget is (nothing without one) and
 /// `{{graded}}` with the stage's [`facts`].
 pub fn instruction(
     home: &Home,
     suite: &Suite,
     stage: &Stage,
     seed_urls: &[String],
+    request_budget: Option<u32>,
 ) -> Result<String, SuiteError> {
     let path = home.tasks().join(&stage.name).join("instruction.md");
     let text = std::fs::read_to_string(&path).map_err(|source| SuiteError::Read {
@@ -439,6 +441,16 @@ pub fn instruction(
         seed_urls.iter().map(|u| format!("- {u}")).collect()
     };
     out = out.replace("{{seed_urls}}", &list.join("\n"));
+    out = out.replace(
+        "{{request_budget}}",
+        &request_budget
+            .map(|n| {
+                format!(
+                    "\n\nThis world also has a request budget: its web server answers at most {n} requests from your sandbox in all. Every request after that (refused ones count too) gets `429 Too Many Requests` for the rest of the stage, whatever you wait, and is logged. There are more pages than the budget lets you fetch: choose what to fetch."
+                )
+            })
+            .unwrap_or_default(),
+    );
     if let Some(start) = out.find("{{") {
         let end = out[start..]
             .find("}}")
@@ -467,7 +479,32 @@ mod tests {
     }
 
     fn rendered(suite: &Suite, stage: &Stage) -> String {
-        instruction(&home(), suite, stage, &["http://docs.gptx.test/".into()]).unwrap()
+        instruction(
+            &home(),
+            suite,
+            stage,
+            &["http://docs.gptx.test/".into()],
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A world's request budget is said in the crawl instruction, with its number; without one the
+    /// instruction is as it was.
+    #[test]
+    fn the_crawl_instruction_states_the_request_budget() {
+        let suite = home().suite("mini").unwrap();
+        let crawl = suite.stages.iter().find(|s| s.name == "crawl").unwrap();
+        let seeds = ["http://docs.gptx.test/".to_string()];
+        let with = instruction(&home(), &suite, crawl, &seeds, Some(800)).unwrap();
+        let without = instruction(&home(), &suite, crawl, &seeds, None).unwrap();
+        assert!(
+            with.contains("at most 800 requests from your sandbox in all"),
+            "{with}"
+        );
+        assert!(with.contains("for the rest of the stage"));
+        assert!(!without.contains("request budget"));
+        assert!(without.contains("back off when told to (`Retry-After`).\n"));
     }
 
     /// Every fact a scorer depends on is in the instruction its agent reads, for every stage of every

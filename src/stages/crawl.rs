@@ -178,12 +178,23 @@ pub struct RequestStats {
     pub disallowed: u64,
     pub trap: u64,
     pub rate_limited: u64,
+    /// Requests refused because the world's request budget was spent (counted in `rate_limited`).
+    pub over_budget: u64,
     pub not_found: u64,
     pub disallowed_examples: Vec<String>,
 }
 
 /// Reads `requests.jsonl` as written by the web server; unreadable lines are skipped.
 pub(crate) fn request_stats(log: &str, world: &World) -> RequestStats {
+    request_stats_of(log, &world.manifest.disallowed, &world.manifest.trap)
+}
+
+/// [`request_stats`] against a world's robots rules and trap prefixes, by host.
+fn request_stats_of(
+    log: &str,
+    disallowed: &std::collections::BTreeMap<String, Vec<String>>,
+    trap: &std::collections::BTreeMap<String, String>,
+) -> RequestStats {
     let mut s = RequestStats::default();
     for line in log.lines() {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
@@ -193,7 +204,7 @@ pub(crate) fn request_stats(log: &str, world: &World) -> RequestStats {
         let host = v["host"].as_str().unwrap_or("");
         let full = v["path"].as_str().unwrap_or("");
         let path = full.split('?').next().unwrap_or("");
-        if let Some(prefixes) = world.manifest.disallowed.get(host) {
+        if let Some(prefixes) = disallowed.get(host) {
             if prefixes.iter().any(|p| path.starts_with(p.as_str())) {
                 s.disallowed += 1;
                 if s.disallowed_examples.len() < 5 {
@@ -201,13 +212,11 @@ pub(crate) fn request_stats(log: &str, world: &World) -> RequestStats {
                 }
             }
         }
-        if world
-            .manifest
-            .trap
-            .get(host)
-            .is_some_and(|p| path.starts_with(p.as_str()))
-        {
+        if trap.get(host).is_some_and(|p| path.starts_with(p.as_str())) {
             s.trap += 1;
+        }
+        if v["refused"].as_str() == Some("budget") {
+            s.over_budget += 1;
         }
         match v["status"].as_u64() {
             Some(429) => s.rate_limited += 1,
@@ -269,6 +278,10 @@ pub fn metrics(
     m.insert("trap_requests".into(), json!(requests.trap));
     m.insert("requests".into(), json!(requests.requests));
     m.insert("rate_limited".into(), json!(requests.rate_limited));
+    if let Some(b) = world.manifest.request_budget {
+        m.insert("request_budget".into(), json!(b));
+        m.insert("over_budget".into(), json!(requests.over_budget));
+    }
     m.insert("not_found".into(), json!(requests.not_found));
     m
 }
@@ -415,5 +428,31 @@ pub fn score_blocking(
         reason,
         normalized,
         public_reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_past_the_budget_are_counted_apart_from_rate_limits() {
+        let log = [
+            r#"{"host":"docs.gptx.test","path":"/","status":200}"#,
+            r#"{"host":"docs.gptx.test","path":"/a","status":429}"#,
+            r#"{"host":"docs.gptx.test","path":"/b","status":429,"refused":"budget"}"#,
+            r#"{"host":"docs.gptx.test","path":"/events/1","status":429,"refused":"budget"}"#,
+            "not json",
+        ]
+        .join("\n");
+        let trap = std::collections::BTreeMap::from([(
+            "docs.gptx.test".to_string(),
+            "/events/".to_string(),
+        )]);
+        let s = request_stats_of(&log, &Default::default(), &trap);
+        assert_eq!(
+            (s.requests, s.rate_limited, s.over_budget, s.trap),
+            (4, 3, 2, 1)
+        );
     }
 }

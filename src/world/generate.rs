@@ -100,6 +100,9 @@ pub struct RateLimit {
 pub struct Routes {
     pub version: u32,
     pub rate_limit: RateLimit,
+    /// Requests one client may make in all (absent: no budget).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_budget: Option<u32>,
     pub hosts: BTreeMap<String, HostCfg>,
     pub pages: BTreeMap<String, PageRoute>,
     pub redirects: BTreeMap<String, Redirect>,
@@ -259,6 +262,7 @@ pub fn generate(cfg: &WorldConfig, seed: u64, docs: &[Doc], ood_docs: &[Doc]) ->
                 requests: cfg.rate_limit,
                 per_seconds: 1.0,
             },
+            request_budget: cfg.request_budget,
             hosts: BTreeMap::new(),
             pages: BTreeMap::new(),
             redirects: BTreeMap::new(),
@@ -735,6 +739,28 @@ mod tests {
             "library/os.html"
         );
         assert_eq!(relative("/posts/a/", "/posts/b/"), "../b/");
+    }
+
+    #[test]
+    fn routes_name_a_request_budget_only_when_the_world_has_one() {
+        let mut r = Routes {
+            version: 1,
+            rate_limit: RateLimit {
+                requests: 20,
+                per_seconds: 1.0,
+            },
+            request_budget: None,
+            hosts: BTreeMap::new(),
+            pages: BTreeMap::new(),
+            redirects: BTreeMap::new(),
+            redirect_prefixes: vec![],
+        };
+        // Absent, not null: a world without a budget writes the routes.json it always wrote.
+        assert!(!serde_json::to_string(&r).unwrap().contains("request_budget"));
+        r.request_budget = Some(800);
+        assert!(serde_json::to_string(&r)
+            .unwrap()
+            .contains("\"request_budget\":800"));
     }
 
     #[test]

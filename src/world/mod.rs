@@ -107,6 +107,10 @@ pub struct WorldConfig {
     /// Requests per second per client before the server answers 429.
     #[serde(default = "default_rate")]
     pub rate_limit: u32,
+    /// Requests one client may make of the world's web server in all; past it every request is
+    /// answered 429 and logged as refused for the budget. None: no budget.
+    #[serde(default)]
+    pub request_budget: Option<u32>,
 }
 
 fn default_max_test_doc() -> usize {
@@ -171,6 +175,11 @@ impl WorldConfig {
         }
         if cfg.rate_limit == 0 {
             return Err(bad("`rate_limit` must be above 0"));
+        }
+        if cfg.request_budget == Some(0) {
+            return Err(bad(
+                "`request_budget` must be above 0 (leave it out for no budget)",
+            ));
         }
         Ok((cfg, text, dir))
     }
@@ -244,6 +253,9 @@ pub struct Manifest {
     pub trap: BTreeMap<String, String>,
     pub stats: Stats,
     pub baselines: Baselines,
+    /// Requests one client may make of the web server in all (None: no budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_budget: Option<u32>,
 }
 
 /// A built world on disk.
@@ -462,6 +474,7 @@ pub fn ensure(
             build_seconds: t0.elapsed().as_secs_f64(),
         },
         baselines,
+        request_budget: cfg.request_budget,
     };
     let mut f = std::fs::File::create(tmp.join("manifest.json")).map_err(io(&tmp))?;
     f.write_all(&serde_json::to_vec_pretty(&manifest).expect("manifest serialises"))

@@ -10,7 +10,9 @@ calendar trap → add-slash 301 → the host's 404 page. Page and trap bodies ar
 `gzip` policy ("always", "accept" = when Accept-Encoding allows it, "never"). Every request, including
 malformed ones, becomes one JSON line in the log:
   {"t": unix time, "client": ip, "method": s, "host": s, "path": s (with "?query"), "status": int,
-   "bytes": body bytes sent, "ua": s}
+   "bytes": body bytes sent, "ua": s}, plus "refused": "budget" for a request past the world's
+  request budget (routes.json's optional "request_budget": requests one client may make in all,
+  refused ones counted; past it every request is 429 for the rest of the server's life).
 Startup prints `gptx-web listening on <bind>:<port>`; SIGTERM stops the server with exit code 0.
 A malformed routes.json exits with code 2 and a message naming the key at fault.
 Only the standard library is used.
@@ -76,6 +78,10 @@ class Routes:
         rl = _obj(data, "rate_limit", "rate_limit")
         self.rate_requests = _int(rl, "requests", "rate_limit.requests", minimum=1)
         self.rate_seconds = _num(rl, "per_seconds", "rate_limit.per_seconds")
+        # Requests one client may make in all; None for no budget.
+        self.request_budget = None
+        if data.get("request_budget") is not None:
+            self.request_budget = _int(data, "request_budget", "request_budget", minimum=1)
 
         # host → (gzip policy, absolute 404 file or None, trap prefix or None)
         self.hosts = {}
@@ -239,6 +245,21 @@ class RateLimiter:
             return not (len(times) > self.limit and now - times[0] < self.window)
 
 
+class RequestBudget:
+    """Requests one client may make in all: past `limit` (refused ones counted too) every request
+    is refused, for the rest of the server's life."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.spent = collections.Counter()
+
+    def spend(self, client):
+        with self.lock:
+            self.spent[client] += 1
+            return self.spent[client] <= self.limit
+
+
 class RequestLog:
     """The JSON-lines request log; one line per request, written whole under a lock and flushed.
 
@@ -389,7 +410,7 @@ def _day_page(host, prefix, day):
 class Reply:
     """A response to send: status, body, content type, extra headers, and whether gzip may apply."""
 
-    __slots__ = ("status", "body", "ctype", "headers", "compressible")
+    __slots__ = ("status", "body", "ctype", "headers", "compressible", "refused")
 
     def __init__(self, status, body, ctype=TEXT, headers=(), compressible=False):
         self.status = status
@@ -397,6 +418,8 @@ class Reply:
         self.ctype = ctype
         self.headers = list(headers)
         self.compressible = compressible
+        # Why it was refused, when the log should say so ("budget").
+        self.refused = None
 
 
 def text_reply(status, message, headers=()):
@@ -438,6 +461,7 @@ class World:
     def __init__(self, routes):
         self.routes = routes
         self.limiter = RateLimiter(routes.rate_requests, routes.rate_seconds)
+        self.budget = RequestBudget(routes.request_budget) if routes.request_budget else None
         self.answered_503 = set()  # (client, "host/path") already given their one 503
         self.lock = threading.Lock()
 
@@ -561,6 +585,10 @@ class Handler(BaseHTTPRequestHandler):
                 # Nothing is served that the log cannot hold.
                 self.close_connection = True
                 reply = text_reply(503, "503 Service Unavailable: this world's request log is full")
+            elif world.budget is not None and not world.budget.spend(client):
+                reply = text_reply(
+                    429, f"429 Too Many Requests: this crawl's budget of {world.budget.limit} requests is spent")
+                reply.refused = "budget"
             elif not world.limiter.allow(client, time.monotonic()):
                 limit = f"{world.routes.rate_requests} requests per {world.routes.rate_seconds:g} s"
                 reply = text_reply(429, f"429 Too Many Requests: the limit is {limit}",
@@ -625,7 +653,7 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
         finally:
-            self._log(reply.status, sent)
+            self._log(reply.status, sent, reply.refused)
 
     def send_error(self, code, message=None, explain=None):
         """The stdlib's answer to an unparseable request (400, 414, 431, 505...): a short text body,
@@ -641,7 +669,7 @@ class Handler(BaseHTTPRequestHandler):
         phrase = message or self.responses.get(code, ("Error",))[0]
         self._send(text_reply(code, f"{code} {phrase}"))
 
-    def _log(self, status, sent):
+    def _log(self, status, sent, refused=None):
         if self.logged:
             return
         self.logged = True
@@ -649,7 +677,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.log_path
         if path is None:
             path = getattr(self, "path", None) or ""
-        self.server.log.write({
+        record = {
             "t": time.time(),
             "client": self.client_address[0] if self.client_address else "",
             "method": getattr(self, "command", None) or "",
@@ -658,7 +686,10 @@ class Handler(BaseHTTPRequestHandler):
             "status": status,
             "bytes": sent,
             "ua": (headers.get("User-Agent", "") if headers is not None else "") or "",
-        })
+        }
+        if refused:
+            record["refused"] = refused
+        self.server.log.write(record)
 
     # Silence the stdlib's stderr access log; the JSON log above replaces it.
     def log_request(self, code="-", size="-"):

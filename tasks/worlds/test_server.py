@@ -65,23 +65,26 @@ def routes(rate_requests):
     }
 
 
-def make_root(rate_requests):
+def make_root(rate_requests, budget=None):
     root = tempfile.mkdtemp(prefix="gptx-web-test-")
     for rel, data in FILES.items():
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
+    r = routes(rate_requests)
+    if budget is not None:
+        r["request_budget"] = budget
     with open(os.path.join(root, "routes.json"), "w") as f:
-        json.dump(routes(rate_requests), f)
+        json.dump(r, f)
     return root
 
 
 class Running:
     """server.py in a subprocess on 127.0.0.1 and a free port, with its own root and log."""
 
-    def __init__(self, rate_requests, extra=()):
-        self.root = make_root(rate_requests)
+    def __init__(self, rate_requests, extra=(), budget=None):
+        self.root = make_root(rate_requests, budget)
         self.log = os.path.join(self.root, "requests.jsonl")
         self.stderr = open(os.path.join(self.root, "stderr.txt"), "w+")
         self.proc = subprocess.Popen(
@@ -122,11 +125,12 @@ class ServerCase(unittest.TestCase):
     """Shared helpers: each request is checked against the log line it must produce."""
 
     rate = 1000
+    budget = None
     server = None
 
     @classmethod
     def setUpClass(cls):
-        cls.server = Running(cls.rate)
+        cls.server = Running(cls.rate, budget=cls.budget)
 
     @classmethod
     def tearDownClass(cls):
@@ -149,7 +153,8 @@ class ServerCase(unittest.TestCase):
         line = lines[before]
         for key, value in fields.items():
             self.assertEqual(line[key], value, f"log field {key} of {line}")
-        self.assertEqual(set(line), {"t", "client", "method", "host", "path", "status", "bytes", "ua"})
+        keys = {"t", "client", "method", "host", "path", "status", "bytes", "ua"}
+        self.assertEqual(set(line) - {"refused"}, keys)
         self.assertEqual(line["client"], "127.0.0.1")
         self.assertIsInstance(line["t"], float)
         return line
@@ -482,6 +487,34 @@ class TestRateLimit(ServerCase):
         time.sleep(1.1)
         resp, _ = self.request("/")
         self.assertEqual(resp.status, 200)
+
+
+class TestRequestBudget(ServerCase):
+    budget = 4
+
+    def test_429_for_the_rest_once_the_budget_is_spent_and_logged_as_such(self):
+        for path in ["/", "/library/os.html", "/", "/robots.txt"]:
+            resp, _ = self.request(path)
+            self.assertNotEqual(resp.status, 429)
+        for path in ["/", "/library/os.html"]:
+            before = len(self.server.log_lines())
+            resp, body = self.request(path)
+            self.assertEqual(resp.status, 429)
+            self.assertIn(b"budget of 4 requests is spent", body)
+            self.assertEqual(self.server.log_lines()[before].get("refused"), "budget")
+        # Waiting does not bring the budget back (a rate limit would).
+        time.sleep(1.1)
+        resp, _ = self.request("/")
+        self.assertEqual(resp.status, 429)
+        lines = self.server.log_lines()
+        self.assertTrue(all("refused" not in l for l in lines[:4]))
+
+    def test_a_bad_budget_is_refused_naming_the_key(self):
+        root = make_root(1000, budget=0)
+        proc = subprocess.run([sys.executable, SERVER, "--root", root, "--log", os.path.join(root, "l"),
+                               "--port", "0", "--bind", "127.0.0.1"], capture_output=True, timeout=10)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(b"request_budget", proc.stderr)
 
 
 class TestFunctions(unittest.TestCase):
