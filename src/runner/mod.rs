@@ -958,3 +958,20 @@ pub fn finish(events: &mut EventSink, result: &mut RunResult) {
     result.trace_sha256 = events.recorder.last_hash();
     result.events = events.recorder.count();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_agents_usage_adds_to_what_the_stage_had_used() {
+        assert_eq!(
+            usage_with(Some((100, Some(0.5))), Some((900, Some(1.5)))),
+            Some((1000, Some(2.0)))
+        );
+        // An agent that counts nothing (an exec: agent) still meets the budget of what was used.
+        assert_eq!(usage_with(None, Some((900, None))), Some((900, None)));
+        assert_eq!(usage_with(Some((7, None)), None), Some((7, None)));
+        assert_eq!(usage_with(None, None), None);
+    }
+}

@@ -756,7 +756,9 @@ mod tests {
             redirect_prefixes: vec![],
         };
         // Absent, not null: a world without a budget writes the routes.json it always wrote.
-        assert!(!serde_json::to_string(&r).unwrap().contains("request_budget"));
+        assert!(!serde_json::to_string(&r)
+            .unwrap()
+            .contains("request_budget"));
         r.request_budget = Some(800);
         assert!(serde_json::to_string(&r)
             .unwrap()
