@@ -26,7 +26,8 @@
 //!   their shared helpers, what each instruction promises ([`stages::contract`]), verified bpb
 //!   ([`stages::bpb`]), levels and the Bootstrap Index ([`stages::levels`]).
 //! - [`runner`]: the loop. Stages in order, tool calls executed against a `dyn Sandbox`, budgets,
-//!   grading, rescue; its only output is the event stream.
+//!   grading, rescue, and going on with an interrupted run folded from its trace
+//!   ([`runner::ResumeState`]); its only output is the event stream.
 //! - [`docker`]: everything that talks to the engine, and nothing else does. The connection and
 //!   labels, images, the agent's sandbox, scoring and rebuild sandboxes, the world's web server,
 //!   and [`docker::session`], one whole run on the real engine with teardown that always happens.
