@@ -56,12 +56,11 @@ pub(super) fn plan_for(args: &RunArgs, agent: &str, seed: Option<u64>) -> anyhow
         runs_dir: args.dir.runs_dir.clone(),
         rescue: args.rescue,
         prebuilt: None,
-        llm: crate::agent::llm::LlmOptions {
-            temperature: args.temperature,
-            max_output_tokens: args.max_output_tokens,
-            context_tokens: args.context_tokens,
-            ..Default::default()
-        },
+        llm: llm_options(
+            args.temperature,
+            args.max_output_tokens,
+            args.context_tokens,
+        ),
         world: None,
         agent_env: args.agent_env.clone(),
     })
@@ -113,13 +112,7 @@ fn already_done(
 ) -> Option<session::RunOutput> {
     let budgets = plan.suite.budgets_by_stage();
     runs.iter().rev().find_map(|(dir, meta)| {
-        let same = meta.status == RunStatus::Done
-            && meta.agent == agent
-            && meta.seed == plan.suite.seed
-            && meta.suite == plan.suite.name
-            && &meta.world_hash == world_hash
-            && meta.budgets == budgets;
-        if !same {
+        if meta.status != RunStatus::Done || !same_pair(meta, agent, plan, world_hash, &budgets) {
             return None;
         }
         let score = crate::trace::rundir::read_json(&dir.score_json()).ok()?;
@@ -144,15 +137,24 @@ fn to_resume(
     let budgets = plan.suite.budgets_by_stage();
     runs.iter()
         .rev()
-        .find(|(_, meta)| {
-            meta.resumable()
-                && meta.agent == agent
-                && meta.seed == plan.suite.seed
-                && meta.suite == plan.suite.name
-                && &meta.world_hash == world_hash
-                && meta.budgets == budgets
-        })
+        .find(|(_, meta)| meta.resumable() && same_pair(meta, agent, plan, world_hash, &budgets))
         .map(|(dir, _)| crate::trace::rundir::RunDir::new(dir.path.clone()))
+}
+
+/// Whether a run is of the pair `plan` asks for: the same agent string, seed, suite, world hash
+/// and budgets by stage.
+fn same_pair(
+    meta: &crate::trace::rundir::RunMeta,
+    agent: &str,
+    plan: &RunPlan,
+    world_hash: &Option<String>,
+    budgets: &std::collections::BTreeMap<String, crate::config::suite::Budgets>,
+) -> bool {
+    meta.agent == agent
+        && meta.seed == plan.suite.seed
+        && meta.suite == plan.suite.name
+        && &meta.world_hash == world_hash
+        && &meta.budgets == budgets
 }
 
 /// Several runs (agents × seeds), at most `--parallel` at once. Each finished run prints one line;
@@ -529,16 +531,17 @@ pub(super) fn resume_plan(
             suite.path.display()
         );
     }
-    let options = meta
-        .options
-        .clone()
-        .unwrap_or(crate::trace::rundir::RunOptions {
+    // A run written before its options were recorded took the defaults.
+    let options = meta.options.clone().unwrap_or_else(|| {
+        let d = crate::agent::llm::LlmOptions::default();
+        crate::trace::rundir::RunOptions {
             rescue: true,
-            temperature: None,
-            max_output_tokens: 4096,
-            context_tokens: 100_000,
+            temperature: d.temperature,
+            max_output_tokens: d.max_output_tokens,
+            context_tokens: d.context_tokens,
             agent_env: vec![],
-        });
+        }
+    });
     Ok(RunPlan {
         home,
         suite,
@@ -546,15 +549,28 @@ pub(super) fn resume_plan(
         runs_dir: runs_dir.to_path_buf(),
         rescue: options.rescue,
         prebuilt: None,
-        llm: crate::agent::llm::LlmOptions {
-            temperature: options.temperature,
-            max_output_tokens: options.max_output_tokens,
-            context_tokens: options.context_tokens,
-            ..Default::default()
-        },
+        llm: llm_options(
+            options.temperature,
+            options.max_output_tokens,
+            options.context_tokens,
+        ),
         world: None,
         agent_env: options.agent_env,
     })
+}
+
+/// The LLM options a run is asked for (the rest are the loop's defaults).
+fn llm_options(
+    temperature: Option<f64>,
+    max_output_tokens: u64,
+    context_tokens: u64,
+) -> crate::agent::llm::LlmOptions {
+    crate::agent::llm::LlmOptions {
+        temperature,
+        max_output_tokens,
+        context_tokens,
+        ..Default::default()
+    }
 }
 
 /// `gptx resume`: goes on with an interrupted run from its last completed step.

@@ -346,7 +346,7 @@ fn junit(r: &Run) -> String {
         props.push(("bootstrap_index", format!("{b:.4}")));
         props.push((
             "bootstrap_index_scale",
-            crate::report::leaderboard::ABOVE_100.to_string(),
+            crate::stages::levels::ABOVE_100.to_string(),
         ));
     }
     if let Some(e) = &r.meta.error {
@@ -802,7 +802,7 @@ fn inspect(r: &Run) -> EvalLog {
             "level": r.level(),
             "assisted_level": r.assisted_level(),
             "bootstrap_index": r.bootstrap_index(),
-            "bootstrap_index_scale": crate::report::leaderboard::ABOVE_100,
+            "bootstrap_index_scale": crate::stages::levels::ABOVE_100,
             "normalized": per_stage,
             "trace_sha256": m.trace_sha256,
             "events": m.events,

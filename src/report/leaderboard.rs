@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::config::suite::Home;
+use crate::stages::levels::ABOVE_100;
 use crate::trace::rundir::{self, RunMeta, RunScore, RunStatus};
 
 /// What to rank.
@@ -736,9 +737,6 @@ fn flagged(b: &Board) -> Vec<&RunEntry> {
         .collect()
 }
 
-/// What an index above 100 means, said wherever the index is shown.
-pub const ABOVE_100: &str = "0 is the null agent and 100 the reference agent; above 100 beats the reference (some stage scored above 1.00).";
-
 /// `Record on this world: 1.402 bpb (train of run r7, agent x)`.
 fn record_text(r: &Record) -> String {
     format!(
@@ -797,10 +795,11 @@ pub fn markdown(boards: &[Board]) -> String {
         );
         let _ = writeln!(
             o,
-            "{} finished runs of {} agents, ranked by the Bootstrap Index: mean over runs with a 95% percentile-bootstrap interval ({} resamples); best-of-k is the best run. {ABOVE_100} Stage scores are normalised against the world's reference values (reference = 1.00, open above); a stage not graded counts 0.\n",
+            "{} finished runs of {} agents, ranked by the Bootstrap Index: mean over runs with a 95% percentile-bootstrap interval ({} resamples); best-of-k is the best run. {} Stage scores are normalised against the world's reference values (reference = 1.00, open above); a stage not graded counts 0.\n",
             b.entries.len(),
             b.agents.len(),
-            b.resamples
+            b.resamples,
+            ABOVE_100
         );
         if let Some(r) = &b.record {
             let _ = writeln!(o, "{}\n", record_text(r));

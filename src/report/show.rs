@@ -1165,7 +1165,7 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
         "level {}{assisted} · Bootstrap Index {:.1}{} · run dir {}",
         score.level,
         score.bootstrap_index,
-        if score.bootstrap_index >= 100.05 {
+        if crate::stages::levels::above_reference(score.bootstrap_index) {
             " (above 100: it beats the reference agent)"
         } else {
             ""

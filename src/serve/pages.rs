@@ -55,8 +55,12 @@ fn index_cell(bi: Option<f64>) -> String {
     match bi {
         Some(b) => format!(
             "<span class=\"bi{}\" title=\"{}\"><span class=\"bi-bar\"><span style=\"width:{:.1}%\"></span></span>{b:.1}</span>",
-            if b >= 100.05 { " above" } else { "" },
-            esc(crate::report::leaderboard::ABOVE_100),
+            if crate::stages::levels::above_reference(b) {
+                " above"
+            } else {
+                ""
+            },
+            esc(crate::stages::levels::ABOVE_100),
             b.clamp(0.0, 100.0)
         ),
         None => "<span class=\"muted\">–</span>".into(),

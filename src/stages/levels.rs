@@ -56,6 +56,14 @@ pub fn level(scores: &BTreeMap<String, StageScore>) -> String {
     levels(scores, &[]).level
 }
 
+/// What an index above 100 means, said wherever the index is shown.
+pub const ABOVE_100: &str = "0 is the null agent and 100 the reference agent; above 100 beats the reference (some stage scored above 1.00).";
+
+/// Whether an index, as shown (one decimal), is above 100: the agent beat the reference.
+pub fn above_reference(index: f64) -> bool {
+    index >= 100.05
+}
+
 /// `100 · Σ w_s · n_s` (SPEC §7), with n_s clipped below at 0 and open above; stages not run
 /// count 0. 0 is the null agent, 100 the reference agent, above 100 an agent that beats the
 /// reference (a stage's n above 1), so agents at the top stay apart.

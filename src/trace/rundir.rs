@@ -108,16 +108,8 @@ impl AgentProcess {
             else {
                 continue;
             };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-                continue;
-            };
-            let pgrp = rest
-                .split_whitespace()
-                .nth(2)
-                .and_then(|g| g.parse::<u32>().ok());
+            let pgrp = stat_fields(&format!("/proc/{pid}/stat"))
+                .and_then(|f| f.get(2)?.parse::<u32>().ok());
             if pgrp != Some(self.pgid) {
                 continue;
             }
@@ -202,13 +194,19 @@ impl Owner {
 /// A process's start time from /proc, as a string; None when it is gone, or dead and not yet
 /// reaped (a zombie: a gptx SIGKILLed under a parent that does not wait for it).
 pub fn process_start(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+    let fields = stat_fields(&format!("/proc/{pid}/stat"))?;
+    if matches!(fields.first().map(String::as_str), Some("Z" | "X" | "x")) {
         return None;
     }
-    fields.nth(18).map(str::to_string)
+    fields.get(19).cloned()
+}
+
+/// The fields of a `/proc/<pid>/stat` after the command name (which may hold spaces and
+/// parentheses): state, ppid, pgrp, ... ; None when the process is gone.
+fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 /// This host's name.
