@@ -647,6 +647,38 @@ mod mark_tests {
         dir
     }
 
+    /// What `gptx gc` asks before it releases a run's disk: a resume holds the trace's lock while
+    /// run.json still says `interrupted` (the disk it is restoring must not be released under it);
+    /// a fresh run says `running` with a live owner; a dead owner's run is no one's.
+    #[test]
+    fn a_run_being_resumed_or_run_is_driven_and_a_dead_ones_is_not() {
+        let runs = tempfile::tempdir().unwrap();
+        let dir = running(runs.path(), "r1", Owner::me());
+        assert!(is_driven(&dir), "running, owner alive");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = process_start(pid).unwrap_or_else(|| "1".into());
+        child.wait().unwrap();
+        let mut meta: RunMeta = read_json(&dir.run_json()).unwrap();
+        meta.owner = Some(Owner {
+            pid,
+            start,
+            host: hostname(),
+        });
+        meta.status = RunStatus::Interrupted;
+        write_json_atomic(&dir.run_json(), &meta).unwrap();
+        assert!(!is_driven(&dir), "interrupted, nobody on it");
+        // A resume's lock, taken the way session::resume takes it.
+        let lock = std::fs::File::open(dir.events()).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        assert!(is_driven(&dir), "locked by a resume");
+        // Asking never takes the lock away, and leaves none behind.
+        assert!(is_driven(&dir));
+        drop(lock);
+        assert!(!is_driven(&dir));
+        assert!(!is_driven(&dir), "asking left no lock");
+    }
+
     #[test]
     fn only_runs_whose_owner_is_gone_on_this_host_are_marked() {
         let runs = tempfile::tempdir().unwrap();
