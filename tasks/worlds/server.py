@@ -5,8 +5,9 @@ Usage: server.py --root DIR --log FILE [--port 80] [--bind 0.0.0.0]
 
 DIR holds routes.json and the files it names (paths relative to DIR). Each request is answered, in
 order: rate limit (429) → unknown host (404) → exact redirect → prefix redirect → page (a first 503
-for `transient_503` pages, `?print=1` for print views, other query parameters ignored) → endless
-calendar trap → add-slash 301 → the host's 404 page. Page and trap bodies are gzipped by the host's
+for `transient_503` pages, `?print=1` for print views, other query parameters ignored) → the host's
+search form (`search`: `path?q=words&page=N` lists the pages whose title holds every word) → endless
+calendar trap → add-slash 301 → the host's 404 page (answered 200 on a `soft_404` host). Page and trap bodies are gzipped by the host's
 `gzip` policy ("always", "accept" = when Accept-Encoding allows it, "never"). Every request, including
 malformed ones, becomes one JSON line in the log:
   {"t": unix time, "client": ip, "method": s, "host": s, "path": s (with "?query"), "status": int,
@@ -85,6 +86,10 @@ class Routes:
 
         # host → (gzip policy, absolute 404 file or None, trap prefix or None)
         self.hosts = {}
+        # host → the status of its not-found page (200 on a soft-404 host, else 404)
+        self.not_found_status = {}
+        # host → (search path, [(lower-cased title, title, url path)])
+        self.search = {}
         for host, cfg in _obj(data, "hosts", "hosts").items():
             where = f"hosts[{host!r}]"
             if not isinstance(cfg, dict):
@@ -107,6 +112,13 @@ class Routes:
                         f"routes.json: {where}.trap.prefix must be a path starting and ending with '/'")
                 trap = prefix
             self.hosts[host] = (policy, not_found, trap)
+            soft = cfg.get("soft_404", False)
+            if not isinstance(soft, bool):
+                raise ConfigError(f"routes.json: {where}.soft_404 must be true or false")
+            self.not_found_status[host] = 200 if soft else 404
+            search = cfg.get("search")
+            if search is not None:
+                self.search[host] = self._search(search, f"{where}.search")
 
         # "host/path" → (content type, absolute file, absolute print file or None, transient_503)
         self.pages = {}
@@ -153,6 +165,25 @@ class Routes:
                 raise ConfigError(f"routes.json: {where}.prefix must be a path starting with '/'")
             replace = _location(red, "replace", where)
             self.redirect_prefixes.append((host, prefix, _status(red, where), replace))
+
+    def _search(self, search, where):
+        """A host's search form: its path and its index file's entries."""
+        if not isinstance(search, dict):
+            raise ConfigError(f"routes.json: {where} must be an object or null")
+        path = search.get("path")
+        if not (isinstance(path, str) and path.startswith("/")):
+            raise ConfigError(f"routes.json: {where}.path must be a path starting with '/'")
+        index = self._file(search.get("index"), f"{where}.index")
+        try:
+            with open(index, "rb") as f:
+                entries = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"routes.json: {where}.index: cannot read {index}: {e}") from None
+        if not isinstance(entries, list) or not all(
+                isinstance(x, dict) and isinstance(x.get("title"), str) and isinstance(x.get("path"), str)
+                for x in entries):
+            raise ConfigError(f"routes.json: {where}.index must hold a list of {{\"title\", \"path\"}}")
+        return path, [(x["title"].lower(), x["title"], x["path"]) for x in entries]
 
     def _check_key(self, key, where):
         """A route key is "host/path" with a known host."""
@@ -297,6 +328,45 @@ class RequestLog:
                 self.file.close()
             except OSError:
                 pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# The search form
+
+SEARCH_PER_PAGE = 10
+SEARCH_MAX_WORDS = 8
+
+
+def search_page(host, search, query):
+    """The results page of a host's search form: titles holding every query word, 10 a page."""
+    path, entries = search
+    params = urllib.parse.parse_qs(query, keep_blank_values=True) if query else {}
+    q = " ".join(params.get("q", [""])[0].split())[:200]
+    words = q.lower().split()[:SEARCH_MAX_WORDS]
+    try:
+        page = max(1, min(int(params.get("page", ["1"])[0]), 10_000))
+    except ValueError:
+        page = 1
+    hits = [(t, p) for low, t, p in entries if words and all(w in low for w in words)]
+    e = html.escape
+    shown = hits[(page - 1) * SEARCH_PER_PAGE: page * SEARCH_PER_PAGE]
+    body = [f'<form class="search" action="{e(path)}" method="get">'
+            f'<input type="text" name="q" value="{e(q)}"> <button type="submit">Search</button></form>']
+    if not words:
+        body.append("<p>Type words that appear in a page's title.</p>")
+    else:
+        body.append(f"<p>{len(hits)} pages match <b>{e(q)}</b>.</p>")
+        body.append('<ul class="results">' + "".join(
+            f'<li><a href="{e(p)}">{e(t)}</a></li>' for t, p in shown) + "</ul>")
+        if page * SEARCH_PER_PAGE < len(hits):
+            nxt = urllib.parse.urlencode({"q": q, "page": page + 1})
+            body.append(f'<p><a rel="next" href="{e(path)}?{e(nxt)}">More results</a></p>')
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>Search — {e(host)}</title>\n</head>\n<body>\n"
+        f"<header class=\"site-header\"><a class=\"brand\" href=\"/\">{e(host)}</a></header>\n"
+        "<main id=\"content\">\n<h1>Search</h1>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n"
+    ).encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -496,6 +566,10 @@ class World:
                 file = print_file
             return Reply(200, read_file(file), ctype, compressible=True)
 
+        search = r.search.get(host)
+        if search is not None and path == search[0]:
+            return Reply(200, search_page(host, search, query), HTML, compressible=True)
+
         if trap is not None and path.startswith(trap):
             body = trap_page(host, trap, path[len(trap):])
             if body is not None:
@@ -506,7 +580,7 @@ class World:
 
         if not_found is not None:
             try:
-                return Reply(404, read_file(not_found), HTML)
+                return Reply(r.not_found_status.get(host, 404), read_file(not_found), HTML)
             except OSError:
                 pass
         return text_reply(404, f"404 Not Found: {path}")

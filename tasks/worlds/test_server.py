@@ -21,6 +21,7 @@ import unittest
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
 DOCS = "docs.gptx.test"
 BLOG = "blog.gptx.test"
+SQ = "sqlite.gptx.test"
 
 FILES = {
     "sites/docs/index.html": b"<html><body>docs home</body></html>\n",
@@ -31,6 +32,11 @@ FILES = {
     "sites/docs/_404.html": b"<html><body>docs: page not found</body></html>\n",
     "sites/blog/post.html": b"<html><body>caf\xe9 cr\xe8me br\xfbl\xe9e</body></html>\n",
     "sites/blog/index.html": b"<html><body>" + b"blog index " * 200 + b"</body></html>\n",
+    "sites/sq/_404.html": b"<html><body>Page not found. Try the search.</body></html>\n",
+    "sites/sq/lang.html": b"<html><body>SQL as understood by SQLite</body></html>\n",
+    "sites/sq/_search.json": json.dumps(
+        [{"title": f"Pragma number {i}", "path": f"/pragma{i}.html"} for i in range(23)]
+        + [{"title": "SQL Language <Expressions>", "path": "/lang_expr.html"}]).encode(),
 }
 LATIN1 = "text/html; charset=iso-8859-1"
 UTF8 = "text/html; charset=utf-8"
@@ -43,6 +49,8 @@ def routes(rate_requests):
         "hosts": {
             DOCS: {"gzip": "accept", "not_found": "sites/docs/_404.html", "trap": {"prefix": "/events/"}},
             BLOG: {"gzip": "always", "not_found": None, "trap": None},
+            SQ: {"gzip": "never", "not_found": "sites/sq/_404.html", "trap": None, "soft_404": True,
+                 "search": {"path": "/search", "index": "sites/sq/_search.json"}},
         },
         "pages": {
             f"{DOCS}/": {"file": "sites/docs/index.html", "type": UTF8},
@@ -52,6 +60,7 @@ def routes(rate_requests):
             f"{DOCS}/guide/": {"file": "sites/docs/guide/index.html", "type": UTF8},
             f"{BLOG}/": {"file": "sites/blog/index.html", "type": UTF8},
             f"{BLOG}/posts/cafe/": {"file": "sites/blog/post.html", "type": LATIN1},
+            f"{SQ}/lang.html": {"file": "sites/sq/lang.html", "type": UTF8},
         },
         "redirects": {
             f"{DOCS}/latest/": {"status": 302, "location": f"http://{DOCS}/"},
@@ -337,6 +346,57 @@ class TestNotFound(ServerCase):
         resp, body = self.request("/", host="evil.example")
         self.assertEqual(resp.status, 404)
         self.assertIn(b"evil.example", body)
+
+
+class TestSoft404(ServerCase):
+    def test_a_soft_404_host_answers_200_with_its_not_found_page(self):
+        resp, body = self.request("/no/such/page.html", host=SQ)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(body, FILES["sites/sq/_404.html"])
+        self.assertEqual(self.server.log_lines()[-1]["status"], 200)
+        resp, _ = self.request("/lang.html", host=SQ)
+        self.assertEqual(resp.status, 200)
+
+    def test_other_hosts_keep_a_real_404(self):
+        resp, _ = self.request("/no/such/page.html")
+        self.assertEqual(resp.status, 404)
+
+
+class TestSearch(ServerCase):
+    def test_every_word_must_be_in_the_title_and_results_come_ten_a_page(self):
+        resp, body = self.request("/search?q=PRAGMA+number", host=SQ)
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b"23 pages match", body)
+        self.assertEqual(body.count(b'<li><a href="/pragma'), 10)
+        self.assertIn(b'href="/search?q=PRAGMA+number&amp;page=2"', body)
+        _, last = self.request("/search?q=PRAGMA+number&page=3", host=SQ)
+        self.assertEqual(last.count(b'<li><a href="/pragma'), 3)
+        self.assertNotIn(b"More results", last)
+        _, both = self.request("/search?q=pragma+expressions", host=SQ)
+        self.assertIn(b"0 pages match", both)
+
+    def test_titles_and_queries_are_escaped_and_odd_input_is_harmless(self):
+        _, body = self.request("/search?q=%3Cexpr", host=SQ)
+        self.assertIn(b"SQL Language &lt;Expressions&gt;", body)
+        self.assertIn(b'value="&lt;expr"', body)
+        for q in ["/search", "/search?q=", "/search?page=x&q=pragma", "/search?q=%ff%fe&page=-5"]:
+            resp, body = self.request(q, host=SQ)
+            self.assertEqual(resp.status, 200, q)
+            self.assertIn(b'<form class="search"', body)
+
+    def test_no_search_on_a_host_without_one(self):
+        resp, _ = self.request("/search?q=os")
+        self.assertEqual(resp.status, 404)
+
+    def test_a_bad_search_index_is_refused_naming_the_key(self):
+        root = make_root(1000)
+        with open(os.path.join(root, "sites/sq/_search.json"), "w") as f:
+            f.write('[{"title": 3}]')
+        proc = subprocess.run([sys.executable, SERVER, "--root", root, "--log", os.path.join(root, "l"),
+                               "--port", "0", "--bind", "127.0.0.1"], capture_output=True, timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(b".search.index", proc.stderr)
 
 
 class TestGzip(ServerCase):
