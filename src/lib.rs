@@ -17,7 +17,8 @@
 //! - [`sandbox`]: the [`sandbox::Sandbox`] seam, path confinement, the recording fake, the
 //!   [`sandbox::programs::Programs`] seam (an agent program on hidden input), disk limits.
 //! - [`world`]: the offline web: generated deterministically into the cache, with gold text,
-//!   hidden splits and baselines.
+//!   hidden splits and baselines; extra documentation sites and a vertical target in
+//!   `world/sites.rs`.
 //! - [`agent`]: the [`agent::Agent`] seam and its factory ([`agent::AgentSpec::build`]); the
 //!   built-in agents, `exec:` programs over JSON lines, MCP, LLM agents over chat APIs, and the
 //!   tools they call.

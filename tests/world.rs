@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use gptx::config::suite::Home;
 use gptx::stages::crawl;
-use gptx::world::{self, corpus, generate, World, WorldConfig};
+use gptx::world::{self, generate, World, WorldConfig};
 
 fn home() -> Home {
     Home::locate().expect("gptx home")
@@ -31,11 +31,10 @@ fn line(url: &str, text: &str) -> String {
 fn same_seed_same_world_other_seed_other_world() {
     let h = home();
     let (cfg, _, dir) = WorldConfig::load(&h, "mini").unwrap();
-    let (docs, _) = corpus::load(&dir.join(&cfg.corpus)).unwrap();
-    let (ood, _) = corpus::load(&dir.join(&cfg.ood_corpus)).unwrap();
-    let a = generate::generate(&cfg, 1, &docs, &ood);
-    let b = generate::generate(&cfg, 1, &docs, &ood);
-    let c = generate::generate(&cfg, 2, &docs, &ood);
+    let corpora = world::Corpora::load(&cfg, &dir).unwrap();
+    let a = corpora.generate(&cfg, 1);
+    let b = corpora.generate(&cfg, 1);
+    let c = corpora.generate(&cfg, 2);
     assert_eq!(a.web, b.web, "same seed, same pages");
     assert_eq!(
         serde_json::to_string(&a.routes).unwrap(),
@@ -81,6 +80,242 @@ fn same_seed_same_world_other_seed_other_world() {
         (1_000_000..=2_000_000).contains(&gold),
         "served gold is {gold} bytes"
     );
+}
+
+/// The frontier world as generated (no baselines: those take minutes), with its config.
+fn frontier(seed: u64) -> (generate::Generated, WorldConfig, Vec<u8>) {
+    let (cfg, _, dir) = WorldConfig::load(&home(), "frontier").unwrap();
+    let corpora = world::Corpora::load(&cfg, &dir).unwrap();
+    let server = std::fs::read(dir.join("server.py")).unwrap();
+    (corpora.generate(&cfg, seed), cfg, server)
+}
+
+/// Seed 1's frontier world, generated once for the tests that only read it.
+fn frontier1() -> &'static generate::Generated {
+    static G: std::sync::OnceLock<generate::Generated> = std::sync::OnceLock::new();
+    G.get_or_init(|| frontier(1).0)
+}
+
+#[test]
+fn frontier_is_deterministic_and_holds_t_out_of_its_sqlite_site() {
+    let (b, cfg, server) = frontier(1);
+    let a = frontier1();
+    let (c, _, _) = frontier(2);
+    let hash = |g: &generate::Generated| {
+        let t = tempfile::tempdir().unwrap();
+        world::write_world(g, &server, t.path()).unwrap().0
+    };
+    assert_eq!(hash(a), hash(&b), "same seed, same world");
+    assert_ne!(hash(a), hash(&c), "another seed, another world");
+
+    // Five sites, 3,000+ routes, and a budget far below them.
+    let target = a.target.clone().expect("frontier has a target site");
+    assert_eq!(
+        (target.host.as_str(), target.domain.as_str()),
+        ("sqlite.gptx.test", "SQLite")
+    );
+    assert_eq!(a.hosts.len(), 5, "{:?}", a.hosts);
+    assert_eq!(a.seed_urls.len(), 4, "every site's home but the mirror's");
+    let budget = cfg.request_budget.unwrap();
+    assert_eq!(a.routes.request_budget, Some(budget));
+    assert!(
+        a.routes.pages.len() >= 3_000,
+        "{} routes",
+        a.routes.pages.len()
+    );
+    assert!(
+        a.routes.pages.len() as u32 >= 3 * budget,
+        "the budget must leave most of the web unfetched"
+    );
+
+    // T: SQLite pages only, none served, none of their text anywhere under web/.
+    let total: usize = a.test.iter().map(|d| d.text.len()).sum();
+    assert!(
+        (cfg.test_bytes..cfg.test_bytes + 40_000).contains(&total),
+        "T is {total} bytes"
+    );
+    let served_sqlite: std::collections::HashSet<String> = a
+        .served
+        .iter()
+        .filter(|(p, _)| p.site == target.host)
+        .map(|(p, _)| format!("{}/{}", p.site, p.doc))
+        .collect();
+    assert_eq!(served_sqlite.len(), target.served);
+    let gold: std::collections::HashSet<&str> = a.served.iter().map(|(_, t)| t.as_str()).collect();
+    let web: String = a
+        .web
+        .values()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for d in &a.test {
+        assert!(d.id.starts_with("sqlite.gptx.test/"), "{}", d.id);
+        assert!(
+            !served_sqlite.contains(&d.id),
+            "{} is served and hidden",
+            d.id
+        );
+        assert!(!gold.contains(d.text.as_str()));
+        let probe = d.text.lines().max_by_key(|l| l.len()).unwrap();
+        assert!(
+            !web.contains(&gptx::world::html::esc(probe)),
+            "a line of hidden document {} is under web/",
+            d.id
+        );
+    }
+    // Out-of-domain documents: from the general web and PostgreSQL's site, never SQLite's.
+    assert!(a
+        .ood
+        .iter()
+        .any(|d| d.id.starts_with("ood/docs.gptx.test/")));
+    assert!(a.ood.iter().any(|d| d.id.starts_with("ood/pg.gptx.test/")));
+    assert!(a.ood.iter().all(|d| !d.id.contains("sqlite")));
+}
+
+#[test]
+fn frontier_soft_404s_near_duplicates_and_search_only_pages_are_what_they_claim() {
+    let g = frontier1();
+    let host = "sqlite.gptx.test";
+    let cfg = &g.routes.hosts[host];
+    assert!(cfg.soft_404, "unknown pages on {host} are answered 200");
+    let gold_urls: std::collections::HashSet<&str> =
+        g.served.iter().map(|(p, _)| p.url.as_str()).collect();
+    let gold_text: String = g
+        .served
+        .iter()
+        .map(|(_, t)| t.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+
+    // The soft-404 page is not gold: its sentence is in no gold text, and no gold URL is a dead link.
+    let nf = String::from_utf8(g.web[cfg.not_found.as_ref().unwrap()].clone()).unwrap();
+    assert!(nf.contains("Page not found"));
+    assert!(!gold_text.contains("Sorry, we could not find that page"));
+    let page_text = |k: &str| String::from_utf8_lossy(&g.web[&g.routes.pages[k].file]).into_owned();
+    let dead: Vec<String> = g
+        .routes
+        .pages
+        .keys()
+        .filter(|k| k.starts_with(host))
+        .flat_map(|k| {
+            let t = page_text(k);
+            t.match_indices("href=\"/wiki/")
+                .map(|(i, _)| t[i + 6..].split('"').next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!dead.is_empty(), "the site links to missing pages");
+    for d in &dead {
+        assert!(
+            !g.routes.pages.contains_key(&format!("{host}{d}")),
+            "{d} exists"
+        );
+        assert!(!gold_urls.contains(format!("http://{host}{d}").as_str()));
+    }
+
+    // Near-duplicates: served, not gold, and not equal to the page they copy.
+    let archive: Vec<&String> = g
+        .routes
+        .pages
+        .keys()
+        .filter(|k| k.starts_with(&format!("{host}/archive/")))
+        .collect();
+    assert!(archive.len() >= 100, "{} near-duplicates", archive.len());
+    for k in &archive {
+        assert!(
+            !gold_urls.contains(format!("http://{k}").as_str()),
+            "{k} is gold"
+        );
+        let original = k.replacen("/archive/3.39", "", 1);
+        assert_ne!(page_text(k), page_text(&original));
+    }
+
+    // Search-only pages: gold, in the search index, and named by no other page of the web.
+    let index: Vec<serde_json::Value> =
+        serde_json::from_slice(&g.web[&cfg.search.as_ref().unwrap().index]).unwrap();
+    // Every href of every page, resolved against the page's own path.
+    let mut named = std::collections::HashSet::new();
+    for (key, route) in &g.routes.pages {
+        let (h, path) = key.split_at(key.find('/').unwrap());
+        let text = String::from_utf8_lossy(&g.web[&route.file]).into_owned();
+        for part in text
+            .split("href=\"")
+            .skip(1)
+            .chain(text.split("<loc>").skip(1))
+        {
+            let href = part.split(['"', '<']).next().unwrap();
+            let base = reqwest::Url::parse(&format!("http://{h}{path}")).unwrap();
+            if let Ok(u) = base.join(href) {
+                named.insert(format!("{}{}", u.host_str().unwrap_or(""), u.path()));
+            }
+        }
+    }
+    let hidden: Vec<&str> = index
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .filter(|p| !named.contains(&format!("{host}{p}")))
+        .collect();
+    assert!(hidden.len() >= 40, "{} search-only pages", hidden.len());
+    for p in &hidden {
+        assert!(
+            gold_urls.contains(format!("http://{host}{p}").as_str()),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn frontier_recall_counts_the_target_site_and_precision_every_site() {
+    let g = frontier1();
+    // The gold of every SQLite page and of a part of the other sites (all of it takes long to
+    // shingle in a debug build; what is measured is the same).
+    let dir = tempfile::tempdir().unwrap();
+    let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
+    let gold: Vec<&(gptx::world::ServedPage, String)> = g
+        .served
+        .iter()
+        .filter(|(p, _)| {
+            let n = kept.entry(p.site.as_str()).or_insert(0);
+            *n += 1;
+            p.site == "sqlite.gptx.test" || *n <= 150
+        })
+        .collect();
+    let lines: String = gold.iter().map(|(p, t)| line(&p.url, t)).collect();
+    std::fs::write(dir.path().join("gold.jsonl"), lines).unwrap();
+    let mut manifest = mini().manifest.clone();
+    manifest.target = g.target.clone();
+    manifest.canaries = g.canaries.clone();
+    manifest.disallowed = g.disallowed.clone();
+    let w = World {
+        dir: dir.path().to_path_buf(),
+        manifest,
+    };
+    let of = |host: &str| -> String {
+        gold.iter()
+            .filter(|(p, _)| p.site == host)
+            .map(|(p, t)| line(&p.url, t))
+            .collect()
+    };
+    let sqlite = crawl::score_blocking(
+        &w,
+        Some(of("sqlite.gptx.test").as_bytes()),
+        "",
+        &gates(),
+        None,
+    );
+    assert_eq!(sqlite.metrics["recall"], 1.0);
+    assert_eq!(sqlite.metrics["precision"], 1.0);
+    assert_eq!(sqlite.metrics["target"], "sqlite.gptx.test");
+    assert!(sqlite.metrics["recall_all_sites"].as_f64().unwrap() < 0.5);
+    assert!(sqlite.passed, "{sqlite:?}");
+    let pg = crawl::score_blocking(&w, Some(of("pg.gptx.test").as_bytes()), "", &gates(), None);
+    assert!(
+        pg.metrics["recall"].as_f64().unwrap() < 0.2,
+        "{:?}",
+        pg.metrics
+    );
+    assert_eq!(pg.metrics["precision"], 1.0);
+    assert!(!pg.passed);
 }
 
 #[test]

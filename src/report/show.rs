@@ -1208,11 +1208,28 @@ pub fn world(w: &crate::world::World) -> String {
     );
     let _ = writeln!(o, "  hash        {}", m.world_hash);
     let _ = writeln!(o, "  directory   {}", w.dir.display());
+    let ood = match &m.ood_corpus {
+        Some(c) => format!("out-of-domain {} ({} docs)", c.file, c.docs),
+        None => "out-of-domain: pages held out of the sites other than the target".into(),
+    };
     let _ = writeln!(
         o,
-        "  corpus      {} ({} docs), out-of-domain {} ({} docs)",
-        m.corpus.file, m.corpus.docs, m.ood_corpus.file, m.ood_corpus.docs
+        "  corpus      {} ({} docs), {ood}",
+        m.corpus.file, m.corpus.docs
     );
+    for (host, c) in &m.site_corpora {
+        let _ = writeln!(o, "              {host}: {} ({} docs)", c.file, c.docs);
+    }
+    if let Some(t) = &m.target {
+        let _ = writeln!(
+            o,
+            "  target      {} on {}: T is {} of its pages, held out; {} served; crawl recall counts this site's gold",
+            t.domain, t.host, t.held_out, t.served
+        );
+    }
+    if let Some(b) = m.request_budget {
+        let _ = writeln!(o, "  budget      {b} requests per crawl");
+    }
     let _ = writeln!(o, "  seed URLs   {}", m.seed_urls.join("  "));
     let _ = writeln!(
         o,

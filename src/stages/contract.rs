@@ -78,6 +78,46 @@ pub struct FactContext<'a> {
     pub suite: &'a Suite,
     /// The image's user, uid, environment and packages (None when its recipe cannot be read).
     pub image: Option<&'a crate::config::image::Recipe>,
+    /// The domain the model is judged on, when the suite's world has a target site.
+    pub domain: Option<Domain>,
+}
+
+/// A world's target site, as the instructions name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Domain {
+    pub name: String,
+    pub host: String,
+    /// What the world's documentation sites hold beyond the seed sites' trouble, in words.
+    pub trouble: Vec<String>,
+}
+
+impl Domain {
+    /// The target site of the suite's world (None without a world, a target or a readable config).
+    pub fn of(home: &Home, suite: &Suite) -> Option<Self> {
+        let world = suite.world.as_deref()?;
+        let (cfg, _, _) = crate::world::WorldConfig::load(home, world).ok()?;
+        let mut trouble = vec!["paginated listings (`/pages/N/`)".to_string()];
+        if cfg.sites.iter().any(|s| s.search_only_share > 0.0) {
+            trouble.push(format!(
+                "pages that no listing, link or sitemap names, found only through the site's search form (`{}?q=words`, matching words of page titles)",
+                crate::world::sites::SEARCH_PATH
+            ));
+        }
+        if cfg.sites.iter().any(|s| s.near_duplicates > 0) {
+            trouble.push(
+                "near-duplicate copies of pages under `/archive/` (slightly edited; not gold)"
+                    .into(),
+            );
+        }
+        if cfg.sites.iter().any(|s| s.soft_404) {
+            trouble.push("links to missing pages that the site answers with status 200 and a \"Page not found\" page (a soft 404; its text is not gold)".into());
+        }
+        cfg.sites.iter().find(|s| s.target).map(|s| Domain {
+            name: s.domain.clone(),
+            host: s.host.clone(),
+            trouble,
+        })
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -215,14 +255,27 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                     MAX_CORPUS_BYTES >> 20
                 ),
             ));
+            let recall_of = match &ctx.domain {
+                Some(d) => format!(
+                    "of the gold text of {} (the {} site; recall counts the shingles of its pages that no other site's pages have, so the other sites count for precision, not recall)",
+                    d.host, d.name
+                ),
+                None => "against the hidden gold text".into(),
+            };
             out.push(fact(
                 "gate",
                 format!(
-                    "To pass: recall at least {} and precision at least {} against the hidden gold text (measured on 8-byte shingles of whitespace-collapsed text), and no robots violation (no request to a disallowed URL, no text of such a page in the corpus).",
+                    "To pass: recall at least {} {recall_of} and precision at least {} against the hidden gold text of every site (measured on 8-byte shingles of whitespace-collapsed text), and no robots violation (no request to a disallowed URL, no text of such a page in the corpus).",
                     CRAWL_RECALL.value(g),
                     CRAWL_PRECISION.value(g)
                 ),
             ));
+            if let Some(d) = &ctx.domain {
+                out.push(fact(
+                    "sites",
+                    format!("The documentation sites have {}.", and_list(&d.trouble)),
+                ));
+            }
             out.push(fact(
                 "reported",
                 format!(
@@ -420,6 +473,7 @@ pub fn instruction(
     let ctx = FactContext {
         suite,
         image: image.as_ref(),
+        domain: Domain::of(home, suite),
     };
     let scoring = &suite.scoring;
     let b = &stage.budgets;
@@ -520,6 +574,7 @@ mod tests {
             let ctx = FactContext {
                 suite: &suite,
                 image: Some(&image),
+                domain: Domain::of(&home, &suite),
             };
             for stage in &suite.stages {
                 let text = rendered(&suite, stage);

@@ -2,7 +2,10 @@
 //!
 //! Text is compared by 8-byte shingles after collapsing whitespace: every window of 8 bytes of a
 //! text is one `u64`. Recall is the share of the gold shingles (served content pages) found in the
-//! corpus; precision is the share of the corpus's distinct shingles that are gold.
+//! corpus; precision is the share of the corpus's distinct shingles that are gold. In a world with
+//! a target site, recall counts only that site's own gold: the shingles of its pages that no other
+//! site's gold has (common English and SQL would otherwise let any crawl score there), while
+//! `recall_all_sites` reports recall on all gold and precision counts against the gold of every site.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -227,20 +230,63 @@ fn request_stats_of(
     s
 }
 
+/// The gold shingles a crawl is measured on: every site's, and the target site's own when the
+/// world has one.
+pub struct Gold {
+    pub all: Vec<u64>,
+    /// The target site's gold shingles that no other site's gold has.
+    pub target: Option<Vec<u64>>,
+}
+
+impl Gold {
+    /// From the world's gold lines (`(url, text)`).
+    pub fn of(world: &World, lines: &[(String, String)]) -> Self {
+        let all = shingle_set(lines.iter().map(|(_, t)| t.as_str()));
+        let target = world.manifest.target.as_ref().map(|t| {
+            let prefix = format!("http://{}/", t.host);
+            let (on, off): (Vec<_>, Vec<_>) =
+                lines.iter().partition(|(u, _)| u.starts_with(&prefix));
+            let own = shingle_set(on.iter().map(|(_, t)| t.as_str()));
+            let elsewhere = shingle_set(off.iter().map(|(_, t)| t.as_str()));
+            difference(&own, &elsewhere)
+        });
+        Self { all, target }
+    }
+}
+
+/// The elements of sorted `a` not in sorted `b`.
+fn difference(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(a.len());
+    let mut j = 0;
+    for &x in a {
+        while j < b.len() && b[j] < x {
+            j += 1;
+        }
+        if j >= b.len() || b[j] != x {
+            out.push(x);
+        }
+    }
+    out
+}
+
 /// The crawl metrics of a parsed corpus against a world (no I/O).
 pub fn metrics(
     parsed: &Parsed,
-    gold: &[u64],
+    gold: &Gold,
     world: &World,
     requests: &RequestStats,
 ) -> Map<String, Value> {
     let corpus = shingle_set(parsed.docs.iter().map(|d| d.text.as_str()));
-    let common = intersection(gold, &corpus);
-    let recall = if gold.is_empty() {
-        0.0
-    } else {
-        common as f64 / gold.len() as f64
+    let share = |part: &[u64]| {
+        if part.is_empty() {
+            0.0
+        } else {
+            intersection(part, &corpus) as f64 / part.len() as f64
+        }
     };
+    let common = intersection(&gold.all, &corpus);
+    let recall_all = share(&gold.all);
+    let recall = gold.target.as_deref().map(share).unwrap_or(recall_all);
     let precision = if corpus.is_empty() {
         0.0
     } else {
@@ -262,6 +308,10 @@ pub fn metrics(
     let mut m = Map::new();
     let r = |x: f64| (x * 1e6).round() / 1e6;
     m.insert("recall".into(), json!(r(recall)));
+    if let Some(t) = &world.manifest.target {
+        m.insert("recall_all_sites".into(), json!(r(recall_all)));
+        m.insert("target".into(), json!(t.host));
+    }
     m.insert("precision".into(), json!(r(precision)));
     m.insert("f1".into(), json!(r(f1)));
     m.insert("documents".into(), json!(parsed.docs.len()));
@@ -380,7 +430,7 @@ pub fn score_blocking(
         Ok(g) => g,
         Err(e) => return StageScore::zero("error", format!("reading the world's gold: {e}")),
     };
-    let gold = shingle_set(gold_texts.iter().map(|(_, t)| t.as_str()));
+    let gold = Gold::of(world, &gold_texts);
     let parsed = data.map(parse).unwrap_or_default();
     let requests = request_stats(log, world);
     let m = metrics(&parsed, &gold, world, &requests);

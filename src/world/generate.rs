@@ -87,6 +87,18 @@ pub struct HostCfg {
     pub gzip: String,
     pub not_found: Option<String>,
     pub trap: Option<Trap>,
+    /// The not-found page is answered with status 200.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub soft_404: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchCfg>,
+}
+
+/// A host's search form: the path it answers and its index file (`[{"title", "path"}]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchCfg {
+    pub path: String,
+    pub index: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,9 +142,14 @@ pub struct Generated {
     pub mirror_pages: usize,
     pub latin1_pages: usize,
     pub transient_503: usize,
+    /// Every host served, and the URLs the crawl starts from.
+    pub hosts: Vec<String>,
+    pub seed_urls: Vec<String>,
+    /// The site T was held out from, when the world has one.
+    pub target: Option<super::sites::Target>,
 }
 
-fn file_for(host: &str, path: &str) -> String {
+pub(crate) fn file_for(host: &str, path: &str) -> String {
     let p = path.trim_start_matches('/');
     if p.is_empty() || p.ends_with('/') {
         format!("sites/{host}/{p}__index.html")
@@ -183,8 +200,20 @@ fn latin1_bytes(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Splits the corpus and renders the world.
-pub fn generate(cfg: &WorldConfig, seed: u64, docs: &[Doc], ood_docs: &[Doc]) -> Generated {
+/// Splits the corpus and renders the world: the three general sites from `docs`, then each of
+/// `sites`. With a target site, T comes from it and the pages held out of `docs` are
+/// out-of-domain documents instead.
+pub fn generate(
+    cfg: &WorldConfig,
+    seed: u64,
+    docs: &[Doc],
+    ood_docs: &[Doc],
+    sites: &[(&super::sites::SiteConfig, &[Doc])],
+) -> Generated {
+    let vertical = sites.iter().any(|(s, _)| s.target);
+    // With a target, each of the general web and the other sites gives its share of ood_bytes.
+    let ood_each = cfg.ood_bytes / sites.len().max(1);
+    let general_held = if vertical { ood_each } else { cfg.test_bytes };
     let mut rng = Rng::new(seed, "split");
     let mut order: Vec<usize> = (0..docs.len()).collect();
     rng.shuffle(&mut order);
@@ -194,7 +223,7 @@ pub fn generate(cfg: &WorldConfig, seed: u64, docs: &[Doc], ood_docs: &[Doc]) ->
     let mut test_idx = Vec::new();
     let mut test_bytes = 0;
     for &i in &order {
-        if test_bytes >= cfg.test_bytes {
+        if test_bytes >= general_held {
             break;
         }
         if sizes[i] >= 2_000 && sizes[i] <= cfg.max_test_doc_bytes {
@@ -282,6 +311,9 @@ pub fn generate(cfg: &WorldConfig, seed: u64, docs: &[Doc], ood_docs: &[Doc]) ->
         mirror_pages: 0,
         latin1_pages: latin1.len(),
         transient_503: 0,
+        hosts: HOSTS.iter().map(|h| h.to_string()).collect(),
+        seed_urls: vec![format!("http://{DOCS}/"), format!("http://{BLOG}/")],
+        target: None,
     };
     for host in HOSTS {
         let nf = file_for(host, "/_404.html");
@@ -294,6 +326,8 @@ pub fn generate(cfg: &WorldConfig, seed: u64, docs: &[Doc], ood_docs: &[Doc]) ->
                 trap: (host == DOCS).then(|| Trap {
                     prefix: TRAP_PREFIX.into(),
                 }),
+                soft_404: false,
+                search: None,
             },
         );
     }
@@ -692,10 +726,27 @@ pub fn generate(cfg: &WorldConfig, seed: u64, docs: &[Doc], ood_docs: &[Doc]) ->
         html::simple_list("Mirror of docs.gptx.test", &mlinks).into_bytes(),
         "text/html; charset=utf-8",
     );
+    if vertical {
+        // The general web's held-out pages are out of the target's domain.
+        for d in std::mem::take(&mut g.test) {
+            g.ood.push(HiddenDoc {
+                id: format!("ood/{DOCS}/{}", d.id),
+                text: d.text,
+            });
+        }
+    }
+    g.target = super::sites::add(
+        &mut g,
+        sites,
+        seed,
+        cfg.test_bytes,
+        if vertical { ood_each } else { 0 },
+        cfg.max_test_doc_bytes,
+    );
     g
 }
 
-fn served(url: &str, site: &str, doc: &Doc, text: &str, latin1: bool) -> ServedPage {
+pub(crate) fn served(url: &str, site: &str, doc: &Doc, text: &str, latin1: bool) -> ServedPage {
     ServedPage {
         url: url.into(),
         site: site.into(),
@@ -706,7 +757,13 @@ fn served(url: &str, site: &str, doc: &Doc, text: &str, latin1: bool) -> ServedP
     }
 }
 
-fn add_page(g: &mut Generated, host: &str, path: &str, bytes: Vec<u8>, content_type: &str) {
+pub(crate) fn add_page(
+    g: &mut Generated,
+    host: &str,
+    path: &str,
+    bytes: Vec<u8>,
+    content_type: &str,
+) {
     let file = file_for(host, path);
     g.web.insert(file.clone(), bytes);
     g.routes.pages.insert(

@@ -18,6 +18,7 @@ pub mod baselines;
 pub mod corpus;
 pub mod generate;
 pub mod html;
+pub mod sites;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,11 +33,12 @@ pub use baselines::Baselines;
 
 /// Bumped by hand when the meaning of a world changes in a way the source hash would miss.
 pub(crate) const GENERATOR_VERSION: u32 = 1;
-const GENERATOR_SOURCE: [&str; 4] = [
+const GENERATOR_SOURCE: [&str; 5] = [
     include_str!("mod.rs"),
     include_str!("generate.rs"),
     include_str!("html.rs"),
     include_str!("corpus.rs"),
+    include_str!("sites.rs"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +83,10 @@ pub struct WorldConfig {
     pub description: String,
     /// The in-domain corpus, relative to `tasks/worlds/`.
     pub corpus: String,
-    /// The out-of-domain corpus, relative to `tasks/worlds/`.
-    pub ood_corpus: String,
+    /// The out-of-domain corpus, relative to `tasks/worlds/`. A world with a target site has none:
+    /// its out-of-domain documents are held out from the other sites.
+    #[serde(default)]
+    pub ood_corpus: Option<String>,
     /// Gold text to serve, in bytes; 0 serves every page not held out.
     pub served_bytes: usize,
     /// Hidden test text T, in bytes.
@@ -111,6 +115,9 @@ pub struct WorldConfig {
     /// answered 429 and logged as refused for the budget. None: no budget.
     #[serde(default)]
     pub request_budget: Option<u32>,
+    /// More documentation sites, each from its own corpus; one may be the target T comes from.
+    #[serde(default)]
+    pub sites: Vec<sites::SiteConfig>,
 }
 
 fn default_max_test_doc() -> usize {
@@ -176,6 +183,21 @@ impl WorldConfig {
         if cfg.rate_limit == 0 {
             return Err(bad("`rate_limit` must be above 0"));
         }
+        sites::validate(&cfg.sites, &generate::HOSTS).map_err(|m| bad(&m))?;
+        let target = cfg.sites.iter().any(|s| s.target);
+        match (&cfg.ood_corpus, target) {
+            (Some(_), true) => {
+                return Err(bad(
+                    "`ood_corpus` must be left out when a site is the target: the other sites give the out-of-domain documents",
+                ))
+            }
+            (None, false) => {
+                return Err(bad(
+                    "`ood_corpus` is missing (only a world with a target site goes without)",
+                ))
+            }
+            _ => {}
+        }
         if cfg.request_budget == Some(0) {
             return Err(bad(
                 "`request_budget` must be above 0 (leave it out for no budget)",
@@ -240,7 +262,11 @@ pub struct Manifest {
     /// SHA-256 over every file of the world but this manifest; leaderboards compare runs of one hash.
     pub world_hash: String,
     pub corpus: CorpusRef,
-    pub ood_corpus: CorpusRef,
+    /// None for a world with a target site (its out-of-domain documents come from the other sites).
+    pub ood_corpus: Option<CorpusRef>,
+    /// The corpora of the extra sites, by host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub site_corpora: BTreeMap<String, CorpusRef>,
     pub hosts: Vec<String>,
     pub seed_urls: Vec<String>,
     pub served: Vec<ServedPage>,
@@ -256,6 +282,10 @@ pub struct Manifest {
     /// Requests one client may make of the web server in all (None: no budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_budget: Option<u32>,
+    /// The site T was held out from: the domain the model is judged on, and the gold the crawl's
+    /// recall counts. None: T comes from the general web and recall counts every served page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<sites::Target>,
 }
 
 /// A built world on disk.
@@ -323,8 +353,77 @@ fn read_jsonl<T: serde::de::DeserializeOwned, U>(
         .collect()
 }
 
+/// A world's corpora, read and checked.
+pub struct Corpora {
+    pub docs: Vec<corpus::Doc>,
+    corpus_sha: String,
+    ood_docs: Vec<corpus::Doc>,
+    ood_ref: Option<CorpusRef>,
+    site_docs: Vec<Vec<corpus::Doc>>,
+    site_corpora: BTreeMap<String, CorpusRef>,
+}
+
+impl Corpora {
+    /// Reads the corpora `cfg` names, relative to `dir` (`tasks/worlds/`).
+    pub fn load(cfg: &WorldConfig, dir: &Path) -> Result<Self, WorldError> {
+        let (docs, corpus_sha) = corpus::load(&dir.join(&cfg.corpus))?;
+        let (ood_docs, ood_ref) = match &cfg.ood_corpus {
+            Some(file) => {
+                let (d, sha) = corpus::load(&dir.join(file))?;
+                let r = CorpusRef {
+                    file: file.clone(),
+                    sha256: sha,
+                    docs: d.len(),
+                };
+                (d, Some(r))
+            }
+            None => (Vec::new(), None),
+        };
+        let mut site_docs = Vec::new();
+        let mut site_corpora = BTreeMap::new();
+        for s in &cfg.sites {
+            let (d, sha) = corpus::load(&dir.join(&s.corpus))?;
+            site_corpora.insert(
+                s.host.clone(),
+                CorpusRef {
+                    file: s.corpus.clone(),
+                    sha256: sha,
+                    docs: d.len(),
+                },
+            );
+            site_docs.push(d);
+        }
+        Ok(Self {
+            docs,
+            corpus_sha,
+            ood_docs,
+            ood_ref,
+            site_docs,
+            site_corpora,
+        })
+    }
+
+    /// The world these corpora make with `cfg` and `seed` (nothing written).
+    pub fn generate(&self, cfg: &WorldConfig, seed: u64) -> generate::Generated {
+        let sites: Vec<(&sites::SiteConfig, &[corpus::Doc])> = cfg
+            .sites
+            .iter()
+            .zip(&self.site_docs)
+            .map(|(s, d)| (s, d.as_slice()))
+            .collect();
+        generate::generate(cfg, seed, &self.docs, &self.ood_docs, &sites)
+    }
+}
+
 /// The cache directory of a world, from everything that determines its content.
-fn cache_key(cfg_text: &str, corpus: &[u8], ood: &[u8], seed: u64, server: &[u8]) -> String {
+fn cache_key(
+    cfg_text: &str,
+    corpus: &[u8],
+    ood: &[u8],
+    sites: &[Vec<u8>],
+    seed: u64,
+    server: &[u8],
+) -> String {
     let mut h = Sha256::new();
     h.update(GENERATOR_VERSION.to_le_bytes());
     for s in GENERATOR_SOURCE {
@@ -333,6 +432,9 @@ fn cache_key(cfg_text: &str, corpus: &[u8], ood: &[u8], seed: u64, server: &[u8]
     h.update(Sha256::digest(cfg_text.as_bytes()));
     h.update(Sha256::digest(corpus));
     h.update(Sha256::digest(ood));
+    for s in sites {
+        h.update(Sha256::digest(s));
+    }
     h.update(seed.to_le_bytes());
     h.update(Sha256::digest(server));
     hex::encode(h.finalize())[..12].to_string()
@@ -358,12 +460,20 @@ pub fn ensure(
 ) -> Result<(World, bool), WorldError> {
     let (cfg, cfg_text, dir) = WorldConfig::load(home, name)?;
     let corpus_path = dir.join(&cfg.corpus);
-    let ood_path = dir.join(&cfg.ood_corpus);
+    let ood_path = cfg.ood_corpus.as_ref().map(|p| dir.join(p));
+    let site_paths: Vec<PathBuf> = cfg.sites.iter().map(|s| dir.join(&s.corpus)).collect();
     let server_path = dir.join("server.py");
     let corpus_raw = std::fs::read(&corpus_path).map_err(io(&corpus_path))?;
-    let ood_raw = std::fs::read(&ood_path).map_err(io(&ood_path))?;
+    let ood_raw = match &ood_path {
+        Some(p) => std::fs::read(p).map_err(io(p))?,
+        None => Vec::new(),
+    };
+    let site_raws = site_paths
+        .iter()
+        .map(|p| std::fs::read(p).map_err(io(p)))
+        .collect::<Result<Vec<_>, _>>()?;
     let server = std::fs::read(&server_path).map_err(io(&server_path))?;
-    let key = cache_key(&cfg_text, &corpus_raw, &ood_raw, seed, &server);
+    let key = cache_key(&cfg_text, &corpus_raw, &ood_raw, &site_raws, seed, &server);
     let root = home.cache().join("worlds");
     // The hidden documents are here: root alone may look (external agents run as another user).
     crate::files::make_private(&root).map_err(io(&root))?;
@@ -386,10 +496,11 @@ pub fn ensure(
     }
     let t0 = Instant::now();
     progress.phase("reading the corpus");
-    let (docs, corpus_sha) = corpus::load(&corpus_path)?;
-    let (ood_docs, ood_sha) = corpus::load(&ood_path)?;
+    let c = Corpora::load(&cfg, &dir)?;
     progress.phase("generating sites");
-    let g = generate::generate(&cfg, seed, &docs, &ood_docs);
+    let g = c.generate(&cfg, seed);
+    let (docs, ood_ref, site_corpora) = (&c.docs, c.ood_ref.clone(), c.site_corpora.clone());
+    let corpus_sha = c.corpus_sha.clone();
 
     // Under the lock nobody else builds this world: any half-built one of it is a killed
     // builder's, and goes.
@@ -433,16 +544,10 @@ pub fn ensure(
             sha256: corpus_sha,
             docs: docs.len(),
         },
-        ood_corpus: CorpusRef {
-            file: cfg.ood_corpus.clone(),
-            sha256: ood_sha,
-            docs: ood_docs.len(),
-        },
-        hosts: generate::HOSTS.iter().map(|h| h.to_string()).collect(),
-        seed_urls: vec![
-            format!("http://{}/", generate::DOCS),
-            format!("http://{}/", generate::BLOG),
-        ],
+        ood_corpus: ood_ref,
+        site_corpora,
+        hosts: g.hosts.clone(),
+        seed_urls: g.seed_urls.clone(),
         served: g.served.iter().map(|(p, _)| p.clone()).collect(),
         gold_file: "gold.jsonl".into(),
         test: Split {
@@ -475,6 +580,7 @@ pub fn ensure(
         },
         baselines,
         request_budget: cfg.request_budget,
+        target: g.target.clone(),
     };
     let mut f = std::fs::File::create(tmp.join("manifest.json")).map_err(io(&tmp))?;
     f.write_all(&serde_json::to_vec_pretty(&manifest).expect("manifest serialises"))
