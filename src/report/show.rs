@@ -1223,7 +1223,7 @@ pub fn world(w: &crate::world::World) -> String {
     if let Some(t) = &m.target {
         let _ = writeln!(
             o,
-            "  target      {} on {}: T is {} of its pages, held out; {} served; crawl recall counts this site's gold",
+            "  target      {} on {}: T is {} of its pages, held out; {} served; crawl recall counts the shingles of its gold no other site has",
             t.domain, t.host, t.held_out, t.served
         );
     }

@@ -245,6 +245,16 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
             ),
         ));
     }
+    if let Some(d) = &ctx.domain {
+        out.push(fact(
+            "domain",
+            format!(
+                "Your model is judged on {n} text: the hidden documents are pages of {h} (the {n} documentation) held out from the web, never served. The out-of-domain documents are pages held out of the other sites.",
+                n = d.name,
+                h = d.host
+            ),
+        ));
+    }
     match stage.name.as_str() {
         "crawl" => {
             out.push(fact(
@@ -568,6 +578,10 @@ mod tests {
         let home = home();
         let names = crate::config::suite::toml_names(&home.tasks().join("suites"));
         assert!(names.len() >= 2, "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "frontier"),
+            "a suite with a target domain is among them"
+        );
         for name in names {
             let suite = home.suite(&name).unwrap();
             let image = Recipe::load(&home, &suite.image).unwrap();
@@ -586,6 +600,17 @@ mod tests {
                 let topics: Vec<&str> = facts.iter().map(|f| f.topic).collect();
                 for t in ["commands", "libraries", "network", "copy", "gate"] {
                     assert!(topics.contains(&t), "{at}: no {t} fact in {topics:?}");
+                }
+                // A world with a target names its domain in every stage, and the crawl says what
+                // its recall counts and what the sites hold.
+                if let Some(d) = &ctx.domain {
+                    assert!(topics.contains(&"domain"), "{at}: no domain fact");
+                    assert!(text.contains(&format!("judged on {} text", d.name)), "{at}");
+                    if stage.name == "crawl" {
+                        assert!(topics.contains(&"sites"), "{at}: no sites fact");
+                        assert!(text.contains(&format!("of the gold text of {}", d.host)));
+                        assert!(text.contains("soft 404") && text.contains("search form"));
+                    }
                 }
                 // How commands run, which libraries exist, and the network during the stage.
                 assert!(text.contains(&format!("as user `{}` (uid {})", image.user, image.uid)));
