@@ -3,7 +3,8 @@
 
 The crawl runs in two passes:
 
-1. Crawl. Breadth-first from the seed URLs (and the sitemaps robots.txt announces), one request at
+1. Crawl. Breadth-first from the seed URLs (and the sitemaps robots.txt announces), each host's
+   queue served in turn (so a large site cannot take a limited crawl's every request), one request at
    a time under a global rate limit, obeying robots.txt, following redirects by hand (so robots and
    loop checks apply to every hop), retrying 503/429/connection errors, steering clear of traps.
    Each HTML page is parsed into text blocks (headings, paragraphs, list items, <pre>...) of its
@@ -185,6 +186,34 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 
 class FetchError(Exception):
     pass
+
+
+class HostQueues:
+    """The crawl frontier: a FIFO queue per host, served in turn (one URL of each host with URLs
+    waiting, round after round), so no one large site takes every request of a limited crawl."""
+
+    def __init__(self):
+        self.hosts = []  # in first-seen order
+        self.queues = {}  # host -> deque of URLs
+        self.next = 0  # index into self.hosts of the host whose turn it is
+
+    def append(self, url):
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if host not in self.queues:
+            self.hosts.append(host)
+            self.queues[host] = collections.deque()
+        self.queues[host].append(url)
+
+    def popleft(self):
+        for k in range(len(self.hosts)):
+            i = (self.next + k) % len(self.hosts)
+            if self.queues[self.hosts[i]]:
+                self.next = i + 1
+                return self.queues[self.hosts[i]].popleft()
+        raise IndexError("pop from an empty frontier")
+
+    def __len__(self):
+        return sum(len(q) for q in self.queues.values())
 
 
 class Fetcher:
@@ -661,7 +690,7 @@ class Crawler:
         self.max_pages = max_pages
         self.fetcher = Fetcher(REQUESTS_PER_SECOND, self.deadline)
         self.robots = Robots(self.fetcher)
-        self.queue = collections.deque()
+        self.queue = HostQueues()
         self.seen = set()  # every URL queued or reached by a redirect
         self.sitemaps = []  # linked from pages, not read yet (robots.txt ones: self.robots.sitemaps)
         self.sitemaps_read = set()
