@@ -421,6 +421,21 @@ impl Agent for ScriptAgent {
     }
 }
 
+/// The URLs an instruction lists, one per markdown list item (`- http://...`), as a reader of it
+/// finds them; characters a shell would read are never part of one.
+fn seed_urls(instruction: &str) -> Vec<String> {
+    instruction
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .filter(|u| {
+            u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/:.-_~%?=&#".contains(c))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// The built-in reference agent: for each stage with a `tasks/<stage>/reference/` directory it writes
 /// those files into the workspace under `<stage>/reference/`, runs `sh <stage>/reference/run.sh`
 /// through `bash` (with `GPTX_TIME_LIMIT` set to the step's time limit minus a margin), calls
@@ -476,10 +491,19 @@ impl ReferenceAgent {
             if files.iter().any(|f| f == "run.sh") {
                 let step = task.limits.max_step_seconds;
                 let limit = (step - (step * 0.1).max(5.0)).max(1.0).floor();
+                // The crawl instruction's URLs (its seed list) are the crawler's arguments.
+                let urls: String = if task.stage == "crawl" {
+                    seed_urls(&task.instruction)
+                        .iter()
+                        .map(|u| format!(" '{u}'"))
+                        .collect()
+                } else {
+                    String::new()
+                };
                 calls.push_back(RawCall {
                     tool: "bash".into(),
                     args: serde_json::json!({
-                        "cmd": format!("GPTX_TIME_LIMIT={limit} sh {}/reference/run.sh", task.stage),
+                        "cmd": format!("GPTX_TIME_LIMIT={limit} sh {}/reference/run.sh{urls}", task.stage),
                         "timeout_s": step,
                     }),
                     invalid: None,
@@ -554,6 +578,20 @@ impl Agent for ReferenceAgent {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_reference_reads_the_seed_urls_of_its_instruction_and_nothing_a_shell_would_run() {
+        let text = "Start from these:\n\n- http://docs.gptx.test/\n- http://sqlite.gptx.test/\n\
+                    - not a url\n- http://x.gptx.test/';rm -rf /'\n  - https://pg.gptx.test/a?b=1\n";
+        assert_eq!(
+            super::seed_urls(text),
+            [
+                "http://docs.gptx.test/",
+                "http://sqlite.gptx.test/",
+                "https://pg.gptx.test/a?b=1"
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]
