@@ -106,6 +106,17 @@ fn frontier_is_deterministic_and_holds_t_out_of_its_sqlite_site() {
         world::write_world(g, &server, t.path()).unwrap().0
     };
     assert_eq!(hash(a), hash(&b), "same seed, same world");
+    // The shipped reference values were measured on the world these sources build (the build
+    // itself takes minutes, for its baselines; the hash needs only the files).
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home().tasks().join("worlds/frontier.reference.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        reference["world_hash"].as_str(),
+        Some(hash(a).as_str()),
+        "the frontier world changed: measure it again with `gptx world reference --suite frontier`"
+    );
     assert_ne!(hash(a), hash(&c), "another seed, another world");
 
     // Five sites, 3,000+ routes, and a budget far below them.

@@ -54,7 +54,7 @@ pub struct Link {
     pub text: String,
 }
 
-fn link_list(links: &[Link]) -> String {
+pub(crate) fn link_list(links: &[Link]) -> String {
     links
         .iter()
         .map(|l| format!("<li><a href=\"{}\">{}</a></li>", esc(&l.href), esc(&l.text)))

@@ -332,11 +332,7 @@ fn render(
             .collect();
         let mut body = format!(
             "<h1>All pages, {n} of {pages}</h1>\n<ul class=\"listing\">\n{}\n</ul>\n",
-            items
-                .iter()
-                .map(|l| format!("<li><a href=\"{}\">{}</a></li>", esc(&l.href), esc(&l.text)))
-                .collect::<Vec<_>>()
-                .join("\n")
+            html::link_list(&items)
         );
         body.push_str("<p class=\"pager\">");
         if n > 1 {
@@ -480,11 +476,7 @@ fn site_page(cfg: &SiteConfig, title: &str, content: &str, related: &[Link]) -> 
     } else {
         format!(
             "<div class=\"sidebar\"><h4>See also</h4><ul>\n{}\n</ul></div>\n",
-            related
-                .iter()
-                .map(|l| format!("<li><a href=\"{}\">{}</a></li>", esc(&l.href), esc(&l.text)))
-                .collect::<Vec<_>>()
-                .join("\n")
+            html::link_list(related)
         )
     };
     format!(
