@@ -297,7 +297,7 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     manifest.target = g.target.clone();
     manifest.canaries = g.canaries.clone();
     manifest.disallowed = g.disallowed.clone();
-    let w = World {
+    let mut w = World {
         dir: dir.path().to_path_buf(),
         manifest,
     };
@@ -307,10 +307,22 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
             .map(|(p, t)| line(&p.url, t))
             .collect()
     };
+    // Every URL of the corpus answered 200 during the stage (with a session id, which does not
+    // make it another page).
+    let log: String = gold
+        .iter()
+        .map(|(p, _)| {
+            let rest = p.url.strip_prefix("http://").unwrap();
+            let (host, path) = rest.split_at(rest.find('/').unwrap());
+            serde_json::json!({"host": host, "path": format!("{path}?sid=1"), "status": 200})
+                .to_string()
+                + "\n"
+        })
+        .collect();
     let sqlite = crawl::score_blocking(
         &w,
         Some(of("sqlite.gptx.test").as_bytes()),
-        "",
+        &log,
         &gates(),
         None,
     );
@@ -319,7 +331,13 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     assert_eq!(sqlite.metrics["target"], "sqlite.gptx.test");
     assert!(sqlite.metrics["recall_all_sites"].as_f64().unwrap() < 0.5);
     assert!(sqlite.passed, "{sqlite:?}");
-    let pg = crawl::score_blocking(&w, Some(of("pg.gptx.test").as_bytes()), "", &gates(), None);
+    let pg = crawl::score_blocking(
+        &w,
+        Some(of("pg.gptx.test").as_bytes()),
+        &log,
+        &gates(),
+        None,
+    );
     assert!(
         pg.metrics["recall"].as_f64().unwrap() < 0.2,
         "{:?}",
@@ -327,6 +345,37 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     );
     assert_eq!(pg.metrics["precision"], 1.0);
     assert!(!pg.passed);
+
+    // With a request budget, text the server never served at its URL counts for precision only:
+    // SQLite's pages written from memory (or fetched as search results) recall nothing.
+    w.manifest.request_budget = Some(800);
+    let unfetched = crawl::score_blocking(
+        &w,
+        Some(of("sqlite.gptx.test").as_bytes()),
+        "",
+        &gates(),
+        None,
+    );
+    assert_eq!(unfetched.metrics["recall"], 0.0);
+    assert_eq!(unfetched.metrics["precision"], 1.0);
+    assert_eq!(unfetched.metrics["unfetched_documents"], 603);
+    let search_only = r#"{"host":"sqlite.gptx.test","path":"/search?q=a","status":200}"#;
+    let as_search: String = gold
+        .iter()
+        .filter(|(p, _)| p.site == "sqlite.gptx.test")
+        .map(|(_, t)| line("http://sqlite.gptx.test/search?q=a", t))
+        .collect();
+    let s = crawl::score_blocking(&w, Some(as_search.as_bytes()), search_only, &gates(), None);
+    assert_eq!(s.metrics["recall"], 0.0, "search result pages never count");
+    let fetched = crawl::score_blocking(
+        &w,
+        Some(of("sqlite.gptx.test").as_bytes()),
+        &log,
+        &gates(),
+        None,
+    );
+    assert_eq!(fetched.metrics["recall"], 1.0);
+    assert_eq!(fetched.metrics["unfetched_documents"], 0);
 }
 
 #[test]

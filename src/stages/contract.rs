@@ -99,7 +99,7 @@ impl Domain {
         let mut trouble = vec!["paginated listings (`/pages/N/`)".to_string()];
         if cfg.sites.iter().any(|s| s.search_only_share > 0.0) {
             trouble.push(format!(
-                "pages that no listing, link or sitemap names, found only through the site's search form (`{}?q=words`, matching words of page titles)",
+                "pages that no listing, link or sitemap names, found only through the site's search form (`{}?q=words`: a page is a result when each query word is part of its title)",
                 crate::world::sites::SEARCH_PATH
             ));
         }
@@ -510,7 +510,7 @@ pub fn instruction(
         &request_budget
             .map(|n| {
                 format!(
-                    "\n\nThis world also has a request budget: its web server answers at most {n} requests from your sandbox in all. Every request after that (refused ones count too) gets `429 Too Many Requests` for the rest of the stage, whatever you wait, and is logged. There are more pages than the budget lets you fetch: choose what to fetch."
+                    "\n\nThis world also has a request budget: its web server answers at most {n} requests from your sandbox in all. Every request after that (refused ones count too) gets `429 Too Many Requests` for the rest of the stage, whatever you wait, and is logged. There are more pages than the budget lets you fetch: choose what to fetch. A document counts for recall only if the web server answered its `url` with status 200 during this stage (search result pages never count); text from anywhere else counts for precision only."
                 )
             })
             .unwrap_or_default(),

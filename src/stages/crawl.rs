@@ -185,6 +185,8 @@ pub struct RequestStats {
     pub over_budget: u64,
     pub not_found: u64,
     pub disallowed_examples: Vec<String>,
+    /// (host, path without query) of every request answered 200, but the search form's.
+    pub served: HashSet<(String, String)>,
 }
 
 /// Reads `requests.jsonl` as written by the web server; unreadable lines are skipped.
@@ -221,6 +223,9 @@ fn request_stats_of(
         if v["refused"].as_str() == Some("budget") {
             s.over_budget += 1;
         }
+        if v["status"].as_u64() == Some(200) && path != crate::world::sites::SEARCH_PATH {
+            s.served.insert((host.to_string(), path.to_string()));
+        }
         match v["status"].as_u64() {
             Some(429) => s.rate_limited += 1,
             Some(404) => s.not_found += 1,
@@ -254,6 +259,29 @@ impl Gold {
     }
 }
 
+/// (lower-case host without port, path without query or fragment) of a corpus URL.
+fn host_path(url: &str) -> (String, String) {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let host = authority
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let path = path.split(['?', '#']).next().unwrap_or("/");
+    (host, path.to_string())
+}
+
 /// The elements of sorted `a` not in sorted `b`.
 fn difference(a: &[u64], b: &[u64]) -> Vec<u64> {
     let mut out = Vec::with_capacity(a.len());
@@ -277,11 +305,25 @@ pub fn metrics(
     requests: &RequestStats,
 ) -> Map<String, Value> {
     let corpus = shingle_set(parsed.docs.iter().map(|d| d.text.as_str()));
+    // With a request budget, recall counts only documents the server answered with 200 at their
+    // URL during the stage: text from anywhere else cannot stand in for the requests.
+    let budgeted = world.manifest.request_budget.is_some();
+    let fetched = |d: &&CorpusDoc| requests.served.contains(&host_path(&d.url));
+    let unfetched = if budgeted {
+        parsed.docs.iter().filter(|d| !fetched(d)).count()
+    } else {
+        0
+    };
+    let recalled = if unfetched > 0 {
+        shingle_set(parsed.docs.iter().filter(fetched).map(|d| d.text.as_str()))
+    } else {
+        corpus.clone()
+    };
     let share = |part: &[u64]| {
         if part.is_empty() {
             0.0
         } else {
-            intersection(part, &corpus) as f64 / part.len() as f64
+            intersection(part, &recalled) as f64 / part.len() as f64
         }
     };
     let common = intersection(&gold.all, &corpus);
@@ -331,6 +373,7 @@ pub fn metrics(
     if let Some(b) = world.manifest.request_budget {
         m.insert("request_budget".into(), json!(b));
         m.insert("over_budget".into(), json!(requests.over_budget));
+        m.insert("unfetched_documents".into(), json!(unfetched));
     }
     m.insert("not_found".into(), json!(requests.not_found));
     m
