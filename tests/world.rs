@@ -301,6 +301,9 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
         dir: dir.path().to_path_buf(),
         manifest,
     };
+    let score = |w: &World, corpus: &str, log: &str| {
+        crawl::score_blocking(w, Some(corpus.as_bytes()), log, &gates(), None)
+    };
     let of = |host: &str| -> String {
         gold.iter()
             .filter(|(p, _)| p.site == host)
@@ -319,25 +322,13 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
                 + "\n"
         })
         .collect();
-    let sqlite = crawl::score_blocking(
-        &w,
-        Some(of("sqlite.gptx.test").as_bytes()),
-        &log,
-        &gates(),
-        None,
-    );
+    let sqlite = score(&w, &of("sqlite.gptx.test"), &log);
     assert_eq!(sqlite.metrics["recall"], 1.0);
     assert_eq!(sqlite.metrics["precision"], 1.0);
     assert_eq!(sqlite.metrics["target"], "sqlite.gptx.test");
     assert!(sqlite.metrics["recall_all_sites"].as_f64().unwrap() < 0.5);
     assert!(sqlite.passed, "{sqlite:?}");
-    let pg = crawl::score_blocking(
-        &w,
-        Some(of("pg.gptx.test").as_bytes()),
-        &log,
-        &gates(),
-        None,
-    );
+    let pg = score(&w, &of("pg.gptx.test"), &log);
     assert!(
         pg.metrics["recall"].as_f64().unwrap() < 0.2,
         "{:?}",
@@ -349,13 +340,7 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     // With a request budget, text the server never served at its URL counts for precision only:
     // SQLite's pages written from memory (or fetched as search results) recall nothing.
     w.manifest.request_budget = Some(800);
-    let unfetched = crawl::score_blocking(
-        &w,
-        Some(of("sqlite.gptx.test").as_bytes()),
-        "",
-        &gates(),
-        None,
-    );
+    let unfetched = score(&w, &of("sqlite.gptx.test"), "");
     assert_eq!(unfetched.metrics["recall"], 0.0);
     assert_eq!(unfetched.metrics["precision"], 1.0);
     assert_eq!(unfetched.metrics["unfetched_documents"], 603);
@@ -365,15 +350,9 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
         .filter(|(p, _)| p.site == "sqlite.gptx.test")
         .map(|(_, t)| line("http://sqlite.gptx.test/search?q=a", t))
         .collect();
-    let s = crawl::score_blocking(&w, Some(as_search.as_bytes()), search_only, &gates(), None);
+    let s = score(&w, &as_search, search_only);
     assert_eq!(s.metrics["recall"], 0.0, "search result pages never count");
-    let fetched = crawl::score_blocking(
-        &w,
-        Some(of("sqlite.gptx.test").as_bytes()),
-        &log,
-        &gates(),
-        None,
-    );
+    let fetched = score(&w, &of("sqlite.gptx.test"), &log);
     assert_eq!(fetched.metrics["recall"], 1.0);
     assert_eq!(fetched.metrics["unfetched_documents"], 0);
 }

@@ -181,7 +181,7 @@ pub fn relative(from: &str, to: &str) -> String {
     }
 }
 
-fn slug(id: &str) -> String {
+pub(crate) fn slug(id: &str) -> String {
     id.trim_end_matches(".html")
         .chars()
         .map(|c| {
@@ -220,17 +220,7 @@ pub fn generate(
     let sizes: Vec<usize> = docs.iter().map(|d| d.text().len()).collect();
 
     // Hidden test documents T: moderate-sized pages until the target is met.
-    let mut test_idx = Vec::new();
-    let mut test_bytes = 0;
-    for &i in &order {
-        if test_bytes >= general_held {
-            break;
-        }
-        if sizes[i] >= 2_000 && sizes[i] <= cfg.max_test_doc_bytes {
-            test_idx.push(i);
-            test_bytes += sizes[i];
-        }
-    }
+    let test_idx = super::sites::hold_out(&order, &sizes, general_held, cfg.max_test_doc_bytes);
     let held: BTreeSet<usize> = test_idx.iter().copied().collect();
     let mut served_idx = Vec::new();
     let mut served_bytes = 0;

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::corpus::Doc;
-use super::generate::{add_page, file_for, relative, served, Generated, HiddenDoc, Rng};
+use super::generate::{add_page, file_for, relative, served, slug, Generated, HiddenDoc, Rng};
 use super::html::{self, esc, Link};
 
 /// One `[[sites]]` entry of a world's config.
@@ -454,19 +454,6 @@ fn near_duplicate(doc: &Doc, release: &str, rng: &mut Rng) -> Doc {
         t: format!("This page was last revised for release {release}; later releases may differ."),
     });
     d
-}
-
-fn slug(id: &str) -> String {
-    id.trim_end_matches(".html")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
 
 /// A page of a documentation site: a banner, a sidebar of related pages, the content, a footer.

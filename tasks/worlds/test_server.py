@@ -384,6 +384,16 @@ class TestSearch(ServerCase):
             self.assertEqual(resp.status, 200, q)
             self.assertIn(b'<form class="search"', body)
 
+    def test_a_huge_query_is_cut_and_its_echo_stays_small(self):
+        # An agent that wants text of its own choosing on a served page (or a slow server) sends
+        # a 60 KB query: the page echoes at most 200 characters of it and matches 8 words.
+        q = "pragma+" * 8_000 + "x" * 4_000
+        resp, body = self.request(f"/search?q={q}", host=SQ)
+        self.assertEqual(resp.status, 200)
+        self.assertLess(len(body), 4_000)
+        self.assertNotIn(b"x" * 201, body)
+        self.assertIn(b"23 pages match", body)
+
     def test_no_search_on_a_host_without_one(self):
         resp, _ = self.request("/search?q=os")
         self.assertEqual(resp.status, 404)
