@@ -322,8 +322,11 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
                 + "\n"
         })
         .collect();
+    // With a request budget, recall counts only text the server answered 200 at its URL.
+    w.manifest.request_budget = Some(800);
     let sqlite = score(&w, &of("sqlite.gptx.test"), &log);
     assert_eq!(sqlite.metrics["recall"], 1.0);
+    assert_eq!(sqlite.metrics["unfetched_documents"], 0);
     assert_eq!(sqlite.metrics["precision"], 1.0);
     assert_eq!(sqlite.metrics["target"], "sqlite.gptx.test");
     assert!(sqlite.metrics["recall_all_sites"].as_f64().unwrap() < 0.5);
@@ -337,9 +340,8 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     assert_eq!(pg.metrics["precision"], 1.0);
     assert!(!pg.passed);
 
-    // With a request budget, text the server never served at its URL counts for precision only:
-    // SQLite's pages written from memory (or fetched as search results) recall nothing.
-    w.manifest.request_budget = Some(800);
+    // Text the server never served at its URL counts for precision only: SQLite's pages written
+    // from memory (or fetched as search results) recall nothing.
     let unfetched = score(&w, &of("sqlite.gptx.test"), "");
     assert_eq!(unfetched.metrics["recall"], 0.0);
     assert_eq!(unfetched.metrics["precision"], 1.0);
@@ -352,9 +354,6 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
         .collect();
     let s = score(&w, &as_search, search_only);
     assert_eq!(s.metrics["recall"], 0.0, "search result pages never count");
-    let fetched = score(&w, &of("sqlite.gptx.test"), &log);
-    assert_eq!(fetched.metrics["recall"], 1.0);
-    assert_eq!(fetched.metrics["unfetched_documents"], 0);
 }
 
 #[test]
@@ -509,4 +508,40 @@ fn web_server_own_tests_pass() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A node never trusts a cached world whose files do not hash to its manifest's hash (edited,
+/// truncated, half-copied from another node): it builds it again, to the same hash.
+#[test]
+fn a_cached_world_that_does_not_hash_to_its_manifest_is_built_again() {
+    let cache = tempfile::tempdir().unwrap();
+    let h = Home {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..home()
+    };
+    let (w, built) = world::ensure(&h, "mini", 1, &world::Quiet).unwrap();
+    assert!(built);
+    let hash = w.manifest.world_hash.clone();
+    assert_eq!(
+        hash,
+        mini().manifest.world_hash,
+        "the same seed, the same bytes"
+    );
+    let (again, built) = world::ensure(&h, "mini", 1, &world::Quiet).unwrap();
+    assert!(!built, "an intact cache entry is used");
+    assert_eq!(again.dir, w.dir);
+    // One gold line changed under the manifest: not trusted, built again, the same hash.
+    let gold = w.dir.join("gold.jsonl");
+    let text = std::fs::read_to_string(&gold).unwrap();
+    std::fs::write(&gold, text.replacen("\"text\":\"", "\"text\":\"forged ", 1)).unwrap();
+    let (rebuilt, built) = world::ensure(&h, "mini", 1, &world::Quiet).unwrap();
+    assert!(built, "a tampered entry is built again");
+    assert_eq!(rebuilt.manifest.world_hash, hash);
+    assert_eq!(std::fs::read_to_string(&gold).unwrap(), text);
+    // No builder's leftovers beside it.
+    let names: Vec<String> = std::fs::read_dir(cache.path().join("worlds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
 }

@@ -173,6 +173,7 @@ mod tests {
         .unwrap();
         let home = Home {
             root: dir.path().to_path_buf(),
+            cache_dir: None,
         };
         let b = Recipe::load(&home, "b").unwrap();
         assert_eq!(b.packages, ["python3", "python3-torch"]);

@@ -32,6 +32,8 @@ pub enum SuiteError {
 #[derive(Debug, Clone)]
 pub struct Home {
     pub root: PathBuf,
+    /// The cache, when not `$GPTX_CACHE_DIR` or `<root>/.gptx-cache` (tests keep their own).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Home {
@@ -39,20 +41,27 @@ impl Home {
     /// source tree this binary was built from.
     pub fn locate() -> Result<Self, SuiteError> {
         if let Some(h) = std::env::var_os("GPTX_HOME") {
-            return Ok(Self { root: h.into() });
+            return Ok(Self {
+                root: h.into(),
+                cache_dir: None,
+            });
         }
         if let Ok(cwd) = std::env::current_dir() {
             for dir in cwd.ancestors() {
                 if dir.join("tasks/suites").is_dir() {
                     return Ok(Self {
                         root: dir.to_path_buf(),
+                        cache_dir: None,
                     });
                 }
             }
         }
         let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         if built.join("tasks/suites").is_dir() {
-            return Ok(Self { root: built });
+            return Ok(Self {
+                root: built,
+                cache_dir: None,
+            });
         }
         Err(SuiteError::NoHome)
     }
@@ -67,6 +76,9 @@ impl Home {
 
     /// Large generated data (rootfs trees, package caches): `$GPTX_CACHE_DIR` or `<home>/.gptx-cache`.
     pub fn cache(&self) -> PathBuf {
+        if let Some(c) = &self.cache_dir {
+            return c.clone();
+        }
         std::env::var_os("GPTX_CACHE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| self.root.join(".gptx-cache"))

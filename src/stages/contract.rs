@@ -539,6 +539,7 @@ mod tests {
     fn home() -> Home {
         Home {
             root: env!("CARGO_MANIFEST_DIR").into(),
+            cache_dir: None,
         }
     }
 

@@ -478,10 +478,8 @@ pub fn ensure(
     // The hidden documents are here: root alone may look (external agents run as another user).
     crate::files::make_private(&root).map_err(io(&root))?;
     let out = root.join(format!("{name}-s{seed}-{key}"));
-    if out.join("manifest.json").exists() {
-        if let Ok(w) = World::load(&out) {
-            return Ok((w, false));
-        }
+    if let Some(w) = cached(&out) {
+        return Ok((w, false));
     }
     std::fs::create_dir_all(&root).map_err(io(&root))?;
     let locks = home.cache().join("locks");
@@ -489,10 +487,8 @@ pub fn ensure(
     let lock_path = locks.join(format!("world-{name}.lock"));
     let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
     lock.lock().map_err(io(&lock_path))?;
-    if out.join("manifest.json").exists() {
-        if let Ok(w) = World::load(&out) {
-            return Ok((w, false));
-        }
+    if let Some(w) = cached(&out) {
+        return Ok((w, false));
     }
     let t0 = Instant::now();
     progress.phase("reading the corpus");
@@ -513,7 +509,9 @@ pub fn ensure(
             }
         }
     }
-    let tmp = root.join(format!(".{name}-s{seed}-{key}.tmp{}", std::process::id()));
+    // Named by host and process: nodes sharing a cache never write into one another's.
+    let builder = format!("{}-{}", host_name(), std::process::id());
+    let tmp = root.join(format!(".{name}-s{seed}-{key}.tmp{builder}"));
     let _ = std::fs::remove_dir_all(&tmp);
     let (world_hash, web_bytes) = write_world(&g, &server, &tmp)?;
 
@@ -586,10 +584,61 @@ pub fn ensure(
     f.write_all(&serde_json::to_vec_pretty(&manifest).expect("manifest serialises"))
         .and_then(|_| f.sync_all())
         .map_err(io(&tmp))?;
-    let _ = std::fs::remove_dir_all(&out);
+    // Another node may have finished the same world first (its lock is not ours when the cache
+    // is on a filesystem without shared locks): the same seed gives the same bytes, so a copy
+    // there that verifies is kept and ours goes; one that does not verify is replaced.
+    if let Some(w) = cached(&out) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok((w, false));
+    }
+    if out.exists() {
+        let aside = root.join(format!(".{name}-s{seed}-{key}.bad{builder}"));
+        std::fs::rename(&out, &aside).map_err(io(&out))?;
+        let _ = std::fs::remove_dir_all(&aside);
+    }
     std::fs::rename(&tmp, &out).map_err(io(&out))?;
     drop(lock);
     Ok((World::load(&out)?, true))
+}
+
+/// The world cached in `out`, when its files hash to the hash its manifest records; a copy that
+/// does not (edited, truncated, half-copied to this node) is not trusted, and is built again.
+fn cached(out: &Path) -> Option<World> {
+    if !out.join("manifest.json").exists() {
+        return None;
+    }
+    let w = World::load(out).ok()?;
+    match hash_tree(out) {
+        Ok(h) if h == w.manifest.world_hash => Some(w),
+        Ok(h) => {
+            tracing::warn!(
+                "{}: its files hash to {h}, its manifest says {}: not trusted, built again",
+                out.display(),
+                w.manifest.world_hash
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("{}: {e}: built again", out.display());
+            None
+        }
+    }
+}
+
+/// This host's name (for names of files several nodes may write).
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Writes a generated world's files (all but the manifest) under `tmp`; returns the world hash and
