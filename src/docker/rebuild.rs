@@ -140,11 +140,21 @@ impl Rebuilder for DockerRebuilder {
             .is_root()
             .then_some((SANDBOX_UID, SANDBOX_GID));
         // The rebuild writes into a filesystem of the suite's size too, never the host's free space.
+        // Where no disk can be mounted (no loop devices: an unprivileged container), the rebuild
+        // goes on without one, as the run's own workspace does, and says so.
         let disk = match owner {
-            Some(o) if quota::available() => Some(
-                Quota::mount(&fresh, &rebuild.workspace_image(), disk_mb, o)
-                    .map_err(|e| format!("the rebuild's disk: {e}"))?,
-            ),
+            Some(o) if quota::available() => {
+                match Quota::mount(&fresh, &rebuild.workspace_image(), disk_mb, o) {
+                    Ok(q) => Some(q),
+                    Err(e) => {
+                        tracing::warn!(
+                            "the rebuild's workspace has no disk limit ({disk_mb} MiB asked): {e}"
+                        );
+                        let _ = std::fs::remove_file(rebuild.workspace_image());
+                        None
+                    }
+                }
+            }
             _ => None,
         };
         std::fs::create_dir_all(&fresh)
