@@ -32,6 +32,9 @@
 //! - [`docker`]: everything that talks to the engine, and nothing else does. The connection and
 //!   labels, images, the agent's sandbox, scoring and rebuild sandboxes, the world's web server,
 //!   and [`docker::session`], one whole run on the real engine with teardown that always happens.
+//! - [`plan`]: batches as plan files for a scheduler to place: one stable id per item, the pins
+//!   every item runs under, the item lock, item states; Slurm job arrays ([`plan::slurm`]) and
+//!   Kubernetes Indexed Jobs ([`plan::k8s`]).
 //! - [`report`]: what people read. `gptx show`, the leaderboard and its charts, the Inspect AI and
 //!   JUnit exports, the live status line.
 //! - [`serve`]: the web viewer.
@@ -44,6 +47,7 @@ pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod files;
+pub mod plan;
 pub mod report;
 pub mod runner;
 pub mod sandbox;

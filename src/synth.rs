@@ -512,6 +512,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         options: None,
         resumes: Vec::new(),
         agent_process: None,
+        plan: None,
     };
     rundir::write_json_atomic(&dir.run_json(), &meta)
         .with_context(|| dir.run_json().display().to_string())?;

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The top-level modules of `src/`, lowest first: each may import only those before it.
-const LAYERS: [&str; 13] = [
-    "files", "config", "trace", "sandbox", "world", "agent", "stages", "runner", "docker",
+const LAYERS: [&str; 14] = [
+    "files", "config", "trace", "sandbox", "world", "agent", "stages", "runner", "docker", "plan",
     "report", "serve", "synth", "cli",
 ];
 

@@ -76,6 +76,7 @@ fn write(dir: &Path, f: &Fake) {
         options: None,
         resumes: Vec::new(),
         agent_process: None,
+        plan: None,
     };
     write_json_atomic(&run.join("run.json"), &meta).unwrap();
     if f.status == RunStatus::Running {
@@ -476,4 +477,126 @@ fn beating_the_reference_ranks_above_a_tie_and_holds_the_record() {
         "{md}"
     );
     assert!(md.contains("| +0.130 |"), "{md}");
+}
+
+/// A fake run that carries out `item` of `plan`.
+fn write_item(dir: &Path, f: &Fake, plan: &gptx::plan::Plan, item: usize) {
+    write(dir, f);
+    let path = dir.join(f.id).join("run.json");
+    let mut meta: RunMeta = gptx::trace::rundir::read_json(&path).unwrap();
+    meta.plan = Some(plan.item_ref(&plan.items[item]));
+    write_json_atomic(&path, &meta).unwrap();
+}
+
+#[test]
+fn a_plan_not_done_marks_its_board_incomplete_and_runs_dirs_merge_counting_a_run_once() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let home = gptx::config::suite::Home::locate().unwrap();
+    let suite = home.suite("mini").unwrap();
+    let plan = gptx::plan::Plan::new(
+        &suite,
+        "mini",
+        "0".repeat(64),
+        vec![],
+        Some(gptx::plan::WorldPin {
+            name: "mini".into(),
+            seed: 1,
+            hash: "w1".into(),
+        }),
+        BTreeMap::new(),
+        Default::default(),
+        gptx::trace::rundir::RunOptions {
+            rescue: true,
+            temperature: None,
+            max_output_tokens: 4096,
+            context_tokens: 100_000,
+            agent_env: vec![],
+        },
+        a.path().to_path_buf(),
+        &["reference".to_string()],
+        &[1, 2],
+    )
+    .unwrap();
+    let plan_file = a.path().join("plan.json");
+    plan.write(&plan_file).unwrap();
+    let good = [1.0, 1.0, 1.0, 1.0, 1.0];
+    let fake = |id: &'static str, agent: &'static str, seed: u64| Fake {
+        id,
+        agent,
+        seed,
+        world: "w1",
+        status: RunStatus::Done,
+        scores: good,
+        bpb: Some(1.4),
+        cpu: 1.0,
+    };
+    // Item 0 is done in a, twice (a run done again counts once); a run outside the plan is in b.
+    write_item(a.path(), &fake("p0", "reference", 1), &plan, 0);
+    write_item(a.path(), &fake("p0-again", "reference", 1), &plan, 0);
+    write(b.path(), &fake("x1", "null", 1));
+    let dirs = [a.path().to_path_buf(), b.path().to_path_buf()];
+    let boards = leaderboard::collect_many(
+        &dirs,
+        std::slice::from_ref(&plan_file),
+        None,
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(boards.len(), 1, "{}", leaderboard::markdown(&boards));
+    let board = &boards[0];
+    assert!(board.provisional);
+    assert_eq!(board.plans.len(), 1);
+    assert_eq!(board.plans[0].tally.done, 1);
+    assert_eq!(board.plans[0].tally.missing, 1);
+    assert!(board.agents.iter().all(|r| r.rank == 0), "nothing ranked");
+    let reference = board
+        .agents
+        .iter()
+        .find(|r| r.agent == "reference")
+        .unwrap();
+    assert_eq!(reference.runs, 1, "item 0's second run counts once");
+    assert!(board.agents.iter().any(|r| r.agent == "null"), "b is read");
+    let md = leaderboard::markdown(&boards);
+    assert!(md.contains("INCOMPLETE"), "{md}");
+    assert!(
+        md.contains("1/2 done") && md.contains("1 reference seed 2 missing"),
+        "{md}"
+    );
+    assert!(md.contains("| – | `reference` |"), "{md}");
+    let html = leaderboard::html_body(&boards, false);
+    assert!(html.contains("INCOMPLETE") && html.contains("1/2 done"));
+    // Item 1 done in b, and item 0's run copied into b as well: complete, ranked, counted once.
+    write_item(b.path(), &fake("p1", "reference", 2), &plan, 1);
+    copy_dir(&a.path().join("p0"), &b.path().join("p0"));
+    let boards = leaderboard::collect_many(&dirs, &[plan_file], None, &Options::default()).unwrap();
+    let board = &boards[0];
+    assert!(!board.provisional);
+    assert!(board.plans[0].tally.complete());
+    let reference = board
+        .agents
+        .iter()
+        .find(|r| r.agent == "reference")
+        .unwrap();
+    assert_eq!(reference.runs, 2);
+    let mut ranks: Vec<usize> = board.agents.iter().map(|r| r.rank).collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, vec![1, 2], "ranked once complete");
+    let md = leaderboard::markdown(&boards);
+    assert!(
+        !md.contains("INCOMPLETE") && md.contains("2/2 done"),
+        "{md}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }

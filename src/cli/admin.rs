@@ -190,3 +190,105 @@ pub(super) async fn gc(all: bool, runs_dir: &std::path::Path) -> Result<i32, Exi
         exit::FAILED
     })
 }
+
+/// Exit code of an image error from `save` or `load`: a bad name is usage, a missing image or no
+/// engine the environment, anything else a failure.
+fn image_exit(e: crate::docker::images::ImageError) -> Exit {
+    use crate::docker::images::ImageError;
+    let code = match &e {
+        ImageError::Recipe(_) => exit::USAGE,
+        ImageError::NotBuilt { .. } => exit::ENVIRONMENT,
+        _ => exit::FAILED,
+    };
+    Exit {
+        code,
+        error: e.into(),
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// `gptx images save`.
+pub(super) async fn images_save(names: Vec<String>, out: &std::path::Path) -> Result<i32, Exit> {
+    let home = Home::locate().map_err(env_error)?;
+    let names = if names.is_empty() {
+        vec!["base".to_string()]
+    } else {
+        names
+    };
+    let docker = crate::docker::engine::connect().await.map_err(env_error)?;
+    let saved = crate::docker::images::save(&docker, &home, &names, out, false)
+        .await
+        .map_err(image_exit)?;
+    for i in &saved.images {
+        println!(
+            "{:<6} {}  {}  {} bytes ({})",
+            i.name,
+            i.tag,
+            crate::docker::engine::short(i.id.trim_start_matches("sha256:")),
+            i.bytes,
+            megabytes(i.bytes)
+        );
+    }
+    println!(
+        "wrote {}: {} image(s), {} bytes ({}) in {:.1} s ({:.0} MB/s); load it with: gptx images load {}",
+        saved.file.display(),
+        saved.images.len(),
+        saved.bytes,
+        megabytes(saved.bytes),
+        saved.seconds,
+        saved.bytes as f64 / 1e6 / saved.seconds.max(1e-3),
+        saved.file.display()
+    );
+    Ok(exit::OK)
+}
+
+/// `gptx images load`.
+pub(super) async fn images_load(file: &std::path::Path) -> Result<i32, Exit> {
+    use crate::docker::images::RecipeMatch;
+    let home = Home::locate().map_err(env_error)?;
+    let docker = crate::docker::engine::connect().await.map_err(env_error)?;
+    let loaded = crate::docker::images::load(&docker, &home, file, false)
+        .await
+        .map_err(image_exit)?;
+    let short = |id: &str| crate::docker::engine::short(id.trim_start_matches("sha256:"));
+    for i in &loaded.images {
+        let state = match &i.before {
+            None => "loaded (new)".to_string(),
+            Some(b) if *b == i.id => "unchanged (already on this engine)".to_string(),
+            Some(b) => format!("loaded (replaces {})", short(b)),
+        };
+        let recipe = match &i.recipe {
+            RecipeMatch::Matches => "matches this checkout's recipe".to_string(),
+            RecipeMatch::Differs(ours) => {
+                eprintln!(
+                    "gptx: warning: {} is not this checkout's recipe ({ours}): runs here will build their own",
+                    i.tag
+                );
+                format!("not this checkout's recipe ({ours})")
+            }
+            RecipeMatch::NoRecipe => format!(
+                "no recipe {} in this checkout",
+                i.name.as_deref().unwrap_or_default()
+            ),
+            RecipeMatch::NotGptx => "not a gptx image".to_string(),
+        };
+        println!(
+            "{:<6} {}  {}  {state}  {recipe}",
+            i.name.as_deref().unwrap_or("-"),
+            i.tag,
+            short(&i.id)
+        );
+    }
+    println!(
+        "loaded {} image(s) from {}: {} bytes ({}) in {:.1} s",
+        loaded.images.len(),
+        loaded.file.display(),
+        loaded.bytes,
+        megabytes(loaded.bytes),
+        loaded.seconds
+    );
+    Ok(exit::OK)
+}

@@ -4,7 +4,11 @@
 
 mod admin;
 pub mod bench;
+mod bench_plan;
+mod k8s;
+pub(crate) mod plan_cmd;
 mod run;
+pub(crate) mod slurm;
 
 use admin::{gc, images_build, images_list, world};
 use run::{mcp, measure_reference, resume, run};
@@ -64,8 +68,17 @@ pub enum Command {
     /// left of its budgets. Built-in and LLM agents are rebuilt from the trace; `exec:` agents are
     /// started again with the stage's task and a note.
     Resume(ResumeArgs),
-    /// List runs.
-    Runs(RunsDirArg),
+    /// Write a batch (agents × seeds of a suite, with its budgets) as a plan file whose items a
+    /// scheduler places: `gptx run --plan FILE --item K` runs item K anywhere.
+    Plan(PlanArgs),
+    /// Run a plan on a Slurm cluster: an sbatch job array with one task per unfinished item.
+    #[command(subcommand)]
+    Slurm(SlurmCmd),
+    /// Run a plan on Kubernetes: write an Indexed Job manifest, one completion per item.
+    #[command(subcommand)]
+    K8s(K8sCmd),
+    /// List runs; with --plan, where each item of a plan stands.
+    Runs(RunsArgs),
     /// Show a run's trace step by step, or one step with its workspace diff (`--step N`).
     Show(ShowArgs),
     /// Rank agents from their runs: reports/leaderboard.{md,json,html} and SVG charts.
@@ -102,11 +115,13 @@ pub struct RunsDirArg {
     pub runs_dir: PathBuf,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Suite name (tasks/suites/<name>.toml) or path to a suite file.
-    #[arg(long, default_value = "mini")]
-    pub suite: String,
+/// What a batch is: the suite, agents, seeds, stages, budgets and options. `gptx run` takes them
+/// on its command line, `gptx plan` writes them into a plan file.
+#[derive(Debug, Args, Default)]
+pub struct BatchArgs {
+    /// Suite name (tasks/suites/<name>.toml) or path to a suite file [default: mini].
+    #[arg(long)]
+    pub suite: Option<String>,
     /// The agent: `null` (submits at once), `reference` (writes and runs tasks/<stage>/reference/
     /// through the tools), `reference:<stage,...>` (the reference for those stages only, submitting
     /// the others at once), `script:<file.jsonl>` (one {"tool","args"} per line; each `submit`
@@ -116,7 +131,7 @@ pub struct RunArgs {
     /// OPENAI_API_KEY; e.g. openai:gpt-4o), or `anthropic:<model>` (Anthropic's Messages API,
     /// ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL; e.g. anthropic:claude-sonnet-4-5).
     /// Repeat `--agent` to run several agents, one after another (or `--parallel N` at once).
-    #[arg(long, required = true, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC")]
     pub agent: Vec<String>,
     /// Seed (default: the suite's).
     #[arg(long, conflicts_with = "seeds")]
@@ -124,20 +139,9 @@ pub struct RunArgs {
     /// Run each agent once per seed: a range `1-5` or a list `1,2,7`.
     #[arg(long, value_name = "SEEDS", value_parser = parse_seeds)]
     pub seeds: Option<Seeds>,
-    /// With several runs (agents × seeds): how many run at once. Each run has its own sandbox,
-    /// network and web server; the suite's CPU and memory limits apply to each.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub parallel: u16,
-    /// With several runs (agents × seeds): run every pair again, even those the runs directory
-    /// already holds a done, verified run of (same agent, seed, suite, world and budgets).
-    #[arg(long)]
-    pub force: bool,
     /// Only these stages, comma-separated, e.g. crawl,tokenize.
     #[arg(long, value_delimiter = ',')]
     pub stages: Vec<String>,
-    /// Print one JSON object with the result as the last thing on stdout.
-    #[arg(long)]
-    pub json: bool,
     /// Override every stage's max_steps.
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -159,27 +163,144 @@ pub struct RunArgs {
     /// LLM agents: sampling temperature (default: the server's).
     #[arg(long)]
     pub temperature: Option<f64>,
-    /// LLM agents: most tokens of one reply.
-    #[arg(long, default_value_t = 4096)]
-    pub max_output_tokens: u64,
-    /// LLM agents: the conversation is kept under this many tokens by eliding the oldest tool outputs.
-    #[arg(long, default_value_t = 100_000)]
-    pub context_tokens: u64,
+    /// LLM agents: most tokens of one reply [default: 4096].
+    #[arg(long)]
+    pub max_output_tokens: Option<u64>,
+    /// LLM agents: the conversation is kept under this many tokens by eliding the oldest tool
+    /// outputs [default: 100000].
+    #[arg(long)]
+    pub context_tokens: Option<u64>,
     /// `exec:` agents: pass this environment variable of gptx's through to the agent (repeat for
     /// more, e.g. `--agent-env OPENAI_API_KEY`). Nothing else of gptx's environment reaches it:
     /// it gets PATH, LANG, a scratch HOME and GPTX_PROTOCOL=1.
     #[arg(long, value_name = "NAME")]
     pub agent_env: Vec<String>,
-    /// No progress line.
-    #[arg(long, short)]
-    pub quiet: bool,
     /// When crawl or tokenize fails, hand the agent that stage's reference artifact (the world's
     /// gold corpus; the reference tokenizer) so later stages are still measured; levels reached
     /// after it are reported as assisted (`L4*`). On by default: `--rescue false` turns it off.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub rescue: bool,
+    #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub rescue: Option<bool>,
+}
+
+/// `--max-output-tokens`' default.
+pub(crate) const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+/// `--context-tokens`' default.
+pub(crate) const DEFAULT_CONTEXT_TOKENS: u64 = 100_000;
+
+impl BatchArgs {
+    /// The suite asked for.
+    pub fn suite(&self) -> &str {
+        self.suite.as_deref().unwrap_or("mini")
+    }
+
+    /// The flags given, by name: a plan fixes all of them, so `gptx run --plan` refuses each.
+    pub(crate) fn given(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut note = |on: bool, name: &'static str| {
+            if on {
+                out.push(name);
+            }
+        };
+        note(self.suite.is_some(), "--suite");
+        note(!self.agent.is_empty(), "--agent");
+        note(self.seed.is_some(), "--seed");
+        note(self.seeds.is_some(), "--seeds");
+        note(!self.stages.is_empty(), "--stages");
+        note(self.max_steps.is_some(), "--max-steps");
+        note(self.max_sandbox_seconds.is_some(), "--max-sandbox-seconds");
+        note(self.max_wall_seconds.is_some(), "--max-wall-seconds");
+        note(self.max_step_seconds.is_some(), "--max-step-seconds");
+        note(self.max_tokens.is_some(), "--max-tokens");
+        note(self.max_cost_usd.is_some(), "--max-cost-usd");
+        note(self.temperature.is_some(), "--temperature");
+        note(self.max_output_tokens.is_some(), "--max-output-tokens");
+        note(self.context_tokens.is_some(), "--context-tokens");
+        note(!self.agent_env.is_empty(), "--agent-env");
+        note(self.rescue.is_some(), "--rescue");
+        out
+    }
+
+    /// The options a run records (rescue, LLM options, `--agent-env`).
+    pub(crate) fn options(&self) -> crate::trace::rundir::RunOptions {
+        crate::trace::rundir::RunOptions {
+            rescue: self.rescue.unwrap_or(true),
+            temperature: self.temperature,
+            max_output_tokens: self.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+            context_tokens: self.context_tokens.unwrap_or(DEFAULT_CONTEXT_TOKENS),
+            agent_env: self.agent_env.clone(),
+        }
+    }
+
+    /// The budget overrides given.
+    pub(crate) fn overrides(&self) -> crate::plan::Overrides {
+        crate::plan::Overrides {
+            max_steps: self.max_steps,
+            max_sandbox_seconds: self.max_sandbox_seconds,
+            max_wall_seconds: self.max_wall_seconds,
+            max_step_seconds: self.max_step_seconds,
+            max_tokens: self.max_tokens,
+            max_cost_usd: self.max_cost_usd,
+        }
+    }
+
+    /// The seeds of the batch: `--seeds`, `--seed`, or None (the suite's).
+    pub(crate) fn seed_list(&self) -> Vec<Option<u64>> {
+        match &self.seeds {
+            Some(Seeds(list)) if !list.is_empty() => list.iter().map(|s| Some(*s)).collect(),
+            _ => vec![self.seed],
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Run the items of this plan file (made by `gptx plan`) instead of a batch given by flags:
+    /// every item (`--parallel` at a time), or only `--item`. The plan fixes the suite, agents,
+    /// seeds, budgets and runs directory.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// With --plan: run only this item, by index (0, 1, ...: what a job array's task index
+    /// gives) or by id. Does nothing if the item is done, resumes it if it was interrupted, and
+    /// otherwise starts it; waits up to --item-wait seconds for another gptx running it to stop.
+    #[arg(long, value_name = "K", requires = "plan")]
+    pub item: Option<String>,
+    /// With --item: seconds to wait for the item's lock when another gptx holds it.
+    #[arg(long, value_name = "S", default_value_t = 120.0, requires = "item")]
+    pub item_wait: f64,
+    /// With several runs (agents × seeds): how many run at once. Each run has its own sandbox,
+    /// network and web server; the suite's CPU and memory limits apply to each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// With several runs (agents × seeds): run every pair again, even those the runs directory
+    /// already holds a done, verified run of (same agent, seed, suite, world and budgets).
+    #[arg(long)]
+    pub force: bool,
+    /// Print one JSON object with the result as the last thing on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
     #[command(flatten)]
     pub dir: RunsDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// The plan file to write.
+    #[arg(long, short, value_name = "FILE", default_value = "plan.json")]
+    pub out: PathBuf,
+    /// Where the items' run directories go: relative to the plan file's folder, or absolute
+    /// (on a cluster: a folder every node mounts).
+    #[arg(long, value_name = "DIR", default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Print the plan as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The seeds of `--seeds`, in order, without repeats.
@@ -215,6 +336,18 @@ pub(crate) fn parse_seeds(text: &str) -> Result<Seeds, String> {
         }
     }
     Ok(Seeds(out))
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Each item of this plan file: done, running, interrupted, failed or missing, with its run.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// With --plan: print JSON.
+    #[arg(long, requires = "plan")]
+    pub json: bool,
+    #[command(flatten)]
+    pub dir: RunsDirArg,
 }
 
 #[derive(Debug, Args)]
@@ -310,7 +443,26 @@ pub struct LeaderboardArgs {
     #[arg(long, default_value_t = 10_000)]
     pub resamples: usize,
     #[command(flatten)]
-    pub dir: RunsDirArg,
+    pub dirs: RunsDirsArg,
+}
+
+/// Several runs directories and plans, merged into one view.
+#[derive(Debug, Args)]
+pub struct RunsDirsArg {
+    /// Where runs are kept; repeat to merge several (e.g. one per cluster or machine). A run found
+    /// in two of them counts once.
+    #[arg(
+        long = "runs-dir",
+        value_name = "DIR",
+        default_value = "runs",
+        env = "GPTX_RUNS_DIR"
+    )]
+    pub runs_dirs: Vec<PathBuf>,
+    /// A plan file (repeat for more): its runs directory is read too, and the board of its suite
+    /// says how many of its items are done, running, interrupted, failed or missing. A board
+    /// with a plan not done is marked INCOMPLETE and does not rank its agents.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -326,7 +478,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     pub allow_host: Vec<String>,
     #[command(flatten)]
-    pub dir: RunsDirArg,
+    pub dirs: RunsDirsArg,
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +510,99 @@ pub enum ImagesCmd {
     },
     /// List recipes, their tags, and whether they are built.
     List,
+    /// Write built images (default: base) to a tar file, for nodes that cannot reach a Debian
+    /// mirror: `gptx images load FILE` there.
+    Save {
+        /// Image names: recipes in sandboxes/ (base, ml).
+        names: Vec<String>,
+        /// The tar file to write.
+        #[arg(long, short, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Load images written by `gptx images save`. Each `gptx/<name>:<tag>` it holds is checked
+    /// against this checkout's recipe: a tag that is not the recipe's is loaded with a warning
+    /// (runs here will build their own).
+    Load {
+        /// The tar file `gptx images save` wrote.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlurmCmd {
+    /// Write an sbatch job array of the plan's unfinished items and submit it with sbatch
+    /// (options after `--` go to sbatch, e.g. `-- --partition=gpu --time=02:00:00`).
+    Submit(SlurmSubmitArgs),
+    /// Each item's state beside its Slurm task's (from squeue and sacct).
+    Status(SlurmStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SlurmSubmitArgs {
+    /// The plan file (made by `gptx plan`); on a cluster, on a filesystem every node mounts.
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// A failed task (gptx exit 1 or 3: the harness could not carry the run out) requeues
+    /// itself this many times; a requeued task resumes its item.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub retries: u32,
+    /// Write the job script and print it, without submitting it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The gptx binary the tasks run (default: this one); it must be at this path on every node.
+    #[arg(long, value_name = "PATH")]
+    pub gptx: Option<PathBuf>,
+    /// Options for sbatch, after `--`.
+    #[arg(last = true, value_name = "SBATCH_OPTIONS")]
+    pub sbatch: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SlurmStatusArgs {
+    /// The plan file.
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum K8sCmd {
+    /// Write the plan as a Kubernetes Indexed Job (and its results claim) to stdout or --out.
+    Manifest(K8sManifestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct K8sManifestArgs {
+    /// The plan file (made by `gptx plan`).
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// The container image with gptx and this checkout's tasks/ and sandboxes/ in it.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: String,
+    /// Pods at once.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub parallelism: u32,
+    /// Retries of one item (index) before it is marked failed.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub backoff_limit_per_index: u32,
+    /// The ReadWriteMany PersistentVolumeClaim the runs directory is on (made by the manifest
+    /// unless --existing-claim).
+    #[arg(long, default_value = "gptx-runs", value_name = "NAME")]
+    pub claim: String,
+    /// Use an existing claim instead of writing one.
+    #[arg(long)]
+    pub existing_claim: bool,
+    /// Size of the claim the manifest writes.
+    #[arg(long, default_value = "50Gi", value_name = "SIZE")]
+    pub claim_size: String,
+    /// The namespace.
+    #[arg(long, default_value = "gptx", value_name = "NS")]
+    pub namespace: String,
+    /// Write here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -407,6 +652,9 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A fresh plan run start to end, here or on Slurm: its wall time and each item's overhead
+    /// (scheduler dispatch plus gptx's start, up to the item's first tool call).
+    Plan(bench_plan::BenchPlanArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -469,7 +717,11 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
         Command::Run(args) => run(args).await,
         Command::Resume(args) => resume(args).await,
         Command::Mcp(args) => mcp(args).await,
-        Command::Runs(d) => crate::report::show::runs(&d.runs_dir).map_err(failed),
+        Command::Plan(a) => plan_cmd::make(a).await,
+        Command::Runs(a) => match &a.plan {
+            Some(p) => plan_cmd::status(p, a.json),
+            None => crate::report::show::runs(&a.dir.runs_dir).map_err(failed),
+        },
         Command::Show(a) => crate::report::show::show(
             &a.dir.runs_dir,
             &a.run,
@@ -493,10 +745,16 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
             images_build(names, force, json).await
         }
         Command::Images(ImagesCmd::List) => images_list().await,
+        Command::Images(ImagesCmd::Save { names, out }) => admin::images_save(names, &out).await,
+        Command::Images(ImagesCmd::Load { file }) => admin::images_load(&file).await,
+        Command::Slurm(SlurmCmd::Submit(a)) => slurm::submit(a).await,
+        Command::Slurm(SlurmCmd::Status(a)) => slurm::status(a).await,
+        Command::K8s(K8sCmd::Manifest(a)) => k8s::manifest(a),
         Command::World(WorldCmd::Build(a)) => world(a, false),
         Command::World(WorldCmd::Show(a)) => world(a, true),
         Command::World(WorldCmd::Reference(a)) => measure_reference(a).await,
         Command::Gc { all, runs } => gc(all, &runs.runs_dir).await,
+        Command::Bench(BenchCmd::Plan(a)) => bench_plan::bench_plan(a).await,
         Command::Bench(BenchCmd::Exec { n, json }) => {
             let home = Home::locate().map_err(env_error)?;
             crate::cli::bench::exec(&home, n, json)
@@ -513,11 +771,16 @@ fn leaderboard(a: LeaderboardArgs) -> Result<i32, Exit> {
         suite: a.suite,
         resamples: a.resamples,
     };
-    let boards = crate::report::leaderboard::collect(&a.dir.runs_dir, home.as_ref(), &opts)
-        .map_err(|e| Exit {
-            code: exit::USAGE,
-            error: e,
-        })?;
+    let boards = crate::report::leaderboard::collect_many(
+        &a.dirs.runs_dirs,
+        &a.dirs.plan,
+        home.as_ref(),
+        &opts,
+    )
+    .map_err(|e| Exit {
+        code: exit::USAGE,
+        error: e,
+    })?;
     let written = crate::report::leaderboard::write(&boards, &a.out).map_err(failed)?;
     out_text(&crate::report::leaderboard::markdown(&boards));
     for p in written {
@@ -545,11 +808,24 @@ async fn serve(a: ServeArgs) -> Result<i32, Exit> {
     let bound = listener.local_addr().map_err(failed)?;
     eprintln!(
         "gptx serve: http://{bound}/ (runs from {})",
-        a.dir.runs_dir.display()
+        a.dirs
+            .runs_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
-    let mut state = crate::serve::AppState::new(a.dir.runs_dir.clone(), Home::locate().ok());
+    let mut dirs = a.dirs.runs_dirs.clone();
+    let first = if dirs.is_empty() {
+        PathBuf::from("runs")
+    } else {
+        dirs.remove(0)
+    };
+    let mut state = crate::serve::AppState::new(first, Home::locate().ok());
+    state.more_runs_dirs = dirs;
+    state.plans = a.dirs.plan.clone();
     state.allowed_hosts = a.allow_host.clone();
     crate::serve::serve(listener, state, cancel)
         .await
@@ -672,9 +948,9 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("not run");
         };
-        assert_eq!(args.agent, vec!["null", "reference:crawl,tokenize"]);
+        assert_eq!(args.batch.agent, vec!["null", "reference:crawl,tokenize"]);
         assert_eq!(args.parallel, 2);
-        let plans = plans(&args).unwrap();
+        let plans = plans(&args.batch, &args.dir.runs_dir).unwrap();
         let pairs: Vec<(String, u64)> = plans
             .iter()
             .map(|(a, p)| (a.clone(), p.suite.seed))
@@ -697,6 +973,11 @@ mod tests {
         let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
             panic!("not run");
         };
-        format!("{:#}", plans(&args).err().expect("an error"))
+        format!(
+            "{:#}",
+            plans(&args.batch, &args.dir.runs_dir)
+                .err()
+                .expect("an error")
+        )
     }
 }

@@ -1,46 +1,54 @@
-//! `gptx run` (one run, or a batch of agents × seeds), `gptx resume`, `gptx mcp` and `gptx world reference`: plans from arguments or run.json, runs on the engine, results printed.
+//! `gptx run` (one run, a batch of agents × seeds, or a plan's items), `gptx resume`, `gptx mcp` and `gptx world reference`: plans from arguments, plan files or run.json, runs on the engine, results printed.
 
 use super::*;
 
-/// Turns `gptx run` arguments into a validated plan.
-pub fn plan(args: &RunArgs) -> anyhow::Result<RunPlan> {
+/// Turns a batch of one agent and one seed into a validated plan.
+pub fn plan(args: &BatchArgs, runs_dir: &std::path::Path) -> anyhow::Result<RunPlan> {
     let agent = match args.agent.as_slice() {
         [one] => one,
         [] => anyhow::bail!("--agent: give the agent to run"),
         _ => anyhow::bail!("--agent: plan() takes one agent; use plans() for several"),
     };
-    plan_for(args, agent, args.seed)
+    plan_for(args, runs_dir, agent, args.seed)
 }
 
-/// The runs `gptx run` asks for: every `--agent` × every seed of `--seeds` (or `--seed`).
+/// The runs a batch asks for: every `--agent` × every seed of `--seeds` (or `--seed`).
 /// Each plan comes with the `--agent` text it was made from.
-pub fn plans(args: &RunArgs) -> anyhow::Result<Vec<(String, RunPlan)>> {
-    let seeds: Vec<Option<u64>> = match &args.seeds {
-        Some(Seeds(list)) if !list.is_empty() => list.iter().map(|s| Some(*s)).collect(),
-        _ => vec![args.seed],
-    };
+pub fn plans(
+    args: &BatchArgs,
+    runs_dir: &std::path::Path,
+) -> anyhow::Result<Vec<(String, RunPlan)>> {
+    if args.agent.is_empty() {
+        anyhow::bail!("--agent: give at least one agent (or --plan FILE)");
+    }
     let mut out = Vec::new();
     for agent in &args.agent {
-        for seed in &seeds {
-            out.push((agent.clone(), plan_for(args, agent, *seed)?));
+        for seed in args.seed_list() {
+            out.push((agent.clone(), plan_for(args, runs_dir, agent, seed)?));
         }
     }
     Ok(out)
 }
 
-pub(super) fn plan_for(args: &RunArgs, agent: &str, seed: Option<u64>) -> anyhow::Result<RunPlan> {
+pub(super) fn plan_for(
+    args: &BatchArgs,
+    runs_dir: &std::path::Path,
+    agent: &str,
+    seed: Option<u64>,
+) -> anyhow::Result<RunPlan> {
     let home = Home::locate()?;
     let agent: AgentSpec = agent
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--agent {agent}: {e}"))?;
-    let mut suite = home.suite(&args.suite).context("--suite")?;
+    let mut suite = home.suite(args.suite()).context("--suite")?;
+    let o = args.overrides();
     suite = suite.with_overrides(&BudgetOverrides {
-        max_steps: args.max_steps,
-        max_sandbox_seconds: args.max_sandbox_seconds,
-        max_wall_seconds: args.max_wall_seconds,
-        max_step_seconds: args.max_step_seconds,
-        max_tokens: args.max_tokens,
-        max_cost_usd: args.max_cost_usd,
+        max_steps: o.max_steps,
+        max_sandbox_seconds: o.max_sandbox_seconds,
+        max_wall_seconds: o.max_wall_seconds,
+        max_step_seconds: o.max_step_seconds,
+        max_tokens: o.max_tokens,
+        max_cost_usd: o.max_cost_usd,
         ..Default::default()
     })?;
     if !args.stages.is_empty() {
@@ -49,25 +57,41 @@ pub(super) fn plan_for(args: &RunArgs, agent: &str, seed: Option<u64>) -> anyhow
     if let Some(seed) = seed {
         suite.seed = seed;
     }
+    let options = args.options();
     Ok(RunPlan {
         home,
         suite,
         agent,
-        runs_dir: args.dir.runs_dir.clone(),
-        rescue: args.rescue,
+        runs_dir: runs_dir.to_path_buf(),
+        rescue: options.rescue,
         prebuilt: None,
         llm: llm_options(
-            args.temperature,
-            args.max_output_tokens,
-            args.context_tokens,
+            options.temperature,
+            options.max_output_tokens,
+            options.context_tokens,
         ),
         world: None,
-        agent_env: args.agent_env.clone(),
+        agent_env: options.agent_env,
+        plan_item: None,
     })
 }
 
+/// How a batch is run: at most `parallel` at once, `force` to run done pairs again.
+pub(super) struct BatchRun {
+    pub parallel: u16,
+    pub force: bool,
+    pub quiet: bool,
+    pub json: bool,
+    pub runs_dir: std::path::PathBuf,
+    /// How many agents the batch has (for its first line).
+    pub agents: usize,
+}
+
 pub(super) async fn run(args: RunArgs) -> Result<i32, Exit> {
-    let mut plans = plans(&args).map_err(|e| Exit {
+    if let Some(path) = args.plan.clone() {
+        return crate::cli::plan_cmd::run_plan(&path, &args).await;
+    }
+    let mut plans = plans(&args.batch, &args.dir.runs_dir).map_err(|e| Exit {
         code: exit::USAGE,
         error: e,
     })?;
@@ -75,22 +99,35 @@ pub(super) async fn run(args: RunArgs) -> Result<i32, Exit> {
         eprintln!("gptx: {p}");
     }
     if plans.len() > 1 {
-        return run_many(plans, &args).await;
+        let batch = BatchRun {
+            parallel: args.parallel,
+            force: args.force,
+            quiet: args.quiet,
+            json: args.json,
+            runs_dir: args.dir.runs_dir.clone(),
+            agents: args.batch.agent.len(),
+        };
+        return run_many(plans, &batch).await;
     }
     let (_, plan) = plans.remove(0);
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
     let out = execute(plan, args.quiet, cancel).await?;
-    if args.json {
-        out_text(&format!("{}\n", result_json(&out)));
-    } else {
-        out_text(&crate::report::show::scorecard(&out.meta, &out.score));
-    }
+    print_result(&out, args.json);
     Ok(status_code(out.meta.status))
 }
 
+/// Prints one run's result: its scorecard, or `--json`'s object.
+pub(super) fn print_result(out: &session::RunOutput, json: bool) {
+    if json {
+        out_text(&format!("{}\n", result_json(out)));
+    } else {
+        out_text(&crate::report::show::scorecard(&out.meta, &out.score));
+    }
+}
+
 /// The world hash a plan's run will have (the world built or read from the cache), None without one.
-fn world_hash_of(plan: &RunPlan) -> Option<String> {
+pub(super) fn world_hash_of(plan: &RunPlan) -> Option<String> {
     let name = plan.suite.world.as_ref()?;
     crate::world::ensure(
         &plan.home,
@@ -104,7 +141,7 @@ fn world_hash_of(plan: &RunPlan) -> Option<String> {
 
 /// A done run below `runs_dir` of the same pair as `plan` (agent, seed, suite, world hash, budgets)
 /// that verifies, as the batch reports it.
-fn already_done(
+pub(super) fn already_done(
     runs: &[(crate::trace::rundir::RunDir, crate::trace::rundir::RunMeta)],
     agent: &str,
     plan: &RunPlan,
@@ -128,7 +165,7 @@ fn already_done(
 
 /// The latest interrupted run below `runs_dir` of the same pair as `plan` (agent, seed, suite,
 /// world hash, budgets) that `gptx resume` can take up, as the batch resumes it.
-fn to_resume(
+pub(super) fn to_resume(
     runs: &[(crate::trace::rundir::RunDir, crate::trace::rundir::RunMeta)],
     agent: &str,
     plan: &RunPlan,
@@ -142,7 +179,8 @@ fn to_resume(
 }
 
 /// Whether a run is of the pair `plan` asks for: the same agent string, seed, suite, world hash
-/// and budgets by stage.
+/// and budgets by stage, and the same plan item (a plan keeps only its own runs; a batch given by
+/// flags only runs outside plans).
 fn same_pair(
     meta: &crate::trace::rundir::RunMeta,
     agent: &str,
@@ -155,11 +193,12 @@ fn same_pair(
         && meta.suite == plan.suite.name
         && &meta.world_hash == world_hash
         && &meta.budgets == budgets
+        && meta.plan == plan.plan_item
 }
 
 /// Several runs (agents × seeds), at most `--parallel` at once. Each finished run prints one line;
 /// at the end a table of all of them. An interrupt stops the runs going and starts no more.
-async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, Exit> {
+pub(super) async fn run_many(plans: Vec<(String, RunPlan)>, args: &BatchRun) -> Result<i32, Exit> {
     let total = plans.len();
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
@@ -168,7 +207,7 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
     let mut kept: Vec<Option<session::RunOutput>> = (0..total).map(|_| None).collect();
     let mut resume: Vec<Option<crate::trace::rundir::RunDir>> = (0..total).map(|_| None).collect();
     if !args.force {
-        let (runs, _) = crate::trace::rundir::list_runs(&args.dir.runs_dir);
+        let (runs, _) = crate::trace::rundir::list_runs(&args.runs_dir);
         let hash = plans.first().and_then(|(_, p)| world_hash_of(p));
         for (i, (agent, plan)) in plans.iter().enumerate() {
             kept[i] = already_done(&runs, agent, plan, &hash);
@@ -184,8 +223,8 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
     let parallel = usize::from(args.parallel).min(to_run.max(1));
     eprintln!(
         "gptx run: {total} runs ({} agent(s) × {} seed(s)): {done} done, {resuming} to resume, {} to run; {parallel} at a time{}",
-        args.agent.len(),
-        total / args.agent.len().max(1),
+        args.agents,
+        total / args.agents.max(1),
         to_run - resuming,
         if done > 0 {
             " (done runs are kept; --force runs every pair again)"
@@ -211,7 +250,7 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
     for (i, (agent, plan), _) in &todo {
         labels[*i] = format!("{agent} seed {}", plan.suite.seed);
     }
-    let runs_dir = args.dir.runs_dir.clone();
+    let runs_dir = args.runs_dir.clone();
     let mut stream = futures_util::stream::iter(todo)
         .map(|(i, (agent, plan), resume)| {
             let cancel = cancel.clone();
@@ -221,33 +260,33 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
                 if cancel.is_cancelled() {
                     return (i, label, None);
                 }
-                // One progress line cannot show several runs: parallel runs are quiet.
-                let quiet = parallel > 1 || args.quiet;
-                if let Some(dir) = resume {
-                    let id = dir.id();
-                    let r = match resume_plan(&dir, &runs_dir) {
-                        Ok(p) => execute_resume(p, dir, quiet, cancel.clone()).await,
-                        Err(e) => Err(Exit {
-                            code: exit::USAGE,
-                            error: e,
-                        }),
-                    };
-                    // Refused (its trace does not hold...): the pair is run anew. Driven by another
-                    // gptx: left to it, never run twice at once.
-                    let busy = |e: &Exit| {
-                        matches!(
-                            e.error.downcast_ref::<session::SessionError>(),
-                            Some(session::SessionError::Busy(_))
-                        )
-                    };
-                    match r {
-                        Err(e) if e.code == exit::USAGE && !busy(&e) => {
-                            eprintln!("gptx run: {label}: run {id} cannot be resumed ({:#}); running the pair anew", e.error);
+                // A plan's item runs under its lock, as `--item` runs it.
+                let item = plan.plan_item.clone();
+                let _lock = match &item {
+                    Some(r) => {
+                        let (d, r2) = (runs_dir.clone(), r.clone());
+                        let got = tokio::task::spawn_blocking(move || {
+                            crate::plan::ItemLock::acquire(&d, &r2.plan_id, &r2.item, std::time::Duration::ZERO)
+                        })
+                        .await;
+                        match got {
+                            Ok(Ok(l)) => Some(l),
+                            Ok(Err(e)) => return (i, label, Some(Err(failed(e)))),
+                            Err(e) => return (i, label, Some(Err(failed(e)))),
                         }
-                        r => return (i, label, Some(r)),
                     }
+                    None => None,
+                };
+                if let Some(r) = &item {
+                    crate::plan::note_attempt(&runs_dir, r, serde_json::json!({"event": "started"}));
                 }
-                let r = execute(plan, quiet, cancel).await;
+                let r = run_one(plan, resume, &runs_dir, &label, quiet_of(parallel, args.quiet), cancel).await;
+                if let Some(item) = &item {
+                    crate::plan::note_attempt(&runs_dir, item, match &r {
+                        Ok(out) => serde_json::json!({"event": "ended", "run_id": out.run_id, "status": out.meta.status, "level": out.score.level}),
+                        Err(e) => serde_json::json!({"event": "error", "error": format!("{:#}", e.error)}),
+                    });
+                }
                 (i, label, Some(r))
             }
         })
@@ -358,32 +397,60 @@ async fn run_many(plans: Vec<(String, RunPlan)>, args: &RunArgs) -> Result<i32, 
     Ok(code)
 }
 
+/// Parallel runs are quiet: one progress line cannot show several.
+fn quiet_of(parallel: usize, quiet: bool) -> bool {
+    parallel > 1 || quiet
+}
+
+/// One run of a batch: its interrupted run resumed when there is one (refused: run anew; driven
+/// by another gptx: left to it, never run twice at once), else a new run.
+async fn run_one(
+    plan: RunPlan,
+    resume: Option<crate::trace::rundir::RunDir>,
+    runs_dir: &std::path::Path,
+    label: &str,
+    quiet: bool,
+    cancel: CancellationToken,
+) -> Result<session::RunOutput, Exit> {
+    if let Some(dir) = resume {
+        let id = dir.id();
+        let r = match resume_plan(&dir, runs_dir) {
+            Ok(p) => execute_resume(p, dir, quiet, cancel.clone()).await,
+            Err(e) => Err(Exit {
+                code: exit::USAGE,
+                error: e,
+            }),
+        };
+        let busy = |e: &Exit| {
+            matches!(
+                e.error.downcast_ref::<session::SessionError>(),
+                Some(session::SessionError::Busy(_))
+            )
+        };
+        match r {
+            Err(e) if e.code == exit::USAGE && !busy(&e) => {
+                eprintln!(
+                    "gptx run: {label}: run {id} cannot be resumed ({:#}); running the pair anew",
+                    e.error
+                );
+            }
+            r => return r,
+        }
+    }
+    execute(plan, quiet, cancel).await
+}
+
 /// `gptx mcp`: a run whose agent is the MCP client on stdin/stdout.
 pub(super) async fn mcp(a: McpArgs) -> Result<i32, Exit> {
-    let args = RunArgs {
-        suite: a.suite,
+    let args = BatchArgs {
+        suite: Some(a.suite),
         agent: vec!["null".into()],
         seed: a.seed,
-        seeds: None,
-        parallel: 1,
-        force: false,
         stages: a.stages,
-        json: false,
-        max_steps: None,
-        max_sandbox_seconds: None,
-        max_wall_seconds: None,
-        max_step_seconds: None,
-        max_tokens: None,
-        max_cost_usd: None,
-        temperature: None,
-        max_output_tokens: 4096,
-        context_tokens: 100_000,
-        agent_env: vec![],
-        quiet: true,
-        rescue: a.rescue,
-        dir: a.dir,
+        rescue: Some(a.rescue),
+        ..Default::default()
     };
-    let mut plan = plan(&args).map_err(|e| Exit {
+    let mut plan = plan(&args, &a.dir.runs_dir).map_err(|e| Exit {
         code: exit::USAGE,
         error: e,
     })?;
@@ -457,6 +524,7 @@ pub(super) async fn measure_reference(a: ReferenceArgs) -> Result<i32, Exit> {
         llm: Default::default(),
         world: None,
         agent_env: vec![],
+        plan_item: None,
     };
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
@@ -556,6 +624,7 @@ pub(super) fn resume_plan(
         ),
         world: None,
         agent_env: options.agent_env,
+        plan_item: None,
     })
 }
 
@@ -587,16 +656,12 @@ pub(super) async fn resume(a: ResumeArgs) -> Result<i32, Exit> {
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
     let out = execute_resume(plan, dir, a.quiet, cancel).await?;
-    if a.json {
-        out_text(&format!("{}\n", result_json(&out)));
-    } else {
-        out_text(&crate::report::show::scorecard(&out.meta, &out.score));
-    }
+    print_result(&out, a.json);
     Ok(status_code(out.meta.status))
 }
 
 /// The exit code of a run's status.
-fn status_code(status: RunStatus) -> i32 {
+pub(super) fn status_code(status: RunStatus) -> i32 {
     match status {
         RunStatus::Done => exit::OK,
         RunStatus::Interrupted => exit::INTERRUPTED,
@@ -627,7 +692,7 @@ fn result_json(out: &session::RunOutput) -> serde_json::Value {
 
 /// Builds the world of a resumed run's suite (it must be the world the run began on), then goes on
 /// with the run.
-async fn execute_resume(
+pub(super) async fn execute_resume(
     mut plan: RunPlan,
     dir: crate::trace::rundir::RunDir,
     quiet: bool,
@@ -668,7 +733,7 @@ fn session_exit(e: session::SessionError) -> Exit {
 }
 
 /// Builds (or reads from the cache) the plan's world, when its suite has one.
-async fn with_world(plan: &mut RunPlan, quiet: bool) -> Result<(), Exit> {
+pub(super) async fn with_world(plan: &mut RunPlan, quiet: bool) -> Result<(), Exit> {
     if let Some(name) = plan.suite.world.clone() {
         let home = plan.home.clone();
         let seed = plan.suite.world_seed;

@@ -2,17 +2,20 @@
 //!
 //! An image is tagged `gptx/<name>:<hash of its resolved recipe>`, so it is rebuilt only when the recipe
 //! changes. The rootfs tree and the downloaded packages are kept under the cache directory, never in git.
+//! Nodes that cannot reach a Debian mirror get built images as a docker-save tar: [`save`], [`load`].
 
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::CreateImageOptions;
+use bollard::query_parameters::{CreateImageOptions, ImportImageOptions};
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 pub use crate::config::image::{Recipe, RecipeError};
 use crate::config::suite::Home;
@@ -34,6 +37,17 @@ pub enum ImageError {
     },
     #[error("importing image {tag}: {message}")]
     Import { tag: String, message: String },
+    #[error("image {name} ({tag}) is not built on this engine: build it first with `gptx images build {name}`")]
+    NotBuilt { name: String, tag: String },
+    /// The file is not a (complete) docker-save tar.
+    #[error("{file}: {message}")]
+    Archive { file: String, message: String },
+    #[error("saving images to {file}: {message}")]
+    Save { file: String, message: String },
+    #[error("loading {file}: the engine refused it: {message}")]
+    Load { file: String, message: String },
+    #[error("loading {file}: the engine took it but has no {tag} afterwards")]
+    NotLoaded { file: String, tag: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -399,4 +413,706 @@ async fn import(
             tag: tag.into(),
             message: "the engine accepted the import but has no such tag".into(),
         })
+}
+
+/// The most `manifest.json` (and a PAX or GNU long-name header) of a docker-save tar may hold.
+const MANIFEST_MAX: u64 = 1 << 20;
+const BLOCK: u64 = 512;
+
+/// One image of a docker-save tar, as its `manifest.json` lists it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ArchiveImage {
+    /// The image's config file in the tar: `<hex>.json`, or `blobs/sha256/<hex>` (OCI layout).
+    #[serde(rename = "Config")]
+    pub config: String,
+    #[serde(rename = "RepoTags", default)]
+    pub repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers", default)]
+    pub layers: Vec<String>,
+}
+
+impl ArchiveImage {
+    /// The image id the engine gives it: `sha256:` and the digest of its config.
+    pub fn id(&self) -> String {
+        let mut parts = self.config.rsplit('/');
+        let hex = parts.next().unwrap_or_default();
+        let algo = match (parts.next(), parts.next()) {
+            (Some(algo), Some("blobs")) => algo,
+            _ => "sha256",
+        };
+        format!("{algo}:{}", hex.trim_end_matches(".json"))
+    }
+
+    /// Its tags (an image saved by id has none).
+    pub fn tags(&self) -> &[String] {
+        self.repo_tags.as_deref().unwrap_or_default()
+    }
+}
+
+/// What a docker-save tar holds, read from its headers and `manifest.json` without unpacking it.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    pub images: Vec<ArchiveImage>,
+    /// Every entry but directories (files, links), by path, with its data size.
+    pub entries: BTreeMap<String, u64>,
+    /// The size of the tar file.
+    pub bytes: u64,
+}
+
+impl Archive {
+    /// Bytes of the image's config and layers in the tar.
+    pub fn image_bytes(&self, image: &ArchiveImage) -> u64 {
+        std::iter::once(&image.config)
+            .chain(&image.layers)
+            .filter_map(|p| self.entries.get(p.trim_start_matches("./")))
+            .sum()
+    }
+}
+
+/// Reads a docker-save tar's table of contents and `manifest.json`: every header is checked and
+/// every entry must fit in the file, so a truncated or foreign file is refused before any of it
+/// reaches the engine.
+pub fn read_archive(path: &Path) -> Result<Archive, ImageError> {
+    let file = path.display().to_string();
+    let bad = |message: String| ImageError::Archive {
+        file: file.clone(),
+        message,
+    };
+    let unreadable = |e: std::io::Error| ImageError::Archive {
+        file: file.clone(),
+        message: format!("cannot read it: {e}"),
+    };
+    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = f.metadata().map_err(unreadable)?;
+    if meta.is_dir() {
+        return Err(bad("is a directory, not a docker-save tar".into()));
+    }
+    let len = meta.len();
+    if len == 0 {
+        return Err(bad("is empty, not a docker-save tar".into()));
+    }
+    let read_at = |f: &mut std::fs::File, at: u64, buf: &mut [u8]| -> Result<(), ImageError> {
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.read_exact(buf))
+            .map_err(unreadable)
+    };
+    let mut entries = BTreeMap::new();
+    let mut manifest: Option<Vec<u8>> = None;
+    let mut long_name: Option<String> = None;
+    let mut pax_size: Option<u64> = None;
+    let mut header = [0u8; BLOCK as usize];
+    let mut pos = 0u64;
+    // A tar ends with zero blocks; one that stops at a block boundary is read as Docker reads it.
+    while pos < len {
+        if pos == 0 && len < BLOCK {
+            let mut start = vec![0u8; len as usize];
+            read_at(&mut f, 0, &mut start)?;
+            return Err(bad(not_a_tar(&start)));
+        }
+        if pos + BLOCK > len {
+            return Err(bad(format!(
+                "truncated: the file ends at byte {len}, inside the tar header at byte {pos}"
+            )));
+        }
+        read_at(&mut f, pos, &mut header)?;
+        if header.iter().all(|&b| b == 0) {
+            break;
+        }
+        if !checksum_ok(&header) {
+            return Err(bad(if pos == 0 {
+                not_a_tar(&header)
+            } else {
+                format!("corrupt tar header at byte {pos}")
+            }));
+        }
+        let raw_size = header_size(&header[124..136])
+            .ok_or_else(|| bad(format!("corrupt size in the tar header at byte {pos}")))?;
+        let kind = header[156];
+        let data = pos + BLOCK;
+        let size = match kind {
+            b'x' | b'g' | b'L' => raw_size,
+            _ => pax_size.take().unwrap_or(raw_size),
+        };
+        let name = match kind {
+            b'x' | b'g' | b'L' => String::new(),
+            _ => long_name.take().unwrap_or_else(|| header_name(&header)),
+        };
+        if data.saturating_add(size) > len {
+            let what = if name.is_empty() {
+                "a tar header"
+            } else {
+                &name
+            };
+            return Err(bad(format!(
+                "truncated: {what} needs {size} bytes from byte {data} but the file ends at byte {len}"
+            )));
+        }
+        let mut read_data = |what: &str| -> Result<Vec<u8>, ImageError> {
+            if size > MANIFEST_MAX {
+                return Err(bad(format!(
+                    "{what} at byte {pos} is {size} bytes, more than {MANIFEST_MAX}: not a docker-save tar"
+                )));
+            }
+            let mut buf = vec![0u8; size as usize];
+            read_at(&mut f, data, &mut buf)?;
+            Ok(buf)
+        };
+        match kind {
+            b'L' => {
+                let buf = read_data("a long-name header")?;
+                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                long_name = Some(String::from_utf8_lossy(&buf[..end]).into_owned());
+            }
+            b'x' => {
+                let buf = read_data("a PAX header")?;
+                for (key, value) in pax_records(&buf) {
+                    match key {
+                        "path" => long_name = Some(value.to_string()),
+                        "size" => pax_size = value.parse().ok(),
+                        _ => {}
+                    }
+                }
+            }
+            b'g' | b'5' => {}
+            _ => {
+                let name = name.trim_start_matches("./").to_string();
+                if name == "manifest.json" {
+                    manifest = Some(read_data("manifest.json")?);
+                }
+                entries.insert(name, size);
+            }
+        }
+        pos = data + size.div_ceil(BLOCK) * BLOCK;
+    }
+    let Some(manifest) = manifest else {
+        return Err(bad(
+            "has no manifest.json: not a docker-save tar (`gptx images save` and `docker save` write one)"
+                .into(),
+        ));
+    };
+    let images: Vec<ArchiveImage> = serde_json::from_slice(&manifest)
+        .map_err(|e| bad(format!("manifest.json is not a docker-save manifest: {e}")))?;
+    if images.is_empty() {
+        return Err(bad("manifest.json lists no image".into()));
+    }
+    for image in &images {
+        for part in std::iter::once(&image.config).chain(&image.layers) {
+            if !entries.contains_key(part.trim_start_matches("./")) {
+                return Err(bad(format!(
+                    "incomplete: manifest.json names {part} but the tar has no such file"
+                )));
+            }
+        }
+    }
+    Ok(Archive {
+        images,
+        entries,
+        bytes: len,
+    })
+}
+
+fn checksum_ok(header: &[u8; BLOCK as usize]) -> bool {
+    let Some(want) = octal(&header[148..156]) else {
+        return false;
+    };
+    let field = 148..156;
+    let (mut unsigned, mut signed) = (0u64, 0i64);
+    for (i, &b) in header.iter().enumerate() {
+        let b = if field.contains(&i) { b' ' } else { b };
+        unsigned += u64::from(b);
+        signed += i64::from(b as i8);
+    }
+    want == unsigned || i64::try_from(want).is_ok_and(|w| w == signed)
+}
+
+fn not_a_tar(header: &[u8]) -> String {
+    let what = if header.starts_with(&[0x1f, 0x8b]) {
+        "is gzip-compressed: gunzip it first (`gptx images save` writes a plain tar)"
+    } else if header.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {
+        "is xz-compressed: unxz it first (`gptx images save` writes a plain tar)"
+    } else if header.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        "is zstd-compressed: unzstd it first (`gptx images save` writes a plain tar)"
+    } else {
+        "is not a tar archive, so not a docker-save tar (`gptx images save` writes one)"
+    };
+    what.into()
+}
+
+fn octal(field: &[u8]) -> Option<u64> {
+    let digits: &[u8] = {
+        let start = field.iter().position(|&b| b != b' ')?;
+        let field = &field[start..];
+        let end = field
+            .iter()
+            .position(|&b| b == 0 || b == b' ')
+            .unwrap_or(field.len());
+        &field[..end]
+    };
+    if digits.is_empty() || !digits.iter().all(|b| (b'0'..=b'7').contains(b)) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok()
+}
+
+/// A header's size field: octal, or base-256 when its first bit is set (GNU, for 8 GiB and more).
+fn header_size(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        if field[0] & 0x40 != 0 {
+            return None; // negative
+        }
+        let mut v: u64 = u64::from(field[0] & 0x3f);
+        for &b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
+        }
+        return Some(v);
+    }
+    octal(field)
+}
+
+fn header_name(header: &[u8; BLOCK as usize]) -> String {
+    let cstr = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let name = cstr(&header[0..100]);
+    // POSIX ustar splits long paths into a prefix; GNU tar ("ustar  ") uses that space otherwise.
+    if &header[257..263] == b"ustar\0" {
+        let prefix = cstr(&header[345..500]);
+        if !prefix.is_empty() {
+            return format!("{prefix}/{name}");
+        }
+    }
+    name
+}
+
+/// The `<len> <key>=<value>\n` records of a PAX extended header.
+fn pax_records(buf: &[u8]) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while let Some(sp) = rest.iter().position(|&b| b == b' ') {
+        let Some(n) = std::str::from_utf8(&rest[..sp])
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            break;
+        };
+        if n <= sp + 1 || n > rest.len() {
+            break;
+        }
+        let record = &rest[sp + 1..n];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Ok(text) = std::str::from_utf8(record) {
+            if let Some((k, v)) = text.split_once('=') {
+                out.push((k, v));
+            }
+        }
+        rest = &rest[n..];
+    }
+    out
+}
+
+/// One image `save` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct SavedImage {
+    pub name: String,
+    pub tag: String,
+    pub id: String,
+    /// Bytes of its config and layers in the tar.
+    pub bytes: u64,
+}
+
+/// What `save` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct Saved {
+    pub file: PathBuf,
+    pub images: Vec<SavedImage>,
+    /// The size of the tar.
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Writes the built images `names` (their recipes' tags) to one docker-save tar at `out`: streamed
+/// from the engine into a temporary file beside it, checked, synced, then renamed into place.
+pub async fn save(
+    docker: &Docker,
+    home: &Home,
+    names: &[String],
+    out: &Path,
+    quiet: bool,
+) -> Result<Saved, ImageError> {
+    let t0 = Instant::now();
+    let mut wanted: Vec<(String, String, String)> = Vec::new();
+    for name in names {
+        if wanted.iter().any(|(n, ..)| n == name) {
+            continue;
+        }
+        let tag = Recipe::load(home, name)?.tag();
+        let Some(id) = image_id(docker, &tag).await? else {
+            return Err(ImageError::NotBuilt {
+                name: name.clone(),
+                tag,
+            });
+        };
+        wanted.push((name.clone(), tag, id));
+    }
+    let file = out.display().to_string();
+    let Some(file_name) = out.file_name() else {
+        return Err(ImageError::Save {
+            file,
+            message: "not a file name".into(),
+        });
+    };
+    if out.is_dir() {
+        return Err(ImageError::Save {
+            file,
+            message: "is a directory".into(),
+        });
+    }
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let fail = {
+        let file = file.clone();
+        move |message: String| ImageError::Save {
+            file: file.clone(),
+            message,
+        }
+    };
+    if !dir.is_dir() {
+        return Err(fail(format!("no directory {}", dir.display())));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", file_name.to_string_lossy()))
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(|e| {
+            fail(format!(
+                "cannot create a file in {}: {}",
+                dir.display(),
+                e.kind()
+            ))
+        })?;
+    let tmp_name = tmp.path().display().to_string();
+    let write_err = |e: std::io::Error| fail(format!("writing {tmp_name}: {e}"));
+    let pb = spinner(quiet);
+    pb.set_prefix("save");
+    pb.set_message(format!("exporting to {file}"));
+    let tags: Vec<&str> = wanted.iter().map(|(_, t, _)| t.as_str()).collect();
+    let mut stream = std::pin::pin!(docker.export_images(&tags));
+    let handle = tmp.as_file().try_clone().map_err(write_err)?;
+    let mut w = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(handle));
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+        w.write_all(&chunk).await.map_err(write_err)?;
+        bytes += chunk.len() as u64;
+        pb.set_message(format!("{:.0} MB written to {file}", bytes as f64 / 1e6));
+    }
+    w.flush().await.map_err(write_err)?;
+    w.into_inner().sync_all().await.map_err(write_err)?;
+    pb.set_message(format!("checking {file}"));
+    let check = tmp.path().to_path_buf();
+    let archive = tokio::task::spawn_blocking(move || read_archive(&check))
+        .await
+        .expect("archive task")
+        .map_err(|e| fail(format!("the engine's export is not a docker-save tar: {e}")))?;
+    let mut images = Vec::new();
+    for (name, tag, id) in wanted {
+        let Some(image) = archive.images.iter().find(|i| i.tags().contains(&tag)) else {
+            return Err(fail(format!(
+                "the engine's export has no {tag} in its manifest.json"
+            )));
+        };
+        images.push(SavedImage {
+            bytes: archive.image_bytes(image),
+            name,
+            tag,
+            id,
+        });
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(write_err)?;
+    }
+    tmp.persist(out)
+        .map_err(|e| fail(format!("renaming {tmp_name} into place: {}", e.error)))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail(format!("syncing {}: {e}", dir.display())))?;
+    pb.finish_and_clear();
+    Ok(Saved {
+        file: out.to_path_buf(),
+        images,
+        bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// How a loaded tag stands against this checkout's recipes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipeMatch {
+    /// It is the tag of this checkout's recipe: runs here use it.
+    Matches,
+    /// This checkout's recipe of that name has another tag (given): runs here build their own.
+    Differs(String),
+    /// `gptx/<name>:…` but this checkout has no (readable) recipe `name`.
+    NoRecipe,
+    /// Not a `gptx/<name>:<tag>` tag.
+    NotGptx,
+}
+
+/// One tag `load` brought in.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedImage {
+    pub tag: String,
+    /// The recipe name of a `gptx/<name>:<tag>` tag.
+    pub name: Option<String>,
+    /// Its id on the engine now.
+    pub id: String,
+    /// The id the tag had before, if it existed.
+    pub before: Option<String>,
+    pub recipe: RecipeMatch,
+}
+
+/// What `load` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Loaded {
+    pub file: PathBuf,
+    pub images: Vec<LoadedImage>,
+    /// The size of the tar.
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// The recipe name of a `gptx/<name>:<tag>` tag.
+pub fn gptx_name(tag: &str) -> Option<&str> {
+    let (name, version) = tag.strip_prefix("gptx/")?.split_once(':')?;
+    (!name.is_empty() && !name.contains('/') && !version.is_empty()).then_some(name)
+}
+
+/// Loads a docker-save tar (as `save` writes) into the engine, streaming the file; then checks that
+/// every tag it names is there and how each stands against this checkout's recipes.
+pub async fn load(
+    docker: &Docker,
+    home: &Home,
+    file: &Path,
+    quiet: bool,
+) -> Result<Loaded, ImageError> {
+    let t0 = Instant::now();
+    let name = file.display().to_string();
+    let path = file.to_path_buf();
+    let archive = tokio::task::spawn_blocking(move || read_archive(&path))
+        .await
+        .expect("archive task")?;
+    let tags: Vec<String> = archive
+        .images
+        .iter()
+        .flat_map(|i| i.tags().iter().cloned())
+        .collect();
+    if !tags.iter().any(|t| gptx_name(t).is_some()) {
+        return Err(ImageError::Archive {
+            file: name,
+            message: format!(
+                "holds no gptx/<name>:<tag> image (its tags: {}): not written by `gptx images save`",
+                if tags.is_empty() {
+                    "none".to_string()
+                } else {
+                    tags.join(", ")
+                }
+            ),
+        });
+    }
+    let mut before = Vec::new();
+    for tag in &tags {
+        before.push(image_id(docker, tag).await?);
+    }
+    let f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| ImageError::Archive {
+            file: name.clone(),
+            message: format!("cannot read it: {e}"),
+        })?;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let body = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).inspect_ok(move |b| {
+        counter.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    });
+    let pb = spinner(quiet);
+    pb.set_prefix("load");
+    let options = ImportImageOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let mut stream = docker.import_image(options, bollard::body_try_stream(body), None);
+    let ticker = {
+        let pb = pb.clone();
+        let sent = sent.clone();
+        let total = archive.bytes as f64 / 1e6;
+        tokio::spawn(async move {
+            loop {
+                let mb = sent.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+                pb.set_message(format!(
+                    "loading into Docker: {mb:.0} of {total:.0} MB sent"
+                ));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let mut failure = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(msg) = info.stream {
+                    tracing::debug!("docker load: {}", msg.trim_end());
+                }
+            }
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    ticker.abort();
+    pb.finish_and_clear();
+    if let Some(message) = failure {
+        return Err(ImageError::Load {
+            file: name,
+            message,
+        });
+    }
+    let mut images = Vec::new();
+    for (tag, before) in tags.into_iter().zip(before) {
+        let Some(id) = image_id(docker, &tag).await? else {
+            return Err(ImageError::NotLoaded { file: name, tag });
+        };
+        let recipe_name = gptx_name(&tag).map(str::to_string);
+        let recipe = match &recipe_name {
+            None => RecipeMatch::NotGptx,
+            Some(n) => match Recipe::load(home, n) {
+                Ok(r) if r.tag() == tag => RecipeMatch::Matches,
+                Ok(r) => RecipeMatch::Differs(r.tag()),
+                Err(_) => RecipeMatch::NoRecipe,
+            },
+        };
+        images.push(LoadedImage {
+            tag,
+            name: recipe_name,
+            id,
+            before,
+            recipe,
+        });
+    }
+    Ok(Loaded {
+        file: file.to_path_buf(),
+        images,
+        bytes: archive.bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A docker-save-shaped tar made by the system's `tar` in `format`.
+    fn make_tar(dir: &Path, format: &str, manifest: &str) -> PathBuf {
+        let src = dir.join(format!("src-{format}"));
+        let layer = "a".repeat(64);
+        std::fs::create_dir_all(src.join(&layer)).unwrap();
+        std::fs::write(src.join(format!("{}.json", "c".repeat(64))), "{}").unwrap();
+        std::fs::write(src.join(&layer).join("layer.tar"), vec![7u8; 3000]).unwrap();
+        // A path too long for a plain header, so PAX / GNU long names are exercised.
+        let deep = src.join("d".repeat(90)).join("e".repeat(90));
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), "x").unwrap();
+        std::fs::write(src.join("manifest.json"), manifest).unwrap();
+        let out = dir.join(format!("{format}.tar"));
+        let status = std::process::Command::new("tar")
+            .arg(format!("--format={format}"))
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(&out)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        out
+    }
+
+    fn manifest() -> String {
+        format!(
+            r#"[{{"Config":"{}.json","RepoTags":["gptx/base:0123456789ab"],"Layers":["{}/layer.tar"]}}]"#,
+            "c".repeat(64),
+            "a".repeat(64)
+        )
+    }
+
+    #[test]
+    fn archives_are_read_from_their_headers_and_bad_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in ["pax", "gnu", "ustar"] {
+            let tar = make_tar(dir.path(), format, &manifest());
+            let a = read_archive(&tar).unwrap_or_else(|e| panic!("{format}: {e}"));
+            assert_eq!(a.images.len(), 1);
+            assert_eq!(a.images[0].tags(), ["gptx/base:0123456789ab"]);
+            assert_eq!(a.images[0].id(), format!("sha256:{}", "c".repeat(64)));
+            assert_eq!(a.image_bytes(&a.images[0]), 3002);
+            if format != "ustar" {
+                let deep = format!("{}/{}/f", "d".repeat(90), "e".repeat(90));
+                assert_eq!(a.entries.get(&deep), Some(&1), "{format}: {:?}", a.entries);
+            }
+            // Cut inside an entry: truncated.
+            let bytes = std::fs::read(&tar).unwrap();
+            let cut = dir.path().join(format!("{format}-cut.tar"));
+            std::fs::write(&cut, &bytes[..1700]).unwrap();
+            let e = read_archive(&cut).unwrap_err().to_string();
+            assert!(
+                e.contains("truncated") && e.contains(&cut.display().to_string()),
+                "{e}"
+            );
+        }
+        let tar = make_tar(dir.path(), "pax", "[]");
+        let e = read_archive(&tar).unwrap_err().to_string();
+        assert!(e.contains("lists no image"), "{e}");
+        let tar = make_tar(
+            dir.path(),
+            "gnu",
+            &manifest().replace("layer.tar", "other.tar"),
+        );
+        let e = read_archive(&tar).unwrap_err().to_string();
+        assert!(e.contains("incomplete") && e.contains("other.tar"), "{e}");
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, "hello\n".repeat(200)).unwrap();
+        let e = read_archive(&text).unwrap_err().to_string();
+        assert!(e.contains("notes.txt") && e.contains("not a tar"), "{e}");
+        let empty = dir.path().join("empty.tar");
+        std::fs::write(&empty, "").unwrap();
+        assert!(read_archive(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let e = read_archive(&dir.path().join("missing.tar"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.tar"), "{e}");
+    }
+
+    #[test]
+    fn gptx_tags_name_their_recipe() {
+        assert_eq!(gptx_name("gptx/base:0123"), Some("base"));
+        assert_eq!(gptx_name("gptx/base"), None);
+        assert_eq!(gptx_name("debian:bookworm"), None);
+        assert_eq!(gptx_name("gptx/a/b:1"), None);
+        let oci = ArchiveImage {
+            config: format!("blobs/sha256/{}", "f".repeat(64)),
+            repo_tags: None,
+            layers: vec![],
+        };
+        assert_eq!(oci.id(), format!("sha256:{}", "f".repeat(64)));
+        assert!(oci.tags().is_empty());
+    }
 }

@@ -37,6 +37,8 @@ pub struct RunPlan {
     /// `exec:` agents: the names of the harness's environment variables passed through to them
     /// (`--agent-env`); nothing else of the harness's environment reaches them.
     pub agent_env: Vec<String>,
+    /// The plan item the run carries out (`gptx run --plan FILE --item K`), recorded in run.json.
+    pub plan_item: Option<crate::trace::rundir::PlanItemRef>,
 }
 
 impl RunPlan {
@@ -138,6 +140,7 @@ pub async fn run(
         options: Some(plan.options()),
         resumes: Vec::new(),
         agent_process: agent_process(agent.as_ref()),
+        plan: plan.plan_item.clone(),
     };
     rundir::write_json_atomic(&dir.run_json(), &meta).map_err(rd_err(&dir.run_json()))?;
     if let Err(e) = reserve(&dir.reserve(), RESERVE_BYTES) {

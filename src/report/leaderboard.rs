@@ -150,9 +150,57 @@ pub struct Board {
     /// The best verified bpb any ranked run reached on this world, and which run holds it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<Record>,
+    /// The plans (`--plan`) whose runs are on this board, with where their items stand.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<PlanState>,
+    /// A plan on this board is not done: its agents are listed unranked (`rank` 0), since a
+    /// missing item could change the order.
+    pub provisional: bool,
     #[serde(skip)]
     pub entries: Vec<RunEntry>,
 }
+
+/// A plan on a board: its tally and the items not done.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanState {
+    pub plan_id: String,
+    pub file: String,
+    pub tally: crate::plan::Tally,
+    pub not_done: Vec<crate::plan::ItemStatus>,
+}
+
+impl PlanState {
+    /// One line: the plan, its tally, and which items are not done.
+    fn text(&self) -> String {
+        let mut t = format!("plan {} ({}): {}", self.plan_id, self.file, self.tally);
+        if !self.not_done.is_empty() {
+            let items: Vec<String> = self
+                .not_done
+                .iter()
+                .take(20)
+                .map(|s| {
+                    format!(
+                        "{} {} seed {} {}",
+                        s.item.index, s.item.agent, s.item.seed, s.state
+                    )
+                })
+                .collect();
+            t.push_str(&format!(
+                "; not done: {}{}",
+                items.join(", "),
+                if self.not_done.len() > 20 {
+                    ", …"
+                } else {
+                    ""
+                }
+            ));
+        }
+        t
+    }
+}
+
+/// What a provisional board says above its table.
+const PROVISIONAL: &str = "INCOMPLETE: a plan on this board is not done, so its agents are not ranked (#: –) until every item is done";
 
 /// The best verified bpb seen on a world: how much headroom there is above the reference.
 #[derive(Debug, Clone, Serialize)]
@@ -527,23 +575,158 @@ pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
             unfinished,
             resamples: opts.resamples,
             record,
+            plans: Vec::new(),
+            provisional: false,
             entries,
         });
     }
     boards
 }
 
+/// Reads the runs of every directory in `runs_dirs` (a run found twice counts once) and ranks
+/// them, then puts each plan of `plans` on the board of its suite and world: a board with a plan
+/// not done is provisional, and its agents are not ranked. A plan item run more than once (a
+/// failed run run anew, a race) counts once: its done run.
+pub fn collect_many(
+    runs_dirs: &[PathBuf],
+    plans: &[PathBuf],
+    home: Option<&Home>,
+    opts: &Options,
+) -> anyhow::Result<Vec<Board>> {
+    let mut listed: Vec<(rundir::RunDir, RunMeta)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for d in runs_dirs {
+        if !d.is_dir() {
+            anyhow::bail!("--runs-dir {}: no such directory", d.display());
+        }
+        let (runs, problems) = rundir::list_runs(d);
+        for p in problems {
+            tracing::warn!("leaderboard: skipped {p}");
+        }
+        for (dir, meta) in runs {
+            if seen.insert(meta.run_id.clone()) {
+                listed.push((dir, meta));
+            }
+        }
+    }
+    let mut states = Vec::new();
+    for path in plans {
+        let plan = crate::plan::Plan::load(path).map_err(|e| anyhow::anyhow!("--plan: {e}"))?;
+        let lock_dir = plan.runs_dir_from(path);
+        // The plan's own runs directory is read even when not given with --runs-dir.
+        if lock_dir.is_dir() && !runs_dirs.iter().any(|d| d == &lock_dir) {
+            for (dir, meta) in rundir::list_runs(&lock_dir).0 {
+                if seen.insert(meta.run_id.clone()) {
+                    listed.push((dir, meta));
+                }
+            }
+        }
+        let st = crate::plan::states(&plan, &listed, &lock_dir);
+        states.push((path.display().to_string(), plan, st));
+    }
+    // One done run per plan item: the one its state names.
+    let chosen: std::collections::BTreeSet<&str> = states
+        .iter()
+        .flat_map(|(_, _, st)| st.iter())
+        .filter(|s| s.state == crate::plan::ItemState::Done)
+        .filter_map(|s| s.run_id.as_deref())
+        .collect();
+    let known: std::collections::BTreeSet<&str> =
+        states.iter().map(|(_, p, _)| p.plan_id.as_str()).collect();
+    let kept: Vec<(rundir::RunDir, RunMeta)> = listed
+        .iter()
+        .filter(|(_, m)| match &m.plan {
+            Some(p) if known.contains(p.plan_id.as_str()) && m.status == RunStatus::Done => {
+                chosen.contains(m.run_id.as_str())
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    let mut boards = rank_runs(kept, home, opts, &runs_dirs_text(runs_dirs))?;
+    for (file, plan, st) in states {
+        let tally = crate::plan::Tally::of(&st);
+        let state = PlanState {
+            plan_id: plan.plan_id.clone(),
+            file,
+            not_done: st
+                .into_iter()
+                .filter(|s| s.state != crate::plan::ItemState::Done)
+                .collect(),
+            tally,
+        };
+        let hash = plan.world.as_ref().map(|w| w.hash.clone());
+        let suite_name = std::path::Path::new(&plan.suite)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| plan.suite.clone());
+        if opts.suite.as_deref().is_some_and(|s| s != suite_name) {
+            continue;
+        }
+        let i = match boards
+            .iter()
+            .position(|b| b.world_hash == hash && b.suite == suite_name)
+        {
+            Some(i) => i,
+            None => {
+                boards.push(Board {
+                    suite: suite_name,
+                    world_hash: hash,
+                    stages: Vec::new(),
+                    baselines: Vec::new(),
+                    agents: Vec::new(),
+                    unfinished: Vec::new(),
+                    resamples: opts.resamples,
+                    record: None,
+                    plans: Vec::new(),
+                    provisional: false,
+                    entries: Vec::new(),
+                });
+                boards.len() - 1
+            }
+        };
+        let b = &mut boards[i];
+        if !state.tally.complete() {
+            b.provisional = true;
+            for a in &mut b.agents {
+                a.rank = 0;
+            }
+        }
+        b.plans.push(state);
+    }
+    Ok(boards)
+}
+
+fn runs_dirs_text(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `#` of an agent row: its rank, or – on a provisional board.
+fn rank_text(a: &AgentRow) -> String {
+    if a.rank == 0 {
+        "–".into()
+    } else {
+        a.rank.to_string()
+    }
+}
+
 /// Reads every run under `runs_dir` and ranks them. Unreadable run directories are skipped with a
 /// warning on stderr; a `--suite` with no runs is an error that says which suites have runs.
 pub fn collect(runs_dir: &Path, home: Option<&Home>, opts: &Options) -> anyhow::Result<Vec<Board>> {
+    collect_many(&[runs_dir.to_path_buf()], &[], home, opts)
+}
+
+/// Ranks runs read from `shown` (the runs directories, for errors).
+fn rank_runs(
+    listed: Vec<(rundir::RunDir, RunMeta)>,
+    home: Option<&Home>,
+    opts: &Options,
+    shown: &str,
+) -> anyhow::Result<Vec<Board>> {
     let _ = home;
-    if !runs_dir.is_dir() {
-        anyhow::bail!("--runs-dir {}: no such directory", runs_dir.display());
-    }
-    let (listed, problems) = rundir::list_runs(runs_dir);
-    for p in problems {
-        tracing::warn!("leaderboard: skipped {p}");
-    }
     let runs: Vec<ReadRun> = listed
         .into_iter()
         .map(|(dir, mut meta)| {
@@ -580,7 +763,7 @@ pub fn collect(runs_dir: &Path, home: Option<&Home>, opts: &Options) -> anyhow::
             have.dedup();
             anyhow::bail!(
                 "--suite {s}: no runs of that suite in {} (suites with runs: {})",
-                runs_dir.display(),
+                shown,
                 if have.is_empty() {
                     "none".to_string()
                 } else {
@@ -804,6 +987,15 @@ pub fn markdown(boards: &[Board]) -> String {
         if let Some(r) = &b.record {
             let _ = writeln!(o, "{}\n", record_text(r));
         }
+        if b.provisional {
+            let _ = writeln!(o, "**{PROVISIONAL}.**\n");
+        }
+        for p in &b.plans {
+            let _ = writeln!(o, "- {}", p.text());
+        }
+        if !b.plans.is_empty() {
+            o.push('\n');
+        }
         let _ = writeln!(
             o,
             "| # | agent | runs | mean level | levels | Bootstrap Index | 95% CI | best-of-k | median bpb | rebuilt bpb | to record | CPU-s/run | wall s/run | tokens/run | cost/run |"
@@ -816,7 +1008,7 @@ pub fn markdown(boards: &[Board]) -> String {
             let _ = writeln!(
                 o,
                 "| {} | `{}` | {} | {:.2} | {}{}{} | {:.1} | {} | {:.1} ({}) | {} | {} | {} | {:.1} | {:.1} | {} | {} |",
-                a.rank,
+                rank_text(a),
                 a.agent,
                 a.runs,
                 a.mean_level,
@@ -1000,12 +1192,22 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                 html_escape(&record_text(r).replace('`', ""))
             );
         }
+        if b.provisional {
+            let _ = write!(
+                o,
+                "<p class=\"provisional\"><strong>{}.</strong></p>",
+                html_escape(PROVISIONAL)
+            );
+        }
+        for p in &b.plans {
+            let _ = write!(o, "<p class=\"plan\">{}</p>", html_escape(&p.text()));
+        }
         o.push_str("<table><tr><th>#</th><th class=\"l\">agent</th><th>runs</th><th>mean level</th><th class=\"l\">levels</th><th>Bootstrap Index</th><th class=\"l\">95% CI</th><th>best-of-k</th><th>median bpb</th><th>rebuilt bpb</th><th>to record</th><th>CPU-s/run</th><th>wall s/run</th><th>tokens/run</th><th>cost/run</th></tr>");
         for a in &b.agents {
             let _ = write!(
                 o,
                 "<tr><td>{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{:.2}</td><td class=\"l\">{}</td><td>{:.1}<span class=\"bar\" style=\"width:{:.0}px\"></span></td><td class=\"l\">{}</td><td>{:.1} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
-                a.rank,
+                rank_text(a),
                 html_escape(&a.agent),
                 a.runs,
                 a.mean_level,

@@ -39,6 +39,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct AppState {
     pub runs_dir: PathBuf,
+    /// More runs directories shown beside `runs_dir` (`--runs-dir` repeated).
+    pub more_runs_dirs: Vec<PathBuf>,
+    /// Plan files whose item states the leaderboard shows (`--plan`).
+    pub plans: Vec<PathBuf>,
     pub home: Option<Home>,
     /// Host names (without port) requests may name besides the loopback ones (`--allow-host`).
     pub allowed_hosts: Vec<String>,
@@ -50,11 +54,20 @@ impl AppState {
     pub fn new(runs_dir: PathBuf, home: Option<Home>) -> Self {
         Self {
             runs_dir,
+            more_runs_dirs: Vec::new(),
+            plans: Vec::new(),
             home,
             allowed_hosts: Vec::new(),
             indexes: Arc::default(),
             live: Arc::default(),
         }
+    }
+
+    /// Every runs directory shown: `runs_dir`, then the others.
+    pub fn runs_dirs(&self) -> Vec<PathBuf> {
+        let mut all = vec![self.runs_dir.clone()];
+        all.extend(self.more_runs_dirs.iter().cloned());
+        all
     }
 
     /// Live event streams open right now (each ends when its client goes or the server stops).
@@ -77,21 +90,35 @@ impl AppState {
             && id != ".."
             && !id.contains(['/', '\\', '\0'])
             && id.len() <= 200;
-        let dir = RunDir::new(self.runs_dir.join(id));
-        if plain && dir.run_json().is_file() {
-            return Ok(dir);
+        let dirs = self.runs_dirs();
+        for d in &dirs {
+            let dir = RunDir::new(d.join(id));
+            if plain && dir.run_json().is_file() {
+                return Ok(dir);
+            }
         }
         // A unique prefix of a run id names the run, as on the command line.
-        match plain.then(|| crate::trace::rundir::find_run(&self.runs_dir, id)) {
-            Some(Ok(dir)) => Ok(dir),
-            Some(Err(e)) if e.to_string().contains("give more of the id") => {
-                Err(PageError::not_found("No such run", e.to_string()))
+        if plain {
+            for d in &dirs {
+                match crate::trace::rundir::find_run(d, id) {
+                    Ok(dir) => return Ok(dir),
+                    Err(e) if e.to_string().contains("give more of the id") => {
+                        return Err(PageError::not_found("No such run", e.to_string()))
+                    }
+                    Err(_) => {}
+                }
             }
-            _ => Err(PageError::not_found(
-                "No such run",
-                format!("There is no run {id:?} in {}.", self.runs_dir.display()),
-            )),
         }
+        Err(PageError::not_found(
+            "No such run",
+            format!(
+                "There is no run {id:?} in {}.",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
     }
 }
 
@@ -350,8 +377,8 @@ async fn runs_page(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, PageError> {
     let filter = filter_param(&q)?;
-    let runs_dir = ctx.app.runs_dir.clone();
-    let list = blocking(move || Ok(view::runs(&runs_dir, &filter))).await?;
+    let runs_dirs = ctx.app.runs_dirs();
+    let list = blocking(move || Ok(view::runs(&runs_dirs, &filter))).await?;
     Ok(Html(pages::runs_page(&list)))
 }
 
@@ -360,8 +387,8 @@ async fn api_runs(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, PageError> {
     let filter = filter_param(&q).map_err(PageError::json)?;
-    let runs_dir = ctx.app.runs_dir.clone();
-    let list = blocking(move || Ok(view::runs(&runs_dir, &filter))).await?;
+    let runs_dirs = ctx.app.runs_dirs();
+    let list = blocking(move || Ok(view::runs(&runs_dirs, &filter))).await?;
     Ok(Json(serde_json::json!({
         "runs": list.rows,
         "problems": list.problems,
@@ -500,11 +527,14 @@ async fn leaderboard_page(
             suite,
             resamples: 2000,
         };
-        let boards = crate::report::leaderboard::collect(&app.runs_dir, app.home.as_ref(), &opts)
-            .map_err(|e| {
-            PageError::internal("The leaderboard could not be built", e.to_string())
-        })?;
-        let suites = view::runs(&app.runs_dir, &view::Filter::default()).suites;
+        let boards = crate::report::leaderboard::collect_many(
+            &app.runs_dirs(),
+            &app.plans,
+            app.home.as_ref(),
+            &opts,
+        )
+        .map_err(|e| PageError::internal("The leaderboard could not be built", e.to_string()))?;
+        let suites = view::runs(&app.runs_dirs(), &view::Filter::default()).suites;
         Ok(Html(pages::leaderboard(
             &boards,
             &suites,

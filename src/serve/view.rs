@@ -79,11 +79,24 @@ fn wall(meta: &RunMeta) -> Option<f64> {
     Some((end - meta.started_at).num_milliseconds() as f64 / 1000.0)
 }
 
-pub fn runs(runs_dir: &Path, filter: &Filter) -> RunList {
-    let (found, mut problems) = rundir::list_runs(runs_dir);
-    if !runs_dir.is_dir() {
-        problems.push(format!("{}: not a directory", runs_dir.display()));
+/// The runs of every directory in `runs_dirs` (a run found in two counts once).
+pub fn runs(runs_dirs: &[std::path::PathBuf], filter: &Filter) -> RunList {
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for runs_dir in runs_dirs {
+        let (listed, p) = rundir::list_runs(runs_dir);
+        problems.extend(p);
+        if !runs_dir.is_dir() {
+            problems.push(format!("{}: not a directory", runs_dir.display()));
+        }
+        found.extend(
+            listed
+                .into_iter()
+                .filter(|(_, m)| seen.insert(m.run_id.clone())),
+        );
     }
+    found.sort_by_key(|(_, m)| m.started_at);
     let mut all = Vec::new();
     for (dir, meta) in found {
         let score = read_score(&dir);

@@ -73,6 +73,16 @@ pub struct RunMeta {
     /// outlives a gptx that was killed outright.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_process: Option<AgentProcess>,
+    /// The plan item this run carries out (`gptx run --plan FILE --item K`), None outside a plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanItemRef>,
+}
+
+/// A plan's item, as a run records it: the plan's id and the item's stable id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanItemRef {
+    pub plan_id: String,
+    pub item: String,
 }
 
 /// An agent's process group on a host, and the uid its processes run as.
@@ -250,6 +260,17 @@ pub fn mark_dead(runs_dir: &Path) -> (Vec<Marked>, Vec<String>) {
         }
     }
     (marked, problems)
+}
+
+/// Marks the `running` run in `dir` `interrupted` like [`mark_dead`], whatever host its owner is
+/// on: for a caller that knows its owner is gone (it holds the lock of the plan item the run
+/// carries out, which that owner held while it lived). None when the run is not `running`.
+pub fn mark_stale(dir: &RunDir) -> anyhow::Result<Option<Marked>> {
+    let meta: RunMeta = read_json(&dir.run_json())?;
+    if meta.status != RunStatus::Running {
+        return Ok(None);
+    }
+    mark_one(dir, meta)
 }
 
 fn mark_one(dir: &RunDir, mut meta: RunMeta) -> anyhow::Result<Option<Marked>> {
@@ -642,6 +663,7 @@ mod mark_tests {
             options: None,
             resumes: Vec::new(),
             agent_process: None,
+            plan: None,
         };
         write_json_atomic(&dir.run_json(), &meta).unwrap();
         dir

@@ -1,0 +1,402 @@
+//! `gptx plan` (a batch written as a plan file), `gptx run --plan FILE [--item K]` (a plan's items, checked against this node), and `gptx runs --plan FILE` (where each item stands).
+
+use super::*;
+use crate::plan::{ItemLock, ItemState, Plan, Tally, WorldPin};
+
+fn usage(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: exit::USAGE,
+        error: e.into(),
+    }
+}
+
+/// `gptx plan`: checks the batch as `gptx run` would (every agent spec, the suite, the stages,
+/// the budgets), builds its world to pin the hash, and writes the plan file.
+pub(super) async fn make(a: PlanArgs) -> Result<i32, Exit> {
+    let home = Home::locate().map_err(env_error)?;
+    let suite = home
+        .suite(a.batch.suite())
+        .map_err(|e| usage(anyhow::Error::from(e).context("--suite")))?;
+    // Every item's plan is made now, so a bad agent, stage or budget is refused here, not on a node.
+    let plans = run::plans(&a.batch, &a.runs_dir).map_err(usage)?;
+    let mut seeds: Vec<u64> = Vec::new();
+    for (_, p) in &plans {
+        if !seeds.contains(&p.suite.seed) {
+            seeds.push(p.suite.seed);
+        }
+    }
+    let world = match plans.first().map(|(_, p)| p) {
+        Some(p) if p.suite.world.is_some() => {
+            let mut p =
+                run::plan_for(&a.batch, &a.runs_dir, &a.batch.agent[0], None).map_err(usage)?;
+            run::with_world(&mut p, false).await?;
+            p.world.as_ref().map(|w| WorldPin {
+                name: w.manifest.name.clone(),
+                seed: w.manifest.seed,
+                hash: w.manifest.world_hash.clone(),
+            })
+        }
+        _ => None,
+    };
+    let recipe = crate::config::image::Recipe::load(&home, &suite.image).map_err(usage)?;
+    let images = std::collections::BTreeMap::from([(suite.image.clone(), recipe.tag())]);
+    let suite_sha256 = crate::plan::file_sha256(&suite.path).map_err(usage)?;
+    let plan = Plan::new(
+        // Resources come from the suite as the items run it: stages and budgets applied.
+        &plans[0].1.suite,
+        a.batch.suite(),
+        suite_sha256,
+        a.batch.stages.clone(),
+        world,
+        images,
+        a.batch.overrides(),
+        a.batch.options(),
+        a.runs_dir.clone(),
+        &a.batch.agent,
+        &seeds,
+    )
+    .map_err(usage)?;
+    plan.write(&a.out).map_err(failed)?;
+    if a.json {
+        out_text(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&plan).expect("json")
+        ));
+    } else {
+        out_text(&format!(
+            "plan {} · {} items ({} agent(s) × {} seed(s)) · suite {} · world {} · each item asks {} CPUs, {} MB\nwrote {} (runs go to {})\nrun one item: gptx run --plan {} --item 0 · all here: gptx run --plan {} --parallel 2 · on Slurm: gptx slurm submit --plan {}\n",
+            plan.plan_id,
+            plan.items.len(),
+            a.batch.agent.len(),
+            seeds.len(),
+            plan.suite,
+            plan.world.as_ref().map(|w| &w.hash[..12.min(w.hash.len())]).unwrap_or("none"),
+            plan.resources.cpus,
+            plan.resources.memory_mb,
+            a.out.display(),
+            plan.runs_dir_from(&a.out).display(),
+            a.out.display(),
+            a.out.display(),
+            a.out.display(),
+        ));
+    }
+    Ok(exit::OK)
+}
+
+/// A plan read and checked against this node: the same gptx version, suite file and image
+/// recipes; every item's run plan; the runs directory.
+struct Checked {
+    plan: Plan,
+    runs_dir: std::path::PathBuf,
+    runs: Vec<(String, RunPlan)>,
+}
+
+fn check(path: &std::path::Path) -> Result<Checked, Exit> {
+    let plan = Plan::load(path).map_err(usage)?;
+    let shown = path.display();
+    let env = |m: String| env_error(anyhow::anyhow!("{shown}: {m}"));
+    if plan.gptx_version != env!("CARGO_PKG_VERSION") {
+        return Err(env(format!(
+            "the plan was made by gptx {} and this is gptx {}: run every item with the gptx that made the plan",
+            plan.gptx_version,
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    let home = Home::locate().map_err(env_error)?;
+    let suite = home
+        .suite(&plan.suite)
+        .map_err(|e| usage(anyhow::Error::from(e).context(format!("{shown}: suite"))))?;
+    let sha = crate::plan::file_sha256(&suite.path).map_err(usage)?;
+    if sha != plan.suite_sha256 {
+        return Err(env(format!(
+            "this node's suite file {} (sha256 {}) is not the one the plan was made with ({}): check out the same tasks/",
+            suite.path.display(),
+            &sha[..12],
+            &plan.suite_sha256[..12.min(plan.suite_sha256.len())]
+        )));
+    }
+    for (name, tag) in &plan.images {
+        let recipe = crate::config::image::Recipe::load(&home, name).map_err(usage)?;
+        if &recipe.tag() != tag {
+            return Err(env(format!(
+                "this node's recipe for image {name} has tag {}, the plan's is {tag}: check out the same sandboxes/",
+                recipe.tag()
+            )));
+        }
+    }
+    let runs_dir = plan.runs_dir_from(path);
+    let o = &plan.overrides;
+    let batch = BatchArgs {
+        suite: Some(plan.suite.clone()),
+        stages: plan.stages.clone(),
+        max_steps: o.max_steps,
+        max_sandbox_seconds: o.max_sandbox_seconds,
+        max_wall_seconds: o.max_wall_seconds,
+        max_step_seconds: o.max_step_seconds,
+        max_tokens: o.max_tokens,
+        max_cost_usd: o.max_cost_usd,
+        temperature: plan.options.temperature,
+        max_output_tokens: Some(plan.options.max_output_tokens),
+        context_tokens: Some(plan.options.context_tokens),
+        agent_env: plan.options.agent_env.clone(),
+        rescue: Some(plan.options.rescue),
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    for item in &plan.items {
+        let mut p = run::plan_for(&batch, &runs_dir, &item.agent, Some(item.seed))
+            .map_err(|e| usage(e.context(format!("{shown}: item {}", item.id))))?;
+        p.plan_item = Some(plan.item_ref(item));
+        runs.push((item.agent.clone(), p));
+    }
+    Ok(Checked {
+        plan,
+        runs_dir,
+        runs,
+    })
+}
+
+/// Builds (or reads) the plan's world on this node and refuses one whose hash is not the plan's.
+async fn world_checked(plan: &Plan, p: &mut RunPlan, quiet: bool) -> Result<(), Exit> {
+    run::with_world(p, quiet).await?;
+    let got = p.world.as_ref().map(|w| w.manifest.world_hash.clone());
+    let want = plan.world.as_ref().map(|w| w.hash.clone());
+    if got != want {
+        return Err(env_error(anyhow::anyhow!(
+            "plan {}: this node's world is {} and the plan's is {}: the world's files (tasks/worlds/) differ",
+            plan.plan_id,
+            got.as_deref().unwrap_or("none"),
+            want.as_deref().unwrap_or("none")
+        )));
+    }
+    Ok(())
+}
+
+/// `gptx run --plan FILE [--item K]`.
+pub(super) async fn run_plan(path: &std::path::Path, args: &RunArgs) -> Result<i32, Exit> {
+    let given = args.batch.given();
+    if !given.is_empty() {
+        return Err(usage(anyhow::anyhow!(
+            "--plan {}: the plan fixes the suite, agents, seeds, budgets and options; drop {}",
+            path.display(),
+            given.join(", ")
+        )));
+    }
+    let mut checked = check(path)?;
+    match &args.item {
+        Some(key) => run_item(path, key, args, checked).await,
+        None => {
+            // The world once, for every item.
+            if let Some((_, p)) = checked.runs.first_mut() {
+                world_checked(&checked.plan, p, args.quiet).await?;
+                let world = p.world.clone();
+                for (_, q) in checked.runs.iter_mut() {
+                    q.world = world.clone();
+                }
+            }
+            for p in mark_dead_runs(&checked.runs_dir) {
+                eprintln!("gptx: {p}");
+            }
+            eprintln!(
+                "gptx run: plan {} ({}), runs in {}",
+                checked.plan.plan_id,
+                path.display(),
+                checked.runs_dir.display()
+            );
+            let batch = run::BatchRun {
+                parallel: args.parallel,
+                force: args.force,
+                quiet: args.quiet,
+                json: args.json,
+                runs_dir: checked.runs_dir.clone(),
+                agents: {
+                    let mut a: Vec<&str> = checked
+                        .plan
+                        .items
+                        .iter()
+                        .map(|i| i.agent.as_str())
+                        .collect();
+                    a.dedup();
+                    a.len()
+                },
+            };
+            run::run_many(checked.runs, &batch).await
+        }
+    }
+}
+
+/// One item: under its lock, kept when done, resumed when interrupted, run otherwise.
+async fn run_item(
+    path: &std::path::Path,
+    key: &str,
+    args: &RunArgs,
+    checked: Checked,
+) -> Result<i32, Exit> {
+    let Checked {
+        plan,
+        runs_dir,
+        mut runs,
+    } = checked;
+    let item = plan.item(key, path).map_err(usage)?.clone();
+    let (agent, mut rp) = runs.swap_remove(item.index);
+    crate::plan::note_attempt(
+        &runs_dir,
+        &plan.item_ref(&item),
+        serde_json::json!({"event": "started"}),
+    );
+    let lock = {
+        let (dir, id, item_id) = (runs_dir.clone(), plan.plan_id.clone(), item.id.clone());
+        let wait = std::time::Duration::from_secs_f64(args.item_wait.max(0.0));
+        tokio::task::spawn_blocking(move || ItemLock::acquire(&dir, &id, &item_id, wait))
+            .await
+            .map_err(failed)?
+            .map_err(failed)?
+    };
+    world_checked(&plan, &mut rp, args.quiet).await?;
+    for p in mark_dead_runs(&runs_dir) {
+        eprintln!("gptx: {p}");
+    }
+    let (all, _) = crate::trace::rundir::list_runs(&runs_dir);
+    // We hold the item's lock, which every gptx running it holds: a run of it still `running`
+    // has lost its gptx, on whatever host that was.
+    for (dir, meta) in &all {
+        if meta.status == RunStatus::Running && meta.plan == rp.plan_item {
+            match crate::trace::rundir::mark_stale(dir) {
+                Ok(Some(_)) => eprintln!(
+                    "gptx: run {} of item {} marked interrupted: its gptx (on {}) is gone",
+                    meta.run_id,
+                    item.id,
+                    meta.owner
+                        .as_ref()
+                        .map(|o| o.host.as_str())
+                        .unwrap_or("an unknown host")
+                ),
+                Ok(None) => {}
+                Err(e) => eprintln!("gptx: run {}: {e:#}", meta.run_id),
+            }
+        }
+    }
+    let (all, _) = crate::trace::rundir::list_runs(&runs_dir);
+    let hash = rp.world.as_ref().map(|w| w.manifest.world_hash.clone());
+    let label = format!("item {} ({})", item.index, item.id);
+    if let Some(out) = run::already_done(&all, &agent, &rp, &hash) {
+        eprintln!(
+            "gptx run: {label} is done: run {} ({}, Bootstrap Index {:.1}); nothing to do",
+            out.run_id, out.score.level, out.score.bootstrap_index
+        );
+        crate::plan::note_attempt(
+            &runs_dir,
+            &plan.item_ref(&item),
+            serde_json::json!({"event": "kept", "run_id": out.run_id}),
+        );
+        drop(lock);
+        run::print_result(&out, args.json);
+        return Ok(exit::OK);
+    }
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
+    let resumable = run::to_resume(&all, &agent, &rp, &hash);
+    let r = match resumable {
+        Some(dir) => {
+            eprintln!("gptx run: {label}: resuming run {}", dir.id());
+            let resumed = match run::resume_plan(&dir, &runs_dir) {
+                Ok(mut p) => {
+                    p.world = rp.world.clone();
+                    run::execute_resume(p, dir, args.quiet, cancel.clone()).await
+                }
+                Err(e) => Err(usage(e)),
+            };
+            match resumed {
+                Err(e) if e.code == exit::USAGE => {
+                    eprintln!(
+                        "gptx run: {label}: cannot be resumed ({:#}); running it anew",
+                        e.error
+                    );
+                    run::execute(rp, args.quiet, cancel).await
+                }
+                r => r,
+            }
+        }
+        None => {
+            eprintln!("gptx run: {label}: {agent} seed {}: starting", item.seed);
+            run::execute(rp, args.quiet, cancel).await
+        }
+    };
+    match &r {
+        Ok(out) => crate::plan::note_attempt(
+            &runs_dir,
+            &plan.item_ref(&item),
+            serde_json::json!({"event": "ended", "run_id": out.run_id, "status": out.meta.status, "level": out.score.level}),
+        ),
+        Err(e) => crate::plan::note_attempt(
+            &runs_dir,
+            &plan.item_ref(&item),
+            serde_json::json!({"event": "error", "error": format!("{:#}", e.error)}),
+        ),
+    }
+    drop(lock);
+    let out = r?;
+    run::print_result(&out, args.json);
+    Ok(run::status_code(out.meta.status))
+}
+
+/// Where each item of a plan stands, from its runs directory and any `extra` runs directories.
+pub(crate) fn item_states(
+    path: &std::path::Path,
+    extra: &[std::path::PathBuf],
+) -> anyhow::Result<(Plan, std::path::PathBuf, Vec<crate::plan::ItemStatus>)> {
+    let plan = Plan::load(path)?;
+    let runs_dir = plan.runs_dir_from(path);
+    let mut all = crate::trace::rundir::list_runs(&runs_dir).0;
+    for d in extra {
+        if d != &runs_dir {
+            all.extend(crate::trace::rundir::list_runs(d).0);
+        }
+    }
+    let states = crate::plan::states(&plan, &all, &runs_dir);
+    Ok((plan, runs_dir, states))
+}
+
+/// `gptx runs --plan FILE`: a line per item, then the tally.
+pub(super) fn status(path: &std::path::Path, json: bool) -> Result<i32, Exit> {
+    let (plan, runs_dir, states) = item_states(path, &[]).map_err(usage)?;
+    let tally = Tally::of(&states);
+    if json {
+        out_text(&format!(
+            "{}\n",
+            serde_json::json!({"plan_id": plan.plan_id, "runs_dir": runs_dir, "tally": tally, "items": states})
+        ));
+        return Ok(exit::OK);
+    }
+    let mut text = format!(
+        "plan {} · {} · runs in {}\n{:>5}  {:<34} {:<11} {:<24} agent / seed\n",
+        plan.plan_id,
+        tally,
+        runs_dir.display(),
+        "item",
+        "id",
+        "state",
+        "run"
+    );
+    for s in &states {
+        text.push_str(&format!(
+            "{:>5}  {:<34} {:<11} {:<24} {} seed {}\n",
+            s.item.index,
+            s.item.id,
+            s.state.to_string(),
+            s.run_id.as_deref().unwrap_or("-"),
+            crate::report::term::terminal_safe(&s.item.agent, false),
+            s.item.seed
+        ));
+    }
+    if !tally.complete() {
+        let left: Vec<String> = states
+            .iter()
+            .filter(|s| s.state != ItemState::Done)
+            .map(|s| s.item.index.to_string())
+            .collect();
+        text.push_str(&format!("not done: items {}\n", left.join(",")));
+    }
+    out_text(&text);
+    Ok(exit::OK)
+}
