@@ -15,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 gptx=$(readlink -f "${1:-target/release/gptx}")
 work=$(mktemp -d /tmp/gptx-scale-out.XXXXXX)
+# munged wants every folder above its socket searchable by all.
+chmod 755 "$work"
 cluster="$work/cluster"
 mkdir -p "$cluster"
 stop() { tests/slurm/cluster.sh stop "$cluster" >/dev/null 2>&1 || true; }
@@ -28,13 +30,15 @@ plan() {
 results=()
 mkdir -p "$work/local"
 plan "$work/local"
-results+=("$("$gptx" bench plan --via local --parallel 2 --plan "$work/local/plan.json")")
+results+=("$("$gptx" bench plan --via local --parallel 2 --plan "$work/local/plan.json" 2>"$work/local.log")")
 
 for nodes in 1 2; do
   mkdir -p "$work/slurm$nodes"
   plan "$work/slurm$nodes"
   stop
-  eval "$(GPTX_SLURM_CPUS_PER_NODE=$((4 / nodes)) tests/slurm/cluster.sh start "$cluster" "$nodes")"
+  # Each node holds 2 / nodes items: CPUs and memory for that many.
+  eval "$(GPTX_SLURM_CPUS_PER_NODE=$((4 / nodes)) GPTX_SLURM_MEM_PER_NODE=$((12000 / nodes)) \
+    tests/slurm/cluster.sh start "$cluster" "$nodes")"
   export SLURM_CONF
   results+=("$("$gptx" bench plan --via slurm --slots 2 \
     --label "slurm, $nodes node(s)" --plan "$work/slurm$nodes/plan.json")")

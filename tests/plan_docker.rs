@@ -199,6 +199,30 @@ async fn a_plan_item_runs_once_and_a_killed_one_is_taken_over_from_another_host_
     );
     assert!(md.contains("| 1 | `reference:crawl` |"), "{md}");
 
+    // The whole plan here: both items are kept, nothing runs again; --force would re-roll them.
+    let out = gptx()
+        .args(["run", "--parallel", "2", "--json", "--quiet", "--plan"])
+        .arg(dir.join("plan.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["kept"] == true), "{lines:?}");
+    let out = gptx()
+        .args(["run", "--force", "--plan"])
+        .arg(dir.join("plan.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
     // Every attempt is on record, with where it ran.
     let attempts = std::fs::read_to_string(
         runs.join(".plans")

@@ -112,7 +112,13 @@ fn check(path: &std::path::Path) -> Result<Checked, Exit> {
             "this node's suite file {} (sha256 {}) is not the one the plan was made with ({}): check out the same tasks/",
             suite.path.display(),
             &sha[..12],
-            &plan.suite_sha256[..12.min(plan.suite_sha256.len())]
+            &plan.suite_sha256[..12]
+        )));
+    }
+    if suite.reference != plan.reference {
+        return Err(env(format!(
+            "this node's reference values for suite {} (tasks/worlds/*.reference.json) are not the plan's: scores would not compare; check out the same tasks/",
+            suite.name
         )));
     }
     for (name, tag) in &plan.images {
@@ -172,6 +178,9 @@ async fn world_checked(plan: &Plan, p: &mut RunPlan, quiet: bool) -> Result<(), 
     Ok(())
 }
 
+/// What running one item gave: its run and whether it was kept (done already).
+type ItemResult = Result<(session::RunOutput, bool), Exit>;
+
 /// `gptx run --plan FILE [--item K]`.
 pub(super) async fn run_plan(path: &std::path::Path, args: &RunArgs) -> Result<i32, Exit> {
     let given = args.batch.given();
@@ -182,85 +191,200 @@ pub(super) async fn run_plan(path: &std::path::Path, args: &RunArgs) -> Result<i
             given.join(", ")
         )));
     }
+    if args.force {
+        return Err(usage(anyhow::anyhow!(
+            "--plan {}: --force would run done items again, and a plan counts each item's first done run; make a new plan instead",
+            path.display()
+        )));
+    }
     let mut checked = check(path)?;
-    match &args.item {
-        Some(key) => run_item(path, key, args, checked).await,
-        None => {
-            // The world once, for every item.
-            if let Some((_, p)) = checked.runs.first_mut() {
-                world_checked(&checked.plan, p, args.quiet).await?;
-                let world = p.world.clone();
-                for (_, q) in checked.runs.iter_mut() {
-                    q.world = world.clone();
-                }
-            }
-            for p in mark_dead_runs(&checked.runs_dir) {
-                eprintln!("gptx: {p}");
-            }
-            eprintln!(
-                "gptx run: plan {} ({}), runs in {}",
-                checked.plan.plan_id,
-                path.display(),
-                checked.runs_dir.display()
-            );
-            let batch = run::BatchRun {
-                parallel: args.parallel,
-                force: args.force,
-                quiet: args.quiet,
-                json: args.json,
-                runs_dir: checked.runs_dir.clone(),
-                agents: {
-                    let mut a: Vec<&str> = checked
-                        .plan
-                        .items
-                        .iter()
-                        .map(|i| i.agent.as_str())
-                        .collect();
-                    a.dedup();
-                    a.len()
-                },
-            };
-            run::run_many(checked.runs, &batch).await
+    // The world once, for every item.
+    if let Some((_, p)) = checked.runs.first_mut() {
+        world_checked(&checked.plan, p, args.quiet).await?;
+        let world = p.world.clone();
+        for (_, q) in checked.runs.iter_mut() {
+            q.world = world.clone();
         }
     }
-}
-
-/// One item: under its lock, kept when done, resumed when interrupted, run otherwise.
-async fn run_item(
-    path: &std::path::Path,
-    key: &str,
-    args: &RunArgs,
-    checked: Checked,
-) -> Result<i32, Exit> {
+    let cancel = CancellationToken::new();
+    install_interrupts(cancel.clone());
     let Checked {
         plan,
         runs_dir,
-        mut runs,
+        runs,
     } = checked;
-    let item = plan.item(key, path).map_err(usage)?.clone();
-    let (agent, mut rp) = runs.swap_remove(item.index);
-    crate::plan::note_attempt(
-        &runs_dir,
-        &plan.item_ref(&item),
-        serde_json::json!({"event": "started"}),
+    if let Some(key) = &args.item {
+        let item = plan.item(key, path).map_err(usage)?.clone();
+        let (agent, rp) = runs
+            .into_iter()
+            .nth(item.index)
+            .expect("a run plan per item");
+        let wait = std::time::Duration::from_secs_f64(args.item_wait.clamp(0.0, 86_400.0));
+        let (out, _) = item_once(
+            &plan, &item, &agent, rp, &runs_dir, wait, args.quiet, cancel,
+        )
+        .await?;
+        run::print_result(&out, args.json);
+        return Ok(run::status_code(out.meta.status));
+    }
+    // Every item here, `--parallel` at a time, each exactly as `--item` runs it.
+    let total = plan.items.len();
+    let parallel = usize::from(args.parallel).min(total).max(1);
+    eprintln!(
+        "gptx run: plan {} ({}): {total} items, {parallel} at a time, runs in {}",
+        plan.plan_id,
+        path.display(),
+        runs_dir.display()
     );
+    use futures_util::StreamExt;
+    let quiet = parallel > 1 || args.quiet;
+    let mut stream = futures_util::stream::iter(plan.items.iter().cloned().zip(runs))
+        .map(|(item, (agent, rp))| {
+            let (plan, runs_dir, cancel) = (&plan, &runs_dir, cancel.clone());
+            async move {
+                if cancel.is_cancelled() {
+                    return (item, None);
+                }
+                // Another gptx running an item (a Slurm task, say) keeps it.
+                let r = item_once(
+                    plan,
+                    &item,
+                    &agent,
+                    rp,
+                    runs_dir,
+                    std::time::Duration::ZERO,
+                    quiet,
+                    cancel,
+                )
+                .await;
+                (item, Some(r))
+            }
+        })
+        .buffer_unordered(parallel);
+    let mut rows: Vec<(crate::plan::Item, Option<ItemResult>)> = Vec::new();
+    while let Some((item, r)) = stream.next().await {
+        if let Some(r) = &r {
+            match r {
+                Ok((out, kept)) => eprintln!(
+                    "[{}/{total}] item {} {} seed {}: {} {} · Bootstrap Index {:.1} · {}{}",
+                    rows.len() + 1,
+                    item.index,
+                    item.agent,
+                    item.seed,
+                    out.meta.status,
+                    out.score.level,
+                    out.score.bootstrap_index,
+                    out.run_id,
+                    if *kept { " (kept: done already)" } else { "" }
+                ),
+                Err(e) => eprintln!(
+                    "[{}/{total}] item {} {} seed {}: {:#}",
+                    rows.len() + 1,
+                    item.index,
+                    item.agent,
+                    item.seed,
+                    e.error
+                ),
+            }
+        }
+        rows.push((item, r));
+    }
+    drop(stream);
+    rows.sort_by_key(|(i, _)| i.index);
+    let mut code = exit::OK;
+    let mut table = format!(
+        "{:>5}  {:<34} {:<11} {:<10} {:>6}  run\n",
+        "item", "id", "status", "level", "index"
+    );
+    let mut lines = String::new();
+    for (item, r) in &rows {
+        match r {
+            None => {
+                code = exit::INTERRUPTED;
+                table.push_str(&format!(
+                    "{:>5}  {:<34} not run: the batch was interrupted\n",
+                    item.index, item.id
+                ));
+            }
+            Some(Ok((out, kept))) => {
+                match out.meta.status {
+                    RunStatus::Done => {}
+                    RunStatus::Interrupted => code = exit::INTERRUPTED,
+                    _ if code == exit::OK => code = exit::FAILED,
+                    _ => {}
+                }
+                table.push_str(&format!(
+                    "{:>5}  {:<34} {:<11} {:<10} {:>6.1}  {}{}\n",
+                    item.index,
+                    item.id,
+                    out.meta.status.to_string(),
+                    out.score.level,
+                    out.score.bootstrap_index,
+                    out.run_id,
+                    if *kept { " (kept)" } else { "" }
+                ));
+                lines.push_str(&format!(
+                    "{}\n",
+                    serde_json::json!({"item": item.id, "index": item.index, "run_id": out.run_id,
+                        "status": out.meta.status, "level": out.score.level,
+                        "bootstrap_index": out.score.bootstrap_index, "kept": kept})
+                ));
+            }
+            Some(Err(e)) => {
+                if code == exit::OK {
+                    code = e.code;
+                }
+                table.push_str(&format!(
+                    "{:>5}  {:<34} error: {:#}\n",
+                    item.index, item.id, e.error
+                ));
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        code = exit::INTERRUPTED;
+    }
+    out_text(if args.json { &lines } else { &table });
+    Ok(code)
+}
+
+/// One item, under its lock: kept when it has a done run, its interrupted run resumed, a run of
+/// it whose gptx is gone (on any host: the lock was free) taken over and resumed, else started.
+/// The output comes with whether it was kept.
+#[allow(clippy::too_many_arguments)]
+async fn item_once(
+    plan: &Plan,
+    item: &crate::plan::Item,
+    agent: &str,
+    rp: RunPlan,
+    runs_dir: &std::path::Path,
+    wait: std::time::Duration,
+    quiet: bool,
+    cancel: CancellationToken,
+) -> Result<(session::RunOutput, bool), Exit> {
+    let item_ref = plan.item_ref(item);
     let lock = {
-        let (dir, id, item_id) = (runs_dir.clone(), plan.plan_id.clone(), item.id.clone());
-        let wait = std::time::Duration::from_secs_f64(args.item_wait.max(0.0));
+        let (dir, id, item_id) = (
+            runs_dir.to_path_buf(),
+            plan.plan_id.clone(),
+            item.id.clone(),
+        );
         tokio::task::spawn_blocking(move || ItemLock::acquire(&dir, &id, &item_id, wait))
             .await
             .map_err(failed)?
             .map_err(failed)?
     };
-    world_checked(&plan, &mut rp, args.quiet).await?;
-    for p in mark_dead_runs(&runs_dir) {
+    crate::plan::note_attempt(runs_dir, &item_ref, serde_json::json!({"event": "started"}));
+    for p in mark_dead_runs(runs_dir) {
         eprintln!("gptx: {p}");
     }
-    let (all, _) = crate::trace::rundir::list_runs(&runs_dir);
+    let label = format!("item {} ({})", item.index, item.id);
+    let (all, _) = crate::trace::rundir::list_runs(runs_dir);
     // We hold the item's lock, which every gptx running it holds: a run of it still `running`
-    // has lost its gptx, on whatever host that was.
+    // has lost its gptx, on whatever host that was. One whose trace is locked is being resumed
+    // by a `gptx resume` that has not taken the item lock: left alone, and the item is busy.
     for (dir, meta) in &all {
-        if meta.status == RunStatus::Running && meta.plan == rp.plan_item {
+        if meta.status == RunStatus::Running && meta.plan.as_ref() == Some(&item_ref) {
             match crate::trace::rundir::mark_stale(dir) {
                 Ok(Some(_)) => eprintln!(
                     "gptx: run {} of item {} marked interrupted: its gptx (on {}) is gone",
@@ -276,68 +400,76 @@ async fn run_item(
             }
         }
     }
-    let (all, _) = crate::trace::rundir::list_runs(&runs_dir);
+    let (all, _) = crate::trace::rundir::list_runs(runs_dir);
+    if let Some((_, m)) = all
+        .iter()
+        .find(|(_, m)| m.status == RunStatus::Running && m.plan.as_ref() == Some(&item_ref))
+    {
+        drop(lock);
+        return Err(failed(anyhow::anyhow!(
+            "{label}: its run {} is being driven by another gptx (its trace is locked); left to it",
+            m.run_id
+        )));
+    }
     let hash = rp.world.as_ref().map(|w| w.manifest.world_hash.clone());
-    let label = format!("item {} ({})", item.index, item.id);
-    if let Some(out) = run::already_done(&all, &agent, &rp, &hash) {
+    if let Some(out) = run::already_done(&all, agent, &rp, &hash) {
         eprintln!(
             "gptx run: {label} is done: run {} ({}, Bootstrap Index {:.1}); nothing to do",
             out.run_id, out.score.level, out.score.bootstrap_index
         );
         crate::plan::note_attempt(
-            &runs_dir,
-            &plan.item_ref(&item),
+            runs_dir,
+            &item_ref,
             serde_json::json!({"event": "kept", "run_id": out.run_id}),
         );
-        drop(lock);
-        run::print_result(&out, args.json);
-        return Ok(exit::OK);
+        return Ok((out, true));
     }
-    let cancel = CancellationToken::new();
-    install_interrupts(cancel.clone());
-    let resumable = run::to_resume(&all, &agent, &rp, &hash);
-    let r = match resumable {
+    let busy = |e: &Exit| {
+        matches!(
+            e.error.downcast_ref::<session::SessionError>(),
+            Some(session::SessionError::Busy(_))
+        )
+    };
+    let r = match run::to_resume(&all, agent, &rp, &hash) {
         Some(dir) => {
             eprintln!("gptx run: {label}: resuming run {}", dir.id());
-            let resumed = match run::resume_plan(&dir, &runs_dir) {
+            let resumed = match run::resume_plan(&dir, runs_dir) {
                 Ok(mut p) => {
                     p.world = rp.world.clone();
-                    run::execute_resume(p, dir, args.quiet, cancel.clone()).await
+                    run::execute_resume(p, dir, quiet, cancel.clone()).await
                 }
                 Err(e) => Err(usage(e)),
             };
             match resumed {
-                Err(e) if e.code == exit::USAGE => {
+                // Refused (its trace does not hold, its world changed): the item starts anew.
+                // Driven by another gptx: never run twice at once.
+                Err(e) if e.code == exit::USAGE && !busy(&e) => {
                     eprintln!(
                         "gptx run: {label}: cannot be resumed ({:#}); running it anew",
                         e.error
                     );
-                    run::execute(rp, args.quiet, cancel).await
+                    run::execute(rp, quiet, cancel).await
                 }
                 r => r,
             }
         }
         None => {
             eprintln!("gptx run: {label}: {agent} seed {}: starting", item.seed);
-            run::execute(rp, args.quiet, cancel).await
+            run::execute(rp, quiet, cancel).await
         }
     };
-    match &r {
-        Ok(out) => crate::plan::note_attempt(
-            &runs_dir,
-            &plan.item_ref(&item),
-            serde_json::json!({"event": "ended", "run_id": out.run_id, "status": out.meta.status, "level": out.score.level}),
-        ),
-        Err(e) => crate::plan::note_attempt(
-            &runs_dir,
-            &plan.item_ref(&item),
-            serde_json::json!({"event": "error", "error": format!("{:#}", e.error)}),
-        ),
-    }
+    crate::plan::note_attempt(
+        runs_dir,
+        &item_ref,
+        match &r {
+            Ok(out) => {
+                serde_json::json!({"event": "ended", "run_id": out.run_id, "status": out.meta.status, "level": out.score.level})
+            }
+            Err(e) => serde_json::json!({"event": "error", "error": format!("{:#}", e.error)}),
+        },
+    );
     drop(lock);
-    let out = r?;
-    run::print_result(&out, args.json);
-    Ok(run::status_code(out.meta.status))
+    r.map(|out| (out, false))
 }
 
 /// Where each item of a plan stands, from its runs directory and any `extra` runs directories.

@@ -148,7 +148,8 @@ pub(super) fn already_done(
     world_hash: &Option<String>,
 ) -> Option<session::RunOutput> {
     let budgets = plan.suite.budgets_by_stage();
-    runs.iter().rev().find_map(|(dir, meta)| {
+    // The first done run: running a pair again cannot re-roll it.
+    runs.iter().find_map(|(dir, meta)| {
         if meta.status != RunStatus::Done || !same_pair(meta, agent, plan, world_hash, &budgets) {
             return None;
         }
@@ -260,33 +261,15 @@ pub(super) async fn run_many(plans: Vec<(String, RunPlan)>, args: &BatchRun) -> 
                 if cancel.is_cancelled() {
                     return (i, label, None);
                 }
-                // A plan's item runs under its lock, as `--item` runs it.
-                let item = plan.plan_item.clone();
-                let _lock = match &item {
-                    Some(r) => {
-                        let (d, r2) = (runs_dir.clone(), r.clone());
-                        let got = tokio::task::spawn_blocking(move || {
-                            crate::plan::ItemLock::acquire(&d, &r2.plan_id, &r2.item, std::time::Duration::ZERO)
-                        })
-                        .await;
-                        match got {
-                            Ok(Ok(l)) => Some(l),
-                            Ok(Err(e)) => return (i, label, Some(Err(failed(e)))),
-                            Err(e) => return (i, label, Some(Err(failed(e)))),
-                        }
-                    }
-                    None => None,
-                };
-                if let Some(r) = &item {
-                    crate::plan::note_attempt(&runs_dir, r, serde_json::json!({"event": "started"}));
-                }
-                let r = run_one(plan, resume, &runs_dir, &label, quiet_of(parallel, args.quiet), cancel).await;
-                if let Some(item) = &item {
-                    crate::plan::note_attempt(&runs_dir, item, match &r {
-                        Ok(out) => serde_json::json!({"event": "ended", "run_id": out.run_id, "status": out.meta.status, "level": out.score.level}),
-                        Err(e) => serde_json::json!({"event": "error", "error": format!("{:#}", e.error)}),
-                    });
-                }
+                let r = run_one(
+                    plan,
+                    resume,
+                    &runs_dir,
+                    &label,
+                    quiet_of(parallel, args.quiet),
+                    cancel,
+                )
+                .await;
                 (i, label, Some(r))
             }
         })
@@ -653,6 +636,34 @@ pub(super) async fn resume(a: ResumeArgs) -> Result<i32, Exit> {
     };
     let dir = crate::trace::rundir::find_run(&a.dir.runs_dir, &a.run).map_err(usage)?;
     let plan = resume_plan(&dir, &a.dir.runs_dir).map_err(usage)?;
+    // A plan item's run is resumed under the item's lock, as `gptx run --plan --item` would.
+    let _lock =
+        match crate::trace::rundir::read_json::<crate::trace::rundir::RunMeta>(&dir.run_json())
+            .ok()
+            .and_then(|m| m.plan)
+        {
+            Some(r) => {
+                let parent = dir
+                    .path
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                Some(
+                    tokio::task::spawn_blocking(move || {
+                        crate::plan::ItemLock::acquire(
+                            &parent,
+                            &r.plan_id,
+                            &r.item,
+                            std::time::Duration::ZERO,
+                        )
+                    })
+                    .await
+                    .map_err(failed)?
+                    .map_err(|e| usage(e.into()))?,
+                )
+            }
+            None => None,
+        };
     let cancel = CancellationToken::new();
     install_interrupts(cancel.clone());
     let out = execute_resume(plan, dir, a.quiet, cancel).await?;

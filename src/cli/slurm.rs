@@ -50,6 +50,48 @@ fn slurm_command(program: &str, args: &[String]) -> Result<String, Exit> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A Slurm command fed `input` on stdin; its stdout, or an error naming it.
+fn slurm_stdin(program: &str, args: &[String], input: &str) -> Result<String, Exit> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            env_error(anyhow::anyhow!(
+                "{program}: {e} (is this a Slurm login node with {program} on PATH?)"
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| failed(anyhow::anyhow!("{program}: writing the job script: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(failed)?;
+    if !out.status.success() {
+        return Err(failed(anyhow::anyhow!(
+            "{program} {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// squeue's arguments for this user's tasks of a plan's jobs (by the jobs' name).
+fn squeue_args(plan_id: &str) -> Vec<String> {
+    vec![
+        "--noheader".into(),
+        "--array".into(),
+        "--me".into(),
+        format!("--name=gptx-{plan_id}"),
+        format!("--format={}", sl::SQUEUE_FORMAT),
+    ]
+}
+
 /// `gptx slurm submit`.
 pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
     let (plan, runs_dir, states) = plan_cmd::item_states(&a.plan, &[]).map_err(usage)?;
@@ -58,10 +100,21 @@ pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
         .filter(|s| s.state == ItemState::Running)
         .map(|s| s.item.index.to_string())
         .collect();
+    // Tasks of this plan still queued or running (they hold no item lock while pending).
+    let queued = slurm_command("squeue", &squeue_args(&plan.plan_id))
+        .map(|out| sl::queued(&sl::parse_squeue(&out)))
+        .unwrap_or_default();
     let indices: Vec<usize> = states
         .iter()
         .filter(|s| !matches!(s.state, ItemState::Done | ItemState::Running))
+        .filter(|s| !queued.contains(&s.item.index))
         .map(|s| s.item.index)
+        .collect();
+    let running: Vec<String> = running
+        .into_iter()
+        .chain(queued.iter().map(|i| i.to_string()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     let done = states.iter().filter(|s| s.state == ItemState::Done).count();
     if indices.is_empty() {
@@ -71,7 +124,7 @@ pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
             if running.is_empty() {
                 String::new()
             } else {
-                format!(", items {} are running", running.join(","))
+                format!(", items {} are queued or running", running.join(","))
             }
         );
         return Ok(exit::OK);
@@ -110,9 +163,10 @@ pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
     }
     let mut args: Vec<String> = vec!["--parsable".into()];
     args.extend(a.sbatch.iter().cloned());
-    args.push(script.display().to_string());
     let submitted_at = chrono::Utc::now();
-    let out = slurm_command("sbatch", &args)?;
+    // The script goes to sbatch on its stdin: the file beside the runs is a record, and a swap of
+    // it between writing and submitting changes nothing.
+    let out = slurm_stdin("sbatch", &args, &text)?;
     // --parsable prints `jobid` or `jobid;cluster`.
     let job_id = out
         .lines()
@@ -157,7 +211,7 @@ pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
         if running.is_empty() {
             String::new()
         } else {
-            format!(", items {} running elsewhere (not submitted)", running.join(","))
+            format!(", items {} queued or running already (not submitted)", running.join(","))
         },
         a.plan.display()
     );
@@ -190,15 +244,7 @@ pub(super) async fn status(a: SlurmStatusArgs) -> Result<i32, Exit> {
     let tally = crate::plan::Tally::of(&states);
     let name = format!("gptx-{}", plan.plan_id);
     // Tasks still queued or running: squeue, by the job's name (old job ids make squeue fail).
-    let (tasks, squeue_note) = match slurm_command(
-        "squeue",
-        &[
-            "--noheader".into(),
-            "--array".into(),
-            format!("--name={name}"),
-            format!("--format={}", sl::SQUEUE_FORMAT),
-        ],
-    ) {
+    let (tasks, squeue_note) = match slurm_command("squeue", &squeue_args(&plan.plan_id)) {
         Ok(out) => (sl::parse_squeue(&out), None),
         Err(e) => (vec![], Some(format!("{:#}", e.error))),
     };

@@ -5,7 +5,7 @@
 //! nothing when done, resumes its interrupted run, and otherwise starts one. Two processes never
 //! run one item at once: each holds the item's lock ([`ItemLock`]) for as long as it runs it.
 //!
-//! Imported by `report` (the leaderboard's per-plan state), `serve` and `cli`.
+//! Imported by `report` (the leaderboard's per-plan state) and `cli`.
 
 pub mod k8s;
 pub mod slurm;
@@ -75,6 +75,10 @@ pub struct Plan {
     pub suite: String,
     /// SHA-256 of the suite file: a node whose file differs refuses the item.
     pub suite_sha256: String,
+    /// The reference values scores are normalised against (the world's `*.reference.json`): a
+    /// node whose values differ refuses the item, so scores stay comparable.
+    #[serde(default)]
+    pub reference: BTreeMap<String, f64>,
     /// `--stages` (empty: every stage of the suite).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<String>,
@@ -174,7 +178,8 @@ impl Resources {
         Self {
             cpus: cpus.ceil().max(1.0) as u32,
             memory_mb: suite.sandbox.memory_mb + suite.scoring.memory_mb + HARNESS_MEMORY_MB,
-            wall_seconds: (stages + rebuild).ceil() as u64 + SETUP_SECONDS,
+            // A float past u64 saturates; the sum cannot wrap.
+            wall_seconds: ((stages + rebuild).ceil() as u64).saturating_add(SETUP_SECONDS),
         }
     }
 }
@@ -249,6 +254,7 @@ impl Plan {
             gptx_version: env!("CARGO_PKG_VERSION").into(),
             suite: suite_arg.to_string(),
             suite_sha256,
+            reference: suite.reference.clone(),
             stages,
             world,
             images,
@@ -285,6 +291,20 @@ impl Plan {
                 message: "not a regular file of at most 64 MiB".into(),
             });
         }
+        {
+            use std::os::unix::fs::MetadataExt;
+            let me = rustix::process::geteuid().as_raw();
+            if meta.mode() & 0o022 != 0 || (meta.uid() != me && meta.uid() != 0) {
+                return Err(PlanError::Invalid {
+                    path: shown,
+                    message: format!(
+                        "owned by uid {} with mode {:o}: a plan must be writable by its owner alone, who is you or root (anyone who can write it chooses what every node runs)",
+                        meta.uid(),
+                        meta.mode() & 0o7777
+                    ),
+                });
+            }
+        }
         let text = std::fs::read_to_string(path).map_err(io(path))?;
         let plan: Plan = serde_json::from_str(&text).map_err(|e| PlanError::Parse {
             path: shown.clone(),
@@ -302,6 +322,11 @@ impl Plan {
         }
         if plan.items.is_empty() {
             return Err(bad("items: the plan has none".into()));
+        }
+        if plan.suite_sha256.len() != 64
+            || !plan.suite_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(bad("suite_sha256: not a SHA-256 (64 hex digits)".into()));
         }
         let mut ids = std::collections::BTreeSet::new();
         for (i, item) in plan.items.iter().enumerate() {
@@ -335,9 +360,11 @@ impl Plan {
 
     /// The item `key` names: its index (`3`) or its id.
     pub fn item(&self, key: &str, path: &Path) -> Result<&Item, PlanError> {
-        let found = match key.trim().parse::<usize>() {
-            Ok(i) => self.items.get(i),
-            Err(_) => self.items.iter().find(|it| it.id == key.trim()),
+        let key_t = key.trim();
+        let found = if !key_t.is_empty() && key_t.bytes().all(|b| b.is_ascii_digit()) {
+            key_t.parse::<usize>().ok().and_then(|i| self.items.get(i))
+        } else {
+            self.items.iter().find(|it| it.id == key_t)
         };
         found.ok_or_else(|| PlanError::NoItem {
             path: path.display().to_string(),
@@ -383,6 +410,9 @@ pub struct ItemLock {
     pub path: PathBuf,
 }
 
+/// The least an [`ItemLock::acquire`] waits.
+pub const MIN_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// Where an item's lock file is.
 pub fn lock_path(runs_dir: &Path, plan_id: &str, item_id: &str) -> PathBuf {
     runs_dir
@@ -403,12 +433,17 @@ impl ItemLock {
         let path = lock_path(runs_dir, plan_id, item_id);
         let dir = path.parent().expect("a lock has a folder");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
             .open(&path)
             .map_err(io(&path))?;
+        // A status probe ([`lock_held`]) holds the lock for an instant: never give up sooner.
+        let wait = wait.max(MIN_LOCK_WAIT);
         let t0 = Instant::now();
         loop {
             match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
@@ -432,7 +467,12 @@ impl ItemLock {
 /// Whether some process holds an item's lock now (a lock file nobody holds, or none, is free).
 pub fn lock_held(runs_dir: &Path, plan_id: &str, item_id: &str) -> bool {
     let path = lock_path(runs_dir, plan_id, item_id);
-    let Ok(file) = std::fs::OpenOptions::new().read(true).open(&path) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    else {
         return false;
     };
     rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
@@ -471,7 +511,7 @@ impl std::fmt::Display for ItemState {
 pub struct ItemStatus {
     pub item: Item,
     pub state: ItemState,
-    /// The done run, else the latest run of the item.
+    /// The first done run, else the latest run of the item.
     pub run_id: Option<String>,
     /// That run's directory.
     pub run_dir: Option<PathBuf>,
@@ -487,14 +527,20 @@ pub fn states(plan: &Plan, runs: &[(RunDir, RunMeta)], lock_dir: &Path) -> Vec<I
         .map(|item| {
             let mut mine: Vec<&(RunDir, RunMeta)> = runs
                 .iter()
-                .filter(|(_, m)| {
+                .filter(|(d, m)| {
+                    // The item's own agent, seed and world, in a directory of its own id.
                     m.plan
                         .as_ref()
                         .is_some_and(|p| p.plan_id == plan.plan_id && p.item == item.id)
+                        && m.agent == item.agent
+                        && m.seed == item.seed
+                        && m.world_hash == plan.world.as_ref().map(|w| w.hash.clone())
+                        && d.path.file_name().is_some_and(|n| *n == *m.run_id)
                 })
                 .collect();
             mine.sort_by_key(|(_, m)| m.started_at);
-            let done = mine.iter().rev().find(|(_, m)| m.status == RunStatus::Done);
+            // The first done run counts: running an item again cannot re-roll it.
+            let done = mine.iter().find(|(_, m)| m.status == RunStatus::Done);
             let latest = mine.last();
             let (state, shown) = if let Some(d) = done {
                 (ItemState::Done, Some(*d))
@@ -597,9 +643,11 @@ pub fn note_attempt(runs_dir: &Path, item: &PlanItemRef, what: serde_json::Value
         l.extend(w.clone());
     }
     let r = std::fs::create_dir_all(&dir).and_then(|_| {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dir.join("attempts.jsonl"))?;
         f.write_all(format!("{line}\n").as_bytes())
     });
@@ -691,6 +739,14 @@ mod tests {
         assert_eq!(back.item(&p.items[4].id, &path).unwrap().index, 4);
         let e = back.item("6", &path).unwrap_err().to_string();
         assert!(e.contains("no item \"6\"") && e.contains("0..6"), "{e}");
+        assert_eq!(back.item(" 3 ", &path).unwrap().index, 3);
+        assert!(back.item("+3", &path).is_err() && back.item("-1", &path).is_err());
+        // A plan others may write is refused: whoever writes it chooses what every node runs.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Plan::load(&path).unwrap_err().to_string();
+        assert!(e.contains("writable by its owner alone"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(back.runs_dir_from(&path), dir.path().join("runs"));
         // A seed changed by hand: the id no longer matches.
         let text = std::fs::read_to_string(&path).unwrap();
@@ -740,7 +796,7 @@ mod tests {
         let mk = |item: &Item, status: RunStatus, at: i64| {
             let mut meta: RunMeta = serde_json::from_value(serde_json::json!({
                 "run_id": format!("{}-{at}", item.id), "agent": item.agent, "suite": "mini",
-                "suite_path": "mini.toml", "world_hash": null, "seed": item.seed, "stages": [],
+                "suite_path": "mini.toml", "world_hash": "cd".repeat(32), "seed": item.seed, "stages": [],
                 "budgets": {}, "gptx_version": "0", "images": {},
                 "started_at": "2026-01-01T00:00:00Z", "ended_at": null, "status": "running"
             }))
@@ -777,15 +833,10 @@ mod tests {
             "1/2 done, 1 running, 0 interrupted, 0 failed, 0 missing"
         );
         // A second taker waits, then gives up naming the lock.
-        let e = ItemLock::acquire(
-            dir.path(),
-            &p.plan_id,
-            &p.items[1].id,
-            Duration::from_millis(300),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let e = ItemLock::acquire(dir.path(), &p.plan_id, &p.items[1].id, Duration::ZERO)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             e.contains("another gptx is running it") && e.contains(".lock"),
             "{e}"
@@ -797,5 +848,23 @@ mod tests {
         other.1.plan.as_mut().unwrap().plan_id = "pother".into();
         let s = states(&p, &[other], dir.path());
         assert_eq!(s[1].state, ItemState::Missing);
+        // Nor does a run tagged with the item that is not of its agent, seed or world.
+        for change in 0..3 {
+            let mut forged = mk(&p.items[1], RunStatus::Done, 50);
+            match change {
+                0 => forged.1.agent = "null".into(),
+                1 => forged.1.seed = 99,
+                _ => forged.1.world_hash = Some("ef".repeat(32)),
+            }
+            let s = states(&p, &[forged], dir.path());
+            assert_eq!(s[1].state, ItemState::Missing, "change {change}");
+        }
+        // A second done run of an item does not replace its first.
+        let runs = vec![
+            mk(&p.items[0], RunStatus::Done, 60),
+            mk(&p.items[0], RunStatus::Done, 70),
+        ];
+        let s = states(&p, &runs, dir.path());
+        assert_eq!(s[0].run_id.as_deref(), Some(&*runs[0].1.run_id));
     }
 }

@@ -39,6 +39,8 @@ pub enum SlurmError {
     Relative { what: &'static str, path: String },
     #[error("{what}: {path:?} holds a newline, which a job script cannot carry")]
     Newline { what: &'static str, path: String },
+    #[error("the log folder {path:?} holds a space, `%`, `\"`, `\\` or `#`, which sbatch's #SBATCH --output line cannot carry (give the plan a runs directory without them)")]
+    Unsafe { path: String },
 }
 
 /// Slurm's `--array` list of `indices`: ranges where they run on (`0-3,5,7-8`).
@@ -99,6 +101,14 @@ pub fn script(plan: &Plan, o: &ScriptOptions) -> Result<String, SlurmError> {
             return Err(SlurmError::Newline { what, path: text });
         }
     }
+    // sbatch splits #SBATCH lines on white space and expands `%` patterns in --output.
+    let log = o.log_dir.display().to_string();
+    if log
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '%' | '"' | '\\' | '#'))
+    {
+        return Err(SlurmError::Unsafe { path: log });
+    }
     let q = |p: &Path| shell_quote(&p.display().to_string());
     let r = &plan.resources;
     let mut s = String::new();
@@ -138,11 +148,15 @@ echo "gptx slurm: item $item of plan {id} on $(hostname), attempt $((restarts + 
 trap 'echo "gptx slurm: SIGTERM: gptx is ending its run" >&2' TERM
 "$gptx" run --plan "$plan" --item "$item" --quiet &
 child=$!
-while :; do
+rc=0
+while kill -0 "$child" 2>/dev/null; do
   wait "$child"
   rc=$?
-  kill -0 "$child" 2>/dev/null || break
 done
+# gptx may have ended just as the signal cut `wait` short: its status is still on record.
+wait "$child" 2>/dev/null
+late=$?
+[ "$late" -ne 127 ] && rc=$late
 
 # gptx's exit codes: 0 the item ran (whatever level it reached) or was done already; 1 failed;
 # 3 the environment is not ready (engine, image); 130 interrupted. A failure requeues the task,
@@ -182,6 +196,17 @@ pub struct TaskState {
 
 /// The squeue `--format` [`parse_squeue`] reads: array job id, array task id, state, nodes, reason.
 pub const SQUEUE_FORMAT: &str = "%F|%K|%T|%N|%r";
+
+/// The item indices squeue lists as still queued or running (pending ranges unfolded).
+pub fn queued(tasks: &[TaskState]) -> Vec<usize> {
+    let mut out: Vec<usize> = tasks
+        .iter()
+        .flat_map(|t| t.index.into_iter().chain(t.pending.iter().copied()))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
 
 /// Reads `squeue --noheader --array --format=SQUEUE_FORMAT` output; lines it cannot read are
 /// skipped (squeue's output is not ours to trust blindly, but it is not the agent's either).
@@ -260,5 +285,55 @@ mod tests {
         assert_eq!(t[1].index, None);
         assert_eq!(t[1].pending, vec![3, 4, 5]);
         assert_eq!(t[2].nodes, "node2");
+        assert_eq!(queued(&t), vec![0, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_log_folder_sbatch_cannot_carry_is_refused() {
+        let home = crate::config::suite::Home::locate().unwrap();
+        let suite = home.suite("mini").unwrap();
+        let plan = super::super::Plan::new(
+            &suite,
+            "mini",
+            "a".repeat(64),
+            vec![],
+            None,
+            Default::default(),
+            Default::default(),
+            crate::trace::rundir::RunOptions {
+                rescue: true,
+                temperature: None,
+                max_output_tokens: 1,
+                context_tokens: 1,
+                agent_env: vec![],
+            },
+            "runs".into(),
+            &["null".to_string()],
+            &[1],
+        )
+        .unwrap();
+        let o = |log: &str| ScriptOptions {
+            gptx: "/usr/bin/gptx".into(),
+            plan_path: "/p/it's here/plan.json".into(),
+            home: "/h".into(),
+            cache: None,
+            log_dir: log.into(),
+            retries: 2,
+            indices: vec![0],
+        };
+        for bad in ["/a b/slurm", "/a%x/slurm", "/a\"b/slurm", "/a#/slurm"] {
+            assert!(
+                matches!(script(&plan, &o(bad)), Err(SlurmError::Unsafe { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            script(&plan, &o("rel/slurm")),
+            Err(SlurmError::Relative { .. })
+        ));
+        let text = script(&plan, &o("/ok/slurm")).unwrap();
+        // A plan path with a quote and a space is one shell word.
+        assert!(text.contains(r"plan='/p/it'\''s here/plan.json'"), "{text}");
+        assert!(text.contains("#SBATCH --output=/ok/slurm/%A_%a.out"));
     }
 }

@@ -624,20 +624,27 @@ pub fn collect_many(
         let st = crate::plan::states(&plan, &listed, &lock_dir);
         states.push((path.display().to_string(), plan, st));
     }
-    // One done run per plan item: the one its state names.
-    let chosen: std::collections::BTreeSet<&str> = states
-        .iter()
-        .flat_map(|(_, _, st)| st.iter())
-        .filter(|s| s.state == crate::plan::ItemState::Done)
-        .filter_map(|s| s.run_id.as_deref())
-        .collect();
-    let known: std::collections::BTreeSet<&str> =
-        states.iter().map(|(_, p, _)| p.plan_id.as_str()).collect();
+    // One done run per plan item, whether or not its plan was given: the first (running an item
+    // again cannot re-roll it), as the item's state names it.
+    let mut first: BTreeMap<(&str, &str), (&chrono::DateTime<chrono::Utc>, &str)> = BTreeMap::new();
+    for (_, m) in &listed {
+        if let (Some(p), RunStatus::Done) = (&m.plan, m.status) {
+            let e = first
+                .entry((p.plan_id.as_str(), p.item.as_str()))
+                .or_insert((&m.started_at, m.run_id.as_str()));
+            if (&m.started_at, m.run_id.as_str()) < *e {
+                *e = (&m.started_at, m.run_id.as_str());
+            }
+        }
+    }
     let kept: Vec<(rundir::RunDir, RunMeta)> = listed
         .iter()
-        .filter(|(_, m)| match &m.plan {
-            Some(p) if known.contains(p.plan_id.as_str()) && m.status == RunStatus::Done => {
-                chosen.contains(m.run_id.as_str())
+        .filter(|(_, m)| match (&m.plan, m.status) {
+            (Some(p), RunStatus::Done) => {
+                first
+                    .get(&(p.plan_id.as_str(), p.item.as_str()))
+                    .map(|f| f.1)
+                    == Some(m.run_id.as_str())
             }
             _ => true,
         })
@@ -656,10 +663,16 @@ pub fn collect_many(
             tally,
         };
         let hash = plan.world.as_ref().map(|w| w.hash.clone());
-        let suite_name = std::path::Path::new(&plan.suite)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| plan.suite.clone());
+        // The suite's own name (what runs record), from its file when it can be read.
+        let suite_name = home
+            .and_then(|h| h.suite(&plan.suite).ok())
+            .map(|s| s.name)
+            .unwrap_or_else(|| {
+                std::path::Path::new(&plan.suite)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| plan.suite.clone())
+            });
         if opts.suite.as_deref().is_some_and(|s| s != suite_name) {
             continue;
         }

@@ -478,7 +478,7 @@ pub fn ensure(
     // The hidden documents are here: root alone may look (external agents run as another user).
     crate::files::make_private(&root).map_err(io(&root))?;
     let out = root.join(format!("{name}-s{seed}-{key}"));
-    if let Some(w) = cached(&out) {
+    if let Some(w) = cached(&out)? {
         return Ok((w, false));
     }
     std::fs::create_dir_all(&root).map_err(io(&root))?;
@@ -487,7 +487,7 @@ pub fn ensure(
     let lock_path = locks.join(format!("world-{name}.lock"));
     let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
     lock.lock().map_err(io(&lock_path))?;
-    if let Some(w) = cached(&out) {
+    if let Some(w) = cached(&out)? {
         return Ok((w, false));
     }
     let t0 = Instant::now();
@@ -587,42 +587,50 @@ pub fn ensure(
     // Another node may have finished the same world first (its lock is not ours when the cache
     // is on a filesystem without shared locks): the same seed gives the same bytes, so a copy
     // there that verifies is kept and ours goes; one that does not verify is replaced.
-    if let Some(w) = cached(&out) {
+    if let Some(w) = cached(&out)? {
         let _ = std::fs::remove_dir_all(&tmp);
         return Ok((w, false));
     }
     if out.exists() {
+        // Only a copy that does not verify gets here (a read error has stopped the build).
         let aside = root.join(format!(".{name}-s{seed}-{key}.bad{builder}"));
         std::fs::rename(&out, &aside).map_err(io(&out))?;
         let _ = std::fs::remove_dir_all(&aside);
     }
-    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    if let Err(e) = std::fs::rename(&tmp, &out) {
+        // Another node renamed its copy into place first: keep it if it verifies.
+        if let Some(w) = cached(&out)? {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Ok((w, false));
+        }
+        return Err(io(&out)(e));
+    }
     drop(lock);
     Ok((World::load(&out)?, true))
 }
 
-/// The world cached in `out`, when its files hash to the hash its manifest records; a copy that
-/// does not (edited, truncated, half-copied to this node) is not trusted, and is built again.
-fn cached(out: &Path) -> Option<World> {
+/// The world cached in `out`, when its files hash to the hash its manifest records; None when
+/// there is none or its copy does not verify (edited, truncated, half-copied to this node), and it
+/// is built again. A copy that cannot be read (a stale NFS handle, too many open files) is an
+/// error: it may be good, and other nodes may be using it.
+fn cached(out: &Path) -> Result<Option<World>, WorldError> {
     if !out.join("manifest.json").exists() {
-        return None;
+        return Ok(None);
     }
-    let w = World::load(out).ok()?;
-    match hash_tree(out) {
-        Ok(h) if h == w.manifest.world_hash => Some(w),
-        Ok(h) => {
-            tracing::warn!(
-                "{}: its files hash to {h}, its manifest says {}: not trusted, built again",
-                out.display(),
-                w.manifest.world_hash
-            );
-            None
-        }
-        Err(e) => {
-            tracing::warn!("{}: {e}: built again", out.display());
-            None
-        }
+    let Ok(w) = World::load(out) else {
+        tracing::warn!("{}: its manifest does not read: built again", out.display());
+        return Ok(None);
+    };
+    let h = hash_tree(out)?;
+    if h == w.manifest.world_hash {
+        return Ok(Some(w));
     }
+    tracing::warn!(
+        "{}: its files hash to {h}, its manifest says {}: not trusted, built again",
+        out.display(),
+        w.manifest.world_hash
+    );
+    Ok(None)
 }
 
 /// This host's name (for names of files several nodes may write).
