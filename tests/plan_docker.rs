@@ -240,7 +240,8 @@ async fn a_plan_item_runs_once_and_a_killed_one_is_taken_over_from_another_host_
             .iter()
             .filter(|e| e["event"] == "started" && e["item"] == id.as_str())
             .count(),
-        2
+        3,
+        "killed, resumed, kept: {attempts}"
     );
     for r in [&first, &run_id] {
         assert_eq!(
