@@ -50,18 +50,12 @@ async fn gptx_images(docker: &Docker) -> BTreeSet<(String, Vec<String>)> {
 
 /// The `manifest.json` of a tar, read by the system's `tar`, not by gptx.
 fn manifest_of(tar: &Path) -> serde_json::Value {
-    let out = std::process::Command::new("tar")
-        .arg("-xOf")
-        .arg(tar)
-        .arg("manifest.json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::json_of(
+        std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(tar)
+            .arg("manifest.json"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

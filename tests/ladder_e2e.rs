@@ -1,4 +1,4 @@
-//! The whole ladder end to end on the real engine: the reference agent crawls, trains a tokenizer and
+//! The whole ladder end to end on the real engine (and, in `scale_out/`, plans run by hand and on Slurm): the reference agent crawls, trains a tokenizer and
 //! a language model on `mini`, evaluates it honestly on held-out documents, and its recipe rebuilds the
 //! model from nothing in a fresh sandbox: L5, and L6 when the rebuilt model beats conditional
 //! `xz -9e`. Every grading call ran in its own scoring sandbox and nothing is left behind.
@@ -99,3 +99,10 @@ async fn reference_closes_the_loop() {
     );
     common::assert_nothing_left(&docker, &v).await;
 }
+
+// The scale-out tests share this binary: the ladder is one test, so without them the second test
+// thread would wait idle while it runs. Both start their own runs and clusters.
+#[path = "scale_out/plan.rs"]
+mod plan;
+#[path = "scale_out/slurm.rs"]
+mod slurm;

@@ -30,32 +30,19 @@ fn slurm_dir(runs_dir: &std::path::Path, plan_id: &str) -> std::path::PathBuf {
 
 /// A Slurm command's stdout, or an error naming it: exit 3 when it is not installed.
 fn slurm_command(program: &str, args: &[String]) -> Result<String, Exit> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| {
-            env_error(anyhow::anyhow!(
-                "{program}: {e} (is this a Slurm login node with {program} on PATH?)"
-            ))
-        })?;
-    if !out.status.success() {
-        return Err(failed(anyhow::anyhow!(
-            "{program} {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    slurm_stdin(program, args, None)
 }
 
-/// A Slurm command fed `input` on stdin; its stdout, or an error naming it.
-fn slurm_stdin(program: &str, args: &[String], input: &str) -> Result<String, Exit> {
+/// A Slurm command fed `input` on stdin (else nothing); its stdout, or an error naming it.
+fn slurm_stdin(program: &str, args: &[String], input: Option<&str>) -> Result<String, Exit> {
     use std::io::Write;
     let mut child = std::process::Command::new(program)
         .args(args)
-        .stdin(std::process::Stdio::piped())
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -64,9 +51,9 @@ fn slurm_stdin(program: &str, args: &[String], input: &str) -> Result<String, Ex
                 "{program}: {e} (is this a Slurm login node with {program} on PATH?)"
             ))
         })?;
-    if let Some(mut stdin) = child.stdin.take() {
+    if let (Some(mut stdin), Some(text)) = (child.stdin.take(), input) {
         stdin
-            .write_all(input.as_bytes())
+            .write_all(text.as_bytes())
             .map_err(|e| failed(anyhow::anyhow!("{program}: writing the job script: {e}")))?;
     }
     let out = child.wait_with_output().map_err(failed)?;
@@ -166,7 +153,7 @@ pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
     let submitted_at = chrono::Utc::now();
     // The script goes to sbatch on its stdin: the file beside the runs is a record, and a swap of
     // it between writing and submitting changes nothing.
-    let out = slurm_stdin("sbatch", &args, &text)?;
+    let out = slurm_stdin("sbatch", &args, Some(&text))?;
     // --parsable prints `jobid` or `jobid;cluster`.
     let job_id = out
         .lines()

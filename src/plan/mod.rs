@@ -353,9 +353,12 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Writes the plan file (atomically).
+    /// Writes the plan file (atomically), writable by its owner alone whatever the umask, as
+    /// [`Plan::load`] wants it.
     pub fn write(&self, path: &Path) -> Result<(), PlanError> {
-        crate::files::write_json_atomic(path, self).map_err(io(path))
+        use std::os::unix::fs::PermissionsExt;
+        crate::files::write_json_atomic(path, self).map_err(io(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(io(path))
     }
 
     /// The item `key` names: its index (`3`) or its id.

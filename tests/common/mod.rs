@@ -244,3 +244,20 @@ pub fn resume_from(run_dir: &Path) -> gptx::runner::ResumeFrom {
         missing: vec![],
     }
 }
+
+/// Runs `cmd`, asserts it succeeded (its stderr in the message), and parses its stdout as JSON.
+pub fn json_of(cmd: &mut std::process::Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `gptx runs --json --plan PLAN` through `gptx` (a [`gptx()`] command, perhaps with more
+/// environment): where each item of the plan stands.
+pub fn plan_states(mut gptx: std::process::Command, plan: &Path) -> serde_json::Value {
+    json_of(gptx.args(["runs", "--json", "--plan"]).arg(plan))
+}

@@ -1,12 +1,12 @@
 //! A plan on a real Slurm cluster (Debian's slurmctld, two slurmd and munge, started by `tests/slurm/cluster.sh`): one array task per item, a task requeued mid-run resumes its item, and every item ends done at the level its agent reaches.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::gptx;
+use crate::common::gptx;
 
 /// A private cluster, stopped when dropped (also when the test fails).
 struct Cluster {
@@ -69,6 +69,21 @@ impl Cluster {
         c.env("SLURM_CONF", &self.conf);
         c
     }
+
+    /// `gptx slurm submit [flags] --plan PLAN`, which must succeed: its stdout and stderr.
+    fn submit(&self, plan: &Path, flags: &[&str]) -> (String, String) {
+        let out = self
+            .gptx()
+            .args(["slurm", "submit"])
+            .args(flags)
+            .arg("--plan")
+            .arg(plan)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    }
 }
 
 impl Drop for Cluster {
@@ -86,18 +101,7 @@ fn script() -> PathBuf {
 }
 
 fn states(c: &Cluster, plan: &Path) -> serde_json::Value {
-    let out = c
-        .gptx()
-        .args(["runs", "--json", "--plan"])
-        .arg(plan)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::plan_states(c.gptx(), plan)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,18 +146,7 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
     let victim = index_of("reference", 1);
 
     // The job script asks for what the plan says an item needs.
-    let out = cluster
-        .gptx()
-        .args(["slurm", "submit", "--dry-run", "--plan"])
-        .arg(&plan)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let script = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (script, _) = cluster.submit(&plan, &["--dry-run"]);
     for line in [
         "#SBATCH --array=0-5",
         "#SBATCH --cpus-per-task=2",
@@ -165,18 +158,8 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
     }
 
     let t0 = Instant::now();
-    let out = cluster
-        .gptx()
-        .args(["slurm", "submit", "--plan"])
-        .arg(&plan)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (job, _) = cluster.submit(&plan, &[]);
+    let job = job.trim().to_string();
     assert!(job.chars().all(|c| c.is_ascii_digit()), "job id {job:?}");
 
     // Requeue the reference's first seed once it is past its crawl: Slurm sends its gptx SIGTERM,
@@ -295,15 +278,10 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
     nodes.dedup();
     assert_eq!(nodes, vec!["node1", "node2"], "{attempts}");
     // Submitting again finds nothing to do.
-    let out = cluster
-        .gptx()
-        .args(["slurm", "submit", "--plan"])
-        .arg(&plan)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (_, err) = cluster.submit(&plan, &[]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("nothing to submit: 6 of 6 items are done")
+        err.contains("nothing to submit: 6 of 6 items are done"),
+        "{err}"
     );
 }
 

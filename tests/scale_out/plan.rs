@@ -1,12 +1,12 @@
 //! Plan items through the binary on the real engine: a done item is kept, a killed item's run is taken over and resumed even when its gptx was on another host, bad plans and flags are refused, and the leaderboard reads the plan's state.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::gptx;
+use crate::common::gptx;
 
 fn plan_cmd(dir: &Path, args: &[&str]) -> std::process::Output {
     gptx()
@@ -38,17 +38,7 @@ fn item(dir: &Path, k: &str) -> (i32, Option<serde_json::Value>, String) {
 }
 
 fn states(dir: &Path) -> serde_json::Value {
-    let out = gptx()
-        .args(["runs", "--json", "--plan"])
-        .arg(dir.join("plan.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::plan_states(gptx(), &dir.join("plan.json"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
