@@ -1,4 +1,4 @@
-//! A plan on a real Slurm cluster (Debian's slurmctld, two slurmd and munge, started by `tests/slurm/cluster.sh`): one array task per item, a task requeued mid-run resumes its item, and every item ends done at the level its agent reaches.
+//! A plan on a real Slurm cluster (Debian's slurmctld, two slurmd and munge, started by `tests/slurm/cluster.sh`): one array task per item, a task scancelled mid-run and submitted again, and one requeued mid-run, resume their items, and every item ends done at the level its agent reaches.
 
 use crate::common;
 
@@ -144,6 +144,7 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
             .unwrap()
     };
     let victim = index_of("reference", 1);
+    let cancelled = index_of("reference:crawl", 2);
 
     // The job script asks for what the plan says an item needs.
     let (script, _) = cluster.submit(&plan, &["--dry-run"]);
@@ -162,9 +163,61 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
     let job = job.trim().to_string();
     assert!(job.chars().all(|c| c.is_ascii_digit()), "job id {job:?}");
 
+    let runs = work.path().join("runs");
+    // The events of an item's latest run so far.
+    let events_of = |index: usize| -> String {
+        states(&cluster, &plan)["items"][index]["run_dir"]
+            .as_str()
+            .and_then(|d| std::fs::read_to_string(Path::new(d).join("events.jsonl")).ok())
+            .unwrap_or_default()
+    };
+
+    // scancel one task mid-run (its gptx gets SIGTERM, ends the run `interrupted` and removes its
+    // containers), then submit the plan again: only that item goes, and it resumes.
+    while !events_of(cancelled).contains("\"type\":\"step\"") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the crawl never took a step"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = cluster
+        .cmd("scancel")
+        .arg(format!("{job}_{cancelled}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scancel: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the cancelled task never ended"
+        );
+        let q = cluster
+            .cmd("squeue")
+            .args(["--noheader", "--array", "--format=%K", "--jobs", &job])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&q.stdout)
+            .lines()
+            .any(|l| l.trim() == cancelled.to_string());
+        if !listed && states(&cluster, &plan)["items"][cancelled]["state"] == "interrupted" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (again, err) = cluster.submit(&plan, &[]);
+    assert!(
+        err.contains(&format!("1 tasks (items {cancelled})")),
+        "only the cancelled item is submitted again: {err}"
+    );
+    let again = again.trim().to_string();
+
     // Requeue the reference's first seed once it is past its crawl: Slurm sends its gptx SIGTERM,
     // which ends the run `interrupted`, and starts the task again later on whichever node is free.
-    let runs = work.path().join("runs");
     let victim_id = s["items"][victim]["item"]["id"]
         .as_str()
         .unwrap()
@@ -219,6 +272,10 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
     );
     assert!(status.status.success());
     assert!(status_text.contains("6/6 done"), "{status_text}");
+    assert!(
+        status_text.contains(&format!("jobs {job},{again}")),
+        "{status_text}"
+    );
 
     // The levels each agent reaches when run alone, as a local batch reaches them (the
     // reference's L4 is the top of these four stages).
@@ -248,8 +305,11 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
         );
         // One run per item: the requeued one was resumed, not run anew.
         assert_eq!(it["runs"], 1, "{agent} seed {}", it["item"]["seed"]);
-        if it["item"]["id"] == victim_id.as_str() {
-            assert_eq!(score["resumed"], 1, "the requeued item resumed its run");
+        if it["item"]["id"] == victim_id.as_str() || it["item"]["index"] == cancelled {
+            assert_eq!(
+                score["resumed"], 1,
+                "the requeued and the cancelled item resumed"
+            );
         }
     }
     // The requeued task's second attempt is on record as Slurm's restart 1; items spread over
