@@ -214,16 +214,8 @@ async fn a_plan_item_runs_once_and_a_killed_one_is_taken_over_from_another_host_
     assert_eq!(out.status.code(), Some(2));
 
     // Every attempt is on record, with where it ran.
-    let attempts = std::fs::read_to_string(
-        runs.join(".plans")
-            .join(s["plan_id"].as_str().unwrap())
-            .join("attempts.jsonl"),
-    )
-    .unwrap();
-    let events: Vec<serde_json::Value> = attempts
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = gptx::plan::attempts(&runs, s["plan_id"].as_str().unwrap());
+    let attempts = format!("{events:#?}");
     assert!(events.iter().any(|e| e["event"] == "kept"));
     assert_eq!(
         events

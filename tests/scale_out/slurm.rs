@@ -314,16 +314,8 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
     }
     // The requeued task's second attempt is on record as Slurm's restart 1; items spread over
     // both nodes.
-    let attempts = std::fs::read_to_string(
-        runs.join(".plans")
-            .join(last["plan_id"].as_str().unwrap())
-            .join("attempts.jsonl"),
-    )
-    .unwrap();
-    let lines: Vec<serde_json::Value> = attempts
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = gptx::plan::attempts(&runs, last["plan_id"].as_str().unwrap());
+    let attempts = format!("{lines:#?}");
     assert!(
         lines.iter().any(|l| l["item"] == victim_id.as_str()
             && l["event"] == "started"
