@@ -91,8 +91,13 @@ struct Checked {
     runs: Vec<(String, RunPlan)>,
 }
 
-fn check(path: &std::path::Path) -> Result<Checked, Exit> {
+/// `only`: the one item to build a run plan for (`--item K`), else every item.
+fn check(path: &std::path::Path, only: Option<&str>) -> Result<Checked, Exit> {
     let plan = Plan::load(path).map_err(usage)?;
+    let only = match only {
+        Some(key) => Some(plan.item(key, path).map_err(usage)?.index),
+        None => None,
+    };
     let shown = path.display();
     let env = |m: String| env_error(anyhow::anyhow!("{shown}: {m}"));
     if plan.gptx_version != env!("CARGO_PKG_VERSION") {
@@ -149,7 +154,11 @@ fn check(path: &std::path::Path) -> Result<Checked, Exit> {
         ..Default::default()
     };
     let mut runs = Vec::new();
-    for item in &plan.items {
+    for item in plan
+        .items
+        .iter()
+        .filter(|i| only.is_none_or(|k| k == i.index))
+    {
         let mut p = run::plan_for(&batch, &runs_dir, &item.agent, Some(item.seed))
             .map_err(|e| usage(e.context(format!("{shown}: item {}", item.id))))?;
         p.plan_item = Some(plan.item_ref(item));
@@ -197,7 +206,7 @@ pub(super) async fn run_plan(path: &std::path::Path, args: &RunArgs) -> Result<i
             path.display()
         )));
     }
-    let mut checked = check(path)?;
+    let mut checked = check(path, args.item.as_deref())?;
     // The world once, for every item.
     if let Some((_, p)) = checked.runs.first_mut() {
         world_checked(&checked.plan, p, args.quiet).await?;
@@ -215,10 +224,7 @@ pub(super) async fn run_plan(path: &std::path::Path, args: &RunArgs) -> Result<i
     } = checked;
     if let Some(key) = &args.item {
         let item = plan.item(key, path).map_err(usage)?.clone();
-        let (agent, rp) = runs
-            .into_iter()
-            .nth(item.index)
-            .expect("a run plan per item");
+        let (agent, rp) = runs.into_iter().next().expect("the item's run plan");
         let wait = std::time::Duration::from_secs_f64(args.item_wait.clamp(0.0, 86_400.0));
         let (out, _) = item_once(
             &plan, &item, &agent, rp, &runs_dir, wait, args.quiet, cancel,
@@ -489,6 +495,17 @@ pub(crate) fn item_states(
     Ok((plan, runs_dir, states))
 }
 
+/// One line of an item table: index, id, state and run, then `tail`.
+pub(crate) fn item_row(s: &crate::plan::ItemStatus, tail: &str) -> String {
+    format!(
+        "{:>5}  {:<34} {:<11} {:<24} {tail}\n",
+        s.item.index,
+        s.item.id,
+        s.state.to_string(),
+        crate::report::term::terminal_safe(s.run_id.as_deref().unwrap_or("-"), false),
+    )
+}
+
 /// `gptx runs --plan FILE`: a line per item, then the tally.
 pub(super) fn status(path: &std::path::Path, json: bool) -> Result<i32, Exit> {
     let (plan, runs_dir, states) = item_states(path, &[]).map_err(usage)?;
@@ -511,14 +528,13 @@ pub(super) fn status(path: &std::path::Path, json: bool) -> Result<i32, Exit> {
         "run"
     );
     for s in &states {
-        text.push_str(&format!(
-            "{:>5}  {:<34} {:<11} {:<24} {} seed {}\n",
-            s.item.index,
-            s.item.id,
-            s.state.to_string(),
-            s.run_id.as_deref().unwrap_or("-"),
-            crate::report::term::terminal_safe(&s.item.agent, false),
-            s.item.seed
+        text.push_str(&item_row(
+            s,
+            &format!(
+                "{} seed {}",
+                crate::report::term::terminal_safe(&s.item.agent, false),
+                s.item.seed
+            ),
         ));
     }
     if !tally.complete() {

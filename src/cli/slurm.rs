@@ -320,13 +320,9 @@ pub(super) async fn status(a: SlurmStatusArgs) -> Result<i32, Exit> {
         "run"
     );
     for s in &states {
-        text.push_str(&format!(
-            "{:>5}  {:<34} {:<11} {:<24} {}\n",
-            s.item.index,
-            s.item.id,
-            s.state.to_string(),
-            s.run_id.as_deref().unwrap_or("-"),
-            crate::report::term::terminal_safe(&slurm_of(s.item.index), false)
+        text.push_str(&plan_cmd::item_row(
+            s,
+            &crate::report::term::terminal_safe(&slurm_of(s.item.index), false),
         ));
     }
     if let Some(n) = squeue_note {

@@ -485,38 +485,9 @@ pub fn manifest(plan: &Plan, plan_text: &str, opts: &Options) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Overrides, WorldPin};
 
     fn plan(runs_dir: &str) -> Plan {
-        let suite = crate::config::suite::Home::locate()
-            .unwrap()
-            .suite("mini")
-            .unwrap();
-        let agents = ["null".to_string()];
-        Plan::new(
-            &suite,
-            "mini",
-            "ab".repeat(32),
-            vec![],
-            Some(WorldPin {
-                name: "mini".into(),
-                seed: 1,
-                hash: "cd".repeat(32),
-            }),
-            [("base".to_string(), "gptx/base:0123".to_string())].into(),
-            Overrides::default(),
-            crate::trace::rundir::RunOptions {
-                rescue: true,
-                temperature: None,
-                max_output_tokens: 4096,
-                context_tokens: 100_000,
-                agent_env: vec![],
-            },
-            runs_dir.into(),
-            &agents,
-            &[1, 2, 3],
-        )
-        .unwrap()
+        crate::plan::tests::sample(&["null"], &[1, 2, 3], runs_dir)
     }
 
     fn opts() -> Options {

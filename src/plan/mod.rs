@@ -676,7 +676,7 @@ pub fn file_sha256(path: &Path) -> Result<String, PlanError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn suite() -> Suite {
@@ -685,6 +685,11 @@ mod tests {
     }
 
     fn plan(agents: &[&str], seeds: &[u64]) -> Plan {
+        sample(agents, seeds, "runs")
+    }
+
+    /// A plan of the mini suite for unit tests: `agents` × `seeds`, runs in `runs_dir`.
+    pub(crate) fn sample(agents: &[&str], seeds: &[u64], runs_dir: &str) -> Plan {
         let agents: Vec<String> = agents.iter().map(|s| s.to_string()).collect();
         Plan::new(
             &suite(),
@@ -705,7 +710,7 @@ mod tests {
                 context_tokens: 100_000,
                 agent_env: vec![],
             },
-            PathBuf::from("runs"),
+            PathBuf::from(runs_dir),
             &agents,
             seeds,
         )

@@ -290,28 +290,7 @@ mod tests {
 
     #[test]
     fn a_log_folder_sbatch_cannot_carry_is_refused() {
-        let home = crate::config::suite::Home::locate().unwrap();
-        let suite = home.suite("mini").unwrap();
-        let plan = super::super::Plan::new(
-            &suite,
-            "mini",
-            "a".repeat(64),
-            vec![],
-            None,
-            Default::default(),
-            Default::default(),
-            crate::trace::rundir::RunOptions {
-                rescue: true,
-                temperature: None,
-                max_output_tokens: 1,
-                context_tokens: 1,
-                agent_env: vec![],
-            },
-            "runs".into(),
-            &["null".to_string()],
-            &[1],
-        )
-        .unwrap();
+        let plan = crate::plan::tests::sample(&["null"], &[1], "runs");
         let o = |log: &str| ScriptOptions {
             gptx: "/usr/bin/gptx".into(),
             plan_path: "/p/it's here/plan.json".into(),
