@@ -797,6 +797,65 @@ pub(crate) mod tests {
         assert_eq!(Resources::for_suite(&s).cpus, 5);
     }
 
+    /// An agent cannot hold an item's lock to keep its item `running` forever (so it is never
+    /// resumed or graded again): a process started while gptx holds the lock (an `exec:` agent
+    /// and whatever it leaves in the background) does not inherit it, and the uid `exec:` agents
+    /// run as cannot open the lock file to take it.
+    #[test]
+    fn an_agents_processes_can_neither_inherit_nor_take_an_item_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = ItemLock::acquire(dir.path(), "p1", "item", Duration::ZERO).unwrap();
+        // A background process left running past the lock's holder.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        drop(lock);
+        assert!(
+            !lock_held(dir.path(), "p1", "item"),
+            "a child process kept the item lock"
+        );
+        let again = ItemLock::acquire(dir.path(), "p1", "item", Duration::ZERO);
+        assert!(
+            again.is_ok(),
+            "the item could not be taken while the child lives"
+        );
+        drop(again);
+        let _ = child.kill();
+        let _ = child.wait();
+        // As `nobody` (the uid of `exec:` agents when gptx runs as root), the lock file is out of
+        // reach: util-linux's flock cannot open it, so cannot lock it.
+        if rustix::process::geteuid().is_root() {
+            use std::os::unix::fs::PermissionsExt;
+            // The runs directory may be readable by all; the lock file is root's alone.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            let path = lock_path(dir.path(), "p1", "item");
+            let as_nobody = || {
+                std::process::Command::new("setpriv")
+                    .args([
+                        "--reuid=65534",
+                        "--regid=65534",
+                        "--clear-groups",
+                        "flock",
+                        "-n",
+                    ])
+                    .arg(&path)
+                    .arg("true")
+                    .output()
+                    .unwrap()
+            };
+            let out = as_nobody();
+            assert!(
+                !out.status.success(),
+                "nobody took the lock: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The check bites: a lock file others may read would be theirs to lock.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(as_nobody().status.success(), "the control did not lock");
+        }
+    }
+
     #[test]
     fn states_follow_the_runs_and_the_lock() {
         let p = plan(&["null", "reference"], &[1]);
