@@ -183,6 +183,111 @@ fn frontier_is_deterministic_and_holds_t_out_of_its_sqlite_site() {
     assert!(a.ood.iter().all(|d| !d.id.contains("sqlite")));
 }
 
+/// Distinct 12-word sequences of `text`, hashed.
+fn sequences(text: &str) -> std::collections::HashSet<u64> {
+    use std::hash::{Hash, Hasher};
+    let words: Vec<&str> = text.split_ascii_whitespace().collect();
+    words
+        .windows(world::holdout::SEQUENCE_WORDS)
+        .map(|w| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            w.hash(&mut h);
+            h.finish()
+        })
+        .collect()
+}
+
+#[test]
+fn frontier_t_is_a_private_variant_drawn_as_whole_families_with_no_near_copy_served() {
+    let g = frontier1();
+    let (cfg, _, dir) = WorldConfig::load(&home(), "frontier").unwrap();
+    assert!(cfg.private && cfg.holdout == world::holdout::Holdout::Families);
+    let site = cfg.sites.iter().find(|s| s.target).unwrap();
+    let (public, _) = world::corpus::load(&dir.join(&site.corpus)).unwrap();
+
+    // The variant: every T document has the shape of a public page (the same bytes but letters,
+    // the same letters' case), yet almost none of its 12-word sequences is public text.
+    let public_seqs: std::collections::HashSet<u64> =
+        public.iter().flat_map(|d| sequences(&d.text())).collect();
+    let variant = world::private::variant(&public, 1, &site.domain);
+    let mut recalled = 0;
+    let mut all = 0;
+    for d in &g.test {
+        let id = d.id.strip_prefix("sqlite.gptx.test/").unwrap();
+        let k = variant
+            .iter()
+            .position(|v| v.id == id)
+            .expect("a variant page");
+        let original = public[k].text();
+        assert_eq!(d.text, variant[k].text());
+        assert_ne!(d.text, original, "{id} is public text");
+        assert!(d
+            .text
+            .bytes()
+            .zip(original.bytes())
+            .all(|(a, b)| a.is_ascii_alphabetic() == b.is_ascii_alphabetic()
+                && (a.is_ascii_alphabetic() || a == b)));
+        let seqs = sequences(&d.text);
+        recalled += seqs.iter().filter(|s| public_seqs.contains(s)).count();
+        all += seqs.len();
+    }
+    let share = recalled as f64 / all as f64;
+    eprintln!("T's 12-word sequences that are public text: {recalled} of {all} ({share:.4})");
+    assert!(share < 0.01, "{share} of T's sequences are public text");
+
+    // Whole families: no page of a T document's family is served, and what T shares with the
+    // served web is boilerplate only.
+    let family = world::holdout::families(&variant);
+    let ids: std::collections::HashMap<&str, usize> = variant
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i))
+        .collect();
+    let served: std::collections::HashSet<&str> = g
+        .served
+        .iter()
+        .filter(|(p, _)| p.site == "sqlite.gptx.test")
+        .map(|(p, _)| p.doc.as_str())
+        .collect();
+    let t_families: std::collections::HashSet<usize> = g
+        .test
+        .iter()
+        .map(|d| family[ids[d.id.strip_prefix("sqlite.gptx.test/").unwrap()]])
+        .collect();
+    for (i, d) in variant.iter().enumerate() {
+        if t_families.contains(&family[i]) {
+            assert!(
+                !served.contains(d.id.as_str()),
+                "{} of a T family is served",
+                d.id
+            );
+        }
+    }
+    let web_seqs: std::collections::HashSet<u64> =
+        g.served.iter().flat_map(|(_, t)| sequences(t)).collect();
+    let mut worst = (0.0, String::new());
+    for d in &g.test {
+        let seqs = sequences(&d.text);
+        let elsewhere = seqs.iter().filter(|s| web_seqs.contains(s)).count() as f64;
+        let share = elsewhere / seqs.len().max(1) as f64;
+        if share > worst.0 {
+            worst = (share, d.id.clone());
+        }
+    }
+    eprintln!(
+        "T families: {}; most of one T document's 12-word sequences served: {:.3} ({})",
+        t_families.len(),
+        worst.0,
+        worst.1
+    );
+    assert!(
+        worst.0 <= 0.10,
+        "{} has {:.3} of its sequences on the web",
+        worst.1,
+        worst.0
+    );
+}
+
 #[test]
 fn frontier_soft_404s_near_duplicates_and_search_only_pages_are_what_they_claim() {
     let g = frontier1();

@@ -80,6 +80,64 @@ pub struct FactContext<'a> {
     pub image: Option<&'a crate::config::image::Recipe>,
     /// The domain the model is judged on, when the suite's world has a target site.
     pub domain: Option<Domain>,
+    /// How the world makes its hidden documents, when it says more than "pages held out".
+    pub hidden: Option<HiddenText>,
+}
+
+/// What a world does to the text its hidden documents come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HiddenText {
+    /// Whose pages: the target site's, or the general web's.
+    pub of: String,
+    /// Served and held out as a private variant (`world::private`).
+    pub private: bool,
+    /// Drawn as whole families (`world::holdout`).
+    pub families: bool,
+}
+
+impl HiddenText {
+    /// The suite's world's (None without a world, when it draws pages plainly, or when its config
+    /// cannot be read).
+    pub fn of(home: &Home, suite: &Suite) -> Option<Self> {
+        let (cfg, _, _) = crate::world::WorldConfig::load(home, suite.world.as_deref()?).ok()?;
+        let families = cfg.holdout == crate::world::holdout::Holdout::Families;
+        if !cfg.private && !families {
+            return None;
+        }
+        let of = match cfg.sites.iter().find(|s| s.target) {
+            Some(s) => format!("{}'s pages ({})", s.domain, s.host),
+            None => format!(
+                "the documentation the general web serves ({})",
+                and_list(&crate::world::generate::HOSTS.map(String::from))
+            ),
+        };
+        Some(Self {
+            of,
+            private: cfg.private,
+            families,
+        })
+    }
+
+    /// The facts it makes, in every stage.
+    fn facts(&self) -> Vec<Fact> {
+        use crate::world::holdout::{CONTAINMENT, SEQUENCE_WORDS};
+        let mut out = Vec::new();
+        if self.private {
+            out.push(fact("private", format!(
+                "The text of {} is a private variant of public documentation, fixed by this world's seed: its words are consistently renamed (a word always becomes the same other word of the same length and about as frequent; punctuation, digits, layout, words of one or two letters and common English words stay). Public copies of that documentation, and what you remember of it, do not match it: only the crawl teaches it.",
+                self.of
+            )));
+        }
+        if self.families {
+            out.push(fact("draw", format!(
+                "The hidden documents are a random draw of whole families of {}: pages that share a line of 40 bytes or more, or {} of the smaller page's {SEQUENCE_WORDS}-word sequences, are one family (text shared by more than {} pages is boilerplate and joins none), and no family is split between the hidden documents and the web. A validation set drawn the same way, whole families of your pages at random, predicts the hidden score.",
+                self.of,
+                pct(CONTAINMENT),
+                crate::world::holdout::COMMON
+            )));
+        }
+        out
+    }
 }
 
 /// A world's target site, as the instructions name it.
@@ -235,6 +293,9 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
         ),
     ));
     out.push(fact("network", network(stage)));
+    if let Some(h) = &ctx.hidden {
+        out.extend(h.facts());
+    }
     if stage.name != "selfhost" {
         out.push(fact(
             "copy",
@@ -484,6 +545,7 @@ pub fn instruction(
         suite,
         image: image.as_ref(),
         domain: Domain::of(home, suite),
+        hidden: HiddenText::of(home, suite),
     };
     let scoring = &suite.scoring;
     let b = &stage.budgets;
@@ -590,6 +652,7 @@ mod tests {
                 suite: &suite,
                 image: Some(&image),
                 domain: Domain::of(&home, &suite),
+                hidden: HiddenText::of(&home, &suite),
             };
             for stage in &suite.stages {
                 let text = rendered(&suite, stage);
@@ -611,6 +674,13 @@ mod tests {
                         assert!(topics.contains(&"sites"), "{at}: no sites fact");
                         assert!(text.contains(&format!("of the gold text of {}", d.host)));
                         assert!(text.contains("soft 404") && text.contains("search form"));
+                    }
+                }
+                // A private world says so in every stage, and how its hidden documents are drawn.
+                if let Some(h) = &ctx.hidden {
+                    let want = [(h.private, "private"), (h.families, "draw")];
+                    for (on, t) in want {
+                        assert_eq!(topics.contains(&t), on, "{at}: {t} fact");
                     }
                 }
                 // How commands run, which libraries exist, and the network during the stage.

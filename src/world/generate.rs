@@ -211,44 +211,7 @@ pub fn generate(
     sites: &[(&super::sites::SiteConfig, &[Doc])],
 ) -> Generated {
     let vertical = sites.iter().any(|(s, _)| s.target);
-    // With a target, each of the general web and the other sites gives its share of ood_bytes.
-    let ood_each = cfg.ood_bytes / sites.len().max(1);
-    let general_held = if vertical { ood_each } else { cfg.test_bytes };
-    let mut rng = Rng::new(seed, "split");
-    let mut order: Vec<usize> = (0..docs.len()).collect();
-    rng.shuffle(&mut order);
-    let sizes: Vec<usize> = docs.iter().map(|d| d.text().len()).collect();
-
-    // Hidden test documents T: moderate-sized pages until the target is met.
-    let test_idx = super::sites::hold_out(&order, &sizes, general_held, cfg.max_test_doc_bytes);
-    let held: BTreeSet<usize> = test_idx.iter().copied().collect();
-    let mut served_idx = Vec::new();
-    let mut served_bytes = 0;
-    for &i in &order {
-        if held.contains(&i) {
-            continue;
-        }
-        if cfg.served_bytes > 0 && served_bytes >= cfg.served_bytes {
-            break;
-        }
-        served_idx.push(i);
-        served_bytes += sizes[i];
-    }
-    let mut ood_order: Vec<usize> = (0..ood_docs.len()).collect();
-    rng.shuffle(&mut ood_order);
-    let mut ood = Vec::new();
-    let mut ood_bytes = 0;
-    for &i in &ood_order {
-        if cfg.ood_bytes > 0 && ood_bytes >= cfg.ood_bytes {
-            break;
-        }
-        let text = ood_docs[i].text();
-        ood_bytes += text.len();
-        ood.push(HiddenDoc {
-            id: format!("ood/{}", ood_docs[i].id),
-            text,
-        });
-    }
+    let (test_idx, served_idx, ood) = split(cfg, seed, docs, ood_docs, sites.len(), vertical);
 
     // Sites: the blog takes a share of the pages, including the Latin-1 ones.
     let mut rng = Rng::new(seed, "sites");
@@ -725,15 +688,69 @@ pub fn generate(
             });
         }
     }
-    g.target = super::sites::add(
-        &mut g,
-        sites,
-        seed,
-        cfg.test_bytes,
-        if vertical { ood_each } else { 0 },
-        cfg.max_test_doc_bytes,
-    );
+    g.target = super::sites::add(&mut g, sites, seed, cfg);
     g
+}
+
+/// The general web's split: the documents held out of it (T, or with a target site its share of
+/// the out-of-domain documents), the pages it serves in serving order, and the out-of-domain
+/// documents of `ood_docs`.
+fn split(
+    cfg: &WorldConfig,
+    seed: u64,
+    docs: &[Doc],
+    ood_docs: &[Doc],
+    sites: usize,
+    vertical: bool,
+) -> (Vec<usize>, Vec<usize>, Vec<HiddenDoc>) {
+    use super::holdout::{families, hold_out, hold_out_families, Holdout};
+    // With a target, each of the general web and the other sites gives its share of ood_bytes.
+    let general_held = if vertical {
+        cfg.ood_bytes / sites.max(1)
+    } else {
+        cfg.test_bytes
+    };
+    let mut rng = Rng::new(seed, "split");
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    rng.shuffle(&mut order);
+    let sizes: Vec<usize> = docs.iter().map(|d| d.text().len()).collect();
+    let max = cfg.max_test_doc_bytes;
+    let (test_idx, held) = if !vertical && cfg.holdout == Holdout::Families {
+        let h = hold_out_families(&order, &families(docs), &sizes, general_held, max);
+        (h.docs, h.pages)
+    } else {
+        let t = hold_out(&order, &sizes, general_held, max);
+        let held = t.iter().copied().collect();
+        (t, held)
+    };
+    let mut served_idx = Vec::new();
+    let mut served_bytes = 0;
+    for &i in &order {
+        if held.contains(&i) {
+            continue;
+        }
+        if cfg.served_bytes > 0 && served_bytes >= cfg.served_bytes {
+            break;
+        }
+        served_idx.push(i);
+        served_bytes += sizes[i];
+    }
+    let mut ood_order: Vec<usize> = (0..ood_docs.len()).collect();
+    rng.shuffle(&mut ood_order);
+    let mut ood = Vec::new();
+    let mut ood_bytes = 0;
+    for &i in &ood_order {
+        if cfg.ood_bytes > 0 && ood_bytes >= cfg.ood_bytes {
+            break;
+        }
+        let text = ood_docs[i].text();
+        ood_bytes += text.len();
+        ood.push(HiddenDoc {
+            id: format!("ood/{}", ood_docs[i].id),
+            text,
+        });
+    }
+    (test_idx, served_idx, ood)
 }
 
 pub(crate) fn served(url: &str, site: &str, doc: &Doc, text: &str, latin1: bool) -> ServedPage {

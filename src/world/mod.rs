@@ -17,7 +17,9 @@
 pub mod baselines;
 pub mod corpus;
 pub mod generate;
+pub mod holdout;
 pub mod html;
+pub mod private;
 pub mod sites;
 
 use std::collections::BTreeMap;
@@ -33,12 +35,14 @@ pub use baselines::Baselines;
 
 /// Bumped by hand when the meaning of a world changes in a way the source hash would miss.
 pub(crate) const GENERATOR_VERSION: u32 = 1;
-const GENERATOR_SOURCE: [&str; 5] = [
+const GENERATOR_SOURCE: [&str; 7] = [
     include_str!("mod.rs"),
     include_str!("generate.rs"),
     include_str!("html.rs"),
     include_str!("corpus.rs"),
     include_str!("sites.rs"),
+    include_str!("holdout.rs"),
+    include_str!("private.rs"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,15 @@ pub struct WorldConfig {
     /// More documentation sites, each from its own corpus; one may be the target T comes from.
     #[serde(default)]
     pub sites: Vec<sites::SiteConfig>,
+    /// The corpus T is drawn from (the target site's, else the main one) is served, and T held
+    /// out, as a private variant fixed by the seed (`private.rs`): recalled public text does not
+    /// match it.
+    #[serde(default)]
+    pub private: bool,
+    /// How T is drawn from its corpus: `pages` one by one, or whole `families` of pages that share
+    /// text (`holdout.rs`).
+    #[serde(default)]
+    pub holdout: holdout::Holdout,
 }
 
 fn default_max_test_doc() -> usize {
@@ -382,7 +395,12 @@ impl Corpora {
         let mut site_docs = Vec::new();
         let mut site_corpora = BTreeMap::new();
         for s in &cfg.sites {
-            let (d, sha) = corpus::load(&dir.join(&s.corpus))?;
+            let path = dir.join(&s.corpus);
+            let (d, sha) = corpus::load(&path)?;
+            sites::check_ids(&d).map_err(|message| WorldError::Config {
+                path: path.display().to_string(),
+                message,
+            })?;
             site_corpora.insert(
                 s.host.clone(),
                 CorpusRef {
@@ -405,13 +423,28 @@ impl Corpora {
 
     /// The world these corpora make with `cfg` and `seed` (nothing written).
     pub fn generate(&self, cfg: &WorldConfig, seed: u64) -> generate::Generated {
+        let target = cfg.sites.iter().position(|s| s.target);
+        let variant = |docs: &[corpus::Doc], domain: &str| {
+            cfg.private.then(|| private::variant(docs, seed, domain))
+        };
+        let site_variant = target.and_then(|t| variant(&self.site_docs[t], &cfg.sites[t].domain));
+        let main_variant = if target.is_none() {
+            variant(&self.docs, "")
+        } else {
+            None
+        };
         let sites: Vec<(&sites::SiteConfig, &[corpus::Doc])> = cfg
             .sites
             .iter()
             .zip(&self.site_docs)
-            .map(|(s, d)| (s, d.as_slice()))
+            .enumerate()
+            .map(|(i, (s, d))| match (&site_variant, Some(i) == target) {
+                (Some(v), true) => (s, v.as_slice()),
+                _ => (s, d.as_slice()),
+            })
             .collect();
-        generate::generate(cfg, seed, &self.docs, &self.ood_docs, &sites)
+        let docs = main_variant.as_deref().unwrap_or(&self.docs);
+        generate::generate(cfg, seed, docs, &self.ood_docs, &sites)
     }
 }
 

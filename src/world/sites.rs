@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::corpus::Doc;
 use super::generate::{add_page, file_for, relative, served, slug, Generated, HiddenDoc, Rng};
+use super::holdout::{self, hold_out, hold_out_families, Holdout};
 use super::html::{self, esc, Link};
 
 /// One `[[sites]]` entry of a world's config.
@@ -119,88 +120,141 @@ pub(crate) fn validate(sites: &[SiteConfig], reserved: &[&str]) -> Result<(), St
     Ok(())
 }
 
-/// Moderate-sized pages, in `order`, until `bytes` of text are held out.
-pub(crate) fn hold_out(
-    order: &[usize],
-    sizes: &[usize],
-    bytes: usize,
-    max_doc: usize,
-) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut total = 0;
-    for &i in order {
-        if total >= bytes {
-            break;
+/// Paths of a site that no page may take: the search form, robots.txt, the sitemap, the search
+/// index and the "not found" page's files, and the folders of listings, archive copies, the
+/// disallowed section and dead links.
+const RESERVED_IDS: [&str; 5] = [
+    "search",
+    "robots.txt",
+    "sitemap.xml",
+    "_search.json",
+    "_404.html",
+];
+const RESERVED_FOLDERS: [&str; 4] = ["pages/", "archive/", "admin/", "wiki/"];
+
+/// Checks that every page id of a site's corpus can be its path: unique, a plain relative path,
+/// and none of the site's own paths; the message names the page. (A private variant keeps this:
+/// its renaming keeps the words these paths are made of, and every other byte.)
+pub(crate) fn check_ids(docs: &[Doc]) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for (i, d) in docs.iter().enumerate() {
+        let id = d.id.as_str();
+        let at = format!("page {} (id {id:?})", i + 1);
+        let plain = !id.is_empty()
+            && !id.starts_with('/')
+            && id
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+            && !id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "?#%\\".contains(c));
+        if !plain {
+            return Err(format!(
+                "{at}: an id must be a relative path of non-empty segments, without '..', spaces, '?', '#', '%' or '\\'"
+            ));
         }
-        if sizes[i] >= 2_000 && sizes[i] <= max_doc {
-            out.push(i);
-            total += sizes[i];
+        if RESERVED_IDS.contains(&id) || RESERVED_FOLDERS.iter().any(|f| id.starts_with(f)) {
+            return Err(format!(
+                "{at}: the site serves its own page at that path (reserved: {}, and {})",
+                RESERVED_IDS.join(", "),
+                RESERVED_FOLDERS.map(|f| format!("{f}…")).join(", ")
+            ));
+        }
+        if !seen.insert(id) {
+            return Err(format!("{at}: another page has the same id"));
         }
     }
-    out
+    Ok(())
 }
 
-/// Adds every site to `g`: T from the target site, out-of-domain documents from the others
-/// (`ood_bytes` each), and their pages, routes and gold.
+/// Adds every site to `g`: T from the target site, out-of-domain documents from the others (each
+/// its share of the world's `ood_bytes`, when a site is the target), and their pages, routes and
+/// gold.
 pub(crate) fn add(
     g: &mut Generated,
     sites: &[(&SiteConfig, &[Doc])],
     seed: u64,
-    test_bytes: usize,
-    ood_bytes: usize,
-    max_test_doc: usize,
+    cfg: &super::WorldConfig,
 ) -> Option<Target> {
+    let vertical = sites.iter().any(|(s, _)| s.target);
+    let ood_bytes = if vertical {
+        cfg.ood_bytes / sites.len().max(1)
+    } else {
+        0
+    };
     let mut target = None;
-    for (cfg, docs) in sites {
-        let mut rng = Rng::new(seed, &format!("site:{}", cfg.host));
+    for (site, docs) in sites {
+        let mut rng = Rng::new(seed, &format!("site:{}", site.host));
         let mut order: Vec<usize> = (0..docs.len()).collect();
         rng.shuffle(&mut order);
-        // A page that shares a long line with another page of its corpus (release notes repeat
-        // each other) is never held out: hidden text must not be served under another URL.
-        let shared = shared_lines(docs);
-        let sizes: Vec<usize> = docs
-            .iter()
-            .map(|d| {
-                let t = d.text();
-                if t.lines().any(|l| shared.contains(l)) {
-                    0
-                } else {
-                    t.len()
-                }
-            })
-            .collect();
-        let want = if cfg.target { test_bytes } else { ood_bytes };
-        let held = hold_out(&order, &sizes, want, max_test_doc);
-        for &i in &held {
+        let want = if site.target {
+            cfg.test_bytes
+        } else {
+            ood_bytes
+        };
+        let families = site.target && cfg.holdout == Holdout::Families;
+        let (hidden, held) = held_out(docs, &order, want, cfg.max_test_doc_bytes, families);
+        for &i in &hidden {
             let doc = HiddenDoc {
                 id: format!(
                     "{}{}/{}",
-                    if cfg.target { "" } else { "ood/" },
-                    cfg.host,
+                    if site.target { "" } else { "ood/" },
+                    site.host,
                     docs[i].id
                 ),
                 text: docs[i].text(),
             };
-            if cfg.target {
+            if site.target {
                 g.test.push(doc);
             } else {
                 g.ood.push(doc);
             }
         }
-        let held: BTreeSet<usize> = held.into_iter().collect();
         let mut served_idx: Vec<usize> = (0..docs.len()).filter(|i| !held.contains(i)).collect();
         served_idx.sort_by(|&a, &b| docs[a].id.cmp(&docs[b].id));
-        let n = render(g, cfg, docs, &served_idx, &mut rng);
-        if cfg.target {
+        let n = render(g, site, docs, &served_idx, &mut rng);
+        if site.target {
             target = Some(Target {
-                host: cfg.host.clone(),
-                domain: cfg.domain.clone(),
-                held_out: held.len(),
+                host: site.host.clone(),
+                domain: site.domain.clone(),
+                held_out: hidden.len(),
                 served: n,
             });
         }
     }
     target
+}
+
+/// The hidden documents of one site, and every page it does not serve: whole families, or pages
+/// one by one of those that share no long line with another page (hidden text must not be served
+/// under another URL).
+fn held_out(
+    docs: &[Doc],
+    order: &[usize],
+    want: usize,
+    max_doc: usize,
+    families: bool,
+) -> (Vec<usize>, BTreeSet<usize>) {
+    if families {
+        let sizes: Vec<usize> = docs.iter().map(|d| d.text().len()).collect();
+        let h = hold_out_families(order, &holdout::families(docs), &sizes, want, max_doc);
+        return (h.docs, h.pages);
+    }
+    let shared = shared_lines(docs);
+    let sizes: Vec<usize> = docs
+        .iter()
+        .map(|d| {
+            let t = d.text();
+            if t.lines().any(|l| shared.contains(l)) {
+                0
+            } else {
+                t.len()
+            }
+        })
+        .collect();
+    let hidden = hold_out(order, &sizes, want, max_doc);
+    let held = hidden.iter().copied().collect();
+    (hidden, held)
 }
 
 /// Lines of 40 bytes or more that occur in more than one page of `docs`.
@@ -517,6 +571,41 @@ mod tests {
         let mut s = site("a.gptx.test");
         s.archive_release = "../x".into();
         assert!(validate(&[s], &[]).unwrap_err().contains("archive_release"));
+    }
+
+    #[test]
+    fn page_ids_that_would_take_a_sites_own_path_are_refused_naming_the_page() {
+        let page = |id: &str| Doc {
+            id: id.into(),
+            title: "T".into(),
+            blocks: vec![],
+            links: vec![],
+        };
+        let ok = [page("lang_select.html"), page("c3ref/open.html")];
+        assert_eq!(check_ids(&ok), Ok(()));
+        for (id, why) in [
+            ("search", "reserved"),
+            ("robots.txt", "reserved"),
+            ("sitemap.xml", "reserved"),
+            ("_search.json", "reserved"),
+            ("_404.html", "reserved"),
+            ("pages/2/index.html", "reserved"),
+            ("archive/3.39/lang.html", "reserved"),
+            ("admin/x.html", "reserved"),
+            ("wiki/x.html", "reserved"),
+            ("../etc/passwd", "relative path"),
+            ("/abs.html", "relative path"),
+            ("a//b.html", "relative path"),
+            ("a b.html", "relative path"),
+            ("a?q=1", "relative path"),
+            ("a%2F.html", "relative path"),
+            ("", "relative path"),
+        ] {
+            let e = check_ids(&[page("ok.html"), page(id)]).unwrap_err();
+            assert!(e.starts_with("page 2 (id ") && e.contains(why), "{id}: {e}");
+        }
+        let e = check_ids(&[page("a.html"), page("a.html")]).unwrap_err();
+        assert!(e.contains("same id"), "{e}");
     }
 
     #[test]
