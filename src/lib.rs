@@ -18,7 +18,8 @@
 //!   [`sandbox::programs::Programs`] seam (an agent program on hidden input), disk limits.
 //! - [`world`]: the offline web: generated deterministically into the cache, with gold text,
 //!   hidden splits and baselines; extra documentation sites and a vertical target in
-//!   `world/sites.rs`.
+//!   `world/sites.rs`; which pages are hidden (pages, or whole families) in `world/holdout.rs`;
+//!   the private variant of a public corpus in `world/private.rs`.
 //! - [`agent`]: the [`agent::Agent`] seam and its factory ([`agent::AgentSpec::build`]); the
 //!   built-in agents, `exec:` programs over JSON lines, MCP, LLM agents over chat APIs, and the
 //!   tools they call.

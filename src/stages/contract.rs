@@ -526,7 +526,8 @@ pub(crate) fn render_facts(facts: &[Fact]) -> String {
 
 /// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` and `{{scoring_*}}`
 /// placeholders filled in, `{{seed_urls}}` with the world's seed URLs (a markdown list),
-/// `{{request_budget}}` with what the world's request budget is (nothing without one) and
+/// `{{request_budget}}` with what the world's request budget is (nothing without one),
+/// `{{rate_limit}}` with the requests per second its server allows, and
 /// `{{graded}}` with the stage's [`facts`].
 pub fn instruction(
     home: &Home,
@@ -550,7 +551,15 @@ pub fn instruction(
     let scoring = &suite.scoring;
     let b = &stage.budgets;
     let fmt = |v: f64| format!("{}", v.round() as i64);
+    let rate = suite
+        .world
+        .as_deref()
+        .and_then(|w| crate::world::WorldConfig::load(home, w).ok());
     let mut out = text
+        .replace(
+            "{{rate_limit}}",
+            &rate.map_or_else(|| "a few".into(), |(c, _, _)| c.rate_limit.to_string()),
+        )
         .replace("{{max_steps}}", &b.max_steps.to_string())
         .replace("{{max_sandbox_seconds}}", &fmt(b.max_sandbox_seconds))
         .replace("{{max_wall_seconds}}", &fmt(b.max_wall_seconds))

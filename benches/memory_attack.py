@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""What perfect memory of public text buys on a world's T: the reference model trained three ways,
+each scored on the world's hidden test documents T.
+
+- crawl: the reference agent's own crawl corpus (what an honest agent trains on);
+- memory: the whole public corpus the target site was made from, T's original pages included
+  (what an agent that remembers the public documentation perfectly could write out);
+- memory+crawl: both.
+
+Each model is the reference trainer (tasks/train/reference/train.py) on that corpus, within the
+same time limit, scored with its own `score` verb on every document of T: bits per byte =
+sum(-logprobs) / ln 2 / bytes of T, the train stage's formula (the two-sandbox verification is left
+out: the models are the reference's, which verifies). Runs inside the sandbox image (numpy):
+
+    benches/memory_attack.sh WORLD_DIR CRAWL_CORPUS [PUBLIC_CORPUS]
+
+Prints one line per model and writes results.json beside the models.
+"""
+
+import argparse
+import base64
+import json
+import lzma
+import math
+import os
+import subprocess
+import sys
+import time
+
+
+def docs_of_public(path):
+    """The public corpus as crawl documents ({"url", "text"}), its pages' blocks joined as the
+    world's gold text is."""
+    out = []
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            text = "\n\n".join(b["t"] for b in d["blocks"])
+            out.append({"url": "public:" + d["id"], "text": text})
+    return out
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def train(reference, corpus, out, seconds):
+    t0 = time.time()
+    subprocess.run([sys.executable, os.path.join(reference, "train.py"), "--corpus", corpus,
+                    "--out", out, "--max-seconds", str(seconds)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return time.time() - t0
+
+
+def score(reference, model, test):
+    """Bits per byte of `model` on the documents of `test`."""
+    req = "".join(json.dumps({"id": d["id"], "text_b64": base64.b64encode(
+        d["text"].encode("utf-8")).decode()}) + "\n" for d in test)
+    p = subprocess.run([sys.executable, os.path.join(reference, "lm.py"), "--model", model,
+                        "score"], input=req.encode(), capture_output=True, check=True)
+    nats = 0.0
+    for line in p.stdout.decode().splitlines():
+        nats -= sum(json.loads(line)["logprobs"])
+    total = sum(len(d["text"].encode("utf-8")) for d in test)
+    return nats / math.log(2) / total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--world", required=True, help="the built world's directory")
+    ap.add_argument("--crawl", required=True, help="the reference crawl's data/corpus.jsonl")
+    ap.add_argument("--public", required=True, help="the public corpus (.jsonl.xz)")
+    ap.add_argument("--reference", required=True, help="tasks/train/reference")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-seconds", type=int, default=300)
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    test = read_jsonl(os.path.join(a.world, "hidden", "test.jsonl"))
+    public = docs_of_public(a.public)
+    crawl = read_jsonl(a.crawl)
+    t_texts = {d["text"] for d in test}
+    corpora = {
+        "crawl": crawl,
+        "memory": public,
+        "memory+crawl": public + crawl,
+    }
+    results = {"world": os.path.basename(os.path.normpath(a.world)),
+               "t_documents": len(test),
+               "t_bytes": sum(len(d["text"].encode()) for d in test),
+               "t_pages_verbatim_in_public": sum(1 for d in public if d["text"] in t_texts),
+               "models": {}}
+    for name, docs in corpora.items():
+        path = os.path.join(a.out, name.replace("+", "_") + ".jsonl")
+        write_jsonl(path, docs)
+        model = os.path.join(a.out, "model-" + name.replace("+", "_"))
+        secs = train(a.reference, path, model, a.max_seconds)
+        bpb = score(a.reference, model, test)
+        size = sum(len(d["text"].encode()) for d in docs)
+        results["models"][name] = {"documents": len(docs), "bytes": size,
+                                   "train_seconds": round(secs, 1), "bpb_on_t": round(bpb, 4)}
+        print(f"{name:>13}: {len(docs):5d} documents, {size / 1e6:6.2f} MB, trained in "
+              f"{secs:5.0f} s, {bpb:.4f} bits per byte on T", flush=True)
+    print(f"T: {results['t_documents']} documents, {results['t_bytes']} bytes; "
+          f"{results['t_pages_verbatim_in_public']} of them verbatim in the public corpus")
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
