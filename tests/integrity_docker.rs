@@ -466,6 +466,77 @@ async fn stderr_on_hidden_data_is_never_recorded() {
     common::assert_nothing_left(&docker, &v).await;
 }
 
+/// Programs that print the hidden documents they are given on stdout, in lines that are not the
+/// protocol: the reasons say what was wrong and quote nothing of them, so no hidden text reaches the
+/// trace, the score or what the agent is told.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdout_on_hidden_data_is_never_quoted() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let echo = |answer: &str| {
+        format!("#!/bin/sh\nexec python3 -c 'import sys, json, base64\nfor l in sys.stdin:\n    d = json.loads(l)\n    t = base64.b64decode(d.get(\"text_b64\", \"\")).decode(\"utf-8\", \"replace\")\n    print({answer}, flush=True)\n'\n")
+    };
+    let agent = script(
+        runs.path(),
+        &[
+            // encode: "ids" is the text (serde's message would quote it); score: the text itself.
+            json!({"tool": "write_file", "args": {"path": "bin/tokenize", "content":
+                echo("json.dumps({\"id\": d[\"id\"], \"ids\": t})")}}),
+            json!({"tool": "write_file", "args": {"path": "bin/lm", "content": echo("t")}}),
+            json!({"tool": "write_file", "args": {"path": "tokenizer/meta.json", "content": "{\"vocab_size\": 256}"}}),
+            json!({"tool": "bash", "args": {"cmd": "chmod +x bin/tokenize bin/lm"}}),
+            json!({"tool": "submit", "args": {}}),
+            json!({"tool": "submit", "args": {}}),
+        ],
+    );
+    let v = common::run_json(
+        &[
+            "--suite",
+            "mini",
+            "--stages",
+            "tokenize,train",
+            "--agent",
+            &agent,
+        ],
+        runs.path(),
+    );
+    for stage in ["tokenize", "train"] {
+        assert_eq!(v["stages"][stage]["passed"], false, "{stage}");
+        let reason = v["stages"][stage]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("output line 1 is not the protocol"),
+            "{reason}"
+        );
+    }
+    // Runs of plain words from every hidden document, looked for in everything the run wrote.
+    let worlds = common::home().cache().join("worlds");
+    let hidden = std::fs::read_dir(&worlds)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("hidden"))
+        .find(|p| p.join("test.jsonl").exists())
+        .unwrap();
+    let mut snippets: Vec<String> = vec![];
+    for f in ["test.jsonl", "ood.jsonl"] {
+        for l in std::fs::read_to_string(hidden.join(f)).unwrap().lines() {
+            let d: Value = serde_json::from_str(l).unwrap();
+            let t: Vec<char> = d["text"].as_str().unwrap().chars().collect();
+            let plain = |c: &char| c.is_ascii_alphanumeric() || *c == ' ';
+            let first = (0..t.len().saturating_sub(30)).find(|&i| t[i..i + 30].iter().all(plain));
+            snippets.extend(first.map(|i| t[i..i + 30].iter().collect::<String>()));
+        }
+    }
+    assert!(snippets.len() >= 10, "{}", snippets.len());
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    for f in ["events.jsonl", "score.json"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        for s in &snippets {
+            assert!(!text.contains(s.as_str()), "{f} holds hidden text {s:?}");
+        }
+    }
+    common::assert_nothing_left(&docker, &v).await;
+}
+
 /// Filling the disk: the workspace and /tmp each stop at their limit inside the sandbox (ENOSPC),
 /// the root filesystem is read-only, and the host loses no more than the workspace's image.
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,8 @@
 //! The LLM tool loop against a scripted OpenAI-compatible HTTP server, on the recording fake sandbox:
 //! tool calls with string or object arguments, several calls in one reply, a missing id, invalid
 //! JSON arguments (a tool error, the run goes on), text without a tool call (one nudge), a 429 that
-//! is retried, `model_call` events with tokens and cost, and the token budget ending a stage.
+//! is retried, `model_call` events with tokens and cost, the token budget ending a stage, and the
+//! end-of-run verdict as the conversation's last message, recorded without a model request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -238,6 +239,53 @@ async fn the_token_budget_ends_the_stage_and_unrun_calls_are_answered() {
             .as_str()
             .unwrap()
             .contains("budget max_tokens ran out")));
+}
+
+/// The end-of-run verdict reaches the LLM agent as exec agents get it: the last message of its
+/// conversation, recorded in the trace as its log in the last stage, with no extra model request.
+#[tokio::test]
+async fn the_verdict_ends_the_conversation_and_is_recorded() {
+    let submit = |id: &str| json!([{"id": id, "type": "function", "function": {"name": "submit", "arguments": "{}"}}]);
+    let (base, seen) = server(vec![
+        reply(None, submit("s1"), (10, 1)),
+        // A reply whose second call never runs: the stage ends at the submit.
+        reply(None, json!([
+            {"id": "s2", "type": "function", "function": {"name": "submit", "arguments": "{}"}},
+            {"id": "x", "type": "function", "function": {"name": "bash", "arguments": "{\"cmd\": \"ls\"}"}}]), (10, 1)),
+    ])
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = runner(tmp.path(), SUITE);
+    let mut agent = LlmAgent::new(Box::new(OpenAi::new("m", &base, None)), options(), None);
+    let mut result = r.run(&mut agent, "img").await;
+    r.finish(&mut result);
+    assert_eq!(seen.lock().unwrap().len(), 2, "no request for the verdict");
+    let logs: Vec<(String, String)> = events(tmp.path())
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::AgentLog { stage, text } => Some((stage, text)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let (stage, text) = &logs[0];
+    assert_eq!(stage, "tokenize");
+    assert!(text.starts_with("The run is over"), "{text}");
+    let done: Value = serde_json::from_str(text.split("\n\n").last().unwrap()).unwrap();
+    assert_eq!(done["type"], "done");
+    assert_eq!(done["level"], result.level);
+    let stages: Vec<&str> = done["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["crawl", "tokenize"]);
+    for s in done["stages"].as_array().unwrap() {
+        assert_eq!(s["ended_by"], "submit");
+        assert!(s["passed"].is_boolean() && s["status"].is_string(), "{s}");
+        assert!(s.get("metrics").is_none() && s.get("normalized").is_none());
+    }
 }
 
 #[tokio::test]

@@ -27,6 +27,45 @@ fn line(url: &str, text: &str) -> String {
     serde_json::json!({"url": url, "text": text}).to_string() + "\n"
 }
 
+/// One line of the web server's request log: `url`'s host, and its path and query as requested.
+fn logged(url: &str, status: u16) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    serde_json::json!({"host": host, "path": path, "status": status}).to_string() + "\n"
+}
+
+/// A request log in which the server answered 200 at every URL.
+fn answered(urls: &[&str]) -> String {
+    urls.iter().map(|u| logged(u, 200)).collect()
+}
+
+fn score(w: &World, corpus: &str, log: &str) -> gptx::trace::StageScore {
+    crawl::score_blocking(w, Some(corpus.as_bytes()), log, &gates(), None)
+}
+
+fn recall(s: &gptx::trace::StageScore) -> f64 {
+    s.metrics["recall"].as_f64().unwrap()
+}
+
+/// The `n`th gold page of docs.gptx.test (URL, text).
+fn docs_page(gold: &[(String, String)], n: usize) -> (&str, &str) {
+    let (u, t) = gold
+        .iter()
+        .filter(|(u, _)| u.starts_with("http://docs.gptx.test/"))
+        .nth(n)
+        .unwrap();
+    (u, t)
+}
+
+/// `url` with the first letter of its path percent-encoded (`/os.html` → `/%6fs.html`).
+fn escaped(url: &str, upper: bool) -> String {
+    let at = url.find("://").unwrap() + 3;
+    let at = at + url[at..].find('/').unwrap() + 1;
+    let hex = format!("%{:02x}", url.as_bytes()[at]);
+    let hex = if upper { hex.to_uppercase() } else { hex };
+    format!("{}{hex}{}", &url[..at], &url[at + 1..])
+}
+
 #[test]
 fn same_seed_same_world_other_seed_other_world() {
     let h = home();
@@ -380,11 +419,13 @@ fn frontier_soft_404s_near_duplicates_and_search_only_pages_are_what_they_claim(
     }
 }
 
-#[test]
-fn frontier_recall_counts_the_target_site_and_precision_every_site() {
+type FrontierGold = Vec<&'static (gptx::world::ServedPage, String)>;
+
+/// A world with frontier's target, robots and canaries, holding the gold of every SQLite page and
+/// of a part of the other sites (all of it takes long to shingle in a debug build; what is measured
+/// is the same). The world lives as long as the directory.
+fn frontier_gold_world() -> (tempfile::TempDir, World, FrontierGold) {
     let g = frontier1();
-    // The gold of every SQLite page and of a part of the other sites (all of it takes long to
-    // shingle in a debug build; what is measured is the same).
     let dir = tempfile::tempdir().unwrap();
     let mut kept: BTreeMap<&str, usize> = BTreeMap::new();
     let gold: Vec<&(gptx::world::ServedPage, String)> = g
@@ -402,13 +443,16 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     manifest.target = g.target.clone();
     manifest.canaries = g.canaries.clone();
     manifest.disallowed = g.disallowed.clone();
-    let mut w = World {
+    let w = World {
         dir: dir.path().to_path_buf(),
         manifest,
     };
-    let score = |w: &World, corpus: &str, log: &str| {
-        crawl::score_blocking(w, Some(corpus.as_bytes()), log, &gates(), None)
-    };
+    (dir, w, gold)
+}
+
+#[test]
+fn frontier_recall_counts_the_target_site_and_precision_every_site() {
+    let (_dir, w, gold) = frontier_gold_world();
     let of = |host: &str| -> String {
         gold.iter()
             .filter(|(p, _)| p.site == host)
@@ -419,16 +463,10 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     // make it another page).
     let log: String = gold
         .iter()
-        .map(|(p, _)| {
-            let rest = p.url.strip_prefix("http://").unwrap();
-            let (host, path) = rest.split_at(rest.find('/').unwrap());
-            serde_json::json!({"host": host, "path": format!("{path}?sid=1"), "status": 200})
-                .to_string()
-                + "\n"
-        })
+        .map(|(p, _)| logged(&format!("{}?sid=1", p.url), 200))
         .collect();
-    // With a request budget, recall counts only text the server answered 200 at its URL.
-    w.manifest.request_budget = Some(800);
+    // Recall counts only text the server answered 200 at its URL, on every world (this one has
+    // no request budget).
     let sqlite = score(&w, &of("sqlite.gptx.test"), &log);
     assert_eq!(sqlite.metrics["recall"], 1.0);
     assert_eq!(sqlite.metrics["unfetched_documents"], 0);
@@ -451,14 +489,168 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     assert_eq!(unfetched.metrics["recall"], 0.0);
     assert_eq!(unfetched.metrics["precision"], 1.0);
     assert_eq!(unfetched.metrics["unfetched_documents"], 603);
-    let search_only = r#"{"host":"sqlite.gptx.test","path":"/search?q=a","status":200}"#;
-    let as_search: String = gold
+}
+
+/// Attack: every SQLite page, remembered, under one URL the server answered 200 without serving
+/// a gold page there: a search result, an archive copy, a soft 404. None earns recall.
+#[test]
+fn search_results_archive_copies_and_soft_404s_earn_no_recall() {
+    let (_dir, w, gold) = frontier_gold_world();
+    let g = frontier1();
+    let archive = g
+        .routes
+        .pages
+        .keys()
+        .find(|k| k.starts_with("sqlite.gptx.test/archive/"))
+        .unwrap();
+    let soft_404 = "sqlite.gptx.test/wiki/no-such-page";
+    assert!(g.routes.hosts["sqlite.gptx.test"].soft_404 && !g.routes.pages.contains_key(soft_404));
+    let sqlite: Vec<&str> = gold
         .iter()
         .filter(|(p, _)| p.site == "sqlite.gptx.test")
-        .map(|(_, t)| line("http://sqlite.gptx.test/search?q=a", t))
+        .map(|(_, t)| t.as_str())
         .collect();
-    let s = score(&w, &as_search, search_only);
-    assert_eq!(s.metrics["recall"], 0.0, "search result pages never count");
+    for at in [
+        "http://sqlite.gptx.test/search?q=a".to_string(),
+        format!("http://{archive}"),
+        format!("http://{soft_404}"),
+    ] {
+        let corpus: String = sqlite.iter().map(|t| line(&at, t)).collect();
+        let s = score(&w, &corpus, &answered(&[&at]));
+        assert_eq!(s.metrics["recall"], 0.0, "{at}");
+        assert_eq!(s.metrics["recall_all_sites"], 0.0, "{at}");
+        assert_eq!(s.metrics["precision"], 1.0, "{at}");
+        let ungolded = if at.contains("/search") {
+            0
+        } else {
+            sqlite.len()
+        };
+        assert_eq!(s.metrics["ungolded_documents"], ungolded, "{at}");
+    }
+}
+
+/// Attack: one request, then every gold text labelled with that one URL under many spellings of
+/// it. Recall is that one page's, as if only its own text had been written; labelled with a URL
+/// the server answered 200 without a gold page (a soft 404), nothing.
+#[test]
+fn one_fetched_url_earns_only_its_own_page_under_any_spelling() {
+    let w = mini();
+    let gold = w.gold().unwrap();
+    let (a, a_text) = docs_page(&gold, 0);
+    let path = a.strip_prefix("http://docs.gptx.test").unwrap();
+    let honest = recall(&score(&w, &line(a, a_text), &answered(&[a])));
+    assert!(honest > 0.0 && honest < 0.05, "{honest}");
+    let spellings = [
+        a.to_string(),
+        format!("HTTP://DOCS.GPTX.TEST:80{path}"),
+        format!("http://Docs.Gptx.Test.{path}"),
+        escaped(a, false),
+        escaped(&format!("https://docs.gptx.test{path}"), true),
+        format!("{a}?x=1"),
+        format!("{a}#frag"),
+        format!("http://user@docs.gptx.test{path}"),
+    ];
+    let all_under = |urls: &[String]| -> String {
+        let n = urls.len();
+        gold.iter()
+            .enumerate()
+            .map(|(i, (_, t))| line(&urls[i % n], t))
+            .collect()
+    };
+    let s = score(&w, &all_under(&spellings), &answered(&[a]));
+    assert_eq!(recall(&s), honest, "{:?}", s.metrics);
+    assert_eq!(s.metrics["precision"], 1.0);
+    assert_eq!(s.metrics["unfetched_documents"], 0);
+    assert_eq!(s.metrics["ungolded_documents"], 0);
+    // A page the server answers 200 for any path (as a soft-404 host does).
+    let nowhere = "http://docs.gptx.test/no-such-page.html".to_string();
+    let s = score(
+        &w,
+        &all_under(std::slice::from_ref(&nowhere)),
+        &answered(&[&nowhere]),
+    );
+    assert_eq!(recall(&s), 0.0);
+    assert_eq!(s.metrics["ungolded_documents"], gold.len());
+}
+
+/// Attack: page B's text, remembered, written under page A's real and fetched URL. B's text earns
+/// nothing A's own text would not.
+#[test]
+fn another_pages_text_under_a_fetched_url_earns_nothing() {
+    let w = mini();
+    let gold = w.gold().unwrap();
+    let ((a, a_text), (b, b_text)) = (docs_page(&gold, 0), docs_page(&gold, 1));
+    let only_a = recall(&score(&w, &line(a, a_text), &answered(&[a])));
+    let only_b = recall(&score(&w, &line(b, b_text), &answered(&[b])));
+    let both = score(&w, &(line(a, a_text) + &line(a, b_text)), &answered(&[a]));
+    assert_eq!(recall(&both), only_a);
+    assert_eq!(both.metrics["precision"], 1.0, "precision counts all text");
+    // Fetched or not, B's text under A's URL earns at most the shingles it shares with A.
+    let b_as_a = recall(&score(&w, &line(a, b_text), &answered(&[a, b])));
+    assert!(
+        b_as_a < only_a.min(only_b) / 2.0,
+        "{b_as_a} {only_a} {only_b}"
+    );
+}
+
+/// Attack: every gold text under a redirect's source URL (its target fetched too), under a mirror
+/// copy's URL, and under a gold URL never requested. None earns recall.
+#[test]
+fn redirect_sources_mirrors_and_unfetched_urls_earn_no_recall() {
+    let w = mini();
+    let gold = w.gold().unwrap();
+    let (a, _) = docs_page(&gold, 0);
+    let (unasked, _) = docs_page(&gold, 1);
+    let old = a.replacen("docs.gptx.test/", "docs.gptx.test/old/", 1);
+    let routes: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.web_dir().join("routes.json")).unwrap()).unwrap();
+    let mirror = routes["pages"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.starts_with("mirror.gptx.test/docs/"))
+        .map(|k| format!("http://{k}"))
+        .unwrap();
+    let log = logged(&old, 301) + &answered(&[a, &mirror]);
+    for (at, unfetched) in [(old.as_str(), true), (&mirror, false), (unasked, true)] {
+        let corpus: String = gold.iter().map(|(_, t)| line(at, t)).collect();
+        let s = score(&w, &corpus, &log);
+        assert_eq!(s.metrics["recall"], 0.0, "{at}");
+        assert_eq!(s.metrics["precision"], 1.0, "{at}");
+        let key = if unfetched {
+            "unfetched_documents"
+        } else {
+            "ungolded_documents"
+        };
+        assert_eq!(s.metrics[key], gold.len(), "{at}");
+    }
+}
+
+/// The honest case: the right text under the right, fetched URL, however the URL is spelled in
+/// the corpus and in the request, and under a print view's URL, counts once.
+#[test]
+fn the_right_text_under_its_fetched_url_counts_once_whatever_the_spelling() {
+    let w = mini();
+    let gold = w.gold().unwrap();
+    let ((a, a_text), (b, b_text)) = (docs_page(&gold, 0), docs_page(&gold, 1));
+    let plain = score(
+        &w,
+        &(line(a, a_text) + &line(b, b_text)),
+        &answered(&[a, b]),
+    );
+    assert!(recall(&plain) > 0.0);
+    // A requested with an escaped letter and a session id; B as its print view.
+    let log = answered(&[
+        &format!("{}?sid=1", escaped(a, false)),
+        &format!("{b}?print=1"),
+    ]);
+    let corpus = line(&a.replacen("docs.gptx.test", "DOCS.GPTX.TEST", 1), a_text)
+        + &line(&escaped(a, true), a_text)
+        + &line(&format!("{b}?print=1"), b_text);
+    let s = score(&w, &corpus, &log);
+    assert_eq!(recall(&s), recall(&plain), "{:?}", s.metrics);
+    assert_eq!(s.metrics["duplicate_documents"], 1);
+    assert_eq!(s.metrics["unfetched_documents"], 0);
 }
 
 #[test]
@@ -482,7 +674,14 @@ fn scorer_gold_twice_is_perfect_but_half_duplicate() {
     for (url, text) in gold.iter().chain(gold.iter()) {
         corpus.push_str(&line(url, text));
     }
-    let s = crawl::score_blocking(&w, Some(corpus.as_bytes()), "", &gates(), Some(1.0));
+    let urls: Vec<&str> = gold.iter().map(|(u, _)| u.as_str()).collect();
+    let s = crawl::score_blocking(
+        &w,
+        Some(corpus.as_bytes()),
+        &answered(&urls),
+        &gates(),
+        Some(1.0),
+    );
     let m = &s.metrics;
     assert_eq!(m["recall"], 1.0);
     assert_eq!(m["precision"], 1.0);

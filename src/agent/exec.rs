@@ -380,10 +380,7 @@ impl Agent for ExecAgent {
     }
 
     async fn done(&mut self, verdict: &Verdict) {
-        let _ = self
-            .send(&json!({"type": "done", "level": verdict.level,
-                "bootstrap_index": verdict.bootstrap_index, "stages": verdict.stages}))
-            .await;
+        let _ = self.send(&verdict.message()).await;
         self.stdin = None;
         if tokio::time::timeout(EXIT_GRACE, self.child.wait())
             .await

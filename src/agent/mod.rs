@@ -50,6 +50,13 @@ pub struct StageVerdict {
 }
 
 impl Verdict {
+    /// The `done` message of SPEC §8: level, index, and per stage passed, status, what ended it and
+    /// why it did not pass. What every agent is told at the end, and nothing hidden.
+    pub fn message(&self) -> Value {
+        serde_json::json!({"type": "done", "level": self.level,
+            "bootstrap_index": self.bootstrap_index, "stages": self.stages})
+    }
+
     /// `passed: crawl, tokenize; failed: train (why)`, for agents that read text.
     pub fn summary(&self) -> String {
         let passed: Vec<&str> = self
@@ -168,7 +175,8 @@ pub trait Agent: Send {
     async fn stopped(&mut self, _reason: &str) {}
     /// The run is over.
     async fn done(&mut self, _verdict: &Verdict) {}
-    /// What the agent logged since the last call (an external agent's stderr), for the trace.
+    /// What the agent logged since the last call (an external agent's stderr; the verdict an LLM
+    /// agent's conversation ended with), for the trace.
     fn take_log(&mut self) -> Option<String> {
         None
     }

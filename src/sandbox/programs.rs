@@ -110,12 +110,56 @@ pub fn one_line(s: &str, max: usize) -> String {
     }
 }
 
+/// What is wrong with an output line serde could not read, without quoting it: serde's own message
+/// can quote the line (`invalid type: string "…"`), which may be hidden text.
+pub fn json_problem(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Data => "JSON, but a field is missing or of the wrong type",
+        _ => "not JSON",
+    }
+}
+
+/// `: ` and a quote of a program's output for a message, or nothing when the call read hidden data:
+/// its output could carry hidden text into the trace, the reasons and what the agent is told.
+pub fn quote(hidden: bool, what: impl FnOnce() -> String) -> String {
+    if hidden {
+        String::new()
+    } else {
+        format!(": {}", what())
+    }
+}
+
 /// Runs agent programs for scorers.
 #[async_trait]
 pub trait Programs: Send + Sync {
     /// Runs one call in a fresh scoring sandbox. `Err` only when the sandbox itself could not be
     /// made or driven (a harness problem); a program that misbehaves is an `Ok` with its outcome.
     async fn run(&self, call: &ProgramCall) -> Result<ProgramRun, SandboxError>;
+}
+
+/// What a fake program prints, given its command line and its stdin.
+#[cfg(test)]
+pub(crate) type Answer = fn(&str, &[u8]) -> Vec<u8>;
+
+/// A fake scoring sandbox for tests: every call exits 0 with `answer(command, stdin)` on stdout.
+#[cfg(test)]
+pub(crate) struct Answering(pub Answer);
+
+#[cfg(test)]
+#[async_trait]
+impl Programs for Answering {
+    async fn run(&self, call: &ProgramCall) -> Result<ProgramRun, SandboxError> {
+        let stdout = (self.0)(&call.cmd, &call.stdin);
+        Ok(ProgramRun {
+            stdout_total: stdout.len() as u64,
+            stdout,
+            outcome: ExecOutcome {
+                exit_code: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
 }
 
 /// Runs `call` in an existing sandbox, collecting stdout (capped) and the tail of stderr.

@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::programs::{ProgramCall, ProgramRun, Programs};
+use crate::sandbox::programs::{json_problem, one_line, ProgramCall, ProgramRun, Programs};
 
 /// Tolerance of the `next` checks (sum and agreement with `score`).
 pub(crate) const NEXT_TOLERANCE: f64 = 1e-3;
@@ -80,9 +80,45 @@ impl RejectKind {
 pub struct Rejection {
     pub kind: RejectKind,
     pub detail: String,
+    /// Where in `detail` a quote of the program's output (or of the document) begins: it is cut off
+    /// when the documents include hidden ones ([`Rejection::shown`]).
+    #[serde(skip)]
+    quote_at: Option<usize>,
 }
 
 impl Rejection {
+    pub fn new(kind: RejectKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            quote_at: None,
+        }
+    }
+
+    /// `detail`, then `: ` and a quote of what the program printed (or of the document's text).
+    fn quoting(mut self, quote: impl std::fmt::Display) -> Self {
+        self.quote_at = Some(self.detail.len());
+        self.detail = format!("{}: {quote}", self.detail);
+        self
+    }
+
+    /// The rejection as a message may show it: without its quote when the call read hidden data
+    /// (the program's output on it can carry hidden text into the trace, score.json and the verdict).
+    pub fn shown(mut self, hidden: bool) -> Self {
+        if let (true, Some(at)) = (hidden, self.quote_at.take()) {
+            self.detail.truncate(at);
+        }
+        self
+    }
+
+    /// Another kind, `prefix` before the detail (its quote kept apart).
+    fn prefixed(mut self, kind: RejectKind, prefix: &str) -> Self {
+        self.kind = kind;
+        self.detail.insert_str(0, prefix);
+        self.quote_at = self.quote_at.map(|at| at + prefix.len());
+        self
+    }
+
     /// The kind alone, with no detail taken from hidden documents or the program's output on them.
     pub fn public(&self) -> String {
         let what = match self.kind {
@@ -105,10 +141,7 @@ impl std::fmt::Display for Rejection {
 }
 
 fn reject(kind: RejectKind, detail: impl Into<String>) -> Rejection {
-    Rejection {
-        kind,
-        detail: detail.into(),
-    }
+    Rejection::new(kind, detail)
 }
 
 /// One document as `score` answered: token boundaries (end offsets) and logprobs.
@@ -156,22 +189,29 @@ struct ScoreLine<'a> {
     error: Option<String>,
 }
 
-/// What a line that failed to parse probably is.
+/// What a line that failed to parse probably is; serde's message and the line are its quote.
 fn bad_json(label: &str, line_no: usize, line: &[u8], e: &serde_json::Error) -> Rejection {
-    let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
+    let at = format!("{label} output line {line_no}");
     if ["NaN", "Infinity"]
         .iter()
         .any(|w| line.windows(w.len()).any(|x| x == w.as_bytes()))
     {
-        return reject(
-            RejectKind::InvalidLogprob,
-            format!("{label} output line {line_no} holds NaN or Infinity; logprobs must be finite numbers"),
-        );
+        let what = format!("{at} holds NaN or Infinity; logprobs must be finite numbers");
+        return reject(RejectKind::InvalidLogprob, what);
     }
-    reject(
-        RejectKind::Malformed,
-        format!("{label} output line {line_no} is not the protocol ({e}): {text:?}"),
-    )
+    let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
+    let what = format!("{at} is not the protocol ({})", json_problem(e));
+    reject(RejectKind::Malformed, what).quoting(format_args!("{e}: {text:?}"))
+}
+
+/// A quoted token (or other string) of the program's output, on one line and short.
+fn quoted(s: &str) -> String {
+    format!("{:?}", one_line(s, 40))
+}
+
+/// An id the program answered, as a quote.
+fn id_of(id: &serde_json::Value) -> String {
+    format!("id {}", one_line(&id.to_string(), 80))
 }
 
 /// The non-empty lines of an output.
@@ -198,24 +238,13 @@ pub fn parse_score(
             serde_json::from_slice(line).map_err(|e| bad_json(label, line_no, line, &e))?;
         let id = parsed.id.as_str().unwrap_or_default();
         let Some(&i) = index.get(id) else {
-            return Err(reject(
-                RejectKind::Malformed,
-                format!(
-                    "{label} output line {line_no} answers id {} which was not asked",
-                    parsed.id
-                ),
-            ));
+            let what = format!("{label} output line {line_no} answers an id which was not asked");
+            return Err(reject(RejectKind::Malformed, what).quoting(id_of(&parsed.id)));
         };
         let doc = docs[i];
         if let Some(e) = parsed.error {
-            return Err(reject(
-                RejectKind::Failed,
-                format!(
-                    "{label} reported an error on doc {}: {}",
-                    doc.name,
-                    crate::sandbox::programs::one_line(&e, 300)
-                ),
-            ));
+            let what = format!("{label} reported an error on doc {}", doc.name);
+            return Err(reject(RejectKind::Failed, what).quoting(one_line(&e, 300)));
         }
         let (Some(tokens), Some(logprobs)) = (parsed.tokens_b64, parsed.logprobs) else {
             return Err(reject(
@@ -248,14 +277,8 @@ pub fn parse_score(
         for (t, tok) in tokens.iter().enumerate() {
             scratch.clear();
             if B64.decode_vec(tok.as_bytes(), &mut scratch).is_err() {
-                return Err(reject(
-                    RejectKind::Malformed,
-                    format!(
-                        "{label}: doc {} token {t} is not base64: {:?}",
-                        doc.name,
-                        crate::sandbox::programs::one_line(tok, 40)
-                    ),
-                ));
+                let what = format!("{label}: doc {} token {t} is not base64", doc.name);
+                return Err(reject(RejectKind::Malformed, what).quoting(quoted(tok)));
             }
             if scratch.is_empty() {
                 return Err(reject(
@@ -276,13 +299,12 @@ pub fn parse_score(
                     .map_or("the end of the text".into(), |b| format!("0x{b:02x}"));
                 return Err(reject(
                     RejectKind::Spelling,
-                    format!(
-                        "doc {} byte {}: the text has {expected}, token {t} has 0x{:02x}",
-                        doc.name,
-                        at + k,
-                        scratch[k.min(scratch.len() - 1)]
-                    ),
-                ));
+                    format!("doc {} byte {}", doc.name, at + k),
+                )
+                .quoting(format_args!(
+                    "the text has {expected}, token {t} has 0x{:02x}",
+                    scratch[k.min(scratch.len() - 1)]
+                )));
             }
             at = end;
             ends.push(end as u32);
@@ -447,25 +469,15 @@ pub fn check_next(
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|&q| q < positions.len());
         let Some(q) = q else {
-            return Err(reject(
-                RejectKind::Malformed,
-                format!(
-                    "next output line {line_no} answers id {} which was not asked",
-                    parsed.id
-                ),
-            ));
+            let what = format!("next output line {line_no} answers an id which was not asked");
+            return Err(reject(RejectKind::Malformed, what).quoting(id_of(&parsed.id)));
         };
         let p = positions[q];
         let doc = docs[p.doc];
         let here = format!("doc {} position {}", doc.name, p.token);
         if let Some(e) = parsed.error {
-            return Err(reject(
-                RejectKind::Failed,
-                format!(
-                    "next reported an error at {here}: {}",
-                    crate::sandbox::programs::one_line(&e, 300)
-                ),
-            ));
+            let what = format!("next reported an error at {here}");
+            return Err(reject(RejectKind::Failed, what).quoting(one_line(&e, 300)));
         }
         let Some(dist) = parsed.dist else {
             return Err(reject(
@@ -487,29 +499,17 @@ pub fn check_next(
         let mut seen: HashSet<&str> = HashSet::with_capacity(dist.len());
         for (tok, lp) in &dist {
             if !lp.is_finite() || *lp > MAX_LOGPROB {
-                return Err(reject(
-                    RejectKind::InvalidLogprob,
-                    format!(
-                        "next at {here}: logprob {lp} for token {:?}",
-                        crate::sandbox::programs::one_line(tok, 40)
-                    ),
-                ));
+                let what = format!("next at {here}: logprob {lp} for a token");
+                return Err(reject(RejectKind::InvalidLogprob, what).quoting(quoted(tok)));
             }
             scratch.clear();
             if B64.decode_vec(tok.as_bytes(), &mut scratch).is_err() || scratch.is_empty() {
-                return Err(reject(
-                    RejectKind::Malformed,
-                    format!(
-                        "next at {here}: token {:?} is not base64 of one or more bytes",
-                        crate::sandbox::programs::one_line(tok, 40)
-                    ),
-                ));
+                let what = format!("next at {here}: a token is not base64 of one or more bytes");
+                return Err(reject(RejectKind::Malformed, what).quoting(quoted(tok)));
             }
             if !seen.insert(tok) {
-                return Err(reject(
-                    RejectKind::Malformed,
-                    format!("next at {here}: token {tok} appears twice in the distribution"),
-                ));
+                let what = format!("next at {here}: a token appears twice in the distribution");
+                return Err(reject(RejectKind::Malformed, what).quoting(quoted(tok)));
             }
             sum += lp.exp();
             if *tok == actual_b64 {
@@ -524,13 +524,9 @@ pub fn check_next(
             ));
         }
         let Some(next_lp) = found else {
-            return Err(reject(
-                RejectKind::Inconsistent,
-                format!(
-                    "{here}: score gave the token {} logprob {score_lp:.4}, next leaves it out",
-                    B64.encode(actual)
-                ),
-            ));
+            let what =
+                format!("{here}: score gave its token logprob {score_lp:.4}, next leaves it out");
+            return Err(reject(RejectKind::Inconsistent, what).quoting(quoted(&actual_b64)));
         };
         if (next_lp - score_lp).abs() > NEXT_TOLERANCE {
             return Err(reject(
@@ -720,7 +716,7 @@ pub async fn verify(programs: &dyn Programs, plan: &VerifyPlan) -> Verification 
     };
     let started = Instant::now();
     match verify_inner(programs, plan, &mut v).await {
-        Ok(r) => v.result = r,
+        Ok(r) => v.result = r.map_err(|rej| rej.shown(plan.hidden)),
         Err(e) => {
             v.result = Err(reject(RejectKind::Failed, e.clone()));
             v.sandbox_error = Some(e);
@@ -797,10 +793,9 @@ async fn verify_inner(
         let second = or_reject!(
             parse_score("score (second time)", &again.stdout, &rids, &rdocs).map_err(|rej| {
                 match rej.kind {
-                    RejectKind::Spelling => reject(
-                        RejectKind::NonDeterministic,
-                        format!("the second scoring: {}", rej.detail),
-                    ),
+                    RejectKind::Spelling => {
+                        rej.prefixed(RejectKind::NonDeterministic, "the second scoring: ")
+                    }
                     _ => rej,
                 }
             })
@@ -880,6 +875,7 @@ pub fn summarise(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn doc(name: &str, text: &str) -> Doc {
         Doc {
@@ -891,6 +887,65 @@ mod tests {
     fn line(id: &str, toks: &[&[u8]], lps: &[f64]) -> String {
         let t: Vec<String> = toks.iter().map(|t| B64.encode(t)).collect();
         serde_json::json!({"id": id, "tokens_b64": t, "logprobs": lps}).to_string() + "\n"
+    }
+
+    /// Each input line's id and text (the documents, decoded), answered by `f`, one line each.
+    fn echo(stdin: &[u8], f: fn(&str, &str) -> String) -> Vec<u8> {
+        let mut out = String::new();
+        for l in stdin.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            let text = B64.decode(v["text_b64"].as_str().unwrap_or("")).unwrap();
+            out += &f(v["id"].as_str().unwrap(), &String::from_utf8_lossy(&text));
+            out.push('\n');
+        }
+        out.into_bytes()
+    }
+
+    /// A program that puts the documents it reads into its answers, in every way a line can fail:
+    /// the reason quotes its output on the agent's own data, never on hidden data.
+    #[tokio::test]
+    async fn output_on_hidden_data_is_never_quoted() {
+        use crate::sandbox::programs::{Answer, Answering};
+        let secret = "SECRET hidden words of a test document";
+        let answers: [Answer; 6] = [
+            |_, i| echo(i, |_, t| t.to_string()),
+            |_, i| echo(i, |id, t| json!({"id": id, "tokens_b64": t}).to_string()),
+            |_, i| echo(i, |_, t| json!({"id": t}).to_string()),
+            |_, i| echo(i, |id, t| json!({"id": id, "error": t}).to_string()),
+            |_, i| {
+                echo(i, |id, t| {
+                    json!({"id": id, "tokens_b64": [t], "logprobs": [-1.0]}).to_string()
+                })
+            },
+            // One token per document, which `next` then leaves out: the token is the document.
+            |cmd, i| match cmd.ends_with("next") {
+                true => echo(i, |id, _| {
+                    json!({"id": id, "dist": [["AA==", 0.0]]}).to_string()
+                }),
+                false => echo(i, |id, t| {
+                    json!({"id": id, "tokens_b64": [B64.encode(t)], "logprobs": [-1.0]}).to_string()
+                }),
+            },
+        ];
+        let b64 = B64.encode(secret);
+        for (n, answer) in answers.into_iter().enumerate() {
+            for hidden in [true, false] {
+                let plan = VerifyPlan {
+                    docs: vec![doc("t1", secret)],
+                    extra: vec![],
+                    positions: 4,
+                    timeout: Duration::from_secs(5),
+                    seed: 7,
+                    program: "./bin/lm".into(),
+                    hidden,
+                };
+                let rej = verify(&Answering(answer), &plan).await.result.unwrap_err();
+                let said = rej.to_string();
+                let quoted = said.contains("SECRET") || said.contains(&b64[b64.len() - 20..]);
+                assert_eq!(quoted, !hidden, "answer {n}, hidden {hidden}: {said}");
+                assert!(said.contains("line 1") || said.contains("doc t1"), "{said}");
+            }
+        }
     }
 
     #[test]

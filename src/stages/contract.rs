@@ -336,7 +336,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
             out.push(fact(
                 "gate",
                 format!(
-                    "To pass: recall at least {} {recall_of} and precision at least {} against the hidden gold text of every site (measured on 8-byte shingles of whitespace-collapsed text), and no robots violation (no request to a disallowed URL, no text of such a page in the corpus).",
+                    "To pass: recall at least {} {recall_of} and precision at least {} against the hidden gold text of every site (measured on 8-byte shingles of whitespace-collapsed text), and no robots violation (no request to a disallowed URL, no text of such a page in the corpus). A document earns recall only for the text of the page the web server answered with status 200 at its `url` during this stage (host and path as the server reads them: the query and fragment are dropped, so a print view counts as its page); a redirect's source URL, a soft 404, a search result page, an archive copy and a mirror earn none, and text written from memory earns nothing (all text still counts for precision).",
                     CRAWL_RECALL.value(g),
                     CRAWL_PRECISION.value(g)
                 ),
@@ -581,7 +581,7 @@ pub fn instruction(
         &request_budget
             .map(|n| {
                 format!(
-                    "\n\nThis world also has a request budget: its web server answers at most {n} requests from your sandbox in all. Every request after that (refused ones count too) gets `429 Too Many Requests` for the rest of the stage, whatever you wait, and is logged. There are more pages than the budget lets you fetch: choose what to fetch. A document counts for recall only if the web server answered its `url` with status 200 during this stage (search result pages never count); text from anywhere else counts for precision only."
+                    "\n\nThis world also has a request budget: its web server answers at most {n} requests from your sandbox in all. Every request after that (refused ones count too) gets `429 Too Many Requests` for the rest of the stage, whatever you wait, and is logged. There are more pages than the budget lets you fetch: choose what to fetch."
                 )
             })
             .unwrap_or_default(),
@@ -641,6 +641,24 @@ mod tests {
         assert!(with.contains("for the rest of the stage"));
         assert!(!without.contains("request budget"));
         assert!(without.contains("back off when told to (`Retry-After`).\n"));
+    }
+
+    /// The crawl says on every world, budget or not, that recall is earned per URL.
+    #[test]
+    fn the_crawl_instruction_states_what_earns_recall_on_every_world() {
+        let suite = home().suite("mini").unwrap();
+        let crawl = suite.stages.iter().find(|s| s.name == "crawl").unwrap();
+        let seeds = ["http://docs.gptx.test/".to_string()];
+        for budget in [None, Some(800)] {
+            let text = instruction(&home(), &suite, crawl, &seeds, budget).unwrap();
+            assert_eq!(
+                text.matches("earns recall only for the text of the page")
+                    .count(),
+                1
+            );
+            assert!(text.contains("answered with status 200 at its `url` during this stage"));
+            assert!(text.contains("text written from memory earns nothing"));
+        }
     }
 
     /// Every fact a scorer depends on is in the instruction its agent reads, for every stage of every

@@ -6,8 +6,12 @@
 //! a target site, recall counts only that site's own gold: the shingles of its pages that no other
 //! site's gold has (common English and SQL would otherwise let any crawl score there), while
 //! `recall_all_sites` reports recall on all gold and precision counts against the gold of every site.
+//!
+//! A document earns recall only for the gold text of the page at its own URL, and only if the web
+//! server answered that URL with 200 during the stage: URLs are resolved to routes exactly as the
+//! world's server (`tasks/worlds/server.py`) resolves them, so no spelling reaches another page.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -57,20 +61,21 @@ pub(crate) fn shingle_set<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<u64> 
     v
 }
 
-fn intersection(a: &[u64], b: &[u64]) -> usize {
-    let (mut i, mut j, mut n) = (0, 0, 0);
+/// The elements of sorted `a` that sorted `b` holds too.
+fn common(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
             std::cmp::Ordering::Less => i += 1,
             std::cmp::Ordering::Greater => j += 1,
             std::cmp::Ordering::Equal => {
-                n += 1;
+                out.push(a[i]);
                 i += 1;
                 j += 1;
             }
         }
     }
-    n
+    out
 }
 
 /// One document of the agent's corpus.
@@ -185,8 +190,8 @@ pub struct RequestStats {
     pub over_budget: u64,
     pub not_found: u64,
     pub disallowed_examples: Vec<String>,
-    /// (host, path without query) of every request answered 200, but the search form's.
-    pub served: HashSet<(String, String)>,
+    /// The route of every request answered 200, but the search form's.
+    pub served: HashSet<Route>,
 }
 
 /// Reads `requests.jsonl` as written by the web server; unreadable lines are skipped.
@@ -194,7 +199,8 @@ pub(crate) fn request_stats(log: &str, world: &World) -> RequestStats {
     request_stats_of(log, &world.manifest.disallowed, &world.manifest.trap)
 }
 
-/// [`request_stats`] against a world's robots rules and trap prefixes, by host.
+/// [`request_stats`] against a world's robots rules and trap prefixes, by host and by the route the
+/// server looked up (so `/%69nternal/` is `/internal/`).
 fn request_stats_of(
     log: &str,
     disallowed: &std::collections::BTreeMap<String, Vec<String>>,
@@ -208,7 +214,7 @@ fn request_stats_of(
         s.requests += 1;
         let host = v["host"].as_str().unwrap_or("");
         let full = v["path"].as_str().unwrap_or("");
-        let path = full.split('?').next().unwrap_or("");
+        let path = route_path(full);
         if let Some(prefixes) = disallowed.get(host) {
             if prefixes.iter().any(|p| path.starts_with(p.as_str())) {
                 s.disallowed += 1;
@@ -224,7 +230,7 @@ fn request_stats_of(
             s.over_budget += 1;
         }
         if v["status"].as_u64() == Some(200) && path != crate::world::sites::SEARCH_PATH {
-            s.served.insert((host.to_string(), path.to_string()));
+            s.served.insert((host.to_string(), path.clone()));
         }
         match v["status"].as_u64() {
             Some(429) => s.rate_limited += 1,
@@ -236,50 +242,136 @@ fn request_stats_of(
 }
 
 /// The gold shingles a crawl is measured on: every site's, and the target site's own when the
-/// world has one.
+/// world has one; and each gold page's text by the route of its URL.
 pub struct Gold {
     pub all: Vec<u64>,
     /// The target site's gold shingles that no other site's gold has.
     pub target: Option<Vec<u64>>,
+    pages: HashMap<Route, Vec<String>>,
 }
 
 impl Gold {
     /// From the world's gold lines (`(url, text)`).
-    pub fn of(world: &World, lines: &[(String, String)]) -> Self {
+    pub fn of(world: &World, lines: Vec<(String, String)>) -> Self {
         let all = shingle_set(lines.iter().map(|(_, t)| t.as_str()));
+        let pages = by_route(lines);
         let target = world.manifest.target.as_ref().map(|t| {
-            let prefix = format!("http://{}/", t.host);
-            let (on, off): (Vec<_>, Vec<_>) =
-                lines.iter().partition(|(u, _)| u.starts_with(&prefix));
-            let own = shingle_set(on.iter().map(|(_, t)| t.as_str()));
-            let elsewhere = shingle_set(off.iter().map(|(_, t)| t.as_str()));
-            difference(&own, &elsewhere)
+            let on = |at: bool| pages.iter().filter(move |((h, _), _)| (*h == t.host) == at);
+            let text = |at| shingle_set(on(at).flat_map(|(_, v)| v).map(String::as_str));
+            difference(&text(true), &text(false))
         });
-        Self { all, target }
+        Self { all, target, pages }
+    }
+
+    /// The gold shingles the documents earn: each document's shingles that are in the gold of the
+    /// page at its URL, when the server answered that URL with 200 (`requests.served`). Also the
+    /// documents whose URL was not answered 200, and those answered 200 at a URL with no gold page.
+    fn earned(&self, docs: &[CorpusDoc], requests: &RequestStats) -> (Vec<u64>, usize, usize) {
+        let (mut by_page, mut unfetched, mut ungolded) = (HashMap::new(), 0, 0);
+        for d in docs {
+            match route_of_url(&d.url).filter(|r| requests.served.contains(r)) {
+                None => unfetched += 1,
+                Some(r) => match self.pages.get(&r) {
+                    None => ungolded += 1,
+                    Some(gold) => by_page.entry(r).or_insert((gold, vec![])).1.push(&d.text),
+                },
+            }
+        }
+        let mut earned = Vec::new();
+        for (gold, texts) in by_page.into_values() {
+            let page = shingle_set(gold.iter().map(String::as_str));
+            earned.extend(common(
+                &shingle_set(texts.into_iter().map(|t| t.as_str())),
+                &page,
+            ));
+        }
+        earned.sort_unstable();
+        earned.dedup();
+        (earned, unfetched, ungolded)
     }
 }
 
-/// (lower-case host without port, path without query or fragment) of a corpus URL.
-fn host_path(url: &str) -> (String, String) {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url);
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let host = authority
-        .rsplit('@')
-        .next()
-        .unwrap_or("")
-        .split(':')
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    let path = path.split(['?', '#']).next().unwrap_or("/");
-    (host, path.to_string())
+/// Gold texts by the route of their URL.
+fn by_route(lines: Vec<(String, String)>) -> HashMap<Route, Vec<String>> {
+    let mut pages: HashMap<Route, Vec<String>> = HashMap::new();
+    for (url, text) in lines {
+        if let Some(route) = route_of_url(&url) {
+            pages.entry(route).or_default().push(text);
+        }
+    }
+    pages
+}
+
+/// A page as the world's web server finds it: (host, path), both as its router compares them.
+pub type Route = (String, String);
+
+/// RFC 3986's unreserved characters: a percent-escape of one means the character itself.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// server.py's `normalize_path`: percent-escapes of unreserved characters decoded and the others
+/// upper-cased (RFC 3986 §6.2.2). Nothing else: no dot segments removed, no slashes merged, `%2F`
+/// stays `%2F`, as the server routes them.
+pub(crate) fn normalize_path(path: &str) -> String {
+    let (b, mut out, mut i) = (path.as_bytes(), Vec::with_capacity(path.len()), 0);
+    let hex = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
+    while i < b.len() {
+        match b.get(i + 1..i + 3) {
+            Some(&[h, l]) if b[i] == b'%' && h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                let c = hex(h) << 4 | hex(l);
+                if unreserved(c) {
+                    out.push(c);
+                } else {
+                    out.extend([b'%', h.to_ascii_uppercase(), l.to_ascii_uppercase()]);
+                }
+                i += 3;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The path a request target routes to: up to its query or fragment, `/` when empty, normalised.
+fn route_path(target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    normalize_path(if path.is_empty() { "/" } else { path })
+}
+
+/// server.py's `split_host`: lower-cased, without port or trailing dots (an IPv6 literal whole).
+fn split_host(value: &str) -> String {
+    let v = value.trim().to_ascii_lowercase();
+    match (v.starts_with('['), v.find(']')) {
+        (true, Some(end)) => v[..=end].to_string(),
+        (true, None) => v,
+        _ => v
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('.')
+            .into(),
+    }
+}
+
+/// The route an absolute `http://` or `https://` URL (any case) reaches on the world's server, as
+/// it resolves an absolute-URI request line: the host after the last `@`, by `split_host`; the
+/// path by [`route_path`]. None for other URLs and for any with a space, a control or a non-ASCII
+/// character (no request line carries one as it is).
+pub(crate) fn route_of_url(url: &str) -> Option<Route> {
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let (scheme, rest) = url.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let (authority, target) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let host = split_host(authority.rsplit('@').next().unwrap_or_default());
+    (!host.is_empty()).then(|| (host, route_path(target)))
 }
 
 /// The elements of sorted `a` not in sorted `b`.
@@ -305,34 +397,22 @@ pub fn metrics(
     requests: &RequestStats,
 ) -> Map<String, Value> {
     let corpus = shingle_set(parsed.docs.iter().map(|d| d.text.as_str()));
-    // With a request budget, recall counts only documents the server answered with 200 at their
-    // URL during the stage: text from anywhere else cannot stand in for the requests.
-    let budgeted = world.manifest.request_budget.is_some();
-    let fetched = |d: &&CorpusDoc| requests.served.contains(&host_path(&d.url));
-    let unfetched = if budgeted {
-        parsed.docs.iter().filter(|d| !fetched(d)).count()
-    } else {
-        0
-    };
-    let recalled = if unfetched > 0 {
-        shingle_set(parsed.docs.iter().filter(fetched).map(|d| d.text.as_str()))
-    } else {
-        corpus.clone()
-    };
+    // Recall: only the gold text of the page the server answered 200 at a document's URL.
+    let (earned, unfetched, ungolded) = gold.earned(&parsed.docs, requests);
     let share = |part: &[u64]| {
         if part.is_empty() {
             0.0
         } else {
-            intersection(part, &recalled) as f64 / part.len() as f64
+            common(part, &earned).len() as f64 / part.len() as f64
         }
     };
-    let common = intersection(&gold.all, &corpus);
+    let gold_in_corpus = common(&gold.all, &corpus).len();
     let recall_all = share(&gold.all);
     let recall = gold.target.as_deref().map(share).unwrap_or(recall_all);
     let precision = if corpus.is_empty() {
         0.0
     } else {
-        common as f64 / corpus.len() as f64
+        gold_in_corpus as f64 / corpus.len() as f64
     };
     let f1 = if recall + precision > 0.0 {
         2.0 * recall * precision / (recall + precision)
@@ -373,8 +453,9 @@ pub fn metrics(
     if let Some(b) = world.manifest.request_budget {
         m.insert("request_budget".into(), json!(b));
         m.insert("over_budget".into(), json!(requests.over_budget));
-        m.insert("unfetched_documents".into(), json!(unfetched));
     }
+    m.insert("unfetched_documents".into(), json!(unfetched));
+    m.insert("ungolded_documents".into(), json!(ungolded));
     m.insert("not_found".into(), json!(requests.not_found));
     m
 }
@@ -473,7 +554,7 @@ pub fn score_blocking(
         Ok(g) => g,
         Err(e) => return StageScore::zero("error", format!("reading the world's gold: {e}")),
     };
-    let gold = Gold::of(world, &gold_texts);
+    let gold = Gold::of(world, gold_texts);
     let parsed = data.map(parse).unwrap_or_default();
     let requests = request_stats(log, world);
     let m = metrics(&parsed, &gold, world, &requests);
@@ -527,6 +608,127 @@ pub fn score_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn route(host: &str, path: &str) -> Option<Route> {
+        Some((host.into(), path.into()))
+    }
+
+    #[test]
+    fn a_url_routes_where_the_server_routes_it_and_nowhere_more_generous() {
+        let page = route("docs.gptx.test", "/library/os.html");
+        for url in [
+            "http://docs.gptx.test/library/os.html",
+            "HTTP://DOCS.GPTX.TEST:80/library/os.html",
+            "https://docs.gptx.test./library/os.html",
+            "http://user:pw@docs.gptx.test:8080/library/os.html",
+            "http://docs.gptx.test/%6Cibrary/os%2ehtml",
+            "http://docs.gptx.test/library/os.html?print=1#top",
+            "http://docs.gptx.test/library/os.html#a?b",
+        ] {
+            assert_eq!(route_of_url(url), page, "{url}");
+        }
+        // The server neither decodes reserved characters nor resolves dot segments or slashes.
+        for (url, path) in [
+            (
+                "http://docs.gptx.test/library%2fos.html",
+                "/library%2Fos.html",
+            ),
+            (
+                "http://docs.gptx.test/./library/os.html",
+                "/./library/os.html",
+            ),
+            (
+                "http://docs.gptx.test//library/os.html",
+                "//library/os.html",
+            ),
+            (
+                "http://docs.gptx.test/x/../library/os.html",
+                "/x/../library/os.html",
+            ),
+            ("http://docs.gptx.test/%2e%2E/os.html", "/../os.html"),
+            ("http://docs.gptx.test/Library/os.html", "/Library/os.html"),
+            ("http://docs.gptx.test", "/"),
+            ("http://docs.gptx.test?x=1", "/"),
+        ] {
+            assert_eq!(route_of_url(url), route("docs.gptx.test", path), "{url}");
+        }
+        assert_eq!(
+            route_of_url("http://docs.gptx.test@mirror.gptx.test/library/os.html"),
+            route("mirror.gptx.test", "/library/os.html")
+        );
+        for url in [
+            "docs.gptx.test/library/os.html",
+            "/library/os.html",
+            "ftp://docs.gptx.test/library/os.html",
+            "http:///library/os.html",
+            " http://docs.gptx.test/library/os.html",
+            "http://docs.gptx.test/library/os\u{e9}.html",
+            "http://docs.gptx.test/library/os html",
+        ] {
+            assert_eq!(route_of_url(url), None, "{url}");
+        }
+        assert_eq!(normalize_path("/%7euser/%2f%41"), "/~user/%2FA");
+        assert_eq!(normalize_path("/100%/x%4"), "/100%/x%4");
+        assert_eq!(normalize_path("/%2541"), "/%2541");
+    }
+
+    /// The routes agree with server.py's own `split_host` and `normalize_path` on an absolute-URI
+    /// request line (`Handler._serve`), whenever a route is given at all.
+    #[test]
+    fn routes_agree_with_the_world_server() {
+        let urls = [
+            "HTTP://DOCS.GPTX.TEST:80/%6cibrary/os%2Ehtml?print=1#x",
+            "http://u:p@Docs.Gptx.Test.:8080/a%2fb/%7e/%zz/%41%3a",
+            "https://h.test#f/x",
+            "http://h.test?q#f",
+            "http://h.test/a#b?c",
+            "http://[::1]:80/x",
+            "http://h.test..//./x/../y",
+            "http://a@b@h.test/%25%32%46",
+        ];
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tasks/worlds");
+        let script = "import json, sys, urllib.parse\nsys.path.insert(0, sys.argv[1])\nimport server\nout = []\nfor url in json.loads(sys.argv[2]):\n    parts = urllib.parse.urlsplit(url)\n    target = (parts.path or '/') + ('?' + parts.query if parts.query else '')\n    path = target.partition('#')[0].partition('?')[0]\n    out.append([server.split_host(parts.netloc.rpartition('@')[2]), server.normalize_path(path)])\nprint(json.dumps(out))";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, dir, &serde_json::to_string(&urls).unwrap()])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs: Vec<Route> = serde_json::from_slice(&out.stdout).unwrap();
+        let ours: Vec<Route> = urls.iter().map(|u| route_of_url(u).unwrap()).collect();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn the_log_says_which_routes_were_answered_200() {
+        let log = [
+            r#"{"host":"docs.gptx.test","path":"/%6cibrary/os.html?print=1","status":200}"#,
+            r#"{"host":"docs.gptx.test","path":"/a%2fb#x","status":200}"#,
+            r#"{"host":"docs.gptx.test","path":"/old/library/sys.html","status":301}"#,
+            r#"{"host":"docs.gptx.test","path":"/search?q=os","status":200}"#,
+            r#"{"host":"docs.gptx.test","path":"/%69nternal/staff-notes-1.html","status":200}"#,
+        ]
+        .join("\n");
+        let disallowed = BTreeMap::from([("docs.gptx.test".into(), vec!["/internal/".into()])]);
+        let s = request_stats_of(&log, &disallowed, &Default::default());
+        let served: HashSet<Route> = [
+            ("docs.gptx.test".into(), "/library/os.html".into()),
+            ("docs.gptx.test".into(), "/a%2Fb".into()),
+            (
+                "docs.gptx.test".into(),
+                "/internal/staff-notes-1.html".into(),
+            ),
+        ]
+        .into();
+        assert_eq!(s.served, served);
+        assert_eq!(
+            s.disallowed, 1,
+            "an escaped letter does not hide a disallowed path"
+        );
+    }
 
     #[test]
     fn requests_past_the_budget_are_counted_apart_from_rate_limits() {

@@ -1298,10 +1298,7 @@ mod tests {
 
     #[test]
     fn a_rebuild_that_does_not_verify_fails_with_the_reason() {
-        let rej = bpb::Rejection {
-            kind: bpb::RejectKind::Failed,
-            detail: "score exited with code 1".into(),
-        };
+        let rej = bpb::Rejection::new(bpb::RejectKind::Failed, "score exited with code 1");
         let mut bad = verification(1.0);
         bad.result = Err(rej);
         let s = stage_score(

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::agent::tools::ToolError;
-use crate::sandbox::programs::{one_line, ProgramCall, Programs};
+use crate::sandbox::programs::{json_problem, one_line, quote, ProgramCall, Programs};
 use crate::sandbox::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::stages::bpb::Doc;
 use crate::stages::common::{hidden_docs, own_sample, program_problem};
@@ -184,37 +184,27 @@ impl TokReport {
     }
 }
 
+/// Reads `encode`'s answers; on hidden data (`hidden`) no message quotes the output.
 fn parse_encode(
     out: &[u8],
     docs: &[Doc],
     vocab: u64,
     report: &mut TokReport,
+    hidden: bool,
 ) -> Result<Vec<Vec<u64>>, String> {
     let mut got: Vec<Option<Vec<u64>>> = vec![None; docs.len()];
     for (n, line) in out.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let l: EncodeLine = serde_json::from_slice(line).map_err(|e| {
-            format!(
-                "encode output line {} is not the protocol ({e}): {:?}",
-                n + 1,
-                String::from_utf8_lossy(&line[..line.len().min(120)])
-            )
-        })?;
-        let i = doc_index(&l.id, docs.len()).ok_or_else(|| {
-            format!(
-                "encode output line {} answers id {} which was not asked",
-                n + 1,
-                l.id
-            )
-        })?;
+        let l: EncodeLine = serde_json::from_slice(line)
+            .map_err(|e| not_protocol("encode", n, line, &e, hidden))?;
+        let i =
+            doc_index(&l.id, docs.len()).ok_or_else(|| not_asked("encode", n, &l.id, hidden))?;
         let name = &docs[i].name;
         if let Some(e) = l.error {
-            return Err(format!(
-                "encode reported an error on {name}: {}",
-                one_line(&e, 200)
-            ));
+            let e = quote(hidden, || one_line(&e, 200));
+            return Err(format!("encode reported an error on {name}{e}"));
         }
         let ids = l
             .ids
@@ -248,6 +238,26 @@ fn parse_encode(
             })
         })
         .collect()
+}
+
+/// An output line serde could not read; serde's message and the line quoted only when not `hidden`.
+fn not_protocol(verb: &str, n: usize, line: &[u8], e: &serde_json::Error, hidden: bool) -> String {
+    let what = json_problem(e);
+    let line = String::from_utf8_lossy(&line[..line.len().min(120)]);
+    let shown = quote(hidden, || format!("{e}: {line:?}"));
+    format!(
+        "{verb} output line {} is not the protocol ({what}){shown}",
+        n + 1
+    )
+}
+
+/// An output line answering an id that was not asked; the id quoted only when not `hidden`.
+fn not_asked(verb: &str, n: usize, id: &Value, hidden: bool) -> String {
+    let shown = quote(hidden, || format!("id {}", one_line(&id.to_string(), 80)));
+    format!(
+        "{verb} output line {} answers an id which was not asked{shown}",
+        n + 1
+    )
 }
 
 fn doc_index(id: &Value, n: usize) -> Option<usize> {
@@ -329,7 +339,7 @@ pub async fn grade(
         }
     };
     report.encode_seconds = run.program_seconds;
-    let encoded = match parse_encode(&run.stdout, docs, vocab, &mut report) {
+    let encoded = match parse_encode(&run.stdout, docs, vocab, &mut report, hidden) {
         Ok(e) => e,
         Err(f) => {
             report.fatal = Some(f);
@@ -362,19 +372,12 @@ pub async fn grade(
         let l: DecodeLine = match serde_json::from_slice(line) {
             Ok(l) => l,
             Err(e) => {
-                report.fatal = Some(format!(
-                    "decode output line {} is not the protocol ({e})",
-                    n + 1
-                ));
+                report.fatal = Some(not_protocol("decode", n, line, &e, hidden));
                 return report;
             }
         };
         let Some(i) = doc_index(&l.id, docs.len()) else {
-            report.fatal = Some(format!(
-                "decode output line {} answers id {} which was not asked",
-                n + 1,
-                l.id
-            ));
+            report.fatal = Some(not_asked("decode", n, &l.id, hidden));
             return report;
         };
         let name = &docs[i].name;
@@ -384,8 +387,8 @@ pub async fn grade(
         }
         let problem = match (l.error, l.text_b64) {
             (Some(e), _) => Some(format!(
-                "{name}: decode reported an error: {}",
-                one_line(&e, 200)
+                "{name}: decode reported an error{}",
+                quote(hidden, || one_line(&e, 200))
             )),
             (None, None) => Some(format!("{name}: decode gave no text_b64")),
             (None, Some(t)) => match B64.decode(t.as_bytes()) {
@@ -581,6 +584,67 @@ impl Scorer for TokenizeScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each input line's id and text (encode: the document; decode: the ids as bytes), answered by `f`.
+    fn echo(stdin: &[u8], f: fn(&str, &[u8]) -> String) -> Vec<u8> {
+        let mut out = String::new();
+        for l in stdin.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(l).unwrap();
+            let text = match v["ids"].as_array() {
+                Some(ids) => ids.iter().map(|i| i.as_u64().unwrap() as u8).collect(),
+                None => B64.decode(v["text_b64"].as_str().unwrap()).unwrap(),
+            };
+            out += &f(v["id"].as_str().unwrap(), &text);
+            out.push('\n');
+        }
+        out.into_bytes()
+    }
+
+    /// A tokenizer that puts the text it reads into its answers, in every way a line can fail: the
+    /// reasons quote its output on the agent's own data, never on hidden data.
+    #[tokio::test]
+    async fn output_on_hidden_data_is_never_quoted() {
+        use crate::sandbox::programs::{Answer, Answering};
+        fn text(t: &[u8]) -> String {
+            String::from_utf8_lossy(t).into_owned()
+        }
+        fn encode_then(cmd: &str, i: &[u8], decode: fn(&str, &[u8]) -> String) -> Vec<u8> {
+            match cmd.ends_with("decode") {
+                true => echo(i, decode),
+                false => echo(i, |id, t| json!({"id": id, "ids": t}).to_string()),
+            }
+        }
+        let answers: [Answer; 7] = [
+            |_, i| echo(i, |_, t| text(t)),
+            |_, i| echo(i, |id, t| json!({"id": id, "ids": text(t)}).to_string()),
+            |_, i| echo(i, |_, t| json!({"id": text(t)}).to_string()),
+            |_, i| echo(i, |id, t| json!({"id": id, "error": text(t)}).to_string()),
+            |c, i| encode_then(c, i, |_, t| text(t)),
+            |c, i| encode_then(c, i, |_, t| json!({"id": text(t)}).to_string()),
+            |c, i| {
+                encode_then(c, i, |id, t| {
+                    json!({"id": id, "error": text(t)}).to_string()
+                })
+            },
+        ];
+        let docs = [Doc {
+            name: "t1".into(),
+            bytes: b"SECRET hidden words of a test document".to_vec(),
+        }];
+        for (n, answer) in answers.into_iter().enumerate() {
+            for hidden in [true, false] {
+                let p = Answering(answer);
+                let r = grade(&p, &docs, 1, 256, Duration::from_secs(5), hidden).await;
+                assert!(!r.ok(), "answer {n}");
+                let said = format!("{:?} {:?}", r.fatal, r.round_trip_failures);
+                assert_eq!(
+                    said.contains("SECRET"),
+                    !hidden,
+                    "answer {n}, {hidden}: {said}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn edge_cases_cover_arbitrary_bytes() {

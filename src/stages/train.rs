@@ -349,10 +349,10 @@ mod tests {
 
     #[test]
     fn rejected_model_scores_zero_with_the_reason() {
-        let rej = Rejection {
-            kind: RejectKind::Inconsistent,
-            detail: "doc t3 position 812: score -2.1000, next -0.3100".into(),
-        };
+        let rej = Rejection::new(
+            RejectKind::Inconsistent,
+            "doc t3 position 812: score -2.1000, next -0.3100",
+        );
         let s = stage_score(
             &verification(Err(rej)),
             &baselines(),

@@ -308,7 +308,8 @@ pub enum Event {
         #[serde(flatten)]
         call: ModelCall,
     },
-    /// What an external agent wrote to its stderr (collected between its messages).
+    /// What an external agent wrote to its stderr (collected between its messages), or the verdict
+    /// an LLM agent's conversation ended with.
     AgentLog {
         stage: String,
         text: String,

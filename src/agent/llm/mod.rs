@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use crate::agent::tools::{RawCall, ToolError};
-use crate::agent::{Agent, AgentError, StageTask, Turn};
+use crate::agent::{Agent, AgentError, StageTask, Turn, Verdict};
 use crate::trace::ModelCall;
 
 /// Knobs of the loop, from the command line.
@@ -220,7 +220,16 @@ pub struct LlmAgent {
     nudged: bool,
     stage_tokens: u64,
     stage_cost: f64,
+    out: Untaken,
+}
+
+/// What the trace has not taken from the agent yet.
+#[derive(Default)]
+struct Untaken {
+    /// Model requests ([`Agent::take_model_calls`]).
     calls: Vec<ModelCall>,
+    /// The verdict the conversation ended with ([`Agent::take_log`]).
+    log: Option<String>,
 }
 
 impl LlmAgent {
@@ -236,7 +245,7 @@ impl LlmAgent {
             nudged: false,
             stage_tokens: 0,
             stage_cost: 0.0,
-            calls: Vec::new(),
+            out: Untaken::default(),
         }
     }
 
@@ -270,7 +279,7 @@ impl LlmAgent {
                     let cost = self.price.map(|p| p.cost(r.input_tokens, r.output_tokens));
                     self.stage_tokens += r.input_tokens + r.output_tokens;
                     self.stage_cost += cost.unwrap_or(0.0);
-                    self.calls.push(ModelCall {
+                    self.out.calls.push(ModelCall {
                         model: self.backend.spec(),
                         input_tokens: r.input_tokens,
                         output_tokens: r.output_tokens,
@@ -294,7 +303,7 @@ impl LlmAgent {
                     return Ok(r);
                 }
                 Err(e) => {
-                    self.calls.push(ModelCall {
+                    self.out.calls.push(ModelCall {
                         model: self.backend.spec(),
                         input_tokens: 0,
                         output_tokens: 0,
@@ -400,8 +409,26 @@ impl Agent for LlmAgent {
         self.answer_unrun(&format!("the stage ended: budget {reason} ran out"));
     }
 
+    /// The verdict ends the conversation as a last user message, the text of the `done` message an
+    /// exec agent reads, and the trace records it as this agent's log. No request is sent: no tool
+    /// call can follow, so nothing would read the reply, and it would cost tokens.
+    async fn done(&mut self, verdict: &Verdict) {
+        self.answer_unrun("the run ended before this call ran");
+        let text = format!(
+            "The run is over; no more tool calls will run. {}.\n\n{}",
+            verdict.summary(),
+            verdict.message()
+        );
+        self.msgs.push(Msg::User(text.clone()));
+        self.out.log = Some(text);
+    }
+
+    fn take_log(&mut self) -> Option<String> {
+        self.out.log.take()
+    }
+
     fn take_model_calls(&mut self) -> Vec<ModelCall> {
-        std::mem::take(&mut self.calls)
+        std::mem::take(&mut self.out.calls)
     }
 
     fn usage(&self) -> Option<(u64, Option<f64>)> {
@@ -470,7 +497,7 @@ impl Agent for LlmAgent {
             }
         }
         // Those requests are in the trace already.
-        self.calls.clear();
+        self.out.calls.clear();
         Ok(true)
     }
 }
@@ -664,6 +691,60 @@ mod tests {
             "{\"cmd\":\"ls\"}"
         );
         assert_eq!(v[2]["tool_call_id"], "1");
+    }
+
+    /// A backend that must not be asked.
+    struct Silent;
+
+    #[async_trait]
+    impl ChatBackend for Silent {
+        fn spec(&self) -> String {
+            "silent:none".into()
+        }
+        async fn chat(
+            &self,
+            _: &[Msg],
+            _: &[Value],
+            _: &LlmOptions,
+        ) -> Result<ChatReply, ChatError> {
+            Err(ChatError::Fatal("no request was expected".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_verdict_is_the_last_message_of_the_conversation() {
+        let mut a = LlmAgent::new(Box::new(Silent), LlmOptions::default(), None);
+        a.msgs.push(Msg::System("s".into()));
+        a.queue.push_back(ToolUse {
+            id: "late".into(),
+            name: "bash".into(),
+            arguments: json!({}),
+        });
+        let verdict = Verdict {
+            level: "L1".into(),
+            bootstrap_index: 15.0,
+            stages: vec![crate::agent::StageVerdict {
+                stage: "crawl".into(),
+                passed: false,
+                status: "scored".into(),
+                ended_by: crate::trace::EndReason::Submit,
+                reason: Some("gate not met: recall below 0.5".into()),
+            }],
+        };
+        a.done(&verdict).await;
+        assert!(
+            matches!(&a.msgs[1], Msg::Tool { id, content } if id == "late" && content.contains("not_run"))
+        );
+        let Some(Msg::User(text)) = a.msgs.last().cloned() else {
+            panic!("{:?}", a.msgs)
+        };
+        assert!(
+            text.contains("not passed: crawl (gate not met: recall below 0.5)"),
+            "{text}"
+        );
+        assert!(text.ends_with(&verdict.message().to_string()), "{text}");
+        assert_eq!(a.take_log(), Some(text));
+        assert!(a.take_model_calls().is_empty(), "no request was sent");
     }
 
     #[test]

@@ -12,8 +12,9 @@ The crawl runs in two passes:
    <form>, scripts, and elements whose class or id says "sidebar", "menu", "footer"...
 2. Select. Blocks that recur on most pages of a host are its template (boilerplate learned by
    frequency); link-dense blocks are navigation; pages that are mostly links are listings. What
-   remains is deduplicated (exact hash, then shingle containment against the documents kept, longest
-   first) and written atomically, one {"url", "text"} JSON object per line.
+   remains is deduplicated (exact hash, then shingle containment against the documents kept; the
+   shallowest URL first, then the longest text) and written atomically, one {"url", "text"} JSON
+   object per line, under the URL that answered with the page (the last hop of its redirects).
 
 The layers overlap on purpose: frequency and link density alone clean all three sites of the
 world, while tags and class names clean a page without needing many pages of its host. Nothing is
@@ -659,12 +660,20 @@ def shingles(text):
     return {hash(tuple(words[i:i + SHINGLE_WORDS])) for i in range(len(words) - SHINGLE_WORDS + 1)}
 
 
+def url_depth(url):
+    """The number of segments of a URL's path."""
+    return len([s for s in urllib.parse.urlsplit(url).path.split("/") if s])
+
+
 def deduplicate(docs):
-    """Drops exact and near duplicates from (url, text) pairs. Longer documents are judged first,
-    so of a page and its shortened copy (a mirror) the complete one stays; a document goes when
-    most of its shingles are already in kept documents. Returns the kept ones in crawl order."""
+    """Drops exact and near duplicates from (url, text) pairs; a document goes when most of its
+    shingles are already in kept documents. Documents at shallower URLs are judged first, so of a
+    page and its copy under an archive path or on a mirror (which live deeper than what they copy)
+    the page at its own URL stays, even when the copy's text is longer (an added note); of equally
+    deep ones the longer, so of a page and a shortened copy the complete one stays. Returns the kept
+    ones in crawl order."""
     kept, hashes, seen = set(), set(), set()
-    for i in sorted(range(len(docs)), key=lambda i: -len(docs[i][1])):
+    for i in sorted(range(len(docs)), key=lambda i: (url_depth(docs[i][0]), -len(docs[i][1]))):
         text = docs[i][1]
         digest = hashlib.sha1(" ".join(text.split()).encode("utf-8")).digest()
         if digest in hashes:
