@@ -962,6 +962,7 @@ impl Runner {
         );
         let history = self.history.is_some();
         let joined = tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
             let finding = ledger.scan(&StageWork {
                 stage: &name,
                 calls: &calls,
@@ -970,6 +971,8 @@ impl Runner {
                 files: &files,
                 files_label: label,
             });
+            let secs = t0.elapsed().as_secs_f64();
+            tracing::info!("stage {name}: scanned for text of T in {secs:.2} s");
             (ledger, finding)
         })
         .await;
