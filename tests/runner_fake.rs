@@ -801,6 +801,46 @@ async fn text_of_t_written_and_deleted_later_is_found_in_the_history() {
 }
 
 #[tokio::test]
+async fn text_of_t_left_from_an_earlier_stage_counts_where_it_was_used() {
+    let text = hidden_text();
+    let spans = mini_index().find(text.as_bytes()).len() as u64;
+    let mut generated = Reply::ok("");
+    generated.writes = vec![("data/mem.txt".into(), text.clone().into_bytes())];
+    // Tokenize's first step uses the text and removes it: none of its commits has it.
+    let mut used = Reply::ok("");
+    used.writes = vec![("data/mem.txt".into(), b"gone".to_vec())];
+    let (_f, _, evs) = ledger_run(
+        &[
+            call("bash", serde_json::json!({"cmd": "python3 remember.py"})),
+            call("submit", serde_json::json!({})),
+            call(
+                "bash",
+                serde_json::json!({"cmd": "python3 use.py && rm data/mem.txt"}),
+            ),
+            call("submit", serde_json::json!({})),
+        ],
+        vec![generated, used],
+    )
+    .await;
+    let notes = contamination_notes(&evs);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    let commit = evs
+        .iter()
+        .find_map(|e| match e {
+            Event::Step(s) if s.step == 1 => s.commit.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(notes[1].stage.as_deref(), Some("tokenize"));
+    assert_eq!(notes[1].count, spans);
+    assert_eq!(
+        notes[1].detail,
+        format!("data/mem.txt as the stage began (commit {})", &commit[..10])
+    );
+    assert_rejected_without_hidden_text(&evs, "tokenize", spans);
+}
+
+#[tokio::test]
 async fn the_null_agent_and_the_served_web_are_no_contamination() {
     let (_f, result, evs) = ledger_run(
         &[

@@ -651,7 +651,9 @@ impl Ledger {
     }
 
     /// Every blob of every commit the stage made (the commits of its steps, newest first, back to
-    /// the first commit of another stage or of a rescue).
+    /// a commit of another stage or of a rescue), and of the commit it began from: text left in
+    /// the workspace from an earlier stage was there to use, even when the stage's first command
+    /// used and deleted it.
     pub fn scan_history(
         &mut self,
         f: &mut Finding,
@@ -663,33 +665,33 @@ impl Ledger {
             return Ok(()); // nothing committed yet
         };
         let odb = repo.odb()?;
-        // Per file, the commits it had hits in (newest first).
+        // Per file, the commits of the stage it had hits in (newest first).
         let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut commit = Some(repo.find_commit(head)?);
         while let Some(c) = commit.take() {
-            if !step_of(c.message_bytes(), stage) {
-                break;
-            }
+            let own = step_of(c.message_bytes(), stage);
             if let Some(hits) = self.tree(&repo, &odb, c.tree_id())? {
-                for (path, _) in &hits.files {
-                    let id = c.id().to_string();
-                    files
-                        .entry(path.clone())
-                        .or_default()
-                        .push(id[..10].to_string());
-                }
                 f.spans.extend(&hits.spans);
+                let id = c.id().to_string();
+                for (path, _) in &hits.files {
+                    let path = shown(Path::new(path));
+                    if own {
+                        files.entry(path).or_default().push(id[..10].to_string());
+                    } else {
+                        f.place(format!("{path} as the stage began (commit {})", &id[..10]));
+                    }
+                }
+            }
+            if !own {
+                break;
             }
             commit = c.parents().next();
         }
         for (path, commits) in files {
             let oldest = commits.last().cloned().unwrap_or_default();
             f.place(match commits.len() - 1 {
-                0 => format!("commit {oldest} ({})", shown(Path::new(&path))),
-                n => format!(
-                    "commit {oldest} ({}, and {n} later commits)",
-                    shown(Path::new(&path))
-                ),
+                0 => format!("commit {oldest} ({path})"),
+                n => format!("commit {oldest} ({path}, and {n} later commits)"),
             });
         }
         Ok(())
@@ -1251,6 +1253,25 @@ mod tests {
         assert_eq!(f.count(), 0, "{f:?}");
         // One new blob and one new tree were read; the rest came from the run's memory.
         assert_eq!(l.blobs.len() + l.trees.len(), objects + 2);
+
+        // Text left from an earlier stage was there to use: the commit a stage began from counts,
+        // even when the stage's first step used it and deleted it.
+        std::fs::write(ws.join("data/left.txt"), HIDDEN).unwrap();
+        let left = h
+            .commit_if_changed("step 4 (tokenize): write_file data/left.txt")
+            .unwrap()
+            .unwrap();
+        std::fs::remove_file(ws.join("data/left.txt")).unwrap();
+        h.commit_if_changed("step 5 (train): bash python3 t.py && rm data/left.txt")
+            .unwrap()
+            .unwrap();
+        let mut f = Finding::default();
+        l.scan_history(&mut f, &git, "train").unwrap();
+        assert!(f.hit());
+        assert_eq!(
+            f.detail(),
+            format!("data/left.txt as the stage began (commit {})", &left[..10])
+        );
         // A rescue's commit ends the walk, and an agent's text after the colon fools nothing.
         assert!(step_of(b"step 12 (crawl): bash x", "crawl"));
         assert!(!step_of(b"step 12 (crawl): bash x", "train"));
