@@ -879,3 +879,87 @@ async fn a_corpus_linked_to_the_hosts_gold_text_is_refused() {
     assert_ne!(c["metrics"]["recall"], 1.0, "{c}");
     common::assert_nothing_left(&docker, &v).await;
 }
+
+/// An agent that writes hidden test documents from memory (here: the test reads them from the
+/// built world, the agent only writes them) into its corpus through a bash heredoc: the crawl is
+/// rejected unscored, the ledger says where, and nothing the harness wrote holds their text.
+#[tokio::test(flavor = "multi_thread")]
+async fn text_of_the_hidden_documents_in_the_corpus_rejects_the_crawl() {
+    use gptx::stages::contamination::SpanIndex;
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let world = gptx::world::ensure(&common::home(), "mini", 1, &gptx::world::Quiet)
+        .unwrap()
+        .0;
+    // Three documents of a few KB (one bash argument holds at most 128 KiB).
+    let mut test = world.test_docs().unwrap();
+    test.sort_by_key(|d| (d.text.len() < 2000, d.text.len()));
+    let (written, kept) = test.split_at(3);
+    assert!(written.iter().map(|d| d.text.len()).sum::<usize>() < 100_000);
+    let corpus: String = written
+        .iter()
+        .map(|d| {
+            json!({"url": format!("http://docs.gptx.test/{}", d.id), "text": d.text}).to_string()
+                + "\n"
+        })
+        .collect();
+    let agent = script(
+        runs.path(),
+        &[
+            json!({"tool": "bash", "args": {"cmd": format!(
+                "mkdir -p data && cat > data/corpus.jsonl <<'EOF'\n{corpus}EOF\nwc -l data/corpus.jsonl")}}),
+            json!({"tool": "submit", "args": {}}),
+        ],
+    );
+    let v = common::run_json(
+        &["--suite", "mini", "--stages", "crawl", "--agent", &agent],
+        runs.path(),
+    );
+    assert_eq!(
+        steps(&v)[0]["result"]["stdout"].as_str().unwrap().trim(),
+        "3 data/corpus.jsonl"
+    );
+    let c = &v["stages"]["crawl"];
+    assert_eq!(c["status"], "rejected", "{c}");
+    assert_eq!(c["passed"], false);
+    assert!(
+        c["metrics"].as_object().is_none_or(|m| m.is_empty()),
+        "not scored: {c}"
+    );
+    let notes = ledger(&v, "t_text_in_workspace");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let index = SpanIndex::of_world(&world).unwrap();
+    let spans = index.find(corpus.as_bytes()).len() as u64;
+    assert_eq!(notes[0]["count"], spans, "{}", notes[0]);
+    let detail = notes[0]["detail"].as_str().unwrap();
+    for place in [
+        "data/corpus.jsonl in the graded copy",
+        "step 1's bash arguments",
+        "(data/corpus.jsonl)",
+    ] {
+        assert!(detail.contains(place), "{detail}");
+    }
+    let score = score_json(&v);
+    assert_eq!(score["integrity"][0]["kind"], "t_text_in_workspace");
+    // Nothing the harness wrote holds text of T: not score.json, not its notes and scores, and the
+    // trace has none of the documents the agent did not write.
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    let score_text = std::fs::read_to_string(dir.join("score.json")).unwrap();
+    assert!(index.find(score_text.as_bytes()).is_empty());
+    for e in common::events(&v) {
+        if e["type"] == "integrity" || e["type"] == "stage_scored" || e["type"] == "run_finished" {
+            assert!(index.find(e.to_string().as_bytes()).is_empty(), "{e}");
+        }
+    }
+    let mut others = SpanIndex::builder(kept.iter().map(|d| d.text.as_str()));
+    for d in written {
+        others.served(d.text.as_bytes());
+    }
+    let others = others.finish();
+    let trace = std::fs::read(dir.join("events.jsonl")).unwrap();
+    assert!(
+        others.find(&trace).is_empty(),
+        "the trace holds text of T the agent never wrote"
+    );
+    common::assert_nothing_left(&docker, &v).await;
+}

@@ -97,6 +97,13 @@ async fn reference_closes_the_loop() {
         !events.contains("\"type\":\"warning\""),
         "warnings in the trace"
     );
+    // The reference writes no text of T: the contamination scan of every stage found none.
+    assert!(
+        !events.contains("t_text_in_workspace"),
+        "the reference was taken for contaminated"
+    );
+    let score = std::fs::read_to_string(dir.join("score.json")).unwrap();
+    assert!(!score.contains("t_text_in_workspace"), "{score}");
     common::assert_nothing_left(&docker, &v).await;
 }
 

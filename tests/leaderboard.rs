@@ -440,6 +440,68 @@ fn a_resumed_run_is_ranked_and_marked() {
     assert!(json.to_string().contains("\"resumed\":1"));
 }
 
+/// A run in which text of the hidden test documents was found is ranked with its rejected stages at
+/// 0 and marked in every form of the board.
+#[test]
+fn a_contaminated_run_is_ranked_and_marked() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (id, seed) in [("c1", 1), ("c2", 2)] {
+        write(
+            tmp.path(),
+            &Fake {
+                id,
+                agent: "memoriser",
+                seed,
+                world: "aaaa",
+                status: RunStatus::Done,
+                scores: [1.0; 5],
+                bpb: Some(1.4),
+                cpu: 10.0,
+            },
+        );
+    }
+    let path = tmp.path().join("c2");
+    let mut score: RunScore = gptx::trace::rundir::read_json(&path.join("score.json")).unwrap();
+    score.integrity.push(gptx::trace::IntegrityNote {
+        stage: Some("crawl".into()),
+        kind: gptx::stages::contamination::KIND.into(),
+        count: 40,
+        detail: "data/corpus.jsonl in the graded copy".into(),
+    });
+    write_json_atomic(&path.join("score.json"), &score).unwrap();
+    let opts = Options {
+        suite: None,
+        resamples: 100,
+    };
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    let b = &boards[0];
+    assert_eq!(b.entries.len(), 2, "the contaminated run is ranked");
+    let c2 = b.entries.iter().find(|e| e.run_id == "c2").unwrap();
+    assert!(c2.contaminated);
+    assert!(
+        !b.entries
+            .iter()
+            .find(|e| e.run_id == "c1")
+            .unwrap()
+            .contaminated
+    );
+    assert_eq!(b.agents[0].contaminated, ["c2"]);
+    let md = leaderboard::markdown(&boards);
+    assert!(md.contains("(1 ⚠ contaminated)"), "{md}");
+    assert!(md.contains("`c2` · ⚠ contaminated"), "{md}");
+    assert!(!md.contains("`c1` · ⚠"), "{md}");
+    assert!(md.contains("t_text_in_workspace ×40"), "{md}");
+    let html = leaderboard::html_body(&boards, false);
+    assert!(html.contains("<code>c2</code> · ⚠ contaminated"), "{html}");
+    let json = serde_json::to_value(b).unwrap();
+    assert_eq!(json["agents"][0]["contaminated"], serde_json::json!(["c2"]));
+    assert_eq!(serde_json::to_value(c2).unwrap()["contaminated"], true);
+    let written = tempfile::tempdir().unwrap();
+    leaderboard::write(&boards, written.path()).unwrap();
+    let file = std::fs::read_to_string(written.path().join("leaderboard.json")).unwrap();
+    assert!(file.contains("\"contaminated\": [\n"), "{file}");
+}
+
 /// Scores are open above the reference: a run that beats it on train has an index above 100 and
 /// ranks above one that ties; the board's record is its bpb, and the tie is that far from it.
 #[test]

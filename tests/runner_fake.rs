@@ -579,3 +579,304 @@ async fn an_agent_that_cannot_be_rebuilt_gets_the_stage_again_with_what_is_left(
         .iter()
         .any(|e| matches!(e, Event::RunResumed(r) if r.agent == "fresh")));
 }
+
+/// The built mini world, once for this binary.
+fn mini() -> Arc<gptx::world::World> {
+    static W: std::sync::OnceLock<Arc<gptx::world::World>> = std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        let w = gptx::world::ensure(&common::home(), "mini", 1, &gptx::world::Quiet)
+            .expect("the mini world builds")
+            .0;
+        Arc::new(w)
+    })
+    .clone()
+}
+
+/// The spans of T in the mini world, as the runner's ledger has them.
+fn mini_index() -> &'static gptx::stages::contamination::SpanIndex {
+    static I: std::sync::OnceLock<gptx::stages::contamination::SpanIndex> =
+        std::sync::OnceLock::new();
+    I.get_or_init(|| gptx::stages::contamination::SpanIndex::of_world(&mini()).unwrap())
+}
+
+/// A hidden document of the mini world that has many spans.
+fn hidden_text() -> String {
+    let docs = mini().test_docs().unwrap();
+    let d = docs
+        .iter()
+        .max_by_key(|d| mini_index().find(d.text.as_bytes()).len())
+        .unwrap();
+    // A few KB is plenty and keeps the trace small.
+    let mut cut = d.text.len().min(4000);
+    while !d.text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    d.text[..cut].to_string()
+}
+
+const LEDGER_SUITE: &str = r#"
+name = "ledger"
+image = "base"
+world = "mini"
+[budgets]
+max_steps = 6
+[[stages]]
+name = "crawl"
+[[stages]]
+name = "tokenize"
+"#;
+
+/// Runs a script agent over mini's crawl and tokenize on the fake sandbox (bash replies scripted).
+async fn ledger_run(
+    lines: &[String],
+    replies: Vec<Reply>,
+) -> (Fixture, gptx::runner::RunResult, Vec<Event>) {
+    let mut f = fixture(replies);
+    f.runner.suite = Suite::parse(LEDGER_SUITE, std::path::Path::new("ledger.toml")).unwrap();
+    f.runner.world = Some(mini());
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let mut agent = script(&lines);
+    let mut result = f.runner.run(&mut agent, "img").await;
+    f.runner.finish(&mut result);
+    let evs = events(&f.run_dir);
+    (f, result, evs)
+}
+
+fn call(tool: &str, args: serde_json::Value) -> String {
+    serde_json::json!({"tool": tool, "args": args}).to_string()
+}
+
+fn contamination_notes(evs: &[Event]) -> Vec<trace::IntegrityNote> {
+    evs.iter()
+        .filter_map(|e| match e {
+            Event::Integrity(n) if n.kind == "t_text_in_workspace" => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn scores(evs: &[Event]) -> Vec<(String, trace::StageScore)> {
+    evs.iter()
+        .filter_map(|e| match e {
+            Event::StageScored { stage, score } => Some((stage.clone(), score.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What the harness itself wrote of a hit (the note, the score) holds no text of T.
+fn assert_rejected_without_hidden_text(evs: &[Event], stage: &str, count: u64) {
+    let (_, s) = scores(evs).into_iter().find(|(n, _)| n == stage).unwrap();
+    assert_eq!(s.status, "rejected", "{s:?}");
+    assert!(!s.passed);
+    assert_eq!(s.normalized, Some(0.0));
+    assert!(s.metrics.is_empty(), "not graded on hidden data: {s:?}");
+    assert!(s
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains(&format!("{count} distinct spans")));
+    let public = s.public_reason.clone().unwrap();
+    assert!(public.contains("hidden test documents"), "{public}");
+    assert!(!public.chars().any(|c| c.is_ascii_digit()), "{public}");
+    for n in contamination_notes(evs) {
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(mini_index().find(json.as_bytes()).is_empty(), "{json}");
+    }
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(mini_index().find(json.as_bytes()).is_empty(), "{json}");
+}
+
+#[tokio::test]
+async fn text_of_t_written_with_write_file_rejects_the_stage() {
+    let text = hidden_text();
+    let spans = mini_index().find(text.as_bytes()).len() as u64;
+    assert!(spans > 100, "{spans}");
+    let (_f, result, evs) = ledger_run(
+        &[
+            call(
+                "write_file",
+                serde_json::json!({"path": "data/mem.txt", "content": text}),
+            ),
+            call("submit", serde_json::json!({})),
+            call("submit", serde_json::json!({})),
+        ],
+        vec![],
+    )
+    .await;
+    let notes = contamination_notes(&evs);
+    // Crawl, and tokenize too: the file is still in the workspace and in its commits.
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    let crawl = &notes[0];
+    assert_eq!(
+        (crawl.stage.as_deref(), crawl.count),
+        (Some("crawl"), spans)
+    );
+    assert!(
+        crawl.detail.contains("data/mem.txt in the workspace"),
+        "{}",
+        crawl.detail
+    );
+    assert!(
+        crawl.detail.contains("step 1's write_file arguments"),
+        "{}",
+        crawl.detail
+    );
+    assert!(crawl.detail.contains("(data/mem.txt)"), "{}", crawl.detail);
+    assert!(
+        !notes[1].detail.contains("arguments"),
+        "tokenize's calls wrote none"
+    );
+    assert_rejected_without_hidden_text(&evs, "crawl", spans);
+    assert_rejected_without_hidden_text(&evs, "tokenize", spans);
+    assert_eq!(result.integrity.len(), 2, "in score.json's ledger too");
+    assert_eq!(result.level, "L0");
+}
+
+#[tokio::test]
+async fn text_of_t_in_a_bash_heredoc_is_found_in_the_arguments() {
+    let text = hidden_text();
+    let spans = mini_index().find(text.as_bytes()).len() as u64;
+    let cmd = format!("mkdir -p data && cat > data/x.txt <<'EOF'\n{text}\nEOF");
+    // The fake runs nothing: the text is only in the call's arguments.
+    let (_f, _, evs) = ledger_run(
+        &[
+            call("bash", serde_json::json!({ "cmd": cmd })),
+            call("submit", serde_json::json!({})),
+            call("submit", serde_json::json!({})),
+        ],
+        vec![Reply::ok("")],
+    )
+    .await;
+    let notes = contamination_notes(&evs);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].count, spans);
+    assert_eq!(notes[0].detail, "step 1's bash arguments");
+    assert_rejected_without_hidden_text(&evs, "crawl", spans);
+    let (_, tokenize) = &scores(&evs)[1];
+    assert_ne!(tokenize.status, "rejected", "{tokenize:?}");
+}
+
+#[tokio::test]
+async fn text_of_t_written_and_deleted_later_is_found_in_the_history() {
+    let text = hidden_text();
+    let spans = mini_index().find(text.as_bytes()).len() as u64;
+    let mut generated = Reply::ok("");
+    generated.writes = vec![("data/mem.txt".into(), text.clone().into_bytes())];
+    let (_f, _, evs) = ledger_run(
+        &[
+            call("bash", serde_json::json!({"cmd": "python3 remember.py"})),
+            call(
+                "bash",
+                serde_json::json!({"cmd": "python3 train.py data/mem.txt"}),
+            ),
+            call(
+                "write_file",
+                serde_json::json!({"path": "data/mem.txt", "content": "gone"}),
+            ),
+            call("submit", serde_json::json!({})),
+            call("submit", serde_json::json!({})),
+        ],
+        vec![generated, Reply::ok("")],
+    )
+    .await;
+    let notes = contamination_notes(&evs);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0].count, spans);
+    let commit = evs
+        .iter()
+        .find_map(|e| match e {
+            Event::Step(s) if s.step == 1 => s.commit.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        notes[0].detail,
+        format!("commit {} (data/mem.txt)", &commit[..10])
+    );
+    assert_rejected_without_hidden_text(&evs, "crawl", spans);
+    // Tokenize's commits never had it.
+    let (_, tokenize) = &scores(&evs)[1];
+    assert_ne!(tokenize.status, "rejected");
+}
+
+#[tokio::test]
+async fn text_of_t_left_from_an_earlier_stage_counts_where_it_was_used() {
+    let text = hidden_text();
+    let spans = mini_index().find(text.as_bytes()).len() as u64;
+    let mut generated = Reply::ok("");
+    generated.writes = vec![("data/mem.txt".into(), text.clone().into_bytes())];
+    // Tokenize's first step uses the text and removes it: none of its commits has it.
+    let mut used = Reply::ok("");
+    used.writes = vec![("data/mem.txt".into(), b"gone".to_vec())];
+    let (_f, _, evs) = ledger_run(
+        &[
+            call("bash", serde_json::json!({"cmd": "python3 remember.py"})),
+            call("submit", serde_json::json!({})),
+            call(
+                "bash",
+                serde_json::json!({"cmd": "python3 use.py && rm data/mem.txt"}),
+            ),
+            call("submit", serde_json::json!({})),
+        ],
+        vec![generated, used],
+    )
+    .await;
+    let notes = contamination_notes(&evs);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    let commit = evs
+        .iter()
+        .find_map(|e| match e {
+            Event::Step(s) if s.step == 1 => s.commit.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(notes[1].stage.as_deref(), Some("tokenize"));
+    assert_eq!(notes[1].count, spans);
+    assert_eq!(
+        notes[1].detail,
+        format!("data/mem.txt as the stage began (commit {})", &commit[..10])
+    );
+    assert_rejected_without_hidden_text(&evs, "tokenize", spans);
+}
+
+#[tokio::test]
+async fn the_null_agent_and_the_served_web_are_no_contamination() {
+    let (_f, result, evs) = ledger_run(
+        &[
+            call("submit", serde_json::json!({})),
+            call("submit", serde_json::json!({})),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(contamination_notes(&evs).is_empty());
+    assert!(result.integrity.is_empty(), "{:?}", result.integrity);
+    assert!(scores(&evs).iter().all(|(_, s)| s.status != "rejected"));
+    // Served text written as the corpus is graded, not rejected.
+    let corpus: String = mini()
+        .gold()
+        .unwrap()
+        .iter()
+        .take(40)
+        .map(|(url, text)| serde_json::json!({"url": url, "text": text}).to_string() + "\n")
+        .collect();
+    let (_f, _, evs) = ledger_run(
+        &[
+            call(
+                "write_file",
+                serde_json::json!({"path": "data/corpus.jsonl", "content": corpus}),
+            ),
+            call("submit", serde_json::json!({})),
+        ],
+        vec![],
+    )
+    .await;
+    assert!(contamination_notes(&evs).is_empty());
+    let (_, crawl) = &scores(&evs)[0];
+    assert_ne!(crawl.status, "rejected", "{crawl:?}");
+    assert!(
+        crawl.metrics.contains_key("recall"),
+        "graded on its merits: {crawl:?}"
+    );
+}

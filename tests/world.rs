@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 
 use gptx::config::suite::Home;
+use gptx::stages::contamination::SpanIndex;
+use gptx::stages::contract::CONTAMINATION_MIN_SPANS;
 use gptx::stages::crawl;
 use gptx::world::{self, generate, World, WorldConfig};
 
@@ -854,4 +856,134 @@ fn a_cached_world_that_does_not_hash_to_its_manifest_is_built_again() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
+}
+
+/// Seed 1's standard world, generated (no baselines), for the tests that only read it.
+fn standard1() -> &'static (generate::Generated, Vec<u8>) {
+    static G: std::sync::OnceLock<(generate::Generated, Vec<u8>)> = std::sync::OnceLock::new();
+    G.get_or_init(|| {
+        let (cfg, _, dir) = WorldConfig::load(&home(), "standard").unwrap();
+        let corpora = world::Corpora::load(&cfg, &dir).unwrap();
+        let server = std::fs::read(dir.join("server.py")).unwrap();
+        (corpora.generate(&cfg, 1), server)
+    })
+}
+
+/// The contamination index of a generated world, from what `write_world` would put under `web/`.
+fn span_index(g: &generate::Generated, server: &[u8]) -> SpanIndex {
+    let mut b = SpanIndex::builder(g.test.iter().map(|d| d.text.as_str()));
+    for (_, text) in &g.served {
+        b.served(text.as_bytes());
+    }
+    for bytes in g.web.values() {
+        b.served_file(bytes);
+    }
+    b.served_file(&serde_json::to_vec_pretty(&g.routes).unwrap());
+    b.served_file(server);
+    b.finish()
+}
+
+/// What an honest crawl could hold: every gold page as a corpus line, then every served file.
+fn whole_web_corpus<'a>(
+    gold: impl Iterator<Item = (&'a str, &'a str)>,
+    files: impl Iterator<Item = &'a [u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (url, text) in gold {
+        out.extend(line(url, text).as_bytes());
+    }
+    for f in files {
+        out.extend_from_slice(f);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Honest agents cannot produce the contamination spans: on every shipped world, the whole served
+/// web written as a crawl corpus, and the reference solutions' sources, hold too few of them to
+/// reject a stage (none, as measured), while T itself holds all of them.
+#[test]
+fn no_honest_corpus_or_reference_source_holds_text_of_t() {
+    let sources: Vec<Vec<u8>> = std::fs::read_dir(home().tasks())
+        .unwrap()
+        .flat_map(|stage| std::fs::read_dir(stage.unwrap().path().join("reference")).into_iter())
+        .flatten()
+        .map(|f| std::fs::read(f.unwrap().path()).unwrap())
+        .collect();
+    assert!(sources.len() >= 10, "{} reference files", sources.len());
+    let check = |name: &str, index: &SpanIndex, corpus: &[u8], test: &[&str]| {
+        let found = index.find(corpus).len();
+        eprintln!(
+            "{name}: {} spans of T; {found} in the whole served web",
+            index.len()
+        );
+        assert!(
+            found < CONTAMINATION_MIN_SPANS,
+            "{name}: {found} spans in the served web"
+        );
+        for s in &sources {
+            let found = index.find(s).len();
+            assert!(
+                found < CONTAMINATION_MIN_SPANS,
+                "{name}: {found} spans in a reference file"
+            );
+        }
+        // T itself is nearly all spans (what the web shares with it is not).
+        let in_t: usize = test.iter().map(|t| index.find(t.as_bytes()).len()).sum();
+        assert!(
+            in_t * 10 >= index.len() * 9,
+            "{name}: {in_t} of {}",
+            index.len()
+        );
+        assert!(index.len() > 10_000, "{name}: {}", index.len());
+    };
+
+    let w = mini();
+    let t0 = std::time::Instant::now();
+    let index = SpanIndex::of_world(&w).unwrap();
+    eprintln!("mini: index built in {:.2} s", t0.elapsed().as_secs_f64());
+    let gold = w.gold().unwrap();
+    let mut files = Vec::new();
+    let mut stack = vec![w.web_dir()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(std::fs::read(p).unwrap());
+            }
+        }
+    }
+    let corpus = whole_web_corpus(
+        gold.iter().map(|(u, t)| (u.as_str(), t.as_str())),
+        files.iter().map(Vec::as_slice),
+    );
+    let test = w.test_docs().unwrap();
+    let texts: Vec<&str> = test.iter().map(|d| d.text.as_str()).collect();
+    check("mini", &index, &corpus, &texts);
+
+    let (_, _, dir) = WorldConfig::load(&home(), "frontier").unwrap();
+    let server = std::fs::read(dir.join("server.py")).unwrap();
+    let worlds = [
+        ("frontier", frontier1(), server),
+        ("standard", &standard1().0, standard1().1.clone()),
+    ];
+    for (name, g, server) in worlds {
+        let t0 = std::time::Instant::now();
+        let index = span_index(g, &server);
+        let secs = t0.elapsed().as_secs_f64();
+        let (t, web): (usize, usize) = (
+            g.test.iter().map(|d| d.text.len()).sum(),
+            g.web.values().map(Vec::len).sum(),
+        );
+        eprintln!("{name}: index of {t} bytes of T against {web} bytes of web in {secs:.2} s");
+        assert!(secs < 60.0, "{name}: the index took {secs:.1} s");
+        let corpus = whole_web_corpus(
+            g.served.iter().map(|(p, t)| (p.url.as_str(), t.as_str())),
+            g.web.values().map(Vec::as_slice),
+        );
+        let texts: Vec<&str> = g.test.iter().map(|d| d.text.as_str()).collect();
+        check(name, &index, &corpus, &texts);
+    }
 }

@@ -65,6 +65,10 @@ pub struct RunEntry {
     /// How many times a fault stopped the run and `gptx resume` took it up again (0: never).
     #[serde(skip_serializing_if = "is_zero")]
     pub resumed: u32,
+    /// Text of the hidden test documents was found in what the agent wrote (a
+    /// `t_text_in_workspace` note): the stages it was found in were rejected.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub contaminated: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -103,6 +107,9 @@ pub struct AgentRow {
     /// Runs that were stopped by a fault and resumed.
     #[serde(skip_serializing_if = "is_zero_count")]
     pub resumed: usize,
+    /// Its runs with text of the hidden test documents in what the agent wrote.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contaminated: Vec<String>,
     pub index_mean: f64,
     /// 95% percentile-bootstrap interval of the mean over runs; None with a single run.
     pub index_ci95: Option<(f64, f64)>,
@@ -374,6 +381,10 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
             .map(|n| format!("{} ×{}", n.kind, n.count))
             .collect(),
         resumed: meta.resumes.len() as u32,
+        contaminated: score
+            .integrity
+            .iter()
+            .any(|n| n.kind == crate::stages::contamination::KIND),
     }
 }
 
@@ -426,6 +437,11 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
         levels,
         assisted: runs.iter().filter(|r| r.assisted_level.is_some()).count(),
         resumed: runs.iter().filter(|r| r.resumed > 0).count(),
+        contaminated: runs
+            .iter()
+            .filter(|r| r.contaminated)
+            .map(|r| r.run_id.clone())
+            .collect(),
         index_mean: crate::trace::round(mean(&index), 3),
         index_ci95: bootstrap_ci95(&index, resamples, name_seed(agent))
             .map(|(a, b)| (crate::trace::round(a, 3), crate::trace::round(b, 3))),
@@ -966,6 +982,27 @@ fn resumed_text(n: usize) -> String {
     }
 }
 
+/// ` (1 contaminated)` after an agent's levels, when text of T was found in some of its runs.
+fn contaminated_text(n: usize) -> String {
+    if n > 0 {
+        format!(" ({n} {CONTAMINATED})")
+    } else {
+        String::new()
+    }
+}
+
+/// The mark of a run in which text of the hidden test documents was found.
+const CONTAMINATED: &str = "⚠ contaminated";
+
+/// ` · ⚠ contaminated` after a run, when text of T was found in what its agent wrote.
+fn run_contaminated_text(e: &RunEntry) -> String {
+    if e.contaminated {
+        format!(" · {CONTAMINATED}")
+    } else {
+        String::new()
+    }
+}
+
 /// ` · resumed 1×` after a run, when it was.
 fn run_resumed_text(n: u32) -> String {
     if n > 0 {
@@ -1020,7 +1057,7 @@ pub fn markdown(boards: &[Board]) -> String {
         for a in &b.agents {
             let _ = writeln!(
                 o,
-                "| {} | `{}` | {} | {:.2} | {}{}{} | {:.1} | {} | {:.1} ({}) | {} | {} | {} | {:.1} | {:.1} | {} | {} |",
+                "| {} | `{}` | {} | {:.2} | {}{}{}{} | {:.1} | {} | {:.1} ({}) | {} | {} | {} | {:.1} | {:.1} | {} | {} |",
                 rank_text(a),
                 a.agent,
                 a.runs,
@@ -1032,6 +1069,7 @@ pub fn markdown(boards: &[Board]) -> String {
                     String::new()
                 },
                 resumed_text(a.resumed),
+                contaminated_text(a.contaminated.len()),
                 a.index_mean,
                 ci_text(a),
                 a.best_of_k,
@@ -1094,7 +1132,7 @@ pub fn markdown(boards: &[Board]) -> String {
         for e in runs_in_order(b) {
             let _ = writeln!(
                 o,
-                "| `{}` | {} | {}{} | {:.1} | {} | `{}`{} |",
+                "| `{}` | {} | {}{} | {:.1} | {} | `{}`{}{} |",
                 e.agent,
                 e.seed,
                 e.level,
@@ -1105,7 +1143,8 @@ pub fn markdown(boards: &[Board]) -> String {
                 e.bootstrap_index,
                 fmt_opt(e.bpb, 3),
                 e.run_id,
-                run_resumed_text(e.resumed)
+                run_resumed_text(e.resumed),
+                run_contaminated_text(e)
             );
         }
         let flagged = flagged(b);
@@ -1224,7 +1263,12 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                 html_escape(&a.agent),
                 a.runs,
                 a.mean_level,
-                html_escape(&format!("{}{}", levels_text(a), resumed_text(a.resumed))),
+                html_escape(&format!(
+                    "{}{}{}",
+                    levels_text(a),
+                    resumed_text(a.resumed),
+                    contaminated_text(a.contaminated.len())
+                )),
                 a.index_mean,
                 a.index_mean.clamp(0.0, 100.0),
                 ci_text(a),
@@ -1268,7 +1312,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
         for e in runs_in_order(b) {
             let _ = write!(
                 o,
-                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}{}</td></tr>",
+                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}{}{}</td></tr>",
                 html_escape(&e.agent),
                 e.seed,
                 html_escape(&e.level),
@@ -1279,7 +1323,8 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                 e.bootstrap_index,
                 fmt_opt(e.bpb, 3),
                 run_ref(&e.run_id, links),
-                run_resumed_text(e.resumed)
+                run_resumed_text(e.resumed),
+                html_escape(&run_contaminated_text(e))
             );
         }
         o.push_str("</table>");

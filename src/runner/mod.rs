@@ -185,6 +185,10 @@ pub struct Runner {
     ledger: Vec<IntegrityNote>,
     /// Bytes of agent logs recorded so far (capped at [`AGENT_LOG_CAP`] per run).
     agent_log_bytes: u64,
+    /// The contamination ledger, built at the first stage's end (Err: it could not be).
+    contamination: Option<Result<crate::stages::contamination::Ledger, String>>,
+    /// The stage's tool calls as recorded, for its contamination scan.
+    stage_calls: Vec<crate::stages::contamination::Call>,
     /// Why the run stopped when the engine behind the sandbox went away.
     pub lost: Option<String>,
 }
@@ -288,6 +292,8 @@ impl Runner {
             step: 0,
             ledger: Vec::new(),
             agent_log_bytes: 0,
+            contamination: None,
+            stage_calls: Vec::new(),
             lost: None,
         }
     }
@@ -386,6 +392,10 @@ impl Runner {
             }
         };
         let current = st.current.clone();
+        self.stage_calls = current
+            .as_ref()
+            .map(|c| c.calls.clone())
+            .unwrap_or_default();
         self.emit(Event::RunResumed(crate::trace::Resumed {
             reason: from.reason.clone(),
             after_step: st.step,
@@ -592,6 +602,7 @@ impl Runner {
             None => (None, None),
         };
         if cont.is_none() {
+            self.stage_calls.clear();
             self.emit(Event::StageStarted {
                 stage: stage.name.clone(),
                 index,
@@ -723,12 +734,14 @@ impl Runner {
                     Ok(v) => v.clone(),
                     Err(e) => json!({"code": e.code, "message": e.message}),
                 };
+                self.stage_calls
+                    .push((step, call.tool.clone(), res.recorded_args.clone()));
                 self.emit(Event::Step(StepRecord {
                     stage: stage.name.clone(),
                     step,
                     stage_step: steps,
                     tool: call.tool.clone(),
-                    args: res.recorded_args.clone(),
+                    args: res.recorded_args,
                     ok,
                     result: result_value,
                     started_at: begun,
@@ -755,48 +768,7 @@ impl Runner {
                 agent.stopped(budget).await;
             }
         }
-        // Nothing the agent started outlives its stage, and nothing of it runs while it is graded.
-        let swept = match self.sandbox.end_stage().await {
-            Ok(s) => {
-                if s.bad_lines > 0 {
-                    self.note(IntegrityNote {
-                        stage: Some(stage.name.clone()),
-                        kind: "supervisor_lines".into(),
-                        count: s.bad_lines,
-                        detail: "lines from the sandbox's supervisor that were not its protocol were dropped".into(),
-                    });
-                }
-                if let Some(full) =
-                    disk_full(self.sandbox.workspace().path(), self.suite.sandbox.disk_mb)
-                {
-                    self.note(IntegrityNote {
-                        stage: Some(stage.name.clone()),
-                        kind: "disk_full".into(),
-                        count: 1,
-                        detail: full,
-                    });
-                }
-                if s.killed > 0 {
-                    self.note(IntegrityNote {
-                        stage: Some(stage.name.clone()),
-                        kind: "processes_killed".into(),
-                        count: s.killed,
-                        detail: format!(
-                            "still running when the stage ended: {}",
-                            s.commands.join(" | ")
-                        ),
-                    });
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.warn(format!(
-                    "stage {}: the agent's processes could not be stopped: {e}",
-                    stage.name
-                ));
-                Err(e.to_string())
-            }
-        };
+        let swept = self.sweep(stage).await;
         self.agent_log(agent, &stage.name);
         let usage = usage_with(agent.usage(), usage_before);
         let wall_seconds = wall_before + started.elapsed().as_secs_f64();
@@ -811,79 +783,20 @@ impl Runner {
         if swept.is_err() && ended_by != EndReason::Interrupted && self.engine_gone().await {
             ended_by = EndReason::Interrupted;
         }
-        let score = if ended_by == EndReason::Interrupted {
-            None
-        } else if let Err(e) = swept {
-            let score = StageScore::zero(
-                "error",
-                format!("not graded: the agent's processes could not be stopped ({e})"),
-            );
-            self.emit(Event::StageScored {
-                stage: stage.name.clone(),
-                score: score.clone(),
-            });
-            Some(score)
-        } else {
-            // The grade reads a private copy, made now that nothing of the agent runs.
-            let graded = match &self.graded_programs {
-                Some(make) => graded_copy(self.sandbox.workspace().path(), &self.run_dir)
-                    .map(|(path, root)| Some((make(&path), root, path))),
-                None => Ok(None),
-            };
-            match graded {
-                Err(e) => {
-                    let score = StageScore::zero(
-                        "error",
-                        format!("not graded: the workspace could not be copied for grading ({e})"),
-                    );
-                    self.emit(Event::StageScored {
-                        stage: stage.name.clone(),
-                        score: score.clone(),
-                    });
-                    Some(score)
-                }
-                Ok(graded) => {
-                    let mut ctx = self.score_context(stage);
-                    if let Some((programs, root, _)) = &graded {
-                        ctx.programs = Some(programs.as_ref());
-                        ctx.graded = Some(root);
-                    }
-                    // Scoring can take long (a selfhost rebuild); an interrupt drops it, and the
-                    // session's sweep removes whatever containers it had made.
-                    let scored = tokio::select! {
-                        biased;
-                        _ = self.cancel.cancelled() => None,
-                        s = scorer.score(&ctx) => Some(s),
-                    };
-                    if let Some((_, _, path)) = graded {
-                        let _ = std::fs::remove_dir_all(&path);
-                    }
-                    // A grade that failed on the harness's side because the engine went away is
-                    // no grade: the stage stays ungraded and the run stops.
-                    let scored = match scored {
-                        Some(s) if s.status == "error" && self.engine_gone().await => None,
-                        other => other,
-                    };
-                    match scored {
-                        Some(score) => {
-                            self.emit(Event::StageScored {
-                                stage: stage.name.clone(),
-                                score: score.clone(),
-                            });
-                            if let Some(note) = refused_note(&stage.name, &score) {
-                                self.note(note);
-                            }
-                            Some(score)
-                        }
-                        None => {
-                            self.warn(format!("stage {}: interrupted while scoring", stage.name));
-                            ended_by = EndReason::Interrupted;
-                            None
-                        }
-                    }
-                }
-            }
+        let score = match swept {
+            _ if ended_by == EndReason::Interrupted => None,
+            Err(e) => Some(self.scored(
+                stage,
+                StageScore::zero(
+                    "error",
+                    format!("not graded: the agent's processes could not be stopped ({e})"),
+                ),
+            )),
+            Ok(()) => self.grade(stage, scorer.as_ref()).await,
         };
+        if score.is_none() {
+            ended_by = EndReason::Interrupted;
+        }
         StageOutcome {
             stage: stage.name.clone(),
             ended_by,
@@ -895,6 +808,190 @@ impl Runner {
             usage,
             cpu_seconds,
         }
+    }
+
+    /// Ends the stage in the sandbox: every process of the agent's is killed (SPEC §5), and what the
+    /// sweep found goes into the integrity ledger. Err: the processes could not be stopped.
+    async fn sweep(&mut self, stage: &Stage) -> Result<(), String> {
+        let s = match self.sandbox.end_stage().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.warn(format!(
+                    "stage {}: the agent's processes could not be stopped: {e}",
+                    stage.name
+                ));
+                return Err(e.to_string());
+            }
+        };
+        let note = |kind: &str, count: u64, detail: String| IntegrityNote {
+            stage: Some(stage.name.clone()),
+            kind: kind.into(),
+            count,
+            detail,
+        };
+        if s.bad_lines > 0 {
+            self.note(note(
+                "supervisor_lines",
+                s.bad_lines,
+                "lines from the sandbox's supervisor that were not its protocol were dropped"
+                    .into(),
+            ));
+        }
+        if let Some(full) = disk_full(self.sandbox.workspace().path(), self.suite.sandbox.disk_mb) {
+            self.note(note("disk_full", 1, full));
+        }
+        if s.killed > 0 {
+            let detail = format!(
+                "still running when the stage ended: {}",
+                s.commands.join(" | ")
+            );
+            self.note(note("processes_killed", s.killed, detail));
+        }
+        Ok(())
+    }
+
+    /// Emits a stage's score and gives it back.
+    fn scored(&mut self, stage: &Stage, score: StageScore) -> StageScore {
+        self.emit(Event::StageScored {
+            stage: stage.name.clone(),
+            score: score.clone(),
+        });
+        score
+    }
+
+    /// Grades a stage whose agent's processes are gone: a private copy of the workspace, the
+    /// contamination scan of what the agent wrote (a hit rejects the stage unscored), then the
+    /// scorer. None: interrupted while scoring.
+    async fn grade(&mut self, stage: &Stage, scorer: &dyn Scorer) -> Option<StageScore> {
+        // The grade reads a private copy, made now that nothing of the agent runs.
+        let graded = match &self.graded_programs {
+            Some(make) => match graded_copy(self.sandbox.workspace().path(), &self.run_dir) {
+                Ok((path, root)) => Some((make(&path), root, path)),
+                Err(e) => {
+                    let why =
+                        format!("not graded: the workspace could not be copied for grading ({e})");
+                    return Some(self.scored(stage, StageScore::zero("error", why)));
+                }
+            },
+            None => None,
+        };
+        let files = match &graded {
+            Some((_, _, path)) => (path.clone(), "the graded copy"),
+            None => (
+                self.sandbox.workspace().path().to_path_buf(),
+                "the workspace",
+            ),
+        };
+        let scored = match self.contamination(stage, files).await {
+            Some(rejected) => Some(rejected),
+            None => {
+                let mut ctx = self.score_context(stage);
+                if let Some((programs, root, _)) = &graded {
+                    ctx.programs = Some(programs.as_ref());
+                    ctx.graded = Some(root);
+                }
+                // Scoring can take long (a selfhost rebuild); an interrupt drops it, and the
+                // session's sweep removes whatever containers it had made.
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => None,
+                    s = scorer.score(&ctx) => Some(s),
+                }
+            }
+        };
+        if let Some((_, _, path)) = graded {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        // A grade that failed on the harness's side because the engine went away is no grade: the
+        // stage stays ungraded and the run stops.
+        let scored = match scored {
+            Some(s) if s.status == "error" && self.engine_gone().await => None,
+            other => other,
+        };
+        let Some(score) = scored else {
+            self.warn(format!("stage {}: interrupted while scoring", stage.name));
+            return None;
+        };
+        let score = self.scored(stage, score);
+        if let Some(note) = refused_note(&stage.name, &score) {
+            self.note(note);
+        }
+        Some(score)
+    }
+
+    /// The contamination scan of a stage (the ledger built at the first stage's end, on a blocking
+    /// thread): its calls' arguments, its commits and `files`, the files the grade reads. A hit is an
+    /// integrity note and the rejected score; a scan that cannot be made is a warning, and the stage
+    /// is graded as usual.
+    async fn contamination(
+        &mut self,
+        stage: &Stage,
+        (files, label): (PathBuf, &'static str),
+    ) -> Option<StageScore> {
+        use crate::stages::contamination::{Ledger, SpanIndex, StageWork};
+        let calls = std::mem::take(&mut self.stage_calls);
+        let world = self.world.clone()?;
+        let ledger = match self.contamination.take() {
+            Some(Ok(l)) => Ok(l),
+            Some(Err(e)) => Err(e),
+            None => tokio::task::spawn_blocking(move || {
+                let t0 = Instant::now();
+                let index = SpanIndex::of_world(&world).map_err(|e| e.to_string())?;
+                tracing::info!(
+                    "contamination ledger: {} spans of T in {:.2} s",
+                    index.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+                Ok(Ledger::new(Arc::new(index)))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the index task failed: {e}"))),
+        };
+        let mut ledger = match ledger {
+            Ok(l) => l,
+            Err(e) => {
+                self.contamination = Some(Err(e.clone()));
+                self.warn(format!("stage {}: not scanned for text of the hidden test documents ({e}); graded as usual", stage.name));
+                return None;
+            }
+        };
+        let (name, git, outputs) = (
+            stage.name.clone(),
+            self.run_dir.git(),
+            self.run_dir.outputs(),
+        );
+        let history = self.history.is_some();
+        let joined = tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let finding = ledger.scan(&StageWork {
+                stage: &name,
+                calls: &calls,
+                outputs: &outputs,
+                history: history.then_some(git.as_path()),
+                files: &files,
+                files_label: label,
+            });
+            let secs = t0.elapsed().as_secs_f64();
+            tracing::info!("stage {name}: scanned for text of T in {secs:.2} s");
+            (ledger, finding)
+        })
+        .await;
+        let Ok((ledger, finding)) = joined else {
+            self.warn(format!(
+                "stage {}: the scan for text of the hidden test documents failed; graded as usual",
+                stage.name
+            ));
+            return None;
+        };
+        self.contamination = Some(Ok(ledger));
+        for w in &finding.warnings {
+            self.warn(format!("stage {}: the scan for text of the hidden test documents could not read everything ({w}); the rest was scanned", stage.name));
+        }
+        if !finding.hit() {
+            return None;
+        }
+        self.note(finding.note(&stage.name));
+        Some(finding.rejection())
     }
 
     /// Records what the agent logged (an external agent's stderr) since the last look.

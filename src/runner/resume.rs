@@ -22,6 +22,8 @@ pub struct Current {
     /// Tokens and cost of its model calls (None: none were made).
     pub tokens: Option<u64>,
     pub cost_usd: Option<f64>,
+    /// Its tool calls as recorded, for its contamination scan.
+    pub calls: Vec<crate::stages::contamination::Call>,
 }
 
 /// A stage the agent went through, for rebuilding its state.
@@ -140,6 +142,7 @@ impl ResumeState {
                             ended: None,
                             tokens: None,
                             cost_usd: None,
+                            calls: Vec::new(),
                         },
                         events: Vec::new(),
                         wall_base: 0.0,
@@ -161,6 +164,7 @@ impl ResumeState {
                         o.cur.cpu_seconds += crate::trace::replay::step_cpu(u);
                     }
                     o.events.push(Past::of_step(r));
+                    o.cur.calls.push((r.step, r.tool.clone(), r.args.clone()));
                     // A completed submit ends the agent's part, even when the stop came before
                     // `stage_ended` was written.
                     if r.ok && r.tool == "submit" {
@@ -422,6 +426,10 @@ mod tests {
         assert_eq!((c.steps, c.ended), (2, None));
         assert_eq!(c.wall_seconds, 9.0);
         assert_eq!(st.wall_seconds, 10.0);
+        // The stage's calls over both stretches, for its contamination scan.
+        let steps: Vec<u64> = c.calls.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(steps, [1, 2]);
+        assert_eq!(c.calls[0].2["cmd"], "true");
     }
 
     #[test]

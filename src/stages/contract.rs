@@ -41,6 +41,13 @@ pub(crate) const EXCLUDED: [&str; 3] = ["data", "model", "tokenizer"];
 /// Bytes of built artifacts a recipe may carry verbatim before the files carrying them are refused.
 pub(crate) const SMUGGLE_LIMIT: u64 = 128 * 1024;
 
+/// Distinct spans of the hidden test documents (see [`crate::stages::contamination`]) that reject a
+/// stage when found in what its agent wrote: one accidental coincidence does not.
+pub const CONTAMINATION_MIN_SPANS: usize = 4;
+
+/// The contamination rule, as every instruction states it.
+const CONTAMINATION_RULE: &str = "Text of the hidden documents found in anything you write rejects the stage: your tool-call arguments, every step of the workspace history (text written and deleted later counts) and the graded files are searched for it (case, spacing and punctuation ignored; text the offline web serves never counts). A rejected stage is not graded, and the leaderboard marks the run.";
+
 /// Where every command of the agent and every graded program runs.
 pub const WORKSPACE: &str = "/workspace";
 
@@ -316,6 +323,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
             ),
         ));
     }
+    out.push(fact("contamination", CONTAMINATION_RULE.into()));
     match stage.name.as_str() {
         "crawl" => {
             out.push(fact(
@@ -689,7 +697,14 @@ mod tests {
                     assert!(text.contains(&f.text), "{at}: fact {:?} missing", f.topic);
                 }
                 let topics: Vec<&str> = facts.iter().map(|f| f.topic).collect();
-                for t in ["commands", "libraries", "network", "copy", "gate"] {
+                for t in [
+                    "commands",
+                    "libraries",
+                    "network",
+                    "copy",
+                    "gate",
+                    "contamination",
+                ] {
                     assert!(topics.contains(&t), "{at}: no {t} fact in {topics:?}");
                 }
                 // A world with a target names its domain in every stage, and the crawl says what

@@ -10,6 +10,7 @@ use crate::world::World;
 
 pub mod bpb;
 pub(crate) mod common;
+pub mod contamination;
 pub mod contract;
 pub mod crawl;
 pub mod eval;
