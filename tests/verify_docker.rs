@@ -217,7 +217,7 @@ async fn broken_tokenizers_fail_with_their_reason() {
         (
             "big-ids",
             256,
-            "ids: t1 position 0: id 1072 ≥ vocab_size 256",
+            "ids: t1 position 0: an id ≥ vocab_size 256: 1072",
         ),
         (
             "garbage",

@@ -490,7 +490,10 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     let unfetched = score(&w, &of("sqlite.gptx.test"), "");
     assert_eq!(unfetched.metrics["recall"], 0.0);
     assert_eq!(unfetched.metrics["precision"], 1.0);
-    let sqlite_pages = gold.iter().filter(|(p, _)| p.site == "sqlite.gptx.test").count();
+    let sqlite_pages = gold
+        .iter()
+        .filter(|(p, _)| p.site == "sqlite.gptx.test")
+        .count();
     assert_eq!(sqlite_pages, frontier1().target.as_ref().unwrap().served);
     assert_eq!(unfetched.metrics["unfetched_documents"], sqlite_pages);
 }

@@ -327,7 +327,7 @@ pub fn parse_score(
             return Err(reject(
                 RejectKind::InvalidLogprob,
                 format!(
-                    "doc {} token {t}: logprob {lp} (a probability above 1)",
+                    "doc {} token {t}: logprob {lp:.4} (a probability above 1)",
                     doc.name
                 ),
             ));
@@ -499,7 +499,7 @@ pub fn check_next(
         let mut seen: HashSet<&str> = HashSet::with_capacity(dist.len());
         for (tok, lp) in &dist {
             if !lp.is_finite() || *lp > MAX_LOGPROB {
-                let what = format!("next at {here}: logprob {lp} for a token");
+                let what = format!("next at {here}: logprob {lp:.4} for a token");
                 return Err(reject(RejectKind::InvalidLogprob, what).quoting(quoted(tok)));
             }
             scratch.clear();

@@ -229,7 +229,10 @@ fn request_stats_of(
         if v["refused"].as_str() == Some("budget") {
             s.over_budget += 1;
         }
-        if v["status"].as_u64() == Some(200) && path != crate::world::sites::SEARCH_PATH {
+        // A page counts as fetched only when its body was sent: a HEAD request gets none.
+        let body = v["method"].as_str().is_none_or(|m| m == "GET")
+            && v["bytes"].as_u64().is_none_or(|b| b > 0);
+        if v["status"].as_u64() == Some(200) && body && path != crate::world::sites::SEARCH_PATH {
             s.served.insert((host.to_string(), path.clone()));
         }
         match v["status"].as_u64() {
@@ -728,6 +731,19 @@ mod tests {
             s.disallowed, 1,
             "an escaped letter does not hide a disallowed path"
         );
+    }
+
+    #[test]
+    fn a_head_request_fetches_no_page() {
+        let log = [
+            r#"{"host":"docs.gptx.test","path":"/a.html","status":200,"method":"HEAD","bytes":0}"#,
+            r#"{"host":"docs.gptx.test","path":"/b.html","status":200,"method":"GET","bytes":0}"#,
+            r#"{"host":"docs.gptx.test","path":"/c.html","status":200,"method":"GET","bytes":512}"#,
+        ]
+        .join("\n");
+        let s = request_stats_of(&log, &Default::default(), &Default::default());
+        let served: Vec<&str> = s.served.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(served, vec!["/c.html"]);
     }
 
     #[test]

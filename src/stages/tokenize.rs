@@ -215,12 +215,15 @@ fn parse_encode(
         let mut out = Vec::with_capacity(ids.len());
         for (k, v) in ids.iter().enumerate() {
             let id = v.as_u64().ok_or_else(|| {
-                format!("encode: {name} id {k} is {v}, not a non-negative integer")
+                let v = quote(hidden, || one_line(&v.to_string(), 40));
+                format!("encode: {name} id {k} is not a non-negative integer{v}")
             })?;
             if id >= vocab && report.ids_out_of_range.len() < 5 {
-                report
-                    .ids_out_of_range
-                    .push(format!("{name} position {k}: id {id} ≥ vocab_size {vocab}"));
+                // On hidden data even the value is the program's choice: say only where.
+                let id = quote(hidden, || id.to_string());
+                report.ids_out_of_range.push(format!(
+                    "{name} position {k}: an id ≥ vocab_size {vocab}{id}"
+                ));
             }
             out.push(id);
         }
@@ -392,7 +395,10 @@ pub async fn grade(
             )),
             (None, None) => Some(format!("{name}: decode gave no text_b64")),
             (None, Some(t)) => match B64.decode(t.as_bytes()) {
-                Err(e) => Some(format!("{name}: decode's text_b64 is not base64 ({e})")),
+                Err(e) => Some(format!(
+                    "{name}: decode's text_b64 is not base64{}",
+                    quote(hidden, || e.to_string())
+                )),
                 Ok(back) if back == docs[i].bytes => None,
                 Ok(back) => Some(format!(
                     "{name}: {}",

@@ -1,7 +1,7 @@
 //! `workspace.git`: a bare repository with one commit per step that changed the workspace (git2).
 //!
-//! Snapshots walk the host view of the workspace and reuse blob ids of files whose size, mtime and inode
-//! did not change, so a step that touches one file costs a directory walk, not a re-hash of everything.
+//! Snapshots walk the host view of the workspace and reuse blob ids of files whose size, mtime, ctime
+//! and inode did not change (an mtime set back with `utime` still moves the ctime), so a step that touches one file costs a directory walk, not a re-hash of everything.
 //! Files over [`LARGE_FILE`] are not committed; they are listed with size, allocated bytes and (up to
 //! [`HASH_LIMIT`], when not sparse) SHA-256 in [`MANIFEST`] inside the commit. The walk goes through
 //! directory descriptors and never follows a link or opens a FIFO; it stops reading after
@@ -36,6 +36,10 @@ struct Stamp {
     size: u64,
     mtime: i64,
     mtime_ns: i64,
+    /// The change time, which no process can set back (an mtime can be: `utime`).
+    ctime: i64,
+    ctime_ns: i64,
+    dev: u64,
     ino: u64,
     mode: u32,
 }
@@ -46,6 +50,9 @@ impl Stamp {
             size: m.len(),
             mtime: m.mtime(),
             mtime_ns: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_ns: m.ctime_nsec(),
+            dev: m.dev(),
             ino: m.ino(),
             mode: m.mode(),
         }
@@ -776,6 +783,38 @@ mod tests {
             hex::encode(Sha256::digest(&big))
         );
         assert!(v["large_files"][0]["allocated"].as_u64().unwrap() >= LARGE_FILE);
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_with_its_mtime_set_back_is_committed_anew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        let git = tmp.path().join("w.git");
+        let mut h = WorkspaceHistory::create(&git, &ws).unwrap();
+        let file = ws.join("notes.txt");
+        std::fs::write(&file, b"placeholder text").unwrap();
+        let before = std::fs::metadata(&file).unwrap().modified().unwrap();
+        h.commit_if_changed("placeholder").unwrap().expect("commit");
+        // The same size, the same inode, the mtime put back: only the ctime tells.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, b"the hidden texts").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(before)
+            .unwrap();
+        let c = h.commit_if_changed("rewritten").unwrap().expect("a commit");
+        let repo = git2::Repository::open_bare(&git).unwrap();
+        let oid = git2::Oid::from_str(&c).unwrap();
+        let tree = repo.find_commit(oid).unwrap().tree().unwrap();
+        let blob = tree
+            .get_name("notes.txt")
+            .unwrap()
+            .to_object(&repo)
+            .unwrap();
+        assert_eq!(blob.as_blob().unwrap().content(), b"the hidden texts");
     }
 
     #[test]
