@@ -596,7 +596,11 @@ fn mini() -> Arc<gptx::world::World> {
 fn mini_index() -> &'static gptx::stages::contamination::SpanIndex {
     static I: std::sync::OnceLock<gptx::stages::contamination::SpanIndex> =
         std::sync::OnceLock::new();
-    I.get_or_init(|| gptx::stages::contamination::SpanIndex::of_world(&mini()).unwrap())
+    I.get_or_init(|| {
+        gptx::stages::contamination::SpanIndex::of_world(&mini(), &common::home())
+            .unwrap()
+            .0
+    })
 }
 
 /// A hidden document of the mini world that has many spans.

@@ -490,7 +490,10 @@ fn frontier_recall_counts_the_target_site_and_precision_every_site() {
     let unfetched = score(&w, &of("sqlite.gptx.test"), "");
     assert_eq!(unfetched.metrics["recall"], 0.0);
     assert_eq!(unfetched.metrics["precision"], 1.0);
-    let sqlite_pages = gold.iter().filter(|(p, _)| p.site == "sqlite.gptx.test").count();
+    let sqlite_pages = gold
+        .iter()
+        .filter(|(p, _)| p.site == "sqlite.gptx.test")
+        .count();
     assert_eq!(sqlite_pages, frontier1().target.as_ref().unwrap().served);
     assert_eq!(unfetched.metrics["unfetched_documents"], sqlite_pages);
 }
@@ -942,7 +945,7 @@ fn no_honest_corpus_or_reference_source_holds_text_of_t() {
 
     let w = mini();
     let t0 = std::time::Instant::now();
-    let index = SpanIndex::of_world(&w).unwrap();
+    let index = SpanIndex::of_world(&w, &home()).unwrap().0;
     eprintln!("mini: index built in {:.2} s", t0.elapsed().as_secs_f64());
     let gold = w.gold().unwrap();
     let mut files = Vec::new();

@@ -930,25 +930,31 @@ impl Runner {
     ) -> Option<StageScore> {
         use crate::stages::contamination::{Ledger, SpanIndex, StageWork};
         let calls = std::mem::take(&mut self.stage_calls);
-        let world = self.world.clone()?;
+        let (world, home) = (self.world.clone()?, self.home.clone());
         let ledger = match self.contamination.take() {
-            Some(Ok(l)) => Ok(l),
+            Some(Ok(l)) => Ok((l, Vec::new())),
             Some(Err(e)) => Err(e),
             None => tokio::task::spawn_blocking(move || {
                 let t0 = Instant::now();
-                let index = SpanIndex::of_world(&world).map_err(|e| e.to_string())?;
+                let (index, warnings) =
+                    SpanIndex::of_world(&world, &home).map_err(|e| e.to_string())?;
                 tracing::info!(
                     "contamination ledger: {} spans of T in {:.2} s",
                     index.len(),
                     t0.elapsed().as_secs_f64()
                 );
-                Ok(Ledger::new(Arc::new(index)))
+                Ok((Ledger::new(Arc::new(index)), warnings))
             })
             .await
             .unwrap_or_else(|e| Err(format!("the index task failed: {e}"))),
         };
         let mut ledger = match ledger {
-            Ok(l) => l,
+            Ok((l, warnings)) => {
+                for w in warnings {
+                    self.warn(format!("contamination ledger: {w}"));
+                }
+                l
+            }
             Err(e) => {
                 self.contamination = Some(Err(e.clone()));
                 self.warn(format!("stage {}: not scanned for text of the hidden test documents ({e}); graded as usual", stage.name));

@@ -22,9 +22,12 @@ use git2::{ObjectType, Oid, Repository};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde_json::Value;
 
+use crate::config::suite::Home;
 use crate::stages::contract::CONTAMINATION_MIN_SPANS;
 use crate::trace::{IntegrityNote, StageScore};
-use crate::world::World;
+use crate::world::generate::HiddenDoc;
+use crate::world::private::Renaming;
+use crate::world::{World, WorldConfig};
 
 /// Canonical characters in a span.
 pub const SPAN: usize = 32;
@@ -335,6 +338,45 @@ impl Builder {
     }
 }
 
+/// On a private world, the public texts of the corpus it renamed (`Corpora::generate`'s renaming,
+/// rebuilt): those whose renamed text is a document of T, and those whose renamed text is served.
+/// Empty for a public world; Err when the corpus is not the one the world was built from.
+fn public_originals(
+    world: &World,
+    home: &Home,
+    test: &[HiddenDoc],
+    gold: &[(String, String)],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let m = &world.manifest;
+    let (cfg, _, dir) = WorldConfig::load(home, &m.name).map_err(|e| e.to_string())?;
+    if !cfg.private {
+        return Ok(Default::default());
+    }
+    let (file, domain, built) = match cfg.sites.iter().find(|s| s.target) {
+        Some(s) => (&s.corpus, s.domain.as_str(), m.site_corpora.get(&s.host)),
+        None => (&cfg.corpus, "", Some(&m.corpus)),
+    };
+    let (docs, sha) = crate::world::corpus::load(&dir.join(file)).map_err(|e| e.to_string())?;
+    if built.is_none_or(|r| r.sha256 != sha) {
+        return Err(format!("{file} is not the corpus the world was built from"));
+    }
+    let renaming = Renaming::of(&docs, m.seed, &[domain]);
+    let t: HashSet<&str> = test.iter().map(|d| d.text.as_str()).collect();
+    let served: HashSet<&str> = gold.iter().map(|(_, t)| t.as_str()).collect();
+    let (mut originals, mut served_originals) = (Vec::new(), Vec::new());
+    for d in &docs {
+        let public = d.text();
+        // Blocks are joined by blank lines: renaming the joined text renames each block.
+        let renamed = renaming.apply(&public);
+        if t.contains(renamed.as_str()) {
+            originals.push(public);
+        } else if served.contains(renamed.as_str()) {
+            served_originals.push(public);
+        }
+    }
+    Ok((originals, served_originals))
+}
+
 /// The text of markup: tags dropped, numeric entities decoded, named ones dropped (none of them
 /// is a letter or digit).
 fn html_text(bytes: &[u8]) -> Vec<u8> {
@@ -407,14 +449,26 @@ impl SpanIndex {
     }
 
     /// The index of a built world: T against every page's gold text and every file under `web/`.
-    pub fn of_world(world: &World) -> Result<Self, ContaminationError> {
+    /// On a private world, T's public originals too, against the served pages' public originals as
+    /// well. The warnings say what could not be indexed (the rest was).
+    pub fn of_world(world: &World, home: &Home) -> Result<(Self, Vec<String>), ContaminationError> {
         let test = world.test_docs()?;
-        let mut b = Self::builder(test.iter().map(|d| d.text.as_str()));
-        for (_, text) in world.gold()? {
+        let gold = world.gold()?;
+        let mut warnings = Vec::new();
+        let (originals, served_originals) = match public_originals(world, home, &test, &gold) {
+            Ok(o) => o,
+            Err(e) => {
+                warnings.push(format!("the public originals of T are not indexed: {e}"));
+                Default::default()
+            }
+        };
+        let texts = test.iter().map(|d| d.text.as_str());
+        let mut b = Self::builder(texts.chain(originals.iter().map(String::as_str)));
+        for text in gold.iter().map(|(_, t)| t).chain(&served_originals) {
             b.served(text.as_bytes());
         }
         b.served_dir(&world.web_dir())?;
-        Ok(b.finish())
+        Ok((b.finish(), warnings))
     }
 
     /// How many spans T has.
