@@ -124,24 +124,7 @@ fn the_public_original_of_t_is_found_and_served_pages_public_text_is_not() {
     let test = w.test_docs().unwrap();
     let gold = w.gold().unwrap();
 
-    // Before: T as served against the web.
-    let t0 = Instant::now();
-    let mut b = SpanIndex::builder(test.iter().map(|d| d.text.as_str()));
-    for (_, t) in &gold {
-        b.served(t.as_bytes());
-    }
-    b.served_dir(&w.web_dir()).unwrap();
-    let served_only = b.finish();
-    let before = t0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
-    let (index, warnings) = SpanIndex::of_world(w, &home()).unwrap();
-    let after = t0.elapsed().as_secs_f64();
-    eprintln!(
-        "frontier index: {} spans in {before:.2} s (T as served); {} spans in {after:.2} s (with the public originals)",
-        served_only.len(),
-        index.len()
-    );
-    assert!(warnings.is_empty(), "{warnings:?}");
+    let (served_only, index) = indexes();
 
     let public = public_by_renamed();
     // The T document with the most public text apart from its variant.
@@ -189,5 +172,70 @@ fn the_public_original_of_t_is_found_and_served_pages_public_text_is_not() {
     let (index, warnings) = SpanIndex::of_world(&other, &home()).unwrap();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("not the corpus"), "{warnings:?}");
-    assert_eq!(index.len(), served_only.len());
+    assert_eq!(index.len(), ood_only(w).len());
+}
+
+/// T as served alone against the web (the index before the public originals and the
+/// out-of-domain documents), and the world's index, built once.
+fn indexes() -> &'static (SpanIndex, SpanIndex) {
+    static I: std::sync::OnceLock<(SpanIndex, SpanIndex)> = std::sync::OnceLock::new();
+    I.get_or_init(|| {
+        let (_tmp, w) = frontier1();
+        let test = w.test_docs().unwrap();
+        let t0 = Instant::now();
+        let served_only = against_web(w, test.iter().map(|d| d.text.as_str()));
+        let before = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let (index, warnings) = SpanIndex::of_world(w, &home()).unwrap();
+        let after = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "frontier index: {} spans in {before:.2} s (T as served); {} spans in {after:.2} s (all)",
+            served_only.len(),
+            index.len()
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        (served_only, index)
+    })
+}
+
+/// The index of these texts against the world's served web.
+fn against_web<'a>(w: &World, texts: impl IntoIterator<Item = &'a str>) -> SpanIndex {
+    let mut b = SpanIndex::builder(texts);
+    for (_, t) in &w.gold().unwrap() {
+        b.served(t.as_bytes());
+    }
+    b.served_dir(&w.web_dir()).unwrap();
+    b.finish()
+}
+
+/// The out-of-domain documents of the world, as `hidden/ood.jsonl` has them.
+fn ood_docs(w: &World) -> Vec<generate::HiddenDoc> {
+    let text = std::fs::read_to_string(w.dir.join(&w.manifest.ood.file)).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The index of T as served and the out-of-domain documents.
+fn ood_only(w: &World) -> SpanIndex {
+    let (test, ood) = (w.test_docs().unwrap(), ood_docs(w));
+    against_web(w, test.iter().chain(&ood).map(|d| d.text.as_str()))
+}
+
+/// The hidden out-of-domain documents are indexed too: one written as a corpus line is a hit.
+#[test]
+fn an_out_of_domain_document_is_found() {
+    let (_tmp, w) = frontier1();
+    let (served_only, index) = indexes();
+    let ood = ood_docs(w);
+    assert!(ood.len() > 10, "{}", ood.len());
+    let doc = ood.iter().max_by_key(|d| d.text.len()).unwrap();
+    let written = line("https://docs.python.org/remembered.html", &doc.text);
+    let found = index.find(written.as_bytes()).len();
+    eprintln!(
+        "an out-of-domain document ({} bytes): {found} spans",
+        doc.text.len()
+    );
+    assert!(found >= 100, "{found}");
+    assert!(served_only.find(written.as_bytes()).len() < CONTAMINATION_MIN_SPANS);
 }

@@ -338,14 +338,59 @@ impl Builder {
     }
 }
 
+/// An index and the warnings of what could not be indexed.
+pub type Built = (SpanIndex, Vec<String>);
+
+/// The hidden texts of a world (T, the out-of-domain documents, T's public originals), its served
+/// texts (the gold, the served pages' public originals) and what could not be read of them.
+type WorldTexts = (Vec<String>, Vec<String>, Vec<String>);
+
+fn world_texts(world: &World, home: &Home) -> Result<WorldTexts, ContaminationError> {
+    let mut hidden: Vec<String> = world.test_docs()?.into_iter().map(|d| d.text).collect();
+    let mut served: Vec<String> = world.gold()?.into_iter().map(|(_, t)| t).collect();
+    let mut warnings = Vec::new();
+    match public_originals(world, home, &hidden, &served) {
+        Ok((originals, served_originals)) => {
+            hidden.extend(originals);
+            served.extend(served_originals);
+        }
+        Err(e) => warnings.push(format!("the public originals of T are not indexed: {e}")),
+    }
+    match ood_docs(world) {
+        Ok(ood) => hidden.extend(ood.into_iter().map(|d| d.text)),
+        Err(e) => warnings.push(format!("the out-of-domain documents are not indexed: {e}")),
+    }
+    Ok((hidden, served, warnings))
+}
+
+/// The hidden out-of-domain documents (`manifest.ood.file`, JSON lines as T's): graded on too.
+fn ood_docs(world: &World) -> Result<Vec<HiddenDoc>, ContaminationError> {
+    let path = world.dir.join(&world.manifest.ood.file);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let parse = |(i, l): (usize, &str)| {
+        serde_json::from_str(l).map_err(|e| {
+            ContaminationError::World(crate::world::WorldError::Corpus {
+                path: path.display().to_string(),
+                line: i + 1,
+                message: e.to_string(),
+            })
+        })
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(parse)
+        .collect()
+}
+
 /// On a private world, the public texts of the corpus it renamed (`Corpora::generate`'s renaming,
 /// rebuilt): those whose renamed text is a document of T, and those whose renamed text is served.
 /// Empty for a public world; Err when the corpus is not the one the world was built from.
 fn public_originals(
     world: &World,
     home: &Home,
-    test: &[HiddenDoc],
-    gold: &[(String, String)],
+    test: &[String],
+    gold: &[String],
 ) -> Result<(Vec<String>, Vec<String>), String> {
     let m = &world.manifest;
     let (cfg, _, dir) = WorldConfig::load(home, &m.name).map_err(|e| e.to_string())?;
@@ -361,8 +406,8 @@ fn public_originals(
         return Err(format!("{file} is not the corpus the world was built from"));
     }
     let renaming = Renaming::of(&docs, m.seed, &[domain]);
-    let t: HashSet<&str> = test.iter().map(|d| d.text.as_str()).collect();
-    let served: HashSet<&str> = gold.iter().map(|(_, t)| t.as_str()).collect();
+    let t: HashSet<&str> = test.iter().map(String::as_str).collect();
+    let served: HashSet<&str> = gold.iter().map(String::as_str).collect();
     let (mut originals, mut served_originals) = (Vec::new(), Vec::new());
     for d in &docs {
         let public = d.text();
@@ -448,23 +493,14 @@ impl SpanIndex {
         }
     }
 
-    /// The index of a built world: T against every page's gold text and every file under `web/`.
-    /// On a private world, T's public originals too, against the served pages' public originals as
-    /// well. The warnings say what could not be indexed (the rest was).
-    pub fn of_world(world: &World, home: &Home) -> Result<(Self, Vec<String>), ContaminationError> {
-        let test = world.test_docs()?;
-        let gold = world.gold()?;
-        let mut warnings = Vec::new();
-        let (originals, served_originals) = match public_originals(world, home, &test, &gold) {
-            Ok(o) => o,
-            Err(e) => {
-                warnings.push(format!("the public originals of T are not indexed: {e}"));
-                Default::default()
-            }
-        };
-        let texts = test.iter().map(|d| d.text.as_str());
-        let mut b = Self::builder(texts.chain(originals.iter().map(String::as_str)));
-        for text in gold.iter().map(|(_, t)| t).chain(&served_originals) {
+    /// The index of a built world: T and the hidden out-of-domain documents against every page's
+    /// gold text and every file under `web/`. On a private world, T's public originals too, against
+    /// the served pages' public originals as well. The warnings say what could not be indexed (the
+    /// rest was).
+    pub fn of_world(world: &World, home: &Home) -> Result<Built, ContaminationError> {
+        let (hidden, served, warnings) = world_texts(world, home)?;
+        let mut b = Self::builder(hidden.iter().map(String::as_str));
+        for text in &served {
             b.served(text.as_bytes());
         }
         b.served_dir(&world.web_dir())?;
