@@ -646,6 +646,27 @@ impl Finding {
     }
 }
 
+/// The earlier stage of the run whose scan found text of T, from the run's integrity notes (a
+/// resumed run has them from its trace): every stage after it is rejected.
+pub fn earlier_hit<'a>(notes: &'a [IntegrityNote], stage: &str) -> Option<&'a str> {
+    notes
+        .iter()
+        .filter(|n| n.kind == KIND)
+        .filter_map(|n| n.stage.as_deref())
+        .find(|s| *s != stage)
+}
+
+/// The grade of a stage after one with a hit: rejected, not graded. Text of T kept anywhere (the
+/// sandbox's `/tmp` and home outlive a stage, and are never scanned) could be used in any later
+/// stage, so sacrificing one stage buys nothing.
+pub fn later_rejection(found_in: &str) -> StageScore {
+    let why = format!(
+        "text of the hidden test documents was found in stage {found_in}; every later stage is rejected"
+    );
+    StageScore::zero("rejected", format!("{why}; not graded"))
+        .with_public(format!("rejected: {why}"))
+}
+
 /// One tool call of the stage as the trace records it: step, tool, arguments (large `write_file`
 /// contents kept in `outputs/` and referenced).
 pub type Call = (u64, String, Value);
@@ -1295,6 +1316,34 @@ mod tests {
             .reason
             .unwrap()
             .contains(&format!("{} distinct spans", f.count())));
+    }
+
+    #[test]
+    fn a_hit_rejects_every_later_stage() {
+        let note = |stage: &str, kind: &str| IntegrityNote {
+            stage: Some(stage.into()),
+            kind: kind.into(),
+            count: 40,
+            detail: "data/x.txt in the graded copy".into(),
+        };
+        let notes = [note("crawl", "processes_killed"), note("tokenize", KIND)];
+        assert_eq!(
+            earlier_hit(&notes[..1], "train"),
+            None,
+            "other kinds reject nothing"
+        );
+        // A stage graded again after a stop scans itself again: its own note is no earlier hit.
+        assert_eq!(earlier_hit(&notes, "tokenize"), None);
+        assert_eq!(earlier_hit(&notes, "train"), Some("tokenize"));
+        let r = later_rejection("tokenize");
+        assert_eq!(
+            (r.status.as_str(), r.passed, r.normalized),
+            ("rejected", false, Some(0.0))
+        );
+        assert_eq!(
+            r.public_reason.as_deref(),
+            Some("rejected: text of the hidden test documents was found in stage tokenize; every later stage is rejected")
+        );
     }
 
     /// No span of the test index in this text.
