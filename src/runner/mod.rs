@@ -966,6 +966,9 @@ impl Runner {
         for w in &finding.warnings {
             self.warn(format!("stage {}: the scan for text of the hidden test documents could not read everything ({w}); the rest was scanned", stage.name));
         }
+        if let Some(note) = finding.unscanned_note(&stage.name) {
+            self.note(note);
+        }
         if !finding.hit() {
             return None;
         }

@@ -11,11 +11,13 @@
 //! boundary splits nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use git2::{ObjectType, Oid, Repository};
@@ -39,6 +41,8 @@ pub const MIN_DISTINCT: u32 = 8;
 pub const SERVED_RUN: usize = 24;
 /// The integrity note's kind.
 pub const KIND: &str = "t_text_in_workspace";
+/// The integrity note's kind for entries of the graded files that could not be scanned.
+pub const UNSCANNED: &str = "contamination_unscanned";
 /// Bytes read at a time from a file, a blob or a kept output.
 const CHUNK: usize = 1 << 20;
 /// Places a finding names in its detail (the rest are counted).
@@ -581,6 +585,8 @@ pub struct Finding {
     more: usize,
     /// What could not be read (the stage is graded on what could).
     pub warnings: Vec<String>,
+    /// Entries of the graded files that could not be read: how many, and which (the first few).
+    unscanned: Option<(usize, String)>,
 }
 
 impl Finding {
@@ -599,6 +605,32 @@ impl Finding {
         } else {
             self.more += 1;
         }
+    }
+
+    /// Entries of the graded files that could not be read: a warning, and an integrity note.
+    fn unscanned(&mut self, unread: Vec<String>, label: &str) {
+        if unread.is_empty() {
+            return;
+        }
+        let n = unread.len();
+        let mut named = unread[..n.min(MAX_PLACES)].join(", ");
+        if n > MAX_PLACES {
+            named.push_str(&format!(", and {} more", n - MAX_PLACES));
+        }
+        let detail = format!("{n} entries of {label} could not be read: {named}");
+        self.warnings.push(detail.clone());
+        self.unscanned = Some((n, detail));
+    }
+
+    /// The integrity note of entries of the graded files that could not be scanned for text of T.
+    pub fn unscanned_note(&self, stage: &str) -> Option<IntegrityNote> {
+        let (n, detail) = self.unscanned.as_ref()?;
+        Some(IntegrityNote {
+            stage: Some(stage.to_string()),
+            kind: UNSCANNED.into(),
+            count: *n as u64,
+            detail: format!("not scanned for text of the hidden test documents: {detail}"),
+        })
     }
 
     /// Distinct spans found.
@@ -952,73 +984,74 @@ fn step_of(message: &[u8], stage: &str) -> bool {
 }
 
 /// Every regular file under `root`, read in chunks (holes skipped), nothing followed and no FIFO or
-/// device opened. Names come as they are (not UTF-8 too).
+/// device opened. Names come as they are (not UTF-8 too). A directory is opened when its turn
+/// comes, from its parent's descriptor (shared by the siblings waiting): the descriptors open are
+/// bounded by the depth, never by how many siblings wait. What cannot be read is reported.
 fn scan_files(index: &SpanIndex, f: &mut Finding, root: &Path, label: &str) {
-    let dir = match rustix::fs::open(
-        root,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            f.warnings
-                .push(format!("{}: {}", root.display(), std::io::Error::from(e)));
-            return;
-        }
-    };
     let mut buf = vec![0u8; CHUNK];
     let mut unread = Vec::new();
-    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(dir, PathBuf::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let names: Vec<std::ffi::OsString> = match rustix::fs::Dir::read_from(&dir) {
-            Ok(d) => d
-                .filter_map(Result::ok)
-                .map(|e| std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
-                .filter(|n| n != "." && n != "..")
-                .collect(),
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    type Waiting = (Option<Rc<OwnedFd>>, OsString, PathBuf);
+    let mut stack: Vec<Waiting> = vec![(None, root.into(), PathBuf::new())];
+    while let Some((parent, name, rel)) = stack.pop() {
+        let opened = match parent {
+            Some(p) => rustix::fs::openat(&*p, &name, flags | OFlags::DIRECTORY, Mode::empty()),
+            None => rustix::fs::open(
+                root,
+                OFlags::DIRECTORY | flags.difference(OFlags::NOFOLLOW),
+                Mode::empty(),
+            ),
+        };
+        let (dir, names) = match opened.and_then(|d| dir_names(&d).map(|n| (Rc::new(d), n))) {
+            Ok(d) => d,
             Err(e) => {
-                unread.push(format!("{} ({})", rel.display(), std::io::Error::from(e)));
+                unread.push(format!(
+                    "{} ({})",
+                    shown(&root.join(&rel)),
+                    std::io::Error::from(e)
+                ));
                 continue;
             }
         };
         for name in names {
             let path = rel.join(&name);
-            let Ok(st) = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) else {
-                continue; // gone
-            };
-            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
-            match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    match rustix::fs::openat(&dir, &name, flags | OFlags::DIRECTORY, Mode::empty())
-                    {
-                        Ok(d) => stack.push((d, path)),
-                        Err(e) => {
-                            unread.push(format!("{} ({})", path.display(), std::io::Error::from(e)))
-                        }
-                    }
+            let st = match rustix::fs::statat(&*dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => continue, // gone
+                Err(e) => {
+                    unread.push(format!("{} ({})", shown(&path), std::io::Error::from(e)));
+                    continue;
                 }
+            };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => stack.push((Some(Rc::clone(&dir)), name, path)),
                 FileType::RegularFile => {
                     let read =
-                        rustix::fs::openat(&dir, &name, flags | OFlags::NOCTTY, Mode::empty())
+                        rustix::fs::openat(&*dir, &name, flags | OFlags::NOCTTY, Mode::empty())
                             .map_err(std::io::Error::from)
                             .and_then(|fd| file_spans(index, fd, &mut buf));
                     match read {
                         Ok(spans) => f.add(|| format!("{} in {label}", shown(&path)), &spans),
-                        Err(e) => unread.push(format!("{} ({e})", path.display())),
+                        Err(e) => unread.push(format!("{} ({e})", shown(&path))),
                     }
                 }
                 _ => {} // links, FIFOs, sockets, devices: never opened
             }
         }
     }
-    if !unread.is_empty() {
-        let n = unread.len();
-        unread.truncate(5);
-        f.warnings.push(format!(
-            "{n} entries of {label} could not be read: {}",
-            unread.join(", ")
-        ));
+    f.unscanned(unread, label);
+}
+
+/// The names in a directory but `.` and `..`.
+fn dir_names(dir: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let name = e?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
     }
+    Ok(names)
 }
 
 /// The spans of an opened file, checked regular on the descriptor, its data read and its holes
