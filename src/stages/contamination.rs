@@ -1,4 +1,4 @@
-//! The contamination ledger: spans of the hidden test documents that the served web lacks, and the scan of what an agent wrote (tool arguments, workspace history, graded files) for them.
+//! The contamination ledger: spans of the hidden documents (T, the out-of-domain set, a private world's public originals of T) that the served web lacks, and the scan of what an agent wrote (tool arguments, workspace history, graded files) for them.
 //!
 //! Text is compared in a canonical form: ASCII letters and digits only, lower-cased, backslash
 //! escapes read as what they stand for, so whitespace, punctuation, case, JSON escaping and
