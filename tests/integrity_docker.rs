@@ -928,7 +928,7 @@ async fn text_of_the_hidden_documents_in_the_corpus_rejects_the_crawl() {
     );
     let notes = ledger(&v, "t_text_in_workspace");
     assert_eq!(notes.len(), 1, "{notes:?}");
-    let index = SpanIndex::of_world(&world).unwrap();
+    let index = SpanIndex::of_world(&world, &common::home()).unwrap().0;
     let spans = index.find(corpus.as_bytes()).len() as u64;
     assert_eq!(notes[0]["count"], spans, "{}", notes[0]);
     let detail = notes[0]["detail"].as_str().unwrap();

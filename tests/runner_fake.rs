@@ -596,7 +596,11 @@ fn mini() -> Arc<gptx::world::World> {
 fn mini_index() -> &'static gptx::stages::contamination::SpanIndex {
     static I: std::sync::OnceLock<gptx::stages::contamination::SpanIndex> =
         std::sync::OnceLock::new();
-    I.get_or_init(|| gptx::stages::contamination::SpanIndex::of_world(&mini()).unwrap())
+    I.get_or_init(|| {
+        gptx::stages::contamination::SpanIndex::of_world(&mini(), &common::home())
+            .unwrap()
+            .0
+    })
 }
 
 /// A hidden document of the mini world that has many spans.
@@ -705,8 +709,8 @@ async fn text_of_t_written_with_write_file_rejects_the_stage() {
     )
     .await;
     let notes = contamination_notes(&evs);
-    // Crawl, and tokenize too: the file is still in the workspace and in its commits.
-    assert_eq!(notes.len(), 2, "{notes:?}");
+    // Crawl's note; tokenize (the file still in the workspace) is rejected for crawl's finding.
+    assert_eq!(notes.len(), 1, "{notes:?}");
     let crawl = &notes[0];
     assert_eq!(
         (crawl.stage.as_deref(), crawl.count),
@@ -723,13 +727,9 @@ async fn text_of_t_written_with_write_file_rejects_the_stage() {
         crawl.detail
     );
     assert!(crawl.detail.contains("(data/mem.txt)"), "{}", crawl.detail);
-    assert!(
-        !notes[1].detail.contains("arguments"),
-        "tokenize's calls wrote none"
-    );
     assert_rejected_without_hidden_text(&evs, "crawl", spans);
-    assert_rejected_without_hidden_text(&evs, "tokenize", spans);
-    assert_eq!(result.integrity.len(), 2, "in score.json's ledger too");
+    assert_rejected_after(&evs, "tokenize", "crawl");
+    assert_eq!(result.integrity.len(), 1, "in score.json's ledger too");
     assert_eq!(result.level, "L0");
 }
 
@@ -753,8 +753,78 @@ async fn text_of_t_in_a_bash_heredoc_is_found_in_the_arguments() {
     assert_eq!(notes[0].count, spans);
     assert_eq!(notes[0].detail, "step 1's bash arguments");
     assert_rejected_without_hidden_text(&evs, "crawl", spans);
-    let (_, tokenize) = &scores(&evs)[1];
-    assert_ne!(tokenize.status, "rejected", "{tokenize:?}");
+    // Tokenize wrote nothing of T, but the text may be kept where no scan looks: rejected too,
+    // with no note of its own.
+    assert_rejected_after(&evs, "tokenize", "crawl");
+}
+
+/// A stage rejected because an earlier stage's scan found text of T: unscored, and told why.
+fn assert_rejected_after(evs: &[Event], stage: &str, found_in: &str) {
+    let (_, s) = scores(evs).into_iter().find(|(n, _)| n == stage).unwrap();
+    assert_eq!(
+        (s.status.as_str(), s.passed, s.normalized),
+        ("rejected", false, Some(0.0)),
+        "{s:?}"
+    );
+    assert!(s.metrics.is_empty(), "not graded on hidden data: {s:?}");
+    let why = format!(
+        "text of the hidden test documents was found in stage {found_in}; every later stage is rejected"
+    );
+    assert!(s.reason.as_deref().unwrap().contains(&why), "{s:?}");
+    assert_eq!(
+        s.public_reason.as_deref(),
+        Some(format!("rejected: {why}").as_str())
+    );
+}
+
+/// Putting T where no scan looks (the sandbox's `/tmp`) in one stage and training on it in the
+/// next costs every stage after the first: the rule holds across `gptx resume` (the finding is in
+/// the trace).
+#[tokio::test]
+async fn after_a_hit_every_later_stage_is_rejected_across_a_resume() {
+    let cmd = format!("cat > /tmp/mem.txt <<'EOF'\n{}\nEOF", hidden_text());
+    let lines = [
+        call("bash", serde_json::json!({ "cmd": cmd })),
+        call("submit", serde_json::json!({})),
+        call(
+            "bash",
+            serde_json::json!({"cmd": "python3 train.py /tmp/mem.txt"}),
+        ),
+        call("bash", serde_json::json!({"cmd": "rm /tmp/mem.txt"})),
+        call("submit", serde_json::json!({})),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let suite = || Suite::parse(LEDGER_SUITE, std::path::Path::new("ledger.toml")).unwrap();
+    let mut f = fixture(vec![]);
+    (f.runner.suite, f.runner.world) = (suite(), Some(mini()));
+    f.runner
+        .events
+        .reporters
+        .push(Box::new(common::CancelAfter {
+            after: 3,
+            seen: 0,
+            cancel: f.runner.cancel.clone(),
+        }));
+    let mut first = f.runner.run(&mut script(&lines), "img").await;
+    f.runner.finish(&mut first);
+    assert_eq!(first.status, RunStatus::Interrupted);
+    let evs = events(&f.run_dir);
+    assert_eq!(scores(&evs).len(), 1, "crawl was graded before the stop");
+    assert_eq!(contamination_notes(&evs).len(), 1);
+
+    let from = common::resume_from(&f.run_dir);
+    let (mut runner, _) = reopened(&f.run_dir, from.state.last_commit.as_deref());
+    (runner.suite, runner.world) = (suite(), Some(mini()));
+    let mut result = runner.resume(&mut script(&lines), "img", from).await;
+    runner.finish(&mut result);
+    assert_eq!(result.status, RunStatus::Done);
+    let evs = events(&f.run_dir);
+    let notes = contamination_notes(&evs);
+    assert_eq!(notes.len(), 1, "one note is the finding: {notes:?}");
+    assert_eq!(notes[0].stage.as_deref(), Some("crawl"));
+    assert_eq!(scores(&evs)[0].1.status, "rejected");
+    assert_rejected_after(&evs, "tokenize", "crawl");
+    assert_eq!(result.integrity.len(), 1, "{:?}", result.integrity);
 }
 
 #[tokio::test]
@@ -795,13 +865,12 @@ async fn text_of_t_written_and_deleted_later_is_found_in_the_history() {
         format!("commit {} (data/mem.txt)", &commit[..10])
     );
     assert_rejected_without_hidden_text(&evs, "crawl", spans);
-    // Tokenize's commits never had it.
-    let (_, tokenize) = &scores(&evs)[1];
-    assert_ne!(tokenize.status, "rejected");
+    // Tokenize's commits never had it; it is rejected for crawl's finding.
+    assert_rejected_after(&evs, "tokenize", "crawl");
 }
 
 #[tokio::test]
-async fn text_of_t_left_from_an_earlier_stage_counts_where_it_was_used() {
+async fn text_of_t_left_from_an_earlier_stage_rejects_the_stage_that_used_it() {
     let text = hidden_text();
     let spans = mini_index().find(text.as_bytes()).len() as u64;
     let mut generated = Reply::ok("");
@@ -822,22 +891,16 @@ async fn text_of_t_left_from_an_earlier_stage_counts_where_it_was_used() {
         vec![generated, used],
     )
     .await;
+    // Crawl's scan found it; tokenize, which used it, is rejected for that finding (the scan of
+    // the commit a stage began from is `contamination::tests::the_history_is_read_per_stage…`).
     let notes = contamination_notes(&evs);
-    assert_eq!(notes.len(), 2, "{notes:?}");
-    let commit = evs
-        .iter()
-        .find_map(|e| match e {
-            Event::Step(s) if s.step == 1 => s.commit.clone(),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(notes[1].stage.as_deref(), Some("tokenize"));
-    assert_eq!(notes[1].count, spans);
+    assert_eq!(notes.len(), 1, "{notes:?}");
     assert_eq!(
-        notes[1].detail,
-        format!("data/mem.txt as the stage began (commit {})", &commit[..10])
+        (notes[0].stage.as_deref(), notes[0].count),
+        (Some("crawl"), spans)
     );
-    assert_rejected_without_hidden_text(&evs, "tokenize", spans);
+    assert_rejected_without_hidden_text(&evs, "crawl", spans);
+    assert_rejected_after(&evs, "tokenize", "crawl");
 }
 
 #[tokio::test]

@@ -874,9 +874,10 @@ fn standard1() -> &'static (generate::Generated, Vec<u8>) {
     })
 }
 
-/// The contamination index of a generated world, from what `write_world` would put under `web/`.
+/// The contamination index of a generated world (T and the out-of-domain documents; not T's public
+/// originals), from what `write_world` would put under `web/`.
 fn span_index(g: &generate::Generated, server: &[u8]) -> SpanIndex {
-    let mut b = SpanIndex::builder(g.test.iter().map(|d| d.text.as_str()));
+    let mut b = SpanIndex::builder(g.test.iter().chain(&g.ood).map(|d| d.text.as_str()));
     for (_, text) in &g.served {
         b.served(text.as_bytes());
     }
@@ -906,7 +907,7 @@ fn whole_web_corpus<'a>(
 
 /// Honest agents cannot produce the contamination spans: on every shipped world, the whole served
 /// web written as a crawl corpus, and the reference solutions' sources, hold too few of them to
-/// reject a stage (none, as measured), while T itself holds all of them.
+/// reject a stage (none, as measured), while T and the out-of-domain documents hold all of them.
 #[test]
 fn no_honest_corpus_or_reference_source_holds_text_of_t() {
     let sources: Vec<Vec<u8>> = std::fs::read_dir(home().tasks())
@@ -945,7 +946,7 @@ fn no_honest_corpus_or_reference_source_holds_text_of_t() {
 
     let w = mini();
     let t0 = std::time::Instant::now();
-    let index = SpanIndex::of_world(&w).unwrap();
+    let index = SpanIndex::of_world(&w, &home()).unwrap().0;
     eprintln!("mini: index built in {:.2} s", t0.elapsed().as_secs_f64());
     let gold = w.gold().unwrap();
     let mut files = Vec::new();
@@ -964,8 +965,10 @@ fn no_honest_corpus_or_reference_source_holds_text_of_t() {
         gold.iter().map(|(u, t)| (u.as_str(), t.as_str())),
         files.iter().map(Vec::as_slice),
     );
-    let test = w.test_docs().unwrap();
-    let texts: Vec<&str> = test.iter().map(|d| d.text.as_str()).collect();
+    let mut hidden = w.test_docs().unwrap();
+    let ood = std::fs::read_to_string(w.dir.join(&w.manifest.ood.file)).unwrap();
+    hidden.extend(ood.lines().map(|l| serde_json::from_str(l).unwrap()));
+    let texts: Vec<&str> = hidden.iter().map(|d| d.text.as_str()).collect();
     check("mini", &index, &corpus, &texts);
 
     let (_, _, dir) = WorldConfig::load(&home(), "frontier").unwrap();
@@ -988,7 +991,8 @@ fn no_honest_corpus_or_reference_source_holds_text_of_t() {
             g.served.iter().map(|(p, t)| (p.url.as_str(), t.as_str())),
             g.web.values().map(Vec::as_slice),
         );
-        let texts: Vec<&str> = g.test.iter().map(|d| d.text.as_str()).collect();
+        let hidden = g.test.iter().chain(&g.ood);
+        let texts: Vec<&str> = hidden.map(|d| d.text.as_str()).collect();
         check(name, &index, &corpus, &texts);
     }
 }

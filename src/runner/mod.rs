@@ -921,40 +921,19 @@ impl Runner {
 
     /// The contamination scan of a stage (the ledger built at the first stage's end, on a blocking
     /// thread): its calls' arguments, its commits and `files`, the files the grade reads. A hit is an
-    /// integrity note and the rejected score; a scan that cannot be made is a warning, and the stage
-    /// is graded as usual.
+    /// integrity note and the rejected score, and every later stage is rejected unscanned; a scan
+    /// that cannot be made is a warning, and the stage is graded as usual.
     async fn contamination(
         &mut self,
         stage: &Stage,
         (files, label): (PathBuf, &'static str),
     ) -> Option<StageScore> {
-        use crate::stages::contamination::{Ledger, SpanIndex, StageWork};
+        use crate::stages::contamination::{earlier_hit, later_rejection, StageWork};
         let calls = std::mem::take(&mut self.stage_calls);
-        let world = self.world.clone()?;
-        let ledger = match self.contamination.take() {
-            Some(Ok(l)) => Ok(l),
-            Some(Err(e)) => Err(e),
-            None => tokio::task::spawn_blocking(move || {
-                let t0 = Instant::now();
-                let index = SpanIndex::of_world(&world).map_err(|e| e.to_string())?;
-                tracing::info!(
-                    "contamination ledger: {} spans of T in {:.2} s",
-                    index.len(),
-                    t0.elapsed().as_secs_f64()
-                );
-                Ok(Ledger::new(Arc::new(index)))
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the index task failed: {e}"))),
-        };
-        let mut ledger = match ledger {
-            Ok(l) => l,
-            Err(e) => {
-                self.contamination = Some(Err(e.clone()));
-                self.warn(format!("stage {}: not scanned for text of the hidden test documents ({e}); graded as usual", stage.name));
-                return None;
-            }
-        };
+        if let Some(found_in) = earlier_hit(&self.ledger, &stage.name) {
+            return Some(later_rejection(found_in));
+        }
+        let mut ledger = self.contamination_ledger(stage).await?;
         let (name, git, outputs) = (
             stage.name.clone(),
             self.run_dir.git(),
@@ -987,11 +966,50 @@ impl Runner {
         for w in &finding.warnings {
             self.warn(format!("stage {}: the scan for text of the hidden test documents could not read everything ({w}); the rest was scanned", stage.name));
         }
+        if let Some(note) = finding.unscanned_note(&stage.name) {
+            self.note(note);
+        }
         if !finding.hit() {
             return None;
         }
         self.note(finding.note(&stage.name));
         Some(finding.rejection())
+    }
+
+    /// The run's contamination ledger, built on a blocking thread at its first use. None (and a
+    /// warning) when it cannot be.
+    async fn contamination_ledger(
+        &mut self,
+        stage: &Stage,
+    ) -> Option<crate::stages::contamination::Ledger> {
+        use crate::stages::contamination::{Ledger, SpanIndex};
+        let (world, home) = (self.world.clone()?, self.home.clone());
+        let built = match self.contamination.take() {
+            Some(l) => l.map(|l| (l, Vec::new())),
+            None => tokio::task::spawn_blocking(move || {
+                let t0 = Instant::now();
+                let (index, warnings) =
+                    SpanIndex::of_world(&world, &home).map_err(|e| e.to_string())?;
+                let secs = t0.elapsed().as_secs_f64();
+                tracing::info!("contamination ledger: {} spans in {secs:.2} s", index.len());
+                Ok((Ledger::new(Arc::new(index)), warnings))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the index task failed: {e}"))),
+        };
+        match built {
+            Ok((ledger, warnings)) => {
+                for w in warnings {
+                    self.warn(format!("contamination ledger: {w}"));
+                }
+                Some(ledger)
+            }
+            Err(e) => {
+                self.contamination = Some(Err(e.clone()));
+                self.warn(format!("stage {}: not scanned for text of the hidden test documents ({e}); graded as usual", stage.name));
+                None
+            }
+        }
     }
 
     /// Records what the agent logged (an external agent's stderr) since the last look.

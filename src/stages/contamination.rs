@@ -1,4 +1,4 @@
-//! The contamination ledger: spans of the hidden test documents that the served web lacks, and the scan of what an agent wrote (tool arguments, workspace history, graded files) for them.
+//! The contamination ledger: spans of the hidden documents (T, the out-of-domain set, a private world's public originals of T) that the served web lacks, and the scan of what an agent wrote (tool arguments, workspace history, graded files) for them.
 //!
 //! Text is compared in a canonical form: ASCII letters and digits only, lower-cased, backslash
 //! escapes read as what they stand for, so whitespace, punctuation, case, JSON escaping and
@@ -11,20 +11,25 @@
 //! boundary splits nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use git2::{ObjectType, Oid, Repository};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde_json::Value;
 
+use crate::config::suite::Home;
 use crate::stages::contract::CONTAMINATION_MIN_SPANS;
 use crate::trace::{IntegrityNote, StageScore};
-use crate::world::World;
+use crate::world::generate::HiddenDoc;
+use crate::world::private::Renaming;
+use crate::world::{World, WorldConfig};
 
 /// Canonical characters in a span.
 pub const SPAN: usize = 32;
@@ -36,6 +41,8 @@ pub const MIN_DISTINCT: u32 = 8;
 pub const SERVED_RUN: usize = 24;
 /// The integrity note's kind.
 pub const KIND: &str = "t_text_in_workspace";
+/// The integrity note's kind for entries of the graded files that could not be scanned.
+pub const UNSCANNED: &str = "contamination_unscanned";
 /// Bytes read at a time from a file, a blob or a kept output.
 const CHUNK: usize = 1 << 20;
 /// Places a finding names in its detail (the rest are counted).
@@ -335,6 +342,90 @@ impl Builder {
     }
 }
 
+/// An index and the warnings of what could not be indexed.
+pub type Built = (SpanIndex, Vec<String>);
+
+/// The hidden texts of a world (T, the out-of-domain documents, T's public originals), its served
+/// texts (the gold, the served pages' public originals) and what could not be read of them.
+type WorldTexts = (Vec<String>, Vec<String>, Vec<String>);
+
+fn world_texts(world: &World, home: &Home) -> Result<WorldTexts, ContaminationError> {
+    let mut hidden: Vec<String> = world.test_docs()?.into_iter().map(|d| d.text).collect();
+    let mut served: Vec<String> = world.gold()?.into_iter().map(|(_, t)| t).collect();
+    let mut warnings = Vec::new();
+    match public_originals(world, home, &hidden, &served) {
+        Ok((originals, served_originals)) => {
+            hidden.extend(originals);
+            served.extend(served_originals);
+        }
+        Err(e) => warnings.push(format!("the public originals of T are not indexed: {e}")),
+    }
+    match ood_docs(world) {
+        Ok(ood) => hidden.extend(ood.into_iter().map(|d| d.text)),
+        Err(e) => warnings.push(format!("the out-of-domain documents are not indexed: {e}")),
+    }
+    Ok((hidden, served, warnings))
+}
+
+/// The hidden out-of-domain documents (`manifest.ood.file`, JSON lines as T's): graded on too.
+fn ood_docs(world: &World) -> Result<Vec<HiddenDoc>, ContaminationError> {
+    let path = world.dir.join(&world.manifest.ood.file);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let parse = |(i, l): (usize, &str)| {
+        serde_json::from_str(l).map_err(|e| {
+            ContaminationError::World(crate::world::WorldError::Corpus {
+                path: path.display().to_string(),
+                line: i + 1,
+                message: e.to_string(),
+            })
+        })
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(parse)
+        .collect()
+}
+
+/// On a private world, the public texts of the corpus it renamed (`Corpora::generate`'s renaming,
+/// rebuilt): those whose renamed text is a document of T, and those whose renamed text is served.
+/// Empty for a public world; Err when the corpus is not the one the world was built from.
+fn public_originals(
+    world: &World,
+    home: &Home,
+    test: &[String],
+    gold: &[String],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let m = &world.manifest;
+    let (cfg, _, dir) = WorldConfig::load(home, &m.name).map_err(|e| e.to_string())?;
+    if !cfg.private {
+        return Ok(Default::default());
+    }
+    let (file, domain, built) = match cfg.sites.iter().find(|s| s.target) {
+        Some(s) => (&s.corpus, s.domain.as_str(), m.site_corpora.get(&s.host)),
+        None => (&cfg.corpus, "", Some(&m.corpus)),
+    };
+    let (docs, sha) = crate::world::corpus::load(&dir.join(file)).map_err(|e| e.to_string())?;
+    if built.is_none_or(|r| r.sha256 != sha) {
+        return Err(format!("{file} is not the corpus the world was built from"));
+    }
+    let renaming = Renaming::of(&docs, m.seed, &[domain]);
+    let t: HashSet<&str> = test.iter().map(String::as_str).collect();
+    let served: HashSet<&str> = gold.iter().map(String::as_str).collect();
+    let (mut originals, mut served_originals) = (Vec::new(), Vec::new());
+    for d in &docs {
+        let public = d.text();
+        // Blocks are joined by blank lines: renaming the joined text renames each block.
+        let renamed = renaming.apply(&public);
+        if t.contains(renamed.as_str()) {
+            originals.push(public);
+        } else if served.contains(renamed.as_str()) {
+            served_originals.push(public);
+        }
+    }
+    Ok((originals, served_originals))
+}
+
 /// The text of markup: tags dropped, numeric entities decoded, named ones dropped (none of them
 /// is a letter or digit).
 fn html_text(bytes: &[u8]) -> Vec<u8> {
@@ -406,15 +497,18 @@ impl SpanIndex {
         }
     }
 
-    /// The index of a built world: T against every page's gold text and every file under `web/`.
-    pub fn of_world(world: &World) -> Result<Self, ContaminationError> {
-        let test = world.test_docs()?;
-        let mut b = Self::builder(test.iter().map(|d| d.text.as_str()));
-        for (_, text) in world.gold()? {
+    /// The index of a built world: T and the hidden out-of-domain documents against every page's
+    /// gold text and every file under `web/`. On a private world, T's public originals too, against
+    /// the served pages' public originals as well. The warnings say what could not be indexed (the
+    /// rest was).
+    pub fn of_world(world: &World, home: &Home) -> Result<Built, ContaminationError> {
+        let (hidden, served, warnings) = world_texts(world, home)?;
+        let mut b = Self::builder(hidden.iter().map(String::as_str));
+        for text in &served {
             b.served(text.as_bytes());
         }
         b.served_dir(&world.web_dir())?;
-        Ok(b.finish())
+        Ok((b.finish(), warnings))
     }
 
     /// How many spans T has.
@@ -491,6 +585,8 @@ pub struct Finding {
     more: usize,
     /// What could not be read (the stage is graded on what could).
     pub warnings: Vec<String>,
+    /// Entries of the graded files that could not be read: how many, and which (the first few).
+    unscanned: Option<(usize, String)>,
 }
 
 impl Finding {
@@ -509,6 +605,32 @@ impl Finding {
         } else {
             self.more += 1;
         }
+    }
+
+    /// Entries of the graded files that could not be read: a warning, and an integrity note.
+    fn unscanned(&mut self, unread: Vec<String>, label: &str) {
+        if unread.is_empty() {
+            return;
+        }
+        let n = unread.len();
+        let mut named = unread[..n.min(MAX_PLACES)].join(", ");
+        if n > MAX_PLACES {
+            named.push_str(&format!(", and {} more", n - MAX_PLACES));
+        }
+        let detail = format!("{n} entries of {label} could not be read: {named}");
+        self.warnings.push(detail.clone());
+        self.unscanned = Some((n, detail));
+    }
+
+    /// The integrity note of entries of the graded files that could not be scanned for text of T.
+    pub fn unscanned_note(&self, stage: &str) -> Option<IntegrityNote> {
+        let (n, detail) = self.unscanned.as_ref()?;
+        Some(IntegrityNote {
+            stage: Some(stage.to_string()),
+            kind: UNSCANNED.into(),
+            count: *n as u64,
+            detail: format!("not scanned for text of the hidden test documents: {detail}"),
+        })
     }
 
     /// Distinct spans found.
@@ -554,6 +676,27 @@ impl Finding {
             "rejected: text of the hidden test documents was found in what you wrote (tool-call arguments, the workspace history or the graded files), so the stage was not graded",
         )
     }
+}
+
+/// The earlier stage of the run whose scan found text of T, from the run's integrity notes (a
+/// resumed run has them from its trace): every stage after it is rejected.
+pub fn earlier_hit<'a>(notes: &'a [IntegrityNote], stage: &str) -> Option<&'a str> {
+    notes
+        .iter()
+        .filter(|n| n.kind == KIND)
+        .filter_map(|n| n.stage.as_deref())
+        .find(|s| *s != stage)
+}
+
+/// The grade of a stage after one with a hit: rejected, not graded. Text of T kept anywhere (the
+/// sandbox's `/tmp` and home outlive a stage, and are never scanned) could be used in any later
+/// stage, so sacrificing one stage buys nothing.
+pub fn later_rejection(found_in: &str) -> StageScore {
+    let why = format!(
+        "text of the hidden test documents was found in stage {found_in}; every later stage is rejected"
+    );
+    StageScore::zero("rejected", format!("{why}; not graded"))
+        .with_public(format!("rejected: {why}"))
 }
 
 /// One tool call of the stage as the trace records it: step, tool, arguments (large `write_file`
@@ -841,73 +984,74 @@ fn step_of(message: &[u8], stage: &str) -> bool {
 }
 
 /// Every regular file under `root`, read in chunks (holes skipped), nothing followed and no FIFO or
-/// device opened. Names come as they are (not UTF-8 too).
+/// device opened. Names come as they are (not UTF-8 too). A directory is opened when its turn
+/// comes, from its parent's descriptor (shared by the siblings waiting): the descriptors open are
+/// bounded by the depth, never by how many siblings wait. What cannot be read is reported.
 fn scan_files(index: &SpanIndex, f: &mut Finding, root: &Path, label: &str) {
-    let dir = match rustix::fs::open(
-        root,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(d) => d,
-        Err(e) => {
-            f.warnings
-                .push(format!("{}: {}", root.display(), std::io::Error::from(e)));
-            return;
-        }
-    };
     let mut buf = vec![0u8; CHUNK];
     let mut unread = Vec::new();
-    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(dir, PathBuf::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let names: Vec<std::ffi::OsString> = match rustix::fs::Dir::read_from(&dir) {
-            Ok(d) => d
-                .filter_map(Result::ok)
-                .map(|e| std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
-                .filter(|n| n != "." && n != "..")
-                .collect(),
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    type Waiting = (Option<Rc<OwnedFd>>, OsString, PathBuf);
+    let mut stack: Vec<Waiting> = vec![(None, root.into(), PathBuf::new())];
+    while let Some((parent, name, rel)) = stack.pop() {
+        let opened = match parent {
+            Some(p) => rustix::fs::openat(&*p, &name, flags | OFlags::DIRECTORY, Mode::empty()),
+            None => rustix::fs::open(
+                root,
+                OFlags::DIRECTORY | flags.difference(OFlags::NOFOLLOW),
+                Mode::empty(),
+            ),
+        };
+        let (dir, names) = match opened.and_then(|d| dir_names(&d).map(|n| (Rc::new(d), n))) {
+            Ok(d) => d,
             Err(e) => {
-                unread.push(format!("{} ({})", rel.display(), std::io::Error::from(e)));
+                unread.push(format!(
+                    "{} ({})",
+                    shown(&root.join(&rel)),
+                    std::io::Error::from(e)
+                ));
                 continue;
             }
         };
         for name in names {
             let path = rel.join(&name);
-            let Ok(st) = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) else {
-                continue; // gone
-            };
-            let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
-            match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    match rustix::fs::openat(&dir, &name, flags | OFlags::DIRECTORY, Mode::empty())
-                    {
-                        Ok(d) => stack.push((d, path)),
-                        Err(e) => {
-                            unread.push(format!("{} ({})", path.display(), std::io::Error::from(e)))
-                        }
-                    }
+            let st = match rustix::fs::statat(&*dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => continue, // gone
+                Err(e) => {
+                    unread.push(format!("{} ({})", shown(&path), std::io::Error::from(e)));
+                    continue;
                 }
+            };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => stack.push((Some(Rc::clone(&dir)), name, path)),
                 FileType::RegularFile => {
                     let read =
-                        rustix::fs::openat(&dir, &name, flags | OFlags::NOCTTY, Mode::empty())
+                        rustix::fs::openat(&*dir, &name, flags | OFlags::NOCTTY, Mode::empty())
                             .map_err(std::io::Error::from)
                             .and_then(|fd| file_spans(index, fd, &mut buf));
                     match read {
                         Ok(spans) => f.add(|| format!("{} in {label}", shown(&path)), &spans),
-                        Err(e) => unread.push(format!("{} ({e})", path.display())),
+                        Err(e) => unread.push(format!("{} ({e})", shown(&path))),
                     }
                 }
                 _ => {} // links, FIFOs, sockets, devices: never opened
             }
         }
     }
-    if !unread.is_empty() {
-        let n = unread.len();
-        unread.truncate(5);
-        f.warnings.push(format!(
-            "{n} entries of {label} could not be read: {}",
-            unread.join(", ")
-        ));
+    f.unscanned(unread, label);
+}
+
+/// The names in a directory but `.` and `..`.
+fn dir_names(dir: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let name = e?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
     }
+    Ok(names)
 }
 
 /// The spans of an opened file, checked regular on the descriptor, its data read and its holes
@@ -1205,6 +1349,34 @@ mod tests {
             .reason
             .unwrap()
             .contains(&format!("{} distinct spans", f.count())));
+    }
+
+    #[test]
+    fn a_hit_rejects_every_later_stage() {
+        let note = |stage: &str, kind: &str| IntegrityNote {
+            stage: Some(stage.into()),
+            kind: kind.into(),
+            count: 40,
+            detail: "data/x.txt in the graded copy".into(),
+        };
+        let notes = [note("crawl", "processes_killed"), note("tokenize", KIND)];
+        assert_eq!(
+            earlier_hit(&notes[..1], "train"),
+            None,
+            "other kinds reject nothing"
+        );
+        // A stage graded again after a stop scans itself again: its own note is no earlier hit.
+        assert_eq!(earlier_hit(&notes, "tokenize"), None);
+        assert_eq!(earlier_hit(&notes, "train"), Some("tokenize"));
+        let r = later_rejection("tokenize");
+        assert_eq!(
+            (r.status.as_str(), r.passed, r.normalized),
+            ("rejected", false, Some(0.0))
+        );
+        assert_eq!(
+            r.public_reason.as_deref(),
+            Some("rejected: text of the hidden test documents was found in stage tokenize; every later stage is rejected")
+        );
     }
 
     /// No span of the test index in this text.

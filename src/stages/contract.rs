@@ -46,7 +46,7 @@ pub(crate) const SMUGGLE_LIMIT: u64 = 128 * 1024;
 pub const CONTAMINATION_MIN_SPANS: usize = 4;
 
 /// The contamination rule, as every instruction states it.
-const CONTAMINATION_RULE: &str = "Text of the hidden documents found in anything you write rejects the stage: your tool-call arguments, every step of the workspace history (text written and deleted later counts) and the graded files are searched for it (case, spacing and punctuation ignored; text the offline web serves never counts). A rejected stage is not graded, and the leaderboard marks the run.";
+const CONTAMINATION_RULE: &str = "Text of the hidden documents found in anything you write rejects the stage: your tool-call arguments, every step of the workspace history (text written and deleted later counts) and the graded files are searched for it (case, spacing and punctuation ignored; text the offline web serves never counts). A rejected stage is not graded, and the leaderboard marks the run. Once it is found in a stage, every later stage of the run is rejected too: text kept anywhere (`/tmp`, your home directory) could be used later.";
 
 /// Where every command of the agent and every graded program runs.
 pub const WORKSPACE: &str = "/workspace";
