@@ -5,7 +5,10 @@ each scored on the world's hidden test documents T.
 - crawl: the reference agent's own crawl corpus (what an honest agent trains on);
 - memory: the whole public corpus the target site was made from, T's original pages included
   (what an agent that remembers the public documentation perfectly could write out);
-- memory+crawl: both.
+- memory+crawl: both;
+- control+crawl (with --control): the crawl and as many bytes of another public corpus (text no
+  one would call T's: PostgreSQL's documentation beside SQLite's), to tell what remembered T buys
+  from what any related public text buys.
 
 Each model is the reference trainer (tasks/train/reference/train.py) on that corpus, within the
 same time limit, scored with its own `score` verb on every document of T: bits per byte =
@@ -80,6 +83,8 @@ def main():
     ap.add_argument("--reference", required=True, help="tasks/train/reference")
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-seconds", type=int, default=300)
+    ap.add_argument("--control", help="another public corpus (.jsonl.xz) for the control row")
+    ap.add_argument("--only", help="train only these models (comma-separated names)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     test = read_jsonl(os.path.join(a.world, "hidden", "test.jsonl"))
@@ -91,6 +96,17 @@ def main():
         "memory": public,
         "memory+crawl": public + crawl,
     }
+    if a.control:
+        size = sum(len(d["text"].encode()) for d in public)
+        control, total = [], 0
+        for d in docs_of_public(a.control):
+            if total >= size:
+                break
+            control.append(d)
+            total += len(d["text"].encode())
+        corpora["control+crawl"] = control + crawl
+    if a.only:
+        corpora = {k: v for k, v in corpora.items() if k in a.only.split(",")}
     results = {"world": os.path.basename(os.path.normpath(a.world)),
                "t_documents": len(test),
                "t_bytes": sum(len(d["text"].encode()) for d in test),

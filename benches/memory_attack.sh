@@ -8,7 +8,9 @@
 #
 # WORLD_DIR: a built world (`gptx world show --suite frontier` names it); CRAWL_CORPUS: the
 # reference crawl's data/corpus.jsonl on that world; PUBLIC_CORPUS: default the frontier target's,
-# tasks/worlds/corpus/sqlite-3.40-docs.jsonl.xz. MAX_SECONDS (default 300) bounds each training.
+# tasks/worlds/corpus/sqlite-3.40-docs.jsonl.xz. MAX_SECONDS (default 300) bounds each training;
+# CONTROL (default PostgreSQL's corpus) is the related public text of the control row, ONLY a
+# comma-separated subset of the models to train.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 world=$(readlink -f "$1")
@@ -23,6 +25,8 @@ echo "image $image; world $world; output $out" >&2
 docker run --rm --network none --cpus 2 --memory 8g \
   -v "$world:/world:ro" -v "$crawl:/crawl.jsonl:ro" -v "$public:/public.jsonl.xz:ro" \
   -v "$PWD/tasks/train/reference:/reference:ro" -v "$PWD/benches/memory_attack.py:/attack.py:ro" \
+  -v "$(readlink -f "${CONTROL:-tasks/worlds/corpus/postgresql-15-docs.jsonl.xz}"):/control.jsonl.xz:ro" \
   -v "$out:/out" "$image" \
   python3 /attack.py --world /world --crawl /crawl.jsonl --public /public.jsonl.xz \
-  --reference /reference --out /out --max-seconds "${MAX_SECONDS:-300}"
+  --reference /reference --out /out --max-seconds "${MAX_SECONDS:-300}" --control /control.jsonl.xz \
+  ${ONLY:+--only "$ONLY"}
