@@ -5,8 +5,8 @@ each scored on the world's hidden test documents T.
 - crawl: the reference agent's own crawl corpus (what an honest agent trains on);
 - memory: the whole public corpus the target site was made from, T's original pages included
   (what an agent that remembers the public documentation perfectly could write out);
-- memory+crawl: both;
-- control+crawl (with --control): the crawl and as many bytes of another public corpus (text no
+- crawl+memory: both;
+- crawl+control (with --control): the crawl and as many bytes of another public corpus (text no
   one would call T's: PostgreSQL's documentation beside SQLite's), to tell what remembered T buys
   from what any related public text buys.
 
@@ -94,7 +94,8 @@ def main():
     corpora = {
         "crawl": crawl,
         "memory": public,
-        "memory+crawl": public + crawl,
+        # The crawl first: a trainer short of time keeps the first documents.
+        "crawl+memory": crawl + public,
     }
     if a.control:
         size = sum(len(d["text"].encode()) for d in public)
@@ -104,7 +105,7 @@ def main():
                 break
             control.append(d)
             total += len(d["text"].encode())
-        corpora["control+crawl"] = control + crawl
+        corpora["crawl+control"] = crawl + control
     if a.only:
         corpora = {k: v for k, v in corpora.items() if k in a.only.split(",")}
     results = {"world": os.path.basename(os.path.normpath(a.world)),
@@ -121,7 +122,7 @@ def main():
         size = sum(len(d["text"].encode()) for d in docs)
         results["models"][name] = {"documents": len(docs), "bytes": size,
                                    "train_seconds": round(secs, 1), "bpb_on_t": round(bpb, 4)}
-        print(f"{name:>13}: {len(docs):5d} documents, {size / 1e6:6.2f} MB, trained in "
+        print(f"{name:>14}: {len(docs):5d} documents, {size / 1e6:6.2f} MB, trained in "
               f"{secs:5.0f} s, {bpb:.4f} bits per byte on T", flush=True)
     print(f"T: {results['t_documents']} documents, {results['t_bytes']} bytes; "
           f"{results['t_pages_verbatim_in_public']} of them verbatim in the public corpus")
