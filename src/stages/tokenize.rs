@@ -620,9 +620,10 @@ mod tests {
                 false => echo(i, |id, t| json!({"id": id, "ids": t}).to_string()),
             }
         }
-        let answers: [Answer; 7] = [
+        let answers: [Answer; 8] = [
             |_, i| echo(i, |_, t| text(t)),
             |_, i| echo(i, |id, t| json!({"id": id, "ids": text(t)}).to_string()),
+            |_, i| echo(i, |id, t| json!({"id": id, "ids": [text(t)]}).to_string()),
             |_, i| echo(i, |_, t| json!({"id": text(t)}).to_string()),
             |_, i| echo(i, |id, t| json!({"id": id, "error": text(t)}).to_string()),
             |c, i| encode_then(c, i, |_, t| text(t)),
