@@ -160,7 +160,8 @@ fn frontier_is_deterministic_and_holds_t_out_of_its_sqlite_site() {
     );
     assert_ne!(hash(a), hash(&c), "another seed, another world");
 
-    // Five sites, 3,000+ routes, and a budget far below them.
+    // Five sites, about 3,000 routes (whole families of SQLite's pages are withheld), and a budget
+    // far below them.
     let target = a.target.clone().expect("frontier has a target site");
     assert_eq!(
         (target.host.as_str(), target.domain.as_str()),
@@ -171,7 +172,7 @@ fn frontier_is_deterministic_and_holds_t_out_of_its_sqlite_site() {
     let budget = cfg.request_budget.unwrap();
     assert_eq!(a.routes.request_budget, Some(budget));
     assert!(
-        a.routes.pages.len() >= 3_000,
+        a.routes.pages.len() >= 2_900,
         "{} routes",
         a.routes.pages.len()
     );
