@@ -1003,6 +1003,16 @@ fn run_contaminated_text(e: &RunEntry) -> String {
     }
 }
 
+/// What follows an agent's levels: how many of its runs were resumed, and contaminated.
+fn agent_marks(a: &AgentRow) -> String {
+    resumed_text(a.resumed) + &contaminated_text(a.contaminated.len())
+}
+
+/// What follows a run: resumed, and contaminated.
+fn run_marks(e: &RunEntry) -> String {
+    run_resumed_text(e.resumed) + &run_contaminated_text(e)
+}
+
 /// ` · resumed 1×` after a run, when it was.
 fn run_resumed_text(n: u32) -> String {
     if n > 0 {
@@ -1057,7 +1067,7 @@ pub fn markdown(boards: &[Board]) -> String {
         for a in &b.agents {
             let _ = writeln!(
                 o,
-                "| {} | `{}` | {} | {:.2} | {}{}{}{} | {:.1} | {} | {:.1} ({}) | {} | {} | {} | {:.1} | {:.1} | {} | {} |",
+                "| {} | `{}` | {} | {:.2} | {}{}{} | {:.1} | {} | {:.1} ({}) | {} | {} | {} | {:.1} | {:.1} | {} | {} |",
                 rank_text(a),
                 a.agent,
                 a.runs,
@@ -1068,8 +1078,7 @@ pub fn markdown(boards: &[Board]) -> String {
                 } else {
                     String::new()
                 },
-                resumed_text(a.resumed),
-                contaminated_text(a.contaminated.len()),
+                agent_marks(a),
                 a.index_mean,
                 ci_text(a),
                 a.best_of_k,
@@ -1132,7 +1141,7 @@ pub fn markdown(boards: &[Board]) -> String {
         for e in runs_in_order(b) {
             let _ = writeln!(
                 o,
-                "| `{}` | {} | {}{} | {:.1} | {} | `{}`{}{} |",
+                "| `{}` | {} | {}{} | {:.1} | {} | `{}`{} |",
                 e.agent,
                 e.seed,
                 e.level,
@@ -1143,8 +1152,7 @@ pub fn markdown(boards: &[Board]) -> String {
                 e.bootstrap_index,
                 fmt_opt(e.bpb, 3),
                 e.run_id,
-                run_resumed_text(e.resumed),
-                run_contaminated_text(e)
+                run_marks(e)
             );
         }
         let flagged = flagged(b);
@@ -1263,12 +1271,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                 html_escape(&a.agent),
                 a.runs,
                 a.mean_level,
-                html_escape(&format!(
-                    "{}{}{}",
-                    levels_text(a),
-                    resumed_text(a.resumed),
-                    contaminated_text(a.contaminated.len())
-                )),
+                html_escape(&format!("{}{}", levels_text(a), agent_marks(a))),
                 a.index_mean,
                 a.index_mean.clamp(0.0, 100.0),
                 ci_text(a),
@@ -1312,7 +1315,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
         for e in runs_in_order(b) {
             let _ = write!(
                 o,
-                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}{}{}</td></tr>",
+                "<tr><td class=\"l\"><code>{}</code></td><td>{}</td><td class=\"l\">{}{}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}{}</td></tr>",
                 html_escape(&e.agent),
                 e.seed,
                 html_escape(&e.level),
@@ -1323,8 +1326,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
                 e.bootstrap_index,
                 fmt_opt(e.bpb, 3),
                 run_ref(&e.run_id, links),
-                run_resumed_text(e.resumed),
-                html_escape(&run_contaminated_text(e))
+                html_escape(&run_marks(e))
             );
         }
         o.push_str("</table>");

@@ -370,17 +370,7 @@ impl Runner {
         self.ledger = st.ledger.clone();
         self.agent_log_bytes = st.agent_log_bytes;
         let stages = self.suite.stages.clone();
-        let mut past = Vec::new();
-        for p in &st.past {
-            let Some(stage) = stages.get(p.index) else {
-                continue;
-            };
-            past.push(crate::agent::PastStage {
-                task: self.task_for(stage, p.index).1,
-                events: p.events.clone(),
-                ended: p.ended,
-            });
-        }
+        let past = self.past_stages(&st.past);
         // Only a stage the agent is still in needs its state; a stage begun anew gets begin_stage.
         let rebuilt = match agent.resume(&past).await {
             Ok(b) => b,
@@ -458,6 +448,24 @@ impl Runner {
         outcomes.truncate(first);
         self.run_from(agent, outcomes, first, cont, st.wall_seconds)
             .await
+    }
+
+    /// The stages the agent ended before the stop, with their tasks, as a rebuilt agent is told.
+    fn past_stages(&mut self, past: &[resume::PastOf]) -> Vec<crate::agent::PastStage> {
+        let stages = self.suite.stages.clone();
+        let mut out = Vec::new();
+        for p in past {
+            if let Some(stage) = stages.get(p.index) {
+                let task = self.task_for(stage, p.index).1;
+                let (events, ended) = (p.events.clone(), p.ended);
+                out.push(crate::agent::PastStage {
+                    task,
+                    events,
+                    ended,
+                });
+            }
+        }
+        out
     }
 
     /// The stages from `first` on (the outcomes of those before given), the first of them taken up

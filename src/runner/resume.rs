@@ -6,7 +6,7 @@ use crate::trace::log::Envelope;
 use crate::trace::{EndReason, Event, IntegrityNote};
 
 /// The stage a resumed run goes on with, as the trace left it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Current {
     /// Its index in the suite.
     pub index: usize,
@@ -135,14 +135,7 @@ impl ResumeState {
                         cur: Current {
                             index: *index,
                             name: stage.clone(),
-                            steps: 0,
-                            sandbox_seconds: 0.0,
-                            wall_seconds: 0.0,
-                            cpu_seconds: 0.0,
-                            ended: None,
-                            tokens: None,
-                            cost_usd: None,
-                            calls: Vec::new(),
+                            ..Current::default()
                         },
                         events: Vec::new(),
                         wall_base: 0.0,

@@ -257,6 +257,49 @@ fn network(stage: &Stage) -> String {
 }
 
 /// Every fact the stage's grade depends on, in words, from the values its scorer uses.
+/// The crawl stage's own facts: what is graded, what recall counts, what the sites hold.
+fn crawl_facts(ctx: &FactContext) -> Vec<Fact> {
+    let g = &ctx.suite.gates;
+    let mut out = Vec::new();
+    out.push(fact(
+        "artifact",
+        format!(
+            "Graded: `{}` as it is when the stage ends (at most {} MiB), and the web server's log of this stage's requests.",
+            CORPUS,
+            MAX_CORPUS_BYTES >> 20
+        ),
+    ));
+    let recall_of = match &ctx.domain {
+        Some(d) => format!(
+            "of the gold text of {} (the {} site; recall counts the shingles of its pages that no other site's pages have, so the other sites count for precision, not recall)",
+            d.host, d.name
+        ),
+        None => "against the hidden gold text".into(),
+    };
+    out.push(fact(
+        "gate",
+        format!(
+            "To pass: recall at least {} {recall_of} and precision at least {} against the hidden gold text of every site (measured on 8-byte shingles of whitespace-collapsed text), and no robots violation (no request to a disallowed URL, no text of such a page in the corpus). A document earns recall only for the text of the page the web server answered with status 200 at its `url` during this stage (host and path as the server reads them: the query and fragment are dropped, so a print view counts as its page); a redirect's source URL, a soft 404, a search result page, an archive copy and a mirror earn none, and text written from memory earns nothing (all text still counts for precision).",
+            CRAWL_RECALL.value(g),
+            CRAWL_PRECISION.value(g)
+        ),
+    ));
+    if let Some(d) = &ctx.domain {
+        out.push(fact(
+            "sites",
+            format!("The documentation sites have {}.", and_list(&d.trouble)),
+        ));
+    }
+    out.push(fact(
+        "reported",
+        format!(
+            "Reported but not gated: the duplicate rate (a document that repeats an earlier one, or has {} of its shingles in one earlier document, is a duplicate), requests into traps, and the request count.",
+            pct(DUPLICATE_SHARE)
+        ),
+    ));
+    out
+}
+
 pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
     let suite = ctx.suite;
     let g = &suite.gates;
@@ -325,44 +368,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
     }
     out.push(fact("contamination", CONTAMINATION_RULE.into()));
     match stage.name.as_str() {
-        "crawl" => {
-            out.push(fact(
-                "artifact",
-                format!(
-                    "Graded: `{}` as it is when the stage ends (at most {} MiB), and the web server's log of this stage's requests.",
-                    CORPUS,
-                    MAX_CORPUS_BYTES >> 20
-                ),
-            ));
-            let recall_of = match &ctx.domain {
-                Some(d) => format!(
-                    "of the gold text of {} (the {} site; recall counts the shingles of its pages that no other site's pages have, so the other sites count for precision, not recall)",
-                    d.host, d.name
-                ),
-                None => "against the hidden gold text".into(),
-            };
-            out.push(fact(
-                "gate",
-                format!(
-                    "To pass: recall at least {} {recall_of} and precision at least {} against the hidden gold text of every site (measured on 8-byte shingles of whitespace-collapsed text), and no robots violation (no request to a disallowed URL, no text of such a page in the corpus). A document earns recall only for the text of the page the web server answered with status 200 at its `url` during this stage (host and path as the server reads them: the query and fragment are dropped, so a print view counts as its page); a redirect's source URL, a soft 404, a search result page, an archive copy and a mirror earn none, and text written from memory earns nothing (all text still counts for precision).",
-                    CRAWL_RECALL.value(g),
-                    CRAWL_PRECISION.value(g)
-                ),
-            ));
-            if let Some(d) = &ctx.domain {
-                out.push(fact(
-                    "sites",
-                    format!("The documentation sites have {}.", and_list(&d.trouble)),
-                ));
-            }
-            out.push(fact(
-                "reported",
-                format!(
-                    "Reported but not gated: the duplicate rate (a document that repeats an earlier one, or has {} of its shingles in one earlier document, is a duplicate), requests into traps, and the request count.",
-                    pct(DUPLICATE_SHARE)
-                ),
-            ));
-        }
+        "crawl" => out.extend(crawl_facts(ctx)),
         "tokenize" => {
             out.push(fact(
                 "artifact",
@@ -669,6 +675,29 @@ mod tests {
         }
     }
 
+    /// The facts of the suite's world are in the instruction: its domain in every stage (and in
+    /// the crawl what recall counts and what the sites hold), a private world's variant and draw.
+    fn world_facts_hold(ctx: &FactContext, stage: &Stage, topics: &[&str], text: &str, at: &str) {
+        // A world with a target names its domain in every stage, and the crawl says what
+        // its recall counts and what the sites hold.
+        if let Some(d) = &ctx.domain {
+            assert!(topics.contains(&"domain"), "{at}: no domain fact");
+            assert!(text.contains(&format!("judged on {} text", d.name)), "{at}");
+            if stage.name == "crawl" {
+                assert!(topics.contains(&"sites"), "{at}: no sites fact");
+                assert!(text.contains(&format!("of the gold text of {}", d.host)));
+                assert!(text.contains("soft 404") && text.contains("search form"));
+            }
+        }
+        // A private world says so in every stage, and how its hidden documents are drawn.
+        if let Some(h) = &ctx.hidden {
+            let want = [(h.private, "private"), (h.families, "draw")];
+            for (on, t) in want {
+                assert_eq!(topics.contains(&t), on, "{at}: {t} fact");
+            }
+        }
+    }
+
     /// Every fact a scorer depends on is in the instruction its agent reads, for every stage of every
     /// shipped suite, with the values the scorer uses.
     #[test]
@@ -697,34 +726,18 @@ mod tests {
                     assert!(text.contains(&f.text), "{at}: fact {:?} missing", f.topic);
                 }
                 let topics: Vec<&str> = facts.iter().map(|f| f.topic).collect();
-                for t in [
+                let always = [
                     "commands",
                     "libraries",
                     "network",
                     "copy",
                     "gate",
                     "contamination",
-                ] {
+                ];
+                for t in always {
                     assert!(topics.contains(&t), "{at}: no {t} fact in {topics:?}");
                 }
-                // A world with a target names its domain in every stage, and the crawl says what
-                // its recall counts and what the sites hold.
-                if let Some(d) = &ctx.domain {
-                    assert!(topics.contains(&"domain"), "{at}: no domain fact");
-                    assert!(text.contains(&format!("judged on {} text", d.name)), "{at}");
-                    if stage.name == "crawl" {
-                        assert!(topics.contains(&"sites"), "{at}: no sites fact");
-                        assert!(text.contains(&format!("of the gold text of {}", d.host)));
-                        assert!(text.contains("soft 404") && text.contains("search form"));
-                    }
-                }
-                // A private world says so in every stage, and how its hidden documents are drawn.
-                if let Some(h) = &ctx.hidden {
-                    let want = [(h.private, "private"), (h.families, "draw")];
-                    for (on, t) in want {
-                        assert_eq!(topics.contains(&t), on, "{at}: {t} fact");
-                    }
-                }
+                world_facts_hold(&ctx, stage, &topics, &text, &at);
                 // How commands run, which libraries exist, and the network during the stage.
                 assert!(text.contains(&format!("as user `{}` (uid {})", image.user, image.uid)));
                 for p in &image.packages {
