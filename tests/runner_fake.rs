@@ -733,6 +733,48 @@ async fn text_of_t_written_with_write_file_rejects_the_stage() {
     assert_eq!(result.level, "L0");
 }
 
+/// Attack: T sent base64-encoded through `write_file` (so its arguments hold no text of T), then
+/// overwritten by the next step (so the graded copy holds none either). The step's commit has it.
+#[tokio::test]
+async fn text_of_t_sent_base64_encoded_and_overwritten_is_found_in_the_history() {
+    use base64::Engine;
+    let text = hidden_text();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    assert!(
+        mini_index().find(encoded.as_bytes()).len() < 4,
+        "the arguments hide it"
+    );
+    let write = |content: &str, encoding: Option<&str>| {
+        let mut args = serde_json::json!({"path": "data/b64.txt", "content": content});
+        if let Some(e) = encoding {
+            args["encoding"] = e.into();
+        }
+        call("write_file", args)
+    };
+    let (_f, _result, evs) = ledger_run(
+        &[
+            write(&encoded, Some("base64")),
+            write("nothing to see", None),
+            call("submit", serde_json::json!({})),
+            call("submit", serde_json::json!({})),
+        ],
+        vec![],
+    )
+    .await;
+    let notes = contamination_notes(&evs);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let d = &notes[0].detail;
+    assert!(
+        d.contains("(data/b64.txt)"),
+        "found in the step's commit: {d}"
+    );
+    assert!(
+        !d.contains("arguments") && !d.contains("in the workspace"),
+        "{d}"
+    );
+    assert_rejected_without_hidden_text(&evs, "crawl", notes[0].count);
+}
+
 #[tokio::test]
 async fn text_of_t_in_a_bash_heredoc_is_found_in_the_arguments() {
     let text = hidden_text();
