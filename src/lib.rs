@@ -26,7 +26,8 @@
 //! - [`stages`]: how each stage is graded ([`stages::scorer::Scorer`]: `check` on visible data,
 //!   `score` on hidden data): crawl, tokenize, train, eval and selfhost, none importing another,
 //!   their shared helpers, what each instruction promises ([`stages::contract`]), verified bpb
-//!   ([`stages::bpb`]), levels and the Bootstrap Index ([`stages::levels`]).
+//!   ([`stages::bpb`]), each stage's normalised score ([`stages::scale`]), levels and the Bootstrap
+//!   Index ([`stages::levels`]).
 //! - [`runner`]: the loop. Stages in order, tool calls executed against a `dyn Sandbox`, budgets,
 //!   grading, rescue, and going on with an interrupted run folded from its trace
 //!   ([`runner::ResumeState`]); its only output is the event stream.

@@ -541,6 +541,53 @@ fn beating_the_reference_ranks_above_a_tie_and_holds_the_record() {
     assert!(md.contains("| +0.130 |"), "{md}");
 }
 
+/// The ranking agrees with the ladder: a run that failed the eval gate (L3) with an index above
+/// 100, from a great crawl and a better model, ranks below the reference's L6 at 100; within a
+/// level the index decides, and the header says both and the formula.
+#[test]
+fn no_run_outranks_a_run_that_reached_a_higher_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |id, agent, scores: [f64; 5]| Fake {
+        id,
+        agent,
+        seed: 1,
+        world: "cccc",
+        status: RunStatus::Done,
+        scores,
+        bpb: Some(1.3),
+        cpu: 10.0,
+    };
+    write(tmp.path(), &run("r1", "reference", [1.0; 5]));
+    write(
+        tmp.path(),
+        &run("a1", "crawler", [1.6, 0.9, 1.06, 0.45, 1.06]),
+    );
+    write(tmp.path(), &run("w1", "weaker", [1.0, 0.9, 0.8, 0.45, 0.8]));
+    let opts = Options {
+        suite: None,
+        resamples: 100,
+    };
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    let order: Vec<(&str, usize, f64)> = boards[0]
+        .agents
+        .iter()
+        .map(|a| (a.agent.as_str(), a.rank, a.index_mean))
+        .collect();
+    assert_eq!(order[0].0, "reference", "{order:?}");
+    assert!(order[1].2 > 100.0, "{order:?}");
+    assert_eq!(
+        order.iter().map(|o| o.0).collect::<Vec<_>>(),
+        ["reference", "crawler", "weaker"]
+    );
+    assert_eq!(boards[0].agents[1].best_level, "L3");
+    let md = leaderboard::markdown(&boards);
+    assert!(
+        md.contains("ranked by mean level, then by the Bootstrap Index"),
+        "{md}"
+    );
+    assert!(md.contains(&gptx::stages::scale::formula()), "{md}");
+}
+
 /// A fake run that carries out `item` of `plan`.
 fn write_item(dir: &Path, f: &Fake, plan: &gptx::plan::Plan, item: usize) {
     write(dir, f);

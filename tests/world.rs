@@ -239,6 +239,30 @@ fn sequences(text: &str) -> std::collections::HashSet<u64> {
         .collect()
 }
 
+/// The crawl instruction's per-host robots sentence is what the generated world disallows, and
+/// its draw sentence is how T was drawn: pages of 2,000 to `max_test_doc_bytes` bytes, at least
+/// `test_bytes` of them.
+#[test]
+fn the_instructions_robots_and_draw_sentences_match_the_generated_world() {
+    use gptx::stages::contract::{robots_rules, HIDDEN_MIN_DOC_BYTES};
+    let g = frontier1();
+    let (cfg, _, _) = WorldConfig::load(&home(), "frontier").unwrap();
+    let said: BTreeMap<String, Vec<String>> = robots_rules(&cfg)
+        .into_iter()
+        .filter(|(_, rules)| !rules.is_empty())
+        .collect();
+    assert_eq!(said, g.disallowed);
+    let sizes: Vec<usize> = g.test.iter().map(|d| d.text.len()).collect();
+    assert!(
+        sizes
+            .iter()
+            .all(|n| (HIDDEN_MIN_DOC_BYTES..=cfg.max_test_doc_bytes).contains(n)),
+        "{sizes:?}"
+    );
+    let total: usize = sizes.iter().sum();
+    assert!(total >= cfg.test_bytes, "{total}");
+}
+
 #[test]
 fn frontier_t_is_a_private_variant_drawn_as_whole_families_with_no_near_copy_served() {
     let g = frontier1();

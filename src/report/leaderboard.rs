@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::config::suite::Home;
 use crate::stages::levels::ABOVE_100;
+use crate::stages::scale;
 use crate::trace::rundir::{self, RunMeta, RunScore, RunStatus};
 
 /// What to rank.
@@ -250,6 +251,32 @@ impl Board {
 }
 
 /// `L4` → 4; anything else → 0.
+/// How a board is ranked and what its numbers mean, in its header.
+fn ranking_text(b: &Board) -> String {
+    format!(
+        "{} finished runs of {} agents, ranked by mean level, then by the Bootstrap Index: mean over runs with a 95% percentile-bootstrap interval ({} resamples); best-of-k is the best run (highest level, then index). {ABOVE_100} Stage scores are normalised against the world's reference values (reference = 1.00, open above); a stage not graded counts 0.",
+        b.entries.len(),
+        b.agents.len(),
+        b.resamples,
+    )
+}
+
+/// Agents in the ladder's order: no agent outranks one whose runs reached higher levels; within
+/// a level the higher mean index, then the name.
+fn agent_order(a: &AgentRow, b: &AgentRow) -> std::cmp::Ordering {
+    b.mean_level
+        .total_cmp(&a.mean_level)
+        .then(b.index_mean.total_cmp(&a.index_mean))
+        .then(a.agent.cmp(&b.agent))
+}
+
+/// Runs in the ladder's order: the higher level first, then the higher index.
+fn ladder_order(a: &RunEntry, b: &RunEntry) -> std::cmp::Ordering {
+    level_number(&a.level)
+        .cmp(&level_number(&b.level))
+        .then(a.bootstrap_index.total_cmp(&b.bootstrap_index))
+}
+
 pub(crate) fn level_number(level: &str) -> usize {
     level
         .trim_start_matches('L')
@@ -395,10 +422,7 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
         levels[level_number(&r.level)] += 1;
     }
     let level_nums: Vec<f64> = runs.iter().map(|r| level_number(&r.level) as f64).collect();
-    let best = runs
-        .iter()
-        .max_by(|a, b| a.bootstrap_index.total_cmp(&b.bootstrap_index))
-        .copied();
+    let best = runs.iter().max_by(|a, b| ladder_order(a, b)).copied();
     let stage_scores = stages
         .iter()
         .map(|s| {
@@ -559,12 +583,7 @@ pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
             .iter()
             .map(|(a, runs)| agent_row(a, runs, &stages, opts.resamples))
             .collect();
-        agents.sort_by(|a, b| {
-            b.index_mean
-                .total_cmp(&a.index_mean)
-                .then(b.mean_level.total_cmp(&a.mean_level))
-                .then(a.agent.cmp(&b.agent))
-        });
+        agents.sort_by(agent_order);
         let record = entries
             .iter()
             .filter_map(|e| best_of(e).map(|(bpb, stage)| (bpb, stage, e)))
@@ -1036,14 +1055,7 @@ pub fn markdown(boards: &[Board]) -> String {
             b.suite,
             short_hash(&b.world_hash)
         );
-        let _ = writeln!(
-            o,
-            "{} finished runs of {} agents, ranked by the Bootstrap Index: mean over runs with a 95% percentile-bootstrap interval ({} resamples); best-of-k is the best run. {} Stage scores are normalised against the world's reference values (reference = 1.00, open above); a stage not graded counts 0.\n",
-            b.entries.len(),
-            b.agents.len(),
-            b.resamples,
-            ABOVE_100
-        );
+        let _ = writeln!(o, "{}\n\n{}\n", ranking_text(b), scale::formula());
         if let Some(r) = &b.record {
             let _ = writeln!(o, "{}\n", record_text(r));
         }
@@ -1237,13 +1249,11 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
     for b in boards {
         let _ = write!(
             o,
-            "<h2>Suite <code>{}</code> · world <code>{}</code></h2><p class=\"muted\">{} finished runs of {} agents, ranked by the Bootstrap Index (mean with a 95% percentile-bootstrap interval over runs, {} resamples) · {} · stage scores normalised against the world's reference values (reference = 1.00, open above).</p>",
+            "<h2>Suite <code>{}</code> · world <code>{}</code></h2><p class=\"muted\">{}</p><p class=\"muted\">{}</p>",
             html_escape(&b.suite),
             html_escape(&short_hash(&b.world_hash)),
-            b.entries.len(),
-            b.agents.len(),
-            b.resamples,
-            html_escape(ABOVE_100)
+            html_escape(&ranking_text(b)),
+            html_escape(&scale::formula())
         );
         if let Some(r) = &b.record {
             let _ = write!(

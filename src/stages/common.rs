@@ -14,8 +14,6 @@ use crate::world::World;
 pub(crate) const CHECK_SAMPLE_BYTES: usize = 48 * 1024;
 /// Positions a `check` of `bin/lm` tests (the grade uses the suite's K).
 pub(crate) const CHECK_POSITIONS: usize = 16;
-/// The uniform model over bytes: the null agent's floor for normalised scores.
-pub(crate) const FLOOR_BPB: f64 = 8.0;
 
 /// The world's hidden documents: T and the out-of-domain set.
 pub(crate) fn hidden_docs(world: &World) -> Result<(Vec<Doc>, Vec<Doc>), String> {
@@ -113,11 +111,4 @@ pub(crate) fn plan(
         program: format!("./{LM_PROGRAM}"),
         hidden: false,
     }
-}
-
-/// `(8 − bpb) / (8 − reference)`, clipped below at 0; None without a usable reference.
-pub(crate) fn normalized_bpb(bpb: f64, reference: Option<f64>) -> Option<f64> {
-    reference
-        .filter(|r| *r < FLOOR_BPB)
-        .map(|r| ((FLOOR_BPB - bpb) / (FLOOR_BPB - r)).max(0.0))
 }

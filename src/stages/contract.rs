@@ -89,6 +89,33 @@ pub struct FactContext<'a> {
     pub domain: Option<Domain>,
     /// How the world makes its hidden documents, when it says more than "pages held out".
     pub hidden: Option<HiddenText>,
+    /// What each host's `robots.txt` allows, in a sentence (None without a world).
+    pub robots: Option<String>,
+    /// The suite's world's config (None without a world or a readable config).
+    pub world: Option<crate::world::WorldConfig>,
+}
+
+impl<'a> FactContext<'a> {
+    /// A suite's context, its world's config read once.
+    pub fn of(
+        home: &Home,
+        suite: &'a Suite,
+        image: Option<&'a crate::config::image::Recipe>,
+    ) -> Self {
+        let world = suite
+            .world
+            .as_deref()
+            .and_then(|w| crate::world::WorldConfig::load(home, w).ok())
+            .map(|(c, _, _)| c);
+        Self {
+            suite,
+            image,
+            domain: world.as_ref().and_then(Domain::of),
+            hidden: world.as_ref().and_then(HiddenText::of),
+            robots: world.as_ref().map(robots_fact),
+            world,
+        }
+    }
 }
 
 /// What a world does to the text its hidden documents come from.
@@ -100,13 +127,19 @@ pub struct HiddenText {
     pub private: bool,
     /// Drawn as whole families (`world::holdout`).
     pub families: bool,
+    /// Bytes of hidden documents the draw stops at, and the largest hidden document.
+    pub bytes: usize,
+    pub max_doc: usize,
 }
+
+/// The smallest page that is a hidden document, as `world::holdout` draws them (`tests/world.rs`
+/// checks a generated world against it).
+pub const HIDDEN_MIN_DOC_BYTES: usize = 2_000;
 
 impl HiddenText {
     /// The suite's world's (None without a world, when it draws pages plainly, or when its config
     /// cannot be read).
-    pub fn of(home: &Home, suite: &Suite) -> Option<Self> {
-        let (cfg, _, _) = crate::world::WorldConfig::load(home, suite.world.as_deref()?).ok()?;
+    pub fn of(cfg: &crate::world::WorldConfig) -> Option<Self> {
         let families = cfg.holdout == crate::world::holdout::Holdout::Families;
         if !cfg.private && !families {
             return None;
@@ -122,12 +155,13 @@ impl HiddenText {
             of,
             private: cfg.private,
             families,
+            bytes: cfg.test_bytes,
+            max_doc: cfg.max_test_doc_bytes,
         })
     }
 
     /// The facts it makes, in every stage.
     fn facts(&self) -> Vec<Fact> {
-        use crate::world::holdout::{CONTAINMENT, SEQUENCE_WORDS};
         let mut out = Vec::new();
         if self.private {
             out.push(fact("private", format!(
@@ -136,14 +170,22 @@ impl HiddenText {
             )));
         }
         if self.families {
-            out.push(fact("draw", format!(
-                "The hidden documents are a random draw of whole families of {}: pages that share a line of 40 bytes or more, or {} of the smaller page's {SEQUENCE_WORDS}-word sequences, are one family (text shared by more than {} pages is boilerplate and joins none), and no family is split between the hidden documents and the web. A validation set drawn the same way, whole families of your pages at random, predicts the hidden score.",
-                self.of,
-                pct(CONTAINMENT),
-                crate::world::holdout::COMMON
-            )));
+            out.push(fact("draw", self.draw()));
         }
         out
+    }
+
+    /// How whole families are drawn, as the eval stage's validation set can be.
+    fn draw(&self) -> String {
+        use crate::world::holdout::{COMMON, CONTAINMENT, SEQUENCE_WORDS};
+        format!(
+            "The hidden documents are a random draw of whole families of {}: pages that share a line of 40 bytes or more, or {} of the smaller page's {SEQUENCE_WORDS}-word sequences, are one family (text shared by more than {COMMON} pages is boilerplate and joins none), and no family is split between the hidden documents and the web. The draw takes the pages in a random order and withholds each one's whole family, until its pages of {} to {} bytes, the hidden documents, reach {} bytes (a family larger than that in all is never drawn). A validation set drawn the same way, whole families of your pages at random, predicts the hidden score.",
+            self.of,
+            pct(CONTAINMENT),
+            thousands(HIDDEN_MIN_DOC_BYTES),
+            thousands(self.max_doc),
+            thousands(self.bytes)
+        )
     }
 }
 
@@ -152,15 +194,15 @@ impl HiddenText {
 pub struct Domain {
     pub name: String,
     pub host: String,
+    /// The hosts of the world's documentation sites (`[[sites]]`).
+    pub sites: Vec<String>,
     /// What the world's documentation sites hold beyond the seed sites' trouble, in words.
     pub trouble: Vec<String>,
 }
 
 impl Domain {
     /// The target site of the suite's world (None without a world, a target or a readable config).
-    pub fn of(home: &Home, suite: &Suite) -> Option<Self> {
-        let world = suite.world.as_deref()?;
-        let (cfg, _, _) = crate::world::WorldConfig::load(home, world).ok()?;
+    pub fn of(cfg: &crate::world::WorldConfig) -> Option<Self> {
         let mut trouble = vec!["paginated listings (`/pages/N/`)".to_string()];
         if cfg.sites.iter().any(|s| s.search_only_share > 0.0) {
             trouble.push(format!(
@@ -180,13 +222,83 @@ impl Domain {
         cfg.sites.iter().find(|s| s.target).map(|s| Domain {
             name: s.domain.clone(),
             host: s.host.clone(),
+            sites: cfg.sites.iter().map(|s| s.host.clone()).collect(),
             trouble,
         })
     }
 }
 
+/// What each host's `robots.txt` disallows for `User-agent: *`, as the world writes it
+/// (`world::generate` for the general web, `world::sites` for the documentation sites); a host
+/// left out has no `robots.txt`. `tests/world.rs` checks this against a generated world.
+pub fn robots_rules(cfg: &crate::world::WorldConfig) -> Vec<(String, Vec<String>)> {
+    use crate::world::generate::{BLOG, DOCS, MIRROR};
+    let mut out = vec![
+        (
+            DOCS.to_string(),
+            vec!["/internal/".into(), "/search".into()],
+        ),
+        (BLOG.to_string(), vec!["/drafts/".into()]),
+        (MIRROR.to_string(), vec![]),
+    ];
+    for s in &cfg.sites {
+        out.push((
+            s.host.clone(),
+            vec![crate::world::sites::ADMIN_PREFIX.into()],
+        ));
+    }
+    out
+}
+
+/// The crawl's fact of what a polite crawler may fetch on each host.
+fn robots_fact(cfg: &crate::world::WorldConfig) -> String {
+    let hosts: Vec<String> = robots_rules(cfg)
+        .into_iter()
+        .map(|(host, rules)| {
+            let search = cfg
+                .sites
+                .iter()
+                .any(|s| s.host == host && s.search_only_share > 0.0);
+            match rules.as_slice() {
+                [] => format!("{host} has no `robots.txt`: everything is allowed"),
+                _ => format!(
+                    "{host} disallows {}{}",
+                    and_list(&rules.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>()),
+                    if rules.iter().any(|r| r == crate::world::sites::SEARCH_PATH) {
+                        " (its search is off limits)".to_string()
+                    } else if search {
+                        format!(
+                            " only, so its search form (`{}?q=`) may be used",
+                            crate::world::sites::SEARCH_PATH
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            }
+        })
+        .collect();
+    format!(
+        "What each host's `robots.txt` allows a polite crawler (`User-agent: *`; a request to a disallowed URL is a robots violation): {}.",
+        hosts.join("; ")
+    )
+}
+
 fn pct(x: f64) -> String {
     format!("{}%", crate::trace::round(x * 100.0, 4))
+}
+
+/// `400000` as `400,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn secs(v: f64) -> String {
@@ -256,7 +368,19 @@ fn network(stage: &Stage) -> String {
     }
 }
 
-/// Every fact the stage's grade depends on, in words, from the values its scorer uses.
+/// What the crawl meets on the web: each host's robots rules and the documentation sites' trouble.
+fn web_facts(ctx: &FactContext) -> Vec<Fact> {
+    let robots = ctx.robots.iter().map(|r| fact("robots", r.clone()));
+    let sites = ctx.domain.iter().map(|d| {
+        let (sites, trouble) = (and_list(&d.sites), and_list(&d.trouble));
+        fact(
+            "sites",
+            format!("The documentation sites ({sites}) have {trouble}."),
+        )
+    });
+    robots.chain(sites).collect()
+}
+
 /// The crawl stage's own facts: what is graded, what recall counts, what the sites hold.
 fn crawl_facts(ctx: &FactContext) -> Vec<Fact> {
     let g = &ctx.suite.gates;
@@ -284,12 +408,7 @@ fn crawl_facts(ctx: &FactContext) -> Vec<Fact> {
             CRAWL_PRECISION.value(g)
         ),
     ));
-    if let Some(d) = &ctx.domain {
-        out.push(fact(
-            "sites",
-            format!("The documentation sites have {}.", and_list(&d.trouble)),
-        ));
-    }
+    out.extend(web_facts(ctx));
     out.push(fact(
         "reported",
         format!(
@@ -300,6 +419,74 @@ fn crawl_facts(ctx: &FactContext) -> Vec<Fact> {
     out
 }
 
+/// The selfhost stage's own facts: the copy, the rebuild, its budget and network, the gate and the
+/// top level.
+fn selfhost_facts(ctx: &FactContext, excluded: &str) -> Vec<Fact> {
+    let (suite, g, sb) = (ctx.suite, &ctx.suite.gates, &ctx.suite.sandbox);
+    let mut out = Vec::new();
+    out.push(fact(
+            "copy",
+            format!(
+                "Copied into a fresh, empty `{WORKSPACE}`: the regular files of your workspace of at most {} KiB each and {} MiB in all (`{RECIPE}` first, then in path order), nothing under {excluded}, no symlinks, executable bits kept. Files that carry more than {} KiB copied verbatim from files under those folders (a model split into parts) are refused.",
+                MAX_FILE_BYTES / 1024,
+                MAX_RECIPE_BYTES / (1024 * 1024),
+                SMUGGLE_LIMIT / 1024
+            ),
+        ));
+    out.push(fact(
+            "invocation",
+            format!(
+                "The harness runs `{}` when `{RECIPE}` is executable (its `#!` line is honoured; without one, bash runs it), otherwise `{}`, with `bash -c` from `{WORKSPACE}` as {}, in a new sandbox of the same image and limits as yours ({} MiB, {} CPU) with an empty home directory: nothing outside the copied recipe survives.",
+                bootstrap_command(true),
+                bootstrap_command(false),
+                user(ctx),
+                sb.memory_mb,
+                sb.cpus
+            ),
+        ));
+    out.push(fact(
+            "budget",
+            format!(
+                "`{RECIPE}` gets {} of wall time, the sum of the earlier stages' command-time budgets; past it, it is killed and the stage fails.",
+                secs(suite.rebuild_seconds)
+            ),
+        ));
+    out.push(fact(
+            "rebuild network",
+            "While the recipe runs, the offline web is reachable again at the same seed URLs (a fresh server with its own request log); the rebuild's crawl is not graded.".into(),
+        ));
+    out.push(fact(
+            "gate",
+            format!(
+                "To pass: `{RECIPE}` exits with code 0 within its budget, the rebuilt `{}` verifies exactly as in the train stage on the hidden documents, and its verified bits per byte is within {} of the original's. The original is the `{}` in your `{WORKSPACE}` when this stage ends, verified on the same hidden documents.",
+                LM_PROGRAM,
+                pct(SELFHOST_BPB_TOLERANCE.value(g)),
+                LM_PROGRAM
+            ),
+        ));
+    out.push(fact(
+            "not graded",
+            format!(
+                "Only the rebuilt `{}` is graded: the rebuild's corpus, tokenizer and `{}` are not graded again.",
+                LM_PROGRAM,
+                EVAL_REPORT
+            ),
+        ));
+    out.push(fact(
+            "top level",
+            "The top level (L6) also asks the rebuilt model's verified bits per byte to beat per-document `xz -9e` given all the content text the offline web serves: for each hidden document d, the size of `xz -9e` of C followed by d less the size of `xz -9e` of C alone, where C is the main text of every content page the web serves (the gold text the crawl is graded on, not listings, archive copies or mirrors) joined by blank lines; those sizes summed, in bits, over the hidden documents' bytes.".into(),
+        ));
+    out.push(fact(
+            "check",
+            format!(
+                "`check` checks the layout, the caps and `bash -n {RECIPE}` in a moment. `check` with `{{\"rebuild\": true}}` runs the rebuild exactly as the grade does (fresh sandbox, same copy, same command, the web reachable) and verifies the rebuilt `{}` on your own documents; its time counts against this stage's command-time budget and it gives back the exit code, the log's tail and the rebuilt model's bits per byte.",
+                LM_PROGRAM
+            ),
+        ));
+    out
+}
+
+/// Every fact the stage's grade depends on, in words, from the values its scorer uses.
 pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
     let suite = ctx.suite;
     let g = &suite.gates;
@@ -463,68 +650,11 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
                 ),
             ));
         }
-        "selfhost" => {
-            out.push(fact(
-                "copy",
-                format!(
-                    "Copied into a fresh, empty `{WORKSPACE}`: the regular files of your workspace of at most {} KiB each and {} MiB in all (`{RECIPE}` first, then in path order), nothing under {excluded}, no symlinks, executable bits kept. Files that carry more than {} KiB copied verbatim from files under those folders (a model split into parts) are refused.",
-                    MAX_FILE_BYTES / 1024,
-                    MAX_RECIPE_BYTES / (1024 * 1024),
-                    SMUGGLE_LIMIT / 1024
-                ),
-            ));
-            out.push(fact(
-                "invocation",
-                format!(
-                    "The harness runs `{}` when `{RECIPE}` is executable (its `#!` line is honoured; without one, bash runs it), otherwise `{}`, with `bash -c` from `{WORKSPACE}` as {}, in a new sandbox of the same image and limits as yours ({} MiB, {} CPU) with an empty home directory: nothing outside the copied recipe survives.",
-                    bootstrap_command(true),
-                    bootstrap_command(false),
-                    user(ctx),
-                    sb.memory_mb,
-                    sb.cpus
-                ),
-            ));
-            out.push(fact(
-                "budget",
-                format!(
-                    "`{RECIPE}` gets {} of wall time, the sum of the earlier stages' command-time budgets; past it, it is killed and the stage fails.",
-                    secs(suite.rebuild_seconds)
-                ),
-            ));
-            out.push(fact(
-                "rebuild network",
-                "While the recipe runs, the offline web is reachable again at the same seed URLs (a fresh server with its own request log); the rebuild's crawl is not graded.".into(),
-            ));
-            out.push(fact(
-                "gate",
-                format!(
-                    "To pass: `{RECIPE}` exits with code 0 within its budget, the rebuilt `{}` verifies exactly as in the train stage on the hidden documents, and its verified bits per byte is within {} of the original's. The original is the `{}` in your `{WORKSPACE}` when this stage ends, verified on the same hidden documents.",
-                    LM_PROGRAM,
-                    pct(SELFHOST_BPB_TOLERANCE.value(g)),
-                    LM_PROGRAM
-                ),
-            ));
-            out.push(fact(
-                "not graded",
-                format!(
-                    "Only the rebuilt `{}` is graded: the rebuild's corpus, tokenizer and `{}` are not graded again.",
-                    LM_PROGRAM,
-                    EVAL_REPORT
-                ),
-            ));
-            out.push(fact(
-                "top level",
-                "The top level (L6) also asks the rebuilt model's verified bits per byte to beat per-document `xz -9e` given all the content text the offline web serves.".into(),
-            ));
-            out.push(fact(
-                "check",
-                format!(
-                    "`check` checks the layout, the caps and `bash -n {RECIPE}` in a moment. `check` with `{{\"rebuild\": true}}` runs the rebuild exactly as the grade does (fresh sandbox, same copy, same command, the web reachable) and verifies the rebuilt `{}` on your own documents; its time counts against this stage's command-time budget and it gives back the exit code, the log's tail and the rebuilt model's bits per byte.",
-                    LM_PROGRAM
-                ),
-            ));
-        }
+        "selfhost" => out.extend(selfhost_facts(ctx, &excluded)),
         _ => {}
+    }
+    if let Some(t) = crate::stages::scale::instruction_text(&stage.name) {
+        out.push(fact("score", t));
     }
     out
 }
@@ -556,24 +686,13 @@ pub fn instruction(
         source,
     })?;
     let image = crate::config::image::Recipe::load(home, &suite.image).ok();
-    let ctx = FactContext {
-        suite,
-        image: image.as_ref(),
-        domain: Domain::of(home, suite),
-        hidden: HiddenText::of(home, suite),
-    };
+    let ctx = FactContext::of(home, suite, image.as_ref());
     let scoring = &suite.scoring;
     let b = &stage.budgets;
     let fmt = |v: f64| format!("{}", v.round() as i64);
-    let rate = suite
-        .world
-        .as_deref()
-        .and_then(|w| crate::world::WorldConfig::load(home, w).ok());
+    let rate = ctx.world.as_ref().map(|c| c.rate_limit.to_string());
     let mut out = text
-        .replace(
-            "{{rate_limit}}",
-            &rate.map_or_else(|| "a few".into(), |(c, _, _)| c.rate_limit.to_string()),
-        )
+        .replace("{{rate_limit}}", rate.as_deref().unwrap_or("a few"))
         .replace("{{max_steps}}", &b.max_steps.to_string())
         .replace("{{max_sandbox_seconds}}", &fmt(b.max_sandbox_seconds))
         .replace("{{max_wall_seconds}}", &fmt(b.max_wall_seconds))
@@ -675,6 +794,80 @@ mod tests {
         }
     }
 
+    /// The crawl says per host what `robots.txt` allows: the general web's docs host forbids its
+    /// search, the documentation sites offer theirs; a world without sites still names its hosts.
+    #[test]
+    fn the_crawl_instruction_says_per_host_what_a_polite_crawler_may_use() {
+        let frontier = home().suite("frontier").unwrap();
+        let crawl = frontier.stages.iter().find(|s| s.name == "crawl").unwrap();
+        let text = rendered(&frontier, crawl);
+        for said in [
+            "docs.gptx.test disallows `/internal/` and `/search` (its search is off limits)",
+            "blog.gptx.test disallows `/drafts/`;",
+            "mirror.gptx.test has no `robots.txt`: everything is allowed",
+            "sqlite.gptx.test disallows `/admin/` only, so its search form (`/search?q=`) may be used",
+            "pg.gptx.test disallows `/admin/` only, so its search form (`/search?q=`) may be used",
+            "The documentation sites (sqlite.gptx.test and pg.gptx.test) have",
+        ] {
+            assert!(text.contains(said), "{said:?} not in\n{text}");
+        }
+        let mini = home().suite("mini").unwrap();
+        let crawl = mini.stages.iter().find(|s| s.name == "crawl").unwrap();
+        let text = rendered(&mini, crawl);
+        assert!(text.contains("docs.gptx.test disallows `/internal/` and `/search`"));
+        assert!(!text.contains("search form (`/search?q=`) may be used"));
+    }
+
+    /// Every stage states its score: the pass credit, its q, its weight and the ranking, from the
+    /// values `stages::scale` computes with; the train q's claims hold of the function.
+    #[test]
+    fn every_stage_states_how_it_is_scored_and_how_runs_are_ranked() {
+        use crate::stages::scale;
+        for name in ["mini", "frontier"] {
+            let suite = home().suite(name).unwrap();
+            for stage in &suite.stages {
+                let text = rendered(&suite, stage);
+                let said = scale::instruction_text(&stage.name).unwrap();
+                assert!(text.contains(&said), "{name}/{}: {said}", stage.name);
+                assert!(said.contains("Runs are ranked by level first"));
+            }
+        }
+        // "q is 0 at the gate, and each 20% off the reference's bpb adds the same".
+        let (x, r) = (3.143, 1.416);
+        assert_eq!(scale::model(x, x, Some(r)), Some(0.0));
+        let step = |b: f64| {
+            scale::model(0.8 * b, x, Some(r)).unwrap() - scale::model(b, x, Some(r)).unwrap()
+        };
+        assert!((step(r) - step(0.8 * r)).abs() < 1e-12);
+        assert_eq!(
+            scale::score(true, scale::model(x, x, Some(r))),
+            scale::PASS_CREDIT
+        );
+    }
+
+    /// The top level's conditional xz is said as the baseline computes it.
+    #[test]
+    fn the_selfhost_instruction_says_what_conditional_xz_computes() {
+        let suite = home().suite("mini").unwrap();
+        let stage = suite.stages.iter().find(|s| s.name == "selfhost").unwrap();
+        let text = rendered(&suite, stage);
+        assert!(text.contains(
+            "the size of `xz -9e` of C followed by d less the size of `xz -9e` of C alone"
+        ));
+        assert!(text.contains("joined by blank lines"));
+        // The baseline computes what the sentence says: Σ |xz(C‖d)| − |xz(C)|, in bits per byte.
+        use crate::world::baselines::{compute, xz_size};
+        let c = b"SELECT a FROM t WHERE b = 1;\n\nCREATE TABLE t(a, b);".repeat(50);
+        let docs: [&[u8]; 2] = [b"SELECT b FROM t WHERE a = 2;", b"CREATE INDEX i ON t(b);"];
+        let by_hand: u64 = docs
+            .iter()
+            .map(|d| xz_size(&[&c[..], d].concat()) - xz_size(&c))
+            .sum();
+        let bytes: usize = docs.iter().map(|d| d.len()).sum();
+        let b = compute(&c, &docs, &|| ());
+        assert!((b.xz_conditional - by_hand as f64 * 8.0 / bytes as f64).abs() < 1e-12);
+    }
+
     /// The facts of the suite's world are in the instruction: its domain in every stage (and in
     /// the crawl what recall counts and what the sites hold), a private world's variant and draw.
     fn world_facts_hold(ctx: &FactContext, stage: &Stage, topics: &[&str], text: &str, at: &str) {
@@ -712,12 +905,7 @@ mod tests {
         for name in names {
             let suite = home.suite(&name).unwrap();
             let image = Recipe::load(&home, &suite.image).unwrap();
-            let ctx = FactContext {
-                suite: &suite,
-                image: Some(&image),
-                domain: Domain::of(&home, &suite),
-                hidden: HiddenText::of(&home, &suite),
-            };
+            let ctx = FactContext::of(&home, &suite, Some(&image));
             for stage in &suite.stages {
                 let text = rendered(&suite, stage);
                 let facts = facts(stage, &ctx);
@@ -845,5 +1033,11 @@ mod tests {
             "a, b and c"
         );
         assert_eq!(and_list(&["a".into()]), "a");
+    }
+
+    #[test]
+    fn byte_counts_read_with_thousands_separators() {
+        let said = [400_000, 2_000, 999, 1_234_567].map(thousands);
+        assert_eq!(said, ["400,000", "2,000", "999", "1,234,567"]);
     }
 }

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 
 use crate::agent::tools::ToolError;
 use crate::sandbox::paths::WorkspacePath;
+use crate::stages::scale;
 use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::StageScore;
 use crate::world::World;
@@ -594,13 +595,11 @@ pub fn score_blocking(
     } else {
         Some(format!("gate not met: {}", public.join(", ")))
     };
-    // RE-Bench style on m = 1 − F1: the null agent's floor is 1, the reference's is 1 − F1_ref.
-    let normalized = reference_f1
-        .filter(|r| *r > 0.0)
-        .map(|r| (get("f1") / r).max(0.0));
+    let passed = failed.is_empty() && !parsed.docs.is_empty();
+    let normalized = Some(scale::score(passed, scale::crawl(get("f1"), reference_f1)));
     StageScore {
         status: "scored".into(),
-        passed: failed.is_empty() && !parsed.docs.is_empty(),
+        passed,
         metrics: m,
         reason,
         normalized,

@@ -16,15 +16,13 @@ use crate::sandbox::paths::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::stages::bpb::{self, Doc, Verification};
 use crate::stages::common::{hidden_docs, plan, program_problem};
 use crate::stages::contract::LM_PROGRAM as PROGRAM;
+use crate::stages::scale;
 use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
 
 pub(crate) use crate::stages::contract::EVAL_REPORT as REPORT;
 pub(crate) use crate::stages::contract::MAX_VAL_BYTES;
-/// The floor of the stage's main metric (claim error plus generalisation gap): a report that is
-/// off by 100% in all.
-pub(crate) const FLOOR_ERROR: f64 = 1.0;
 /// Positions the `check` tool tests on the validation set.
 const CHECK_POSITIONS: usize = 16;
 
@@ -225,10 +223,7 @@ pub fn stage_score(
         ));
     }
     let passed = reasons.is_empty();
-    let reference = reference_error
-        .unwrap_or(0.0)
-        .clamp(0.0, FLOOR_ERROR - 1e-9);
-    let normalized = ((FLOOR_ERROR - error) / (FLOOR_ERROR - reference)).max(0.0);
+    let normalized = scale::score(passed, scale::eval(error, reference_error));
     StageScore {
         status: "scored".into(),
         passed,
@@ -367,7 +362,7 @@ mod tests {
         assert_eq!(s.metrics["test_bpb"], 1.45);
         let error = 0.02 / 1.5 + 0.05 / 1.45;
         assert!((s.metrics["eval_error"].as_f64().unwrap() - error).abs() < 1e-5);
-        assert!((s.normalized.unwrap() - (1.0 - error) / 0.95).abs() < 1e-4);
+        assert!((s.normalized.unwrap() - (0.5 + 0.5 * (1.0 - error) / 0.95)).abs() < 1e-4);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod contract;
 pub mod crawl;
 pub mod eval;
 pub mod levels;
+pub mod scale;
 pub mod scorer;
 pub mod selfhost;
 pub mod tokenize;

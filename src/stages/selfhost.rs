@@ -21,13 +21,14 @@ use crate::sandbox::programs::Programs;
 use crate::sandbox::{ExecRequest, OutStream};
 use crate::stages::bpb::{self, Verification};
 use crate::stages::common::{
-    self, hidden_docs, normalized_bpb, own_sample, program_problem, CHECK_POSITIONS,
-    CHECK_SAMPLE_BYTES,
+    self, hidden_docs, own_sample, program_problem, CHECK_POSITIONS, CHECK_SAMPLE_BYTES,
 };
 use crate::stages::contract::LM_PROGRAM as PROGRAM;
+use crate::stages::scale;
 use crate::stages::scorer::{CheckRequest, Checked, ScoreContext, Scorer};
 use crate::trace::rundir::RunDir;
 use crate::trace::{round, StageScore};
+use crate::world::baselines::Baselines;
 use crate::world::World;
 
 pub(crate) use crate::stages::contract::{
@@ -456,13 +457,30 @@ fn original_rejected(rej: &bpb::Rejection, m: Map<String, Value>) -> StageScore 
     ))
 }
 
+/// A score failed by how the recipe failed (its exit code, its budget), that reason first; `s`
+/// itself when the recipe did not fail.
+fn with_recipe(s: StageScore, recipe_failed: Option<&str>) -> StageScore {
+    let Some(how) = recipe_failed else { return s };
+    let first = |r: &Option<String>| match r {
+        Some(r) => format!("{how}; {r}"),
+        None => how.to_string(),
+    };
+    StageScore {
+        passed: false,
+        reason: Some(first(&s.reason)),
+        public_reason: Some(first(&s.public_reason)),
+        normalized: Some(0.0),
+        ..s
+    }
+}
+
 /// The stage's score from the two verifications (pure: unit-tested). `recipe_failed` says how
 /// `bootstrap.sh` failed (a non-zero exit, its budget): then the stage fails whatever the rebuilt
 /// model scores, since a program copied with the recipe is not a rebuild.
 pub fn stage_score(
     original: &Verification,
     rebuilt: &Verification,
-    xz_conditional: f64,
+    baselines: &Baselines,
     gates: &BTreeMap<String, f64>,
     reference_bpb: Option<f64>,
     recipe_failed: Option<&str>,
@@ -470,26 +488,7 @@ pub fn stage_score(
 ) -> StageScore {
     m.insert("original".into(), verification_json(original));
     m.insert("rebuilt".into(), verification_json(rebuilt));
-    let with_recipe = |s: StageScore| match recipe_failed {
-        None => s,
-        Some(how) => {
-            let reason = match &s.reason {
-                Some(r) => format!("{how}; {r}"),
-                None => how.to_string(),
-            };
-            let public = match &s.public_reason {
-                Some(r) => format!("{how}; {r}"),
-                None => how.to_string(),
-            };
-            StageScore {
-                passed: false,
-                reason: Some(reason),
-                public_reason: Some(public),
-                normalized: Some(0.0),
-                ..s
-            }
-        }
-    };
+    let with_recipe = |s: StageScore| with_recipe(s, recipe_failed);
     let orig = match &original.result {
         Ok(ok) => ok.bpb,
         Err(rej) => return original_rejected(rej, m),
@@ -515,13 +514,15 @@ pub fn stage_score(
     let tol = crate::config::gates::SELFHOST_BPB_TOLERANCE.value(gates);
     m.insert("bpb".into(), json!(round(new, 5)));
     m.insert("relative_difference".into(), json!(round(diff, 5)));
+    let xz_conditional = baselines.xz_conditional;
     m.insert("beats_conditional_xz".into(), json!(new < xz_conditional));
     m.insert(
         "vs_conditional_xz".into(),
         json!(round(new - xz_conditional, 5)),
     );
     let passed = diff <= tol;
-    let normalized = normalized_bpb(new, reference_bpb).unwrap_or(0.0);
+    let floor = crate::config::gates::TRAIN_XZ_RATIO.value(gates) * baselines.xz;
+    let normalized = scale::score(passed, scale::model(new, floor, reference_bpb));
     with_recipe(StageScore {
         status: "scored".into(),
         passed,
@@ -972,7 +973,7 @@ impl Scorer for SelfhostScorer {
         let mut score = stage_score(
             &original,
             &rebuilt,
-            self.world.manifest.baselines.xz_conditional,
+            &self.world.manifest.baselines,
             ctx.gates,
             ctx.reference.get("selfhost_bpb").copied(),
             t.failed.as_deref(),
@@ -1196,24 +1197,24 @@ mod tests {
 
     #[test]
     fn within_three_percent_passes_and_beating_conditional_xz_is_recorded() {
-        let g = BTreeMap::new();
         let s = stage_score(
             &verification(1.40),
             &verification(1.42),
-            1.8,
-            &g,
+            &ladder(1.8),
+            &BTreeMap::new(),
             Some(1.4),
             None,
             Map::new(),
         );
         assert!(s.passed, "{:?}", s.reason);
         assert_eq!(s.metrics["beats_conditional_xz"], true);
-        assert!((s.normalized.unwrap() - 6.58 / 6.6).abs() < 1e-9);
+        let q = (3.0f64 / 1.42).ln() / (3.0f64 / 1.4).ln(); // log bpb from the gate, xz 3.0
+        assert!((s.normalized.unwrap() - (0.5 + 0.5 * q)).abs() < 1e-9);
         let s = stage_score(
             &verification(1.40),
             &verification(1.50),
-            1.45,
-            &g,
+            &ladder(1.45),
+            &BTreeMap::new(),
             Some(1.4),
             None,
             Map::new(),
@@ -1228,7 +1229,7 @@ mod tests {
         let s = stage_score(
             &verification(1.40),
             &verification(1.40),
-            1.8,
+            &ladder(1.8),
             &BTreeMap::new(),
             Some(1.4),
             Some("`./bootstrap.sh` exited with code 2 after 0.0 s"),
@@ -1245,7 +1246,7 @@ mod tests {
         let s = stage_score(
             &verification(1.40),
             &verification(1.50),
-            1.8,
+            &ladder(1.8),
             &BTreeMap::new(),
             Some(1.4),
             None,
@@ -1254,6 +1255,20 @@ mod tests {
         let told = s.told().unwrap();
         assert!(!told.contains("1.5") && !told.contains("1.4"), "{told}");
         assert!(told.contains("more than 3% from the original"), "{told}");
+    }
+
+    /// A world's baselines with per-document xz at 3.0 and conditional xz at `conditional`.
+    fn ladder(conditional: f64) -> Baselines {
+        Baselines {
+            uniform: 8.0,
+            unigram: 5.0,
+            gzip: 3.2,
+            xz: 3.0,
+            xz_conditional: conditional,
+            test_bytes: 10_000,
+            context_bytes: 100_000,
+            seconds: 0.0,
+        }
     }
 
     struct NoRebuild;
@@ -1304,7 +1319,7 @@ mod tests {
         let s = stage_score(
             &verification(1.4),
             &bad,
-            1.8,
+            &ladder(1.8),
             &BTreeMap::new(),
             Some(1.4),
             None,

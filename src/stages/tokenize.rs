@@ -19,6 +19,7 @@ use crate::sandbox::programs::{json_problem, one_line, quote, ProgramCall, Progr
 use crate::sandbox::{PathError, WorkspacePath, WorkspaceRoot};
 use crate::stages::bpb::Doc;
 use crate::stages::common::{hidden_docs, own_sample, program_problem};
+use crate::stages::scale;
 use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::World;
@@ -497,15 +498,9 @@ pub fn stage_score(
         problems.push(format!("bytes per token {bpt:.3} < {need}"));
         public.push(format!("bytes per token below {need}"));
     }
-    // RE-Bench style on bytes per token: the floor is 1 (one byte a token), the reference is ref.
-    let normalized = if exact {
-        reference_bpt
-            .filter(|r| *r > 1.0)
-            .map(|r| ((bpt - 1.0) / (r - 1.0)).max(0.0))
-            .or(Some(0.0))
-    } else {
-        Some(0.0)
-    };
+    // A failed round trip or an id out of range earns nothing for its bytes per token.
+    let quality = exact.then(|| scale::tokenize(bpt, reference_bpt)).flatten();
+    let normalized = Some(scale::score(problems.is_empty(), quality));
     StageScore {
         status: if exact {
             "scored".into()
@@ -675,18 +670,17 @@ mod tests {
         };
         let gates = BTreeMap::from([("tokenize_bytes_per_token".to_string(), 2.0)]);
         let s = stage_score(&r, 4096, &gates, Some(5.0));
-        assert!(s.passed);
-        assert_eq!(s.normalized, Some(0.5));
+        assert_eq!((s.passed, s.normalized), (true, Some(0.75))); // ½ + ½ · 2 / 4
         let mut bad = r.clone();
         bad.round_trip_failures
             .push("edge:nul: 3 bytes came back for 8".into());
         let s = stage_score(&bad, 4096, &gates, Some(5.0));
-        assert!(!s.passed);
-        assert_eq!(s.normalized, Some(0.0));
+        assert_eq!((s.passed, s.normalized), (false, Some(0.0)));
         assert!(s.reason.unwrap().contains("round trip failed on 1 of 3"));
         let mut low = r.clone();
         low.graded_tokens = 2000;
         let s = stage_score(&low, 4096, &gates, Some(5.0));
+        assert_eq!(s.normalized, Some(0.5 * 0.5 / 4.0)); // below the gate: half its q
         assert!(!s.passed && s.reason.unwrap().contains("bytes per token 1.500 < 2"));
     }
 }

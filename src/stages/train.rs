@@ -14,9 +14,9 @@ use serde_json::{json, Map, Value};
 use crate::agent::tools::ToolError;
 use crate::stages::bpb::{self, Verification};
 use crate::stages::common::{
-    hidden_docs, normalized_bpb, own_sample, plan, program_problem, CHECK_POSITIONS,
-    CHECK_SAMPLE_BYTES,
+    hidden_docs, own_sample, plan, program_problem, CHECK_POSITIONS, CHECK_SAMPLE_BYTES,
 };
+use crate::stages::scale;
 use crate::stages::scorer::{ScoreContext, Scorer};
 use crate::trace::{round, StageScore};
 use crate::world::{Baselines, World};
@@ -107,7 +107,7 @@ pub fn stage_score(
     let ratio = crate::config::gates::TRAIN_XZ_RATIO.value(gates);
     let bar = ratio * baselines.xz;
     let passed = bpb < bar;
-    let normalized = normalized_bpb(bpb, reference_bpb);
+    let normalized = scale::score(passed, scale::model(bpb, bar, reference_bpb));
     StageScore {
         status: "scored".into(),
         passed,
@@ -123,7 +123,7 @@ pub fn stage_score(
                 }
             )
         }),
-        normalized: normalized.or(Some(0.0)),
+        normalized: Some(normalized),
         public_reason: (!passed).then(|| {
             format!(
                 "gate not met: the verified bpb on the hidden documents is not below {}per-document xz -9e",
@@ -320,11 +320,10 @@ mod tests {
 
     #[test]
     fn verified_model_is_placed_on_the_ladder_and_gated_by_xz() {
-        let gates = BTreeMap::new();
         let s = stage_score(
             &verification(Ok(verified(2.0))),
             &baselines(),
-            &gates,
+            &BTreeMap::new(),
             Some(1.6),
         );
         assert!(s.passed, "{:?}", s.reason);
@@ -333,14 +332,15 @@ mod tests {
         assert_eq!(s.metrics["vs_conditional_xz"], 0.2);
         assert_eq!(s.metrics["bytes_per_token"], 2.0);
         assert_eq!(s.metrics["verify_overhead"], 0.01);
-        assert!((s.normalized.unwrap() - 6.0 / 6.4).abs() < 1e-12);
+        let q = (2.6f64 / 2.0).ln() / (2.6f64 / 1.6).ln(); // log bpb, from the gate (xz 2.6)
+        assert!((s.normalized.unwrap() - (0.5 + 0.5 * q)).abs() < 1e-12);
         let s = stage_score(
             &verification(Ok(verified(2.65))),
             &baselines(),
-            &gates,
+            &BTreeMap::new(),
             Some(1.6),
         );
-        assert!(!s.passed);
+        assert_eq!((s.passed, s.normalized), (false, Some(0.0)));
         assert!(s
             .reason
             .unwrap()
