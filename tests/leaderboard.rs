@@ -278,7 +278,7 @@ fn runs_are_grouped_by_world_hash_and_unfinished_runs_kept_apart() {
     );
 
     let names: Vec<&str> = w1.agents.iter().map(|a| a.agent.as_str()).collect();
-    assert_eq!(names, ["reference", "crawler", "null"], "ranked by index");
+    assert_eq!(names, ["reference", "crawler", "null"], "ranked by level");
     let r = &w1.agents[0];
     assert_eq!(
         r.runs, 3,
