@@ -16,6 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::config::suite::Budgets;
+use crate::stages::scale;
 use crate::trace::replay::{Replay, StageState};
 use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus, StageSummary};
 use crate::trace::{
@@ -211,13 +212,14 @@ fn captured(full: &[u8]) -> (String, bool) {
     (text, true)
 }
 
-/// The metrics and verdict of `stage`, passing or not (shaped like the real scorers').
+/// The metrics and verdict of `stage`, passing or not (shaped like the real scorers'), its
+/// normalised score from `stages::scale` against mini's reference values.
 fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
         m.insert(k.into(), v);
     };
-    let (normalized, reason) = match stage {
+    let (quality, reason) = match stage {
         "crawl" => {
             let (recall, precision) = if passed {
                 (rng.range(0.9, 1.0), rng.range(0.95, 1.0))
@@ -244,7 +246,7 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
             put("rate_limited", json!(if passed { 0 } else { 37 }));
             put("not_found", json!(4));
             (
-                f1,
+                scale::crawl(f1, Some(1.0)),
                 format!("gate not met: recall {recall:.3} is below 0.5; precision {precision:.3} is below 0.8"),
             )
         }
@@ -265,7 +267,7 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
             put("decode_seconds", json!(round(rng.range(0.05, 0.2), 3)));
             put("encode_mb_per_s", json!(round(rng.range(0.6, 2.5), 4)));
             (
-                ((bpt - 1.0) / (4.1155 - 1.0)).max(0.0),
+                scale::tokenize(bpt, Some(4.1155)),
                 format!("gate not met: {bpt:.3} bytes per token is below 2.0"),
             )
         }
@@ -306,7 +308,7 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
                 json!({"seed": 7, "positions": 64, "calls": 3, "repeated": true}),
             );
             (
-                ((8.0 - bpb) / (8.0 - 1.42187)).max(0.0),
+                scale::model(bpb, xz("xz"), Some(1.42187)),
                 format!(
                     "gate not met: verified bpb {bpb:.4} is not below per-document xz -9e ({:.4})",
                     xz("xz")
@@ -332,7 +334,7 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
             put("generalisation_gap", json!(round(gap, 5)));
             put("eval_error", json!(round(error, 5)));
             (
-                ((1.0 - error) / (1.0 - 0.05208)).max(0.0),
+                scale::eval(error, Some(0.05208)),
                 format!(
                     "gate not met: the report claims {claimed:.4} bpb on data/val.jsonl but bin/lm measures {val:.4} there ({:.1}% off; at most 5% allowed)",
                     claim_error * 100.0
@@ -355,7 +357,7 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
             );
             put("rebuild_seconds", json!(round(rng.range(60.0, 150.0), 1)));
             (
-                ((8.0 - new) / (8.0 - 1.42187)).max(0.0),
+                scale::model(new, xz("xz"), Some(1.42187)),
                 format!(
                     "gate not met: the rebuilt model scores {new:.4} bpb against the original's {orig:.4} ({:.1}% apart; at most 3% allowed)",
                     diff * 100.0
@@ -365,7 +367,7 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
         other => {
             put("documents", json!(10));
             (
-                if passed { 1.0 } else { 0.0 },
+                Some(if passed { 1.0 } else { 0.0 }),
                 format!("stage {other} did not produce its artifact"),
             )
         }
@@ -375,7 +377,7 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
         passed,
         metrics: m,
         reason: (!passed).then_some(reason),
-        normalized: Some(round(normalized, 4)),
+        normalized: Some(round(scale::score(passed, quality), 4)),
         public_reason: None,
     }
 }

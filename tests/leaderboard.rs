@@ -580,6 +580,14 @@ fn no_run_outranks_a_run_that_reached_a_higher_level() {
         ["reference", "crawler", "weaker"]
     );
     assert_eq!(boards[0].agents[1].best_level, "L3");
+    // An agent of one L6 and one L1 run (mean 3.5) ranks below the L6 reference and above the L3
+    // crawler, and its best-of-k is its L6 run.
+    write(tmp.path(), &run("m1", "mixed", [1.0; 5]));
+    write(tmp.path(), &run("m2", "mixed", [1.0, 0.2, 0.2, 0.2, 0.2]));
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    let names: Vec<&str> = boards[0].agents.iter().map(|a| a.agent.as_str()).collect();
+    assert_eq!(names, ["reference", "mixed", "crawler", "weaker"]);
+    assert_eq!(boards[0].agents[1].best_level, "L6");
     let md = leaderboard::markdown(&boards);
     assert!(
         md.contains("ranked by mean level, then by the Bootstrap Index"),

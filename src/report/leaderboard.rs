@@ -250,7 +250,6 @@ impl Board {
     }
 }
 
-/// `L4` → 4; anything else → 0.
 /// How a board is ranked and what its numbers mean, in its header.
 fn ranking_text(b: &Board) -> String {
     format!(
@@ -261,8 +260,8 @@ fn ranking_text(b: &Board) -> String {
     )
 }
 
-/// Agents in the ladder's order: no agent outranks one whose runs reached higher levels; within
-/// a level the higher mean index, then the name.
+/// Agents in the ladder's order: the higher mean level of their runs first (no agent outranks one
+/// of a higher mean level), then the higher mean index, then the name.
 fn agent_order(a: &AgentRow, b: &AgentRow) -> std::cmp::Ordering {
     b.mean_level
         .total_cmp(&a.mean_level)
@@ -277,6 +276,7 @@ fn ladder_order(a: &RunEntry, b: &RunEntry) -> std::cmp::Ordering {
         .then(a.bootstrap_index.total_cmp(&b.bootstrap_index))
 }
 
+/// `L4` → 4; anything else → 0.
 pub(crate) fn level_number(level: &str) -> usize {
     level
         .trim_start_matches('L')

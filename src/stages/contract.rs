@@ -179,7 +179,7 @@ impl HiddenText {
     fn draw(&self) -> String {
         use crate::world::holdout::{COMMON, CONTAINMENT, SEQUENCE_WORDS};
         format!(
-            "The hidden documents are a random draw of whole families of {}: pages that share a line of 40 bytes or more, or {} of the smaller page's {SEQUENCE_WORDS}-word sequences, are one family (text shared by more than {COMMON} pages is boilerplate and joins none), and no family is split between the hidden documents and the web. The draw takes the pages in a random order and withholds each one's whole family, until its pages of {} to {} bytes, the hidden documents, reach {} bytes (a family larger than that in all is never drawn). A validation set drawn the same way, whole families of your pages at random, predicts the hidden score.",
+            "The hidden documents are a random draw of whole families of {}: pages that share a line of 40 bytes or more, or {} of the smaller page's {SEQUENCE_WORDS}-word sequences, are one family (text shared by more than {COMMON} pages is boilerplate and joins none), and no family is split between the hidden documents and the web. The draw takes the pages in a random order and withholds each one's whole family, until its pages of {} to {} bytes, the hidden documents, reach {} bytes (a family larger than that in all, or with no page of that size, is never drawn). A validation set drawn the same way, whole families of your pages at random, predicts the hidden score.",
             self.of,
             pct(CONTAINMENT),
             thousands(HIDDEN_MIN_DOC_BYTES),
@@ -653,7 +653,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
         "selfhost" => out.extend(selfhost_facts(ctx, &excluded)),
         _ => {}
     }
-    if let Some(t) = crate::stages::scale::instruction_text(&stage.name) {
+    if let Some(t) = crate::stages::scale::instruction_text(&stage.name, TRAIN_XZ_RATIO.value(g)) {
         out.push(fact("score", t));
     }
     out
@@ -827,12 +827,13 @@ mod tests {
             let suite = home().suite(name).unwrap();
             for stage in &suite.stages {
                 let text = rendered(&suite, stage);
-                let said = scale::instruction_text(&stage.name).unwrap();
+                let ratio = TRAIN_XZ_RATIO.value(&suite.gates);
+                let said = scale::instruction_text(&stage.name, ratio).unwrap();
                 assert!(text.contains(&said), "{name}/{}: {said}", stage.name);
-                assert!(said.contains("Runs are ranked by level first"));
+                assert!(said.contains("Agents are ranked by the mean level of their runs"));
             }
         }
-        // "q is 0 at the gate, and each 20% off the reference's bpb adds the same".
+        // "q is 0 at the gate and rises by the same amount each time the bpb is multiplied by 0.8".
         let (x, r) = (3.143, 1.416);
         assert_eq!(scale::model(x, x, Some(r)), Some(0.0));
         let step = |b: f64| {

@@ -7,8 +7,8 @@
 //!
 //! The metrics and floors are chosen so that, above the reference, a better model moves the index
 //! more than a better crawl: the model's metric is log bits per byte with the floor at the train
-//! gate (per-document `xz -9e` on T), so every 20% off the reference's bpb is worth the same, and
-//! the crawl's F1 cannot pass 1.
+//! gate (per-document `xz -9e` on T), so each time the bpb is multiplied by 0.8 the score rises by
+//! the same amount, and the crawl's F1 cannot pass 1.
 
 use crate::config::stages::STAGES;
 
@@ -24,9 +24,9 @@ pub fn score(passed: bool, quality: Option<f64>) -> f64 {
 }
 
 /// RE-Bench's `(floor − m) / (floor − reference)` for a metric where lower is better; None unless
-/// the reference is better than the floor.
+/// the reference is measurably better than the floor (no division by nearly nothing).
 fn rebench(m: f64, floor: f64, reference: f64) -> Option<f64> {
-    (reference < floor).then(|| (floor - m) / (floor - reference))
+    (floor - reference > 1e-9).then(|| (floor - m) / (floor - reference))
 }
 
 /// The crawl's q on 1 − F1 with the floor at 1 (nothing collected): `F1 / F1_ref`.
@@ -42,8 +42,8 @@ pub fn tokenize(bytes_per_token: f64, reference: Option<f64>) -> Option<f64> {
 
 /// A model's q (train, and selfhost's rebuilt model) on log bits per byte with the floor at the
 /// train gate's bound `floor` (per-document `xz -9e` on T): `ln(floor / bpb) / ln(floor / bpb_ref)`.
-/// A model at the gate has q = 0, the reference's q = 1, and each 20% off the reference's bpb adds
-/// the same.
+/// A model at the gate has q = 0, the reference's q = 1, and each time the bpb is multiplied by
+/// 0.8, q rises by the same amount.
 pub fn model(bpb: f64, floor: f64, reference: Option<f64>) -> Option<f64> {
     let r = reference?;
     if !(bpb > 0.0 && floor > 0.0 && r > 0.0) {
@@ -58,34 +58,46 @@ pub fn eval(error: f64, reference: Option<f64>) -> Option<f64> {
     rebench(error, 1.0, reference?.max(0.0))
 }
 
-/// The stage's q in words, as its instruction states it.
-pub fn quality_text(stage: &str) -> Option<&'static str> {
+/// The stage's q in words, as its instruction states it; `x` names the train gate's bound.
+pub fn quality_text(stage: &str, x: &str) -> Option<String> {
     Some(match stage {
-        "crawl" => "q = F1 / F1_ref (RE-Bench's form on 1 − F1, floor 1: an empty corpus)",
-        "tokenize" => "q = (b − 1) / (b_ref − 1) on bytes per token b (floor 1: a byte a token)",
-        "train" => "q = ln(X / bpb) / ln(X / bpb_ref), where X is the gate's bound (per-document `xz -9e` on the hidden documents): RE-Bench's form on log bits per byte, so q is 0 at the gate, and each 20% off the reference's bpb adds the same",
-        "eval" => "q = (1 − e) / (1 − e_ref), where e is |claimed − measured| / measured plus |validation − hidden| / hidden (floor 1: off by 100% in all)",
-        "selfhost" => "q = ln(X / bpb) / ln(X / bpb_ref) on the rebuilt model's verified bits per byte, X being the train gate's bound (per-document `xz -9e` on the hidden documents)",
+        "crawl" => "q = F1 / F1_ref, F1 being the harmonic mean of recall and precision (RE-Bench's form on 1 − F1, floor 1: an empty corpus)".into(),
+        "tokenize" => "q = (b − 1) / (b_ref − 1) on bytes per token b (floor 1: a byte a token), and q = 0 unless every round trip is exact and every id is below `vocab_size`".into(),
+        "train" => format!("q = ln(X / bpb) / ln(X / bpb_ref), where X is the gate's bound ({x}): RE-Bench's form on log bits per byte, so q is 0 at the gate and rises by the same amount each time the bpb is multiplied by 0.8"),
+        "eval" => "q = (1 − e) / (1 − e_ref), where e is |claimed − measured| / measured plus |validation − hidden| / hidden (floor 1: off by 100% in all)".into(),
+        "selfhost" => format!("q = ln(X / bpb) / ln(X / bpb_ref) on the rebuilt model's verified bits per byte, X being the train gate's bound ({x}); a recipe that fails (a non-zero exit, its time budget) scores n = 0"),
         _ => return None,
     })
 }
 
-/// How a stage is scored and how the runs are ranked, for the stage's instruction.
-pub fn instruction_text(stage: &str) -> Option<String> {
+/// How a stage is scored and how the runs are ranked, for the stage's instruction; `train_ratio`
+/// is the suite's train gate (`train_xz_ratio`).
+pub fn instruction_text(stage: &str, train_ratio: f64) -> Option<String> {
     let def = STAGES.iter().find(|d| d.name == stage)?;
     Some(format!(
-        "Your score on this stage is n = {p} if you pass its gate, plus {p} × q, where {q}, and _ref is the reference agent's value on this world; q is clipped below at 0 and open above. The Bootstrap Index is 100 × the sum of weight × n over the stages ({w}; this one {this}): 0 is the null agent, 100 the reference. Runs are ranked by level first (the gates passed in order), then by the index.",
+        "Your score on this stage is n = {p} if you pass its gate, plus {p} × q, where {q}, and _ref is the reference agent's value on this world (without reference values, q = 0); q is clipped below at 0 and open above. The Bootstrap Index is 100 × the sum of weight × n over the stages ({w}; this one {this}): 0 is the null agent, 100 the reference. Agents are ranked by the mean level of their runs (the gates passed in order), then by their mean index; an agent's best run is its highest level, then index.",
         p = PASS_CREDIT,
-        q = quality_text(stage)?,
+        q = quality_text(stage, &gate_bound(train_ratio))?,
         w = weights(),
         this = def.weight,
     ))
 }
 
-/// The formula in a sentence, for the leaderboard's header and the exports.
+/// The train gate's bound in words: `per-document `xz -9e` on the hidden documents`, times the
+/// suite's ratio when it is not 1.
+fn gate_bound(ratio: f64) -> String {
+    let xz = "per-document `xz -9e` on the hidden documents";
+    if ratio == 1.0 {
+        xz.into()
+    } else {
+        format!("{ratio} × {xz}")
+    }
+}
+
+/// The formula in a sentence, for the leaderboard's header.
 pub fn formula() -> String {
     format!(
-        "Each stage scores n = {p} × [gate passed] + {p} × q, with q RE-Bench's (floor − m) / (floor − reference) on its metric, clipped at 0 and open above: crawl F1 / F1_ref; tokenize (bytes per token − 1) / (reference − 1); train and selfhost ln(X / bpb) / ln(X / reference bpb), X the train gate (per-document xz -9e on T); eval (1 − error) / (1 − reference error). Bootstrap Index = 100 × Σ weight × n ({}).",
+        "Each stage scores n = {p} × [gate passed] + {p} × q, with q RE-Bench's (floor − m) / (floor − reference) on its metric, clipped at 0 and open above: crawl F1 / F1_ref; tokenize (bytes per token − 1) / (reference − 1); train and selfhost ln(X / bpb) / ln(X / reference bpb), X the train gate's bound (per-document xz -9e on T, times the suite's train_xz_ratio); eval (1 − error) / (1 − reference error). Bootstrap Index = 100 × Σ weight × n ({}).",
         weights(),
         p = PASS_CREDIT
     )
@@ -112,6 +124,23 @@ mod tests {
     const BPB: f64 = 1.41621;
     const ERR: f64 = 0.06794;
     const XZ: f64 = 3.143;
+
+    #[test]
+    fn the_frontier_values_here_are_the_measured_ones() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tasks/worlds/frontier.reference.json"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let values = &v["values"];
+        for (key, here) in [("crawl_f1", F1), ("tokenize_bytes_per_token", BPT)] {
+            assert_eq!(values[key].as_f64(), Some(here), "{key}");
+        }
+        for (key, here) in [("train_bpb", BPB), ("eval_error", ERR)] {
+            assert_eq!(values[key].as_f64(), Some(here), "{key}");
+        }
+    }
 
     fn weight(stage: &str) -> f64 {
         STAGES.iter().find(|d| d.name == stage).unwrap().weight
@@ -173,10 +202,13 @@ mod tests {
     #[test]
     fn every_stage_has_its_quality_in_words() {
         for d in STAGES {
-            let t = instruction_text(d.name).unwrap();
+            let t = instruction_text(d.name, 1.0).unwrap();
             assert!(t.contains(&format!("this one {}", d.weight)), "{t}");
             assert!(t.contains(&PASS_CREDIT.to_string()));
         }
         assert!(formula().contains("train 0.4"));
+        assert!(instruction_text("train", 0.9)
+            .unwrap()
+            .contains("(0.9 × per-document `xz -9e`"));
     }
 }

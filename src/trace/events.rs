@@ -110,7 +110,7 @@ pub struct StageScore {
     pub metrics: serde_json::Map<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
-    /// RE-Bench style normalised score, when floor and reference are known.
+    /// The normalised score n (`stages::scale`): a pass credit plus RE-Bench's form on the metric.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub normalized: Option<f64>,
     /// Why the stage did not pass, in words that give nothing hidden away (no hidden bpb, no output
