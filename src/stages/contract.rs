@@ -132,9 +132,8 @@ pub struct HiddenText {
     pub max_doc: usize,
 }
 
-/// The smallest page that is a hidden document, as `world::holdout` draws them (`tests/world.rs`
-/// checks a generated world against it).
-pub const HIDDEN_MIN_DOC_BYTES: usize = 2_000;
+/// The smallest page that is a hidden document, as `world::holdout` draws them.
+pub use crate::world::holdout::MIN_DOC as HIDDEN_MIN_DOC_BYTES;
 
 impl HiddenText {
     /// The suite's world's (None without a world, when it draws pages plainly, or when its config

@@ -33,7 +33,7 @@ pub const COMMON: usize = 50;
 /// The shortest line whose repetition joins two pages.
 const LINE_BYTES: usize = 40;
 /// Smallest page that may be a hidden document.
-const MIN_DOC: usize = 2_000;
+pub const MIN_DOC: usize = 2_000;
 
 /// Moderate-sized pages, in `order`, until `bytes` of text are held out.
 pub(crate) fn hold_out(
