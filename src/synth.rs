@@ -432,6 +432,31 @@ fn start_time(run_id: &str) -> DateTime<Utc> {
         })
 }
 
+/// The stages' scores, the rescued stages and the summaries of `score.json`, from the replay.
+type StageResults = (
+    BTreeMap<String, StageScore>,
+    Vec<String>,
+    BTreeMap<String, StageSummary>,
+);
+
+fn stage_results(replay: &Replay, priced: bool) -> StageResults {
+    let stages = replay.stages();
+    let scores = stages
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.score.clone()?)))
+        .collect();
+    let rescued = stages
+        .iter()
+        .filter(|s| s.rescued)
+        .map(|s| s.name.clone())
+        .collect();
+    let summaries = stages
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), summary(s, priced)?)))
+        .collect();
+    (scores, rescued, summaries)
+}
+
 /// The model an LLM agent spec names (`openai:<model>`, `anthropic:<model>`), if it is one.
 /// score.json's summary of a stage that ended, from the replay of the trace written; `priced`: an
 /// LLM agent's stage, which counts its tokens and cost.
@@ -819,22 +844,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
     }
 
     let status = stop_status.unwrap_or(RunStatus::Done);
-    let scores: BTreeMap<String, StageScore> = replay
-        .stages()
-        .iter()
-        .filter_map(|s| Some((s.name.clone(), s.score.clone()?)))
-        .collect();
-    let rescued: Vec<String> = replay
-        .stages()
-        .iter()
-        .filter(|s| s.rescued)
-        .map(|s| s.name.clone())
-        .collect();
-    let summaries: BTreeMap<String, StageSummary> = replay
-        .stages()
-        .iter()
-        .filter_map(|s| Some((s.name.clone(), summary(s, model.is_some())?)))
-        .collect();
+    let (scores, rescued, summaries) = stage_results(&replay, model.is_some());
     let levels = crate::stages::levels::levels(&scores, &rescued);
     let bootstrap_index = round(crate::stages::levels::bootstrap_index(&scores), 4);
     let run_wall = round(run_wall + 0.4, 3);
@@ -869,6 +879,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         stages: summaries,
         integrity: vec![],
         resumed: 0,
+        scoring: scale::SCORING,
     };
     rundir::write_json_atomic(&dir.score_json(), &score)
         .with_context(|| dir.score_json().display().to_string())?;

@@ -50,6 +50,8 @@ fn stage(score: f64, bpb: Option<f64>, cpu: f64, name: &str) -> StageSummary {
     }
 }
 
+/// Writes a fake run: `run.json`, `score.json` and the trace the leaderboard checks `score.json`
+/// against (it ranks only runs that verify).
 fn write(dir: &Path, f: &Fake) {
     let run = dir.join(f.id);
     std::fs::create_dir_all(&run).unwrap();
@@ -102,9 +104,9 @@ fn write(dir: &Path, f: &Fake) {
             .collect(),
         integrity: vec![],
         resumed: 0,
+        scoring: gptx::stages::scale::SCORING,
     };
     write_json_atomic(&run.join("score.json"), &score).unwrap();
-    // The trace the leaderboard checks score.json against (it ranks only runs that verify).
     let mut log = gptx::trace::EventLog::create(&run.join("events.jsonl")).unwrap();
     for (stage, s) in &score.stages {
         log.append(&gptx::trace::Event::StageScored {
@@ -357,7 +359,7 @@ fn markdown_snapshot_and_files() {
     assert_eq!(json["boards"].as_array().unwrap().len(), 2);
     assert_eq!(json["boards"][0]["agents"][0]["agent"], "reference");
     let html = std::fs::read_to_string(out.join("leaderboard.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("reference") && html.contains("Unfinished"));
+    assert!(html.contains("<svg") && html.contains("reference") && html.contains("Runs not ranked"));
 }
 
 #[test]
@@ -594,6 +596,49 @@ fn no_run_outranks_a_run_that_reached_a_higher_level() {
         "{md}"
     );
     assert!(md.contains(&gptx::stages::scale::formula()), "{md}");
+}
+
+/// A run scored by an earlier formula (its `score.json` without `scoring`, as before versions
+/// were recorded) is listed apart, never ranked beside runs of the current formula.
+#[test]
+fn a_run_scored_by_an_earlier_formula_is_listed_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |id, agent| Fake {
+        id,
+        agent,
+        seed: 1,
+        world: "dddd",
+        status: RunStatus::Done,
+        scores: [1.0; 5],
+        bpb: Some(1.4),
+        cpu: 10.0,
+    };
+    write(tmp.path(), &run("new1", "reference"));
+    write(tmp.path(), &run("old1", "veteran"));
+    let path = tmp.path().join("old1").join("score.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("scoring");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let opts = Options {
+        suite: None,
+        resamples: 100,
+    };
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    let names: Vec<&str> = boards[0].agents.iter().map(|a| a.agent.as_str()).collect();
+    assert_eq!(names, ["reference"]);
+    let apart = &boards[0].unfinished;
+    assert_eq!(apart.len(), 1);
+    assert_eq!(apart[0].run_id, "old1");
+    assert!(
+        apart[0]
+            .status
+            .contains("scored by an earlier formula (scoring 0"),
+        "{}",
+        apart[0].status
+    );
+    let md = leaderboard::markdown(&boards);
+    assert!(md
+        .contains("### Runs not ranked (unfinished, unverified, or scored by an earlier formula)"));
 }
 
 /// A fake run that carries out `item` of `plan`.

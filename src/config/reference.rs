@@ -147,7 +147,7 @@ mod tests {
                 ("crawl".into(), stage(true, json!({"f1": 0.99}))),
                 (
                     "tokenize".into(),
-                    stage(true, json!({"bytes_per_token": 4.1})),
+                    stage(true, json!({"bytes_per_token": 4})),
                 ),
                 ("train".into(), stage(true, json!({"bpb": 1.4}))),
                 ("eval".into(), stage(true, json!({"eval_error": 0.03}))),
@@ -155,6 +155,7 @@ mod tests {
             ]),
             integrity: vec![],
             resumed: 0,
+            scoring: crate::stages::scale::SCORING,
         };
         let v = score.reference_values().unwrap();
         assert_eq!(v["crawl_f1"], 0.99);
@@ -169,11 +170,8 @@ mod tests {
             "the reference run did not pass stage eval: gate not met; no values written"
         );
         score.stages.insert("eval".into(), stage(true, json!({})));
-        assert!(score
-            .reference_values()
-            .unwrap_err()
-            .to_string()
-            .contains("has no eval_error"));
+        let e = score.reference_values().unwrap_err().to_string();
+        assert!(e.contains("has no eval_error"), "{e}");
     }
 
     #[test]

@@ -875,20 +875,7 @@ async fn drive(
     if let Err(e) = rundir::write_json_atomic(&dir.run_json(), &meta) {
         tracing::warn!("could not write {}: {e}", dir.run_json().display());
     }
-    let score = RunScore {
-        run_id: run_id.clone(),
-        suite: plan.suite.name.clone(),
-        agent: meta.agent.clone(),
-        seed: meta.seed,
-        world_hash: meta.world_hash.clone(),
-        status: result.status,
-        level: result.level.clone(),
-        assisted_level: result.assisted_level.clone(),
-        bootstrap_index: result.bootstrap_index,
-        stages: result.summaries(),
-        integrity: result.integrity.clone(),
-        resumed: meta.resumes.len() as u32,
-    };
+    let score = result.score(&plan.suite.name, &meta);
     if let Err(e) = rundir::write_json_atomic(&dir.score_json(), &score) {
         tracing::warn!("could not write {}: {e}", dir.score_json().display());
     }

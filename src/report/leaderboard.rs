@@ -208,6 +208,8 @@ impl PlanState {
 }
 
 /// What a provisional board says above its table.
+/// The heading of the runs a board lists apart.
+const UNRANKED: &str = "Runs not ranked (unfinished, unverified, or scored by an earlier formula)";
 const PROVISIONAL: &str = "INCOMPLETE: a plan on this board is not done, so its agents are not ranked (#: –) until every item is done";
 
 /// The best verified bpb seen on a world: how much headroom there is above the reference.
@@ -503,6 +505,59 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
 /// A run as read from its directory: `run.json`, and `score.json` when there is one.
 pub(crate) type ReadRun = (RunMeta, Option<RunScore>);
 
+/// The world's baseline ladder from a run's train metrics (empty when it has none).
+fn ladder_of(score: &RunScore) -> Vec<(String, f64)> {
+    let ladder = score
+        .stages
+        .get("train")
+        .and_then(|t| t.metrics.get("ladder"))
+        .and_then(|l| l.as_object());
+    let Some(ladder) = ladder else {
+        return Vec::new();
+    };
+    crate::stages::train::LADDER
+        .iter()
+        .filter_map(|k| {
+            ladder
+                .get(*k)
+                .and_then(|v| v.as_f64())
+                .map(|v| (k.to_string(), v))
+        })
+        .collect()
+}
+
+/// A run listed apart, unranked, with why: not done, done but its trace does not verify, no
+/// `score.json`, or scored by an earlier formula than `scale::SCORING` (its scores would not
+/// compare).
+fn unranked(meta: &RunMeta, score: Option<&RunScore>) -> Unfinished {
+    let done = meta.status == RunStatus::Done;
+    let status = match score {
+        _ if done
+            && meta
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("does not verify")) =>
+        {
+            "done, does not verify".into()
+        }
+        Some(s) if done => format!(
+            "done, scored by an earlier formula (scoring {} before {}): run it again to rank it",
+            s.scoring,
+            scale::SCORING
+        ),
+        None if done => "done (no score.json)".into(),
+        _ => meta.status.to_string(),
+    };
+    Unfinished {
+        run_id: meta.run_id.clone(),
+        agent: meta.agent.clone(),
+        seed: meta.seed,
+        status,
+        started_at: meta.started_at.format("%Y-%m-%d %H:%M").to_string(),
+        error: meta.error.clone(),
+    }
+}
+
 /// Ranks runs already read (pure: the unit of the tests).
 pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
     let mut groups: BTreeMap<(String, Option<String>), Vec<&ReadRun>> = BTreeMap::new();
@@ -528,46 +583,13 @@ pub fn build(runs: &[ReadRun], opts: &Options) -> Vec<Board> {
                 }
             }
             match (meta.status, score) {
-                (RunStatus::Done, Some(score)) => {
+                (RunStatus::Done, Some(score)) if score.scoring == scale::SCORING => {
                     if baselines.is_empty() {
-                        if let Some(ladder) = score
-                            .stages
-                            .get("train")
-                            .and_then(|t| t.metrics.get("ladder"))
-                            .and_then(|l| l.as_object())
-                        {
-                            baselines = crate::stages::train::LADDER
-                                .iter()
-                                .filter_map(|k| {
-                                    ladder
-                                        .get(*k)
-                                        .and_then(|v| v.as_f64())
-                                        .map(|v| (k.to_string(), v))
-                                })
-                                .collect();
-                        }
+                        baselines = ladder_of(score);
                     }
                     entries.push(entry(meta, score));
                 }
-                _ => unfinished.push(Unfinished {
-                    run_id: meta.run_id.clone(),
-                    agent: meta.agent.clone(),
-                    seed: meta.seed,
-                    status: if meta.status == RunStatus::Done
-                        && meta
-                            .error
-                            .as_deref()
-                            .is_some_and(|e| e.starts_with("does not verify"))
-                    {
-                        "done, does not verify".into()
-                    } else if meta.status == RunStatus::Done {
-                        "done (no score.json)".into()
-                    } else {
-                        meta.status.to_string()
-                    },
-                    started_at: meta.started_at.format("%Y-%m-%d %H:%M").to_string(),
-                    error: meta.error.clone(),
-                }),
+                _ => unfinished.push(unranked(meta, score.as_ref())),
             }
         }
         stages.sort_by_key(|s| {
@@ -1181,9 +1203,11 @@ pub fn markdown(boards: &[Board]) -> String {
             }
         }
         if !b.unfinished.is_empty() {
-            let _ = writeln!(o, "\n### Unfinished runs (not ranked)\n");
-            let _ = writeln!(o, "| run | agent | seed | status | started | error |");
-            let _ = writeln!(o, "|---|---|--:|---|---|---|");
+            let _ = writeln!(o, "\n### {UNRANKED}\n");
+            let _ = writeln!(
+                o,
+                "| run | agent | seed | status | started | error |\n|---|---|--:|---|---|---|"
+            );
             for u in &b.unfinished {
                 let _ = writeln!(
                     o,
@@ -1355,7 +1379,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
             o.push_str("</ul>");
         }
         if !b.unfinished.is_empty() {
-            o.push_str("<h3>Unfinished runs (not ranked)</h3><table><tr><th class=\"l\">run</th><th class=\"l\">agent</th><th>seed</th><th class=\"l\">status</th><th class=\"l\">started</th><th class=\"l\">error</th></tr>");
+            let _ = write!(o, "<h3>{UNRANKED}</h3><table><tr><th class=\"l\">run</th><th class=\"l\">agent</th><th>seed</th><th class=\"l\">status</th><th class=\"l\">started</th><th class=\"l\">error</th></tr>");
             for u in &b.unfinished {
                 let _ = write!(
                     o,

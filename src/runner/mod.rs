@@ -28,7 +28,7 @@ use crate::sandbox::{ExecRequest, OutStream, Sandbox};
 use crate::stages::levels;
 use crate::stages::scorer::{CheckRequest, ScoreContext, Scorer};
 use crate::trace::rundir::RunDir;
-use crate::trace::rundir::{RunStatus, StageSummary};
+use crate::trace::rundir::{RunMeta, RunScore, RunStatus, StageSummary};
 use crate::trace::{
     EndReason, Event, EventSink, IntegrityNote, OutputRef, OutputStore, StageScore, StepRecord,
     StepUsage, WorkspaceHistory,
@@ -68,6 +68,25 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// The run's `score.json`, scored by the current formulas (`stages::scale::SCORING`).
+    pub fn score(&self, suite: &str, meta: &RunMeta) -> RunScore {
+        RunScore {
+            run_id: meta.run_id.clone(),
+            suite: suite.to_string(),
+            agent: meta.agent.clone(),
+            seed: meta.seed,
+            world_hash: meta.world_hash.clone(),
+            status: self.status,
+            level: self.level.clone(),
+            assisted_level: self.assisted_level.clone(),
+            bootstrap_index: self.bootstrap_index,
+            stages: self.summaries(),
+            integrity: self.integrity.clone(),
+            resumed: meta.resumes.len() as u32,
+            scoring: crate::stages::scale::SCORING,
+        }
+    }
+
     /// Per-stage summaries for score.json and `--json`.
     pub fn summaries(&self) -> BTreeMap<String, StageSummary> {
         self.stages

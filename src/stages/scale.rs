@@ -12,6 +12,11 @@
 
 use crate::config::stages::STAGES;
 
+/// The version of these formulas, recorded in every `score.json` (`RunScore::scoring`): the
+/// leaderboard ranks only runs scored by the current one. 0 is a run from before versions were
+/// recorded (n = RE-Bench's form alone, from the null floor: train on 8 − bpb); 1 is this file's.
+pub const SCORING: u32 = 1;
+
 /// What passing a stage's gate is worth before its metric counts: half of the reference's score.
 pub const PASS_CREDIT: f64 = 0.5;
 

@@ -433,6 +433,10 @@ pub struct RunScore {
     /// that went through in one go.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resumed: u32,
+    /// The scoring formulas' version (`stages::scale::SCORING`) its normalised scores come from;
+    /// 0 for a run from before versions were recorded.
+    #[serde(default)]
+    pub scoring: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
