@@ -227,19 +227,15 @@ impl Domain {
     }
 }
 
-/// What each host's `robots.txt` disallows for `User-agent: *`, as the world writes it
-/// (`world::generate` for the general web, `world::sites` for the documentation sites); a host
-/// left out has no `robots.txt`. `tests/world.rs` checks this against a generated world.
+/// What each host's `robots.txt` disallows for `User-agent: *`, from the rules the world's
+/// scorer reads (`world::generate::general_robots` for the general web, `world::sites`'s
+/// `ADMIN_PREFIX` for the documentation sites); the mirror has no `robots.txt`. `tests/world.rs`
+/// checks this against a generated world.
 pub fn robots_rules(cfg: &crate::world::WorldConfig) -> Vec<(String, Vec<String>)> {
-    use crate::world::generate::{BLOG, DOCS, MIRROR};
-    let mut out = vec![
-        (
-            DOCS.to_string(),
-            vec!["/internal/".into(), "/search".into()],
-        ),
-        (BLOG.to_string(), vec!["/drafts/".into()]),
-        (MIRROR.to_string(), vec![]),
-    ];
+    let mut out: Vec<(String, Vec<String>)> = crate::world::generate::general_robots()
+        .into_iter()
+        .collect();
+    out.push((crate::world::generate::MIRROR.to_string(), vec![]));
     for s in &cfg.sites {
         out.push((
             s.host.clone(),

@@ -13,6 +13,7 @@ pub(crate) const DOCS: &str = "docs.gptx.test";
 pub(crate) const BLOG: &str = "blog.gptx.test";
 pub(crate) const MIRROR: &str = "mirror.gptx.test";
 pub(crate) const HOSTS: [&str; 3] = [DOCS, BLOG, MIRROR];
+
 pub(crate) const TRAP_PREFIX: &str = "/events/";
 
 /// A small deterministic generator (SplitMix64): the world must not change when a dependency does.
@@ -200,6 +201,16 @@ fn latin1_bytes(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// What the general web's `robots.txt` files disallow for `User-agent: *` (the mirror has none):
+/// the scorer's robots rules and the crawl instruction's.
+pub(crate) fn general_robots() -> BTreeMap<String, Vec<String>> {
+    let rules = |r: &[&str]| r.iter().map(|x| x.to_string()).collect();
+    BTreeMap::from([
+        (DOCS.to_string(), rules(&["/internal/", "/search"])),
+        (BLOG.to_string(), rules(&["/drafts/"])),
+    ])
+}
+
 /// Splits the corpus and renders the world: the three general sites from `docs`, then each of
 /// `sites`. With a target site, T comes from it and the pages held out of `docs` are
 /// out-of-domain documents instead.
@@ -315,9 +326,7 @@ pub fn generate(
             canary,
         });
     }
-    g.disallowed
-        .insert(DOCS.into(), vec!["/internal/".into(), "/search".into()]);
-    g.disallowed.insert(BLOG.into(), vec!["/drafts/".into()]);
+    g.disallowed.extend(general_robots());
 
     let docs_path = |i: usize| format!("/{}", docs[i].id);
     let blog_path = |i: usize| format!("/posts/{}/", slug(&docs[i].id));
