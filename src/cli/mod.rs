@@ -81,7 +81,7 @@ pub enum Command {
     Runs(RunsArgs),
     /// Show a run's trace step by step, or one step with its workspace diff (`--step N`).
     Show(ShowArgs),
-    /// Rank agents from their runs: reports/leaderboard.{md,json,html} and SVG charts.
+    /// Rank agents from their runs (by mean level, then by Bootstrap Index): reports/leaderboard.{md,json,html} and SVG charts.
     Leaderboard(LeaderboardArgs),
     /// Serve the web viewer: runs, run pages, steps with diffs, the leaderboard, live runs.
     Serve(ServeArgs),
