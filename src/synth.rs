@@ -234,10 +234,8 @@ fn stage_score(stage: &str, passed: bool, rng: &mut Rng) -> StageScore {
             put("bytes", json!(if passed { 1_843_200 } else { 301_544 }));
             put("invalid_lines", json!(0));
             put("duplicate_documents", json!(if passed { 3 } else { 21 }));
-            put(
-                "duplicate_rate",
-                json!(if passed { 0.007282 } else { 0.216495 }),
-            );
+            let dup_rate = if passed { 0.007282 } else { 0.216495 };
+            put("duplicate_rate", json!(dup_rate));
             put("canaries_in_corpus", json!(0));
             put("disallowed_requests", json!(0));
             put("robots_violations", json!(0));

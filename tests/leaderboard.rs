@@ -86,7 +86,6 @@ fn write(dir: &Path, f: &Fake) {
     }
     let passed = f.scores.iter().take_while(|s| **s >= 0.5).count();
     let weights = [15.0, 10.0, 40.0, 15.0, 20.0];
-    let index: f64 = f.scores.iter().zip(weights).map(|(s, w)| s * w).sum();
     let score = RunScore {
         run_id: f.id.into(),
         suite: "mini".into(),
@@ -96,7 +95,7 @@ fn write(dir: &Path, f: &Fake) {
         status: f.status,
         level: format!("L{}", passed + usize::from(passed == 5)),
         assisted_level: None,
-        bootstrap_index: index,
+        bootstrap_index: f.scores.iter().zip(weights).map(|(s, w)| s * w).sum(),
         stages: STAGES
             .iter()
             .zip(f.scores)
@@ -274,10 +273,7 @@ fn runs_are_grouped_by_world_hash_and_unfinished_runs_kept_apart() {
         .unwrap();
     assert_eq!(w2.agents.len(), 1);
     assert_eq!(w2.agents[0].runs, 1);
-    assert_eq!(
-        w2.agents[0].index_mean, 15.0,
-        "w2's run never mixes with w1's"
-    );
+    assert_eq!(w2.agents[0].index_mean, 15.0, "w2's run is apart");
 
     let names: Vec<&str> = w1.agents.iter().map(|a| a.agent.as_str()).collect();
     assert_eq!(names, ["reference", "crawler", "null"], "ranked by level");
@@ -348,11 +344,7 @@ fn markdown_snapshot_and_files() {
     assert_eq!(svgs.len(), 6, "three charts per board");
     for p in svgs {
         let text = std::fs::read_to_string(p).unwrap();
-        assert!(
-            text.starts_with("<svg") && text.contains("</svg>"),
-            "{}",
-            p.display()
-        );
+        assert!(text.starts_with("<svg") && text.contains("</svg>"), "{p:?}");
     }
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("leaderboard.json")).unwrap()).unwrap();

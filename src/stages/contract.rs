@@ -140,9 +140,6 @@ impl HiddenText {
     /// cannot be read).
     pub fn of(cfg: &crate::world::WorldConfig) -> Option<Self> {
         let families = cfg.holdout == crate::world::holdout::Holdout::Families;
-        if !cfg.private && !families {
-            return None;
-        }
         let of = match cfg.sites.iter().find(|s| s.target) {
             Some(s) => format!("{}'s pages ({})", s.domain, s.host),
             None => format!(
@@ -150,7 +147,7 @@ impl HiddenText {
                 and_list(&crate::world::generate::HOSTS.map(String::from))
             ),
         };
-        Some(Self {
+        (cfg.private || families).then_some(Self {
             of,
             private: cfg.private,
             families,

@@ -349,14 +349,8 @@ mod tests {
 
     #[test]
     fn an_honest_report_that_predicts_passes() {
-        let s = stage_score(
-            &report(1.52),
-            4,
-            5000,
-            &verification(1.45, 1.5),
-            &BTreeMap::new(),
-            Some(0.05),
-        );
+        let v = verification(1.45, 1.5);
+        let s = stage_score(&report(1.52), 4, 5000, &v, &BTreeMap::new(), Some(0.05));
         assert!(s.passed, "{:?}", s.reason);
         assert_eq!(s.metrics["val_bpb"], 1.5);
         assert_eq!(s.metrics["test_bpb"], 1.45);

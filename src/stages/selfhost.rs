@@ -979,10 +979,8 @@ impl Scorer for SelfhostScorer {
             t.failed.as_deref(),
             m,
         );
-        if let Some(d) = t.disk {
-            if let Err(e) = d.release(true) {
-                score.metrics.insert("disk_warning".into(), json!(e));
-            }
+        if let Some(Err(e)) = t.disk.map(|d| d.release(true)) {
+            score.metrics.insert("disk_warning".into(), json!(e));
         }
         score
     }
@@ -1197,28 +1195,12 @@ mod tests {
 
     #[test]
     fn within_three_percent_passes_and_beating_conditional_xz_is_recorded() {
-        let s = stage_score(
-            &verification(1.40),
-            &verification(1.42),
-            &ladder(1.8),
-            &BTreeMap::new(),
-            Some(1.4),
-            None,
-            Map::new(),
-        );
+        let s = scored(&verification(1.40), &verification(1.42), 1.8, None);
         assert!(s.passed, "{:?}", s.reason);
         assert_eq!(s.metrics["beats_conditional_xz"], true);
         let q = (3.0f64 / 1.42).ln() / (3.0f64 / 1.4).ln(); // log bpb from the gate, xz 3.0
         assert!((s.normalized.unwrap() - (0.5 + 0.5 * q)).abs() < 1e-9);
-        let s = stage_score(
-            &verification(1.40),
-            &verification(1.50),
-            &ladder(1.45),
-            &BTreeMap::new(),
-            Some(1.4),
-            None,
-            Map::new(),
-        );
+        let s = scored(&verification(1.40), &verification(1.50), 1.45, None);
         assert!(!s.passed);
         assert_eq!(s.metrics["beats_conditional_xz"], false);
         assert!(s.reason.unwrap().contains("7.1% apart; at most 3% allowed"));
@@ -1226,15 +1208,8 @@ mod tests {
 
     #[test]
     fn a_failed_recipe_fails_the_stage_even_when_the_model_matches() {
-        let s = stage_score(
-            &verification(1.40),
-            &verification(1.40),
-            &ladder(1.8),
-            &BTreeMap::new(),
-            Some(1.4),
-            Some("`./bootstrap.sh` exited with code 2 after 0.0 s"),
-            Map::new(),
-        );
+        let how = "`./bootstrap.sh` exited with code 2 after 0.0 s";
+        let s = scored(&verification(1.40), &verification(1.40), 1.8, Some(how));
         assert!(!s.passed);
         assert_eq!(s.normalized, Some(0.0));
         assert_eq!(
@@ -1243,18 +1218,22 @@ mod tests {
         );
         assert_eq!(s.told(), s.reason);
         // Within tolerance otherwise: the public reason names no bpb.
-        let s = stage_score(
-            &verification(1.40),
-            &verification(1.50),
-            &ladder(1.8),
-            &BTreeMap::new(),
-            Some(1.4),
-            None,
-            Map::new(),
-        );
+        let s = scored(&verification(1.40), &verification(1.50), 1.8, None);
         let told = s.told().unwrap();
         assert!(!told.contains("1.5") && !told.contains("1.4"), "{told}");
         assert!(told.contains("more than 3% from the original"), "{told}");
+    }
+
+    /// The stage's score against a reference of 1.4 bpb, with per-document xz at 3.0 and
+    /// conditional xz at `conditional`; `recipe` says how the recipe failed.
+    fn scored(
+        original: &Verification,
+        rebuilt: &Verification,
+        conditional: f64,
+        recipe: Option<&str>,
+    ) -> StageScore {
+        let (b, gates) = (ladder(conditional), BTreeMap::new());
+        stage_score(original, rebuilt, &b, &gates, Some(1.4), recipe, Map::new())
     }
 
     /// A world's baselines with per-document xz at 3.0 and conditional xz at `conditional`.
@@ -1316,15 +1295,7 @@ mod tests {
         let rej = bpb::Rejection::new(bpb::RejectKind::Failed, "score exited with code 1");
         let mut bad = verification(1.0);
         bad.result = Err(rej);
-        let s = stage_score(
-            &verification(1.4),
-            &bad,
-            &ladder(1.8),
-            &BTreeMap::new(),
-            Some(1.4),
-            None,
-            Map::new(),
-        );
+        let s = scored(&verification(1.4), &bad, 1.8, None);
         assert_eq!(s.status, "rejected");
         assert!(s
             .reason

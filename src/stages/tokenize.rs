@@ -639,11 +639,7 @@ mod tests {
                 let r = grade(&p, &docs, 1, 256, Duration::from_secs(5), hidden).await;
                 assert!(!r.ok(), "answer {n}");
                 let said = format!("{:?} {:?}", r.fatal, r.round_trip_failures);
-                assert_eq!(
-                    said.contains("SECRET"),
-                    !hidden,
-                    "answer {n}, {hidden}: {said}"
-                );
+                assert_eq!(said.contains("SECRET"), !hidden, "{n} {hidden}: {said}");
             }
         }
     }

@@ -107,7 +107,6 @@ pub fn stage_score(
     let ratio = crate::config::gates::TRAIN_XZ_RATIO.value(gates);
     let bar = ratio * baselines.xz;
     let passed = bpb < bar;
-    let normalized = scale::score(passed, scale::model(bpb, bar, reference_bpb));
     StageScore {
         status: "scored".into(),
         passed,
@@ -123,7 +122,7 @@ pub fn stage_score(
                 }
             )
         }),
-        normalized: Some(normalized),
+        normalized: Some(scale::score(passed, scale::model(bpb, bar, reference_bpb))),
         public_reason: (!passed).then(|| {
             format!(
                 "gate not met: the verified bpb on the hidden documents is not below {}per-document xz -9e",
@@ -320,12 +319,8 @@ mod tests {
 
     #[test]
     fn verified_model_is_placed_on_the_ladder_and_gated_by_xz() {
-        let s = stage_score(
-            &verification(Ok(verified(2.0))),
-            &baselines(),
-            &BTreeMap::new(),
-            Some(1.6),
-        );
+        let (b, g) = (baselines(), BTreeMap::new());
+        let s = stage_score(&verification(Ok(verified(2.0))), &b, &g, Some(1.6));
         assert!(s.passed, "{:?}", s.reason);
         assert_eq!(s.metrics["beats"]["xz"], true);
         assert_eq!(s.metrics["beats_conditional_xz"], false);
@@ -334,12 +329,7 @@ mod tests {
         assert_eq!(s.metrics["verify_overhead"], 0.01);
         let q = (2.6f64 / 2.0).ln() / (2.6f64 / 1.6).ln(); // log bpb, from the gate (xz 2.6)
         assert!((s.normalized.unwrap() - (0.5 + 0.5 * q)).abs() < 1e-12);
-        let s = stage_score(
-            &verification(Ok(verified(2.65))),
-            &baselines(),
-            &BTreeMap::new(),
-            Some(1.6),
-        );
+        let s = stage_score(&verification(Ok(verified(2.65))), &b, &g, Some(1.6));
         assert_eq!((s.passed, s.normalized), (false, Some(0.0)));
         assert!(s
             .reason
