@@ -29,33 +29,21 @@ Prints a table and writes results.json to the output folder.
 """
 
 import argparse
-import base64
 import glob
 import html
 import json
-import math
 import os
 import random
 import re
 import subprocess
-import sys
 import time
+
+from reference_lm import read_jsonl, score, train, write_jsonl
 
 HOST = "sqlite.gptx.test"
 GATE = 0.10
 BUDGET = 400_000
 DOC_BYTES = (2_000, 40_000)
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(l) for l in f if l.strip()]
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
 
 
 def nbytes(text):
@@ -167,17 +155,8 @@ def reference_bpb(reference, train_docs, evals, work, seconds):
     corpus, model = os.path.join(work, "corpus.jsonl"), os.path.join(work, "model")
     write_jsonl(corpus, [{"url": d["url"], "text": d["text"]} for d in train_docs])
     t0 = time.time()
-    subprocess.run([sys.executable, os.path.join(reference, "train.py"), "--corpus", corpus,
-                    "--out", model, "--max-seconds", str(seconds)], check=True,
-                   stdout=subprocess.DEVNULL)
-    out = []
-    for docs in evals:
-        req = "".join(json.dumps({"id": str(i), "text_b64": base64.b64encode(
-            d["text"].encode()).decode()}) + "\n" for i, d in enumerate(docs))
-        p = subprocess.run([sys.executable, os.path.join(reference, "lm.py"), "--model", model,
-                            "score"], input=req.encode(), capture_output=True, check=True)
-        nats = -sum(sum(json.loads(l)["logprobs"]) for l in p.stdout.decode().splitlines())
-        out.append(nats / math.log(2) / sum(nbytes(d["text"]) for d in docs))
+    train(reference, corpus, model, seconds)
+    out = [score(reference, model, docs) for docs in evals]
     subprocess.run(["rm", "-rf", corpus, model], check=True)
     return out, time.time() - t0
 

@@ -12,15 +12,14 @@
 # ngram,reference) the models to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 world=$(readlink -f "$1")
-out=$(readlink -f "${2:-$(mktemp -d /tmp/gptx-eval-holdout.XXXXXX)}")
-mkdir -p "$out"
-chmod 777 "$out"
-image=$(docker images --format '{{.Repository}}:{{.Tag}}' gptx/base | head -1)
-[ -n "$image" ] || { echo "no gptx/base image: run gptx images build base" >&2; exit 2; }
+out=$(bench_out eval-holdout "${2:-}")
+image=$(bench_image)
 echo "image $image; world $world; output $out" >&2
 docker run --rm --network none --cpus "${CPUS:-1.5}" --memory 8g \
   -v "$world:/world:ro" -v "$PWD/tasks/train/reference:/reference:ro" \
+  -v "$PWD/benches/reference_lm.py:/reference_lm.py:ro" \
   -v "$PWD/benches/eval_holdout.py:/eval_holdout.py:ro" -v "$out:/out" "$image" \
   python3 /eval_holdout.py --world /world --reference /reference --out /out \
   --max-seconds "${MAX_SECONDS:-240}" --seeds "${SEEDS:-3}" --models "${MODELS:-ngram,reference}"

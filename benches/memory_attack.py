@@ -21,14 +21,11 @@ Prints one line per model and writes results.json beside the models.
 """
 
 import argparse
-import base64
 import json
 import lzma
-import math
 import os
-import subprocess
-import sys
-import time
+
+from reference_lm import read_jsonl, score, train, write_jsonl
 
 
 def docs_of_public(path):
@@ -41,38 +38,6 @@ def docs_of_public(path):
             text = "\n\n".join(b["t"] for b in d["blocks"])
             out.append({"url": "public:" + d["id"], "text": text})
     return out
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(l) for l in f if l.strip()]
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
-def train(reference, corpus, out, seconds):
-    t0 = time.time()
-    subprocess.run([sys.executable, os.path.join(reference, "train.py"), "--corpus", corpus,
-                    "--out", out, "--max-seconds", str(seconds)], check=True,
-                   stdout=subprocess.DEVNULL)
-    return time.time() - t0
-
-
-def score(reference, model, test):
-    """Bits per byte of `model` on the documents of `test`."""
-    req = "".join(json.dumps({"id": d["id"], "text_b64": base64.b64encode(
-        d["text"].encode("utf-8")).decode()}) + "\n" for d in test)
-    p = subprocess.run([sys.executable, os.path.join(reference, "lm.py"), "--model", model,
-                        "score"], input=req.encode(), capture_output=True, check=True)
-    nats = 0.0
-    for line in p.stdout.decode().splitlines():
-        nats -= sum(json.loads(line)["logprobs"])
-    total = sum(len(d["text"].encode("utf-8")) for d in test)
-    return nats / math.log(2) / total
 
 
 def main():

@@ -13,18 +13,17 @@
 # comma-separated subset of the models to train.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 world=$(readlink -f "$1")
 crawl=$(readlink -f "$2")
 public=$(readlink -f "${3:-tasks/worlds/corpus/sqlite-3.40-docs.jsonl.xz}")
-out=$(readlink -f "${4:-$(mktemp -d /tmp/gptx-memory-attack.XXXXXX)}")
-mkdir -p "$out"
-chmod 777 "$out"
-image=$(docker images --format '{{.Repository}}:{{.Tag}}' gptx/base | head -1)
-[ -n "$image" ] || { echo "no gptx/base image: run gptx images build base" >&2; exit 2; }
+out=$(bench_out memory-attack "${4:-}")
+image=$(bench_image)
 echo "image $image; world $world; output $out" >&2
 docker run --rm --network none --cpus 2 --memory 8g \
   -v "$world:/world:ro" -v "$crawl:/crawl.jsonl:ro" -v "$public:/public.jsonl.xz:ro" \
-  -v "$PWD/tasks/train/reference:/reference:ro" -v "$PWD/benches/memory_attack.py:/attack.py:ro" \
+  -v "$PWD/tasks/train/reference:/reference:ro" -v "$PWD/benches/reference_lm.py:/reference_lm.py:ro" \
+  -v "$PWD/benches/memory_attack.py:/attack.py:ro" \
   -v "$(readlink -f "${CONTROL:-tasks/worlds/corpus/postgresql-15-docs.jsonl.xz}"):/control.jsonl.xz:ro" \
   -v "$out:/out" "$image" \
   python3 /attack.py --world /world --crawl /crawl.jsonl --public /public.jsonl.xz \
