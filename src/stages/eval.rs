@@ -359,6 +359,25 @@ mod tests {
         assert!((s.normalized.unwrap() - (0.5 + 0.5 * (1.0 - error) / 0.95)).abs() < 1e-4);
     }
 
+    /// Attack: degenerate numbers to push n past the gate: a model that memorised its own
+    /// validation file (0 bits there, so the claim error is 0 / 0), an absurd claim (an infinite
+    /// error). Neither passes, and n is 0, never NaN or above the pass credit.
+    #[test]
+    fn degenerate_validation_numbers_neither_pass_nor_score() {
+        let memorised = verification(1.45, 0.0);
+        let g = BTreeMap::new();
+        for (claim, v) in [
+            (0.0, &memorised),
+            (1e-9, &memorised),
+            (1e308, &verification(1.45, 1.5)),
+        ] {
+            let s = stage_score(&report(claim), 4, 5000, v, &g, Some(0.05));
+            assert!(!s.passed, "claim {claim}: {:?}", s.reason);
+            assert_eq!(s.normalized, Some(0.0), "claim {claim}");
+            assert!(serde_json::to_string(&s.metrics).is_ok());
+        }
+    }
+
     #[test]
     fn a_lying_claim_fails_with_both_numbers() {
         let s = stage_score(
