@@ -32,8 +32,10 @@
 //!   grading, rescue, and going on with an interrupted run folded from its trace
 //!   ([`runner::ResumeState`]); its only output is the event stream.
 //! - [`docker`]: everything that talks to the engine, and nothing else does. The connection and
-//!   labels, images, the agent's sandbox, scoring and rebuild sandboxes, the world's web server,
-//!   and [`docker::session`], one whole run on the real engine with teardown that always happens.
+//!   labels, images, the agent's sandbox, scoring and rebuild sandboxes, the injected static
+//!   supervisor they all run commands through (its source is `supervisor/main.rs`, outside `src/`,
+//!   built by `build.rs`), the world's web server, and [`docker::session`], one whole run on the
+//!   real engine with teardown that always happens.
 //! - [`plan`]: batches as plan files for a scheduler to place: one stable id per item, the pins
 //!   every item runs under, the item lock, item states; Slurm job arrays ([`plan::slurm`]) and
 //!   Kubernetes Indexed Jobs ([`plan::k8s`]).

@@ -87,22 +87,40 @@ async fn processes_do_not_outlive_their_stage() {
     common::assert_nothing_left(&docker, &v).await;
 }
 
-/// A command that writes forged `exit` lines into the supervisor's stdout through /proc cannot: the
-/// supervisor is not dumpable, so its fds are closed to the sandbox user, and ids are random.
+/// A command cannot forge the supervisor's frames: it cannot write into (or read) any of the
+/// supervisor's fds through /proc (it is non-dumpable), it cannot replace the binary (a read-only
+/// mount of root's file), and the harness's socket drops a connection without the token (which is
+/// only on the supervisor's stdin). Ids are random besides.
 #[tokio::test(flavor = "multi_thread")]
-async fn supervisor_lines_cannot_be_forged() {
+async fn supervisor_frames_cannot_be_forged() {
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
     let forge = r#"
+# An exit frame for ids 1..200: kind 18, id, length 53, then a zero payload (exit code 0).
+forged() { python3 -c 'import struct,sys
+for i in range(1, 201): sys.stdout.buffer.write(struct.pack("<BQI", 18, i, 53) + bytes([1]) + bytes(52))'; }
 for p in /proc/[0-9]*; do
   case "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" in
-    "python3 -u -c # gptx sandbox supervisor"*)
-      for id in $(seq 1 200); do
-        printf '{"id":%d,"ev":"exit","code":0,"signal":null,"timed_out":false,"oom":false,"cpu_s":0,"max_rss_kb":0,"cg_cpu_s":0,"cg_peak_bytes":0,"duration_ms":1,"error":null}\n' $id > $p/fd/1 2>/dev/null && echo "forged into $p"
-      done
+    "/.gptx/supervisor"*)
+      for fd in 0 1 2 3 4 5 6; do forged > $p/fd/$fd 2>/dev/null && echo "forged into $p/fd/$fd"; done
+      cat $p/fd/0 > /dev/null 2>&1 && echo "read its stdin"
       ls -l $p/fd/ 2>&1 | head -1 >&2;;
   esac
 done
+cp /bin/true /.gptx/supervisor 2>/dev/null && echo "replaced the supervisor"
+python3 - <<'PY'
+import socket, struct
+for token in (bytes(32), b"x" * 32):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect("/.gptx/io.sock")
+        s.sendall(token + b"".join(struct.pack("<BQI", 18, i, 53) + bytes([1]) + bytes(52) for i in range(1, 201)))
+        s.settimeout(3)
+        d = s.recv(10)
+        print("socket answered" if d else "socket closed", d)
+    except OSError as e:
+        print("socket:", type(e).__name__)
+PY
 sleep 1.5
 exit 7
 "#;
@@ -120,12 +138,12 @@ exit 7
     let s = steps(&v);
     let r = &s[0]["result"];
     assert_eq!(r["exit_code"], 7, "{r}");
-    assert!(!r["stdout"].as_str().unwrap().contains("forged"), "{r}");
+    let out = r["stdout"].as_str().unwrap();
+    for what in ["forged", "read its stdin", "replaced", "socket answered"] {
+        assert!(!out.contains(what), "{what}: {r}");
+    }
     assert!(
-        r["stderr"]
-            .as_str()
-            .unwrap()
-            .contains("/fd/1: Permission denied"),
+        r["stderr"].as_str().unwrap().contains("Permission denied"),
         "{r}"
     );
     assert!(

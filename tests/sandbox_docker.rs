@@ -221,3 +221,142 @@ async fn the_world_network_is_internal_and_leaving_it_leaves_only_loopback() {
 async fn run_cmd(sb: &dyn Sandbox, cmd: &str) -> (ExecOutcome, String, String) {
     run(sb, cmd, 30.0).await
 }
+
+/// An image of Debian's `busybox-static` alone (no C library, no Python, no bash), imported for the
+/// test: the injected supervisor runs commands there (with `/bin/sh`), feeds stdin, times a command
+/// out, lists mapped files and sweeps the processes at a stage's end.
+async fn busybox_image(docker: &bollard::Docker) -> String {
+    let tag = "gptx-test/busybox:static";
+    if gptx::docker::images::image_id(docker, tag)
+        .await
+        .unwrap()
+        .is_some()
+    {
+        return tag.into();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = |cmd: &str| {
+        let st = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .current_dir(tmp.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}: {st}");
+    };
+    sh("apt-get download -q busybox-static >/dev/null && dpkg-deb -x busybox-static_*.deb deb");
+    sh("mkdir -p root/bin root/tmp root/etc root/workspace root/home/agent && chmod 1777 root/tmp \
+        && cp deb/bin/busybox root/bin/ && for a in $(root/bin/busybox --list); do [ \"$a\" = busybox ] || ln -sf busybox root/bin/$a; done \
+        && echo 'root:x:0:0::/:/bin/sh' > root/etc/passwd && echo 'agent:x:1000:1000::/home/agent:/bin/sh' >> root/etc/passwd \
+        && chown 1000:1000 root/workspace root/home/agent && tar -C root -cf rootfs.tar .");
+    let body = std::fs::read(tmp.path().join("rootfs.tar")).unwrap();
+    let options = bollard::query_parameters::CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some("gptx-test/busybox".into()),
+        tag: Some("static".into()),
+        changes: vec!["CMD [\"sleep\", \"infinity\"]".into()],
+        ..Default::default()
+    };
+    use futures_util::StreamExt;
+    let mut s = docker.create_image(Some(options), Some(bollard::body_full(body.into())), None);
+    while let Some(item) = s.next().await {
+        item.expect("import");
+    }
+    tag.into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_supervisor_runs_in_an_image_with_no_c_library_and_no_python() {
+    let docker = gptx::docker::engine::connect().await.unwrap();
+    let image = busybox_image(&docker).await;
+    let run_id = common::test_run_id("busybox");
+    let ws = tempfile::tempdir().unwrap();
+    let spec = common::spec(&run_id, &image, ws.path());
+    let sb = std::sync::Arc::new(
+        gptx::docker::sandbox::DockerSandbox::create(&docker, &spec)
+            .await
+            .expect("a sandbox on busybox alone"),
+    );
+    // Removed whatever the checks do.
+    let checks = tokio::spawn(busybox_checks(sb.clone())).await;
+    sb.remove().await.unwrap();
+    assert_eq!(common::leftovers(&docker, &run_id).await, 0);
+    if let Err(e) = checks {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn busybox_checks(sb: std::sync::Arc<gptx::docker::sandbox::DockerSandbox>) {
+    let sb = sb.as_ref();
+    let (o, out, _) = run(
+        sb,
+        "ls /lib /usr/lib 2>&1 | head -3; command -v python3 bash; id -u; echo hi > f; cat f",
+        10.0,
+    )
+    .await;
+    assert_eq!(o.exit_code, Some(0), "{o:?} {out}");
+    assert!(out.ends_with("1000\nhi\n"), "{out}");
+    assert!(out.contains("No such file"), "no libraries at all: {out}");
+    let req = gptx::sandbox::ExecRequest {
+        cmd: "wc -c".into(),
+        timeout: Duration::from_secs(10),
+        env: vec![],
+        stdin: Some(vec![b'x'; 300_000]),
+    };
+    let mut got = Vec::new();
+    sb.exec(&req, &mut |_, d| got.extend_from_slice(d))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got).trim(), "300000");
+    let t0 = Instant::now();
+    let (o, _, _) = run(sb, "sleep 60 & sleep 60", 1.0).await;
+    assert!(
+        o.timed_out && t0.elapsed() < Duration::from_secs(8),
+        "{o:?}"
+    );
+    assert_eq!(sb.mapped_files().await, Ok(vec![]));
+    run(sb, "(sleep 100 &) ; true", 5.0).await;
+    let swept = sb.end_stage().await.expect("sweep");
+    assert!(swept.killed >= 1, "{swept:?}");
+}
+
+/// A whole stage in `minimal` (no Python in the agent's image): the agent's steps run, the world's
+/// web server (in `base`) answers over bash's /dev/tcp, and the run ends cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_runs_in_an_image_without_python() {
+    let (docker, _) = common::docker_and_image().await;
+    let runs = tempfile::tempdir().unwrap();
+    let suite = std::fs::read_to_string(common::home().tasks().join("suites/mini.toml"))
+        .unwrap()
+        .replace("image = \"base\"", "image = \"minimal\"");
+    let suite_path = runs.path().join("mini-minimal.toml");
+    std::fs::write(&suite_path, suite).unwrap();
+    let fetch = "command -v python3 python || echo no-python; \
+        h=$(grep -o '[a-z0-9.-]*gptx.test' /etc/hosts | head -1); \
+        exec 3<>/dev/tcp/$h/80 && printf 'GET /robots.txt HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n' $h >&3 && head -1 <&3";
+    let calls = [
+        serde_json::json!({"tool": "bash", "args": {"cmd": fetch}}),
+        serde_json::json!({"tool": "submit", "args": {}}),
+    ];
+    let agent = runs.path().join("agent.jsonl");
+    let text: String = calls.iter().map(|c| format!("{c}\n")).collect();
+    std::fs::write(&agent, text).unwrap();
+    let v = common::run_json(
+        &[
+            "--suite",
+            suite_path.to_str().unwrap(),
+            "--stages",
+            "crawl",
+            "--agent",
+            &format!("script:{}", agent.display()),
+        ],
+        runs.path(),
+    );
+    let step = common::events(&v)
+        .into_iter()
+        .find(|e| e["type"] == "step")
+        .expect("a step");
+    let out = step["result"]["stdout"].as_str().unwrap();
+    assert!(out.starts_with("no-python\nHTTP/1."), "{step}");
+    assert!(out.contains(" 200"), "{step}");
+    common::assert_nothing_left(&docker, &v).await;
+}

@@ -8,4 +8,5 @@ pub mod programs;
 pub mod rebuild;
 pub mod sandbox;
 pub mod session;
+pub(crate) mod supervisor;
 pub mod web;

@@ -26,6 +26,8 @@ pub(crate) struct DockerRebuilder {
     pub docker: Docker,
     pub run_id: String,
     pub image: String,
+    /// The world's web server's image (`base`: the agent's image need not have Python).
+    pub web_image: String,
     pub world: Option<Arc<World>>,
     pub sandbox: SandboxLimits,
     pub scoring: ScoringLimits,
@@ -182,7 +184,7 @@ impl Rebuilder for DockerRebuilder {
         let web = WebServer::start(
             &self.docker,
             &self.run_id,
-            &self.image,
+            &self.web_image,
             world,
             &net,
             &world_dir,

@@ -1,7 +1,8 @@
 //! The real sandbox: a hardened Docker container driven through bollard, commands run by an in-box supervisor.
 //!
-//! One `docker exec` per sandbox starts `supervisor.py` with stdin attached; each command is then one JSON
-//! line each way, so a step costs a fork, not a runc exec. If the supervisor dies (the agent killed it, the
+//! The static supervisor (`supervisor/main.rs`) is bind-mounted read-only into every sandbox; one
+//! `docker exec` per sandbox starts it with stdin attached, and each command is then one binary frame
+//! in and its output frames out, so a step costs a fork, not a runc exec. If the supervisor dies (the agent killed it, the
 //! OOM killer took it) the next command starts a new one; if it stops answering past a command's timeout
 //! the harness kills every process of the sandbox user and starts over.
 
@@ -13,7 +14,6 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use bollard::models::{
     ContainerCreateBody, ExecConfig, HostConfig, NetworkConnectRequest, NetworkDisconnectRequest,
     VolumeCreateRequest,
@@ -25,53 +25,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::docker::engine;
+use crate::docker::supervisor::{self as sv, Frame};
 use crate::sandbox::{
     ExecOutcome, ExecRequest, OutStream, OutputSink, Sandbox, SandboxError, WorkspaceRoot,
 };
-
-const SUPERVISOR: &str = include_str!("supervisor.py");
-/// Kills every process of its own uid but itself, again and again until none is left (a process that
-/// forks while it is killed is caught by the next round); prints the count it found (the pid in argv[1],
-/// the supervisor, not counted), how many are left, and up to 20 of their command lines.
-const SWEEPER: &str = r#"
-import json, os, signal, sys, time
-uid, me, skip = os.getuid(), os.getpid(), int(sys.argv[1])
-def alive():
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == me:
-            continue
-        try:
-            with open("/proc/%s/status" % d) as f:
-                st = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
-            if st.get("State", "").strip().startswith("Z") or int(st["Uid"].split()[0]) != uid:
-                continue
-            try:
-                with open("/proc/%s/cmdline" % d, "rb") as f:
-                    cmd = f.read(300).replace(b"\0", b" ").decode("utf-8", "replace").strip()
-            except OSError:
-                cmd = ""
-            out[int(d)] = cmd or st.get("Name", "").strip()
-        except (OSError, KeyError, ValueError):
-            continue
-    return out
-seen = {}
-for _ in range(500):
-    now = alive()
-    if not now:
-        break
-    seen.update(now)
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except OSError:
-        pass
-    time.sleep(0.005)
-seen.pop(skip, None)
-print(json.dumps({"killed": len(seen), "left": len(alive()), "commands": list(seen.values())[:20]}))
-"#;
-
-/// The longest line the supervisor sends (an output chunk is 32 KiB before base64); longer is dropped.
-const MAX_LINE: usize = 1 << 20;
 
 /// How long past a command's own timeout the harness waits for the supervisor before killing everything.
 const GRACE: Duration = Duration::from_secs(10);
@@ -107,13 +64,20 @@ pub struct DockerSandboxSpec {
 
 struct Supervisor {
     input: Pin<Box<dyn AsyncWrite + Send>>,
-    rx: mpsc::UnboundedReceiver<serde_json::Value>,
-    reader: tokio::task::JoinHandle<()>,
+    rx: mpsc::Receiver<Frame>,
+    /// The attach stream's reader, and the socket's once the supervisor reached it.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// Frames in flight between the reader and the command's consumer: with output frames of at most
+/// 1 MiB, the harness holds a few MiB of a command's output at most, however fast it prints.
+const FRAMES_IN_FLIGHT: usize = 4;
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        self.reader.abort();
+        for r in &self.readers {
+            r.abort();
+        }
     }
 }
 
@@ -126,6 +90,8 @@ pub struct DockerSandbox {
     workspace: WorkspaceRoot,
     network: StdMutex<Option<String>>,
     sup: Mutex<Option<Supervisor>>,
+    /// The socket the supervisor sends its frames through (None: the attach stream carries them).
+    channel: Option<sv::Channel>,
     sup_stderr: Arc<StdMutex<String>>,
     /// Supervisor lines that were not the protocol (not JSON, or too long), since the last stage end.
     bad_lines: Arc<std::sync::atomic::AtomicU64>,
@@ -166,21 +132,38 @@ impl DockerSandbox {
             .await
             .map_err(err("create volume"))?;
         let mode = if spec.workspace_readonly { "ro" } else { "rw" };
+        let supervisor = sv::host_copy().map_err(|e| SandboxError::other("supervisor", e))?;
+        let channel = match sv::Channel::open(&name) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("command output goes through the engine's attach stream: {e}");
+                None
+            }
+        };
+        let mut binds = vec![
+            format!("{volume}:{}:{mode}", crate::sandbox::WORKSPACE),
+            // Root's file, read-only: the agent's uid can neither replace nor change it.
+            format!("{}:{}:ro", supervisor.display(), sv::IN_SANDBOX),
+        ];
+        if let Some(c) = &channel {
+            binds.push(format!(
+                "{}:{}:ro",
+                c.host_path().display(),
+                sv::SOCKET_IN_SANDBOX
+            ));
+        }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            // PID 1 (docker-init + sleep) runs as root without capabilities, so the agent's
+            // PID 1 (docker-init + the supervisor idling) runs as root without capabilities, so the agent's
             // `kill -9 -1` cannot take the container down; every exec runs as the sandbox user.
             user: Some("0:0".into()),
             working_dir: Some(crate::sandbox::WORKSPACE.into()),
-            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            cmd: Some(vec![sv::IN_SANDBOX.into(), "idle".into()]),
             env: Some(spec.env.clone()),
             labels: Some(labels),
             network_disabled: None,
             host_config: Some(HostConfig {
-                binds: Some(vec![format!(
-                    "{volume}:{}:{mode}",
-                    crate::sandbox::WORKSPACE
-                )]),
+                binds: Some(binds),
                 init: Some(true),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
@@ -248,6 +231,7 @@ impl DockerSandbox {
             workspace,
             network: StdMutex::new(spec.network.clone()),
             sup: Mutex::new(None),
+            channel,
             sup_stderr: Arc::new(StdMutex::new(String::new())),
             bad_lines: Arc::default(),
             removed: false.into(),
@@ -267,27 +251,37 @@ impl DockerSandbox {
         let mut guard = self.sup.lock().await;
         let mut sup = self.start_supervisor().await?;
         let id = rand::random::<u64>() >> 11;
-        send(&mut sup, &serde_json::json!({"op": "ping", "id": id})).await?;
-        match tokio::time::timeout(Duration::from_secs(30), sup.rx.recv()).await {
-            Ok(Some(v)) if v["ev"] == "pong" && v["undumpable"] != true => {
-                return Err(SandboxError::other(
-                    "supervisor",
-                    format!(
-                        "could not make itself non-dumpable, so commands could forge its output; stderr: {}",
-                        self.sup_stderr.lock().unwrap()
-                    ),
-                ))
-            }
-            Ok(Some(v)) if v["ev"] == "pong" => {}
+        send(&mut sup, sv::PING, id, &[]).await?;
+        let stderr = || self.sup_stderr.lock().unwrap().clone();
+        let pong = tokio::time::timeout(Duration::from_secs(30), recv_id(&mut sup, id)).await;
+        let (version, _, undumpable) = match pong {
+            Ok(Some(f)) if f.kind == sv::PONG => sv::parse_pong(&f.data)
+                .map_err(|e| SandboxError::other("supervisor", format!("a bad pong: {e}")))?,
             _ => {
                 return Err(SandboxError::other(
                     "supervisor",
                     format!(
-                        "did not answer a ping; does the image have python3? stderr: {}",
-                        self.sup_stderr.lock().unwrap()
+                        "did not answer a ping (is {} executable in the image?); stderr: {}",
+                        sv::IN_SANDBOX,
+                        stderr()
                     ),
                 ))
             }
+        };
+        if version != sv::VERSION {
+            return Err(SandboxError::other(
+                "supervisor",
+                format!("speaks protocol {version}, not {}", sv::VERSION),
+            ));
+        }
+        if !undumpable {
+            return Err(SandboxError::other(
+                "supervisor",
+                format!(
+                    "could not make itself non-dumpable, so commands could forge its output; stderr: {}",
+                    stderr()
+                ),
+            ));
         }
         *guard = Some(sup);
         Ok(())
@@ -304,12 +298,7 @@ impl DockerSandbox {
             .create_exec(
                 &self.id,
                 ExecConfig {
-                    cmd: Some(vec![
-                        "python3".into(),
-                        "-u".into(),
-                        "-c".into(),
-                        SUPERVISOR.into(),
-                    ]),
+                    cmd: Some(vec![sv::IN_SANDBOX.into()]),
                     attach_stdin: Some(true),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
@@ -332,64 +321,54 @@ impl DockerSandbox {
             )
             .await
             .map_err(err("start supervisor"))?;
-        let bollard::exec::StartExecResults::Attached { mut output, input } = started else {
+        let bollard::exec::StartExecResults::Attached { output, input } = started else {
             return Err(SandboxError::other("supervisor", "exec started detached"));
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stderr = self.sup_stderr.clone();
-        let bad_lines = self.bad_lines.clone();
-        let reader = tokio::spawn(async move {
-            let mut buf: Vec<u8> = Vec::new();
-            while let Some(item) = output.next().await {
-                match item {
-                    Ok(bollard::container::LogOutput::StdOut { message }) => {
-                        buf.extend_from_slice(&message);
-                        if buf.len() > MAX_LINE && !buf.contains(&b'\n') {
-                            bad_lines.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                "sandbox supervisor sent {} bytes without a newline; dropped",
-                                buf.len()
-                            );
-                            buf.clear();
-                        }
-                        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                            let line: Vec<u8> = buf.drain(..=pos).collect();
-                            match serde_json::from_slice::<serde_json::Value>(&line) {
-                                Ok(v) => {
-                                    if tx.send(v).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => {
-                                    bad_lines.fetch_add(1, Ordering::Relaxed);
-                                    tracing::warn!(
-                                        "sandbox supervisor sent a line that is not JSON ({e}): {:?}",
-                                        String::from_utf8_lossy(&line[..line.len().min(200)])
-                                    )
-                                }
-                            }
-                        }
-                    }
-                    Ok(bollard::container::LogOutput::StdErr { message }) => {
-                        let text = String::from_utf8_lossy(&message);
-                        tracing::debug!("supervisor stderr: {text}");
-                        let mut s = stderr.lock().unwrap();
-                        s.push_str(&text);
-                        if s.len() > 4096 {
-                            let cut = s.len() - 4096;
-                            let cut = (cut..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(0);
-                            s.drain(..cut);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!("supervisor stream ended: {e}");
-                        return;
-                    }
-                }
+        let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+        let reader = tokio::spawn(read_frames(
+            Box::pin(output.map(|item| item.map_err(|e| e.to_string()))),
+            tx.clone(),
+            self.sup_stderr.clone(),
+            self.bad_lines.clone(),
+        ));
+        let mut sup = Supervisor {
+            input,
+            rx,
+            readers: vec![reader],
+        };
+        if let Some(c) = &self.channel {
+            if let Err(e) = self.reach_socket(&mut sup, c, tx).await {
+                tracing::warn!("command output goes through the engine's attach stream: {e}");
             }
-        });
-        Ok(Supervisor { input, rx, reader })
+        }
+        Ok(sup)
+    }
+
+    /// Has the supervisor send its frames through the channel's socket from now on.
+    async fn reach_socket(
+        &self,
+        sup: &mut Supervisor,
+        channel: &sv::Channel,
+        tx: mpsc::Sender<Frame>,
+    ) -> Result<(), String> {
+        let (token, arrived) = channel.expect();
+        let id = rand::random::<u64>() >> 11;
+        send(sup, sv::HELLO, id, &sv::hello_payload(&token))
+            .await
+            .map_err(|e| e.to_string())?;
+        let stream = match tokio::time::timeout(Duration::from_secs(10), arrived).await {
+            Ok(Ok(s)) => s,
+            _ => return Err("the supervisor did not reach the harness's socket".into()),
+        };
+        sup.readers.push(tokio::spawn(read_socket(
+            stream,
+            tx,
+            self.bad_lines.clone(),
+        )));
+        match tokio::time::timeout(Duration::from_secs(10), recv_id(sup, id)).await {
+            Ok(Some(f)) if f.kind == sv::READY => Ok(()),
+            _ => Err("the supervisor did not say it uses the socket".into()),
+        }
     }
 
     /// Runs `cmd` as the sandbox user in a fresh exec and gives back its stdout.
@@ -454,11 +433,103 @@ impl DockerSandbox {
     }
 }
 
-async fn send(sup: &mut Supervisor, msg: &serde_json::Value) -> Result<(), SandboxError> {
-    let mut line = serde_json::to_vec(msg).expect("json");
-    line.push(b'\n');
+type AttachStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, String>> + Send>>;
+
+/// Splits the supervisor's stdout into frames for the command's consumer (waiting while it is
+/// behind, so the command waits too) and keeps the last 4 KiB of its stderr. A stream that is not
+/// the protocol ends the reader, which the consumer sees as the supervisor gone.
+async fn read_frames(
+    mut output: AttachStream,
+    tx: mpsc::Sender<Frame>,
+    stderr: Arc<StdMutex<String>>,
+    bad_lines: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut decoder = sv::Decoder::default();
+    while let Some(item) = output.next().await {
+        match item {
+            Ok(bollard::container::LogOutput::StdOut { message }) => {
+                decoder.push(&message);
+                loop {
+                    match decoder.next() {
+                        Ok(Some(f)) => {
+                            if tx.send(f).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            bad_lines.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                "the sandbox supervisor's output is not the protocol: {e}"
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok(bollard::container::LogOutput::StdErr { message }) => {
+                keep_tail(&stderr, &String::from_utf8_lossy(&message))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("supervisor stream ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads frames from the supervisor's socket straight into the decoder's buffer.
+async fn read_socket(
+    mut stream: tokio::net::UnixStream,
+    tx: mpsc::Sender<Frame>,
+    bad_lines: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut decoder = sv::Decoder::default();
+    loop {
+        let buf = decoder.buf_mut();
+        if buf.capacity() - buf.len() < 64 << 10 {
+            buf.reserve(1 << 20);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            match decoder.next() {
+                Ok(Some(f)) => {
+                    if tx.send(f).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    bad_lines.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("the sandbox supervisor's socket is not the protocol: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn keep_tail(stderr: &StdMutex<String>, text: &str) {
+    tracing::debug!("supervisor stderr: {text}");
+    let mut s = stderr.lock().unwrap();
+    s.push_str(text);
+    if s.len() > 4096 {
+        let cut = s.len() - 4096;
+        let cut = (cut..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        s.drain(..cut);
+    }
+}
+
+async fn send(sup: &mut Supervisor, kind: u8, id: u64, payload: &[u8]) -> Result<(), SandboxError> {
+    let wire = sv::frame(kind, id, payload);
     sup.input
-        .write_all(&line)
+        .write_all(&wire)
         .await
         .map_err(|e| SandboxError::other("supervisor", format!("write: {e}")))?;
     sup.input
@@ -467,19 +538,14 @@ async fn send(sup: &mut Supervisor, msg: &serde_json::Value) -> Result<(), Sandb
         .map_err(|e| SandboxError::other("supervisor", format!("write: {e}")))
 }
 
-/// Reads the supervisor's `exit` line into an outcome.
-fn outcome_from(v: &serde_json::Value) -> ExecOutcome {
-    ExecOutcome {
-        exit_code: v["code"].as_i64().map(|c| c as i32),
-        signal: v["signal"].as_i64().map(|c| c as i32),
-        timed_out: v["timed_out"].as_bool().unwrap_or(false),
-        oom_killed: v["oom"].as_bool().unwrap_or(false),
-        duration_ms: v["duration_ms"].as_f64().unwrap_or(0.0),
-        cpu_seconds: v["cpu_s"].as_f64().unwrap_or(0.0),
-        max_rss_kb: v["max_rss_kb"].as_u64().unwrap_or(0),
-        container_cpu_seconds: v["cg_cpu_s"].as_f64(),
-        container_peak_bytes: v["cg_peak_bytes"].as_u64(),
-        error: v["error"].as_str().map(str::to_string),
+/// The next frame of request `id` (late frames of an abandoned request are dropped); None when
+/// the supervisor is gone.
+async fn recv_id(sup: &mut Supervisor, id: u64) -> Option<Frame> {
+    loop {
+        let f = sup.rx.recv().await?;
+        if f.id == id {
+            return Some(f);
+        }
     }
 }
 
@@ -500,84 +566,47 @@ impl Sandbox for DockerSandbox {
     ) -> Result<ExecOutcome, SandboxError> {
         let started = std::time::Instant::now();
         let mut guard = self.sup.lock().await;
-        let env: serde_json::Map<String, serde_json::Value> = req
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        // Ids are drawn at random, so a line cannot be forged for a request not yet made.
+        // Ids are drawn at random, so a frame cannot be forged for a request not yet made.
         let id = rand::random::<u64>() >> 11;
-        let mut msg = serde_json::json!({
-            "op": "exec", "id": id, "cmd": req.cmd,
-            "timeout_ms": req.timeout.as_millis() as u64, "cwd": crate::sandbox::WORKSPACE, "env": env,
-        });
-        if let Some(stdin) = &req.stdin {
-            msg["stdin_b64"] = base64::engine::general_purpose::STANDARD
-                .encode(stdin)
-                .into();
-        }
+        let payload = sv::exec_payload(req, crate::sandbox::WORKSPACE);
         // A dead supervisor shows up as a failed write; start a new one and try once more.
-        let mut attempts = 0;
-        loop {
+        for attempt in 0..2 {
             if guard.is_none() {
                 *guard = Some(self.start_supervisor().await?);
             }
-            match send(guard.as_mut().unwrap(), &msg).await {
+            match send(guard.as_mut().unwrap(), sv::EXEC, id, &payload).await {
                 Ok(()) => break,
-                Err(e) if attempts == 0 => {
+                Err(e) if attempt == 0 => {
                     tracing::debug!("supervisor write failed ({e}); restarting it");
                     *guard = None;
-                    attempts += 1;
                 }
                 Err(e) => return Err(e),
             }
         }
         let deadline = tokio::time::Instant::now() + req.timeout + GRACE;
+        let elapsed_ms = || started.elapsed().as_secs_f64() * 1000.0;
         loop {
             let sup = guard.as_mut().unwrap();
-            let next = tokio::time::timeout_at(deadline, sup.rx.recv()).await;
-            match next {
-                Ok(Some(v)) => {
-                    if v["id"].as_u64() != Some(id) {
-                        continue; // a late line of an earlier, abandoned command
+            match tokio::time::timeout_at(deadline, recv_id(sup, id)).await {
+                Ok(Some(f)) => match f.kind {
+                    sv::STDOUT => sink(OutStream::Stdout, &f.data),
+                    sv::STDERR => sink(OutStream::Stderr, &f.data),
+                    sv::EXIT => {
+                        let mut o = sv::parse_exit(&f.data).unwrap_or_else(|e| ExecOutcome {
+                            error: Some(format!("the supervisor's exit frame was bad: {e}")),
+                            ..Default::default()
+                        });
+                        // The budget counts the time the harness measured, not what the sandbox says.
+                        o.duration_ms = elapsed_ms();
+                        return Ok(o);
                     }
-                    match v["ev"].as_str() {
-                        Some("out") => {
-                            let stream = if v["s"] == "e" {
-                                OutStream::Stderr
-                            } else {
-                                OutStream::Stdout
-                            };
-                            match base64::engine::general_purpose::STANDARD
-                                .decode(v["d"].as_str().unwrap_or_default())
-                            {
-                                Ok(bytes) => sink(stream, &bytes),
-                                Err(e) => tracing::warn!("supervisor sent bad base64: {e}"),
-                            }
-                        }
-                        Some("exit") => {
-                            let mut o = outcome_from(&v);
-                            // The budget counts the time the harness measured, not what the sandbox says.
-                            o.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                            return Ok(o);
-                        }
-                        _ => {}
-                    }
-                }
+                    _ => {}
+                },
                 Ok(None) => {
                     // The supervisor is gone mid-command: the command (or the OOM killer) took it down.
                     *guard = None;
                     let oom = self.container_oom_count().await.unwrap_or(0) > 0;
-                    return Ok(ExecOutcome {
-                        exit_code: None,
-                        signal: Some(9),
-                        oom_killed: oom,
-                        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                        error: Some(
-                            "the sandbox's command supervisor died during this command (killed by the command or the OOM killer); it has been restarted".into(),
-                        ),
-                        ..Default::default()
-                    });
+                    return Ok(supervisor_died(oom, elapsed_ms()));
                 }
                 Err(_) => {
                     *guard = None;
@@ -586,7 +615,7 @@ impl Sandbox for DockerSandbox {
                         exit_code: None,
                         signal: Some(9),
                         timed_out: true,
-                        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                        duration_ms: elapsed_ms(),
                         error: Some(
                             "the command supervisor stopped answering; every process in the sandbox was killed".into(),
                         ),
@@ -608,44 +637,26 @@ impl Sandbox for DockerSandbox {
     async fn end_stage(&self) -> Result<crate::sandbox::Swept, SandboxError> {
         // The supervisor goes too; the next command starts a new one. Its pid is left out of the count.
         let mut guard = self.sup.lock().await;
-        let mut skip = 0u64;
+        let mut skip = 0u32;
         if let Some(sup) = guard.as_mut() {
             let id = rand::random::<u64>() >> 11;
-            if send(sup, &serde_json::json!({"op": "ping", "id": id}))
-                .await
-                .is_ok()
-            {
-                let pong = tokio::time::timeout(Duration::from_secs(5), async {
-                    while let Some(v) = sup.rx.recv().await {
-                        if v["id"].as_u64() == Some(id) {
-                            return v["pid"].as_u64();
-                        }
-                    }
-                    None
-                })
-                .await;
-                skip = pong.ok().flatten().unwrap_or(0);
+            if send(sup, sv::PING, id, &[]).await.is_ok() {
+                let pong = tokio::time::timeout(Duration::from_secs(5), recv_id(sup, id)).await;
+                if let Ok(Some(f)) = pong {
+                    skip = sv::parse_pong(&f.data).map_or(0, |p| p.1);
+                }
             }
         }
         *guard = None;
         let out = self
             .exec_once(vec![
-                "python3".into(),
-                "-c".into(),
-                SWEEPER.into(),
+                sv::IN_SANDBOX.into(),
+                "sweep".into(),
                 skip.to_string(),
             ])
             .await?;
-        let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
-            SandboxError::other(
-                "end of stage",
-                format!(
-                    "the process sweep printed {:?}: {e}",
-                    String::from_utf8_lossy(&out[..out.len().min(200)])
-                ),
-            )
-        })?;
-        let left = v["left"].as_u64().unwrap_or(u64::MAX);
+        let (killed, left, commands) =
+            sv::parse_sweep(&out).map_err(|e| SandboxError::other("end of stage", e))?;
         if left != 0 {
             return Err(SandboxError::other(
                 "end of stage",
@@ -654,16 +665,32 @@ impl Sandbox for DockerSandbox {
         }
         Ok(crate::sandbox::Swept {
             bad_lines: self.bad_lines.swap(0, Ordering::Relaxed),
-            killed: v["killed"].as_u64().unwrap_or(0),
-            commands: v["commands"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|c| c.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            killed,
+            commands,
         })
+    }
+
+    async fn mapped_files(&self) -> Result<Vec<String>, String> {
+        let mut guard = self.sup.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.start_supervisor().await.map_err(|e| e.to_string())?);
+        }
+        let sup = guard.as_mut().expect("started");
+        let id = rand::random::<u64>() >> 11;
+        send(sup, sv::MAPPED, id, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = tokio::time::timeout(Duration::from_secs(10), recv_id(sup, id)).await;
+        let f = match answer {
+            Ok(Some(f)) if f.kind == sv::MAPS => f,
+            _ => return Err("the supervisor did not list the mapped files".into()),
+        };
+        match sv::parse_maps(&f.data)? {
+            (0, paths) => Ok(paths),
+            (n, _) => Err(format!(
+                "the memory maps of {n} processes of the agent could not be read"
+            )),
+        }
     }
 
     async fn set_network(&self, network: Option<&str>) -> Result<(), SandboxError> {
@@ -713,6 +740,20 @@ impl Sandbox for DockerSandbox {
         engine::remove_volume(&self.docker, &self.volume)
             .await
             .map_err(|e| SandboxError::other("remove volume", e.to_string()))
+    }
+}
+
+/// The outcome of a command whose supervisor died under it.
+fn supervisor_died(oom: bool, duration_ms: f64) -> ExecOutcome {
+    ExecOutcome {
+        exit_code: None,
+        signal: Some(9),
+        oom_killed: oom,
+        duration_ms,
+        error: Some(
+            "the sandbox's command supervisor died during this command (killed by the command or the OOM killer); it has been restarted".into(),
+        ),
+        ..Default::default()
     }
 }
 

@@ -644,51 +644,28 @@ async fn drive(
             Err(e) => failure = Some(format!("creating the world network: {e}")),
         }
     }
-    // The world's web server, on that network only.
+    // The world's web server, on that network only, in the harness's own image.
+    let web_image = web_image(&docker, &plan, &image).await;
     let mut web = None;
     if let (Some(net), Some(world), None) = (&network, &plan.world, &failure) {
-        let log_dir = dir.world();
-        match std::fs::create_dir_all(&log_dir).and_then(|_| prepare_workspace(&log_dir)) {
-            Err(e) => failure = Some(format!("creating {}: {e}", log_dir.display())),
-            Ok(()) => {
-                match crate::docker::web::WebServer::start(
-                    &docker, &run_id, &image.tag, world, net, &log_dir, None,
-                )
-                .await
-                {
-                    Ok(w) => web = Some(w),
-                    Err(e) => failure = Some(e.to_string()),
+        match start_web(&docker, &run_id, &web_image, world, net, &dir).await {
+            Ok(w) => web = Some(w),
+            Err(e) => failure = Some(e),
+        }
+    }
+    let sandbox: Option<Arc<DockerSandbox>> = match failure {
+        Some(_) => None,
+        None => {
+            let hosts = web.as_ref().map(|w| w.host_entries()).unwrap_or_default();
+            let spec = agent_spec(&plan, &run_id, &image.tag, &network, &dir, hosts);
+            match DockerSandbox::create(&docker, &spec).await {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    failure = Some(format!("creating the agent sandbox: {e}"));
+                    None
                 }
             }
         }
-    }
-    let sandbox: Option<Arc<DockerSandbox>> = if failure.is_none() {
-        let spec = DockerSandboxSpec {
-            run_id: run_id.clone(),
-            role: "agent".into(),
-            image: image.tag.clone(),
-            memory_bytes: (plan.suite.sandbox.memory_mb * 1024 * 1024) as i64,
-            nano_cpus: (plan.suite.sandbox.cpus * 1e9) as i64,
-            pids: plan.suite.sandbox.pids as i64,
-            // Created on the world network when the suite has one (Docker cannot later join a
-            // container made with network `none`); stages without it leave it, keeping only loopback.
-            network: network.clone(),
-            workspace_host: dir.workspace(),
-            workspace_readonly: false,
-            env: vec![],
-            instance: None,
-            tmp_mb: plan.suite.sandbox.tmp_mb,
-            extra_hosts: web.as_ref().map(|w| w.host_entries()).unwrap_or_default(),
-        };
-        match DockerSandbox::create(&docker, &spec).await {
-            Ok(s) => Some(Arc::new(s)),
-            Err(e) => {
-                failure = Some(format!("creating the agent sandbox: {e}"));
-                None
-            }
-        }
-    } else {
-        None
     };
 
     let mut events = EventSink::new(Recorder::new(log), reporters);
@@ -718,63 +695,19 @@ async fn drive(
     }
     let mut result = match &sandbox {
         Some(sb) => {
-            let mut runner = Runner::new(
-                plan.home.clone(),
-                plan.suite.clone(),
-                run_id.clone(),
-                dir.path.clone(),
-                sb.clone(),
+            let mut runner = make_runner(
+                &plan,
+                &docker,
+                &run_id,
+                &image.tag,
+                &web_image,
+                &dir,
+                sb,
                 events,
-                Some(history),
-                run_cancel.clone(),
+                history,
+                &run_cancel,
+                &network,
             );
-            runner.world_network = network.clone();
-            runner.world = plan.world.clone();
-            runner.programs = Some(Arc::new(
-                crate::docker::programs::DockerPrograms::new(
-                    docker.clone(),
-                    run_id.clone(),
-                    image.tag.clone(),
-                    dir.workspace(),
-                    plan.suite.scoring.clone(),
-                    plan.suite.sandbox.pids,
-                )
-                .with_tmp_mb(plan.suite.sandbox.tmp_mb),
-            ));
-            runner.rescue = plan.rescue;
-            {
-                let (docker, run_id, tag) = (docker.clone(), run_id.clone(), image.tag.clone());
-                let (scoring, pids, tmp) = (
-                    plan.suite.scoring.clone(),
-                    plan.suite.sandbox.pids,
-                    plan.suite.sandbox.tmp_mb,
-                );
-                runner.graded_programs = Some(Arc::new(move |path: &std::path::Path| {
-                    Arc::new(
-                        crate::docker::programs::DockerPrograms::new(
-                            docker.clone(),
-                            run_id.clone(),
-                            tag.clone(),
-                            path.to_path_buf(),
-                            scoring.clone(),
-                            pids,
-                        )
-                        .with_tmp_mb(tmp),
-                    ) as Arc<dyn crate::sandbox::programs::Programs>
-                }));
-            }
-            let selfhost_dir = dir.selfhost().path;
-            if let Err(e) = std::fs::create_dir_all(&selfhost_dir) {
-                tracing::warn!("creating {}: {e}", selfhost_dir.display());
-            }
-            runner.rebuilder = Some(Arc::new(crate::docker::rebuild::DockerRebuilder {
-                docker: docker.clone(),
-                run_id: run_id.clone(),
-                image: image.tag.clone(),
-                world: plan.world.clone(),
-                sandbox: plan.suite.sandbox.clone(),
-                scoring: plan.suite.scoring.clone(),
-            }));
             let result = match resume {
                 Some(from) => runner.resume(agent.as_mut(), &image.tag, from).await,
                 None => runner.run(agent.as_mut(), &image.tag).await,
@@ -886,6 +819,130 @@ async fn drive(
         meta,
         score,
     }
+}
+
+/// The image the world's web server runs in: `base`, whatever the agent's image (which need not
+/// have Python); the agent's own when `base` cannot be had.
+async fn web_image(docker: &bollard::Docker, plan: &RunPlan, agent: &images::Built) -> String {
+    if plan.suite.image == "base" || !plan.suite.needs_world() {
+        return agent.tag.clone();
+    }
+    match images::ensure(docker, &plan.home, "base").await {
+        Ok(b) => b.tag,
+        Err(e) => {
+            tracing::warn!("the web server runs in the agent's image: {e}");
+            agent.tag.clone()
+        }
+    }
+}
+
+async fn start_web(
+    docker: &bollard::Docker,
+    run_id: &str,
+    image: &str,
+    world: &crate::world::World,
+    net: &str,
+    dir: &RunDir,
+) -> Result<crate::docker::web::WebServer, String> {
+    let log_dir = dir.world();
+    std::fs::create_dir_all(&log_dir)
+        .and_then(|_| prepare_workspace(&log_dir))
+        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+    crate::docker::web::WebServer::start(docker, run_id, image, world, net, &log_dir, None)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The agent's sandbox, as the suite asks.
+fn agent_spec(
+    plan: &RunPlan,
+    run_id: &str,
+    image: &str,
+    network: &Option<String>,
+    dir: &RunDir,
+    extra_hosts: Vec<String>,
+) -> DockerSandboxSpec {
+    let limits = &plan.suite.sandbox;
+    DockerSandboxSpec {
+        run_id: run_id.to_string(),
+        role: "agent".into(),
+        image: image.to_string(),
+        memory_bytes: (limits.memory_mb * 1024 * 1024) as i64,
+        nano_cpus: (limits.cpus * 1e9) as i64,
+        pids: limits.pids as i64,
+        // Created on the world network when the suite has one (Docker cannot later join a
+        // container made with network `none`); stages without it leave it, keeping only loopback.
+        network: network.clone(),
+        workspace_host: dir.workspace(),
+        workspace_readonly: false,
+        env: vec![],
+        instance: None,
+        tmp_mb: limits.tmp_mb,
+        extra_hosts,
+    }
+}
+
+/// The runner of this run, with its scoring sandboxes and rebuilder.
+#[allow(clippy::too_many_arguments)]
+fn make_runner(
+    plan: &RunPlan,
+    docker: &bollard::Docker,
+    run_id: &str,
+    image: &str,
+    web_image: &str,
+    dir: &RunDir,
+    sb: &Arc<DockerSandbox>,
+    events: EventSink,
+    history: WorkspaceHistory,
+    cancel: &CancellationToken,
+    network: &Option<String>,
+) -> Runner {
+    let mut runner = Runner::new(
+        plan.home.clone(),
+        plan.suite.clone(),
+        run_id.to_string(),
+        dir.path.clone(),
+        sb.clone(),
+        events,
+        Some(history),
+        cancel.clone(),
+    );
+    runner.world_network = network.clone();
+    runner.world = plan.world.clone();
+    let programs = {
+        let (docker, run_id, tag) = (docker.clone(), run_id.to_string(), image.to_string());
+        let (scoring, limits) = (plan.suite.scoring.clone(), plan.suite.sandbox.clone());
+        move |path: &std::path::Path| {
+            crate::docker::programs::DockerPrograms::new(
+                docker.clone(),
+                run_id.clone(),
+                tag.clone(),
+                path.to_path_buf(),
+                scoring.clone(),
+                limits.pids,
+            )
+            .with_tmp_mb(limits.tmp_mb)
+        }
+    };
+    runner.programs = Some(Arc::new(programs(&dir.workspace())));
+    runner.graded_programs = Some(Arc::new(move |path: &std::path::Path| {
+        Arc::new(programs(path)) as Arc<dyn crate::sandbox::programs::Programs>
+    }));
+    runner.rescue = plan.rescue;
+    let selfhost_dir = dir.selfhost().path;
+    if let Err(e) = std::fs::create_dir_all(&selfhost_dir) {
+        tracing::warn!("creating {}: {e}", selfhost_dir.display());
+    }
+    runner.rebuilder = Some(Arc::new(crate::docker::rebuild::DockerRebuilder {
+        docker: docker.clone(),
+        run_id: run_id.to_string(),
+        image: image.to_string(),
+        web_image: web_image.to_string(),
+        world: plan.world.clone(),
+        sandbox: plan.suite.sandbox.clone(),
+        scoring: plan.suite.scoring.clone(),
+    }));
+    runner
 }
 
 /// Bytes kept for the final `run.json` and `score.json` (each a few KiB).

@@ -133,6 +133,13 @@ pub trait Sandbox: Send + Sync {
         Ok(Swept::default())
     }
 
+    /// The workspace files (relative paths) that a live process of the agent maps shared and
+    /// writable: a write through such a mapping raises no file event, so a snapshot looks at them.
+    /// Err when that cannot be known (a process whose maps cannot be read), with why.
+    async fn mapped_files(&self) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
+    }
+
     /// Why the machinery behind the sandbox (the engine) is gone, when it is: asked after a
     /// sandbox operation failed, to tell a lost engine from a failed command.
     async fn engine_lost(&self) -> Option<String> {
