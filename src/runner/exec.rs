@@ -8,25 +8,39 @@ pub(crate) const READ_LIMIT: u64 = 1024 * 1024;
 /// `write_file` contents larger than this are kept in `outputs/` and referenced from the event.
 pub(crate) const INLINE_ARG: usize = 64 * 1024;
 
-/// Captures one output stream: everything up to [`FULL_OUTPUT`], plus a running tail.
+/// Captures one output stream: its inline head and tail in memory, and up to [`FULL_OUTPUT`] of it
+/// written to `outputs/` as it arrives (only once it is longer than the inline part).
 #[derive(Default)]
 struct Capture {
-    full: Vec<u8>,
+    head: Vec<u8>,
     tail: Vec<u8>,
     total: u64,
+    file: Option<crate::trace::OutputWriter>,
 }
 
 impl Capture {
-    fn push(&mut self, data: &[u8]) {
+    fn push(&mut self, data: &[u8], outputs: &crate::trace::OutputStore) {
+        let before = self.total;
         self.total += data.len() as u64;
-        let room = FULL_OUTPUT.saturating_sub(self.full.len());
-        self.full.extend_from_slice(&data[..data.len().min(room)]);
+        let room = INLINE_OUTPUT.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&data[..data.len().min(room)]);
         let half = INLINE_OUTPUT / 2;
         self.tail
             .extend_from_slice(&data[data.len().saturating_sub(half)..]);
         if self.tail.len() > half {
             self.tail.drain(..self.tail.len() - half);
         }
+        if !self.truncated() {
+            return;
+        }
+        let file = self.file.get_or_insert_with(|| {
+            let mut w = outputs.writer();
+            w.write(&self.head[..(before as usize).min(self.head.len())]);
+            w
+        });
+        // The file holds every byte before this chunk, up to FULL_OUTPUT.
+        let take = (FULL_OUTPUT as u64).saturating_sub(before) as usize;
+        file.write(&data[..take.min(data.len())]);
     }
 
     fn truncated(&self) -> bool {
@@ -36,15 +50,32 @@ impl Capture {
     /// What the agent sees: all of it, or head + marker + tail.
     fn inline(&self) -> String {
         if !self.truncated() {
-            return String::from_utf8_lossy(&self.full).into_owned();
+            return String::from_utf8_lossy(&self.head).into_owned();
         }
         let half = INLINE_OUTPUT / 2;
         format!(
             "{}\n[... {} bytes omitted by gptx; the full output is in the trace ...]\n{}",
-            String::from_utf8_lossy(&self.full[..half]),
+            String::from_utf8_lossy(&self.head[..half]),
             self.total - (2 * half) as u64,
             String::from_utf8_lossy(&self.tail)
         )
+    }
+
+    /// The output's entry in `outputs/`, when it was longer than the inline part.
+    fn keep(&mut self, stream: &str) -> Option<OutputRef> {
+        let file = self.file.take()?;
+        match file.finish() {
+            Ok(sha) => Some(OutputRef {
+                stream: stream.into(),
+                sha256: sha,
+                bytes_kept: self.total.min(FULL_OUTPUT as u64),
+                bytes_total: self.total,
+            }),
+            Err(e) => {
+                tracing::warn!("could not keep full {stream}: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -151,31 +182,20 @@ impl Runner {
                     env: vec![],
                     stdin: None,
                 };
-                let mut stdout = Capture::default();
-                let mut stderr = Capture::default();
+                let (mut stdout, mut stderr) = (Capture::default(), Capture::default());
+                let outputs = self.outputs.clone();
                 let res = {
                     let mut sink = |s: OutStream, d: &[u8]| match s {
-                        OutStream::Stdout => stdout.push(d),
-                        OutStream::Stderr => stderr.push(d),
+                        OutStream::Stdout => stdout.push(d, &outputs),
+                        OutStream::Stderr => stderr.push(d, &outputs),
                     };
                     self.sandbox.exec(&req, &mut sink).await
                 };
+                let kept = [stdout.keep("stdout"), stderr.keep("stderr")];
                 match res {
                     Ok(o) => {
                         out.sandbox_seconds = o.duration_ms / 1000.0;
-                        for (name, cap) in [("stdout", &stdout), ("stderr", &stderr)] {
-                            if cap.truncated() {
-                                match self.outputs.put(&cap.full) {
-                                    Ok(sha) => out.outputs.push(OutputRef {
-                                        stream: name.into(),
-                                        sha256: sha,
-                                        bytes_kept: cap.full.len() as u64,
-                                        bytes_total: cap.total,
-                                    }),
-                                    Err(e) => tracing::warn!("could not keep full {name}: {e}"),
-                                }
-                            }
-                        }
+                        out.outputs.extend(kept.into_iter().flatten());
                         let mut v = json!({
                             "exit_code": o.shell_code(),
                             "stdout": stdout.inline(),
@@ -285,9 +305,11 @@ mod tests {
 
     #[test]
     fn capture_keeps_head_and_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let outputs = crate::trace::OutputStore::new(dir.path());
         let mut c = Capture::default();
-        c.push(&vec![b'a'; INLINE_OUTPUT]);
-        c.push(b"END");
+        c.push(&vec![b'a'; INLINE_OUTPUT], &outputs);
+        c.push(b"END", &outputs);
         assert!(c.truncated());
         let s = c.inline();
         assert!(
@@ -296,10 +318,37 @@ mod tests {
             &s[s.len() - 10..]
         );
         assert!(s.contains("3 bytes omitted"));
+        let kept = c.keep("stdout").unwrap();
+        let mut whole = vec![b'a'; INLINE_OUTPUT];
+        whole.extend_from_slice(b"END");
+        assert_eq!(std::fs::read(outputs.path(&kept.sha256)).unwrap(), whole);
+        assert_eq!(
+            (kept.bytes_kept, kept.bytes_total),
+            (whole.len() as u64, whole.len() as u64)
+        );
         let mut small = Capture::default();
-        small.push(b"hi");
+        small.push(b"hi", &outputs);
         assert_eq!(small.inline(), "hi");
         assert!(!small.truncated());
+        assert!(small.keep("stdout").is_none());
+    }
+
+    #[test]
+    fn capture_keeps_the_first_full_output_bytes_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let outputs = crate::trace::OutputStore::new(dir.path());
+        let mut c = Capture::default();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..(FULL_OUTPUT >> 20) + 3 {
+            c.push(&chunk, &outputs);
+        }
+        c.push(b"tail!", &outputs);
+        assert!(c.inline().ends_with("tail!"));
+        let kept = c.keep("stdout").unwrap();
+        assert_eq!(kept.bytes_kept, FULL_OUTPUT as u64);
+        assert_eq!(kept.bytes_total, FULL_OUTPUT as u64 + (3 << 20) + 5);
+        let on_disk = std::fs::metadata(outputs.path(&kept.sha256)).unwrap().len();
+        assert_eq!(on_disk, FULL_OUTPUT as u64);
     }
 
     #[test]

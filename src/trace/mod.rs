@@ -17,6 +17,7 @@ pub use events::{
 pub use history::WorkspaceHistory;
 pub use log::{sha256_hex, verify, EventLog, TraceError, Verified};
 
+use sha2::Digest as _;
 use std::path::{Path, PathBuf};
 
 /// Reporters see every event, in order, synchronously; this is the runner's only link to them.
@@ -152,10 +153,7 @@ impl OutputStore {
             let n = bytes.len() as u64;
             if self.used.fetch_add(n, Ordering::SeqCst) + n > self.cap {
                 self.used.fetch_sub(n, Ordering::SeqCst);
-                return Err(std::io::Error::other(format!(
-                    "the run's outputs/ cap of {} MiB is reached; only the inline head and tail are kept",
-                    self.cap >> 20
-                )));
+                return Err(self.cap_error());
             }
             std::fs::create_dir_all(&self.dir)?;
             let tmp = self.dir.join(format!(".{sha}.tmp"));
@@ -167,6 +165,86 @@ impl OutputStore {
 
     pub fn path(&self, sha: &str) -> PathBuf {
         self.dir.join(sha)
+    }
+
+    /// A file written as output arrives, hashed on the way, named by its hash at [`OutputWriter::finish`].
+    pub fn writer(&self) -> OutputWriter {
+        OutputWriter {
+            store: self.clone(),
+            file: None,
+            tmp: self
+                .dir
+                .join(format!(".{:016x}.tmp", rand::random::<u64>())),
+            hash: sha2::Sha256::new(),
+            written: 0,
+            error: None,
+        }
+    }
+
+    fn cap_error(&self) -> std::io::Error {
+        std::io::Error::other(format!(
+            "the run's outputs/ cap of {} MiB is reached; only the inline head and tail are kept",
+            self.cap >> 20
+        ))
+    }
+}
+
+/// One output being written to `outputs/` (see [`OutputStore::writer`]); the first error stops it.
+pub struct OutputWriter {
+    store: OutputStore,
+    file: Option<std::fs::File>,
+    tmp: PathBuf,
+    hash: sha2::Sha256,
+    written: u64,
+    error: Option<std::io::Error>,
+}
+
+impl OutputWriter {
+    pub fn write(&mut self, data: &[u8]) {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        if self.error.is_some() || data.is_empty() {
+            return;
+        }
+        let n = data.len() as u64;
+        if self.store.used.fetch_add(n, Ordering::SeqCst) + n > self.store.cap {
+            self.store.used.fetch_sub(n, Ordering::SeqCst);
+            self.error = Some(self.store.cap_error());
+            return;
+        }
+        let result = match &mut self.file {
+            Some(f) => f.write_all(data),
+            None => std::fs::create_dir_all(&self.store.dir)
+                .and_then(|()| std::fs::File::create(&self.tmp))
+                .and_then(|mut f| f.write_all(data).map(|()| self.file = Some(f))),
+        };
+        match result {
+            Ok(()) => {
+                sha2::Digest::update(&mut self.hash, data);
+                self.written += n;
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// The output's hash once it is in `outputs/` (stored once per content), or why it is not.
+    pub fn finish(self) -> std::io::Result<String> {
+        use std::sync::atomic::Ordering;
+        drop(self.file);
+        if let Some(e) = self.error {
+            self.store.used.fetch_sub(self.written, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
+        let sha = hex::encode(sha2::Digest::finalize(self.hash));
+        let path = self.store.dir.join(&sha);
+        if path.exists() {
+            self.store.used.fetch_sub(self.written, Ordering::SeqCst);
+            std::fs::remove_file(&self.tmp)?;
+        } else {
+            std::fs::rename(&self.tmp, &path)?;
+        }
+        Ok(sha)
     }
 }
 
@@ -187,5 +265,27 @@ mod output_tests {
         let e = store.put(&[2u8; 60]).unwrap_err().to_string();
         assert!(e.contains("cap"), "{e}");
         store.put(&[3u8; 40]).unwrap();
+    }
+
+    #[test]
+    fn a_streamed_output_is_named_by_its_hash_and_stops_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutputStore::with_cap(dir.path(), 100);
+        let mut w = store.writer();
+        w.write(b"hello ");
+        w.write(b"world");
+        let sha = w.finish().unwrap();
+        assert_eq!(sha, sha256_hex(b"hello world"));
+        assert_eq!(std::fs::read(store.path(&sha)).unwrap(), b"hello world");
+        let mut again = store.writer();
+        again.write(b"hello world");
+        assert_eq!(again.finish().unwrap(), sha, "stored once");
+        let mut big = store.writer();
+        big.write(&[7u8; 60]);
+        big.write(&[7u8; 60]);
+        assert!(big.finish().unwrap_err().to_string().contains("cap"));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left: {left:?}");
+        store.put(&[3u8; 60]).unwrap();
     }
 }
