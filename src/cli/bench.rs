@@ -1,10 +1,14 @@
-//! `gptx bench exec`: per-step overhead of gptx against `docker exec` through the CLI, side by side.
+//! `gptx bench exec`: what a step costs through gptx, side by side with its anchors, in one sandbox and one run.
 //!
-//! One container, one run loop with full recording (trace, outputs, git snapshot). A bench agent
-//! alternates: it times `docker exec <container> true` through the docker CLI, then hands the runner
-//! `bash true` and times how long the runner takes to come back for the next call. The two samples are
-//! interleaved, so both see the same machine load.
+//! One container, one run loop with full recording (trace, outputs, git snapshot). A scripted bench
+//! agent hands the runner its calls and times how long the runner takes to come back for the next:
+//! - `bash true`, interleaved with `docker exec <container> true` through the docker CLI, so both
+//!   see the same machine load; the in-box floor is the same command looped inside the sandbox;
+//! - one step printing `--output-mib` MiB, against the same command to /dev/null, with gptx's peak
+//!   resident memory over that step;
+//! - `echo` steps with 200 files in the workspace, then with `--files` files.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,17 +23,55 @@ use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
 use crate::sandbox::{ExecRequest, Sandbox};
 use crate::trace::{EventLog, EventSink, Recorder, WorkspaceHistory};
 
+/// How big the bench is.
+pub struct Sizes {
+    /// Samples of each per-step figure.
+    pub n: usize,
+    /// MiB of stdout in the throughput row.
+    pub output_mib: u64,
+    /// Files in the workspace in the large-workspace row.
+    pub files: usize,
+}
+
+/// Files in the workspace for the small-workspace row.
+const FEW_FILES: usize = 200;
+
+/// One call of the script: what to time it as, and what to do on the host before it.
+struct Planned {
+    label: &'static str,
+    cmd: String,
+    before: Before,
+}
+
+enum Before {
+    Nothing,
+    /// Time `docker exec <c> true` through the CLI.
+    DockerCli,
+    /// Fill the workspace to this many files (on the host).
+    Files(usize),
+    /// Start a fresh peak-memory window (`/proc/self/clear_refs`).
+    ResetPeak,
+}
+
 #[derive(Default)]
 struct Samples {
-    gptx_step_ms: Vec<f64>,
-    docker_cli_ms: Vec<f64>,
+    ms: std::collections::BTreeMap<&'static str, Vec<f64>>,
+    peak_rss_kb: Option<u64>,
 }
 
 struct BenchAgent {
     container: String,
-    left: usize,
-    returned_at: Option<Instant>,
+    workspace: std::path::PathBuf,
+    script: VecDeque<Planned>,
+    running: Option<(&'static str, Instant)>,
     samples: Arc<Mutex<Samples>>,
+}
+
+fn agent_err(message: String) -> AgentError {
+    AgentError {
+        agent: "bench".into(),
+        message,
+    }
 }
 
 #[async_trait]
@@ -41,48 +83,115 @@ impl Agent for BenchAgent {
         Ok(())
     }
     async fn next(&mut self) -> Result<Turn, AgentError> {
-        if let Some(t) = self.returned_at.take() {
-            self.samples
-                .lock()
-                .unwrap()
-                .gptx_step_ms
+        if let Some((label, t)) = self.running.take() {
+            let mut s = self.samples.lock().unwrap();
+            s.ms.entry(label)
+                .or_default()
                 .push(t.elapsed().as_secs_f64() * 1000.0);
+            if label == "output" {
+                s.peak_rss_kb = peak_rss_kb();
+            }
         }
-        if self.left == 0 {
+        let Some(call) = self.script.pop_front() else {
             return Ok(Turn::Call(RawCall {
                 tool: "submit".into(),
                 args: Value::Null,
                 invalid: None,
             }));
-        }
-        self.left -= 1;
-        let t0 = Instant::now();
-        let status = tokio::process::Command::new("docker")
-            .args(["exec", &self.container, "true"])
-            .status()
-            .await
-            .map_err(|e| AgentError {
-                agent: "bench".into(),
-                message: format!("docker CLI: {e}"),
-            })?;
-        if !status.success() {
-            return Err(AgentError {
-                agent: "bench".into(),
-                message: format!("docker exec exited with {status}"),
-            });
-        }
-        self.samples
-            .lock()
-            .unwrap()
-            .docker_cli_ms
-            .push(t0.elapsed().as_secs_f64() * 1000.0);
-        self.returned_at = Some(Instant::now());
+        };
+        self.prepare(&call.before).await?;
+        self.running = Some((call.label, Instant::now()));
         Ok(Turn::Call(RawCall {
             tool: "bash".into(),
-            args: json!({"cmd": "true"}),
+            args: json!({ "cmd": call.cmd, "timeout_s": 600 }),
             invalid: None,
         }))
     }
+}
+
+impl BenchAgent {
+    async fn prepare(&mut self, before: &Before) -> Result<(), AgentError> {
+        match before {
+            Before::Nothing => {}
+            Before::DockerCli => {
+                let ms = docker_cli_true(&self.container).await?;
+                let mut s = self.samples.lock().unwrap();
+                s.ms.entry("docker_cli").or_default().push(ms);
+            }
+            Before::Files(n) => fill(&self.workspace, *n)
+                .map_err(|e| agent_err(format!("filling the workspace: {e}")))?,
+            Before::ResetPeak => {
+                let _ = std::fs::write("/proc/self/clear_refs", "5");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn docker_cli_true(container: &str) -> Result<f64, AgentError> {
+    let t0 = Instant::now();
+    let status = tokio::process::Command::new("docker")
+        .args(["exec", container, "true"])
+        .status()
+        .await
+        .map_err(|e| agent_err(format!("docker CLI: {e}")))?;
+    if !status.success() {
+        return Err(agent_err(format!("docker exec exited with {status}")));
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Makes `files/` hold `n` empty files (adding what is missing).
+fn fill(workspace: &std::path::Path, n: usize) -> std::io::Result<()> {
+    let dir = workspace.join("files");
+    std::fs::create_dir_all(&dir)?;
+    for i in 0..n {
+        let sub = dir.join(format!("{:03}", i % 1000));
+        if i < 1000 {
+            std::fs::create_dir_all(&sub)?;
+        }
+        let f = sub.join(format!("{i}"));
+        if !f.exists() {
+            std::fs::File::create(f)?;
+        }
+    }
+    Ok(())
+}
+
+/// The harness's peak resident memory since the last reset, in KiB.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn script(sizes: &Sizes) -> VecDeque<Planned> {
+    let plan = |label, cmd: &str, before| Planned {
+        label,
+        cmd: cmd.to_string(),
+        before,
+    };
+    let bytes = sizes.output_mib << 20;
+    let mut s = VecDeque::new();
+    for _ in 0..sizes.n {
+        s.push_back(plan("true", "true", Before::DockerCli));
+    }
+    let head = format!("head -c {bytes} /dev/zero");
+    s.push_back(plan(
+        "output_null",
+        &format!("{head} > /dev/null"),
+        Before::Nothing,
+    ));
+    s.push_back(plan("output", &head, Before::ResetPeak));
+    // The first step after a fill takes in the new files; the rows time the steps after it.
+    let rows = [("echo_few", FEW_FILES), ("echo_many", sizes.files)];
+    for (label, files) in rows {
+        s.push_back(plan("fill", "echo", Before::Files(files)));
+        for _ in 0..sizes.n.clamp(1, 50) {
+            s.push_back(plan(label, "echo", Before::Nothing));
+        }
+    }
+    s
 }
 
 /// Median and 90th percentile.
@@ -96,8 +205,34 @@ pub(crate) fn median_p90(v: &[f64]) -> (f64, f64) {
     (at(0.5), at(0.9))
 }
 
+/// In the box: the mean ms of one `bash -c true` over `n` in a loop, and the ms of printing
+/// `bytes` to /dev/null; plus gptx's own `true` exec (no recording) samples.
+async fn in_box(sandbox: &DockerSandbox, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
+    let loop_cmd = format!(
+        "s=$(date +%s%N); for i in $(seq {n}); do /bin/bash -c true; done; e=$(date +%s%N); echo $(( (e - s) / {n} ))"
+    );
+    let mut out = Vec::new();
+    let req = |cmd: &str| ExecRequest {
+        cmd: cmd.into(),
+        timeout: Duration::from_secs(600),
+        env: vec![],
+        stdin: None,
+    };
+    sandbox
+        .exec(&req(&loop_cmd), &mut |_, d| out.extend_from_slice(d))
+        .await?;
+    let floor_ns: f64 = String::from_utf8_lossy(&out).trim().parse()?;
+    let mut raw = Vec::new();
+    for _ in 0..n.min(100) {
+        let t0 = Instant::now();
+        sandbox.exec(&req("true"), &mut |_, _| {}).await?;
+        raw.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok((floor_ns / 1e6, raw))
+}
+
 /// Runs the bench and prints the figures.
-pub async fn exec(home: &Home, n: usize, json_out: bool) -> anyhow::Result<()> {
+pub async fn exec(home: &Home, sizes: Sizes, json_out: bool) -> anyhow::Result<()> {
     let docker = crate::docker::engine::connect().await?;
     let image = crate::docker::images::ensure(&docker, home, "base").await?;
     let tmp = tempfile::tempdir()?;
@@ -121,79 +256,137 @@ pub async fn exec(home: &Home, n: usize, json_out: bool) -> anyhow::Result<()> {
         extra_hosts: vec![],
     };
     let sandbox = Arc::new(DockerSandbox::create(&docker, &spec).await?);
-    let result = async {
-        // Raw sandbox exec, no recording: the floor of the supervisor path.
-        let mut raw = Vec::new();
-        for _ in 0..n.min(100) {
-            let t0 = Instant::now();
-            let req = ExecRequest {
-                cmd: "true".into(),
-                timeout: Duration::from_secs(30),
-                env: vec![],
-                stdin: None,
-            };
-            sandbox.exec(&req, &mut |_, _| {}).await?;
-            raw.push(t0.elapsed().as_secs_f64() * 1000.0);
-        }
-        let suite = Suite::parse(
-            &format!(
-                "name = \"bench\"\nimage = \"base\"\n[[stages]]\nname = \"train\"\nbudgets = {{ max_steps = {} }}\n",
-                n + 1
-            ),
-            std::path::Path::new("bench"),
-        )?;
-        let samples = Arc::new(Mutex::new(Samples::default()));
-        let mut agent = BenchAgent {
-            container: sandbox.name().to_string(),
-            left: n,
-            returned_at: None,
-            samples: samples.clone(),
-        };
-        let run_dir = tmp.path().join("run");
-        std::fs::create_dir_all(&run_dir)?;
-        let dir = crate::trace::rundir::RunDir::new(run_dir.clone());
-        let recorder = Recorder::new(EventLog::create(&dir.events())?);
-        let history = WorkspaceHistory::create(&dir.git(), &ws)?;
-        let mut runner = crate::runner::Runner::new(
-            home.clone(),
-            suite,
-            run_id.clone(),
-            run_dir,
-            sandbox.clone(),
-            EventSink::new(recorder, vec![]),
-            Some(history),
-            CancellationToken::new(),
-        );
-        runner.run(&mut agent, &image.tag).await;
-        let s = samples.lock().unwrap();
-        anyhow::Ok((raw, s.gptx_step_ms.clone(), s.docker_cli_ms.clone()))
-    }
-    .await;
+    let result = measure(home, &sizes, &sandbox, &ws, tmp.path(), &run_id, &image.tag).await;
     let _ = sandbox.remove().await;
     let _ = crate::docker::engine::sweep(&docker, Some(&run_id), |_| false).await;
-    let (raw, gptx, cli) = result?;
-    let (g50, g90) = median_p90(&gptx);
-    let (c50, c90) = median_p90(&cli);
-    let (r50, r90) = median_p90(&raw);
+    let report = result?;
     if json_out {
-        println!(
-            "{}",
-            json!({"samples": n, "gptx_step_ms": {"p50": g50, "p90": g90},
-                   "sandbox_exec_ms": {"p50": r50, "p90": r90},
-                   "docker_exec_cli_ms": {"p50": c50, "p90": c90}, "ratio_p50": g50 / c50})
-        );
+        println!("{}", report.json(&sizes));
     } else {
-        println!("per-step overhead of `true`, {n} interleaved samples each, one container:");
-        println!(
-            "  gptx step (bash tool, trace, git snapshot)  p50 {g50:7.2} ms   p90 {g90:7.2} ms"
-        );
-        println!(
-            "  gptx sandbox exec alone (no recording)      p50 {r50:7.2} ms   p90 {r90:7.2} ms"
-        );
-        println!(
-            "  docker exec <c> true (docker CLI)           p50 {c50:7.2} ms   p90 {c90:7.2} ms"
-        );
-        println!("  ratio gptx step / docker exec at p50: {:.3}", g50 / c50);
+        print!("{}", report.text(&sizes));
     }
     Ok(())
+}
+
+/// Every figure of one bench run.
+struct Report {
+    floor_ms: f64,
+    raw_ms: Vec<f64>,
+    samples: Samples,
+}
+
+async fn measure(
+    home: &Home,
+    sizes: &Sizes,
+    sandbox: &Arc<DockerSandbox>,
+    ws: &std::path::Path,
+    tmp: &std::path::Path,
+    run_id: &str,
+    image: &str,
+) -> anyhow::Result<Report> {
+    let (floor_ms, raw_ms) = in_box(sandbox, sizes.n).await?;
+    let script = script(sizes);
+    let suite = Suite::parse(
+        &format!(
+            "name = \"bench\"\nimage = \"base\"\n[[stages]]\nname = \"train\"\nbudgets = {{ max_steps = {}, max_sandbox_seconds = 100000, max_wall_seconds = 100000, max_step_seconds = 600 }}\n",
+            script.len() + 1
+        ),
+        std::path::Path::new("bench"),
+    )?;
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let mut agent = BenchAgent {
+        container: sandbox.name().to_string(),
+        workspace: ws.to_path_buf(),
+        script,
+        running: None,
+        samples: samples.clone(),
+    };
+    let run_dir = tmp.join("run");
+    std::fs::create_dir_all(&run_dir)?;
+    let dir = crate::trace::rundir::RunDir::new(run_dir.clone());
+    let recorder = Recorder::new(EventLog::create(&dir.events())?);
+    let history = WorkspaceHistory::create(&dir.git(), ws)?;
+    let mut runner = crate::runner::Runner::new(
+        home.clone(),
+        suite,
+        run_id.to_string(),
+        run_dir,
+        sandbox.clone(),
+        EventSink::new(recorder, vec![]),
+        Some(history),
+        CancellationToken::new(),
+    );
+    runner.run(&mut agent, image).await;
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
+    Ok(Report {
+        floor_ms,
+        raw_ms,
+        samples,
+    })
+}
+
+impl Report {
+    fn p(&self, label: &str) -> (f64, f64) {
+        median_p90(self.samples.ms.get(label).map_or(&[][..], Vec::as_slice))
+    }
+
+    fn one(&self, label: &str) -> f64 {
+        self.p(label).0 / 1000.0
+    }
+
+    fn json(&self, sizes: &Sizes) -> Value {
+        let pair = |(p50, p90): (f64, f64)| json!({"p50": p50, "p90": p90});
+        let mb = (sizes.output_mib << 20) as f64 / 1e6;
+        json!({
+            "samples": sizes.n,
+            "gptx_step_ms": pair(self.p("true")),
+            "sandbox_exec_ms": pair(median_p90(&self.raw_ms)),
+            "docker_exec_cli_ms": pair(self.p("docker_cli")),
+            "in_box_floor_ms": self.floor_ms,
+            "ratio_p50": self.p("true").0 / self.p("docker_cli").0,
+            "over_floor_ms": self.p("true").0 - self.floor_ms,
+            "output": {"mib": sizes.output_mib, "gptx_s": self.one("output"),
+                       "in_box_dev_null_s": self.one("output_null"),
+                       "gptx_mb_per_s": mb / self.one("output"),
+                       "harness_peak_rss_kb": self.samples.peak_rss_kb},
+            "echo_step_ms": {"files": {"few": FEW_FILES, "many": sizes.files},
+                             "few": pair(self.p("echo_few")), "many": pair(self.p("echo_many"))},
+        })
+    }
+
+    fn text(&self, sizes: &Sizes) -> String {
+        let (g50, g90) = self.p("true");
+        let (c50, c90) = self.p("docker_cli");
+        let (r50, r90) = median_p90(&self.raw_ms);
+        let (out, null) = (self.one("output"), self.one("output_null"));
+        let mb = (sizes.output_mib << 20) as f64 / 1e6;
+        let (f50, f90) = self.p("echo_few");
+        let (m50, m90) = self.p("echo_many");
+        let rss = self.samples.peak_rss_kb.map_or("unknown".into(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        });
+        format!(
+            "one sandbox, {n} interleaved samples per step row:\n\
+             \x20 `bash true` step through gptx (trace, git snapshot)  p50 {g50:8.2} ms  p90 {g90:8.2} ms\n\
+             \x20 gptx sandbox exec alone (no recording)             p50 {r50:8.2} ms  p90 {r90:8.2} ms\n\
+             \x20 docker exec <c> true (docker CLI)                  p50 {c50:8.2} ms  p90 {c90:8.2} ms\n\
+             \x20 in-box floor: /bin/bash -c true looped in the box  mean {floor:7.2} ms\n\
+             \x20 ratio step / CLI at p50: {ratio:.3}; step over the in-box floor at p50: {over:+.2} ms\n\
+             {mib} MiB of stdout in one step:\n\
+             \x20 through gptx {out:8.2} s ({rate:.0} MB/s); the same to /dev/null in the box {null:.2} s ({x:.1}x)\n\
+             \x20 gptx peak resident memory over that step: {rss}\n\
+             `echo` step through gptx:\n\
+             \x20 at {few} files      p50 {f50:8.2} ms  p90 {f90:8.2} ms\n\
+             \x20 at {many} files  p50 {m50:8.2} ms  p90 {m90:8.2} ms\n",
+            n = sizes.n,
+            floor = self.floor_ms,
+            ratio = g50 / c50,
+            over = g50 - self.floor_ms,
+            mib = sizes.output_mib,
+            rate = mb / out,
+            x = out / null,
+            few = FEW_FILES,
+            many = sizes.files,
+        )
+    }
 }

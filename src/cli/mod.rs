@@ -643,11 +643,20 @@ pub struct WorldArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
-    /// Per-step overhead: `bash true` through gptx against `docker exec <c> true`, interleaved, one container.
+    /// The cost of a step, side by side in one sandbox: `bash true` through gptx against the docker
+    /// CLI and against the same command looped inside the box; 1 GiB of stdout through gptx against
+    /// the same to /dev/null in the box, with gptx's peak memory; an `echo` step at 200 files and at
+    /// 200,000 files in the workspace.
     Exec {
-        /// Samples of each.
+        /// Samples of each per-step figure.
         #[arg(long, default_value_t = 200)]
         n: usize,
+        /// MiB of stdout for the throughput row.
+        #[arg(long, default_value_t = 1024)]
+        output_mib: u64,
+        /// Files in the workspace for the large-workspace row.
+        #[arg(long, default_value_t = 200_000)]
+        files: usize,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -755,9 +764,19 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
         Command::World(WorldCmd::Reference(a)) => measure_reference(a).await,
         Command::Gc { all, runs } => gc(all, &runs.runs_dir).await,
         Command::Bench(BenchCmd::Plan(a)) => bench_plan::bench_plan(a).await,
-        Command::Bench(BenchCmd::Exec { n, json }) => {
+        Command::Bench(BenchCmd::Exec {
+            n,
+            output_mib,
+            files,
+            json,
+        }) => {
             let home = Home::locate().map_err(env_error)?;
-            crate::cli::bench::exec(&home, n, json)
+            let sizes = crate::cli::bench::Sizes {
+                n,
+                output_mib,
+                files,
+            };
+            crate::cli::bench::exec(&home, sizes, json)
                 .await
                 .map_err(env_error)?;
             Ok(exit::OK)
