@@ -1,7 +1,8 @@
-//! Criterion benches of the recording path: appending hash-chained events and verifying a trace.
+//! Criterion benches of the recording path: appending hash-chained events, verifying a trace and
+//! snapshotting a workspace of 200 and of 200,000 files.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gptx::trace::{verify, Event, EventLog, StepRecord};
+use gptx::trace::{verify, Event, EventLog, StepRecord, WorkspaceHistory};
 
 fn step(i: u64) -> Event {
     Event::Step(StepRecord {
@@ -43,5 +44,51 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A workspace of `n` empty files, `per_dir` to a directory, with its first snapshot taken.
+fn workspace(
+    n: usize,
+    per_dir: usize,
+) -> (tempfile::TempDir, std::path::PathBuf, WorkspaceHistory) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    for i in 0..n {
+        let dir = ws.join(format!("d{}", i / per_dir));
+        if i % per_dir == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::File::create(dir.join(format!("f{i}"))).unwrap();
+    }
+    let mut h = WorkspaceHistory::create(&tmp.path().join("w.git"), &ws).unwrap();
+    let t = std::time::Instant::now();
+    h.commit_if_changed("first").unwrap();
+    eprintln!(
+        "{n} files, {per_dir} to a directory: the first (whole) snapshot took {:?}",
+        t.elapsed()
+    );
+    (tmp, ws, h)
+}
+
+fn snapshots(c: &mut Criterion) {
+    for (n, per_dir) in [(200, 200), (200_000, 1000), (200_000, 200_000)] {
+        let (_tmp, ws, mut h) = workspace(n, per_dir);
+        c.bench_function(
+            &format!("snapshot, {n} files ({per_dir} a dir), no change"),
+            |b| b.iter(|| assert!(h.commit_if_changed("none").unwrap().is_none())),
+        );
+        let file = ws.join("d0/f7");
+        let mut i = 0u64;
+        c.bench_function(
+            &format!("snapshot, {n} files ({per_dir} a dir), one file changed"),
+            |b| {
+                b.iter(|| {
+                    i += 1;
+                    std::fs::write(&file, i.to_string()).unwrap();
+                    assert!(h.commit_if_changed("one").unwrap().is_some())
+                })
+            },
+        );
+    }
+}
+
+criterion_group!(benches, bench, snapshots);
 criterion_main!(benches);

@@ -133,7 +133,12 @@ impl Runner {
             Err(e) => Err(format!("the snapshot task failed: {e}")),
         };
         match result {
-            Ok(c) => c,
+            Ok(c) => {
+                if let Some(w) = self.history.as_mut().and_then(|h| h.take_walk_note()) {
+                    self.warn(format!("step {step}: {w}"));
+                }
+                c
+            }
             Err(e) => {
                 self.warn(format!(
                     "step {step}: could not record the workspace in git: {e}"

@@ -1,25 +1,33 @@
 //! `workspace.git`: a bare repository with one commit per step that changed the workspace (git2).
 //!
-//! Snapshots walk the host view of the workspace and reuse blob ids of files whose size, mtime, ctime
-//! and inode did not change (an mtime set back with `utime` still moves the ctime), so a step that touches one file costs a directory walk, not a re-hash of everything.
+//! The first snapshot walks the host view of the workspace; later ones look again only at the paths
+//! the inotify tracker ([`super::watch`]) reported and at the files mapped writable, updating an
+//! in-memory model of the last snapshot (`walk`), so a step that touches one file costs about that
+//! file, not a walk of everything. Blob ids of files whose size, mtime, ctime and inode did not
+//! change are reused (an mtime set back with `utime` still moves the ctime).
 //! Files over [`LARGE_FILE`] are not committed; they are listed with size, allocated bytes and (up to
 //! [`HASH_LIMIT`], when not sparse) SHA-256 in [`MANIFEST`] inside the commit. The walk goes through
 //! directory descriptors and never follows a link or opens a FIFO; it stops reading after
 //! [`SNAPSHOT_BUDGET`] and lists what it left out.
 
-use std::collections::HashMap;
+#[cfg(test)]
+mod incremental_tests;
+mod walk;
+
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{Mode, OFlags};
 
 use git2::{FileMode, Oid, Repository, Signature};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use super::watch::Tracker;
 
 /// Files larger than this are listed in the manifest instead of committed.
 pub(crate) const LARGE_FILE: u64 = 10 * 1024 * 1024;
@@ -57,6 +65,13 @@ impl Stamp {
             mode: m.mode(),
         }
     }
+
+    /// Whether the change time is within a second of `started` (nanoseconds since the epoch): a
+    /// write in the same clock tick after the file was read would leave the stamp as it was.
+    fn racy(&self, started: i128) -> bool {
+        let changed = i128::from(self.ctime) * 1_000_000_000 + i128::from(self.ctime_ns);
+        changed >= started - 1_000_000_000
+    }
 }
 
 /// A file too large to commit, as listed in the manifest.
@@ -89,10 +104,21 @@ pub struct Skipped {
     pub reason: String,
 }
 
-#[derive(Default, Serialize)]
-struct Manifest {
-    large_files: Vec<LargeFile>,
-    skipped: Vec<Skipped>,
+/// The manifest as committed: entries in path order, whatever order the directories list them in.
+#[derive(Serialize)]
+struct Manifest<'a> {
+    large_files: Vec<&'a LargeFile>,
+    skipped: Vec<&'a Skipped>,
+}
+
+/// Which workspace files some live process in the sandbox has mapped shared and writable right now,
+/// as the sandbox tells before a snapshot: a write through such a mapping reports no inotify event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// Workspace-relative paths (a path with `..` or a root is ignored).
+    Known(Vec<PathBuf>),
+    /// It could not be told, and why: the snapshot walks the whole workspace.
+    Unknown(String),
 }
 
 /// The run's workspace history.
@@ -103,20 +129,47 @@ pub struct WorkspaceHistory {
     digests: HashMap<PathBuf, (Stamp, String)>,
     head: Option<Oid>,
     head_tree: Option<Oid>,
+    /// The last snapshot, which the next one updates along the paths the tracker reports.
+    model: walk::Model,
+    tracker: Option<Tracker>,
+    /// Why there is no tracker (inotify could not be set up), when so.
+    untracked: Option<String>,
+    /// What [`Self::note_mapped`] told for the next snapshot.
+    mapped: Option<Mapped>,
+    /// The files mapped at the last snapshot: read again at the next one too.
+    mapped_before: HashSet<PathBuf>,
+    /// Why the last snapshot walked everything though it had one to start from, when so.
+    fell_back: Option<String>,
+    walk_note: Option<String>,
+    /// Whether the last snapshot walked the whole workspace (the tests look).
+    #[cfg_attr(not(test), allow(dead_code))]
+    walked_all: bool,
 }
 
 impl WorkspaceHistory {
+    fn with(repo: Repository, root: &Path, head: Option<Oid>, head_tree: Option<Oid>) -> Self {
+        Self {
+            repo,
+            root: root.to_path_buf(),
+            blobs: HashMap::new(),
+            digests: HashMap::new(),
+            head,
+            head_tree,
+            model: walk::Model::default(),
+            tracker: None,
+            untracked: None,
+            mapped: None,
+            mapped_before: HashSet::new(),
+            fell_back: None,
+            walk_note: None,
+            walked_all: false,
+        }
+    }
+
     /// Creates `git_dir` as a bare repository recording snapshots of `workspace`.
     pub fn create(git_dir: &Path, workspace: &Path) -> Result<Self, git2::Error> {
         let repo = Repository::init_bare(git_dir)?;
-        Ok(Self {
-            repo,
-            root: workspace.to_path_buf(),
-            blobs: HashMap::new(),
-            digests: HashMap::new(),
-            head: None,
-            head_tree: None,
-        })
+        Ok(Self::with(repo, workspace, None, None))
     }
 
     /// Opens the history of an interrupted run to go on recording it: the next commit's parent is
@@ -133,14 +186,7 @@ impl WorkspaceHistory {
             }
             None => (None, None),
         };
-        Ok(Self {
-            repo,
-            root: workspace.to_path_buf(),
-            blobs: HashMap::new(),
-            digests: HashMap::new(),
-            head,
-            head_tree,
-        })
+        Ok(Self::with(repo, workspace, head, head_tree))
     }
 
     /// Whether the tree at `other` (another copy of the workspace) is the one of the head commit
@@ -150,10 +196,15 @@ impl WorkspaceHistory {
         let root = std::mem::replace(&mut self.root, other.to_path_buf());
         self.blobs.clear();
         self.digests.clear();
-        let tree = self.snapshot_tree();
+        let mut cx = walk::Cx::new(walk::Model::default(), HashSet::new(), None);
+        let tree = self
+            .walk_all(&mut cx)
+            .and_then(|t| self.with_manifest(t, &cx.model));
         self.root = root;
         self.blobs.clear();
         self.digests.clear();
+        // The next snapshot walks the workspace whole: the caches were of another directory.
+        self.model = walk::Model::default();
         let tree = tree?;
         Ok(match self.head_tree {
             Some(h) => h == tree,
@@ -276,38 +327,134 @@ impl WorkspaceHistory {
     }
 
     /// Snapshots the workspace; commits with `message` when the tree changed. Returns the new commit id.
+    ///
+    /// The first snapshot walks the whole workspace and watches every directory; later ones look
+    /// again only at what the watches reported, at the files [`Self::note_mapped`] named and at
+    /// the few entries no event can vouch for (files with several names, entries left out). The
+    /// tree is the one a walk of the whole workspace would make.
     pub fn commit_if_changed(&mut self, message: &str) -> Result<Option<String>, git2::Error> {
         let tree = self.snapshot_tree()?;
         self.commit_tree(tree, message)
     }
 
+    /// Tells which files are mapped shared and writable in the sandbox now, for the next snapshot
+    /// (without a call, none are).
+    pub fn note_mapped(&mut self, mapped: Mapped) {
+        self.mapped = Some(mapped);
+    }
+
+    /// Once: why the last snapshot walked the whole workspace when it could have looked only at
+    /// what changed (events lost, the watch limit, mapped files unknown, no inotify). The same
+    /// reason twice in a row is told once.
+    pub fn take_walk_note(&mut self) -> Option<String> {
+        self.walk_note.take()
+    }
+
     /// The tree a snapshot of the workspace makes (written to the repository, not committed).
     fn snapshot_tree(&mut self) -> Result<Oid, git2::Error> {
-        let mut manifest = Manifest::default();
-        let root = rustix::fs::open(
-            &self.root,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| git2::Error::from_str(&format!("{}: {e}", self.root.display())))?;
-        let deadline = Instant::now() + SNAPSHOT_BUDGET;
-        let tree = self.build_tree(&root, Path::new(""), &mut manifest, deadline)?;
-        let tree = match tree {
-            Some(t) if manifest.large_files.is_empty() && manifest.skipped.is_empty() => t,
-            None if manifest.large_files.is_empty() && manifest.skipped.is_empty() => {
-                self.repo.treebuilder(None)?.write()?
-            }
-            t => {
-                // Add the manifest at the top level.
-                let json = serde_json::to_vec_pretty(&manifest).expect("manifest");
-                let blob = self.repo.blob(&json)?;
-                let base = t.map(|id| self.repo.find_tree(id)).transpose()?;
-                let mut b = self.repo.treebuilder(base.as_ref())?;
-                b.insert(MANIFEST, blob, FileMode::Blob.into())?;
-                b.write()?
+        let (fresh, unknown) = self.take_mapped();
+        let mut cx = walk::Cx::new(std::mem::take(&mut self.model), fresh, self.tracker.take());
+        let walked = self.walk(&mut cx, unknown);
+        self.tracker = cx.tracker.take();
+        self.model = std::mem::take(&mut cx.model);
+        let (tree, fallback) = match walked {
+            Ok(w) => w,
+            Err(e) => {
+                self.model = walk::Model::default();
+                return Err(e);
             }
         };
-        Ok(tree)
+        if fallback.is_some() && fallback != self.fell_back {
+            self.walk_note = fallback
+                .as_ref()
+                .map(|r| format!("the snapshot walked the whole workspace: {r}"));
+        }
+        self.fell_back = fallback;
+        self.with_manifest(tree, &self.model)
+    }
+
+    /// The paths [`Self::note_mapped`] named (and those of the snapshot before), and why the
+    /// snapshot must walk everything when they are unknown.
+    fn take_mapped(&mut self) -> (HashSet<PathBuf>, Option<String>) {
+        let (now, unknown) = match self.mapped.take() {
+            None => (HashSet::new(), None),
+            Some(Mapped::Known(paths)) => {
+                (paths.iter().filter_map(|p| relative(p)).collect(), None)
+            }
+            Some(Mapped::Unknown(why)) => (
+                HashSet::new(),
+                Some(format!(
+                    "which files are mapped writable is not known ({why})"
+                )),
+            ),
+        };
+        let fresh = now.union(&self.mapped_before).cloned().collect();
+        self.mapped_before = now;
+        (fresh, unknown)
+    }
+
+    /// Updates the last snapshot along what changed, or walks everything (the first snapshot, or
+    /// for a reason: then the reason comes back with the root's tree).
+    fn walk(
+        &mut self,
+        cx: &mut walk::Cx,
+        unknown: Option<String>,
+    ) -> Result<(Option<Oid>, Option<String>), git2::Error> {
+        let changes = cx.tracker.as_ref().map(Tracker::take).unwrap_or_default();
+        let mut reason = unknown.or(changes.full_walk).or_else(|| match &cx.tracker {
+            Some(_) => None,
+            None => Some(
+                self.untracked
+                    .clone()
+                    .unwrap_or_else(|| "no inotify tracker".into()),
+            ),
+        });
+        let previous = cx.model.root.take();
+        let had_previous = previous.is_some();
+        if let (Some(root), None) = (previous, &reason) {
+            let marks = walk::Marks::of(&cx.model, changes.paths, &cx.fresh);
+            self.walked_all = false;
+            match self.walk_marked(cx, root, &marks) {
+                Ok(tree) => return Ok((tree, None)),
+                Err(Some(e)) => return Err(e),
+                Err(None) => reason = Some("the workspace directory was replaced".into()),
+            }
+        }
+        // A new tracker: its watches are armed by the walk, before each directory is listed.
+        cx.tracker = None;
+        cx.tracker = match Tracker::start() {
+            Ok(t) => {
+                self.untracked = None;
+                Some(t)
+            }
+            Err(e) => {
+                self.untracked = Some(format!("inotify could not be set up ({e})"));
+                None
+            }
+        };
+        self.walked_all = true;
+        let tree = self.walk_all(cx)?;
+        Ok((tree, reason.filter(|_| had_previous)))
+    }
+
+    /// The workspace's tree with the manifest added at the top, when it lists anything.
+    fn with_manifest(&self, tree: Option<Oid>, model: &walk::Model) -> Result<Oid, git2::Error> {
+        if model.large.is_empty() && model.skipped.is_empty() {
+            return match tree {
+                Some(t) => Ok(t),
+                None => self.repo.treebuilder(None)?.write(),
+            };
+        }
+        let manifest = Manifest {
+            large_files: model.large.values().collect(),
+            skipped: model.skipped.values().collect(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest");
+        let blob = self.repo.blob(&json)?;
+        let base = tree.map(|id| self.repo.find_tree(id)).transpose()?;
+        let mut b = self.repo.treebuilder(base.as_ref())?;
+        b.insert(MANIFEST, blob, FileMode::Blob.into())?;
+        b.write()
     }
 
     fn commit_tree(&mut self, tree: Oid, message: &str) -> Result<Option<String>, git2::Error> {
@@ -348,107 +495,6 @@ impl WorkspaceHistory {
         Ok(self.repo.find_tree(tree)?.is_empty())
     }
 
-    fn build_tree(
-        &mut self,
-        dir: &OwnedFd,
-        rel: &Path,
-        manifest: &mut Manifest,
-        deadline: Instant,
-    ) -> Result<Option<Oid>, git2::Error> {
-        let skip = |manifest: &mut Manifest, path: &Path, reason: String| {
-            manifest.skipped.push(Skipped {
-                path: path.display().to_string(),
-                reason,
-            })
-        };
-        let names: Vec<std::ffi::OsString> = match rustix::fs::Dir::read_from(dir) {
-            Ok(d) => d
-                .filter_map(|e| e.ok())
-                .map(|e| std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
-                .filter(|n| n != "." && n != "..")
-                .collect(),
-            Err(e) => {
-                skip(manifest, rel, e.to_string());
-                return Ok(None);
-            }
-        };
-        let mut items: Vec<(String, Oid, FileMode)> = Vec::new();
-        for name in names {
-            if name == ".git" {
-                continue; // git cannot hold a nested .git; the agent's own repo is not part of history
-            }
-            let rel_path = rel.join(&name);
-            // The manifest's name at the top is the harness's: an agent's file of that name is
-            // never taken for it (a resume trusts the manifest's hashes).
-            if rel.as_os_str().is_empty() && name == MANIFEST {
-                skip(
-                    manifest,
-                    &rel_path,
-                    "the name is the harness's list of large files".into(),
-                );
-                continue;
-            }
-            let Some(name_str) = name.to_str() else {
-                skip(manifest, &rel_path, "file name is not UTF-8".into());
-                continue;
-            };
-            if Instant::now() > deadline {
-                skip(
-                    manifest,
-                    &rel_path,
-                    format!(
-                        "the snapshot's time budget ({} s) ran out",
-                        SNAPSHOT_BUDGET.as_secs()
-                    ),
-                );
-                continue;
-            }
-            // Nothing is followed: the entry is looked at, and opened, relative to its directory.
-            let st = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(_) => continue, // vanished during the walk
-            };
-            match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    let sub = rustix::fs::openat(
-                        dir,
-                        name.as_os_str(),
-                        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                        Mode::empty(),
-                    );
-                    match sub {
-                        Ok(fd) => {
-                            if let Some(t) = self.build_tree(&fd, &rel_path, manifest, deadline)? {
-                                items.push((name_str.to_string(), t, FileMode::Tree));
-                            }
-                        }
-                        Err(e) => skip(manifest, &rel_path, std::io::Error::from(e).to_string()),
-                    }
-                }
-                FileType::Symlink => {
-                    if let Ok(target) = rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new()) {
-                        let blob = self.repo.blob(target.as_bytes())?;
-                        items.push((name_str.to_string(), blob, FileMode::Link));
-                    }
-                }
-                FileType::RegularFile => {
-                    if let Some((oid, mode)) = self.file_blob(dir, &name, &rel_path, manifest)? {
-                        items.push((name_str.to_string(), oid, mode));
-                    }
-                }
-                _ => {} // FIFOs, sockets and devices are never opened
-            }
-        }
-        if items.is_empty() {
-            return Ok(None);
-        }
-        let mut builder = self.repo.treebuilder(None)?;
-        for (name, oid, mode) in items {
-            builder.insert(name, oid, mode.into())?;
-        }
-        Ok(Some(builder.write()?))
-    }
-
     /// The blob of a regular file, opened without following a link and without blocking, its stamp
     /// taken from the open file; a large file goes into the manifest instead.
     fn file_blob(
@@ -456,13 +502,10 @@ impl WorkspaceHistory {
         dir: &OwnedFd,
         name: &std::ffi::OsStr,
         rel_path: &Path,
-        manifest: &mut Manifest,
+        cx: &mut walk::Cx,
     ) -> Result<Option<(Oid, FileMode)>, git2::Error> {
-        let skip = |manifest: &mut Manifest, reason: String| {
-            manifest.skipped.push(Skipped {
-                path: rel_path.display().to_string(),
-                reason,
-            });
+        let skip = |cx: &mut walk::Cx, reason: String| {
+            cx.model.skip(rel_path, reason);
             Ok(None)
         };
         let fd = match rustix::fs::openat(
@@ -472,38 +515,57 @@ impl WorkspaceHistory {
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            Err(e) => return skip(manifest, std::io::Error::from(e).to_string()),
+            Err(e) => return skip(cx, std::io::Error::from(e).to_string()),
         };
         let file = std::fs::File::from(fd);
         let meta = match file.metadata() {
             Ok(m) if m.is_file() => m,
-            Ok(_) => return skip(manifest, "not a regular file when opened".into()),
-            Err(e) => return skip(manifest, e.to_string()),
+            Ok(_) => return skip(cx, "not a regular file when opened".into()),
+            Err(e) => return skip(cx, e.to_string()),
         };
         let stamp = Stamp::of(&meta);
+        if meta.nlink() > 1 {
+            cx.model.linked.insert(rel_path.to_path_buf());
+        }
+        // A mapped file is read again whatever its stamp says; a stamp that moved within a second
+        // of the snapshot is not trusted next time.
+        let fresh = cx.fresh.contains(rel_path);
+        let trusted = !stamp.racy(cx.started);
         let mode = if meta.mode() & 0o111 != 0 {
             FileMode::BlobExecutable
         } else {
             FileMode::Blob
         };
         if meta.len() > LARGE_FILE {
-            manifest
-                .large_files
-                .push(self.large(file, &meta, rel_path, stamp));
+            let entry = self.large(file, &meta, rel_path, stamp, fresh, trusted);
+            cx.model.large.insert(rel_path.to_path_buf(), entry);
             return Ok(None);
         }
-        if let Some((s, oid)) = self.blobs.get(rel_path) {
-            if *s == stamp {
-                return Ok(Some((*oid, mode)));
-            }
+        match self.blobs.get(rel_path) {
+            Some((s, oid)) if *s == stamp && !fresh => return Ok(Some((*oid, mode))),
+            _ => {}
         }
         let mut data = Vec::with_capacity(meta.len() as usize);
         if let Err(e) = (&file).take(LARGE_FILE + 1).read_to_end(&mut data) {
-            return skip(manifest, e.to_string());
+            return skip(cx, e.to_string());
         }
-        let oid = self.repo.blob(&data)?;
-        self.blobs.insert(rel_path.to_path_buf(), (stamp, oid));
+        let oid = self.blob(&data)?;
+        if trusted {
+            self.blobs.insert(rel_path.to_path_buf(), (stamp, oid));
+        } else {
+            self.blobs.remove(rel_path);
+        }
         Ok(Some((oid, mode)))
+    }
+
+    /// The blob of `data`, written only when the repository lacks it (writing costs a temporary
+    /// file even when the object exists: 200,000 empty files would cost 200,000 of them).
+    fn blob(&self, data: &[u8]) -> Result<Oid, git2::Error> {
+        let oid = Oid::hash_object(git2::ObjectType::Blob, data)?;
+        if self.repo.odb()?.exists(oid) {
+            return Ok(oid);
+        }
+        self.repo.blob(data)
     }
 
     /// The manifest entry of a file over [`LARGE_FILE`]: hashed when it is at most [`HASH_LIMIT`] and
@@ -514,6 +576,8 @@ impl WorkspaceHistory {
         meta: &std::fs::Metadata,
         rel: &Path,
         stamp: Stamp,
+        fresh: bool,
+        trusted: bool,
     ) -> LargeFile {
         let allocated = meta.blocks() * 512;
         let mut entry = LargeFile {
@@ -534,11 +598,12 @@ impl WorkspaceHistory {
             entry.note = Some("not hashed: sparse (mostly holes)".into());
             return entry;
         }
-        if let Some((s, d)) = self.digests.get(rel) {
-            if *s == stamp {
+        match self.digests.get(rel) {
+            Some((s, d)) if *s == stamp && !fresh => {
                 entry.sha256 = Some(d.clone());
                 return entry;
             }
+            _ => {}
         }
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -561,10 +626,27 @@ impl WorkspaceHistory {
             }
         }
         let d = hex::encode(h.finalize());
-        self.digests.insert(rel.to_path_buf(), (stamp, d.clone()));
+        if trusted {
+            self.digests.insert(rel.to_path_buf(), (stamp, d.clone()));
+        } else {
+            self.digests.remove(rel);
+        }
         entry.sha256 = Some(d);
         entry
     }
+}
+
+/// `p` as a workspace-relative path of names only, if it is one.
+fn relative(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
 }
 
 /// One file changed by a commit.
@@ -829,7 +911,7 @@ mod tests {
         rustix::fs::mknodat(
             rustix::fs::CWD,
             ws.join("pipe"),
-            FileType::Fifo,
+            rustix::fs::FileType::Fifo,
             Mode::from_raw_mode(0o644),
             0,
         )

@@ -9,6 +9,7 @@ pub mod history;
 pub mod log;
 pub mod replay;
 pub mod rundir;
+pub(crate) mod watch;
 
 pub use events::{
     round, BudgetsUsed, EndReason, Event, IntegrityNote, ModelCall, ModelReply, ModelToolUse,

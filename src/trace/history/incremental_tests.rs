@@ -1,0 +1,386 @@
+//! Tests that a snapshot updated along the tracker's events is the tree a whole walk makes.
+
+use super::*;
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The tree (manifest included) a new history's walk of the whole of `ws` makes.
+fn whole_tree(ws: &Path) -> Oid {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = WorkspaceHistory::create(&tmp.path().join("whole.git"), ws).unwrap();
+    let mut cx = walk::Cx::new(walk::Model::default(), HashSet::new(), None);
+    let tree = h.walk_all(&mut cx).unwrap();
+    h.with_manifest(tree, &cx.model).unwrap()
+}
+
+/// [`whole_tree`], its reads kept from `h`'s tracker (they would mark every file for the next
+/// snapshot, which would then look at everything and prove nothing).
+fn whole(h: &WorkspaceHistory, ws: &Path) -> Oid {
+    let tree = whole_tree(ws);
+    if let Some(t) = &h.tracker {
+        t.take();
+    }
+    tree
+}
+
+/// A workspace and its history, first snapshot taken.
+fn setup() -> (tempfile::TempDir, PathBuf, WorkspaceHistory) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("seed.txt"), b"seed").unwrap();
+    let mut h = WorkspaceHistory::create(&tmp.path().join("w.git"), &ws).unwrap();
+    h.commit_if_changed("first").unwrap();
+    assert!(h.walked_all);
+    (tmp, ws, h)
+}
+
+/// Snapshots incrementally and checks the tree is the whole walk's; returns the head tree.
+fn exact(h: &mut WorkspaceHistory, ws: &Path) -> Oid {
+    h.commit_if_changed("step").unwrap();
+    assert!(!h.walked_all, "{:?}", h.take_walk_note());
+    let tree = h.head_tree.unwrap();
+    assert_eq!(
+        tree,
+        whole(h, ws),
+        "the incremental tree is the whole walk's"
+    );
+    tree
+}
+
+/// The content of `path` in `tree`, if it holds a blob there.
+fn blob_at(h: &WorkspaceHistory, tree: Oid, path: &str) -> Option<Vec<u8>> {
+    let tree = h.repo.find_tree(tree).unwrap();
+    let entry = tree.get_path(Path::new(path)).ok()?;
+    let blob = h.repo.find_blob(entry.id()).ok()?;
+    Some(blob.content().to_vec())
+}
+
+#[test]
+fn a_write_from_another_thread_is_in_the_next_snapshot() {
+    let (_tmp, ws, mut h) = setup();
+    let file = ws.join("out.log");
+    let f = file.clone();
+    std::thread::spawn(move || std::fs::write(f, b"one").unwrap())
+        .join()
+        .unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "out.log").unwrap(), b"one");
+    let f = file.clone();
+    std::thread::spawn(move || std::fs::write(f, b"two!").unwrap())
+        .join()
+        .unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "out.log").unwrap(), b"two!");
+    // Nothing changed: no commit.
+    assert_eq!(h.commit_if_changed("none").unwrap(), None);
+}
+
+/// A shared writable mapping of the first `len` bytes of `path`; the descriptor is closed.
+fn map(path: &Path, len: usize) -> *mut u8 {
+    use rustix::mm::{MapFlags, ProtFlags};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: a new shared mapping of a file this test owns; unmapped by the test.
+    let p = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            &f,
+            0,
+        )
+    };
+    p.unwrap().cast()
+}
+
+/// Writes `bytes` at the start of the mapping `p`.
+fn poke(p: *mut u8, bytes: &[u8]) {
+    // SAFETY: `p` maps at least `bytes.len()` bytes, shared and writable.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+}
+
+fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: `p` is a mapping of `len` bytes made by `map`, no longer used.
+    unsafe { rustix::mm::munmap(p.cast(), len).unwrap() };
+}
+
+#[test]
+fn a_write_through_a_shared_mapping_is_caught_while_mapped_and_once_after() {
+    let (_tmp, ws, mut h) = setup();
+    let file = ws.join("weights.bin");
+    std::fs::write(&file, b"aaaaaaaa").unwrap();
+    let p = map(&file, 8);
+    exact(&mut h, &ws);
+    poke(p, b"bbbb");
+    h.note_mapped(Mapped::Known(vec!["weights.bin".into()]));
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "weights.bin").unwrap(), b"bbbbaaaa");
+    // Written, then unmapped before the next snapshot: it was mapped at the last one.
+    poke(p, b"cc");
+    unmap(p, 8);
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "weights.bin").unwrap(), b"ccbbaaaa");
+    // Nothing written since: nothing to commit, still exact.
+    assert_eq!(h.commit_if_changed("none").unwrap(), None);
+    assert!(!h.walked_all);
+    assert_eq!(h.head_tree.unwrap(), whole(&h, &ws));
+}
+
+#[test]
+fn a_mapping_dropped_after_a_write_between_snapshots_is_caught() {
+    let (_tmp, ws, mut h) = setup();
+    let file = ws.join("m.bin");
+    std::fs::write(&file, b"00000000").unwrap();
+    let p = map(&file, 8);
+    h.note_mapped(Mapped::Known(vec!["./m.bin".into(), "../x".into()]));
+    exact(&mut h, &ws);
+    poke(p, b"11");
+    unmap(p, 8);
+    h.note_mapped(Mapped::Known(vec![]));
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "m.bin").unwrap(), b"11000000");
+}
+
+#[test]
+fn files_and_directories_renamed_across_folders() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::create_dir_all(ws.join("a/sub/deep")).unwrap();
+    std::fs::create_dir_all(ws.join("b")).unwrap();
+    std::fs::write(ws.join("a/x.txt"), b"x").unwrap();
+    std::fs::write(ws.join("a/sub/deep/y.txt"), b"y").unwrap();
+    exact(&mut h, &ws);
+    std::fs::rename(ws.join("a/x.txt"), ws.join("b/x.txt")).unwrap();
+    std::fs::rename(ws.join("a/sub"), ws.join("b/moved")).unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "b/moved/deep/y.txt").unwrap(), b"y");
+    assert!(blob_at(&h, t, "a/x.txt").is_none());
+    // The moved directory's watches follow it: a write inside is seen at its new path.
+    std::fs::write(ws.join("b/moved/deep/y.txt"), b"y2").unwrap();
+    std::fs::write(ws.join("b/moved/deep/z.txt"), b"z").unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "b/moved/deep/y.txt").unwrap(), b"y2");
+    // Moved back out and in under another name, and out of the workspace.
+    std::fs::rename(ws.join("b/moved"), ws.join("top")).unwrap();
+    std::fs::rename(ws.join("b"), ws.parent().unwrap().join("gone")).unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "top/deep/z.txt").unwrap(), b"z");
+    std::fs::write(ws.parent().unwrap().join("gone/x.txt"), b"outside").unwrap();
+    std::fs::write(ws.join("top/deep/z.txt"), b"z2").unwrap();
+    exact(&mut h, &ws);
+}
+
+#[test]
+fn a_write_through_one_name_of_a_hard_link_changes_both() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::create_dir(ws.join("d")).unwrap();
+    std::fs::write(ws.join("f.txt"), b"same").unwrap();
+    std::fs::hard_link(ws.join("f.txt"), ws.join("d/g.txt")).unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "d/g.txt").unwrap(), b"same");
+    std::fs::write(ws.join("d/g.txt"), b"both").unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "f.txt").unwrap(), b"both");
+    // A link from inside the agent's .git, which is not watched.
+    std::fs::create_dir(ws.join(".git")).unwrap();
+    std::fs::hard_link(ws.join("f.txt"), ws.join(".git/h")).unwrap();
+    exact(&mut h, &ws);
+    std::fs::write(ws.join(".git/h"), b"from git").unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "d/g.txt").unwrap(), b"from git");
+}
+
+#[test]
+fn entries_that_change_type_come_out_right() {
+    let (tmp, ws, mut h) = setup();
+    std::fs::write(ws.join("f"), b"file").unwrap();
+    std::fs::create_dir_all(ws.join("d/inner")).unwrap();
+    std::fs::write(ws.join("d/inner/a"), b"a").unwrap();
+    std::fs::create_dir_all(ws.join("e/inner")).unwrap();
+    std::fs::write(ws.join("e/inner/b"), b"b").unwrap();
+    exact(&mut h, &ws);
+    // A file replaced by a directory, a directory by a file, another by a link to outside.
+    std::fs::remove_file(ws.join("f")).unwrap();
+    std::fs::create_dir_all(ws.join("f/g")).unwrap();
+    std::fs::write(ws.join("f/g/h"), b"h").unwrap();
+    std::fs::remove_dir_all(ws.join("d")).unwrap();
+    std::fs::write(ws.join("d"), b"now a file").unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(outside.join("inner")).unwrap();
+    std::fs::write(outside.join("inner/b"), b"host").unwrap();
+    std::fs::remove_dir_all(ws.join("e")).unwrap();
+    std::os::unix::fs::symlink(&outside, ws.join("e")).unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "f/g/h").unwrap(), b"h");
+    assert_eq!(blob_at(&h, t, "d").unwrap(), b"now a file");
+    assert_eq!(blob_at(&h, t, "e").unwrap(), outside.as_os_str().as_bytes());
+    // Outside, through the link: nothing the workspace records.
+    std::fs::write(outside.join("inner/b"), b"changed").unwrap();
+    assert_eq!(h.commit_if_changed("none").unwrap(), None);
+    // And back: the link replaced by a directory again, the directory by an empty one.
+    std::fs::remove_file(ws.join("e")).unwrap();
+    std::fs::create_dir(ws.join("e")).unwrap();
+    std::fs::write(ws.join("e/c"), b"c").unwrap();
+    std::fs::remove_dir_all(ws.join("f/g")).unwrap();
+    exact(&mut h, &ws);
+}
+
+#[test]
+fn a_command_that_runs_past_its_step_is_followed_across_snapshots() {
+    let (_tmp, ws, mut h) = setup();
+    let gate = Arc::new(Mutex::new(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (gate, stop, ws) = (gate.clone(), stop.clone(), ws.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _g = gate.lock().unwrap();
+                std::fs::create_dir_all(ws.join(format!("ckpt/{}", i % 7))).unwrap();
+                std::fs::write(ws.join(format!("ckpt/{}/w", i % 7)), i.to_string()).unwrap();
+                std::fs::write(ws.join("log.txt"), format!("{i:08}")).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let mut trees = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let _g = gate.lock().unwrap();
+        trees.push(exact(&mut h, &ws));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    exact(&mut h, &ws);
+    assert!(trees[0] != trees[2], "the snapshots followed the writes");
+}
+
+#[test]
+fn lost_events_fall_back_to_a_whole_walk_and_say_why() {
+    let (_tmp, ws, mut h) = setup();
+    h.tracker.as_ref().unwrap().pause(true);
+    std::fs::create_dir(ws.join("many")).unwrap();
+    exact(&mut h, &ws); // the directory is watched now
+    h.tracker.as_ref().unwrap().pause(true);
+    for i in 0..20_000 {
+        std::fs::write(ws.join(format!("many/{i}")), b"").unwrap();
+    }
+    h.commit_if_changed("flood").unwrap();
+    assert!(h.walked_all);
+    let note = h.take_walk_note().unwrap();
+    assert!(note.contains("overflow"), "{note}");
+    assert_eq!(h.take_walk_note(), None, "told once");
+    assert_eq!(h.head_tree.unwrap(), whole(&h, &ws));
+    // Watches are armed again: the next snapshot is incremental.
+    std::fs::write(ws.join("many/after"), b"x").unwrap();
+    exact(&mut h, &ws);
+    // Any other reason, and an unknown mapping, likewise.
+    h.tracker.as_ref().unwrap().fail("a test".into());
+    h.commit_if_changed("forced").unwrap();
+    assert!(h.take_walk_note().unwrap().contains("a test"));
+    h.note_mapped(Mapped::Unknown("no /proc".into()));
+    h.commit_if_changed("unknown").unwrap();
+    assert!(h.take_walk_note().unwrap().contains("no /proc"));
+    assert_eq!(h.head_tree.unwrap(), whole(&h, &ws));
+    exact(&mut h, &ws);
+    assert_eq!(h.take_walk_note(), None);
+}
+
+#[test]
+fn left_out_entries_are_looked_at_again() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::create_dir(ws.join("locked")).unwrap();
+    std::fs::write(ws.join("locked/a"), b"a").unwrap();
+    std::fs::write(ws.join(MANIFEST), b"{}").unwrap();
+    std::fs::write(ws.join(OsStr::from_bytes(b"bad\xff")), b"x").unwrap();
+    let big = vec![5u8; (LARGE_FILE + 1) as usize];
+    std::fs::write(ws.join("big.bin"), &big).unwrap();
+    exact(&mut h, &ws);
+    std::fs::set_permissions(ws.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    exact(&mut h, &ws);
+    std::fs::set_permissions(ws.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::remove_file(ws.join(OsStr::from_bytes(b"bad\xff"))).unwrap();
+    std::fs::write(ws.join("big.bin"), &big[1..]).unwrap();
+    exact(&mut h, &ws);
+    std::fs::remove_file(ws.join("big.bin")).unwrap();
+    exact(&mut h, &ws);
+}
+
+/// A small xorshift, so a failing sequence can be replayed from its seed.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// One random change somewhere under `ws` (names from a small set, so they collide).
+fn random_change(ws: &Path, rng: &mut u64) {
+    let names = ["a", "b", "c", "d"];
+    let depth = (next(rng) % 3) as usize;
+    let mut path = ws.to_path_buf();
+    for _ in 0..=depth {
+        path.push(names[(next(rng) % 4) as usize]);
+    }
+    let other = ws
+        .join(names[(next(rng) % 4) as usize])
+        .join(names[(next(rng) % 4) as usize]);
+    let _ = match next(rng) % 9 {
+        0 | 1 => std::fs::write(&path, next(rng).to_string()),
+        2 => std::fs::create_dir_all(&path),
+        3 => std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path)),
+        4 => std::fs::rename(&path, &other),
+        5 => std::os::unix::fs::symlink("../x", &path),
+        6 => std::fs::hard_link(&path, &other),
+        7 => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)),
+        _ => std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"+")),
+    };
+}
+
+#[test]
+fn any_sequence_of_changes_gives_the_whole_walks_tree() {
+    let (_tmp, ws, mut h) = setup();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..150 {
+        for _ in 0..(next(&mut rng) % 6) {
+            random_change(&ws, &mut rng);
+        }
+        h.commit_if_changed(&format!("round {round}")).unwrap();
+        assert!(!h.walked_all);
+        assert_eq!(h.head_tree.unwrap(), whole(&h, &ws), "round {round}");
+    }
+}
+
+#[test]
+fn a_snapshot_of_200_000_files_costs_what_changed() {
+    let (_tmp, ws, mut h) = setup();
+    for d in 0..2 {
+        let dir = ws.join(format!("flat{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..100_000 {
+            std::fs::File::create(dir.join(i.to_string())).unwrap();
+        }
+    }
+    let t = Instant::now();
+    h.commit_if_changed("all").unwrap();
+    let whole = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(h.commit_if_changed("none").unwrap(), None);
+    let none = t.elapsed();
+    std::fs::write(ws.join("flat1/7"), b"one").unwrap();
+    let t = Instant::now();
+    h.commit_if_changed("one").unwrap().unwrap();
+    let one = t.elapsed();
+    assert!(!h.walked_all);
+    println!("200,000 files: whole walk {whole:?}, no change {none:?}, one change {one:?}");
+}

@@ -1,0 +1,441 @@
+//! The in-memory model of the last snapshot (every directory's entries, the manifest by path) and the walks that build it whole or update it along changed paths.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use git2::{FileMode, Oid};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use super::{LargeFile, Skipped, WorkspaceHistory, MANIFEST, SNAPSHOT_BUDGET};
+use crate::trace::watch::Tracker;
+
+/// A directory as the last snapshot saw it.
+#[derive(Debug)]
+pub(super) struct DirNode {
+    /// Device and inode: a directory replaced by another of the same name is listed again.
+    id: (u64, u64),
+    entries: BTreeMap<OsString, Node>,
+    /// Its tree; none when nothing in it is recorded (git keeps no empty directory).
+    tree: Option<Oid>,
+}
+
+/// One entry of a directory, when the snapshot records something for it.
+#[derive(Debug)]
+enum Node {
+    Dir(DirNode),
+    /// A file's or a link's blob.
+    Leaf(Oid, FileMode),
+}
+
+impl Node {
+    /// What the parent's tree holds for this entry.
+    fn recorded(&self) -> Option<(Oid, FileMode)> {
+        match self {
+            Node::Dir(d) => d.tree.map(|t| (t, FileMode::Tree)),
+            Node::Leaf(oid, mode) => Some((*oid, *mode)),
+        }
+    }
+}
+
+/// The last snapshot: its tree model and its manifest, each entry under its path.
+#[derive(Debug, Default)]
+pub(super) struct Model {
+    /// None before the first snapshot (or after [`WorkspaceHistory::matches`]): the next one walks.
+    pub root: Option<DirNode>,
+    pub large: BTreeMap<PathBuf, LargeFile>,
+    pub skipped: BTreeMap<PathBuf, Skipped>,
+    /// Regular files with more than one name: a write through another name reports no event here.
+    pub linked: BTreeSet<PathBuf>,
+}
+
+impl Model {
+    /// Forgets the manifest entries of `rel` itself.
+    fn forget_one(&mut self, rel: &Path) {
+        self.large.remove(rel);
+        self.skipped.remove(rel);
+        self.linked.remove(rel);
+    }
+
+    /// Forgets the manifest entries of `rel` and of everything below it.
+    fn forget_below(&mut self, rel: &Path) {
+        fn cut<V>(map: &mut BTreeMap<PathBuf, V>, rel: &Path) {
+            let gone: Vec<PathBuf> = map
+                .range(rel.to_path_buf()..)
+                .take_while(|(p, _)| p.starts_with(rel))
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in gone {
+                map.remove(&p);
+            }
+        }
+        cut(&mut self.large, rel);
+        cut(&mut self.skipped, rel);
+        let gone: Vec<PathBuf> = self
+            .linked
+            .range(rel.to_path_buf()..)
+            .take_while(|p| p.starts_with(rel))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.linked.remove(&p);
+        }
+    }
+
+    pub fn skip(&mut self, rel: &Path, reason: String) {
+        let path = rel.display().to_string();
+        self.skipped
+            .insert(rel.to_path_buf(), Skipped { path, reason });
+    }
+}
+
+/// The paths to look at again, as a tree of names.
+#[derive(Debug, Default)]
+pub(super) struct Marks {
+    /// The whole subtree is listed again, whatever the model holds.
+    whole: bool,
+    below: BTreeMap<OsString, Marks>,
+}
+
+impl Marks {
+    /// Marks `path` (workspace-relative; a path with `..` or a root is ignored).
+    pub fn add(&mut self, path: &Path, whole: bool) {
+        let mut m = self;
+        for c in path.components() {
+            match c {
+                Component::Normal(n) => m = m.below.entry(n.to_os_string()).or_default(),
+                Component::CurDir => {}
+                _ => return,
+            }
+        }
+        m.whole |= whole;
+    }
+
+    /// What a snapshot looks at again: the paths the tracker reported, the files read again
+    /// whatever their stamp, and what no event vouches for (files with several names, entries left
+    /// out of the last snapshot).
+    pub fn of(
+        model: &Model,
+        reported: std::collections::HashMap<PathBuf, bool>,
+        fresh: &HashSet<PathBuf>,
+    ) -> Self {
+        let mut marks = Marks::default();
+        for (path, whole) in reported {
+            marks.add(&path, whole);
+        }
+        for path in fresh
+            .iter()
+            .chain(&model.linked)
+            .chain(model.skipped.keys())
+        {
+            marks.add(path, false);
+        }
+        marks
+    }
+}
+
+/// One snapshot's walk: its model, what it must read again and until when.
+pub(super) struct Cx {
+    pub model: Model,
+    pub deadline: Instant,
+    /// Files read again whatever their stamp (mapped writable: a write moves no stamp for sure).
+    pub fresh: HashSet<PathBuf>,
+    /// The tracker to arm each directory's watch with (none for another copy of the workspace).
+    pub tracker: Option<Tracker>,
+    /// Nanoseconds since the epoch when the snapshot began: a stamp changed within a second of it
+    /// is not trusted later (a write in the same clock tick may leave it as it was).
+    pub started: i128,
+}
+
+impl Cx {
+    pub fn new(model: Model, fresh: HashSet<PathBuf>, tracker: Option<Tracker>) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Self {
+            model,
+            deadline: Instant::now() + SNAPSHOT_BUDGET,
+            fresh,
+            tracker,
+            started,
+        }
+    }
+
+    fn arm(&self, fd: &OwnedFd, rel: &Path, quiet: bool) {
+        if let Some(t) = &self.tracker {
+            t.arm(fd, rel, quiet);
+        }
+    }
+}
+
+const DIR_FLAGS: OFlags = OFlags::DIRECTORY
+    .union(OFlags::RDONLY)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOFOLLOW);
+
+fn dir_id(fd: &OwnedFd) -> rustix::io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn names_of(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
+    Ok(rustix::fs::Dir::read_from(fd)?
+        .filter_map(|e| e.ok())
+        .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+        .filter(|n| n != "." && n != "..")
+        .collect())
+}
+
+impl WorkspaceHistory {
+    /// Walks the whole workspace at `self.root` into a new model; returns the root's tree.
+    pub(super) fn walk_all(&mut self, cx: &mut Cx) -> Result<Option<Oid>, git2::Error> {
+        cx.model = Model::default();
+        let root = self.open_root()?;
+        let id = dir_id(&root).map_err(|e| self.root_error(e))?;
+        cx.arm(&root, Path::new(""), true);
+        let node = self.scan(cx, &root, Path::new(""), id)?;
+        cx.arm(&root, Path::new(""), false);
+        let tree = node.tree;
+        cx.model.root = Some(node);
+        Ok(tree)
+    }
+
+    /// Updates the model along `marks` only; returns the root's tree, or Err(None) when the
+    /// workspace directory is another one than the model's (the caller walks it all).
+    pub(super) fn walk_marked(
+        &mut self,
+        cx: &mut Cx,
+        mut node: DirNode,
+        marks: &Marks,
+    ) -> Result<Option<Oid>, Option<git2::Error>> {
+        let root = self.open_root()?;
+        if dir_id(&root).map_err(|e| self.root_error(e))? != node.id {
+            return Err(None);
+        }
+        cx.arm(&root, Path::new(""), true);
+        self.refresh(cx, &root, &mut node, Path::new(""), marks)?;
+        cx.arm(&root, Path::new(""), false);
+        let tree = node.tree;
+        cx.model.root = Some(node);
+        Ok(tree)
+    }
+
+    fn open_root(&self) -> Result<OwnedFd, git2::Error> {
+        rustix::fs::open(
+            &self.root,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.root_error(e))
+    }
+
+    fn root_error(&self, e: rustix::io::Errno) -> git2::Error {
+        git2::Error::from_str(&format!("{}: {e}", self.root.display()))
+    }
+
+    /// Lists the directory open as `fd` and looks at every entry, with no model to start from.
+    fn scan(
+        &mut self,
+        cx: &mut Cx,
+        fd: &OwnedFd,
+        rel: &Path,
+        id: (u64, u64),
+    ) -> Result<DirNode, git2::Error> {
+        let mut node = DirNode {
+            id,
+            entries: BTreeMap::new(),
+            tree: None,
+        };
+        let names = match names_of(fd) {
+            Ok(n) => n,
+            Err(e) => {
+                cx.model.skip(rel, std::io::Error::from(e).to_string());
+                return Ok(node);
+            }
+        };
+        for name in names {
+            let child = rel.join(&name);
+            if let Some(n) = self.visit(cx, fd, &name, &child, None, None)? {
+                node.entries.insert(name, n);
+            }
+        }
+        node.tree = self.tree_of(&node)?;
+        Ok(node)
+    }
+
+    /// Looks again at the marked entries of `node` (the directory open as `fd`); writes its tree
+    /// anew when what it records changed.
+    fn refresh(
+        &mut self,
+        cx: &mut Cx,
+        fd: &OwnedFd,
+        node: &mut DirNode,
+        rel: &Path,
+        marks: &Marks,
+    ) -> Result<(), git2::Error> {
+        let mut updates = Vec::new();
+        for (name, m) in &marks.below {
+            let old = node.entries.remove(name);
+            let before = old.as_ref().and_then(Node::recorded);
+            let new = self.visit(cx, fd, name, &rel.join(name), old, Some(m))?;
+            let after = new.as_ref().and_then(Node::recorded);
+            if after != before {
+                updates.push((name, after));
+            }
+            if let Some(n) = new {
+                node.entries.insert(name.clone(), n);
+            }
+        }
+        if !updates.is_empty() {
+            node.tree = match node.tree {
+                Some(tree) => self.patch_tree(tree, &updates)?,
+                None => self.tree_of(node)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// `tree` with the entries of `updates` put in (or taken out: none), the rest as it was: a
+    /// directory of 200,000 entries costs one write of its tree, not 200,000 checks.
+    fn patch_tree(
+        &self,
+        tree: Oid,
+        updates: &[(&OsString, Option<(Oid, FileMode)>)],
+    ) -> Result<Option<Oid>, git2::Error> {
+        let base = self.repo.find_tree(tree)?;
+        let mut builder = self.repo.treebuilder(Some(&base))?;
+        for (name, entry) in updates {
+            let Some(name) = name.to_str() else { continue };
+            match entry {
+                Some((oid, mode)) => {
+                    builder.insert(name, *oid, (*mode).into())?;
+                }
+                None if builder.get(name)?.is_some() => builder.remove(name)?,
+                None => {}
+            }
+        }
+        if builder.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(builder.write()?))
+    }
+
+    /// Looks at one entry of the directory open as `dir`, never following it: its node, or none
+    /// when nothing of it is recorded (gone, left out, listed in the manifest, not a file).
+    /// `old` is what the model held there; `marks` (none: everything) what below it to look at.
+    fn visit(
+        &mut self,
+        cx: &mut Cx,
+        dir: &OwnedFd,
+        name: &OsStr,
+        rel: &Path,
+        old: Option<Node>,
+        marks: Option<&Marks>,
+    ) -> Result<Option<Node>, git2::Error> {
+        if name == ".git" {
+            return Ok(None); // git cannot hold a nested .git; the agent's own repo is not part of history
+        }
+        cx.model.forget_one(rel);
+        let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            cx.model.forget_below(rel);
+            return Ok(None); // gone
+        };
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::Directory {
+            cx.model.forget_below(rel);
+        }
+        if let Some(reason) = left_out(name, rel, cx.deadline) {
+            cx.model.forget_below(rel);
+            cx.model.skip(rel, reason);
+            return Ok(None);
+        }
+        match kind {
+            FileType::Directory => self.visit_dir(cx, dir, name, rel, old, marks),
+            FileType::Symlink => match rustix::fs::readlinkat(dir, name, Vec::new()) {
+                Ok(target) => Ok(Some(Node::Leaf(
+                    self.blob(target.as_bytes())?,
+                    FileMode::Link,
+                ))),
+                Err(_) => Ok(None),
+            },
+            FileType::RegularFile => Ok(self
+                .file_blob(dir, name, rel, cx)?
+                .map(|(oid, mode)| Node::Leaf(oid, mode))),
+            _ => Ok(None), // FIFOs, sockets and devices are never opened
+        }
+    }
+
+    /// A directory entry: the model's node brought up to date when it is the same directory and
+    /// not marked whole, else listed anew. Its watch leaves out `IN_OPEN` while its files are read.
+    #[allow(clippy::too_many_arguments)]
+    fn visit_dir(
+        &mut self,
+        cx: &mut Cx,
+        dir: &OwnedFd,
+        name: &OsStr,
+        rel: &Path,
+        old: Option<Node>,
+        marks: Option<&Marks>,
+    ) -> Result<Option<Node>, git2::Error> {
+        let opened = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
+            .and_then(|fd| dir_id(&fd).map(|id| (fd, id)));
+        let (fd, id) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                cx.model.forget_below(rel);
+                cx.model.skip(rel, std::io::Error::from(e).to_string());
+                return Ok(None);
+            }
+        };
+        cx.arm(&fd, rel, true);
+        let node = match (old, marks) {
+            (Some(Node::Dir(mut d)), Some(m)) if !m.whole && d.id == id => {
+                self.refresh(cx, &fd, &mut d, rel, m)?;
+                d
+            }
+            _ => {
+                cx.model.forget_below(rel);
+                self.scan(cx, &fd, rel, id)?
+            }
+        };
+        cx.arm(&fd, rel, false);
+        Ok(Some(Node::Dir(node)))
+    }
+
+    /// The tree of a directory's recorded entries; none when there are none.
+    fn tree_of(&self, node: &DirNode) -> Result<Option<Oid>, git2::Error> {
+        let mut builder = self.repo.treebuilder(None)?;
+        for (name, entry) in &node.entries {
+            let (Some(name), Some((oid, mode))) = (name.to_str(), entry.recorded()) else {
+                continue;
+            };
+            builder.insert(name, oid, mode.into())?;
+        }
+        if builder.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(builder.write()?))
+    }
+}
+
+/// Why an entry is left out of the snapshot by its name or the clock, if it is.
+fn left_out(name: &OsStr, rel: &Path, deadline: Instant) -> Option<String> {
+    // The manifest's name at the top is the harness's: an agent's file of that name is never
+    // taken for it (a resume trusts the manifest's hashes).
+    if rel.parent() == Some(Path::new("")) && name == MANIFEST {
+        return Some("the name is the harness's list of large files".into());
+    }
+    if name.to_str().is_none() {
+        return Some("file name is not UTF-8".into());
+    }
+    if Instant::now() > deadline {
+        return Some(format!(
+            "the snapshot's time budget ({} s) ran out",
+            SNAPSHOT_BUDGET.as_secs()
+        ));
+    }
+    None
+}

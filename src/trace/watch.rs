@@ -1,0 +1,283 @@
+//! The host-side inotify tracker of the workspace: one watch per directory, drained on its own thread into the set of paths the next snapshot must look at again.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::io::Errno;
+
+/// Past this many changed paths between two snapshots, the next one walks the whole workspace
+/// (the set would cost more memory than the walk costs time).
+const MAX_DIRTY: usize = 2_000_000;
+
+/// What every directory's watch reports: each change of an entry's name, content or attributes.
+/// `IN_OPEN` is added once a snapshot is done reading the directory (see [`Tracker::arm`]).
+const QUIET: WatchFlags = WatchFlags::CREATE
+    .union(WatchFlags::DELETE)
+    .union(WatchFlags::MODIFY)
+    .union(WatchFlags::ATTRIB)
+    .union(WatchFlags::MOVED_FROM)
+    .union(WatchFlags::MOVED_TO)
+    .union(WatchFlags::CLOSE_WRITE)
+    .union(WatchFlags::DELETE_SELF)
+    .union(WatchFlags::MOVE_SELF)
+    .union(WatchFlags::ONLYDIR)
+    .union(WatchFlags::EXCL_UNLINK);
+
+/// The changes seen since the last [`Tracker::take`].
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Workspace-relative paths whose entry may have changed; `true` when the whole subtree below
+    /// must be listed again (a directory that appeared or moved in).
+    pub paths: HashMap<PathBuf, bool>,
+    /// Why the events cannot be trusted, when so: the next snapshot walks everything.
+    pub full_walk: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    changes: Changes,
+    /// Watch descriptor → the directory's workspace-relative path ("" is the workspace).
+    wds: HashMap<i32, PathBuf>,
+    /// Where events are read into.
+    buf: Vec<MaybeUninit<u8>>,
+}
+
+impl State {
+    fn fail(&mut self, why: String) {
+        if self.changes.full_walk.is_none() {
+            self.changes.full_walk = Some(why);
+        }
+        self.changes.paths = HashMap::new();
+    }
+
+    fn mark(&mut self, path: PathBuf, whole: bool) {
+        if self.changes.full_walk.is_some() {
+            return; // everything is walked anyway
+        }
+        if self.changes.paths.len() >= MAX_DIRTY && !self.changes.paths.contains_key(&path) {
+            self.fail(format!(
+                "more than {MAX_DIRTY} paths changed between two snapshots"
+            ));
+            return;
+        }
+        *self.changes.paths.entry(path).or_default() |= whole;
+    }
+
+    /// Records one event.
+    fn apply(&mut self, wd: i32, mask: ReadFlags, name: Option<&[u8]>) {
+        if mask.contains(ReadFlags::QUEUE_OVERFLOW) {
+            return self.fail("the inotify queue overflowed (events were lost)".into());
+        }
+        if mask.contains(ReadFlags::UNMOUNT) {
+            return self.fail("the workspace's file system was unmounted".into());
+        }
+        let Some(base) = self.wds.get(&wd).cloned() else {
+            return self.fail(format!("an inotify event came for an unknown watch ({wd})"));
+        };
+        if mask.contains(ReadFlags::IGNORED) {
+            // The watch is gone (its directory deleted): whatever is at its path now is listed again.
+            self.wds.remove(&wd);
+            return self.mark(base, true);
+        }
+        if mask.intersects(ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF) {
+            if base.as_os_str().is_empty() {
+                self.fail("the workspace directory itself was moved or deleted".into());
+            }
+            return; // the parent's watch names the entry
+        }
+        let is_dir = mask.contains(ReadFlags::ISDIR);
+        if is_dir && (mask & !(ReadFlags::ISDIR | ReadFlags::OPEN)).is_empty() {
+            return; // opening a directory changes nothing
+        }
+        let path = match name {
+            Some(n) => base.join(OsStr::from_bytes(n)),
+            None => base,
+        };
+        let whole = is_dir && mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO);
+        self.mark(path, whole);
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Test hook: while set, the thread leaves events in the kernel's queue.
+    paused: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An inotify instance watching the workspace's directories, with the thread that drains it.
+/// Dropping it ends the thread and closes its descriptors.
+pub(crate) struct Tracker {
+    fd: Arc<OwnedFd>,
+    shared: Arc<Shared>,
+    /// The write end of the pipe that wakes the thread: dropping it ends the thread.
+    wake: Option<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Tracker {
+    /// A tracker with no watch yet; [`Self::arm`] adds them.
+    pub fn start() -> std::io::Result<Self> {
+        let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?);
+        let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            paused: AtomicBool::new(false),
+        });
+        let thread = std::thread::Builder::new()
+            .name("gptx-watch".into())
+            .spawn({
+                let (fd, shared) = (fd.clone(), shared.clone());
+                move || drain(&fd, &rd, &shared)
+            })?;
+        Ok(Self {
+            fd,
+            shared,
+            wake: Some(wr),
+            thread: Some(thread),
+        })
+    }
+
+    /// Watches the open directory `dir`, at workspace-relative `rel` (the same directory watched
+    /// again keeps its descriptor, now mapped to `rel`). Quiet leaves out `IN_OPEN`, so the
+    /// snapshot's own reads of the directory's files are not reported; the snapshot arms the
+    /// directory again, not quiet, when it is done with it. A failure (the watch limit) makes
+    /// the next snapshot a full walk.
+    pub fn arm(&self, dir: &OwnedFd, rel: &Path, quiet: bool) {
+        let mask = if quiet {
+            QUIET
+        } else {
+            QUIET | WatchFlags::OPEN
+        };
+        // Through the descriptor: the very directory that was opened, whatever its path is now.
+        let path = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        let mut state = self.shared.lock();
+        match inotify::add_watch(&*self.fd, path, mask) {
+            Ok(wd) => {
+                state.wds.insert(wd, rel.to_path_buf());
+            }
+            Err(Errno::NOSPC) => state
+                .fail("the inotify watch limit (fs.inotify.max_user_watches) is reached".into()),
+            Err(e) => state.fail(format!("could not watch /{}: {e}", rel.display())),
+        }
+    }
+
+    /// The changes since the last call: every event queued before the call (read here if the
+    /// thread has not yet); later events go to the next call.
+    pub fn take(&self) -> Changes {
+        let mut state = self.shared.lock();
+        match state.read_events(&self.fd, 1 << 14) {
+            Ok(true) => {}
+            Ok(false) => state.fail("inotify events came faster than they could be read".into()),
+            Err(e) => state.fail(format!("reading inotify events failed: {e}")),
+        }
+        std::mem::take(&mut state.changes)
+    }
+
+    /// Test hook: makes the next snapshot a full walk, for `why`.
+    #[cfg(test)]
+    pub fn fail(&self, why: String) {
+        self.shared.lock().fail(why);
+    }
+
+    /// Test hook: stops (or restarts) draining the kernel's queue, so it can overflow.
+    #[cfg(test)]
+    pub fn pause(&self, on: bool) {
+        self.shared.paused.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.wake.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The thread: waits for events (or the wake pipe's end) and records them.
+fn drain(fd: &OwnedFd, wake: &OwnedFd, shared: &Shared) {
+    let pause = Timespec {
+        tv_sec: 0,
+        tv_nsec: 20_000_000,
+    };
+    loop {
+        let paused = shared.paused.load(Ordering::SeqCst);
+        let mut fds = [
+            PollFd::new(wake, PollFlags::IN),
+            PollFd::new(fd, PollFlags::IN),
+        ];
+        let polled = if paused {
+            rustix::event::poll(&mut fds[..1], Some(&pause))
+        } else {
+            rustix::event::poll(&mut fds, None)
+        };
+        match polled {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return shared.lock().fail(format!("polling inotify failed: {e}")),
+        }
+        if !fds[0].revents().is_empty() {
+            return; // the tracker was dropped
+        }
+        if paused || fds[1].revents().is_empty() {
+            continue;
+        }
+        // A bounded number of reads, then back to `poll`: a flood of events never delays the end.
+        let mut state = shared.lock();
+        if let Err(e) = state.read_events(fd, 64) {
+            return state.fail(format!("reading inotify events failed: {e}"));
+        }
+    }
+}
+
+impl State {
+    /// Reads and records what the queue holds, at most `reads` buffers of it; whether it is empty.
+    /// Called under the lock only, so no event read is ever outside the state.
+    fn read_events(&mut self, fd: &OwnedFd, reads: usize) -> rustix::io::Result<bool> {
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            buf = vec![MaybeUninit::<u8>::uninit(); 256 * 1024];
+        }
+        let mut batch: Vec<(i32, ReadFlags, Option<Vec<u8>>)> = Vec::new();
+        let mut reader = inotify::Reader::new(fd, &mut buf);
+        let mut done = 0;
+        let drained = loop {
+            match reader.next() {
+                Ok(ev) => batch.push((
+                    ev.wd(),
+                    ev.events(),
+                    ev.file_name().map(|n| n.to_bytes().to_vec()),
+                )),
+                Err(Errno::AGAIN) => break Ok(true),
+                Err(Errno::INTR) => continue,
+                Err(e) => break Err(e),
+            }
+            if reader.is_buffer_empty() {
+                done += 1;
+                if done >= reads {
+                    break Ok(false);
+                }
+            }
+        };
+        self.buf = buf;
+        for (wd, mask, name) in batch {
+            self.apply(wd, mask, name.as_deref().filter(|n| !n.is_empty()));
+        }
+        drained
+    }
+}
