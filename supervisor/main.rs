@@ -764,50 +764,101 @@ fn kill_tree(root: i32) {
     }
 }
 
-/// The workspace files some live process of this uid maps shared and writable (a write through
-/// such a mapping raises no file event, so the snapshot must look at them). A process whose maps
-/// cannot be read (made non-dumpable, or gone odd) is counted as unreadable, and a path the kernel
-/// escaped (a name with a newline) makes the whole answer unreadable.
+/// The workspace files some live process of this uid maps shared and writable, or holds open for
+/// writing (it could map them later): a write through a mapping raises no file event, so the
+/// snapshot must look at them. A process whose maps or descriptors cannot be read (made
+/// non-dumpable) is counted as unreadable, and so is a path the kernel escaped (a name with a newline).
 fn mapped() -> Vec<u8> {
     // SAFETY: getpid and getuid have no preconditions.
     let (me, uid) = unsafe { (getpid(), getuid()) };
-    let mut unreadable = 0u32;
-    let mut paths: Vec<String> = Vec::new();
+    let mut found = Found::default();
     for (pid, _, _, puid) in processes() {
         if pid == me || puid != uid {
             continue;
         }
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                unreadable += 1;
-            }
-            continue;
-        };
-        for line in maps.lines() {
-            let mut f = line.splitn(6, ' ');
-            let perms = f.nth(1).unwrap_or("");
-            let path = f.nth(3).unwrap_or("").trim_start();
-            if perms.as_bytes().get(1) != Some(&b'w') || perms.as_bytes().get(3) != Some(&b's') {
-                continue;
-            }
-            let Some(rel) = path.strip_prefix("/workspace/") else {
-                continue;
-            };
-            if rel.contains('\\') {
-                unreadable += 1;
-            } else if !paths.iter().any(|p| p == rel) {
-                paths.push(rel.to_string());
-            }
+        let read = shared_writable_maps(pid, &mut found) && writable_fds(pid, &mut found);
+        if !read && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            found.unreadable += 1;
         }
     }
     let mut p = Vec::new();
-    p.extend_from_slice(&unreadable.to_le_bytes());
-    p.extend_from_slice(&(paths.len() as u32).to_le_bytes());
-    for path in paths {
+    p.extend_from_slice(&found.unreadable.to_le_bytes());
+    p.extend_from_slice(&(found.paths.len() as u32).to_le_bytes());
+    for path in found.paths {
         p.extend_from_slice(&(path.len() as u32).to_le_bytes());
         p.extend_from_slice(path.as_bytes());
     }
     p
+}
+
+#[derive(Default)]
+struct Found {
+    unreadable: u32,
+    paths: Vec<String>,
+}
+
+impl Found {
+    /// Notes a path as the kernel names it in the sandbox (only those in the workspace count).
+    fn add(&mut self, path: &str) {
+        let Some(rel) = path.strip_prefix("/workspace/") else {
+            return;
+        };
+        if rel.contains('\\') {
+            self.unreadable += 1;
+            return;
+        }
+        // "x (deleted)" is a deleted x, or a file of that very name: both are looked at.
+        for p in [Some(rel), rel.strip_suffix(" (deleted)")]
+            .into_iter()
+            .flatten()
+        {
+            if !self.paths.iter().any(|q| q == p) {
+                self.paths.push(p.to_string());
+            }
+        }
+    }
+}
+
+/// Adds the files `pid` maps shared and writable; false when its maps cannot be read.
+fn shared_writable_maps(pid: i32, found: &mut Found) -> bool {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    for line in maps.lines() {
+        let mut f = line.splitn(6, ' ');
+        let perms = f.nth(1).unwrap_or("").as_bytes();
+        let path = f.nth(3).unwrap_or("").trim_start();
+        if perms.get(1) == Some(&b'w') && perms.get(3) == Some(&b's') {
+            found.add(path);
+        }
+    }
+    true
+}
+
+/// Adds the files `pid` holds open for writing; false when its descriptors cannot be read.
+fn writable_fds(pid: i32, found: &mut Found) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let flags = std::fs::read_to_string(info).ok().and_then(|t| {
+            let v = t
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))?
+                .trim()
+                .to_string();
+            u32::from_str_radix(&v, 8).ok()
+        });
+        // O_WRONLY or O_RDWR; an unreadable flags line counts as writable.
+        if flags.is_none_or(|f| f & 3 != 0) {
+            found.add(&target.to_string_lossy());
+        }
+    }
+    true
 }
 
 /// `sweep PID`: kills every process of this uid but itself until none is left, then prints

@@ -360,3 +360,99 @@ async fn a_stage_runs_in_an_image_without_python() {
     assert!(out.contains(" 200"), "{step}");
     common::assert_nothing_left(&docker, &v).await;
 }
+
+/// What `path` holds in the history's last commit (None: not there, or not a file).
+fn committed(
+    history: &gptx::trace::WorkspaceHistory,
+    git: &std::path::Path,
+    path: &str,
+) -> Option<String> {
+    let repo = git2::Repository::open_bare(git).unwrap();
+    let head = repo
+        .find_commit(git2::Oid::from_str(&history.head()?).unwrap())
+        .unwrap();
+    let entry = head
+        .tree()
+        .unwrap()
+        .get_path(std::path::Path::new(path))
+        .ok()?;
+    let blob = entry.to_object(&repo).ok()?.into_blob().ok()?;
+    Some(String::from_utf8_lossy(blob.content()).into_owned())
+}
+
+/// Snapshots through a real sandbox, as the runner takes them (the mapped files asked of the
+/// supervisor first), miss no change: from a background process between steps, a command that runs
+/// past its step, writes through mmap (with the descriptor closed, and kept open), renames across
+/// folders, hard links, and a file replaced by a directory. No snapshot after the first walks the
+/// whole workspace. The test never reads the workspace itself: every reading marks files to look at.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_through_a_real_sandbox_miss_no_change() {
+    common::with_sandbox(
+        "snapshots",
+        |_| {},
+        |sb, ws| async move {
+            let git = ws.parent().unwrap().join(format!("{}.git", sb.id()));
+            let mut h = gptx::trace::WorkspaceHistory::create(&git, &ws).unwrap();
+            let sb = sb.as_ref();
+            let mut n = 0;
+            macro_rules! snap {
+                ($cmd:expr, $wait:expr) => {{
+                    let (o, _, err) = run(sb, $cmd, 20.0).await;
+                    assert_eq!(o.exit_code, Some(0), "{}: {err}", $cmd);
+                    tokio::time::sleep(Duration::from_millis($wait)).await;
+                    let mapped = match sb.mapped_files().await {
+                        Ok(p) => gptx::trace::history::Mapped::Known(p.into_iter().map(Into::into).collect()),
+                        Err(e) => gptx::trace::history::Mapped::Unknown(e),
+                    };
+                    h.note_mapped(mapped);
+                    h.commit_if_changed(&format!("step {n}")).unwrap();
+                    if n > 0 {
+                        assert_eq!(h.take_walk_note(), None, "step {n} walked everything");
+                    }
+                    n += 1;
+                }};
+            }
+            let at = |h: &gptx::trace::WorkspaceHistory, p: &str| committed(h, &git, p);
+            snap!("echo a > f && mkdir -p d a b && echo x > d/y && printf 00000000 > m1 && printf 00000000 > m2", 0);
+            assert_eq!(at(&h, "d/y").as_deref(), Some("x\n"));
+            // Past the step, and between steps.
+            snap!("(sleep 0.3; echo bg > bg.txt; sleep 0.6; echo late > late.txt) > /dev/null 2>&1 &", 600);
+            assert_eq!(at(&h, "bg.txt").as_deref(), Some("bg\n"));
+            snap!("true", 800);
+            assert_eq!(at(&h, "late.txt").as_deref(), Some("late\n"));
+            // mmap: one writer closes its descriptor before writing, one keeps it and unmaps.
+            let mmap = r#"python3 - <<'PY' > /dev/null 2>&1 &
+import mmap, os, time
+fd = os.open("m1", os.O_RDWR); m1 = mmap.mmap(fd, 8); os.close(fd)
+fd2 = os.open("m2", os.O_RDWR)
+time.sleep(0.3); m1[:8] = b"11111111"; m1.flush()
+time.sleep(1.0); m1[:8] = b"22222222"
+m2 = mmap.mmap(fd2, 8); m2[:8] = b"33333333"; m2.close()
+time.sleep(30)
+PY"#;
+            snap!(mmap, 800);
+            assert_eq!(at(&h, "m1").as_deref(), Some("11111111"));
+            snap!("true", 1000);
+            assert_eq!(at(&h, "m1").as_deref(), Some("22222222"));
+            assert_eq!(at(&h, "m2").as_deref(), Some("33333333"));
+            // Renames across folders: a file, and a whole directory.
+            snap!("echo r > a/r && mv a/r b/r && mv d a/d", 0);
+            assert_eq!(at(&h, "b/r").as_deref(), Some("r\n"));
+            assert_eq!(at(&h, "a/r"), None);
+            assert_eq!(at(&h, "a/d/y").as_deref(), Some("x\n"));
+            assert_eq!(at(&h, "d/y"), None);
+            // A hard link in another folder, written through that name.
+            snap!("echo h > h1 && mkdir -p l && ln h1 l/h2", 0);
+            snap!("echo z > l/h2", 0);
+            assert_eq!(at(&h, "h1").as_deref(), Some("z\n"));
+            // A file replaced by a directory, and a directory by a file.
+            snap!("rm f && mkdir f && echo in > f/g && rm -r a && echo file > a", 0);
+            assert_eq!(at(&h, "f/g").as_deref(), Some("in\n"));
+            assert_eq!(at(&h, "a").as_deref(), Some("file\n"));
+            assert_eq!(at(&h, "a/d/y"), None);
+            assert_eq!(n, 11, "every step was snapshotted");
+            let _ = sb.end_stage().await;
+        },
+    )
+    .await;
+}

@@ -2,6 +2,7 @@
 
 use super::*;
 
+use crate::trace::history::Mapped;
 use crate::trace::{FULL_OUTPUT, INLINE_OUTPUT};
 /// Most bytes `read_file` returns.
 pub(crate) const READ_LIMIT: u64 = 1024 * 1024;
@@ -79,6 +80,28 @@ impl Capture {
     }
 }
 
+/// A step's commit message: the call in one line, then the call as JSON (args cut at 4 KiB).
+fn commit_message(step: u64, stage: &str, call: &RawCall) -> String {
+    let mut args = serde_json::to_string(&call.args).unwrap_or_default();
+    if args.len() > 4096 {
+        let mut cut = 4096;
+        while !args.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        args.truncate(cut);
+        args.push('…');
+    }
+    let summary: String = match call.args.get("cmd").or_else(|| call.args.get("path")) {
+        Some(Value::String(s)) => s.lines().next().unwrap_or("").chars().take(72).collect(),
+        _ => String::new(),
+    };
+    format!(
+        "step {step} ({stage}): {} {summary}\n\n{{\"tool\":{},\"args\":{args}}}\n",
+        call.tool,
+        serde_json::to_string(&call.tool).unwrap_or_default()
+    )
+}
+
 /// What came of one tool call, before it is recorded.
 pub(super) struct StepResult {
     pub(super) result: Result<Value, ToolError>,
@@ -102,39 +125,29 @@ impl Runner {
         call: &RawCall,
     ) -> Option<String> {
         let mut history = self.history.take()?;
-        let mut args = serde_json::to_string(&call.args).unwrap_or_default();
-        if args.len() > 4096 {
-            let mut cut = 4096;
-            while !args.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            args.truncate(cut);
-            args.push('…');
-        }
-        let summary: String = match call.args.get("cmd").or_else(|| call.args.get("path")) {
-            Some(Value::String(s)) => s.lines().next().unwrap_or("").chars().take(72).collect(),
-            _ => String::new(),
+        let message = commit_message(step, stage, call);
+        // A write through a shared mapping raises no file event: the sandbox names those files.
+        let mapped = match self.sandbox.mapped_files().await {
+            Ok(paths) => Mapped::Known(paths.into_iter().map(Into::into).collect()),
+            Err(why) => Mapped::Unknown(why),
         };
-        let message = format!(
-            "step {step} ({stage}): {} {summary}\n\n{{\"tool\":{},\"args\":{args}}}\n",
-            call.tool,
-            serde_json::to_string(&call.tool).unwrap_or_default()
-        );
         let joined = tokio::task::spawn_blocking(move || {
+            history.note_mapped(mapped);
             let r = history.commit_if_changed(&message);
             (history, r)
         })
         .await;
         let result = match joined {
-            Ok((history, r)) => {
+            Ok((mut history, r)) => {
+                let note = history.take_walk_note();
                 self.history = Some(history);
-                r.map_err(|e| e.to_string())
+                r.map(|c| (c, note)).map_err(|e| e.to_string())
             }
             Err(e) => Err(format!("the snapshot task failed: {e}")),
         };
         match result {
-            Ok(c) => {
-                if let Some(w) = self.history.as_mut().and_then(|h| h.take_walk_note()) {
+            Ok((c, note)) => {
+                if let Some(w) = note {
                     self.warn(format!("step {step}: {w}"));
                 }
                 c
