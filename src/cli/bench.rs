@@ -23,15 +23,24 @@ use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
 use crate::sandbox::{ExecRequest, Sandbox};
 use crate::trace::{EventLog, EventSink, Recorder, WorkspaceHistory};
 
-/// How big the bench is.
-pub struct Sizes {
+/// `gptx bench exec`'s flags: how big the bench is.
+#[derive(Debug, clap::Args)]
+pub struct BenchExecArgs {
     /// Samples of each per-step figure.
+    #[arg(long, default_value_t = 200)]
     pub n: usize,
-    /// MiB of stdout in the throughput row.
+    /// MiB of stdout for the throughput row.
+    #[arg(long, default_value_t = 1024)]
     pub output_mib: u64,
-    /// Files in the workspace in the large-workspace row.
+    /// Files in the workspace for the large-workspace row.
+    #[arg(long, default_value_t = 200_000)]
     pub files: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
+
+type Sizes = BenchExecArgs;
 
 /// Files in the workspace for the small-workspace row.
 const FEW_FILES: usize = 200;
@@ -232,7 +241,18 @@ async fn in_box(sandbox: &DockerSandbox, n: usize) -> anyhow::Result<(f64, Vec<f
 }
 
 /// Runs the bench and prints the figures.
-pub async fn exec(home: &Home, sizes: Sizes, json_out: bool) -> anyhow::Result<()> {
+pub async fn exec(sizes: BenchExecArgs) -> Result<i32, super::Exit> {
+    let home = Home::locate().map_err(super::env_error)?;
+    let report = measure_all(&home, &sizes).await.map_err(super::env_error)?;
+    if sizes.json {
+        println!("{}", report.json(&sizes));
+    } else {
+        print!("{}", report.text(&sizes));
+    }
+    Ok(super::exit::OK)
+}
+
+async fn measure_all(home: &Home, sizes: &Sizes) -> anyhow::Result<Report> {
     let docker = crate::docker::engine::connect().await?;
     let image = crate::docker::images::ensure(&docker, home, "base").await?;
     let tmp = tempfile::tempdir()?;
@@ -256,16 +276,10 @@ pub async fn exec(home: &Home, sizes: Sizes, json_out: bool) -> anyhow::Result<(
         extra_hosts: vec![],
     };
     let sandbox = Arc::new(DockerSandbox::create(&docker, &spec).await?);
-    let result = measure(home, &sizes, &sandbox, &ws, tmp.path(), &run_id, &image.tag).await;
+    let result = measure(home, sizes, &sandbox, &ws, tmp.path(), &run_id, &image.tag).await;
     let _ = sandbox.remove().await;
     let _ = crate::docker::engine::sweep(&docker, Some(&run_id), |_| false).await;
-    let report = result?;
-    if json_out {
-        println!("{}", report.json(&sizes));
-    } else {
-        print!("{}", report.text(&sizes));
-    }
-    Ok(())
+    result
 }
 
 /// Every figure of one bench run.

@@ -647,20 +647,7 @@ pub enum BenchCmd {
     /// CLI and against the same command looped inside the box; 1 GiB of stdout through gptx against
     /// the same to /dev/null in the box, with gptx's peak memory; an `echo` step at 200 files and at
     /// 200,000 files in the workspace.
-    Exec {
-        /// Samples of each per-step figure.
-        #[arg(long, default_value_t = 200)]
-        n: usize,
-        /// MiB of stdout for the throughput row.
-        #[arg(long, default_value_t = 1024)]
-        output_mib: u64,
-        /// Files in the workspace for the large-workspace row.
-        #[arg(long, default_value_t = 200_000)]
-        files: usize,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Exec(bench::BenchExecArgs),
     /// A fresh plan run start to end, here or on Slurm: its wall time and each item's overhead
     /// (scheduler dispatch plus gptx's start, up to the item's first tool call).
     Plan(bench_plan::BenchPlanArgs),
@@ -764,23 +751,7 @@ async fn dispatch(cmd: Command) -> Result<i32, Exit> {
         Command::World(WorldCmd::Reference(a)) => measure_reference(a).await,
         Command::Gc { all, runs } => gc(all, &runs.runs_dir).await,
         Command::Bench(BenchCmd::Plan(a)) => bench_plan::bench_plan(a).await,
-        Command::Bench(BenchCmd::Exec {
-            n,
-            output_mib,
-            files,
-            json,
-        }) => {
-            let home = Home::locate().map_err(env_error)?;
-            let sizes = crate::cli::bench::Sizes {
-                n,
-                output_mib,
-                files,
-            };
-            crate::cli::bench::exec(&home, sizes, json)
-                .await
-                .map_err(env_error)?;
-            Ok(exit::OK)
-        }
+        Command::Bench(BenchCmd::Exec(a)) => bench::exec(a).await,
     }
 }
 

@@ -75,9 +75,7 @@ const FRAMES_IN_FLIGHT: usize = 4;
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        for r in &self.readers {
-            r.abort();
-        }
+        self.readers.iter().for_each(|r| r.abort());
     }
 }
 
@@ -131,27 +129,7 @@ impl DockerSandbox {
             })
             .await
             .map_err(err("create volume"))?;
-        let mode = if spec.workspace_readonly { "ro" } else { "rw" };
-        let supervisor = sv::host_copy().map_err(|e| SandboxError::other("supervisor", e))?;
-        let channel = match sv::Channel::open(&name) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!("command output goes through the engine's attach stream: {e}");
-                None
-            }
-        };
-        let mut binds = vec![
-            format!("{volume}:{}:{mode}", crate::sandbox::WORKSPACE),
-            // Root's file, read-only: the agent's uid can neither replace nor change it.
-            format!("{}:{}:ro", supervisor.display(), sv::IN_SANDBOX),
-        ];
-        if let Some(c) = &channel {
-            binds.push(format!(
-                "{}:{}:ro",
-                c.host_path().display(),
-                sv::SOCKET_IN_SANDBOX
-            ));
-        }
+        let (binds, channel) = binds(spec, &name, &volume)?;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             // PID 1 (docker-init + the supervisor idling) runs as root without capabilities, so the agent's
@@ -162,37 +140,7 @@ impl DockerSandbox {
             env: Some(spec.env.clone()),
             labels: Some(labels),
             network_disabled: None,
-            host_config: Some(HostConfig {
-                binds: Some(binds),
-                init: Some(true),
-                cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                memory: Some(spec.memory_bytes),
-                memory_swap: Some(spec.memory_bytes),
-                nano_cpus: Some(spec.nano_cpus),
-                pids_limit: Some(spec.pids),
-                readonly_rootfs: Some(spec.tmp_mb > 0),
-                extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
-                // What Docker's embedded resolver cannot answer it forwards here: nowhere.
-                dns: spec
-                    .network
-                    .is_some()
-                    .then(|| vec![crate::docker::engine::BLACKHOLE_DNS.to_string()]),
-                tmpfs: (spec.tmp_mb > 0).then(|| {
-                    let opts =
-                        |extra: &str| format!("rw,nosuid,nodev,size={}m{extra}", spec.tmp_mb);
-                    HashMap::from([
-                        ("/tmp".to_string(), opts(",mode=1777")),
-                        (
-                            "/home/agent".to_string(),
-                            opts(&format!(",mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}")),
-                        ),
-                    ])
-                }),
-                network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
-                privileged: Some(false),
-                ..Default::default()
-            }),
+            host_config: Some(host_config(spec, binds)),
             ..Default::default()
         };
         let created = docker
@@ -252,37 +200,9 @@ impl DockerSandbox {
         let mut sup = self.start_supervisor().await?;
         let id = rand::random::<u64>() >> 11;
         send(&mut sup, sv::PING, id, &[]).await?;
-        let stderr = || self.sup_stderr.lock().unwrap().clone();
         let pong = tokio::time::timeout(Duration::from_secs(30), recv_id(&mut sup, id)).await;
-        let (version, _, undumpable) = match pong {
-            Ok(Some(f)) if f.kind == sv::PONG => sv::parse_pong(&f.data)
-                .map_err(|e| SandboxError::other("supervisor", format!("a bad pong: {e}")))?,
-            _ => {
-                return Err(SandboxError::other(
-                    "supervisor",
-                    format!(
-                        "did not answer a ping (is {} executable in the image?); stderr: {}",
-                        sv::IN_SANDBOX,
-                        stderr()
-                    ),
-                ))
-            }
-        };
-        if version != sv::VERSION {
-            return Err(SandboxError::other(
-                "supervisor",
-                format!("speaks protocol {version}, not {}", sv::VERSION),
-            ));
-        }
-        if !undumpable {
-            return Err(SandboxError::other(
-                "supervisor",
-                format!(
-                    "could not make itself non-dumpable, so commands could forge its output; stderr: {}",
-                    stderr()
-                ),
-            ));
-        }
+        let stderr = self.sup_stderr.lock().unwrap().clone();
+        check_pong(pong.ok().flatten(), &stderr)?;
         *guard = Some(sup);
         Ok(())
     }
@@ -741,6 +661,96 @@ impl Sandbox for DockerSandbox {
             .await
             .map_err(|e| SandboxError::other("remove volume", e.to_string()))
     }
+}
+
+/// The workspace's volume, the supervisor and its socket, as bind mounts; and the socket's channel
+/// (None: frames stay on the engine's attach stream).
+fn binds(
+    spec: &DockerSandboxSpec,
+    name: &str,
+    volume: &str,
+) -> Result<(Vec<String>, Option<sv::Channel>), SandboxError> {
+    let mode = if spec.workspace_readonly { "ro" } else { "rw" };
+    let supervisor = sv::host_copy().map_err(|e| SandboxError::other("supervisor", e))?;
+    let mut binds = vec![
+        format!("{volume}:{}:{mode}", crate::sandbox::WORKSPACE),
+        // Root's file, read-only: the agent's uid can neither replace nor change it.
+        format!("{}:{}:ro", supervisor.display(), sv::IN_SANDBOX),
+    ];
+    let channel = sv::Channel::open(name)
+        .inspect_err(|e| {
+            tracing::warn!("command output goes through the engine's attach stream: {e}")
+        })
+        .ok();
+    if let Some(c) = &channel {
+        let socket = c.host_path().display();
+        binds.push(format!("{socket}:{}:ro", sv::SOCKET_IN_SANDBOX));
+    }
+    Ok((binds, channel))
+}
+
+/// The SPEC §5 profile: no capabilities, no new privileges, the limits, a read-only root with
+/// tmpfs `/tmp` and home, names of the world only.
+fn host_config(spec: &DockerSandboxSpec, binds: Vec<String>) -> HostConfig {
+    HostConfig {
+        binds: Some(binds),
+        init: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        memory: Some(spec.memory_bytes),
+        memory_swap: Some(spec.memory_bytes),
+        nano_cpus: Some(spec.nano_cpus),
+        pids_limit: Some(spec.pids),
+        readonly_rootfs: Some(spec.tmp_mb > 0),
+        extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+        // What Docker's embedded resolver cannot answer it forwards here: nowhere.
+        dns: spec
+            .network
+            .is_some()
+            .then(|| vec![crate::docker::engine::BLACKHOLE_DNS.to_string()]),
+        tmpfs: (spec.tmp_mb > 0).then(|| {
+            let opts = |extra: &str| format!("rw,nosuid,nodev,size={}m{extra}", spec.tmp_mb);
+            HashMap::from([
+                ("/tmp".to_string(), opts(",mode=1777")),
+                (
+                    "/home/agent".to_string(),
+                    opts(&format!(",mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}")),
+                ),
+            ])
+        }),
+        network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
+        privileged: Some(false),
+        ..Default::default()
+    }
+}
+
+/// A new supervisor's pong, checked: it answered, speaks this protocol, and is non-dumpable.
+fn check_pong(pong: Option<Frame>, stderr: &str) -> Result<(), SandboxError> {
+    let fail = |why: String| {
+        Err(SandboxError::other(
+            "supervisor",
+            format!("{why}; stderr: {stderr}"),
+        ))
+    };
+    let (version, _, undumpable) = match pong {
+        Some(f) if f.kind == sv::PONG => sv::parse_pong(&f.data)
+            .map_err(|e| SandboxError::other("supervisor", format!("a bad pong: {e}")))?,
+        _ => {
+            return fail(format!(
+                "did not answer a ping (is {} executable in the image?)",
+                sv::IN_SANDBOX
+            ))
+        }
+    };
+    if version != sv::VERSION {
+        return fail(format!("speaks protocol {version}, not {}", sv::VERSION));
+    }
+    if !undumpable {
+        return fail(
+            "could not make itself non-dumpable, so commands could forge its output".into(),
+        );
+    }
+    Ok(())
 }
 
 /// The outcome of a command whose supervisor died under it.

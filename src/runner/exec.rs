@@ -23,6 +23,14 @@ impl Capture {
     fn push(&mut self, data: &[u8], outputs: &crate::trace::OutputStore) {
         let before = self.total;
         self.total += data.len() as u64;
+        self.keep_inline(data);
+        if self.truncated() {
+            self.keep_whole(before, data, outputs);
+        }
+    }
+
+    /// The head (the first [`INLINE_OUTPUT`] bytes) and the running tail.
+    fn keep_inline(&mut self, data: &[u8]) {
         let room = INLINE_OUTPUT.saturating_sub(self.head.len());
         self.head.extend_from_slice(&data[..data.len().min(room)]);
         let half = INLINE_OUTPUT / 2;
@@ -31,15 +39,15 @@ impl Capture {
         if self.tail.len() > half {
             self.tail.drain(..self.tail.len() - half);
         }
-        if !self.truncated() {
-            return;
-        }
+    }
+
+    /// Writes `data` (the bytes after the first `before`) to `outputs/`, up to [`FULL_OUTPUT`].
+    fn keep_whole(&mut self, before: u64, data: &[u8], outputs: &crate::trace::OutputStore) {
         let file = self.file.get_or_insert_with(|| {
             let mut w = outputs.writer();
             w.write(&self.head[..(before as usize).min(self.head.len())]);
             w
         });
-        // The file holds every byte before this chunk, up to FULL_OUTPUT.
         let take = (FULL_OUTPUT as u64).saturating_sub(before) as usize;
         file.write(&data[..take.min(data.len())]);
     }
@@ -323,38 +331,43 @@ mod tests {
 
     #[test]
     fn capture_keeps_head_and_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let outputs = crate::trace::OutputStore::new(dir.path());
+        let (_dir, outputs) = store();
         let mut c = Capture::default();
         c.push(&vec![b'a'; INLINE_OUTPUT], &outputs);
         c.push(b"END", &outputs);
         assert!(c.truncated());
         let s = c.inline();
-        assert!(
-            s.starts_with("aaaa") && s.ends_with("aEND"),
-            "{}",
-            &s[s.len() - 10..]
-        );
+        assert!(s.starts_with("aaaa") && s.ends_with("aEND"), "{s:.10}");
         assert!(s.contains("3 bytes omitted"));
-        let kept = c.keep("stdout").unwrap();
-        let mut whole = vec![b'a'; INLINE_OUTPUT];
-        whole.extend_from_slice(b"END");
-        assert_eq!(std::fs::read(outputs.path(&kept.sha256)).unwrap(), whole);
-        assert_eq!(
-            (kept.bytes_kept, kept.bytes_total),
-            (whole.len() as u64, whole.len() as u64)
-        );
         let mut small = Capture::default();
         small.push(b"hi", &outputs);
         assert_eq!(small.inline(), "hi");
-        assert!(!small.truncated());
-        assert!(small.keep("stdout").is_none());
+        assert!(!small.truncated() && small.keep("stdout").is_none());
+    }
+
+    fn store() -> (tempfile::TempDir, crate::trace::OutputStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let outputs = crate::trace::OutputStore::new(dir.path());
+        (dir, outputs)
+    }
+
+    #[test]
+    fn capture_keeps_the_whole_output_in_outputs() {
+        let (_dir, outputs) = store();
+        let mut c = Capture::default();
+        let mut whole = vec![b'a'; INLINE_OUTPUT];
+        c.push(&whole, &outputs);
+        c.push(b"END", &outputs);
+        whole.extend_from_slice(b"END");
+        let kept = c.keep("stdout").unwrap();
+        assert_eq!(std::fs::read(outputs.path(&kept.sha256)).unwrap(), whole);
+        let n = whole.len() as u64;
+        assert_eq!((kept.bytes_kept, kept.bytes_total), (n, n));
     }
 
     #[test]
     fn capture_keeps_the_first_full_output_bytes_and_counts_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let outputs = crate::trace::OutputStore::new(dir.path());
+        let (_dir, outputs) = store();
         let mut c = Capture::default();
         let chunk = vec![b'x'; 1 << 20];
         for _ in 0..(FULL_OUTPUT >> 20) + 3 {

@@ -194,22 +194,25 @@ impl WorkspaceHistory {
     /// hash. Nothing is committed.
     pub fn matches(&mut self, other: &Path) -> Result<bool, git2::Error> {
         let root = std::mem::replace(&mut self.root, other.to_path_buf());
-        self.blobs.clear();
-        self.digests.clear();
+        self.forget();
         let mut cx = walk::Cx::new(walk::Model::default(), HashSet::new(), None);
-        let tree = self
-            .walk_all(&mut cx)
-            .and_then(|t| self.with_manifest(t, &cx.model));
+        let tree = self.walk_all(&mut cx);
+        let tree = tree.and_then(|t| self.with_manifest(t, &cx.model));
         self.root = root;
-        self.blobs.clear();
-        self.digests.clear();
-        // The next snapshot walks the workspace whole: the caches were of another directory.
-        self.model = walk::Model::default();
+        self.forget();
         let tree = tree?;
         Ok(match self.head_tree {
             Some(h) => h == tree,
             None => self.is_empty_tree(tree)?,
         })
+    }
+
+    /// Drops what is known of the files (blob and digest caches, the last snapshot's model): the
+    /// next snapshot walks the workspace whole.
+    fn forget(&mut self) {
+        self.blobs.clear();
+        self.digests.clear();
+        self.model = walk::Model::default();
     }
 
     /// Whether the head commit records the workspace whole enough for [`Self::matches`] to stand
@@ -508,20 +511,9 @@ impl WorkspaceHistory {
             cx.model.skip(rel_path, reason);
             Ok(None)
         };
-        let fd = match rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(e) => return skip(cx, std::io::Error::from(e).to_string()),
-        };
-        let file = std::fs::File::from(fd);
-        let meta = match file.metadata() {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => return skip(cx, "not a regular file when opened".into()),
-            Err(e) => return skip(cx, e.to_string()),
+        let (file, meta) = match open_regular(dir, name) {
+            Ok(f) => f,
+            Err(why) => return skip(cx, why),
         };
         let stamp = Stamp::of(&meta);
         if meta.nlink() > 1 {
@@ -531,11 +523,8 @@ impl WorkspaceHistory {
         // of the snapshot is not trusted next time.
         let fresh = cx.fresh.contains(rel_path);
         let trusted = !stamp.racy(cx.started);
-        let mode = if meta.mode() & 0o111 != 0 {
-            FileMode::BlobExecutable
-        } else {
-            FileMode::Blob
-        };
+        let mode =
+            [FileMode::Blob, FileMode::BlobExecutable][usize::from(meta.mode() & 0o111 != 0)];
         if meta.len() > LARGE_FILE {
             let entry = self.large(file, &meta, rel_path, stamp, fresh, trusted);
             cx.model.large.insert(rel_path.to_path_buf(), entry);
@@ -605,27 +594,13 @@ impl WorkspaceHistory {
             }
             _ => {}
         }
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = HASH_LIMIT;
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    h.update(&buf[..n]);
-                    left = left.saturating_sub(n as u64);
-                    if left == 0 {
-                        entry.note = Some("not hashed: it grew while it was read".into());
-                        return entry;
-                    }
-                }
-                Err(e) => {
-                    entry.note = Some(format!("not hashed: {e}"));
-                    return entry;
-                }
+        let d = match sha256_bounded(&mut file) {
+            Ok(d) => d,
+            Err(note) => {
+                entry.note = Some(note);
+                return entry;
             }
-        }
-        let d = hex::encode(h.finalize());
+        };
         if trusted {
             self.digests.insert(rel.to_path_buf(), (stamp, d.clone()));
         } else {
@@ -647,6 +622,44 @@ fn relative(p: &Path) -> Option<PathBuf> {
         }
     }
     (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// Opens a regular file without following a link or blocking on a FIFO; its metadata is the opened
+/// file's. Err: why it was left out.
+fn open_regular(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+) -> Result<(std::fs::File, std::fs::Metadata), String> {
+    let flags =
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())
+        .map_err(|e| std::io::Error::from(e).to_string())?;
+    let file = std::fs::File::from(fd);
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok((file, m)),
+        Ok(_) => Err("not a regular file when opened".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The SHA-256 of a file of at most [`HASH_LIMIT`] bytes; Err: why it is not hashed.
+fn sha256_bounded(file: &mut std::fs::File) -> Result<String, String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = HASH_LIMIT;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(hex::encode(h.finalize())),
+            Ok(n) => {
+                h.update(&buf[..n]);
+                left = left.saturating_sub(n as u64);
+                if left == 0 {
+                    return Err("not hashed: it grew while it was read".into());
+                }
+            }
+            Err(e) => return Err(format!("not hashed: {e}")),
+        }
+    }
 }
 
 /// One file changed by a commit.
