@@ -108,6 +108,7 @@ for p in /proc/[0-9]*; do
   esac
 done
 cp /bin/true /.gptx/supervisor 2>/dev/null && echo "replaced the supervisor"
+cat /.gptx/supervisor > /dev/null 2>&1 && echo "read the supervisor's file"
 python3 - <<'PY'
 import socket, struct
 for token in (bytes(32), b"x" * 32):
@@ -139,7 +140,13 @@ exit 7
     let r = &s[0]["result"];
     assert_eq!(r["exit_code"], 7, "{r}");
     let out = r["stdout"].as_str().unwrap();
-    for what in ["forged", "read its stdin", "replaced", "socket answered"] {
+    for what in [
+        "forged",
+        "read its stdin",
+        "replaced",
+        "read the supervisor's file",
+        "socket answered",
+    ] {
         assert!(!out.contains(what), "{what}: {r}");
     }
     assert!(

@@ -30,6 +30,11 @@ use crate::sandbox::{
     ExecOutcome, ExecRequest, OutStream, OutputSink, Sandbox, SandboxError, WorkspaceRoot,
 };
 
+/// How long a one-off exec (the sweep) may take before the harness gives up on it.
+const ONE_OFF: Duration = Duration::from_secs(60);
+/// How long writing a frame to the supervisor may take (it may have been stopped).
+const SEND: Duration = Duration::from_secs(30);
+
 /// How long past a command's own timeout the harness waits for the supervisor before killing everything.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -245,9 +250,11 @@ impl DockerSandbox {
             return Err(SandboxError::other("supervisor", "exec started detached"));
         };
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+        // Once the supervisor is on the socket, nothing on its stdout is a frame of its.
+        let on_socket = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = tokio::spawn(read_frames(
             Box::pin(output.map(|item| item.map_err(|e| e.to_string()))),
-            tx.clone(),
+            (tx.clone(), on_socket.clone()),
             self.sup_stderr.clone(),
             self.bad_lines.clone(),
         ));
@@ -257,8 +264,11 @@ impl DockerSandbox {
             readers: vec![reader],
         };
         if let Some(c) = &self.channel {
-            if let Err(e) = self.reach_socket(&mut sup, c, tx).await {
-                tracing::warn!("command output goes through the engine's attach stream: {e}");
+            match self.reach_socket(&mut sup, c, tx).await {
+                Ok(()) => on_socket.store(true, Ordering::SeqCst),
+                Err(e) => {
+                    tracing::warn!("command output goes through the engine's attach stream: {e}")
+                }
             }
         }
         Ok(sup)
@@ -291,65 +301,50 @@ impl DockerSandbox {
         }
     }
 
-    /// Runs `cmd` as the sandbox user in a fresh exec and gives back its stdout.
+    /// Runs `cmd` as the sandbox user in a fresh exec and gives back its stdout (at most 1 MiB);
+    /// Err if it has not ended within [`ONE_OFF`] (a process of the agent's can stop it).
     async fn exec_once(&self, cmd: Vec<String>) -> Result<Vec<u8>, SandboxError> {
+        let what = cmd.join(" ");
+        let config = ExecConfig {
+            cmd: Some(cmd),
+            user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
         let exec = self
             .docker
-            .create_exec(
-                &self.id,
-                ExecConfig {
-                    cmd: Some(cmd),
-                    user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
+            .create_exec(&self.id, config)
             .await
             .map_err(err("exec"))?;
+        let started = self.docker.start_exec(&exec.id, None).await;
+        let bollard::exec::StartExecResults::Attached { mut output, .. } =
+            started.map_err(err("exec"))?
+        else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
-        if let bollard::exec::StartExecResults::Attached { mut output, .. } = self
-            .docker
-            .start_exec(&exec.id, None)
-            .await
-            .map_err(err("exec"))?
-        {
+        let read = async {
             while let Some(item) = output.next().await {
                 if let Ok(bollard::container::LogOutput::StdOut { message }) = item {
-                    if out.len() < 1 << 20 {
-                        out.extend_from_slice(&message);
-                    }
+                    let room = (1usize << 20).saturating_sub(out.len());
+                    out.extend_from_slice(&message[..message.len().min(room)]);
                 }
             }
-        }
+        };
+        tokio::time::timeout(ONE_OFF, read).await.map_err(|_| {
+            SandboxError::other(
+                "exec",
+                format!("`{what}` did not end within {} s", ONE_OFF.as_secs()),
+            )
+        })?;
         Ok(out)
     }
 
     /// Kills every process of the sandbox user (the supervisor included), from a fresh exec.
     async fn kill_everything(&self) -> Result<(), SandboxError> {
-        let exec = self
-            .docker
-            .create_exec(
-                &self.id,
-                ExecConfig {
-                    cmd: Some(vec!["kill".into(), "-9".into(), "-1".into()]),
-                    user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(err("kill"))?;
-        if let bollard::exec::StartExecResults::Attached { mut output, .. } = self
-            .docker
-            .start_exec(&exec.id, None)
-            .await
-            .map_err(err("kill"))?
-        {
-            while output.next().await.is_some() {}
-        }
-        Ok(())
+        let sweep = vec![sv::IN_SANDBOX.into(), "sweep".into(), "0".into()];
+        self.exec_once(sweep).await.map(|_| ())
     }
 }
 
@@ -361,7 +356,7 @@ type AttachStream =
 /// the protocol ends the reader, which the consumer sees as the supervisor gone.
 async fn read_frames(
     mut output: AttachStream,
-    tx: mpsc::Sender<Frame>,
+    (tx, on_socket): (mpsc::Sender<Frame>, Arc<std::sync::atomic::AtomicBool>),
     stderr: Arc<StdMutex<String>>,
     bad_lines: Arc<std::sync::atomic::AtomicU64>,
 ) {
@@ -372,6 +367,9 @@ async fn read_frames(
                 decoder.push(&message);
                 loop {
                     match decoder.next() {
+                        Ok(Some(_)) if on_socket.load(Ordering::SeqCst) => {
+                            bad_lines.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(Some(f)) => {
                             if tx.send(f).await.is_err() {
                                 return;
@@ -448,14 +446,18 @@ fn keep_tail(stderr: &StdMutex<String>, text: &str) {
 
 async fn send(sup: &mut Supervisor, kind: u8, id: u64, payload: &[u8]) -> Result<(), SandboxError> {
     let wire = sv::frame(kind, id, payload);
-    sup.input
-        .write_all(&wire)
-        .await
-        .map_err(|e| SandboxError::other("supervisor", format!("write: {e}")))?;
-    sup.input
-        .flush()
-        .await
-        .map_err(|e| SandboxError::other("supervisor", format!("write: {e}")))
+    let write = async {
+        sup.input.write_all(&wire).await?;
+        sup.input.flush().await
+    };
+    match tokio::time::timeout(SEND, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SandboxError::other("supervisor", format!("write: {e}"))),
+        Err(_) => Err(SandboxError::other(
+            "supervisor",
+            format!("it took no request in {} s", SEND.as_secs()),
+        )),
+    }
 }
 
 /// The next frame of request `id` (late frames of an abandoned request are dropped); None when

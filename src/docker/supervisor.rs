@@ -36,8 +36,11 @@ pub(crate) const SOCKET_IN_SANDBOX: &str = "/.gptx/io.sock";
 const MAX_FRAME: usize = 4 << 20;
 const HEADER: usize = 13;
 
+/// The host copy's mode: its owner's to read, anyone's to run.
+const MODE: u32 = 0o711;
+
 /// The host path of the supervisor's copy, written once per process: root-owned (or the user's),
-/// mode 0755, in a directory only its owner can write, named by the binary's hash.
+/// mode 0711, in a directory only its owner can write, named by the binary's hash.
 pub(crate) fn host_copy() -> Result<&'static Path, String> {
     static COPY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     COPY.get_or_init(write_host_copy)
@@ -63,18 +66,22 @@ fn write_host_copy() -> Result<PathBuf, String> {
     make_private_dir(&dir)?;
     let hash = crate::trace::sha256_hex(BINARY);
     let path = dir.join(format!("supervisor-{}", &hash[..16]));
-    if std::fs::read(&path).is_ok_and(|b| b == BINARY) {
+    // Execute-only for everyone else: a process that cannot read its own executable is made
+    // non-dumpable by the kernel at exec, before its first instruction, so no command can open its
+    // /proc/<pid>/fd/* even in the moment before it calls prctl.
+    let mode_ok = std::fs::metadata(&path).is_ok_and(|m| m.mode() & 0o7777 == MODE);
+    if mode_ok && std::fs::read(&path).is_ok_and(|b| b == BINARY) {
         return Ok(path);
     }
     let tmp = dir.join(format!(".supervisor-{}.tmp", rand::random::<u64>()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o755)
+        .mode(MODE)
         .open(&tmp)
         .map_err(|e| fail("writing the supervisor into", e))?;
     f.write_all(BINARY)
-        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(MODE)))
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
@@ -148,7 +155,16 @@ impl Drop for Channel {
 
 async fn accept(listener: tokio::net::UnixListener, waiting: Arc<StdMutex<Option<Waiting>>>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
-    while let Ok((stream, _)) = listener.accept().await {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE, ECONNABORTED: wait a moment and go on listening.
+                tracing::debug!("the supervisor socket's accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue; // too many at once: dropped
         };
@@ -379,7 +395,7 @@ pub(crate) fn parse_sweep(out: &[u8]) -> Result<(u64, u64, Vec<String>), String>
         }
         _ => Err(format!(
             "the process sweep printed {:?}",
-            &text[..text.len().min(200)]
+            text.chars().take(200).collect::<String>()
         )),
     }
 }
