@@ -450,7 +450,7 @@ PY"#;
             assert_eq!(at(&h, "f/g").as_deref(), Some("in\n"));
             assert_eq!(at(&h, "a").as_deref(), Some("file\n"));
             assert_eq!(at(&h, "a/d/y"), None);
-            assert_eq!(n, 11, "every step was snapshotted");
+            assert_eq!(n, 9, "every step was snapshotted");
             let _ = sb.end_stage().await;
         },
     )
