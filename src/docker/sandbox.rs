@@ -312,33 +312,16 @@ impl DockerSandbox {
             attach_stderr: Some(true),
             ..Default::default()
         };
-        let exec = self
-            .docker
-            .create_exec(&self.id, config)
-            .await
-            .map_err(err("exec"))?;
-        let started = self.docker.start_exec(&exec.id, None).await;
-        let bollard::exec::StartExecResults::Attached { mut output, .. } =
-            started.map_err(err("exec"))?
-        else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        let read = async {
-            while let Some(item) = output.next().await {
-                if let Ok(bollard::container::LogOutput::StdOut { message }) = item {
-                    let room = (1usize << 20).saturating_sub(out.len());
-                    out.extend_from_slice(&message[..message.len().min(room)]);
-                }
-            }
-        };
+        let docker = &self.docker;
+        let exec = docker.create_exec(&self.id, config).await;
+        let started = docker
+            .start_exec(&exec.map_err(err("exec"))?.id, None)
+            .await;
+        let read = stdout_of(started.map_err(err("exec"))?);
         tokio::time::timeout(ONE_OFF, read).await.map_err(|_| {
-            SandboxError::other(
-                "exec",
-                format!("`{what}` did not end within {} s", ONE_OFF.as_secs()),
-            )
-        })?;
-        Ok(out)
+            let secs = ONE_OFF.as_secs();
+            SandboxError::other("exec", format!("`{what}` did not end within {secs} s"))
+        })
     }
 
     /// Kills every process of the sandbox user (the supervisor included), from a fresh exec.
@@ -365,25 +348,9 @@ async fn read_frames(
         match item {
             Ok(bollard::container::LogOutput::StdOut { message }) => {
                 decoder.push(&message);
-                loop {
-                    match decoder.next() {
-                        Ok(Some(_)) if on_socket.load(Ordering::SeqCst) => {
-                            bad_lines.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(Some(f)) => {
-                            if tx.send(f).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            bad_lines.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                "the sandbox supervisor's output is not the protocol: {e}"
-                            );
-                            return;
-                        }
-                    }
+                let drop = on_socket.load(Ordering::SeqCst);
+                if !pass_on(&mut decoder, &tx, &bad_lines, drop).await {
+                    return;
                 }
             }
             Ok(bollard::container::LogOutput::StdErr { message }) => {
@@ -393,6 +360,34 @@ async fn read_frames(
             Err(e) => {
                 tracing::debug!("supervisor stream ended: {e}");
                 return;
+            }
+        }
+    }
+}
+
+/// Hands every whole frame the decoder holds to the consumer (or, `drop`ped, counts it as not
+/// the protocol); false when the reader must stop: the consumer is gone, or the stream is not frames.
+async fn pass_on(
+    decoder: &mut sv::Decoder,
+    tx: &mpsc::Sender<Frame>,
+    bad_lines: &std::sync::atomic::AtomicU64,
+    drop: bool,
+) -> bool {
+    loop {
+        match decoder.next() {
+            Ok(None) => return true,
+            Ok(Some(_)) if drop => {
+                bad_lines.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Some(f)) => {
+                if tx.send(f).await.is_err() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                bad_lines.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("the sandbox supervisor's output is not the protocol: {e}");
+                return false;
             }
         }
     }
@@ -415,20 +410,8 @@ async fn read_socket(
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        loop {
-            match decoder.next() {
-                Ok(Some(f)) => {
-                    if tx.send(f).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    bad_lines.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("the sandbox supervisor's socket is not the protocol: {e}");
-                    return;
-                }
-            }
+        if !pass_on(&mut decoder, &tx, &bad_lines, false).await {
+            return;
         }
     }
 }
@@ -445,19 +428,15 @@ fn keep_tail(stderr: &StdMutex<String>, text: &str) {
 }
 
 async fn send(sup: &mut Supervisor, kind: u8, id: u64, payload: &[u8]) -> Result<(), SandboxError> {
-    let wire = sv::frame(kind, id, payload);
     let write = async {
-        sup.input.write_all(&wire).await?;
+        sup.input.write_all(&sv::frame(kind, id, payload)).await?;
         sup.input.flush().await
     };
-    match tokio::time::timeout(SEND, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(SandboxError::other("supervisor", format!("write: {e}"))),
-        Err(_) => Err(SandboxError::other(
-            "supervisor",
-            format!("it took no request in {} s", SEND.as_secs()),
-        )),
-    }
+    let why = match tokio::time::timeout(SEND, write).await {
+        Ok(r) => return r.map_err(|e| SandboxError::other("supervisor", format!("write: {e}"))),
+        Err(_) => format!("it took no request in {} s", SEND.as_secs()),
+    };
+    Err(SandboxError::other("supervisor", why))
 }
 
 /// The next frame of request `id` (late frames of an abandoned request are dropped); None when
@@ -724,6 +703,20 @@ fn host_config(spec: &DockerSandboxSpec, binds: Vec<String>) -> HostConfig {
         privileged: Some(false),
         ..Default::default()
     }
+}
+
+/// What an exec printed on stdout, its first MiB.
+async fn stdout_of(started: bollard::exec::StartExecResults) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+        while let Some(item) = output.next().await {
+            if let Ok(bollard::container::LogOutput::StdOut { message }) = item {
+                let room = (1usize << 20).saturating_sub(out.len());
+                out.extend_from_slice(&message[..message.len().min(room)]);
+            }
+        }
+    }
+    out
 }
 
 /// A new supervisor's pong, checked: it answered, speaks this protocol, and is non-dumpable.
