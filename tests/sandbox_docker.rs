@@ -456,3 +456,35 @@ PY"#;
     )
     .await;
 }
+
+/// An attacker hides a shared writable mapping behind a thread group whose leader has exited (its
+/// `/proc/<pid>/maps` is then empty while a thread keeps writing): the sandbox must not answer
+/// that no file is mapped, so the snapshot walks everything instead of missing the writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mapping_hidden_behind_an_exited_leader_makes_the_mapped_list_unknown() {
+    common::with_sandbox(
+        "zombie-leader",
+        |_| {},
+        |sb, _ws| async move {
+            let hide = r#"printf 00000000 > m && python3 - <<'PY' > /dev/null 2>&1 &
+import ctypes, mmap, os, threading, time
+fd = os.open("m", os.O_RDWR); mm = mmap.mmap(fd, 8); os.close(fd)
+def write():
+    while True:
+        mm[:8] = b"%08d" % (int(time.time()) % 10**8); time.sleep(0.2)
+threading.Thread(target=write).start()
+ctypes.CDLL(None).syscall(60, 0)  # SYS_exit: the leader alone ends
+PY"#;
+            let (o, _, err) = run(sb.as_ref(), hide, 10.0).await;
+            assert_eq!(o.exit_code, Some(0), "{err}");
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let mapped = sb.mapped_files().await;
+            assert!(
+                mapped.is_err(),
+                "the hidden mapping passed unseen: {mapped:?}"
+            );
+            let _ = sb.end_stage().await;
+        },
+    )
+    .await;
+}
