@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The protocol's version, sent in every pong.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Harness to supervisor: run a command (payload: [`ExecReq`]).
 const EXEC: u8 = 1;
 /// Harness to supervisor: answer with a pong.
@@ -784,21 +784,20 @@ fn mapped() -> Vec<u8> {
     // A thread group whose leader has exited shows as a zombie with empty maps while its other
     // threads go on: those maps cannot be seen.
     found.unreadable += zombie_leaders(uid);
-    let mut p = Vec::new();
-    p.extend_from_slice(&found.unreadable.to_le_bytes());
-    p.extend_from_slice(&(found.paths.len() as u32).to_le_bytes());
-    for path in found.paths {
-        p.extend_from_slice(&(path.len() as u32).to_le_bytes());
-        p.extend_from_slice(path.as_bytes());
-    }
-    p
+    found.encode()
 }
+
+/// A file's device (major, minor) and inode.
+type Inode = (u32, u32, u64);
 
 #[derive(Default)]
 struct Found {
     unreadable: u32,
     paths: Vec<String>,
     seen: std::collections::HashSet<String>,
+    /// Each file's device (major, minor) and inode: a name may be gone while the file has others.
+    inodes: Vec<Inode>,
+    seen_inodes: std::collections::HashSet<Inode>,
     bytes: usize,
 }
 
@@ -826,8 +825,9 @@ fn zombie_leaders(uid: u32) -> u32 {
 }
 
 impl Found {
-    /// Notes a path as the kernel names it in the sandbox (only those in the workspace count).
-    fn add(&mut self, path: &str) {
+    /// Notes a path as the kernel names it in the sandbox (only those in the workspace count),
+    /// with the file's device and inode when known.
+    fn add(&mut self, path: &str, inode: Option<Inode>) {
         let Some(rel) = path.strip_prefix("/workspace/") else {
             return;
         };
@@ -835,20 +835,42 @@ impl Found {
             self.unreadable += 1;
             return;
         }
-        // "x (deleted)" is a deleted x, or a file of that very name: both are looked at.
-        for p in [Some(rel), rel.strip_suffix(" (deleted)")]
-            .into_iter()
-            .flatten()
-        {
-            if self.bytes > MAPPED_BYTES {
-                self.unreadable += 1;
-                return;
-            }
-            if self.seen.insert(p.to_string()) {
-                self.bytes += p.len() + 4;
-                self.paths.push(p.to_string());
-            }
+        if let Some(i) = inode.filter(|i| self.seen_inodes.insert(*i)) {
+            self.bytes += 16;
+            self.inodes.push(i);
         }
+        // "x (deleted)" is a deleted x, or a file of that very name: both are looked at.
+        for p in std::iter::once(rel).chain(rel.strip_suffix(" (deleted)")) {
+            self.name(p);
+        }
+    }
+
+    fn name(&mut self, p: &str) {
+        if self.bytes > MAPPED_BYTES {
+            self.unreadable += 1;
+        } else if self.seen.insert(p.to_string()) {
+            self.bytes += p.len() + 4;
+            self.paths.push(p.to_string());
+        }
+    }
+
+    /// The `MAPS` payload: unreadable u32; the names (u32 count, each u32 length and bytes); the
+    /// inodes (u32 count, each major u32, minor u32, inode u64).
+    fn encode(self) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&self.unreadable.to_le_bytes());
+        p.extend_from_slice(&(self.paths.len() as u32).to_le_bytes());
+        for path in self.paths {
+            p.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            p.extend_from_slice(path.as_bytes());
+        }
+        p.extend_from_slice(&(self.inodes.len() as u32).to_le_bytes());
+        for (major, minor, ino) in self.inodes {
+            p.extend_from_slice(&major.to_le_bytes());
+            p.extend_from_slice(&minor.to_le_bytes());
+            p.extend_from_slice(&ino.to_le_bytes());
+        }
+        p
     }
 }
 
@@ -857,15 +879,31 @@ fn shared_writable_maps(pid: i32, found: &mut Found) -> bool {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return false;
     };
-    for line in maps.lines() {
-        let mut f = line.splitn(6, ' ');
-        let perms = f.nth(1).unwrap_or("").as_bytes();
-        let path = f.nth(3).unwrap_or("").trim_start();
-        if perms.get(1) == Some(&b'w') && perms.get(3) == Some(&b's') {
-            found.add(path);
-        }
+    for (path, inode) in maps.lines().filter_map(shared_writable) {
+        found.add(path, inode);
     }
     true
+}
+
+/// The path, device and inode of a maps line (`address perms offset dev inode path`) that maps a
+/// file shared and writable.
+fn shared_writable(line: &str) -> Option<(&str, Option<Inode>)> {
+    let mut f = line.splitn(6, ' ');
+    let perms = f.nth(1)?.as_bytes();
+    if perms.get(1) != Some(&b'w') || perms.get(3) != Some(&b's') {
+        return None;
+    }
+    let (major, minor) = f.nth(1)?.split_once(':')?;
+    let ino = f.next()?.parse::<u64>().ok();
+    let path = f.next().unwrap_or("").trim_start();
+    let hex = |x| u32::from_str_radix(x, 16).ok();
+    Some((
+        path,
+        hex(major)
+            .zip(hex(minor))
+            .zip(ino)
+            .map(|((a, b), i)| (a, b, i)),
+    ))
 }
 
 /// Adds the files `pid` holds open for writing; false when its descriptors cannot be read.
@@ -877,21 +915,35 @@ fn writable_fds(pid: i32, found: &mut Found) -> bool {
         let Ok(target) = std::fs::read_link(fd.path()) else {
             continue;
         };
-        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-        let flags = std::fs::read_to_string(info).ok().and_then(|t| {
-            let v = t
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))?
-                .trim()
-                .to_string();
-            u32::from_str_radix(&v, 8).ok()
-        });
         // O_WRONLY or O_RDWR; an unreadable flags line counts as writable.
-        if flags.is_none_or(|f| f & 3 != 0) {
-            found.add(&target.to_string_lossy());
+        if fd_flags(pid, &fd.file_name()).is_none_or(|f| f & 3 != 0) {
+            found.add(&target.to_string_lossy(), inode_of(&fd.path()));
         }
     }
     true
+}
+
+/// The open flags of descriptor `fd` of `pid`, from its fdinfo.
+fn fd_flags(pid: i32, fd: &std::ffi::OsStr) -> Option<u32> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()));
+    let v = info
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))?
+        .trim()
+        .to_string();
+    u32::from_str_radix(&v, 8).ok()
+}
+
+/// The device (major, minor) and inode of the file at `path` (an open descriptor: the file
+/// itself, whatever its name now).
+fn inode_of(path: &std::path::Path) -> Option<Inode> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let dev = m.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    Some((major as u32, minor as u32, m.ino()))
 }
 
 /// `sweep PID`: kills every process of this uid but itself until none is left, then prints

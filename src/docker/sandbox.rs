@@ -27,7 +27,8 @@ use tokio::sync::{mpsc, Mutex};
 use crate::docker::engine;
 use crate::docker::supervisor::{self as sv, Frame};
 use crate::sandbox::{
-    ExecOutcome, ExecRequest, OutStream, OutputSink, Sandbox, SandboxError, WorkspaceRoot,
+    ExecOutcome, ExecRequest, MappedFiles, OutStream, OutputSink, Sandbox, SandboxError,
+    WorkspaceRoot,
 };
 
 /// How long a one-off exec (the sweep) may take before the harness gives up on it.
@@ -571,7 +572,7 @@ impl Sandbox for DockerSandbox {
         })
     }
 
-    async fn mapped_files(&self) -> Result<Vec<String>, String> {
+    async fn mapped_files(&self) -> Result<MappedFiles, String> {
         let mut guard = self.sup.lock().await;
         if guard.is_none() {
             *guard = Some(self.start_supervisor().await.map_err(|e| e.to_string())?);
@@ -586,12 +587,7 @@ impl Sandbox for DockerSandbox {
             Ok(Some(f)) if f.kind == sv::MAPS => f,
             _ => return Err("the supervisor did not list the mapped files".into()),
         };
-        match sv::parse_maps(&f.data)? {
-            (0, paths) => Ok(paths),
-            (n, _) => Err(format!(
-                "the memory maps of {n} processes of the agent could not be read"
-            )),
-        }
+        sv::parse_maps(&f.data)?.known()
     }
 
     async fn set_network(&self, network: Option<&str>) -> Result<(), SandboxError> {

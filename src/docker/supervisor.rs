@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::sandbox::{ExecOutcome, ExecRequest};
+use crate::sandbox::{ExecOutcome, ExecRequest, MappedFiles};
 
 /// The supervisor, built static by `build.rs`.
 pub(crate) const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gptx-supervisor"));
 /// Where every sandbox sees it (a read-only bind mount of [`host_copy`]).
 pub(crate) const IN_SANDBOX: &str = "/.gptx/supervisor";
 /// The protocol version this harness speaks; the supervisor says its own in every pong.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 pub(crate) const EXEC: u8 = 1;
 pub(crate) const PING: u8 = 2;
@@ -324,6 +324,16 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32, String> {
         self.take::<4>().map(u32::from_le_bytes)
     }
+    /// A u32 count, then that many items (at most 2^20).
+    fn list<T>(&mut self, item: fn(&mut Self) -> Result<T, String>) -> Result<Vec<T>, String> {
+        let n = self.u32()?;
+        (0..n.min(1 << 20)).map(|_| item(self)).collect()
+    }
+    /// A device (major u32, minor u32) and an inode (u64), as `st_dev` and `st_ino`.
+    fn inode(&mut self) -> Result<(u64, u64), String> {
+        let dev = rustix::fs::makedev(self.u32()?, self.u32()?);
+        Ok((dev, u64::from_le_bytes(self.take()?)))
+    }
     fn string(&mut self) -> Result<String, String> {
         let n = self.u32()? as usize;
         if self.0.len() < n {
@@ -371,15 +381,37 @@ pub(crate) fn parse_pong(p: &[u8]) -> Result<(u32, u32, bool), String> {
 }
 
 /// A maps answer: how many processes could not be looked at, and the mapped workspace paths.
-pub(crate) fn parse_maps(p: &[u8]) -> Result<(u32, Vec<String>), String> {
+pub(crate) fn parse_maps(p: &[u8]) -> Result<Maps, String> {
     let mut r = Reader(p);
-    let unreadable = r.u32()?;
-    let n = r.u32()?;
-    let mut paths = Vec::new();
-    for _ in 0..n.min(1 << 20) {
-        paths.push(r.string()?);
+    Ok(Maps {
+        unreadable: r.u32()?,
+        paths: r.list(Reader::string)?,
+        inodes: r.list(Reader::inode)?,
+    })
+}
+
+/// A `MAPS` answer: how many processes could not be read, and the workspace files the others map
+/// shared and writable or hold open for writing, by name and by (device, inode).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Maps {
+    pub unreadable: u32,
+    pub paths: Vec<String>,
+    pub inodes: Vec<(u64, u64)>,
+}
+
+impl Maps {
+    /// The files, or why they cannot be known (a process whose maps could not be read).
+    pub fn known(self) -> Result<MappedFiles, String> {
+        match self.unreadable {
+            0 => Ok(MappedFiles {
+                paths: self.paths,
+                inodes: self.inodes,
+            }),
+            n => Err(format!(
+                "the memory maps of {n} processes of the agent could not be read"
+            )),
+        }
     }
-    Ok((unreadable, paths))
 }
 
 /// What `supervisor sweep` printed: `killed N left M`, then up to 20 command lines.
@@ -455,12 +487,25 @@ mod tests {
     }
 
     #[test]
+    fn a_maps_answer_names_files_by_device_and_inode() {
+        let mut p = vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        p.extend_from_slice(&[8, 0, 0, 0, 1, 0, 0, 0]);
+        p.extend_from_slice(&42u64.to_le_bytes());
+        assert_eq!(parse_maps(&p).unwrap().inodes, vec![(0x801, 42)]);
+        assert!(parse_maps(&p[..p.len() - 1]).is_err());
+        let unknown = Maps {
+            unreadable: 2,
+            ..parse_maps(&p).unwrap()
+        };
+        assert!(unknown.known().unwrap_err().contains("2 processes"));
+    }
+
+    #[test]
     fn short_or_odd_payloads_are_errors_not_panics() {
-        assert!(parse_exit(&[1, 2, 3]).is_err());
-        assert!(parse_pong(&[]).is_err());
+        assert!(parse_exit(&[1, 2, 3]).is_err() && parse_pong(&[]).is_err());
         assert!(parse_maps(&[0, 0, 0, 0, 5, 0, 0, 0]).is_err());
-        let (unread, paths) = parse_maps(&[0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, b'a']).unwrap();
-        assert_eq!((unread, paths), (0, vec!["a".to_string()]));
+        let m = parse_maps(&[0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, b'a', 0, 0, 0, 0]).unwrap();
+        assert_eq!((m.unreadable, m.paths), (0, vec!["a".to_string()]));
         assert!(parse_sweep(b"nonsense").is_err());
         assert_eq!(
             parse_sweep(b"killed 2 left 0\nsleep 100\nbash\n").unwrap(),

@@ -2,6 +2,7 @@
 
 use super::*;
 
+use crate::sandbox::MappedFiles;
 use crate::trace::history::Mapped;
 use crate::trace::{FULL_OUTPUT, INLINE_OUTPUT};
 /// Most bytes `read_file` returns.
@@ -123,6 +124,14 @@ pub(super) struct StepResult {
     pub(super) harness_fault: Option<String>,
 }
 
+/// The sandbox's list of mapped files, as the history takes it.
+fn known(m: MappedFiles) -> Mapped {
+    Mapped::Known {
+        paths: m.paths.into_iter().map(Into::into).collect(),
+        inodes: m.inodes,
+    }
+}
+
 impl Runner {
     /// Commits the workspace after a step, on a blocking thread (a snapshot reads files; one run's
     /// large workspace never stalls the others of a batch).
@@ -135,10 +144,7 @@ impl Runner {
         let mut history = self.history.take()?;
         let message = commit_message(step, stage, call);
         // A write through a shared mapping raises no file event: the sandbox names those files.
-        let mapped = match self.sandbox.mapped_files().await {
-            Ok(paths) => Mapped::Known(paths.into_iter().map(Into::into).collect()),
-            Err(why) => Mapped::Unknown(why),
-        };
+        let mapped = (self.sandbox.mapped_files().await).map_or_else(Mapped::Unknown, known);
         let joined = tokio::task::spawn_blocking(move || {
             history.note_mapped(mapped);
             let r = history.commit_if_changed(&message);

@@ -93,6 +93,14 @@ impl SandboxError {
 
 /// Receives output as it streams.
 /// What [`Sandbox::end_stage`] found and killed.
+/// Workspace files some process of the agent could write without a file event: by name
+/// (workspace-relative) and by (device, inode), since a name may be gone while the file has others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MappedFiles {
+    pub paths: Vec<String>,
+    pub inodes: Vec<(u64, u64)>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
     /// Processes of the agent still running when the stage ended.
@@ -133,11 +141,11 @@ pub trait Sandbox: Send + Sync {
         Ok(Swept::default())
     }
 
-    /// The workspace files (relative paths) that a live process of the agent maps shared and
-    /// writable: a write through such a mapping raises no file event, so a snapshot looks at them.
+    /// The workspace files that a live process of the agent maps shared and writable or holds open
+    /// for writing: a write through such a mapping raises no file event, so a snapshot looks at them.
     /// Err when that cannot be known (a process whose maps cannot be read), with why.
-    async fn mapped_files(&self) -> Result<Vec<String>, String> {
-        Ok(Vec::new())
+    async fn mapped_files(&self) -> Result<MappedFiles, String> {
+        Ok(MappedFiles::default())
     }
 
     /// Why the machinery behind the sandbox (the engine) is gone, when it is: asked after a

@@ -115,10 +115,39 @@ struct Manifest<'a> {
 /// as the sandbox tells before a snapshot: a write through such a mapping reports no inotify event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mapped {
-    /// Workspace-relative paths (a path with `..` or a root is ignored).
-    Known(Vec<PathBuf>),
+    /// Workspace-relative paths (a path with `..` or a root is ignored), and the files' (device,
+    /// inode): a descriptor whose name was removed still writes to the file's other names.
+    Known {
+        paths: Vec<PathBuf>,
+        inodes: Vec<(u64, u64)>,
+    },
     /// It could not be told, and why: the snapshot walks the whole workspace.
     Unknown(String),
+}
+
+/// The mapped files the sandbox told of, by name and by inode.
+#[derive(Debug, Default)]
+struct Told {
+    paths: Vec<PathBuf>,
+    inodes: Vec<walk::Ino>,
+}
+
+impl Told {
+    /// What `mapped` tells, and why the snapshot must walk everything when it tells nothing.
+    fn of(mapped: Mapped) -> (Self, Option<String>) {
+        match mapped {
+            Mapped::Known { paths, inodes } => {
+                let paths = paths.iter().filter_map(|p| relative(p)).collect();
+                (Self { paths, inodes }, None)
+            }
+            Mapped::Unknown(why) => (
+                Self::default(),
+                Some(format!(
+                    "which files are mapped writable is not known ({why})"
+                )),
+            ),
+        }
+    }
 }
 
 /// The run's workspace history.
@@ -137,7 +166,7 @@ pub struct WorkspaceHistory {
     /// What [`Self::note_mapped`] told for the next snapshot.
     mapped: Option<Mapped>,
     /// The files mapped at the last snapshot: read again at the next one too.
-    mapped_before: HashSet<PathBuf>,
+    mapped_before: Told,
     /// Why the last snapshot walked everything though it had one to start from, when so.
     fell_back: Option<String>,
     walk_note: Option<String>,
@@ -159,7 +188,7 @@ impl WorkspaceHistory {
             tracker: None,
             untracked: None,
             mapped: None,
-            mapped_before: HashSet::new(),
+            mapped_before: Default::default(),
             fell_back: None,
             walk_note: None,
             walked_all: false,
@@ -379,21 +408,16 @@ impl WorkspaceHistory {
     /// The paths [`Self::note_mapped`] named (and those of the snapshot before), and why the
     /// snapshot must walk everything when they are unknown.
     fn take_mapped(&mut self) -> (HashSet<PathBuf>, Option<String>) {
-        let (now, unknown) = match self.mapped.take() {
-            None => (HashSet::new(), None),
-            Some(Mapped::Known(paths)) => {
-                (paths.iter().filter_map(|p| relative(p)).collect(), None)
-            }
-            Some(Mapped::Unknown(why)) => (
-                HashSet::new(),
-                Some(format!(
-                    "which files are mapped writable is not known ({why})"
-                )),
-            ),
+        let (now, unknown) = self.mapped.take().map(Told::of).unwrap_or_default();
+        // Inodes by the names the model gives them now: told last time, a file may have been
+        // linked under a new name in the same step.
+        let before = std::mem::replace(&mut self.mapped_before, now);
+        let names = |t: &Told| {
+            let by_ino = t.inodes.iter().flat_map(|i| self.model.names_of(*i));
+            t.paths.iter().chain(by_ino).cloned().collect::<Vec<_>>()
         };
-        let fresh = now.union(&self.mapped_before).cloned().collect();
-        self.mapped_before = now;
-        (fresh, unknown)
+        let fresh = names(&before).into_iter().chain(names(&self.mapped_before));
+        (fresh.collect(), unknown)
     }
 
     /// Updates the last snapshot along what changed, or walks everything (the first snapshot, or
@@ -417,7 +441,8 @@ impl WorkspaceHistory {
         if let (Some(root), None) = (previous, &reason) {
             let marks = walk::Marks::of(&cx.model, changes.paths, &cx.fresh);
             self.walked_all = false;
-            match self.walk_marked(cx, root, &marks) {
+            let walked = self.walk_marked(cx, root, &marks);
+            match walked.and_then(|tree| self.follow_links(cx, tree)) {
                 Ok(tree) => return Ok((tree, None)),
                 Err(Some(e)) => return Err(e),
                 Err(None) => reason = Some("the workspace directory was replaced".into()),
@@ -425,19 +450,44 @@ impl WorkspaceHistory {
         }
         // A new tracker: its watches are armed by the walk, before each directory is listed.
         cx.tracker = None;
-        cx.tracker = match Tracker::start() {
-            Ok(t) => {
-                self.untracked = None;
-                Some(t)
-            }
-            Err(e) => {
-                self.untracked = Some(format!("inotify could not be set up ({e})"));
-                None
-            }
-        };
+        cx.tracker = self.start_tracker();
         self.walked_all = true;
         let tree = self.walk_all(cx)?;
         Ok((tree, reason.filter(|_| had_previous)))
+    }
+
+    /// A new inotify tracker, or none (and why, kept for the trace).
+    fn start_tracker(&mut self) -> Option<Tracker> {
+        let started = Tracker::start();
+        self.untracked = started
+            .as_ref()
+            .err()
+            .map(|e| format!("inotify could not be set up ({e})"));
+        started.ok()
+    }
+
+    /// Looks again at the other recorded names of every file of several names the walk met, until
+    /// no inode is new: a link made since the last snapshot (inside `.git`, say, where no name is
+    /// recorded) must take the older name along when it is written through.
+    fn follow_links(
+        &mut self,
+        cx: &mut walk::Cx,
+        mut tree: Option<Oid>,
+    ) -> Result<Option<Oid>, Option<git2::Error>> {
+        let mut done = HashSet::new();
+        loop {
+            let mut marks = walk::Marks::default();
+            let new: Vec<walk::Ino> = cx.links.seen.drain().filter(|i| done.insert(*i)).collect();
+            let names: Vec<&PathBuf> = new.iter().flat_map(|i| cx.model.names_of(*i)).collect();
+            if names.is_empty() {
+                return Ok(tree);
+            }
+            for name in names {
+                marks.add(name, false);
+            }
+            let root = cx.model.root.take().ok_or(None)?;
+            tree = self.walk_marked(cx, root, &marks)?;
+        }
     }
 
     /// The workspace's tree with the manifest added at the top, when it lists anything.
@@ -516,9 +566,7 @@ impl WorkspaceHistory {
             Err(why) => return skip(cx, why),
         };
         let stamp = Stamp::of(&meta);
-        if meta.nlink() > 1 {
-            cx.model.linked.insert(rel_path.to_path_buf());
-        }
+        cx.saw_file(rel_path, &meta);
         // A mapped file is read again whatever its stamp says; a stamp that moved within a second
         // of the snapshot is not trusted next time.
         let fresh = cx.fresh.contains(rel_path);

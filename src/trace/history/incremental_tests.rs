@@ -120,7 +120,7 @@ fn a_write_through_a_shared_mapping_is_caught_while_mapped_and_once_after() {
     let p = map(&file, 8);
     exact(&mut h, &ws);
     poke(p, b"bbbb");
-    h.note_mapped(Mapped::Known(vec!["weights.bin".into()]));
+    h.note_mapped(known(&["weights.bin"]));
     let t = exact(&mut h, &ws);
     assert_eq!(blob_at(&h, t, "weights.bin").unwrap(), b"bbbbaaaa");
     // Written, then unmapped before the next snapshot: it was mapped at the last one.
@@ -140,11 +140,11 @@ fn a_mapping_dropped_after_a_write_between_snapshots_is_caught() {
     let file = ws.join("m.bin");
     std::fs::write(&file, b"00000000").unwrap();
     let p = map(&file, 8);
-    h.note_mapped(Mapped::Known(vec!["./m.bin".into(), "../x".into()]));
+    h.note_mapped(known(&["./m.bin", "../x"]));
     exact(&mut h, &ws);
     poke(p, b"11");
     unmap(p, 8);
-    h.note_mapped(Mapped::Known(vec![]));
+    h.note_mapped(known(&[]));
     let t = exact(&mut h, &ws);
     assert_eq!(blob_at(&h, t, "m.bin").unwrap(), b"11000000");
 }
@@ -177,6 +177,14 @@ fn files_and_directories_renamed_across_folders() {
     exact(&mut h, &ws);
 }
 
+/// The sandbox's answer that `paths` are mapped (no inode told).
+fn known(paths: &[&str]) -> Mapped {
+    Mapped::Known {
+        paths: paths.iter().map(PathBuf::from).collect(),
+        inodes: vec![],
+    }
+}
+
 #[test]
 fn a_write_through_one_name_of_a_hard_link_changes_both() {
     let (_tmp, ws, mut h) = setup();
@@ -195,6 +203,94 @@ fn a_write_through_one_name_of_a_hard_link_changes_both() {
     std::fs::write(ws.join(".git/h"), b"from git").unwrap();
     let t = exact(&mut h, &ws);
     assert_eq!(blob_at(&h, t, "d/g.txt").unwrap(), b"from git");
+}
+
+#[test]
+fn a_link_made_after_the_last_snapshot_takes_the_first_name_along() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::create_dir(ws.join("d")).unwrap();
+    std::fs::write(ws.join("a"), b"one").unwrap();
+    exact(&mut h, &ws);
+    // Linked and written through the new name in one step: the old name changes in this snapshot.
+    std::fs::hard_link(ws.join("a"), ws.join("d/b")).unwrap();
+    std::fs::write(ws.join("d/b"), b"two").unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"two");
+    std::fs::write(ws.join("d/b"), b"three").unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"three");
+}
+
+#[test]
+fn links_made_where_nothing_is_recorded_are_followed() {
+    let (_tmp, ws, mut h) = setup();
+    let odd = OsStr::from_bytes(b"odd\xff");
+    std::fs::create_dir_all(ws.join(".git/objects")).unwrap();
+    std::fs::create_dir_all(ws.join("sub/.git")).unwrap();
+    std::fs::create_dir(ws.join(odd)).unwrap();
+    for f in ["a", "b", "c", "e"] {
+        std::fs::write(ws.join(f), f).unwrap();
+    }
+    exact(&mut h, &ws);
+    // Each file, of one name at the last snapshot, gets a second where nothing is recorded.
+    std::fs::hard_link(ws.join("a"), ws.join(".git/objects/x")).unwrap();
+    std::fs::hard_link(ws.join("b"), ws.join("sub/.git/y")).unwrap();
+    std::fs::hard_link(ws.join("c"), ws.join(odd).join("z")).unwrap();
+    // A folder made, linked into, then moved into .git in one step.
+    std::fs::create_dir(ws.join("new")).unwrap();
+    std::fs::hard_link(ws.join("e"), ws.join("new/w")).unwrap();
+    std::fs::rename(ws.join("new"), ws.join(".git/objects/new")).unwrap();
+    exact(&mut h, &ws);
+    // Written through those names only.
+    std::fs::write(ws.join(".git/objects/x"), b"A").unwrap();
+    std::fs::write(ws.join("sub/.git/y"), b"B").unwrap();
+    std::fs::write(ws.join(odd).join("z"), b"C").unwrap();
+    std::fs::write(ws.join(".git/objects/new/w"), b"E").unwrap();
+    let t = exact(&mut h, &ws);
+    for (f, v) in [("a", "A"), ("b", "B"), ("c", "C"), ("e", "E")] {
+        assert_eq!(blob_at(&h, t, f).unwrap(), v.as_bytes(), "{f}");
+    }
+}
+
+#[test]
+fn a_write_through_a_descriptor_whose_name_is_gone_reaches_the_other_name() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::write(ws.join("k1"), b"1").unwrap();
+    exact(&mut h, &ws);
+    let mut held = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ws.join("k1"))
+        .unwrap();
+    std::fs::hard_link(ws.join("k1"), ws.join("k2")).unwrap();
+    std::fs::remove_file(ws.join("k1")).unwrap();
+    // The sandbox names the open file as the kernel does: the removed name, and its inode.
+    let meta = held.metadata().unwrap();
+    let told = || Mapped::Known {
+        paths: vec!["k1 (deleted)".into(), "k1".into()],
+        inodes: vec![(meta.dev(), meta.ino())],
+    };
+    h.note_mapped(told());
+    exact(&mut h, &ws);
+    // Written and closed before the next snapshot: the file told last time is read again, by the
+    // name it has now.
+    std::io::Write::write_all(&mut held, b"2").unwrap();
+    drop(held);
+    h.note_mapped(known(&[]));
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "k2").unwrap(), b"12");
+    // Opened again and kept open: told by inode only.
+    let mut again = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ws.join("k2"))
+        .unwrap();
+    std::io::Write::write_all(&mut again, b"3").unwrap();
+    h.note_mapped(Mapped::Known {
+        paths: vec![],
+        inodes: vec![(meta.dev(), meta.ino())],
+    });
+    drop(again);
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "k2").unwrap(), b"123");
 }
 
 #[test]
@@ -323,15 +419,15 @@ fn next(state: &mut u64) -> u64 {
 
 /// One random change somewhere under `ws` (names from a small set, so they collide).
 fn random_change(ws: &Path, rng: &mut u64) {
-    let names = ["a", "b", "c", "d"];
+    let names = ["a", "b", "c", "d", ".git"];
     let depth = (next(rng) % 3) as usize;
     let mut path = ws.to_path_buf();
     for _ in 0..=depth {
-        path.push(names[(next(rng) % 4) as usize]);
+        path.push(names[(next(rng) % 5) as usize]);
     }
     let other = ws
-        .join(names[(next(rng) % 4) as usize])
-        .join(names[(next(rng) % 4) as usize]);
+        .join(names[(next(rng) % 5) as usize])
+        .join(names[(next(rng) % 5) as usize]);
     let _ = match next(rng) % 9 {
         0 | 1 => std::fs::write(&path, next(rng).to_string()),
         2 => std::fs::create_dir_all(&path),

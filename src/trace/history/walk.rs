@@ -1,6 +1,6 @@
 //! The in-memory model of the last snapshot (every directory's entries, the manifest by path) and the walks that build it whole or update it along changed paths.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -41,6 +41,9 @@ impl Node {
     }
 }
 
+/// A file's device and inode: what all its names share.
+pub(crate) type Ino = (u64, u64);
+
 /// The last snapshot: its tree model and its manifest, each entry under its path.
 #[derive(Debug, Default)]
 pub(super) struct Model {
@@ -49,40 +52,48 @@ pub(super) struct Model {
     pub large: BTreeMap<PathBuf, LargeFile>,
     pub skipped: BTreeMap<PathBuf, Skipped>,
     /// Regular files with more than one name: a write through another name reports no event here.
-    pub linked: BTreeSet<PathBuf>,
+    pub linked: BTreeMap<PathBuf, ()>,
+    /// Every recorded regular file's inode, and each inode's names: a link made later, or a write
+    /// through a descriptor whose name is gone, is traced back to the names the snapshot records.
+    ino_of: BTreeMap<PathBuf, Ino>,
+    names: HashMap<Ino, BTreeSet<PathBuf>>,
 }
 
 impl Model {
-    /// Forgets the manifest entries of `rel` itself.
-    fn forget_one(&mut self, rel: &Path) {
-        self.large.remove(rel);
-        self.skipped.remove(rel);
-        self.linked.remove(rel);
-    }
-
-    /// Forgets the manifest entries of `rel` and of everything below it.
-    fn forget_below(&mut self, rel: &Path) {
-        fn cut<V>(map: &mut BTreeMap<PathBuf, V>, rel: &Path) {
+    /// Forgets the entries of `rel`, and of everything below it if `below`.
+    fn forget(&mut self, rel: &Path, below: bool) {
+        /// Takes `rel` (and what is below it, if `below`) out of `map`.
+        fn cut<V>(map: &mut BTreeMap<PathBuf, V>, rel: &Path, below: bool) -> Vec<(PathBuf, V)> {
             let gone: Vec<PathBuf> = map
                 .range(rel.to_path_buf()..)
-                .take_while(|(p, _)| p.starts_with(rel))
-                .map(|(p, _)| p.clone())
+                .map(|(p, _)| p)
+                .take_while(|p| *p == rel || below && p.starts_with(rel))
+                .cloned()
                 .collect();
-            for p in gone {
-                map.remove(&p);
+            gone.iter().filter_map(|p| map.remove_entry(p)).collect()
+        }
+        cut(&mut self.large, rel, below);
+        cut(&mut self.skipped, rel, below);
+        cut(&mut self.linked, rel, below);
+        for (p, ino) in cut(&mut self.ino_of, rel, below) {
+            if let Some(set) = self.names.get_mut(&ino) {
+                set.remove(&p);
+                if set.is_empty() {
+                    self.names.remove(&ino);
+                }
             }
         }
-        cut(&mut self.large, rel);
-        cut(&mut self.skipped, rel);
-        let gone: Vec<PathBuf> = self
-            .linked
-            .range(rel.to_path_buf()..)
-            .take_while(|p| p.starts_with(rel))
-            .cloned()
-            .collect();
-        for p in gone {
-            self.linked.remove(&p);
-        }
+    }
+
+    /// Notes that the recorded file at `rel` is the inode `ino`.
+    pub fn name(&mut self, rel: &Path, ino: Ino) {
+        self.ino_of.insert(rel.to_path_buf(), ino);
+        self.names.entry(ino).or_default().insert(rel.to_path_buf());
+    }
+
+    /// The recorded names of `ino`.
+    pub fn names_of(&self, ino: Ino) -> impl Iterator<Item = &PathBuf> {
+        self.names.get(&ino).into_iter().flatten()
     }
 
     pub fn skip(&mut self, rel: &Path, reason: String) {
@@ -128,7 +139,7 @@ impl Marks {
         }
         for path in fresh
             .iter()
-            .chain(&model.linked)
+            .chain(model.linked.keys())
             .chain(model.skipped.keys())
         {
             marks.add(path, false);
@@ -148,20 +159,73 @@ pub(super) struct Cx {
     /// Nanoseconds since the epoch when the snapshot began: a stamp changed within a second of it
     /// is not trusted later (a write in the same clock tick may leave it as it was).
     pub started: i128,
+    pub links: Links,
+}
+
+/// What a walk learns of files of several names.
+#[derive(Default)]
+pub(super) struct Links {
+    /// Inside a folder whose entries are not recorded (`.git`, a name that is not UTF-8): it is
+    /// walked and watched only to see links to recorded files made there.
+    shadow: bool,
+    /// Inodes of more than one name met by this walk: their other names are looked at too.
+    pub seen: HashSet<Ino>,
+}
+
+/// Nanoseconds since the epoch.
+fn now_ns() -> i128 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_nanos() as i128)
 }
 
 impl Cx {
     pub fn new(model: Model, fresh: HashSet<PathBuf>, tracker: Option<Tracker>) -> Self {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
         Self {
             model,
             deadline: Instant::now() + SNAPSHOT_BUDGET,
             fresh,
             tracker,
-            started,
+            started: now_ns(),
+            links: Links::default(),
         }
+    }
+
+    /// Notes a recorded regular file: its inode, and whether it has other names.
+    pub fn saw_file(&mut self, rel: &Path, meta: &std::fs::Metadata) {
+        use std::os::unix::fs::MetadataExt;
+        self.model.name(rel, (meta.dev(), meta.ino()));
+        if meta.nlink() > 1 {
+            self.model.linked.insert(rel.to_path_buf(), ());
+            self.links.seen.insert((meta.dev(), meta.ino()));
+        }
+    }
+
+    /// Forgets what is recorded at `rel`, or `below` it too (nothing is, in a shadow folder).
+    fn forget(&mut self, rel: &Path, below: bool) {
+        if !self.links.shadow {
+            self.model.forget(rel, below);
+        }
+    }
+
+    /// Lists `rel` as left out, unless it is inside a folder that is not recorded.
+    fn skip(&mut self, rel: &Path, reason: String) {
+        if !self.links.shadow {
+            self.model.skip(rel, reason);
+        }
+    }
+
+    /// Whether the entry `name` at `rel` is left out of the record (`.git`, or [`left_out`]); a
+    /// reason to give is listed in the manifest.
+    fn leaves_out(&mut self, name: &OsStr, rel: &Path) -> bool {
+        let reason = left_out(name, rel, self.deadline).filter(|_| name != ".git");
+        if reason.is_none() && name != ".git" {
+            return false;
+        }
+        self.forget(rel, true);
+        if let Some(reason) = reason {
+            self.skip(rel, reason);
+        }
+        true
     }
 
     fn arm(&self, fd: &OwnedFd, rel: &Path, quiet: bool) {
@@ -249,20 +313,18 @@ impl WorkspaceHistory {
             entries: BTreeMap::new(),
             tree: None,
         };
-        let names = match names_of(fd) {
-            Ok(n) => n,
-            Err(e) => {
-                cx.model.skip(rel, std::io::Error::from(e).to_string());
-                return Ok(node);
-            }
-        };
+        let names = names_of(fd).unwrap_or_else(|e| {
+            cx.skip(rel, std::io::Error::from(e).to_string());
+            Vec::new()
+        });
         for name in names {
-            let child = rel.join(&name);
-            if let Some(n) = self.visit(cx, fd, &name, &child, None, None)? {
+            if let Some(n) = self.visit(cx, fd, &name, &rel.join(&name), None, None)? {
                 node.entries.insert(name, n);
             }
         }
-        node.tree = self.tree_of(&node)?;
+        // A shadow folder records nothing: it has no tree.
+        let shadow = cx.links.shadow;
+        node.tree = if shadow { None } else { self.tree_of(&node)? };
         Ok(node)
     }
 
@@ -335,22 +397,17 @@ impl WorkspaceHistory {
         old: Option<Node>,
         marks: Option<&Marks>,
     ) -> Result<Option<Node>, git2::Error> {
-        if name == ".git" {
-            return Ok(None); // git cannot hold a nested .git; the agent's own repo is not part of history
-        }
-        cx.model.forget_one(rel);
+        cx.forget(rel, false);
         let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-            cx.model.forget_below(rel);
+            cx.forget(rel, true);
             return Ok(None); // gone
         };
         let kind = FileType::from_raw_mode(st.st_mode);
         if kind != FileType::Directory {
-            cx.model.forget_below(rel);
+            cx.forget(rel, true);
         }
-        if let Some(reason) = left_out(name, rel, cx.deadline) {
-            cx.model.forget_below(rel);
-            cx.model.skip(rel, reason);
-            return Ok(None);
+        if cx.links.shadow || cx.leaves_out(name, rel) {
+            return self.visit_shadow(cx, dir, name, rel, old, marks);
         }
         match kind {
             FileType::Directory => self.visit_dir(cx, dir, name, rel, old, marks),
@@ -365,6 +422,36 @@ impl WorkspaceHistory {
                 .file_blob(dir, name, rel, cx)?
                 .map(|(oid, mode)| Node::Leaf(oid, mode))),
             _ => Ok(None), // FIFOs, sockets and devices are never opened
+        }
+    }
+
+    /// An entry that is not recorded: a directory is walked and watched all the same (its node kept,
+    /// with no tree), and a file of several names is noted, so a link to a recorded file made
+    /// there is seen; nothing is read.
+    fn visit_shadow(
+        &mut self,
+        cx: &mut Cx,
+        dir: &OwnedFd,
+        name: &OsStr,
+        rel: &Path,
+        old: Option<Node>,
+        marks: Option<&Marks>,
+    ) -> Result<Option<Node>, git2::Error> {
+        let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return Ok(None);
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile if st.st_nlink > 1 => {
+                cx.links.seen.insert((st.st_dev, st.st_ino));
+                Ok(None)
+            }
+            FileType::Directory if Instant::now() <= cx.deadline => {
+                let outer = std::mem::replace(&mut cx.links.shadow, true);
+                let node = self.visit_dir(cx, dir, name, rel, old, marks);
+                cx.links.shadow = outer;
+                node
+            }
+            _ => Ok(None),
         }
     }
 
@@ -385,8 +472,8 @@ impl WorkspaceHistory {
         let (fd, id) = match opened {
             Ok(x) => x,
             Err(e) => {
-                cx.model.forget_below(rel);
-                cx.model.skip(rel, std::io::Error::from(e).to_string());
+                cx.forget(rel, true);
+                cx.skip(rel, std::io::Error::from(e).to_string());
                 return Ok(None);
             }
         };
@@ -397,7 +484,7 @@ impl WorkspaceHistory {
                 d
             }
             _ => {
-                cx.model.forget_below(rel);
+                cx.forget(rel, true);
                 self.scan(cx, &fd, rel, id)?
             }
         };
