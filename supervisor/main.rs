@@ -341,12 +341,23 @@ fn exit_error(why: &str) -> Vec<u8> {
 }
 
 /// The shell commands run under: bash where the image has it, else `/bin/sh`.
+/// `/bin/bash`, or `/bin/sh` where there is no bash: looked up once (each lookup goes through
+/// the image's file system, which may be a slow FUSE one).
 fn shell() -> &'static str {
-    if std::path::Path::new("/bin/bash").exists() {
-        "/bin/bash"
-    } else {
-        "/bin/sh"
+    static SHELL: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    SHELL.get_or_init(|| match std::path::Path::new("/bin/bash").exists() {
+        true => "/bin/bash",
+        false => "/bin/sh",
+    })
+}
+
+/// A command's stdin when it is given none: a duplicate of `/dev/null`, opened once.
+fn null_stdin() -> Stdio {
+    thread_local! {
+        static NULL: Option<std::fs::File> = std::fs::File::open("/dev/null").ok();
     }
+    NULL.with(|f| f.as_ref().and_then(|f| f.try_clone().ok()))
+        .map_or_else(Stdio::null, Stdio::from)
 }
 
 fn spawn(req: &ExecReq) -> std::io::Result<std::process::Child> {
@@ -366,7 +377,7 @@ fn spawn(req: &ExecReq) -> std::io::Result<std::process::Child> {
     cmd.stdin(if req.stdin.is_some() {
         Stdio::piped()
     } else {
-        Stdio::null()
+        null_stdin()
     });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: only async-signal-safe calls between fork and exec: setsid, open, write, close.
@@ -664,10 +675,36 @@ fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-fn read_first<T>(paths: &[&str], parse: impl Fn(&str) -> Option<T>) -> Option<T> {
-    paths
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok().and_then(|t| parse(&t)))
+/// The first of `paths` that can be read and parsed.
+fn read_first<T>(paths: &[&'static str], parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    paths.iter().find_map(|p| parse(&read_cached(p)?))
+}
+
+/// What the file at `path` holds now. Each file is opened once and read again from its start (a
+/// cgroup file gives its current value at every read from offset 0): an open costs far more
+/// than a read here.
+fn read_cached(path: &'static str) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    thread_local! {
+        static OPEN: std::cell::RefCell<std::collections::HashMap<&'static str, Option<std::fs::File>>> =
+            std::cell::RefCell::default();
+    }
+    OPEN.with(|open| {
+        let mut open = open.borrow_mut();
+        let f = open
+            .entry(path)
+            .or_insert_with(|| std::fs::File::open(path).ok());
+        let f = f.as_ref()?;
+        let mut buf = vec![0u8; 4096];
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read_at(&mut buf[n..], n as u64).ok()? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        String::from_utf8(buf[..n].to_vec()).ok()
+    })
 }
 
 fn keyed(text: &str, name: &str) -> Option<u64> {

@@ -478,7 +478,7 @@ async fn links_made_after_a_files_last_snapshot_are_followed_through_a_real_sand
         |_| {},
         |sb, ws| async move {
             let mut s = Steps::new(sb.as_ref(), &ws);
-            s.step("mkdir -p l .git/objects \"$(printf 'odd\\377')\" && echo o > o1 && echo g > g1 && echo c > c1 && echo 1 > k1 && mkfifo go", 0).await;
+            s.step("mkdir -p l .git/objects \"$(printf 'odd\\377')\" && echo o > o1 && echo g > g1 && echo c > c1 && echo 1 > k1 && mkfifo go go2 && echo one > p1", 0).await;
             s.step("ln o1 l/o2 && echo w >> l/o2 && ln g1 .git/objects/g2 && ln c1 \"$(printf 'odd\\377')/c2\"", 0).await;
             assert_eq!(s.at("o1").as_deref(), Some("o\nw\n"));
             s.step("echo G > .git/objects/g2 && echo C > \"$(printf 'odd\\377')/c2\"", 0).await;
@@ -487,6 +487,15 @@ async fn links_made_after_a_files_last_snapshot_are_followed_through_a_real_sand
             s.step(held, 0).await;
             s.step("echo > go", 300).await;
             assert_eq!(s.at("k2").as_deref(), Some("1\n2\n"));
+            // A name made, written through and removed in one step.
+            s.step("ln o1 t && echo T >> t && rm t", 0).await;
+            assert_eq!(s.at("o1").as_deref(), Some("o\nw\nT\n"));
+            // A read-only descriptor, reopened for writing through /proc once its name is gone.
+            let ro = "(exec 4<p1; read x < go2; echo evil >> /proc/self/fd/4; sleep 30) > /dev/null 2>&1 & ln p1 p2";
+            s.step(ro, 0).await;
+            s.step("rm p1", 0).await;
+            s.step("echo > go2", 300).await;
+            assert_eq!(s.at("p2").as_deref(), Some("one\nevil\n"));
             let _ = sb.end_stage().await;
         },
     )

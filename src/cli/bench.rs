@@ -3,7 +3,8 @@
 //! One container, one run loop with full recording (trace, outputs, git snapshot). A scripted bench
 //! agent hands the runner its calls and times how long the runner takes to come back for the next:
 //! - `bash true`, interleaved with `docker exec <container> true` through the docker CLI, so both
-//!   see the same machine load; the in-box floor is the same command looped inside the sandbox;
+//!   see the same machine load, and with the in-box floor: a step that times `/bin/bash -c true`
+//!   inside the box by bash's own clock (`$EPOCHREALTIME`, no fork) and notes it in a file;
 //! - one step printing `--output-mib` MiB, against the same command to /dev/null, with gptx's peak
 //!   resident memory over that step;
 //! - `echo` steps with 200 files in the workspace, then with `--files` files.
@@ -180,17 +181,14 @@ fn script(sizes: &Sizes) -> VecDeque<Planned> {
         cmd: cmd.to_string(),
         before,
     };
-    let bytes = sizes.output_mib << 20;
     let mut s = VecDeque::new();
     for _ in 0..sizes.n {
         s.push_back(plan("true", "true", Before::DockerCli));
+        s.push_back(plan("floor_step", FLOOR, Before::Nothing));
     }
-    let head = format!("head -c {bytes} /dev/zero");
-    s.push_back(plan(
-        "output_null",
-        &format!("{head} > /dev/null"),
-        Before::Nothing,
-    ));
+    let head = format!("head -c {} /dev/zero", sizes.output_mib << 20);
+    let null = format!("{head} > /dev/null");
+    s.push_back(plan("output_null", &null, Before::Nothing));
     s.push_back(plan("output", &head, Before::ResetPeak));
     // The first step after a fill takes in the new files; the rows time the steps after it.
     let rows = [("echo_few", FEW_FILES), ("echo_many", sizes.files)];
@@ -214,30 +212,37 @@ pub(crate) fn median_p90(v: &[f64]) -> (f64, f64) {
     (at(0.5), at(0.9))
 }
 
-/// In the box: the mean ms of one `bash -c true` over `n` in a loop, and the ms of printing
-/// `bytes` to /dev/null; plus gptx's own `true` exec (no recording) samples.
-async fn in_box(sandbox: &DockerSandbox, n: usize) -> anyhow::Result<(f64, Vec<f64>)> {
-    let loop_cmd = format!(
-        "s=$(date +%s%N); for i in $(seq {n}); do /bin/bash -c true; done; e=$(date +%s%N); echo $(( (e - s) / {n} ))"
-    );
-    let mut out = Vec::new();
-    let req = |cmd: &str| ExecRequest {
-        cmd: cmd.into(),
+/// The in-box floor's step: `/bin/bash -c true` timed by bash's clock, noted in [`FLOOR_FILE`].
+const FLOOR: &str =
+    "s=$EPOCHREALTIME; /bin/bash -c true; e=$EPOCHREALTIME; echo \"$s $e\" >> .bench-floor";
+const FLOOR_FILE: &str = ".bench-floor";
+
+/// The floor steps' times (ms), from the file they wrote in the workspace.
+fn floor_samples(ws: &std::path::Path) -> anyhow::Result<Vec<f64>> {
+    let text = std::fs::read_to_string(ws.join(FLOOR_FILE))?;
+    let ms = |line: &str| -> Option<f64> {
+        let (s, e) = line.split_once(' ')?;
+        Some((e.parse::<f64>().ok()? - s.parse::<f64>().ok()?) * 1000.0)
+    };
+    let v: Option<Vec<f64>> = text.lines().map(ms).collect();
+    v.ok_or_else(|| anyhow::anyhow!("{FLOOR_FILE} holds a line that is not two times"))
+}
+
+/// gptx's own `true` exec with no recording: `n` samples (at most 100), in ms.
+async fn exec_alone(sandbox: &DockerSandbox, n: usize) -> anyhow::Result<Vec<f64>> {
+    let req = ExecRequest {
+        cmd: "true".into(),
         timeout: Duration::from_secs(600),
         env: vec![],
         stdin: None,
     };
-    sandbox
-        .exec(&req(&loop_cmd), &mut |_, d| out.extend_from_slice(d))
-        .await?;
-    let floor_ns: f64 = String::from_utf8_lossy(&out).trim().parse()?;
     let mut raw = Vec::new();
     for _ in 0..n.min(100) {
         let t0 = Instant::now();
-        sandbox.exec(&req("true"), &mut |_, _| {}).await?;
+        sandbox.exec(&req, &mut |_, _| {}).await?;
         raw.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok((floor_ns / 1e6, raw))
+    Ok(raw)
 }
 
 /// Runs the bench and prints the figures.
@@ -284,7 +289,6 @@ async fn measure_all(home: &Home, sizes: &Sizes) -> anyhow::Result<Report> {
 
 /// Every figure of one bench run.
 struct Report {
-    floor_ms: f64,
     raw_ms: Vec<f64>,
     samples: Samples,
 }
@@ -298,7 +302,7 @@ async fn measure(
     run_id: &str,
     image: &str,
 ) -> anyhow::Result<Report> {
-    let (floor_ms, raw_ms) = in_box(sandbox, sizes.n).await?;
+    let raw_ms = exec_alone(sandbox, sizes.n).await?;
     let script = script(sizes);
     let suite = Suite::parse(
         &format!(
@@ -331,12 +335,9 @@ async fn measure(
         CancellationToken::new(),
     );
     runner.run(&mut agent, image).await;
-    let samples = std::mem::take(&mut *samples.lock().unwrap());
-    Ok(Report {
-        floor_ms,
-        raw_ms,
-        samples,
-    })
+    let mut samples = std::mem::take(&mut *samples.lock().unwrap());
+    samples.ms.insert("floor", floor_samples(ws)?);
+    Ok(Report { raw_ms, samples })
 }
 
 impl Report {
@@ -351,17 +352,16 @@ impl Report {
     fn json(&self, sizes: &Sizes) -> Value {
         let pair = |(p50, p90): (f64, f64)| json!({"p50": p50, "p90": p90});
         let mb = (sizes.output_mib << 20) as f64 / 1e6;
+        let (step, cli, floor) = (self.p("true").0, self.p("docker_cli").0, self.p("floor").0);
         json!({
             "samples": sizes.n,
             "gptx_step_ms": pair(self.p("true")),
             "sandbox_exec_ms": pair(median_p90(&self.raw_ms)),
             "docker_exec_cli_ms": pair(self.p("docker_cli")),
-            "in_box_floor_ms": self.floor_ms,
-            "ratio_p50": self.p("true").0 / self.p("docker_cli").0,
-            "over_floor_ms": self.p("true").0 - self.floor_ms,
+            "in_box_floor_ms": pair(self.p("floor")),
+            "ratio_p50": step / cli, "floor_ratio_p50": floor / cli, "over_floor_ms": step - floor,
             "output": {"mib": sizes.output_mib, "gptx_s": self.one("output"),
-                       "in_box_dev_null_s": self.one("output_null"),
-                       "gptx_mb_per_s": mb / self.one("output"),
+                       "in_box_dev_null_s": self.one("output_null"), "gptx_mb_per_s": mb / self.one("output"),
                        "harness_peak_rss_kb": self.samples.peak_rss_kb},
             "echo_step_ms": {"files": {"few": FEW_FILES, "many": sizes.files},
                              "few": pair(self.p("echo_few")), "many": pair(self.p("echo_many"))},
@@ -371,7 +371,7 @@ impl Report {
     fn text(&self, sizes: &Sizes) -> String {
         let (g50, g90) = self.p("true");
         let (c50, c90) = self.p("docker_cli");
-        let (r50, r90) = median_p90(&self.raw_ms);
+        let ((r50, r90), (b50, b90)) = (median_p90(&self.raw_ms), self.p("floor"));
         let (out, null) = (self.one("output"), self.one("output_null"));
         let mb = (sizes.output_mib << 20) as f64 / 1e6;
         let (f50, f90) = self.p("echo_few");
@@ -384,8 +384,8 @@ impl Report {
              \x20 `bash true` step through gptx (trace, git snapshot)  p50 {g50:8.2} ms  p90 {g90:8.2} ms\n\
              \x20 gptx sandbox exec alone (no recording)             p50 {r50:8.2} ms  p90 {r90:8.2} ms\n\
              \x20 docker exec <c> true (docker CLI)                  p50 {c50:8.2} ms  p90 {c90:8.2} ms\n\
-             \x20 in-box floor: /bin/bash -c true looped in the box  mean {floor:7.2} ms\n\
-             \x20 ratio step / CLI at p50: {ratio:.3}; step over the in-box floor at p50: {over:+.2} ms\n\
+             \x20 in-box floor: /bin/bash -c true by bash's clock   p50 {b50:8.2} ms  p90 {b90:8.2} ms\n\
+             \x20 ratio step / CLI at p50: {ratio:.3} (the floor alone: {fr:.3}); step over the floor at p50: {over:+.2} ms\n\
              {mib} MiB of stdout in one step:\n\
              \x20 through gptx {out:8.2} s ({rate:.0} MB/s); the same to /dev/null in the box {null:.2} s ({x:.1}x)\n\
              \x20 gptx peak resident memory over that step: {rss}\n\
@@ -393,9 +393,9 @@ impl Report {
              \x20 at {few} files      p50 {f50:8.2} ms  p90 {f90:8.2} ms\n\
              \x20 at {many} files  p50 {m50:8.2} ms  p90 {m90:8.2} ms\n",
             n = sizes.n,
-            floor = self.floor_ms,
             ratio = g50 / c50,
-            over = g50 - self.floor_ms,
+            fr = b50 / c50,
+            over = g50 - b50,
             mib = sizes.output_mib,
             rate = mb / out,
             x = out / null,

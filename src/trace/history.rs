@@ -69,8 +69,13 @@ impl Stamp {
     /// Whether the change time is within a second of `started` (nanoseconds since the epoch): a
     /// write in the same clock tick after the file was read would leave the stamp as it was.
     fn racy(&self, started: i128) -> bool {
+        self.changed(started).is_none()
+    }
+
+    /// The change time in nanoseconds since the epoch, unless it is [`Self::racy`].
+    fn changed(&self, started: i128) -> Option<i128> {
         let changed = i128::from(self.ctime) * 1_000_000_000 + i128::from(self.ctime_ns);
-        changed >= started - 1_000_000_000
+        (changed < started - 1_000_000_000).then_some(changed)
     }
 }
 
@@ -150,12 +155,18 @@ impl Told {
     }
 }
 
+/// What was read of each file, by the stamp it had: a file whose stamp is the same is not read again.
+#[derive(Default)]
+struct Cache {
+    blobs: HashMap<PathBuf, (Stamp, Oid)>,
+    digests: HashMap<PathBuf, (Stamp, String)>,
+}
+
 /// The run's workspace history.
 pub struct WorkspaceHistory {
     repo: Repository,
     root: PathBuf,
-    blobs: HashMap<PathBuf, (Stamp, Oid)>,
-    digests: HashMap<PathBuf, (Stamp, String)>,
+    cache: Cache,
     head: Option<Oid>,
     head_tree: Option<Oid>,
     /// The last snapshot, which the next one updates along the paths the tracker reports.
@@ -173,6 +184,9 @@ pub struct WorkspaceHistory {
     /// Whether the last snapshot walked the whole workspace (the tests look).
     #[cfg_attr(not(test), allow(dead_code))]
     walked_all: bool,
+    /// Whether the last incremental snapshot swept every recorded file's stamp (the tests look).
+    #[cfg_attr(not(test), allow(dead_code))]
+    swept: bool,
 }
 
 impl WorkspaceHistory {
@@ -180,8 +194,7 @@ impl WorkspaceHistory {
         Self {
             repo,
             root: root.to_path_buf(),
-            blobs: HashMap::new(),
-            digests: HashMap::new(),
+            cache: Cache::default(),
             head,
             head_tree,
             model: walk::Model::default(),
@@ -192,6 +205,7 @@ impl WorkspaceHistory {
             fell_back: None,
             walk_note: None,
             walked_all: false,
+            swept: false,
         }
     }
 
@@ -239,8 +253,7 @@ impl WorkspaceHistory {
     /// Drops what is known of the files (blob and digest caches, the last snapshot's model): the
     /// next snapshot walks the workspace whole.
     fn forget(&mut self) {
-        self.blobs.clear();
-        self.digests.clear();
+        self.cache = Cache::default();
         self.model = walk::Model::default();
     }
 
@@ -468,22 +481,27 @@ impl WorkspaceHistory {
 
     /// Looks again at the other recorded names of every file of several names the walk met, until
     /// no inode is new: a link made since the last snapshot (inside `.git`, say, where no name is
-    /// recorded) must take the older name along when it is written through.
+    /// recorded) must take the older name along when it is written through. When a name may have
+    /// come and gone unseen, then sweeps every recorded file's stamp once.
     fn follow_links(
         &mut self,
         cx: &mut walk::Cx,
         mut tree: Option<Oid>,
     ) -> Result<Option<Oid>, Option<git2::Error>> {
         let mut done = HashSet::new();
+        self.swept = false;
         loop {
             let mut marks = walk::Marks::default();
             let new: Vec<walk::Ino> = cx.links.seen.drain().filter(|i| done.insert(*i)).collect();
-            let names: Vec<&PathBuf> = new.iter().flat_map(|i| cx.model.names_of(*i)).collect();
-            if names.is_empty() {
-                return Ok(tree);
+            for name in new.iter().flat_map(|i| cx.model.names_of(*i)) {
+                marks.add(name, Default::default());
             }
-            for name in names {
-                marks.add(name, false);
+            if marks.is_empty() && std::mem::take(&mut cx.links.vanished) {
+                marks = cx.model.sweep(&self.open_root()?);
+                self.swept = true;
+            }
+            if marks.is_empty() {
+                return Ok(tree);
             }
             let root = cx.model.root.take().ok_or(None)?;
             tree = self.walk_marked(cx, root, &marks)?;
@@ -566,7 +584,7 @@ impl WorkspaceHistory {
             Err(why) => return skip(cx, why),
         };
         let stamp = Stamp::of(&meta);
-        cx.saw_file(rel_path, &meta);
+        cx.saw_file(rel_path, &meta, stamp.changed(cx.started));
         // A mapped file is read again whatever its stamp says; a stamp that moved within a second
         // of the snapshot is not trusted next time.
         let fresh = cx.fresh.contains(rel_path);
@@ -578,7 +596,7 @@ impl WorkspaceHistory {
             cx.model.large.insert(rel_path.to_path_buf(), entry);
             return Ok(None);
         }
-        match self.blobs.get(rel_path) {
+        match self.cache.blobs.get(rel_path) {
             Some((s, oid)) if *s == stamp && !fresh => return Ok(Some((*oid, mode))),
             _ => {}
         }
@@ -588,9 +606,11 @@ impl WorkspaceHistory {
         }
         let oid = self.blob(&data)?;
         if trusted {
-            self.blobs.insert(rel_path.to_path_buf(), (stamp, oid));
+            self.cache
+                .blobs
+                .insert(rel_path.to_path_buf(), (stamp, oid));
         } else {
-            self.blobs.remove(rel_path);
+            self.cache.blobs.remove(rel_path);
         }
         Ok(Some((oid, mode)))
     }
@@ -635,26 +655,24 @@ impl WorkspaceHistory {
             entry.note = Some("not hashed: sparse (mostly holes)".into());
             return entry;
         }
-        match self.digests.get(rel) {
+        let digests = &mut self.cache.digests;
+        match digests.get(rel) {
             Some((s, d)) if *s == stamp && !fresh => {
                 entry.sha256 = Some(d.clone());
                 return entry;
             }
             _ => {}
         }
-        let d = match sha256_bounded(&mut file) {
-            Ok(d) => d,
-            Err(note) => {
-                entry.note = Some(note);
-                return entry;
+        match sha256_bounded(&mut file) {
+            Ok(d) => {
+                digests.remove(rel);
+                if trusted {
+                    digests.insert(rel.into(), (stamp, d.clone()));
+                }
+                entry.sha256 = Some(d);
             }
-        };
-        if trusted {
-            self.digests.insert(rel.to_path_buf(), (stamp, d.clone()));
-        } else {
-            self.digests.remove(rel);
+            Err(note) => entry.note = Some(note),
         }
-        entry.sha256 = Some(d);
         entry
     }
 }

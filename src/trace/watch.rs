@@ -19,7 +19,9 @@ use rustix::io::Errno;
 const MAX_DIRTY: usize = 2_000_000;
 
 /// What every directory's watch reports: each change of an entry's name, content or attributes.
-/// `IN_OPEN` is added once a snapshot is done reading the directory (see [`Tracker::arm`]).
+/// `IN_OPEN` is added once a snapshot is done reading the directory (see [`Tracker::arm`]). Not
+/// `IN_EXCL_UNLINK`: a write through a name already removed is reported under that name, and may
+/// have changed the file's other names.
 const QUIET: WatchFlags = WatchFlags::CREATE
     .union(WatchFlags::DELETE)
     .union(WatchFlags::MODIFY)
@@ -29,15 +31,50 @@ const QUIET: WatchFlags = WatchFlags::CREATE
     .union(WatchFlags::CLOSE_WRITE)
     .union(WatchFlags::DELETE_SELF)
     .union(WatchFlags::MOVE_SELF)
-    .union(WatchFlags::ONLYDIR)
-    .union(WatchFlags::EXCL_UNLINK);
+    .union(WatchFlags::ONLYDIR);
+
+/// What the events since the last snapshot say of one path.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// The whole subtree below must be listed again (a directory that appeared or moved in).
+    pub whole: bool,
+    /// An entry was made here and then removed or replaced: if it was a second name of a
+    /// recorded file, that name is gone with no event on the file's own folder.
+    pub transient: bool,
+    /// The last event was not a move away, nor of a directory: if nothing is here now and nothing
+    /// was recorded here, a file may have been written through a name that no longer exists.
+    pub suspect: bool,
+    /// An entry was made here since the last snapshot (internal: for `transient`).
+    made: bool,
+}
+
+impl Change {
+    /// Takes in what `other` says of the same path.
+    pub fn merge(&mut self, other: Change) {
+        self.whole |= other.whole;
+        self.transient |= other.transient;
+        self.suspect |= other.suspect;
+    }
+
+    /// Folds in one event of `mask`.
+    fn fold(&mut self, mask: ReadFlags) {
+        let is_dir = mask.contains(ReadFlags::ISDIR);
+        self.whole |= is_dir && mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO);
+        if is_dir {
+            return;
+        }
+        let made = mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO);
+        self.transient |= self.made && (made || mask.contains(ReadFlags::DELETE));
+        self.made |= made;
+        self.suspect = !mask.contains(ReadFlags::MOVED_FROM);
+    }
+}
 
 /// The changes seen since the last [`Tracker::take`].
 #[derive(Debug, Default)]
 pub(crate) struct Changes {
-    /// Workspace-relative paths whose entry may have changed; `true` when the whole subtree below
-    /// must be listed again (a directory that appeared or moved in).
-    pub paths: HashMap<PathBuf, bool>,
+    /// Workspace-relative paths whose entry may have changed, with what the events said.
+    pub paths: HashMap<PathBuf, Change>,
     /// Why the events cannot be trusted, when so: the next snapshot walks everything.
     pub full_walk: Option<String>,
 }
@@ -59,7 +96,7 @@ impl State {
         self.changes.paths = HashMap::new();
     }
 
-    fn mark(&mut self, path: PathBuf, whole: bool) {
+    fn mark(&mut self, path: PathBuf, mask: ReadFlags) {
         if self.changes.full_walk.is_some() {
             return; // everything is walked anyway
         }
@@ -69,7 +106,7 @@ impl State {
             ));
             return;
         }
-        *self.changes.paths.entry(path).or_default() |= whole;
+        self.changes.paths.entry(path).or_default().fold(mask);
     }
 
     /// Records one event.
@@ -86,7 +123,7 @@ impl State {
         if mask.contains(ReadFlags::IGNORED) {
             // The watch is gone (its directory deleted): whatever is at its path now is listed again.
             self.wds.remove(&wd);
-            return self.mark(base, true);
+            return self.mark(base, ReadFlags::ISDIR | ReadFlags::CREATE);
         }
         if mask.intersects(ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF) {
             if base.as_os_str().is_empty() {
@@ -102,8 +139,7 @@ impl State {
             Some(n) => base.join(OsStr::from_bytes(n)),
             None => base,
         };
-        let whole = is_dir && mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO);
-        self.mark(path, whole);
+        self.mark(path, mask);
     }
 }
 

@@ -480,3 +480,71 @@ fn a_snapshot_of_200_000_files_costs_what_changed() {
     assert!(!h.walked_all);
     println!("200,000 files: whole walk {whole:?}, no change {none:?}, one change {one:?}");
 }
+
+#[test]
+fn a_link_made_written_and_removed_in_one_step_is_caught() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::write(ws.join("a"), b"one").unwrap();
+    std::fs::write(ws.join("z"), b"zed").unwrap();
+    exact(&mut h, &ws);
+    let append = |p: &str, b: &[u8]| {
+        let mut f = std::fs::OpenOptions::new().append(true).open(ws.join(p));
+        std::io::Write::write_all(f.as_mut().unwrap(), b).unwrap();
+    };
+    // The only name the walk could meet is gone by the snapshot.
+    std::fs::hard_link(ws.join("a"), ws.join("x")).unwrap();
+    append("x", b"+two");
+    std::fs::remove_file(ws.join("x")).unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"one+two");
+    // Or replaced by a rename over it.
+    std::fs::hard_link(ws.join("a"), ws.join("y")).unwrap();
+    append("y", b"+three");
+    std::fs::rename(ws.join("z"), ws.join("y")).unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"one+two+three");
+}
+
+#[test]
+fn a_descriptor_reopened_through_proc_after_its_name_is_gone_is_caught() {
+    use std::os::fd::AsRawFd;
+    let (_tmp, ws, mut h) = setup();
+    std::fs::write(ws.join("a"), b"one").unwrap();
+    // Read-only: never told as open for writing.
+    let ro = std::fs::File::open(ws.join("a")).unwrap();
+    std::fs::hard_link(ws.join("a"), ws.join("b")).unwrap();
+    h.note_mapped(known(&[]));
+    exact(&mut h, &ws);
+    std::fs::remove_file(ws.join("a")).unwrap();
+    h.note_mapped(known(&[]));
+    exact(&mut h, &ws);
+    let p = format!("/proc/self/fd/{}", ro.as_raw_fd());
+    let mut w = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+    std::io::Write::write_all(&mut w, b"+evil").unwrap();
+    drop(w);
+    h.note_mapped(known(&[]));
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "b").unwrap(), b"one+evil");
+}
+
+#[test]
+fn a_temporary_file_renamed_into_place_needs_no_sweep() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::create_dir_all(ws.join(".git")).unwrap();
+    exact(&mut h, &ws);
+    // Written under a temporary name and moved into place, as git and editors do.
+    std::fs::write(ws.join("f.tmp"), b"new").unwrap();
+    std::fs::rename(ws.join("f.tmp"), ws.join("f")).unwrap();
+    std::fs::write(ws.join(".git/index.lock"), b"i").unwrap();
+    std::fs::rename(ws.join(".git/index.lock"), ws.join(".git/index")).unwrap();
+    h.commit_if_changed("step").unwrap();
+    assert!(
+        !h.swept,
+        "a rename leaves its inode where the walk meets it"
+    );
+    // A temporary file removed: its inode might have been a recorded file's, so the stamps are swept.
+    std::fs::write(ws.join("t.tmp"), b"x").unwrap();
+    std::fs::remove_file(ws.join("t.tmp")).unwrap();
+    exact(&mut h, &ws);
+    assert!(h.swept);
+}

@@ -11,7 +11,7 @@ use git2::{FileMode, Oid};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::{LargeFile, Skipped, WorkspaceHistory, MANIFEST, SNAPSHOT_BUDGET};
-use crate::trace::watch::Tracker;
+use crate::trace::watch::{Change, Tracker};
 
 /// A directory as the last snapshot saw it.
 #[derive(Debug)]
@@ -55,13 +55,23 @@ pub(super) struct Model {
     pub linked: BTreeMap<PathBuf, ()>,
     /// Every recorded regular file's inode, and each inode's names: a link made later, or a write
     /// through a descriptor whose name is gone, is traced back to the names the snapshot records.
-    ino_of: BTreeMap<PathBuf, Ino>,
+    ino_of: BTreeMap<PathBuf, Seen>,
     names: HashMap<Ino, BTreeSet<PathBuf>>,
 }
 
+/// A recorded file as its last look saw it, for a [`Model::sweep`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Seen {
+    ino: Ino,
+    /// Its change time, nanoseconds since the epoch; none when it was too close to that look's
+    /// start to be trusted.
+    ctime: Option<i128>,
+}
+
 impl Model {
-    /// Forgets the entries of `rel`, and of everything below it if `below`.
-    fn forget(&mut self, rel: &Path, below: bool) {
+    /// Forgets the entries of `rel`, and of everything below it if `below`. Its inodes whose
+    /// recorded names it took away go to `lost`: their other names may have changed with no event.
+    fn forget(&mut self, rel: &Path, below: bool, lost: &mut HashSet<Ino>) {
         /// Takes `rel` (and what is below it, if `below`) out of `map`.
         fn cut<V>(map: &mut BTreeMap<PathBuf, V>, rel: &Path, below: bool) -> Vec<(PathBuf, V)> {
             let gone: Vec<PathBuf> = map
@@ -75,20 +85,40 @@ impl Model {
         cut(&mut self.large, rel, below);
         cut(&mut self.skipped, rel, below);
         cut(&mut self.linked, rel, below);
-        for (p, ino) in cut(&mut self.ino_of, rel, below) {
-            if let Some(set) = self.names.get_mut(&ino) {
+        for (p, seen) in cut(&mut self.ino_of, rel, below) {
+            if let Some(set) = self.names.get_mut(&seen.ino) {
                 set.remove(&p);
                 if set.is_empty() {
-                    self.names.remove(&ino);
+                    self.names.remove(&seen.ino);
+                } else {
+                    lost.insert(seen.ino);
                 }
             }
         }
     }
 
-    /// Notes that the recorded file at `rel` is the inode `ino`.
-    pub fn name(&mut self, rel: &Path, ino: Ino) {
-        self.ino_of.insert(rel.to_path_buf(), ino);
+    /// Notes that the recorded file at `rel` is the inode `ino`, changed at `ctime` (if trusted).
+    pub fn name(&mut self, rel: &Path, ino: Ino, ctime: Option<i128>) {
+        self.ino_of.insert(rel.to_path_buf(), Seen { ino, ctime });
         self.names.entry(ino).or_default().insert(rel.to_path_buf());
+    }
+
+    /// Every recorded file whose inode or change time is not what it was (or not trusted), by a
+    /// `stat` of each under `root`, reading nothing: what a name that came and went in one step
+    /// (or a write through a name already gone) may have changed.
+    pub fn sweep(&self, root: &OwnedFd) -> Marks {
+        let mut marks = Marks::default();
+        for (path, seen) in &self.ino_of {
+            let now = rustix::fs::statat(root, path, AtFlags::SYMLINK_NOFOLLOW).ok();
+            let same = now.is_some_and(|st| {
+                let ctime = i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec);
+                (st.st_dev, st.st_ino) == seen.ino && seen.ctime == Some(ctime)
+            });
+            if !same {
+                marks.add(path, Change::default());
+            }
+        }
+        marks
     }
 
     /// The recorded names of `ino`.
@@ -106,23 +136,25 @@ impl Model {
 /// The paths to look at again, as a tree of names.
 #[derive(Debug, Default)]
 pub(super) struct Marks {
-    /// The whole subtree is listed again, whatever the model holds.
-    whole: bool,
+    /// What the events said of this path (`whole`: the subtree is listed again, whatever the
+    /// model holds).
+    change: Change,
     below: BTreeMap<OsString, Marks>,
 }
 
 impl Marks {
     /// Marks `path` (workspace-relative; a path with `..` or a root is ignored).
-    pub fn add(&mut self, path: &Path, whole: bool) {
+    pub fn add(&mut self, path: &Path, change: Change) {
         let mut m = self;
-        for c in path.components() {
-            match c {
-                Component::Normal(n) => m = m.below.entry(n.to_os_string()).or_default(),
-                Component::CurDir => {}
-                _ => return,
-            }
+        for c in path.components().filter(|c| *c != Component::CurDir) {
+            let Component::Normal(n) = c else { return };
+            m = m.below.entry(n.to_os_string()).or_default();
         }
-        m.whole |= whole;
+        m.change.merge(change);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.below.is_empty()
     }
 
     /// What a snapshot looks at again: the paths the tracker reported, the files read again
@@ -130,19 +162,19 @@ impl Marks {
     /// out of the last snapshot).
     pub fn of(
         model: &Model,
-        reported: std::collections::HashMap<PathBuf, bool>,
+        reported: std::collections::HashMap<PathBuf, Change>,
         fresh: &HashSet<PathBuf>,
     ) -> Self {
         let mut marks = Marks::default();
-        for (path, whole) in reported {
-            marks.add(&path, whole);
+        for (path, change) in reported {
+            marks.add(&path, change);
         }
         for path in fresh
             .iter()
             .chain(model.linked.keys())
             .chain(model.skipped.keys())
         {
-            marks.add(path, false);
+            marks.add(path, Change::default());
         }
         marks
     }
@@ -168,8 +200,12 @@ pub(super) struct Links {
     /// Inside a folder whose entries are not recorded (`.git`, a name that is not UTF-8): it is
     /// walked and watched only to see links to recorded files made there.
     shadow: bool,
-    /// Inodes of more than one name met by this walk: their other names are looked at too.
+    /// Inodes of more than one name met by this walk (or that lost a recorded name): their other
+    /// names are looked at too.
     pub seen: HashSet<Ino>,
+    /// A name may have come and gone since the last snapshot, taking a change to a recorded
+    /// file with it: the snapshot sweeps every recorded file's stamp.
+    pub vanished: bool,
 }
 
 /// Nanoseconds since the epoch.
@@ -191,9 +227,9 @@ impl Cx {
     }
 
     /// Notes a recorded regular file: its inode, and whether it has other names.
-    pub fn saw_file(&mut self, rel: &Path, meta: &std::fs::Metadata) {
+    pub fn saw_file(&mut self, rel: &Path, meta: &std::fs::Metadata, ctime: Option<i128>) {
         use std::os::unix::fs::MetadataExt;
-        self.model.name(rel, (meta.dev(), meta.ino()));
+        self.model.name(rel, (meta.dev(), meta.ino()), ctime);
         if meta.nlink() > 1 {
             self.model.linked.insert(rel.to_path_buf(), ());
             self.links.seen.insert((meta.dev(), meta.ino()));
@@ -203,8 +239,14 @@ impl Cx {
     /// Forgets what is recorded at `rel`, or `below` it too (nothing is, in a shadow folder).
     fn forget(&mut self, rel: &Path, below: bool) {
         if !self.links.shadow {
-            self.model.forget(rel, below);
+            self.model.forget(rel, below, &mut self.links.seen);
         }
+    }
+
+    /// What a marked entry's events say once it has been looked at (`gone`: nothing is there and
+    /// nothing was recorded there): whether a name may have come and gone unseen.
+    fn note_gone(&mut self, change: Change, gone: bool) {
+        self.links.vanished |= change.transient || (change.suspect && gone && !self.links.shadow);
     }
 
     /// Lists `rel` as left out, unless it is inside a folder that is not recorded.
@@ -287,7 +329,7 @@ impl WorkspaceHistory {
         Ok(tree)
     }
 
-    fn open_root(&self) -> Result<OwnedFd, git2::Error> {
+    pub(super) fn open_root(&self) -> Result<OwnedFd, git2::Error> {
         rustix::fs::open(
             &self.root,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -341,8 +383,9 @@ impl WorkspaceHistory {
         let mut updates = Vec::new();
         for (name, m) in &marks.below {
             let old = node.entries.remove(name);
-            let before = old.as_ref().and_then(Node::recorded);
+            let (before, unrecorded) = (old.as_ref().and_then(Node::recorded), old.is_none());
             let new = self.visit(cx, fd, name, &rel.join(name), old, Some(m))?;
+            cx.note_gone(m.change, unrecorded && new.is_none());
             let after = new.as_ref().and_then(Node::recorded);
             if after != before {
                 updates.push((name, after));
@@ -351,12 +394,11 @@ impl WorkspaceHistory {
                 node.entries.insert(name.clone(), n);
             }
         }
-        if !updates.is_empty() {
-            node.tree = match node.tree {
-                Some(tree) => self.patch_tree(tree, &updates)?,
-                None => self.tree_of(node)?,
-            };
-        }
+        node.tree = match (node.tree, updates.is_empty()) {
+            (tree, true) => tree,
+            (Some(tree), false) => self.patch_tree(tree, &updates)?,
+            (None, false) => self.tree_of(node)?,
+        };
         Ok(())
     }
 
@@ -479,7 +521,7 @@ impl WorkspaceHistory {
         };
         cx.arm(&fd, rel, true);
         let node = match (old, marks) {
-            (Some(Node::Dir(mut d)), Some(m)) if !m.whole && d.id == id => {
+            (Some(Node::Dir(mut d)), Some(m)) if !m.change.whole && d.id == id => {
                 self.refresh(cx, &fd, &mut d, rel, m)?;
                 d
             }
