@@ -911,36 +911,80 @@ impl Found {
     }
 }
 
-/// Adds the files `pid` maps shared and writable; false when its maps cannot be read.
+/// Adds the files `pid` maps shared and writable, or shared and able to be made writable again
+/// (`mprotect`: such a map shows as `r--s` but keeps `mw`, may-write, in its smaps flags); false
+/// when its maps cannot be read.
 fn shared_writable_maps(pid: i32, found: &mut Found) -> bool {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return false;
     };
-    for (path, inode) in maps.lines().filter_map(shared_writable) {
-        found.add(path, inode);
+    let mut may_write = MayWrite { pid, ranges: None };
+    for (range, path, inode, writable) in maps.lines().filter_map(shared_map) {
+        if path.starts_with("/workspace/") && (writable || may_write.has(range)) {
+            found.add(path, inode);
+        }
     }
     true
 }
 
-/// The path, device and inode of a maps line (`address perms offset dev inode path`) that maps a
-/// file shared and writable.
-fn shared_writable(line: &str) -> Option<(&str, Option<Inode>)> {
+/// The maps of a process that may be made writable, read from its smaps when first asked.
+struct MayWrite {
+    pid: i32,
+    /// None: not read yet; Some(None): unreadable, so every map counts as may-write.
+    ranges: Option<Option<std::collections::HashSet<String>>>,
+}
+
+impl MayWrite {
+    fn has(&mut self, range: &str) -> bool {
+        let pid = self.pid;
+        let ranges = self.ranges.get_or_insert_with(|| may_write_ranges(pid));
+        ranges.as_ref().is_none_or(|r| r.contains(range))
+    }
+}
+
+/// A shared map's address range, path, device and inode, and whether it is writable now, from a
+/// maps line (`address perms offset dev inode path`).
+fn shared_map(line: &str) -> Option<(&str, &str, Option<Inode>, bool)> {
     let mut f = line.splitn(6, ' ');
-    let perms = f.nth(1)?.as_bytes();
-    if perms.get(1) != Some(&b'w') || perms.get(3) != Some(&b's') {
+    let range = f.next()?;
+    let perms = f.next()?.as_bytes();
+    if perms.get(3) != Some(&b's') {
         return None;
     }
     let (major, minor) = f.nth(1)?.split_once(':')?;
     let ino = f.next()?.parse::<u64>().ok();
     let path = f.next().unwrap_or("").trim_start();
     let hex = |x| u32::from_str_radix(x, 16).ok();
+    let inode = hex(major).zip(hex(minor)).zip(ino);
     Some((
+        range,
         path,
-        hex(major)
-            .zip(hex(minor))
-            .zip(ino)
-            .map(|((a, b), i)| (a, b, i)),
+        inode.map(|((a, b), i)| (a, b, i)),
+        perms.get(1) == Some(&b'w'),
     ))
+}
+
+/// The address ranges of `pid`'s maps whose flags say they may be made writable (`mw`).
+fn may_write_ranges(pid: i32) -> Option<std::collections::HashSet<String>> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut out = std::collections::HashSet::new();
+    let mut range = "";
+    for line in smaps.lines() {
+        match line.strip_prefix("VmFlags:") {
+            Some(flags) if flags.split_whitespace().any(|f| f == "mw") => {
+                out.insert(range.to_string());
+            }
+            Some(_) => {}
+            // A map's first line starts with its range; its fields ("Size:") do not have a '-'.
+            None if !line.contains(':')
+                || line.split(' ').next().is_some_and(|w| w.contains('-')) =>
+            {
+                range = line.split(' ').next().unwrap_or("");
+            }
+            None => {}
+        }
+    }
+    Some(out)
 }
 
 /// Adds the files `pid` holds open for writing; false when its descriptors cannot be read.

@@ -361,6 +361,26 @@ async fn a_stage_runs_in_an_image_without_python() {
     common::assert_nothing_left(&docker, &v).await;
 }
 
+/// Maps `m3` shared (through the C library: Python's own map keeps a descriptor open for
+/// writing), closes its descriptor, makes the map read-only, and once `go3` appears makes it
+/// writable, writes through it and makes it read-only again: no snapshot sees it writable.
+const MPROTECT: &str = r#"head -c 4096 /dev/zero > m3 && python3 - <<'PY' > /dev/null 2>&1 &
+import ctypes, os, time
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+fd = os.open("m3", os.O_RDWR)
+addr = libc.mmap(None, 4096, 3, 1, fd, 0)
+os.close(fd)
+libc.mprotect(addr, 4096, 1)
+open("m3.ready", "w").close()
+while not os.path.exists("go3"): time.sleep(0.01)
+libc.mprotect(addr, 4096, 3); ctypes.memmove(addr, b"EVIL", 4); libc.mprotect(addr, 4096, 1)
+time.sleep(30)
+PY
+while [ ! -e m3.ready ]; do sleep 0.01; done"#;
+
 /// A workspace history snapshotted as the runner does it: after each command, the mapped files
 /// asked of the supervisor first. No snapshot after the first may walk the whole workspace.
 struct Steps<'a> {
@@ -447,6 +467,11 @@ PY"#;
             s.step("true", 1000).await;
             assert_eq!(s.at("m1").as_deref(), Some("22222222"));
             assert_eq!(s.at("m2").as_deref(), Some("33333333"));
+            // A shared map made read-only (`r--s` in maps) between its writes.
+            s.step(MPROTECT, 0).await;
+            s.step("touch go3", 500).await;
+            let m3 = s.at("m3").unwrap_or_default();
+            assert!(m3.starts_with("EVIL"), "m3 begins {:?}", &m3[..m3.len().min(8)]);
             // Renames across folders: a file, and a whole directory.
             s.step("echo r > a/r && mv a/r b/r && mv d a/d", 0).await;
             assert_eq!((s.at("b/r").as_deref(), s.at("a/r")), (Some("r\n"), None));
@@ -459,7 +484,7 @@ PY"#;
             s.step("rm f && mkdir f && echo in > f/g && rm -r a && echo file > a", 0).await;
             assert_eq!((s.at("f/g").as_deref(), s.at("a/d/y")), (Some("in\n"), None));
             assert_eq!(s.at("a").as_deref(), Some("file\n"));
-            assert_eq!(s.n, 9, "every step was snapshotted");
+            assert_eq!(s.n, 11, "every step was snapshotted");
             let _ = sb.end_stage().await;
         },
     )
@@ -478,23 +503,23 @@ async fn links_made_after_a_files_last_snapshot_are_followed_through_a_real_sand
         |_| {},
         |sb, ws| async move {
             let mut s = Steps::new(sb.as_ref(), &ws);
-            s.step("mkdir -p l .git/objects \"$(printf 'odd\\377')\" && echo o > o1 && echo g > g1 && echo c > c1 && echo 1 > k1 && mkfifo go go2 && echo one > p1", 0).await;
+            s.step("mkdir -p l .git/objects \"$(printf 'odd\\377')\" && echo o > o1 && echo g > g1 && echo c > c1 && echo 1 > k1 && echo one > p1", 0).await;
             s.step("ln o1 l/o2 && echo w >> l/o2 && ln g1 .git/objects/g2 && ln c1 \"$(printf 'odd\\377')/c2\"", 0).await;
             assert_eq!(s.at("o1").as_deref(), Some("o\nw\n"));
             s.step("echo G > .git/objects/g2 && echo C > \"$(printf 'odd\\377')/c2\"", 0).await;
             assert_eq!((s.at("g1").as_deref(), s.at("c1").as_deref()), (Some("G\n"), Some("C\n")));
-            let held = "(exec 3>>k1; ln k1 k2; rm k1; read x < go; echo 2 >&3; exec 3>&-; sleep 30) > /dev/null 2>&1 & while [ -e k1 ]; do sleep 0.01; done";
+            let held = "(exec 3>>k1; ln k1 k2; rm k1; while [ ! -e go ]; do sleep 0.01; done; echo 2 >&3; exec 3>&-; sleep 30) > /dev/null 2>&1 & while [ -e k1 ]; do sleep 0.01; done";
             s.step(held, 0).await;
-            s.step("echo > go", 300).await;
+            s.step("touch go", 300).await;
             assert_eq!(s.at("k2").as_deref(), Some("1\n2\n"));
             // A name made, written through and removed in one step.
             s.step("ln o1 t && echo T >> t && rm t", 0).await;
             assert_eq!(s.at("o1").as_deref(), Some("o\nw\nT\n"));
             // A read-only descriptor, reopened for writing through /proc once its name is gone.
-            let ro = "(exec 4<p1; read x < go2; echo evil >> /proc/self/fd/4; sleep 30) > /dev/null 2>&1 & ln p1 p2";
+            let ro = "(exec 4<p1; while [ ! -e go2 ]; do sleep 0.01; done; echo evil >> /proc/self/fd/4; sleep 30) > /dev/null 2>&1 & ln p1 p2";
             s.step(ro, 0).await;
             s.step("rm p1", 0).await;
-            s.step("echo > go2", 300).await;
+            s.step("touch go2", 300).await;
             assert_eq!(s.at("p2").as_deref(), Some("one\nevil\n"));
             let _ = sb.end_stage().await;
         },

@@ -548,3 +548,33 @@ fn a_temporary_file_renamed_into_place_needs_no_sweep() {
     exact(&mut h, &ws);
     assert!(h.swept);
 }
+
+#[test]
+fn names_git_refuses_are_left_out_and_their_links_followed() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::write(ws.join("a"), b"one").unwrap();
+    exact(&mut h, &ws);
+    let refused = [".GIT", ".Git", "git~1", ".git.", ".git "];
+    for name in refused {
+        std::fs::create_dir(ws.join(name)).unwrap();
+        std::fs::write(ws.join(name).join("f"), b"x").unwrap();
+    }
+    // Taken by git, so recorded.
+    std::fs::write(ws.join(".gitignore"), b"x").unwrap();
+    std::fs::write(ws.join("legit.txt"), b"x").unwrap();
+    std::fs::hard_link(ws.join("a"), ws.join(".GIT/link")).unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "legit.txt").unwrap(), b"x");
+    assert_eq!(blob_at(&h, t, ".gitignore").unwrap(), b"x");
+    let manifest = String::from_utf8(blob_at(&h, t, MANIFEST).unwrap()).unwrap();
+    for name in refused {
+        assert!(
+            manifest.contains(&format!("\"path\": \"{name}\"")),
+            "{name}: {manifest}"
+        );
+    }
+    assert!(manifest.contains("git refuses the name"), "{manifest}");
+    std::fs::write(ws.join(".GIT/link"), b"two").unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"two");
+}

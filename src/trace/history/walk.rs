@@ -243,10 +243,13 @@ impl Cx {
         }
     }
 
-    /// What a marked entry's events say once it has been looked at (`gone`: nothing is there and
-    /// nothing was recorded there): whether a name may have come and gone unseen.
-    fn note_gone(&mut self, change: Change, gone: bool) {
-        self.links.vanished |= change.transient || (change.suspect && gone && !self.links.shadow);
+    /// What a marked entry's events say once it has been looked at (`empty`: nothing was
+    /// recorded there before or now): whether a name may have come and gone unseen. A suspect
+    /// path counts only when nothing at all is there (a FIFO is not recorded, but is there).
+    fn note_gone(&mut self, change: Change, empty: bool, dir: &OwnedFd, name: &OsStr) {
+        let gone = || rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_err();
+        let suspect = change.suspect && empty && !self.links.shadow;
+        self.links.vanished |= change.transient || (suspect && gone());
     }
 
     /// Lists `rel` as left out, unless it is inside a folder that is not recorded.
@@ -258,8 +261,9 @@ impl Cx {
 
     /// Whether the entry `name` at `rel` is left out of the record (`.git`, or [`left_out`]); a
     /// reason to give is listed in the manifest.
-    fn leaves_out(&mut self, name: &OsStr, rel: &Path) -> bool {
-        let reason = left_out(name, rel, self.deadline).filter(|_| name != ".git");
+    fn leaves_out(&mut self, name: &OsStr, rel: &Path, refused: Option<String>) -> bool {
+        let reason = refused.or_else(|| left_out(name, rel, self.deadline));
+        let reason = reason.filter(|_| name != ".git");
         if reason.is_none() && name != ".git" {
             return false;
         }
@@ -385,7 +389,7 @@ impl WorkspaceHistory {
             let old = node.entries.remove(name);
             let (before, unrecorded) = (old.as_ref().and_then(Node::recorded), old.is_none());
             let new = self.visit(cx, fd, name, &rel.join(name), old, Some(m))?;
-            cx.note_gone(m.change, unrecorded && new.is_none());
+            cx.note_gone(m.change, unrecorded && new.is_none(), fd, name);
             let after = new.as_ref().and_then(Node::recorded);
             if after != before {
                 updates.push((name, after));
@@ -448,7 +452,7 @@ impl WorkspaceHistory {
         if kind != FileType::Directory {
             cx.forget(rel, true);
         }
-        if cx.links.shadow || cx.leaves_out(name, rel) {
+        if cx.links.shadow || cx.leaves_out(name, rel, self.git_refuses(name)) {
             return self.visit_shadow(cx, dir, name, rel, old, marks);
         }
         match kind {
@@ -532,6 +536,22 @@ impl WorkspaceHistory {
         };
         cx.arm(&fd, rel, false);
         Ok(Some(Node::Dir(node)))
+    }
+
+    /// Why git would not take `name` into a tree, if it would not (`.GIT`, `git~1`, `.git.`: the
+    /// other spellings of `.git` that git refuses on every system). Only names with `git` in them
+    /// are tried, by putting an empty file of that name into a scratch tree.
+    fn git_refuses(&self, name: &OsStr) -> Option<String> {
+        let lower = name.to_str()?.to_ascii_lowercase();
+        if !lower.contains("git") || name == ".git" {
+            return None;
+        }
+        let empty = self.blob(b"").ok()?;
+        let mut scratch = self.repo.treebuilder(None).ok()?;
+        let refused = scratch
+            .insert(name.to_str()?, empty, FileMode::Blob.into())
+            .err()?;
+        Some(format!("git refuses the name ({})", refused.message()))
     }
 
     /// The tree of a directory's recorded entries; none when there are none.
