@@ -39,7 +39,7 @@ pub(crate) const SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::fro
 /// The manifest's path inside every commit that needs one.
 pub(crate) const MANIFEST: &str = ".gptx-large-files.json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Stamp {
     size: u64,
     mtime: i64,
@@ -575,42 +575,37 @@ impl WorkspaceHistory {
         rel_path: &Path,
         cx: &mut walk::Cx,
     ) -> Result<Option<(Oid, FileMode)>, git2::Error> {
-        let skip = |cx: &mut walk::Cx, reason: String| {
-            cx.model.skip(rel_path, reason);
-            Ok(None)
-        };
         let (file, meta) = match open_regular(dir, name) {
             Ok(f) => f,
-            Err(why) => return skip(cx, why),
+            Err(why) => return Ok(cx.model.skipped(rel_path, why)),
         };
         let stamp = Stamp::of(&meta);
         cx.saw_file(rel_path, &meta, stamp.changed(cx.started));
         // A mapped file is read again whatever its stamp says; a stamp that moved within a second
-        // of the snapshot is not trusted next time.
+        // of the snapshot is not trusted next time. A file of many names is read once a snapshot.
         let fresh = cx.fresh.contains(rel_path);
         let trusted = !stamp.racy(cx.started);
         let mode =
             [FileMode::Blob, FileMode::BlobExecutable][usize::from(meta.mode() & 0o111 != 0)];
         if meta.len() > LARGE_FILE {
-            let entry = self.large(file, &meta, rel_path, stamp, fresh, trusted);
+            let entry = self.large_once(cx, file, &meta, rel_path, (stamp, fresh, trusted));
             cx.model.large.insert(rel_path.to_path_buf(), entry);
             return Ok(None);
         }
-        match self.cache.blobs.get(rel_path) {
-            Some((s, oid)) if *s == stamp && !fresh => return Ok(Some((*oid, mode))),
-            _ => {}
+        let cache = &self.cache.blobs;
+        let cached = cache.get(rel_path).filter(|(s, _)| *s == stamp && !fresh);
+        if let Some(oid) = cached.map(|c| c.1).or_else(|| cx.read.get(&stamp).copied()) {
+            return Ok(Some((oid, mode)));
         }
         let mut data = Vec::with_capacity(meta.len() as usize);
         if let Err(e) = (&file).take(LARGE_FILE + 1).read_to_end(&mut data) {
-            return skip(cx, e.to_string());
+            return Ok(cx.model.skipped(rel_path, e.to_string()));
         }
         let oid = self.blob(&data)?;
+        cx.read.insert(stamp, oid);
+        self.cache.blobs.remove(rel_path);
         if trusted {
-            self.cache
-                .blobs
-                .insert(rel_path.to_path_buf(), (stamp, oid));
-        } else {
-            self.cache.blobs.remove(rel_path);
+            self.cache.blobs.insert(rel_path.into(), (stamp, oid));
         }
         Ok(Some((oid, mode)))
     }
@@ -623,6 +618,27 @@ impl WorkspaceHistory {
             return Ok(oid);
         }
         self.repo.blob(data)
+    }
+
+    /// [`Self::large`], once a snapshot for each inode (the entry of another of its names, renamed).
+    fn large_once(
+        &mut self,
+        cx: &mut walk::Cx,
+        file: std::fs::File,
+        meta: &std::fs::Metadata,
+        rel: &Path,
+        (stamp, fresh, trusted): (Stamp, bool, bool),
+    ) -> LargeFile {
+        let path = rel.display().to_string();
+        if let Some(entry) = cx.read_large.get(&stamp) {
+            return LargeFile {
+                path,
+                ..entry.clone()
+            };
+        }
+        let entry = self.large(file, meta, rel, stamp, fresh, trusted);
+        cx.read_large.insert(stamp, entry.clone());
+        entry
     }
 
     /// The manifest entry of a file over [`LARGE_FILE`]: hashed when it is at most [`HASH_LIMIT`] and

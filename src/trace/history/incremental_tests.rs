@@ -578,3 +578,23 @@ fn names_git_refuses_are_left_out_and_their_links_followed() {
     let t = exact(&mut h, &ws);
     assert_eq!(blob_at(&h, t, "a").unwrap(), b"two");
 }
+
+#[test]
+fn a_file_of_many_names_told_as_mapped_is_read_once_and_nothing_is_left_out() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::create_dir(ws.join("l")).unwrap();
+    std::fs::write(ws.join("big"), vec![1u8; 8 << 20]).unwrap();
+    for i in 0..300 {
+        std::fs::hard_link(ws.join("big"), ws.join(format!("l/{i}"))).unwrap();
+    }
+    exact(&mut h, &ws);
+    let m = std::fs::metadata(ws.join("big")).unwrap();
+    h.note_mapped(Mapped::Known {
+        paths: vec![],
+        inodes: vec![(m.dev(), m.ino())],
+    });
+    // Read in full 301 times, it would run past the snapshot's time budget and leave names out.
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, MANIFEST), None, "nothing left out");
+    assert_eq!(blob_at(&h, t, "l/299").unwrap().len(), 8 << 20);
+}

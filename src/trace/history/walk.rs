@@ -126,6 +126,12 @@ impl Model {
         self.names.get(&ino).into_iter().flatten()
     }
 
+    /// [`Self::skip`], as nothing recorded.
+    pub fn skipped<T>(&mut self, rel: &Path, reason: String) -> Option<T> {
+        self.skip(rel, reason);
+        None
+    }
+
     pub fn skip(&mut self, rel: &Path, reason: String) {
         let path = rel.display().to_string();
         self.skipped
@@ -192,6 +198,10 @@ pub(super) struct Cx {
     /// is not trusted later (a write in the same clock tick may leave it as it was).
     pub started: i128,
     pub links: Links,
+    /// What this snapshot read, by stamp (device and inode in it): a file of many names is read
+    /// once (a snapshot could otherwise be made to read one large file thousands of times).
+    pub read: HashMap<super::Stamp, Oid>,
+    pub read_large: HashMap<super::Stamp, super::LargeFile>,
 }
 
 /// What a walk learns of files of several names.
@@ -223,6 +233,8 @@ impl Cx {
             tracker,
             started: now_ns(),
             links: Links::default(),
+            read: HashMap::new(),
+            read_large: HashMap::new(),
         }
     }
 
@@ -497,6 +509,11 @@ impl WorkspaceHistory {
                 cx.links.shadow = outer;
                 node
             }
+            // Listed, so the next snapshot looks at it again (a link may be made in it).
+            FileType::Directory => {
+                cx.model.skip(rel, budget_ran_out());
+                Ok(None)
+            }
             _ => Ok(None),
         }
     }
@@ -580,11 +597,10 @@ fn left_out(name: &OsStr, rel: &Path, deadline: Instant) -> Option<String> {
     if name.to_str().is_none() {
         return Some("file name is not UTF-8".into());
     }
-    if Instant::now() > deadline {
-        return Some(format!(
-            "the snapshot's time budget ({} s) ran out",
-            SNAPSHOT_BUDGET.as_secs()
-        ));
-    }
-    None
+    (Instant::now() > deadline).then(budget_ran_out)
+}
+
+fn budget_ran_out() -> String {
+    let secs = SNAPSHOT_BUDGET.as_secs();
+    format!("the snapshot's time budget ({secs} s) ran out")
 }
