@@ -806,6 +806,21 @@ fn kill_tree(root: i32) {
 /// snapshot must look at them. A process whose maps or descriptors cannot be read (made
 /// non-dumpable) is counted as unreadable, and so is a path the kernel escaped (a name with a newline).
 fn mapped() -> Vec<u8> {
+    // A process that exits before its maps are read may have forked the holder of a map after
+    // the process list was taken: then the list is taken again (a few times, then unknown).
+    let mut found = (0..3).find_map(scan).unwrap_or_else(|| Found {
+        unreadable: 1,
+        ..Found::default()
+    });
+    // A thread group whose leader has exited shows as a zombie with empty maps while its other
+    // threads go on: those maps cannot be seen.
+    // SAFETY: getuid has no preconditions.
+    found.unreadable += zombie_leaders(unsafe { getuid() });
+    found.encode()
+}
+
+/// One pass over the processes of this uid; none when one of them exited before it was read.
+fn scan(_: i32) -> Option<Found> {
     // SAFETY: getpid and getuid have no preconditions.
     let (me, uid) = unsafe { (getpid(), getuid()) };
     let mut found = Found::default();
@@ -814,14 +829,15 @@ fn mapped() -> Vec<u8> {
             continue;
         }
         let read = shared_writable_maps(pid, &mut found) && writable_fds(pid, &mut found);
-        if !read && std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            found.unreadable += 1;
+        if read {
+            continue;
         }
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
+        found.unreadable += 1;
     }
-    // A thread group whose leader has exited shows as a zombie with empty maps while its other
-    // threads go on: those maps cannot be seen.
-    found.unreadable += zombie_leaders(uid);
-    found.encode()
+    Some(found)
 }
 
 /// A file's device (major, minor) and inode.

@@ -440,6 +440,7 @@ impl WorkspaceHistory {
         cx: &mut walk::Cx,
         unknown: Option<String>,
     ) -> Result<(Option<Oid>, Option<String>), git2::Error> {
+        cx.all_fresh = unknown.is_some();
         let changes = cx.tracker.as_ref().map(Tracker::take).unwrap_or_default();
         let mut reason = unknown.or(changes.full_walk).or_else(|| match &cx.tracker {
             Some(_) => None,
@@ -583,7 +584,7 @@ impl WorkspaceHistory {
         cx.saw_file(rel_path, &meta, stamp.changed(cx.started));
         // A mapped file is read again whatever its stamp says; a stamp that moved within a second
         // of the snapshot is not trusted next time. A file of many names is read once a snapshot.
-        let fresh = cx.fresh.contains(rel_path);
+        let fresh = cx.all_fresh || cx.fresh.contains(rel_path);
         let trusted = !stamp.racy(cx.started);
         let mode =
             [FileMode::Blob, FileMode::BlobExecutable][usize::from(meta.mode() & 0o111 != 0)];
@@ -594,7 +595,10 @@ impl WorkspaceHistory {
         }
         let cache = &self.cache.blobs;
         let cached = cache.get(rel_path).filter(|(s, _)| *s == stamp && !fresh);
-        if let Some(oid) = cached.map(|c| c.1).or_else(|| cx.read.get(&stamp).copied()) {
+        if let Some(oid) = cached
+            .map(|c| c.1)
+            .or_else(|| cx.read.blobs.get(&stamp).copied())
+        {
             return Ok(Some((oid, mode)));
         }
         let mut data = Vec::with_capacity(meta.len() as usize);
@@ -602,7 +606,7 @@ impl WorkspaceHistory {
             return Ok(cx.model.skipped(rel_path, e.to_string()));
         }
         let oid = self.blob(&data)?;
-        cx.read.insert(stamp, oid);
+        cx.read.blobs.insert(stamp, oid);
         self.cache.blobs.remove(rel_path);
         if trusted {
             self.cache.blobs.insert(rel_path.into(), (stamp, oid));
@@ -630,14 +634,14 @@ impl WorkspaceHistory {
         (stamp, fresh, trusted): (Stamp, bool, bool),
     ) -> LargeFile {
         let path = rel.display().to_string();
-        if let Some(entry) = cx.read_large.get(&stamp) {
+        if let Some(entry) = cx.read.large.get(&stamp) {
             return LargeFile {
                 path,
                 ..entry.clone()
             };
         }
         let entry = self.large(file, meta, rel, stamp, fresh, trusted);
-        cx.read_large.insert(stamp, entry.clone());
+        cx.read.large.insert(stamp, entry.clone());
         entry
     }
 

@@ -598,3 +598,22 @@ fn a_file_of_many_names_told_as_mapped_is_read_once_and_nothing_is_left_out() {
     assert_eq!(blob_at(&h, t, MANIFEST), None, "nothing left out");
     assert_eq!(blob_at(&h, t, "l/299").unwrap().len(), 8 << 20);
 }
+
+#[test]
+fn when_the_mapped_files_are_unknown_every_file_is_read_again() {
+    let (_tmp, ws, mut h) = setup();
+    std::fs::write(ws.join("m.bin"), [b'0'; 4096]).unwrap();
+    let p = map(&ws.join("m.bin"), 4096);
+    poke(p, b"one");
+    // Past the second in which a stamp is not trusted: the walk keeps this file's blob by stamp.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    h.note_mapped(Mapped::Unknown("a process could not be read".into()));
+    h.commit_if_changed("first").unwrap();
+    // The page is still dirty: this write moves no stamp.
+    poke(p, b"two");
+    h.note_mapped(Mapped::Unknown("a process could not be read".into()));
+    h.commit_if_changed("second").unwrap();
+    let t = h.head_tree.unwrap();
+    assert!(blob_at(&h, t, "m.bin").unwrap().starts_with(b"two"));
+    unmap(p, 4096);
+}

@@ -198,10 +198,18 @@ pub(super) struct Cx {
     /// is not trusted later (a write in the same clock tick may leave it as it was).
     pub started: i128,
     pub links: Links,
-    /// What this snapshot read, by stamp (device and inode in it): a file of many names is read
-    /// once (a snapshot could otherwise be made to read one large file thousands of times).
-    pub read: HashMap<super::Stamp, Oid>,
-    pub read_large: HashMap<super::Stamp, super::LargeFile>,
+    pub read: Reads,
+    /// Every file is read again whatever its stamp: which files are mapped writable is not known,
+    /// and a write through a map to a page already dirty moves no stamp.
+    pub all_fresh: bool,
+}
+
+/// What this snapshot read, by stamp (device and inode in it): a file of many names is read once
+/// (a snapshot could otherwise be made to read one large file thousands of times).
+#[derive(Default)]
+pub(super) struct Reads {
+    pub blobs: HashMap<super::Stamp, Oid>,
+    pub large: HashMap<super::Stamp, super::LargeFile>,
 }
 
 /// What a walk learns of files of several names.
@@ -233,8 +241,8 @@ impl Cx {
             tracker,
             started: now_ns(),
             links: Links::default(),
-            read: HashMap::new(),
-            read_large: HashMap::new(),
+            read: Reads::default(),
+            all_fresh: false,
         }
     }
 
