@@ -934,36 +934,39 @@ fn shared_writable_maps(pid: i32, found: &mut Found) -> bool {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return false;
     };
-    let mut may_write = MayWrite { pid, ranges: None };
-    for (range, path, inode, writable) in maps.lines().filter_map(shared_map) {
-        if path.starts_with("/workspace/") && (writable || may_write.has(range)) {
+    let mut may_write = MayWrite { pid, inodes: None };
+    for (path, inode, writable) in maps.lines().filter_map(shared_map) {
+        if path.starts_with("/workspace/") && (writable || may_write.has(inode)) {
             found.add(path, inode);
         }
     }
     true
 }
 
-/// The maps of a process that may be made writable, read from its smaps when first asked.
+/// The files a process maps shared and may make writable, read from its smaps when first asked.
+/// By file, not address: a map moved with `mremap` between the two reads is still found.
 struct MayWrite {
     pid: i32,
     /// None: not read yet; Some(None): unreadable, so every map counts as may-write.
-    ranges: Option<Option<std::collections::HashSet<String>>>,
+    inodes: Option<Option<std::collections::HashSet<Inode>>>,
 }
 
 impl MayWrite {
-    fn has(&mut self, range: &str) -> bool {
+    fn has(&mut self, inode: Option<Inode>) -> bool {
         let pid = self.pid;
-        let ranges = self.ranges.get_or_insert_with(|| may_write_ranges(pid));
-        ranges.as_ref().is_none_or(|r| r.contains(range))
+        let inodes = self.inodes.get_or_insert_with(|| may_write_inodes(pid));
+        match (inodes, inode) {
+            (Some(set), Some(i)) => set.contains(&i),
+            _ => true,
+        }
     }
 }
 
-/// A shared map's address range, path, device and inode, and whether it is writable now, from a
-/// maps line (`address perms offset dev inode path`).
-fn shared_map(line: &str) -> Option<(&str, &str, Option<Inode>, bool)> {
+/// A shared map's path, device and inode, and whether it is writable now, from a maps line
+/// (`address perms offset dev inode path`).
+fn shared_map(line: &str) -> Option<(&str, Option<Inode>, bool)> {
     let mut f = line.splitn(6, ' ');
-    let range = f.next()?;
-    let perms = f.next()?.as_bytes();
+    let perms = f.nth(1)?.as_bytes();
     if perms.get(3) != Some(&b's') {
         return None;
     }
@@ -972,30 +975,22 @@ fn shared_map(line: &str) -> Option<(&str, &str, Option<Inode>, bool)> {
     let path = f.next().unwrap_or("").trim_start();
     let hex = |x| u32::from_str_radix(x, 16).ok();
     let inode = hex(major).zip(hex(minor)).zip(ino);
-    Some((
-        range,
-        path,
-        inode.map(|((a, b), i)| (a, b, i)),
-        perms.get(1) == Some(&b'w'),
-    ))
+    let writable = perms.get(1) == Some(&b'w');
+    Some((path, inode.map(|((a, b), i)| (a, b, i)), writable))
 }
 
-/// The address ranges of `pid`'s maps whose flags say they may be made writable (`mw`).
-fn may_write_ranges(pid: i32) -> Option<std::collections::HashSet<String>> {
+/// The files `pid` maps shared with flags that say the map may be made writable (`mw`).
+fn may_write_inodes(pid: i32) -> Option<std::collections::HashSet<Inode>> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
     let mut out = std::collections::HashSet::new();
-    let mut range = "";
+    let mut file = None;
     for line in smaps.lines() {
         match line.strip_prefix("VmFlags:") {
-            Some(flags) if flags.split_whitespace().any(|f| f == "mw") => {
-                out.insert(range.to_string());
-            }
+            Some(flags) if flags.split_whitespace().any(|f| f == "mw") => out.extend(file),
             Some(_) => {}
-            // A map's first line starts with its range; its fields ("Size:") do not have a '-'.
-            None if !line.contains(':')
-                || line.split(' ').next().is_some_and(|w| w.contains('-')) =>
-            {
-                range = line.split(' ').next().unwrap_or("");
+            // A map's first line starts with its range; its fields ("Size:") have no '-'.
+            None if line.split(' ').next().is_some_and(|w| w.contains('-')) => {
+                file = shared_map(line).and_then(|m| m.1);
             }
             None => {}
         }

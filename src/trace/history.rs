@@ -211,7 +211,7 @@ impl WorkspaceHistory {
 
     /// Creates `git_dir` as a bare repository recording snapshots of `workspace`.
     pub fn create(git_dir: &Path, workspace: &Path) -> Result<Self, git2::Error> {
-        let repo = Repository::init_bare(git_dir)?;
+        let repo = own_rules(Repository::init_bare(git_dir)?)?;
         Ok(Self::with(repo, workspace, None, None))
     }
 
@@ -219,7 +219,7 @@ impl WorkspaceHistory {
     /// `head` (the last commit the trace records; a later one the trace never mentions is left
     /// out of the branch), or none.
     pub fn open(git_dir: &Path, workspace: &Path, head: Option<&str>) -> Result<Self, git2::Error> {
-        let repo = Repository::open_bare(git_dir)?;
+        let repo = own_rules(Repository::open_bare(git_dir)?)?;
         let (head, head_tree) = match head {
             Some(h) => {
                 let commit = repo.find_commit(Oid::from_str(h)?)?;
@@ -441,6 +441,7 @@ impl WorkspaceHistory {
         unknown: Option<String>,
     ) -> Result<(Option<Oid>, Option<String>), git2::Error> {
         cx.all_fresh = unknown.is_some();
+        cx.model.prune();
         let changes = cx.tracker.as_ref().map(Tracker::take).unwrap_or_default();
         let mut reason = unknown.or(changes.full_walk).or_else(|| match &cx.tracker {
             Some(_) => None,
@@ -695,6 +696,17 @@ impl WorkspaceHistory {
         }
         entry
     }
+}
+
+/// The history's repository, with the names its trees refuse set by its own config whatever the
+/// host's git config says (`core.protectHFS` there would refuse `.g\u{200c}it`, and then every
+/// snapshot of a workspace holding such a name would fail).
+fn own_rules(repo: Repository) -> Result<Repository, git2::Error> {
+    let mut config = repo.config()?;
+    config.set_bool("core.protectHFS", false)?;
+    config.set_bool("core.protectNTFS", true)?;
+    drop(config);
+    Ok(repo)
 }
 
 /// `p` as a workspace-relative path of names only, if it is one.

@@ -59,14 +59,12 @@ impl Change {
     /// Folds in one event of `mask`.
     fn fold(&mut self, mask: ReadFlags) {
         let is_dir = mask.contains(ReadFlags::ISDIR);
-        self.whole |= is_dir && mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO);
-        if is_dir {
-            return;
-        }
         let made = mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO);
+        self.whole |= is_dir && made;
+        // A folder made and removed in one step may have held a second name of a recorded file.
         self.transient |= self.made && (made || mask.contains(ReadFlags::DELETE));
         self.made |= made;
-        self.suspect = !mask.contains(ReadFlags::MOVED_FROM);
+        self.suspect = !is_dir && !mask.contains(ReadFlags::MOVED_FROM);
     }
 }
 

@@ -617,3 +617,52 @@ fn when_the_mapped_files_are_unknown_every_file_is_read_again() {
     assert!(blob_at(&h, t, "m.bin").unwrap().starts_with(b"two"));
     unmap(p, 4096);
 }
+
+/// Each way a write through a name that is gone could hide: a decoy put at the old name, the name
+/// inside `.git`, a folder made and removed in one step, the old name's folder renamed. The base
+/// snapshot is taken more than a second after the files were written, so their stamps are trusted
+/// and only the mechanism under test can catch the write.
+#[test]
+fn writes_through_names_that_are_gone_are_caught_whatever_is_put_in_their_place() {
+    use std::os::fd::AsRawFd;
+    let (_tmp, ws, mut h) = setup();
+    for d in [".git", "d", "keep"] {
+        std::fs::create_dir(ws.join(d)).unwrap();
+    }
+    for f in ["a", "b", "c", "e"] {
+        std::fs::write(ws.join(f), b"one").unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    exact(&mut h, &ws);
+    let hold = |from: &str, to: &str| {
+        std::fs::hard_link(ws.join(from), ws.join(to)).unwrap();
+        std::fs::File::open(ws.join(to)).unwrap()
+    };
+    // Seen with two names at a snapshot, then the second name replaced by a decoy, or removed.
+    let fa = hold("a", "x");
+    let fb = hold("b", ".git/y");
+    let fe = hold("e", "keep/z");
+    exact(&mut h, &ws);
+    std::fs::remove_file(ws.join("x")).unwrap();
+    std::fs::write(ws.join("x"), b"decoy").unwrap();
+    std::fs::remove_file(ws.join(".git/y")).unwrap();
+    std::fs::remove_file(ws.join("keep/z")).unwrap();
+    // Never seen with two names: linked, held and removed with its folder in one step.
+    std::fs::create_dir(ws.join("d/sub")).unwrap();
+    let fc = hold("c", "d/sub/w");
+    std::fs::remove_dir_all(ws.join("d/sub")).unwrap();
+    exact(&mut h, &ws);
+    std::fs::rename(ws.join("keep"), ws.join("kept")).unwrap();
+    exact(&mut h, &ws);
+    // One at a time, each in its own step (the last one's event would make a sweep catch all).
+    for (held, f) in [(&fa, "a"), (&fb, "b"), (&fc, "c"), (&fe, "e")] {
+        let p = format!("/proc/self/fd/{}", held.as_raw_fd());
+        let mut w = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+        std::io::Write::write_all(&mut w, b"+evil").unwrap();
+        if f == "a" {
+            std::fs::write(ws.join("x"), b"decoy again").unwrap();
+        }
+        let t = exact(&mut h, &ws);
+        assert_eq!(blob_at(&h, t, f).unwrap(), b"one+evil", "{f}");
+    }
+}

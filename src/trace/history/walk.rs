@@ -57,6 +57,10 @@ pub(super) struct Model {
     /// through a descriptor whose name is gone, is traced back to the names the snapshot records.
     ino_of: BTreeMap<PathBuf, Seen>,
     names: HashMap<Ino, BTreeSet<PathBuf>>,
+    /// Inodes once seen with more than one name, or changed with no event naming them (a sweep
+    /// found them): a descriptor on a name now gone may still write them, so their names stay
+    /// in `linked` while they are recorded.
+    suspects: HashSet<Ino>,
 }
 
 /// A recorded file as its last look saw it, for a [`Model::sweep`].
@@ -97,6 +101,21 @@ impl Model {
         }
     }
 
+    /// Empties the model for a whole walk, all but its suspects (a whole walk does not clear them).
+    fn restart(&mut self) {
+        let suspects = std::mem::take(&mut self.suspects);
+        *self = Model {
+            suspects,
+            ..Model::default()
+        };
+    }
+
+    /// Keeps only the suspects that still have a recorded name (once a snapshot is done).
+    pub fn prune(&mut self) {
+        let names = &self.names;
+        self.suspects.retain(|i| names.contains_key(i));
+    }
+
     /// Notes that the recorded file at `rel` is the inode `ino`, changed at `ctime` (if trusted).
     pub fn name(&mut self, rel: &Path, ino: Ino, ctime: Option<i128>) {
         self.ino_of.insert(rel.to_path_buf(), Seen { ino, ctime });
@@ -106,16 +125,16 @@ impl Model {
     /// Every recorded file whose inode or change time is not what it was (or not trusted), by a
     /// `stat` of each under `root`, reading nothing: what a name that came and went in one step
     /// (or a write through a name already gone) may have changed.
-    pub fn sweep(&self, root: &OwnedFd) -> Marks {
+    pub fn sweep(&mut self, root: &OwnedFd) -> Marks {
         let mut marks = Marks::default();
         for (path, seen) in &self.ino_of {
-            let now = rustix::fs::statat(root, path, AtFlags::SYMLINK_NOFOLLOW).ok();
-            let same = now.is_some_and(|st| {
-                let ctime = i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec);
-                (st.st_dev, st.st_ino) == seen.ino && seen.ctime == Some(ctime)
-            });
-            if !same {
+            let now = stat_beneath(root, path);
+            if now.is_none_or(|now| now != (seen.ino, seen.ctime)) {
                 marks.add(path, Change::default());
+            }
+            // Changed with no event naming it (not merely too recent to trust): a suspect.
+            if seen.ctime.is_some() && now.is_some_and(|now| now != (seen.ino, seen.ctime)) {
+                self.suspects.insert(seen.ino);
             }
         }
         marks
@@ -226,6 +245,18 @@ pub(super) struct Links {
     pub vanished: bool,
 }
 
+/// The (device, inode) and change time (ns) of `path` below `root`, resolved without following
+/// any link and without leaving `root` (a folder swapped for a link mid-sweep leads nowhere).
+fn stat_beneath(root: &OwnedFd, path: &Path) -> Option<(Ino, Option<i128>)> {
+    use rustix::fs::ResolveFlags;
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat2(root, path, flags, Mode::empty(), how).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    let ctime = i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec);
+    Some(((st.st_dev, st.st_ino), Some(ctime)))
+}
+
 /// Nanoseconds since the epoch.
 fn now_ns() -> i128 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -251,6 +282,9 @@ impl Cx {
         use std::os::unix::fs::MetadataExt;
         self.model.name(rel, (meta.dev(), meta.ino()), ctime);
         if meta.nlink() > 1 {
+            self.model.suspects.insert((meta.dev(), meta.ino()));
+        }
+        if self.model.suspects.contains(&(meta.dev(), meta.ino())) {
             self.model.linked.insert(rel.to_path_buf(), ());
             self.links.seen.insert((meta.dev(), meta.ino()));
         }
@@ -322,7 +356,7 @@ fn names_of(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
 impl WorkspaceHistory {
     /// Walks the whole workspace at `self.root` into a new model; returns the root's tree.
     pub(super) fn walk_all(&mut self, cx: &mut Cx) -> Result<Option<Oid>, git2::Error> {
-        cx.model = Model::default();
+        cx.model.restart();
         let root = self.open_root()?;
         let id = dir_id(&root).map_err(|e| self.root_error(e))?;
         cx.arm(&root, Path::new(""), true);
