@@ -8,7 +8,8 @@
 //!   inside the box by bash's own clock (`$EPOCHREALTIME`, no fork) and notes it in a file;
 //! - one step printing `--output-mib` MiB, against the same command to /dev/null, with gptx's peak
 //!   resident memory over that step;
-//! - `echo` steps with 200 files in the workspace, then with `--files` files.
+//! - `echo` steps with 200 files in the workspace, then with `--files` files; then steps in which
+//!   a name comes and goes (`touch .t && rm .t`), which make the snapshot stat every file.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -187,12 +188,12 @@ fn peak_rss_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+fn plan(label: &'static str, cmd: &str, before: Before) -> Planned {
+    let cmd = cmd.to_string();
+    Planned { label, cmd, before }
+}
+
 fn script(sizes: &Sizes) -> VecDeque<Planned> {
-    let plan = |label, cmd: &str, before| Planned {
-        label,
-        cmd: cmd.to_string(),
-        before,
-    };
     let mut s = VecDeque::new();
     for _ in 0..sizes.n {
         s.push_back(plan("true", "true", Before::DockerCli));
@@ -203,11 +204,16 @@ fn script(sizes: &Sizes) -> VecDeque<Planned> {
     s.push_back(plan("output_null", &null, Before::Nothing));
     s.push_back(plan("output", &head, Before::ResetPeak));
     // The first step after a fill takes in the new files; the rows time the steps after it.
-    let rows = [("echo_few", FEW_FILES), ("echo_many", sizes.files)];
-    for (label, files) in rows {
+    // The last row: a name that comes and goes in the step, so the snapshot stats every file.
+    let rows = [
+        ("echo_few", FEW_FILES, "echo"),
+        ("echo_many", sizes.files, "echo"),
+        ("sweep_many", sizes.files, "touch .t && rm .t"),
+    ];
+    for (label, files, cmd) in rows {
         s.push_back(plan("fill", "echo", Before::Files(files)));
         for _ in 0..sizes.n.clamp(1, 50) {
-            s.push_back(plan(label, "echo", Before::Nothing));
+            s.push_back(plan(label, cmd, Before::Nothing));
         }
     }
     s
@@ -376,7 +382,8 @@ impl Report {
                        "in_box_dev_null_s": self.one("output_null"), "gptx_mb_per_s": mb / self.one("output"),
                        "harness_peak_rss_kb": self.samples.peak_rss_kb},
             "echo_step_ms": {"files": {"few": FEW_FILES, "many": sizes.files},
-                             "few": pair(self.p("echo_few")), "many": pair(self.p("echo_many"))},
+                             "few": pair(self.p("echo_few")), "many": pair(self.p("echo_many")),
+                             "sweep_many": pair(self.p("sweep_many"))},
         })
     }
 
@@ -386,8 +393,6 @@ impl Report {
         let ((r50, r90), (b50, b90)) = (median_p90(&self.raw_ms), self.p("floor"));
         let (out, null) = (self.one("output"), self.one("output_null"));
         let mb = (sizes.output_mib << 20) as f64 / 1e6;
-        let (f50, f90) = self.p("echo_few");
-        let (m50, m90) = self.p("echo_many");
         let rss = self.samples.peak_rss_kb.map_or("unknown".into(), |k| {
             format!("{:.1} MiB", k as f64 / 1024.0)
         });
@@ -400,10 +405,7 @@ impl Report {
              \x20 ratio step / CLI at p50: {ratio:.3} (the floor alone: {fr:.3}); step over the floor at p50: {over:+.2} ms\n\
              {mib} MiB of stdout in one step:\n\
              \x20 through gptx {out:8.2} s ({rate:.0} MB/s); the same to /dev/null in the box {null:.2} s ({x:.1}x)\n\
-             \x20 gptx peak resident memory over that step: {rss}\n\
-             `echo` step through gptx:\n\
-             \x20 at {few} files      p50 {f50:8.2} ms  p90 {f90:8.2} ms\n\
-             \x20 at {many} files  p50 {m50:8.2} ms  p90 {m90:8.2} ms\n",
+             \x20 gptx peak resident memory over that step: {rss}\n{files}",
             n = sizes.n,
             ratio = g50 / c50,
             fr = b50 / c50,
@@ -411,8 +413,23 @@ impl Report {
             mib = sizes.output_mib,
             rate = mb / out,
             x = out / null,
-            few = FEW_FILES,
-            many = sizes.files,
+            files = self.file_rows(sizes),
         )
+    }
+
+    /// The rows of steps in a workspace of many files.
+    fn file_rows(&self, sizes: &Sizes) -> String {
+        let row = |label: &str, what: String| {
+            let (p50, p90) = self.p(label);
+            format!("  {what:<32} p50 {p50:8.2} ms  p90 {p90:8.2} ms\n")
+        };
+        let many = sizes.files;
+        [
+            "`echo` step through gptx:\n".to_string(),
+            row("echo_few", format!("at {FEW_FILES} files")),
+            row("echo_many", format!("at {many} files")),
+            row("sweep_many", format!("`touch .t && rm .t` at {many}")),
+        ]
+        .concat()
     }
 }

@@ -644,9 +644,10 @@ pub struct WorldArgs {
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// The cost of a step, side by side in one sandbox: `bash true` through gptx against the docker
-    /// CLI and against the same command looped inside the box; 1 GiB of stdout through gptx against
+    /// CLI and against `bash -c true` timed inside the box; 1 GiB of stdout through gptx against
     /// the same to /dev/null in the box, with gptx's peak memory; an `echo` step at 200 files and at
-    /// 200,000 files in the workspace.
+    /// 200,000 files in the workspace, and a step there in which a name comes and goes (the
+    /// snapshot then stats every file).
     Exec(bench::BenchExecArgs),
     /// A fresh plan run start to end, here or on Slurm: its wall time and each item's overhead
     /// (scheduler dispatch plus gptx's start, up to the item's first tool call).
