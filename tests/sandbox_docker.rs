@@ -361,6 +361,28 @@ async fn a_stage_runs_in_an_image_without_python() {
     common::assert_nothing_left(&docker, &v).await;
 }
 
+/// A command that stops its own supervisor (SIGSTOP: same uid) costs that step, not the harness:
+/// the step ends past its timeout as "stopped answering", every process in the sandbox is killed
+/// (a stopped process too), and the next command runs under a new supervisor.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_supervisor_fails_one_step_and_the_next_runs() {
+    common::with_sandbox(
+        "stopped",
+        |_| {},
+        |sb, _ws| async move {
+            let sb = sb.as_ref();
+            let t0 = Instant::now();
+            let (o, _, _) = run(sb, "kill -STOP $PPID; sleep 0.2", 1.0).await;
+            let why = o.error.clone().unwrap_or_default();
+            assert!(o.timed_out && why.contains("stopped answering"), "{o:?}");
+            assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
+            let (o, out, err) = run(sb, "echo alive", 10.0).await;
+            assert_eq!((o.exit_code, out.trim()), (Some(0), "alive"), "{err}");
+        },
+    )
+    .await;
+}
+
 /// Maps `m3` shared (through the C library: Python's own map keeps a descriptor open for
 /// writing), closes its descriptor, makes the map read-only, and once `go3` appears makes it
 /// writable, writes through it and makes it read-only again: no snapshot sees it writable.
