@@ -219,37 +219,7 @@ impl DockerSandbox {
     }
 
     async fn start_supervisor(&self) -> Result<Supervisor, SandboxError> {
-        let exec = self
-            .docker
-            .create_exec(
-                &self.id,
-                ExecConfig {
-                    cmd: Some(vec![sv::IN_SANDBOX.into()]),
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
-                    working_dir: Some(crate::sandbox::WORKSPACE.into()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(err("start supervisor"))?;
-        let started = self
-            .docker
-            .start_exec(
-                &exec.id,
-                Some(bollard::exec::StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: Some(1 << 20),
-                }),
-            )
-            .await
-            .map_err(err("start supervisor"))?;
-        let bollard::exec::StartExecResults::Attached { output, input } = started else {
-            return Err(SandboxError::other("supervisor", "exec started detached"));
-        };
+        let (output, input) = self.attach_supervisor().await?;
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         // Once the supervisor is on the socket, nothing on its stdout is a frame of its.
         let on_socket = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -273,6 +243,39 @@ impl DockerSandbox {
             }
         }
         Ok(sup)
+    }
+
+    /// A new supervisor exec as the sandbox user, attached: its output stream and its stdin.
+    async fn attach_supervisor(&self) -> Result<(AttachStreamRaw, AttachInput), SandboxError> {
+        let config = ExecConfig {
+            cmd: Some(vec![sv::IN_SANDBOX.into()]),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
+            working_dir: Some(crate::sandbox::WORKSPACE.into()),
+            ..Default::default()
+        };
+        let fail = err("start supervisor");
+        let exec = self
+            .docker
+            .create_exec(&self.id, config)
+            .await
+            .map_err(&fail)?;
+        let options = bollard::exec::StartExecOptions {
+            detach: false,
+            tty: false,
+            output_capacity: Some(1 << 20),
+        };
+        match self
+            .docker
+            .start_exec(&exec.id, Some(options))
+            .await
+            .map_err(fail)?
+        {
+            bollard::exec::StartExecResults::Attached { output, input } => Ok((output, input)),
+            _ => Err(SandboxError::other("supervisor", "exec started detached")),
+        }
     }
 
     /// Has the supervisor send its frames through the channel's socket from now on.
@@ -331,6 +334,16 @@ impl DockerSandbox {
         self.exec_once(sweep).await.map(|_| ())
     }
 }
+
+/// What an attached exec gives back: its output, and its stdin.
+type AttachStreamRaw = Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+            > + Send,
+    >,
+>;
+type AttachInput = Pin<Box<dyn AsyncWrite + Send>>;
 
 type AttachStream =
     Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, String>> + Send>>;

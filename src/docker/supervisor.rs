@@ -60,6 +60,22 @@ fn runtime_dir() -> PathBuf {
     }
 }
 
+/// Writes the supervisor to `tmp` with its mode, and renames it to `path` (`tmp` is removed on
+/// failure).
+fn install(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(MODE)
+        .open(tmp)?;
+    f.write_all(BINARY)
+        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(MODE)))
+        .and_then(|()| std::fs::rename(tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(tmp);
+        })
+}
+
 fn write_host_copy() -> Result<PathBuf, String> {
     let dir = runtime_dir();
     let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", dir.display());
@@ -73,20 +89,11 @@ fn write_host_copy() -> Result<PathBuf, String> {
     if mode_ok && std::fs::read(&path).is_ok_and(|b| b == BINARY) {
         return Ok(path);
     }
-    let tmp = dir.join(format!(".supervisor-{}.tmp", rand::random::<u64>()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(MODE)
-        .open(&tmp)
-        .map_err(|e| fail("writing the supervisor into", e))?;
-    f.write_all(BINARY)
-        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(MODE)))
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            fail("writing the supervisor into", e)
-        })?;
+    install(
+        &dir.join(format!(".supervisor-{}.tmp", rand::random::<u64>())),
+        &path,
+    )
+    .map_err(|e| fail("writing the supervisor into", e))?;
     Ok(path)
 }
 
@@ -156,23 +163,33 @@ impl Drop for Channel {
 async fn accept(listener: tokio::net::UnixListener, waiting: Arc<StdMutex<Option<Waiting>>>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // EMFILE, ECONNABORTED: wait a moment and go on listening.
-                tracing::debug!("the supervisor socket's accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // too many at once: dropped
-        };
-        let waiting = waiting.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            handshake(stream, &waiting).await;
-        });
+        let stream = next_connection(&listener).await;
+        // Too many at once: dropped.
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            tokio::spawn(handshake_in(slot, stream, waiting.clone()));
+        }
+    }
+}
+
+/// [`handshake`], holding one of the [`HANDSHAKES`] slots while it runs.
+async fn handshake_in(
+    slot: tokio::sync::OwnedSemaphorePermit,
+    stream: tokio::net::UnixStream,
+    waiting: Arc<StdMutex<Option<Waiting>>>,
+) {
+    handshake(stream, &waiting).await;
+    drop(slot);
+}
+
+/// The next connection; after a failed accept (EMFILE, ECONNABORTED) it waits a moment and goes
+/// on listening.
+async fn next_connection(listener: &tokio::net::UnixListener) -> tokio::net::UnixStream {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => return s,
+            Err(e) => tracing::debug!("the supervisor socket's accept failed: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -436,23 +453,32 @@ pub(crate) fn parse_sweep(out: &[u8]) -> Result<(u64, u64, Vec<String>), String>
 mod tests {
     use super::*;
 
+    fn u64_at(o: usize) -> usize {
+        u64::from_le_bytes(BINARY[o..o + 8].try_into().unwrap()) as usize
+    }
+
+    /// An ELF64 file's program headers: (type, file offset, file size).
+    fn program_headers(elf: &[u8]) -> Vec<(u32, usize, usize)> {
+        let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+        let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+        let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+        assert!(phnum > 0);
+        (0..phnum)
+            .map(|i| {
+                let o = phoff + i * phentsize;
+                let kind = u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
+                (kind, u64_at(o + 8), u64_at(o + 32))
+            })
+            .collect()
+    }
+
     #[test]
     fn the_embedded_supervisor_is_a_static_executable() {
         // ELF, and no program header asks for an interpreter (PT_INTERP = 3): the kernel runs it
         // as it is, in an image without a C library.
         assert_eq!(&BINARY[..4], b"\x7fELF");
         assert_eq!(BINARY[4], 2, "64-bit");
-        let u16_at = |o: usize| u16::from_le_bytes(BINARY[o..o + 2].try_into().unwrap()) as usize;
-        let u64_at = |o: usize| u64::from_le_bytes(BINARY[o..o + 8].try_into().unwrap()) as usize;
-        let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-        assert!(phnum > 0);
-        let headers: Vec<(u32, usize, usize)> = (0..phnum)
-            .map(|i| {
-                let o = phoff + i * phentsize;
-                let kind = u32::from_le_bytes(BINARY[o..o + 4].try_into().unwrap());
-                (kind, u64_at(o + 8), u64_at(o + 32))
-            })
-            .collect();
+        let headers = program_headers(BINARY);
         assert!(
             headers.iter().all(|h| h.0 != 3),
             "program headers {headers:?} include PT_INTERP"

@@ -74,9 +74,14 @@ impl Stamp {
 
     /// The change time in nanoseconds since the epoch, unless it is [`Self::racy`].
     fn changed(&self, started: i128) -> Option<i128> {
-        let changed = i128::from(self.ctime) * 1_000_000_000 + i128::from(self.ctime_ns);
+        let changed = nanos(self.ctime, self.ctime_ns);
         (changed < started - 1_000_000_000).then_some(changed)
     }
+}
+
+/// Seconds and nanoseconds since the epoch as nanoseconds.
+fn nanos(secs: i64, nsecs: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsecs)
 }
 
 /// A file too large to commit, as listed in the manifest.

@@ -78,10 +78,13 @@ impl Model {
     fn forget(&mut self, rel: &Path, below: bool, lost: &mut HashSet<Ino>) {
         /// Takes `rel` (and what is below it, if `below`) out of `map`.
         fn cut<V>(map: &mut BTreeMap<PathBuf, V>, rel: &Path, below: bool) -> Vec<(PathBuf, V)> {
+            if !below {
+                return map.remove_entry(rel).into_iter().collect();
+            }
             let gone: Vec<PathBuf> = map
                 .range(rel.to_path_buf()..)
                 .map(|(p, _)| p)
-                .take_while(|p| *p == rel || below && p.starts_with(rel))
+                .take_while(|p| p.starts_with(rel))
                 .cloned()
                 .collect();
             gone.iter().filter_map(|p| map.remove_entry(p)).collect()
@@ -253,7 +256,7 @@ fn stat_beneath(root: &OwnedFd, path: &Path) -> Option<(Ino, Option<i128>)> {
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat2(root, path, flags, Mode::empty(), how).ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;
-    let ctime = i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec);
+    let ctime = super::nanos(st.st_ctime, st.st_ctime_nsec as i64);
     Some(((st.st_dev, st.st_ino), Some(ctime)))
 }
 
@@ -507,7 +510,7 @@ impl WorkspaceHistory {
             cx.forget(rel, true);
         }
         if cx.links.shadow || cx.leaves_out(name, rel, self.git_refuses(name)) {
-            return self.visit_shadow(cx, dir, name, rel, old, marks);
+            return self.visit_shadow(cx, (dir, name, rel), &st, old, marks);
         }
         match kind {
             FileType::Directory => self.visit_dir(cx, dir, name, rel, old, marks),
@@ -531,15 +534,11 @@ impl WorkspaceHistory {
     fn visit_shadow(
         &mut self,
         cx: &mut Cx,
-        dir: &OwnedFd,
-        name: &OsStr,
-        rel: &Path,
+        (dir, name, rel): (&OwnedFd, &OsStr, &Path),
+        st: &rustix::fs::Stat,
         old: Option<Node>,
         marks: Option<&Marks>,
     ) -> Result<Option<Node>, git2::Error> {
-        let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-            return Ok(None);
-        };
         match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile if st.st_nlink > 1 => {
                 cx.links.seen.insert((st.st_dev, st.st_ino));
