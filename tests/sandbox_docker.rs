@@ -543,6 +543,17 @@ async fn links_made_after_a_files_last_snapshot_are_followed_through_a_real_sand
             s.step("rm p1", 0).await;
             s.step("touch go2", 300).await;
             assert_eq!(s.at("p2").as_deref(), Some("one\nevil\n"));
+            // Decoys at the removed name: a FIFO and a folder are there (so the event's path is
+            // not gone), and the write through the held descriptor names only that path.
+            let hold = |f: &str, x: &str, go: &str| {
+                format!("echo one > {f} && ln {f} {x} && (exec 4<{x}; while [ ! -e {go} ]; do sleep 0.01; done; echo evil >> /proc/self/fd/4; sleep 30) > /dev/null 2>&1 &")
+            };
+            s.step(&hold("q1", "qx", "go4"), 0).await;
+            s.step(&hold("r1", "rx", "go5"), 0).await;
+            s.step("rm qx && mkfifo qx && rm rx && mkdir rx", 0).await;
+            s.step("touch go4 go5", 300).await;
+            assert_eq!(s.at("q1").as_deref(), Some("one\nevil\n"), "FIFO decoy");
+            assert_eq!(s.at("r1").as_deref(), Some("one\nevil\n"), "folder decoy");
             let _ = sb.end_stage().await;
         },
     )
