@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The protocol's version, sent in every pong.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Harness to supervisor: run a command (payload: [`ExecReq`]).
 const EXEC: u8 = 1;
 /// Harness to supervisor: answer with a pong.
@@ -28,8 +28,9 @@ const PING: u8 = 2;
 /// Harness to supervisor: list the workspace files mapped shared and writable by a live process.
 const MAPPED: u8 = 3;
 /// Harness to supervisor: `token: [u8; 32]`, then the path of the harness's socket. The supervisor
-/// connects, sends the token, and from then on sends every frame there (the harness's listener takes
-/// only the connection that shows the token, which no other process can read), answering `READY`.
+/// connects, sends the token, and from then on sends every frame there and takes every request from
+/// there (the harness's listener takes only the connection that shows the token, which no other
+/// process can read), answering `READY`. The request path then skips the engine's attach stream.
 const HELLO: u8 = 4;
 /// Supervisor to harness: bytes of the command's stdout / stderr, as they came.
 const STDOUT: u8 = 16;
@@ -107,17 +108,22 @@ const O_NONBLOCK: i64 = 0o4000;
 const O_WRONLY: i32 = 1;
 const SYS_PIDFD_OPEN: i64 = 434;
 
-fn main() {
+/// `idle` and `sweep PID`; true when one of them ran.
+fn one_off() -> bool {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("idle") {
+    match args.get(1).map(String::as_str) {
         // The container's main process, under the engine's init: an image needs no `sleep` of its own.
-        loop {
+        Some("idle") => loop {
             std::thread::sleep(Duration::from_secs(3600));
-        }
+        },
+        Some("sweep") => sweep(args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0)),
+        _ => return false,
     }
-    if args.get(1).map(String::as_str) == Some("sweep") {
-        let skip = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
-        sweep(skip);
+    true
+}
+
+fn main() {
+    if one_off() {
         return;
     }
     // SAFETY: a plain prctl on this process.
@@ -126,7 +132,7 @@ fn main() {
         eprintln!("supervisor: could not make itself undumpable");
     }
     let stdin = std::io::stdin();
-    let mut input = stdin.lock();
+    let mut input = In::Stdin(stdin.lock());
     let mut out = Out::Stdout(std::io::stdout().lock());
     loop {
         let (kind, id, payload) = match read_frame(&mut input) {
@@ -155,8 +161,10 @@ fn main() {
                 ),
             },
             MAPPED => send(&mut out, MAPS, id, &mapped()),
-            HELLO => match connect(&payload) {
-                Ok(socket) => {
+            HELLO => match connect(&payload).and_then(|s| Ok((s.try_clone()?, s))) {
+                Ok((reader, socket)) => {
+                    // Requests come through the socket from now on; stdin stays open, unread.
+                    input = In::Socket(reader);
                     out = Out::Socket(socket);
                     send(&mut out, READY, id, &[])
                 }
@@ -172,6 +180,21 @@ fn main() {
         };
         if sent.is_err() {
             return; // the harness is gone
+        }
+    }
+}
+
+/// Where requests come from: the exec's stdin until the harness's socket is reached, then the socket.
+enum In<'a> {
+    Stdin(std::io::StdinLock<'a>),
+    Socket(std::os::unix::net::UnixStream),
+}
+
+impl Read for In<'_> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            In::Stdin(i) => i.read(b),
+            In::Socket(s) => s.read(b),
         }
     }
 }
@@ -806,38 +829,82 @@ fn kill_tree(root: i32) {
 /// snapshot must look at them. A process whose maps or descriptors cannot be read (made
 /// non-dumpable) is counted as unreadable, and so is a path the kernel escaped (a name with a newline).
 fn mapped() -> Vec<u8> {
-    // A process that exits before its maps are read may have forked the holder of a map after
-    // the process list was taken: then the list is taken again (a few times, then unknown).
-    let mut found = (0..3).find_map(scan).unwrap_or_else(|| Found {
-        unreadable: 1,
-        ..Found::default()
-    });
-    // A thread group whose leader has exited shows as a zombie with empty maps while its other
-    // threads go on: those maps cannot be seen.
-    // SAFETY: getuid has no preconditions.
-    found.unreadable += zombie_leaders(unsafe { getuid() });
+    // A process that exits before it is read may have forked the holder of a map after `/proc`
+    // was listed: `/proc` is listed again until it shows no process not yet looked at (a few
+    // times, then the answer is unknown).
+    let (mut found, mut seen) = (Found::default(), std::collections::HashSet::new());
+    if (0..8).all(|_| look_at_new(&mut seen, &mut found)) {
+        (found, found.unreadable) = (Found::default(), 1);
+    }
     found.encode()
 }
 
-/// One pass over the processes of this uid; none when one of them exited before it was read.
-fn scan(_: i32) -> Option<Found> {
+/// Reads the processes of this uid not in `seen` yet; whether there were any.
+fn look_at_new(seen: &mut std::collections::HashSet<i32>, found: &mut Found) -> bool {
     // SAFETY: getpid and getuid have no preconditions.
     let (me, uid) = unsafe { (getpid(), getuid()) };
-    let mut found = Found::default();
-    for (pid, _, _, puid) in processes() {
-        if pid == me || puid != uid {
+    let mut any = false;
+    for (pid, zombie, threads) in own_processes(uid, me) {
+        if !seen.insert(pid) {
             continue;
         }
-        let read = shared_writable_maps(pid, &mut found) && writable_fds(pid, &mut found);
-        if read {
-            continue;
+        any = true;
+        // A zombie leader with threads left: their maps read empty, so cannot be seen.
+        if zombie {
+            found.unreadable += u32::from(threads > 1);
+        } else if !(shared_writable_maps(pid, found) && writable_fds(pid, found) || exiting(pid)) {
+            found.unreadable += 1;
         }
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            return None;
-        }
-        found.unreadable += 1;
     }
-    Some(found)
+    any
+}
+
+/// The processes of `uid` but `me`, each with whether it is a zombie and its thread count, from
+/// one read of each one's `status` (a process gone by then is left out).
+fn own_processes(uid: u32, me: i32) -> Vec<(i32, bool, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let field = |status: &str, key: &str| -> Option<String> {
+        let v = status.lines().find_map(|l| l.strip_prefix(key))?;
+        Some(v.split_whitespace().next()?.to_string())
+    };
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let status = read_proc(&format!("/proc/{pid}/status"))?;
+        let puid = field(&status, "Uid:")?.parse::<u32>().ok()?;
+        let threads = field(&status, "Threads:").and_then(|t| t.parse().ok());
+        let zombie = field(&status, "State:").as_deref() == Some("Z");
+        (pid != me && puid == uid).then_some((pid, zombie, threads.unwrap_or(1)))
+    })
+    .collect()
+}
+
+/// Whether `pid` is gone, or so far into its exit that its memory is released: its `/proc` files
+/// are then root's (unreadable here), but it can write nothing more (a child it forked shows up
+/// when `/proc` is listed again).
+fn exiting(pid: i32) -> bool {
+    let status = read_proc(&format!("/proc/{pid}/status"));
+    status.is_none_or(|s| !s.contains("\nVmSize:") || s.contains("\nState:\tZ"))
+}
+
+/// A small `/proc` file read whole with as few reads as it takes (one, for most).
+fn read_proc(path: &str) -> Option<String> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    loop {
+        if buf.len() - len < 4096 {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
 }
 
 /// A file's device (major, minor) and inode.
@@ -856,26 +923,6 @@ struct Found {
 
 /// The most path bytes one answer carries; past it the answer is "unreadable" (a whole walk).
 const MAPPED_BYTES: usize = 2 << 20;
-
-/// Zombie processes of `uid` that still have threads running.
-fn zombie_leaders(uid: u32) -> u32 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 1;
-    };
-    let field = |status: &str, key: &str| -> Option<String> {
-        let v = status.lines().find_map(|l| l.strip_prefix(key))?;
-        Some(v.split_whitespace().next()?.to_string())
-    };
-    let zombie = |status: &str| {
-        field(status, "State:").as_deref() == Some("Z")
-            && field(status, "Uid:").and_then(|u| u.parse().ok()) == Some(uid)
-            && field(status, "Threads:").and_then(|t| t.parse::<u32>().ok()) > Some(1)
-    };
-    dir.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .filter(|status| zombie(status))
-        .count() as u32
-}
 
 impl Found {
     /// Notes a path as the kernel names it in the sandbox (only those in the workspace count),
@@ -931,9 +978,8 @@ impl Found {
 /// (`mprotect`: such a map shows as `r--s` but keeps `mw`, may-write, in its smaps flags); false
 /// when its maps cannot be read.
 fn shared_writable_maps(pid: i32, found: &mut Found) -> bool {
-    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-        return false;
-    };
+    let maps = read_proc(&format!("/proc/{pid}/maps"));
+    let Some(maps) = maps else { return false };
     let mut may_write = MayWrite { pid, inodes: None };
     for (path, inode, writable) in maps.lines().filter_map(shared_map) {
         if path.starts_with("/workspace/") && (writable || may_write.has(inode)) {

@@ -69,7 +69,11 @@ pub struct DockerSandboxSpec {
 }
 
 struct Supervisor {
+    /// Where requests go: the attach stream's stdin, or the socket once the supervisor reached it.
     input: Pin<Box<dyn AsyncWrite + Send>>,
+    /// The attach stream's stdin, kept open (unused) once requests go through the socket: its end
+    /// would look to the supervisor like the harness gone.
+    attach_input: Option<AttachInput>,
     rx: mpsc::Receiver<Frame>,
     /// The attach stream's reader, and the socket's once the supervisor reached it.
     readers: Vec<tokio::task::JoinHandle<()>>,
@@ -219,6 +223,26 @@ impl DockerSandbox {
     }
 
     async fn start_supervisor(&self) -> Result<Supervisor, SandboxError> {
+        if let Some(c) = &self.channel {
+            let (mut sup, tx, on_socket) = self.attached().await?;
+            match self.reach_socket(&mut sup, c, tx).await {
+                Ok(()) => {
+                    on_socket.store(true, Ordering::SeqCst);
+                    return Ok(sup);
+                }
+                // That supervisor may be on the socket or not: it goes, and a new one keeps to the
+                // attach stream (it ends at the end of its stdin or of its socket).
+                Err(e) => {
+                    tracing::warn!("commands go through the engine's attach stream: {e}")
+                }
+            }
+        }
+        Ok(self.attached().await?.0)
+    }
+
+    /// A new supervisor on the attach stream, its reader started: the sender its socket reader is
+    /// to share, and the flag that makes frames on the attach stream not the protocol.
+    async fn attached(&self) -> Result<(Supervisor, mpsc::Sender<Frame>, OnSocket), SandboxError> {
         let (output, input) = self.attach_supervisor().await?;
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         // Once the supervisor is on the socket, nothing on its stdout is a frame of its.
@@ -229,20 +253,13 @@ impl DockerSandbox {
             self.sup_stderr.clone(),
             self.bad_lines.clone(),
         ));
-        let mut sup = Supervisor {
+        let sup = Supervisor {
             input,
+            attach_input: None,
             rx,
             readers: vec![reader],
         };
-        if let Some(c) = &self.channel {
-            match self.reach_socket(&mut sup, c, tx).await {
-                Ok(()) => on_socket.store(true, Ordering::SeqCst),
-                Err(e) => {
-                    tracing::warn!("command output goes through the engine's attach stream: {e}")
-                }
-            }
-        }
-        Ok(sup)
+        Ok((sup, tx, on_socket))
     }
 
     /// A new supervisor exec as the sandbox user, attached: its output stream and its stdin.
@@ -278,7 +295,8 @@ impl DockerSandbox {
         }
     }
 
-    /// Has the supervisor send its frames through the channel's socket from now on.
+    /// Has the supervisor send its frames through the channel's socket, and take its requests from
+    /// there, from now on.
     async fn reach_socket(
         &self,
         sup: &mut Supervisor,
@@ -290,19 +308,18 @@ impl DockerSandbox {
         send(sup, sv::HELLO, id, &sv::hello_payload(&token))
             .await
             .map_err(|e| e.to_string())?;
-        let stream = match tokio::time::timeout(Duration::from_secs(10), arrived).await {
-            Ok(Ok(s)) => s,
-            _ => return Err("the supervisor did not reach the harness's socket".into()),
+        let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), arrived).await else {
+            return Err("the supervisor did not reach the harness's socket".into());
         };
-        sup.readers.push(tokio::spawn(read_socket(
-            stream,
-            tx,
-            self.bad_lines.clone(),
-        )));
-        match tokio::time::timeout(Duration::from_secs(10), recv_id(sup, id)).await {
-            Ok(Some(f)) if f.kind == sv::READY => Ok(()),
-            _ => Err("the supervisor did not say it uses the socket".into()),
+        let (read, write) = stream.into_split();
+        sup.readers
+            .push(tokio::spawn(read_socket(read, tx, self.bad_lines.clone())));
+        let ready = tokio::time::timeout(Duration::from_secs(10), recv_id(sup, id)).await;
+        if !matches!(ready, Ok(Some(ref f)) if f.kind == sv::READY) {
+            return Err("the supervisor did not say it uses the socket".into());
         }
+        sup.attach_input = Some(std::mem::replace(&mut sup.input, Box::pin(write)));
+        Ok(())
     }
 
     /// Runs `cmd` as the sandbox user in a fresh exec and gives back its stdout (at most 1 MiB);
@@ -344,6 +361,8 @@ type AttachStreamRaw = Pin<
     >,
 >;
 type AttachInput = Pin<Box<dyn AsyncWrite + Send>>;
+/// Set once a supervisor's frames come through the socket.
+type OnSocket = Arc<std::sync::atomic::AtomicBool>;
 
 type AttachStream =
     Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, String>> + Send>>;
@@ -409,7 +428,7 @@ async fn pass_on(
 
 /// Reads frames from the supervisor's socket straight into the decoder's buffer.
 async fn read_socket(
-    mut stream: tokio::net::UnixStream,
+    mut stream: tokio::net::unix::OwnedReadHalf,
     tx: mpsc::Sender<Frame>,
     bad_lines: Arc<std::sync::atomic::AtomicU64>,
 ) {
@@ -420,9 +439,8 @@ async fn read_socket(
         if buf.capacity() - buf.len() < 64 << 10 {
             buf.reserve(1 << 20);
         }
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        if matches!(stream.read_buf(buf).await, Ok(0) | Err(_)) {
+            return;
         }
         if !pass_on(&mut decoder, &tx, &bad_lines, false).await {
             return;

@@ -17,7 +17,7 @@ pub(crate) const BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gptx-
 /// Where every sandbox sees it (a read-only bind mount of [`host_copy`]).
 pub(crate) const IN_SANDBOX: &str = "/.gptx/supervisor";
 /// The protocol version this harness speaks; the supervisor says its own in every pong.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 
 pub(crate) const EXEC: u8 = 1;
 pub(crate) const PING: u8 = 2;
