@@ -520,44 +520,68 @@ PY"#;
 /// names the open file by inode).
 #[tokio::test(flavor = "multi_thread")]
 async fn links_made_after_a_files_last_snapshot_are_followed_through_a_real_sandbox() {
-    common::with_sandbox(
-        "links",
-        |_| {},
-        |sb, ws| async move {
-            let mut s = Steps::new(sb.as_ref(), &ws);
-            s.step("mkdir -p l .git/objects \"$(printf 'odd\\377')\" && echo o > o1 && echo g > g1 && echo c > c1 && echo 1 > k1 && echo one > p1", 0).await;
-            s.step("ln o1 l/o2 && echo w >> l/o2 && ln g1 .git/objects/g2 && ln c1 \"$(printf 'odd\\377')/c2\"", 0).await;
-            assert_eq!(s.at("o1").as_deref(), Some("o\nw\n"));
-            s.step("echo G > .git/objects/g2 && echo C > \"$(printf 'odd\\377')/c2\"", 0).await;
-            assert_eq!((s.at("g1").as_deref(), s.at("c1").as_deref()), (Some("G\n"), Some("C\n")));
-            let held = "(exec 3>>k1; ln k1 k2; rm k1; while [ ! -e go ]; do sleep 0.01; done; echo 2 >&3; exec 3>&-; sleep 30) > /dev/null 2>&1 & while [ -e k1 ]; do sleep 0.01; done";
-            s.step(held, 0).await;
-            s.step("touch go", 300).await;
-            assert_eq!(s.at("k2").as_deref(), Some("1\n2\n"));
-            // A name made, written through and removed in one step.
-            s.step("ln o1 t && echo T >> t && rm t", 0).await;
-            assert_eq!(s.at("o1").as_deref(), Some("o\nw\nT\n"));
-            // A read-only descriptor, reopened for writing through /proc once its name is gone.
-            let ro = "(exec 4<p1; while [ ! -e go2 ]; do sleep 0.01; done; echo evil >> /proc/self/fd/4; sleep 30) > /dev/null 2>&1 & ln p1 p2";
-            s.step(ro, 0).await;
-            s.step("rm p1", 0).await;
-            s.step("touch go2", 300).await;
-            assert_eq!(s.at("p2").as_deref(), Some("one\nevil\n"));
-            // Decoys at the removed name: a FIFO and a folder are there (so the event's path is
-            // not gone), and the write through the held descriptor names only that path.
-            let hold = |f: &str, x: &str, go: &str| {
-                format!("echo one > {f} && ln {f} {x} && (exec 4<{x}; while [ ! -e {go} ]; do sleep 0.01; done; echo evil >> /proc/self/fd/4; sleep 30) > /dev/null 2>&1 &")
-            };
-            s.step(&hold("q1", "qx", "go4"), 0).await;
-            s.step(&hold("r1", "rx", "go5"), 0).await;
-            s.step("rm qx && mkfifo qx && rm rx && mkdir rx", 0).await;
-            s.step("touch go4 go5", 300).await;
-            assert_eq!(s.at("q1").as_deref(), Some("one\nevil\n"), "FIFO decoy");
-            assert_eq!(s.at("r1").as_deref(), Some("one\nevil\n"), "folder decoy");
-            let _ = sb.end_stage().await;
-        },
+    common::with_sandbox("links", |_| {}, links_made_after_a_files_last_snapshot).await;
+}
+
+/// The same on a workspace that is an ext4 file system of its own (as a root run's is): the
+/// snapshots' inode feed then stands in for the sweeps of every recorded file.
+#[tokio::test(flavor = "multi_thread")]
+async fn links_made_after_a_files_last_snapshot_are_followed_on_a_file_system_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    // The sandbox user's, as every workspace's root is.
+    let owner = (1000, 1000);
+    let quota = gptx::sandbox::quota::Quota::mount(&ws, &tmp.path().join("ws.img"), 64, owner);
+    let quota = quota.expect("a loop-mounted ext4 workspace (root)");
+    let body = links_made_after_a_files_last_snapshot;
+    common::with_sandbox_at("links-ext4", &ws, |_| {}, body).await;
+    quota.release(false).unwrap();
+}
+
+/// Links made, written through and removed by the sandbox's commands, with decoys; each snapshot
+/// must hold what a whole walk would.
+async fn links_made_after_a_files_last_snapshot(
+    sb: std::sync::Arc<gptx::docker::sandbox::DockerSandbox>,
+    ws: std::path::PathBuf,
+) {
+    let mut s = Steps::new(sb.as_ref(), &ws);
+    s.step("mkdir -p l .git/objects \"$(printf 'odd\\377')\" && echo o > o1 && echo g > g1 && echo c > c1 && echo 1 > k1 && echo one > p1", 0).await;
+    s.step("ln o1 l/o2 && echo w >> l/o2 && ln g1 .git/objects/g2 && ln c1 \"$(printf 'odd\\377')/c2\"", 0).await;
+    assert_eq!(s.at("o1").as_deref(), Some("o\nw\n"));
+    s.step(
+        "echo G > .git/objects/g2 && echo C > \"$(printf 'odd\\377')/c2\"",
+        0,
     )
     .await;
+    assert_eq!(
+        (s.at("g1").as_deref(), s.at("c1").as_deref()),
+        (Some("G\n"), Some("C\n"))
+    );
+    let held = "(exec 3>>k1; ln k1 k2; rm k1; while [ ! -e go ]; do sleep 0.01; done; echo 2 >&3; exec 3>&-; sleep 30) > /dev/null 2>&1 & while [ -e k1 ]; do sleep 0.01; done";
+    s.step(held, 0).await;
+    s.step("touch go", 300).await;
+    assert_eq!(s.at("k2").as_deref(), Some("1\n2\n"));
+    // A name made, written through and removed in one step.
+    s.step("ln o1 t && echo T >> t && rm t", 0).await;
+    assert_eq!(s.at("o1").as_deref(), Some("o\nw\nT\n"));
+    // A read-only descriptor, reopened for writing through /proc once its name is gone.
+    let ro = "(exec 4<p1; while [ ! -e go2 ]; do sleep 0.01; done; echo evil >> /proc/self/fd/4; sleep 30) > /dev/null 2>&1 & ln p1 p2";
+    s.step(ro, 0).await;
+    s.step("rm p1", 0).await;
+    s.step("touch go2", 300).await;
+    assert_eq!(s.at("p2").as_deref(), Some("one\nevil\n"));
+    // Decoys at the removed name: a FIFO and a folder are there (so the event's path is
+    // not gone), and the write through the held descriptor names only that path.
+    let hold = |f: &str, x: &str, go: &str| {
+        format!("echo one > {f} && ln {f} {x} && (exec 4<{x}; while [ ! -e {go} ]; do sleep 0.01; done; echo evil >> /proc/self/fd/4; sleep 30) > /dev/null 2>&1 &")
+    };
+    s.step(&hold("q1", "qx", "go4"), 0).await;
+    s.step(&hold("r1", "rx", "go5"), 0).await;
+    s.step("rm qx && mkfifo qx && rm rx && mkdir rx", 0).await;
+    s.step("touch go4 go5", 300).await;
+    assert_eq!(s.at("q1").as_deref(), Some("one\nevil\n"), "FIFO decoy");
+    assert_eq!(s.at("r1").as_deref(), Some("one\nevil\n"), "folder decoy");
+    let _ = sb.end_stage().await;
 }
 
 /// An attacker hides a shared writable mapping behind a thread group whose leader has exited (its

@@ -448,14 +448,10 @@ impl WorkspaceHistory {
         cx.all_fresh = unknown.is_some();
         cx.model.prune();
         let changes = cx.tracker.as_ref().map(Tracker::take).unwrap_or_default();
-        let mut reason = unknown.or(changes.full_walk).or_else(|| match &cx.tracker {
-            Some(_) => None,
-            None => Some(
-                self.untracked
-                    .clone()
-                    .unwrap_or_else(|| "no inotify tracker".into()),
-            ),
-        });
+        cx.links.changed = changes.inodes;
+        let mut reason = unknown
+            .or(changes.full_walk)
+            .or_else(|| self.no_tracker(cx));
         let previous = cx.model.root.take();
         let had_previous = previous.is_some();
         if let (Some(root), None) = (previous, &reason) {
@@ -476,13 +472,19 @@ impl WorkspaceHistory {
         Ok((tree, reason.filter(|_| had_previous)))
     }
 
+    /// Why `cx` has no tracker, when so.
+    fn no_tracker(&self, cx: &walk::Cx) -> Option<String> {
+        let why = || self.untracked.clone();
+        cx.tracker
+            .is_none()
+            .then(|| why().unwrap_or_else(|| "no inotify tracker".into()))
+    }
+
     /// A new inotify tracker, or none (and why, kept for the trace).
     fn start_tracker(&mut self) -> Option<Tracker> {
-        let started = Tracker::start();
-        self.untracked = started
-            .as_ref()
-            .err()
-            .map(|e| format!("inotify could not be set up ({e})"));
+        let started = Tracker::start(Some(&self.root));
+        self.untracked =
+            (started.as_ref().err()).map(|e| format!("inotify could not be set up ({e})"));
         started.ok()
     }
 
@@ -504,8 +506,7 @@ impl WorkspaceHistory {
                 marks.add(name, Default::default());
             }
             if marks.is_empty() && std::mem::take(&mut cx.links.vanished) {
-                marks = cx.model.sweep(&self.open_root()?);
-                self.swept = true;
+                marks = self.sweep(cx)?;
             }
             if marks.is_empty() {
                 return Ok(tree);
@@ -513,6 +514,13 @@ impl WorkspaceHistory {
             let root = cx.model.root.take().ok_or(None)?;
             tree = self.walk_marked(cx, root, &marks)?;
         }
+    }
+
+    /// Stats the recorded files the inode feed names, or every one when it names nothing for sure.
+    fn sweep(&mut self, cx: &mut walk::Cx) -> Result<walk::Marks, Option<git2::Error>> {
+        let only = cx.links.changed.take();
+        self.swept = only.is_none();
+        Ok(cx.model.sweep(&self.open_root()?, only.as_ref()))
     }
 
     /// The workspace's tree with the manifest added at the top, when it lists anything.

@@ -1,6 +1,10 @@
 //! The host-side inotify tracker of the workspace: one watch per directory, drained on its own thread into the set of paths the next snapshot must look at again.
+//!
+//! Where the workspace is a file system of its own (the loop-mounted ext4 of a root run), a
+//! fanotify mark on the whole file system also names, by inode, every file written or whose
+//! attributes or link count changed, whatever name it was reached by (see [`Feed`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -14,9 +18,16 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
 
+mod feed;
+use feed::Feed;
+
 /// Past this many changed paths between two snapshots, the next one walks the whole workspace
 /// (the set would cost more memory than the walk costs time).
 const MAX_DIRTY: usize = 2_000_000;
+
+/// Past this many files named by the inode feed between two snapshots, the set is dropped (a
+/// sweep of every recorded file costs less than its memory, about 40 bytes a file).
+const MAX_FED: usize = 1 << 18;
 
 /// What every directory's watch reports: each change of an entry's name, content or attributes.
 /// `IN_OPEN` is added once a snapshot is done reading the directory (see [`Tracker::arm`]). Not
@@ -75,15 +86,28 @@ pub(crate) struct Changes {
     pub paths: HashMap<PathBuf, Change>,
     /// Why the events cannot be trusted, when so: the next snapshot walks everything.
     pub full_walk: Option<String>,
+    /// Every (device, inode) of the workspace written, or whose attributes or link count changed,
+    /// since the last take, by any name; None when not known whole (no feed, or events lost).
+    pub inodes: Option<HashSet<(u64, u64)>>,
 }
 
 #[derive(Default)]
 struct State {
     changes: Changes,
+    /// The inode feed's findings since the last take, when there is a feed.
+    feed: Option<Fed>,
     /// Watch descriptor → the directory's workspace-relative path ("" is the workspace).
     wds: HashMap<i32, PathBuf>,
     /// Where events are read into.
     buf: Vec<MaybeUninit<u8>>,
+}
+
+/// What the inode feed found since the last take.
+#[derive(Default)]
+struct Fed {
+    inodes: HashSet<(u64, u64)>,
+    /// Events were lost, or named a file in a way not understood: the set is not whole.
+    lost: bool,
 }
 
 impl State {
@@ -148,15 +172,27 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(fed: bool) -> Self {
+        let feed = fed.then(Fed::default);
+        Self {
+            state: Mutex::new(State {
+                feed,
+                ..State::default()
+            }),
+            paused: AtomicBool::new(false),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// An inotify instance watching the workspace's directories, with the thread that drains it.
-/// Dropping it ends the thread and closes its descriptors.
+/// An inotify instance watching the workspace's directories (and the inode feed, where there is
+/// one), with the thread that drains them. Dropping it ends the thread and closes its descriptors.
 pub(crate) struct Tracker {
     fd: Arc<OwnedFd>,
+    feed: Option<Arc<Feed>>,
     shared: Arc<Shared>,
     /// The write end of the pipe that wakes the thread: dropping it ends the thread.
     wake: Option<OwnedFd>,
@@ -164,26 +200,31 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker with no watch yet; [`Self::arm`] adds them.
-    pub fn start() -> std::io::Result<Self> {
+    /// A tracker with no watch yet ([`Self::arm`] adds them), with an inode feed for the file
+    /// system whose root is `root` where one can be had.
+    pub fn start(root: Option<&Path>) -> std::io::Result<Self> {
         let fd = Arc::new(inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?);
         let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            paused: AtomicBool::new(false),
-        });
+        let feed = root.and_then(feed_for);
+        let shared = Arc::new(Shared::new(feed.is_some()));
+        let (f, fe, sh) = (fd.clone(), feed.clone(), shared.clone());
         let thread = std::thread::Builder::new()
             .name("gptx-watch".into())
-            .spawn({
-                let (fd, shared) = (fd.clone(), shared.clone());
-                move || drain(&fd, &rd, &shared)
-            })?;
+            .spawn(move || drain(&f, fe.as_deref(), &rd, &sh))?;
+        let (wake, thread) = (Some(wr), Some(thread));
         Ok(Self {
             fd,
+            feed,
             shared,
-            wake: Some(wr),
-            thread: Some(thread),
+            wake,
+            thread,
         })
+    }
+
+    /// Whether an inode feed runs.
+    #[cfg(test)]
+    pub fn fed(&self) -> bool {
+        self.feed.is_some()
     }
 
     /// Watches the open directory `dir`, at workspace-relative `rel` (the same directory watched
@@ -213,19 +254,21 @@ impl Tracker {
     /// The changes since the last call: every event queued before the call (read here if the
     /// thread has not yet); later events go to the next call.
     pub fn take(&self) -> Changes {
-        let mut state = self.shared.lock();
-        match state.read_events(&self.fd, 1 << 14) {
-            Ok(true) => {}
-            Ok(false) => state.fail("inotify events came faster than they could be read".into()),
-            Err(e) => state.fail(format!("reading inotify events failed: {e}")),
-        }
-        std::mem::take(&mut state.changes)
+        self.shared.lock().take(&self.fd, self.feed.as_deref())
     }
 
     /// Test hook: makes the next snapshot a full walk, for `why`.
     #[cfg(test)]
     pub fn fail(&self, why: String) {
         self.shared.lock().fail(why);
+    }
+
+    /// Test hook: makes the inode feed's set not whole until the next take (as lost events do).
+    #[cfg(test)]
+    pub fn lose_feed(&self) {
+        if let Some(f) = &mut self.shared.lock().feed {
+            f.lost = true;
+        }
     }
 
     /// Test hook: stops (or restarts) draining the kernel's queue, so it can overflow.
@@ -244,22 +287,24 @@ impl Drop for Tracker {
     }
 }
 
+/// How long the paused thread (a test hook) sleeps between looks.
+const PAUSE: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: 20_000_000,
+};
+
 /// The thread: waits for events (or the wake pipe's end) and records them.
-fn drain(fd: &OwnedFd, wake: &OwnedFd, shared: &Shared) {
-    let pause = Timespec {
-        tv_sec: 0,
-        tv_nsec: 20_000_000,
-    };
+fn drain(fd: &OwnedFd, feed: Option<&Feed>, wake: &OwnedFd, shared: &Shared) {
     loop {
         let paused = shared.paused.load(Ordering::SeqCst);
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(wake, PollFlags::IN),
             PollFd::new(fd, PollFlags::IN),
         ];
-        let polled = if paused {
-            rustix::event::poll(&mut fds[..1], Some(&pause))
-        } else {
-            rustix::event::poll(&mut fds, None)
+        fds.extend(feed.map(|f| PollFd::new(f.fd(), PollFlags::IN)));
+        let polled = match paused {
+            true => rustix::event::poll(&mut fds[..1], Some(&PAUSE)),
+            false => rustix::event::poll(&mut fds, None),
         };
         match polled {
             Ok(_) | Err(Errno::INTR) => {}
@@ -268,13 +313,70 @@ fn drain(fd: &OwnedFd, wake: &OwnedFd, shared: &Shared) {
         if !fds[0].revents().is_empty() {
             return; // the tracker was dropped
         }
-        if paused || fds[1].revents().is_empty() {
-            continue;
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        if !paused && shared.lock().read_ready(fd, feed, &ready).is_err() {
+            return;
         }
-        // A bounded number of reads, then back to `poll`: a flood of events never delays the end.
-        let mut state = shared.lock();
-        if let Err(e) = state.read_events(fd, 64) {
-            return state.fail(format!("reading inotify events failed: {e}"));
+    }
+}
+
+/// The inode feed of the workspace's file system, where one can be had.
+fn feed_for(root: &Path) -> Option<Arc<Feed>> {
+    let feed = Feed::start(root).map_err(|why| tracing::debug!("no inode feed: {why}"));
+    feed.ok().map(Arc::new)
+}
+
+impl Fed {
+    /// The inodes, when the set is whole.
+    fn whole(self) -> Option<HashSet<(u64, u64)>> {
+        (!self.lost).then_some(self.inodes)
+    }
+}
+
+impl State {
+    /// The changes since the last take: every event queued before the call is read here first.
+    fn take(&mut self, fd: &OwnedFd, feed: Option<&Feed>) -> Changes {
+        match self.read_events(fd, 1 << 14) {
+            Ok(true) => {}
+            Ok(false) => self.fail("inotify events came faster than they could be read".into()),
+            Err(e) => self.fail(format!("reading inotify events failed: {e}")),
+        }
+        if let Some(feed) = feed {
+            self.read_feed(feed, 1 << 14, true);
+        }
+        let mut changes = std::mem::take(&mut self.changes);
+        changes.inodes = self.feed.as_mut().map(std::mem::take).and_then(Fed::whole);
+        changes
+    }
+
+    /// Reads from the queues `ready` says have events (inotify's, the feed's), a bounded number
+    /// of reads each: a flood of events never delays the tracker's end. Err when inotify failed.
+    fn read_ready(&mut self, fd: &OwnedFd, feed: Option<&Feed>, ready: &[bool]) -> Result<(), ()> {
+        if ready[1] {
+            if let Err(e) = self.read_events(fd, 64) {
+                self.fail(format!("reading inotify events failed: {e}"));
+                return Err(());
+            }
+        }
+        if let (Some(f), Some(true)) = (feed, ready.get(2)) {
+            self.read_feed(f, 64, false);
+        }
+        Ok(())
+    }
+
+    /// Reads what the inode feed's queue holds, at most `reads` reads; with `all`, a queue left
+    /// unread makes the set not whole.
+    fn read_feed(&mut self, feed: &Feed, reads: usize, all: bool) {
+        let Some(fed) = &mut self.feed else { return };
+        let mut buf = vec![0u8; 64 * 1024];
+        let drained = feed.read(fed, &mut buf, reads);
+        fed.lost |= all && !drained;
+        if fed.inodes.len() > MAX_FED {
+            // More than a sweep costs: the set is dropped and the next sweep stats everything.
+            *fed = Fed {
+                lost: true,
+                ..Fed::default()
+            };
         }
     }
 }

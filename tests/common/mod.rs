@@ -89,21 +89,33 @@ where
     F: FnOnce(Arc<DockerSandbox>, std::path::PathBuf) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let ws = tempfile::tempdir().unwrap();
+    // The workspace lives until the sandbox is gone.
+    with_sandbox_at(name, ws.path(), tweak, body).await;
+}
+
+/// [`with_sandbox`] on the workspace at `ws` (a loop mount, say).
+pub async fn with_sandbox_at<F, Fut>(
+    name: &str,
+    ws: &std::path::Path,
+    tweak: impl FnOnce(&mut DockerSandboxSpec),
+    body: F,
+) where
+    F: FnOnce(Arc<DockerSandbox>, std::path::PathBuf) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let (docker, image) = docker_and_image().await;
     let run_id = test_run_id(name);
-    let ws = tempfile::tempdir().unwrap();
-    let mut s = spec(&run_id, &image, ws.path());
+    let mut s = spec(&run_id, &image, ws);
     tweak(&mut s);
     let sandbox = Arc::new(DockerSandbox::create(&docker, &s).await.expect("sandbox"));
-    // The workspace lives until the sandbox is gone.
-    let outcome = tokio::spawn(body(sandbox.clone(), ws.path().to_path_buf())).await;
+    let outcome = tokio::spawn(body(sandbox.clone(), ws.to_path_buf())).await;
     use gptx::sandbox::Sandbox;
     sandbox.remove().await.expect("remove");
     let left = leftovers(&docker, &run_id).await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
-    drop(ws);
     assert_eq!(left, 0, "resources of {run_id} left behind");
 }
 

@@ -666,3 +666,74 @@ fn writes_through_names_that_are_gone_are_caught_whatever_is_put_in_their_place(
         assert_eq!(blob_at(&h, t, f).unwrap(), b"one+evil", "{f}");
     }
 }
+
+/// A workspace that is an ext4 file system of its own (a loop mount, as a root run has), and its
+/// history, first snapshot taken: the inode feed runs there.
+fn setup_ext4() -> (
+    tempfile::TempDir,
+    crate::sandbox::quota::Quota,
+    PathBuf,
+    WorkspaceHistory,
+) {
+    assert!(
+        crate::sandbox::quota::available(),
+        "the inode feed's tests need root (a loop mount and a file-system mark)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let image = tmp.path().join("ws.img");
+    let quota = crate::sandbox::quota::Quota::mount(&ws, &image, 16, (0, 0)).unwrap();
+    std::fs::write(ws.join("seed.txt"), b"seed").unwrap();
+    let mut h = WorkspaceHistory::create(&tmp.path().join("w.git"), &ws).unwrap();
+    h.commit_if_changed("first").unwrap();
+    assert!(h.tracker.as_ref().is_some_and(|t| t.fed()), "no inode feed");
+    (tmp, quota, ws, h)
+}
+
+#[test]
+fn on_a_file_system_of_its_own_a_name_that_comes_and_goes_costs_no_sweep_and_misses_nothing() {
+    let (_tmp, quota, ws, mut h) = setup_ext4();
+    for i in 0..300 {
+        std::fs::write(ws.join(format!("f{i}")), b"x").unwrap();
+    }
+    std::fs::write(ws.join("a"), b"one").unwrap();
+    std::fs::create_dir(ws.join("d")).unwrap();
+    exact(&mut h, &ws);
+    // A second name made, written through and removed in one step: only the feed names `a`.
+    std::fs::hard_link(ws.join("a"), ws.join("d/b")).unwrap();
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ws.join("d/b"))
+        .unwrap();
+    std::io::Write::write_all(&mut w, b"+two").unwrap();
+    drop(w);
+    std::fs::remove_file(ws.join("d/b")).unwrap();
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"one+two");
+    assert!(!h.swept, "the feed stood in for the sweep");
+    // A descriptor kept on a name that is then removed; the write comes a step later.
+    std::fs::hard_link(ws.join("a"), ws.join("d/c")).unwrap();
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ws.join("d/c"))
+        .unwrap();
+    std::fs::remove_file(ws.join("d/c")).unwrap();
+    exact(&mut h, &ws);
+    std::io::Write::write_all(&mut w, b"+three").unwrap();
+    drop(w);
+    let t = exact(&mut h, &ws);
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"one+two+three");
+    // A temporary file: the feed names no recorded file, so nothing is looked at again.
+    std::fs::write(ws.join("t.tmp"), b"x").unwrap();
+    std::fs::remove_file(ws.join("t.tmp")).unwrap();
+    exact(&mut h, &ws);
+    assert!(!h.swept);
+    // When the feed lost events, every recorded file is swept again.
+    std::fs::write(ws.join("u.tmp"), b"x").unwrap();
+    std::fs::remove_file(ws.join("u.tmp")).unwrap();
+    h.tracker.as_ref().unwrap().lose_feed();
+    exact(&mut h, &ws);
+    assert!(h.swept);
+    drop(h);
+    quota.release(false).unwrap();
+}

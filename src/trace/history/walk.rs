@@ -127,20 +127,35 @@ impl Model {
 
     /// Every recorded file whose inode or change time is not what it was (or not trusted), by a
     /// `stat` of each under `root`, reading nothing: what a name that came and went in one step
-    /// (or a write through a name already gone) may have changed.
-    pub fn sweep(&mut self, root: &OwnedFd) -> Marks {
-        let mut marks = Marks::default();
-        for (path, seen) in &self.ino_of {
+    /// (or a write through a name already gone) may have changed. With `only` (the inodes the
+    /// feed says changed), just the recorded names of those.
+    pub fn sweep(&mut self, root: &OwnedFd, only: Option<&HashSet<Ino>>) -> Marks {
+        let (mut marks, mut suspects) = (Marks::default(), Vec::new());
+        for (path, seen) in self.files(only) {
             let now = stat_beneath(root, path);
             if now.is_none_or(|now| now != (seen.ino, seen.ctime)) {
                 marks.add(path, Change::default());
-            }
-            // Changed with no event naming it (not merely too recent to trust): a suspect.
-            if seen.ctime.is_some() && now.is_some_and(|now| now != (seen.ino, seen.ctime)) {
-                self.suspects.insert(seen.ino);
+                // Changed with no event naming it (not merely too recent to trust): a suspect.
+                suspects.extend(now.filter(|_| seen.ctime.is_some()).map(|_| seen.ino));
             }
         }
+        self.suspects.extend(suspects);
         marks
+    }
+
+    /// Every recorded file, or those of the inodes `only` names.
+    fn files<'a>(
+        &'a self,
+        only: Option<&'a HashSet<Ino>>,
+    ) -> Box<dyn Iterator<Item = (&'a PathBuf, &'a Seen)> + 'a> {
+        match only {
+            None => Box::new(self.ino_of.iter()),
+            Some(set) => Box::new(
+                set.iter()
+                    .flat_map(|i| self.names_of(*i))
+                    .filter_map(|p| self.ino_of.get_key_value(p)),
+            ),
+        }
     }
 
     /// The recorded names of `ino`.
@@ -246,6 +261,9 @@ pub(super) struct Links {
     /// A name may have come and gone since the last snapshot, taking a change to a recorded
     /// file with it: the snapshot sweeps every recorded file's stamp.
     pub vanished: bool,
+    /// The inodes the feed says changed since the last snapshot, when known whole: a sweep then
+    /// looks at their recorded names only.
+    pub changed: Option<HashSet<Ino>>,
 }
 
 /// The (device, inode) and change time (ns) of `path` below `root`, resolved without following
