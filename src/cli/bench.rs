@@ -72,6 +72,8 @@ enum Before {
 struct Samples {
     ms: std::collections::BTreeMap<&'static str, Vec<f64>>,
     peak_rss_kb: Option<u64>,
+    /// What the workspace is.
+    workspace: &'static str,
 }
 
 struct BenchAgent {
@@ -280,29 +282,64 @@ async fn measure_all(home: &Home, sizes: &Sizes) -> anyhow::Result<Report> {
     let image = crate::docker::images::ensure(&docker, home, "base").await?;
     let tmp = tempfile::tempdir()?;
     let ws = tmp.path().join("workspace");
-    std::fs::create_dir(&ws)?;
+    let (quota, workspace) = own_file_system(&ws, tmp.path(), sizes.files)?;
     crate::docker::session::prepare_workspace(&ws)?;
     let run_id = format!("bench-{}", crate::trace::rundir::new_run_id());
-    let spec = DockerSandboxSpec {
-        run_id: run_id.clone(),
+    let spec = bench_spec(&run_id, &image.tag, &ws);
+    let sandbox = Arc::new(DockerSandbox::create(&docker, &spec).await?);
+    let result = measure(home, sizes, &sandbox, &ws, tmp.path(), &run_id, &image.tag).await;
+    let _ = sandbox.remove().await;
+    let _ = crate::docker::engine::sweep(&docker, Some(&run_id), |_| false).await;
+    if let Some(q) = quota {
+        q.release(false)?;
+    }
+    result.map(|mut r| {
+        r.samples.workspace = workspace;
+        r
+    })
+}
+
+/// The workspace at `ws` as a run's is: an ext4 file system of its own, large enough for `files`
+/// files, when this process can mount one (root); else a plain directory. Says which.
+fn own_file_system(
+    ws: &std::path::Path,
+    tmp: &std::path::Path,
+    files: usize,
+) -> anyhow::Result<(Option<crate::sandbox::quota::Quota>, &'static str)> {
+    if !crate::sandbox::quota::available() {
+        std::fs::create_dir(ws)?;
+        return Ok((
+            None,
+            "a plain directory (not root: no loop mount, no inode feed)",
+        ));
+    }
+    // ext4 makes an inode per 16 KiB: room for every file, and the rows' output besides.
+    let mb = (files as u64 * 20 / 1000).max(1024) + 512;
+    let owner = (
+        crate::docker::sandbox::SANDBOX_UID,
+        crate::docker::sandbox::SANDBOX_GID,
+    );
+    let q = crate::sandbox::quota::Quota::mount(ws, &tmp.join("workspace.img"), mb, owner)?;
+    Ok((Some(q), "a loop-mounted ext4 of its own, as a root run's"))
+}
+
+/// The bench's sandbox: the agent's profile on `base`, one CPU.
+fn bench_spec(run_id: &str, image: &str, ws: &std::path::Path) -> DockerSandboxSpec {
+    DockerSandboxSpec {
+        run_id: run_id.to_string(),
         role: "bench".into(),
-        image: image.tag.clone(),
+        image: image.to_string(),
         memory_bytes: 1 << 30,
         nano_cpus: 1_000_000_000,
         pids: 256,
         network: None,
-        workspace_host: ws.clone(),
+        workspace_host: ws.to_path_buf(),
         workspace_readonly: false,
         env: vec![],
         instance: None,
         tmp_mb: 64,
         extra_hosts: vec![],
-    };
-    let sandbox = Arc::new(DockerSandbox::create(&docker, &spec).await?);
-    let result = measure(home, sizes, &sandbox, &ws, tmp.path(), &run_id, &image.tag).await;
-    let _ = sandbox.remove().await;
-    let _ = crate::docker::engine::sweep(&docker, Some(&run_id), |_| false).await;
-    result
+    }
 }
 
 /// Every figure of one bench run.
@@ -378,10 +415,9 @@ impl Report {
             "docker_exec_cli_ms": pair(self.p("docker_cli")),
             "in_box_floor_ms": pair(self.p("floor")),
             "ratio_p50": step / cli, "floor_ratio_p50": floor / cli, "over_floor_ms": step - floor,
-            "output": {"mib": sizes.output_mib, "gptx_s": self.one("output"),
-                       "in_box_dev_null_s": self.one("output_null"), "gptx_mb_per_s": mb / self.one("output"),
-                       "harness_peak_rss_kb": self.samples.peak_rss_kb},
-            "echo_step_ms": {"files": {"few": FEW_FILES, "many": sizes.files},
+            "output": {"mib": sizes.output_mib, "gptx_s": self.one("output"), "harness_peak_rss_kb": self.samples.peak_rss_kb,
+                       "in_box_dev_null_s": self.one("output_null"), "gptx_mb_per_s": mb / self.one("output")},
+            "echo_step_ms": {"files": {"few": FEW_FILES, "many": sizes.files}, "workspace": self.samples.workspace,
                              "few": pair(self.p("echo_few")), "many": pair(self.p("echo_many")),
                              "sweep_many": pair(self.p("sweep_many"))},
         })
@@ -419,17 +455,22 @@ impl Report {
 
     /// The rows of steps in a workspace of many files.
     fn file_rows(&self, sizes: &Sizes) -> String {
-        let row = |label: &str, what: String| {
-            let (p50, p90) = self.p(label);
-            format!("  {what:<32} p50 {p50:8.2} ms  p90 {p90:8.2} ms\n")
-        };
-        let many = sizes.files;
-        [
-            "`echo` step through gptx:\n".to_string(),
-            row("echo_few", format!("at {FEW_FILES} files")),
-            row("echo_many", format!("at {many} files")),
-            row("sweep_many", format!("`touch .t && rm .t` at {many}")),
-        ]
-        .concat()
+        let n = sizes.files;
+        let rows = [
+            ("echo_few", format!("at {FEW_FILES} files")),
+            ("echo_many", format!("at {n} files")),
+            ("sweep_many", format!("`touch .t && rm .t` at {n}")),
+        ];
+        let mut out = format!("`echo` step, the workspace {}:\n", self.samples.workspace);
+        for (label, what) in rows {
+            out += &self.row(label, &what);
+        }
+        out
+    }
+
+    /// One row of per-step figures: `what`, then the p50 and p90 of `label`.
+    fn row(&self, label: &str, what: &str) -> String {
+        let (p50, p90) = self.p(label);
+        format!("  {what:<32} p50 {p50:8.2} ms  p90 {p90:8.2} ms\n")
     }
 }
