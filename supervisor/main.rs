@@ -884,8 +884,15 @@ fn own_processes(uid: u32, me: i32) -> Vec<(i32, bool, u32)> {
 /// are then root's (unreadable here), but it can write nothing more (a child it forked shows up
 /// when `/proc` is listed again).
 fn exiting(pid: i32) -> bool {
-    let status = read_proc(&format!("/proc/{pid}/status"));
-    status.is_none_or(|s| !s.contains("\nVmSize:") || s.contains("\nState:\tZ"))
+    read_proc(&format!("/proc/{pid}/status")).is_none_or(|s| exited_alone(&s))
+}
+
+/// Whether a `status` says its process has released its memory (no `VmSize:`) or is a zombie,
+/// and has no other thread: a leader that exits while its threads go on shows the same, but
+/// its threads still hold its maps (which then read empty).
+fn exited_alone(status: &str) -> bool {
+    let gone = !status.contains("\nVmSize:") || status.contains("\nState:\tZ");
+    gone && status.contains("\nThreads:\t1\n")
 }
 
 /// A small `/proc` file read whole with as few reads as it takes (one, for most).
@@ -1132,4 +1139,33 @@ fn command_line(pid: i32) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `status` with the given state, memory line and thread count.
+    fn status(state: &str, vm: bool, threads: u32) -> String {
+        let vm = if vm { "VmSize:\t  2048 kB\n" } else { "" };
+        format!("Name:\tx\nState:\t{state}\nUid:\t1000\t1000\t1000\t1000\n{vm}Threads:\t{threads}\nSigQ:\t0/1\n")
+    }
+
+    #[test]
+    fn only_a_process_alone_past_its_exit_is_taken_as_gone() {
+        assert!(exited_alone(&status("Z (zombie)", false, 1)));
+        assert!(
+            exited_alone(&status("R (running)", false, 1)),
+            "memory released"
+        );
+        assert!(!exited_alone(&status("S (sleeping)", true, 1)), "alive");
+        assert!(
+            !exited_alone(&status("Z (zombie)", false, 2)),
+            "a leader whose threads go on"
+        );
+        assert!(
+            !exited_alone(&status("R (running)", false, 3)),
+            "its exit under way, threads on"
+        );
+    }
 }

@@ -449,6 +449,7 @@ impl WorkspaceHistory {
         cx.model.prune();
         let changes = cx.tracker.as_ref().map(Tracker::take).unwrap_or_default();
         cx.links.changed = changes.inodes;
+        cx.links.carried = std::mem::take(&mut cx.model.sweep_next);
         let mut reason = unknown
             .or(changes.full_walk)
             .or_else(|| self.no_tracker(cx));
@@ -505,7 +506,7 @@ impl WorkspaceHistory {
             for name in new.iter().flat_map(|i| cx.model.names_of(*i)) {
                 marks.add(name, Default::default());
             }
-            if marks.is_empty() && std::mem::take(&mut cx.links.vanished) {
+            if marks.is_empty() && (cx.links.vanished || cx.links.carried) {
                 marks = self.sweep(cx)?;
             }
             if marks.is_empty() {
@@ -517,10 +518,17 @@ impl WorkspaceHistory {
     }
 
     /// Stats the recorded files the inode feed names, or every one when it names nothing for sure.
+    /// A write raises its inotify and its fanotify event in either order, so the two may fall
+    /// into two snapshots: after a sweep the feed's inodes stood in for, the next snapshot sweeps
+    /// its own feed's inodes too.
     fn sweep(&mut self, cx: &mut walk::Cx) -> Result<walk::Marks, Option<git2::Error>> {
         let only = cx.links.changed.take();
         self.swept = only.is_none();
-        Ok(cx.model.sweep(&self.open_root()?, only.as_ref()))
+        cx.model.sweep_next = only.is_some() && cx.links.vanished;
+        (cx.links.vanished, cx.links.carried) = (false, false);
+        let marks = cx.model.sweep(&self.open_root()?, only.as_ref());
+        cx.links.changed = only;
+        Ok(marks)
     }
 
     /// The workspace's tree with the manifest added at the top, when it lists anything.

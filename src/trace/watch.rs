@@ -96,6 +96,10 @@ struct State {
     changes: Changes,
     /// The inode feed's findings since the last take, when there is a feed.
     feed: Option<Fed>,
+    /// What the feed found in the window before (None: not whole). The two queues are read one
+    /// after the other, so a write between the two reads is in this window's inodes and the next
+    /// window's paths: a window's inodes are its own and the window before's.
+    fed_before: Option<HashSet<(u64, u64)>>,
     /// Watch descriptor → the directory's workspace-relative path ("" is the workspace).
     wds: HashMap<i32, PathBuf>,
     /// Where events are read into.
@@ -176,6 +180,7 @@ impl Shared {
         let feed = fed.then(Fed::default);
         Self {
             state: Mutex::new(State {
+                fed_before: feed.as_ref().map(|_| HashSet::new()),
                 feed,
                 ..State::default()
             }),
@@ -345,7 +350,11 @@ impl State {
             self.read_feed(feed, 1 << 14, true);
         }
         let mut changes = std::mem::take(&mut self.changes);
-        changes.inodes = self.feed.as_mut().map(std::mem::take).and_then(Fed::whole);
+        let now = self.feed.as_mut().map(std::mem::take).and_then(Fed::whole);
+        let before = std::mem::replace(&mut self.fed_before, now.clone());
+        changes.inodes = before
+            .zip(now)
+            .map(|(b, n)| b.into_iter().chain(n).collect());
         changes
     }
 

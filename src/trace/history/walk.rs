@@ -61,6 +61,9 @@ pub(super) struct Model {
     /// found them): a descriptor on a name now gone may still write them, so their names stay
     /// in `linked` while they are recorded.
     suspects: HashSet<Ino>,
+    /// The last snapshot's sweep looked only at what the inode feed named: the next one sweeps
+    /// what its feed names too (a write's two events may straddle the two).
+    pub sweep_next: bool,
 }
 
 /// A recorded file as its last look saw it, for a [`Model::sweep`].
@@ -264,6 +267,8 @@ pub(super) struct Links {
     /// The inodes the feed says changed since the last snapshot, when known whole: a sweep then
     /// looks at their recorded names only.
     pub changed: Option<HashSet<Ino>>,
+    /// The snapshot before swept the feed's inodes: this one sweeps its own too.
+    pub carried: bool,
 }
 
 /// The (device, inode) and change time (ns) of `path` below `root`, resolved without following
