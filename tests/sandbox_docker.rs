@@ -383,6 +383,44 @@ async fn a_stopped_supervisor_fails_one_step_and_the_next_runs() {
     .await;
 }
 
+/// Holds 64 connections to the harness's socket that show no token, in the background.
+const FLOOD: &str = r#"python3 - <<'PY' > /dev/null 2>&1 &
+import socket, time
+held = []
+for _ in range(64):
+    s = socket.socket(socket.AF_UNIX); s.settimeout(0.5)
+    try:
+        s.connect("/.gptx/io.sock"); held.append(s)
+    except OSError:
+        pass
+open("flooding", "w").close()
+time.sleep(120)
+PY
+while [ ! -e flooding ]; do sleep 0.01; done"#;
+
+/// The agent floods the harness's socket (connections that show no token hold its 8 handshake
+/// slots), then kills its supervisor: the next one cannot reach the socket in time, so it is
+/// dropped and a new one runs the command over the attach stream, output whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_the_supervisor_socket_leaves_commands_running() {
+    common::with_sandbox(
+        "flood",
+        |_| {},
+        |sb, _ws| async move {
+            let sb = sb.as_ref();
+            let (o, _, err) = run(sb, FLOOD, 60.0).await;
+            assert_eq!(o.exit_code, Some(0), "{err}");
+            let (o, _, _) = run(sb, "kill -9 $PPID", 10.0).await;
+            assert!(o.error.is_some(), "{o:?}");
+            let t0 = Instant::now();
+            let (o, out, err) = run(sb, "seq 200000 | tail -1", 60.0).await;
+            assert_eq!((o.exit_code, out.trim()), (Some(0), "200000"), "{err}");
+            assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
+        },
+    )
+    .await;
+}
+
 /// Maps `m3` shared (through the C library: Python's own map keeps a descriptor open for
 /// writing), closes its descriptor, makes the map read-only, and once `go3` appears makes it
 /// writable, writes through it and makes it read-only again: no snapshot sees it writable.
