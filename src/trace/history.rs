@@ -448,8 +448,7 @@ impl WorkspaceHistory {
         cx.all_fresh = unknown.is_some();
         cx.model.prune();
         let changes = cx.tracker.as_ref().map(Tracker::take).unwrap_or_default();
-        cx.links.changed = changes.inodes;
-        cx.links.carried = std::mem::take(&mut cx.model.sweep_next);
+        self.take_feed(cx, changes.inodes, changes.opened)?;
         let mut reason = unknown
             .or(changes.full_walk)
             .or_else(|| self.no_tracker(cx));
@@ -470,7 +469,26 @@ impl WorkspaceHistory {
         cx.tracker = self.start_tracker();
         self.walked_all = true;
         let tree = self.walk_all(cx)?;
+        // The new feed saw no open made before it: the next snapshot asks the kernel of every file.
+        cx.model.check_all = true;
         Ok((tree, reason.filter(|_| had_previous)))
+    }
+
+    /// Takes in what the inode feed says: the inodes changed (for a sweep), and the files some
+    /// open file description may still write unseen, read again whatever their stamp.
+    fn take_feed(
+        &self,
+        cx: &mut walk::Cx,
+        changed: Option<HashSet<walk::Ino>>,
+        opened: Option<HashSet<walk::Ino>>,
+    ) -> Result<(), git2::Error> {
+        cx.links.changed = changed;
+        cx.links.carried = std::mem::take(&mut cx.model.sweep_next);
+        if cx.tracker.as_ref().is_some_and(Tracker::fed) {
+            let writers = cx.model.writers(&self.open_root()?, opened);
+            cx.fresh.extend(writers);
+        }
+        Ok(())
     }
 
     /// Why `cx` has no tracker, when so.

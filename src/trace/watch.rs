@@ -89,6 +89,8 @@ pub(crate) struct Changes {
     /// Every (device, inode) of the workspace written, or whose attributes or link count changed,
     /// since the last take, by any name; None when not known whole (no feed, or events lost).
     pub inodes: Option<HashSet<(u64, u64)>>,
+    /// Every (device, inode) the agent opened since the last take; None when not known whole.
+    pub opened: Option<HashSet<(u64, u64)>>,
 }
 
 #[derive(Default)]
@@ -106,10 +108,15 @@ struct State {
     buf: Vec<MaybeUninit<u8>>,
 }
 
+/// A set of (device, inode).
+type Inodes = HashSet<(u64, u64)>;
+
 /// What the inode feed found since the last take.
 #[derive(Default)]
 struct Fed {
     inodes: HashSet<(u64, u64)>,
+    /// Files the agent opened (in any mode).
+    opened: HashSet<(u64, u64)>,
     /// Events were lost, or named a file in a way not understood: the set is not whole.
     lost: bool,
 }
@@ -227,7 +234,6 @@ impl Tracker {
     }
 
     /// Whether an inode feed runs.
-    #[cfg(test)]
     pub fn fed(&self) -> bool {
         self.feed.is_some()
     }
@@ -332,9 +338,9 @@ fn feed_for(root: &Path) -> Option<Arc<Feed>> {
 }
 
 impl Fed {
-    /// The inodes, when the set is whole.
-    fn whole(self) -> Option<HashSet<(u64, u64)>> {
-        (!self.lost).then_some(self.inodes)
+    /// The inodes changed and those opened, when the sets are whole.
+    fn whole(self) -> Option<(Inodes, Inodes)> {
+        (!self.lost).then_some((self.inodes, self.opened))
     }
 }
 
@@ -351,10 +357,12 @@ impl State {
         }
         let mut changes = std::mem::take(&mut self.changes);
         let now = self.feed.as_mut().map(std::mem::take).and_then(Fed::whole);
+        let (now, opened) = now.unzip();
         let before = std::mem::replace(&mut self.fed_before, now.clone());
         changes.inodes = before
             .zip(now)
             .map(|(b, n)| b.into_iter().chain(n).collect());
+        changes.opened = opened;
         changes
     }
 
@@ -380,7 +388,7 @@ impl State {
         let mut buf = vec![0u8; 64 * 1024];
         let drained = feed.read(fed, &mut buf, reads);
         fed.lost |= all && !drained;
-        if fed.inodes.len() > MAX_FED {
+        if fed.inodes.len() + fed.opened.len() > MAX_FED {
             // More than a sweep costs: the set is dropped and the next sweep stats everything.
             *fed = Fed {
                 lost: true,

@@ -766,3 +766,50 @@ fn on_a_file_system_of_its_own_a_name_that_comes_and_goes_costs_no_sweep_and_mis
     drop(h);
     drop(mounted);
 }
+
+/// Opens `a` for writing, parks the descriptor in a socket of its own and closes it (no process
+/// holds it then), says `parked`; once `go` appears, takes it back, maps the file shared, writes
+/// through the map, unmaps, parks it again and says `done`: no event names `a` at all.
+const PARKED: &str = r#"
+import mmap, os, socket, sys, time
+ws = sys.argv[1]
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+fd = os.open(os.path.join(ws, "a"), os.O_RDWR)
+socket.send_fds(a, [b"x"], [fd]); os.close(fd)
+open(os.path.join(ws, "parked"), "w").close()
+while not os.path.exists(os.path.join(ws, "go")): time.sleep(0.01)
+_, fds, _, _ = socket.recv_fds(b, 1, 1)
+m = mmap.mmap(fds[0], 0); m[0:4] = b"EVIL"; m.close()
+socket.send_fds(a, [b"x"], fds); os.close(fds[0])
+open(os.path.join(ws, "done"), "w").close()
+time.sleep(30)
+"#;
+
+#[test]
+fn a_write_through_a_parked_descriptor_is_caught_by_the_lease_the_kernel_refuses() {
+    let (_tmp, mounted, ws, mut h) = setup_ext4();
+    std::fs::write(ws.join("a"), b"one!").unwrap();
+    exact(&mut h, &ws);
+    let mut parker = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", PARKED])
+        .arg(&ws)
+        .spawn()
+        .unwrap();
+    let wait = |name: &str| {
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while !ws.join(name).exists() {
+            assert!(Instant::now() < deadline, "{name} never came");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait("parked");
+    exact(&mut h, &ws);
+    std::fs::write(ws.join("go"), b"").unwrap();
+    wait("done");
+    let t = exact(&mut h, &ws);
+    let _ = parker.kill();
+    let _ = parker.wait();
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"EVIL");
+    drop(h);
+    drop(mounted);
+}

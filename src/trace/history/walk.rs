@@ -64,6 +64,11 @@ pub(super) struct Model {
     /// The last snapshot's sweep looked only at what the inode feed named: the next one sweeps
     /// what its feed names too (a write's two events may straddle the two).
     pub sweep_next: bool,
+    /// Inodes some open file description may write (a read lease was refused), or opened before
+    /// they had a recorded name: looked at again by the next snapshot.
+    pub held: HashSet<Ino>,
+    /// The next snapshot looks for writers of every recorded file (the feed is new).
+    pub check_all: bool,
 }
 
 /// A recorded file as its last look saw it, for a [`Model::sweep`].
@@ -109,11 +114,37 @@ impl Model {
 
     /// Empties the model for a whole walk, all but its suspects (a whole walk does not clear them).
     fn restart(&mut self) {
-        let suspects = std::mem::take(&mut self.suspects);
-        *self = Model {
-            suspects,
-            ..Model::default()
-        };
+        let old = std::mem::take(self);
+        (self.suspects, self.held) = (old.suspects, old.held);
+    }
+
+    /// The recorded files some open file description may still write unseen (a descriptor parked
+    /// in a socket, then mapped or written by AIO): of the inodes the agent `opened` since the
+    /// last snapshot (every recorded one when that is not known) and those held before, the ones
+    /// the kernel refuses a read lease on. Those, and those held before, are read again whatever
+    /// their stamp (their names come back); an inode with no recorded name yet waits one snapshot.
+    pub fn writers(&mut self, root: &OwnedFd, opened: Option<HashSet<Ino>>) -> Vec<PathBuf> {
+        let before = std::mem::take(&mut self.held);
+        let opened = opened.filter(|_| !std::mem::take(&mut self.check_all));
+        let candidates = opened.unwrap_or_else(|| self.names.keys().copied().collect());
+        let mut fresh = Vec::new();
+        for ino in candidates.into_iter().chain(before.iter().copied()) {
+            let names: Vec<PathBuf> = self.names_of(ino).cloned().collect();
+            let Some(first) = names.first() else {
+                if !before.contains(&ino) {
+                    self.held.insert(ino);
+                }
+                continue;
+            };
+            let refused = !read_lease(root, first);
+            if refused {
+                self.held.insert(ino);
+            }
+            if refused || before.contains(&ino) {
+                fresh.extend(names);
+            }
+        }
+        fresh
     }
 
     /// Keeps only the suspects that still have a recorded name (once a snapshot is done).
@@ -281,6 +312,27 @@ fn stat_beneath(root: &OwnedFd, path: &Path) -> Option<(Ino, Option<i128>)> {
     let st = rustix::fs::fstat(&fd).ok()?;
     let ctime = super::nanos(st.st_ctime, st.st_ctime_nsec as i64);
     Some(((st.st_dev, st.st_ino), Some(ctime)))
+}
+
+/// Whether the kernel grants a read lease on the regular file at `path` below `root` (let go at
+/// once): it refuses one while any open file description of the file is open for writing,
+/// wherever it is (a process's table, a map, a socket's buffer).
+fn read_lease(root: &OwnedFd, path: &Path) -> bool {
+    use rustix::fs::ResolveFlags;
+    use std::os::fd::AsRawFd;
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let Ok(fd) = rustix::fs::openat2(root, path, flags | OFlags::CLOEXEC, Mode::empty(), how)
+    else {
+        return false;
+    };
+    // SAFETY: fcntl on a descriptor this function owns.
+    let granted = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } == 0;
+    if granted {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+    granted
 }
 
 /// Nanoseconds since the epoch.

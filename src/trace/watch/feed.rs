@@ -53,7 +53,11 @@ impl Feed {
         let path =
             std::ffi::CString::new(root.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
         let how = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
-        let what = libc::FAN_MODIFY | libc::FAN_ATTRIB;
+        let what = libc::FAN_MODIFY | libc::FAN_ATTRIB | libc::FAN_OPEN;
+        // A lease the snapshot takes (see `writers`) signals its holder when broken: SIGIO,
+        // fatal unless ignored. The lease is let go at once, so the signal says nothing.
+        // SAFETY: setting a signal's disposition to ignore.
+        unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
         // SAFETY: a valid descriptor and a NUL-terminated path.
         let r = unsafe {
             libc::fanotify_mark(fd.as_raw_fd(), how, what, libc::AT_FDCWD, path.as_ptr())
@@ -101,13 +105,21 @@ impl Feed {
             let event_len = u32::from_ne_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
             let meta_len = u16::from_ne_bytes([b[6], b[7]]) as usize;
             let mask = u64::from_ne_bytes(b[8..16].try_into().expect("8 bytes"));
+            let pid = i32::from_ne_bytes(b[20..24].try_into().expect("4 bytes"));
             if meta_len < METADATA || event_len < meta_len || event_len > b.len() {
                 fed.lost = true;
                 return;
             }
             match ino_of(&b[meta_len..event_len]) {
                 Some(ino) if mask & libc::FAN_Q_OVERFLOW == 0 => {
-                    fed.inodes.insert((self.dev, ino));
+                    let ino = (self.dev, ino);
+                    if mask & (libc::FAN_MODIFY | libc::FAN_ATTRIB) != 0 {
+                        fed.inodes.insert(ino);
+                    }
+                    // The harness's own opens (the snapshot's reads) are not the agent's.
+                    if mask & libc::FAN_OPEN != 0 && pid as u32 != std::process::id() {
+                        fed.opened.insert(ino);
+                    }
                 }
                 _ => fed.lost = true,
             }
