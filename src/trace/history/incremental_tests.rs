@@ -813,3 +813,35 @@ fn a_write_through_a_parked_descriptor_is_caught_by_the_lease_the_kernel_refuses
     drop(h);
     drop(mounted);
 }
+
+/// The attacker floods the feed (a storm of opens would overflow it) so that its open of the file
+/// it parks a descriptor on is lost: the snapshot then asks the kernel of every recorded file.
+#[test]
+fn a_parked_writer_is_found_when_the_feed_lost_its_open() {
+    let (_tmp, mounted, ws, mut h) = setup_ext4();
+    std::fs::write(ws.join("a"), b"one!").unwrap();
+    exact(&mut h, &ws);
+    let mut parker = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", PARKED])
+        .arg(&ws)
+        .spawn()
+        .unwrap();
+    let wait = |name: &str| {
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while !ws.join(name).exists() {
+            assert!(Instant::now() < deadline, "{name} never came");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait("parked");
+    h.tracker.as_ref().unwrap().lose_feed();
+    exact(&mut h, &ws);
+    std::fs::write(ws.join("go"), b"").unwrap();
+    wait("done");
+    let t = exact(&mut h, &ws);
+    let _ = parker.kill();
+    let _ = parker.wait();
+    assert_eq!(blob_at(&h, t, "a").unwrap(), b"EVIL");
+    drop(h);
+    drop(mounted);
+}

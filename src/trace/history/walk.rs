@@ -126,17 +126,20 @@ impl Model {
     pub fn writers(&mut self, root: &OwnedFd, opened: Option<HashSet<Ino>>) -> Vec<PathBuf> {
         let before = std::mem::take(&mut self.held);
         let opened = opened.filter(|_| !std::mem::take(&mut self.check_all));
-        let candidates = opened.unwrap_or_else(|| self.names.keys().copied().collect());
+        let mut candidates = opened.unwrap_or_else(|| self.names.keys().copied().collect());
+        candidates.extend(before.iter().copied());
         let mut fresh = Vec::new();
-        for ino in candidates.into_iter().chain(before.iter().copied()) {
+        for ino in candidates {
             let names: Vec<PathBuf> = self.names_of(ino).cloned().collect();
-            let Some(first) = names.first() else {
+            if names.is_empty() {
                 if !before.contains(&ino) {
                     self.held.insert(ino);
                 }
                 continue;
-            };
-            let refused = !read_lease(root, first);
+            }
+            // Asked of a name that is still this file (one may have been replaced since).
+            let lease = names.iter().find_map(|n| read_lease(root, n, ino));
+            let refused = !lease.unwrap_or(false);
             if refused {
                 self.held.insert(ino);
             }
@@ -316,23 +319,25 @@ fn stat_beneath(root: &OwnedFd, path: &Path) -> Option<(Ino, Option<i128>)> {
 
 /// Whether the kernel grants a read lease on the regular file at `path` below `root` (let go at
 /// once): it refuses one while any open file description of the file is open for writing,
-/// wherever it is (a process's table, a map, a socket's buffer).
-fn read_lease(root: &OwnedFd, path: &Path) -> bool {
+/// wherever it is (a process's table, a map, a socket's buffer). None when `path` cannot be
+/// opened or is not the file `ino`.
+fn read_lease(root: &OwnedFd, path: &Path, ino: Ino) -> Option<bool> {
     use rustix::fs::ResolveFlags;
     use std::os::fd::AsRawFd;
     let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let Ok(fd) = rustix::fs::openat2(root, path, flags | OFlags::CLOEXEC, Mode::empty(), how)
-    else {
-        return false;
-    };
+    let fd = rustix::fs::openat2(root, path, flags | OFlags::CLOEXEC, Mode::empty(), how).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if (st.st_dev, st.st_ino) != ino {
+        return None;
+    }
     // SAFETY: fcntl on a descriptor this function owns.
     let granted = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } == 0;
     if granted {
         // SAFETY: as above.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
     }
-    granted
+    Some(granted)
 }
 
 /// Nanoseconds since the epoch.
