@@ -286,3 +286,42 @@ async fn images_of_other_recipes_are_loaded_with_a_warning() {
     );
     assert!(out.contains("loaded 2 image(s)"), "{out}");
 }
+
+/// The base image carries what was measured in it when it was built (Python, numpy, the BLAS numpy
+/// calls, a float32 matmul on one and two threads), read back from the engine; and a sandbox of it
+/// starts with its BLAS and OpenMP threads set to its CPUs, rounded up.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_base_image_carries_its_measured_blas_and_sandboxes_their_thread_counts() {
+    let (docker, _) = common::docker_and_image().await;
+    let built = gptx::docker::images::ensure(&docker, &common::home(), "base")
+        .await
+        .unwrap();
+    let facts = built.facts.expect("the base image was measured at build");
+    assert!(
+        facts.python.as_deref().is_some_and(|v| v.starts_with("3.")),
+        "{facts:?}"
+    );
+    assert!(facts.libraries.contains_key("numpy"), "{facts:?}");
+    let blas = facts.blas.as_deref().unwrap_or_default();
+    assert!(blas.starts_with("OpenBLAS"), "numpy's BLAS is {blas:?}");
+    let threads: Vec<u32> = facts.matmul.iter().map(|m| m.threads).collect();
+    assert_eq!(threads, [1, 2], "{facts:?}");
+    assert!(facts
+        .matmul
+        .iter()
+        .all(|m| m.library == "numpy" && m.gflops > 0.0));
+    let sentence = facts.sentence(2.0).unwrap();
+    assert!(sentence.contains("numpy's BLAS is OpenBLAS"), "{sentence}");
+
+    let env = "echo $OMP_NUM_THREADS $OPENBLAS_NUM_THREADS $MKL_NUM_THREADS";
+    common::with_sandbox(
+        "blas-threads",
+        |s| s.nano_cpus = 1_500_000_000,
+        |sb, _| async move {
+            let (o, out, err) = common::sh(sb.as_ref(), env, 30.0).await;
+            assert_eq!(o.exit_code, Some(0), "{err}");
+            assert_eq!(out.trim(), "2 2 2");
+        },
+    )
+    .await;
+}

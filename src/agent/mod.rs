@@ -8,7 +8,7 @@ pub mod llm;
 pub mod mcp;
 pub mod tools;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -212,6 +212,9 @@ pub enum AgentSpec {
     /// The reference solutions; `Some(stages)` plays only those and submits the rest at once (the
     /// partial agents of the tests: `reference:crawl` crawls and nothing else).
     Reference(Option<Vec<String>>),
+    /// The reference solutions with a neural language model in PyTorch: each stage's
+    /// `tasks/<stage>/reference-torch/` laid over its `reference/` (needs an image with torch).
+    ReferenceTorch,
     /// An external program speaking SPEC §8's JSON lines (`exec:<command>`, run with `sh -c`).
     Exec(String),
     /// A model behind an OpenAI-compatible chat-completions API (`openai:<model>`).
@@ -223,23 +226,23 @@ pub enum AgentSpec {
 impl std::str::FromStr for AgentSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "null" {
-            return Ok(Self::Null);
+        match s {
+            "null" => return Ok(Self::Null),
+            "reference" => return Ok(Self::Reference(None)),
+            "reference-torch" => return Ok(Self::ReferenceTorch),
+            _ => {}
         }
-        if s == "reference" {
-            return Ok(Self::Reference(None));
-        }
-        if let Some(model) = s.strip_prefix("openai:") {
-            if model.trim().is_empty() {
-                return Err("openai: needs a model, e.g. openai:gpt-4o".into());
+        let llms: [(&str, &str, LlmSpec); 2] = [
+            ("openai:", "gpt-4o", Self::OpenAi),
+            ("anthropic:", "claude-sonnet-4-5", Self::Anthropic),
+        ];
+        for (prefix, example, make) in llms {
+            if let Some(model) = s.strip_prefix(prefix) {
+                if model.trim().is_empty() {
+                    return Err(format!("{prefix} needs a model, e.g. {prefix}{example}"));
+                }
+                return Ok(make(model.to_string()));
             }
-            return Ok(Self::OpenAi(model.to_string()));
-        }
-        if let Some(model) = s.strip_prefix("anthropic:") {
-            if model.trim().is_empty() {
-                return Err("anthropic: needs a model, e.g. anthropic:claude-sonnet-4-5".into());
-            }
-            return Ok(Self::Anthropic(model.to_string()));
         }
         if let Some(cmd) = s.strip_prefix("exec:") {
             if cmd.trim().is_empty() {
@@ -250,26 +253,7 @@ impl std::str::FromStr for AgentSpec {
             return Ok(Self::Exec(cmd.to_string()));
         }
         if let Some(list) = s.strip_prefix("reference:") {
-            let stages: Vec<String> = list
-                .split(',')
-                .map(|x| x.trim().to_string())
-                .filter(|x| !x.is_empty())
-                .collect();
-            if let Some(bad) = stages
-                .iter()
-                .find(|x| crate::config::stages::find(x).is_none())
-            {
-                return Err(format!(
-                    "reference:{list}: {bad:?} is not a stage (one of: {})",
-                    crate::config::stages::names()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            if stages.is_empty() {
-                return Err("reference: needs stages, e.g. reference:crawl,tokenize".into());
-            }
-            return Ok(Self::Reference(Some(stages)));
+            return reference_of(list);
         }
         if let Some(path) = s.strip_prefix("script:") {
             if path.is_empty() {
@@ -278,9 +262,36 @@ impl std::str::FromStr for AgentSpec {
             return Ok(Self::Script(path.into()));
         }
         Err(format!(
-            "unknown agent {s:?}; available: null, reference, reference:<stage,...>, script:<path to a JSON-lines file>, exec:<command>, openai:<model>, anthropic:<model>"
+            "unknown agent {s:?}; available: null, reference, reference:<stage,...>, reference-torch, script:<path to a JSON-lines file>, exec:<command>, openai:<model>, anthropic:<model>"
         ))
     }
+}
+
+/// How an LLM agent's spec is made from its model's name.
+type LlmSpec = fn(String) -> AgentSpec;
+
+/// `reference:<stage,...>`: the reference playing those stages alone.
+fn reference_of(list: &str) -> Result<AgentSpec, String> {
+    let stages: Vec<String> = list
+        .split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect();
+    if let Some(bad) = stages
+        .iter()
+        .find(|x| crate::config::stages::find(x).is_none())
+    {
+        return Err(format!(
+            "reference:{list}: {bad:?} is not a stage (one of: {})",
+            crate::config::stages::names()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if stages.is_empty() {
+        return Err("reference: needs stages, e.g. reference:crawl,tokenize".into());
+    }
+    Ok(AgentSpec::Reference(Some(stages)))
 }
 
 impl AgentSpec {
@@ -314,11 +325,7 @@ impl AgentSpec {
             Self::Null => Box::new(NullAgent),
             Self::Script(path) => Box::new(ScriptAgent::load(path)?),
             Self::Exec(cmd) => Box::new(crate::agent::exec::ExecAgent::spawn(cmd, agent_env)?),
-            Self::Reference(only) => {
-                let mut a = ReferenceAgent::new(home.tasks());
-                a.only = only.clone();
-                Box::new(a)
-            }
+            Self::Reference(_) | Self::ReferenceTorch => Box::new(ReferenceAgent::of(self, home)),
         })
     }
 }
@@ -444,43 +451,74 @@ fn seed_urls(instruction: &str) -> Vec<String> {
         .collect()
 }
 
+/// The directory of `reference-torch`'s solutions beside each stage's `reference/`.
+const TORCH_OVERLAY: &str = "reference-torch";
+
 /// The built-in reference agent: for each stage with a `tasks/<stage>/reference/` directory it writes
 /// those files into the workspace under `<stage>/reference/`, runs `sh <stage>/reference/run.sh`
 /// through `bash` (with `GPTX_TIME_LIMIT` set to the step's time limit minus a margin), calls
 /// `check`, and submits. A stage without a reference solution is submitted at once.
+#[derive(Default)]
 pub(crate) struct ReferenceAgent {
     tasks: PathBuf,
     current: VecDeque<RawCall>,
     /// Play only these stages' solutions (None: all).
     pub only: Option<Vec<String>>,
+    /// A directory beside each stage's `reference/` whose files replace (or join) its own, written
+    /// under the same `<stage>/reference/`, so the selfhost recipe runs them alike.
+    pub overlay: Option<&'static str>,
 }
 
 impl ReferenceAgent {
     pub fn new(tasks: PathBuf) -> Self {
         Self {
             tasks,
-            current: VecDeque::new(),
-            only: None,
+            ..Default::default()
         }
+    }
+
+    /// The agent `spec` names (`reference`, `reference:<stages>` or `reference-torch`).
+    fn of(spec: &AgentSpec, home: &crate::config::suite::Home) -> Self {
+        let only = match spec {
+            AgentSpec::Reference(only) => only.clone(),
+            _ => None,
+        };
+        let overlay = matches!(spec, AgentSpec::ReferenceTorch).then_some(TORCH_OVERLAY);
+        Self {
+            only,
+            overlay,
+            ..Self::new(home.tasks())
+        }
+    }
+
+    /// A stage's solution files: workspace-relative name → file, the overlay's winning.
+    fn solution(&self, stage: &str) -> Result<BTreeMap<String, PathBuf>, String> {
+        let dirs = std::iter::once("reference").chain(self.overlay);
+        let mut files = BTreeMap::new();
+        for dir in dirs.map(|d| self.tasks.join(stage).join(d)) {
+            if !dir.is_dir() {
+                continue;
+            }
+            let mut found = Vec::new();
+            collect_files(&dir, &dir, &mut found)
+                .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+            files.extend(found.into_iter().map(|rel| (rel.clone(), dir.join(rel))));
+        }
+        Ok(files)
     }
 
     /// The calls for one stage.
     pub fn plan(&self, task: &StageTask) -> Result<VecDeque<RawCall>, String> {
-        let dir = self.tasks.join(&task.stage).join("reference");
         let mut calls = VecDeque::new();
         let playing = self
             .only
             .as_ref()
             .is_none_or(|o| o.iter().any(|s| s == &task.stage));
-        if playing && dir.is_dir() {
-            let mut files = Vec::new();
-            collect_files(&dir, &dir, &mut files)
-                .map_err(|e| format!("reading {}: {e}", dir.display()))?;
-            files.sort();
-            for rel in &files {
-                let path = dir.join(rel);
+        let files = self.solution(&task.stage)?;
+        if playing && !files.is_empty() {
+            for (rel, path) in &files {
                 let bytes =
-                    std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                    std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
                 let target = format!("{}/reference/{rel}", task.stage);
                 let args = match String::from_utf8(bytes) {
                     Ok(text) => serde_json::json!({"path": target, "content": text}),
@@ -496,7 +534,7 @@ impl ReferenceAgent {
                     invalid: None,
                 });
             }
-            if files.iter().any(|f| f == "run.sh") {
+            if files.contains_key("run.sh") {
                 let step = task.limits.max_step_seconds;
                 let limit = (step - (step * 0.1).max(5.0)).max(1.0).floor();
                 // The crawl instruction's URLs (its seed list) are the crawler's arguments.
@@ -557,10 +595,9 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Res
 #[async_trait]
 impl Agent for ReferenceAgent {
     fn spec(&self) -> String {
-        match &self.only {
-            None => "reference".into(),
-            Some(o) => format!("reference:{}", o.join(",")),
-        }
+        let only = self.only.as_ref().map(|o| o.join(","));
+        let name = only.map_or("reference".into(), |o| format!("reference:{o}"));
+        self.overlay.map_or(name, str::to_string)
     }
     async fn begin_stage(&mut self, task: &StageTask) -> Result<(), AgentError> {
         self.current = self.plan(task).map_err(|message| AgentError {
@@ -601,6 +638,67 @@ mod tests {
     }
 
     use super::*;
+
+    /// `reference-torch` writes each stage's `reference/` with its `reference-torch/` laid over it,
+    /// all under `<stage>/reference/` (so the selfhost recipe runs the torch trainer alike), and
+    /// names itself so that a resumed run builds it again.
+    #[test]
+    fn reference_torch_lays_its_files_over_the_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::config::suite::Home {
+            root: dir.path().to_path_buf(),
+            cache_dir: None,
+        };
+        let put = |rel: &str, text: &str| {
+            let path = home.tasks().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        put("train/reference/run.sh", "ngram");
+        put("train/reference/split.py", "split");
+        put("train/reference-torch/run.sh", "torch");
+        put("train/reference-torch/lm.py", "lm");
+        let spec: AgentSpec = "reference-torch".parse().unwrap();
+        assert_eq!(spec, AgentSpec::ReferenceTorch);
+        let agent = ReferenceAgent::of(&spec, &home);
+        assert_eq!(agent.spec(), "reference-torch");
+        let task = StageTask {
+            stage: "train".into(),
+            index: 2,
+            instruction: String::new(),
+            tools: vec![],
+            limits: Budgets {
+                max_steps: 10,
+                max_sandbox_seconds: 600.0,
+                max_wall_seconds: 900.0,
+                max_step_seconds: 300.0,
+                default_step_seconds: 60.0,
+                max_tokens: None,
+                max_cost_usd: None,
+            },
+        };
+        let written: Vec<(String, String)> = agent
+            .plan(&task)
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.tool == "write_file")
+            .map(|c| {
+                (
+                    c.args["path"].as_str().unwrap().into(),
+                    c.args["content"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want = [("lm.py", "lm"), ("run.sh", "torch"), ("split.py", "split")]
+            .map(|(p, t)| (format!("train/reference/{p}"), t.to_string()));
+        assert_eq!(written, want);
+        let plain = ReferenceAgent::of(&"reference".parse().unwrap(), &home);
+        assert_eq!(plain.spec(), "reference");
+        assert_eq!(
+            plain.solution("train").unwrap()["run.sh"],
+            home.tasks().join("train/reference/run.sh")
+        );
+    }
 
     #[test]
     fn specs() {

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use crate::config::suite::Home;
 
 /// Bumped when the way images are assembled changes, so old tags are not reused.
-pub(crate) const BUILDER_VERSION: u32 = 1;
+/// 2: images carry what was measured in them at build ([`ImageFacts`]).
+pub(crate) const BUILDER_VERSION: u32 = 2;
 
 /// Why a recipe could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,84 @@ impl Recipe {
     }
 }
 
+/// What an image holds and how fast it multiplies matrices, measured in its root filesystem when it
+/// was built and kept with it (the label [`FACTS_LABEL`]): the agent's instructions state it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ImageFacts {
+    /// `python3`'s version; None in an image without Python.
+    #[serde(default)]
+    pub python: Option<String>,
+    /// Python libraries found, with their versions (`numpy`, `torch`, ...).
+    #[serde(default)]
+    pub libraries: BTreeMap<String, String>,
+    /// The BLAS numpy calls through `libblas.so.3` (`OpenBLAS 0.3.21 ...`, or `reference BLAS`).
+    #[serde(default)]
+    pub blas: Option<String>,
+    /// A float32 1024×1024 matmul per library and thread count.
+    #[serde(default)]
+    pub matmul: Vec<Matmul>,
+}
+
+/// One float32 1024×1024 matrix product, timed: the median of several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Matmul {
+    pub library: String,
+    pub threads: u32,
+    pub gflops: f64,
+}
+
+/// The image label that holds an image's [`ImageFacts`] as JSON.
+pub const FACTS_LABEL: &str = "gptx.measured";
+
+impl ImageFacts {
+    /// The fastest measured product with at most `cpus` threads (rounded up), per library.
+    pub fn matmul_for(&self, cpus: f64) -> Vec<&Matmul> {
+        let most = cpus.ceil().max(1.0) as u32;
+        let mut best: BTreeMap<&str, &Matmul> = BTreeMap::new();
+        for m in self.matmul.iter().filter(|m| m.threads <= most) {
+            let slot = best.entry(m.library.as_str()).or_insert(m);
+            if m.threads > slot.threads {
+                *slot = m;
+            }
+        }
+        best.into_values().collect()
+    }
+
+    /// One sentence for the agent: the libraries with their versions, the BLAS, and the matmul
+    /// figure on `cpus` CPUs. None when nothing was measured (an image without Python).
+    pub fn sentence(&self, cpus: f64) -> Option<String> {
+        let python = self.python.as_ref()?;
+        let mut libs = vec![format!("Python {python}")];
+        libs.extend(self.libraries.iter().map(|(k, v)| format!("{k} {v}")));
+        let mut text = format!(
+            "Measured in this image when it was built: {}",
+            libs.join(", ")
+        );
+        if let Some(b) = &self.blas {
+            text.push_str(&format!("; numpy's BLAS is {b}"));
+        }
+        let runs: Vec<String> = self
+            .matmul_for(cpus)
+            .iter()
+            .map(|m| {
+                let threads = if m.threads == 1 { "thread" } else { "threads" };
+                format!(
+                    "{} {:.0} GFLOP/s ({} {threads})",
+                    m.library, m.gflops, m.threads
+                )
+            })
+            .collect();
+        if !runs.is_empty() {
+            text.push_str(&format!(
+                "; a float32 1024×1024 matrix product runs at {}",
+                runs.join(", ")
+            ));
+        }
+        text.push('.');
+        Some(text)
+    }
+}
+
 fn available(home: &Home) -> Vec<String> {
     crate::config::suite::toml_names(&home.sandboxes())
 }
@@ -156,6 +235,46 @@ fn available(home: &Home) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn measured() -> ImageFacts {
+        let m = |library: &str, threads, gflops| Matmul {
+            library: library.into(),
+            threads,
+            gflops,
+        };
+        ImageFacts {
+            python: Some("3.11.2".into()),
+            libraries: [("numpy", "1.24.2"), ("torch", "1.13.0a0")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            blas: Some("OpenBLAS 0.3.21 DYNAMIC_ARCH".into()),
+            matmul: vec![
+                m("numpy", 1, 61.4),
+                m("torch", 1, 55.0),
+                m("numpy", 2, 118.6),
+                m("torch", 2, 101.2),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_measured_sentence_gives_the_figure_for_the_sandboxs_cpus() {
+        let f = measured();
+        let two = f.sentence(2.0).unwrap();
+        assert_eq!(
+            two,
+            "Measured in this image when it was built: Python 3.11.2, numpy 1.24.2, torch 1.13.0a0; numpy's BLAS is OpenBLAS 0.3.21 DYNAMIC_ARCH; a float32 1024×1024 matrix product runs at numpy 119 GFLOP/s (2 threads), torch 101 GFLOP/s (2 threads)."
+        );
+        let one = f.sentence(1.0).unwrap();
+        assert!(
+            one.ends_with("numpy 61 GFLOP/s (1 thread), torch 55 GFLOP/s (1 thread)."),
+            "{one}"
+        );
+        // 1.5 CPUs run two threads (the quota is spread over both).
+        assert!(f.sentence(1.5).unwrap().contains("(2 threads)"));
+        // An image without Python has nothing to say.
+        assert_eq!(ImageFacts::default().sentence(2.0), None);
+    }
 
     #[test]
     fn recipes_resolve_with_parents_and_hash_changes_with_content() {

@@ -222,6 +222,17 @@ pub struct SandboxLimits {
     pub tmp_mb: u64,
 }
 
+/// The thread counts every sandbox of `cpus` CPUs starts with (`OMP_NUM_THREADS` and the BLAS
+/// libraries' own): the CPUs rounded up, so a BLAS does not run more threads than its quota lets
+/// run at once, and a scorer's floating-point sums come out the same in every sandbox.
+pub fn thread_env(cpus: f64) -> Vec<String> {
+    let n = cpus.ceil().max(1.0) as u64;
+    ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"]
+        .iter()
+        .map(|k| format!("{k}={n}"))
+        .collect()
+}
+
 fn default_memory() -> u64 {
     2048
 }

@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-pub use crate::config::image::{Recipe, RecipeError};
+pub use crate::config::image::{ImageFacts, Recipe, RecipeError};
 use crate::config::suite::Home;
 
 /// Why an image could not be had.
@@ -105,12 +105,25 @@ pub struct Built {
     /// False when the tag already existed and nothing was built.
     pub built: bool,
     pub seconds: f64,
+    /// What was measured in the image when it was built (None: built before images were measured).
+    pub facts: Option<ImageFacts>,
 }
 
 /// Does the engine have this image? Returns its id.
 pub async fn image_id(docker: &Docker, tag: &str) -> Result<Option<String>, ImageError> {
+    Ok(image_with_facts(docker, tag).await?.map(|(id, _)| id))
+}
+
+/// The image's id and what was measured in it at build, when the engine has it.
+async fn image_with_facts(
+    docker: &Docker,
+    tag: &str,
+) -> Result<Option<(String, Option<ImageFacts>)>, ImageError> {
     match docker.inspect_image(tag).await {
-        Ok(info) => Ok(info.id),
+        Ok(info) => Ok(info.id.map(|id| {
+            let labels = info.config.and_then(|c| c.labels);
+            (id, crate::docker::probe::from_labels(labels.as_ref()))
+        })),
         Err(e) if crate::docker::engine::is_not_found(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -140,16 +153,17 @@ pub async fn build(
     let t0 = Instant::now();
     let recipe = Recipe::load(home, name)?;
     let tag = recipe.tag();
-    let skipped = |id: String| Built {
+    let done = |(id, facts): (String, Option<ImageFacts>), built: bool| Built {
         name: name.into(),
         tag: tag.clone(),
         id,
-        built: false,
+        built,
         seconds: t0.elapsed().as_secs_f64(),
+        facts,
     };
     if !force {
-        if let Some(id) = image_id(docker, &tag).await? {
-            return Ok(skipped(id));
+        if let Some(found) = image_with_facts(docker, &tag).await? {
+            return Ok(done(found, false));
         }
     }
     if !rustix::process::geteuid().is_root() {
@@ -158,49 +172,76 @@ pub async fn build(
     if which("debootstrap").is_none() {
         return Err(ImageError::NoDebootstrap);
     }
-    let cache = home.cache();
+    let pb = spinner(quiet);
+    pb.set_prefix(format!("image {name}"));
+    let lock = build_lock(&home.cache(), name, &pb).await?;
+    // Someone else may have built it while we waited.
+    if !force {
+        if let Some(found) = image_with_facts(docker, &tag).await? {
+            pb.finish_and_clear();
+            return Ok(done(found, false));
+        }
+    }
+    let rootfs = rootfs_ready(&recipe, &home.cache(), &pb).await?;
+    let facts = measured(&rootfs, &recipe, &pb).await;
+    pb.set_message("importing into Docker");
+    let id = import(docker, &recipe, &rootfs, &tag, &facts, &pb).await?;
+    drop(lock);
+    pb.finish_and_clear();
+    let facts = image_with_facts(docker, &tag).await?.and_then(|(_, f)| f);
+    Ok(done((id, facts), true))
+}
+
+/// Waits for (and takes) the lock on building image `name`.
+async fn build_lock(
+    cache: &Path,
+    name: &str,
+    pb: &ProgressBar,
+) -> Result<std::fs::File, ImageError> {
     let locks = cache.join("locks");
     std::fs::create_dir_all(&locks).map_err(io(locks.display().to_string()))?;
     let lock_path = locks.join(format!("image-{name}.lock"));
     let lock = std::fs::File::create(&lock_path).map_err(io(lock_path.display().to_string()))?;
-    let pb = spinner(quiet);
-    pb.set_prefix(format!("image {name}"));
     pb.set_message("waiting for another build of this image");
-    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|_| lock))
+    tokio::task::spawn_blocking(move || lock.lock().map(|_| lock))
         .await
         .expect("lock task")
-        .map_err(io(lock_path.display().to_string()))?;
-    // Someone else may have built it while we waited.
-    if !force {
-        if let Some(id) = image_id(docker, &tag).await? {
-            pb.finish_and_clear();
-            return Ok(skipped(id));
-        }
-    }
+        .map_err(io(lock_path.display().to_string()))
+}
+
+/// The recipe's root filesystem under the cache: debootstrapped and finished, unless a complete
+/// one is already there.
+async fn rootfs_ready(
+    recipe: &Recipe,
+    cache: &Path,
+    pb: &ProgressBar,
+) -> Result<PathBuf, ImageError> {
     let rootfs = cache
         .join("rootfs")
-        .join(format!("{name}-{}", recipe.hash()));
+        .join(format!("{}-{}", recipe.name, recipe.hash()));
     let done_marker = rootfs.join(".gptx-rootfs-complete");
     if !done_marker.exists() {
         if rootfs.exists() {
             std::fs::remove_dir_all(&rootfs).map_err(io(rootfs.display().to_string()))?;
         }
         std::fs::create_dir_all(&rootfs).map_err(io(rootfs.display().to_string()))?;
-        debootstrap(&recipe, &rootfs, &cache.join("debs"), &pb).await?;
-        finish_rootfs(&recipe, &rootfs)?;
+        debootstrap(recipe, &rootfs, &cache.join("debs"), pb).await?;
+        finish_rootfs(recipe, &rootfs)?;
         std::fs::write(&done_marker, b"").map_err(io(done_marker.display().to_string()))?;
     }
-    pb.set_message("importing into Docker");
-    let id = import(docker, &recipe, &rootfs, &tag, &pb).await?;
-    drop(lock);
-    pb.finish_and_clear();
-    Ok(Built {
-        name: name.into(),
-        tag,
-        id,
-        built: true,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(rootfs)
+}
+
+/// What the probe measures in the root filesystem; nothing (with a warning) when it fails: an
+/// image is not refused for that.
+async fn measured(rootfs: &Path, recipe: &Recipe, pb: &ProgressBar) -> ImageFacts {
+    pb.set_message("measuring the image: libraries, BLAS, a float32 matmul");
+    crate::docker::probe::measure(rootfs, recipe)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!("image {}: not measured: {e}", recipe.name);
+            ImageFacts::default()
+        })
 }
 
 /// The image for a run: its tag, built first if missing.
@@ -330,6 +371,7 @@ async fn import(
     recipe: &Recipe,
     rootfs: &Path,
     tag: &str,
+    facts: &ImageFacts,
     pb: &ProgressBar,
 ) -> Result<String, ImageError> {
     let mut tar = tokio::process::Command::new("tar")
@@ -355,14 +397,6 @@ async fn import(
         counter.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
     });
     let (repo, version) = tag.split_once(':').expect("tag has a colon");
-    let mut changes: Vec<String> = recipe
-        .env
-        .iter()
-        .map(|(k, v)| format!("ENV {k}={v}"))
-        .collect();
-    changes.push(format!("WORKDIR {}", recipe.workdir));
-    changes.push(format!("USER {}", recipe.user));
-    changes.push("CMD [\"sleep\", \"infinity\"]".into());
     let options = CreateImageOptions {
         from_src: Some("-".into()),
         repo: Some(repo.into()),
@@ -371,7 +405,7 @@ async fn import(
             "gptx image {} built from sandboxes/{}.toml",
             recipe.name, recipe.name
         )),
-        changes,
+        changes: changes(recipe, facts),
         ..Default::default()
     };
     let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
@@ -413,6 +447,18 @@ async fn import(
             tag: tag.into(),
             message: "the engine accepted the import but has no such tag".into(),
         })
+}
+
+/// The image's config: the recipe's environment, workdir and user, and what was measured in it.
+fn changes(recipe: &Recipe, facts: &ImageFacts) -> Vec<String> {
+    let env = recipe.env.iter().map(|(k, v)| format!("ENV {k}={v}"));
+    env.chain([
+        format!("WORKDIR {}", recipe.workdir),
+        format!("USER {}", recipe.user),
+        "CMD [\"sleep\", \"infinity\"]".into(),
+        crate::docker::probe::label(facts),
+    ])
+    .collect()
 }
 
 /// The most `manifest.json` (and a PAX or GNU long-name header) of a docker-save tar may hold.

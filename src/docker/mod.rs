@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod images;
+mod probe;
 pub mod programs;
 pub mod rebuild;
 pub mod sandbox;

@@ -106,6 +106,14 @@ pub struct DockerSandbox {
     removed: std::sync::atomic::AtomicBool,
 }
 
+/// The container's environment: the thread counts of its CPUs, then the spec's own (which win).
+fn with_threads(spec: &DockerSandboxSpec) -> Vec<String> {
+    let cpus = spec.nano_cpus as f64 / 1e9;
+    let mut env = crate::config::suite::thread_env(cpus);
+    env.extend(spec.env.iter().cloned());
+    env
+}
+
 fn err(what: &'static str) -> impl Fn(bollard::errors::Error) -> SandboxError {
     move |e| SandboxError::other(what, e.to_string())
 }
@@ -147,7 +155,7 @@ impl DockerSandbox {
             user: Some("0:0".into()),
             working_dir: Some(crate::sandbox::WORKSPACE.into()),
             cmd: Some(vec![sv::IN_SANDBOX.into(), "idle".into()]),
-            env: Some(spec.env.clone()),
+            env: Some(with_threads(spec)),
             labels: Some(labels),
             network_disabled: None,
             host_config: Some(host_config(spec, binds)),
@@ -174,11 +182,8 @@ impl DockerSandbox {
                 return Err(SandboxError::other("create container", e.to_string()));
             }
         };
-        let owner = if rustix::process::geteuid().is_root() {
-            Some((SANDBOX_UID, SANDBOX_GID))
-        } else {
-            None
-        };
+        let root = rustix::process::geteuid().is_root();
+        let owner = root.then_some((SANDBOX_UID, SANDBOX_GID));
         let workspace = WorkspaceRoot::open(&host, owner)
             .map_err(|e| SandboxError::other("workspace", format!("{}: {e}", host.display())))?;
         let sandbox = Self {

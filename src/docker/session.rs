@@ -680,18 +680,8 @@ async fn drive(
             plan.suite.sandbox.disk_mb
         ));
     }
-    if let Some(w) = &plan.world {
-        match &plan.suite.reference_world_hash {
-            None => events.warn(format!(
-                "world {} has no reference values (tasks/worlds/{}.reference.json): normalised scores are 0; measure them with `gptx world reference --suite {}`",
-                w.manifest.name, w.manifest.name, plan.suite.name
-            )),
-            Some(h) if *h != w.manifest.world_hash => events.warn(format!(
-                "the reference values were measured on world {} but this world is {}: normalised scores are approximate until `gptx world reference --suite {}` measures them again",
-                crate::docker::engine::short(h), crate::docker::engine::short(&w.manifest.world_hash), plan.suite.name
-            )),
-            Some(_) => {}
-        }
+    if let Some(w) = reference_warning(&plan) {
+        events.warn(w);
     }
     let mut result = match &sandbox {
         Some(sb) => {
@@ -699,7 +689,7 @@ async fn drive(
                 &plan,
                 &docker,
                 &run_id,
-                &image.tag,
+                &image,
                 &web_image,
                 &dir,
                 sb,
@@ -882,13 +872,30 @@ fn agent_spec(
     }
 }
 
+/// What is amiss with the reference values the run's normalised scores come from.
+fn reference_warning(plan: &RunPlan) -> Option<String> {
+    let w = plan.world.as_ref()?;
+    let (name, hash) = (&w.manifest.name, &w.manifest.world_hash);
+    match &plan.suite.reference_world_hash {
+        None => Some(format!(
+            "world {name} has no reference values (tasks/worlds/{name}.reference.json): normalised scores are 0; measure them with `gptx world reference --suite {}`",
+            plan.suite.name
+        )),
+        Some(h) if h != hash => Some(format!(
+            "the reference values were measured on world {} but this world is {}: normalised scores are approximate until `gptx world reference --suite {}` measures them again",
+            crate::docker::engine::short(h), crate::docker::engine::short(hash), plan.suite.name
+        )),
+        Some(_) => None,
+    }
+}
+
 /// The runner of this run, with its scoring sandboxes and rebuilder.
 #[allow(clippy::too_many_arguments)]
 fn make_runner(
     plan: &RunPlan,
     docker: &bollard::Docker,
     run_id: &str,
-    image: &str,
+    image: &images::Built,
     web_image: &str,
     dir: &RunDir,
     sb: &Arc<DockerSandbox>,
@@ -909,8 +916,9 @@ fn make_runner(
     );
     runner.world_network = network.clone();
     runner.world = plan.world.clone();
+    runner.image_facts = image.facts.clone();
     let programs = {
-        let (docker, run_id, tag) = (docker.clone(), run_id.to_string(), image.to_string());
+        let (docker, run_id, tag) = (docker.clone(), run_id.to_string(), image.tag.clone());
         let (scoring, limits) = (plan.suite.scoring.clone(), plan.suite.sandbox.clone());
         move |path: &std::path::Path| {
             crate::docker::programs::DockerPrograms::new(
@@ -929,11 +937,26 @@ fn make_runner(
         Arc::new(programs(path)) as Arc<dyn crate::sandbox::programs::Programs>
     }));
     runner.rescue = plan.rescue;
+    runner.rebuilder = Some(Arc::new(rebuilder(
+        plan, docker, run_id, &image.tag, web_image, dir,
+    )));
+    runner
+}
+
+/// Where the selfhost stage rebuilds: fresh sandboxes of the run's image, next to its world.
+fn rebuilder(
+    plan: &RunPlan,
+    docker: &bollard::Docker,
+    run_id: &str,
+    image: &str,
+    web_image: &str,
+    dir: &RunDir,
+) -> crate::docker::rebuild::DockerRebuilder {
     let selfhost_dir = dir.selfhost().path;
     if let Err(e) = std::fs::create_dir_all(&selfhost_dir) {
         tracing::warn!("creating {}: {e}", selfhost_dir.display());
     }
-    runner.rebuilder = Some(Arc::new(crate::docker::rebuild::DockerRebuilder {
+    crate::docker::rebuild::DockerRebuilder {
         docker: docker.clone(),
         run_id: run_id.to_string(),
         image: image.to_string(),
@@ -941,8 +964,7 @@ fn make_runner(
         world: plan.world.clone(),
         sandbox: plan.suite.sandbox.clone(),
         scoring: plan.suite.scoring.clone(),
-    }));
-    runner
+    }
 }
 
 /// Bytes kept for the final `run.json` and `score.json` (each a few KiB).

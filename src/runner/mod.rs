@@ -210,6 +210,8 @@ pub struct Runner {
     stage_calls: Vec<crate::stages::contamination::Call>,
     /// Why the run stopped when the engine behind the sandbox went away.
     pub lost: Option<String>,
+    /// What was measured in the run's image when it was built: the instructions state it.
+    pub image_facts: Option<crate::config::image::ImageFacts>,
 }
 
 /// The recipe files the selfhost copy refused for what they were, not for their size or place: a
@@ -290,13 +292,12 @@ impl Runner {
         history: Option<WorkspaceHistory>,
         cancel: CancellationToken,
     ) -> Self {
-        let run_dir = RunDir::new(run_dir);
-        let outputs = OutputStore::new(&run_dir.outputs());
         Self {
             home,
             suite,
             run_id,
-            run_dir,
+            outputs: OutputStore::new(&RunDir::new(run_dir.clone()).outputs()),
+            run_dir: RunDir::new(run_dir),
             sandbox,
             world_network: None,
             world: None,
@@ -306,7 +307,6 @@ impl Runner {
             rescue: false,
             events,
             history,
-            outputs,
             cancel,
             step: 0,
             ledger: Vec::new(),
@@ -314,6 +314,7 @@ impl Runner {
             contamination: None,
             stage_calls: Vec::new(),
             lost: None,
+            image_facts: None,
         }
     }
 
@@ -580,17 +581,15 @@ impl Runner {
             StageNetwork::World => self.world_network.clone(),
             StageNetwork::None => None,
         };
-        let seeds = self
-            .world
-            .as_ref()
-            .map(|w| w.manifest.seed_urls.clone())
-            .unwrap_or_default();
+        let manifest = self.world.as_ref().map(|w| &w.manifest);
+        let seeds = manifest.map(|m| m.seed_urls.clone()).unwrap_or_default();
         let instruction = match crate::stages::contract::instruction(
             &self.home,
             &self.suite,
             stage,
             &seeds,
-            self.world.as_ref().and_then(|w| w.manifest.request_budget),
+            manifest.and_then(|m| m.request_budget),
+            self.image_facts.as_ref(),
         ) {
             Ok(text) => text,
             Err(e) => {

@@ -85,6 +85,8 @@ pub struct FactContext<'a> {
     pub suite: &'a Suite,
     /// The image's user, uid, environment and packages (None when its recipe cannot be read).
     pub image: Option<&'a crate::config::image::Recipe>,
+    /// What was measured in the image when it was built (None: not known here).
+    pub measured: Option<&'a crate::config::image::ImageFacts>,
     /// The domain the model is judged on, when the suite's world has a target site.
     pub domain: Option<Domain>,
     /// How the world makes its hidden documents, when it says more than "pages held out".
@@ -102,14 +104,12 @@ impl<'a> FactContext<'a> {
         suite: &'a Suite,
         image: Option<&'a crate::config::image::Recipe>,
     ) -> Self {
-        let world = suite
-            .world
-            .as_deref()
-            .and_then(|w| crate::world::WorldConfig::load(home, w).ok())
-            .map(|(c, _, _)| c);
+        let load = |w: &str| crate::world::WorldConfig::load(home, w).ok().map(|c| c.0);
+        let world = suite.world.as_deref().and_then(load);
         Self {
             suite,
             image,
+            measured: None,
             domain: world.as_ref().and_then(Domain::of),
             hidden: world.as_ref().and_then(HiddenText::of),
             robots: world.as_ref().map(robots_fact),
@@ -489,8 +489,9 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
     let env = ctx
         .image
         .map(|r| {
-            let vars: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            vars.join(" ")
+            let vars = r.env.iter().map(|(k, v)| format!("{k}={v}"));
+            let threads = crate::config::suite::thread_env(sb.cpus);
+            vars.chain(threads).collect::<Vec<_>>().join(" ")
         })
         .unwrap_or_default();
     out.push(fact(
@@ -505,14 +506,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
         ),
     ));
     if let Some(r) = ctx.image {
-        out.push(fact(
-            "libraries",
-            format!(
-                "The image is Debian {} with these packages and their dependencies: {}. Nothing else is installed (no pip, no compilers unless listed) and nothing can be installed: no package index is reachable.",
-                r.suite,
-                and_list(&r.packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>())
-            ),
-        ));
+        out.push(libraries(r, ctx.measured.and_then(|m| m.sentence(sb.cpus))));
     }
     out.push(fact(
         "disk",
@@ -651,6 +645,19 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
     out
 }
 
+/// What the image holds: its packages, and what was measured in it at build when known.
+fn libraries(r: &crate::config::image::Recipe, measured: Option<String>) -> Fact {
+    fact(
+        "libraries",
+        format!(
+            "The image is Debian {} with these packages and their dependencies: {}. Nothing else is installed (no pip, no compilers unless listed) and nothing can be installed: no package index is reachable.{}",
+            r.suite,
+            and_list(&r.packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>()),
+            measured.map(|m| format!(" {m}")).unwrap_or_default()
+        ),
+    )
+}
+
 /// The facts as the markdown list of the instruction's `{{graded}}` placeholder.
 pub(crate) fn render_facts(facts: &[Fact]) -> String {
     facts
@@ -658,6 +665,13 @@ pub(crate) fn render_facts(facts: &[Fact]) -> String {
         .map(|f| format!("- {}", f.text))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What the crawl instruction says of a world's request budget of `n`.
+fn budget_text(n: u32) -> String {
+    format!(
+        "\n\nThis world also has a request budget: its web server answers at most {n} requests from your sandbox in all. Every request after that (refused ones count too) gets `429 Too Many Requests` for the rest of the stage, whatever you wait, and is logged. There are more pages than the budget lets you fetch: choose what to fetch."
+    )
 }
 
 /// The stage's instruction (`tasks/<stage>/instruction.md`) with `{{budget}}` and `{{scoring_*}}`
@@ -671,6 +685,7 @@ pub fn instruction(
     stage: &Stage,
     seed_urls: &[String],
     request_budget: Option<u32>,
+    measured: Option<&crate::config::image::ImageFacts>,
 ) -> Result<String, SuiteError> {
     let path = home.tasks().join(&stage.name).join("instruction.md");
     let text = std::fs::read_to_string(&path).map_err(|source| SuiteError::Read {
@@ -678,7 +693,10 @@ pub fn instruction(
         source,
     })?;
     let image = crate::config::image::Recipe::load(home, &suite.image).ok();
-    let ctx = FactContext::of(home, suite, image.as_ref());
+    let ctx = FactContext {
+        measured,
+        ..FactContext::of(home, suite, image.as_ref())
+    };
     let scoring = &suite.scoring;
     let b = &stage.budgets;
     let fmt = |v: f64| format!("{}", v.round() as i64);
@@ -701,16 +719,8 @@ pub fn instruction(
         seed_urls.iter().map(|u| format!("- {u}")).collect()
     };
     out = out.replace("{{seed_urls}}", &list.join("\n"));
-    out = out.replace(
-        "{{request_budget}}",
-        &request_budget
-            .map(|n| {
-                format!(
-                    "\n\nThis world also has a request budget: its web server answers at most {n} requests from your sandbox in all. Every request after that (refused ones count too) gets `429 Too Many Requests` for the rest of the stage, whatever you wait, and is logged. There are more pages than the budget lets you fetch: choose what to fetch."
-                )
-            })
-            .unwrap_or_default(),
-    );
+    let budget = request_budget.map(budget_text).unwrap_or_default();
+    out = out.replace("{{request_budget}}", &budget);
     if let Some(start) = out.find("{{") {
         let end = out[start..]
             .find("}}")
@@ -740,14 +750,8 @@ mod tests {
     }
 
     fn rendered(suite: &Suite, stage: &Stage) -> String {
-        instruction(
-            &home(),
-            suite,
-            stage,
-            &["http://docs.gptx.test/".into()],
-            None,
-        )
-        .unwrap()
+        let seeds = ["http://docs.gptx.test/".into()];
+        instruction(&home(), suite, stage, &seeds, None, None).unwrap()
     }
 
     /// A world's request budget is said in the crawl instruction, with its number; without one the
@@ -757,15 +761,32 @@ mod tests {
         let suite = home().suite("mini").unwrap();
         let crawl = suite.stages.iter().find(|s| s.name == "crawl").unwrap();
         let seeds = ["http://docs.gptx.test/".to_string()];
-        let with = instruction(&home(), &suite, crawl, &seeds, Some(800)).unwrap();
-        let without = instruction(&home(), &suite, crawl, &seeds, None).unwrap();
-        assert!(
-            with.contains("at most 800 requests from your sandbox in all"),
-            "{with}"
-        );
+        let with = instruction(&home(), &suite, crawl, &seeds, Some(800), None).unwrap();
+        let without = instruction(&home(), &suite, crawl, &seeds, None, None).unwrap();
+        assert!(with.contains("at most 800 requests from your sandbox in all"));
         assert!(with.contains("for the rest of the stage"));
         assert!(!without.contains("request budget"));
         assert!(without.contains("back off when told to (`Retry-After`).\n"));
+    }
+
+    /// What was measured in the image at build (libraries, BLAS, the matmul on the sandbox's CPUs)
+    /// is told with the packages, and the thread counts with the environment.
+    #[test]
+    fn the_train_instruction_states_what_the_image_measured() {
+        let suite = home().suite("mini").unwrap();
+        let train = suite.stages.iter().find(|s| s.name == "train").unwrap();
+        let facts: crate::config::image::ImageFacts = serde_json::from_str(
+            r#"{"python":"3.11.2","libraries":{"numpy":"1.24.2"},"blas":"OpenBLAS 0.3.21","matmul":[{"library":"numpy","threads":1,"gflops":140.2},{"library":"numpy","threads":2,"gflops":270.0}]}"#,
+        )
+        .unwrap();
+        let text = instruction(&home(), &suite, train, &[], None, Some(&facts)).unwrap();
+        assert!(
+            text.contains("no package index is reachable. Measured in this image when it was built: Python 3.11.2, numpy 1.24.2; numpy's BLAS is OpenBLAS 0.3.21; a float32 1024×1024 matrix product runs at numpy 140 GFLOP/s (1 thread)."),
+            "{text}"
+        );
+        assert!(text.contains("OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1`"));
+        let without = instruction(&home(), &suite, train, &[], None, None).unwrap();
+        assert!(!without.contains("Measured in this image"));
     }
 
     /// The crawl says on every world, budget or not, that recall is earned per URL.
@@ -775,12 +796,9 @@ mod tests {
         let crawl = suite.stages.iter().find(|s| s.name == "crawl").unwrap();
         let seeds = ["http://docs.gptx.test/".to_string()];
         for budget in [None, Some(800)] {
-            let text = instruction(&home(), &suite, crawl, &seeds, budget).unwrap();
-            assert_eq!(
-                text.matches("earns recall only for the text of the page")
-                    .count(),
-                1
-            );
+            let text = instruction(&home(), &suite, crawl, &seeds, budget, None).unwrap();
+            let recall = text.matches("earns recall only for the text of the page");
+            assert_eq!(recall.count(), 1);
             assert!(text.contains("answered with status 200 at its `url` during this stage"));
             assert!(text.contains("text written from memory earns nothing"));
         }
