@@ -54,6 +54,11 @@ pub(crate) struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// A gptx checkout whose tasks/ and sandboxes/ to use (edited suites, worlds, recipes); the same
+    /// as GPTX_HOME. Without either, gptx uses the checkout it runs in or was built from, else the
+    /// task files built into it, unpacked into the user's cache (XDG_CACHE_HOME, else ~/.cache).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -678,22 +683,19 @@ fn failed(e: impl Into<anyhow::Error>) -> Exit {
 /// Parses arguments, runs, and returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info,gptx=debug",
-        _ => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GPTX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    if let Some(home) = cli.home.as_ref().and_then(|h| std::path::absolute(h).ok()) {
+        // Before any other thread exists: every Home::locate (and a child gptx) reads it.
+        std::env::set_var("GPTX_HOME", home);
+    }
+    let filter = ["warn", "info,gptx=debug", "debug"][usize::from(cli.verbose.min(2))];
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GPTX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let log = tracing_subscriber::fmt().with_env_filter(filter);
+    log.with_writer(std::io::stderr).init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
+        .build();
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gptx: cannot start the async runtime: {e}");

@@ -3,6 +3,7 @@
 //! Imported by every other folder; imports nothing of gptx but `files`. Nothing here runs anything:
 //! it reads and validates files into values.
 
+pub mod embedded;
 pub mod gates;
 pub mod image;
 pub mod reference;

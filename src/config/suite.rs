@@ -24,8 +24,14 @@ pub enum SuiteError {
         path: String,
         available: String,
     },
-    #[error("cannot find gptx's task files (a directory with tasks/suites/); run from the repository or set GPTX_HOME")]
+    #[error("cannot find gptx's task files (a directory with tasks/suites/) and cannot unpack its own: neither XDG_CACHE_HOME nor HOME is set; run from a checkout or set GPTX_HOME")]
     NoHome,
+    #[error(
+        "GPTX_HOME (or --home) is {0}, which has no tasks/suites/: point it at a gptx checkout"
+    )]
+    BadHome(String),
+    #[error("unpacking gptx's own task files: {0}")]
+    Unpack(String),
 }
 
 /// Where gptx's own files are: tasks/, sandboxes/, and the cache.
@@ -37,33 +43,40 @@ pub struct Home {
 }
 
 impl Home {
-    /// `$GPTX_HOME`, else the nearest ancestor of the current directory with `tasks/suites`, else the
-    /// source tree this binary was built from.
+    /// `$GPTX_HOME` (or `--home`), else the nearest ancestor of the current directory with
+    /// `tasks/suites`, else the source tree this binary was built from, else the task files built
+    /// into the binary, unpacked into the user's cache (which is then the cache too).
     pub fn locate() -> Result<Self, SuiteError> {
+        let at = |root: PathBuf| Self {
+            root,
+            cache_dir: None,
+        };
         if let Some(h) = std::env::var_os("GPTX_HOME") {
-            return Ok(Self {
-                root: h.into(),
-                cache_dir: None,
-            });
+            let root = PathBuf::from(h);
+            let bad = || SuiteError::BadHome(root.display().to_string());
+            return Some(at(root.clone()))
+                .filter(|h| h.root.join("tasks/suites").is_dir())
+                .ok_or_else(bad);
         }
-        if let Ok(cwd) = std::env::current_dir() {
-            for dir in cwd.ancestors() {
-                if dir.join("tasks/suites").is_dir() {
-                    return Ok(Self {
-                        root: dir.to_path_buf(),
-                        cache_dir: None,
-                    });
-                }
-            }
-        }
+        let cwd = std::env::current_dir().unwrap_or_default();
         let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        if built.join("tasks/suites").is_dir() {
-            return Ok(Self {
-                root: built,
-                cache_dir: None,
-            });
+        let mut checkout = cwd.ancestors().map(Path::to_path_buf).chain([built]);
+        match checkout.find(|d| d.join("tasks/suites").is_dir()) {
+            Some(root) => Ok(at(root)),
+            None => Self::unpacked(),
         }
-        Err(SuiteError::NoHome)
+    }
+
+    /// The task files built into the binary, unpacked into the user's cache, which is then the
+    /// cache too (unless `$GPTX_CACHE_DIR` says otherwise).
+    fn unpacked() -> Result<Self, SuiteError> {
+        let cache = crate::config::embedded::user_cache().ok_or(SuiteError::NoHome)?;
+        let root = crate::config::embedded::unpack(&cache).map_err(SuiteError::Unpack)?;
+        let own_cache = std::env::var_os("GPTX_CACHE_DIR").is_none();
+        Ok(Self {
+            root,
+            cache_dir: own_cache.then_some(cache),
+        })
     }
 
     pub fn tasks(&self) -> PathBuf {
