@@ -1,5 +1,6 @@
-//! `gptx export` on synthetic runs: the Inspect AI eval log read back by `inspect_ai` itself, and
-//! JUnit XML checked for structure, escaping and well-formedness.
+//! `gptx export` on synthetic runs: the Inspect AI eval log read back by `inspect_ai` itself, the
+//! ATIF trajectory checked by Harbor's own validator, and JUnit XML checked for structure, escaping
+//! and well-formedness.
 
 use std::path::Path;
 use std::process::Command;
@@ -195,6 +196,121 @@ fn inspect_logs_of_runs_that_failed_or_stopped_midway_read_back() {
     let v = &all[3];
     assert_eq!(v["status"], "error");
     assert_eq!(v["error"], "the sandbox stopped answering");
+}
+
+/// Harbor's trajectory validator on each path, and what the tests look at of each trajectory.
+const VALIDATE_ATIF: &str = r#"
+import json, sys
+from harbor.utils.trajectory_validator import TrajectoryValidator
+
+def check(path):
+    v = TrajectoryValidator()
+    ok = v.validate(path)
+    t = json.load(open(path))
+    steps = t["steps"]
+    return {
+        "ok": ok,
+        "errors": v.get_errors(),
+        "version": t["schema_version"],
+        "sources": [s["source"] for s in steps],
+        "boundaries": [s["extra"]["boundary"] for s in steps if s["source"] != "agent" and "extra" in s],
+        "tools": [s["tool_calls"][0]["function_name"] for s in steps if s["source"] == "agent"],
+        "llm_calls": sum(s.get("llm_call_count", 0) for s in steps),
+        "prompt_tokens": sum(s.get("metrics", {}).get("prompt_tokens", 0) for s in steps),
+        "final": t.get("final_metrics"),
+        "grades": t["extra"]["gptx"],
+        "agent": t["agent"],
+    }
+
+print(json.dumps([check(p) for p in sys.argv[1:]]))
+"#;
+
+/// Fails, saying what to install, when Harbor is missing (CI installs it).
+fn require_harbor() {
+    let out = Command::new("python3")
+        .args(["-c", "import harbor.utils.trajectory_validator"])
+        .output()
+        .expect("python3 must be installed to check exports");
+    assert!(
+        out.status.success(),
+        "the ATIF export test needs Harbor's validator: run `python3 -m pip install --no-deps --ignore-requires-python harbor==0.26.0 'pydantic>=2'`\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A full reference run, an LLM agent's run whose later stages fail, an interrupted run and a
+/// running one: each trajectory passes Harbor's validator, with a `user` step opening each reached
+/// stage, an `agent` step per tool call, a `system` step closing it, and the grades in `extra`.
+#[test]
+fn atif_trajectories_validate_with_harbor() {
+    require_harbor();
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = [
+        Synth::default(),
+        Synth {
+            run_id: "20261129-130000-000002".into(),
+            passed_stages: 2,
+            agent: "openai:gpt-4o-mini".into(),
+            ..Synth::default()
+        },
+        Synth {
+            run_id: "20261129-140000-000003".into(),
+            status: RunStatus::Interrupted,
+            passed_stages: 2,
+            ..Synth::default()
+        },
+        Synth {
+            run_id: "20261129-150000-000004".into(),
+            status: RunStatus::Running,
+            passed_stages: 1,
+            ..Synth::default()
+        },
+    ];
+    let paths: Vec<std::path::PathBuf> = specs
+        .iter()
+        .map(|spec| {
+            write_export(
+                &write_run(tmp.path(), spec).unwrap(),
+                Format::Atif,
+                "t.json",
+            )
+        })
+        .collect();
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    let all = python(VALIDATE_ATIF, &refs);
+    for (v, path) in all.as_array().unwrap().iter().zip(&paths) {
+        assert_eq!(v["ok"], true, "{}: {}", path.display(), v["errors"]);
+        assert_eq!(v["version"], "ATIF-v1.8");
+    }
+    let v = &all[0];
+    let sources = v["sources"].as_array().unwrap();
+    // Five stages of three steps each: 5 × (user, 3 × agent, system).
+    assert_eq!(sources.len(), 25, "{sources:?}");
+    assert_eq!(
+        sources[..5],
+        serde_json::json!(["user", "agent", "agent", "agent", "system"])
+            .as_array()
+            .unwrap()[..]
+    );
+    assert_eq!(v["boundaries"].as_array().unwrap().len(), 10);
+    assert_eq!(v["tools"][0], "write_file");
+    assert_eq!(v["llm_calls"], 0, "the reference makes no model calls");
+    assert_eq!(v["final"]["total_steps"], 15);
+    assert_eq!(v["grades"]["level"], "L6");
+    assert_eq!(v["grades"]["stages"]["train"]["passed"], true);
+    assert!(v["grades"]["stages"]["train"]["metrics"]["bpb"].is_number());
+    assert_eq!(v["agent"]["name"], "reference");
+
+    let v = &all[1];
+    assert!(v["llm_calls"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(v["final"]["total_prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(v["agent"]["model_name"], "openai/gpt-4o-mini");
+    assert_eq!(v["grades"]["stages"]["train"]["passed"], false);
+
+    let v = &all[2];
+    assert_eq!(v["grades"]["status"], "interrupted");
+    assert_eq!(v["grades"]["stages"]["selfhost"]["reached"], false);
 }
 
 const PARSE_XML: &str = r#"

@@ -90,7 +90,7 @@ pub enum Command {
     Leaderboard(LeaderboardArgs),
     /// Serve the web viewer: runs, run pages, steps with diffs, the leaderboard, live runs.
     Serve(ServeArgs),
-    /// Write a run in another format: an Inspect AI eval log, or JUnit XML for CI systems.
+    /// Write a run in another format: an Inspect AI eval log, JUnit XML for CI systems, or an ATIF trajectory (Harbor, Terminal-Bench).
     Export(ExportArgs),
     /// Check a run's trace hash chain (detects any edit after the fact).
     Verify(VerifyArgs),
@@ -490,7 +490,7 @@ pub struct ServeArgs {
 pub struct ExportArgs {
     /// Run id, or a unique prefix of it.
     pub run: String,
-    /// inspect: an Inspect AI eval log (JSON); junit: one testcase per stage.
+    /// inspect: an Inspect AI eval log (JSON); junit: one testcase per stage; atif: an ATIF-v1.8 trajectory.
     #[arg(long, value_enum)]
     pub format: crate::report::export::Format,
     /// Write here instead of stdout.

@@ -1,9 +1,11 @@
-//! Exports of a run for other tools: an Inspect AI eval log (JSON) and JUnit XML.
+//! Exports of a run for other tools: an Inspect AI eval log (JSON), JUnit XML, and (in `atif.rs`) an ATIF trajectory.
 //!
 //! Both read the run directory only (`run.json`, `events.jsonl`, `score.json` when the run ended) and
 //! map each stage to one unit: a JUnit `<testcase>`, an Inspect `EvalSample` whose messages are the
 //! agent's tool calls and their results as the agent saw them (inline outputs, cut as the runner cut
 //! them).
+
+mod atif;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,6 +24,8 @@ pub enum Format {
     Inspect,
     /// JUnit XML: one testcase per stage.
     Junit,
+    /// An Agent Trajectory Interchange Format document (ATIF-v1.8), as Harbor and Terminal-Bench read.
+    Atif,
 }
 
 /// The run in `format`, as text.
@@ -29,13 +33,16 @@ pub fn export(run: &RunDir, format: Format) -> anyhow::Result<String> {
     let r = Run::read(run)?;
     match format {
         Format::Junit => Ok(junit(&r)),
-        Format::Inspect => {
-            let mut text = serde_json::to_string_pretty(&inspect(&r))
-                .with_context(|| format!("{}: serialising the eval log", run.path.display()))?;
-            text.push('\n');
-            Ok(text)
-        }
+        Format::Inspect => pretty(&inspect(&r), run, "the eval log"),
+        Format::Atif => pretty(&atif::atif(&r), run, "the trajectory"),
     }
+}
+
+fn pretty(v: &impl serde::Serialize, run: &RunDir, what: &str) -> anyhow::Result<String> {
+    let mut text = serde_json::to_string_pretty(v)
+        .with_context(|| format!("{}: serialising {what}", run.path.display()))?;
+    text.push('\n');
+    Ok(text)
 }
 
 /// Something that happened in a stage besides its steps: a warning, a rescue, the agent's stderr.
@@ -52,7 +59,8 @@ struct StageRecord {
     state: StageState,
     /// Its steps, in order.
     records: Vec<StepRecord>,
-    calls: Vec<(chrono::DateTime<chrono::Utc>, ModelCall)>,
+    /// Its model calls: when, the call, and how many of its steps came before it.
+    calls: Vec<(chrono::DateTime<chrono::Utc>, ModelCall, usize)>,
     notes: Vec<Note>,
 }
 
@@ -116,7 +124,7 @@ impl Run {
             };
             match env.event {
                 Event::Step(s) => steps.push(s),
-                Event::ModelCall { call, .. } => calls.push((env.ts, call)),
+                Event::ModelCall { call, .. } => calls.push((env.ts, call, steps.len())),
                 Event::Rescue {
                     ok,
                     files,
@@ -146,11 +154,8 @@ impl Run {
             .map(|(state, (records, calls, notes))| {
                 let mut state = state.clone();
                 // score.json knows about rescues that an older trace may not spell out.
-                if let Some(score) = &score {
-                    if score.stages.get(&state.name).is_some_and(|x| x.rescued) {
-                        state.rescued = true;
-                    }
-                }
+                let told = score.as_ref().and_then(|s| s.stages.get(&state.name));
+                state.rescued |= told.is_some_and(|x| x.rescued);
                 StageRecord {
                     state,
                     records,
@@ -549,7 +554,7 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
             }),
         ));
     }
-    for (t, call) in &s.calls {
+    for (t, call, _) in &s.calls {
         let mut output = json!({
             "model": call.model,
             "choices": [],
@@ -648,10 +653,6 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
             s.model.cost_usd,
         );
     }
-    let (ended_by, sandbox, wall) = match s.ended {
-        Some(e) => (json!(e.by), json!(e.sandbox_seconds), json!(e.wall_seconds)),
-        None => (Value::Null, Value::Null, Value::Null),
-    };
     let error = match (&s.score, s.ended) {
         (None, Some(Ended { by, .. })) => json!({
             "message": format!("stage {} ended by {by:?} and was not scored", s.name),
@@ -672,10 +673,10 @@ fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
             "stage": s.name,
             "index": s.position,
             "reached": started.is_some(),
-            "ended_by": ended_by,
+            "ended_by": s.ended.map(|e| e.by),
             "steps": s.records.len(),
-            "sandbox_seconds": sandbox,
-            "wall_seconds": wall,
+            "sandbox_seconds": s.ended.map(|e| e.sandbox_seconds),
+            "wall_seconds": s.ended.map(|e| e.wall_seconds),
             "cpu_seconds": trace::round(s.steps.cpu_seconds, 3),
             "rescued": s.rescued,
             "budgets": s.budgets(),

@@ -156,7 +156,7 @@ pub struct Started {
 }
 
 /// What `stage_ended` said: why, and the totals the harness measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Ended {
     pub by: EndReason,
     pub steps: u64,
