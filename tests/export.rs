@@ -120,31 +120,39 @@ fn inspect_log_of_a_full_run_reads_back() {
     assert_eq!(v["model"], "gptx/reference");
 }
 
-#[test]
-fn inspect_logs_of_runs_that_failed_or_stopped_midway_read_back() {
-    require_inspect_ai();
-    let tmp = tempfile::tempdir().unwrap();
-    let specs = [
-        // Train, eval and selfhost fail; an LLM agent, so there are model calls.
+/// An LLM agent's run whose train, eval and selfhost fail (so there are model calls), one
+/// interrupted in train (the stages after it are there, unscored), and one still running.
+fn runs_that_stopped_short() -> [Synth; 3] {
+    [
         Synth {
             passed_stages: 2,
             agent: "openai:gpt-4o-mini".into(),
             ..Synth::default()
         },
-        // Interrupted in train: the stages after it are there, unscored.
         Synth {
             run_id: "20261129-130000-000002".into(),
             status: RunStatus::Interrupted,
             passed_stages: 2,
             ..Synth::default()
         },
-        // Still running: a started log without results.
         Synth {
             run_id: "20261129-140000-000003".into(),
             status: RunStatus::Running,
             passed_stages: 1,
             ..Synth::default()
         },
+    ]
+}
+
+#[test]
+fn inspect_logs_of_runs_that_failed_or_stopped_midway_read_back() {
+    require_inspect_ai();
+    let tmp = tempfile::tempdir().unwrap();
+    let [llm, interrupted, running] = runs_that_stopped_short();
+    let specs = [
+        llm,
+        interrupted,
+        running,
         // A failed run carries its error.
         Synth {
             run_id: "20261129-150000-000004".into(),
@@ -244,38 +252,16 @@ fn require_harbor() {
 #[test]
 fn atif_trajectories_validate_with_harbor() {
     require_harbor();
-    let tmp = tempfile::tempdir().unwrap();
-    let specs = [
-        Synth::default(),
-        Synth {
-            run_id: "20261129-130000-000002".into(),
-            passed_stages: 2,
-            agent: "openai:gpt-4o-mini".into(),
-            ..Synth::default()
-        },
-        Synth {
-            run_id: "20261129-140000-000003".into(),
-            status: RunStatus::Interrupted,
-            passed_stages: 2,
-            ..Synth::default()
-        },
-        Synth {
-            run_id: "20261129-150000-000004".into(),
-            status: RunStatus::Running,
-            passed_stages: 1,
-            ..Synth::default()
-        },
-    ];
-    let paths: Vec<std::path::PathBuf> = specs
-        .iter()
-        .map(|spec| {
-            write_export(
-                &write_run(tmp.path(), spec).unwrap(),
-                Format::Atif,
-                "t.json",
-            )
-        })
-        .collect();
+    let (full, short) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let atif = |tmp: &Path, spec: &Synth| {
+        write_export(&write_run(tmp, spec).unwrap(), Format::Atif, "t.json")
+    };
+    let mut paths = vec![atif(full.path(), &Synth::default())];
+    paths.extend(
+        runs_that_stopped_short()
+            .iter()
+            .map(|spec| atif(short.path(), spec)),
+    );
     let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
     let all = python(VALIDATE_ATIF, &refs);
     for (v, path) in all.as_array().unwrap().iter().zip(&paths) {

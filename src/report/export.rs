@@ -490,18 +490,20 @@ fn limit(s: &StageRecord) -> Value {
     json!({"type": kind, "limit": value, "reason": by.budget()})
 }
 
+/// What opens a stage in an export: the stage, its place, its instruction's hash.
+fn stage_intro(r: &Run, s: &StageRecord) -> String {
+    let (at, of) = (s.position + 1, r.stages.len());
+    let hash = s.started.as_ref().map(|st| &st.instruction_sha256);
+    let hash = hash.map(|h| format!(" (instruction sha256 {h})"));
+    let (suite, name) = (&r.meta.suite, &s.name);
+    format!(
+        "Stage {at} of {of} in suite {suite}: {name}.{}",
+        hash.unwrap_or_default()
+    )
+}
+
 fn sample(r: &Run, s: &StageRecord, model: &str) -> Value {
-    let input = format!(
-        "Stage {} of {} in suite {}: {}.{}",
-        s.position + 1,
-        r.stages.len(),
-        r.meta.suite,
-        s.name,
-        s.started
-            .as_ref()
-            .map(|st| format!(" (instruction sha256 {})", st.instruction_sha256))
-            .unwrap_or_default()
-    );
+    let input = stage_intro(r, s);
     let mut messages = vec![json!({"role": "user", "content": input, "source": "input"})];
     let mut events: Vec<(chrono::DateTime<chrono::Utc>, Value)> = Vec::new();
     let started = s.started_at().or(s.records.first().map(|x| x.started_at));

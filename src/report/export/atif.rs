@@ -57,14 +57,7 @@ fn is_llm(agent: &str) -> bool {
 /// The `user` step that opens a stage.
 fn opening(r: &Run, s: &StageRecord) -> Value {
     let started = s.started.as_ref().expect("a reached stage");
-    let message = format!(
-        "Stage {} of {} in suite {}: {} (instruction sha256 {}).",
-        s.position + 1,
-        r.stages.len(),
-        r.meta.suite,
-        s.name,
-        started.instruction_sha256
-    );
+    let message = super::stage_intro(r, s);
     let mut step = json!({"source": "user", "message": message,
         "extra": {"stage": s.name, "boundary": "start", "budgets": started.budgets}});
     if let Some(t) = s.started_at() {
