@@ -57,8 +57,16 @@ pub(crate) struct Cli {
     /// A gptx checkout whose tasks/ and sandboxes/ to use (edited suites, worlds, recipes); the same
     /// as GPTX_HOME. Without either, gptx uses the checkout it runs in or was built from, else the
     /// task files built into it, unpacked into the user's cache (XDG_CACHE_HOME, else ~/.cache).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_parser = non_empty_path)]
     pub home: Option<PathBuf>,
+}
+
+/// A path flag's value, refused when empty (it would name no directory at all).
+fn non_empty_path(s: &str) -> Result<PathBuf, String> {
+    match s.is_empty() {
+        true => Err("an empty path names no directory".into()),
+        false => Ok(PathBuf::from(s)),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,17 +31,21 @@ pub fn user_cache() -> Option<PathBuf> {
 }
 
 /// The packed home unpacked under `cache` (`home-<hash>/`), written first if missing: into a
-/// directory of this process's own, renamed into place whole, so a reader never sees half of it
-/// and two processes unpacking at once both end with one complete copy.
+/// directory of this process's own (a random name), renamed into place whole, so a reader never
+/// sees half of it and two processes unpacking at once, here or on hosts sharing the home, both end
+/// with one complete copy. A failed unpack leaves its directory behind, named `.home-*`.
 pub fn unpack(cache: &Path) -> Result<PathBuf, String> {
     let dir = cache.join(format!("home-{HASH}"));
     if dir.join("tasks/suites").is_dir() {
         return Ok(dir);
     }
-    let tmp = cache.join(format!(".home-{HASH}.tmp{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(at(&tmp))?;
-    }
+    std::fs::create_dir_all(cache).map_err(at(cache))?;
+    // A name no other process (on this host, or on another sharing the home) can have.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".home-{HASH}.tmp"))
+        .tempdir_in(cache)
+        .map_err(at(cache))?
+        .keep();
     for (name, executable, bytes) in files(PACKED)? {
         let path = tmp.join(name);
         std::fs::create_dir_all(path.parent().expect("under tmp")).map_err(at(&path))?;

@@ -236,8 +236,8 @@ pub struct SandboxLimits {
 }
 
 /// The thread counts every sandbox of `cpus` CPUs starts with (`OMP_NUM_THREADS` and the BLAS
-/// libraries' own): the CPUs rounded up, so a BLAS does not run more threads than its quota lets
-/// run at once, and a scorer's floating-point sums come out the same in every sandbox.
+/// libraries' own): the CPUs rounded up, so a BLAS runs as many threads as the quota's CPUs, not one
+/// per CPU of the machine, and a scorer's floating-point sums come out the same in every sandbox.
 pub fn thread_env(cpus: f64) -> Vec<String> {
     let n = cpus.ceil().max(1.0) as u64;
     ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"]

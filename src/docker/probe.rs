@@ -14,7 +14,8 @@ const THREADS: [u32; 2] = [1, 2];
 const LIMIT: Duration = Duration::from_secs(300);
 
 /// Measures `rootfs` as the recipe's user, in a mount namespace of its own with `/proc` and `/sys`
-/// (so the BLAS sees the machine's CPUs); nothing is left mounted. An image without `python3` has
+/// (so the BLAS sees the machine's CPUs) and a `/tmp` of its own (nothing the probe writes gets into
+/// the image); nothing is left mounted, and a probe past its time dies with `unshare`. An image without `python3` has
 /// nothing to measure.
 pub(super) async fn measure(rootfs: &Path, recipe: &Recipe) -> Result<ImageFacts, String> {
     if !rootfs.join("usr/bin/python3").exists() {
@@ -32,17 +33,16 @@ pub(super) async fn measure(rootfs: &Path, recipe: &Recipe) -> Result<ImageFacts
 }
 
 async fn run_once(rootfs: &Path, uid: u32, threads: u32) -> Result<ImageFacts, String> {
-    let script = r#"mount -t proc proc "$1/proc" && mount --rbind /sys "$1/sys" && exec chroot --userspec="$2:$2" "$1" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS="$3" OPENBLAS_NUM_THREADS="$3" /usr/bin/python3 -c "$4""#;
+    let script = r#"mount -t proc proc "$1/proc" && mount --rbind /sys "$1/sys" && mount -t tmpfs tmpfs "$1/tmp" && exec chroot --userspec="$2:$2" "$1" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS="$3" OPENBLAS_NUM_THREADS="$3" /usr/bin/python3 -c "$4""#;
     let child = tokio::process::Command::new("unshare")
         .args([
             "--mount",
             "--propagation",
             "private",
             "--fork",
-            "--",
-            "sh",
-            "-c",
+            "--kill-child",
         ])
+        .args(["--", "sh", "-c"])
         .arg(script)
         .arg("probe")
         .arg(rootfs)
@@ -76,7 +76,11 @@ async fn run_once(rootfs: &Path, uid: u32, threads: u32) -> Result<ImageFacts, S
 /// The `LABEL` instruction that keeps `facts` in the image.
 pub(super) fn label(facts: &ImageFacts) -> String {
     let json = serde_json::to_string(facts).expect("facts serialise");
-    let quoted = json.replace('\\', "\\\\").replace('"', "\\\"");
+    // The engine's LABEL parser takes backslash escapes and expands `$` variables in the value.
+    let quoted = json
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('$', "\\$");
     format!("LABEL {FACTS_LABEL}=\"{quoted}\"")
 }
 
@@ -98,7 +102,7 @@ mod tests {
         let facts = ImageFacts {
             python: Some("3.11.2".into()),
             libraries: [("numpy".to_string(), "1.24.2".to_string())].into(),
-            blas: Some("OpenBLAS 0.3.21 \"DYNAMIC_ARCH\" \\ Haswell".into()),
+            blas: Some("OpenBLAS 0.3.21 \"DYNAMIC_ARCH\" \\ $HOME ${X} Haswell".into()),
             matmul: vec![Matmul {
                 library: "numpy".into(),
                 threads: 2,
@@ -110,7 +114,8 @@ mod tests {
             .strip_prefix(&format!("LABEL {FACTS_LABEL}=\""))
             .and_then(|v| v.strip_suffix('"'))
             .unwrap();
-        // What the engine's LABEL parser does with a double-quoted value: backslash escapes.
+        // What the engine's LABEL parser does with a double-quoted value: backslash escapes (and `\$`
+        // keeps a `$` from being expanded).
         let mut unquoted = String::new();
         let mut chars = value.chars();
         while let Some(c) = chars.next() {

@@ -21,10 +21,19 @@ pub(super) fn atif(r: &Run) -> Value {
     for s in r.stages.iter().filter(|s| s.started.is_some()) {
         steps.push(opening(r, s));
         let model = llm.then_some(r.meta.agent.as_str());
+        let before = |i: usize| -> Vec<&ModelCall> {
+            s.calls.iter().filter(|c| c.2 == i).map(|c| &c.1).collect()
+        };
         for (i, step) in s.records.iter().enumerate() {
-            let before: Vec<&ModelCall> =
-                s.calls.iter().filter(|c| c.2 == i).map(|c| &c.1).collect();
-            steps.push(agent_step(step, &before, model));
+            steps.push(agent_step(step, &before(i), model));
+        }
+        // Model calls after the stage's last tool call (the agent finished, failed or ran out).
+        let after = before(s.records.len());
+        if let (Some(model), Some(last)) = (model, s.calls.last().filter(|_| !after.is_empty())) {
+            let mut v =
+                json!({"source": "agent", "timestamp": ts(last.0), "extra": {"stage": s.name}});
+            with_model_calls(&mut v, &after, model);
+            steps.push(v);
         }
         steps.push(closing(s));
     }
@@ -44,8 +53,8 @@ pub(super) fn atif(r: &Run) -> Value {
             "tool_definitions": crate::agent::tools::schemas(),
             "extra": {"harness": "gptx"},
         },
+        "final_metrics": final_metrics(r, steps.len()),
         "steps": steps,
-        "final_metrics": final_metrics(r),
         "extra": {"gptx": grades(r)},
     })
 }
@@ -73,14 +82,10 @@ fn agent_step(step: &StepRecord, before: &[&ModelCall], agent: Option<&str>) -> 
         Value::Object(m) => Value::Object(m.clone()),
         other => json!({ "value": other }),
     };
-    let said = before
-        .iter()
-        .rev()
-        .find_map(|c| c.reply.as_ref().and_then(|r| r.text.clone()));
     let mut v = json!({
         "source": "agent",
         "timestamp": ts(step.started_at),
-        "message": said.unwrap_or_default(),
+        "message": "",
         "tool_calls": [{"tool_call_id": id, "function_name": step.tool, "arguments": arguments}],
         "observation": {"results": [{"source_call_id": id, "content": tool_text(step),
             "extra": {"ok": step.ok, "outputs": step.outputs}}]},
@@ -89,16 +94,28 @@ fn agent_step(step: &StepRecord, before: &[&ModelCall], agent: Option<&str>) -> 
             "sandbox_seconds": step.sandbox_seconds, "usage": step.usage, "commit": step.commit},
     });
     if let (Some(agent), false) = (agent, before.is_empty()) {
-        v["model_name"] = json!(model_name(agent));
-        let sum = |f: fn(&ModelCall) -> u64| before.iter().map(|c| f(c)).sum::<u64>();
-        let costs: Vec<f64> = before.iter().filter_map(|c| c.cost_usd).collect();
-        v["metrics"] = json!({
-            "prompt_tokens": sum(|c| c.input_tokens),
-            "completion_tokens": sum(|c| c.output_tokens),
-            "cost_usd": (!costs.is_empty()).then(|| costs.iter().sum::<f64>()),
-        });
+        with_model_calls(&mut v, before, agent);
     }
     v
+}
+
+/// An agent step's model fields from the model calls that led to it: how many, the model, their
+/// tokens and cost, and the text of the last reply that had one as the step's message.
+fn with_model_calls(v: &mut Value, calls: &[&ModelCall], agent: &str) {
+    let said = calls
+        .iter()
+        .rev()
+        .find_map(|c| c.reply.as_ref()?.text.clone());
+    let sum = |f: fn(&ModelCall) -> u64| calls.iter().map(|c| f(c)).sum::<u64>();
+    let costs: Vec<f64> = calls.iter().filter_map(|c| c.cost_usd).collect();
+    v["message"] = json!(said.unwrap_or_default());
+    v["llm_call_count"] = json!(calls.len());
+    v["model_name"] = json!(model_name(agent));
+    v["metrics"] = json!({
+        "prompt_tokens": sum(|c| c.input_tokens),
+        "completion_tokens": sum(|c| c.output_tokens),
+        "cost_usd": (!costs.is_empty()).then(|| costs.iter().sum::<f64>()),
+    });
 }
 
 /// The `system` step that closes a stage: how it ended and its grade.
@@ -124,10 +141,10 @@ fn closing(s: &StageRecord) -> Value {
     step
 }
 
-fn final_metrics(r: &Run) -> Value {
+fn final_metrics(r: &Run, steps: usize) -> Value {
     let m = &r.model;
-    let steps: usize = r.stages.iter().map(|s| s.records.len()).sum();
-    let mut v = json!({"total_steps": steps, "extra": {"wall_seconds": r.wall_seconds,
+    let tool_calls: usize = r.stages.iter().map(|s| s.records.len()).sum();
+    let mut v = json!({"total_steps": steps, "extra": {"tool_calls": tool_calls, "wall_seconds": r.wall_seconds,
         "cpu_seconds": r.stages.iter().map(|s| s.steps.cpu_seconds).sum::<f64>()}});
     if m.calls > 0 {
         v["total_prompt_tokens"] = json!(m.input_tokens);
