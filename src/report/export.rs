@@ -387,13 +387,16 @@ fn junit(r: &Run) -> String {
 // ---------------------------------------------------------------- Inspect
 
 /// The model name Inspect shows: `openai:gpt-4o` becomes `openai/gpt-4o`; other agents `gptx/<agent>`.
+/// `provider/model` for an LLM agent's spec (`openai:<model>`, `anthropic:<model>`), else None.
+fn llm_model(agent: &str) -> Option<String> {
+    let (provider, model) = agent.split_once(':')?;
+    ["openai", "anthropic"]
+        .contains(&provider)
+        .then(|| format!("{provider}/{model}"))
+}
+
 fn model_name(agent: &str) -> String {
-    for p in ["openai:", "anthropic:"] {
-        if let Some(m) = agent.strip_prefix(p) {
-            return format!("{}/{m}", &p[..p.len() - 1]);
-        }
-    }
-    format!("gptx/{agent}")
+    llm_model(agent).unwrap_or_else(|| format!("gptx/{agent}"))
 }
 
 fn ts(t: chrono::DateTime<chrono::Utc>) -> String {

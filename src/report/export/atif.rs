@@ -16,7 +16,7 @@ const SCHEMA_VERSION: &str = "ATIF-v1.8";
 
 /// The run as an ATIF trajectory.
 pub(super) fn atif(r: &Run) -> Value {
-    let llm = is_llm(&r.meta.agent);
+    let llm = super::llm_model(&r.meta.agent).is_some();
     let mut steps = Vec::new();
     for s in r.stages.iter().filter(|s| s.started.is_some()) {
         steps.push(opening(r, s));
@@ -57,10 +57,6 @@ pub(super) fn atif(r: &Run) -> Value {
         "steps": steps,
         "extra": {"gptx": grades(r)},
     })
-}
-
-fn is_llm(agent: &str) -> bool {
-    agent.starts_with("openai:") || agent.starts_with("anthropic:")
 }
 
 /// The `user` step that opens a stage.
