@@ -42,6 +42,19 @@ pub struct Home {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// The nearest ancestor of `cwd` with `tasks/suites`, else `built` if it has them. A directory
+/// inside a run's workspace (`<run>/workspace/`, beside `<run>/run.json`) is passed over: an
+/// agent writes there, and a home's recipes are built as root.
+fn checkout(cwd: &Path, built: PathBuf) -> Option<PathBuf> {
+    let agents = |d: &Path| {
+        d.ancestors().any(|a| {
+            a.file_name() == Some("workspace".as_ref()) && a.with_file_name("run.json").is_file()
+        })
+    };
+    let mut found = cwd.ancestors().map(Path::to_path_buf).chain([built]);
+    found.find(|d| d.join("tasks/suites").is_dir() && !agents(d))
+}
+
 impl Home {
     /// `$GPTX_HOME` (or `--home`), else the nearest ancestor of the current directory with
     /// `tasks/suites`, else the source tree this binary was built from, else the task files built
@@ -59,9 +72,7 @@ impl Home {
                 .ok_or_else(bad);
         }
         let cwd = std::env::current_dir().unwrap_or_default();
-        let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let mut checkout = cwd.ancestors().map(Path::to_path_buf).chain([built]);
-        match checkout.find(|d| d.join("tasks/suites").is_dir()) {
+        match checkout(&cwd, PathBuf::from(env!("CARGO_MANIFEST_DIR"))) {
             Some(root) => Ok(at(root)),
             None => Self::unpacked(),
         }
@@ -614,6 +625,32 @@ impl Default for ScoringLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An agent that writes `tasks/suites` (and recipes) into its workspace does not become the
+    /// home of a gptx started from inside that workspace: the search goes on above the run.
+    #[test]
+    fn a_home_in_a_runs_workspace_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let run = root.join("runs/20261207-000000-abcdef");
+        let planted = run.join("workspace/sub");
+        for d in [root.join("tasks/suites"), planted.join("tasks/suites")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(run.join("run.json"), "{}").unwrap();
+        let nowhere = root.join("no-build-tree");
+        assert_eq!(
+            checkout(&planted, nowhere.clone()),
+            Some(root.to_path_buf())
+        );
+        assert_eq!(
+            checkout(&planted.join("tasks"), nowhere.clone()),
+            Some(root.to_path_buf())
+        );
+        // Without run.json beside it, a directory named workspace is an ordinary checkout.
+        std::fs::remove_file(run.join("run.json")).unwrap();
+        assert_eq!(checkout(&planted, nowhere), Some(planted));
+    }
 
     const OK: &str = r#"
 name = "t"
