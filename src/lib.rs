@@ -15,7 +15,8 @@
 //!   ([`trace::rundir::RunDir`] owns every path in it), `gptx verify`'s audit, and the replay that
 //!   folds an event stream into per-run and per-stage state.
 //! - [`sandbox`]: the [`sandbox::Sandbox`] seam, path confinement, the recording fake, the
-//!   [`sandbox::programs::Programs`] seam (an agent program on hidden input), disk limits.
+//!   [`sandbox::programs::Programs`] seam (an agent program on hidden input), disk limits, the
+//!   GPUs a sandbox lists.
 //! - [`world`]: the offline web: generated deterministically into the cache, with gold text,
 //!   hidden splits and baselines; extra documentation sites and a vertical target in
 //!   `world/sites.rs`; which pages are hidden (pages, or whole families) in `world/holdout.rs`;
@@ -32,7 +33,8 @@
 //!   grading, rescue, and going on with an interrupted run folded from its trace
 //!   ([`runner::ResumeState`]); its only output is the event stream.
 //! - [`docker`]: everything that talks to the engine, and nothing else does. The connection and
-//!   labels, images, the agent's sandbox, scoring and rebuild sandboxes, the injected static
+//!   labels, images (a Debian root filesystem or a Dockerfile, measured, and checked against the
+//!   sandbox profile before a run), the agent's sandbox, scoring and rebuild sandboxes, the injected static
 //!   supervisor they all run commands through (its source is `supervisor/main.rs`, outside `src/`,
 //!   built by `build.rs`), the world's web server, and [`docker::session`], one whole run on the
 //!   real engine with teardown that always happens.

@@ -126,6 +126,11 @@ fn budgets(stage: &str) -> Budgets {
     }
 }
 
+/// Each stage's budgets, as run.json records them.
+fn stage_budgets(stages: &[String]) -> BTreeMap<String, Budgets> {
+    stages.iter().map(|s| (s.clone(), budgets(s))).collect()
+}
+
 /// The stage's script, as the first step writes it.
 fn script(stage: &str) -> String {
     format!(
@@ -516,11 +521,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         world_hash: spec.world_hash.clone(),
         seed: spec.seed,
         stages: spec.stages.clone(),
-        budgets: spec
-            .stages
-            .iter()
-            .map(|s| (s.clone(), budgets(s)))
-            .collect(),
+        budgets: stage_budgets(&spec.stages),
         gates: BTreeMap::new(),
         gptx_version: env!("CARGO_PKG_VERSION").into(),
         images: BTreeMap::from([(
@@ -538,6 +539,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
         resumes: Vec::new(),
         agent_process: None,
         plan: None,
+        gpus: None,
     };
     rundir::write_json_atomic(&dir.run_json(), &meta)
         .with_context(|| dir.run_json().display().to_string())?;

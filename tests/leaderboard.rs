@@ -56,7 +56,7 @@ fn write(dir: &Path, f: &Fake) {
     let run = dir.join(f.id);
     std::fs::create_dir_all(&run).unwrap();
     let started: chrono::DateTime<chrono::Utc> = "2026-11-29T10:00:00Z".parse().unwrap();
-    let meta = RunMeta {
+    let mut meta = RunMeta {
         run_id: f.id.into(),
         agent: f.agent.into(),
         suite: "mini".into(),
@@ -79,6 +79,7 @@ fn write(dir: &Path, f: &Fake) {
         resumes: Vec::new(),
         agent_process: None,
         plan: None,
+        gpus: None,
     };
     write_json_atomic(&run.join("run.json"), &meta).unwrap();
     if f.status == RunStatus::Running {
@@ -129,7 +130,6 @@ fn write(dir: &Path, f: &Fake) {
         assisted_level: None,
     })
     .unwrap();
-    let mut meta = meta;
     meta.trace_sha256 = Some(log.last_hash().to_string());
     write_json_atomic(&run.join("run.json"), &meta).unwrap();
 }
@@ -432,6 +432,104 @@ fn a_resumed_run_is_ranked_and_marked() {
     assert!(html.contains("resumed 1×"), "{html}");
     let json = serde_json::to_value(b).unwrap();
     assert!(json.to_string().contains("\"resumed\":1"));
+}
+
+/// GPU-seconds are the GPUs of the agent's sandbox × the run's wall time (60 s here): the count
+/// asked for, or for "all" how many nvidia-smi listed; "?" when "all" was never counted, "–"
+/// without GPUs, in the markdown, the HTML and the JSON.
+#[test]
+fn gpu_seconds_are_the_gpus_times_the_wall_time() {
+    use gptx::config::suite::Gpus;
+    use gptx::trace::rundir::{GpuDevice, GpuRecord};
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = [
+        ("g1", "gpu", 1),
+        ("g2", "gpu", 2),
+        ("c1", "cpu", 1),
+        ("b1", "blind", 1),
+    ];
+    for (id, agent, seed) in runs {
+        let scores = [1.0; 5];
+        let f = Fake {
+            id,
+            agent,
+            seed,
+            world: "aaaa",
+            status: RunStatus::Done,
+            scores,
+            bpb: Some(1.4),
+            cpu: 10.0,
+        };
+        write(tmp.path(), &f);
+    }
+    let t4 = |index| GpuDevice {
+        index,
+        name: "Tesla T4".into(),
+        memory_mib: Some(15360),
+    };
+    let give = |id: &str, record: GpuRecord| {
+        let path = tmp.path().join(id).join("run.json");
+        let mut meta: RunMeta = gptx::trace::rundir::read_json(&path).unwrap();
+        meta.gpus = Some(record);
+        write_json_atomic(&path, &meta).unwrap();
+    };
+    give("g1", GpuRecord::asked(Gpus::Count(2)));
+    let mut listed = GpuRecord::asked(Gpus::All);
+    listed.devices = Some((0..4).map(t4).collect());
+    give("g2", listed);
+    give("b1", GpuRecord::asked(Gpus::All));
+    let opts = Options {
+        suite: None,
+        resamples: 100,
+    };
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    let b = &boards[0];
+    let run = |id: &str| b.entries.iter().find(|e| e.run_id == id).unwrap();
+    assert_eq!(run("g1").gpu_seconds, leaderboard::GpuSeconds::Known(120.0));
+    assert_eq!(run("g2").gpu_seconds, leaderboard::GpuSeconds::Known(240.0));
+    assert_eq!(run("c1").gpu_seconds, leaderboard::GpuSeconds::None);
+    assert_eq!(run("b1").gpu_seconds, leaderboard::GpuSeconds::Unknown);
+    let agent = |name: &str| b.agents.iter().find(|a| a.agent == name).unwrap();
+    assert_eq!(
+        agent("gpu").gpu_seconds,
+        leaderboard::GpuSeconds::Known(180.0)
+    );
+    let md = leaderboard::markdown(&boards);
+    assert!(
+        md.contains("| CPU-s/run | GPU-s/run | wall s/run |"),
+        "{md}"
+    );
+    let row = |name: &str| {
+        let tick = format!("`{name}`");
+        let line = md
+            .lines()
+            .find(|l| l.starts_with("| ") && l.contains(&tick));
+        line.unwrap().to_string()
+    };
+    assert!(
+        row("gpu").ends_with("| 50.0 | 180.0 | 60.0 | – | – |"),
+        "{md}"
+    );
+    assert!(row("cpu").ends_with("| 50.0 | – | 60.0 | – | – |"), "{md}");
+    assert!(
+        row("blind").ends_with("| 50.0 | ? | 60.0 | – | – |"),
+        "{md}"
+    );
+    let html = leaderboard::html_body(&boards, false);
+    assert!(html.contains("<th>GPU-s/run</th>"), "{html}");
+    assert!(
+        html.contains("<td>50.0</td><td>180.0</td><td>60.0</td>"),
+        "{html}"
+    );
+    let json = serde_json::to_value(b).unwrap();
+    let agents = json["agents"].as_array().unwrap();
+    let of = |name: &str| agents.iter().find(|a| a["agent"] == name).unwrap();
+    assert_eq!(of("gpu")["gpu_seconds"], 180.0);
+    assert_eq!(
+        of("blind").get("gpu_seconds"),
+        Some(&serde_json::Value::Null)
+    );
+    assert!(of("cpu").get("gpu_seconds").is_none(), "{json}");
 }
 
 /// A run in which text of the hidden test documents was found is ranked with its rejected stages at

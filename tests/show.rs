@@ -163,3 +163,32 @@ fn llm_runs_total_their_tokens_and_cost() {
     assert!(text.contains("model openai:gpt-4o-mini (try 1)"), "{text}");
     assert!(text.contains("15 model calls"), "{text}");
 }
+
+/// The scorecard names the GPUs a run had: their models when nvidia-smi listed them, the request
+/// alone when it did not, and no line at all without GPUs.
+#[test]
+fn the_scorecard_names_the_gpus() {
+    use gptx::config::suite::Gpus;
+    use gptx::trace::rundir::{read_json, GpuDevice, GpuRecord, RunMeta, RunScore};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = synth(tmp.path(), Synth::default());
+    let mut meta: RunMeta = read_json(&dir.run_json()).unwrap();
+    let score: RunScore = read_json(&dir.score_json()).unwrap();
+    let card = gptx::report::show::scorecard(&meta, &score);
+    assert!(!card.contains("GPU"), "{card}");
+    let h100 = |index| GpuDevice {
+        index,
+        name: "NVIDIA H100 80GB HBM3".into(),
+        memory_mib: Some(81559),
+    };
+    let mut record = GpuRecord::asked(Gpus::Devices(vec!["0".into(), "1".into()]));
+    meta.gpus = Some(record.clone());
+    let card = gptx::report::show::scorecard(&meta, &score);
+    let unknown = "GPUs: --gpus device=0,1 · the model is not known (nvidia-smi listed none)";
+    assert!(card.lines().any(|l| l == unknown), "{card}");
+    record.devices = Some(vec![h100(0), h100(1)]);
+    meta.gpus = Some(record);
+    let card = gptx::report::show::scorecard(&meta, &score);
+    let known = "GPUs: 2 × NVIDIA H100 80GB HBM3 (81559 MiB) · --gpus device=0,1";
+    assert!(card.lines().any(|l| l == known), "{card}");
+}

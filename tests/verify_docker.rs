@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use gptx::config::suite::ScoringLimits;
+use gptx::config::suite::{SandboxLimits, ScoringLimits};
 use gptx::docker::programs::DockerPrograms;
 use gptx::stages::bpb::{self, Doc, RejectKind, VerifyPlan};
 
@@ -79,7 +79,11 @@ fn programs(docker: &bollard::Docker, run_id: &str, image: &str, ws: &Path) -> D
             timeout_seconds: 8.0,
             ..Default::default()
         },
-        128,
+        SandboxLimits {
+            pids: 128,
+            tmp_mb: 256,
+            ..Default::default()
+        },
     )
 }
 

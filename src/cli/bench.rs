@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::tools::RawCall;
 use crate::agent::{Agent, AgentError, StageTask, Turn};
-use crate::config::suite::{Home, Suite};
+use crate::config::suite::{Home, SandboxLimits, Suite};
 use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
 use crate::sandbox::{ExecRequest, Sandbox};
 use crate::trace::{EventLog, EventSink, Recorder, WorkspaceHistory};
@@ -326,19 +326,12 @@ fn own_file_system(
 /// The bench's sandbox: the agent's profile on `base`, one CPU.
 fn bench_spec(run_id: &str, image: &str, ws: &std::path::Path) -> DockerSandboxSpec {
     DockerSandboxSpec {
-        run_id: run_id.to_string(),
         role: "bench".into(),
-        image: image.to_string(),
         memory_bytes: 1 << 30,
-        nano_cpus: 1_000_000_000,
         pids: 256,
-        network: None,
         workspace_host: ws.to_path_buf(),
-        workspace_readonly: false,
-        env: vec![],
-        instance: None,
         tmp_mb: 64,
-        extra_hosts: vec![],
+        ..DockerSandboxSpec::agent(run_id, image, &SandboxLimits::default())
     }
 }
 

@@ -33,7 +33,7 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     /// Bad command-line usage.
     pub(crate) const USAGE: i32 = 2;
-    /// The environment is not ready: no Docker engine, an image cannot be built (not root, no debootstrap).
+    /// The environment is not ready: no Docker engine, an image cannot be built (not root, no debootstrap, a failed Dockerfile step) or breaks the sandbox profile.
     pub(crate) const ENVIRONMENT: i32 = 3;
     /// `verify`: the trace does not verify.
     pub(crate) const TAMPERED: i32 = 4;
@@ -102,7 +102,7 @@ pub enum Command {
     Export(ExportArgs),
     /// Check a run's trace hash chain (detects any edit after the fact).
     Verify(VerifyArgs),
-    /// Build sandbox images from Debian's mirror (no registry needed).
+    /// Build sandbox images from Debian's mirror or a Dockerfile (no registry needed), and save or load them.
     #[command(subcommand)]
     Images(ImagesCmd),
     /// Build or describe the offline web world of a suite.
@@ -510,9 +510,11 @@ pub struct ExportArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImagesCmd {
-    /// Build images (default: base); skipped when the recipe's tag already exists.
+    /// Build images (default: base); skipped when the recipe's tag already exists. A recipe with a
+    /// `sandboxes/<name>.Dockerfile` is built through the engine's build API; the others with
+    /// debootstrap (as root). An image that cannot host a sandbox is refused with the reason.
     Build {
-        /// Image names: recipes in sandboxes/ (base, ml).
+        /// Image names: recipes in sandboxes/ (base, ml, minimal, torch2).
         names: Vec<String>,
         /// Rebuild even if the tag exists.
         #[arg(long)]

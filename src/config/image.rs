@@ -9,7 +9,8 @@ use crate::config::suite::Home;
 
 /// Bumped when the way images are assembled changes, so old tags are not reused.
 /// 2: images carry what was measured in them at build ([`ImageFacts`]).
-pub(crate) const BUILDER_VERSION: u32 = 2;
+/// 3: measured with the OpenBLAS kernel of the host's CPU (`config::suite::blas_core`).
+pub(crate) const BUILDER_VERSION: u32 = 3;
 
 /// Why a recipe could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -61,46 +62,101 @@ pub struct Recipe {
     pub env: BTreeMap<String, String>,
     pub workdir: String,
     pub builder_version: u32,
+    /// Set when the image is built from `sandboxes/<name>.Dockerfile` (then `suite`, `variant`,
+    /// `packages` and `env` are empty: the Dockerfile decides them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<Dockerfile>,
+}
+
+/// A recipe's Dockerfile and build context, as they are sent to the engine.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Dockerfile {
+    /// SHA-256 of the context: the Dockerfile as sent (its `FROM gptx/<name>` resolved to tags)
+    /// and the files of `sandboxes/<name>/`.
+    pub context: String,
+    /// The recipes it is built `FROM` (`FROM gptx/<name>`), which are built first.
+    pub bases: Vec<String>,
+    /// The context's files, the Dockerfile first.
+    #[serde(skip)]
+    pub files: Vec<ContextFile>,
+}
+
+/// One file of a build context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextFile {
+    /// Relative, with `/` separators.
+    pub path: String,
+    /// 0o755 or 0o644.
+    pub mode: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// The most a build context (`sandboxes/<name>/` and the Dockerfile) may hold: it is sent whole.
+const CONTEXT_MAX: u64 = 64 << 20;
+
+fn bad(path: &std::path::Path, message: impl Into<String>) -> RecipeError {
+    RecipeError::Recipe {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Reads and parses `sandboxes/<n>.toml`, which must name itself `n`.
+fn read_raw(home: &Home, n: &str) -> Result<RawRecipe, RecipeError> {
+    let path = home.sandboxes().join(format!("{n}.toml"));
+    if !path.exists() {
+        return Err(RecipeError::NoRecipe {
+            name: n.to_string(),
+            path: path.display().to_string(),
+            available: available(home).join(", "),
+        });
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
+    let raw: RawRecipe = toml::from_str(&text).map_err(|e| bad(&path, e.to_string().trim_end()))?;
+    if raw.name != n {
+        return Err(bad(
+            &path,
+            format!("name = {:?} but the file is {n}.toml", raw.name),
+        ));
+    }
+    Ok(raw)
 }
 
 impl Recipe {
-    /// Loads `sandboxes/<name>.toml`, following `extends`.
+    /// Loads `sandboxes/<name>.toml`, following `extends`; or, when `sandboxes/<name>.Dockerfile`
+    /// is beside it, reads the Dockerfile and its context.
     pub fn load(home: &Home, name: &str) -> Result<Self, RecipeError> {
-        let mut chain = Vec::new();
+        Self::load_within(home, name, &mut Vec::new())
+    }
+
+    /// [`Recipe::load`] with the names being loaded above it (`FROM gptx/<name>` and `extends`
+    /// may not go round in a loop).
+    fn load_within(home: &Home, name: &str, stack: &mut Vec<String>) -> Result<Self, RecipeError> {
+        let mut chain: Vec<RawRecipe> = Vec::new();
         let mut next = Some(name.to_string());
         while let Some(n) = next {
-            if chain.iter().any(|r: &RawRecipe| r.name == n) {
-                return Err(RecipeError::Recipe {
-                    path: home.sandboxes().display().to_string(),
-                    message: format!("recipes extend each other in a loop at {n:?}"),
-                });
+            if stack.contains(&n) || chain.iter().any(|r| r.name == n) {
+                return Err(bad(
+                    &home.sandboxes(),
+                    format!("recipes extend each other in a loop at {n:?}"),
+                ));
             }
-            let path = home.sandboxes().join(format!("{n}.toml"));
-            if !path.exists() {
-                return Err(RecipeError::NoRecipe {
-                    name: n,
-                    path: path.display().to_string(),
-                    available: available(home).join(", "),
-                });
-            }
-            let text = std::fs::read_to_string(&path).map_err(|e| RecipeError::Recipe {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            let raw: RawRecipe = toml::from_str(&text).map_err(|e| RecipeError::Recipe {
-                path: path.display().to_string(),
-                message: e.to_string().trim_end().to_string(),
-            })?;
-            if raw.name != n {
-                return Err(RecipeError::Recipe {
-                    path: path.display().to_string(),
-                    message: format!("name = {:?} but the file is {n}.toml", raw.name),
-                });
-            }
+            let raw = read_raw(home, &n)?;
             next = raw.extends.clone();
             chain.push(raw);
         }
-        // Fold from the root ancestor down.
+        let file = home.sandboxes().join(format!("{name}.Dockerfile"));
+        if file.exists() {
+            stack.push(name.to_string());
+            let r = Self::from_dockerfile(home, &chain[0], &file, stack);
+            stack.pop();
+            return r;
+        }
+        Ok(Self::fold(name, &chain))
+    }
+
+    /// The chain of raw recipes, folded from the root ancestor down.
+    fn fold(name: &str, chain: &[RawRecipe]) -> Self {
         let mut r = Recipe {
             name: name.to_string(),
             description: chain[0].description.clone(),
@@ -112,6 +168,7 @@ impl Recipe {
             env: BTreeMap::new(),
             workdir: "/workspace".into(),
             builder_version: BUILDER_VERSION,
+            dockerfile: None,
         };
         for raw in chain.iter().rev() {
             if let Some(s) = &raw.suite {
@@ -134,6 +191,60 @@ impl Recipe {
         }
         r.packages.sort();
         r.packages.dedup();
+        r
+    }
+
+    /// A recipe whose image is `file` (`sandboxes/<name>.Dockerfile`) built with the context
+    /// folder `sandboxes/<name>/` if there is one. Its toml names the user, uid and workdir the
+    /// image must have, and nothing the Dockerfile decides.
+    fn from_dockerfile(
+        home: &Home,
+        raw: &RawRecipe,
+        file: &std::path::Path,
+        stack: &mut Vec<String>,
+    ) -> Result<Self, RecipeError> {
+        let toml = home.sandboxes().join(format!("{}.toml", raw.name));
+        let decided = [
+            ("extends", raw.extends.is_some()),
+            ("suite", raw.suite.is_some()),
+            ("variant", raw.variant.is_some()),
+            ("packages", !raw.packages.is_empty()),
+            ("env", !raw.env.is_empty()),
+        ];
+        if let Some((field, _)) = decided.iter().find(|(_, set)| *set) {
+            return Err(bad(
+                &toml,
+                format!(
+                    "{field} is decided by {} (FROM, RUN, ENV): leave it out of the toml",
+                    file.display()
+                ),
+            ));
+        }
+        let text = std::fs::read_to_string(file).map_err(|e| bad(file, e.to_string()))?;
+        let (text, bases) = resolve_from(home, &text, file, stack)?;
+        let mut files = vec![ContextFile {
+            path: "Dockerfile".into(),
+            mode: 0o644,
+            bytes: text.into_bytes(),
+        }];
+        let dir = home.sandboxes().join(&raw.name);
+        if dir.is_dir() {
+            context_files(&dir, "", &mut files)?;
+        }
+        let total: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
+        if total > CONTEXT_MAX {
+            return Err(bad(
+                &dir,
+                format!("the build context holds {total} bytes; at most {CONTEXT_MAX}"),
+            ));
+        }
+        let mut r = Self::fold(&raw.name, std::slice::from_ref(raw));
+        (r.suite, r.variant) = (String::new(), String::new());
+        r.dockerfile = Some(Dockerfile {
+            context: context_hash(&files),
+            bases,
+            files,
+        });
         Ok(r)
     }
 
@@ -228,6 +339,112 @@ impl ImageFacts {
     }
 }
 
+/// `text` with each `FROM gptx/<name>` (no tag) turned into that recipe's tag, and the names.
+fn resolve_from(
+    home: &Home,
+    text: &str,
+    file: &std::path::Path,
+    stack: &mut Vec<String>,
+) -> Result<(String, Vec<String>), RecipeError> {
+    let mut bases = Vec::new();
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.split_inclusive('\n') {
+        let Some(image) = from_image(line) else {
+            out.push_str(line);
+            continue;
+        };
+        let Some(base) = image
+            .strip_prefix("gptx/")
+            .filter(|n| !n.is_empty() && !n.contains([':', '@', '/', '$']))
+        else {
+            out.push_str(line);
+            continue;
+        };
+        let recipe = Recipe::load_within(home, base, stack).map_err(|e| {
+            bad(
+                file,
+                format!("FROM {image}: its recipe cannot be read: {e}"),
+            )
+        })?;
+        out.push_str(&line.replacen(image, &recipe.tag(), 1));
+        if !bases.iter().any(|b| b == base) {
+            bases.push(base.to_string());
+        }
+    }
+    Ok((out, bases))
+}
+
+/// The image a `FROM [--flag ...] <image> [AS <stage>]` line names.
+fn from_image(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("FROM") {
+        return None;
+    }
+    words.find(|w| !w.starts_with("--"))
+}
+
+/// Adds the regular files under `dir` (folders followed, in name order) to `files`, as `prefix/...`.
+fn context_files(
+    dir: &std::path::Path,
+    prefix: &str,
+    files: &mut Vec<ContextFile>,
+) -> Result<(), RecipeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| bad(dir, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(dir, e.to_string()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            return Err(bad(&path, "a build context's file names must be UTF-8"));
+        };
+        let rel = format!("{prefix}{name}");
+        if rel == "Dockerfile" || rel == ".gptx" {
+            return Err(bad(
+                &path,
+                format!("{rel:?} is reserved in a build context"),
+            ));
+        }
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| bad(&path, e.to_string()))?;
+        if meta.is_dir() {
+            context_files(&path, &format!("{rel}/"), files)?;
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path).map_err(|e| bad(&path, e.to_string()))?;
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            files.push(ContextFile {
+                path: rel,
+                mode,
+                bytes,
+            });
+        } else {
+            return Err(bad(
+                &path,
+                "a build context holds regular files and folders only (not a symlink, FIFO or device)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 over every file's path, mode, length and bytes, in order.
+fn context_hash(files: &[ContextFile]) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.path.as_bytes());
+        h.update([0]);
+        h.update(f.mode.to_le_bytes());
+        h.update((f.bytes.len() as u64).to_le_bytes());
+        h.update(&f.bytes);
+    }
+    hex::encode(h.finalize())
+}
+
 fn available(home: &Home) -> Vec<String> {
     crate::config::suite::toml_names(&home.sandboxes())
 }
@@ -274,6 +491,79 @@ mod tests {
         assert!(f.sentence(1.5).unwrap().contains("(2 threads)"));
         // An image without Python has nothing to say.
         assert_eq!(ImageFacts::default().sentence(2.0), None);
+    }
+
+    #[test]
+    fn dockerfile_recipes_resolve_their_base_and_hash_their_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = dir.path().join("sandboxes");
+        std::fs::create_dir(&sb).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(sb.join(name), text).unwrap();
+        write("base.toml", "name = \"base\"\npackages = [\"python3\"]\n");
+        write("t.toml", "name = \"t\"\ndescription = \"torch\"\n");
+        write(
+            "t.Dockerfile",
+            "# from base\nFROM --platform=linux/amd64 gptx/base AS build\nRUN true\nfrom gptx/base\nFROM debian:bookworm\nFROM gptx/base:pinned\n",
+        );
+        let home = Home {
+            root: dir.path().to_path_buf(),
+            cache_dir: None,
+        };
+        let base = Recipe::load(&home, "base").unwrap();
+        assert!(base.dockerfile.is_none());
+        let t = Recipe::load(&home, "t").unwrap();
+        let df = t.dockerfile.as_ref().unwrap();
+        assert_eq!(df.bases, ["base"]);
+        let sent = String::from_utf8(df.files[0].bytes.clone()).unwrap();
+        assert_eq!(
+            sent,
+            format!("# from base\nFROM --platform=linux/amd64 {tag} AS build\nRUN true\nfrom {tag}\nFROM debian:bookworm\nFROM gptx/base:pinned\n", tag = base.tag())
+        );
+        assert_eq!(
+            (t.user.as_str(), t.uid, t.suite.as_str()),
+            ("agent", 1000, "")
+        );
+        // The context folder's files are in the hash; so is the base's tag.
+        std::fs::create_dir_all(sb.join("t/sub")).unwrap();
+        write("t/sub/a.txt", "a");
+        let with_file = Recipe::load(&home, "t").unwrap();
+        assert_eq!(
+            with_file.dockerfile.as_ref().unwrap().files[1].path,
+            "sub/a.txt"
+        );
+        assert_ne!(with_file.hash(), t.hash());
+        write(
+            "base.toml",
+            "name = \"base\"\npackages = [\"python3\", \"procps\"]\n",
+        );
+        assert_ne!(Recipe::load(&home, "t").unwrap().hash(), with_file.hash());
+        // What the Dockerfile decides cannot be in the toml; a context holds files only.
+        write("t.toml", "name = \"t\"\npackages = [\"x\"]\n");
+        let e = Recipe::load(&home, "t").unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml") && e.contains("packages is decided by"),
+            "{e}"
+        );
+        write("t.toml", "name = \"t\"\n");
+        std::os::unix::fs::symlink("/etc/shadow", sb.join("t/link")).unwrap();
+        let e = Recipe::load(&home, "t").unwrap_err().to_string();
+        assert!(
+            e.contains("t/link") && e.contains("regular files and folders only"),
+            "{e}"
+        );
+        std::fs::remove_file(sb.join("t/link")).unwrap();
+        // FROM each other: a loop, named.
+        write("u.toml", "name = \"u\"\n");
+        write("u.Dockerfile", "FROM gptx/t\n");
+        write("t.Dockerfile", "FROM gptx/u\n");
+        let e = Recipe::load(&home, "t").unwrap_err().to_string();
+        assert!(e.contains("loop"), "{e}");
+        write("t.Dockerfile", "FROM gptx/nothere\n");
+        let e = Recipe::load(&home, "t").unwrap_err().to_string();
+        assert!(
+            e.contains("t.Dockerfile") && e.contains("FROM gptx/nothere"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -244,17 +244,193 @@ pub struct SandboxLimits {
     /// Size of `/tmp` and of the home directory (tmpfs; the root filesystem is read-only).
     #[serde(default = "default_tmp")]
     pub tmp_mb: u64,
+    /// GPUs of the agent's sandbox, of its scoring sandboxes and of the selfhost rebuild (None: no
+    /// GPU, and the containers are made as without this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Gpus>,
 }
 
-/// The thread counts every sandbox of `cpus` CPUs starts with (`OMP_NUM_THREADS` and the BLAS
-/// libraries' own): the CPUs rounded up, so a BLAS runs as many threads as the quota's CPUs, not one
-/// per CPU of the machine, and a scorer's floating-point sums come out the same in every sandbox.
+/// The GPUs a suite gives its sandboxes (`[sandbox] gpus`), as `docker run --gpus` takes them: the
+/// host's every GPU, a number of them, or the ones with these ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gpus {
+    /// `"all"`.
+    All,
+    /// `N`, at least 1.
+    Count(u32),
+    /// `["0", "1"]`: device ids (indexes or UUIDs), non-empty strings without commas.
+    Devices(Vec<String>),
+}
+
+/// What `sandbox.gpus` may be, as its errors say it.
+const GPUS_EXPECTED: &str =
+    "sandbox.gpus to be \"all\", a number of GPUs (1 or more), or a list of device ids such as [\"0\", \"1\"]";
+
+impl Gpus {
+    /// How many GPUs the request names (None for "all": the host decides).
+    pub fn count(&self) -> Option<u32> {
+        match self {
+            Self::All => None,
+            Self::Count(n) => Some(*n),
+            Self::Devices(ids) => Some(ids.len() as u32),
+        }
+    }
+
+    /// Device ids, checked: at least one, each a non-empty string without a comma.
+    fn devices(ids: Vec<String>) -> Result<Self, String> {
+        if ids.is_empty() {
+            return Err("sandbox.gpus = [] names no GPU; leave `gpus` out for none".into());
+        }
+        match ids
+            .iter()
+            .find(|id| id.trim().is_empty() || id.contains(','))
+        {
+            Some(id) => Err(format!(
+                "sandbox.gpus: the device id {id:?} must be a non-empty string without commas"
+            )),
+            None => Ok(Self::Devices(ids)),
+        }
+    }
+}
+
+/// `all`, `2`, `device=0,1`: the request as `docker run --gpus` would take it.
+impl std::fmt::Display for Gpus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Count(n) => write!(f, "{n}"),
+            Self::Devices(ids) => write!(f, "device={}", ids.join(",")),
+        }
+    }
+}
+
+/// The suite's form: `"all"`, a number, or a list of ids.
+impl Serialize for Gpus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::All => s.serialize_str("all"),
+            Self::Count(n) => s.serialize_u32(*n),
+            Self::Devices(ids) => ids.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Gpus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(GpusVisitor)
+    }
+}
+
+/// Reads `sandbox.gpus`; every error names the field.
+struct GpusVisitor;
+
+impl<'de> serde::de::Visitor<'de> for GpusVisitor {
+    type Value = Gpus;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(GPUS_EXPECTED)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Gpus, E> {
+        match v {
+            "all" => Ok(Gpus::All),
+            _ => Err(E::custom(format!(
+                "sandbox.gpus = {v:?}: the only word it takes is \"all\" (else a number of GPUs, or a list of device ids)"
+            ))),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Gpus, E> {
+        gpu_count(v, u32::try_from(v).ok())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Gpus, E> {
+        gpu_count(v, u32::try_from(v).ok())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Gpus, A::Error> {
+        let mut ids = Vec::new();
+        while let Some(GpuId(id)) = seq.next_element()? {
+            ids.push(id);
+        }
+        Gpus::devices(ids).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `sandbox.gpus = N`: `n` is `N` when it fits a count.
+fn gpu_count<E: serde::de::Error>(v: impl std::fmt::Display, n: Option<u32>) -> Result<Gpus, E> {
+    match n {
+        Some(n) if n >= 1 => Ok(Gpus::Count(n)),
+        _ => Err(E::custom(format!(
+            "sandbox.gpus = {v} is not a number of GPUs: it must be at least 1 (leave `gpus` out for none)"
+        ))),
+    }
+}
+
+/// One device id of `sandbox.gpus`: a string (`"0"`, not `0`).
+struct GpuId(String);
+
+impl<'de> Deserialize<'de> for GpuId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(GpuId).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "sandbox.gpus: device ids are strings, such as [\"0\", \"1\"] ({})",
+                e.to_string().trim_end()
+            ))
+        })
+    }
+}
+
+/// The environment a sandbox with GPUs starts with: cuBLAS's workspace fixed, so that
+/// `torch.use_deterministic_algorithms(True)` can run its matrix products (empty without GPUs).
+pub fn gpu_env(gpus: Option<&Gpus>) -> Vec<String> {
+    gpus.map(|_| vec!["CUBLAS_WORKSPACE_CONFIG=:4096:8".to_string()])
+        .unwrap_or_default()
+}
+
+/// The BLAS settings every sandbox of `cpus` CPUs starts with: OpenBLAS's kernel for this host's
+/// CPU ([`blas_core`]), then the thread counts (`OMP_NUM_THREADS` and the BLAS libraries' own): the
+/// CPUs rounded up, so a BLAS runs as many threads as the quota's CPUs, not one per CPU of the
+/// machine, and a scorer's floating-point sums come out the same in every sandbox.
 pub fn thread_env(cpus: f64) -> Vec<String> {
     let n = cpus.ceil().max(1.0) as u64;
-    ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"]
-        .iter()
-        .map(|k| format!("{k}={n}"))
-        .collect()
+    let core = host_blas_core().map(|c| format!("OPENBLAS_CORETYPE={c}"));
+    let threads = THREAD_VARS.map(|k| format!("{k}={n}"));
+    core.into_iter().chain(threads).collect()
+}
+
+/// The thread counts [`thread_env`] sets.
+const THREAD_VARS: [&str; 3] = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"];
+
+/// [`blas_core`] of this host's `/proc/cpuinfo`, read once.
+pub fn host_blas_core() -> Option<&'static str> {
+    static CORE: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *CORE.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        blas_core(&info)
+    })
+}
+
+/// The OpenBLAS kernel (`OPENBLAS_CORETYPE`) for the CPU `cpuinfo` describes, from its flags.
+/// OpenBLAS picks its kernel by CPU model, and a model it does not know (a virtual machine's
+/// "Intel(R) Xeon(R) Processor") gets its oldest, Prescott: a float32 matmul five times slower
+/// than with the AVX-512 kernel on the same CPU. AVX-512 gives SkylakeX, AVX2 with FMA Haswell,
+/// anything else (or another architecture) nothing: OpenBLAS's own choice stands.
+pub fn blas_core(cpuinfo: &str) -> Option<&'static str> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let line = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+    let flags: std::collections::HashSet<&str> =
+        line.split_once(':')?.1.split_whitespace().collect();
+    let has = |want: &[&str]| want.iter().all(|f| flags.contains(f));
+    if has(&["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]) {
+        Some("SkylakeX")
+    } else if has(&["avx2", "fma"]) {
+        Some("Haswell")
+    } else {
+        None
+    }
 }
 
 fn default_memory() -> u64 {
@@ -274,14 +450,9 @@ fn default_tmp() -> u64 {
 }
 
 impl Default for SandboxLimits {
+    /// An empty `[sandbox]`: each field's serde default, the one place it is defined.
     fn default() -> Self {
-        Self {
-            memory_mb: default_memory(),
-            cpus: default_cpus(),
-            pids: default_pids(),
-            disk_mb: default_disk(),
-            tmp_mb: default_tmp(),
-        }
+        toml::from_str("").expect("every [sandbox] field has a default")
     }
 }
 
@@ -626,6 +797,28 @@ impl Default for ScoringLimits {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_blas_kernel_comes_from_the_cpus_flags() {
+        let info = |flags: &str| {
+            format!("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse2 {flags}\n")
+        };
+        let avx512 = "avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl";
+        assert_eq!(blas_core(&info(avx512)), Some("SkylakeX"));
+        assert_eq!(blas_core(&info("avx avx2 fma")), Some("Haswell"));
+        assert_eq!(blas_core(&info("avx avx2")), None);
+        assert_eq!(blas_core("no flags here"), None);
+        let env = thread_env(1.5);
+        assert_eq!(
+            &env[env.len() - 3..],
+            [
+                "OMP_NUM_THREADS=2",
+                "OPENBLAS_NUM_THREADS=2",
+                "MKL_NUM_THREADS=2"
+            ]
+        );
+        assert_eq!(env.len() == 4, host_blas_core().is_some());
+    }
+
     /// An agent that writes `tasks/suites` (and recipes) into its workspace does not become the
     /// home of a gptx started from inside that workspace: the search goes on above the run.
     #[test]
@@ -684,6 +877,83 @@ budgets = { max_steps = 3, max_step_seconds = 5 }
         let s = s.select(&["train".into()]).unwrap();
         assert_eq!(s.stage_names(), ["train"]);
         assert!(s.select(&["eval".into()]).is_err());
+    }
+
+    /// `[sandbox] gpus` in each form `docker run --gpus` takes; absent is no GPU, and the suite
+    /// serializes as it was written.
+    #[test]
+    fn gpus_are_all_a_count_or_device_ids() {
+        let with = |v: &str| OK.replace("[budgets]", &format!("[sandbox]\ngpus = {v}\n[budgets]"));
+        let gpus = |v: &str| {
+            Suite::parse(&with(v), Path::new("g.toml"))
+                .unwrap()
+                .sandbox
+                .gpus
+        };
+        assert_eq!(gpus("\"all\""), Some(Gpus::All));
+        assert_eq!(gpus("2"), Some(Gpus::Count(2)));
+        let ids = Gpus::Devices(vec!["0".into(), "GPU-8f1c".into()]);
+        assert_eq!(gpus(r#"["0", "GPU-8f1c"]"#), Some(ids.clone()));
+        let none = Suite::parse(OK, Path::new("g.toml")).unwrap().sandbox;
+        assert_eq!(none.gpus, None);
+        assert!(!serde_json::to_string(&none).unwrap().contains("gpus"));
+        let limits = SandboxLimits {
+            gpus: Some(ids.clone()),
+            ..SandboxLimits::default()
+        };
+        let json = serde_json::to_value(&limits).unwrap();
+        assert_eq!(json["gpus"], serde_json::json!(["0", "GPU-8f1c"]));
+        let back: SandboxLimits = serde_json::from_value(json).unwrap();
+        assert_eq!(back.gpus, Some(ids));
+        assert_eq!(Gpus::All.count(), None);
+        assert_eq!(Gpus::Count(3).to_string(), "3");
+        let two = Gpus::Devices(vec!["0".into(), "1".into()]);
+        assert_eq!(
+            (two.count(), two.to_string()),
+            (Some(2), "device=0,1".into())
+        );
+        assert_eq!(
+            gpu_env(Some(&Gpus::All)),
+            ["CUBLAS_WORKSPACE_CONFIG=:4096:8"]
+        );
+        assert!(gpu_env(None).is_empty());
+    }
+
+    /// Anything else is an error that names the suite file and `sandbox.gpus`, and says why.
+    #[test]
+    fn bad_gpus_name_the_file_and_the_field() {
+        let with = |v: &str| OK.replace("[budgets]", &format!("[sandbox]\ngpus = {v}\n[budgets]"));
+        for (value, why) in [
+            ("0", "at least 1"),
+            ("-1", "at least 1"),
+            ("4294967296", "at least 1"),
+            ("\"some\"", "the only word it takes is \"all\""),
+            ("\"ALL\"", "the only word it takes is \"all\""),
+            ("[]", "names no GPU"),
+            (r#"["0", ""]"#, "non-empty string without commas"),
+            (r#"["0,1"]"#, "non-empty string without commas"),
+            ("[0, 1]", "device ids are strings"),
+            ("1.5", "a number of GPUs (1 or more)"),
+            ("true", "a number of GPUs (1 or more)"),
+            ("{ count = 1 }", "a number of GPUs (1 or more)"),
+        ] {
+            let e = Suite::parse(&with(value), Path::new("suites/gpu.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("suites/gpu.toml: "), "{value}: {e}");
+            assert!(
+                e.contains("sandbox.gpus") && e.contains(why),
+                "{value}: {e}"
+            );
+        }
+        // The table still refuses fields it does not know.
+        let e = Suite::parse(&with("1\ngpu = 1"), Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x.toml") && e.contains("unknown field `gpu`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -54,6 +54,21 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    /// A Dockerfile build failed: at which step, the engine's message and the last lines.
+    #[error("building image {name} from sandboxes/{name}.Dockerfile failed at {step}: {message}\nlast lines:\n{tail}")]
+    Build {
+        name: String,
+        step: String,
+        message: String,
+        tail: String,
+    },
+    /// The image cannot host a sandbox as SPEC §5 has it.
+    #[error("image {name} ({tag}) breaks the sandbox profile: {reason}")]
+    Profile {
+        name: String,
+        tag: String,
+        reason: String,
+    },
     #[error("docker: {0}")]
     Docker(#[from] bollard::errors::Error),
 }
@@ -143,6 +158,8 @@ fn spinner(quiet: bool) -> ProgressBar {
 }
 
 /// Builds image `name` unless its tag exists (or `force`). Holds a lock so concurrent builds wait.
+/// An image that cannot host a sandbox ([`crate::docker::profile`]) is refused with the reason,
+/// built or found.
 pub async fn build(
     docker: &Docker,
     home: &Home,
@@ -153,43 +170,71 @@ pub async fn build(
     let t0 = Instant::now();
     let recipe = Recipe::load(home, name)?;
     let tag = recipe.tag();
-    let done = |(id, facts): (String, Option<ImageFacts>), built: bool| Built {
+    let found = match force {
+        true => None,
+        false => image_with_facts(docker, &tag).await?,
+    };
+    let ((id, facts), built) = match found {
+        Some(found) => (found, false),
+        None => make(docker, home, &recipe, force, quiet).await?,
+    };
+    crate::docker::profile::check(docker, &recipe, &tag).await?;
+    Ok(Built {
         name: name.into(),
-        tag: tag.clone(),
+        tag,
         id,
         built,
         seconds: t0.elapsed().as_secs_f64(),
         facts,
-    };
-    if !force {
-        if let Some(found) = image_with_facts(docker, &tag).await? {
-            return Ok(done(found, false));
+    })
+}
+
+/// Makes the recipe's image under its build lock: from its Dockerfile (its `FROM gptx/<name>`
+/// images first) or from a Debian root filesystem. False when another build made it meanwhile.
+async fn make(
+    docker: &Docker,
+    home: &Home,
+    recipe: &Recipe,
+    force: bool,
+    quiet: bool,
+) -> Result<((String, Option<ImageFacts>), bool), ImageError> {
+    let tag = recipe.tag();
+    if let Some(df) = &recipe.dockerfile {
+        for base in &df.bases {
+            Box::pin(build(docker, home, base, false, quiet)).await?;
         }
-    }
-    if !rustix::process::geteuid().is_root() {
-        return Err(ImageError::NotRoot { name: name.into() });
-    }
-    if which("debootstrap").is_none() {
+    } else if !rustix::process::geteuid().is_root() {
+        return Err(ImageError::NotRoot {
+            name: recipe.name.clone(),
+        });
+    } else if which("debootstrap").is_none() {
         return Err(ImageError::NoDebootstrap);
     }
     let pb = spinner(quiet);
-    pb.set_prefix(format!("image {name}"));
-    let lock = build_lock(&home.cache(), name, &pb).await?;
+    pb.set_prefix(format!("image {}", recipe.name));
+    let lock = build_lock(&home.cache(), &recipe.name, &pb).await?;
     // Someone else may have built it while we waited.
-    if !force {
-        if let Some(found) = image_with_facts(docker, &tag).await? {
-            pb.finish_and_clear();
-            return Ok(done(found, false));
+    if let Some(found) = image_with_facts(docker, &tag).await?.filter(|_| !force) {
+        pb.finish_and_clear();
+        return Ok((found, false));
+    }
+    match &recipe.dockerfile {
+        Some(df) => crate::docker::dockerfile::build(docker, recipe, df, &pb).await?,
+        None => {
+            let rootfs = rootfs_ready(recipe, &home.cache(), &pb).await?;
+            let facts = measured(&rootfs, recipe, &pb).await;
+            pb.set_message("importing into Docker");
+            import(docker, recipe, &rootfs, &tag, &facts, &pb).await?;
         }
     }
-    let rootfs = rootfs_ready(&recipe, &home.cache(), &pb).await?;
-    let facts = measured(&rootfs, &recipe, &pb).await;
-    pb.set_message("importing into Docker");
-    let id = import(docker, &recipe, &rootfs, &tag, &facts, &pb).await?;
     drop(lock);
     pb.finish_and_clear();
-    let facts = image_with_facts(docker, &tag).await?.and_then(|(_, f)| f);
-    Ok(done((id, facts), true))
+    let found = image_with_facts(docker, &tag).await?;
+    let found = found.ok_or_else(|| ImageError::Import {
+        tag: tag.clone(),
+        message: "the engine made the image but has no such tag".into(),
+    })?;
+    Ok((found, true))
 }
 
 /// Waits for (and takes) the lock on building image `name`.
@@ -244,7 +289,8 @@ async fn measured(rootfs: &Path, recipe: &Recipe, pb: &ProgressBar) -> ImageFact
         })
 }
 
-/// The image for a run: its tag, built first if missing.
+/// The image for a run: its tag, built first if missing (and refused, as [`build`] does, if it
+/// cannot host a sandbox).
 pub async fn ensure(docker: &Docker, home: &Home, name: &str) -> Result<Built, ImageError> {
     build(docker, home, name, false, false).await
 }

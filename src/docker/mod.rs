@@ -2,9 +2,11 @@
 //!
 //! Imported by `cli` alone: nothing else talks to the engine.
 
+mod dockerfile;
 pub mod engine;
 pub mod images;
 mod probe;
+pub mod profile;
 pub mod programs;
 pub mod rebuild;
 pub mod sandbox;

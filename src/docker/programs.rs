@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use crate::config::suite::ScoringLimits;
+use crate::config::suite::{SandboxLimits, ScoringLimits};
 use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
 use crate::sandbox::programs::{run_in, ProgramCall, ProgramRun, Programs};
 use crate::sandbox::{Sandbox, SandboxError};
@@ -20,9 +20,10 @@ pub struct DockerPrograms {
     /// The agent's workspace on the host, mounted read-only.
     pub workspace_host: PathBuf,
     pub limits: ScoringLimits,
-    pub pids: u64,
+    /// The agent's sandbox: each scoring sandbox takes its pids limit, the size of its `/tmp` (the
+    /// root filesystem is read-only) and its GPUs (its programs are graded on the same).
+    pub sandbox: SandboxLimits,
     counter: AtomicU64,
-    tmp_mb: u64,
 }
 
 impl DockerPrograms {
@@ -32,7 +33,7 @@ impl DockerPrograms {
         image: String,
         workspace_host: PathBuf,
         limits: ScoringLimits,
-        pids: u64,
+        sandbox: SandboxLimits,
     ) -> Self {
         Self {
             docker,
@@ -40,43 +41,40 @@ impl DockerPrograms {
             image,
             workspace_host,
             limits,
-            pids,
+            sandbox,
             counter: AtomicU64::new(0),
-            tmp_mb: DEFAULT_TMP_MB,
         }
     }
 
-    /// The size of each scoring sandbox's `/tmp` (its root filesystem is read-only).
-    pub(crate) fn with_tmp_mb(mut self, mb: u64) -> Self {
-        self.tmp_mb = mb;
-        self
-    }
-}
-
-/// `/tmp` of a scoring sandbox unless the suite says otherwise.
-pub(crate) const DEFAULT_TMP_MB: u64 = 256;
-
-#[async_trait]
-impl Programs for DockerPrograms {
-    async fn run(&self, call: &ProgramCall) -> Result<ProgramRun, SandboxError> {
-        let started = Instant::now();
-        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let spec = DockerSandboxSpec {
+    /// The `n`th call's sandbox: fresh, no network, the workspace read-only, the scoring limits,
+    /// the agent's `/tmp` size and GPUs.
+    fn spec(&self, n: u64) -> DockerSandboxSpec {
+        DockerSandboxSpec {
             run_id: self.run_id.clone(),
             role: "scorer".into(),
             image: self.image.clone(),
             memory_bytes: (self.limits.memory_mb * 1024 * 1024) as i64,
             nano_cpus: (self.limits.cpus * 1e9) as i64,
-            pids: self.pids as i64,
+            pids: self.sandbox.pids as i64,
             network: None,
             workspace_host: self.workspace_host.clone(),
             workspace_readonly: true,
             env: vec![],
             // Unique across every DockerPrograms of the run (a check and a grade may overlap).
             instance: Some(format!("{n}-{:06x}", rand::random::<u32>() & 0xff_ffff)),
-            tmp_mb: self.tmp_mb,
+            tmp_mb: self.sandbox.tmp_mb,
+            gpus: self.sandbox.gpus.clone(),
             extra_hosts: vec![],
-        };
+        }
+    }
+}
+
+#[async_trait]
+impl Programs for DockerPrograms {
+    async fn run(&self, call: &ProgramCall) -> Result<ProgramRun, SandboxError> {
+        let started = Instant::now();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let spec = self.spec(n);
         let sandbox = DockerSandbox::create(&self.docker, &spec).await?;
         let result = run_in(&sandbox, call).await;
         let removed = sandbox.remove().await;

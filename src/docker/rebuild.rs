@@ -55,20 +55,14 @@ impl DockerRebuilder {
         hosts: Vec<String>,
     ) -> Result<RebuildRun, String> {
         let workspace = &job.workspace;
+        // The agent's profile and limits, GPUs included.
         let spec = DockerSandboxSpec {
-            run_id: self.run_id.clone(),
-            role: "agent".into(),
-            image: self.image.clone(),
-            memory_bytes: (self.sandbox.memory_mb * 1024 * 1024) as i64,
-            nano_cpus: (self.sandbox.cpus * 1e9) as i64,
-            pids: self.sandbox.pids as i64,
             network,
             workspace_host: workspace.to_path_buf(),
             workspace_readonly: false,
-            env: vec![],
             instance: Some(job.instance.clone()),
-            tmp_mb: self.sandbox.tmp_mb,
             extra_hosts: hosts,
+            ..DockerSandboxSpec::agent(&self.run_id, &self.image, &self.sandbox)
         };
         let sandbox = DockerSandbox::create(&self.docker, &spec)
             .await
@@ -115,17 +109,14 @@ impl DockerRebuilder {
             stderr_tail: tail(&err),
             log: log.map(|_| log_path.display().to_string()),
             requests: None,
-            programs: Arc::new(
-                DockerPrograms::new(
-                    self.docker.clone(),
-                    self.run_id.clone(),
-                    self.image.clone(),
-                    workspace.to_path_buf(),
-                    self.scoring.clone(),
-                    self.sandbox.pids,
-                )
-                .with_tmp_mb(self.sandbox.tmp_mb),
-            ),
+            programs: Arc::new(DockerPrograms::new(
+                self.docker.clone(),
+                self.run_id.clone(),
+                self.image.clone(),
+                workspace.to_path_buf(),
+                self.scoring.clone(),
+                self.sandbox.clone(),
+            )),
         })
     }
 }

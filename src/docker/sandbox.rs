@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::models::{
-    ContainerCreateBody, ExecConfig, HostConfig, NetworkConnectRequest, NetworkDisconnectRequest,
-    VolumeCreateRequest,
+    ContainerCreateBody, DeviceRequest, ExecConfig, HostConfig, NetworkConnectRequest,
+    NetworkDisconnectRequest, VolumeCreateRequest,
 };
 use bollard::query_parameters::CreateContainerOptions;
 use bollard::Docker;
@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::config::suite::{Gpus, SandboxLimits};
 use crate::docker::engine;
 use crate::docker::supervisor::{self as sv, Frame};
 use crate::sandbox::{
@@ -66,6 +67,32 @@ pub struct DockerSandboxSpec {
     pub tmp_mb: u64,
     /// `name:ip` host entries (the world's sites): names resolve without any DNS.
     pub extra_hosts: Vec<String>,
+    /// The GPUs it is given (None: none, and no device request is made).
+    pub gpus: Option<Gpus>,
+}
+
+impl DockerSandboxSpec {
+    /// A sandbox of the agent's profile with the suite's `[sandbox]` limits (memory, CPUs,
+    /// processes, `/tmp`, GPUs): the agent's own, and the selfhost rebuild's. No network, no
+    /// workspace yet (set them, and what else differs, over it).
+    pub fn agent(run_id: &str, image: &str, limits: &SandboxLimits) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            role: "agent".into(),
+            image: image.to_string(),
+            memory_bytes: (limits.memory_mb * 1024 * 1024) as i64,
+            nano_cpus: (limits.cpus * 1e9) as i64,
+            pids: limits.pids as i64,
+            network: None,
+            workspace_host: PathBuf::new(),
+            workspace_readonly: false,
+            env: vec![],
+            instance: None,
+            tmp_mb: limits.tmp_mb,
+            extra_hosts: vec![],
+            gpus: limits.gpus.clone(),
+        }
+    }
 }
 
 struct Supervisor {
@@ -106,12 +133,38 @@ pub struct DockerSandbox {
     removed: std::sync::atomic::AtomicBool,
 }
 
-/// The container's environment: the thread counts of its CPUs, then the spec's own (which win).
+/// The container's environment: the thread counts of its CPUs and what its GPUs need, then the
+/// spec's own (which win).
 fn with_threads(spec: &DockerSandboxSpec) -> Vec<String> {
-    let cpus = spec.nano_cpus as f64 / 1e9;
-    let mut env = crate::config::suite::thread_env(cpus);
-    env.extend(spec.env.iter().cloned());
-    env
+    let threads = crate::config::suite::thread_env(spec.nano_cpus as f64 / 1e9);
+    let gpus = crate::config::suite::gpu_env(spec.gpus.as_ref());
+    [threads, gpus, spec.env.clone()].concat()
+}
+
+/// A labelled local volume `name` that is the host directory `host` (the workspace).
+async fn bind_volume(
+    docker: &Docker,
+    name: &str,
+    host: &std::path::Path,
+    labels: &HashMap<String, String>,
+) -> Result<(), SandboxError> {
+    let opts = [
+        ("type", "none"),
+        ("o", "bind"),
+        ("device", &*host.to_string_lossy()),
+    ];
+    let request = VolumeCreateRequest {
+        name: Some(name.into()),
+        driver: Some("local".into()),
+        driver_opts: Some(opts.map(|(k, v)| (k.into(), v.into())).into()),
+        labels: Some(labels.clone()),
+        ..Default::default()
+    };
+    docker
+        .create_volume(request)
+        .await
+        .map_err(err("create volume"))?;
+    Ok(())
 }
 
 fn err(what: &'static str) -> impl Fn(bollard::errors::Error) -> SandboxError {
@@ -133,20 +186,7 @@ impl DockerSandbox {
                 format!("{}: {e}", spec.workspace_host.display()),
             )
         })?;
-        docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume.clone()),
-                driver: Some("local".into()),
-                driver_opts: Some(HashMap::from([
-                    ("type".into(), "none".into()),
-                    ("o".into(), "bind".into()),
-                    ("device".into(), host.display().to_string()),
-                ])),
-                labels: Some(labels.clone()),
-                ..Default::default()
-            })
-            .await
-            .map_err(err("create volume"))?;
+        bind_volume(docker, &volume, &host, &labels).await?;
         let (binds, channel) = binds(spec, &name, &volume)?;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -154,7 +194,10 @@ impl DockerSandbox {
             // `kill -9 -1` cannot take the container down; every exec runs as the sandbox user.
             user: Some("0:0".into()),
             working_dir: Some(crate::sandbox::WORKSPACE.into()),
-            cmd: Some(vec![sv::IN_SANDBOX.into(), "idle".into()]),
+            // The supervisor is the entrypoint whatever the image says (an image's own ENTRYPOINT
+            // would otherwise run first, as root).
+            entrypoint: Some(vec![sv::IN_SANDBOX.into()]),
+            cmd: Some(vec!["idle".into()]),
             env: Some(with_threads(spec)),
             labels: Some(labels),
             network_disabled: None,
@@ -721,20 +764,41 @@ fn host_config(spec: &DockerSandboxSpec, binds: Vec<String>) -> HostConfig {
             .network
             .is_some()
             .then(|| vec![crate::docker::engine::BLACKHOLE_DNS.to_string()]),
-        tmpfs: (spec.tmp_mb > 0).then(|| {
-            let opts = |extra: &str| format!("rw,nosuid,nodev,size={}m{extra}", spec.tmp_mb);
-            HashMap::from([
-                ("/tmp".to_string(), opts(",mode=1777")),
-                (
-                    "/home/agent".to_string(),
-                    opts(&format!(",mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}")),
-                ),
-            ])
-        }),
+        tmpfs: (spec.tmp_mb > 0).then(|| tmpfs(spec.tmp_mb)),
         network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
         privileged: Some(false),
+        device_requests: spec.gpus.as_ref().map(device_requests),
         ..Default::default()
     }
+}
+
+/// `/tmp` and the sandbox user's home, `mb` MiB each.
+fn tmpfs(mb: u64) -> HashMap<String, String> {
+    let opts = |extra: &str| format!("rw,nosuid,nodev,size={mb}m{extra}");
+    HashMap::from([
+        ("/tmp".to_string(), opts(",mode=1777")),
+        (
+            "/home/agent".to_string(),
+            opts(&format!(",mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}")),
+        ),
+    ])
+}
+
+/// The device request `docker run --gpus` makes: any driver that has the `gpu` capability (the
+/// NVIDIA runtime's), for every GPU (count -1), a number of them, or the ones with these ids.
+fn device_requests(gpus: &Gpus) -> Vec<DeviceRequest> {
+    let (count, device_ids) = match gpus {
+        Gpus::All => (Some(-1), None),
+        Gpus::Count(n) => (Some(i64::from(*n)), None),
+        Gpus::Devices(ids) => (None, Some(ids.clone())),
+    };
+    vec![DeviceRequest {
+        driver: Some(String::new()),
+        count,
+        device_ids,
+        capabilities: Some(vec![vec!["gpu".to_string()]]),
+        options: None,
+    }]
 }
 
 /// What an exec printed on stdout, its first MiB.
@@ -798,5 +862,51 @@ impl DockerSandbox {
     async fn container_oom_count(&self) -> Option<u64> {
         let info = self.docker.inspect_container(&self.id, None).await.ok()?;
         Some(u64::from(info.state?.oom_killed.unwrap_or(false)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(gpus: Option<Gpus>) -> DockerSandboxSpec {
+        let limits = SandboxLimits {
+            gpus,
+            ..SandboxLimits::default()
+        };
+        DockerSandboxSpec::agent("r1", "gptx/base", &limits)
+    }
+
+    /// `[sandbox] gpus` becomes the device request `docker run --gpus` makes, in each of its forms;
+    /// without it the container has none and no cuBLAS setting.
+    #[test]
+    fn gpus_become_device_requests_and_none_leaves_the_container_as_it_was() {
+        let request = |g: Gpus| {
+            let hc = host_config(&spec(Some(g)), vec![]);
+            let mut r = hc.device_requests.expect("a device request");
+            assert_eq!(r.len(), 1);
+            r.remove(0)
+        };
+        let all = request(Gpus::All);
+        assert_eq!(all.driver.as_deref(), Some(""));
+        assert_eq!(all.count, Some(-1));
+        assert_eq!(all.device_ids, None);
+        assert_eq!(all.capabilities, Some(vec![vec!["gpu".to_string()]]));
+        let two = request(Gpus::Count(2));
+        assert_eq!((two.count, two.device_ids), (Some(2), None));
+        assert_eq!(two.capabilities, Some(vec![vec!["gpu".to_string()]]));
+        let ids = request(Gpus::Devices(vec!["0".into(), "1".into()]));
+        assert_eq!(ids.count, None);
+        assert_eq!(ids.device_ids, Some(vec!["0".to_string(), "1".to_string()]));
+        assert_eq!(ids.capabilities, Some(vec![vec!["gpu".to_string()]]));
+        let cublas = "CUBLAS_WORKSPACE_CONFIG=:4096:8".to_string();
+        assert!(with_threads(&spec(Some(Gpus::All))).contains(&cublas));
+
+        let none = spec(None);
+        let hc = host_config(&none, vec![]);
+        assert_eq!(hc.device_requests, None);
+        assert_eq!(hc.nano_cpus, Some(1_000_000_000));
+        assert!(!with_threads(&none).contains(&cublas));
+        assert_eq!(with_threads(&none), crate::config::suite::thread_env(1.0));
     }
 }

@@ -17,7 +17,7 @@ use crate::docker::images;
 use crate::docker::sandbox::{DockerSandbox, DockerSandboxSpec, SANDBOX_GID, SANDBOX_UID};
 use crate::runner::{RunResult, Runner};
 use crate::sandbox::Sandbox;
-use crate::trace::rundir::{self, RunDir, RunMeta, RunScore, RunStatus};
+use crate::trace::rundir::{self, GpuRecord, RunDir, RunMeta, RunScore, RunStatus};
 use crate::trace::{EventLog, EventSink, Recorder, Reporter, WorkspaceHistory};
 
 /// A validated request for one run.
@@ -118,30 +118,7 @@ pub async fn run(
     prepare_workspace(&dir.workspace()).map_err(rd_err(&dir.workspace()))?;
     std::fs::create_dir_all(dir.outputs()).map_err(rd_err(&dir.outputs()))?;
 
-    let meta = RunMeta {
-        run_id: run_id.clone(),
-        agent: agent.spec(),
-        suite: plan.suite.name.clone(),
-        suite_path: plan.suite.path.display().to_string(),
-        world_hash: plan.world.as_ref().map(|w| w.manifest.world_hash.clone()),
-        seed: plan.suite.seed,
-        stages: plan.suite.stage_names(),
-        budgets: plan.suite.budgets_by_stage(),
-        gates: plan.suite.gates.clone(),
-        gptx_version: env!("CARGO_PKG_VERSION").into(),
-        images: BTreeMap::from([("agent".to_string(), image.id.clone())]),
-        started_at: chrono::Utc::now(),
-        ended_at: None,
-        status: RunStatus::Running,
-        error: None,
-        trace_sha256: None,
-        events: 0,
-        owner: crate::trace::rundir::Owner::me(),
-        options: Some(plan.options()),
-        resumes: Vec::new(),
-        agent_process: agent_process(agent.as_ref()),
-        plan: plan.plan_item.clone(),
-    };
+    let meta = new_meta(&plan, agent.as_ref(), &run_id, &image.id);
     rundir::write_json_atomic(&dir.run_json(), &meta).map_err(rd_err(&dir.run_json()))?;
     if let Err(e) = reserve(&dir.reserve(), RESERVE_BYTES) {
         tracing::warn!("could not keep space for the run's end ({e})");
@@ -167,6 +144,40 @@ pub async fn run(
         _lock: None,
     };
     Ok(drive(plan, started, reporters, cancel).await)
+}
+
+/// A new run's `run.json` as it starts: running, owned by this process.
+fn new_meta(
+    plan: &RunPlan,
+    agent: &dyn crate::agent::Agent,
+    run_id: &str,
+    image_id: &str,
+) -> RunMeta {
+    RunMeta {
+        run_id: run_id.to_string(),
+        agent: agent.spec(),
+        suite: plan.suite.name.clone(),
+        suite_path: plan.suite.path.display().to_string(),
+        world_hash: plan.world.as_ref().map(|w| w.manifest.world_hash.clone()),
+        seed: plan.suite.seed,
+        stages: plan.suite.stage_names(),
+        budgets: plan.suite.budgets_by_stage(),
+        gates: plan.suite.gates.clone(),
+        gptx_version: env!("CARGO_PKG_VERSION").into(),
+        images: BTreeMap::from([("agent".to_string(), image_id.to_string())]),
+        started_at: chrono::Utc::now(),
+        ended_at: None,
+        status: RunStatus::Running,
+        error: None,
+        trace_sha256: None,
+        events: 0,
+        owner: crate::trace::rundir::Owner::me(),
+        options: Some(plan.options()),
+        resumes: Vec::new(),
+        agent_process: agent_process(agent),
+        plan: plan.plan_item.clone(),
+        gpus: plan.suite.sandbox.gpus.clone().map(GpuRecord::asked),
+    }
 }
 
 /// Goes on with the interrupted run in `dir` (`gptx resume`), whose suite and agent `plan` was
@@ -669,19 +680,9 @@ async fn drive(
     };
 
     let mut events = EventSink::new(Recorder::new(log), reporters);
-    // A fact of the machine, not of the run: said once per process, on stderr.
-    static DNS_WARNED: std::sync::Once = std::sync::Once::new();
-    if let Some(w) = crate::docker::engine::dns_warning(&docker).await {
-        DNS_WARNED.call_once(|| tracing::warn!("{w}"));
-    }
-    if let Some(why) = &quota_problem {
-        events.warn(format!(
-            "the workspace has no disk limit ({} MiB asked): {why}",
-            plan.suite.sandbox.disk_mb
-        ));
-    }
-    if let Some(w) = reference_warning(&plan) {
-        events.warn(w);
+    warn_at_start(&docker, &plan, quota_problem.as_deref(), &mut events).await;
+    if let Some(sb) = &sandbox {
+        record_gpus(&plan, sb.as_ref(), &mut meta, &dir, &mut events).await;
     }
     let mut result = match &sandbox {
         Some(sb) => {
@@ -811,6 +812,59 @@ async fn drive(
     }
 }
 
+/// What is amiss before the run goes: the machine's DNS (once per process, on stderr), the
+/// workspace's disk limit, the reference values.
+async fn warn_at_start(
+    docker: &bollard::Docker,
+    plan: &RunPlan,
+    quota_problem: Option<&str>,
+    events: &mut EventSink,
+) {
+    static DNS_WARNED: std::sync::Once = std::sync::Once::new();
+    if let Some(w) = crate::docker::engine::dns_warning(docker).await {
+        DNS_WARNED.call_once(|| tracing::warn!("{w}"));
+    }
+    if let Some(why) = quota_problem {
+        events.warn(format!(
+            "the workspace has no disk limit ({} MiB asked): {why}",
+            plan.suite.sandbox.disk_mb
+        ));
+    }
+    if let Some(w) = reference_warning(plan) {
+        events.warn(w);
+    }
+}
+
+/// The GPUs of the agent's sandbox in run.json before the agent's first command: what the suite
+/// asked for, and what `nvidia-smi` lists there (a harness command, not a step of the agent's).
+/// When the list cannot be had, a warning says why and the run goes on with no model recorded.
+async fn record_gpus(
+    plan: &RunPlan,
+    sb: &dyn Sandbox,
+    meta: &mut RunMeta,
+    dir: &RunDir,
+    events: &mut EventSink,
+) {
+    let Some(asked) = &plan.suite.sandbox.gpus else {
+        return;
+    };
+    let record = meta
+        .gpus
+        .get_or_insert_with(|| GpuRecord::asked(asked.clone()));
+    match crate::sandbox::gpus::list(sb).await {
+        Ok(devices) => record.devices = Some(devices),
+        Err(why) => {
+            events.warn(format!(
+                "the sandbox's GPUs (--gpus {asked}) could not be listed, so run.json names no model: {why}"
+            ));
+            return;
+        }
+    }
+    if let Err(e) = rundir::write_json_atomic(&dir.run_json(), meta) {
+        tracing::warn!("could not write {}: {e}", dir.run_json().display());
+    }
+}
+
 /// The image the world's web server runs in: `base`, whatever the agent's image (which need not
 /// have Python); the agent's own when `base` cannot be had.
 async fn web_image(docker: &bollard::Docker, plan: &RunPlan, agent: &images::Built) -> String {
@@ -852,23 +906,14 @@ fn agent_spec(
     dir: &RunDir,
     extra_hosts: Vec<String>,
 ) -> DockerSandboxSpec {
-    let limits = &plan.suite.sandbox;
     DockerSandboxSpec {
-        run_id: run_id.to_string(),
-        role: "agent".into(),
-        image: image.to_string(),
-        memory_bytes: (limits.memory_mb * 1024 * 1024) as i64,
-        nano_cpus: (limits.cpus * 1e9) as i64,
-        pids: limits.pids as i64,
         // Created on the world network when the suite has one (Docker cannot later join a
         // container made with network `none`); stages without it leave it, keeping only loopback.
         network: network.clone(),
         workspace_host: dir.workspace(),
         workspace_readonly: false,
-        env: vec![],
-        instance: None,
-        tmp_mb: limits.tmp_mb,
         extra_hosts,
+        ..DockerSandboxSpec::agent(run_id, image, &plan.suite.sandbox)
     }
 }
 
@@ -927,9 +972,8 @@ fn make_runner(
                 tag.clone(),
                 path.to_path_buf(),
                 scoring.clone(),
-                limits.pids,
+                limits.clone(),
             )
-            .with_tmp_mb(limits.tmp_mb)
         }
     };
     runner.programs = Some(Arc::new(programs(&dir.workspace())));

@@ -54,6 +54,9 @@ pub struct RunEntry {
     pub rebuilt_bpb: Option<f64>,
     pub cpu_seconds: f64,
     pub wall_seconds: f64,
+    /// The GPUs of the agent's sandbox × `wall_seconds` (absent without GPUs; null when not known).
+    #[serde(skip_serializing_if = "GpuSeconds::is_none")]
+    pub gpu_seconds: GpuSeconds,
     pub tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     /// Normalised score per stage (None: not graded).
@@ -70,6 +73,70 @@ pub struct RunEntry {
     /// `t_text_in_workspace` note): the stages it was found in were rejected.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub contaminated: bool,
+}
+
+/// GPU-seconds of a run, or an agent's mean per run: the GPUs of the agent's sandbox (the number or
+/// the ids the suite asked for; for "all", how many `nvidia-smi` listed) × the run's wall seconds,
+/// the `wall s/run` figure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GpuSeconds {
+    /// No GPU was given.
+    None,
+    Known(f64),
+    /// GPUs were given ("all") that were never counted; never guessed.
+    Unknown,
+}
+
+impl GpuSeconds {
+    fn of(meta: &RunMeta, wall_seconds: f64) -> Self {
+        match meta.gpus.as_ref().map(|g| g.count()) {
+            None => Self::None,
+            Some(None) => Self::Unknown,
+            Some(Some(n)) => Self::Known(f64::from(n) * wall_seconds),
+        }
+    }
+
+    /// The mean per run: a run without GPUs counts 0, one not known makes it not known, and none
+    /// with GPUs is none.
+    fn mean(runs: &[&RunEntry]) -> Self {
+        let each: Vec<Self> = runs.iter().map(|r| r.gpu_seconds).collect();
+        if each.contains(&Self::Unknown) {
+            return Self::Unknown;
+        }
+        let xs: Vec<f64> = each.iter().map(|g| g.known().unwrap_or(0.0)).collect();
+        if each.iter().all(Self::is_none) {
+            Self::None
+        } else {
+            Self::Known(crate::trace::round(mean(&xs), 1))
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+
+    fn known(&self) -> Option<f64> {
+        match self {
+            Self::Known(x) => Some(*x),
+            _ => None,
+        }
+    }
+
+    /// `–` without GPUs (as any figure a run does not have), `?` when not known.
+    fn text(&self) -> String {
+        match self {
+            Self::None => "–".into(),
+            Self::Known(x) => format!("{x:.1}"),
+            Self::Unknown => "?".into(),
+        }
+    }
+}
+
+/// A number, or null when not known (a board's JSON leaves it out without GPUs).
+impl Serialize for GpuSeconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.known().serialize(s)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -134,6 +201,9 @@ pub struct AgentRow {
     pub to_record: Option<f64>,
     /// Mean sandbox CPU-seconds per run (agent commands plus the selfhost rebuild).
     pub cpu_seconds: f64,
+    /// Mean GPU-seconds per run (absent when none of its runs had GPUs; null when not known).
+    #[serde(skip_serializing_if = "GpuSeconds::is_none")]
+    pub gpu_seconds: GpuSeconds,
     /// Mean wall time per run, seconds.
     pub wall_seconds: f64,
     /// Mean model tokens per run (LLM agents).
@@ -337,6 +407,23 @@ fn name_seed(name: &str) -> u64 {
     u64::from_str_radix(&h[..16], 16).unwrap_or(0)
 }
 
+/// A run's sandbox CPU-seconds: its stages' commands, and the selfhost rebuild's.
+fn sandbox_cpu_seconds(score: &RunScore) -> f64 {
+    let mut cpu = 0.0;
+    for s in score.stages.values() {
+        cpu += s.cpu_seconds.unwrap_or(0.0);
+        if let Some(c) = s
+            .metrics
+            .get("bootstrap")
+            .and_then(|b| b.get("cpu_seconds"))
+            .and_then(|v| v.as_f64())
+        {
+            cpu += c;
+        }
+    }
+    cpu
+}
+
 fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
     let stages: BTreeMap<String, Option<f64>> = score
         .stages
@@ -360,18 +447,7 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
         .filter(|s| s.status == "scored")
         .and_then(|s| s.metrics.get("bpb"))
         .and_then(|v| v.as_f64());
-    let mut cpu = 0.0;
-    for s in score.stages.values() {
-        cpu += s.cpu_seconds.unwrap_or(0.0);
-        if let Some(c) = s
-            .metrics
-            .get("bootstrap")
-            .and_then(|b| b.get("cpu_seconds"))
-            .and_then(|v| v.as_f64())
-        {
-            cpu += c;
-        }
-    }
+    let cpu = sandbox_cpu_seconds(score);
     let tokens: Option<u64> = score
         .stages
         .values()
@@ -400,6 +476,7 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
         rebuilt_bpb,
         cpu_seconds: cpu,
         wall_seconds: wall,
+        gpu_seconds: GpuSeconds::of(meta, wall),
         tokens,
         cost_usd: cost,
         stages,
@@ -446,6 +523,7 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
         })
         .collect();
     let bpbs: Vec<f64> = runs.iter().filter_map(|r| r.bpb).collect();
+    let rebuilt: Vec<f64> = runs.iter().filter_map(|r| r.rebuilt_bpb).collect();
     let tokens: Vec<f64> = runs
         .iter()
         .filter_map(|r| r.tokens)
@@ -476,13 +554,7 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
         stage_scores,
         stage_pass_rate,
         median_bpb: median(&bpbs).map(|b| crate::trace::round(b, 5)),
-        median_rebuilt_bpb: median(
-            &runs
-                .iter()
-                .filter_map(|r| r.rebuilt_bpb)
-                .collect::<Vec<_>>(),
-        )
-        .map(|b| crate::trace::round(b, 5)),
+        median_rebuilt_bpb: median(&rebuilt).map(|b| crate::trace::round(b, 5)),
         best_bpb: runs
             .iter()
             .filter_map(|r| best_of(r).map(|b| b.0))
@@ -492,6 +564,7 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
             mean(&runs.iter().map(|r| r.cpu_seconds).collect::<Vec<_>>()),
             2,
         ),
+        gpu_seconds: GpuSeconds::mean(runs),
         wall_seconds: crate::trace::round(
             mean(&runs.iter().map(|r| r.wall_seconds).collect::<Vec<_>>()),
             1,
@@ -1092,16 +1165,16 @@ pub fn markdown(boards: &[Board]) -> String {
         }
         let _ = writeln!(
             o,
-            "| # | agent | runs | mean level | levels | Bootstrap Index | 95% CI | best-of-k | median bpb | rebuilt bpb | to record | CPU-s/run | wall s/run | tokens/run | cost/run |"
+            "| # | agent | runs | mean level | levels | Bootstrap Index | 95% CI | best-of-k | median bpb | rebuilt bpb | to record | CPU-s/run | GPU-s/run | wall s/run | tokens/run | cost/run |"
         );
         let _ = writeln!(
             o,
-            "|--:|---|--:|--:|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+            "|--:|---|--:|--:|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
         );
         for a in &b.agents {
             let _ = writeln!(
                 o,
-                "| {} | `{}` | {} | {:.2} | {}{}{} | {:.1} | {} | {:.1} ({}) | {} | {} | {} | {:.1} | {:.1} | {} | {} |",
+                "| {} | `{}` | {} | {:.2} | {}{}{} | {:.1} | {} | {:.1} ({}) | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} |",
                 rank_text(a),
                 a.agent,
                 a.runs,
@@ -1121,10 +1194,9 @@ pub fn markdown(boards: &[Board]) -> String {
                 fmt_opt(a.median_rebuilt_bpb, 3),
                 to_record_text(a.to_record),
                 a.cpu_seconds,
+                a.gpu_seconds.text(),
                 a.wall_seconds,
-                a.tokens
-                    .map(|t| format!("{t:.0}"))
-                    .unwrap_or_else(|| "–".into()),
+                fmt_opt(a.tokens, 0),
                 a.cost_usd
                     .map(|c| format!("${c:.2}"))
                     .unwrap_or_else(|| "–".into()),
@@ -1262,6 +1334,35 @@ fn run_ref(id: &str, links: bool) -> String {
     }
 }
 
+/// A board's agents table, in HTML (left open for the tables that follow).
+fn html_agents(o: &mut String, b: &Board) {
+    o.push_str("<table><tr><th>#</th><th class=\"l\">agent</th><th>runs</th><th>mean level</th><th class=\"l\">levels</th><th>Bootstrap Index</th><th class=\"l\">95% CI</th><th>best-of-k</th><th>median bpb</th><th>rebuilt bpb</th><th>to record</th><th>CPU-s/run</th><th>GPU-s/run</th><th>wall s/run</th><th>tokens/run</th><th>cost/run</th></tr>");
+    for a in &b.agents {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{:.2}</td><td class=\"l\">{}</td><td>{:.1}<span class=\"bar\" style=\"width:{:.0}px\"></span></td><td class=\"l\">{}</td><td>{:.1} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+            rank_text(a),
+            html_escape(&a.agent),
+            a.runs,
+            a.mean_level,
+            html_escape(&format!("{}{}", levels_text(a), agent_marks(a))),
+            a.index_mean,
+            a.index_mean.clamp(0.0, 100.0),
+            ci_text(a),
+            a.best_of_k,
+            html_escape(&a.best_level),
+            fmt_opt(a.median_bpb, 3),
+            fmt_opt(a.median_rebuilt_bpb, 3),
+            to_record_text(a.to_record),
+            a.cpu_seconds,
+            a.gpu_seconds.text(),
+            a.wall_seconds,
+            fmt_opt(a.tokens, 0),
+            a.cost_usd.map(|c| format!("${c:.2}")).unwrap_or_else(|| "–".into()),
+        );
+    }
+}
+
 /// The leaderboard body (tables and inline charts) without `<html>`, for the viewer's own layout;
 /// `links`: run ids link to the viewer's run pages.
 pub fn html_body(boards: &[Board], links: bool) -> String {
@@ -1296,30 +1397,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
         for p in &b.plans {
             let _ = write!(o, "<p class=\"plan\">{}</p>", html_escape(&p.text()));
         }
-        o.push_str("<table><tr><th>#</th><th class=\"l\">agent</th><th>runs</th><th>mean level</th><th class=\"l\">levels</th><th>Bootstrap Index</th><th class=\"l\">95% CI</th><th>best-of-k</th><th>median bpb</th><th>rebuilt bpb</th><th>to record</th><th>CPU-s/run</th><th>wall s/run</th><th>tokens/run</th><th>cost/run</th></tr>");
-        for a in &b.agents {
-            let _ = write!(
-                o,
-                "<tr><td>{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{:.2}</td><td class=\"l\">{}</td><td>{:.1}<span class=\"bar\" style=\"width:{:.0}px\"></span></td><td class=\"l\">{}</td><td>{:.1} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
-                rank_text(a),
-                html_escape(&a.agent),
-                a.runs,
-                a.mean_level,
-                html_escape(&format!("{}{}", levels_text(a), agent_marks(a))),
-                a.index_mean,
-                a.index_mean.clamp(0.0, 100.0),
-                ci_text(a),
-                a.best_of_k,
-                html_escape(&a.best_level),
-                fmt_opt(a.median_bpb, 3),
-                fmt_opt(a.median_rebuilt_bpb, 3),
-                to_record_text(a.to_record),
-                a.cpu_seconds,
-                a.wall_seconds,
-                a.tokens.map(|t| format!("{t:.0}")).unwrap_or_else(|| "–".into()),
-                a.cost_usd.map(|c| format!("${c:.2}")).unwrap_or_else(|| "–".into()),
-            );
-        }
+        html_agents(&mut o, b);
         o.push_str("</table><h3>Score per stage (mean normalised score · pass rate)</h3><table><tr><th class=\"l\">agent</th>");
         for s in &b.stages {
             let _ = write!(o, "<th>{}</th>", html_escape(s));

@@ -1172,6 +1172,16 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
         },
         meta.run_id
     );
+    run_notes(&mut out, meta);
+    crate::report::term::terminal_safe(&out, false)
+}
+
+/// The scorecard's last lines: the GPUs (when the run had any), each resume, the error, and
+/// whether the run can be resumed.
+fn run_notes(out: &mut String, meta: &RunMeta) {
+    if let Some(g) = &meta.gpus {
+        let _ = writeln!(out, "{}", gpu_line(g));
+    }
     for r in &meta.resumes {
         let _ = writeln!(
             out,
@@ -1191,7 +1201,18 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
             meta.run_id
         );
     }
-    crate::report::term::terminal_safe(&out, false)
+}
+
+/// `GPUs: 2 × NVIDIA A100-SXM4-80GB (81920 MiB) · --gpus all`; without the model when
+/// `nvidia-smi` listed none.
+fn gpu_line(g: &rundir::GpuRecord) -> String {
+    match g.models() {
+        Some(models) => format!("GPUs: {models} · --gpus {}", g.request),
+        None => format!(
+            "GPUs: --gpus {} · the model is not known (nvidia-smi listed none)",
+            g.request
+        ),
+    }
 }
 
 /// `gptx world show`: what the world holds and its baseline ladder.

@@ -6,8 +6,10 @@
 //! `DockerSandbox` (in `docker/sandbox.rs`) is the real one (bollard, a long-lived supervisor inside the
 //! container);
 //! [`fake::RecordingSandbox`] records calls and answers from a script, for unit tests of the runner.
+//! [`gpus::list`] asks a sandbox which GPUs it sees (`nvidia-smi`, a harness command, not the agent's).
 
 pub mod fake;
+pub mod gpus;
 pub mod paths;
 pub mod programs;
 pub mod quota;

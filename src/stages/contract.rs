@@ -6,7 +6,7 @@
 //! stage's `instruction.md`. A test renders every stage of every suite and checks that each fact is
 //! in the text, so an instruction cannot drift from its grader.
 
-use crate::config::suite::ScoringLimits;
+use crate::config::suite::{Gpus, SandboxLimits, ScoringLimits};
 use crate::config::suite::{Home, Stage, StageNetwork, Suite, SuiteError};
 
 use crate::config::gates::{
@@ -486,14 +486,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
     let sb = &suite.sandbox;
     let excluded = or_list(&excluded_dirs(suite));
     let mut out = Vec::new();
-    let env = ctx
-        .image
-        .map(|r| {
-            let vars = r.env.iter().map(|(k, v)| format!("{k}={v}"));
-            let threads = crate::config::suite::thread_env(sb.cpus);
-            vars.chain(threads).collect::<Vec<_>>().join(" ")
-        })
-        .unwrap_or_default();
+    let env = environment(ctx, sb);
     out.push(fact(
         "commands",
         format!(
@@ -505,6 +498,7 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
             if env.is_empty() { String::new() } else { format!("; the environment is `{env}`") }
         ),
     ));
+    out.extend(gpu_fact(sb));
     if let Some(r) = ctx.image {
         out.push(libraries(r, ctx.measured.and_then(|m| m.sentence(sb.cpus))));
     }
@@ -645,17 +639,66 @@ pub fn facts(stage: &Stage, ctx: &FactContext) -> Vec<Fact> {
     out
 }
 
+/// The environment commands start with: the image's, the thread counts of the CPUs, and what the
+/// GPUs need (empty when the image's recipe cannot be read).
+fn environment(ctx: &FactContext, sb: &SandboxLimits) -> String {
+    let image = ctx
+        .image
+        .map(|r| r.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let Some(vars) = image else {
+        return String::new();
+    };
+    let threads = crate::config::suite::thread_env(sb.cpus);
+    let gpus = crate::config::suite::gpu_env(sb.gpus.as_ref());
+    vars.chain(threads)
+        .chain(gpus)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Which GPUs the sandboxes have and what grading on them asks (None without GPUs).
+fn gpu_fact(sb: &SandboxLimits) -> Option<Fact> {
+    let gpus = sb.gpus.as_ref()?;
+    let which = match gpus {
+        Gpus::All => "every GPU of the host".to_string(),
+        Gpus::Count(1) => "1 GPU".into(),
+        Gpus::Count(n) => format!("{n} GPUs"),
+        Gpus::Devices(ids) => format!("the GPUs {}", and_list(ids)),
+    };
+    Some(fact(
+        "gpus",
+        format!(
+            "Your sandbox has {which} (`--gpus {gpus}`; `nvidia-smi` lists them), and the grade runs your programs in fresh sandboxes with the same GPUs, where repeated scores must agree within {:e} and `next` with `score` within {:e}: use deterministic algorithms (`torch.use_deterministic_algorithms(True)` in PyTorch; `CUBLAS_WORKSPACE_CONFIG=:4096:8` is set for it).",
+            crate::stages::bpb::REPEAT_TOLERANCE,
+            crate::stages::bpb::NEXT_TOLERANCE
+        ),
+    ))
+}
+
 /// What the image holds: its packages, and what was measured in it at build when known.
 fn libraries(r: &crate::config::image::Recipe, measured: Option<String>) -> Fact {
-    fact(
-        "libraries",
-        format!(
-            "The image is Debian {} with these packages and their dependencies: {}. Nothing else is installed (no pip, no compilers unless listed) and nothing can be installed: no package index is reachable.{}",
-            r.suite,
-            and_list(&r.packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>()),
-            measured.map(|m| format!(" {m}")).unwrap_or_default()
+    let measured = measured.map(|m| format!(" {m}")).unwrap_or_default();
+    let text = format!(
+        "The image is {}: no package index is reachable.{measured}",
+        content(r)
+    );
+    fact("libraries", text)
+}
+
+/// What the image is: a Dockerfile's, or Debian with its packages.
+fn content(r: &crate::config::image::Recipe) -> String {
+    let packages: Vec<String> = r.packages.iter().map(|p| format!("`{p}`")).collect();
+    match &r.dockerfile {
+        Some(_) => format!(
+            "built from the Dockerfile `sandboxes/{}.Dockerfile` ({}). Nothing can be installed",
+            r.name, r.description
         ),
-    )
+        None => format!(
+            "Debian {} with these packages and their dependencies: {}. Nothing else is installed (no pip, no compilers unless listed) and nothing can be installed",
+            r.suite,
+            and_list(&packages)
+        ),
+    }
 }
 
 /// The facts as the markdown list of the instruction's `{{graded}}` placeholder.
@@ -1002,6 +1045,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A suite with GPUs says which, that its programs are graded on the same GPUs within the
+    /// verification's tolerances (so deterministic algorithms), and sets cuBLAS for them; a suite
+    /// without says nothing of GPUs.
+    #[test]
+    fn gpus_are_stated_when_the_suite_gives_them() {
+        let mut suite = home().suite("mini").unwrap();
+        let train = suite
+            .stages
+            .iter()
+            .find(|s| s.name == "train")
+            .unwrap()
+            .clone();
+        assert!(!rendered(&suite, &train).contains("GPU"));
+        suite.sandbox.gpus = Some(Gpus::Devices(vec!["0".into(), "1".into()]));
+        let text = rendered(&suite, &train);
+        let which =
+            "Your sandbox has the GPUs 0 and 1 (`--gpus device=0,1`; `nvidia-smi` lists them)";
+        assert!(text.contains(which), "{text}");
+        assert!(
+            text.contains("fresh sandboxes with the same GPUs"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "repeated scores must agree within 1e-6 and `next` with `score` within 1e-3"
+        ));
+        assert!(text.contains("use deterministic algorithms"), "{text}");
+        assert!(text.contains("CUBLAS_WORKSPACE_CONFIG=:4096:8"), "{text}");
+        suite.sandbox.gpus = Some(Gpus::All);
+        let crawl = suite.stages[0].clone();
+        let text = rendered(&suite, &crawl);
+        assert!(
+            text.contains("has every GPU of the host (`--gpus all`"),
+            "{text}"
+        );
+        suite.sandbox.gpus = Some(Gpus::Count(1));
+        assert!(rendered(&suite, &train).contains("has 1 GPU (`--gpus 1`"));
     }
 
     /// The instruction follows the suite: another gate value, another sentence.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::files::{make_private, read_json, write_json_atomic};
 
-use crate::config::suite::Budgets;
+use crate::config::suite::{Budgets, Gpus};
 use crate::trace::StageScore;
 
 /// Where a run stands.
@@ -76,6 +76,64 @@ pub struct RunMeta {
     /// The plan item this run carries out (`gptx run --plan FILE --item K`), None outside a plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanItemRef>,
+    /// The GPUs the suite gave the run's sandboxes and what the agent's sandbox listed (None: no
+    /// GPU; so are runs written before GPUs were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<GpuRecord>,
+}
+
+/// A run's GPUs: what the suite asked for, and what `nvidia-smi` listed in the agent's sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuRecord {
+    /// `[sandbox] gpus` as the suite wrote it: `"all"`, a number, or device ids.
+    pub request: Gpus,
+    /// What `nvidia-smi` listed in the agent's sandbox before the agent's first command (None: not
+    /// listed; it failed, or the image has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<GpuDevice>>,
+}
+
+/// One GPU as `nvidia-smi --query-gpu=index,name,memory.total` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuDevice {
+    pub index: u32,
+    pub name: String,
+    /// Its memory in MiB (None when nvidia-smi did not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+}
+
+impl GpuRecord {
+    /// GPUs asked for, not listed yet.
+    pub fn asked(request: Gpus) -> Self {
+        Self {
+            request,
+            devices: None,
+        }
+    }
+
+    /// How many GPUs the agent's sandbox had: the number or the ids asked for; for "all", how many
+    /// nvidia-smi listed (None: not known, never guessed).
+    pub fn count(&self) -> Option<u32> {
+        let listed = || self.devices.as_ref().map(|d| d.len() as u32);
+        self.request.count().or_else(listed)
+    }
+
+    /// `2 × NVIDIA A100-SXM4-80GB (81920 MiB)`: the models listed, like ones counted together
+    /// (None: none listed).
+    pub fn models(&self) -> Option<String> {
+        let mut models: Vec<(String, usize)> = Vec::new();
+        for d in self.devices.as_deref().unwrap_or_default() {
+            let memory = d.memory_mib.map(|m| format!(" ({m} MiB)"));
+            let model = format!("{}{}", d.name, memory.unwrap_or_default());
+            match models.iter_mut().find(|(m, _)| *m == model) {
+                Some((_, n)) => *n += 1,
+                None => models.push((model, 1)),
+            }
+        }
+        let each = models.iter().map(|(m, n)| format!("{n} × {m}"));
+        (!models.is_empty()).then(|| each.collect::<Vec<_>>().join(" + "))
+    }
 }
 
 /// A plan's item, as a run records it: the plan's id and the item's stable id.
@@ -640,11 +698,9 @@ mod mark_tests {
         })
         .unwrap();
         drop(log);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.events())
-            .unwrap();
-        std::io::Write::write_all(&mut f, b"{\"seq\":1,\"ts\":\"20").unwrap();
+        let mut text = std::fs::read(dir.events()).unwrap();
+        text.extend_from_slice(b"{\"seq\":1,\"ts\":\"20");
+        std::fs::write(dir.events(), text).unwrap();
         let meta = RunMeta {
             run_id: id.into(),
             agent: "null".into(),
@@ -668,9 +724,57 @@ mod mark_tests {
             resumes: Vec::new(),
             agent_process: None,
             plan: None,
+            gpus: None,
         };
         write_json_atomic(&dir.run_json(), &meta).unwrap();
         dir
+    }
+
+    fn a100(index: u32) -> GpuDevice {
+        GpuDevice {
+            index,
+            name: "NVIDIA A100-SXM4-80GB".into(),
+            memory_mib: Some(81920),
+        }
+    }
+
+    /// run.json without GPUs has no `gpus` key (and older files read as before); with them the
+    /// request and the devices listed come back as written.
+    #[test]
+    fn run_json_keeps_the_gpus_and_reads_without_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = running(tmp.path(), "r1", None);
+        let raw: serde_json::Value = read_json(&dir.run_json()).unwrap();
+        assert!(raw.get("gpus").is_none(), "{raw}");
+        let mut meta: RunMeta = read_json(&dir.run_json()).unwrap();
+        assert_eq!(meta.gpus, None);
+        let mut record = GpuRecord::asked(Gpus::All);
+        assert_eq!((record.count(), record.models()), (None, None));
+        record.devices = Some(vec![a100(0), a100(1)]);
+        meta.gpus = Some(record.clone());
+        write_json_atomic(&dir.run_json(), &meta).unwrap();
+        let raw: serde_json::Value = read_json(&dir.run_json()).unwrap();
+        assert_eq!(raw["gpus"]["request"], "all");
+        assert_eq!(raw["gpus"]["devices"][1]["memory_mib"], 81920);
+        let back: RunMeta = read_json(&dir.run_json()).unwrap();
+        assert_eq!(back.gpus, Some(record.clone()));
+        assert_eq!(record.count(), Some(2));
+        let models = record.models().unwrap();
+        assert_eq!(models, "2 × NVIDIA A100-SXM4-80GB (81920 MiB)");
+        // The count asked for is the count, whatever was listed.
+        let mut two = GpuRecord::asked(Gpus::Count(2));
+        assert_eq!(two.count(), Some(2));
+        two.request = Gpus::Devices(vec!["3".into()]);
+        two.devices = Some(vec![
+            a100(0),
+            GpuDevice {
+                memory_mib: None,
+                ..a100(1)
+            },
+        ]);
+        assert_eq!(two.count(), Some(1));
+        let mixed = "1 × NVIDIA A100-SXM4-80GB (81920 MiB) + 1 × NVIDIA A100-SXM4-80GB";
+        assert_eq!(two.models().as_deref(), Some(mixed));
     }
 
     /// What `gptx gc` asks before it releases a run's disk: a resume holds the trace's lock while

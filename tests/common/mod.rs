@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bollard::Docker;
-use gptx::config::suite::Home;
+use gptx::config::suite::{Home, SandboxLimits};
 use gptx::docker::sandbox::{DockerSandbox, DockerSandboxSpec};
 
 pub fn home() -> Home {
@@ -66,20 +66,13 @@ pub async fn leftovers(docker: &Docker, run_id: &str) -> usize {
 
 pub fn spec(run_id: &str, image: &str, ws: &Path) -> DockerSandboxSpec {
     gptx::docker::session::prepare_workspace(ws).unwrap();
+    // The agent's profile, one CPU, no GPU.
     DockerSandboxSpec {
-        run_id: run_id.to_string(),
-        role: "agent".into(),
-        image: image.to_string(),
         memory_bytes: 512 << 20,
-        nano_cpus: 1_000_000_000,
         pids: 256,
-        network: None,
         workspace_host: ws.to_path_buf(),
-        workspace_readonly: false,
-        env: vec![],
-        instance: None,
         tmp_mb: 64,
-        extra_hosts: vec![],
+        ..DockerSandboxSpec::agent(run_id, image, &SandboxLimits::default())
     }
 }
 
