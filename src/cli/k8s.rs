@@ -4,13 +4,6 @@ use super::*;
 use crate::plan::k8s::Options;
 use crate::plan::Plan;
 
-fn usage(e: impl Into<anyhow::Error>) -> Exit {
-    Exit {
-        code: exit::USAGE,
-        error: e.into(),
-    }
-}
-
 /// Reads the plan and its bytes, writes the manifest, and says how to apply it.
 pub(super) fn manifest(a: K8sManifestArgs) -> Result<i32, Exit> {
     let plan = Plan::load(&a.plan).map_err(usage)?;

@@ -676,6 +676,14 @@ pub struct Exit {
     pub error: anyhow::Error,
 }
 
+/// A usage error (exit 2): a bad flag, suite, stage or agent.
+fn usage(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: exit::USAGE,
+        error: e.into(),
+    }
+}
+
 fn env_error(e: impl Into<anyhow::Error>) -> Exit {
     Exit {
         code: exit::ENVIRONMENT,

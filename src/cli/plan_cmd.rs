@@ -3,13 +3,6 @@
 use super::*;
 use crate::plan::{ItemLock, ItemState, Plan, Tally, WorldPin};
 
-fn usage(e: impl Into<anyhow::Error>) -> Exit {
-    Exit {
-        code: exit::USAGE,
-        error: e.into(),
-    }
-}
-
 /// `gptx plan`: checks the batch as `gptx run` would (every agent spec, the suite, the stages,
 /// the budgets), builds its world to pin the hash, and writes the plan file.
 pub(super) async fn make(a: PlanArgs) -> Result<i32, Exit> {

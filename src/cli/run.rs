@@ -91,14 +91,12 @@ pub(super) async fn run(args: RunArgs) -> Result<i32, Exit> {
     if let Some(path) = args.plan.clone() {
         return crate::cli::plan_cmd::run_plan(&path, &args).await;
     }
-    let mut plans = plans(&args.batch, &args.dir.runs_dir).map_err(|e| Exit {
-        code: exit::USAGE,
-        error: e,
-    })?;
+    let mut plans = plans(&args.batch, &args.dir.runs_dir).map_err(usage)?;
     for p in mark_dead_runs(&args.dir.runs_dir) {
         eprintln!("gptx: {p}");
     }
     if plans.len() > 1 {
+        gpus_one_at_a_time(&plans, args.parallel)?;
         let batch = BatchRun {
             parallel: args.parallel,
             force: args.force,
@@ -195,6 +193,18 @@ fn same_pair(
         && &meta.world_hash == world_hash
         && &meta.budgets == budgets
         && meta.plan == plan.plan_item
+}
+
+/// Refuses runs on GPUs side by side: each would get the same devices (a count means the first
+/// ones), so one agent's programs could take the memory or the time of another's grading.
+fn gpus_one_at_a_time(plans: &[(String, RunPlan)], parallel: u16) -> Result<(), Exit> {
+    let gpus = plans.iter().any(|(_, p)| p.suite.sandbox.gpus.is_some());
+    if gpus && parallel > 1 {
+        return Err(usage(anyhow::anyhow!(
+            "--parallel {parallel}: the suite gives its sandboxes GPUs ([sandbox] gpus), which runs side by side would share; run them one at a time (--parallel 1)"
+        )));
+    }
+    Ok(())
 }
 
 /// Several runs (agents × seeds), at most `--parallel` at once. Each finished run prints one line;

@@ -91,6 +91,11 @@ pub struct ContextFile {
     pub bytes: Vec<u8>,
 }
 
+/// The user every sandbox runs commands as, its uid, and the workdir (`docker::sandbox`).
+pub const SANDBOX_USER: &str = "agent";
+pub const SANDBOX_UID: u32 = 1000;
+pub const SANDBOX_WORKDIR: &str = "/workspace";
+
 /// The most a build context (`sandboxes/<name>/` and the Dockerfile) may hold: it is sent whole.
 const CONTEXT_MAX: u64 = 64 << 20;
 
@@ -146,13 +151,30 @@ impl Recipe {
             chain.push(raw);
         }
         let file = home.sandboxes().join(format!("{name}.Dockerfile"));
-        if file.exists() {
-            stack.push(name.to_string());
-            let r = Self::from_dockerfile(home, &chain[0], &file, stack);
-            stack.pop();
-            return r;
+        stack.push(name.to_string());
+        let r = match file.exists() {
+            true => Self::from_dockerfile(home, &chain[0], &file, stack),
+            false => Ok(Self::fold(name, &chain)),
+        };
+        stack.pop();
+        r.and_then(|r| r.sandbox_user(home))
+    }
+
+    /// Refuses a user, uid or workdir other than the sandbox's: every sandbox runs commands as
+    /// `agent` (1000) in `/workspace`, whatever the recipe says.
+    fn sandbox_user(self, home: &Home) -> Result<Self, RecipeError> {
+        let toml = home.sandboxes().join(format!("{}.toml", self.name));
+        let want = (SANDBOX_USER, SANDBOX_UID, SANDBOX_WORKDIR);
+        if (self.user.as_str(), self.uid, self.workdir.as_str()) != want {
+            return Err(bad(
+                &toml,
+                format!(
+                    "user {:?}, uid {}, workdir {:?}: every sandbox runs as user {:?}, uid {}, in {:?}",
+                    self.user, self.uid, self.workdir, want.0, want.1, want.2
+                ),
+            ));
         }
-        Ok(Self::fold(name, &chain))
+        Ok(self)
     }
 
     /// The chain of raw recipes, folded from the root ancestor down.
@@ -346,32 +368,51 @@ fn resolve_from(
     file: &std::path::Path,
     stack: &mut Vec<String>,
 ) -> Result<(String, Vec<String>), RecipeError> {
-    let mut bases = Vec::new();
+    let mut bases: Vec<String> = Vec::new();
     let mut out = String::with_capacity(text.len() + 64);
-    for line in text.split_inclusive('\n') {
-        let Some(image) = from_image(line) else {
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let at = |why: String| bad(file, format!("line {}: {why}", n + 1));
+        let Some((image, base)) = gptx_base(line).map_err(at)? else {
             out.push_str(line);
             continue;
         };
-        let Some(base) = image
-            .strip_prefix("gptx/")
-            .filter(|n| !n.is_empty() && !n.contains([':', '@', '/', '$']))
-        else {
-            out.push_str(line);
-            continue;
-        };
-        let recipe = Recipe::load_within(home, base, stack).map_err(|e| {
-            bad(
-                file,
-                format!("FROM {image}: its recipe cannot be read: {e}"),
-            )
-        })?;
+        let recipe = Recipe::load_within(home, base, stack)
+            .map_err(|e| at(format!("FROM {image}: its recipe cannot be read: {e}")))?;
         out.push_str(&line.replacen(image, &recipe.tag(), 1));
         if !bases.iter().any(|b| b == base) {
             bases.push(base.to_string());
         }
     }
     Ok((out, bases))
+}
+
+/// The image and recipe name of a `FROM gptx/<name>` line; None for any other line. Refused: a
+/// reference to gptx's images that gptx cannot resolve (a tag, a registry, a variable, a `FROM`
+/// continued on the next line, `--from=`): the engine would look for it on Docker Hub.
+fn gptx_base(line: &str) -> Result<Option<(&str, &str)>, String> {
+    let fix = "write `FROM gptx/<name>` on one line, with no tag: gptx gives it its recipe's tag";
+    if let Some(w) = line
+        .split_whitespace()
+        .find(|w| w.starts_with("--from=") && w.contains("gptx/"))
+    {
+        return Err(format!("{w} names a gptx image; copy from a build stage (`FROM gptx/<name> AS <stage>`) instead"));
+    }
+    let Some(image) = from_image(line) else {
+        return Ok(None);
+    };
+    if image == "\\" || line.trim_end().ends_with('\\') {
+        return Err(format!("a FROM continued on the next line: {fix}"));
+    }
+    if image.contains('$') {
+        return Err(format!(
+            "FROM {image}: gptx cannot resolve a variable in FROM; {fix}"
+        ));
+    }
+    match image.strip_prefix("gptx/") {
+        Some(n) if !n.is_empty() && !n.contains([':', '@', '/']) => Ok(Some((image, n))),
+        _ if image.contains("gptx/") => Err(format!("FROM {image}: {fix}")),
+        _ => Ok(None),
+    }
 }
 
 /// The image a `FROM [--flag ...] <image> [AS <stage>]` line names.
@@ -411,6 +452,13 @@ fn context_files(
         if meta.is_dir() {
             context_files(&path, &format!("{rel}/"), files)?;
         } else if meta.is_file() {
+            let sum: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
+            if sum + meta.len() > CONTEXT_MAX {
+                return Err(bad(
+                    &path,
+                    format!("the build context grows past {CONTEXT_MAX} bytes here"),
+                ));
+            }
             let bytes = std::fs::read(&path).map_err(|e| bad(&path, e.to_string()))?;
             let mode = if meta.permissions().mode() & 0o111 != 0 {
                 0o755
@@ -503,7 +551,7 @@ mod tests {
         write("t.toml", "name = \"t\"\ndescription = \"torch\"\n");
         write(
             "t.Dockerfile",
-            "# from base\nFROM --platform=linux/amd64 gptx/base AS build\nRUN true\nfrom gptx/base\nFROM debian:bookworm\nFROM gptx/base:pinned\n",
+            "# from base\nFROM --platform=linux/amd64 gptx/base AS build\nRUN true\nfrom gptx/base\nFROM debian:bookworm\n",
         );
         let home = Home {
             root: dir.path().to_path_buf(),
@@ -517,7 +565,7 @@ mod tests {
         let sent = String::from_utf8(df.files[0].bytes.clone()).unwrap();
         assert_eq!(
             sent,
-            format!("# from base\nFROM --platform=linux/amd64 {tag} AS build\nRUN true\nfrom {tag}\nFROM debian:bookworm\nFROM gptx/base:pinned\n", tag = base.tag())
+            format!("# from base\nFROM --platform=linux/amd64 {tag} AS build\nRUN true\nfrom {tag}\nFROM debian:bookworm\n", tag = base.tag())
         );
         assert_eq!(
             (t.user.as_str(), t.uid, t.suite.as_str()),
@@ -560,8 +608,55 @@ mod tests {
         assert!(e.contains("loop"), "{e}");
         write("t.Dockerfile", "FROM gptx/nothere\n");
         let e = Recipe::load(&home, "t").unwrap_err().to_string();
+        assert!(e.contains("t.Dockerfile: line 1: FROM gptx/nothere"), "{e}");
+    }
+
+    /// A gptx image gptx cannot resolve would be looked for on Docker Hub: refused, by line; and
+    /// the sandbox's user, uid and workdir are fixed.
+    #[test]
+    fn dockerfile_references_gptx_cannot_resolve_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = dir.path().join("sandboxes");
+        std::fs::create_dir(&sb).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(sb.join(name), text).unwrap();
+        write("base.toml", "name = \"base\"\n");
+        write("t.toml", "name = \"t\"\n");
+        let home = Home {
+            root: dir.path().to_path_buf(),
+            cache_dir: None,
+        };
+        for (text, why) in [
+            (
+                "FROM gptx/base:pinned\n",
+                "FROM gptx/base:pinned: write `FROM gptx/<name>`",
+            ),
+            (
+                "FROM docker.io/gptx/base\n",
+                "FROM docker.io/gptx/base: write",
+            ),
+            (
+                "ARG B=gptx/base\nFROM $B\n",
+                "line 2: FROM $B: gptx cannot resolve a variable",
+            ),
+            (
+                "FROM \\\n gptx/base\n",
+                "line 1: a FROM continued on the next line",
+            ),
+            (
+                "FROM debian\nCOPY --from=gptx/base /x /x\n",
+                "line 2: --from=gptx/base names a gptx image",
+            ),
+        ] {
+            write("t.Dockerfile", text);
+            let e = Recipe::load(&home, "t").unwrap_err().to_string();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        // The sandbox's user, uid and workdir are fixed.
+        write("t.Dockerfile", "FROM gptx/base\n");
+        write("t.toml", "name = \"t\"\nuid = 1001\n");
+        let e = Recipe::load(&home, "t").unwrap_err().to_string();
         assert!(
-            e.contains("t.Dockerfile") && e.contains("FROM gptx/nothere"),
+            e.contains("t.toml") && e.contains("uid 1001") && e.contains("uid 1000"),
             "{e}"
         );
     }

@@ -402,10 +402,16 @@ pub fn thread_env(cpus: f64) -> Vec<String> {
 /// The thread counts [`thread_env`] sets.
 const THREAD_VARS: [&str; 3] = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"];
 
-/// [`blas_core`] of this host's `/proc/cpuinfo`, read once.
+/// [`blas_core`] of this host's `/proc/cpuinfo`, read once; nothing when the engine may be on
+/// another machine (`DOCKER_HOST` other than a unix socket): a kernel forced on a CPU without its
+/// instructions would kill every matmul there.
 pub fn host_blas_core() -> Option<&'static str> {
     static CORE: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
     *CORE.get_or_init(|| {
+        let engine = std::env::var("DOCKER_HOST").unwrap_or_default();
+        if !engine.is_empty() && !engine.starts_with("unix://") {
+            return None;
+        }
         let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
         blas_core(&info)
     })

@@ -33,13 +33,15 @@ pub(super) async fn build(
     docker: &Docker,
     recipe: &Recipe,
     df: &Dockerfile,
+    force: bool,
     pb: &ProgressBar,
 ) -> Result<(), ImageError> {
     let tag = recipe.tag();
-    let staging = format!("{tag}-building");
+    // Its own staging tag: builders of other homes on the same engine do not share it.
+    let staging = format!("{tag}-building-{:08x}", rand::random::<u32>());
     let labels = HashMap::from([("gptx.recipe".to_string(), recipe.name.clone())]);
     let context = context_tar(&df.files, host_ca())?;
-    run(docker, &recipe.name, context, &staging, labels, pb).await?;
+    run(docker, &recipe.name, context, &staging, labels, force, pb).await?;
     pb.set_message("measuring the image: libraries, BLAS, a float32 matmul");
     let facts = crate::docker::probe::measure_image(docker, &staging, recipe.uid)
         .await
@@ -55,7 +57,16 @@ pub(super) async fn build(
     };
     let context = context_tar(std::slice::from_ref(&file), None)?;
     pb.set_message("labelling the image with what was measured");
-    let done = run(docker, &recipe.name, context, &tag, HashMap::new(), pb).await;
+    let done = run(
+        docker,
+        &recipe.name,
+        context,
+        &tag,
+        HashMap::new(),
+        false,
+        pb,
+    )
+    .await;
     let untag = RemoveImageOptions {
         noprune: true,
         ..Default::default()
@@ -88,15 +99,18 @@ pub(crate) fn context_tar(
     };
     for f in files.iter().chain(std::iter::once(&ca)) {
         let mut h = tar::Header::new_gnu();
-        h.set_path(&f.path).map_err(wrap)?;
         h.set_size(f.bytes.len() as u64);
         h.set_mode(f.mode);
         h.set_mtime(0);
         h.set_uid(0);
         h.set_gid(0);
         h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
-        tar.append(&h, f.bytes.as_slice()).map_err(wrap)?;
+        // GNU long-name entries for a path past the header's 100 bytes.
+        tar.append_data(&mut h, &f.path, f.bytes.as_slice())
+            .map_err(|e| ImageError::Io {
+                what: format!("making the build context: {}", f.path),
+                source: e,
+            })?;
     }
     tar.into_inner().map_err(wrap)
 }
@@ -140,18 +154,20 @@ impl Progress {
 }
 
 /// One build through the engine's API (the classic builder: it never pulls an image the engine
-/// has), streaming its output to the progress bar.
+/// has), streaming its output to the progress bar; `fresh` uses no cached step (`--force`).
 async fn run(
     docker: &Docker,
     name: &str,
     context: Vec<u8>,
     tag: &str,
     labels: HashMap<String, String>,
+    fresh: bool,
     pb: &ProgressBar,
 ) -> Result<(), ImageError> {
     let options = BuildImageOptions {
         dockerfile: "Dockerfile".into(),
         t: Some(tag.into()),
+        nocache: fresh,
         rm: true,
         forcerm: true,
         labels: (!labels.is_empty()).then_some(labels),

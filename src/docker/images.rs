@@ -219,7 +219,7 @@ async fn make(
         return Ok((found, false));
     }
     match &recipe.dockerfile {
-        Some(df) => crate::docker::dockerfile::build(docker, recipe, df, &pb).await?,
+        Some(df) => crate::docker::dockerfile::build(docker, recipe, df, force, &pb).await?,
         None => {
             let rootfs = rootfs_ready(recipe, &home.cache(), &pb).await?;
             let facts = measured(&rootfs, recipe, &pb).await;

@@ -64,6 +64,7 @@ pub(super) async fn measure_image(
                 &name,
                 Some(bollard::query_parameters::RemoveContainerOptions {
                     force: true,
+                    v: true,
                     ..Default::default()
                 }),
             )

@@ -15,10 +15,13 @@ use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, RemoveContainerOptions,
 };
 use bollard::Docker;
-use futures_util::TryStreamExt;
+use futures_util::StreamExt;
 
 use crate::config::image::Recipe;
 use crate::docker::images::ImageError;
+
+/// How long the engine may take to hand over an image's `/etc/passwd`.
+const ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The most of `/etc/passwd` read.
 const PASSWD_MAX: u64 = 1 << 20;
@@ -48,7 +51,20 @@ pub async fn check(docker: &Docker, recipe: &Recipe, tag: &str) -> Result<(), Im
         volumes,
     };
     check_config(recipe, &config).map_err(refuse)?;
-    let passwd = read_passwd(docker, tag).await.map_err(refuse)?;
+    let name = format!("gptx-profile-{:016x}", rand::random::<u64>());
+    let read = tokio::time::timeout(ENGINE_WAIT, read_passwd(docker, tag, &name)).await;
+    let remove = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    // Removed on every path, a read that ran out of time included.
+    let _ = docker.remove_container(&name, Some(remove)).await;
+    let waited = format!(
+        "the engine did not hand over its /etc/passwd within {} s",
+        ENGINE_WAIT.as_secs()
+    );
+    let passwd = read.unwrap_or(Err(waited)).map_err(refuse)?;
     check_passwd(recipe, &passwd).map_err(refuse)
 }
 
@@ -112,9 +128,9 @@ pub fn check_passwd(recipe: &Recipe, passwd: &str) -> Result<(), String> {
     }
 }
 
-/// The image's `/etc/passwd`, read through a created (never started) container.
-async fn read_passwd(docker: &Docker, tag: &str) -> Result<String, String> {
-    let name = format!("gptx-profile-{:016x}", rand::random::<u64>());
+/// The image's `/etc/passwd`, read through a container `name` created (never started) for it;
+/// the caller removes it.
+async fn read_passwd(docker: &Docker, tag: &str, name: &str) -> Result<String, String> {
     let body = ContainerCreateBody {
         image: Some(tag.into()),
         entrypoint: Some(vec!["/nonexistent".into()]),
@@ -124,31 +140,27 @@ async fn read_passwd(docker: &Docker, tag: &str) -> Result<String, String> {
         ..Default::default()
     };
     let options = CreateContainerOptions {
-        name: Some(name.clone()),
+        name: Some(name.into()),
         ..Default::default()
     };
     docker
         .create_container(Some(options), body)
         .await
         .map_err(|e| format!("a container of it cannot be created: {e}"))?;
-    let read = async {
-        let download = DownloadFromContainerOptions {
-            path: "/etc/passwd".into(),
-        };
-        let chunks: Vec<bytes::Bytes> = docker
-            .download_from_container(&name, Some(download))
-            .try_collect()
-            .await
-            .map_err(|e| format!("it has no readable /etc/passwd: {e}"))?;
-        passwd_from_tar(&chunks.concat())
+    let download = DownloadFromContainerOptions {
+        path: "/etc/passwd".into(),
     };
-    let out = read.await;
-    let remove = RemoveContainerOptions {
-        force: true,
-        ..Default::default()
-    };
-    let _ = docker.remove_container(&name, Some(remove)).await;
-    out
+    let mut stream = std::pin::pin!(docker.download_from_container(name, Some(download)));
+    let mut tar = Vec::new();
+    // The archive's header, the file and its padding; a bigger file is cut (and refused).
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("it has no readable /etc/passwd: {e}"))?;
+        tar.extend_from_slice(&chunk);
+        if tar.len() as u64 > PASSWD_MAX + 4096 {
+            return Err(format!("its /etc/passwd is over {PASSWD_MAX} bytes"));
+        }
+    }
+    passwd_from_tar(&tar)
 }
 
 /// The one regular file of the engine's archive of `/etc/passwd`.
@@ -156,13 +168,12 @@ fn passwd_from_tar(tar: &[u8]) -> Result<String, String> {
     let mut archive = tar::Archive::new(tar);
     let mut entries = archive.entries().map_err(|e| e.to_string())?;
     let entry = entries.next().ok_or("its /etc/passwd came back empty")?;
-    let entry = entry.map_err(|e| e.to_string())?;
+    let mut entry = entry.map_err(|e| e.to_string())?;
     if entry.header().entry_type() != tar::EntryType::Regular {
         return Err("its /etc/passwd is not a regular file".into());
     }
     let mut text = String::new();
     entry
-        .take(PASSWD_MAX)
         .read_to_string(&mut text)
         .map_err(|e| format!("its /etc/passwd is not text: {e}"))?;
     Ok(text)

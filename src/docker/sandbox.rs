@@ -198,6 +198,11 @@ impl DockerSandbox {
             // would otherwise run first, as root).
             entrypoint: Some(vec![sv::IN_SANDBOX.into()]),
             cmd: Some(vec!["idle".into()]),
+            // Nor does its HEALTHCHECK (it would run as root, reading what the agent wrote).
+            healthcheck: Some(bollard::models::HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..Default::default()
+            }),
             env: Some(with_threads(spec)),
             labels: Some(labels),
             network_disabled: None,

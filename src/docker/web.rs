@@ -1,5 +1,6 @@
 //! The world's web server as a container (`gptx.role=web`) on the run's internal network.
 
+use crate::docker::sandbox::{SANDBOX_GID, SANDBOX_UID};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -102,14 +103,11 @@ impl WebServer {
         server.hosts = aliases.clone();
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
-            user: Some(format!(
-                "{}:{}",
-                crate::docker::sandbox::SANDBOX_UID,
-                crate::docker::sandbox::SANDBOX_GID
-            )),
+            user: Some(format!("{SANDBOX_UID}:{SANDBOX_GID}")),
+            // The server is the entrypoint: an image's own ENTRYPOINT never wraps it.
+            entrypoint: Some(vec!["python3".into()]),
             cmd: Some(
                 [
-                    "python3",
                     "-u",
                     "/world/server.py",
                     "--root",
