@@ -541,11 +541,21 @@ mod tests {
         assert_eq!(ImageFacts::default().sentence(2.0), None);
     }
 
+    /// A home with an empty `sandboxes/` (the folder is kept alive by the first).
+    fn sandboxes_home() -> (tempfile::TempDir, Home) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sandboxes")).unwrap();
+        let home = Home {
+            root: dir.path().to_path_buf(),
+            cache_dir: None,
+        };
+        (dir, home)
+    }
+
     #[test]
     fn dockerfile_recipes_resolve_their_base_and_hash_their_context() {
-        let dir = tempfile::tempdir().unwrap();
-        let sb = dir.path().join("sandboxes");
-        std::fs::create_dir(&sb).unwrap();
+        let (_dir, home) = sandboxes_home();
+        let sb = home.sandboxes();
         let write = |name: &str, text: &str| std::fs::write(sb.join(name), text).unwrap();
         write("base.toml", "name = \"base\"\npackages = [\"python3\"]\n");
         write("t.toml", "name = \"t\"\ndescription = \"torch\"\n");
@@ -553,10 +563,6 @@ mod tests {
             "t.Dockerfile",
             "# from base\nFROM --platform=linux/amd64 gptx/base AS build\nRUN true\nfrom gptx/base\nFROM debian:bookworm\n",
         );
-        let home = Home {
-            root: dir.path().to_path_buf(),
-            cache_dir: None,
-        };
         let base = Recipe::load(&home, "base").unwrap();
         assert!(base.dockerfile.is_none());
         let t = Recipe::load(&home, "t").unwrap();
@@ -615,16 +621,11 @@ mod tests {
     /// the sandbox's user, uid and workdir are fixed.
     #[test]
     fn dockerfile_references_gptx_cannot_resolve_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let sb = dir.path().join("sandboxes");
-        std::fs::create_dir(&sb).unwrap();
+        let (_dir, home) = sandboxes_home();
+        let sb = home.sandboxes();
         let write = |name: &str, text: &str| std::fs::write(sb.join(name), text).unwrap();
         write("base.toml", "name = \"base\"\n");
         write("t.toml", "name = \"t\"\n");
-        let home = Home {
-            root: dir.path().to_path_buf(),
-            cache_dir: None,
-        };
         for (text, why) in [
             (
                 "FROM gptx/base:pinned\n",

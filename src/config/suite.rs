@@ -276,6 +276,21 @@ impl Gpus {
         }
     }
 
+    /// The request within a scheduler's allocation: `allocated` is Slurm's `SLURM_JOB_GPUS` (the
+    /// host's indexes of the job's GPUs, comma-separated). A count or `"all"` becomes the first of
+    /// those (so two jobs on one node never share a device); ids given stay as given; without an
+    /// allocation the request stands.
+    pub fn within(&self, allocated: Option<&str>) -> Self {
+        let ids = allocated.unwrap_or_default().split(',').map(str::trim);
+        let ids: Vec<String> = ids.filter(|s| !s.is_empty()).map(String::from).collect();
+        match self {
+            _ if ids.is_empty() => self.clone(),
+            Self::All => Self::Devices(ids),
+            Self::Count(n) => Self::Devices(ids.into_iter().take(*n as usize).collect()),
+            Self::Devices(_) => self.clone(),
+        }
+    }
+
     /// Device ids, checked: at least one, each a non-empty string without a comma.
     fn devices(ids: Vec<String>) -> Result<Self, String> {
         if ids.is_empty() {
@@ -802,6 +817,16 @@ impl Default for ScoringLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpus_are_taken_from_a_slurm_jobs_allocation() {
+        let ids = |v: &[&str]| Gpus::Devices(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(Gpus::Count(2).within(Some("3,5,6")), ids(&["3", "5"]));
+        assert_eq!(Gpus::All.within(Some("3,5")), ids(&["3", "5"]));
+        assert_eq!(ids(&["0"]).within(Some("3,5")), ids(&["0"]));
+        assert_eq!(Gpus::Count(2).within(None), Gpus::Count(2));
+        assert_eq!(Gpus::All.within(Some(" ")), Gpus::All);
+    }
 
     #[test]
     fn the_blas_kernel_comes_from_the_cpus_flags() {

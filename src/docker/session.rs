@@ -107,6 +107,7 @@ pub async fn run(
     // Leftovers of runs whose gptx is gone (their run.json was marked before this run started).
     let _ = engine::sweep(&docker, None, engine::owner_alive).await;
     let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
+    within_job(&mut plan);
 
     let run_id = rundir::new_run_id();
     let dir = RunDir::new(plan.runs_dir.join(&run_id));
@@ -144,6 +145,13 @@ pub async fn run(
         _lock: None,
     };
     Ok(drive(plan, started, reporters, cancel).await)
+}
+
+/// In a Slurm job given GPUs, the sandboxes get those devices (`config::suite::Gpus::within`).
+fn within_job(plan: &mut RunPlan) {
+    let allocated = std::env::var("SLURM_JOB_GPUS").ok();
+    let gpus = plan.suite.sandbox.gpus.take();
+    plan.suite.sandbox.gpus = gpus.map(|g| g.within(allocated.as_deref()));
 }
 
 /// A new run's `run.json` as it starts: running, owned by this process.
@@ -191,10 +199,7 @@ pub async fn resume(
     cancel: CancellationToken,
 ) -> Result<RunOutput, SessionError> {
     let events_path = dir.events();
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .open(&events_path)
-        .map_err(rd_err(&events_path))?;
+    let lock = std::fs::File::open(&events_path).map_err(rd_err(&events_path))?;
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         return Err(SessionError::Busy(format!(
             "run {} is being resumed (or marked) by another gptx",
@@ -228,6 +233,7 @@ pub async fn resume(
         )));
     }
     let image = images::ensure(&docker, &plan.home, &plan.suite.image).await?;
+    within_job(&mut plan);
     if meta.images.get("agent").is_some_and(|id| *id != image.id) {
         tracing::warn!(
             "the agent image was rebuilt since the run began ({} now); the run goes on with it",

@@ -146,6 +146,14 @@ pub struct Resources {
     /// The longest one item can take: every stage's wall budget, the selfhost rebuild, one
     /// scoring timeout per stage, and [`SETUP_SECONDS`].
     pub wall_seconds: u64,
+    /// GPUs (`[sandbox] gpus`: a count, the number of ids, or 1 for `"all"`, which then means all
+    /// the job is given); 0 and left out of the plan without GPUs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Time an item may spend before and after its stages: building its world or image on a fresh
@@ -170,16 +178,15 @@ impl Resources {
             .iter()
             .map(|s| s.budgets.max_wall_seconds + suite.scoring.timeout_seconds)
             .sum();
-        let rebuild = if suite.stages.iter().any(|s| s.name == "selfhost") {
-            suite.rebuild_seconds
-        } else {
-            0.0
-        };
+        let selfhost = suite.stages.iter().any(|s| s.name == "selfhost");
+        let rebuild = if selfhost { suite.rebuild_seconds } else { 0.0 };
+        let gpus = suite.sandbox.gpus.as_ref().map(|g| g.count().unwrap_or(1));
         Self {
             cpus: cpus.ceil().max(1.0) as u32,
             memory_mb: suite.sandbox.memory_mb + suite.scoring.memory_mb + HARNESS_MEMORY_MB,
             // A float past u64 saturates; the sum cannot wrap.
             wall_seconds: ((stages + rebuild).ceil() as u64).saturating_add(SETUP_SECONDS),
+            gpus: gpus.unwrap_or(0),
         }
     }
 }

@@ -78,8 +78,9 @@ fn time_limit(seconds: u64) -> String {
     format!("{}:{:02}:00", minutes / 60, minutes % 60)
 }
 
-/// The sbatch job script of `plan`'s items `o.indices`.
-pub fn script(plan: &Plan, o: &ScriptOptions) -> Result<String, SlurmError> {
+/// Refuses options the script cannot carry: no item, a relative path, a newline in a path, a log
+/// folder sbatch would split or expand.
+fn check(plan: &Plan, o: &ScriptOptions) -> Result<(), SlurmError> {
     if o.indices.is_empty() {
         return Err(SlurmError::Nothing(plan.plan_id.clone()));
     }
@@ -109,7 +110,12 @@ pub fn script(plan: &Plan, o: &ScriptOptions) -> Result<String, SlurmError> {
     {
         return Err(SlurmError::Unsafe { path: log });
     }
-    let q = |p: &Path| shell_quote(&p.display().to_string());
+    Ok(())
+}
+
+/// The script's `#SBATCH` lines: the array, the item's CPUs, memory, time and GPUs, requeueing and
+/// the log.
+fn header(plan: &Plan, o: &ScriptOptions) -> String {
     let r = &plan.resources;
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
@@ -125,6 +131,10 @@ pub fn script(plan: &Plan, o: &ScriptOptions) -> Result<String, SlurmError> {
     s.push_str(&format!("#SBATCH --cpus-per-task={}\n", r.cpus));
     s.push_str(&format!("#SBATCH --mem={}M\n", r.memory_mb));
     s.push_str(&format!("#SBATCH --time={}\n", time_limit(r.wall_seconds)));
+    if r.gpus > 0 {
+        // gptx gives its sandboxes the devices Slurm gives the job (`SLURM_JOB_GPUS`).
+        s.push_str(&format!("#SBATCH --gpus={}\n", r.gpus));
+    }
     s.push_str("#SBATCH --requeue\n");
     s.push_str("#SBATCH --open-mode=append\n");
     // sbatch reads #SBATCH lines verbatim (no shell quoting): the path is checked for newlines.
@@ -132,6 +142,14 @@ pub fn script(plan: &Plan, o: &ScriptOptions) -> Result<String, SlurmError> {
         "#SBATCH --output={}/%A_%a.out\n",
         o.log_dir.display()
     ));
+    s
+}
+
+/// The sbatch job script of `plan`'s items `o.indices`.
+pub fn script(plan: &Plan, o: &ScriptOptions) -> Result<String, SlurmError> {
+    check(plan, o)?;
+    let q = |p: &Path| shell_quote(&p.display().to_string());
+    let mut s = header(plan, o);
     s.push_str(&format!(
         r#"
 # The task's item is its array index. gptx keeps a done item, resumes an interrupted one, and
@@ -288,10 +306,9 @@ mod tests {
         assert_eq!(queued(&t), vec![0, 2, 3, 4, 5]);
     }
 
-    #[test]
-    fn a_log_folder_sbatch_cannot_carry_is_refused() {
-        let plan = crate::plan::tests::sample(&["null"], &[1], "runs");
-        let o = |log: &str| ScriptOptions {
+    /// Options for item 0 with the log folder `log`, and a plan path with a quote and a space.
+    fn o(log: &str) -> ScriptOptions {
+        ScriptOptions {
             gptx: "/usr/bin/gptx".into(),
             plan_path: "/p/it's here/plan.json".into(),
             home: "/h".into(),
@@ -299,7 +316,21 @@ mod tests {
             log_dir: log.into(),
             retries: 2,
             indices: vec![0],
-        };
+        }
+    }
+
+    #[test]
+    fn a_plan_with_gpus_asks_slurm_for_them() {
+        let mut plan = crate::plan::tests::sample(&["null"], &[1], "runs");
+        assert!(!script(&plan, &o("/ok")).unwrap().contains("--gpus"));
+        plan.resources.gpus = 2;
+        let text = script(&plan, &o("/ok")).unwrap();
+        assert!(text.contains("#SBATCH --gpus=2\n"), "{text}");
+    }
+
+    #[test]
+    fn a_log_folder_sbatch_cannot_carry_is_refused() {
+        let plan = crate::plan::tests::sample(&["null"], &[1], "runs");
         for bad in ["/a b/slurm", "/a%x/slurm", "/a\"b/slurm", "/a#/slurm"] {
             assert!(
                 matches!(script(&plan, &o(bad)), Err(SlurmError::Unsafe { .. })),
