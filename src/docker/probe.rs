@@ -59,16 +59,7 @@ pub(super) async fn measure_image(
     for threads in THREADS {
         let name = format!("gptx-probe-{:016x}", rand::random::<u64>());
         let one = in_container(docker, image, &name, uid, threads).await;
-        let _ = docker
-            .remove_container(
-                &name,
-                Some(bollard::query_parameters::RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
+        let _ = crate::docker::engine::remove_container(docker, &name).await;
         match one? {
             Some(one) => merge(&mut facts, one),
             None => return Ok(ImageFacts::default()),

@@ -11,9 +11,7 @@
 use std::io::Read;
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptions, DownloadFromContainerOptions, RemoveContainerOptions,
-};
+use bollard::query_parameters::{CreateContainerOptions, DownloadFromContainerOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 
@@ -53,13 +51,8 @@ pub async fn check(docker: &Docker, recipe: &Recipe, tag: &str) -> Result<(), Im
     check_config(recipe, &config).map_err(refuse)?;
     let name = format!("gptx-profile-{:016x}", rand::random::<u64>());
     let read = tokio::time::timeout(ENGINE_WAIT, read_passwd(docker, tag, &name)).await;
-    let remove = RemoveContainerOptions {
-        force: true,
-        v: true,
-        ..Default::default()
-    };
     // Removed on every path, a read that ran out of time included.
-    let _ = docker.remove_container(&name, Some(remove)).await;
+    let _ = crate::docker::engine::remove_container(docker, &name).await;
     let waited = format!(
         "the engine did not hand over its /etc/passwd within {} s",
         ENGINE_WAIT.as_secs()
