@@ -37,6 +37,15 @@ fn home_with(dir: &Path, recipes: &[(&str, &str, &str)]) -> Home {
     }
 }
 
+/// A copy of `mini` named `name` on the image `image`, in `home`'s suites.
+fn suite_on(home: &Home, name: &str, image: &str) {
+    let mini = std::fs::read_to_string(home.tasks().join("suites/mini.toml")).unwrap();
+    let suite = mini
+        .replace("name = \"mini\"", &format!("name = \"{name}\""))
+        .replace("image = \"base\"", &format!("image = \"{image}\""));
+    std::fs::write(home.tasks().join(format!("suites/{name}.toml")), suite).unwrap();
+}
+
 async fn remove_image(docker: &Docker, tag: &str) {
     let _ = docker
         .remove_image(
@@ -125,11 +134,7 @@ async fn a_dockerfile_image_from_base_builds_offline_and_runs_a_stage() {
     .unwrap();
 
     // A suite on the image: the crawl stage runs in it and is graded.
-    let mini = std::fs::read_to_string(home.tasks().join("suites/mini.toml")).unwrap();
-    let suite = mini
-        .replace("name = \"mini\"", "name = \"mini-df\"")
-        .replace("image = \"base\"", "image = \"dfimage\"");
-    std::fs::write(home.tasks().join("suites/mini-df.toml"), suite).unwrap();
+    suite_on(&home, "mini-df", "dfimage");
     let runs = tempfile::tempdir().unwrap();
     let checkout_cache = common::home().cache();
     let (v, _) = common::run_json_with(
@@ -222,11 +227,7 @@ async fn images_that_break_the_profile_are_refused_with_the_reason() {
         tags.push(images::Recipe::load(&home, name).unwrap().tag());
     }
     // `gptx run` on a suite of such an image stops before any sandbox, with the reason.
-    let mini = std::fs::read_to_string(home.tasks().join("suites/mini.toml")).unwrap();
-    let suite = mini
-        .replace("name = \"mini\"", "name = \"mini-root\"")
-        .replace("image = \"base\"", "image = \"dfroot\"");
-    std::fs::write(home.tasks().join("suites/mini-root.toml"), suite).unwrap();
+    suite_on(&home, "mini-root", "dfroot");
     let runs = tempfile::tempdir().unwrap();
     let out = common::gptx()
         .args(["run", "--suite", "mini-root", "--agent", "null", "--quiet"])
@@ -250,4 +251,40 @@ async fn images_that_break_the_profile_are_refused_with_the_reason() {
     for tag in tags {
         remove_image(&docker, &tag).await;
     }
+}
+
+/// An image cannot run code of its own in a sandbox: its ENTRYPOINT (which would run first, as
+/// root, and wrap the supervisor) and its HEALTHCHECK (run as root every second, reading whatever
+/// the agent left where it looks) never run; the supervisor answers as the sandbox user.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_images_entrypoint_and_healthcheck_never_run_in_a_sandbox() {
+    let (docker, _) = common::docker_and_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dockerfile = "FROM gptx/base\nUSER root\nRUN printf '#!/bin/sh\\necho hijacked > /tmp/entrypoint-ran\\nexec \"$@\"\\n' > /usr/local/bin/wrap && chmod 755 /usr/local/bin/wrap\nENTRYPOINT [\"/usr/local/bin/wrap\"]\nHEALTHCHECK --interval=1s --start-period=1s CMD touch /tmp/healthcheck-ran\nUSER agent\n";
+    let home = home_with(dir.path(), &[("dfhijack", "", dockerfile)]);
+    let built = images::build(&docker, &home, "dfhijack", false, true)
+        .await
+        .expect("the image keeps the profile: it builds");
+    let tag = built.tag.clone();
+    common::with_sandbox(
+        "hijack",
+        move |s| s.image = tag,
+        |sb, _ws| async move {
+            // Long enough for a 1 s healthcheck to have run twice.
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            let (o, out, err) = common::sh(&*sb, "id -u; ls -a /tmp", 10.0).await;
+            assert_eq!(o.exit_code, Some(0), "{out}{err}");
+            assert!(out.starts_with("1000\n"), "{out}");
+            assert!(
+                !out.contains("entrypoint-ran") && !out.contains("healthcheck-ran"),
+                "{out}"
+            );
+        },
+    )
+    .await;
+    assert_eq!(
+        containers_of(&docker, std::slice::from_ref(&built.tag)).await,
+        Vec::<String>::new()
+    );
+    remove_image(&docker, &built.tag).await;
 }
