@@ -33,7 +33,7 @@
 //!   grading, rescue, and going on with an interrupted run folded from its trace
 //!   ([`runner::ResumeState`]); its only output is the event stream.
 //! - [`docker`]: everything that talks to the engine, and nothing else does. The connection and
-//!   labels, images (a Debian root filesystem or a Dockerfile, measured, and checked against the
+//!   labels, which engine answers (Docker or rootless Podman) and what that changes, images (a Debian root filesystem or a Dockerfile, measured, and checked against the
 //!   sandbox profile before a run), the agent's sandbox, scoring and rebuild sandboxes, the injected static
 //!   supervisor they all run commands through (its source is `supervisor/main.rs`, outside `src/`,
 //!   built by `build.rs`), the world's web server, and [`docker::session`], one whole run on the

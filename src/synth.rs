@@ -529,17 +529,7 @@ pub fn write_run(runs_dir: &Path, spec: &Synth) -> anyhow::Result<RunDir> {
             format!("sha256:{}", sha256_hex(b"synthetic image")),
         )]),
         started_at: t0,
-        ended_at: None,
-        status: RunStatus::Running,
-        error: None,
-        trace_sha256: None,
-        events: 0,
-        owner: None,
-        options: None,
-        resumes: Vec::new(),
-        agent_process: None,
-        plan: None,
-        gpus: None,
+        ..Default::default()
     };
     rundir::write_json_atomic(&dir.run_json(), &meta)
         .with_context(|| dir.run_json().display().to_string())?;

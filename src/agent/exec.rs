@@ -5,6 +5,7 @@
 //! and a stream of garbage runs into `max_steps`. An agent that exits ends its stage (and the run's
 //! later stages) as an agent error; one that goes silent is ended by the stage's wall budget.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
+use crate::agent::confine;
 use crate::agent::tools::{RawCall, ToolError};
 use crate::agent::{Agent, AgentError, StageTask, Turn, Verdict};
 
@@ -65,12 +67,100 @@ fn scratch_home() -> std::io::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// `sh -c <command>` with a cleared environment: PATH, LANG, LC_ALL and TZ when set, the scratch
+/// `home`, `GPTX_PROTOCOL=1` and the variables named in `pass_env`; stdio piped, its own process
+/// group, killed on drop.
+fn agent_command(command: &str, pass_env: &[String], home: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        )
+        .env("HOME", home)
+        .env("GPTX_PROTOCOL", "1");
+    for name in ["LANG", "LC_ALL", "TZ"] {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    for name in pass_env {
+        match std::env::var_os(name) {
+            Some(v) => {
+                cmd.env(name, v);
+            }
+            None => tracing::warn!("--agent-env {name}: gptx has no such variable"),
+        }
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group, so that everything it started goes when it goes.
+        .process_group(0);
+    cmd
+}
+
+/// Keeps the agent from what it must not read: when gptx runs as root, the uid and gid of
+/// [`AGENT_UID`]; else its own namespaces ([`confine`]), unless the user opted out. The report
+/// explains a failed spawn of a confined agent.
+fn isolate(
+    cmd: &mut tokio::process::Command,
+    home: &Path,
+    cache: &Path,
+) -> Result<Option<confine::Report>, String> {
+    if rustix::process::geteuid().is_root() {
+        // The standard library also drops root's supplementary groups (setgroups) before setuid.
+        cmd.uid(AGENT_UID).gid(AGENT_UID);
+        return Ok(None);
+    }
+    // Before any agent starts: a process of the same uid can neither ptrace gptx nor read its memory.
+    confine::protect_harness().map_err(|e| format!("making gptx non-dumpable: {e}"))?;
+    if confine::opted_out() {
+        tracing::warn!(
+            "{}=1: the exec: agent runs unconfined, with gptx's uid: it can read the hidden data, other runs and the engine's socket",
+            confine::OPT_OUT
+        );
+        return Ok(None);
+    }
+    let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
+    let hidden = confine::secret_paths(cache);
+    confine::install(cmd.as_std_mut(), home, &cwd, &hidden)
+        .map(Some)
+        .map_err(|e| format!("preparing the agent's confinement: {e}"))
+}
+
+/// Collects the agent's stderr into `sink`, keeping its last [`STDERR_KEEP`] bytes.
+fn read_stderr(err: ChildStderr, sink: Arc<Mutex<Stderr>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(err).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut s = sink.lock().expect("stderr lock");
+            s.text.push_str(&line);
+            s.text.push('\n');
+            if s.text.len() > STDERR_KEEP {
+                let mut cut = s.text.len() - STDERR_KEEP;
+                while !s.text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                s.dropped += cut as u64;
+                s.text.drain(..cut);
+            }
+        }
+    })
+}
+
 impl ExecAgent {
     /// Starts `sh -c <command>` in the current directory, without the harness's privileges or
-    /// environment: a cleared environment (PATH, LANG, a scratch HOME, `GPTX_PROTOCOL=1`, and the
-    /// variables named in `pass_env`), and when gptx runs as root, the uid and gid of [`AGENT_UID`]
-    /// (`nobody`), which cannot read the world cache's hidden data or other runs.
-    pub fn spawn(command: &str, pass_env: &[String]) -> Result<Self, AgentError> {
+    /// environment: a cleared environment ([`agent_command`]), and when gptx runs as root, the uid
+    /// and gid of [`AGENT_UID`] (`nobody`), which cannot read the world cache's hidden data or
+    /// other runs; without root, confined in namespaces of its own where `cache`, the runs
+    /// directories, the runtime directory and the engine's socket are empty and everything else
+    /// read-only ([`confine`]). A host without unprivileged user namespaces is an error, unless
+    /// `GPTX_UNCONFINED_AGENTS=1`.
+    pub fn spawn(command: &str, pass_env: &[String], cache: &Path) -> Result<Self, AgentError> {
         let fail = |message: String| AgentError {
             agent: format!("exec:{command}"),
             message,
@@ -83,71 +173,27 @@ impl ExecAgent {
         }
         let home =
             scratch_home().map_err(|e| fail(format!("a scratch home for the agent: {e}")))?;
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(command)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
-            )
-            .env("HOME", home.path())
-            .env("GPTX_PROTOCOL", "1");
-        for name in ["LANG", "LC_ALL", "TZ"] {
-            if let Some(v) = std::env::var_os(name) {
-                cmd.env(name, v);
-            }
-        }
-        for name in pass_env {
-            match std::env::var_os(name) {
-                Some(v) => {
-                    cmd.env(name, v);
-                }
-                None => tracing::warn!("--agent-env {name}: gptx has no such variable"),
-            }
-        }
-        if rustix::process::geteuid().is_root() {
-            // The standard library also drops root's supplementary groups (setgroups) before setuid.
-            cmd.uid(AGENT_UID).gid(AGENT_UID);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            // Its own process group, so that everything it started goes when it goes.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| fail(format!("cannot start `sh -c {command}`: {e}")))?;
+        let mut cmd = agent_command(command, pass_env, home.path());
+        let report = isolate(&mut cmd, home.path(), cache).map_err(fail)?;
+        let mut child = cmd.spawn().map_err(|e| {
+            fail(match &report {
+                Some(r) => format!("cannot start `sh -c {command}`: {}", r.explain(&e)),
+                None => format!("cannot start `sh -c {command}`: {e}"),
+            })
+        })?;
         let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| fail("no stdout".into()))?;
         let stderr = Arc::new(Mutex::new(Stderr::default()));
-        let mut stderr_reader = None;
-        if let Some(err) = child.stderr.take() {
-            let sink = stderr.clone();
-            stderr_reader = Some(tokio::spawn(async move {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut s = sink.lock().expect("stderr lock");
-                    s.text.push_str(&line);
-                    s.text.push('\n');
-                    if s.text.len() > STDERR_KEEP {
-                        let mut cut = s.text.len() - STDERR_KEEP;
-                        while !s.text.is_char_boundary(cut) {
-                            cut += 1;
-                        }
-                        s.dropped += cut as u64;
-                        s.text.drain(..cut);
-                    }
-                }
-            }));
-        }
+        let stderr_reader = child.stderr.take().map(|e| read_stderr(e, stderr.clone()));
         Ok(Self {
             command: command.into(),
             _home: home,
             child,
             stdin,
-            stdout,
+            stdout: BufReader::new(stdout),
             stderr,
             stderr_reader,
             pending: None,
@@ -307,7 +353,8 @@ impl Agent for ExecAgent {
         format!("exec:{}", self.command)
     }
 
-    /// Its own group (`process_group(0)`): the group's id is the shell's pid.
+    /// Its own group (`process_group(0)`): the group's id is the pid of the process gptx started
+    /// (the shell; for a confined agent, the parent that waits for it).
     fn process_group(&self) -> Option<u32> {
         self.child.id()
     }

@@ -3,6 +3,7 @@
 //! Imported by `stages` (the tool errors a `check` returns), `runner`, `docker` and `cli`; imports
 //! `config`, `sandbox` and `trace`.
 
+pub mod confine;
 pub mod exec;
 pub mod llm;
 pub mod mcp;
@@ -296,6 +297,34 @@ fn reference_of(list: &str) -> Result<AgentSpec, String> {
 
 impl AgentSpec {
     /// Builds the agent; `home` holds the reference solutions and the price table.
+    /// An LLM agent of `model` with its provider's backend and the model's price.
+    fn llm_agent(
+        &self,
+        model: &str,
+        home: &crate::config::suite::Home,
+        llm: &crate::agent::llm::LlmOptions,
+    ) -> Result<Box<dyn Agent>, AgentError> {
+        let openai = matches!(self, Self::OpenAi(_));
+        let spec = if openai { "openai" } else { "anthropic" };
+        let prices = crate::agent::llm::load_prices(&home.tasks().join("prices.toml")).map_err(
+            |message| AgentError {
+                agent: format!("{spec}:{model}"),
+                message,
+            },
+        )?;
+        let backend: Box<dyn crate::agent::llm::ChatBackend> = if openai {
+            Box::new(crate::agent::llm::OpenAi::from_env(model))
+        } else {
+            Box::new(crate::agent::llm::Anthropic::from_env(model))
+        };
+        let price = crate::agent::llm::price_of(&prices, model);
+        Ok(Box::new(crate::agent::llm::LlmAgent::new(
+            backend,
+            llm.clone(),
+            price,
+        )))
+    }
+
     pub fn build(
         &self,
         home: &crate::config::suite::Home,
@@ -303,28 +332,10 @@ impl AgentSpec {
         agent_env: &[String],
     ) -> Result<Box<dyn Agent>, AgentError> {
         Ok(match self {
-            Self::OpenAi(model) | Self::Anthropic(model) => {
-                let openai = matches!(self, Self::OpenAi(_));
-                let spec = if openai { "openai" } else { "anthropic" };
-                let prices = crate::agent::llm::load_prices(&home.tasks().join("prices.toml"))
-                    .map_err(|message| AgentError {
-                        agent: format!("{spec}:{model}"),
-                        message,
-                    })?;
-                let backend: Box<dyn crate::agent::llm::ChatBackend> = if openai {
-                    Box::new(crate::agent::llm::OpenAi::from_env(model))
-                } else {
-                    Box::new(crate::agent::llm::Anthropic::from_env(model))
-                };
-                Box::new(crate::agent::llm::LlmAgent::new(
-                    backend,
-                    llm.clone(),
-                    crate::agent::llm::price_of(&prices, model),
-                ))
-            }
+            Self::OpenAi(model) | Self::Anthropic(model) => self.llm_agent(model, home, llm)?,
             Self::Null => Box::new(NullAgent),
             Self::Script(path) => Box::new(ScriptAgent::load(path)?),
-            Self::Exec(cmd) => Box::new(crate::agent::exec::ExecAgent::spawn(cmd, agent_env)?),
+            Self::Exec(cmd) => Box::new(exec::ExecAgent::spawn(cmd, agent_env, &home.cache())?),
             Self::Reference(_) | Self::ReferenceTorch => Box::new(ReferenceAgent::of(self, home)),
         })
     }

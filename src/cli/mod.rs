@@ -59,6 +59,32 @@ pub(crate) struct Cli {
     /// task files built into it, unpacked into the user's cache (XDG_CACHE_HOME, else ~/.cache).
     #[arg(long, global = true, value_name = "DIR", value_parser = non_empty_path)]
     pub home: Option<PathBuf>,
+    /// The container engine: `docker` (DOCKER_HOST, else the local socket); `podman`, for an
+    /// ordinary user without a running engine (gptx starts a rootless `podman system service` of
+    /// its own for as long as it runs); or an API address (`unix:///PATH`, `tcp://HOST:PORT`).
+    #[arg(
+        long,
+        global = true,
+        env = "GPTX_ENGINE",
+        value_name = "ENGINE",
+        default_value = "docker"
+    )]
+    pub engine: crate::docker::podman::Choice,
+}
+
+impl Command {
+    /// Whether the command talks to the engine (a Podman service is started only for those).
+    fn needs_engine(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_)
+                | Command::Mcp(_)
+                | Command::Resume(_)
+                | Command::Images(_)
+                | Command::Gc { .. }
+                | Command::Bench(_)
+        )
+    }
 }
 
 /// A path flag's value, refused when empty (it would name no directory at all).
@@ -512,7 +538,8 @@ pub struct ExportArgs {
 pub enum ImagesCmd {
     /// Build images (default: base); skipped when the recipe's tag already exists. A recipe with a
     /// `sandboxes/<name>.Dockerfile` is built through the engine's build API; the others with
-    /// debootstrap (as root). An image that cannot host a sandbox is refused with the reason.
+    /// debootstrap as root, or `mmdebstrap --mode=unshare` without root. An image that cannot host
+    /// a sandbox is refused with the reason.
     Build {
         /// Image names: recipes in sandboxes/ (base, ml, minimal, torch2).
         names: Vec<String>,
@@ -701,15 +728,14 @@ fn failed(e: impl Into<anyhow::Error>) -> Exit {
 /// Parses arguments, runs, and returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    if let Some(home) = cli.home.as_ref().and_then(|h| std::path::absolute(h).ok()) {
-        // Before any other thread exists: every Home::locate (and a child gptx) reads it.
-        std::env::set_var("GPTX_HOME", home);
-    }
-    let filter = ["warn", "info,gptx=debug", "debug"][usize::from(cli.verbose.min(2))];
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GPTX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let log = tracing_subscriber::fmt().with_env_filter(filter);
-    log.with_writer(std::io::stderr).init();
+    let _service = match before_threads(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gptx: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    init_log(cli.verbose);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();
@@ -726,6 +752,28 @@ pub fn main() -> i32 {
             eprintln!("gptx: {error:#}");
             code
         }
+    }
+}
+
+/// Log lines to stderr: warnings, or more with `-v`, or what `GPTX_LOG` says.
+fn init_log(verbose: u8) {
+    let filter = ["warn", "info,gptx=debug", "debug"][usize::from(verbose.min(2))];
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GPTX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let log = tracing_subscriber::fmt().with_env_filter(filter);
+    log.with_writer(std::io::stderr).init();
+}
+
+/// What must happen before any other thread exists, since it sets the environment: GPTX_HOME
+/// (every Home::locate, and a child gptx, reads it) and the engine's DOCKER_HOST, with the Podman
+/// service `--engine podman` starts (it lives as long as the value returned).
+fn before_threads(cli: &Cli) -> Result<Option<crate::docker::podman::Service>, String> {
+    if let Some(home) = cli.home.as_ref().and_then(|h| std::path::absolute(h).ok()) {
+        std::env::set_var("GPTX_HOME", home);
+    }
+    match cli.command.needs_engine() {
+        true => crate::docker::podman::select(&cli.engine),
+        false => Ok(None),
     }
 }
 

@@ -80,6 +80,15 @@ fn squeue_args(plan_id: &str) -> Vec<String> {
 }
 
 /// `gptx slurm submit`.
+/// The gptx every task runs: `--gptx`, else this one.
+fn gptx_path(a: &SlurmSubmitArgs) -> Result<std::path::PathBuf, Exit> {
+    match &a.gptx {
+        Some(p) => Ok(absolute(p)),
+        None => std::env::current_exe()
+            .map_err(|e| failed(anyhow::anyhow!("the path of this gptx: {e}"))),
+    }
+}
+
 pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
     let (plan, runs_dir, states) = plan_cmd::item_states(&a.plan, &[]).map_err(usage)?;
     let running: Vec<String> = states
@@ -117,11 +126,7 @@ pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
         return Ok(exit::OK);
     }
     let home = Home::locate().map_err(env_error)?;
-    let gptx = match &a.gptx {
-        Some(p) => absolute(p),
-        None => std::env::current_exe()
-            .map_err(|e| failed(anyhow::anyhow!("the path of this gptx: {e}")))?,
-    };
+    let gptx = gptx_path(&a)?;
     let dir = slurm_dir(&runs_dir, &plan.plan_id);
     std::fs::create_dir_all(&dir).map_err(|e| failed(anyhow::anyhow!("{}: {e}", dir.display())))?;
     let opts = ScriptOptions {
@@ -129,6 +134,7 @@ pub(super) async fn submit(a: SlurmSubmitArgs) -> Result<i32, Exit> {
         plan_path: absolute(&a.plan),
         home: absolute(&home.root),
         cache: std::env::var_os("GPTX_CACHE_DIR").map(|c| absolute(std::path::Path::new(&c))),
+        engine: sl::submitted_engine(),
         log_dir: dir.clone(),
         retries: a.retries,
         indices: indices.clone(),

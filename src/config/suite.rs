@@ -98,14 +98,23 @@ impl Home {
         self.root.join("sandboxes")
     }
 
-    /// Large generated data (rootfs trees, package caches): `$GPTX_CACHE_DIR` or `<home>/.gptx-cache`.
+    /// Large generated data (rootfs trees, package caches): `$GPTX_CACHE_DIR`, else
+    /// `<home>/.gptx-cache` when the home is this user's, else the user's cache (XDG): a user
+    /// never writes into a checkout someone else owns.
     pub fn cache(&self) -> PathBuf {
         if let Some(c) = &self.cache_dir {
             return c.clone();
         }
-        std::env::var_os("GPTX_CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.join(".gptx-cache"))
+        if let Some(c) = std::env::var_os("GPTX_CACHE_DIR") {
+            return PathBuf::from(c);
+        }
+        let mine = std::fs::metadata(&self.root).is_ok_and(|m| {
+            std::os::unix::fs::MetadataExt::uid(&m) == rustix::process::geteuid().as_raw()
+        });
+        match crate::config::embedded::user_cache() {
+            Some(user) if !mine => user,
+            _ => self.root.join(".gptx-cache"),
+        }
     }
 
     /// A suite by name (`mini`) or by path (`x/y.toml`).

@@ -2,7 +2,8 @@
 //!
 //! The build goes to a staging tag first (`<tag>-building`); the probe measures that image in a
 //! container; a second, metadata-only build adds the measured label and takes the recipe's tag.
-//! So the recipe's tag only ever names a whole, measured image.
+//! So the recipe's tag only ever names a whole, measured image. Images built without root
+//! (`rootless`) are imported to a staging tag and finished by the same second half.
 
 use std::collections::HashMap;
 
@@ -36,44 +37,64 @@ pub(super) async fn build(
     force: bool,
     pb: &ProgressBar,
 ) -> Result<(), ImageError> {
-    let tag = recipe.tag();
-    // Its own staging tag: builders of other homes on the same engine do not share it.
-    let staging = format!("{tag}-building-{:08x}", rand::random::<u32>());
+    let staging = staging_tag(&recipe.tag());
     let labels = HashMap::from([("gptx.recipe".to_string(), recipe.name.clone())]);
     let context = context_tar(&df.files, host_ca())?;
     run(docker, &recipe.name, context, &staging, labels, force, pb).await?;
+    measure_and_tag(docker, recipe, &staging, &[], pb).await
+}
+
+/// A staging tag for an image of `tag` still being made: its own, so builders of other homes on
+/// the same engine do not share it.
+pub(super) fn staging_tag(tag: &str) -> String {
+    format!("{tag}-building-{:08x}", rand::random::<u32>())
+}
+
+/// Measures the image at `staging` in containers, then gives it the `config` instructions (`ENV`,
+/// `USER`...), the measured label and the recipe's tag by a metadata-only build (`FROM <staging>`);
+/// the staging tag is removed whatever happens.
+pub(super) async fn measure_and_tag(
+    docker: &Docker,
+    recipe: &Recipe,
+    staging: &str,
+    config: &[String],
+    pb: &ProgressBar,
+) -> Result<(), ImageError> {
     pb.set_message("measuring the image: libraries, BLAS, a float32 matmul");
-    let facts = crate::docker::probe::measure_image(docker, &staging, recipe.uid)
+    let facts = crate::docker::probe::measure_image(docker, staging, recipe.uid)
         .await
         .unwrap_or_else(|e| {
             tracing::warn!("image {}: not measured: {e}", recipe.name);
             ImageFacts::default()
         });
-    let labelled = format!("FROM {staging}\n{}\n", crate::docker::probe::label(&facts));
+    let lines = config
+        .iter()
+        .cloned()
+        .chain([crate::docker::probe::label(&facts)]);
+    let labelled = format!("FROM {staging}\n{}\n", lines.collect::<Vec<_>>().join("\n"));
     let file = ContextFile {
         path: "Dockerfile".into(),
         mode: 0o644,
         bytes: labelled.into_bytes(),
     };
-    let context = context_tar(std::slice::from_ref(&file), None)?;
-    pb.set_message("labelling the image with what was measured");
-    let done = run(
-        docker,
-        &recipe.name,
-        context,
-        &tag,
-        HashMap::new(),
-        false,
-        pb,
-    )
+    let done = async {
+        let context = context_tar(std::slice::from_ref(&file), None)?;
+        pb.set_message("labelling the image with what was measured");
+        let (tag, labels) = (recipe.tag(), HashMap::new());
+        run(docker, &recipe.name, context, &tag, labels, false, pb).await
+    }
     .await;
+    untag(docker, staging).await;
+    done
+}
+
+/// Removes the tag `staging` only: the image itself is the parent of the tagged one.
+pub(super) async fn untag(docker: &Docker, staging: &str) {
     let untag = RemoveImageOptions {
         noprune: true,
         ..Default::default()
     };
-    // The staging tag only: the image itself is the parent of the tagged one.
-    let _ = docker.remove_image(&staging, Some(untag), None).await;
-    done
+    let _ = docker.remove_image(staging, Some(untag), None).await;
 }
 
 /// The host's CA bundle, when it has one.

@@ -9,6 +9,8 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 
+use crate::docker::podman;
+
 /// Label naming the run a resource belongs to.
 pub(crate) const LABEL_RUN: &str = "gptx.run";
 /// Label naming the resource's role: agent, scorer, web, build, bench.
@@ -40,6 +42,7 @@ pub async fn connect() -> Result<Docker, EngineError> {
         .negotiate_version()
         .await
         .map_err(|e| EngineError::Unreachable(e.to_string()))?;
+    crate::docker::flavor::detect(&docker).await;
     Ok(docker)
 }
 
@@ -70,6 +73,10 @@ pub fn lacks_dns_fix(version: &str) -> bool {
 
 /// A warning when the engine lacks the CVE-2024-29018 fix, naming the mitigation in force.
 pub(crate) async fn dns_warning(docker: &Docker) -> Option<String> {
+    // Podman's version is its own, and its networks are made without a DNS server.
+    if crate::docker::flavor::current().podman() {
+        return None;
+    }
     let version = docker.version().await.ok()?.version?;
     lacks_dns_fix(&version).then(|| {
         format!(
@@ -274,29 +281,31 @@ pub fn short(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
+const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
+
 /// Creates a world network `gptx-<run>-<instance>` (`world` for the run's own): an internal bridge (no route out) whose
 /// bridge interface gets no IPv4 address (`inhibit_ipv4`), so containers on it reach each other by
 /// name and nothing else, not even the host: without that, every port the host listens on would
-/// answer at the network's gateway address.
+/// answer at the network's gateway address. Podman has no `inhibit_ipv4`: its own API makes the
+/// network, without a DNS server (`podman::network`).
 pub async fn create_world_network(
     docker: &Docker,
     run_id: &str,
     instance: &str,
 ) -> Result<String, bollard::errors::Error> {
-    let name = format!("gptx-{run_id}-{instance}");
-    docker
-        .create_network(bollard::models::NetworkCreateRequest {
-            name: name.clone(),
-            driver: Some("bridge".into()),
-            internal: Some(true),
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.inhibit_ipv4".to_string(),
-                "true".to_string(),
-            )])),
-            labels: Some(labels(run_id, "web")),
-            ..Default::default()
-        })
-        .await?;
+    let (name, labels) = (format!("gptx-{run_id}-{instance}"), labels(run_id, "web"));
+    if crate::docker::flavor::current().podman() {
+        return podman::network(&name, &labels).await.map(|()| name);
+    }
+    let request = bollard::models::NetworkCreateRequest {
+        name: name.clone(),
+        driver: Some("bridge".into()),
+        internal: Some(true),
+        options: Some(HashMap::from([(INHIBIT_IPV4.into(), "true".into())])),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    docker.create_network(request).await?;
     Ok(name)
 }
 

@@ -1,7 +1,8 @@
-//! Sandbox images without a registry: recipes in `sandboxes/`, a Debian rootfs by debootstrap, `docker import`.
+//! Sandbox images without a registry: recipes in `sandboxes/`, a Debian rootfs by debootstrap (as root) or by mmdebstrap in a user namespace (`rootless`), imported into the engine.
 //!
 //! An image is tagged `gptx/<name>:<hash of its resolved recipe>`, so it is rebuilt only when the recipe
-//! changes. The rootfs tree and the downloaded packages are kept under the cache directory, never in git.
+//! changes. The rootfs tree (a tar without root) and the downloaded packages are kept under the cache
+//! directory, never in git.
 //! Nodes that cannot reach a Debian mirror get built images as a docker-save tar: [`save`], [`load`].
 
 use std::collections::BTreeMap;
@@ -25,12 +26,20 @@ use crate::config::suite::Home;
 pub enum ImageError {
     #[error(transparent)]
     Recipe(#[from] RecipeError),
-    #[error("building image {name} needs root (debootstrap must chroot and set file owners); run it as root: sudo gptx images build {name}")]
-    NotRoot { name: String },
     #[error("debootstrap is not installed; install it with: apt-get install -y debootstrap")]
     NoDebootstrap,
     #[error("debootstrap failed for image {name} (exit {code}); last lines:\n{tail}")]
     Debootstrap {
+        name: String,
+        code: i32,
+        tail: String,
+    },
+    /// Not root, and no mmdebstrap (or no newuidmap) to build in a user namespace.
+    #[error("building image {name} without root needs mmdebstrap and newuidmap; install them with: apt-get install -y mmdebstrap uidmap (and /etc/subuid and /etc/subgid must give this user a range of subordinate ids, e.g. usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER), or build it as root")]
+    NoMmdebstrap { name: String },
+    /// `mmdebstrap --mode=unshare` failed: its exit code and last lines.
+    #[error("mmdebstrap failed for image {name} (exit {code}); building without root needs uidmap and a range of subordinate ids for this user in /etc/subuid and /etc/subgid; last lines:\n{tail}")]
+    Mmdebstrap {
         name: String,
         code: i32,
         tail: String,
@@ -73,7 +82,8 @@ pub enum ImageError {
     Docker(#[from] bollard::errors::Error),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+/// An I/O error's wrapper, naming what was being done.
+pub(super) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
     let what = what.into();
     move |source| ImageError::Io { what, source }
 }
@@ -203,12 +213,8 @@ async fn make(
         for base in &df.bases {
             Box::pin(build(docker, home, base, false, quiet)).await?;
         }
-    } else if !rustix::process::geteuid().is_root() {
-        return Err(ImageError::NotRoot {
-            name: recipe.name.clone(),
-        });
-    } else if which("debootstrap").is_none() {
-        return Err(ImageError::NoDebootstrap);
+    } else {
+        debian_builder(recipe)?;
     }
     let pb = spinner(quiet);
     pb.set_prefix(format!("image {}", recipe.name));
@@ -220,12 +226,7 @@ async fn make(
     }
     match &recipe.dockerfile {
         Some(df) => crate::docker::dockerfile::build(docker, recipe, df, force, &pb).await?,
-        None => {
-            let rootfs = rootfs_ready(recipe, &home.cache(), &pb).await?;
-            let facts = measured(&rootfs, recipe, &pb).await;
-            pb.set_message("importing into Docker");
-            import(docker, recipe, &rootfs, &tag, &facts, &pb).await?;
-        }
+        None => from_debian(docker, recipe, &home.cache(), &pb).await?,
     }
     drop(lock);
     pb.finish_and_clear();
@@ -235,6 +236,39 @@ async fn make(
         message: "the engine made the image but has no such tag".into(),
     })?;
     Ok((found, true))
+}
+
+/// Refuses a Debian recipe whose builder is missing: debootstrap as root, else mmdebstrap and
+/// newuidmap (a build in a user namespace).
+fn debian_builder(recipe: &Recipe) -> Result<(), ImageError> {
+    if rustix::process::geteuid().is_root() {
+        which("debootstrap").ok_or(ImageError::NoDebootstrap)?;
+    } else if which("mmdebstrap").is_none() || which("newuidmap").is_none() {
+        return Err(ImageError::NoMmdebstrap {
+            name: recipe.name.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The recipe's image from a Debian root filesystem: as root, debootstrapped into a tree, measured
+/// there and imported with its facts; otherwise by mmdebstrap in a user namespace
+/// ([`crate::docker::rootless`]).
+async fn from_debian(
+    docker: &Docker,
+    recipe: &Recipe,
+    cache: &Path,
+    pb: &ProgressBar,
+) -> Result<(), ImageError> {
+    if !rustix::process::geteuid().is_root() {
+        return crate::docker::rootless::build(docker, recipe, cache, pb).await;
+    }
+    let rootfs = rootfs_ready(recipe, cache, pb).await?;
+    let facts = measured(&rootfs, recipe, pb).await;
+    pb.set_message("importing into Docker");
+    let (source, changes) = (TarSource::Dir(&rootfs), changes(recipe, &facts));
+    import(docker, recipe, source, &recipe.tag(), changes, pb).await?;
+    Ok(())
 }
 
 /// Waits for (and takes) the lock on building image `name`.
@@ -295,7 +329,8 @@ pub async fn ensure(docker: &Docker, home: &Home, name: &str) -> Result<Built, I
     build(docker, home, name, false, false).await
 }
 
-fn which(cmd: &str) -> Option<PathBuf> {
+/// The path of program `cmd`: on `$PATH`, else in `/usr/sbin` or `/sbin`.
+pub(super) fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
@@ -330,33 +365,7 @@ async fn debootstrap(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(io("debootstrap"))?;
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut tail: Vec<String> = Vec::new();
-    let keep = |line: String, tail: &mut Vec<String>| {
-        if tail.len() == 20 {
-            tail.remove(0);
-        }
-        tail.push(line);
-    };
-    let (mut out_done, mut err_done) = (false, false);
-    while !(out_done && err_done) {
-        tokio::select! {
-            l = out.next_line(), if !out_done => match l {
-                Ok(Some(line)) => {
-                    if let Some(msg) = line.strip_prefix("I: ") {
-                        pb.set_message(msg.to_string());
-                    }
-                    keep(line, &mut tail);
-                }
-                _ => out_done = true,
-            },
-            l = err.next_line(), if !err_done => match l {
-                Ok(Some(line)) => keep(line, &mut tail),
-                _ => err_done = true,
-            },
-        }
-    }
+    let tail = follow(&mut child, pb).await;
     let status = child.wait().await.map_err(io("debootstrap"))?;
     if !status.success() {
         return Err(ImageError::Debootstrap {
@@ -366,6 +375,40 @@ async fn debootstrap(
         });
     }
     Ok(())
+}
+
+/// Lines of a debootstrap's or mmdebstrap's output kept for an error.
+const TAIL: usize = 20;
+
+/// Reads a child's stdout and stderr to their ends: its `I: ` lines go to the progress bar, and
+/// the last [`TAIL`] lines of both are returned.
+pub(super) async fn follow(child: &mut tokio::process::Child, pb: &ProgressBar) -> Vec<String> {
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut tail: Vec<String> = Vec::new();
+    let mut keep = |line: String| {
+        if let Some(msg) = line.strip_prefix("I: ") {
+            pb.set_message(msg.to_string());
+        }
+        if tail.len() == TAIL {
+            tail.remove(0);
+        }
+        tail.push(line);
+    };
+    let (mut out_done, mut err_done) = (false, false);
+    while !(out_done && err_done) {
+        tokio::select! {
+            l = out.next_line(), if !out_done => match l {
+                Ok(Some(line)) => keep(line),
+                _ => out_done = true,
+            },
+            l = err.next_line(), if !err_done => match l {
+                Ok(Some(line)) => keep(line),
+                _ => err_done = true,
+            },
+        }
+    }
+    tail
 }
 
 /// Adds the sandbox user and the workspace, and drops apt's caches from the tree.
@@ -412,14 +455,22 @@ fn finish_rootfs(recipe: &Recipe, rootfs: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
-async fn import(
-    docker: &Docker,
-    recipe: &Recipe,
-    rootfs: &Path,
-    tag: &str,
-    facts: &ImageFacts,
-    pb: &ProgressBar,
-) -> Result<String, ImageError> {
+/// What [`import`] sends the engine: the tar stream of a root filesystem tree (made by `tar`), or a
+/// tar file.
+pub(super) enum TarSource<'a> {
+    Dir(&'a Path),
+    File(&'a Path),
+}
+
+/// A reader of the source's tar, and the `tar` making it (for a tree), which the caller waits for.
+fn open_tar(source: &TarSource) -> Result<(TarReader, Option<tokio::process::Child>), ImageError> {
+    let rootfs = match source {
+        TarSource::File(path) => {
+            let file = std::fs::File::open(path).map_err(io(path.display().to_string()))?;
+            return Ok((Box::new(tokio::fs::File::from_std(file)), None));
+        }
+        TarSource::Dir(rootfs) => rootfs,
+    };
     let mut tar = tokio::process::Command::new("tar")
         .arg("-C")
         .arg(rootfs)
@@ -437,27 +488,73 @@ async fn import(
         .spawn()
         .map_err(io("tar"))?;
     let stdout = tar.stdout.take().expect("stdout");
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = sent.clone();
-    let body = tokio_util::io::ReaderStream::with_capacity(stdout, 1 << 20).inspect_ok(move |b| {
-        counter.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    });
-    let (repo, version) = tag.split_once(':').expect("tag has a colon");
+    Ok((Box::new(stdout), Some(tar)))
+}
+
+/// A tar stream read by [`import`].
+type TarReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Imports the source's tar as image `tag` with the config `changes` (as [`changes`] makes them);
+/// returns its id.
+pub(super) async fn import(
+    docker: &Docker,
+    recipe: &Recipe,
+    source: TarSource<'_>,
+    tag: &str,
+    changes: Vec<String>,
+    pb: &ProgressBar,
+) -> Result<String, ImageError> {
+    let (reader, tar) = open_tar(&source)?;
+    // The whole reference as `repo` (the API allows a tag in it): Podman 4.3 ignores `tag`.
     let options = CreateImageOptions {
         from_src: Some("-".into()),
-        repo: Some(repo.into()),
-        tag: Some(version.into()),
+        repo: Some(tag.into()),
         message: Some(format!(
             "gptx image {} built from sandboxes/{}.toml",
             recipe.name, recipe.name
         )),
-        changes: changes(recipe, facts),
+        changes,
         ..Default::default()
     };
+    let failure = send(docker, options, reader, pb).await;
+    let fail = |message: String| ImageError::Import {
+        tag: tag.into(),
+        message,
+    };
+    let status = match tar {
+        Some(mut tar) => Some(tar.wait().await.map_err(io("tar"))?),
+        None => None,
+    };
+    if let Some(message) = failure {
+        return Err(fail(message));
+    }
+    if let (Some(status), TarSource::Dir(rootfs)) = (status, &source) {
+        if !status.success() {
+            let message = format!("tar of {} exited with {status}", rootfs.display());
+            return Err(fail(message));
+        }
+    }
+    image_id(docker, tag)
+        .await?
+        .ok_or_else(|| fail("the engine accepted the import but has no such tag".into()))
+}
+
+/// Streams a tar into the engine's image import, with the megabytes sent on the progress bar; the
+/// engine's error, if any.
+async fn send(
+    docker: &Docker,
+    options: CreateImageOptions,
+    reader: TarReader,
+    pb: &ProgressBar,
+) -> Option<String> {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let body = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).inspect_ok(move |b| {
+        counter.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    });
     let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
     let ticker = {
         let pb = pb.clone();
-        let sent = sent.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -474,35 +571,23 @@ async fn import(
         }
     }
     ticker.abort();
-    let status = tar.wait().await.map_err(io("tar"))?;
-    if let Some(message) = failure {
-        return Err(ImageError::Import {
-            tag: tag.into(),
-            message,
-        });
-    }
-    if !status.success() {
-        return Err(ImageError::Import {
-            tag: tag.into(),
-            message: format!("tar of {} exited with {status}", rootfs.display()),
-        });
-    }
-    image_id(docker, tag)
-        .await?
-        .ok_or_else(|| ImageError::Import {
-            tag: tag.into(),
-            message: "the engine accepted the import but has no such tag".into(),
-        })
+    failure
 }
 
 /// The image's config: the recipe's environment, workdir and user, and what was measured in it.
 fn changes(recipe: &Recipe, facts: &ImageFacts) -> Vec<String> {
+    let mut changes = config(recipe);
+    changes.push(crate::docker::probe::label(facts));
+    changes
+}
+
+/// The recipe's environment, workdir, user and command, as Dockerfile instructions.
+pub(super) fn config(recipe: &Recipe) -> Vec<String> {
     let env = recipe.env.iter().map(|(k, v)| format!("ENV {k}={v}"));
     env.chain([
         format!("WORKDIR {}", recipe.workdir),
         format!("USER {}", recipe.user),
         "CMD [\"sleep\", \"infinity\"]".into(),
-        crate::docker::probe::label(facts),
     ])
     .collect()
 }

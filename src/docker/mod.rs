@@ -4,11 +4,14 @@
 
 mod dockerfile;
 pub mod engine;
+pub mod flavor;
 pub mod images;
+pub mod podman;
 mod probe;
 pub mod profile;
 pub mod programs;
 pub mod rebuild;
+mod rootless;
 pub mod sandbox;
 pub mod session;
 pub(crate) mod supervisor;

@@ -25,7 +25,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::config::suite::{Gpus, SandboxLimits};
-use crate::docker::engine;
+use crate::docker::engine::{self, BLACKHOLE_DNS as BLACKHOLE};
+use crate::docker::flavor;
 use crate::docker::supervisor::{self as sv, Frame};
 use crate::sandbox::{
     ExecOutcome, ExecRequest, MappedFiles, OutStream, OutputSink, Sandbox, SandboxError,
@@ -765,27 +766,35 @@ fn host_config(spec: &DockerSandboxSpec, binds: Vec<String>) -> HostConfig {
         readonly_rootfs: Some(spec.tmp_mb > 0),
         extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
         // What Docker's embedded resolver cannot answer it forwards here: nowhere.
-        dns: spec
-            .network
-            .is_some()
-            .then(|| vec![crate::docker::engine::BLACKHOLE_DNS.to_string()]),
+        dns: spec.network.as_ref().map(|_| vec![BLACKHOLE.into()]),
         tmpfs: (spec.tmp_mb > 0).then(|| tmpfs(spec.tmp_mb)),
         network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
         privileged: Some(false),
         device_requests: spec.gpus.as_ref().map(device_requests),
+        userns_mode: userns(&flavor::current()),
         ..Default::default()
     }
 }
 
-/// `/tmp` and the sandbox user's home, `mb` MiB each.
+/// Rootless Podman maps the container's users into the user's subordinate ids, so the sandbox
+/// user's files would belong to an id the harness cannot manage; `keep-id` makes the sandbox user
+/// the harness's own user on the host (and the container's root a subordinate id).
+pub(crate) fn userns(engine: &crate::docker::flavor::EngineFacts) -> Option<String> {
+    (engine.podman() && engine.rootless)
+        .then(|| format!("keep-id:uid={SANDBOX_UID},gid={SANDBOX_GID}"))
+}
+
+/// `/tmp` and the sandbox user's home, `mb` MiB each. The home is the user's (Docker's tmpfs
+/// takes `uid=`), or, on Podman, which knows no such option, sticky and writable by all.
 fn tmpfs(mb: u64) -> HashMap<String, String> {
     let opts = |extra: &str| format!("rw,nosuid,nodev,size={mb}m{extra}");
+    let home = match crate::docker::flavor::current().podman() {
+        true => opts(",mode=1777"),
+        false => opts(&format!(",mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}")),
+    };
     HashMap::from([
         ("/tmp".to_string(), opts(",mode=1777")),
-        (
-            "/home/agent".to_string(),
-            opts(&format!(",mode=0755,uid={SANDBOX_UID},gid={SANDBOX_GID}")),
-        ),
+        ("/home/agent".to_string(), home),
     ])
 }
 

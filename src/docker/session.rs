@@ -99,10 +99,7 @@ pub async fn run(
     reporters: Vec<Box<dyn Reporter>>,
     cancel: CancellationToken,
 ) -> Result<RunOutput, SessionError> {
-    let agent = match plan.prebuilt.take() {
-        Some(a) => a,
-        None => plan.agent.build(&plan.home, &plan.llm, &plan.agent_env)?,
-    };
+    let agent = build_agent(&mut plan)?;
     let docker = engine::connect().await?;
     // Leftovers of runs whose gptx is gone (their run.json was marked before this run started).
     let _ = engine::sweep(&docker, None, engine::owner_alive).await;
@@ -147,6 +144,16 @@ pub async fn run(
     Ok(drive(plan, started, reporters, cancel).await)
 }
 
+/// The run's agent: the one given (MCP), or built from its spec. An `exec:` agent run without root
+/// is hidden the runs directory (its own run's included).
+fn build_agent(plan: &mut RunPlan) -> Result<Box<dyn crate::agent::Agent>, SessionError> {
+    crate::agent::confine::hide(&plan.runs_dir);
+    match plan.prebuilt.take() {
+        Some(a) => Ok(a),
+        None => Ok(plan.agent.build(&plan.home, &plan.llm, &plan.agent_env)?),
+    }
+}
+
 /// In a Slurm job given GPUs, the sandboxes get those devices (`config::suite::Gpus::within`).
 fn within_job(plan: &mut RunPlan) {
     let allocated = std::env::var("SLURM_JOB_GPUS").ok();
@@ -174,17 +181,13 @@ fn new_meta(
         gptx_version: env!("CARGO_PKG_VERSION").into(),
         images: BTreeMap::from([("agent".to_string(), image_id.to_string())]),
         started_at: chrono::Utc::now(),
-        ended_at: None,
-        status: RunStatus::Running,
-        error: None,
-        trace_sha256: None,
-        events: 0,
         owner: crate::trace::rundir::Owner::me(),
         options: Some(plan.options()),
         resumes: Vec::new(),
         agent_process: agent_process(agent),
         plan: plan.plan_item.clone(),
         gpus: plan.suite.sandbox.gpus.clone().map(GpuRecord::asked),
+        ..Default::default()
     }
 }
 
@@ -213,10 +216,7 @@ pub async fn resume(
         .map_err(|e| SessionError::NotResumable(e.to_string()))?;
     let state = crate::runner::ResumeState::of(&trace)
         .map_err(|e| SessionError::NotResumable(format!("{}: {e}", events_path.display())))?;
-    let agent = match plan.prebuilt.take() {
-        Some(a) => a,
-        None => plan.agent.build(&plan.home, &plan.llm, &plan.agent_env)?,
-    };
+    let agent = build_agent(&mut plan)?;
     let docker = engine::connect().await?;
     let _ = engine::sweep(&docker, None, engine::owner_alive).await;
     // Nothing of the run may outlive its stop into the restored workspace: every container of it is
@@ -687,9 +687,8 @@ async fn drive(
 
     let mut events = EventSink::new(Recorder::new(log), reporters);
     warn_at_start(&docker, &plan, quota_problem.as_deref(), &mut events).await;
-    if let Some(sb) = &sandbox {
-        record_gpus(&plan, sb.as_ref(), &mut meta, &dir, &mut events).await;
-    }
+    let host = (&mut meta, &dir, quota_problem.as_deref());
+    record_host(&plan, sandbox.as_deref(), host, &mut events).await;
     let mut result = match &sandbox {
         Some(sb) => {
             let mut runner = make_runner(
@@ -838,6 +837,46 @@ async fn warn_at_start(
     }
     if let Some(w) = reference_warning(plan) {
         events.warn(w);
+    }
+}
+
+/// What the run's sandbox runs on, into run.json: the engine and the guarantees in force, and the
+/// GPUs (nothing when the sandbox could not be made).
+async fn record_host(
+    plan: &RunPlan,
+    sandbox: Option<&DockerSandbox>,
+    (meta, dir, quota_problem): (&mut RunMeta, &RunDir, Option<&str>),
+    events: &mut EventSink,
+) {
+    if let Some(sb) = sandbox {
+        record_isolation(meta, dir, quota_problem, events);
+        record_gpus(plan, sb, meta, dir, events).await;
+    }
+}
+
+/// The engine and the guarantees in force, into run.json (and a warning for Podman's `vfs`
+/// storage, which copies a whole image for every container).
+fn record_isolation(
+    meta: &mut RunMeta,
+    dir: &RunDir,
+    quota_problem: Option<&str>,
+    events: &mut EventSink,
+) {
+    let facts = crate::docker::flavor::current();
+    if facts.storage_driver == "vfs" {
+        events.warn(format!("{}: the vfs storage driver copies the whole image for every container; set driver = \"overlay\" under [storage] in ~/.config/containers/storage.conf", facts.kind));
+    }
+    let exec = meta
+        .agent_process
+        .is_some()
+        .then(crate::agent::confine::isolation);
+    meta.isolation = Some(crate::docker::flavor::isolation(
+        &facts,
+        quota_problem,
+        exec,
+    ));
+    if let Err(e) = rundir::write_json_atomic(&dir.run_json(), meta) {
+        tracing::warn!("could not write {}: {e}", dir.run_json().display());
     }
 }
 

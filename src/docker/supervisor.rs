@@ -36,8 +36,15 @@ pub(crate) const SOCKET_IN_SANDBOX: &str = "/.gptx/io.sock";
 const MAX_FRAME: usize = 4 << 20;
 const HEADER: usize = 13;
 
-/// The host copy's mode: its owner's to read, anyone's to run.
-const MODE: u32 = 0o711;
+/// The host copy's mode: its owner's to read (root's), anyone's to run. Without root the owner is
+/// the harness's user, which rootless Podman's keep-id makes the sandbox user: then no one may read
+/// it (a bind mount read-only, so no chmod), and each process writes it afresh.
+fn mode() -> u32 {
+    match rustix::process::geteuid().is_root() {
+        true => 0o711,
+        false => 0o111,
+    }
+}
 
 /// The host path of the supervisor's copy, written once per process: root-owned (or the user's),
 /// mode 0711, in a directory only its owner can write, named by the binary's hash.
@@ -49,13 +56,16 @@ pub(crate) fn host_copy() -> Result<&'static Path, String> {
         .map_err(Clone::clone)
 }
 
-fn runtime_dir() -> PathBuf {
+pub(crate) fn runtime_dir() -> PathBuf {
     let uid = rustix::process::geteuid();
     if uid.is_root() {
         return PathBuf::from("/run/gptx");
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("gptx"),
+    // Only a runtime directory that is there and the user's: a Slurm job may carry the login
+    // node's `XDG_RUNTIME_DIR` to a node where it does not exist.
+    let mine = |d: &Path| std::fs::metadata(d).is_ok_and(|m| m.is_dir() && m.uid() == uid.as_raw());
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(d) if d.is_absolute() && mine(&d) => d.join("gptx"),
         _ => std::env::temp_dir().join(format!("gptx-{}", uid.as_raw())),
     }
 }
@@ -66,10 +76,10 @@ fn install(tmp: &Path, path: &Path) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(MODE)
+        .mode(mode())
         .open(tmp)?;
     f.write_all(BINARY)
-        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(MODE)))
+        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(mode())))
         .and_then(|()| std::fs::rename(tmp, path))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(tmp);
@@ -85,7 +95,7 @@ fn write_host_copy() -> Result<PathBuf, String> {
     // Execute-only for everyone else: a process that cannot read its own executable is made
     // non-dumpable by the kernel at exec, before its first instruction, so no command can open its
     // /proc/<pid>/fd/* even in the moment before it calls prctl.
-    let mode_ok = std::fs::metadata(&path).is_ok_and(|m| m.mode() & 0o7777 == MODE);
+    let mode_ok = std::fs::metadata(&path).is_ok_and(|m| m.mode() & 0o7777 == mode());
     if mode_ok && std::fs::read(&path).is_ok_and(|b| b == BINARY) {
         return Ok(path);
     }
@@ -215,7 +225,7 @@ async fn handshake(mut stream: tokio::net::UnixStream, waiting: &StdMutex<Option
     }
 }
 
-fn make_private_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn make_private_dir(dir: &Path) -> Result<(), String> {
     match std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)

@@ -21,6 +21,8 @@ pub enum WebError {
     NotReady { seconds: u64, output: String },
 }
 
+/// The sysctl that lets the server, not root, listen on port 80.
+const PORTS: &str = "net.ipv4.ip_unprivileged_port_start";
 /// A running web container.
 pub struct WebServer {
     docker: Docker,
@@ -134,11 +136,9 @@ impl WebServer {
                 nano_cpus: Some(1_000_000_000),
                 pids_limit: Some(256),
                 network_mode: Some(network.to_string()),
-                sysctls: Some(HashMap::from([(
-                    "net.ipv4.ip_unprivileged_port_start".to_string(),
-                    "0".to_string(),
-                )])),
+                sysctls: Some(HashMap::from([(PORTS.into(), "0".into())])),
                 readonly_rootfs: Some(true),
+                userns_mode: crate::docker::sandbox::userns(&crate::docker::flavor::current()),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {

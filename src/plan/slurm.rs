@@ -22,6 +22,9 @@ pub struct ScriptOptions {
     pub home: PathBuf,
     /// `GPTX_CACHE_DIR`, when set at submission (else each node's default).
     pub cache: Option<PathBuf>,
+    /// `GPTX_ENGINE` (`docker` or `podman`), when set at submission: the tasks use it even where
+    /// sbatch does not pass the submitter's environment (`--export=NONE`).
+    pub engine: Option<String>,
     /// Where the tasks' output goes (`%A_%a.out` per task).
     pub log_dir: PathBuf,
     /// How many times a failed task requeues itself.
@@ -145,6 +148,27 @@ fn header(plan: &Plan, o: &ScriptOptions) -> String {
     s
 }
 
+/// The engine the tasks are to use, from `GPTX_ENGINE` at submission: a name only (`docker`,
+/// `podman`), never a socket, since each task's gptx starts its own Podman service.
+pub fn submitted_engine() -> Option<String> {
+    let engine = std::env::var("GPTX_ENGINE").ok();
+    engine.filter(|e| e == "docker" || e == "podman")
+}
+
+/// The script's `export` lines for the cache and the engine, when set at submission.
+fn exports(o: &ScriptOptions) -> String {
+    let q = |p: &str| shell_quote(p);
+    let cache = o
+        .cache
+        .as_ref()
+        .map(|c| ("GPTX_CACHE_DIR", c.display().to_string()));
+    let engine = o.engine.clone().map(|e| ("GPTX_ENGINE", e));
+    let lines = [cache, engine].into_iter().flatten();
+    lines
+        .map(|(k, v)| format!("export {k}={}\n", q(&v)))
+        .collect()
+}
+
 /// The sbatch job script of `plan`'s items `o.indices`.
 pub fn script(plan: &Plan, o: &ScriptOptions) -> Result<String, SlurmError> {
     check(plan, o)?;
@@ -186,11 +210,7 @@ fi
 exit "$rc"
 "#,
         home = q(&o.home),
-        cache = o
-            .cache
-            .as_ref()
-            .map(|c| format!("export GPTX_CACHE_DIR={}\n", q(c)))
-            .unwrap_or_default(),
+        cache = exports(o),
         gptx = q(&o.gptx),
         plan = q(&o.plan_path),
         id = plan.plan_id,
@@ -313,6 +333,7 @@ mod tests {
             plan_path: "/p/it's here/plan.json".into(),
             home: "/h".into(),
             cache: None,
+            engine: None,
             log_dir: log.into(),
             retries: 2,
             indices: vec![0],

@@ -7,6 +7,7 @@
 //! bootstrap over the agent's runs (one per seed), with a fixed resampling seed so a report is
 //! reproducible from the same runs.
 
+use crate::stages::contamination;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,12 @@ pub struct RunEntry {
     /// `t_text_in_workspace` note): the stages it was found in were rejected.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub contaminated: bool,
+    /// The engine and the guarantees not in force (`Isolation::label`); None: not recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    /// Some guarantee of the sandbox did not hold in this run (rootless, no disk limit, ...).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reduced_isolation: bool,
 }
 
 /// GPU-seconds of a run, or an agent's mean per run: the GPUs of the agent's sandbox (the number or
@@ -279,6 +286,8 @@ impl PlanState {
 
 /// What a provisional board says above its table.
 /// The heading of the runs a board lists apart.
+/// The heading over a board's isolation levels, when its runs did not all have every guarantee.
+const ISOLATION: &str = "Isolation (the engine, and the sandbox guarantees not in force)";
 const UNRANKED: &str = "Runs not ranked (unfinished, unverified, or scored by an earlier formula)";
 const PROVISIONAL: &str = "INCOMPLETE: a plan on this board is not done, so its agents are not ranked (#: –) until every item is done";
 
@@ -424,6 +433,22 @@ fn sandbox_cpu_seconds(score: &RunScore) -> f64 {
     cpu
 }
 
+/// A run's marks: its integrity ledger in short, whether hidden text was found in what it wrote,
+/// and whether some guarantee of the sandbox did not hold.
+fn marks(meta: &RunMeta, score: &RunScore) -> (Vec<String>, bool, bool) {
+    let notes = score.integrity.iter();
+    let integrity = notes.map(|n| format!("{} ×{}", n.kind, n.count)).collect();
+    let contaminated = score
+        .integrity
+        .iter()
+        .any(|n| n.kind == contamination::KIND);
+    let reduced = meta
+        .isolation
+        .as_ref()
+        .is_some_and(|i| !i.missing().is_empty());
+    (integrity, contaminated, reduced)
+}
+
 fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
     let stages: BTreeMap<String, Option<f64>> = score
         .stages
@@ -465,6 +490,7 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
         }
         _ => score.stages.values().map(|s| s.wall_seconds).sum(),
     };
+    let (integrity, contaminated, reduced_isolation) = marks(meta, score);
     RunEntry {
         run_id: meta.run_id.clone(),
         agent: meta.agent.clone(),
@@ -481,16 +507,11 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
         cost_usd: cost,
         stages,
         passed,
-        integrity: score
-            .integrity
-            .iter()
-            .map(|n| format!("{} ×{}", n.kind, n.count))
-            .collect(),
+        integrity,
         resumed: meta.resumes.len() as u32,
-        contaminated: score
-            .integrity
-            .iter()
-            .any(|n| n.kind == crate::stages::contamination::KIND),
+        contaminated,
+        isolation: meta.isolation.as_ref().map(|i| i.label()),
+        reduced_isolation,
     }
 }
 
@@ -1124,7 +1145,92 @@ fn agent_marks(a: &AgentRow) -> String {
 
 /// What follows a run: resumed, and contaminated.
 fn run_marks(e: &RunEntry) -> String {
-    run_resumed_text(e.resumed) + &run_contaminated_text(e)
+    let reduced = if e.reduced_isolation {
+        " · reduced isolation"
+    } else {
+        ""
+    };
+    run_resumed_text(e.resumed) + &run_contaminated_text(e) + reduced
+}
+
+/// The board's isolation levels (engine and guarantees not in force), each with its runs; empty
+/// when every run had the same one and it lacked nothing, so a board that mixes levels says so.
+fn isolation_levels(b: &Board) -> Vec<(String, Vec<&RunEntry>)> {
+    let mut levels: BTreeMap<String, Vec<&RunEntry>> = BTreeMap::new();
+    for e in &b.entries {
+        let label = e.isolation.clone();
+        let label =
+            label.unwrap_or_else(|| "not recorded (a run from before gptx recorded it)".into());
+        levels.entry(label).or_default().push(e);
+    }
+    let reduced = b.entries.iter().any(|e| e.reduced_isolation);
+    match levels.len() > 1 || reduced {
+        true => levels.into_iter().collect(),
+        false => Vec::new(),
+    }
+}
+
+/// The markdown sections under a board's runs: those with integrity events, and the isolation levels.
+fn flagged_and_isolation_md(o: &mut String, b: &Board) {
+    let flagged = flagged(b);
+    if !flagged.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n### Runs with integrity events (ranked; what the harness cleaned up or refused)\n"
+        );
+        for e in flagged {
+            let _ = writeln!(
+                o,
+                "- `{}` (`{}`): {}",
+                e.run_id,
+                e.agent,
+                e.integrity.join(", ")
+            );
+        }
+    }
+    let levels = isolation_levels(b);
+    if !levels.is_empty() {
+        let _ = writeln!(o, "\n### {ISOLATION}\n");
+        for (label, runs) in levels {
+            let runs = run_list(&runs, |r| format!("`{r}`"));
+            let _ = writeln!(o, "- {label}: {runs}");
+        }
+    }
+}
+
+/// The HTML sections under a board's runs: those with integrity events, and the isolation levels.
+fn flagged_and_isolation_html(o: &mut String, b: &Board, links: bool) {
+    let flagged = flagged(b);
+    if !flagged.is_empty() {
+        o.push_str("<h3>Runs with integrity events</h3><ul>");
+        for e in flagged {
+            let _ = write!(
+                o,
+                "<li>{} (<code>{}</code>): {}</li>",
+                run_ref(&e.run_id, links),
+                html_escape(&e.agent),
+                html_escape(&e.integrity.join(", "))
+            );
+        }
+        o.push_str("</ul>");
+    }
+    let levels = isolation_levels(b);
+    if !levels.is_empty() {
+        let _ = write!(o, "<h3>{ISOLATION}</h3><ul>");
+        for (label, runs) in levels {
+            let runs = run_list(&runs, |r| run_ref(r, links));
+            let _ = write!(o, "<li>{}: {runs}</li>", html_escape(&label));
+        }
+        o.push_str("</ul>");
+    }
+}
+
+/// `` `r1`, `r2` `` (markdown) or linked run ids (HTML).
+fn run_list(runs: &[&RunEntry], each: impl Fn(&str) -> String) -> String {
+    runs.iter()
+        .map(|e| each(&e.run_id))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// ` · resumed 1×` after a run, when it was.
@@ -1261,19 +1367,7 @@ pub fn markdown(boards: &[Board]) -> String {
                 run_marks(e)
             );
         }
-        let flagged = flagged(b);
-        if !flagged.is_empty() {
-            let _ = writeln!(o, "\n### Runs with integrity events (ranked; what the harness cleaned up or refused)\n");
-            for e in flagged {
-                let _ = writeln!(
-                    o,
-                    "- `{}` (`{}`): {}",
-                    e.run_id,
-                    e.agent,
-                    e.integrity.join(", ")
-                );
-            }
-        }
+        flagged_and_isolation_md(&mut o, b);
         if !b.unfinished.is_empty() {
             let _ = writeln!(o, "\n### {UNRANKED}\n");
             let _ = writeln!(
@@ -1442,20 +1536,7 @@ pub fn html_body(boards: &[Board], links: bool) -> String {
             );
         }
         o.push_str("</table>");
-        let flagged = flagged(b);
-        if !flagged.is_empty() {
-            o.push_str("<h3>Runs with integrity events</h3><ul>");
-            for e in flagged {
-                let _ = write!(
-                    o,
-                    "<li>{} (<code>{}</code>): {}</li>",
-                    run_ref(&e.run_id, links),
-                    html_escape(&e.agent),
-                    html_escape(&e.integrity.join(", "))
-                );
-            }
-            o.push_str("</ul>");
-        }
+        flagged_and_isolation_html(&mut o, b, links);
         if !b.unfinished.is_empty() {
             let _ = write!(o, "<h3>{UNRANKED}</h3><table><tr><th class=\"l\">run</th><th class=\"l\">agent</th><th>seed</th><th class=\"l\">status</th><th class=\"l\">started</th><th class=\"l\">error</th></tr>");
             for u in &b.unfinished {

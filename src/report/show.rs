@@ -1179,9 +1179,7 @@ pub fn scorecard(meta: &RunMeta, score: &RunScore) -> String {
 /// The scorecard's last lines: the GPUs (when the run had any), each resume, the error, and
 /// whether the run can be resumed.
 fn run_notes(out: &mut String, meta: &RunMeta) {
-    if let Some(g) = &meta.gpus {
-        let _ = writeln!(out, "{}", gpu_line(g));
-    }
+    host_lines(out, meta);
     for r in &meta.resumes {
         let _ = writeln!(
             out,
@@ -1200,6 +1198,16 @@ fn run_notes(out: &mut String, meta: &RunMeta) {
             "resumable: `gptx resume {}` goes on from its last completed step",
             meta.run_id
         );
+    }
+}
+
+/// What the run ran on: its GPUs (when it had any) and the engine with the guarantees not in force.
+fn host_lines(out: &mut String, meta: &RunMeta) {
+    if let Some(g) = &meta.gpus {
+        let _ = writeln!(out, "{}", gpu_line(g));
+    }
+    if let Some(i) = &meta.isolation {
+        let _ = writeln!(out, "engine: {}", i.label());
     }
 }
 

@@ -11,9 +11,10 @@ use crate::config::suite::{Budgets, Gpus};
 use crate::trace::StageScore;
 
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    #[default]
     Running,
     Done,
     Failed,
@@ -31,8 +32,8 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
-/// `run.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `run.json` (its `Default` is an empty running run, for building one field by field).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunMeta {
     pub run_id: String,
     pub agent: String,
@@ -80,6 +81,48 @@ pub struct RunMeta {
     /// GPU; so are runs written before GPUs were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus: Option<GpuRecord>,
+    /// The engine the sandboxes ran on and which of the sandbox's guarantees held there (None in
+    /// runs written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+}
+
+/// The engine a run's sandboxes ran on, and every guarantee of the sandbox that depends on the
+/// host: whether it held, and if not, why and what stands in for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// `podman 4.3.1, rootless, overlay storage, cgroup v1`.
+    pub engine: String,
+    /// Whether the engine (and gptx) ran without root.
+    pub rootless: bool,
+    pub guarantees: Vec<Guarantee>,
+}
+
+/// One guarantee of the sandbox (SPEC §5) as it stood in a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guarantee {
+    /// `cgroup_limits`, `disk_limit`, `agent_uid`, `write_feed`, `exec_agent`.
+    pub name: String,
+    pub held: bool,
+    /// What holds: the guarantee itself, or, when it does not hold, why not and what stands in.
+    pub detail: String,
+}
+
+impl Isolation {
+    /// The names of the guarantees that did not hold (empty: all did).
+    pub fn missing(&self) -> Vec<&str> {
+        let out = self.guarantees.iter().filter(|g| !g.held);
+        out.map(|g| g.name.as_str()).collect()
+    }
+
+    /// `podman 4.3.1, rootless, … · not in force: cgroup_limits, disk_limit` (or `every
+    /// guarantee in force`): what a leaderboard tells runs apart by.
+    pub fn label(&self) -> String {
+        match self.missing() {
+            m if m.is_empty() => format!("{} · every guarantee in force", self.engine),
+            m => format!("{} · not in force: {}", self.engine, m.join(", ")),
+        }
+    }
 }
 
 /// A run's GPUs: what the suite asked for, and what `nvidia-smi` listed in the agent's sandbox.
@@ -714,17 +757,8 @@ mod mark_tests {
             gptx_version: "0".into(),
             images: BTreeMap::new(),
             started_at: chrono::Utc::now(),
-            ended_at: None,
-            status: RunStatus::Running,
-            error: None,
-            trace_sha256: None,
-            events: 0,
             owner,
-            options: None,
-            resumes: Vec::new(),
-            agent_process: None,
-            plan: None,
-            gpus: None,
+            ..Default::default()
         };
         write_json_atomic(&dir.run_json(), &meta).unwrap();
         dir
