@@ -8,9 +8,14 @@ use std::os::unix::fs::PermissionsExt;
 
 use serde_json::Value;
 
-/// A directory under the system's temp dir that any user may enter (for agents' programs).
+/// A directory any user may enter, for agents' programs: under the system's temp dir as root (the
+/// agent runs as `nobody`), else under the target's (a confined agent gets a fresh `/tmp`).
 fn readable_dir() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
+    let d = if rustix::process::geteuid().is_root() {
+        tempfile::tempdir().unwrap()
+    } else {
+        tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+    };
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }

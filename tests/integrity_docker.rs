@@ -36,6 +36,20 @@ fn score_json(v: &Value) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("score.json")).unwrap()).unwrap()
 }
 
+/// A guarantee of the run by name, as run.json's `isolation.guarantees` records it (where a
+/// rootless run says what is not in force).
+fn guarantee(v: &Value, name: &str) -> Value {
+    let dir = Path::new(v["dir"].as_str().unwrap());
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    let all = meta["isolation"]["guarantees"].as_array().cloned();
+    let found = all
+        .unwrap_or_default()
+        .into_iter()
+        .find(|g| g["name"] == name);
+    found.unwrap_or_else(|| panic!("no guarantee {name} in run.json: {meta}"))
+}
+
 /// A heartbeat started in one stage must be dead in the next, and before the first is graded.
 #[tokio::test(flavor = "multi_thread")]
 async fn processes_do_not_outlive_their_stage() {
@@ -258,6 +272,31 @@ for line in sys.stdin:
         break
 "#;
 
+/// One of the hidden documents of a world already built on this machine.
+fn a_hidden_document() -> std::path::PathBuf {
+    let worlds = common::home().cache().join("worlds");
+    std::fs::read_dir(&worlds)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("hidden"))
+        .find(|p| p.is_dir())
+        .and_then(|d| std::fs::read_dir(d).unwrap().flatten().next())
+        .map(|e| e.path())
+        .expect("a built world with hidden documents")
+}
+
+/// A directory anyone may read; without root outside /tmp (a confined agent has its own /tmp).
+fn readable_code_dir(root: bool) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let code = match root {
+        true => tempfile::tempdir(),
+        false => tempfile::tempdir_in(std::env::var_os("HOME").expect("HOME")),
+    }
+    .unwrap();
+    std::fs::set_permissions(code.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    code
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn external_agents_run_unprivileged_with_a_cleared_environment() {
     let (docker, _) = common::docker_and_image().await;
@@ -272,18 +311,10 @@ async fn external_agents_run_unprivileged_with_a_cleared_environment() {
     );
     let other = Path::new(first["dir"].as_str().unwrap()).to_path_buf();
     assert!(other.join("score.json").exists());
-    let worlds = common::home().cache().join("worlds");
-    let hidden = std::fs::read_dir(&worlds)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("hidden"))
-        .find(|p| p.is_dir())
-        .and_then(|d| std::fs::read_dir(d).unwrap().flatten().next())
-        .map(|e| e.path())
-        .expect("a built world with hidden documents");
+    let hidden = a_hidden_document();
     // The agent's own program sits where anyone may read it.
-    let code = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(code.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = rustix::process::geteuid().is_root();
+    let code = readable_code_dir(root);
     let script = code.path().join("snoop.py");
     std::fs::write(&script, SNOOP).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -315,15 +346,18 @@ async fn external_agents_run_unprivileged_with_a_cleared_environment() {
         .filter(|e| e["type"] == "agent_log")
         .map(|e| e["text"].as_str().unwrap().to_string())
         .collect();
-    let root = rustix::process::geteuid().is_root();
+    // As root the agent is nobody; without root it is the harness's user, confined in namespaces
+    // of its own, and run.json says so. Either way it reads neither file.
     if root {
         assert!(logs.contains("UID 65534"), "{logs}");
-        assert!(!logs.contains("READ "), "{logs}");
-        assert!(
-            logs.contains(&format!("DENIED {}", hidden.display())),
-            "{logs}"
-        );
+    } else {
+        assert_eq!(guarantee(&v, "exec_agent")["held"], true, "{logs}");
     }
+    assert!(!logs.contains("READ "), "{logs}");
+    assert!(
+        logs.contains(&format!("DENIED {}", hidden.display())),
+        "{logs}"
+    );
     assert!(logs.contains("SECRET absent"), "{logs}");
     assert!(logs.contains("PASSED given"), "{logs}");
     assert!(
@@ -563,14 +597,27 @@ async fn stdout_on_hidden_data_is_never_quoted() {
     common::assert_nothing_left(&docker, &v).await;
 }
 
+/// The bytes allocated on disk to `p` and, for a directory, everything below it.
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    let own = m.blocks() * 512;
+    if m.is_dir() {
+        own + std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| allocated(&e.path()))
+            .sum::<u64>()
+    } else {
+        own
+    }
+}
+
 /// Filling the disk: the workspace and /tmp each stop at their limit inside the sandbox (ENOSPC),
 /// the root filesystem is read-only, and the host loses no more than the workspace's image.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: disk limits need root (a loop-mounted image)");
-        return;
-    }
+    let root = rustix::process::geteuid().is_root();
     let (docker, _) = common::docker_and_image().await;
     let runs = tempfile::tempdir().unwrap();
     let suite = std::fs::read_to_string(concat!(
@@ -602,6 +649,17 @@ async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
     );
     let r = &steps(&v)[0]["result"];
     let out = r["stdout"].as_str().unwrap();
+    if !root {
+        // The workspace's limit is a loop-mounted image, root's alone: run.json says it is not in
+        // force; /tmp still stops at its limit and the root file system is still read-only.
+        assert_eq!(guarantee(&v, "disk_limit")["held"], false);
+        assert!(out.contains("tmp=1") && !out.contains("etc=0"), "{r}");
+        assert!(out.contains("Read-only file system"), "{r}");
+        let err = r["stderr"].as_str().unwrap();
+        assert!(err.contains("No space left on device"), "{r}");
+        common::assert_nothing_left(&docker, &v).await;
+        return;
+    }
     assert!(out.contains("ws=1") && out.contains("tmp=1"), "{r}");
     assert!(!out.contains("etc=0"), "{r}");
     let err = r["stderr"].as_str().unwrap();
@@ -609,20 +667,6 @@ async fn the_disk_has_limits_that_hold_inside_the_sandbox() {
     assert!(out.contains("Read-only file system"), "{r}");
     // What the run left on the host: the workspace's 64 MiB at most (it is kept), and the trace;
     // the 300 MB written to /tmp never reached the host's disk.
-    fn allocated(p: &Path) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(p).unwrap();
-        let own = m.blocks() * 512;
-        if m.is_dir() {
-            own + std::fs::read_dir(p)
-                .unwrap()
-                .flatten()
-                .map(|e| allocated(&e.path()))
-                .sum::<u64>()
-        } else {
-            own
-        }
-    }
     let used = allocated(Path::new(v["dir"].as_str().unwrap()));
     assert!(used < 80 << 20, "the run holds {} MiB", used >> 20);
     let dir = Path::new(v["dir"].as_str().unwrap());
@@ -786,6 +830,17 @@ fn verify_catches_edited_scores_and_outputs_and_the_leaderboard_ranks_only_verif
     assert!(u.error.as_deref().unwrap().contains("score.json"));
 }
 
+/// The engine's version, and whether it is a Docker Engine without the CVE-2024-29018 fix.
+async fn engine_lacks_dns_fix(docker: &bollard::Docker) -> (String, bool) {
+    let engine = docker.version().await.unwrap();
+    let version = engine.version.clone().unwrap();
+    // Podman's versions are its own, and its networks have no DNS server to fix: no warning there.
+    let components = engine.components.unwrap_or_default();
+    let podman = components.iter().any(|c| c.name == "Podman Engine");
+    let lacks = !podman && gptx::docker::engine::lacks_dns_fix(&version);
+    (version, lacks)
+}
+
 /// World names resolve from host entries, not DNS; anything else goes to an upstream routed nowhere;
 /// on this engine (before the CVE-2024-29018 fix) the trace says which mitigation is in force.
 #[tokio::test(flavor = "multi_thread")]
@@ -817,13 +872,9 @@ async fn world_names_resolve_without_dns_and_nothing_else_resolves() {
     );
     assert!(lines.next().unwrap().contains('.'), "{out}");
     assert_eq!(lines.next(), Some("unresolved"), "{out}");
-    let version = docker.version().await.unwrap().version.unwrap();
+    let (version, lacks_fix) = engine_lacks_dns_fix(&docker).await;
     let warned = stderr.contains("CVE-2024-29018") && stderr.contains("192.0.2.53");
-    assert_eq!(
-        warned,
-        gptx::docker::engine::lacks_dns_fix(&version),
-        "{version}"
-    );
+    assert_eq!(warned, lacks_fix, "{version}");
     common::assert_nothing_left(&docker, &v).await;
 }
 

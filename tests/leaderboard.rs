@@ -50,13 +50,10 @@ fn stage(score: f64, bpb: Option<f64>, cpu: f64, name: &str) -> StageSummary {
     }
 }
 
-/// Writes a fake run: `run.json`, `score.json` and the trace the leaderboard checks `score.json`
-/// against (it ranks only runs that verify).
-fn write(dir: &Path, f: &Fake) {
-    let run = dir.join(f.id);
-    std::fs::create_dir_all(&run).unwrap();
+/// The fake run's `run.json`, without a trace yet.
+fn run_meta(f: &Fake) -> RunMeta {
     let started: chrono::DateTime<chrono::Utc> = "2026-11-29T10:00:00Z".parse().unwrap();
-    let mut meta = RunMeta {
+    RunMeta {
         run_id: f.id.into(),
         agent: f.agent.into(),
         suite: "mini".into(),
@@ -80,7 +77,16 @@ fn write(dir: &Path, f: &Fake) {
         agent_process: None,
         plan: None,
         gpus: None,
-    };
+        isolation: None,
+    }
+}
+
+/// Writes a fake run: `run.json`, `score.json` and the trace the leaderboard checks `score.json`
+/// against (it ranks only runs that verify).
+fn write(dir: &Path, f: &Fake) {
+    let run = dir.join(f.id);
+    std::fs::create_dir_all(&run).unwrap();
+    let mut meta = run_meta(f);
     write_json_atomic(&run.join("run.json"), &meta).unwrap();
     if f.status == RunStatus::Running {
         return;

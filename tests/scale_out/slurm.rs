@@ -9,20 +9,18 @@ use std::time::{Duration, Instant};
 use crate::common::gptx;
 
 /// A private cluster, stopped when dropped (also when the test fails).
-struct Cluster {
-    dir: PathBuf,
-    conf: String,
+pub(super) struct Cluster {
+    pub(super) dir: PathBuf,
+    pub(super) conf: String,
     _tmp: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn start(nodes: u32) -> Self {
+    pub(super) fn start(nodes: u32) -> Self {
         for program in ["slurmctld", "slurmd", "munged", "sbatch"] {
+            let check = format!("command -v {program} || test -x /usr/sbin/{program}");
             let found = Command::new("sh")
-                .args([
-                    "-c",
-                    &format!("command -v {program} || test -x /usr/sbin/{program}"),
-                ])
+                .args(["-c", &check])
                 .output()
                 .is_ok_and(|o| o.status.success());
             assert!(
@@ -58,7 +56,7 @@ impl Cluster {
         }
     }
 
-    fn cmd(&self, program: &str) -> Command {
+    pub(super) fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("SLURM_CONF", &self.conf);
         c
@@ -337,22 +335,19 @@ async fn a_plan_on_two_slurm_nodes_survives_a_requeue_and_ends_every_item_done()
     );
 }
 
-/// The tasks' output (the plan's `slurm/*.out`), for a failure message.
-fn logs(runs: &Path) -> String {
+/// The tasks' output (the plan's `slurm/*.out`, each one's last lines), for a failure message.
+pub(super) fn logs(runs: &Path) -> String {
     let mut text = String::new();
     let Ok(plans) = std::fs::read_dir(runs.join(".plans")) else {
         return text;
     };
     for plan in plans.flatten() {
-        for e in std::fs::read_dir(plan.path().join("slurm"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        let entries = std::fs::read_dir(plan.path().join("slurm")).into_iter();
+        for e in entries.flatten().flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "out") {
                 let body = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = body.lines().rev().take(15).collect();
+                let tail: Vec<&str> = body.lines().rev().take(30).collect();
                 text.push_str(&format!("== {}\n", p.display()));
                 for l in tail.into_iter().rev() {
                     text.push_str(l);

@@ -47,6 +47,16 @@
 # and would cut jobs off from ports that containers publish on 127.0.0.1.) Each node declares
 # CPUs=2 RealMemory=8000 (or $GPTX_SLURM_CPUS_PER_NODE, $GPTX_SLURM_MEM_PER_NODE) whatever the hardware (SlurmdParameters=config_overrides). Memory is
 # counted, not enforced (no cgroups): a job without --mem gets DefMemPerCPU=1000 MB per CPU.
+# Jobs of an ordinary user: any local user with a passwd entry can submit, with nothing more
+# than SLURM_CONF in its environment (e.g. `runuser -u USER -- env SLURM_CONF=DIR/slurm.conf
+# sbatch ...`): slurm.conf is world-readable, the munge socket world-connectable (srwxrwxrwx in a
+# 0755 directory under DIR, which `start` makes go+x). slurmd runs as root (SlurmdUser=root) and
+# starts the job as the submitting uid with its groups; the --output file is created as that user
+# (its directory must be writable by the user); `scontrol show job`, jobcomp.txt: UserId=USER(uid).
+# Such a job has no login session: no XDG_RUNTIME_DIR unless the submitter's environment carried
+# one (sbatch exports it as it is, whether or not the directory exists on the node). Root's
+# scancel, scontrol requeue and `stop` handle the user's jobs like root's (SlurmUser=root).
+# tests/scale_out/slurm_podman.rs runs a plan this way, under the user's rootless Podman.
 # Ports: NODES+1 consecutive free TCP ports are picked at random in 20000-32767 (below the
 # ephemeral range), so clusters started in different DIRs, or a system Slurm, never clash.
 #
