@@ -440,6 +440,72 @@ fn a_resumed_run_is_ranked_and_marked() {
     assert!(json.to_string().contains("\"resumed\":1"));
 }
 
+/// A board whose runs ran under different isolation says so: its levels (engine and the guarantees
+/// not in force) each with their runs, and each run that lacked a guarantee marked, in the
+/// markdown, the HTML and the JSON; a board of one full level says nothing.
+#[test]
+fn runs_of_different_isolation_are_never_mixed_unknowingly() {
+    use gptx::trace::rundir::{Guarantee, Isolation};
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = |id| Fake {
+        id,
+        agent: "reference",
+        seed: if id == "r1" { 1 } else { 2 },
+        world: "aaaa",
+        status: RunStatus::Done,
+        scores: [1.0; 5],
+        bpb: Some(1.4),
+        cpu: 10.0,
+    };
+    let isolation = |engine: &str, disk: bool| Isolation {
+        engine: engine.into(),
+        rootless: !disk,
+        guarantees: vec![Guarantee {
+            name: "disk_limit".into(),
+            held: disk,
+            detail: "d".into(),
+        }],
+    };
+    let set = |id: &str, i: Isolation| {
+        let path = tmp.path().join(id).join("run.json");
+        let mut meta: RunMeta = gptx::trace::rundir::read_json(&path).unwrap();
+        meta.isolation = Some(i);
+        write_json_atomic(&path, &meta).unwrap();
+    };
+    let opts = Options {
+        suite: None,
+        resamples: 100,
+    };
+    write(tmp.path(), &fake("r1"));
+    set("r1", isolation("docker 20.10.24, root", true));
+    let md = leaderboard::markdown(&leaderboard::collect(tmp.path(), None, &opts).unwrap());
+    assert!(
+        !md.contains("Isolation") && !md.contains("reduced isolation"),
+        "{md}"
+    );
+    write(tmp.path(), &fake("r2"));
+    set("r2", isolation("podman 4.3.1, rootless", false));
+    let boards = leaderboard::collect(tmp.path(), None, &opts).unwrap();
+    let md = leaderboard::markdown(&boards);
+    assert!(md.contains("### Isolation"), "{md}");
+    assert!(
+        md.contains("- docker 20.10.24, root · every guarantee in force: `r1`"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- podman 4.3.1, rootless · not in force: disk_limit: `r2`"),
+        "{md}"
+    );
+    assert!(
+        md.contains("`r2` · reduced isolation") && !md.contains("`r1` · reduced"),
+        "{md}"
+    );
+    let html = leaderboard::html_body(&boards, false);
+    assert!(html.contains("not in force: disk_limit"), "{html}");
+    let json = serde_json::to_value(&boards[0]).unwrap().to_string();
+    assert!(json.contains("\"isolation\":[\"docker 20.10.24, root · every guarantee in force\",\"podman 4.3.1, rootless · not in force: disk_limit\"]"), "{json}");
+}
+
 /// GPU-seconds are the GPUs of the agent's sandbox × the run's wall time (60 s here): the count
 /// asked for, or for "all" how many nvidia-smi listed; "?" when "all" was never counted, "–"
 /// without GPUs, in the markdown, the HTML and the JSON.

@@ -192,3 +192,33 @@ fn the_scorecard_names_the_gpus() {
     let known = "GPUs: 2 × NVIDIA H100 80GB HBM3 (81559 MiB) · --gpus device=0,1";
     assert!(card.lines().any(|l| l == known), "{card}");
 }
+
+/// The scorecard names the engine and the guarantees that did not hold (run.json's `isolation`),
+/// and says nothing for a run that did not record them.
+#[test]
+fn the_scorecard_names_the_engine_and_the_guarantees_not_in_force() {
+    use gptx::trace::rundir::{read_json, Guarantee, Isolation, RunMeta, RunScore};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = synth(tmp.path(), Synth::default());
+    let mut meta: RunMeta = read_json(&dir.run_json()).unwrap();
+    let score: RunScore = read_json(&dir.score_json()).unwrap();
+    let card = gptx::report::show::scorecard(&meta, &score);
+    assert!(!card.contains("engine:"), "{card}");
+    let g = |name: &str, held| Guarantee {
+        name: name.into(),
+        held,
+        detail: String::new(),
+    };
+    meta.isolation = Some(Isolation {
+        engine: "podman 4.3.1, rootless, overlay storage, cgroup v1".into(),
+        rootless: true,
+        guarantees: vec![
+            g("cgroup_limits", false),
+            g("agent_uid", false),
+            g("exec_agent", true),
+        ],
+    });
+    let card = gptx::report::show::scorecard(&meta, &score);
+    let line = "engine: podman 4.3.1, rootless, overlay storage, cgroup v1 · not in force: cgroup_limits, agent_uid";
+    assert!(card.lines().any(|l| l == line), "{card}");
+}

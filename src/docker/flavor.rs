@@ -251,6 +251,38 @@ mod tests {
     }
 
     #[test]
+    fn each_guarantee_is_held_or_says_why_not() {
+        let docker = EngineFacts {
+            version: "20.10.24".into(),
+            ..EngineFacts::default()
+        };
+        let full = isolation(&docker, None, None);
+        assert!(full.missing().is_empty(), "{full:?}");
+        let names: Vec<&str> = full.guarantees.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["cgroup_limits", "disk_limit", "agent_uid", "write_feed"]
+        );
+        let podman = EngineFacts {
+            kind: "podman".into(),
+            rootless: true,
+            cgroup_version: "1".into(),
+            cgroup_limits: false,
+            ..EngineFacts::default()
+        };
+        let why = "gptx is not running as root, so it cannot mount one";
+        let reduced = isolation(&podman, Some(why), Some("namespaces"));
+        assert!(reduced.rootless);
+        let missing = ["cgroup_limits", "disk_limit", "agent_uid", "write_feed"];
+        assert_eq!(reduced.missing(), missing);
+        let disk = &reduced.guarantees[1];
+        assert!(disk.detail.starts_with(why), "{}", disk.detail);
+        assert!(reduced.guarantees[0].detail.contains("cgroup v1"));
+        let unconfined = isolation(&podman, Some(why), Some("none"));
+        assert_eq!(unconfined.missing().last(), Some(&"exec_agent"));
+    }
+
+    #[test]
     fn the_summary_names_engine_mode_storage_and_cgroups() {
         let f = EngineFacts {
             kind: "podman".into(),

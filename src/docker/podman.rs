@@ -16,6 +16,7 @@ impl Drop for Service {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(self.socket.with_extension("log"));
     }
 }
 
@@ -82,11 +83,19 @@ fn start() -> Result<Service, String> {
     crate::docker::supervisor::make_private_dir(&dir)?;
     let socket = dir.join(format!("podman-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
+    // Its log lines (warnings about systemd it does not have, say) are not gptx's output.
+    let log = std::fs::File::create(socket.with_extension("log")).map_err(|e| {
+        format!(
+            "--engine podman: {}: {e}",
+            socket.with_extension("log").display()
+        )
+    })?;
     let mut cmd = std::process::Command::new("podman");
     cmd.args(["system", "service", "--time=0"])
         .arg(format!("unix://{}", socket.display()))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
+        .stderr(log)
         .process_group(0);
     // SAFETY: only prctl, async-signal-safe, between fork and exec.
     unsafe {
@@ -109,7 +118,11 @@ fn wait_until_answering(service: &mut Service) -> Result<(), String> {
     let t0 = std::time::Instant::now();
     while t0.elapsed() < Duration::from_secs(30) {
         if let Ok(Some(status)) = service.child.try_wait() {
-            return Err(format!("--engine podman: `podman system service` exited ({status}) before it answered; try `podman info` to see why"));
+            let log = std::fs::read_to_string(service.socket.with_extension("log"));
+            let log = log.unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            return Err(format!("--engine podman: `podman system service` exited ({status}) before it answered:\n{tail}"));
         }
         if ping(&service.socket) {
             return Ok(());

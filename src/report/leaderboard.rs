@@ -185,6 +185,10 @@ pub struct AgentRow {
     /// Its runs with text of the hidden test documents in what the agent wrote.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub contaminated: Vec<String>,
+    /// The isolation levels its runs ran under (`Isolation::label`; empty: none recorded). More
+    /// than one, or one lacking a guarantee, is listed under the board too.
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub isolation: std::collections::BTreeSet<String>,
     pub index_mean: f64,
     /// 95% percentile-bootstrap interval of the mean over runs; None with a single run.
     pub index_ci95: Option<(f64, f64)>,
@@ -515,6 +519,12 @@ fn entry(meta: &RunMeta, score: &RunScore) -> RunEntry {
     }
 }
 
+/// The ids of the runs `pick` picks.
+fn run_ids(runs: &[&RunEntry], pick: impl Fn(&RunEntry) -> bool) -> Vec<String> {
+    let picked = runs.iter().filter(|r| pick(r));
+    picked.map(|r| r.run_id.clone()).collect()
+}
+
 fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usize) -> AgentRow {
     let index: Vec<f64> = runs.iter().map(|r| r.bootstrap_index).collect();
     let mut levels = [0usize; 7];
@@ -562,11 +572,8 @@ fn agent_row(agent: &str, runs: &[&RunEntry], stages: &[String], resamples: usiz
         levels,
         assisted: runs.iter().filter(|r| r.assisted_level.is_some()).count(),
         resumed: runs.iter().filter(|r| r.resumed > 0).count(),
-        contaminated: runs
-            .iter()
-            .filter(|r| r.contaminated)
-            .map(|r| r.run_id.clone())
-            .collect(),
+        contaminated: run_ids(runs, |r| r.contaminated),
+        isolation: runs.iter().filter_map(|r| r.isolation.clone()).collect(),
         index_mean: crate::trace::round(mean(&index), 3),
         index_ci95: bootstrap_ci95(&index, resamples, name_seed(agent))
             .map(|(a, b)| (crate::trace::round(a, 3), crate::trace::round(b, 3))),

@@ -18,6 +18,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bollard::Docker;
+
 /// The ordinary user the jobs run as: tests/rootless/common.sh's (GPTX_ROOTLESS_USER overrides it).
 fn user_name() -> String {
     std::env::var("GPTX_ROOTLESS_USER").unwrap_or_else(|_| "gptxuser".into())
@@ -165,54 +167,34 @@ fn job_services(uid: u32, job: &str) -> Vec<(u32, String)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "run as root (CI does): the test starts slurmd and submits the plan as an ordinary user"
-    );
-    let docker = gptx::docker::engine::connect()
-        .await
-        .expect("the root Docker engine (the test checks that the runs never touch it)");
-    let mut user = prepare_user(&user_name());
-    let cluster = Cluster::start(2);
-    user.env = vec![
-        ("SLURM_CONF".into(), cluster.conf.clone()),
-        ("GPTX_HOME".into(), env!("CARGO_MANIFEST_DIR").into()),
-        // `gptx slurm submit` does not talk to the engine (it leaves this as it is); sbatch hands
-        // it to the tasks, whose `gptx run` starts a rootless Podman service of its own.
-        ("GPTX_ENGINE".into(), "podman".into()),
-    ];
+/// The plan's items and their states, as the user's `gptx runs --json --plan` reports them.
+fn plan_states(user: &User, plan: &Path) -> serde_json::Value {
+    common::json_of(user.gptx().args(["runs", "--json", "--plan"]).arg(plan))
+}
 
-    // The plan and its runs belong to the user.
-    let work = tempfile::Builder::new()
-        .prefix("gptx-slurm-podman-work")
-        .tempdir()
-        .unwrap();
-    std::os::unix::fs::chown(work.path(), Some(user.uid), None).unwrap();
-    let plan = work.path().join("plan.json");
-    let runs = work.path().join("runs");
+/// Writes the plan, as the user in `work`: two items, and checks that it has them.
+fn write_plan(user: &User, work: &Path, plan: &Path) {
     // Two items side by side, one per node: the null agent, and the reference's crawl, which
     // works in its sandbox and crawls the world through the sandbox network.
     stdout_of(
         user.gptx()
-            .current_dir(work.path())
+            .current_dir(work)
             .args(["plan", "--suite", "mini", "--seeds", "1"])
             .args(["--stages", "crawl,tokenize"])
             .args(["--agent", "null", "--agent", "reference:crawl"])
             .arg("--out")
-            .arg(&plan),
+            .arg(plan),
     );
-    let states = || common::json_of(user.gptx().args(["runs", "--json", "--plan"]).arg(&plan));
-    assert_eq!(states()["tally"]["items"], 2);
+    assert_eq!(plan_states(user, plan)["tally"]["items"], 2);
+}
 
-    let t0 = Instant::now();
-    let since = unix_now() - 5;
+/// Submits the plan as the user and returns the job id, checking that Slurm runs it as the user.
+fn submit(user: &User, cluster: &Cluster, work: &Path, plan: &Path) -> String {
     let job = stdout_of(
         user.gptx()
-            .current_dir(work.path())
+            .current_dir(work)
             .args(["slurm", "submit", "--plan"])
-            .arg(&plan),
+            .arg(plan),
     )
     .trim()
     .to_string();
@@ -223,24 +205,36 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
         show.contains(&format!("UserId={}({})", user.name, user.uid)),
         "{show}"
     );
+    job
+}
 
+/// Waits for both items to be done and the tasks to end: the last states and the services seen.
+async fn wait_for_items(
+    docker: &Docker,
+    user: &User,
+    cluster: &Cluster,
+    job: &str,
+    plan: &Path,
+    runs: &Path,
+    t0: Instant,
+) -> (serde_json::Value, Vec<(u32, String)>) {
     // Until both items are done and the tasks have ended: no run of the plan ever has a container,
     // network or volume in the root Docker engine, and each task's gptx runs a Podman service of
     // its own.
     let mut services: Vec<(u32, String)> = vec![];
     let mut last;
     loop {
-        last = states();
+        last = plan_states(user, plan);
         for it in last["items"].as_array().unwrap() {
             if let Some(run_id) = it["run_id"].as_str() {
                 assert_eq!(
-                    common::leftovers(&docker, run_id).await,
+                    common::leftovers(docker, run_id).await,
                     0,
                     "run {run_id} has resources in the root Docker engine"
                 );
             }
         }
-        for s in job_services(user.uid, &job) {
+        for s in job_services(user.uid, job) {
             if !services.contains(&s) {
                 services.push(s);
             }
@@ -250,7 +244,7 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
             "--array",
             "--format=%K",
             "--jobs",
-            &job,
+            job,
         ]));
         if last["tally"]["done"] == 2 && queued.trim().is_empty() {
             break;
@@ -259,12 +253,15 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
         assert!(
             t0.elapsed() < Duration::from_secs(900),
             "the items did not end done within 15 minutes:\n{last:#}\nsqueue: {queued}\njobcomp: {log}\n{}",
-            super::slurm::logs(&runs)
+            super::slurm::logs(runs)
         );
         std::thread::sleep(Duration::from_secs(2));
     }
-    let wall = t0.elapsed();
+    (last, services)
+}
 
+/// Checks Slurm's accounting: both tasks ran as the user and ended well.
+fn check_jobcomp(user: &User, cluster: &Cluster) {
     // Both tasks ran as the user and ended well (the cluster is this test's: every line is ours).
     let comp = std::fs::read_to_string(cluster.dir.join("log/jobcomp.txt")).unwrap();
     let lines: Vec<&str> = comp.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -277,7 +274,10 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
         assert!(l.contains("JobState=COMPLETED"), "{l}");
         assert!(l.contains(" ExitCode=0:0"), "{l}");
     }
+}
 
+/// Checks that the tasks' own Podman services ran on the fallback socket and are gone.
+fn check_services(user: &User, services: &[(u32, String)]) {
     // The task's gptx started its own service, on a socket in its runtime directory (no
     // XDG_RUNTIME_DIR in a job: $TMPDIR/gptx-<uid>); each is gone, socket and all.
     assert!(
@@ -285,7 +285,7 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
         "no task's gptx was seen running a Podman service of its own"
     );
     let fallback = format!("unix:///tmp/gptx-{}/podman-", user.uid);
-    for (pid, socket) in &services {
+    for (pid, socket) in services {
         assert!(socket.starts_with(&fallback), "{socket}");
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
@@ -294,7 +294,10 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
         let path = socket.trim_start_matches("unix://");
         assert!(!Path::new(path).exists(), "{path} is left");
     }
+}
 
+/// Checks each item's run (owner, run.json's isolation, score, verify): run ids and engines.
+fn check_runs(user: &User, last: &serde_json::Value, runs: &Path) -> (Vec<String>, Vec<String>) {
     let mut run_ids = vec![];
     let mut engines = vec![];
     for it in last["items"].as_array().unwrap() {
@@ -327,16 +330,20 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
         let v = user
             .gptx()
             .args(["verify", &run_id, "--runs-dir"])
-            .arg(&runs)
+            .arg(runs)
             .output()
             .unwrap();
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
         engines.push(format!("{agent}: {}", iso["engine"].as_str().unwrap()));
         run_ids.push(run_id);
     }
+    (run_ids, engines)
+}
 
+/// The `gptx.run` labels of the containers created in the root Docker engine since `since`.
+fn docker_creations(since: u64) -> String {
     // The root Docker engine never saw these runs: no container of theirs was ever created there.
-    let created = stdout_of(Command::new("docker").args([
+    stdout_of(Command::new("docker").args([
         "events",
         "--since",
         &since.to_string(),
@@ -348,9 +355,13 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
         "event=create",
         "--format",
         "{{index .Actor.Attributes \"gptx.run\"}}",
-    ]));
+    ]))
+}
+
+/// The `gptx.run` labels of the containers created in the user's Podman since `since`.
+fn podman_creations(user: &User, since: u64) -> String {
     // The user's Podman did: the sandboxes of every run were created there, and none is left.
-    let podman_created = stdout_of(user.cmd("podman").args([
+    stdout_of(user.cmd("podman").args([
         "events",
         "--stream=false",
         "--since",
@@ -361,31 +372,84 @@ async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
         "event=create",
         "--format",
         "{{index .Attributes \"gptx.run\"}}",
-    ]));
+    ]))
+}
+
+/// Checks that Docker was never involved in the run: nothing created there, nothing left.
+async fn check_docker_never_involved(docker: &Docker, created: &str, run_id: &str) {
+    assert!(
+        !created.lines().any(|l| l.trim() == run_id),
+        "a container of run {run_id} was created in the root Docker engine"
+    );
+    assert_eq!(common::leftovers(docker, run_id).await, 0, "{run_id}");
+}
+
+/// Checks that the run's containers were created in the user's Podman and that none is left.
+fn check_podman_leftovers(user: &User, podman_created: &str, run_id: &str) {
+    assert!(
+        podman_created.lines().any(|l| l.trim() == run_id),
+        "no container of run {run_id} in {}'s Podman events:\n{podman_created}",
+        user.name
+    );
+    let label = format!("label=gptx.run={run_id}");
+    for what in [
+        &["ps", "-aq"][..],
+        &["network", "ls", "-q"],
+        &["volume", "ls", "-q"],
+    ] {
+        let left = stdout_of(user.cmd("podman").args(what).args(["--filter", &label]));
+        assert!(
+            left.trim().is_empty(),
+            "podman {}: run {run_id} left {left}",
+            what.join(" ")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_on_slurm_runs_as_the_jobs_user_under_rootless_podman() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "run as root (CI does): the test starts slurmd and submits the plan as an ordinary user"
+    );
+    let docker = gptx::docker::engine::connect()
+        .await
+        .expect("the root Docker engine (the test checks that the runs never touch it)");
+    let mut user = prepare_user(&user_name());
+    let cluster = Cluster::start(2);
+    user.env = vec![
+        ("SLURM_CONF".into(), cluster.conf.clone()),
+        ("GPTX_HOME".into(), env!("CARGO_MANIFEST_DIR").into()),
+        // `gptx slurm submit` does not talk to the engine (it leaves this as it is); sbatch hands
+        // it to the tasks, whose `gptx run` starts a rootless Podman service of its own.
+        ("GPTX_ENGINE".into(), "podman".into()),
+    ];
+
+    // The plan and its runs belong to the user.
+    let work = tempfile::Builder::new()
+        .prefix("gptx-slurm-podman-work")
+        .tempdir()
+        .unwrap();
+    std::os::unix::fs::chown(work.path(), Some(user.uid), None).unwrap();
+    let plan = work.path().join("plan.json");
+    let runs = work.path().join("runs");
+    write_plan(&user, work.path(), &plan);
+
+    let t0 = Instant::now();
+    let since = unix_now() - 5;
+    let job = submit(&user, &cluster, work.path(), &plan);
+    let (last, services) = wait_for_items(&docker, &user, &cluster, &job, &plan, &runs, t0).await;
+    let wall = t0.elapsed();
+
+    check_jobcomp(&user, &cluster);
+    check_services(&user, &services);
+    let (run_ids, engines) = check_runs(&user, &last, &runs);
+
+    let created = docker_creations(since);
+    let podman_created = podman_creations(&user, since);
     for run_id in &run_ids {
-        assert!(
-            !created.lines().any(|l| l.trim() == run_id),
-            "a container of run {run_id} was created in the root Docker engine"
-        );
-        assert_eq!(common::leftovers(&docker, run_id).await, 0, "{run_id}");
-        assert!(
-            podman_created.lines().any(|l| l.trim() == run_id),
-            "no container of run {run_id} in {}'s Podman events:\n{podman_created}",
-            user.name
-        );
-        let label = format!("label=gptx.run={run_id}");
-        for what in [
-            &["ps", "-aq"][..],
-            &["network", "ls", "-q"],
-            &["volume", "ls", "-q"],
-        ] {
-            let left = stdout_of(user.cmd("podman").args(what).args(["--filter", &label]));
-            assert!(
-                left.trim().is_empty(),
-                "podman {}: run {run_id} left {left}",
-                what.join(" ")
-            );
-        }
+        check_docker_never_involved(&docker, &created, run_id).await;
+        check_podman_leftovers(&user, &podman_created, run_id);
     }
     eprintln!(
         "slurm_podman: 2 items done as {} in {:.0} s, by {} Podman services of gptx's own ({}); {}",
