@@ -117,6 +117,9 @@ for p in /proc/[0-9]*; do
 done
 cp /bin/true /.gptx/supervisor 2>/dev/null && echo "replaced the supervisor"
 cat /.gptx/supervisor > /dev/null 2>&1 && echo "read the supervisor's file"
+# Rootless, keep-id makes the sandbox user the host copy's owner: only the read-only mount keeps
+# it from making the file readable (and so the supervisor dumpable at its next start).
+chmod 755 /.gptx/supervisor 2>/dev/null; cat /.gptx/supervisor > /dev/null 2>&1 && echo "read the supervisor's file after chmod"
 python3 - <<'PY'
 import socket, struct
 for token in (bytes(32), b"x" * 32):

@@ -359,22 +359,30 @@ async fn debootstrap(
     cmd.arg(format!("--cache-dir={}", debs.display()))
         .arg(&recipe.suite)
         .arg(rootfs)
-        .arg(&mirror)
-        .stdin(Stdio::null())
+        .arg(&mirror);
+    let name = recipe.name.clone();
+    let fail = |code, tail| ImageError::Debootstrap { name, code, tail };
+    run_builder(&mut cmd, "debootstrap", pb, fail).await
+}
+
+/// Runs a root filesystem's builder (debootstrap, mmdebstrap) with its output on the progress
+/// line; when it fails, `fail` makes the error of its exit code and last lines.
+pub(super) async fn run_builder(
+    cmd: &mut tokio::process::Command,
+    what: &'static str,
+    pb: &ProgressBar,
+    fail: impl FnOnce(i32, String) -> ImageError,
+) -> Result<(), ImageError> {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(io("debootstrap"))?;
+        .stderr(Stdio::piped());
+    let mut child = cmd.kill_on_drop(true).spawn().map_err(io(what))?;
     let tail = follow(&mut child, pb).await;
-    let status = child.wait().await.map_err(io("debootstrap"))?;
-    if !status.success() {
-        return Err(ImageError::Debootstrap {
-            name: recipe.name.clone(),
-            code: status.code().unwrap_or(-1),
-            tail: tail.join("\n"),
-        });
+    let status = child.wait().await.map_err(io(what))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(fail(status.code().unwrap_or(-1), tail.join("\n"))),
     }
-    Ok(())
 }
 
 /// Lines of a debootstrap's or mmdebstrap's output kept for an error.

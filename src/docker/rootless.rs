@@ -10,7 +10,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use bollard::Docker;
 use indicatif::ProgressBar;
@@ -90,24 +89,11 @@ async fn mmdebstrap(recipe: &Recipe, out: &Path, pb: &ProgressBar) -> Result<(),
         recipe.suite
     ));
     let hooks = Some(Path::new(MERGED_USR)).filter(|d| d.is_dir());
-    let mut child = tokio::process::Command::new(program)
-        .args(mmdebstrap_args(recipe, out, &mirror, hooks))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(io("mmdebstrap"))?;
-    let tail = images::follow(&mut child, pb).await;
-    let status = child.wait().await.map_err(io("mmdebstrap"))?;
-    if !status.success() {
-        return Err(ImageError::Mmdebstrap {
-            name: recipe.name.clone(),
-            code: status.code().unwrap_or(-1),
-            tail: tail.join("\n"),
-        });
-    }
-    Ok(())
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(mmdebstrap_args(recipe, out, &mirror, hooks));
+    let name = recipe.name.clone();
+    let fail = |code, tail| ImageError::Mmdebstrap { name, code, tail };
+    images::run_builder(&mut cmd, "mmdebstrap", pb, fail).await
 }
 
 /// mmdebstrap's hooks that merge `/usr` as debootstrap does (directory symlinks, a dummy
